@@ -1,0 +1,53 @@
+# cxpulse developer commands.  `make help` lists them.
+# The two set-up commands of the README are `make demo` and `make test`; both install what they need first.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+KAFKA_LIB := deploy/kafka/lib
+
+.DEFAULT_GOAL := help
+.PHONY: help install jars demo test lint typecheck format unit bench-replay clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+$(BIN)/cxpulse: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $@
+
+install: $(BIN)/cxpulse  ## create .venv with cxpulse and its test tools
+
+$(KAFKA_LIB)/.resolved: deploy/kafka/pom.xml
+	mvn -q -B -f deploy/kafka/pom.xml dependency:copy-dependencies
+	@touch $@
+
+jars: $(KAFKA_LIB)/.resolved  ## resolve the Kafka jars from Maven Central into deploy/kafka/lib
+
+demo: install jars  ## run the main job on the embedded default (local Kafka, topics); Ctrl-C stops it
+	$(BIN)/cxpulse demo
+
+lint: install  ## ruff lint + format check
+	$(BIN)/ruff check streams schemas sinks tests benchmarks
+	$(BIN)/ruff format --check streams schemas sinks tests benchmarks
+
+typecheck: install  ## mypy --strict on streams/ schemas/ sinks/
+	$(BIN)/mypy
+
+format: install  ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix streams schemas sinks tests benchmarks
+	$(BIN)/ruff format streams schemas sinks tests benchmarks
+
+unit: install  ## the pure-logic tests only (no broker)
+	$(BIN)/pytest -m unit
+
+test: install jars lint typecheck  ## lint, typecheck, then every test (starts a real Kafka broker)
+	$(BIN)/pytest
+
+bench-replay: install  ## the replay benchmark (1,000,000 events; N=... to change)
+	$(BIN)/python benchmarks/replay.py $(if $(N),--events $(N),)
+
+clean:  ## remove the venv, resolved jars and local state
+	rm -rf $(VENV) $(KAFKA_LIB) .cxpulse

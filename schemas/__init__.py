@@ -1,0 +1,1 @@
+"""Avro schemas of cxpulse and the codec around fastavro."""

@@ -1,0 +1,1 @@
+"""cxpulse: streaming customer-experience metrics (Faust agents, the aggregation core, the CLI)."""

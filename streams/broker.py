@@ -1,0 +1,205 @@
+"""A local single-node Apache Kafka (KRaft) run from the jars that Maven resolves (``deploy/kafka/pom.xml``).
+
+Used by ``cxpulse broker``, ``cxpulse demo`` and the test session.  The broker runs as a child ``java``
+process that is told by the kernel (``PR_SET_PDEATHSIG``) to stop when its parent dies, so a ``kill -9``
+of the parent never leaves an orphan JVM behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+
+from streams.config import REPO_ROOT
+from streams.errors import BrokerError
+from streams.kafka import admin_client
+
+KAFKA_DEPLOY_DIR = REPO_ROOT / "deploy" / "kafka"
+DEFAULT_HEAP = "512m"  # JVM heap of the local broker
+READY_TIMEOUT_SECONDS = 60.0  # a broker that is not ready by then is reported as failed
+STOP_TIMEOUT_SECONDS = 20.0  # SIGTERM, then SIGKILL after this long
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+@dataclass(frozen=True)
+class BrokerSpec:
+    """Where and how a local broker runs."""
+
+    port: int
+    controller_port: int
+    data_dir: Path
+    lib_dir: Path
+    heap: str = DEFAULT_HEAP
+    partitions: int = 1
+    offsets_partitions: int = 6  # partitions of __consumer_offsets and the transaction log (small = fast)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def kafka_dir(self) -> Path:
+        return self.data_dir / "kafka"
+
+    @property
+    def log_file(self) -> Path:
+        return self.kafka_dir / "broker.log"
+
+
+def ensure_jars(lib_dir: Path, echo: Callable[[str], None] = print) -> Path:
+    """Return ``lib_dir`` holding the Kafka jars, resolving them with Maven first when they are missing."""
+    if list(lib_dir.glob("kafka_2.13-*.jar")):
+        return lib_dir
+    pom = KAFKA_DEPLOY_DIR / "pom.xml"
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise BrokerError(f"Kafka jars are missing in {lib_dir} and Maven (mvn) is not installed to fetch them")
+    echo(f"resolving the Kafka jars from Maven Central into {lib_dir} (once) ...")
+    cmd = [mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies", f"-Dkafka.lib.dir={lib_dir}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0 or not list(lib_dir.glob("kafka_2.13-*.jar")):
+        raise BrokerError(f"mvn could not resolve the Kafka jars (exit {done.returncode}): {done.stdout[-2000:]}")
+    return lib_dir
+
+
+def kafka_version(lib_dir: Path) -> str:
+    """The Kafka version of the resolved jars, read from the kafka_2.13 jar's name."""
+    jars = sorted(lib_dir.glob("kafka_2.13-*.jar"))
+    if not jars:
+        raise BrokerError(f"no kafka_2.13 jar in {lib_dir}")
+    return jars[-1].name.removeprefix("kafka_2.13-").removesuffix(".jar")
+
+
+def write_server_properties(spec: BrokerSpec) -> Path:
+    """Write ``server.properties`` for this spec and return its path."""
+    spec.kafka_dir.mkdir(parents=True, exist_ok=True)
+    template = Template((KAFKA_DEPLOY_DIR / "server.properties.template").read_text())
+    text = template.substitute(
+        port=spec.port,
+        controller_port=spec.controller_port,
+        log_dirs=spec.kafka_dir / "logs",
+        partitions=spec.partitions,
+        offsets_partitions=spec.offsets_partitions,
+    )
+    path = spec.kafka_dir / "server.properties"
+    path.write_text(text)
+    return path
+
+
+def _java(spec: BrokerSpec, main_class: str, *args: str) -> list[str]:
+    java = shutil.which("java")
+    if java is None:
+        raise BrokerError("java is not installed: the local Kafka broker needs Java 17 or newer")
+    return [
+        java,
+        f"-Xmx{spec.heap}",
+        f"-Xms{spec.heap}",
+        "-XX:+UseG1GC",
+        "-XX:TieredStopAtLevel=1",  # C1 only: faster start-up, plenty for a local broker
+        "-Xshare:auto",
+        f"-Dlog4j2.configurationFile={KAFKA_DEPLOY_DIR / 'log4j2.properties'}",
+        "-cp",
+        str(spec.lib_dir / "*"),
+        main_class,
+        *args,
+    ]
+
+
+def format_storage(spec: BrokerSpec, properties: Path) -> bool:
+    """Format the KRaft storage on first start; return True when it formatted, False when already done."""
+    if (spec.kafka_dir / "logs" / "meta.properties").exists():
+        return False
+    cluster_id = _cluster_id()
+    # "--cluster-id=ID", not "-t ID": a random id may start with "-" and read as an option
+    cmd = _java(spec, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(properties))
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise BrokerError(f"formatting KRaft storage failed (exit {done.returncode}): {done.stdout}{done.stderr}")
+    return True
+
+
+def _cluster_id() -> str:
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding (what StorageTool expects)."""
+    import base64
+
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: ask the kernel for SIGTERM when the parent process dies."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def start(spec: BrokerSpec) -> subprocess.Popen[bytes]:
+    """Format storage if needed and start the broker in the background; its output goes to the log file."""
+    properties = write_server_properties(spec)
+    format_storage(spec, properties)
+    log = spec.log_file.open("ab")
+    try:
+        return subprocess.Popen(  # noqa: S603 - our own java command line
+            _java(spec, "kafka.Kafka", str(properties)),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, no Python state touched
+        )
+    finally:
+        log.close()
+
+
+def wait_ready(spec: BrokerSpec, proc: subprocess.Popen[bytes], timeout: float = READY_TIMEOUT_SECONDS) -> float:
+    """Block until the broker answers a metadata request; return the seconds it took.
+
+    Raises BrokerError with the tail of the broker log when the JVM exits or the timeout passes.
+    """
+    started = time.monotonic()
+    admin = admin_client(spec.bootstrap)
+    while True:
+        if proc.poll() is not None:
+            raise BrokerError(f"the Kafka broker exited with {proc.returncode}:\n{_tail(spec.log_file)}")
+        try:
+            metadata = admin.list_topics(timeout=1.0)
+            if metadata.brokers:
+                return time.monotonic() - started
+        except Exception:  # noqa: S110, BLE001 - not up yet: librdkafka raises KafkaException until it is
+            pass
+        if time.monotonic() - started > timeout:
+            raise BrokerError(f"the Kafka broker was not ready after {timeout:.0f} s:\n{_tail(spec.log_file)}")
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT_SECONDS) -> int:
+    """Stop the broker: SIGTERM (Kafka shuts down cleanly), SIGKILL if it is still there after timeout."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    if not path.exists():
+        return "(no broker log)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def pid_alive(pid: int) -> bool:
+    """True while a process with this PID exists (and is not a zombie)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(") ", 1)[-1].startswith("Z"))

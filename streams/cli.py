@@ -1,0 +1,308 @@
+"""The ``cxpulse`` command line: ``broker``, ``demo``, ``replay``, ``topics``.
+
+Settings come from ``CXPULSE_*`` environment variables (streams.config.Settings); flags override them.
+Errors print one line to stderr and exit non-zero: 1 for a failure, 2 for bad usage.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any, NoReturn
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+from rich.table import Table
+
+from streams import broker as local_broker
+from streams.config import Settings, parse_duration
+from streams.errors import CxPulseError
+from streams.replay import Progress as ProgressFn
+from streams.replay import dead_letter_json, replay_file
+from streams.topics import ensure_topics, topic_specs
+from streams.validate import DeadLetter
+from streams.windows import result_json
+
+app = typer.Typer(
+    name="cxpulse",
+    help="Streaming customer-experience metrics: rolling NPS, CES, CSAT, NLS and CAS per channel and journey.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
+PROGRESS_AFTER_SECONDS = 1.0  # a replay shows a progress bar once it has run this long (on a terminal)
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"[bold red]cxpulse:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(f"CXPULSE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        _fail(f"invalid configuration: {problems}", 2)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _broker_spec(settings: Settings, port: int, controller_port: int | None, heap: str) -> local_broker.BrokerSpec:
+    controller = controller_port if controller_port is not None else port + 1
+    for name, value in (("--port", port), ("--controller-port", controller)):
+        if not _port_free(value):
+            _fail(f"{name} {value}: the port is in use on 127.0.0.1 (another broker running?)")
+    lib_dir = local_broker.ensure_jars(settings.kafka_lib_dir, echo=lambda m: err.print(m, highlight=False))
+    return local_broker.BrokerSpec(port, controller, settings.data_dir.resolve(), lib_dir, heap=heap)
+
+
+class _Shutdown:
+    """Ctrl-C / SIGTERM handling for a foreground broker: the first signal asks Kafka to shut down cleanly
+    (SIGTERM to the JVM), a second one kills it.  The handler only sends signals; the main thread waits."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.proc.poll() is not None:
+            return
+        if self.requested:
+            self.proc.kill()
+            return
+        self.requested = True
+        err.print(f"stopping the broker ({signal.Signals(signum).name}; again to kill) ...", highlight=False)
+        self.proc.send_signal(signal.SIGTERM)
+
+    def wait(self, log_file: Path) -> None:
+        """Wait for the broker to exit; fail unless it exited because we asked it to."""
+        code = self.proc.wait()
+        if not self.requested and code != 0:
+            _fail(f"the Kafka broker exited with {code}; see {log_file}")
+
+
+def _start_local_broker(
+    settings: Settings, port: int, controller_port: int | None, heap: str
+) -> tuple[local_broker.BrokerSpec, subprocess.Popen[bytes], _Shutdown, float]:
+    """Resolve, start and wait for the local broker; exit with a one-line error when any step fails."""
+    try:
+        spec = _broker_spec(settings, port, controller_port, heap)
+        proc = local_broker.start(spec)
+    except CxPulseError as exc:
+        _fail(str(exc))
+    shutdown = _Shutdown(proc)
+    try:
+        took = local_broker.wait_ready(spec, proc)
+    except CxPulseError as exc:
+        if shutdown.requested:  # Ctrl-C while starting
+            raise typer.Exit(0) from None
+        local_broker.stop(proc)
+        _fail(str(exc))
+    return spec, proc, shutdown, took
+
+
+PortOpt = Annotated[int, typer.Option("--port", help="Kafka listener port on 127.0.0.1.")]
+ControllerOpt = Annotated[
+    int | None, typer.Option("--controller-port", help="KRaft controller port (default: port + 1).")
+]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Local state folder [env CXPULSE_DATA_DIR, default .cxpulse]."),
+]
+HeapOpt = Annotated[str, typer.Option("--heap", help="JVM heap of the broker.")]
+
+
+@app.command()
+def broker(
+    port: PortOpt = 9092,
+    controller_port: ControllerOpt = None,
+    data_dir: DataDirOpt = None,
+    heap: HeapOpt = local_broker.DEFAULT_HEAP,
+) -> None:
+    """Run a single-node Apache Kafka (KRaft) on loopback in the foreground until Ctrl-C / SIGTERM.
+
+    Formats the storage in DATA_DIR/kafka on first start; resolves the jars with Maven when missing.
+    """
+    settings = _settings(data_dir=data_dir)
+    spec, proc, shutdown, took = _start_local_broker(settings, port, controller_port, heap)
+    version = local_broker.kafka_version(spec.lib_dir)
+    out.print(
+        f"cxpulse broker: Kafka {version} ready on {spec.bootstrap} in {took:.1f} s "
+        f"(java pid {proc.pid}; data {spec.kafka_dir}; log {spec.log_file})",
+        highlight=False,
+        soft_wrap=True,
+    )
+    sys.stdout.flush()
+    shutdown.wait(spec.log_file)
+
+
+@app.command()
+def topics(
+    bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap [env CXPULSE_KAFKA_BOOTSTRAP].")] = None,
+    partitions: Annotated[int | None, typer.Option(help="Partitions [env CXPULSE_PARTITIONS].")] = None,
+) -> None:
+    """Create the pipeline's topics (those missing) with explicit partitions and configs."""
+    settings = _settings(kafka_bootstrap=bootstrap, partitions=partitions)
+    try:
+        created = ensure_topics(settings.kafka_bootstrap, topic_specs(settings))
+    except CxPulseError as exc:
+        _fail(str(exc))
+    out.print(f"created: {', '.join(created) or 'none (all exist)'}", highlight=False)
+
+
+@app.command()
+def demo(
+    port: PortOpt = 9092,
+    data_dir: DataDirOpt = None,
+    until_ready: Annotated[
+        bool,
+        typer.Option("--until-ready", help="Stop once everything is up (a smoke check) instead of running."),
+    ] = False,
+) -> None:
+    """The main job on the embedded default: local Kafka broker, the pipeline's topics, and what runs.
+
+    Runs in the foreground until Ctrl-C.
+    """
+    settings = _settings(data_dir=data_dir, kafka_bootstrap=f"127.0.0.1:{port}")
+    started = time.monotonic()
+    spec, proc, shutdown, broker_seconds = _start_local_broker(settings, port, None, local_broker.DEFAULT_HEAP)
+    specs = topic_specs(settings)
+    try:
+        ensure_topics(spec.bootstrap, specs)
+    except CxPulseError as exc:
+        local_broker.stop(proc)
+        _fail(str(exc))
+    table = Table(title=f"cxpulse demo: up in {time.monotonic() - started:.1f} s", title_justify="left")
+    table.add_column("part")
+    table.add_column("where")
+    table.add_column("state")
+    version = local_broker.kafka_version(spec.lib_dir)
+    table.add_row(f"Kafka {version} (KRaft)", spec.bootstrap, f"ready in {broker_seconds:.1f} s, java pid {proc.pid}")
+    for topic in specs:
+        table.add_row("topic", topic.name, f"{topic.partitions} partitions")
+    table.add_row("state", str(spec.data_dir), f"broker log {spec.log_file}")
+    table.add_row("worker, ClickHouse, /metrics", "-", "not part of this build yet (see README, roadmap)")
+    out.print(table)
+    if until_ready:
+        local_broker.stop(proc)
+        return
+    out.print("running; Ctrl-C stops everything", highlight=False)
+    shutdown.wait(spec.log_file)
+
+
+def _duration_ms(text: str, option: str) -> int:
+    try:
+        return round(parse_duration(text) * 1000)
+    except ValueError as exc:
+        _fail(f"{option}: {exc}", 2)
+
+
+@app.command()
+def replay(
+    events: Annotated[Path, typer.Argument(help="JSON lines or Avro container file of FeedbackEvents.")],
+    pane: Annotated[str, typer.Option(help="Pane length, e.g. 60s, 5m.")] = "60s",
+    window: Annotated[
+        str,
+        typer.Option(help="'pane' for pane results, or a rolling window (5m, 1h, 24h) as of the latest event."),
+    ] = "pane",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Results file (default stdout).")] = None,
+    dead_letter: Annotated[
+        Path | None, typer.Option("--dead-letter", help="Write dead letters here as JSON lines.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary on stderr.")] = False,
+) -> None:
+    """Compute the window results of a file of events offline, exactly as the stream does.
+
+    Prints one JSON object per group with n > 0 (METRICS.md section 6). Invalid events are data, not
+    failures: they go to --dead-letter and the exit code stays 0.
+    """
+    pane_ms = _duration_ms(pane, "--pane")
+    window_ms = None if window == "pane" else _duration_ms(window, "--window")
+    if window_ms is not None and window_ms % pane_ms:
+        _fail(f"--window {window} is not a whole number of --pane {pane}", 2)
+    started = time.monotonic()
+    with ExitStack() as stack:
+        dead_file = stack.enter_context(dead_letter.open("w")) if dead_letter is not None else None
+
+        def on_dead(dead: DeadLetter) -> None:
+            if dead_file is not None:
+                dead_file.write(dead_letter_json(dead) + "\n")
+
+        try:
+            result = replay_file(events, pane_ms, on_dead, _progress(stack, events))
+        except CxPulseError as exc:
+            _fail(f"replay: {exc}")
+        except OSError as exc:
+            _fail(f"replay: {events}: {exc.strerror}")
+        results = result.results(window_ms)
+        sink = stack.enter_context(output.open("w")) if output is not None else sys.stdout
+        for record in results:
+            sink.write(json.dumps(result_json(record), separators=(",", ":")) + "\n")
+    if not quiet:
+        stats = result.stats
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(stats.dead_letters.items())) or "none"
+        err.print(
+            f"replayed {stats.read} events in {time.monotonic() - started:.1f} s: {stats.counted} counted, "
+            f"{stats.duplicates} duplicates, {sum(stats.dead_letters.values())} dead letters ({reasons}); "
+            f"{len(results)} results",
+            highlight=False,
+        )
+
+
+def _progress(stack: ExitStack, path: Path) -> ProgressFn | None:
+    """A progress callback that shows a bar on a terminal once the work has taken a second."""
+    if not err.is_terminal or not path.is_file():
+        return None
+    total = path.stat().st_size
+    started = time.monotonic()
+    bar = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    )
+    task = bar.add_task(f"replay {path.name}", total=total)
+    shown = False
+
+    def update(done: int) -> None:
+        nonlocal shown
+        if not shown and time.monotonic() - started >= PROGRESS_AFTER_SECONDS:
+            stack.enter_context(bar)
+            shown = True
+        bar.update(task, completed=done)
+
+    return update
+
+
+def main() -> None:
+    """Entry point of the ``cxpulse`` console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Settings of every cxpulse command: one frozen object read from ``CXPULSE_*`` environment variables.
+
+Built once in the CLI (flags override the environment) and passed down; nothing deeper in the code reads
+``os.environ``.  Example::
+
+    settings = Settings()                                  # environment + defaults
+    settings = Settings(kafka_bootstrap="kafka:9092")      # explicit override
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+DEFAULT_KAFKA_PORT = 9092
+DEFAULT_BOOTSTRAP = f"127.0.0.1:{DEFAULT_KAFKA_PORT}"
+DEFAULT_METRICS_PORT = 9464
+DEFAULT_DATA_DIR = Path(".cxpulse")  # relative to the working directory
+DEFAULT_PANE_SECONDS = 60  # seconds; METRICS.md section 5
+DEFAULT_WINDOWS = (300, 3600, 86400)  # seconds: 5 min, 1 h, 24 h
+DEFAULT_RETENTION_SECONDS = 7 * 86400  # 7 days of pane state
+DEFAULT_FUTURE_TOLERANCE_SECONDS = 300  # occurred_at may run 5 minutes ahead of the clock
+DEFAULT_PARTITIONS = 6  # partitions of the topics cxpulse creates
+
+
+class Settings(BaseSettings):
+    """Every setting of cxpulse, with the environment variable that sets it (prefix ``CXPULSE_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="CXPULSE_", frozen=True, extra="forbid")
+
+    kafka_bootstrap: str = Field(DEFAULT_BOOTSTRAP, description="Kafka bootstrap servers, host:port[,...]")
+    clickhouse_url: str = Field(
+        "chdb://.cxpulse/clickhouse",
+        description="ClickHouse DSN: chdb://PATH (embedded) or http(s)://host:8123",
+    )
+    clickhouse_password: SecretStr = Field(SecretStr(""), description="ClickHouse password (http DSNs)")
+    metrics_port: int = Field(DEFAULT_METRICS_PORT, ge=0, le=65535, description="Prometheus /metrics port")
+    data_dir: Path = Field(DEFAULT_DATA_DIR, description="local state: broker data, worker tables, chdb")
+    kafka_lib_dir: Path = Field(
+        REPO_ROOT / "deploy" / "kafka" / "lib", description="folder of the Kafka jars resolved by Maven"
+    )
+    feedback_topic: str = Field("cx.feedback", description="topic of incoming FeedbackEvents")
+    dlq_topic: str = Field("cx.feedback.dlq", description="dead-letter topic")
+    results_topic: str = Field("cx.metrics.panes", description="topic of WindowResults")
+    alerts_topic: str = Field("cx.alerts", description="topic of effort-spike alerts")
+    partitions: int = Field(DEFAULT_PARTITIONS, ge=1, le=1024, description="partitions of created topics")
+    pane_seconds: int = Field(DEFAULT_PANE_SECONDS, ge=1, le=86400, description="pane length, seconds")
+    windows_seconds: tuple[int, ...] = Field(DEFAULT_WINDOWS, description="rolling windows, seconds")
+    retention_seconds: int = Field(DEFAULT_RETENTION_SECONDS, ge=60, description="pane state retention")
+
+    @field_validator("windows_seconds")
+    @classmethod
+    def _windows_are_positive(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or any(w <= 0 for w in value):
+            raise ValueError("CXPULSE_WINDOWS_SECONDS must list positive numbers of seconds")
+        return tuple(sorted(set(value)))
+
+
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as ``60s``, ``5m``, ``1h``, ``24h``, ``7d``, ``250ms`` or a bare number of
+    seconds; ValueError with the offending text otherwise."""
+    value = text.strip().lower()
+    for unit in ("ms", "s", "m", "h", "d"):
+        if value.endswith(unit):
+            number = value[: -len(unit)]
+            break
+    else:
+        number, unit = value, "s"
+    try:
+        seconds = float(number) * _UNITS[unit]
+    except ValueError:
+        raise ValueError(f"{text!r} is not a duration (use e.g. 60s, 5m, 1h, 7d)") from None
+    if seconds <= 0:
+        raise ValueError(f"{text!r} must be a positive duration")
+    return seconds

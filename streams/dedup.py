@@ -1,0 +1,57 @@
+"""De-duplication by event_id with bounded memory (METRICS.md section 2: the first event with an id counts).
+
+Ids are remembered together with the hour bucket of their occurred_at; :meth:`Deduplicator.expire` forgets
+the buckets older than the retention of pane state.  That is safe because an event older than the retention
+is rejected as ``too_old`` before it reaches the de-duplicator, so a forgotten id can never count twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from streams.validate import Feedback
+
+BUCKET_MS = 3_600_000  # ids are expired an hour at a time
+
+
+class Deduplicator:
+    """Remembers the event ids it has let through; drops later events with the same id."""
+
+    def __init__(self, bucket_ms: int = BUCKET_MS) -> None:
+        self._bucket_ms = bucket_ms
+        self._bucket_of: dict[str, int] = {}
+        self._ids_in: dict[int, list[str]] = {}
+
+    def __len__(self) -> int:
+        return len(self._bucket_of)
+
+    def first_seen(self, events: Iterable[Feedback]) -> tuple[list[Feedback], int]:
+        """The events whose id was not seen before (in order), and how many duplicates were dropped."""
+        seen = self._bucket_of
+        unique: list[Feedback] = []
+        duplicates = 0
+        bucket_ms = self._bucket_ms
+        for event in events:
+            event_id = event.event_id
+            if event_id in seen:
+                duplicates += 1
+                continue
+            bucket = event.occurred_at - event.occurred_at % bucket_ms
+            seen[event_id] = bucket
+            ids = self._ids_in.get(bucket)
+            if ids is None:
+                self._ids_in[bucket] = [event_id]
+            else:
+                ids.append(event_id)
+            unique.append(event)
+        return unique, duplicates
+
+    def expire(self, older_than_ms: int) -> int:
+        """Forget the ids of every bucket that ends at or before ``older_than_ms``; return how many."""
+        forgotten = 0
+        for bucket in [b for b in self._ids_in if b + self._bucket_ms <= older_than_ms]:
+            for event_id in self._ids_in.pop(bucket):
+                if self._bucket_of.get(event_id) == bucket:
+                    del self._bucket_of[event_id]
+                    forgotten += 1
+        return forgotten

@@ -1,0 +1,215 @@
+"""``cxpulse replay``: the stream's computation, offline, over a file of FeedbackEvents.
+
+The input is JSON lines (one canonical event per line) or an Avro container file of FeedbackEvent, told
+apart by content.  Events flow in batches through the same steps as the stream: decode, validate,
+de-duplicate, aggregate into panes (streams.aggregate), windows and result records (streams.windows).
+Stream-only checks (future_timestamp, too_old) do not apply here.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import fastavro
+
+from schemas.codec import FEEDBACK_RAW, feedback_from_json
+from streams.aggregate import GroupKey, State, aggregate_panes, merge_into
+from streams.dedup import Deduplicator
+from streams.errors import DecodeError, InputFileError
+from streams.validate import DeadLetter, validate_batch
+from streams.windows import WindowResult, pane_results, rolling_window, window_bounds, window_result
+
+AVRO_MAGIC = b"Obj\x01"
+BATCH_SIZE = 8192  # events decoded, validated and aggregated per call
+_REQUIRED = {"event_id", "occurred_at", "source", "channel", "journey", "metric", "score"}
+
+Progress = Callable[[int], None]  # called with the number of bytes read so far
+
+
+@dataclass
+class ReplayStats:
+    """What a replay read and what became of it."""
+
+    read: int = 0
+    valid: int = 0
+    duplicates: int = 0
+    dead_letters: Counter[str] = field(default_factory=Counter)
+    max_occurred_at: int | None = None
+
+    @property
+    def counted(self) -> int:
+        return self.valid - self.duplicates
+
+
+@dataclass
+class Batch:
+    """Decoded records with their originals' positions, and the lines that did not decode at all."""
+
+    records: list[dict[str, Any]]
+    positions: list[str]
+    originals: Callable[[int], bytes | str]  # index -> original line or bytes (only called for dead letters)
+    undecodable: list[tuple[int, DeadLetter]]  # (how many records came before it, the dead letter)
+    count: int  # inputs read in this batch (decoded or not)
+
+
+def open_input(path: Path) -> tuple[IO[bytes], bool]:
+    """Open an events file; return the file and whether it is an Avro container (else JSON lines)."""
+    if not path.exists():
+        raise InputFileError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputFileError(f"{path}: is a directory, not an events file")
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise InputFileError(f"{path}: cannot be read: {exc.strerror}") from exc
+    is_avro = handle.read(4) == AVRO_MAGIC
+    handle.seek(0)
+    return handle, is_avro
+
+
+def _json_batches(handle: IO[bytes]) -> Iterator[Batch]:
+    records: list[dict[str, Any]] = []
+    positions: list[str] = []
+    lines: list[str] = []
+    undecodable: list[tuple[int, DeadLetter]] = []
+    for number, raw in enumerate(handle, start=1):
+        line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+        if not line.strip():
+            continue  # blank lines are not events
+        try:
+            records.append(feedback_from_json(line))
+            positions.append(f"line {number}")
+            lines.append(line)
+        except DecodeError as exc:
+            undecodable.append((len(records), DeadLetter("undecodable", str(exc), line, f"line {number}")))
+        if len(records) + len(undecodable) >= BATCH_SIZE:
+            yield Batch(records, positions, lines.__getitem__, undecodable, len(records) + len(undecodable))
+            records, positions, lines, undecodable = [], [], [], []
+    yield Batch(records, positions, lines.__getitem__, undecodable, len(records) + len(undecodable))
+
+
+def _avro_batches(handle: IO[bytes]) -> Iterator[Batch]:
+    try:
+        reader = fastavro.reader(handle)
+    except Exception as exc:  # fastavro raises ValueError / EOFError / SchemaParseException on bad headers
+        raise InputFileError(f"not a readable Avro container file: {exc}") from exc
+    writer_schema = reader.writer_schema
+    if not isinstance(writer_schema, dict) or not _REQUIRED <= {f["name"] for f in writer_schema.get("fields", [])}:
+        raise InputFileError(
+            f"the Avro file holds {writer_schema.get('name') if isinstance(writer_schema, dict) else writer_schema!r}"
+            f" records, not FeedbackEvent (schema {FEEDBACK_RAW['namespace']}.{FEEDBACK_RAW['name']})"
+        )
+    parsed = fastavro.parse_schema(writer_schema)
+
+    def reencode(records: list[dict[str, Any]]) -> Callable[[int], bytes]:
+        def original(index: int) -> bytes:
+            out = io.BytesIO()
+            fastavro.schemaless_writer(out, parsed, records[index])
+            return out.getvalue()
+
+        return original
+
+    records: list[dict[str, Any]] = []
+    number = 0
+    try:
+        for number, record in enumerate(reader, start=1):  # noqa: B007 - number is read after the loop
+            records.append(record)  # type: ignore[arg-type]  # fastavro types records as any Avro value
+            if len(records) >= BATCH_SIZE:
+                yield Batch(records, _positions(number, len(records)), reencode(records), [], len(records))
+                records = []
+    except Exception as exc:  # a truncated or corrupt block: what was read counts, the rest is dead-lettered
+        tail = DeadLetter("undecodable", f"corrupt Avro block: {exc}", b"", f"after record {number}")
+        yield Batch(records, _positions(number, len(records)), reencode(records), [(len(records), tail)], len(records))
+        return
+    yield Batch(records, _positions(number, len(records)), reencode(records), [], len(records))
+
+
+def _positions(last: int, count: int) -> list[str]:
+    return [f"record {i}" for i in range(last - count + 1, last + 1)]
+
+
+@dataclass
+class Replay:
+    """The state of one replay: pane states, the de-duplicator and the statistics."""
+
+    pane_ms: int
+    panes: dict[GroupKey, State] = field(default_factory=dict)
+    dedup: Deduplicator = field(default_factory=Deduplicator)
+    stats: ReplayStats = field(default_factory=ReplayStats)
+
+    def feed(self, batch: Batch) -> list[DeadLetter]:
+        """Validate, de-duplicate and aggregate one batch; return its dead letters."""
+        valid, rejected = validate_batch(batch.records)
+        ordered = [((before, 0), letter) for before, letter in batch.undecodable]
+        ordered.extend(
+            ((r.at, 1), DeadLetter(r.reason, r.detail, batch.originals(r.at), batch.positions[r.at])) for r in rejected
+        )
+        dead = [letter for _, letter in sorted(ordered, key=lambda pair: pair[0])]  # in input order
+        unique, duplicates = self.dedup.first_seen(valid)
+        merge_into(self.panes, aggregate_panes(unique, self.pane_ms))
+        stats = self.stats
+        stats.read += batch.count
+        stats.valid += len(valid)
+        stats.duplicates += duplicates
+        stats.dead_letters.update(d.reason for d in dead)
+        if valid:
+            latest = max(e.occurred_at for e in valid)
+            if stats.max_occurred_at is None or latest > stats.max_occurred_at:
+                stats.max_occurred_at = latest
+        return dead
+
+    def results(self, window_ms: int | None = None) -> list[WindowResult]:
+        """Pane results (window_ms None), or the rolling window of that length as of the latest event."""
+        if window_ms is None:
+            return pane_results(self.panes, self.pane_ms)
+        if self.stats.max_occurred_at is None:
+            return []
+        # replay's "now" is the largest occurred_at seen; the window ends at the boundary after it so that
+        # the pane holding the latest event is included
+        now = self.stats.max_occurred_at + self.pane_ms
+        start, end = window_bounds(now, window_ms, self.pane_ms)
+        states = rolling_window(self.panes, now, window_ms, self.pane_ms)
+        return [
+            window_result(start, end, channel, journey, metric, state, 1)
+            for (channel, journey, metric), state in sorted(states.items())
+            if state.n > 0
+        ]
+
+
+def replay_file(
+    path: Path,
+    pane_ms: int,
+    on_dead_letter: Callable[[DeadLetter], None],
+    progress: Progress | None = None,
+) -> Replay:
+    """Replay one file; dead letters are handed to ``on_dead_letter`` as they are found."""
+    handle, is_avro = open_input(path)
+    replay = Replay(pane_ms)
+    with handle:
+        batches = _avro_batches(handle) if is_avro else _json_batches(handle)
+        for batch in batches:
+            for dead in replay.feed(batch):
+                on_dead_letter(dead)
+            if progress is not None:
+                progress(handle.tell())
+    return replay
+
+
+def dead_letter_json(dead: DeadLetter) -> str:
+    """One dead letter as a JSON line: reason, detail, the original line (or base64 of bytes), position."""
+    original: str | None
+    if isinstance(dead.original, bytes):
+        original = base64.b64encode(dead.original).decode("ascii") if dead.original else None
+    else:
+        original = dead.original
+    return json.dumps(
+        {"reason": dead.reason, "detail": dead.detail, "event": original, "position": dead.position},
+        separators=(",", ":"),
+    )

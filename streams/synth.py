@@ -1,0 +1,86 @@
+"""Realistic synthetic contact-center feedback, for benchmarks and tests (and later `cxpulse simulate`).
+
+Deterministic for a seed.  Channels, journeys and touchpoints follow a skewed mix; each metric uses its usual
+scales; a small share of events is invalid or duplicated, as in a real feed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+CHANNELS = ("phone", "chat", "email", "web", "app", "store", "social")
+CHANNEL_WEIGHTS = (30, 20, 10, 15, 15, 7, 3)
+JOURNEYS = ("onboarding", "billing", "support", "claims", "cancellation", "delivery")
+TOUCHPOINTS = ("ivr", "agent_call", "callback", "invoice_page", "faq", "checkout", "live_agent", "bot")
+REASONS = ("hold_time", "transfer", "repeat_contact", "knowledge", "policy", "outage", "friendly", "fast")
+SOURCES = ("genesys", "amazon-connect", "web-survey", "qualtrics")
+METRIC_SCALES: dict[str, tuple[tuple[int, int], ...]] = {
+    "NPS": ((0, 10),),
+    "NLS": ((0, 10),),
+    "CES": ((1, 7), (1, 5)),
+    "CSAT": ((1, 5), (1, 7)),
+    "CAS": ((1, 5),),
+}
+METRIC_WEIGHTS = (25, 5, 30, 35, 5)
+
+
+def realistic_events(
+    count: int,
+    *,
+    seed: int = 7,
+    start_ms: int = 1_767_225_600_000,  # 2026-01-01T00:00:00Z
+    per_second: float = 50.0,
+    invalid_share: float = 0.02,
+    duplicate_share: float = 0.01,
+) -> Iterator[dict[str, Any]]:
+    """Yield ``count`` FeedbackEvent dicts (all schema fields present), occurred_at increasing on average."""
+    rng = random.Random(seed)
+    metrics = tuple(METRIC_SCALES)
+    step_ms = 1000.0 / per_second
+    recent: list[dict[str, Any]] = []
+    for i in range(count):
+        if recent and rng.random() < duplicate_share:
+            yield dict(rng.choice(recent))
+            continue
+        metric = rng.choices(metrics, METRIC_WEIGHTS)[0]
+        lo, hi = rng.choice(METRIC_SCALES[metric])
+        score = min(hi, max(lo, round(rng.triangular(lo, hi, lo + 0.75 * (hi - lo)))))
+        event: dict[str, Any] = {
+            "event_id": f"ev-{seed}-{i}",
+            "occurred_at": start_ms + int(i * step_ms) - rng.randrange(0, 5000),
+            "source": rng.choice(SOURCES),
+            "channel": rng.choices(CHANNELS, CHANNEL_WEIGHTS)[0],
+            "journey": rng.choice(JOURNEYS),
+            "touchpoint": rng.choice(TOUCHPOINTS),
+            "metric": metric,
+            "score": score,
+            "scale_min": None if (lo, hi) == METRIC_SCALES[metric][0] else lo,
+            "scale_max": None if (lo, hi) == METRIC_SCALES[metric][0] else hi,
+            "customer_id": f"cust-{rng.randrange(200_000)}",
+            "interaction_id": f"int-{i}",
+            "agent_id": f"agent-{rng.randrange(500)}",
+            "team": f"team-{rng.randrange(20)}",
+            "reason_codes": rng.sample(REASONS, rng.randrange(0, 3)),
+            "comment": None,
+        }
+        if rng.random() < invalid_share:
+            _spoil(event, rng)
+        recent.append(event)
+        if len(recent) > 1000:
+            recent.pop(0)
+        yield event
+
+
+def _spoil(event: dict[str, Any], rng: random.Random) -> None:
+    """Make an event invalid in one of the ways a real feed does (Avro-encodable, so no type errors)."""
+    kind = rng.randrange(4)
+    if kind == 0:
+        event["event_id"] = ""
+    elif kind == 1:
+        event["score"] = 99
+    elif kind == 2:
+        event["channel"] = "#" + event["channel"]
+    else:
+        event["scale_min"], event["scale_max"] = 5, 5

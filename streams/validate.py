@@ -1,0 +1,201 @@
+"""Validation of decoded FeedbackEvents (METRICS.md section 2), on batches.
+
+``validate_batch`` turns decoded records into :class:`Feedback` tuples (labels normalised, scale defaults
+filled in, occurred_at in epoch milliseconds) and :class:`DeadLetter` records with a machine-readable reason.
+The first failing check wins, in the order of the contract's list.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Final, Literal, NamedTuple
+
+Metric = Literal["NPS", "CES", "CSAT", "NLS", "CAS"]
+METRICS: Final[tuple[Metric, ...]] = ("NPS", "CES", "CSAT", "NLS", "CAS")
+
+Reason = Literal[
+    "undecodable",
+    "missing_field",
+    "bad_metric",
+    "bad_scale",
+    "score_out_of_range",
+    "bad_label",
+    "future_timestamp",
+    "too_old",
+]
+REASONS: Final[tuple[Reason, ...]] = (
+    "undecodable",
+    "missing_field",
+    "bad_metric",
+    "bad_scale",
+    "score_out_of_range",
+    "bad_label",
+    "future_timestamp",
+    "too_old",
+)
+
+DEFAULT_SCALES: Final[Mapping[str, tuple[int, int]]] = {
+    "NPS": (0, 10),
+    "NLS": (0, 10),
+    "CES": (1, 7),
+    "CSAT": (1, 5),
+    "CAS": (1, 5),
+}
+LABEL_PATTERN: Final = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+_WHITESPACE = re.compile(r"\s+")
+_REQUIRED_STRINGS: Final = ("event_id", "source", "channel", "journey", "metric")
+_LABEL_CACHE_LIMIT: Final = 100_000  # distinct raw labels remembered; bounded against label floods
+
+
+class Feedback(NamedTuple):
+    """A valid, normalised survey answer: what the aggregation core consumes."""
+
+    event_id: str
+    occurred_at: int  # epoch milliseconds, UTC
+    source: str
+    channel: str
+    journey: str
+    metric: str
+    score: int
+    scale_min: int
+    scale_max: int
+    touchpoint: str | None
+    customer_id: str | None
+    reason_codes: tuple[str, ...]
+
+
+class DeadLetter(NamedTuple):
+    """An invalid input: why (``reason``, one of REASONS; ``detail`` for people), what, and where from."""
+
+    reason: Reason
+    detail: str
+    original: bytes | str
+    position: str
+
+
+class Clock(NamedTuple):
+    """The stream-only checks: processing time and how far ahead / behind occurred_at may be."""
+
+    now_ms: int
+    future_tolerance_ms: int
+    retention_ms: int
+
+
+def normalise_label(raw: str) -> str:
+    """Trim, lower-case, each run of white space becomes ``_`` ("Live Chat" -> "live_chat")."""
+    return _WHITESPACE.sub("_", raw.strip().lower())
+
+
+_labels: dict[str, str | None] = {}
+
+
+def _label(raw: str) -> str | None:
+    """The normalised label, or None when it does not match the label pattern (cached per raw value)."""
+    try:
+        return _labels[raw]
+    except KeyError:
+        norm = normalise_label(raw)
+        result = norm if LABEL_PATTERN.fullmatch(norm) else None
+        if len(_labels) >= _LABEL_CACHE_LIMIT:
+            _labels.clear()
+        _labels[raw] = result
+        return result
+
+
+def scale_problem(metric: str, lo: int, hi: int) -> str | None:
+    """Why (metric, lo, hi) is not an acceptable scale, or None when it is."""
+    if metric in ("NPS", "NLS") and (lo, hi) != (0, 10):
+        return f"{metric} must be on the 0-10 scale, not {lo}-{hi}"
+    if lo >= hi or hi - lo < 2:
+        return f"scale {lo}-{hi} needs at least three points"
+    if lo < 0 or hi > 100:
+        return f"scale {lo}-{hi} must lie within 0-100"
+    return None
+
+
+def _timestamp_ms(value: Any) -> int:
+    if isinstance(value, datetime):  # records decoded with logical types (e.g. from an Avro file)
+        return int(value.timestamp() * 1000)
+    return int(value)
+
+
+def validate_record(record: Mapping[str, Any], clock: Clock | None = None) -> Feedback | tuple[Reason, str]:
+    """Check one decoded record; return the normalised Feedback or (reason, detail)."""
+    get: Callable[[str], Any] = record.get
+    for name in _REQUIRED_STRINGS:
+        value = get(name)
+        if not value or value.isspace():
+            return "missing_field", f"{name} is absent or empty"
+    occurred = get("occurred_at")
+    score = get("score")
+    if occurred is None:
+        return "missing_field", "occurred_at is absent"
+    if score is None:
+        return "missing_field", "score is absent"
+    metric = get("metric")
+    defaults = DEFAULT_SCALES.get(metric)
+    if defaults is None:
+        return "bad_metric", f"metric {metric!r} is not one of {', '.join(METRICS)}"
+    lo = get("scale_min")
+    hi = get("scale_max")
+    lo = defaults[0] if lo is None else lo
+    hi = defaults[1] if hi is None else hi
+    problem = scale_problem(metric, lo, hi)
+    if problem is not None:
+        return "bad_scale", problem
+    if score < lo or score > hi:
+        return "score_out_of_range", f"score {score} outside {lo}-{hi}"
+    channel = _label(get("channel"))
+    if channel is None:
+        return "bad_label", f"channel {get('channel')!r} is not a valid label once normalised"
+    journey = _label(get("journey"))
+    if journey is None:
+        return "bad_label", f"journey {get('journey')!r} is not a valid label once normalised"
+    occurred_ms = _timestamp_ms(occurred)
+    if clock is not None:
+        if occurred_ms > clock.now_ms + clock.future_tolerance_ms:
+            return "future_timestamp", f"occurred_at {occurred_ms} is ahead of the clock {clock.now_ms}"
+        if occurred_ms < clock.now_ms - clock.retention_ms:
+            return "too_old", f"occurred_at {occurred_ms} is older than the retention of pane state"
+    return Feedback(
+        record["event_id"],
+        occurred_ms,
+        record["source"],
+        channel,
+        journey,
+        metric,
+        score,
+        lo,
+        hi,
+        get("touchpoint"),
+        get("customer_id"),
+        tuple(get("reason_codes") or ()),
+    )
+
+
+class Rejection(NamedTuple):
+    """Why the record at ``index`` of a batch is invalid."""
+
+    at: int  # index in the batch
+    reason: Reason
+    detail: str
+
+
+def validate_batch(
+    records: Sequence[Mapping[str, Any]], clock: Clock | None = None
+) -> tuple[list[Feedback], list[Rejection]]:
+    """Validate a batch of decoded records; return the valid ones (in order) and the rejections by index.
+
+    The caller owns the original bytes and positions, and builds DeadLetters from the rejections.
+    """
+    valid: list[Feedback] = []
+    rejected: list[Rejection] = []
+    for index, record in enumerate(records):
+        checked = validate_record(record, clock)
+        if isinstance(checked, Feedback):
+            valid.append(checked)
+        else:
+            rejected.append(Rejection(index, *checked))
+    return valid, rejected

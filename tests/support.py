@@ -1,0 +1,116 @@
+"""Helpers shared by the tests: free ports, a started `cxpulse broker` subprocess, event builders."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+READY = re.compile(r"ready on (?P<bootstrap>\S+) in (?P<seconds>[\d.]+) s \(java pid (?P<pid>\d+)")
+BROKER_START_TIMEOUT = 120.0  # seconds; includes resolving the jars on a fresh machine
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports that were free on 127.0.0.1 a moment ago (held together so they differ)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+@dataclass
+class RunningBroker:
+    """A `cxpulse broker` process that printed its ready line."""
+
+    proc: subprocess.Popen[str]
+    bootstrap: str
+    java_pid: int
+    ready_seconds: float
+    output: list[str]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def cxpulse_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "streams.cli", *args]
+
+
+def start_broker(data_dir: Path, *, new_session: bool = False) -> RunningBroker:
+    """Start `cxpulse broker` on free ports and block until it prints that it is ready."""
+    port, controller = free_ports(2)
+    proc = subprocess.Popen(
+        cxpulse_command(
+            "broker",
+            "--port",
+            str(port),
+            "--controller-port",
+            str(controller),
+            "--data-dir",
+            str(data_dir),
+            "--heap",
+            "384m",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=new_session,
+        env={**os.environ, "COLUMNS": "250"},
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+    output: list[str] = []
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            output.append(line)
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    while True:
+        try:
+            line = lines.get(timeout=BROKER_START_TIMEOUT)
+        except queue.Empty:
+            proc.kill()
+            raise RuntimeError(f"broker not ready after {BROKER_START_TIMEOUT} s: {''.join(output)}") from None
+        if line is None:
+            raise RuntimeError(f"`cxpulse broker` exited with {proc.wait()}: {''.join(output)}")
+        match = READY.search(line)
+        if match:
+            return RunningBroker(proc, match["bootstrap"], int(match["pid"]), float(match["seconds"]), output)
+
+
+def event(**overrides: Any) -> dict[str, Any]:
+    """A valid FeedbackEvent (JSON form), with overrides."""
+    base: dict[str, Any] = {
+        "event_id": "e-1",
+        "occurred_at": 1_700_000_000_000,
+        "source": "genesys",
+        "channel": "phone",
+        "journey": "billing",
+        "metric": "CES",
+        "score": 5,
+    }
+    base.update(overrides)
+    return base

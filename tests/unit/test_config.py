@@ -1,0 +1,40 @@
+"""Settings and durations: bad configuration fails with the setting's name."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+from typer.testing import CliRunner
+
+from streams.cli import app
+from streams.config import Settings, parse_duration
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("60s", 60), ("5m", 300), ("1h", 3600), ("7d", 604800), ("250ms", 0.25), ("90", 90)]
+)
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "soon", "-5m", "0s", "5 minutes"])
+def test_bad_durations_name_the_text(text: str) -> None:
+    with pytest.raises(ValueError, match=repr(text).replace("'", ".")):
+        parse_duration(text)
+
+
+def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CXPULSE_KAFKA_BOOTSTRAP", "kafka:19092")
+    monkeypatch.setenv("CXPULSE_WINDOWS_SECONDS", "[3600, 300, 300]")
+    settings = Settings()
+    assert settings.kafka_bootstrap == "kafka:19092"
+    assert settings.windows_seconds == (300, 3600)
+
+
+def test_invalid_setting_fails_at_start_up_with_its_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CXPULSE_PARTITIONS", "0")
+    with pytest.raises(ValidationError):
+        Settings()
+    result = CliRunner().invoke(app, ["topics"])
+    assert result.exit_code == 2
+    assert "CXPULSE_PARTITIONS" in result.stderr

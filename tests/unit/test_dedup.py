@@ -1,0 +1,27 @@
+"""De-duplication: the first event with an id counts; memory is bounded by expiring old hours."""
+
+from __future__ import annotations
+
+from streams.dedup import BUCKET_MS, Deduplicator
+from tests.unit.test_aggregate import fb
+
+
+def test_first_event_with_an_id_wins() -> None:
+    dedup = Deduplicator()
+    events = [fb("CES", 1, 1, 7, event_id="a"), fb("CES", 7, 1, 7, event_id="a"), fb("CES", 2, 1, 7, event_id="b")]
+    unique, duplicates = dedup.first_seen(events)
+    assert [(e.event_id, e.score) for e in unique] == [("a", 1), ("b", 2)]
+    assert duplicates == 1
+    again, duplicates = dedup.first_seen([fb("CES", 3, 1, 7, event_id="b", t=5 * BUCKET_MS)])
+    assert again == [] and duplicates == 1
+
+
+def test_expiry_forgets_whole_old_hours_only() -> None:
+    dedup = Deduplicator()
+    dedup.first_seen([fb("CES", 1, 1, 7, event_id=f"old-{i}", t=i) for i in range(100)])
+    dedup.first_seen([fb("CES", 1, 1, 7, event_id="new", t=3 * BUCKET_MS)])
+    assert dedup.expire(older_than_ms=BUCKET_MS - 1) == 0  # the first hour is not over yet
+    assert dedup.expire(older_than_ms=2 * BUCKET_MS) == 100
+    assert len(dedup) == 1
+    unique, _ = dedup.first_seen([fb("CES", 1, 1, 7, event_id="new", t=3 * BUCKET_MS)])
+    assert unique == []

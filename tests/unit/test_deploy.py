@@ -1,0 +1,88 @@
+"""Static checks of what users run without us: docker-compose.yml, the Dockerfile, the Kafka pom, `.ci/run`.
+
+No Docker engine runs here, so the compose file is checked for what can break without one: every service
+built from this repo runs a `cxpulse` command that exists, every file it copies exists, and the Kafka
+image is the version the pom resolves.
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET  # noqa: N817
+from pathlib import Path
+
+import yaml
+from typer.main import get_command
+
+from streams.cli import app
+from streams.config import REPO_ROOT
+
+COMPOSE = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+POM_NS = {"m": "http://maven.apache.org/POM/4.0.0"}
+
+
+def _pom_kafka_version() -> str:
+    root = ET.parse(REPO_ROOT / "deploy/kafka/pom.xml").getroot()  # noqa: S314 - our own file
+    version = root.find("m:properties/m:kafka.version", POM_NS)
+    assert version is not None and version.text
+    return version.text
+
+
+def test_compose_kafka_image_matches_the_pom() -> None:
+    assert COMPOSE["services"]["kafka"]["image"] == f"apache/kafka:{_pom_kafka_version()}"
+
+
+def test_compose_services_built_here_run_existing_commands() -> None:
+    commands = set(get_command(app).commands)  # type: ignore[attr-defined]
+    built = {name: svc for name, svc in COMPOSE["services"].items() if "build" in svc}
+    assert built, "no service runs the cxpulse image"
+    for name, service in built.items():
+        assert (REPO_ROOT / service["build"]["dockerfile"]).is_file(), name
+        assert service["command"][0] in commands, f"{name} runs unknown command {service['command'][0]}"
+        for var in service.get("environment", {}):
+            assert var.startswith("CXPULSE_"), f"{name}: {var}"
+
+
+def test_compose_dependencies_exist() -> None:
+    services = COMPOSE["services"]
+    for name, service in services.items():
+        for dependency in service.get("depends_on", {}):
+            assert dependency in services, f"{name} depends on missing {dependency}"
+
+
+def test_dockerfile_copies_existing_paths() -> None:
+    for line in (REPO_ROOT / "deploy/Dockerfile").read_text().splitlines():
+        if line.startswith("COPY "):
+            for source in line.split()[1:-1]:
+                assert (REPO_ROOT / source).exists(), source
+
+
+def test_compose_env_vars_are_settings() -> None:
+    from streams.config import Settings
+
+    known = {f"CXPULSE_{name.upper()}" for name in Settings.model_fields}
+    for service in COMPOSE["services"].values():
+        for var in service.get("environment", {}):
+            if var.startswith("CXPULSE_"):
+                assert var in known, var
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    ci = (REPO_ROOT / ".ci/run").read_text()
+    commands = re.findall(r"^\s*(make \w+)\s*$", readme, flags=re.MULTILINE)
+    assert "make test" in commands and "make demo" in commands
+    assert re.search(r"^make test$", ci, flags=re.MULTILINE)
+
+
+def test_readme_configuration_table_lists_every_setting() -> None:
+    from streams.config import Settings
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    for name in Settings.model_fields:
+        assert f"`CXPULSE_{name.upper()}`" in readme, name
+
+
+def test_pinned_paths_exist() -> None:
+    assert Path(REPO_ROOT / "deploy/kafka/server.properties.template").is_file()
+    assert Path(REPO_ROOT / "deploy/kafka/log4j2.properties").is_file()
