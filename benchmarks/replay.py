@@ -49,7 +49,8 @@ def main() -> None:
         path = Path(tmp) / "events.avro"
         started = time.perf_counter()
         write_file(path, args.events)
-        print(f"wrote {args.events:,} events ({path.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - started:.1f} s")
+        took = time.perf_counter() - started
+        print(f"wrote {args.events:,} events ({path.stat().st_size / 1e6:.0f} MB) in {took:.1f} s")
         if args.profile:
             from pyinstrument import Profiler
 

@@ -23,9 +23,11 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
+from schemas.codec import LocalCatalog, RegistryCatalog
 from streams import broker as local_broker
 from streams.config import Settings, parse_duration
 from streams.errors import CxPulseError
+from streams.produce import produce_file
 from streams.replay import Progress as ProgressFn
 from streams.replay import dead_letter_json, replay_file
 from streams.topics import ensure_topics, topic_specs
@@ -210,6 +212,52 @@ def demo(
         return
     out.print("running; Ctrl-C stops everything", highlight=False)
     shutdown.wait(spec.log_file)
+
+
+@app.command()
+def produce(
+    events: Annotated[Path, typer.Argument(help="JSON lines or Avro container file of FeedbackEvents.")],
+    topic: Annotated[str | None, typer.Option(help="Topic [env CXPULSE_FEEDBACK_TOPIC].")] = None,
+    bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap [env CXPULSE_KAFKA_BOOTSTRAP].")] = None,
+    validate: Annotated[
+        bool, typer.Option("--validate", help="Refuse invalid events (reported on stderr) instead of sending them.")
+    ] = False,
+) -> None:
+    """Send a file of events to the feedback topic, the way a contact-center platform would.
+
+    Without --validate every line or record is sent as it is, invalid ones too. With it, invalid events are
+    refused, one JSON line each on stderr, and the exit code is 3 when any was refused.
+    """
+    settings = _settings(kafka_bootstrap=bootstrap, feedback_topic=topic)
+    catalog = RegistryCatalog(settings.schema_registry_url) if settings.schema_registry_url else LocalCatalog()
+    started = time.monotonic()
+    with ExitStack() as stack:
+        try:
+            stats = produce_file(
+                events,
+                settings.kafka_bootstrap,
+                settings.feedback_topic,
+                catalog,
+                validate=validate,
+                on_refused=lambda dead: err.print(dead_letter_json(dead), highlight=False, markup=False),
+                progress=_progress(stack, events),
+            )
+        except CxPulseError as exc:
+            _fail(f"produce: {exc}")
+    if stats.failed:
+        _fail(f"produce: {len(stats.failed)} messages were not delivered; first: {stats.failed[0]}")
+    refused = sum(stats.refused.values())
+    err.print(
+        f"sent {stats.sent} events to {settings.feedback_topic} in {time.monotonic() - started:.1f} s"
+        + (
+            f"; refused {refused} ({', '.join(f'{k} {v}' for k, v in sorted(stats.refused.items()))})"
+            if refused
+            else ""
+        ),
+        highlight=False,
+    )
+    if refused:
+        raise typer.Exit(3)
 
 
 def _duration_ms(text: str, option: str) -> int:

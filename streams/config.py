@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     kafka_lib_dir: Path = Field(
         REPO_ROOT / "deploy" / "kafka" / "lib", description="folder of the Kafka jars resolved by Maven"
     )
+    schema_registry_url: str = Field(
+        "", description="Confluent Schema Registry URL; empty = the fixed local catalog of schema ids"
+    )
     feedback_topic: str = Field("cx.feedback", description="topic of incoming FeedbackEvents")
     dlq_topic: str = Field("cx.feedback.dlq", description="dead-letter topic")
     results_topic: str = Field("cx.metrics.panes", description="topic of WindowResults")

@@ -23,7 +23,7 @@ from schemas.codec import FEEDBACK_RAW, feedback_from_json
 from streams.aggregate import GroupKey, State, aggregate_panes, merge_into
 from streams.dedup import Deduplicator
 from streams.errors import DecodeError, InputFileError
-from streams.validate import DeadLetter, validate_batch
+from streams.validate import DeadLetter, Rejection, validate_batch
 from streams.windows import WindowResult, pane_results, rolling_window, window_bounds, window_result
 
 AVRO_MAGIC = b"Obj\x01"
@@ -57,6 +57,14 @@ class Batch:
     originals: Callable[[int], bytes | str]  # index -> original line or bytes (only called for dead letters)
     undecodable: list[tuple[int, DeadLetter]]  # (how many records came before it, the dead letter)
     count: int  # inputs read in this batch (decoded or not)
+
+    def dead_letters(self, rejected: list[Rejection]) -> list[DeadLetter]:
+        """The undecodable inputs and the rejected records of this batch, in input order."""
+        ordered = [((before, 0), letter) for before, letter in self.undecodable]
+        ordered.extend(
+            ((r.at, 1), DeadLetter(r.reason, r.detail, self.originals(r.at), self.positions[r.at])) for r in rejected
+        )
+        return [letter for _, letter in sorted(ordered, key=lambda pair: pair[0])]
 
 
 def open_input(path: Path) -> tuple[IO[bytes], bool]:
@@ -183,6 +191,14 @@ class Replay:
         ]
 
 
+def read_batches(path: Path) -> Iterator[tuple[Batch, int]]:
+    """Open an events file and yield its batches with the bytes read so far (for progress)."""
+    handle, is_avro = open_input(path)
+    with handle:
+        for batch in _avro_batches(handle) if is_avro else _json_batches(handle):
+            yield batch, handle.tell()
+
+
 def replay_file(
     path: Path,
     pane_ms: int,
@@ -190,15 +206,12 @@ def replay_file(
     progress: Progress | None = None,
 ) -> Replay:
     """Replay one file; dead letters are handed to ``on_dead_letter`` as they are found."""
-    handle, is_avro = open_input(path)
     replay = Replay(pane_ms)
-    with handle:
-        batches = _avro_batches(handle) if is_avro else _json_batches(handle)
-        for batch in batches:
-            for dead in replay.feed(batch):
-                on_dead_letter(dead)
-            if progress is not None:
-                progress(handle.tell())
+    for batch, done in read_batches(path):
+        for dead in replay.feed(batch):
+            on_dead_letter(dead)
+        if progress is not None:
+            progress(done)
     return replay
 
 

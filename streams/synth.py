@@ -36,7 +36,7 @@ def realistic_events(
     duplicate_share: float = 0.01,
 ) -> Iterator[dict[str, Any]]:
     """Yield ``count`` FeedbackEvent dicts (all schema fields present), occurred_at increasing on average."""
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 - synthetic data, reproducible by seed; not security
     metrics = tuple(METRIC_SCALES)
     step_ms = 1000.0 / per_second
     recent: list[dict[str, Any]] = []

@@ -1,0 +1,120 @@
+"""``cxpulse produce``: send a file of FeedbackEvents to the feedback topic, as a contact-center platform would.
+
+JSON lines are sent as they are (the JSON form); records of an Avro container file are sent in the Confluent
+wire format with the current FeedbackEvent schema.  Messages are keyed by customer_id (else event_id), the
+way platforms usually key them.  Without ``validate`` every input is sent, invalid ones included, so that the
+worker's dead-letter path sees them; with it, invalid inputs are refused and reported instead.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from schemas.codec import FEEDBACK, FEEDBACK_RAW, SchemaCatalog, encode_confluent
+from streams.errors import BrokerError
+from streams.kafka import producer
+from streams.replay import Batch, read_batches
+from streams.validate import DeadLetter, validate_batch
+
+FLUSH_TIMEOUT_SECONDS = 60.0
+METADATA_TIMEOUT_SECONDS = 10.0  # how long produce waits for Kafka to answer before it gives up
+_DEFAULTS: dict[str, Any] = {f["name"]: f.get("default") for f in FEEDBACK_RAW["fields"]}
+
+
+@dataclass
+class ProduceStats:
+    """What a produce run sent, refused and failed to deliver."""
+
+    sent: int = 0
+    refused: Counter[str] = field(default_factory=Counter)
+    failed: list[str] = field(default_factory=list)
+
+
+def encode_record(record: Mapping[str, Any], catalog: SchemaCatalog) -> bytes:
+    """A decoded FeedbackEvent in the Confluent wire format of the current schema."""
+    full = {**_DEFAULTS, **record}
+    occurred = full["occurred_at"]
+    if isinstance(occurred, datetime):
+        full["occurred_at"] = int(occurred.timestamp() * 1000)
+    return encode_confluent(full, FEEDBACK, catalog.id_for(FEEDBACK_RAW))
+
+
+def _messages(
+    batch: Batch, keep: set[int], catalog: SchemaCatalog, with_undecodable: bool
+) -> list[tuple[bytes | None, bytes]]:
+    """(key, value) of every input of the batch to send, in input order."""
+    out: list[tuple[int, bytes | None, bytes]] = []
+    for index in sorted(keep):
+        record = batch.records[index]
+        original = batch.originals(index)
+        value = original.encode() if isinstance(original, str) else encode_record(record, catalog)
+        key = record.get("customer_id") or record.get("event_id")
+        out.append((2 * index + 1, key.encode() if key else None, value))
+    if with_undecodable:
+        for before, dead in batch.undecodable:
+            if dead.original:
+                raw = dead.original.encode() if isinstance(dead.original, str) else dead.original
+                out.append((2 * before, None, raw))
+    return [(key, value) for _, key, value in sorted(out, key=lambda item: item[0])]
+
+
+def _check_topic(out: Producer, bootstrap: str, topic: str) -> None:
+    """Fail fast, naming the problem, when Kafka cannot be reached or the topic does not exist."""
+    try:
+        metadata = out.list_topics(timeout=METADATA_TIMEOUT_SECONDS)
+    except KafkaException as exc:
+        raise BrokerError(f"cannot reach Kafka at {bootstrap}: {exc.args[0].str()}") from exc
+    if topic not in metadata.topics:
+        raise BrokerError(f"topic {topic} does not exist on Kafka at {bootstrap} (create it with `cxpulse topics`)")
+
+
+def produce_file(
+    path: Path,
+    bootstrap: str,
+    topic: str,
+    catalog: SchemaCatalog,
+    *,
+    validate: bool = False,
+    on_refused: Callable[[DeadLetter], None] = lambda dead: None,
+    progress: Callable[[int], None] | None = None,
+) -> ProduceStats:
+    """Send every event of ``path`` to ``topic``; return what happened.  Waits until all are delivered."""
+    stats = ProduceStats()
+    out = producer(bootstrap, **{"linger.ms": 20, "compression.type": "lz4"})
+    _check_topic(out, bootstrap, topic)
+
+    def delivered(error: KafkaError | None, message: Message) -> None:
+        if error is not None:
+            stats.failed.append(f"{message.topic()}: {error.str()}")
+
+    for batch, done in read_batches(path):
+        keep = set(range(len(batch.records)))
+        if validate:
+            _, rejected = validate_batch(batch.records)
+            keep -= {r.at for r in rejected}
+            for dead in batch.dead_letters(rejected):
+                stats.refused[dead.reason] += 1
+                on_refused(dead)
+        for key, value in _messages(batch, keep, catalog, with_undecodable=not validate):
+            while True:
+                try:
+                    out.produce(topic, value, key=key, on_delivery=delivered)
+                    break
+                except BufferError:  # the local queue is full: let deliveries drain, then retry
+                    out.poll(0.5)
+            stats.sent += 1
+        out.poll(0)
+        if progress is not None:
+            progress(done)
+    if out.flush(FLUSH_TIMEOUT_SECONDS) > 0:
+        raise BrokerError(
+            f"messages still undelivered after {FLUSH_TIMEOUT_SECONDS:.0f} s: is Kafka at {bootstrap} up?"
+        )
+    return stats
