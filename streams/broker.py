@@ -7,6 +7,7 @@ of the parent never leaves an orphan JVM behind.
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import os
 import shutil
@@ -129,8 +130,6 @@ def format_storage(spec: BrokerSpec, properties: Path) -> bool:
 
 def _cluster_id() -> str:
     """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding (what StorageTool expects)."""
-    import base64
-
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 

@@ -240,7 +240,7 @@ def produce(
                 catalog,
                 validate=validate,
                 on_refused=lambda dead: err.print(dead_letter_json(dead), highlight=False, markup=False),
-                progress=_progress(stack, events),
+                progress=_progress(stack, events, "produce"),
             )
         except CxPulseError as exc:
             _fail(f"produce: {exc}")
@@ -299,7 +299,7 @@ def replay(
                 dead_file.write(dead_letter_json(dead) + "\n")
 
         try:
-            result = replay_file(events, pane_ms, on_dead, _progress(stack, events))
+            result = replay_file(events, pane_ms, on_dead, _progress(stack, events, "replay"))
         except CxPulseError as exc:
             _fail(f"replay: {exc}")
         except OSError as exc:
@@ -319,7 +319,7 @@ def replay(
         )
 
 
-def _progress(stack: ExitStack, path: Path) -> ProgressFn | None:
+def _progress(stack: ExitStack, path: Path, verb: str) -> ProgressFn | None:
     """A progress callback that shows a bar on a terminal once the work has taken a second."""
     if not err.is_terminal or not path.is_file():
         return None
@@ -334,7 +334,7 @@ def _progress(stack: ExitStack, path: Path) -> ProgressFn | None:
         console=err,
         transient=True,
     )
-    task = bar.add_task(f"replay {path.name}", total=total)
+    task = bar.add_task(f"{verb} {path.name}", total=total)
     shown = False
 
     def update(done: int) -> None:

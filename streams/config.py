@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +61,18 @@ class Settings(BaseSettings):
         if not value or any(w <= 0 for w in value):
             raise ValueError("CXPULSE_WINDOWS_SECONDS must list positive numbers of seconds")
         return tuple(sorted(set(value)))
+
+    @model_validator(mode="after")
+    def _windows_fit_panes(self) -> Settings:
+        for window in self.windows_seconds:
+            if window % self.pane_seconds:
+                raise ValueError(
+                    f"CXPULSE_WINDOWS_SECONDS: {window} s is not a whole number of panes "
+                    f"(CXPULSE_PANE_SECONDS={self.pane_seconds})"
+                )
+        if self.retention_seconds < max(self.windows_seconds):
+            raise ValueError("CXPULSE_RETENTION_SECONDS must cover the longest window")
+        return self
 
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}

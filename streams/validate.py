@@ -10,10 +10,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Final, Literal, NamedTuple
+from typing import Any, Final, Literal, NamedTuple, get_args
 
 Metric = Literal["NPS", "CES", "CSAT", "NLS", "CAS"]
-METRICS: Final[tuple[Metric, ...]] = ("NPS", "CES", "CSAT", "NLS", "CAS")
+METRICS: Final[tuple[Metric, ...]] = get_args(Metric)
 
 Reason = Literal[
     "undecodable",
@@ -25,16 +25,7 @@ Reason = Literal[
     "future_timestamp",
     "too_old",
 ]
-REASONS: Final[tuple[Reason, ...]] = (
-    "undecodable",
-    "missing_field",
-    "bad_metric",
-    "bad_scale",
-    "score_out_of_range",
-    "bad_label",
-    "future_timestamp",
-    "too_old",
-)
+REASONS: Final[tuple[Reason, ...]] = get_args(Reason)
 
 DEFAULT_SCALES: Final[Mapping[str, tuple[int, int]]] = {
     "NPS": (0, 10),

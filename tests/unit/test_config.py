@@ -38,3 +38,10 @@ def test_invalid_setting_fails_at_start_up_with_its_name(monkeypatch: pytest.Mon
     result = CliRunner().invoke(app, ["topics"])
     assert result.exit_code == 2
     assert "CXPULSE_PARTITIONS" in result.stderr
+
+
+def test_windows_must_be_whole_panes_and_fit_retention() -> None:
+    with pytest.raises(ValidationError, match="not a whole number of panes"):
+        Settings(pane_seconds=60, windows_seconds=(90,))
+    with pytest.raises(ValidationError, match="CXPULSE_RETENTION_SECONDS"):
+        Settings(windows_seconds=(86400,), retention_seconds=3600)
