@@ -56,6 +56,22 @@ def cxpulse_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "streams.cli", *args]
 
 
+def pump_lines(proc: subprocess.Popen[str]) -> tuple[queue.Queue[str | None], list[str]]:
+    """Read a child's stdout on a thread: each line goes to the queue (None at EOF) and to the list."""
+    lines: queue.Queue[str | None] = queue.Queue()
+    output: list[str] = []
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            output.append(line)
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines, output
+
+
 def start_broker(data_dir: Path, *, new_session: bool = False) -> RunningBroker:
     """Start `cxpulse broker` on free ports and block until it prints that it is ready."""
     port, controller = free_ports(2)
@@ -77,17 +93,7 @@ def start_broker(data_dir: Path, *, new_session: bool = False) -> RunningBroker:
         start_new_session=new_session,
         env={**os.environ, "COLUMNS": "250"},
     )
-    lines: queue.Queue[str | None] = queue.Queue()
-    output: list[str] = []
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            output.append(line)
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
+    lines, output = pump_lines(proc)
     while True:
         try:
             line = lines.get(timeout=BROKER_START_TIMEOUT)

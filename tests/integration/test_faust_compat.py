@@ -4,17 +4,15 @@ aio-libs/aiokafka#1085): a real Faust worker joins a group, consumes, and writes
 from __future__ import annotations
 
 import os
-import queue
 import re
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 from streams.kafka import producer
-from tests.support import RunningBroker
+from tests.support import RunningBroker, pump_lines
 
 APP = Path(__file__).with_name("faust_smoke_app.py")
 WAIT_SECONDS = 120.0
@@ -40,17 +38,7 @@ def test_faust_worker_consumes_and_keeps_a_table(
         env=env,
         cwd=tmp_path,
     )
-    lines: queue.Queue[str | None] = queue.Queue()
-    output: list[str] = []
-
-    def pump() -> None:
-        assert worker.stdout is not None
-        for line in worker.stdout:
-            output.append(line)
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
+    lines, output = pump_lines(worker)
     sent = [f"m{i}" for i in range(20)]
     out = producer(kafka_broker.bootstrap)
     for value in sent:
