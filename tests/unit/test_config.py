@@ -45,3 +45,11 @@ def test_windows_must_be_whole_panes_and_fit_retention() -> None:
         Settings(pane_seconds=60, windows_seconds=(90,))
     with pytest.raises(ValidationError, match="CXPULSE_RETENTION_SECONDS"):
         Settings(windows_seconds=(86400,), retention_seconds=3600)
+
+
+def test_cross_setting_error_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CXPULSE_WINDOWS_SECONDS", "[90]")
+    result = CliRunner().invoke(app, ["topics"])
+    assert result.exit_code == 2
+    assert "CXPULSE_WINDOWS_SECONDS: 90 s is not a whole number of panes" in result.stderr
+    assert "CXPULSE_:" not in result.stderr
