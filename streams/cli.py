@@ -217,6 +217,32 @@ def demo(
 
 
 @app.command()
+def worker(
+    bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap [env CXPULSE_KAFKA_BOOTSTRAP].")] = None,
+    data_dir: DataDirOpt = None,
+    loglevel: Annotated[str, typer.Option(help="Faust log level: crit, error, warn, info, debug.")] = "warn",
+) -> None:
+    """Run the stream worker: cx.feedback in, pane results on cx.metrics.panes, dead letters on the DLQ.
+
+    Creates the topics it needs first. Runs in the foreground until Ctrl-C / SIGTERM.
+    """
+    import faust
+
+    from streams.worker import create_app
+
+    settings = _settings(kafka_bootstrap=bootstrap, data_dir=data_dir)
+    try:
+        ensure_topics(settings.kafka_bootstrap, topic_specs(settings))
+    except CxPulseError as exc:
+        _fail(f"worker: {exc}")
+    catalog = RegistryCatalog(settings.schema_registry_url) if settings.schema_registry_url else LocalCatalog()
+    app_ = create_app(settings, catalog)
+    err.print(f"cxpulse worker {settings.app_id}: consuming {settings.feedback_topic} at {settings.kafka_bootstrap}")
+    # no spinner: at the default level Faust's spinner turns the root logger to DEBUG (~8% CPU)
+    faust.Worker(app_, loglevel=loglevel, quiet=True).execute_from_commandline()
+
+
+@app.command()
 def produce(
     events: Annotated[Path, typer.Argument(help="JSON lines or Avro container file of FeedbackEvents.")],
     topic: Annotated[str | None, typer.Option(help="Topic [env CXPULSE_FEEDBACK_TOPIC].")] = None,

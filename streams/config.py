@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     schema_registry_url: str = Field(
         "", description="Confluent Schema Registry URL; empty = the fixed local catalog of schema ids"
     )
+    app_id: str = Field("cxpulse", description="Faust app id: consumer group and prefix of internal topics")
     feedback_topic: str = Field("cx.feedback", description="topic of incoming FeedbackEvents")
     dlq_topic: str = Field("cx.feedback.dlq", description="dead-letter topic")
     results_topic: str = Field("cx.metrics.panes", description="topic of WindowResults")

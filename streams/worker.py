@@ -1,0 +1,260 @@
+"""``cxpulse worker``: the Faust app that turns ``cx.feedback`` into pane results on ``cx.metrics.panes``.
+
+Two agents, with the aggregation core of streams.aggregate doing every computation:
+
+1. ``ingest`` consumes raw feedback in batches (``take_events``).  Per source partition p it decodes,
+   validates (invalid -> ``cx.feedback.dlq`` with reason and source headers), de-duplicates by event_id and
+   aggregates into pane partials per (p, channel|journey, pane).  Each partial is kept in the
+   changelog-backed table ``source-panes`` together with the last source offset it has absorbed, and its
+   full state (not a delta) travels to the internal ``cxpulse-partials`` topic keyed by channel|journey.
+2. ``merge`` owns channel|journey keys: it keeps, per (channel|journey, pane), the latest partial of every
+   source partition in the table ``panes`` and emits the merged WindowResult of every metric it touched.
+
+Why the numbers stay exact under at-least-once delivery (Faust flushes every send and changelog write
+before it commits an offset, so a crash can only repeat work, never skip it):
+
+- a repeated event is recognised by its offset: ``source-panes`` keys absorb only offsets above their
+  watermark, and ``seen-ids`` remembers the offset an id was first counted at, so re-reading that same
+  message is not mistaken for a duplicate while a later copy is;
+- partials carry the full state of (p, key, pane) with the watermark as version, so ``merge`` keeps the
+  highest version per source partition: a resent or reordered partial changes nothing.
+
+Re-sends of one answer are caught when they land in the same source partition (producers key by customer,
+so a re-sent answer does).  Dead letters are at-least-once: each carries its source partition and offset
+in headers, so a reader can de-duplicate.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
+
+import faust
+from faust.streams import _current_event  # noqa: PLC2701 - see ingest()
+from faust.types import EventT, StreamT
+
+from schemas.codec import (
+    WINDOW_RESULT,
+    WINDOW_RESULT_RAW,
+    LocalCatalog,
+    SchemaCatalog,
+    decode_feedback,
+    encode_confluent,
+)
+from streams.aggregate import State, aggregate_panes, merge, merge_all
+from streams.config import DEFAULT_FUTURE_TOLERANCE_SECONDS, Settings
+from streams.errors import DecodeError
+from streams.validate import Clock, Feedback, validate_batch
+from streams.windows import WindowResult, window_result
+
+BATCH_MAX = 2000  # events per take_events batch
+BATCH_WITHIN_SECONDS = 0.25  # wait at most this long to fill a batch
+SESSION_TIMEOUT_SECONDS = 10.0  # Kafka group session: how long a dead worker's partitions stay unserved
+HEARTBEAT_SECONDS = 2.0
+
+Partial = dict[str, list[int]]  # metric -> State as a list of 8 ints
+
+
+def segment_key(channel: str, journey: str) -> str:
+    """The key partials travel under: channel|journey (neither may contain '|', see the label pattern)."""
+    return f"{channel}|{journey}"
+
+
+def _states_to_json(states: dict[str, State]) -> Partial:
+    return {metric: list(state) for metric, state in states.items()}
+
+
+def _states_from_json(raw: Partial) -> dict[str, State]:
+    return {metric: State(*values) for metric, values in raw.items()}
+
+
+def absorb(partial: list[Any] | None, events: Sequence[tuple[int, Feedback]], pane_ms: int) -> tuple[list[Any], bool]:
+    """Absorb the events above this partial's watermark into its states: ([watermark, states], changed).
+
+    ``events`` are (offset, event) of one source partition, one segment and one pane, in offset order.
+    """
+    watermark, raw = (partial[0], partial[1]) if partial is not None else (-1, {})
+    fresh = [event for offset, event in events if offset > watermark]
+    last = max(offset for offset, _ in events)
+    if not fresh:
+        return [max(watermark, last), raw], False
+    states = _states_from_json(raw)
+    for (_, _, _, metric), state in aggregate_panes(fresh, pane_ms).items():
+        current = states.get(metric)
+        states[metric] = state if current is None else merge(current, state)
+    return [max(watermark, last), _states_to_json(states)], True
+
+
+def merged_results(
+    channel: str, journey: str, pane: int, pane_ms: int, by_source: dict[str, list[Any]], metrics: Iterable[str]
+) -> list[WindowResult]:
+    """The WindowResults of one (segment, pane) from the latest partial of every source partition.
+
+    ``version`` is the sum of (watermark + 1) over the source partitions: it grows with every revision.
+    """
+    version = sum(watermark + 1 for watermark, _ in by_source.values())
+    out = []
+    for metric in sorted(metrics):
+        state = merge_all(State(*raw[metric]) for _, raw in by_source.values() if metric in raw)
+        if state.n > 0:
+            out.append(window_result(pane, pane + pane_ms, channel, journey, metric, state, version))
+    return out
+
+
+def result_record(result: WindowResult) -> dict[str, Any]:
+    """The Avro record of a WindowResult."""
+    return result._asdict()
+
+
+def create_app(settings: Settings, catalog: SchemaCatalog | None = None) -> faust.App:
+    """Build the Faust app with its topics, tables and agents (not started)."""
+    catalog = catalog or LocalCatalog()
+    result_schema_id = catalog.id_for(WINDOW_RESULT_RAW)
+    pane_ms = settings.pane_seconds * 1000
+    (settings.data_dir / "worker").mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        store="memory://",
+        datadir=str(settings.data_dir / "worker"),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        processing_guarantee="at_least_once",
+        web_enabled=False,
+        consumer_auto_offset_reset="earliest",
+        table_standby_replicas=0,
+        # a worker killed with -9 keeps its partitions until the session times out: keep that short
+        broker_session_timeout=SESSION_TIMEOUT_SECONDS,
+        broker_heartbeat_interval=HEARTBEAT_SECONDS,
+    )
+    feedback = app.topic(
+        settings.feedback_topic,
+        key_type=bytes,
+        value_type=bytes,
+        value_serializer="raw",
+        key_serializer="raw",
+        partitions=settings.partitions,
+    )
+    dlq = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw")
+    partials = app.topic(
+        f"{settings.app_id}-partials",
+        key_serializer="raw",
+        value_serializer="json",
+        partitions=settings.partitions,
+        internal=True,
+    )
+    results = app.topic(settings.results_topic, key_serializer="raw", value_serializer="raw")
+    json_schema: faust.Schema[Any, Any] = faust.Schema(
+        key_serializer="json", value_serializer="json"
+    )  # str keys survive recovery
+    source_panes = app.Table("source-panes", default=None, partitions=settings.partitions, schema=json_schema)
+    seen_ids = app.Table("seen-ids", default=None, partitions=settings.partitions, schema=json_schema)
+    panes = app.Table("panes", default=None, partitions=settings.partitions, schema=json_schema)
+    future_ms = DEFAULT_FUTURE_TOLERANCE_SECONDS * 1000
+    retention_ms = settings.retention_seconds * 1000
+
+    async def dead_letter(message: Any, reason: str, detail: str, schema_id: int | None) -> None:
+        headers = {
+            "reason": reason.encode(),
+            "detail": detail.encode()[:1000],
+            "source_topic": message.topic.encode(),
+            "source_partition": str(message.partition).encode(),
+            "source_offset": str(message.offset).encode(),
+        }
+        if schema_id is not None:
+            headers["schema_id"] = str(schema_id).encode()
+        await dlq.send(key=message.key, value=message.value, headers=headers, force=True)
+
+    async def ingest_partition(events: Sequence[EventT[Any]]) -> None:
+        partition = events[0].message.partition
+        catalog_local = catalog
+        decoded: list[tuple[EventT[Any], int | None, dict[str, Any]]] = []
+        for event in events:
+            try:
+                schema_id, record = decode_feedback(event.message.value or b"", catalog_local)
+            except DecodeError as exc:
+                await dead_letter(event.message, "undecodable", str(exc), None)
+                continue
+            decoded.append((event, schema_id, record))
+        clock = Clock(int(time.time() * 1000), future_ms, retention_ms)
+        valid, rejected = validate_batch([record for _, _, record in decoded], clock)
+        for rejection in rejected:
+            event, schema_id, _ = decoded[rejection.at]
+            await dead_letter(event.message, rejection.reason, rejection.detail, schema_id)
+        rejected_at = {r.at for r in rejected}
+        offsets = [event.message.offset for i, (event, _, _) in enumerate(decoded) if i not in rejected_at]
+        groups: dict[tuple[str, str, int], list[tuple[int, Feedback]]] = defaultdict(list)
+        for offset, feedback_event in zip(offsets, valid, strict=True):
+            key = f"{partition}|{feedback_event.event_id}"
+            first = seen_ids.get(key)
+            if first is None:
+                seen_ids[key] = offset
+            elif first != offset:
+                continue  # a later copy of an answer already counted
+            pane = feedback_event.occurred_at - feedback_event.occurred_at % pane_ms
+            groups[(feedback_event.channel, feedback_event.journey, pane)].append((offset, feedback_event))
+        for (channel, journey, pane), members in groups.items():
+            table_key = f"{partition}|{channel}|{journey}|{pane}"
+            updated, _ = absorb(source_panes.get(table_key), members, pane_ms)
+            source_panes[table_key] = updated
+            # sent even when nothing was new: a re-read batch re-sends what an interrupted run may not have
+            await partials.send(
+                key=segment_key(channel, journey).encode(),
+                value={"p": partition, "pane": pane, "version": updated[0], "states": updated[1]},
+                force=True,
+            )
+
+    @app.agent(feedback)
+    async def ingest(stream: StreamT[Any]) -> None:
+        batches = cast("faust.Stream[Any]", stream)  # the concrete Stream has noack_take
+        # noack_take, not take_events: take_events acks a batch in a `finally`, so a worker stopped in the
+        # middle of a batch commits offsets of events it never finished (the class of faust-streaming#315).
+        # Here a batch is acked only once it is processed; an interrupted one is read again.
+        async for events in batches.noack_take(BATCH_MAX, within=BATCH_WITHIN_SECONDS):
+            by_partition: dict[int, list[EventT[Any]]] = defaultdict(list)
+            for event in cast("list[EventT[Any]]", events):
+                by_partition[event.message.partition].append(event)
+            for members in by_partition.values():
+                # Faust writes a table's changelog to the partition of the *current* event (the context variable
+                # read by faust.streams.current_event, see faust/tables/base.py on_key_set); a batch spans
+                # partitions, so we set it per partition.  Only the context variable of this task: the stream's
+                # own current_event attribute feeds the batch buffer and must not be touched.
+                _current_event.set(weakref.ref(members[-1]))
+                await ingest_partition(members)
+            for event in cast("list[EventT[Any]]", events):
+                await batches.ack(event)
+
+    async def merge_partial(event: EventT[Any]) -> None:
+        channel, journey = cast(bytes, event.key).decode().split("|", 1)
+        value: dict[str, Any] = cast(dict[str, Any], event.value)
+        pane = value["pane"]
+        table_key = f"{channel}|{journey}|{pane}"
+        by_source: dict[str, list[Any]] = dict(panes.get(table_key) or {})
+        source = str(value["p"])
+        previous = by_source.get(source)
+        if previous is not None and previous[0] > value["version"]:
+            return  # an older partial arriving late: nothing new
+        # an equal version is a re-send: its results are emitted again (readers keep the highest version)
+        by_source[source] = [value["version"], value["states"]]
+        panes[table_key] = by_source
+        for result in merged_results(channel, journey, pane, pane_ms, by_source, value["states"]):
+            await results.send(
+                key=f"{result.channel}|{result.journey}|{result.metric}|{result.window_start}".encode(),
+                value=encode_confluent(result_record(result), WINDOW_RESULT, result_schema_id),
+                force=True,
+            )
+
+    @app.agent(partials)
+    async def merge_partials(stream: StreamT[Any]) -> None:
+        batches = cast("faust.Stream[Any]", stream)
+        async for events in batches.noack_take(BATCH_MAX, within=BATCH_WITHIN_SECONDS):  # acked when done, as above
+            for event in cast("list[EventT[Any]]", events):
+                _current_event.set(weakref.ref(event))
+                await merge_partial(event)
+            for event in cast("list[EventT[Any]]", events):
+                await batches.ack(event)
+
+    return app
