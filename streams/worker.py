@@ -71,8 +71,8 @@ def _states_from_json(raw: Partial) -> dict[str, State]:
     return {metric: State(*values) for metric, values in raw.items()}
 
 
-def absorb(partial: list[Any] | None, events: Sequence[tuple[int, Feedback]], pane_ms: int) -> tuple[list[Any], bool]:
-    """Absorb the events above this partial's watermark into its states: ([watermark, states], changed).
+def absorb(partial: list[Any] | None, events: Sequence[tuple[int, Feedback]], pane_ms: int) -> list[Any]:
+    """Absorb the events above this partial's watermark into its states; return [watermark, states].
 
     ``events`` are (offset, event) of one source partition, one segment and one pane, in offset order.
     """
@@ -80,12 +80,12 @@ def absorb(partial: list[Any] | None, events: Sequence[tuple[int, Feedback]], pa
     fresh = [event for offset, event in events if offset > watermark]
     last = max(offset for offset, _ in events)
     if not fresh:
-        return [max(watermark, last), raw], False
+        return [max(watermark, last), raw]
     states = _states_from_json(raw)
     for (_, _, _, metric), state in aggregate_panes(fresh, pane_ms).items():
         current = states.get(metric)
         states[metric] = state if current is None else merge(current, state)
-    return [max(watermark, last), _states_to_json(states)], True
+    return [max(watermark, last), _states_to_json(states)]
 
 
 def merged_results(
@@ -170,11 +170,10 @@ def create_app(settings: Settings, catalog: SchemaCatalog | None = None) -> faus
 
     async def ingest_partition(events: Sequence[EventT[Any]]) -> None:
         partition = events[0].message.partition
-        catalog_local = catalog
         decoded: list[tuple[EventT[Any], int | None, dict[str, Any]]] = []
         for event in events:
             try:
-                schema_id, record = decode_feedback(event.message.value or b"", catalog_local)
+                schema_id, record = decode_feedback(event.message.value or b"", catalog)
             except DecodeError as exc:
                 await dead_letter(event.message, "undecodable", str(exc), None)
                 continue
@@ -198,7 +197,7 @@ def create_app(settings: Settings, catalog: SchemaCatalog | None = None) -> faus
             groups[(feedback_event.channel, feedback_event.journey, pane)].append((offset, feedback_event))
         for (channel, journey, pane), members in groups.items():
             table_key = f"{partition}|{channel}|{journey}|{pane}"
-            updated, _ = absorb(source_panes.get(table_key), members, pane_ms)
+            updated = absorb(source_panes.get(table_key), members, pane_ms)
             source_panes[table_key] = updated
             # sent even when nothing was new: a re-read batch re-sends what an interrupted run may not have
             await partials.send(

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from streams.kafka import producer
-from tests.support import RunningBroker, pump_lines
+from tests.support import RunningBroker, pump_lines, stop_process
 
 APP = Path(__file__).with_name("faust_smoke_app.py")
 WAIT_SECONDS = 120.0
@@ -55,9 +55,4 @@ def test_faust_worker_consumes_and_keeps_a_table(
         assert sorted(seen) == sorted(sent)
         assert f"COUNT {len(sent)} " in "".join(output)  # the table counted every message once
     finally:
-        worker.terminate()
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+        stop_process(worker)

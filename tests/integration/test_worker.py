@@ -24,8 +24,8 @@ from streams.produce import produce_file
 from streams.replay import replay_file
 from streams.synth import realistic_events
 from streams.topics import ensure_topics, topic_specs
-from streams.windows import result_json
-from tests.support import RunningBroker, cxpulse_command
+from streams.windows import WindowResult, result_json
+from tests.support import RunningBroker, cxpulse_command, event, stop_process
 
 CONVERGE_SECONDS = 120.0
 # Known gap (issue 4, open): after a restart or a rebalance a few groups sometimes end up double-counted or
@@ -70,16 +70,6 @@ def start_worker(pipeline: Pipeline, log: Path, data_dir: Path | None = None) ->
         return subprocess.Popen(cxpulse_command("worker"), env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def mixed_events(path: Path, count: int) -> None:
     """Realistic events of the last hours (duplicates and invalid ones included), some arriving late, plus
     lines that are not events at all."""
@@ -115,8 +105,6 @@ def latest_results(bootstrap: str, topic: str, until: Any, deadline: float) -> d
                 if message.error() is not None:
                     continue
                 _, record = decode_confluent(message.value(), catalog, WINDOW_RESULT)
-                from streams.windows import WindowResult
-
                 as_json = result_json(WindowResult(**record))
                 version = as_json.pop("version")
                 key = (as_json["window_start"], as_json["channel"], as_json["journey"], as_json["metric"])
@@ -170,7 +158,7 @@ def test_stream_equals_replay(pipeline: Pipeline, tmp_path: Path) -> None:
         assert {h["reason"].decode() for h in letters} >= {"undecodable", "bad_metric", "missing_field"}
         assert all(h["source_topic"].decode() == pipeline.settings.feedback_topic for h in letters)
     finally:
-        stop(worker)
+        stop_process(worker)
 
 
 def _split(path: Path, parts: int) -> list[Path]:
@@ -214,7 +202,7 @@ def test_kill_9_three_times_still_equals_replay(pipeline: Pipeline, tmp_path: Pa
         letters = list(dead_letters(settings.kafka_bootstrap, settings.dlq_topic, invalid, deadline))
         assert len(letters) == invalid  # each invalid event, once after de-duplicating by source offset
     finally:
-        stop(worker)
+        stop_process(worker)
 
 
 def _converge(settings: Settings, expected: dict[tuple[str, ...], dict[str, Any]]) -> None:
@@ -238,12 +226,10 @@ def test_a_quiet_channel_gets_its_pane_without_a_later_event(pipeline: Pipeline,
         assert len(expected) == 1
         _converge(pipeline.settings, expected)
     finally:
-        stop(worker)
+        stop_process(worker)
 
 
 def event_of(occurred_at: int, **fields: Any) -> dict[str, Any]:
-    from tests.support import event
-
     return event(occurred_at=occurred_at, **fields)
 
 
@@ -257,13 +243,13 @@ def test_wiped_local_state_recovers_from_the_changelogs(pipeline: Pipeline, tmp_
     try:
         produce_file(first, settings.kafka_bootstrap, settings.feedback_topic, LocalCatalog())
         _converge(settings, expected_results(first, settings.pane_seconds)[0])
-        stop(worker)  # a clean stop (SIGTERM): nothing half-done may be committed
+        stop_process(worker)  # a clean stop (SIGTERM): nothing half-done may be committed
         shutil.rmtree(settings.data_dir)
         worker = start_worker(pipeline, tmp_path / "worker.log")
         produce_file(second, settings.kafka_bootstrap, settings.feedback_topic, LocalCatalog())
         _converge(settings, expected_results(source, settings.pane_seconds)[0])
     finally:
-        stop(worker)
+        stop_process(worker)
 
 
 @RESTARTS_NOT_YET_EXACT
@@ -279,10 +265,10 @@ def test_two_workers_one_joins_late_and_one_leaves(pipeline: Pipeline, tmp_path:
         _converge(settings, expected_results(chunks[0], settings.pane_seconds)[0])
         second = start_worker(pipeline, tmp_path / "b.log", tmp_path / "b")  # joins late: partitions move
         produce_file(chunks[1], settings.kafka_bootstrap, settings.feedback_topic, LocalCatalog())
-        stop(first)  # leaves: the other takes every partition over
+        stop_process(first)  # leaves: the other takes every partition over
         produce_file(chunks[2], settings.kafka_bootstrap, settings.feedback_topic, LocalCatalog())
         _converge(settings, expected_results(source, settings.pane_seconds)[0])
     finally:
-        stop(first)
+        stop_process(first)
         if second is not None:
-            stop(second)
+            stop_process(second)
