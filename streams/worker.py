@@ -26,10 +26,13 @@ in headers, so a reader can de-duplicate.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 import weakref
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from types import SimpleNamespace
 from typing import Any, cast
 
 import faust
@@ -47,6 +50,7 @@ from schemas.codec import (
 from streams.aggregate import State, aggregate_panes, merge, merge_all
 from streams.config import DEFAULT_FUTURE_TOLERANCE_SECONDS, Settings
 from streams.errors import DecodeError
+from streams.gaps import OffsetReader, Record, complete, missing_ranges
 from streams.validate import Clock, Feedback, validate_batch
 from streams.windows import WindowResult, window_result
 
@@ -54,8 +58,19 @@ BATCH_MAX = 2000  # events per take_events batch
 BATCH_WITHIN_SECONDS = 0.25  # wait at most this long to fill a batch
 SESSION_TIMEOUT_SECONDS = 10.0  # Kafka group session: how long a dead worker's partitions stay unserved
 HEARTBEAT_SECONDS = 2.0
+GAP_CHECK_SECONDS = 5.0  # how often the offsets Faust committed are checked against the ones processed
 
 Partial = dict[str, list[int]]  # metric -> State as a list of 8 ints
+
+
+class _PartitionContext:
+    """Stands in for the current event when the gap timer writes tables: Faust takes a table write's changelog
+    partition from ``current_event().message`` (faust/tables/base.py partition_for_key)."""
+
+    __slots__ = ("__weakref__", "message")
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.message = SimpleNamespace(topic=topic, partition=partition)
 
 
 def segment_key(channel: str, journey: str) -> str:
@@ -156,35 +171,68 @@ def create_app(settings: Settings, catalog: SchemaCatalog | None = None) -> faus
     future_ms = DEFAULT_FUTURE_TOLERANCE_SECONDS * 1000
     retention_ms = settings.retention_seconds * 1000
 
-    async def dead_letter(message: Any, reason: str, detail: str, schema_id: int | None) -> None:
+    positions = app.Table("positions", default=None, partitions=settings.partitions, schema=json_schema)
+    reader = OffsetReader(settings.kafka_bootstrap)
+    partials_topic = partials.get_topic_name()
+
+    locks: dict[tuple[str, int], asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    async def run_partition(
+        topic: str,
+        partition: int,
+        events: Sequence[EventT[Any]],
+        process: Callable[[int, Sequence[Record]], Awaitable[None]],
+        upto: int | None = None,
+    ) -> None:
+        """Process one partition's part of a batch in offset order, every offset the consumer skipped read back
+        first (and, for the gap timer, every offset below ``upto``), then record the next expected offset."""
+        async with locks[(topic, partition)]:
+            records = sorted(
+                {
+                    e.message.offset: Record(topic, partition, e.message.offset, e.message.key, e.message.value)
+                    for e in events
+                }.values()
+            )
+            key = f"{topic}|{partition}"
+            expected = positions.get(key)
+            if expected is None:
+                expected = await reader.low_watermark(topic, partition)
+            offsets = [r.offset for r in records]
+            ranges = missing_ranges(offsets + ([upto] if upto is not None else []), expected)
+            if ranges:
+                records = complete(records, await reader.read(topic, partition, ranges))
+            if records:
+                await process(partition, records)
+                positions[key] = max(expected, records[-1].offset + 1, upto or 0)
+
+    async def dead_letter(record: Record, reason: str, detail: str, schema_id: int | None) -> None:
         headers = {
             "reason": reason.encode(),
             "detail": detail.encode()[:1000],
-            "source_topic": message.topic.encode(),
-            "source_partition": str(message.partition).encode(),
-            "source_offset": str(message.offset).encode(),
+            "source_topic": record.topic.encode(),
+            "source_partition": str(record.partition).encode(),
+            "source_offset": str(record.offset).encode(),
         }
         if schema_id is not None:
             headers["schema_id"] = str(schema_id).encode()
-        await dlq.send(key=message.key, value=message.value, headers=headers, force=True)
+        await dlq.send(key=record.key, value=record.value, headers=headers, force=True)
 
-    async def ingest_partition(events: Sequence[EventT[Any]]) -> None:
-        partition = events[0].message.partition
-        decoded: list[tuple[EventT[Any], int | None, dict[str, Any]]] = []
-        for event in events:
+    async def ingest_partition(partition: int, records: Sequence[Record]) -> None:
+        decoded: list[tuple[Record, int | None, dict[str, Any]]] = []
+        for record in records:
             try:
-                schema_id, record = decode_feedback(event.message.value or b"", catalog)
+                schema_id, fields = decode_feedback(record.value or b"", catalog)
             except DecodeError as exc:
-                await dead_letter(event.message, "undecodable", str(exc), None)
+                await dead_letter(record, "undecodable", str(exc), None)
                 continue
-            decoded.append((event, schema_id, record))
+            decoded.append((record, schema_id, fields))
         clock = Clock(int(time.time() * 1000), future_ms, retention_ms)
-        valid, rejected = validate_batch([record for _, _, record in decoded], clock)
+        valid, rejected = validate_batch([fields for _, _, fields in decoded], clock)
         for rejection in rejected:
-            event, schema_id, _ = decoded[rejection.at]
-            await dead_letter(event.message, rejection.reason, rejection.detail, schema_id)
+            record, schema_id, _ = decoded[rejection.at]
+            await dead_letter(record, rejection.reason, rejection.detail, schema_id)
         rejected_at = {r.at for r in rejected}
-        offsets = [event.message.offset for i, (event, _, _) in enumerate(decoded) if i not in rejected_at]
+        offsets = [record.offset for i, (record, _, _) in enumerate(decoded) if i not in rejected_at]
         groups: dict[tuple[str, str, int], list[tuple[int, Feedback]]] = defaultdict(list)
         for offset, feedback_event in zip(offsets, valid, strict=True):
             key = f"{partition}|{feedback_event.event_id}"
@@ -206,6 +254,12 @@ def create_app(settings: Settings, catalog: SchemaCatalog | None = None) -> faus
                 force=True,
             )
 
+    def by_partition(events: Iterable[EventT[Any]]) -> dict[int, list[EventT[Any]]]:
+        grouped: dict[int, list[EventT[Any]]] = defaultdict(list)
+        for event in events:
+            grouped[event.message.partition].append(event)
+        return grouped
+
     @app.agent(feedback)
     async def ingest(stream: StreamT[Any]) -> None:
         batches = cast("faust.Stream[Any]", stream)  # the concrete Stream has noack_take
@@ -213,22 +267,18 @@ def create_app(settings: Settings, catalog: SchemaCatalog | None = None) -> faus
         # middle of a batch commits offsets of events it never finished (the class of faust-streaming#315).
         # Here a batch is acked only once it is processed; an interrupted one is read again.
         async for events in batches.noack_take(BATCH_MAX, within=BATCH_WITHIN_SECONDS):
-            by_partition: dict[int, list[EventT[Any]]] = defaultdict(list)
-            for event in cast("list[EventT[Any]]", events):
-                by_partition[event.message.partition].append(event)
-            for members in by_partition.values():
+            for partition, members in by_partition(cast("list[EventT[Any]]", events)).items():
                 # Faust writes a table's changelog to the partition of the *current* event (the context variable
                 # read by faust.streams.current_event, see faust/tables/base.py on_key_set); a batch spans
                 # partitions, so we set it per partition.  Only the context variable of this task: the stream's
                 # own current_event attribute feeds the batch buffer and must not be touched.
                 _current_event.set(weakref.ref(members[-1]))
-                await ingest_partition(members)
+                await run_partition(settings.feedback_topic, partition, members, ingest_partition)
             for event in cast("list[EventT[Any]]", events):
                 await batches.ack(event)
 
-    async def merge_partial(event: EventT[Any]) -> None:
-        channel, journey = cast(bytes, event.key).decode().split("|", 1)
-        value: dict[str, Any] = cast(dict[str, Any], event.value)
+    async def merge_partial(key: bytes, value: dict[str, Any]) -> None:
+        channel, journey = key.decode().split("|", 1)
         pane = value["pane"]
         table_key = f"{channel}|{journey}|{pane}"
         by_source: dict[str, list[Any]] = dict(panes.get(table_key) or {})
@@ -246,14 +296,37 @@ def create_app(settings: Settings, catalog: SchemaCatalog | None = None) -> faus
                 force=True,
             )
 
+    async def merge_partition(partition: int, records: Sequence[Record]) -> None:  # noqa: ARG001
+        for record in records:
+            await merge_partial(record.key or b"", json.loads(record.value or b"{}"))
+
     @app.agent(partials)
     async def merge_partials(stream: StreamT[Any]) -> None:
         batches = cast("faust.Stream[Any]", stream)
         async for events in batches.noack_take(BATCH_MAX, within=BATCH_WITHIN_SECONDS):  # acked when done, as above
-            for event in cast("list[EventT[Any]]", events):
-                _current_event.set(weakref.ref(event))
-                await merge_partial(event)
+            for partition, members in by_partition(cast("list[EventT[Any]]", events)).items():
+                _current_event.set(weakref.ref(members[-1]))
+                await run_partition(partials_topic, partition, members, merge_partition)
             for event in cast("list[EventT[Any]]", events):
                 await batches.ack(event)
+
+    processors = {settings.feedback_topic: ingest_partition, partials_topic: merge_partition}
+
+    @app.timer(interval=GAP_CHECK_SECONDS)  # type: ignore[untyped-decorator]
+    async def fill_tail_gaps() -> None:
+        """Offsets the consumer committed without handing them to an agent, at the end of a partition (a gap in
+        the middle is filled by the next batch; one at the end has no next batch to reveal it)."""
+        if app.rebalancing or not cast(Any, app.tables).recovery.completed.is_set():
+            return
+        committed: dict[Any, int] = getattr(app.consumer, "_committed_offset", {})  # faust's own record of commits
+        for tp in app.consumer.assignment():
+            process = processors.get(tp.topic)
+            done = positions.get(f"{tp.topic}|{tp.partition}")
+            upto = committed.get(tp)
+            if process is None or upto is None or (done is not None and upto <= done):
+                continue
+            context = _PartitionContext(tp.topic, tp.partition)  # held: the context variable is a weak reference
+            _current_event.set(weakref.ref(context))  # type: ignore[arg-type]
+            await run_partition(tp.topic, tp.partition, [], process, upto=upto)
 
     return app
