@@ -227,8 +227,10 @@ def worker(
     Creates the topics it needs first. Runs in the foreground until Ctrl-C / SIGTERM.
     """
     import faust
+    from prometheus_client import start_http_server
 
     from streams.worker import create_app
+    from streams.worker_metrics import WorkerMetrics
 
     settings = _settings(kafka_bootstrap=bootstrap, data_dir=data_dir)
     try:
@@ -236,8 +238,19 @@ def worker(
     except CxPulseError as exc:
         _fail(f"worker: {exc}")
     catalog = RegistryCatalog(settings.schema_registry_url) if settings.schema_registry_url else LocalCatalog()
-    app_ = create_app(settings, catalog)
-    err.print(f"cxpulse worker {settings.app_id}: consuming {settings.feedback_topic} at {settings.kafka_bootstrap}")
+    metrics = WorkerMetrics()
+    app_ = create_app(settings, catalog, metrics)
+    endpoint = "off"
+    if settings.metrics_port:
+        try:
+            start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=metrics.registry)
+        except OSError as exc:
+            _fail(f"worker: metrics port {settings.metrics_port} (CXPULSE_METRICS_PORT): {exc.strerror}")
+        endpoint = f"http://{settings.metrics_host}:{settings.metrics_port}/metrics"
+    err.print(
+        f"cxpulse worker {settings.app_id}: consuming {settings.feedback_topic} at {settings.kafka_bootstrap}; "
+        f"metrics {endpoint}"
+    )
     # no spinner: at the default level Faust's spinner turns the root logger to DEBUG (~8% CPU)
     faust.Worker(app_, loglevel=loglevel, quiet=True).execute_from_commandline()
 

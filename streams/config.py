@@ -38,7 +38,12 @@ class Settings(BaseSettings):
         description="ClickHouse DSN: chdb://PATH (embedded) or http(s)://host:8123",
     )
     clickhouse_password: SecretStr = Field(SecretStr(""), description="ClickHouse password (http DSNs)")
-    metrics_port: int = Field(DEFAULT_METRICS_PORT, ge=0, le=65535, description="Prometheus /metrics port")
+    metrics_port: int = Field(
+        DEFAULT_METRICS_PORT, ge=0, le=65535, description="Prometheus /metrics port of a worker (0 = off)"
+    )
+    metrics_host: str = Field(
+        "127.0.0.1", description="address the /metrics endpoint listens on (0.0.0.0 in a container)"
+    )
     data_dir: Path = Field(DEFAULT_DATA_DIR, description="local state: broker data, worker tables, chdb")
     kafka_lib_dir: Path = Field(
         REPO_ROOT / "deploy" / "kafka" / "lib", description="folder of the Kafka jars resolved by Maven"
@@ -54,7 +59,7 @@ class Settings(BaseSettings):
     partitions: int = Field(DEFAULT_PARTITIONS, ge=1, le=1024, description="partitions of created topics")
     pane_seconds: int = Field(DEFAULT_PANE_SECONDS, ge=1, le=86400, description="pane length, seconds")
     windows_seconds: tuple[int, ...] = Field(DEFAULT_WINDOWS, description="rolling windows, seconds")
-    retention_seconds: int = Field(DEFAULT_RETENTION_SECONDS, ge=60, description="pane state retention")
+    retention_seconds: int = Field(DEFAULT_RETENTION_SECONDS, ge=1, description="pane state retention")
 
     @field_validator("windows_seconds")
     @classmethod

@@ -15,9 +15,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, TopicPartition
+from prometheus_client import Counter
 
 from streams.errors import CxPulseError
 from streams.kafka import consumer
@@ -34,6 +35,7 @@ class Record(NamedTuple):
     offset: int
     key: bytes | None
     value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 def missing_ranges(offsets: Sequence[int], expected: int) -> list[tuple[int, int]]:
@@ -57,8 +59,9 @@ def complete(records: Sequence[Record], fetched: Sequence[Record]) -> list[Recor
 class OffsetReader:
     """Reads exact offset ranges of a partition, outside any consumer group (one client per worker)."""
 
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: str, counter: Counter | None = None) -> None:
         self._bootstrap = bootstrap
+        self._counter = counter
         self._consumer: Consumer | None = None
         self._lock = asyncio.Lock()
         self.repaired = 0  # records read to fill gaps, for the log and the tests
@@ -77,19 +80,42 @@ class OffsetReader:
         low, _ = self._client().get_watermark_offsets(TopicPartition(topic, partition), timeout=10.0)
         return int(low)
 
+    async def watermarks(self, topic: str, partition: int) -> tuple[int, int]:
+        """The first offset still in the partition and the offset the next message will get."""
+        async with self._lock:
+            client = self._client()
+            low, high = await asyncio.to_thread(
+                client.get_watermark_offsets, TopicPartition(topic, partition), 10.0, False
+            )
+            return int(low), int(high)
+
+    async def partition_count(self, topic: str) -> int:
+        async with self._lock:
+            metadata = await asyncio.to_thread(self._client().list_topics, topic, 10.0)
+            return len(metadata.topics[topic].partitions)
+
+    async def scan(self, topic: str, partition: int, start: int, end: int) -> list[Record]:
+        """The records of [start, end), headers included (for reading back what this worker wrote)."""
+        async with self._lock:
+            return await asyncio.to_thread(self._read, topic, partition, start, end)
+
     async def read(self, topic: str, partition: int, ranges: Sequence[tuple[int, int]]) -> list[Record]:
-        """The records with offsets in the half-open ``ranges`` (offsets that do not exist are skipped)."""
+        """The records with offsets in the half-open ``ranges`` that the consumer skipped (logged and counted)."""
         async with self._lock:
             out: list[Record] = []
             for start, end in ranges:
                 out.extend(await asyncio.to_thread(self._read, topic, partition, start, end))
             self.repaired += len(out)
+            if self._counter is not None:
+                self._counter.inc(len(out))
             LOG.warning(
                 "read %d records of %s[%d] offsets %s that the consumer skipped", len(out), topic, partition, ranges
             )
             return out
 
     def _read(self, topic: str, partition: int, start: int, end: int) -> list[Record]:
+        if start >= end:
+            return []
         client = self._client()
         client.assign([TopicPartition(topic, partition, start)])
         out: list[Record] = []
@@ -104,7 +130,9 @@ class OffsetReader:
                         raise CxPulseError(f"reading {topic}[{partition}] {start}..{end}: {error}")
                     offset = message.offset() or 0  # never None for a delivered message
                     if start <= offset < end:
-                        out.append(Record(topic, partition, offset, message.key(), message.value()))
+                        pairs = cast("list[tuple[str, bytes | None]]", message.headers() or [])
+                        headers = tuple((name, value or b"") for name, value in pairs)
+                        out.append(Record(topic, partition, offset, message.key(), message.value(), headers))
                     if offset >= end - 1:
                         return out
                 position = client.position([TopicPartition(topic, partition)])[0].offset

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import weakref
 from collections import defaultdict
@@ -49,11 +50,13 @@ from schemas.codec import (
 )
 from streams.aggregate import State, aggregate_panes, merge, merge_all
 from streams.config import DEFAULT_FUTURE_TOLERANCE_SECONDS, Settings
-from streams.errors import DecodeError
+from streams.errors import CxPulseError, DecodeError
 from streams.gaps import OffsetReader, Record, complete, missing_ranges
 from streams.validate import Clock, Feedback, validate_batch
 from streams.windows import WindowResult, window_result
+from streams.worker_metrics import WorkerMetrics
 
+LOG = logging.getLogger("cxpulse.worker")
 BATCH_MAX = 2000  # events per take_events batch
 BATCH_WITHIN_SECONDS = 0.25  # wait at most this long to fill a batch
 SESSION_TIMEOUT_SECONDS = 10.0  # Kafka group session: how long a dead worker's partitions stay unserved
@@ -124,9 +127,12 @@ def result_record(result: WindowResult) -> dict[str, Any]:
     return result._asdict()
 
 
-def create_app(settings: Settings, catalog: SchemaCatalog | None = None) -> faust.App:
-    """Build the Faust app with its topics, tables and agents (not started)."""
+def create_app(
+    settings: Settings, catalog: SchemaCatalog | None = None, metrics: WorkerMetrics | None = None
+) -> faust.App:
+    """Build the Faust app with its topics, tables, agents and timers (not started)."""
     catalog = catalog or LocalCatalog()
+    metrics = metrics or WorkerMetrics()
     result_schema_id = catalog.id_for(WINDOW_RESULT_RAW)
     pane_ms = settings.pane_seconds * 1000
     (settings.data_dir / "worker").mkdir(parents=True, exist_ok=True)
@@ -172,20 +178,51 @@ def create_app(settings: Settings, catalog: SchemaCatalog | None = None) -> faus
     retention_ms = settings.retention_seconds * 1000
 
     positions = app.Table("positions", default=None, partitions=settings.partitions, schema=json_schema)
-    reader = OffsetReader(settings.kafka_bootstrap)
+    reader = OffsetReader(settings.kafka_bootstrap, metrics.gap_records)
+    metrics.watch({"source-panes": source_panes, "seen-ids": seen_ids, "panes": panes, "positions": positions})
     partials_topic = partials.get_topic_name()
 
     locks: dict[tuple[str, int], asyncio.Lock] = defaultdict(asyncio.Lock)
+    # dead letters: source partition -> (consumer generation, source offsets already on the DLQ past the
+    # checkpoint, DLQ end offset when that was read)
+    lettered: dict[int, tuple[int, set[int], int]] = {}
+    sending: dict[int, list[Awaitable[Any]]] = defaultdict(list)  # dead letters of the batch in progress
+    dlq_partitions: list[int] = []
+
+    async def dlq_partition(partition: int) -> int:
+        if not dlq_partitions:
+            dlq_partitions.append(await reader.partition_count(settings.dlq_topic))
+        return partition % dlq_partitions[0]
+
+    async def recall_dead_letters(partition: int, checkpoint: int | None) -> None:
+        """Once per partition and consumer generation: which source offsets a previous run of this partition
+        dead-lettered after its last checkpoint (it may have crashed before it could record them)."""
+        generation = app.consumer_generation_id
+        if lettered.get(partition, (None,))[0] == generation:
+            return
+        target = await dlq_partition(partition)
+        low, high = await reader.watermarks(settings.dlq_topic, target)
+        start = low if checkpoint is None else max(low, checkpoint)
+        done = set()
+        for record in await reader.scan(settings.dlq_topic, target, start, high):
+            headers = dict(record.headers)
+            if (
+                headers.get("source_topic") == settings.feedback_topic.encode()
+                and headers.get("source_partition") == str(partition).encode()
+            ):
+                done.add(int(headers.get("source_offset", b"-1")))
+        lettered[partition] = (generation, done, high)
 
     async def run_partition(
         topic: str,
         partition: int,
         events: Sequence[EventT[Any]],
-        process: Callable[[int, Sequence[Record]], Awaitable[None]],
+        process: Callable[[int, Sequence[Record], int], Awaitable[None]],
         upto: int | None = None,
     ) -> None:
         """Process one partition's part of a batch in offset order, every offset the consumer skipped read back
-        first (and, for the gap timer, every offset below ``upto``), then record the next expected offset."""
+        first (and, for the gap timer, every offset below ``upto``); then, once its dead letters are delivered,
+        record the next expected offset and the dead-letter checkpoint in ``positions``."""
         async with locks[(topic, partition)]:
             records = sorted(
                 {
@@ -194,18 +231,33 @@ def create_app(settings: Settings, catalog: SchemaCatalog | None = None) -> faus
                 }.values()
             )
             key = f"{topic}|{partition}"
-            expected = positions.get(key)
+            expected, checkpoint = positions.get(key) or (None, None)
             if expected is None:
                 expected = await reader.low_watermark(topic, partition)
             offsets = [r.offset for r in records]
             ranges = missing_ranges(offsets + ([upto] if upto is not None else []), expected)
             if ranges:
                 records = complete(records, await reader.read(topic, partition, ranges))
-            if records:
-                await process(partition, records)
-                positions[key] = max(expected, records[-1].offset + 1, upto or 0)
+            if not records:
+                return
+            if topic == settings.feedback_topic:
+                await recall_dead_letters(partition, checkpoint)
+            metrics.records.labels(topic).inc(len(records))
+            await process(partition, records, expected)
+            delivered = [await future for future in sending.pop(partition, [])]
+            next_offset = max(expected, records[-1].offset + 1, upto or 0)
+            if topic == settings.feedback_topic:
+                _, recalled, recalled_at = lettered[partition]
+                # the checkpoint may move past letters of an earlier run only once their offsets are behind us
+                if all(offset < next_offset for offset in recalled):
+                    ends = [metadata.offset + 1 for metadata in delivered] + [recalled_at, checkpoint or 0]
+                    checkpoint = max(ends)
+            positions[key] = [next_offset, checkpoint]
 
-    async def dead_letter(record: Record, reason: str, detail: str, schema_id: int | None) -> None:
+    async def dead_letter(record: Record, expected: int, reason: str, detail: str, schema_id: int | None) -> None:
+        """Send an invalid event to the DLQ, unless an earlier run already did (each invalid event once)."""
+        if record.offset < expected or record.offset in lettered[record.partition][1]:
+            return  # re-read: its dead letter went out before the checkpoint, or after it (found by recall)
         headers = {
             "reason": reason.encode(),
             "detail": detail.encode()[:1000],
@@ -215,22 +267,30 @@ def create_app(settings: Settings, catalog: SchemaCatalog | None = None) -> faus
         }
         if schema_id is not None:
             headers["schema_id"] = str(schema_id).encode()
-        await dlq.send(key=record.key, value=record.value, headers=headers, force=True)
+        future = await dlq.send(
+            key=record.key,
+            value=record.value,
+            partition=await dlq_partition(record.partition),
+            headers=headers,
+            force=True,
+        )
+        sending[record.partition].append(future)
+        metrics.dead_letters.labels(reason).inc()
 
-    async def ingest_partition(partition: int, records: Sequence[Record]) -> None:
+    async def ingest_partition(partition: int, records: Sequence[Record], expected: int) -> None:
         decoded: list[tuple[Record, int | None, dict[str, Any]]] = []
         for record in records:
             try:
                 schema_id, fields = decode_feedback(record.value or b"", catalog)
             except DecodeError as exc:
-                await dead_letter(record, "undecodable", str(exc), None)
+                await dead_letter(record, expected, "undecodable", str(exc), None)
                 continue
             decoded.append((record, schema_id, fields))
         clock = Clock(int(time.time() * 1000), future_ms, retention_ms)
         valid, rejected = validate_batch([fields for _, _, fields in decoded], clock)
         for rejection in rejected:
             record, schema_id, _ = decoded[rejection.at]
-            await dead_letter(record, rejection.reason, rejection.detail, schema_id)
+            await dead_letter(record, expected, rejection.reason, rejection.detail, schema_id)
         rejected_at = {r.at for r in rejected}
         offsets = [record.offset for i, (record, _, _) in enumerate(decoded) if i not in rejected_at]
         groups: dict[tuple[str, str, int], list[tuple[int, Feedback]]] = defaultdict(list)
@@ -238,8 +298,9 @@ def create_app(settings: Settings, catalog: SchemaCatalog | None = None) -> faus
             key = f"{partition}|{feedback_event.event_id}"
             first = seen_ids.get(key)
             if first is None:
-                seen_ids[key] = offset
-            elif first != offset:
+                seen_ids[key] = [offset, feedback_event.occurred_at]
+            elif first[0] != offset:
+                metrics.duplicates.inc()
                 continue  # a later copy of an answer already counted
             pane = feedback_event.occurred_at - feedback_event.occurred_at % pane_ms
             groups[(feedback_event.channel, feedback_event.journey, pane)].append((offset, feedback_event))
@@ -277,10 +338,10 @@ def create_app(settings: Settings, catalog: SchemaCatalog | None = None) -> faus
             for event in cast("list[EventT[Any]]", events):
                 await batches.ack(event)
 
-    async def merge_partial(key: bytes, value: dict[str, Any]) -> None:
+    async def merge_partial(partition: int, key: bytes, value: dict[str, Any]) -> None:
         channel, journey = key.decode().split("|", 1)
         pane = value["pane"]
-        table_key = f"{channel}|{journey}|{pane}"
+        table_key = f"{partition}|{channel}|{journey}|{pane}"
         by_source: dict[str, list[Any]] = dict(panes.get(table_key) or {})
         source = str(value["p"])
         previous = by_source.get(source)
@@ -296,9 +357,9 @@ def create_app(settings: Settings, catalog: SchemaCatalog | None = None) -> faus
                 force=True,
             )
 
-    async def merge_partition(partition: int, records: Sequence[Record]) -> None:  # noqa: ARG001
+    async def merge_partition(partition: int, records: Sequence[Record], expected: int) -> None:  # noqa: ARG001
         for record in records:
-            await merge_partial(record.key or b"", json.loads(record.value or b"{}"))
+            await merge_partial(partition, record.key or b"", json.loads(record.value or b"{}"))
 
     @app.agent(partials)
     async def merge_partials(stream: StreamT[Any]) -> None:
@@ -321,12 +382,58 @@ def create_app(settings: Settings, catalog: SchemaCatalog | None = None) -> faus
         committed: dict[Any, int] = getattr(app.consumer, "_committed_offset", {})  # faust's own record of commits
         for tp in app.consumer.assignment():
             process = processors.get(tp.topic)
-            done = positions.get(f"{tp.topic}|{tp.partition}")
+            done, _ = positions.get(f"{tp.topic}|{tp.partition}") or (None, None)
             upto = committed.get(tp)
             if process is None or upto is None or (done is not None and upto <= done):
                 continue
             context = _PartitionContext(tp.topic, tp.partition)  # held: the context variable is a weak reference
             _current_event.set(weakref.ref(context))  # type: ignore[arg-type]
-            await run_partition(tp.topic, tp.partition, [], process, upto=upto)
+            try:
+                await run_partition(tp.topic, tp.partition, [], process, upto=upto)
+            except CxPulseError as exc:  # the broker may be away a moment: a timer error must not stop the worker
+                LOG.warning(
+                    "gap check of %s[%d] failed, retried in %s s: %s", tp.topic, tp.partition, GAP_CHECK_SECONDS, exc
+                )
+
+    sweep_every_ms = max(pane_ms, min(retention_ms // 100, 3_600_000))
+    swept_up_to = {"cutoff": -1}
+
+    def expired_keys(now_ms: int) -> dict[tuple[str, int], list[tuple[Any, str]]]:
+        """Keys no event can change any more, by the (input topic, partition) whose changelog holds them.
+
+        An event with occurred_at before now - retention is rejected as too_old, so a pane that ended before that
+        and an id that occurred before it can be forgotten (METRICS.md: retention of pane state)."""
+        cutoff = now_ms - retention_ms
+        found: dict[tuple[str, int], list[tuple[Any, str]]] = defaultdict(list)
+        for table, topic in ((source_panes, settings.feedback_topic), (panes, partials_topic)):
+            for key in list(table.keys()):
+                partition, _, _, pane = key.split("|")
+                if int(pane) + pane_ms <= cutoff:
+                    found[(topic, int(partition))].append((table, key))
+        for key, value in list(seen_ids.items()):
+            if value[1] < cutoff:
+                found[(settings.feedback_topic, int(key.split("|", 1)[0]))].append((seen_ids, key))
+        return found
+
+    @app.timer(interval=max(1.0, min(GAP_CHECK_SECONDS, sweep_every_ms / 1000)))  # type: ignore[untyped-decorator]
+    async def expire_state() -> None:
+        """Bounded memory: drop table keys older than the retention (a tombstone to the changelog each)."""
+        now_ms = int(time.time() * 1000)
+        if app.rebalancing or now_ms - swept_up_to["cutoff"] < sweep_every_ms:
+            return
+        if not cast(Any, app.tables).recovery.completed.is_set():
+            return
+        swept_up_to["cutoff"] = now_ms
+        assigned = {(tp.topic, tp.partition) for tp in app.consumer.assignment()}
+        for (topic, partition), keys in expired_keys(now_ms).items():
+            if (topic, partition) not in assigned:
+                continue
+            async with locks[(topic, partition)]:
+                context = _PartitionContext(topic, partition)
+                _current_event.set(weakref.ref(context))  # type: ignore[arg-type]
+                for table, key in keys:
+                    if key in table:
+                        del table[key]
+                        metrics.expired.labels(table.name).inc()
 
     return app

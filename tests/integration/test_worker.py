@@ -9,8 +9,8 @@ import random
 import shutil
 import subprocess
 import time
+import urllib.request
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,13 +20,13 @@ from confluent_kafka import TopicPartition
 
 from schemas.codec import WINDOW_RESULT, LocalCatalog, decode_confluent
 from streams.config import Settings
-from streams.kafka import consumer
+from streams.kafka import consumer, producer
 from streams.produce import produce_file
 from streams.replay import replay_file
 from streams.synth import realistic_events
 from streams.topics import ensure_topics, topic_specs
 from streams.windows import WindowResult, result_json
-from tests.support import RunningBroker, cxpulse_command, event, stop_process
+from tests.support import RunningBroker, cxpulse_command, event, free_ports, stop_process
 
 CONVERGE_SECONDS = 120.0  # the worker must reach replay's numbers within this long
 PARTITIONS = 3
@@ -52,6 +52,7 @@ def pipeline(kafka_broker: RunningBroker, tmp_path: Path) -> Pipeline:
         "alerts_topic": f"test-{tag}-alerts",
         "partitions": PARTITIONS,
         "data_dir": tmp_path / "state",
+        "metrics_port": 0,
     }
     settings = Settings(**values)
     ensure_topics(settings.kafka_bootstrap, topic_specs(settings))
@@ -113,19 +114,24 @@ def latest_results(bootstrap: str, topic: str, until: Any, deadline: float) -> d
         reader.close()
 
 
-def dead_letters(bootstrap: str, topic: str, expected: int, deadline: float) -> Iterator[dict[str, bytes]]:
+def dead_letters(bootstrap: str, topic: str, expected: int, deadline: float) -> list[dict[str, bytes]]:
+    """The headers of every message on the DLQ, once ``expected`` of them have arrived (or at the deadline), plus
+    any extra ones that arrive within a further second (so a duplicate shows)."""
     reader = consumer(bootstrap, f"dlq-{uuid.uuid4().hex}")
     reader.subscribe([topic])
-    seen: dict[tuple[bytes, bytes], dict[str, bytes]] = {}
+    seen: list[dict[str, bytes]] = []
     try:
         while len(seen) < expected and time.monotonic() < deadline:
-            for message in reader.consume(num_messages=expected, timeout=1.0):
-                if message.error() is None:
-                    headers = dict(message.headers() or [])
-                    seen[(headers["source_partition"], headers["source_offset"])] = headers
+            seen.extend(dict(m.headers() or []) for m in reader.consume(expected, 1.0) if m.error() is None)
+        seen.extend(dict(m.headers() or []) for m in reader.consume(expected, 1.0) if m.error() is None)
     finally:
         reader.close()
-    yield from seen.values()
+    return seen
+
+
+def assert_each_once(letters: list[dict[str, bytes]], invalid: int) -> None:
+    sources = [(h["source_partition"], h["source_offset"]) for h in letters]
+    assert (len(sources), len(set(sources))) == (invalid, invalid)  # every invalid event, each once
 
 
 def test_stream_equals_replay(pipeline: Pipeline, tmp_path: Path) -> None:
@@ -148,8 +154,8 @@ def test_stream_equals_replay(pipeline: Pipeline, tmp_path: Path) -> None:
         assert (len(missing), len(wrong), len(got.keys() - expected.keys())) == (0, 0, 0), (
             f"missing {sorted(missing)[:3]}, wrong {[(expected[k], got[k]) for k in wrong[:2]]}"
         )
-        letters = list(dead_letters(pipeline.settings.kafka_bootstrap, pipeline.settings.dlq_topic, invalid, deadline))
-        assert len(letters) == invalid
+        letters = dead_letters(pipeline.settings.kafka_bootstrap, pipeline.settings.dlq_topic, invalid, deadline)
+        assert_each_once(letters, invalid)
         assert {h["reason"].decode() for h in letters} >= {"undecodable", "bad_metric", "missing_field"}
         assert all(h["source_topic"].decode() == pipeline.settings.feedback_topic for h in letters)
     finally:
@@ -193,8 +199,7 @@ def test_kill_9_three_times_still_equals_replay(pipeline: Pipeline, tmp_path: Pa
             worker = start_worker(pipeline, log)
         _converge(settings, expected)
         deadline = time.monotonic() + CONVERGE_SECONDS
-        letters = list(dead_letters(settings.kafka_bootstrap, settings.dlq_topic, invalid, deadline))
-        assert len(letters) == invalid  # each invalid event, once after de-duplicating by source offset
+        assert_each_once(dead_letters(settings.kafka_bootstrap, settings.dlq_topic, invalid, deadline), invalid)
     finally:
         stop_process(worker)
 
@@ -234,7 +239,7 @@ def test_offsets_committed_but_never_processed_are_still_counted(pipeline: Pipel
     try:
         _converge(settings, expected)
         deadline = time.monotonic() + CONVERGE_SECONDS
-        assert len(list(dead_letters(settings.kafka_bootstrap, settings.dlq_topic, invalid, deadline))) == invalid
+        assert_each_once(dead_letters(settings.kafka_bootstrap, settings.dlq_topic, invalid, deadline), invalid)
         log = (tmp_path / "worker.log").read_text()
         assert f"{settings.feedback_topic}[0] offsets [(0, {ends[0]})] that the consumer skipped" in log
         assert f"{settings.feedback_topic}[1] offsets [(0, {ends[1] // 2})] that the consumer skipped" in log
@@ -273,7 +278,10 @@ def test_wiped_local_state_recovers_from_the_changelogs(pipeline: Pipeline, tmp_
         shutil.rmtree(settings.data_dir)
         worker = start_worker(pipeline, tmp_path / "worker.log")
         produce_file(second, settings.kafka_bootstrap, settings.feedback_topic, LocalCatalog())
-        _converge(settings, expected_results(source, settings.pane_seconds)[0])
+        expected, invalid = expected_results(source, settings.pane_seconds)
+        _converge(settings, expected)
+        deadline = time.monotonic() + CONVERGE_SECONDS
+        assert_each_once(dead_letters(settings.kafka_bootstrap, settings.dlq_topic, invalid, deadline), invalid)
     finally:
         stop_process(worker)
 
@@ -292,8 +300,96 @@ def test_two_workers_one_joins_late_and_one_leaves(pipeline: Pipeline, tmp_path:
         produce_file(chunks[1], settings.kafka_bootstrap, settings.feedback_topic, LocalCatalog())
         stop_process(first)  # leaves: the other takes every partition over
         produce_file(chunks[2], settings.kafka_bootstrap, settings.feedback_topic, LocalCatalog())
-        _converge(settings, expected_results(source, settings.pane_seconds)[0])
+        expected, invalid = expected_results(source, settings.pane_seconds)
+        _converge(settings, expected)
+        deadline = time.monotonic() + CONVERGE_SECONDS
+        assert_each_once(dead_letters(settings.kafka_bootstrap, settings.dlq_topic, invalid, deadline), invalid)
     finally:
         stop_process(first)
         if second is not None:
             stop_process(second)
+
+
+def _scrape(port: int) -> dict[str, float]:
+    """The worker's /metrics as {"name{labels}": value}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:  # noqa: S310 - loopback
+        text = response.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
+def test_state_stays_bounded_by_the_retention(kafka_broker: RunningBroker, tmp_path: Path) -> None:
+    """A long run over many panes keeps only the retention's worth of state: 1 s panes, 3 s retention, events
+    of four segments arriving for 30 s; the worker's own gauges are read from its /metrics endpoint."""
+    port = free_ports(1)[0]
+    tag = uuid.uuid4().hex[:10]
+    values = {
+        "kafka_bootstrap": kafka_broker.bootstrap,
+        "app_id": f"cxm-{tag}",
+        "feedback_topic": f"test-{tag}-feedback",
+        "dlq_topic": f"test-{tag}-dlq",
+        "results_topic": f"test-{tag}-panes",
+        "alerts_topic": f"test-{tag}-alerts",
+        "partitions": PARTITIONS,
+        "data_dir": tmp_path / "state",
+        "metrics_port": port,
+        "pane_seconds": 1,
+        "windows_seconds": "[2]",
+        "retention_seconds": 3,
+    }
+    env = {**os.environ, **{f"CXPULSE_{k.upper()}": str(v) for k, v in values.items()}}
+    settings = Settings(**{**values, "windows_seconds": (2,)})
+    ensure_topics(settings.kafka_bootstrap, topic_specs(settings))
+    log = tmp_path / "worker.log"
+    with log.open("ab") as out:
+        worker = subprocess.Popen(cxpulse_command("worker"), env=env, stdout=out, stderr=subprocess.STDOUT)
+    segments = [("chat", "billing"), ("chat", "support"), ("phone", "billing"), ("phone", "support")]
+    sender = producer(settings.kafka_bootstrap)
+    try:
+        # the worker is up once an answer has come out on the results topic; until then answers would turn
+        # too_old (3 s retention) while it starts, so a fresh one is sent each round
+        deadline = time.monotonic() + CONVERGE_SECONDS
+        warm_up = 0
+        while not latest_results(settings.kafka_bootstrap, settings.results_topic, bool, time.monotonic() + 2):
+            assert time.monotonic() < deadline and worker.poll() is None, log.read_text()[-2000:]
+            warm_up += 1
+            _send_now(sender, settings.feedback_topic, f"warm-up-{warm_up}", segments[0])
+        peaks: dict[str, float] = {}
+        panes_sent: set[tuple[int, str, str]] = set()
+        started = time.monotonic()
+        n = 0
+        while time.monotonic() - started < 30:
+            for segment in segments:
+                for _ in range(5):
+                    n += 1
+                    panes_sent.add((_send_now(sender, settings.feedback_topic, f"e-{n}", segment) // 1000, *segment))
+            sample = _scrape(port)
+            for table in ("source-panes", "panes", "seen-ids"):
+                key = f'cxpulse_worker_state_keys{{table="{table}"}}'
+                peaks[table] = max(peaks.get(table, 0.0), sample.get(key, 0.0))
+            time.sleep(0.2)  # pacing the producer (a real-time load), not synchronisation
+        final = _scrape(port)
+    finally:
+        sender.flush(10)
+        stop_process(worker)
+    # panes live for the retention (3 s) + one sweep interval (1 s) + the processing delay: allow 8 s of them
+    bound_panes = 8 * len(segments)
+    assert len(panes_sent) > 3 * bound_panes  # the run really covered many more panes than are kept
+    assert peaks["source-panes"] <= PARTITIONS * bound_panes, peaks  # one partial per source partition
+    assert peaks["panes"] <= bound_panes, peaks
+    assert peaks["seen-ids"] <= 8 * 20 / 0.2, peaks  # ids of the last 8 s at 20 events per 0.2 s
+    assert final['cxpulse_worker_expired_keys_total{table="source-panes"}'] > 2 * PARTITIONS * bound_panes
+    assert final['cxpulse_worker_expired_keys_total{table="panes"}'] > 2 * bound_panes
+
+
+def _send_now(sender: Any, topic: str, event_id: str, segment: tuple[str, str]) -> int:
+    now = int(time.time() * 1000)
+    channel, journey = segment
+    record = event(occurred_at=now, event_id=event_id, channel=channel, journey=journey, metric="CSAT", score=4)
+    sender.produce(topic, key=event_id.encode(), value=json.dumps(record).encode())
+    sender.poll(0)
+    return now

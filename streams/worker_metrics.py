@@ -1,0 +1,52 @@
+"""The worker's own Prometheus metrics: what it processed, rejected, repaired and how much state it holds.
+
+Served on ``CXPULSE_METRICS_PORT`` by ``cxpulse worker`` (0 turns the endpoint off).  One registry per worker
+object, so tests can build several apps in one process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sized
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class WorkerMetrics:
+    """Counters and gauges of one worker."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.records = Counter(
+            "cxpulse_worker_records", "Input records processed, by input topic", ["topic"], registry=self.registry
+        )
+        self.dead_letters = Counter(
+            "cxpulse_worker_dead_letters",
+            "Events sent to the dead-letter topic, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.duplicates = Counter(
+            "cxpulse_worker_duplicates", "Later copies of an answer already counted", registry=self.registry
+        )
+        self.gap_records = Counter(
+            "cxpulse_worker_gap_records",
+            "Records the Kafka consumer skipped and the worker read back (see streams/gaps.py)",
+            registry=self.registry,
+        )
+        self.expired = Counter(
+            "cxpulse_worker_expired_keys",
+            "State keys dropped after the retention, by table",
+            ["table"],
+            registry=self.registry,
+        )
+        self.state_keys = Gauge(
+            "cxpulse_worker_state_keys",
+            "Keys held in each state table (this worker's partitions)",
+            ["table"],
+            registry=self.registry,
+        )
+
+    def watch(self, tables: Mapping[str, Sized]) -> None:
+        """Report the size of each table at scrape time."""
+        for name, table in tables.items():
+            self.state_keys.labels(name).set_function(table.__len__)
