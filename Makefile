@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 KAFKA_LIB := deploy/kafka/lib
 
 .DEFAULT_GOAL := help
-.PHONY: help install jars demo test lint typecheck format unit bench-replay clean
+.PHONY: help install jars demo test lint typecheck format unit bench-replay bench-worker clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ test: install jars lint typecheck  ## lint, typecheck, then every test (starts a
 
 bench-replay: install  ## the replay benchmark (1,000,000 events; N=... to change)
 	$(BIN)/python benchmarks/replay.py $(if $(N),--events $(N),)
+
+bench-worker: install jars  ## one worker draining 200,000 pre-loaded events (N=... to change)
+	$(BIN)/python -m benchmarks.worker $(if $(N),--events $(N),)
 
 clean:  ## remove the venv, resolved jars and local state
 	rm -rf $(VENV) $(KAFKA_LIB) .cxpulse

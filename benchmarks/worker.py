@@ -1,14 +1,17 @@
 """Worker throughput benchmark: one `cxpulse worker` process draining a pre-loaded feedback topic.
 
 Starts a local broker (or uses --bootstrap), loads N realistic events (streams.synth: ~2% invalid, ~1%
-duplicates; occurred_at spread over the last 20 hours) into a fresh feedback topic, then starts one worker and
+duplicates; occurred_at spread over the last --spread seconds, default 600: a live stream's backlog, where a
+batch touches few panes) into a fresh feedback topic, then starts one worker and
 reads its own /metrics endpoint every 0.25 s until
   1. ingest has processed every feedback record (decode, validate, dedup, pane partials), and
   2. merge has processed every partial the ingest agent sent (merged WindowResults out).
 Prints events/s for both, measured from the first record the worker processed (start-up and recovery excluded,
 they are printed separately).  Usage:
 
-    .venv/bin/python benchmarks/worker.py [--events 200000] [--partitions 3] [--bootstrap HOST:PORT]
+    .venv/bin/python -m benchmarks.worker [--events 200000] [--partitions 3] [--spread 600] [--bootstrap HOST:PORT]
+
+(run from the repository root: it borrows the broker helper of tests/support.py)
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ def topic_size(bootstrap: str, topic: str, partitions: int) -> int:
         client.close()
 
 
-def run(bootstrap: str, events: int, partitions: int, workdir: Path) -> None:
+def run(bootstrap: str, events: int, partitions: int, spread: int, workdir: Path) -> None:
     tag = uuid.uuid4().hex[:8]
     port = free_ports(1)[0]
     values = {
@@ -76,9 +79,9 @@ def run(bootstrap: str, events: int, partitions: int, workdir: Path) -> None:
     settings = Settings(**values)
     ensure_topics(bootstrap, topic_specs(settings))
     path = workdir / "events.avro"
-    start_ms = int(time.time() * 1000) - 20 * 3600 * 1000
+    start_ms = int(time.time() * 1000) - spread * 1000
     with path.open("wb") as out:
-        records = realistic_events(events, seed=3, start_ms=start_ms, per_second=events / (20 * 3600))
+        records = realistic_events(events, seed=3, start_ms=start_ms, per_second=events / spread)
         fastavro.writer(out, fastavro.parse_schema(FEEDBACK_RAW), records, codec="null")
     started = time.perf_counter()
     produce_file(path, bootstrap, settings.feedback_topic, LocalCatalog())
@@ -133,13 +136,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--partitions", type=int, default=3)
+    parser.add_argument("--spread", type=int, default=600, help="seconds of event time the events cover")
     parser.add_argument("--bootstrap", help="an existing broker; default: start one on free ports")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         broker = None if args.bootstrap else start_broker(workdir / "broker")
         try:
-            run(args.bootstrap or broker.bootstrap, args.events, args.partitions, workdir)  # type: ignore[union-attr]
+            run(args.bootstrap or broker.bootstrap, args.events, args.partitions, args.spread, workdir)  # type: ignore[union-attr]
         finally:
             if broker is not None:
                 broker.stop()

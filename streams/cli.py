@@ -7,11 +7,13 @@ Errors print one line to stderr and exit non-zero: 1 for a failure, 2 for bad us
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 from types import FrameType
@@ -43,6 +45,7 @@ app = typer.Typer(
 )
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
+DEMO_WORKER_TIMEOUT_SECONDS = 120.0  # start-up of the demo's worker, recovery included
 PROGRESS_AFTER_SECONDS = 1.0  # a replay shows a progress bar once it has run this long (on a terminal)
 
 
@@ -86,6 +89,7 @@ class _Shutdown:
 
     def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         self.proc = proc
+        self.others: list[subprocess.Popen[bytes]] = []  # stopped with the broker (the demo's worker)
         self.requested = False
         signal.signal(signal.SIGTERM, self._handle)
         signal.signal(signal.SIGINT, self._handle)
@@ -97,8 +101,14 @@ class _Shutdown:
             self.proc.kill()
             return
         self.requested = True
-        err.print(f"stopping the broker ({signal.Signals(signum).name}; again to kill) ...", highlight=False)
+        err.print(f"stopping ({signal.Signals(signum).name}; again to kill) ...", highlight=False)
+        for other in self.others:
+            if other.poll() is None:
+                other.send_signal(signal.SIGTERM)
         self.proc.send_signal(signal.SIGTERM)
+
+    def also_stop(self, proc: subprocess.Popen[bytes]) -> None:
+        self.others.append(proc)
 
     def wait(self, log_file: Path) -> None:
         """Wait for the broker to exit; fail unless it exited because we asked it to."""
@@ -207,13 +217,74 @@ def demo(
     for topic in specs:
         table.add_row("topic", topic.name, f"{topic.partitions} partitions")
     table.add_row("state", str(spec.data_dir), f"broker log {spec.log_file}")
-    table.add_row("worker, ClickHouse, /metrics", "-", "not part of this build yet (see README, roadmap)")
+    worker_proc, worker_log, worker_seconds = _start_demo_worker(settings, spec.bootstrap, proc)
+    shutdown.also_stop(worker_proc)
+    table.add_row(
+        "stream worker",
+        f"http://127.0.0.1:{settings.metrics_port}/metrics",
+        f"ready in {worker_seconds:.1f} s, pid {worker_proc.pid}, log {worker_log}",
+    )
+    table.add_row("ClickHouse, Grafana, alerts", "-", "not part of this build yet (see README, roadmap)")
     out.print(table)
     if until_ready:
+        stop_child(worker_proc)
         local_broker.stop(proc)
         return
     out.print("running; Ctrl-C stops everything", highlight=False)
     shutdown.wait(spec.log_file)
+
+
+def _start_demo_worker(
+    settings: Settings, bootstrap: str, broker_proc: subprocess.Popen[bytes]
+) -> tuple[subprocess.Popen[bytes], Path, float]:
+    """Start `cxpulse worker` against the demo broker and wait until its /metrics reports it ready."""
+    if not settings.metrics_port:
+        local_broker.stop(broker_proc)
+        _fail("demo: the worker's readiness is read from /metrics; CXPULSE_METRICS_PORT must not be 0")
+    started = time.monotonic()
+    log_path = settings.data_dir / "worker.log"
+    env = {**os.environ, "CXPULSE_KAFKA_BOOTSTRAP": bootstrap, "CXPULSE_DATA_DIR": str(settings.data_dir)}
+    with log_path.open("ab") as log:
+        worker_proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=local_broker.die_with_parent,  # noqa: PLW1509 - only prctl, no Python state touched
+        )
+    url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
+    deadline = started + DEMO_WORKER_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if worker_proc.poll() is not None:
+            local_broker.stop(broker_proc)
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+            _fail(f"the worker exited with {worker_proc.returncode}: {' | '.join(tail)} (log {log_path})")
+        if _worker_ready(url):
+            return worker_proc, log_path, time.monotonic() - started
+        time.sleep(0.25)  # polling an HTTP endpoint that has no push
+    stop_child(worker_proc)
+    local_broker.stop(broker_proc)
+    _fail(f"the worker was not ready after {DEMO_WORKER_TIMEOUT_SECONDS:.0f} s; see {log_path}")
+
+
+def _worker_ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback URL built here
+            return any(line.strip() == "cxpulse_worker_ready 1.0" for line in response.read().decode().splitlines())
+    except OSError:
+        return False
+
+
+def stop_child(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @app.command()

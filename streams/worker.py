@@ -2,26 +2,32 @@
 
 Two agents, with the aggregation core of streams.aggregate doing every computation:
 
-1. ``ingest`` consumes raw feedback in batches (``take_events``).  Per source partition p it decodes,
-   validates (invalid -> ``cx.feedback.dlq`` with reason and source headers), de-duplicates by event_id and
-   aggregates into pane partials per (p, channel|journey, pane).  Each partial is kept in the
+1. ``ingest`` consumes raw feedback in batches (``noack_take``).  Per source partition p it completes the
+   batch with any offset the consumer skipped (streams.gaps), decodes, validates (invalid ->
+   ``cx.feedback.dlq`` partition p, with reason and source headers, once), de-duplicates by event_id (table
+   ``seen-ids``) and aggregates into pane partials per (p, channel|journey, pane).  Each partial is kept in the
    changelog-backed table ``source-panes`` together with the last source offset it has absorbed, and its
-   full state (not a delta) travels to the internal ``cxpulse-partials`` topic keyed by channel|journey.
-2. ``merge`` owns channel|journey keys: it keeps, per (channel|journey, pane), the latest partial of every
-   source partition in the table ``panes`` and emits the merged WindowResult of every metric it touched.
+   full state (not a delta) travels to the internal ``<app>-partials`` topic keyed by channel|journey.
+2. ``merge`` owns channel|journey keys: it keeps, per (partials partition q, channel|journey, pane), the latest
+   partial of every source partition in the table ``panes`` and emits the merged WindowResult of every metric
+   it touched.
+
+Timers: offsets Faust committed without handing them to an agent (streams.gaps), state expiry by the retention,
+readiness for /metrics.  Table ``positions`` holds, per input partition, the next expected offset and the DLQ
+checkpoint.
 
 Why the numbers stay exact under at-least-once delivery (Faust flushes every send and changelog write
-before it commits an offset, so a crash can only repeat work, never skip it):
+before it commits an offset, so a crash can only repeat work; skipped offsets are read back):
 
 - a repeated event is recognised by its offset: ``source-panes`` keys absorb only offsets above their
   watermark, and ``seen-ids`` remembers the offset an id was first counted at, so re-reading that same
   message is not mistaken for a duplicate while a later copy is;
 - partials carry the full state of (p, key, pane) with the watermark as version, so ``merge`` keeps the
-  highest version per source partition: a resent or reordered partial changes nothing.
+  highest version per source partition: a resent or reordered partial changes nothing;
+- a dead letter is not sent again for an offset below ``positions`` or found on the DLQ after its checkpoint.
 
 Re-sends of one answer are caught when they land in the same source partition (producers key by customer,
-so a re-sent answer does).  Dead letters are at-least-once: each carries its source partition and offset
-in headers, so a reader can de-duplicate.
+so a re-sent answer does).
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ BATCH_MAX = 2000  # events per take_events batch
 BATCH_WITHIN_SECONDS = 0.25  # wait at most this long to fill a batch
 SESSION_TIMEOUT_SECONDS = 10.0  # Kafka group session: how long a dead worker's partitions stay unserved
 HEARTBEAT_SECONDS = 2.0
+READY_CHECK_SECONDS = 0.5  # how often cxpulse_worker_ready is refreshed
 GAP_CHECK_SECONDS = 5.0  # how often the offsets Faust committed are checked against the ones processed
 
 Partial = dict[str, list[int]]  # metric -> State as a list of 8 ints
@@ -74,6 +81,45 @@ class _PartitionContext:
 
     def __init__(self, topic: str, partition: int) -> None:
         self.message = SimpleNamespace(topic=topic, partition=partition)
+
+
+class SeenIds:
+    """The ids counted per source partition, each with the offset it was first counted at.
+
+    The table ``seen-ids`` holds one entry per processed batch (key ``p|first offset``, value the batch's new ids
+    and the latest occurred_at among them), so a batch costs one changelog message instead of one per event.
+    Lookups go through an in-memory index per partition, rebuilt from the table after every rebalance (the
+    consumer generation changes, and the table was recovered for the partitions now held).
+    """
+
+    def __init__(self, table: Any, app: faust.App) -> None:
+        self._table = table
+        self._app = app
+        self._index: dict[int, tuple[int, dict[str, int]]] = {}
+
+    def of(self, partition: int) -> dict[str, int]:
+        generation = self._app.consumer_generation_id
+        current = self._index.get(partition)
+        if current is not None and current[0] == generation:
+            return current[1]
+        index: dict[str, int] = {}
+        prefix = f"{partition}|"
+        for key, value in list(self._table.items()):
+            if key.startswith(prefix):
+                for event_id, offset in value["ids"].items():
+                    index[event_id] = min(offset, index.get(event_id, offset))
+        self._index[partition] = (generation, index)
+        return index
+
+    def forget(self, partition: int, ids: dict[str, int]) -> None:
+        current = self._index.get(partition)
+        if current is not None:
+            for event_id, offset in ids.items():
+                if current[1].get(event_id) == offset:
+                    del current[1][event_id]
+
+    def __len__(self) -> int:
+        return sum(len(index) for _, index in list(self._index.values()))
 
 
 def segment_key(channel: str, journey: str) -> str:
@@ -179,7 +225,9 @@ def create_app(
 
     positions = app.Table("positions", default=None, partitions=settings.partitions, schema=json_schema)
     reader = OffsetReader(settings.kafka_bootstrap, metrics.gap_records)
+    seen = SeenIds(seen_ids, app)
     metrics.watch({"source-panes": source_panes, "seen-ids": seen_ids, "panes": panes, "positions": positions})
+    metrics.remembered_ids.set_function(seen.__len__)
     partials_topic = partials.get_topic_name()
 
     locks: dict[tuple[str, int], asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -294,16 +342,21 @@ def create_app(
         rejected_at = {r.at for r in rejected}
         offsets = [record.offset for i, (record, _, _) in enumerate(decoded) if i not in rejected_at]
         groups: dict[tuple[str, str, int], list[tuple[int, Feedback]]] = defaultdict(list)
+        index = seen.of(partition)
+        fresh: dict[str, int] = {}
+        until = 0
         for offset, feedback_event in zip(offsets, valid, strict=True):
-            key = f"{partition}|{feedback_event.event_id}"
-            first = seen_ids.get(key)
+            first = index.get(feedback_event.event_id)
             if first is None:
-                seen_ids[key] = [offset, feedback_event.occurred_at]
-            elif first[0] != offset:
+                index[feedback_event.event_id] = fresh[feedback_event.event_id] = offset
+                until = max(until, feedback_event.occurred_at)
+            elif first != offset:
                 metrics.duplicates.inc()
                 continue  # a later copy of an answer already counted
             pane = feedback_event.occurred_at - feedback_event.occurred_at % pane_ms
             groups[(feedback_event.channel, feedback_event.journey, pane)].append((offset, feedback_event))
+        if fresh:  # one changelog message per batch, not per event
+            seen_ids[f"{partition}|{min(fresh.values())}"] = {"ids": fresh, "until": until}
         for (channel, journey, pane), members in groups.items():
             table_key = f"{partition}|{channel}|{journey}|{pane}"
             updated = absorb(source_panes.get(table_key), members, pane_ms)
@@ -395,6 +448,11 @@ def create_app(
                     "gap check of %s[%d] failed, retried in %s s: %s", tp.topic, tp.partition, GAP_CHECK_SECONDS, exc
                 )
 
+    @app.timer(interval=READY_CHECK_SECONDS)  # type: ignore[untyped-decorator]
+    async def report_ready() -> None:
+        recovered = cast(Any, app.tables).recovery.completed.is_set()
+        metrics.ready.set(1.0 if recovered and not app.rebalancing and app.consumer.assignment() else 0.0)
+
     sweep_every_ms = max(pane_ms, min(retention_ms // 100, 3_600_000))
     swept_up_to = {"cutoff": -1}
 
@@ -411,7 +469,7 @@ def create_app(
                 if int(pane) + pane_ms <= cutoff:
                     found[(topic, int(partition))].append((table, key))
         for key, value in list(seen_ids.items()):
-            if value[1] < cutoff:
+            if value["until"] < cutoff:
                 found[(settings.feedback_topic, int(key.split("|", 1)[0]))].append((seen_ids, key))
         return found
 
@@ -433,6 +491,8 @@ def create_app(
                 _current_event.set(weakref.ref(context))  # type: ignore[arg-type]
                 for table, key in keys:
                     if key in table:
+                        if table is seen_ids:
+                            seen.forget(partition, table[key]["ids"])
                         del table[key]
                         metrics.expired.labels(table.name).inc()
 

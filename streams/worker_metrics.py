@@ -46,6 +46,17 @@ class WorkerMetrics:
             registry=self.registry,
         )
 
+        self.remembered_ids = Gauge(
+            "cxpulse_worker_remembered_ids",
+            "Event ids remembered for de-duplication (this worker's partitions; they expire with the retention)",
+            registry=self.registry,
+        )
+        self.ready = Gauge(
+            "cxpulse_worker_ready",
+            "1 once the worker holds partitions and its tables are recovered, 0 while it starts or rebalances",
+            registry=self.registry,
+        )
+
     def watch(self, tables: Mapping[str, Sized]) -> None:
         """Report the size of each table at scrape time."""
         for name, table in tables.items():

@@ -76,19 +76,21 @@ def test_port_in_use_is_a_clear_error(kafka_broker: RunningBroker, tmp_path: Pat
     assert f"--port {port}: the port is in use" in done.stderr
 
 
-def test_demo_starts_broker_and_topics(tmp_path: Path) -> None:
-    port = free_ports(2)[0]
+def test_demo_starts_broker_topics_and_a_ready_worker(tmp_path: Path) -> None:
+    port, metrics_port = free_ports(3)[::2]
     done = subprocess.run(
         cxpulse_command("demo", "--port", str(port), "--data-dir", str(tmp_path), "--until-ready"),
         capture_output=True,
         text=True,
         check=False,
-        timeout=180,
-        env={**os.environ, "COLUMNS": "200"},
+        timeout=300,
+        env={**os.environ, "COLUMNS": "250", "CXPULSE_METRICS_PORT": str(metrics_port)},
     )
     assert done.returncode == 0, done.stderr
-    for expected in (f"127.0.0.1:{port}", "cx.feedback", "cx.feedback.dlq", "cx.metrics.panes", "cx.alerts"):
-        assert expected in done.stdout
+    expected = [f"127.0.0.1:{port}", "cx.feedback", "cx.feedback.dlq", "cx.metrics.panes", "cx.alerts"]
+    expected += ["stream worker", f"http://127.0.0.1:{metrics_port}/metrics", "ready in"]
+    for text in expected:
+        assert text in done.stdout, done.stdout
 
 
 def test_format_accepts_a_cluster_id_that_starts_with_a_dash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

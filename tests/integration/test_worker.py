@@ -368,9 +368,10 @@ def test_state_stays_bounded_by_the_retention(kafka_broker: RunningBroker, tmp_p
                     n += 1
                     panes_sent.add((_send_now(sender, settings.feedback_topic, f"e-{n}", segment) // 1000, *segment))
             sample = _scrape(port)
-            for table in ("source-panes", "panes", "seen-ids"):
+            for table in ("source-panes", "panes"):
                 key = f'cxpulse_worker_state_keys{{table="{table}"}}'
                 peaks[table] = max(peaks.get(table, 0.0), sample.get(key, 0.0))
+            peaks["ids"] = max(peaks.get("ids", 0.0), sample.get("cxpulse_worker_remembered_ids", 0.0))
             time.sleep(0.2)  # pacing the producer (a real-time load), not synchronisation
         final = _scrape(port)
     finally:
@@ -381,7 +382,8 @@ def test_state_stays_bounded_by_the_retention(kafka_broker: RunningBroker, tmp_p
     assert len(panes_sent) > 3 * bound_panes  # the run really covered many more panes than are kept
     assert peaks["source-panes"] <= PARTITIONS * bound_panes, peaks  # one partial per source partition
     assert peaks["panes"] <= bound_panes, peaks
-    assert peaks["seen-ids"] <= 8 * 20 / 0.2, peaks  # ids of the last 8 s at 20 events per 0.2 s
+    assert peaks["ids"] <= 8 * 20 / 0.2, peaks  # ids of the last 8 s at 20 events per 0.2 s
+    assert final['cxpulse_worker_expired_keys_total{table="seen-ids"}'] > 0
     assert final['cxpulse_worker_expired_keys_total{table="source-panes"}'] > 2 * PARTITIONS * bound_panes
     assert final['cxpulse_worker_expired_keys_total{table="panes"}'] > 2 * bound_panes
 
