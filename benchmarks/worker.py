@@ -29,6 +29,7 @@ from pathlib import Path
 import fastavro
 
 from schemas.codec import FEEDBACK_RAW, LocalCatalog
+from streams.broker import die_with_parent
 from streams.config import Settings
 from streams.kafka import consumer
 from streams.produce import produce_file
@@ -93,7 +94,11 @@ def run(bootstrap: str, events: int, partitions: int, spread: int, workdir: Path
     log = (workdir / "worker.log").open("wb")
     launched = time.perf_counter()
     worker = subprocess.Popen(
-        [sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "streams.cli", "worker"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl; no orphan worker if the benchmark is killed
     )
     fed = f'cxpulse_worker_records_total{{topic="{settings.feedback_topic}"}}'
     merged = f'cxpulse_worker_records_total{{topic="{settings.app_id}-partials"}}'

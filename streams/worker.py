@@ -344,7 +344,7 @@ def create_app(
         groups: dict[tuple[str, str, int], list[tuple[int, Feedback]]] = defaultdict(list)
         index = seen.of(partition)
         fresh: dict[str, int] = {}
-        until = 0
+        until = late = 0
         for offset, feedback_event in zip(offsets, valid, strict=True):
             first = index.get(feedback_event.event_id)
             if first is None:
@@ -354,7 +354,10 @@ def create_app(
                 metrics.duplicates.inc()
                 continue  # a later copy of an answer already counted
             pane = feedback_event.occurred_at - feedback_event.occurred_at % pane_ms
+            if pane + pane_ms <= clock.now_ms and offset >= expected:
+                late += 1  # its pane had closed on the processing clock: it revises a result already out
             groups[(feedback_event.channel, feedback_event.journey, pane)].append((offset, feedback_event))
+        metrics.late_events.inc(late)
         if fresh:  # one changelog message per batch, not per event
             seen_ids[f"{partition}|{min(fresh.values())}"] = {"ids": fresh, "until": until}
         for (channel, journey, pane), members in groups.items():

@@ -28,6 +28,11 @@ class WorkerMetrics:
         self.duplicates = Counter(
             "cxpulse_worker_duplicates", "Later copies of an answer already counted", registry=self.registry
         )
+        self.late_events = Counter(
+            "cxpulse_worker_late_events",
+            "Valid events counted in a pane that had already closed on the processing clock (METRICS.md section 5)",
+            registry=self.registry,
+        )
         self.gap_records = Counter(
             "cxpulse_worker_gap_records",
             "Records the Kafka consumer skipped and the worker read back (see streams/gaps.py)",

@@ -19,6 +19,7 @@ import pytest
 from confluent_kafka import TopicPartition
 
 from schemas.codec import WINDOW_RESULT, LocalCatalog, decode_confluent
+from streams.broker import die_with_parent
 from streams.config import Settings
 from streams.kafka import consumer, producer
 from streams.produce import produce_file
@@ -60,10 +61,25 @@ def pipeline(kafka_broker: RunningBroker, tmp_path: Path) -> Pipeline:
     return Pipeline(settings, env)
 
 
-def start_worker(pipeline: Pipeline, log: Path, data_dir: Path | None = None) -> subprocess.Popen[bytes]:
-    env = pipeline.env if data_dir is None else {**pipeline.env, "CXPULSE_DATA_DIR": str(data_dir)}
+def start_worker(
+    pipeline: Pipeline, log: Path, data_dir: Path | None = None, metrics_port: int = 0
+) -> subprocess.Popen[bytes]:
+    env = {**pipeline.env, "CXPULSE_METRICS_PORT": str(metrics_port)}
+    if data_dir is not None:
+        env["CXPULSE_DATA_DIR"] = str(data_dir)
     with log.open("ab") as out:
-        return subprocess.Popen(cxpulse_command("worker"), env=env, stdout=out, stderr=subprocess.STDOUT)
+        return spawn_worker(env, out)
+
+
+def spawn_worker(env: dict[str, str], out: Any) -> subprocess.Popen[bytes]:
+    """`cxpulse worker` as a child that dies with the test session, whatever happens to it."""
+    return subprocess.Popen(
+        cxpulse_command("worker"),
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl
+    )
 
 
 def mixed_events(path: Path, count: int) -> None:
@@ -138,7 +154,8 @@ def test_stream_equals_replay(pipeline: Pipeline, tmp_path: Path) -> None:
     source = tmp_path / "events.jsonl"
     mixed_events(source, 3000)
     expected, invalid = expected_results(source, pipeline.settings.pane_seconds)
-    worker = start_worker(pipeline, tmp_path / "worker.log")
+    port = free_ports(1)[0]
+    worker = start_worker(pipeline, tmp_path / "worker.log", metrics_port=port)
     try:
         produce_file(source, pipeline.settings.kafka_bootstrap, pipeline.settings.feedback_topic, LocalCatalog())
         deadline = time.monotonic() + CONVERGE_SECONDS
@@ -158,6 +175,11 @@ def test_stream_equals_replay(pipeline: Pipeline, tmp_path: Path) -> None:
         assert_each_once(letters, invalid)
         assert {h["reason"].decode() for h in letters} >= {"undecodable", "bad_metric", "missing_field"}
         assert all(h["source_topic"].decode() == pipeline.settings.feedback_topic for h in letters)
+        # the worker's own counters agree: every answer is hours old, so each counted one is late
+        sample = _scrape(port)
+        assert sample["cxpulse_worker_late_events_total"] == sum(r["n"] for r in expected.values())
+        lettered = sum(v for k, v in sample.items() if k.startswith("cxpulse_worker_dead_letters_total"))
+        assert lettered == invalid
     finally:
         stop_process(worker)
 
@@ -346,7 +368,7 @@ def test_state_stays_bounded_by_the_retention(kafka_broker: RunningBroker, tmp_p
     ensure_topics(settings.kafka_bootstrap, topic_specs(settings))
     log = tmp_path / "worker.log"
     with log.open("ab") as out:
-        worker = subprocess.Popen(cxpulse_command("worker"), env=env, stdout=out, stderr=subprocess.STDOUT)
+        worker = spawn_worker(env, out)
     segments = [("chat", "billing"), ("chat", "support"), ("phone", "billing"), ("phone", "support")]
     sender = producer(settings.kafka_bootstrap)
     try:
