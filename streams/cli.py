@@ -304,26 +304,29 @@ def worker(
     from streams.worker_metrics import WorkerMetrics
 
     settings = _settings(kafka_bootstrap=bootstrap, data_dir=data_dir)
-    try:
-        ensure_topics(settings.kafka_bootstrap, topic_specs(settings))
-    except CxPulseError as exc:
-        _fail(f"worker: {exc}")
-    catalog = RegistryCatalog(settings.schema_registry_url) if settings.schema_registry_url else LocalCatalog()
     metrics = WorkerMetrics()
-    app_ = create_app(settings, catalog, metrics)
     endpoint = "off"
-    if settings.metrics_port:
+    if settings.metrics_port:  # first: a taken port is found without touching Kafka
         try:
             start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=metrics.registry)
         except OSError as exc:
             _fail(f"worker: metrics port {settings.metrics_port} (CXPULSE_METRICS_PORT): {exc.strerror}")
         endpoint = f"http://{settings.metrics_host}:{settings.metrics_port}/metrics"
+    try:
+        ensure_topics(settings.kafka_bootstrap, topic_specs(settings))
+    except CxPulseError as exc:
+        _fail(f"worker: {exc}")
+    catalog = RegistryCatalog(settings.schema_registry_url) if settings.schema_registry_url else LocalCatalog()
+    app_ = create_app(settings, catalog, metrics)
     err.print(
         f"cxpulse worker {settings.app_id}: consuming {settings.feedback_topic} at {settings.kafka_bootstrap}; "
         f"metrics {endpoint}"
     )
-    # no spinner: at the default level Faust's spinner turns the root logger to DEBUG (~8% CPU)
-    faust.Worker(app_, loglevel=loglevel, quiet=True).execute_from_commandline()
+    # no spinner: at the default level Faust's spinner turns the root logger to DEBUG (~8% CPU), and it writes
+    # cursor hide/show codes even into a log file (faust/utils/terminal/spinners.py)
+    faust_worker = faust.Worker(app_, loglevel=loglevel, quiet=True)
+    faust_worker.spinner = None
+    faust_worker.execute_from_commandline()
 
 
 @app.command()

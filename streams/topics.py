@@ -12,6 +12,7 @@ from streams.errors import BrokerError
 from streams.kafka import admin_client
 
 CREATE_TIMEOUT_SECONDS = 30.0
+REACH_TIMEOUT_SECONDS = 10.0  # an unreachable bootstrap is reported after this long
 
 
 class TopicSpec(NamedTuple):
@@ -42,7 +43,7 @@ def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> list[str]:
     """Create the topics that do not exist yet; return the names created."""
     admin = admin_client(bootstrap)
     try:
-        existing = set(admin.list_topics(timeout=CREATE_TIMEOUT_SECONDS).topics)
+        existing = set(admin.list_topics(timeout=REACH_TIMEOUT_SECONDS).topics)
     except KafkaException as exc:
         raise BrokerError(f"cannot reach Kafka at {bootstrap}: {exc.args[0].str()}") from exc
     new = [

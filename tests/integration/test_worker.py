@@ -7,6 +7,7 @@ import json
 import os
 import random
 import shutil
+import socket
 import subprocess
 import time
 import urllib.request
@@ -417,3 +418,33 @@ def _send_now(sender: Any, topic: str, event_id: str, segment: tuple[str, str]) 
     sender.produce(topic, key=event_id.encode(), value=json.dumps(record).encode())
     sender.poll(0)
     return now
+
+
+def test_worker_without_kafka_fails_with_a_message(tmp_path: Path) -> None:
+    done = subprocess.run(
+        cxpulse_command("worker", "--bootstrap", "127.0.0.1:1", "--data-dir", str(tmp_path)),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        env={**os.environ, "CXPULSE_METRICS_PORT": "0"},
+    )
+    assert done.returncode == 1
+    assert "worker: cannot reach Kafka at 127.0.0.1:1" in done.stderr
+
+
+def test_worker_metrics_port_in_use_fails_with_a_message(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            cxpulse_command("worker", "--bootstrap", "127.0.0.1:1", "--data-dir", str(tmp_path)),
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+            env={**os.environ, "CXPULSE_METRICS_PORT": str(port)},
+        )
+    assert done.returncode == 1
+    assert f"worker: metrics port {port} (CXPULSE_METRICS_PORT): Address already in use" in done.stderr
