@@ -394,28 +394,35 @@ def create_app(
             for event in cast("list[EventT[Any]]", events):
                 await batches.ack(event)
 
-    async def merge_partial(partition: int, key: bytes, value: dict[str, Any]) -> None:
-        channel, journey = key.decode().split("|", 1)
-        pane = value["pane"]
-        table_key = f"{partition}|{channel}|{journey}|{pane}"
-        by_source: dict[str, list[Any]] = dict(panes.get(table_key) or {})
-        source = str(value["p"])
-        previous = by_source.get(source)
-        if previous is not None and previous[0] > value["version"]:
-            return  # an older partial arriving late: nothing new
-        # an equal version is a re-send: its results are emitted again (readers keep the highest version)
-        by_source[source] = [value["version"], value["states"]]
-        panes[table_key] = by_source
-        for result in merged_results(channel, journey, pane, pane_ms, by_source, value["states"]):
-            await results.send(
-                key=f"{result.channel}|{result.journey}|{result.metric}|{result.window_start}".encode(),
-                value=encode_confluent(result_record(result), WINDOW_RESULT, result_schema_id),
-                force=True,
-            )
-
     async def merge_partition(partition: int, records: Sequence[Record], expected: int) -> None:  # noqa: ARG001
+        """Apply a batch of partials, then write each touched pane once and emit its results once (the newest
+        state of the batch: a batch often holds several partials of one pane, one per source partition)."""
+        touched: dict[str, tuple[str, str, int, dict[str, list[Any]], set[str]]] = {}
         for record in records:
-            await merge_partial(partition, record.key or b"", json.loads(record.value or b"{}"))
+            channel, journey = (record.key or b"").decode().split("|", 1)
+            value: dict[str, Any] = json.loads(record.value or b"{}")
+            pane = value["pane"]
+            table_key = f"{partition}|{channel}|{journey}|{pane}"
+            if table_key not in touched:
+                touched[table_key] = (channel, journey, pane, dict(panes.get(table_key) or {}), set())
+            by_source, metrics_touched = touched[table_key][3], touched[table_key][4]
+            source = str(value["p"])
+            previous = by_source.get(source)
+            if previous is not None and previous[0] > value["version"]:
+                continue  # an older partial arriving late: nothing new
+            # an equal version is a re-send: its results are emitted again (readers keep the highest version)
+            by_source[source] = [value["version"], value["states"]]
+            metrics_touched.update(value["states"])
+        for table_key, (channel, journey, pane, by_source, metrics_touched) in touched.items():
+            if not metrics_touched:
+                continue
+            panes[table_key] = by_source
+            for result in merged_results(channel, journey, pane, pane_ms, by_source, metrics_touched):
+                await results.send(
+                    key=f"{result.channel}|{result.journey}|{result.metric}|{result.window_start}".encode(),
+                    value=encode_confluent(result_record(result), WINDOW_RESULT, result_schema_id),
+                    force=True,
+                )
 
     @app.agent(partials)
     async def merge_partials(stream: StreamT[Any]) -> None:
