@@ -18,11 +18,12 @@ from typing import Any
 
 import pytest
 from confluent_kafka import TopicPartition
+from confluent_kafka.admin import ConfigResource, ResourceType
 
 from schemas.codec import WINDOW_RESULT, LocalCatalog, decode_confluent
 from streams.broker import die_with_parent
 from streams.config import Settings
-from streams.kafka import consumer, producer
+from streams.kafka import admin_client, consumer, producer
 from streams.produce import produce_file
 from streams.replay import replay_file
 from streams.synth import realistic_events
@@ -181,8 +182,27 @@ def test_stream_equals_replay(pipeline: Pipeline, tmp_path: Path) -> None:
         assert sample["cxpulse_worker_late_events_total"] == sum(r["n"] for r in expected.values())
         lettered = sum(v for k, v in sample.items() if k.startswith("cxpulse_worker_dead_letters_total"))
         assert lettered == invalid
+        # every table's changelog is a compacted topic with the pipeline's partitions
+        assert _changelog_configs(pipeline.settings) == {
+            f"{pipeline.settings.app_id}-{table}-changelog": ("compact", PARTITIONS)
+            for table in ("source-panes", "seen-ids", "panes", "positions")
+        }
     finally:
         stop_process(worker)
+
+
+def _changelog_configs(settings: Settings) -> dict[str, tuple[str, int]]:
+    admin = admin_client(settings.kafka_bootstrap)
+    names = [
+        t for t in admin.list_topics(timeout=10).topics if t.startswith(f"{settings.app_id}-") and "changelog" in t
+    ]
+    metadata = admin.list_topics(timeout=10).topics
+    resources = [ConfigResource(ResourceType.TOPIC, name) for name in names]
+    out = {}
+    for resource, future in admin.describe_configs(resources).items():
+        policy = future.result(timeout=30)["cleanup.policy"].value
+        out[resource.name] = (policy, len(metadata[resource.name].partitions))
+    return out
 
 
 def _split(path: Path, parts: int) -> list[Path]:
