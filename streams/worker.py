@@ -287,6 +287,8 @@ def create_app(
             if ranges:
                 records = complete(records, await reader.read(topic, partition, ranges))
             if not records:
+                if upto is not None and upto > expected:  # nothing left to read there (deleted by retention)
+                    positions[key] = [upto, checkpoint]
                 return
             if topic == settings.feedback_topic:
                 await recall_dead_letters(partition, checkpoint)
