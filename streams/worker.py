@@ -33,6 +33,7 @@ so a re-sent answer does).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -56,7 +57,7 @@ from schemas.codec import (
 )
 from streams.aggregate import State, aggregate_panes, merge, merge_all
 from streams.config import DEFAULT_FUTURE_TOLERANCE_SECONDS, Settings
-from streams.errors import CxPulseError, DecodeError
+from streams.errors import DecodeError
 from streams.gaps import OffsetReader, Record, complete, missing_ranges
 from streams.validate import Clock, Feedback, validate_batch
 from streams.windows import WindowResult, window_result
@@ -272,37 +273,55 @@ def create_app(
         first (and, for the gap timer, every offset below ``upto``); then, once its dead letters are delivered,
         record the next expected offset and the dead-letter checkpoint in ``positions``."""
         async with locks[(topic, partition)]:
-            records = sorted(
-                {
-                    e.message.offset: Record(topic, partition, e.message.offset, e.message.key, e.message.value)
-                    for e in events
-                }.values()
-            )
-            key = f"{topic}|{partition}"
-            expected, checkpoint = positions.get(key) or (None, None)
-            if expected is None:
-                expected = await reader.low_watermark(topic, partition)
-            offsets = [r.offset for r in records]
-            ranges = missing_ranges(offsets + ([upto] if upto is not None else []), expected)
-            if ranges:
-                records = complete(records, await reader.read(topic, partition, ranges))
-            if not records:
-                if upto is not None and upto > expected:  # nothing left to read there (deleted by retention)
-                    positions[key] = [upto, checkpoint]
-                return
-            if topic == settings.feedback_topic:
-                await recall_dead_letters(partition, checkpoint)
-            metrics.records.labels(topic).inc(len(records))
-            await process(partition, records, expected)
-            delivered = [await future for future in sending.pop(partition, [])]
-            next_offset = max(expected, records[-1].offset + 1, upto or 0)
-            if topic == settings.feedback_topic:
-                _, recalled, recalled_at = lettered[partition]
-                # the checkpoint may move past letters of an earlier run only once their offsets are behind us
-                if all(offset < next_offset for offset in recalled):
-                    ends = [metadata.offset + 1 for metadata in delivered] + [recalled_at, checkpoint or 0]
-                    checkpoint = max(ends)
-            positions[key] = [next_offset, checkpoint]
+            try:
+                await _run_partition(topic, partition, events, process, upto)
+            except Exception:
+                # letters this attempt sent are waited for and found again by the next attempt's recall, so the
+                # re-processing of these offsets does not send them twice
+                for future in sending.pop(partition, []):
+                    with contextlib.suppress(Exception):
+                        await future
+                lettered.pop(partition, None)
+                raise
+
+    async def _run_partition(
+        topic: str,
+        partition: int,
+        events: Sequence[EventT[Any]],
+        process: Callable[[int, Sequence[Record], int], Awaitable[None]],
+        upto: int | None,
+    ) -> None:
+        records = sorted(
+            {
+                e.message.offset: Record(topic, partition, e.message.offset, e.message.key, e.message.value)
+                for e in events
+            }.values()
+        )
+        key = f"{topic}|{partition}"
+        expected, checkpoint = positions.get(key) or (None, None)
+        if expected is None:
+            expected = await reader.low_watermark(topic, partition)
+        offsets = [r.offset for r in records]
+        ranges = missing_ranges(offsets + ([upto] if upto is not None else []), expected)
+        if ranges:
+            records = complete(records, await reader.read(topic, partition, ranges))
+        if not records:
+            if upto is not None and upto > expected:  # nothing left to read there (deleted by retention)
+                positions[key] = [upto, checkpoint]
+            return
+        if topic == settings.feedback_topic:
+            await recall_dead_letters(partition, checkpoint)
+        metrics.records.labels(topic).inc(len(records))
+        await process(partition, records, expected)
+        delivered = [await future for future in sending.pop(partition, [])]
+        next_offset = max(expected, records[-1].offset + 1, upto or 0)
+        if topic == settings.feedback_topic:
+            _, recalled, recalled_at = lettered[partition]
+            # the checkpoint may move past letters of an earlier run only once their offsets are behind us
+            if all(offset < next_offset for offset in recalled):
+                ends = [metadata.offset + 1 for metadata in delivered] + [recalled_at, checkpoint or 0]
+                checkpoint = max(ends)
+        positions[key] = [next_offset, checkpoint]
 
     async def dead_letter(record: Record, expected: int, reason: str, detail: str, schema_id: int | None) -> None:
         """Send an invalid event to the DLQ, unless an earlier run already did (each invalid event once)."""
@@ -379,6 +398,25 @@ def create_app(
             grouped[event.message.partition].append(event)
         return grouped
 
+    async def guarded(
+        topic: str,
+        partition: int,
+        events: Sequence[EventT[Any]],
+        process: Callable[[int, Sequence[Record], int], Awaitable[None]],
+    ) -> None:
+        """Run a partition's part of a batch; a failure is logged and counted, and the batch is still acked.
+
+        Acking a failed batch loses nothing: ``positions`` did not advance, so the next batch of the partition
+        (or the gap timer) reads those offsets back and processes them again.  Not acking would wedge the
+        worker: Faust waits for every unacked message before it can rebalance or stop (consumer.wait_empty),
+        and an agent that raised would never ack them (seen here: SIGTERM ignored for minutes).
+        """
+        try:
+            await run_partition(topic, partition, events, process)
+        except Exception:
+            metrics.batch_errors.labels(topic).inc()
+            LOG.exception("processing %s[%d] failed; its offsets are read again with the next batch", topic, partition)
+
     @app.agent(feedback)
     async def ingest(stream: StreamT[Any]) -> None:
         batches = cast("faust.Stream[Any]", stream)  # the concrete Stream has noack_take
@@ -392,7 +430,7 @@ def create_app(
                 # partitions, so we set it per partition.  Only the context variable of this task: the stream's
                 # own current_event attribute feeds the batch buffer and must not be touched.
                 _current_event.set(weakref.ref(members[-1]))
-                await run_partition(settings.feedback_topic, partition, members, ingest_partition)
+                await guarded(settings.feedback_topic, partition, members, ingest_partition)
             for event in cast("list[EventT[Any]]", events):
                 await batches.ack(event)
 
@@ -432,7 +470,7 @@ def create_app(
         async for events in batches.noack_take(BATCH_MAX, within=BATCH_WITHIN_SECONDS):  # acked when done, as above
             for partition, members in by_partition(cast("list[EventT[Any]]", events)).items():
                 _current_event.set(weakref.ref(members[-1]))
-                await run_partition(partials_topic, partition, members, merge_partition)
+                await guarded(partials_topic, partition, members, merge_partition)
             for event in cast("list[EventT[Any]]", events):
                 await batches.ack(event)
 
@@ -455,10 +493,9 @@ def create_app(
             _current_event.set(weakref.ref(context))  # type: ignore[arg-type]
             try:
                 await run_partition(tp.topic, tp.partition, [], process, upto=upto)
-            except CxPulseError as exc:  # the broker may be away a moment: a timer error must not stop the worker
-                LOG.warning(
-                    "gap check of %s[%d] failed, retried in %s s: %s", tp.topic, tp.partition, GAP_CHECK_SECONDS, exc
-                )
+            except Exception:  # the broker may be away a moment: a timer error must not stop the worker
+                metrics.batch_errors.labels(tp.topic).inc()
+                LOG.exception("gap check of %s[%d] failed; retried in %s s", tp.topic, tp.partition, GAP_CHECK_SECONDS)
 
     @app.timer(interval=READY_CHECK_SECONDS)  # type: ignore[untyped-decorator]
     async def report_ready() -> None:

@@ -28,6 +28,12 @@ class WorkerMetrics:
         self.duplicates = Counter(
             "cxpulse_worker_duplicates", "Later copies of an answer already counted", registry=self.registry
         )
+        self.batch_errors = Counter(
+            "cxpulse_worker_batch_errors",
+            "Partition batches whose processing failed (logged; their offsets are processed again)",
+            ["topic"],
+            registry=self.registry,
+        )
         self.late_events = Counter(
             "cxpulse_worker_late_events",
             "Valid events counted in a pane that had already closed on the processing clock (METRICS.md section 5)",

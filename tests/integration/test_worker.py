@@ -9,6 +9,7 @@ import random
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -468,3 +469,36 @@ def test_worker_metrics_port_in_use_fails_with_a_message(tmp_path: Path) -> None
         )
     assert done.returncode == 1
     assert f"worker: metrics port {port} (CXPULSE_METRICS_PORT): Address already in use" in done.stderr
+
+
+def test_a_failing_batch_is_processed_again_and_does_not_wedge_the_worker(pipeline: Pipeline, tmp_path: Path) -> None:
+    """Processing raises on its first three batches (injected in validate_batch): the worker logs and counts the
+    failures, the failed offsets are processed again, numbers still equal replay, each invalid event is dead-
+    lettered once, and SIGTERM still stops the worker (an unacked batch would keep Faust waiting forever)."""
+    source = tmp_path / "events.jsonl"
+    mixed_events(source, 2000)
+    expected, invalid = expected_results(source, pipeline.settings.pane_seconds)
+    settings = pipeline.settings
+    port = free_ports(1)[0]
+    env = {**pipeline.env, "CXPULSE_METRICS_PORT": str(port), "CXPULSE_TEST_FAILURES": "3"}
+    log = tmp_path / "worker.log"
+    with log.open("ab") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "tests.integration.flaky_worker"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl
+        )
+    try:
+        produce_file(source, settings.kafka_bootstrap, settings.feedback_topic, LocalCatalog())
+        _converge(settings, expected)
+        deadline = time.monotonic() + CONVERGE_SECONDS
+        assert_each_once(dead_letters(settings.kafka_bootstrap, settings.dlq_topic, invalid, deadline), invalid)
+        sample = _scrape(port)
+        assert sample[f'cxpulse_worker_batch_errors_total{{topic="{settings.feedback_topic}"}}'] == 3
+        assert log.read_text().count("injected failure") >= 3
+        worker.terminate()
+        assert worker.wait(timeout=60) is not None  # stopped on SIGTERM, not wedged
+    finally:
+        stop_process(worker)
