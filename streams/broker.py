@@ -177,7 +177,8 @@ def wait_ready(spec: BrokerSpec, proc: subprocess.Popen[bytes], timeout: float =
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT_SECONDS) -> int:
-    """Stop the broker: SIGTERM (Kafka shuts down cleanly), SIGKILL if it is still there after timeout."""
+    """Stop a child (the broker, the demo's worker): SIGTERM (a clean shutdown), SIGKILL if it is still there
+    after timeout."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -227,7 +227,7 @@ def demo(
     table.add_row("ClickHouse, Grafana, alerts", "-", "not part of this build yet (see README, roadmap)")
     out.print(table)
     if until_ready:
-        stop_child(worker_proc)
+        local_broker.stop(worker_proc)
         local_broker.stop(proc)
         return
     out.print("running; Ctrl-C stops everything", highlight=False)
@@ -263,7 +263,7 @@ def _start_demo_worker(
         if _worker_ready(url):
             return worker_proc, log_path, time.monotonic() - started
         time.sleep(0.25)  # polling an HTTP endpoint that has no push
-    stop_child(worker_proc)
+    local_broker.stop(worker_proc)
     local_broker.stop(broker_proc)
     _fail(f"the worker was not ready after {DEMO_WORKER_TIMEOUT_SECONDS:.0f} s; see {log_path}")
 
@@ -274,17 +274,6 @@ def _worker_ready(url: str) -> bool:
             return any(line.strip() == "cxpulse_worker_ready 1.0" for line in response.read().decode().splitlines())
     except OSError:
         return False
-
-
-def stop_child(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    """SIGTERM, then SIGKILL after ``timeout`` seconds."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @app.command()

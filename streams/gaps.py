@@ -73,12 +73,7 @@ class OffsetReader:
 
     async def low_watermark(self, topic: str, partition: int) -> int:
         """The first offset still in the partition."""
-        async with self._lock:
-            return await asyncio.to_thread(self._low_watermark, topic, partition)
-
-    def _low_watermark(self, topic: str, partition: int) -> int:
-        low, _ = self._client().get_watermark_offsets(TopicPartition(topic, partition), timeout=10.0)
-        return int(low)
+        return (await self.watermarks(topic, partition))[0]
 
     async def watermarks(self, topic: str, partition: int) -> tuple[int, int]:
         """The first offset still in the partition and the offset the next message will get."""

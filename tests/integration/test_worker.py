@@ -44,11 +44,11 @@ class Pipeline:
     env: dict[str, str]
 
 
-@pytest.fixture()
-def pipeline(kafka_broker: RunningBroker, tmp_path: Path) -> Pipeline:
+def make_pipeline(bootstrap: str, tmp_path: Path, **overrides: Any) -> Pipeline:
+    """Fresh topics and settings (plus the env a worker process reads them from) for one worker test."""
     tag = uuid.uuid4().hex[:10]
     values = {
-        "kafka_bootstrap": kafka_broker.bootstrap,
+        "kafka_bootstrap": bootstrap,
         "app_id": f"cxw-{tag}",
         "feedback_topic": f"test-{tag}-feedback",
         "dlq_topic": f"test-{tag}-dlq",
@@ -57,11 +57,20 @@ def pipeline(kafka_broker: RunningBroker, tmp_path: Path) -> Pipeline:
         "partitions": PARTITIONS,
         "data_dir": tmp_path / "state",
         "metrics_port": 0,
+        **overrides,
     }
     settings = Settings(**values)
     ensure_topics(settings.kafka_bootstrap, topic_specs(settings))
-    env = {**os.environ, **{f"CXPULSE_{k.upper()}": str(v) for k, v in values.items()}}
+    env = {
+        **os.environ,
+        **{f"CXPULSE_{k.upper()}": json.dumps(v) if isinstance(v, tuple) else str(v) for k, v in values.items()},
+    }
     return Pipeline(settings, env)
+
+
+@pytest.fixture()
+def pipeline(kafka_broker: RunningBroker, tmp_path: Path) -> Pipeline:
+    return make_pipeline(kafka_broker.bootstrap, tmp_path)
 
 
 def start_worker(
@@ -74,10 +83,10 @@ def start_worker(
         return spawn_worker(env, out)
 
 
-def spawn_worker(env: dict[str, str], out: Any) -> subprocess.Popen[bytes]:
-    """`cxpulse worker` as a child that dies with the test session, whatever happens to it."""
+def spawn_worker(env: dict[str, str], out: Any, command: list[str] | None = None) -> subprocess.Popen[bytes]:
+    """`cxpulse worker` (or ``command``) as a child that dies with the test session, whatever happens to it."""
     return subprocess.Popen(
-        cxpulse_command("worker"),
+        command or cxpulse_command("worker"),
         env=env,
         stdout=out,
         stderr=subprocess.STDOUT,
@@ -370,27 +379,12 @@ def test_state_stays_bounded_by_the_retention(kafka_broker: RunningBroker, tmp_p
     """A long run over many panes keeps only the retention's worth of state: 1 s panes, 3 s retention, events
     of four segments arriving for 30 s; the worker's own gauges are read from its /metrics endpoint."""
     port = free_ports(1)[0]
-    tag = uuid.uuid4().hex[:10]
-    values = {
-        "kafka_bootstrap": kafka_broker.bootstrap,
-        "app_id": f"cxm-{tag}",
-        "feedback_topic": f"test-{tag}-feedback",
-        "dlq_topic": f"test-{tag}-dlq",
-        "results_topic": f"test-{tag}-panes",
-        "alerts_topic": f"test-{tag}-alerts",
-        "partitions": PARTITIONS,
-        "data_dir": tmp_path / "state",
-        "metrics_port": port,
-        "pane_seconds": 1,
-        "windows_seconds": "[2]",
-        "retention_seconds": 3,
-    }
-    env = {**os.environ, **{f"CXPULSE_{k.upper()}": str(v) for k, v in values.items()}}
-    settings = Settings(**{**values, "windows_seconds": (2,)})
-    ensure_topics(settings.kafka_bootstrap, topic_specs(settings))
+    pipeline = make_pipeline(
+        kafka_broker.bootstrap, tmp_path, pane_seconds=1, windows_seconds=(2,), retention_seconds=3
+    )
+    settings = pipeline.settings
     log = tmp_path / "worker.log"
-    with log.open("ab") as out:
-        worker = spawn_worker(env, out)
+    worker = start_worker(pipeline, log, metrics_port=port)
     segments = [("chat", "billing"), ("chat", "support"), ("phone", "billing"), ("phone", "support")]
     sender = producer(settings.kafka_bootstrap)
     try:
@@ -483,13 +477,7 @@ def test_a_failing_batch_is_processed_again_and_does_not_wedge_the_worker(pipeli
     env = {**pipeline.env, "CXPULSE_METRICS_PORT": str(port), "CXPULSE_TEST_FAILURES": "3"}
     log = tmp_path / "worker.log"
     with log.open("ab") as out:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "tests.integration.flaky_worker"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl
-        )
+        worker = spawn_worker(env, out, [sys.executable, "-m", "tests.integration.flaky_worker"])
     try:
         produce_file(source, settings.kafka_bootstrap, settings.feedback_topic, LocalCatalog())
         _converge(settings, expected)
