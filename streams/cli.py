@@ -20,15 +20,14 @@ from types import FrameType
 from typing import Annotated, Any, NoReturn
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
 from schemas.codec import LocalCatalog, RegistryCatalog
 from streams import broker as local_broker
-from streams.config import Settings, parse_duration
-from streams.errors import CxPulseError
+from streams.config import Settings, load_settings, parse_duration
+from streams.errors import ConfigurationError, CxPulseError
 from streams.produce import produce_file
 from streams.replay import Progress as ProgressFn
 from streams.replay import dead_letter_json, replay_file
@@ -56,12 +55,9 @@ def _fail(message: str, code: int = 1) -> NoReturn:
 
 def _settings(**overrides: Any) -> Settings:
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as exc:
-        problems = "; ".join(
-            (f"CXPULSE_{'_'.join(map(str, e['loc'])).upper()}: " if e["loc"] else "") + e["msg"] for e in exc.errors()
-        )
-        _fail(f"invalid configuration: {problems}", 2)
+        return load_settings(**overrides)
+    except ConfigurationError as exc:
+        _fail(str(exc), 2)
 
 
 def _port_free(port: int) -> bool:
@@ -284,38 +280,33 @@ def worker(
 ) -> None:
     """Run the stream worker: cx.feedback in, pane results on cx.metrics.panes, dead letters on the DLQ.
 
-    Creates the topics it needs first. Runs in the foreground until Ctrl-C / SIGTERM.
+    Creates the topics it needs first, then runs the hot path and the Faust process together (their metrics
+    summed on one endpoint). Runs in the foreground until Ctrl-C / SIGTERM.
     """
-    import faust
-    from prometheus_client import start_http_server
+    import logging
 
-    from streams.worker import create_app
-    from streams.worker_metrics import WorkerMetrics
+    from streams.worker import supervisor as sv
 
     settings = _settings(kafka_bootstrap=bootstrap, data_dir=data_dir)
-    metrics = WorkerMetrics()
-    endpoint = "off"
-    if settings.metrics_port:  # first: a taken port is found without touching Kafka
-        try:
-            start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=metrics.registry)
-        except OSError as exc:
-            _fail(f"worker: metrics port {settings.metrics_port} (CXPULSE_METRICS_PORT): {exc.strerror}")
-        endpoint = f"http://{settings.metrics_host}:{settings.metrics_port}/metrics"
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    identity = sv.worker_identity(settings)
+    boss = sv.Supervisor(settings, identity, loglevel, sv.child_env(settings))
+    try:  # first: a taken port is found without touching Kafka
+        endpoint = sv.serve_metrics(boss, settings)
+    except OSError as exc:
+        _fail(f"worker: metrics port {settings.metrics_port} (CXPULSE_METRICS_PORT): {exc.strerror}")
     try:
-        ensure_topics(settings.kafka_bootstrap, topic_specs(settings))
+        sv.prepare_topics(settings)
     except CxPulseError as exc:
         _fail(f"worker: {exc}")
-    catalog = RegistryCatalog(settings.schema_registry_url) if settings.schema_registry_url else LocalCatalog()
-    app_ = create_app(settings, catalog, metrics)
     err.print(
-        f"cxpulse worker {settings.app_id}: consuming {settings.feedback_topic} at {settings.kafka_bootstrap}; "
-        f"metrics {endpoint}"
+        f"cxpulse worker {identity} ({settings.app_id}): consuming {settings.feedback_topic} at "
+        f"{settings.kafka_bootstrap} with {settings.hotpath_processes} hot-path process(es) and a Faust process; "
+        f"metrics {endpoint}",
+        highlight=False,
     )
-    # no spinner: at the default level Faust's spinner turns the root logger to DEBUG (~8% CPU), and it writes
-    # cursor hide/show codes even into a log file (faust/utils/terminal/spinners.py)
-    faust_worker = faust.Worker(app_, loglevel=loglevel, quiet=True)
-    faust_worker.spinner = None
-    faust_worker.execute_from_commandline()
+    sv.install_signals(boss)
+    raise typer.Exit(boss.run())
 
 
 @app.command()

@@ -10,9 +10,12 @@ Built once in the CLI (flags override the environment) and passed down; nothing 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streams.errors import ConfigurationError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,6 +28,7 @@ DEFAULT_WINDOWS = (300, 3600, 86400)  # seconds: 5 min, 1 h, 24 h
 DEFAULT_RETENTION_SECONDS = 7 * 86400  # 7 days of pane state
 DEFAULT_FUTURE_TOLERANCE_SECONDS = 300  # occurred_at may run 5 minutes ahead of the clock
 DEFAULT_PARTITIONS = 6  # partitions of the topics cxpulse creates
+DEFAULT_HOTPATH_PROCESSES = 1  # hot-path slots per worker (the Faust process is the other core's)
 
 
 class Settings(BaseSettings):
@@ -60,6 +64,14 @@ class Settings(BaseSettings):
     pane_seconds: int = Field(DEFAULT_PANE_SECONDS, ge=1, le=86400, description="pane length, seconds")
     windows_seconds: tuple[int, ...] = Field(DEFAULT_WINDOWS, description="rolling windows, seconds")
     retention_seconds: int = Field(DEFAULT_RETENTION_SECONDS, ge=1, description="pane state retention")
+    worker_id: str = Field(
+        "",
+        pattern=r"^[A-Za-z0-9._-]{0,100}$",
+        description="stable name of this worker (its hot-path transactional ids); empty = host name + data dir",
+    )
+    hotpath_processes: int = Field(
+        DEFAULT_HOTPATH_PROCESSES, ge=1, le=64, description="hot-path processes (slots) of one worker"
+    )
 
     @field_validator("windows_seconds")
     @classmethod
@@ -79,6 +91,18 @@ class Settings(BaseSettings):
         if self.retention_seconds < max(self.windows_seconds):
             raise ValueError("CXPULSE_RETENTION_SECONDS must cover the longest window")
         return self
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """The settings from the environment, with the given (not None) overrides; ConfigurationError naming each
+    offending variable when they are invalid."""
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(
+            (f"CXPULSE_{'_'.join(map(str, e['loc'])).upper()}: " if e["loc"] else "") + e["msg"] for e in exc.errors()
+        )
+        raise ConfigurationError(f"invalid configuration: {problems}") from exc
 
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -1,8 +1,10 @@
 """De-duplication by event_id with bounded memory (METRICS.md section 2: the first event with an id counts).
 
-Ids are remembered together with the hour bucket of their occurred_at; :meth:`Deduplicator.expire` forgets
-the buckets older than the retention of pane state.  That is safe because an event older than the retention
-is rejected as ``too_old`` before it reaches the de-duplicator, so a forgotten id can never count twice.
+The one rule, used by ``cxpulse replay`` and by the stream's hot path (one Deduplicator per source partition).
+Ids are remembered together with the bucket (an hour by default) of their occurred_at;
+:meth:`Deduplicator.expire` forgets the buckets older than the retention of pane state.  That is safe because
+an event older than the retention is rejected as ``too_old`` before it reaches the de-duplicator, so a
+forgotten id can never count twice.
 """
 
 from __future__ import annotations
@@ -12,6 +14,11 @@ from collections.abc import Iterable
 from streams.validate import Feedback
 
 BUCKET_MS = 3_600_000  # ids are expired an hour at a time
+
+
+def bucket_for_retention(retention_ms: int) -> int:
+    """The bucket length for a retention: an hour, or a 24th of a shorter retention (at least a second)."""
+    return max(1000, min(BUCKET_MS, retention_ms // 24))
 
 
 class Deduplicator:
@@ -24,6 +31,32 @@ class Deduplicator:
 
     def __len__(self) -> int:
         return len(self._bucket_of)
+
+    @property
+    def bucket_ms(self) -> int:
+        return self._bucket_ms
+
+    def remember(self, bucket: int, event_ids: Iterable[str]) -> None:
+        """Remember ids counted elsewhere (a changelog being restored) under their bucket; first one wins."""
+        seen = self._bucket_of
+        fresh = [event_id for event_id in event_ids if event_id not in seen]
+        for event_id in fresh:
+            seen[event_id] = bucket
+        if fresh:
+            self._ids_in.setdefault(bucket, []).extend(fresh)
+
+    def buckets(self, events: Iterable[Feedback]) -> dict[int, list[str]]:
+        """The ids of ``events`` by their bucket: what a changelog entry records for a batch."""
+        out: dict[int, list[str]] = {}
+        bucket_ms = self._bucket_ms
+        for event in events:
+            bucket = event.occurred_at - event.occurred_at % bucket_ms
+            ids = out.get(bucket)
+            if ids is None:
+                out[bucket] = [event.event_id]
+            else:
+                ids.append(event.event_id)
+        return out
 
     def first_seen(self, events: Iterable[Feedback]) -> tuple[list[Feedback], int]:
         """The events whose id was not seen before (in order), and how many duplicates were dropped."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+EXIT_PERMANENT = 2  # exit code of a worker process that cannot run with its configuration (no restart)
+
 
 class CxPulseError(Exception):
     """Base class of every error cxpulse raises on purpose."""

@@ -184,7 +184,11 @@ def validate_batch(
     valid: list[Feedback] = []
     rejected: list[Rejection] = []
     for index, record in enumerate(records):
-        checked = validate_record(record, clock)
+        try:
+            checked = validate_record(record, clock)
+        except Exception as exc:  # a record of an unexpected shape must not stop the batch: it is no FeedbackEvent
+            rejected.append(Rejection(index, "undecodable", f"not a FeedbackEvent: {type(exc).__name__}: {exc}"))
+            continue
         if isinstance(checked, Feedback):
             valid.append(checked)
         else:

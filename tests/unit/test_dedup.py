@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streams.dedup import BUCKET_MS, Deduplicator
+from streams.dedup import BUCKET_MS, Deduplicator, bucket_for_retention
 from tests.unit.test_aggregate import fb
 
 
@@ -25,3 +25,25 @@ def test_expiry_forgets_whole_old_hours_only() -> None:
     assert len(dedup) == 1
     unique, _ = dedup.first_seen([fb("CES", 1, 1, 7, event_id="new", t=3 * BUCKET_MS)])
     assert unique == []
+
+
+def test_ids_restored_from_a_changelog_count_as_seen_and_expire_with_their_bucket() -> None:
+    counted = Deduplicator(bucket_ms=1000)
+    unique, _ = counted.first_seen([fb("CES", 1, 1, 7, event_id=i, t=t) for i, t in (("a", 10), ("b", 1500))])
+    entry = counted.buckets(unique)
+    assert entry == {0: ["a"], 1000: ["b"]}
+    restored = Deduplicator(bucket_ms=1000)
+    for bucket, ids in entry.items():
+        restored.remember(bucket, ids)
+    again, duplicates = restored.first_seen(
+        [fb("CES", 1, 1, 7, event_id="a"), fb("CES", 1, 1, 7, event_id="c", t=1500)]
+    )
+    assert [e.event_id for e in again] == ["c"] and duplicates == 1
+    assert restored.expire(older_than_ms=1000) == 1  # "a"'s bucket [0, 1000) is over
+    assert len(restored) == 2
+
+
+def test_bucket_length_follows_the_retention() -> None:
+    assert bucket_for_retention(7 * 86_400_000) == BUCKET_MS
+    assert bucket_for_retention(3000) == 1000
+    assert bucket_for_retention(3_600_000) == 150_000

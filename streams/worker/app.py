@@ -1,0 +1,317 @@
+"""The Faust side of the worker: the ``merge`` agent and its tables, fed by the hot path's partials.
+
+``merge`` consumes ``<app>-partials`` (committed records only, streams.worker.faust_compat), keyed tables:
+
+- ``panes``: per (partials partition, channel, journey, pane), the counters of every source partition
+  (streams.worker.merge absorbs each batch's delta once);
+- ``positions``: per (partials partition, source partition), how far the chain of source ranges was followed.
+
+Every pane a batch of partials changed is written once and its WindowResults (Avro, Confluent wire format)
+go to ``cx.metrics.panes``; the result producer is flushed before the batch is acked, and Faust flushes the
+changelog writes before it commits, so a crash repeats work and never loses it.  Timers: a chain that stopped
+short of what the hot path committed is read back (streams.worker.repair); panes older than the retention are
+dropped (a tombstone each); readiness.
+
+Downstream Faust agents (the ClickHouse writer, the Prometheus view, the effort detector) consume
+``cx.metrics.panes`` the same way.
+
+Run by ``cxpulse worker`` as ``python -m streams.worker.app METRICS_PORT LOGLEVEL``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections import defaultdict, deque
+from collections.abc import Sequence
+from typing import Any, cast
+
+import faust
+from confluent_kafka import ConsumerGroupTopicPartitions, Producer
+from confluent_kafka.admin import AdminClient
+from faust.types import EventT, StreamT
+from prometheus_client import CollectorRegistry, start_http_server
+
+from schemas.codec import WINDOW_RESULT, WINDOW_RESULT_RAW, SchemaCatalog, encode_confluent
+from streams.config import Settings, load_settings
+from streams.errors import EXIT_PERMANENT, ConfigurationError
+from streams.kafka import admin_client
+from streams.kafka import producer as new_producer
+from streams.topics import internal_topics
+from streams.windows import WindowResult
+from streams.worker import faust_compat
+from streams.worker.hotpath import catalog_for
+from streams.worker.merge import MergeStep, parse_pane_key, position_key
+from streams.worker.metrics import WorkerMetrics
+from streams.worker.records import decode_partials, position_from_table
+from streams.worker.repair import PartitionReader, Record
+
+LOG = logging.getLogger("cxpulse.merge")
+PROCESS = "merge"
+BATCH_MESSAGES = 50  # partial messages per merge batch (each is a whole hot-path batch for this partition)
+BATCH_WITHIN_SECONDS = 0.05  # a merge batch waits at most this long to fill
+SESSION_TIMEOUT_SECONDS = 10.0  # a merge process killed with -9 keeps its partitions this long
+TAIL_CHECK_SECONDS = 5.0  # how often chains are compared with the hot path's committed offsets
+READY_CHECK_SECONDS = 0.5
+FLUSH_TIMEOUT_SECONDS = 60.0
+
+
+class Merge:
+    """The merge agent's work for one partials partition at a time: apply, read back, write, emit."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        panes: Any,
+        positions: Any,
+        results: Producer,
+        reader: PartitionReader,
+        metrics: WorkerMetrics,
+        catalog: SchemaCatalog,
+    ) -> None:
+        self.settings = settings
+        self.panes = panes
+        self.positions = positions
+        self.results = results
+        self.reader = reader
+        self.metrics = metrics
+        self.pane_ms = settings.pane_seconds * 1000
+        self.schema_id = catalog.id_for(WINDOW_RESULT_RAW)
+        self.locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.expired_before = -(2**62)  # panes ending at or before this were dropped by the expiry timer
+
+    async def partition(self, partition: int, records: Sequence[Record]) -> None:
+        """Apply the partial messages of one partials partition (under its lock), then emit and flush."""
+        async with self.locks[partition]:
+            started = time.perf_counter()
+            step = MergeStep(partition, self.pane_ms, self.panes, self.positions, ignore_before=self.expired_before)
+            pending = deque(sorted(records))
+            read_back_before = -1  # messages below this offset were already read back once
+            while pending:
+                record = pending.popleft()
+                try:
+                    batch = decode_partials(record.value)
+                except (ValueError, KeyError, TypeError) as exc:  # not written by a hot path: nothing to count
+                    self.metrics.chain_breaks.inc()
+                    LOG.error(
+                        "partials[%d] offset %d is not a partial message (%s); skipped", partition, record.offset, exc
+                    )
+                    continue
+                start = step.read_back_from(batch) if record.offset > read_back_before else None
+                if start is not None:
+                    missing = await self.reader.read(partition, start, record.offset)
+                    read_back_before = record.offset
+                    missing = [m for m in missing if m.offset not in {r.offset for r in pending}]
+                    self._log_read_back(partition, start, record.offset, missing)
+                    pending.appendleft(record)
+                    pending.extendleft(reversed(missing))
+                    continue
+                step.apply(batch, record.offset)
+            self.metrics.chain_breaks.inc(step.breaks)
+            results = step.finish()
+            await self.emit(results)
+            self.metrics.records.labels(self.reader.topic).inc(len(records))
+            self.metrics.batch_seconds.labels("merge").observe(time.perf_counter() - started)
+
+    def _log_read_back(self, partition: int, start: int, end: int, missing: Sequence[Record]) -> None:
+        self.metrics.repaired.inc(len(missing))
+        LOG.warning(
+            "read back %d partial messages of %s[%d] offsets %d..%d that the consumer skipped",
+            len(missing),
+            self.reader.topic,
+            partition,
+            start,
+            end,
+        )
+
+    async def emit(self, results: Sequence[WindowResult]) -> None:
+        """Send WindowResults to the results topic and wait until Kafka has them all."""
+        if not results:
+            return
+        topic = self.settings.results_topic
+        for result in results:
+            key = f"{result.channel}|{result.journey}|{result.metric}|{result.window_start}".encode()
+            value = encode_confluent(result._asdict(), WINDOW_RESULT, self.schema_id)
+            while True:
+                try:
+                    self.results.produce(topic, value, key)
+                    break
+                except BufferError:
+                    await asyncio.to_thread(self.results.poll, 0.1)
+        left = await asyncio.to_thread(self.results.flush, FLUSH_TIMEOUT_SECONDS)
+        if left:
+            raise RuntimeError(f"{left} results not delivered to {topic} in {FLUSH_TIMEOUT_SECONDS:.0f} s")
+        self.metrics.results.inc(len(results))
+
+
+def hotpath_offsets(admin: AdminClient, group: str, topic: str) -> dict[int, int]:
+    """The offsets the hot path's group has committed on the feedback topic (source partition -> next offset)."""
+    futures = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)], require_stable=True)
+    out: dict[int, int] = {}
+    for future in futures.values():
+        for tp in cast(Any, future.result(timeout=10)).topic_partitions or []:
+            if tp.topic == topic and tp.offset >= 0:
+                out[tp.partition] = tp.offset
+    return out
+
+
+def create_app(settings: Settings, metrics: WorkerMetrics, catalog: SchemaCatalog | None = None) -> faust.App:
+    """Build the Faust app with its topic, tables, agent and timers (not started)."""
+    catalog = catalog or catalog_for(settings)
+    (settings.data_dir / "worker").mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        store="memory://",
+        datadir=str(settings.data_dir / "worker"),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        processing_guarantee="at_least_once",
+        web_enabled=False,
+        consumer_auto_offset_reset="earliest",
+        table_standby_replicas=0,
+        broker_session_timeout=SESSION_TIMEOUT_SECONDS,
+        broker_heartbeat_interval=2.0,
+        consumer_max_fetch_size=16 * 1024 * 1024,  # a partial message can be large (a whole hot-path batch)
+        # on stop, commit what was acked and go: an unacked batch is delivered again after a restart, and merge
+        # absorbs it once.  Waiting for it instead can hang a stop (consumer.wait_empty) for minutes.
+        stream_wait_empty=False,
+        Table=faust_compat.KeyPartitionedTable,
+    )
+    faust_compat.read_committed(app)
+    partials_name = internal_topics(settings).partials
+    partials = app.topic(partials_name, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
+    schema: faust.Schema[Any, Any] = faust.Schema(key_serializer="json", value_serializer="json")
+    panes = app.Table("panes", default=None, partitions=settings.partitions, schema=schema)
+    positions = app.Table("positions", default=None, partitions=settings.partitions, schema=schema)
+    results = new_producer(settings.kafka_bootstrap, **{"linger.ms": 5, "compression.type": "lz4"})
+    reader = PartitionReader(settings.kafka_bootstrap, partials_name)
+    merge = Merge(settings, panes, positions, results, reader, metrics, catalog)
+    admin = admin_client(settings.kafka_bootstrap)
+    hotpath_group = f"{settings.app_id}-hotpath"
+
+    @app.agent(partials)
+    async def merge_partials(stream: StreamT[Any]) -> None:
+        batches = cast("faust.Stream[Any]", stream)  # the concrete Stream has noack_take
+        # noack_take, not take_events: take_events acks a batch in a `finally`, so a worker stopped in the middle
+        # of a batch would commit offsets it never finished (the class of faust-streaming#315).
+        async for events in batches.noack_take(BATCH_MESSAGES, within=BATCH_WITHIN_SECONDS):
+            by_partition: dict[int, list[Record]] = defaultdict(list)
+            for event in cast("list[EventT[Any]]", events):
+                message = event.message
+                by_partition[message.partition].append(Record(message.partition, message.offset, message.value or b""))
+            for partition, records in by_partition.items():
+                try:
+                    await merge.partition(partition, records)
+                except Exception:
+                    # acked anyway: the chain did not advance, so the next message (or the tail check) reads
+                    # these back.  An unacked batch would wedge Faust (consumer.wait_empty waits for it forever).
+                    metrics.batch_errors.labels(partials_name).inc()
+                    LOG.exception(
+                        "merging %s[%d] failed; it is read back with the next check", partials_name, partition
+                    )
+            for event in cast("list[EventT[Any]]", events):
+                await batches.ack(event)
+
+    behind: dict[int, dict[int, int]] = {}  # partials partition -> {source partition: end} short last time
+
+    @app.timer(interval=TAIL_CHECK_SECONDS)  # type: ignore[untyped-decorator]
+    async def follow_tails() -> None:
+        """Read back what the hot path committed but merge never saw at the end of a partition (a skip in the
+        middle is found by the next message; one at the end has no next message to reveal it)."""
+        if faust_compat.rebalancing(app) or not faust_compat.recovered(app):
+            return
+        try:
+            committed = await asyncio.to_thread(hotpath_offsets, admin, hotpath_group, settings.feedback_topic)
+        except Exception as exc:  # the broker may be away a moment
+            LOG.warning("tail check: cannot read the hot path's offsets (%s)", exc)
+            return
+        for tp in app.consumer.assignment():
+            if tp.topic != partials_name:
+                continue
+            short = {}
+            for source, end in committed.items():
+                position = position_from_table(positions.get(position_key(tp.partition, source)))
+                if position is None or position.end < end:
+                    short[source] = position.end if position is not None else -1
+            previous, behind[tp.partition] = behind.get(tp.partition), short
+            if not short or short != previous:
+                continue  # caught up, or still moving: the agent is on it
+            starts = []
+            for source in short:
+                position = position_from_table(positions.get(position_key(tp.partition, source)))
+                starts.append(0 if position is None else position.offset + 1)
+            try:
+                missing = await reader.read(tp.partition, min(starts))
+                if missing:
+                    merge._log_read_back(tp.partition, min(starts), missing[-1].offset + 1, missing)
+                    await merge.partition(tp.partition, missing)
+            except Exception:
+                metrics.batch_errors.labels(partials_name).inc()
+                LOG.exception(
+                    "tail check of %s[%d] failed; retried in %s s", partials_name, tp.partition, TAIL_CHECK_SECONDS
+                )
+
+    retention_ms = settings.retention_seconds * 1000
+    sweep_every_ms = max(merge.pane_ms, min(retention_ms // 100, 3_600_000))
+    swept = {"at": 0}
+
+    @app.timer(interval=max(1.0, min(TAIL_CHECK_SECONDS, sweep_every_ms / 1000)))  # type: ignore[untyped-decorator]
+    async def expire_panes() -> None:
+        """Bounded memory: drop panes that ended before now - retention (no accepted event can change them)."""
+        now_ms = int(time.time() * 1000)
+        if now_ms - swept["at"] < sweep_every_ms or faust_compat.rebalancing(app) or not faust_compat.recovered(app):
+            return
+        swept["at"] = now_ms
+        cutoff = now_ms - retention_ms
+        assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == partials_name}
+        old: dict[int, list[str]] = defaultdict(list)
+        for key in list(panes.keys()):
+            partition, _, _, pane = parse_pane_key(key)
+            if partition in assigned and pane + merge.pane_ms <= cutoff:
+                old[partition].append(key)
+        for partition, keys in old.items():
+            async with merge.locks[partition]:
+                merge.expired_before = max(merge.expired_before, cutoff)
+                for key in keys:
+                    if key in panes:
+                        del panes[key]
+                        metrics.expired.labels("panes").inc()
+
+    @app.timer(interval=READY_CHECK_SECONDS)  # type: ignore[untyped-decorator]
+    async def report_ready() -> None:
+        """Gauges set here, on the event loop, never at scrape time: the metrics server's thread must not touch
+        a table (its first use binds the table's service to the calling thread's event loop, and Faust then
+        waits forever for a task on that loop when it stops: the SIGTERM hang of the first worker)."""
+        ready = faust_compat.recovered(app) and not faust_compat.rebalancing(app)
+        metrics.process_ready.labels(PROCESS).set(1.0 if ready else 0.0)
+        metrics.state_keys.labels("panes").set(len(panes))
+
+    return app
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the Faust process: ``python -m streams.worker.app METRICS_PORT LOGLEVEL``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    port, loglevel = int(args[0]), args[1] if len(args) > 1 else "warn"
+    try:
+        settings = load_settings()
+    except ConfigurationError as exc:
+        print(f"cxpulse worker: {exc}", file=sys.stderr)
+        return EXIT_PERMANENT
+    metrics = WorkerMetrics(CollectorRegistry())
+    if port:
+        start_http_server(port, addr="127.0.0.1", registry=metrics.registry)
+    app = create_app(settings, metrics)
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    # no spinner: at the default level Faust's spinner turns the root logger to DEBUG (~8% CPU), and it writes
+    # cursor hide/show codes even into a log file (faust/utils/terminal/spinners.py)
+    worker.spinner = None
+    worker.execute_from_commandline()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,436 @@
+"""The hot path: ``cx.feedback`` in; dead letters, partials and seen ids out; one Kafka transaction per batch.
+
+A librdkafka (confluent-kafka) loop, no Faust: ``consume(num_messages=...)`` hands over thousands of messages
+at once, streams.worker.ingest turns them into what the batch must write, and one transaction carries it all
+together with the input offsets (``send_offsets_to_transaction``).  A batch is therefore either entirely out
+(dead letters, partials, seen ids, offsets) or not at all: no offset-gap repair, no dead-letter recall.
+
+- ``transactional.id`` is stable per slot (``<app>-hotpath-<worker id>-<slot>``), so a restarted slot fences
+  its dead predecessor at once instead of waiting for its open transaction to time out.
+- The consumer group ``<app>-hotpath`` uses the cooperative-sticky assignor: a rebalance moves only the
+  partitions that change owner, and only those are restored.
+- De-duplication state is a Deduplicator per source partition, restored on assignment from the seen-ids
+  changelog (same partition number), read after the group's committed offsets are stable.
+- A batch that fails is aborted and read again from the committed offsets, its partitions' state restored,
+  after a backoff: nothing is skipped.  A poison message cannot fail a batch: ingest dead-letters any bytes.
+
+Run by ``cxpulse worker`` (streams.worker.supervisor) as ``python -m streams.worker.hotpath SLOT METRICS_PORT``.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from types import FrameType
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from prometheus_client import CollectorRegistry, start_http_server
+
+from schemas.codec import LocalCatalog, RegistryCatalog, SchemaCatalog
+from streams.config import DEFAULT_FUTURE_TOLERANCE_SECONDS, Settings, load_settings
+from streams.dedup import Deduplicator, bucket_for_retention
+from streams.errors import EXIT_PERMANENT, ConfigurationError, CxPulseError
+from streams.kafka import consumer as new_consumer
+from streams.kafka import producer as new_producer
+from streams.topics import PARTIALS_MAX_MESSAGE_BYTES, internal_topics
+from streams.validate import Clock
+from streams.worker.ingest import BatchOut, Ingest, reasons
+from streams.worker.metrics import WorkerMetrics
+from streams.worker.records import FROM_THE_START, decode_seen, encode_partials, encode_seen
+
+LOG = logging.getLogger("cxpulse.hotpath")
+BATCH_MESSAGES = 10_000  # messages per consume() call and transaction
+POLL_SECONDS = 0.2  # a batch waits at most this long to fill: the latency floor at low rates
+SESSION_TIMEOUT_MS = 10_000  # a slot killed with -9 keeps its partitions this long
+TRANSACTION_TIMEOUT_MS = 8_000  # below the session timeout (DESIGN.md, known traps)
+KAFKA_TIMEOUT_SECONDS = 30.0  # one transaction call (begin, send offsets, commit, abort)
+HOUSEKEEPING_SECONDS = 1.0  # expiry of seen ids and gauges, at most this often
+BACKOFF_MAX_SECONDS = 30.0  # a failing batch is retried after 0.5 s, 1 s, 2 s, ... up to this
+
+
+class FatalError(CxPulseError):
+    """The slot cannot go on (fenced by another producer with its transactional.id, or a fatal Kafka error)."""
+
+
+class TransactionAbortedError(CxPulseError):
+    """The batch's transaction could not commit; it was aborted and the batch is read again."""
+
+
+def transactional_id(settings: Settings, worker_id: str, slot: int) -> str:
+    """The stable transactional.id of a hot-path slot."""
+    return f"{settings.app_id}-hotpath-{worker_id}-{slot}"
+
+
+def restore_seen(
+    bootstrap: str, topic: str, partitions: Sequence[int], bucket_ms: int, cutoff_ms: int
+) -> dict[int, Deduplicator]:
+    """Rebuild the Deduplicators of ``partitions`` from the seen-ids changelog (committed entries only), ids
+    that can no longer recur (older than ``cutoff_ms``) forgotten."""
+    restored = {partition: Deduplicator(bucket_ms) for partition in partitions}
+    if not partitions:
+        return restored
+    reader = new_consumer(
+        bootstrap, "cxpulse-restore", **{"enable.partition.eof": True, "isolation.level": "read_committed"}
+    )
+    try:
+        pending = set()
+        assignment = []
+        for partition in partitions:
+            low, high = reader.get_watermark_offsets(TopicPartition(topic, partition), KAFKA_TIMEOUT_SECONDS, False)
+            if high > low:
+                pending.add(partition)
+                assignment.append(TopicPartition(topic, partition, OFFSET_BEGINNING))
+        if assignment:
+            reader.assign(assignment)
+        deadline = time.monotonic() + 10 * KAFKA_TIMEOUT_SECONDS
+        while pending:
+            if time.monotonic() > deadline:
+                raise CxPulseError(f"restoring {topic} partitions {sorted(pending)}: no end in sight")
+            for message in reader.consume(num_messages=1000, timeout=1.0):
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:  # noqa: SLF001 - confluent-kafka's documented name
+                        pending.discard(message.partition() or 0)
+                        continue
+                    raise CxPulseError(f"restoring {topic}: {error}")
+                dedup = restored[message.partition() or 0]
+                for bucket, ids in decode_seen(message.value() or b"{}").items():
+                    dedup.remember(bucket, ids)
+    finally:
+        reader.close()
+    for dedup in restored.values():
+        dedup.expire(cutoff_ms)
+    return restored
+
+
+class HotPath:
+    """One hot-path slot: its consumer, its transactional producer and the batch step's state."""
+
+    def __init__(
+        self, settings: Settings, worker_id: str, slot: int, catalog: SchemaCatalog, metrics: WorkerMetrics
+    ) -> None:
+        self.settings = settings
+        self.slot = slot
+        self.metrics = metrics
+        self.name = f"hotpath-{slot}"
+        topics = internal_topics(settings)
+        self.partials_topic = topics.partials
+        self.seen_topic = topics.seen_ids
+        self.retention_ms = settings.retention_seconds * 1000
+        self.bucket_ms = bucket_for_retention(self.retention_ms)
+        self.future_ms = DEFAULT_FUTURE_TOLERANCE_SECONDS * 1000
+        self.transactional_id = transactional_id(settings, worker_id, slot)
+        self.stopping = False
+        self.ready = False
+        self._backoff = 0.0
+        self._housekept = 0.0
+        self.consumer: Consumer = new_consumer(
+            settings.kafka_bootstrap,
+            f"{settings.app_id}-hotpath",
+            **{
+                "isolation.level": "read_committed",
+                "partition.assignment.strategy": "cooperative-sticky",
+                "session.timeout.ms": SESSION_TIMEOUT_MS,
+                "heartbeat.interval.ms": 2000,
+                "max.poll.interval.ms": 300_000,
+                "client.id": f"{settings.app_id}-{self.name}",
+            },
+        )
+        self.producer: Producer = new_producer(
+            settings.kafka_bootstrap,
+            **{
+                "transactional.id": self.transactional_id,
+                "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
+                "linger.ms": 5,
+                "compression.type": "lz4",
+                "message.max.bytes": PARTIALS_MAX_MESSAGE_BYTES,
+                "client.id": f"{settings.app_id}-{self.name}",
+            },
+        )
+        partials_partitions, self.dlq_partitions = self._partition_counts()
+        self.ingest = Ingest(settings.feedback_topic, catalog, settings.pane_seconds * 1000, partials_partitions)
+
+    def _partition_counts(self) -> tuple[int, int]:
+        try:
+            metadata = self.producer.list_topics(timeout=KAFKA_TIMEOUT_SECONDS)
+        except KafkaException as exc:
+            raise CxPulseError(f"cannot reach Kafka at {self.settings.kafka_bootstrap}: {exc}") from exc
+        counts = []
+        for topic in (self.settings.feedback_topic, self.partials_topic, self.seen_topic, self.settings.dlq_topic):
+            if topic not in metadata.topics:
+                raise FatalError(f"topic {topic} does not exist (cxpulse worker creates it at start)")
+            counts.append(len(metadata.topics[topic].partitions))
+        feedback, partials, seen, dlq = counts
+        if seen != feedback:
+            raise FatalError(
+                f"{self.seen_topic} has {seen} partitions but {self.settings.feedback_topic} has {feedback}: "
+                "the seen-ids changelog needs one partition per feedback partition"
+            )
+        return partials, dlq
+
+    # --- group membership ---------------------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Restore the state of newly assigned partitions: where their next batch starts, and their seen ids.
+
+        The committed offsets are read first: with read_committed they are stable, i.e. any transaction of a
+        previous owner is over, so the changelog read next holds everything that owner committed."""
+        if partitions:
+            self._restore([tp.partition for tp in partitions])
+        self.ready = True
+        LOG.info("%s assigned %s", self.name, sorted(tp.partition for tp in partitions))
+
+    def _restore(self, partitions: list[int]) -> None:
+        topic = self.settings.feedback_topic
+        committed = self.consumer.committed([TopicPartition(topic, p) for p in partitions], KAFKA_TIMEOUT_SECONDS)
+        now_ms = int(time.time() * 1000)
+        dedups = restore_seen(
+            self.settings.kafka_bootstrap, self.seen_topic, partitions, self.bucket_ms, now_ms - self.retention_ms
+        )
+        for tp in committed:
+            self.ingest.starts[tp.partition] = tp.offset if tp.offset >= 0 else FROM_THE_START
+            self.ingest.dedup[tp.partition] = dedups[tp.partition]
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Forget revoked (or lost) partitions; no transaction is open here (callbacks run inside consume)."""
+        for tp in partitions:
+            self.ingest.starts.pop(tp.partition, None)
+            self.ingest.dedup.pop(tp.partition, None)
+        LOG.info("%s revoked %s", self.name, sorted(tp.partition for tp in partitions))
+
+    # --- the loop -----------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Consume and process batches until asked to stop; the batch in flight is finished and committed."""
+        try:
+            self.producer.init_transactions(KAFKA_TIMEOUT_SECONDS)
+        except KafkaException as exc:
+            raise FatalError(f"{self.name}: cannot initialise transactions: {exc.args[0].str()}") from exc
+        self.consumer.subscribe(
+            [self.settings.feedback_topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
+        gc.freeze()  # start-up objects never need collecting; keeps each collection small
+        try:
+            while not self.stopping:
+                messages = self.consumer.consume(num_messages=BATCH_MESSAGES, timeout=POLL_SECONDS)
+                good = [message for message in messages if not self._is_error(message)]
+                if good:
+                    self.process(good)
+                self._housekeeping()
+        finally:
+            self.ready = False
+            self.consumer.close()  # leaves the group: the partitions move on without waiting for a timeout
+
+    def _is_error(self, message: Message) -> bool:
+        error = message.error()
+        if error is None:
+            return False
+        if error.fatal():
+            raise FatalError(f"{self.name}: fatal consumer error: {error.str()}")
+        LOG.warning("%s: consumer: %s", self.name, error.str())
+        return True
+
+    def process(self, messages: list[Message]) -> None:
+        """One batch: ingest, then one transaction; on failure abort, rewind and back off (nothing skipped)."""
+        started = time.perf_counter()
+        now_ms = int(time.time() * 1000)
+        try:
+            out = self.ingest.batch(messages, Clock(now_ms, self.future_ms, self.retention_ms))
+            self._transact(out)
+        except FatalError:
+            raise
+        except Exception as exc:
+            self.metrics.batch_errors.labels(self.settings.feedback_topic).inc()
+            self._backoff = min(BACKOFF_MAX_SECONDS, max(0.5, 2 * self._backoff))
+            LOG.error(
+                "%s: a batch of %d messages failed (%s: %s); it is read again from the committed offsets in %.1f s",
+                self.name,
+                len(messages),
+                type(exc).__name__,
+                exc,
+                self._backoff,
+                exc_info=not isinstance(exc, TransactionAbortedError),
+            )
+            self._abort()
+            self._sleep(self._backoff)
+            self._rewind()
+            return
+        self._backoff = 0.0
+        self._count(out)
+        self.metrics.batch_seconds.labels("hotpath").observe(time.perf_counter() - started)
+
+    def _transact(self, out: BatchOut) -> None:
+        producer = self.producer
+        producer.begin_transaction()
+        for letter in out.dead_letters:
+            self._produce(
+                self.settings.dlq_topic,
+                letter.value,
+                letter.key,
+                letter.source_partition % self.dlq_partitions,
+                letter.headers,
+            )
+        for partition, batch in out.partials.items():
+            self._produce(self.partials_topic, encode_partials(batch), None, partition)
+        for partition, buckets in out.seen.items():
+            self._produce(self.seen_topic, encode_seen(buckets), None, partition)
+        offsets = [TopicPartition(self.settings.feedback_topic, p, offset) for p, offset in out.offsets.items()]
+        try:
+            producer.send_offsets_to_transaction(
+                offsets, self.consumer.consumer_group_metadata(), KAFKA_TIMEOUT_SECONDS
+            )
+            self._commit()
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            if error.fatal():
+                raise FatalError(self._fatal_message(error)) from exc
+            raise TransactionAbortedError(error.str()) from exc
+        self.ingest.committed(out.offsets)
+
+    def _commit(self) -> None:
+        for attempt in range(10):
+            try:
+                self.producer.commit_transaction(KAFKA_TIMEOUT_SECONDS)
+                self.metrics.transactions.labels("committed").inc()
+                return
+            except KafkaException as exc:
+                error: KafkaError = exc.args[0]
+                if not error.retriable() or attempt == 9:
+                    raise
+                LOG.warning("%s: commit of a transaction failed (%s); retrying", self.name, error.str())
+                self._sleep(min(5.0, 0.2 * 2**attempt))
+
+    def _fatal_message(self, error: KafkaError) -> str:
+        if error.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED):  # noqa: SLF001 - documented names
+            return (
+                f"{self.name} was fenced: another process runs with transactional.id "
+                f"{self.transactional_id} (two workers with the same CXPULSE_WORKER_ID?)"
+            )
+        return f"{self.name}: fatal Kafka error: {error.str()}"
+
+    def _produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        partition: int,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
+    ) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value, key, partition=partition, headers=headers)
+                return
+            except BufferError:  # the local queue is full: let deliveries drain, then go on
+                self.producer.poll(0.1)
+
+    def _abort(self) -> None:
+        try:
+            self.producer.abort_transaction(KAFKA_TIMEOUT_SECONDS)
+            self.metrics.transactions.labels("aborted").inc()
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            if error.fatal():
+                raise FatalError(self._fatal_message(error)) from exc
+            # no transaction was open (the batch failed before it began): nothing to abort
+
+    def _rewind(self) -> None:
+        """Go back to the committed offsets of every assigned partition and restore their state from Kafka."""
+        assigned = self.consumer.assignment()
+        if not assigned:
+            return
+        self._restore([tp.partition for tp in assigned])
+        for tp in self.consumer.committed(assigned, KAFKA_TIMEOUT_SECONDS):
+            offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+            self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.stopping and time.monotonic() < deadline:
+            self.producer.poll(min(0.1, seconds))
+
+    def _count(self, out: BatchOut) -> None:
+        metrics = self.metrics
+        metrics.records.labels(self.settings.feedback_topic).inc(out.records)
+        for reason, count in reasons(out.dead_letters).items():
+            metrics.dead_letters.labels(reason).inc(count)
+        metrics.duplicates.inc(out.duplicates)
+        metrics.late_events.inc(out.late)
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        if now - self._housekept < HOUSEKEEPING_SECONDS:
+            return
+        self._housekept = now
+        cutoff = int(time.time() * 1000) - self.retention_ms
+        expired = sum(dedup.expire(cutoff) for dedup in self.ingest.dedup.values())
+        if expired:
+            self.metrics.expired.labels("seen-ids").inc(expired)
+        self.metrics.remembered_ids.set(sum(len(dedup) for dedup in self.ingest.dedup.values()))
+        self.metrics.process_ready.labels(self.name).set(1.0 if self.ready else 0.0)
+        self.producer.poll(0)
+
+
+def catalog_for(settings: Settings) -> SchemaCatalog:
+    """The schema catalog of the settings: a Schema Registry when configured, else the local one."""
+    return RegistryCatalog(settings.schema_registry_url) if settings.schema_registry_url else LocalCatalog()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of one slot: ``python -m streams.worker.hotpath SLOT METRICS_PORT`` (settings from the
+    environment, CXPULSE_WORKER_ID set by the supervisor)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    slot, port = int(args[0]), int(args[1])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings()
+    except ConfigurationError as exc:
+        print(f"cxpulse worker: {exc}", file=sys.stderr)
+        return EXIT_PERMANENT
+    metrics = WorkerMetrics(CollectorRegistry())
+    if port:
+        start_http_server(port, addr="127.0.0.1", registry=metrics.registry)
+    worker_id = settings.worker_id or "local"
+    try:
+        hot = HotPath(settings, worker_id, slot, catalog_for(settings), metrics)
+    except FatalError as exc:
+        LOG.critical("%s", exc)
+        return EXIT_PERMANENT
+    except CxPulseError as exc:
+        LOG.critical("%s", exc)
+        return 1
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        LOG.info("%s: %s: finishing the batch in flight", hot.name, signal.Signals(signum).name)
+        hot.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        hot.run()
+    except FatalError as exc:
+        LOG.critical("%s", exc)
+        return EXIT_PERMANENT
+    except CxPulseError as exc:
+        LOG.critical("%s", exc)
+        return 1
+    LOG.info("%s stopped", hot.name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

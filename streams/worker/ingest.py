@@ -1,0 +1,165 @@
+"""The hot path's batch step, pure: the raw messages of one consumed batch in, everything the batch's Kafka
+transaction must carry out (dead letters, partials, seen ids, the offsets to commit).
+
+The same steps as ``cxpulse replay``, in the same order and from the same modules: decode (schemas.codec),
+validate (streams.validate), de-duplicate (streams.dedup, one Deduplicator per source partition), aggregate
+into panes (streams.aggregate).  Nothing here talks to Kafka; streams.worker.hotpath does.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
+
+from schemas.codec import SchemaCatalog, decode_feedback
+from streams.aggregate import State, aggregate_panes
+from streams.dedup import Deduplicator
+from streams.validate import Clock, validate_batch
+from streams.worker.records import (
+    FROM_THE_START,
+    PanePartial,
+    PartialBatch,
+    SourceRange,
+    dead_letter_headers,
+)
+
+
+class RawMessage(Protocol):
+    """The part of a confluent-kafka Message the batch step reads."""
+
+    def partition(self) -> int | None: ...
+
+    def offset(self) -> int | None: ...
+
+    def key(self) -> bytes | None: ...
+
+    def value(self) -> bytes | None: ...
+
+
+class DeadLetterOut(NamedTuple):
+    """An invalid message on its way to the dead-letter topic: original key and bytes, reason headers."""
+
+    source_partition: int
+    source_offset: int
+    reason: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, str | bytes | None]]
+
+
+class BatchOut(NamedTuple):
+    """What one batch's transaction carries, and what the batch counted."""
+
+    dead_letters: list[DeadLetterOut]
+    partials: dict[int, PartialBatch]  # partials partition -> its message (every partition gets one)
+    seen: dict[int, dict[int, list[str]]]  # source partition -> ids counted in this batch, by expiry bucket
+    offsets: dict[int, int]  # source partition -> next offset to read (committed with the transaction)
+    records: int
+    counted: int
+    duplicates: int
+    late: int  # counted events whose pane had closed on the processing clock (METRICS.md section 5)
+
+
+def segment_partition(channel: str, journey: str, partitions: int) -> int:
+    """The partials partition that owns a segment: a stable hash of ``channel|journey`` (every worker agrees)."""
+    return zlib.crc32(f"{channel}|{journey}".encode()) % partitions
+
+
+@dataclass
+class Ingest:
+    """The batch step with the state it keeps between batches: a Deduplicator and the next batch's range start
+    per source partition (both owned by the hot path, which restores them when it is assigned a partition)."""
+
+    topic: str
+    catalog: SchemaCatalog
+    pane_ms: int
+    partials_partitions: int
+    dedup: dict[int, Deduplicator] = field(default_factory=dict)
+    starts: dict[int, int] = field(default_factory=dict)
+    _owner: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def owner(self, channel: str, journey: str) -> int:
+        key = (channel, journey)
+        owner = self._owner.get(key)
+        if owner is None:
+            owner = self._owner[key] = segment_partition(channel, journey, self.partials_partitions)
+        return owner
+
+    def batch(self, messages: Sequence[RawMessage], clock: Clock) -> BatchOut:
+        """Run decode, validate, dedup and aggregate over one batch (messages in offset order per partition).
+
+        De-duplication state is updated in place: when the batch's transaction does not commit, the caller
+        restores the Deduplicators of its partitions (streams.worker.hotpath does, from the changelog).
+        """
+        by_partition: dict[int, list[RawMessage]] = defaultdict(list)
+        for message in messages:
+            by_partition[message.partition() or 0].append(message)
+        dead: list[DeadLetterOut] = []
+        panes: dict[int, list[PanePartial]] = {q: [] for q in range(self.partials_partitions)}
+        seen: dict[int, dict[int, list[str]]] = {}
+        offsets: dict[int, int] = {}
+        ranges: list[SourceRange] = []
+        counted = duplicates = late = 0
+        pane_ms = self.pane_ms
+        for partition, members in by_partition.items():
+            records = []
+            kept: list[tuple[RawMessage, int | None]] = []
+            for message in members:
+                try:
+                    schema_id, record = decode_feedback(message.value() or b"", self.catalog)
+                except Exception as exc:  # any bytes at all: a poison message is a dead letter, never a crash
+                    dead.append(self._letter(message, "undecodable", _describe(exc), None))
+                    continue
+                records.append(record)
+                kept.append((message, schema_id))
+            valid, rejected = validate_batch(records, clock)
+            for rejection in rejected:
+                message, schema_id = kept[rejection.at]
+                dead.append(self._letter(message, rejection.reason, rejection.detail, schema_id))
+            dedup = self.dedup.get(partition)
+            if dedup is None:
+                dedup = self.dedup[partition] = Deduplicator()
+            unique, dropped = dedup.first_seen(valid)
+            duplicates += dropped
+            counted += len(unique)
+            if unique:
+                seen[partition] = dedup.buckets(unique)
+            deltas: dict[tuple[str, str, int], dict[str, State]] = defaultdict(dict)
+            for (pane, channel, journey, metric), state in aggregate_panes(unique, pane_ms).items():
+                deltas[(channel, journey, pane)][metric] = state
+                if pane + pane_ms <= clock.now_ms:
+                    late += state.n
+            for (channel, journey, pane), states in deltas.items():
+                panes[self.owner(channel, journey)].append(PanePartial(channel, journey, pane, partition, states))
+            end = (members[-1].offset() or 0) + 1
+            ranges.append(SourceRange(partition, self.starts.get(partition, FROM_THE_START), end))
+            offsets[partition] = end
+        dead.sort(key=lambda letter: (letter.source_partition, letter.source_offset))
+        batch_ranges = tuple(ranges)
+        partials = {q: PartialBatch(batch_ranges, tuple(members)) for q, members in panes.items()}
+        return BatchOut(dead, partials, seen, offsets, len(messages), counted, duplicates, late)
+
+    def committed(self, offsets: dict[int, int]) -> None:
+        """The batch's transaction committed: its ends are where the next batches of those partitions start."""
+        self.starts.update(offsets)
+
+    def _letter(self, message: RawMessage, reason: str, detail: str, schema_id: int | None) -> DeadLetterOut:
+        partition = message.partition() or 0
+        offset = message.offset() or 0
+        headers = dead_letter_headers(reason, detail, self.topic, partition, offset, schema_id)
+        return DeadLetterOut(partition, offset, reason, message.key(), message.value(), headers)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    if type(exc).__module__ == "streams.errors":  # our own DecodeError says it all
+        return text
+    return f"not a FeedbackEvent: {type(exc).__name__}: {text}"[:1000]
+
+
+def reasons(letters: Sequence[DeadLetterOut]) -> Counter[str]:
+    """Dead letters counted by reason."""
+    return Counter(letter.reason for letter in letters)

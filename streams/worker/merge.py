@@ -1,0 +1,198 @@
+"""The merge step, pure: partial messages of one partials partition in, pane table values and WindowResults out.
+
+Every (segment, pane) key of the ``panes`` table holds, per source partition, the counters absorbed so far and
+the end offset of the last hot-path batch absorbed.  A batch's delta is absorbed only when its end is beyond
+that, so a partial message that is delivered twice, or read back by the repair, never counts twice.
+
+The ``positions`` table follows each source partition's chain of ranges in each partials partition: every
+hot-path batch sends every partials partition a message whose ranges start where the previous batch of that
+source partition ended.  A range that starts later than the last one followed means a message this partition
+never handed to ``merge`` (Faust's consumer can skip messages, see streams.worker.repair): the caller reads
+the partition back from the last message followed and applies what it missed first.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Iterable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from streams.aggregate import merge, merge_all
+from streams.windows import WindowResult, window_result
+from streams.worker.records import (
+    FROM_THE_START,
+    PanePartial,
+    PaneSources,
+    PartialBatch,
+    Position,
+    SourceRange,
+    SourceState,
+    pane_sources_from_table,
+    pane_sources_to_table,
+    position_from_table,
+    position_to_table,
+)
+
+LOG = logging.getLogger("cxpulse.merge")
+
+
+class Link(enum.Enum):
+    """How a source range relates to the chain followed so far."""
+
+    NEXT = "next"  # starts where the last one ended (or is a partition's first range)
+    REPEAT = "repeat"  # ends at or before the last one: delivered again
+    GAP = "gap"  # starts after the last one ended: messages in between were not seen
+    BREAK = "break"  # overlaps, or restarts from the start: the source's committed offsets went back
+
+
+def follow(position: Position | None, source: SourceRange) -> Link:
+    """Where ``source`` stands relative to the chain followed so far (None: nothing followed yet)."""
+    if position is None:
+        return Link.NEXT if source.start == FROM_THE_START else Link.GAP
+    if source.end <= position.end:
+        return Link.REPEAT
+    if source.start == position.end:
+        return Link.NEXT
+    if source.start > position.end:
+        return Link.GAP
+    return Link.BREAK
+
+
+def absorb(sources: PaneSources, partial: PanePartial, end: int) -> bool:
+    """Add a batch's delta for one source partition to a pane's sources; False when it was absorbed before."""
+    current = sources.get(partial.source)
+    if current is not None and current.end >= end:
+        return False
+    states = dict(current.states) if current is not None else {}
+    for metric, delta in partial.states.items():
+        before = states.get(metric)
+        states[metric] = delta if before is None else merge(before, delta)
+    sources[partial.source] = SourceState(end, states)
+    return True
+
+
+def merged_results(
+    channel: str, journey: str, pane: int, pane_ms: int, sources: PaneSources, metrics: Iterable[str]
+) -> list[WindowResult]:
+    """The WindowResults of one (segment, pane) over every source partition, for ``metrics``.
+
+    ``version`` is the sum of the sources' end offsets: it grows with every revision of the pane.
+    """
+    version = sum(source.end for source in sources.values())
+    out = []
+    for metric in sorted(metrics):
+        state = merge_all(s.states[metric] for s in sources.values() if metric in s.states)
+        if state.n > 0:
+            out.append(window_result(pane, pane + pane_ms, channel, journey, metric, state, version))
+    return out
+
+
+def pane_key(partition: int, channel: str, journey: str, pane: int) -> str:
+    """The ``panes`` table key: the partials partition first (its changelog partition), then the group."""
+    return f"{partition}|{channel}|{journey}|{pane}"
+
+
+def parse_pane_key(key: str) -> tuple[int, str, str, int]:
+    partition, channel, journey, pane = key.split("|")
+    return int(partition), channel, journey, int(pane)
+
+
+def position_key(partition: int, source: int) -> str:
+    """The ``positions`` table key: partials partition, source partition."""
+    return f"{partition}|{source}"
+
+
+@dataclass
+class _Touched:
+    channel: str
+    journey: str
+    pane: int
+    sources: PaneSources
+    metrics: set[str] = field(default_factory=set)
+
+
+@dataclass
+class MergeStep:
+    """Applies the partial messages of one partials partition, in offset order, then writes each touched pane
+    and position once (:meth:`finish`).  ``panes`` and ``positions`` are the Faust tables (any mapping)."""
+
+    partition: int
+    pane_ms: int
+    panes: MutableMapping[str, Any]
+    positions: MutableMapping[str, Any]
+    ignore_before: int = -(2**62)  # panes that ended at or before this were expired: a delta for them is stale
+    breaks: int = 0  # ranges that did not link up (after any read-back): logged
+    stale: int = 0  # deltas for expired panes, dropped
+    _touched: dict[str, _Touched] = field(default_factory=dict)
+    _positions: dict[int, Position] = field(default_factory=dict)
+
+    def position(self, source: int) -> Position | None:
+        """How far the chain of ``source`` has been followed in this partition (this step's updates included)."""
+        known = self._positions.get(source)
+        if known is not None:
+            return known
+        return position_from_table(self.positions.get(position_key(self.partition, source)))
+
+    def read_back_from(self, batch: PartialBatch) -> int | None:
+        """The partials offset from which messages are missing before ``batch``, or None when it links up.
+
+        0 stands for "from the start of the partition" (the reader starts at the first retained offset)."""
+        starts = []
+        for source in batch.ranges:
+            position = self.position(source.partition)
+            if follow(position, source) is Link.GAP:
+                starts.append(0 if position is None else position.offset + 1)
+        return min(starts) if starts else None
+
+    def apply(self, batch: PartialBatch, offset: int) -> None:
+        """Absorb one partial message (the one at ``offset``); links that still do not hold are logged."""
+        ends = {}
+        for source in batch.ranges:
+            position = self.position(source.partition)
+            link = follow(position, source)
+            if link in (Link.GAP, Link.BREAK):
+                self.breaks += 1
+                LOG.error(
+                    "partials[%d] offset %d: source %d range %d..%d does not follow %s (%s); counted as it is",
+                    self.partition,
+                    offset,
+                    source.partition,
+                    source.start,
+                    source.end,
+                    position,
+                    link.value,
+                )
+            if link is not Link.REPEAT:
+                self._positions[source.partition] = Position(source.end, offset)
+            ends[source.partition] = source.end
+        for partial in batch.panes:
+            if partial.pane + self.pane_ms <= self.ignore_before:
+                self.stale += 1
+                continue
+            key = pane_key(self.partition, partial.channel, partial.journey, partial.pane)
+            touched = self._touched.get(key)
+            if touched is None:
+                sources = pane_sources_from_table(self.panes.get(key))
+                touched = self._touched[key] = _Touched(partial.channel, partial.journey, partial.pane, sources)
+            if absorb(touched.sources, partial, ends[partial.source]):
+                touched.metrics.update(partial.states)
+
+    def finish(self) -> list[WindowResult]:
+        """Write every touched pane and position once; return the results of the panes that changed."""
+        results: list[WindowResult] = []
+        for key, touched in self._touched.items():
+            if not touched.metrics:
+                continue  # every delta was absorbed before: nothing new to write or emit
+            self.panes[key] = pane_sources_to_table(touched.sources)
+            results.extend(
+                merged_results(
+                    touched.channel, touched.journey, touched.pane, self.pane_ms, touched.sources, touched.metrics
+                )
+            )
+        for source, position in self._positions.items():
+            self.positions[position_key(self.partition, source)] = position_to_table(position)
+        self._touched.clear()
+        self._positions.clear()
+        return results

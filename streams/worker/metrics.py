@@ -1,0 +1,94 @@
+"""The worker's own Prometheus metrics, one factory for every process of a worker.
+
+Each child process (hot-path slots, the Faust process) serves its registry on a loopback port of its own;
+``cxpulse worker`` (streams.worker.supervisor) serves the sum of them on ``CXPULSE_METRICS_PORT``.
+Example::
+
+    metrics = WorkerMetrics(CollectorRegistry())
+    metrics.records.labels("cx.feedback").inc(500)
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # seconds
+
+
+class WorkerMetrics:
+    """Counters and gauges of one worker process, on an injected registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.records = Counter(
+            "cxpulse_worker_records", "Input records processed, by input topic", ["topic"], registry=registry
+        )
+        self.dead_letters = Counter(
+            "cxpulse_worker_dead_letters",
+            "Events sent to the dead-letter topic, by reason (METRICS.md section 2)",
+            ["reason"],
+            registry=registry,
+        )
+        self.duplicates = Counter(
+            "cxpulse_worker_duplicates", "Later copies of an answer already counted", registry=registry
+        )
+        self.late_events = Counter(
+            "cxpulse_worker_late_events",
+            "Valid events counted in a pane that had already closed on the processing clock (METRICS.md section 5)",
+            registry=registry,
+        )
+        self.batch_errors = Counter(
+            "cxpulse_worker_batch_errors",
+            "Batches whose processing failed and was retried (logged; nothing is skipped), by input topic",
+            ["topic"],
+            registry=registry,
+        )
+        self.transactions = Counter(
+            "cxpulse_worker_transactions",
+            "Hot-path Kafka transactions, by outcome (committed, aborted)",
+            ["outcome"],
+            registry=registry,
+        )
+        self.batch_seconds = Histogram(
+            "cxpulse_worker_batch_duration_seconds",
+            "Time to process one batch, by step (hotpath: consume to commit; merge: partials to results)",
+            ["step"],
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.repaired = Counter(
+            "cxpulse_worker_repaired_records",
+            "Partial messages the Faust consumer skipped and merge read back (see streams/worker/repair.py)",
+            registry=registry,
+        )
+        self.chain_breaks = Counter(
+            "cxpulse_worker_chain_breaks",
+            "Source ranges that did not link up even after a read-back (logged as errors)",
+            registry=registry,
+        )
+        self.results = Counter(
+            "cxpulse_worker_results", "Window results emitted to the results topic", registry=registry
+        )
+        self.expired = Counter(
+            "cxpulse_worker_expired_keys",
+            "State keys dropped after the retention, by table",
+            ["table"],
+            registry=registry,
+        )
+        self.state_keys = Gauge(
+            "cxpulse_worker_state_keys",
+            "Keys held in each state table (this worker's partitions)",
+            ["table"],
+            registry=registry,
+        )
+        self.remembered_ids = Gauge(
+            "cxpulse_worker_remembered_ids",
+            "Event ids remembered for de-duplication (this worker's partitions; they expire with the retention)",
+            registry=registry,
+        )
+        self.process_ready = Gauge(
+            "cxpulse_worker_process_ready",
+            "1 once a process of the worker holds partitions and has restored its state, by process",
+            ["process"],
+            registry=registry,
+        )

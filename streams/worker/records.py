@@ -1,0 +1,140 @@
+"""The worker's message formats and table values: one typed shape each, one place that encodes and decodes it.
+
+- :class:`PartialBatch`: what one hot-path batch contributes to one partials partition: the source offset
+  range it covered for every source partition in the batch (the chain that lets ``merge`` notice a missing
+  message) and the pane deltas of the segments that partition owns.  JSON on ``<app>-partials``.
+- :class:`PaneSources`: the ``panes`` table's value for one (segment, pane): per source partition, the end
+  of the last batch absorbed and the merged counters.  Absorbing a delta is idempotent by that end offset.
+- :class:`Position`: the ``positions`` table's value for one (partials partition, source partition).
+- seen-ids changelog entries: the event ids a batch counted, by expiry bucket.
+- dead-letter headers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
+
+from streams.aggregate import State
+
+FROM_THE_START = -1  # SourceRange.start of a partition's first batch when its consumer group had no offset
+
+
+class SourceRange(NamedTuple):
+    """Source offsets [start, end) of one partition that a hot-path batch processed (start -1: from the start)."""
+
+    partition: int
+    start: int
+    end: int
+
+
+class PanePartial(NamedTuple):
+    """The counters one batch of one source partition adds to one (channel, journey, pane), per metric."""
+
+    channel: str
+    journey: str
+    pane: int  # pane start, epoch ms
+    source: int  # source partition
+    states: dict[str, State]
+
+
+class PartialBatch(NamedTuple):
+    """One message on ``<app>-partials``: a hot-path batch's deltas for the segments of one partials partition,
+    and the source ranges of every partition in the batch (also those with no delta for this partition)."""
+
+    ranges: tuple[SourceRange, ...]
+    panes: tuple[PanePartial, ...]
+
+
+def encode_partials(batch: PartialBatch) -> bytes:
+    """The JSON bytes of a PartialBatch."""
+    return json.dumps(
+        {
+            "ranges": [list(r) for r in batch.ranges],
+            "panes": [[p.channel, p.journey, p.pane, p.source, _states_out(p.states)] for p in batch.panes],
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def decode_partials(data: bytes) -> PartialBatch:
+    """A PartialBatch from its JSON bytes; ValueError (or KeyError/TypeError) when they are not one."""
+    obj = json.loads(data)
+    return PartialBatch(
+        tuple(SourceRange(int(p), int(s), int(e)) for p, s, e in obj["ranges"]),
+        tuple(PanePartial(c, j, int(pane), int(src), _states_in(states)) for c, j, pane, src, states in obj["panes"]),
+    )
+
+
+def _states_out(states: Mapping[str, State]) -> dict[str, list[int]]:
+    return {metric: list(state) for metric, state in states.items()}
+
+
+def _states_in(raw: Mapping[str, Iterable[int]]) -> dict[str, State]:
+    return {metric: State(*values) for metric, values in raw.items()}
+
+
+class SourceState(NamedTuple):
+    """What the ``panes`` table holds per source partition: end offset of the last batch absorbed, counters."""
+
+    end: int
+    states: dict[str, State]
+
+
+PaneSources = dict[int, SourceState]  # source partition -> SourceState
+
+
+def pane_sources_to_table(sources: PaneSources) -> dict[str, Any]:
+    """The JSON-able table value (Faust's json serializer keeps str keys)."""
+    return {str(p): [s.end, _states_out(s.states)] for p, s in sources.items()}
+
+
+def pane_sources_from_table(value: Mapping[str, Any] | None) -> PaneSources:
+    """The table value back as PaneSources (empty for a missing key)."""
+    if not value:
+        return {}
+    return {int(p): SourceState(int(end), _states_in(states)) for p, (end, states) in value.items()}
+
+
+class Position(NamedTuple):
+    """How far ``merge`` has followed one source partition's chain in one partials partition."""
+
+    end: int  # end of the last source range applied
+    offset: int  # partials offset of the message that carried it
+
+
+def position_to_table(position: Position) -> list[int]:
+    return [position.end, position.offset]
+
+
+def position_from_table(value: Iterable[int] | None) -> Position | None:
+    if value is None:
+        return None
+    end, offset = value
+    return Position(int(end), int(offset))
+
+
+def encode_seen(buckets: Mapping[int, list[str]]) -> bytes:
+    """A seen-ids changelog entry: the ids one batch counted, by the start of their expiry bucket."""
+    return json.dumps({str(bucket): ids for bucket, ids in buckets.items()}, separators=(",", ":")).encode()
+
+
+def decode_seen(data: bytes) -> dict[int, list[str]]:
+    return {int(bucket): ids for bucket, ids in json.loads(data).items()}
+
+
+def dead_letter_headers(
+    reason: str, detail: str, topic: str, partition: int, offset: int, schema_id: int | None
+) -> list[tuple[str, str | bytes | None]]:
+    """The headers of a dead letter: why (reason, detail) and where from (source topic, partition, offset)."""
+    headers: list[tuple[str, str | bytes | None]] = [
+        ("reason", reason.encode()),
+        ("detail", detail.encode(errors="replace")[:1000]),
+        ("source_topic", topic.encode()),
+        ("source_partition", str(partition).encode()),
+        ("source_offset", str(offset).encode()),
+    ]
+    if schema_id is not None:
+        headers.append(("schema_id", str(schema_id).encode()))
+    return headers

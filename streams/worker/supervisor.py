@@ -1,0 +1,275 @@
+"""``cxpulse worker``: one command that runs a worker's processes together on one machine.
+
+- N hot-path slots (``CXPULSE_HOTPATH_PROCESSES``, default 1): streams.worker.hotpath, the rate-heavy step;
+- one Faust process: streams.worker.app, the merge agent and its tables (and, later, the sinks' agents).
+
+They use both cores.  The supervisor creates the topics, starts the children (each dies with it:
+``PR_SET_PDEATHSIG``), serves their metrics summed on one ``/metrics`` endpoint, and on SIGTERM or Ctrl-C asks
+each child to finish its batch and stop, waiting at most ``STOP_SECONDS``.  A child that dies is reported and
+restarted after a backoff (state comes back from Kafka); one that keeps dying (``CRASH_LOOP_RESTARTS`` within
+``CRASH_LOOP_SECONDS``) or exits with ``EXIT_PERMANENT`` (a configuration it cannot run with) stops the whole
+worker with exit code 1.  Scale-out is more workers: they share the partitions through the consumer groups.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from types import FrameType
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+
+from streams.config import Settings
+from streams.errors import EXIT_PERMANENT
+from streams.topics import ensure_topics, internal_topic_specs, partition_count, topic_specs
+
+LOG = logging.getLogger("cxpulse.worker")
+HOTPATH_MODULE = "streams.worker.hotpath"
+FAUST_MODULE = "streams.worker.app"
+STOP_SECONDS = 9.0  # after SIGTERM, children that are still there are killed (the worker must end within 10 s)
+CRASH_LOOP_RESTARTS = 5
+CRASH_LOOP_SECONDS = 120.0
+SCRAPE_TIMEOUT_SECONDS = 2.0
+POLL_SECONDS = 0.2  # how often the supervisor looks at its children
+_PR_SET_PDEATHSIG = 1
+
+
+def worker_identity(settings: Settings) -> str:
+    """A name that is stable across restarts of this worker and differs between workers: CXPULSE_WORKER_ID, else
+    the host name and a digest of the data folder (two workers on one host need two data folders anyway)."""
+    if settings.worker_id:
+        return settings.worker_id
+    digest = hashlib.sha256(str(settings.data_dir.resolve()).encode()).hexdigest()[:8]
+    host = "".join(c if c.isalnum() or c in "._-" else "-" for c in socket.gethostname())[:60] or "host"
+    return f"{host}-{digest}"
+
+
+def _die_with_parent() -> None:
+    """Runs in a child before exec: the kernel kills it (SIGKILL) when the supervisor dies, however it dies."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Child:
+    """One process of the worker and its history."""
+
+    name: str
+    module: str
+    args: list[str]
+    metrics_port: int
+    proc: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    restarts: deque[float] = field(default_factory=deque)
+    next_start: float = 0.0
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+def combine(expositions: dict[str, str]) -> Iterator[Metric]:
+    """Metric families of several processes' /metrics texts (process name -> text), samples with the same name
+    and labels summed: counters, gauges of state held per partition and histogram buckets all add up across
+    processes.  Also ``cxpulse_worker_ready``: 1 when every process reported ``cxpulse_worker_process_ready``
+    1 (a process without text, not running, counts as not ready)."""
+    families: dict[str, Metric] = {}
+    sums: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    ready = dict.fromkeys(expositions, 0.0)
+    for process, text in expositions.items():
+        for family in text_string_to_metric_families(text):
+            if family.name not in families:
+                families[family.name] = Metric(family.name, family.documentation, family.type)
+                sums[family.name] = {}
+            for sample in family.samples:
+                if sample.name.endswith("_created"):
+                    continue  # a creation time cannot be summed
+                if sample.name == "cxpulse_worker_process_ready":
+                    ready[sample.labels.get("process", process)] = sample.value
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                sums[family.name][key] = sums[family.name].get(key, 0.0) + sample.value
+    for name, family in families.items():
+        for (sample_name, labels), value in sums[name].items():
+            family.add_sample(sample_name, dict(labels), value)
+        yield family
+    overall = Metric(
+        "cxpulse_worker_ready",
+        "1 once every process of the worker runs, holds its partitions and has restored its state",
+        "gauge",
+    )
+    overall.add_sample("cxpulse_worker_ready", {}, 1.0 if ready and min(ready.values()) == 1.0 else 0.0)
+    yield overall
+
+
+class ChildrenCollector(Collector):
+    """At scrape time: the children's /metrics, combined (:func:`combine`)."""
+
+    def __init__(self, children: list[Child]) -> None:
+        self.children = children
+
+    def collect(self) -> Iterator[Metric]:
+        return combine({child.name: self._scrape(child) for child in self.children})
+
+    @staticmethod
+    def _scrape(child: Child) -> str:
+        if not child.alive():
+            return ""
+        url = f"http://127.0.0.1:{child.metrics_port}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT_SECONDS) as response:  # noqa: S310 - loopback
+                return str(response.read().decode())
+        except OSError:
+            return ""  # starting or stopping: its series are absent from this scrape
+
+
+class Supervisor:
+    """Starts, watches, restarts and stops the processes of one worker."""
+
+    def __init__(self, settings: Settings, identity: str, loglevel: str, env: dict[str, str]) -> None:
+        self.settings = settings
+        self.env = {**env, "CXPULSE_WORKER_ID": identity}
+        self.children = []
+        for slot in range(settings.hotpath_processes):
+            port = _free_port()
+            self.children.append(Child(f"hotpath-{slot}", HOTPATH_MODULE, [str(slot), str(port)], port))
+        port = _free_port()
+        self.children.append(Child("merge", FAUST_MODULE, [str(port), loglevel], port))
+        self.stopping = False
+        self.failure: str | None = None
+        self.registry = CollectorRegistry()
+        self.registry.register(ChildrenCollector(self.children))
+        self.up = Gauge(
+            "cxpulse_worker_process_up", "1 while a process of the worker runs", ["process"], registry=self.registry
+        )
+        self.restarted = Counter(
+            "cxpulse_worker_process_restarts",
+            "Processes of the worker restarted after they died",
+            ["process"],
+            registry=self.registry,
+        )
+        for child in self.children:
+            self.up.labels(child.name).set_function(child.alive)
+            self.restarted.labels(child.name)
+
+    def start(self, child: Child) -> None:
+        command = [sys.executable, "-m", child.module, *child.args]
+        child.proc = subprocess.Popen(  # noqa: S603 - our own module, argument list
+            command,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, no Python state touched
+        )
+        child.started = time.monotonic()
+        LOG.info("started %s (pid %d)", child.name, child.proc.pid)
+
+    def run(self) -> int:
+        """Run until asked to stop (exit 0) or until a child cannot be kept running (exit 1)."""
+        for child in self.children:
+            self.start(child)
+        while not self.stopping:
+            for child in self.children:
+                self._watch(child)
+                if self.failure is not None:
+                    self.stop()
+                    LOG.critical("%s", self.failure)
+                    return 1
+            time.sleep(POLL_SECONDS)  # the supervisor's pace; signals interrupt it
+        return self.stop()
+
+    def _watch(self, child: Child) -> None:
+        now = time.monotonic()
+        if child.proc is None:
+            if now >= child.next_start and not self.stopping:
+                self.start(child)
+            return
+        code = child.proc.poll()
+        if code is None or self.stopping:
+            return
+        child.proc = None
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
+        if code == EXIT_PERMANENT:
+            self.failure = f"{child.name} {how}: it cannot run with this configuration (see its log above)"
+            return
+        while child.restarts and now - child.restarts[0] > CRASH_LOOP_SECONDS:
+            child.restarts.popleft()
+        if len(child.restarts) >= CRASH_LOOP_RESTARTS:
+            self.failure = (
+                f"{child.name} {how}, the {CRASH_LOOP_RESTARTS + 1}th time within {CRASH_LOOP_SECONDS:.0f} s; giving up"
+            )
+            return
+        child.restarts.append(now)
+        delay = min(30.0, 0.5 * 2 ** (len(child.restarts) - 1))
+        child.next_start = now + delay
+        self.restarted.labels(child.name).inc()
+        LOG.error("%s %s; restarting it in %.1f s (its state comes back from Kafka)", child.name, how, delay)
+
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        if not self.stopping:
+            LOG.info("%s: stopping the worker's processes", signal.Signals(signum).name)
+        self.stopping = True
+
+    def stop(self) -> int:
+        """SIGTERM every child, wait up to STOP_SECONDS, kill what is left; 0 when all stopped by themselves."""
+        self.stopping = True
+        running = [child.proc for child in self.children if child.proc is not None and child.proc.poll() is None]
+        for proc in running:
+            proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_SECONDS
+        clean = True
+        for proc in running:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                clean = False
+                LOG.error("pid %d did not stop within %.0f s of SIGTERM; killed", proc.pid, STOP_SECONDS)
+                proc.kill()
+                proc.wait()
+        return 0 if clean else 1
+
+
+def prepare_topics(settings: Settings) -> None:
+    """Create the pipeline's topics and the worker's internal ones (BrokerError with the reason)."""
+    ensure_topics(settings.kafka_bootstrap, topic_specs(settings))
+    feedback_partitions = partition_count(settings.kafka_bootstrap, settings.feedback_topic)
+    ensure_topics(settings.kafka_bootstrap, internal_topic_specs(settings, feedback_partitions))
+
+
+def serve_metrics(supervisor: Supervisor, settings: Settings) -> str:
+    """Serve the worker's /metrics (OSError when the port is taken); return its URL, or "off"."""
+    if not settings.metrics_port:
+        return "off"
+    start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=supervisor.registry)
+    return f"http://{settings.metrics_host}:{settings.metrics_port}/metrics"
+
+
+def install_signals(supervisor: Supervisor) -> None:
+    signal.signal(signal.SIGTERM, supervisor.request_stop)
+    signal.signal(signal.SIGINT, supervisor.request_stop)
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    """The environment of the children: this process's, with the settings that flags may have changed."""
+    return {
+        **os.environ,
+        "CXPULSE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "CXPULSE_DATA_DIR": str(settings.data_dir),
+    }

@@ -1,0 +1,177 @@
+"""The worker's pure steps chained in memory (ingest -> partial messages -> merge) equal `cxpulse replay`,
+whatever the partitioning, the batching, repeats and the order of the partial messages."""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from schemas.codec import LocalCatalog
+from streams.replay import replay_file
+from streams.synth import realistic_events
+from streams.validate import Clock
+from streams.windows import WindowResult
+from streams.worker.ingest import Ingest, segment_partition
+from streams.worker.merge import MergeStep
+from streams.worker.records import (
+    FROM_THE_START,
+    PartialBatch,
+    decode_partials,
+    encode_partials,
+)
+
+PANE_MS = 60_000
+NOW = 1_767_300_000_000
+CLOCK = Clock(NOW, 300_000, 7 * 86_400_000)
+DEEP = b'{"event_id": ' + b"[" * 5000  # JSON nested thousands deep
+
+
+@dataclass
+class Msg:
+    """A stand-in for a confluent-kafka Message (the RawMessage protocol)."""
+
+    p: int
+    o: int
+    v: bytes | None
+    k: bytes | None = None
+
+    def partition(self) -> int:
+        return self.p
+
+    def offset(self) -> int:
+        return self.o
+
+    def key(self) -> bytes | None:
+        return self.k
+
+    def value(self) -> bytes | None:
+        return self.v
+
+
+def events(count: int, seed: int) -> list[dict[str, Any]]:
+    return list(realistic_events(count, seed=seed, start_ms=NOW - 3 * 3_600_000, per_second=count / 7200))
+
+
+def replay_of(values: Iterable[bytes]) -> list[WindowResult]:
+    """What `cxpulse replay` computes for these messages written as lines of a file."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "events.jsonl"
+        path.write_bytes(b"".join(value + b"\n" for value in values))
+        return replay_file(path, PANE_MS, lambda dead: None).results()
+
+
+def partitioned(values: list[bytes], partitions: int, rng: random.Random) -> dict[int, list[Msg]]:
+    """Messages keyed like platforms do (a re-send lands in the partition of the original)."""
+    out: dict[int, list[Msg]] = {p: [] for p in range(partitions)}
+    for value in values:
+        try:
+            p = sum(json.loads(value)["event_id"].encode()) % partitions
+        except (ValueError, RecursionError, KeyError):
+            p = rng.randrange(partitions)
+        out[p].append(Msg(p, len(out[p]), value))
+    return out
+
+
+def run_stream(per_partition: dict[int, list[Msg]], batch: int, q: int, rng: random.Random) -> list[WindowResult]:
+    """Ingest in batches of interleaved partitions, deliver every partial message once or twice in a shuffled
+    order per partials partition, merge; return the latest version of every group."""
+    ingest = Ingest("feedback", LocalCatalog(), PANE_MS, q)
+    for p in per_partition:
+        ingest.starts[p] = FROM_THE_START
+    cursors = dict.fromkeys(per_partition, 0)
+    sent: dict[int, list[bytes]] = {i: [] for i in range(q)}
+    while any(cursors[p] < len(ms) for p, ms in per_partition.items()):
+        messages = []
+        for p, ms in per_partition.items():
+            take = rng.randrange(0, batch + 1)
+            messages.extend(ms[cursors[p] : cursors[p] + take])
+            cursors[p] += take
+        if not messages:
+            continue
+        out = ingest.batch(messages, CLOCK)
+        ingest.committed(out.offsets)
+        for partition, message in out.partials.items():
+            sent[partition].append(encode_partials(message))
+    panes: dict[str, Any] = {}
+    positions: dict[str, Any] = {}
+    latest: dict[tuple[int, str, str, str], WindowResult] = {}
+    for partition, values in sent.items():
+        delivered = list(enumerate(values))
+        delivered += [item for item in delivered if rng.random() < 0.2]  # at-least-once: some twice, later
+        step = MergeStep(partition, PANE_MS, panes, positions)
+        for offset, value in delivered:
+            step.apply(decode_partials(value), offset)
+        assert step.breaks == 0
+        for result in step.finish():
+            key = (result.window_start, result.channel, result.journey, result.metric)
+            if key not in latest or latest[key].version <= result.version:
+                latest[key] = result
+    return sorted(latest.values(), key=lambda r: (r.window_start, r.channel, r.journey, r.metric))
+
+
+def without_version(results: Iterable[WindowResult]) -> list[tuple[Any, ...]]:
+    return [r[:-1] for r in results]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    partitions=st.integers(1, 4),
+    q=st.integers(1, 3),
+    batch=st.integers(1, 400),
+)
+def test_stream_steps_equal_replay(seed: int, partitions: int, q: int, batch: int) -> None:
+    values = [json.dumps(e).encode() for e in events(400, seed)]
+    values.insert(5, b"not json")
+    values.insert(9, DEEP)  # a poison message: a dead letter, not a crash
+    rng = random.Random(seed)
+    stream = run_stream(partitioned(values, partitions, rng), batch, q, rng)
+    assert without_version(stream) == without_version(replay_of(values))
+
+
+def test_a_batch_yields_dead_letters_ranges_and_offsets() -> None:
+    good = json.dumps(events(1, 1)[0] | {"occurred_at": NOW + 1000}).encode()
+    bad_metric = json.dumps(events(1, 2)[0] | {"metric": "XYZ", "occurred_at": NOW - 1000}).encode()
+    ingest = Ingest("cx.feedback", LocalCatalog(), PANE_MS, 2)
+    ingest.starts.update({0: 40, 1: FROM_THE_START})
+    messages = [Msg(0, 40, good, b"k"), Msg(0, 41, DEEP), Msg(1, 0, bad_metric), Msg(1, 1, None)]
+    out = ingest.batch(messages, CLOCK)
+    assert out.offsets == {0: 42, 1: 2}
+    assert [(d.source_partition, d.source_offset, d.reason) for d in out.dead_letters] == [
+        (0, 41, "undecodable"),
+        (1, 0, "bad_metric"),
+        (1, 1, "undecodable"),
+    ]
+    headers = dict(out.dead_letters[1].headers)
+    assert headers["source_topic"] == b"cx.feedback" and headers["source_offset"] == b"0"
+    assert "nested too deeply" in dict(out.dead_letters[0].headers)["detail"].decode()
+    # every partials partition gets a message with every source range, whether or not it has deltas
+    assert set(out.partials) == {0, 1}
+    for message in out.partials.values():
+        assert [tuple(r) for r in message.ranges] == [(0, 40, 42), (1, FROM_THE_START, 2)]
+    owner = segment_partition(json.loads(good)["channel"], json.loads(good)["journey"], 2)
+    assert [len(out.partials[p].panes) for p in (0, 1)] == [int(owner == 0), int(owner == 1)]
+    assert (out.counted, out.late, out.records) == (1, 0, 4)
+    ingest.committed(out.offsets)
+    assert ingest.starts == {0: 42, 1: 2}
+
+
+def test_a_counted_event_in_a_closed_pane_is_late() -> None:
+    old = json.dumps(events(1, 3)[0] | {"occurred_at": NOW - 10 * PANE_MS}).encode()
+    out = Ingest("t", LocalCatalog(), PANE_MS, 1).batch([Msg(0, 0, old)], CLOCK)
+    assert (out.counted, out.late) == (1, 1)
+
+
+def test_partial_messages_round_trip() -> None:
+    ingest = Ingest("t", LocalCatalog(), PANE_MS, 1)
+    out = ingest.batch([Msg(0, i, json.dumps(e).encode()) for i, e in enumerate(events(50, 4))], CLOCK)
+    message: PartialBatch = out.partials[0]
+    assert decode_partials(encode_partials(message)) == message

@@ -1,0 +1,61 @@
+"""The worker's one /metrics endpoint: the processes' metrics summed, readiness of all of them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from streams.config import Settings
+from streams.worker.metrics import WorkerMetrics
+from streams.worker.supervisor import combine, worker_identity
+
+
+def exposition(process: str, records: float, ready: float) -> str:
+    metrics = WorkerMetrics(CollectorRegistry())
+    metrics.records.labels("cx.feedback").inc(records)
+    metrics.dead_letters.labels("bad_scale").inc(2)
+    metrics.batch_seconds.labels("hotpath").observe(0.02)
+    metrics.process_ready.labels(process).set(ready)
+    return generate_latest(metrics.registry).decode()
+
+
+def samples(expositions: dict[str, str]) -> dict[str, float]:
+    registry = CollectorRegistry()
+
+    class Fixed:
+        def collect(self):  # type: ignore[no-untyped-def]
+            return combine(expositions)
+
+    registry.register(Fixed())  # type: ignore[arg-type]
+    text = generate_latest(registry).decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            out[f"{sample.name}{{{labels}}}"] = sample.value
+    return out
+
+
+def test_samples_of_the_processes_are_summed() -> None:
+    got = samples({"hotpath-0": exposition("hotpath-0", 100, 1), "hotpath-1": exposition("hotpath-1", 50, 1)})
+    assert got["cxpulse_worker_records_total{topic=cx.feedback}"] == 150
+    assert got["cxpulse_worker_dead_letters_total{reason=bad_scale}"] == 4
+    assert got["cxpulse_worker_batch_duration_seconds_count{step=hotpath}"] == 2
+    assert got["cxpulse_worker_batch_duration_seconds_bucket{le=0.025,step=hotpath}"] == 2
+    assert got["cxpulse_worker_process_ready{process=hotpath-1}"] == 1
+    assert got["cxpulse_worker_ready{}"] == 1
+    assert not any("_created" in name for name in got)
+
+
+def test_the_worker_is_ready_only_when_every_process_is() -> None:
+    assert samples({"a": exposition("a", 1, 1), "b": exposition("b", 1, 0)})["cxpulse_worker_ready{}"] == 0
+    assert samples({"a": exposition("a", 1, 1), "b": ""})["cxpulse_worker_ready{}"] == 0  # b is down
+
+
+def test_worker_identity_is_stable_per_data_dir_and_overridable(tmp_path: Path) -> None:
+    one = worker_identity(Settings(data_dir=tmp_path / "a"))
+    assert one == worker_identity(Settings(data_dir=tmp_path / "a"))
+    assert one != worker_identity(Settings(data_dir=tmp_path / "b"))
+    assert worker_identity(Settings(data_dir=tmp_path / "a", worker_id="w-7")) == "w-7"
