@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 KAFKA_LIB := deploy/kafka/lib
 
 .DEFAULT_GOAL := help
-.PHONY: help install jars demo test lint typecheck format unit bench-replay bench-worker clean
+.PHONY: help install jars demo test lint typecheck format unit bench bench-replay clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -49,8 +49,12 @@ test: install jars lint typecheck  ## lint, typecheck, then every test (starts a
 bench-replay: install  ## the replay benchmark (1,000,000 events; N=... to change)
 	$(BIN)/python benchmarks/replay.py $(if $(N),--events $(N),)
 
-bench-worker: install jars  ## one worker draining 200,000 pre-loaded events (N=... to change)
-	$(BIN)/python -m benchmarks.worker $(if $(N),--events $(N),)
+$(VENV)-quix/bin/python:
+	$(PYTHON) -m venv $(VENV)-quix
+	$(VENV)-quix/bin/pip install --quiet quixstreams==3.28.1 fastavro==1.13.1
+
+bench: install jars $(VENV)-quix/bin/python  ## cxpulse beside a bare loop, Quix Streams, naive Faust and replay (ARGS=... to pass options)
+	$(BIN)/python -m benchmarks.bench $(ARGS)
 
 clean:  ## remove the venv, resolved jars and local state
-	rm -rf $(VENV) $(KAFKA_LIB) .cxpulse
+	rm -rf $(VENV) $(VENV)-quix $(KAFKA_LIB) .cxpulse

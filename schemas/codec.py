@@ -16,13 +16,14 @@ import copy
 import io
 import json
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import fastavro
 
+from schemas.fast_decode import compile_decoder
 from streams.errors import DecodeError, SchemaError
 
 SCHEMA_DIR = Path(__file__).resolve().parent
@@ -63,6 +64,7 @@ FEEDBACK_RAW = load_schema("feedback_event")
 WINDOW_RESULT_RAW = load_schema("window_result")
 EFFORT_ALERT_RAW = load_schema("effort_alert")
 FEEDBACK = parse(FEEDBACK_RAW)
+_FAST_FEEDBACK = compile_decoder(_strip_logical_types(FEEDBACK_RAW))  # see schemas/fast_decode.py
 WINDOW_RESULT = parse(WINDOW_RESULT_RAW)
 EFFORT_ALERT = parse(EFFORT_ALERT_RAW)
 
@@ -235,6 +237,77 @@ def feedback_from_json(text: str | bytes) -> Record:
 def feedback_to_json(record: Mapping[str, Any]) -> str:
     """The JSON form of a FeedbackEvent (occurred_at as epoch milliseconds)."""
     return json.dumps({k: v for k, v in record.items() if v is not None}, separators=(",", ":"))
+
+
+class Decoded(NamedTuple):
+    """The records of a batch of feedback messages that decoded, and why the others did not."""
+
+    records: list[Record]
+    schema_ids: list[int | None]  # per record: the Confluent schema id, None for JSON or plain Avro
+    kept: list[int]  # per record: its index among the messages
+    failed: list[tuple[int, str]]  # (index among the messages, why it is not a FeedbackEvent)
+
+
+def decode_batch(values: Sequence[bytes | None], catalog: SchemaCatalog) -> Decoded:
+    """Decode a batch of feedback messages (the hot path's first step): :func:`decode_feedback` on each, with the
+    per-message overhead of the common case (Confluent wire format, a schema the batch has seen) cut to the
+    Avro read itself.  Any bytes at all are either a record or a failure: nothing raises."""
+    records: list[Record] = []
+    schema_ids: list[int | None] = []
+    kept: list[int] = []
+    failed: list[tuple[int, str]] = []
+    writers: dict[int, Any] = {}
+    for index, data in enumerate(values):
+        schema_id: int | None
+        record: Record
+        try:
+            if data and data[0] == MAGIC_BYTE:
+                if len(data) < _HEADER.size:
+                    raise DecodeError("not in the Confluent wire format (no magic byte 0 and schema id)")
+                schema_id = int.from_bytes(data[1:5], "big")
+                writer = writers.get(schema_id)
+                if writer is None:
+                    try:
+                        writer = writers[schema_id] = catalog.schema_for(schema_id)
+                    except SchemaError as exc:
+                        raise DecodeError(str(exc)) from exc
+                record = _read_feedback(data, _HEADER.size, writer)
+            elif data and data[0] != 0x7B:  # plain Avro of the current schema
+                schema_id, record = None, _read_feedback(data, 0, FEEDBACK)
+            else:
+                schema_id, record = decode_feedback(data or b"", catalog)
+        except Exception as exc:  # noqa: BLE001 - any bytes at all: a failure with its reason, never a crash
+            failed.append((index, _why(exc)))
+            continue
+        records.append(record)
+        schema_ids.append(schema_id)
+        kept.append(index)
+    return Decoded(records, schema_ids, kept, failed)
+
+
+def _read_feedback(data: bytes, start: int, writer: Any) -> Record:
+    """The FeedbackEvent in ``data[start:]``: the generated decoder when the writer is the current schema and the
+    bytes are strictly well-formed, else fastavro (which then decides, result or error)."""
+    if writer is FEEDBACK and _FAST_FEEDBACK is not None:
+        try:
+            return _FAST_FEEDBACK(data, start)
+        except Exception:  # noqa: BLE001, S110 - Malformed, IndexError, UnicodeDecodeError: fastavro decides
+            pass
+    buffer = io.BytesIO(data)
+    buffer.seek(start)
+    try:
+        record: Record = fastavro.schemaless_reader(buffer, writer, None if writer is FEEDBACK else FEEDBACK)  # type: ignore[assignment]  # typed as any Avro value
+    except Exception as exc:
+        raise DecodeError(f"not Avro of the expected schema: {type(exc).__name__}: {exc}") from exc
+    if buffer.tell() != len(data):
+        raise DecodeError(f"{len(data) - buffer.tell()} trailing bytes after the Avro record")
+    return record
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, DecodeError):
+        return str(exc)
+    return f"not a FeedbackEvent: {type(exc).__name__}: {exc}"[:1000]
 
 
 def decode_feedback(data: bytes, catalog: SchemaCatalog) -> tuple[int | None, Record]:

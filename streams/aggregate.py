@@ -16,6 +16,8 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from functools import reduce
+from itertools import repeat
+from operator import add, mul
 from typing import NamedTuple
 
 from streams.validate import Feedback
@@ -50,16 +52,7 @@ ZERO = State()
 
 def merge(a: State, b: State) -> State:
     """The state of the union of two disjoint sets of responses."""
-    return State(
-        a.n + b.n,
-        a.promoters + b.promoters,
-        a.passives + b.passives,
-        a.detractors + b.detractors,
-        a.positive + b.positive,
-        a.high_effort + b.high_effort,
-        a.sx + b.sx,
-        a.sx2 + b.sx2,
-    )
+    return State._make(map(add, a, b))  # field by field; map over the tuples runs in C
 
 
 def merge_all(states: Iterable[State]) -> State:
@@ -69,7 +62,7 @@ def merge_all(states: Iterable[State]) -> State:
 
 def times(state: State, k: int) -> State:
     """The state of k copies of the responses in ``state``."""
-    return State(*(k * v for v in state))
+    return State._make(map(mul, state, repeat(k)))
 
 
 def _round_div(num: int, den: int) -> int:

@@ -34,8 +34,11 @@ def realistic_events(
     per_second: float = 50.0,
     invalid_share: float = 0.02,
     duplicate_share: float = 0.01,
+    channels: tuple[str, ...] = CHANNELS,
 ) -> Iterator[dict[str, Any]]:
-    """Yield ``count`` FeedbackEvent dicts (all schema fields present), occurred_at increasing on average."""
+    """Yield ``count`` FeedbackEvent dicts (all schema fields present), occurred_at increasing on average.
+
+    ``channels`` other than the default are drawn uniformly (a benchmark's fixed number of segments)."""
     rng = random.Random(seed)  # noqa: S311 - synthetic data, reproducible by seed; not security
     metrics = tuple(METRIC_SCALES)
     step_ms = 1000.0 / per_second
@@ -51,7 +54,7 @@ def realistic_events(
             "event_id": f"ev-{seed}-{i}",
             "occurred_at": start_ms + int(i * step_ms) - rng.randrange(0, 5000),
             "source": rng.choice(SOURCES),
-            "channel": rng.choices(CHANNELS, CHANNEL_WEIGHTS)[0],
+            "channel": rng.choices(CHANNELS, CHANNEL_WEIGHTS)[0] if channels is CHANNELS else rng.choice(channels),
             "journey": rng.choice(JOURNEYS),
             "touchpoint": rng.choice(TOUCHPOINTS),
             "metric": metric,

@@ -95,6 +95,20 @@ def _label(raw: str) -> str | None:
         return result
 
 
+_scale_problems: dict[tuple[str, int, int], str | None] = {}
+
+
+def _cached_scale_problem(metric: str, lo: int, hi: int) -> str | None:
+    key = (metric, lo, hi)
+    try:
+        return _scale_problems[key]
+    except KeyError:
+        problem = scale_problem(metric, lo, hi)
+        if len(_scale_problems) < _LABEL_CACHE_LIMIT:
+            _scale_problems[key] = problem
+        return problem
+
+
 def scale_problem(metric: str, lo: int, hi: int) -> str | None:
     """Why (metric, lo, hi) is not an acceptable scale, or None when it is."""
     if metric in ("NPS", "NLS") and (lo, hi) != (0, 10):
@@ -112,20 +126,37 @@ def _timestamp_ms(value: Any) -> int:
     return int(value)
 
 
+_NO_LIMIT: Final = 2**63  # occurred_at bounds when there is no clock (replay)
+
+
 def validate_record(record: Mapping[str, Any], clock: Clock | None = None) -> Feedback | tuple[Reason, str]:
     """Check one decoded record; return the normalised Feedback or (reason, detail)."""
+    if clock is None:
+        return _check(record, -_NO_LIMIT, _NO_LIMIT, 0)
+    return _check(record, clock.now_ms - clock.retention_ms, clock.now_ms + clock.future_tolerance_ms, clock.now_ms)
+
+
+def _check(record: Mapping[str, Any], earliest: int, latest: int, now_ms: int) -> Feedback | tuple[Reason, str]:
+    """:func:`validate_record` with the clock's bounds as plain ints (called once per event on the hot path)."""
     get: Callable[[str], Any] = record.get
-    for name in _REQUIRED_STRINGS:
-        value = get(name)
-        if not value or value.isspace():
-            return "missing_field", f"{name} is absent or empty"
+    event_id = get("event_id")
+    source = get("source")
+    channel_raw = get("channel")
+    journey_raw = get("journey")
+    metric = get("metric")
+    if not (event_id and source and channel_raw and journey_raw and metric) or (
+        event_id.isspace() or source.isspace() or channel_raw.isspace() or journey_raw.isspace() or metric.isspace()
+    ):
+        for name in _REQUIRED_STRINGS:  # the first one in the contract's order names the problem
+            value = get(name)
+            if not value or value.isspace():
+                return "missing_field", f"{name} is absent or empty"
     occurred = get("occurred_at")
     score = get("score")
     if occurred is None:
         return "missing_field", "occurred_at is absent"
     if score is None:
         return "missing_field", "score is absent"
-    metric = get("metric")
     defaults = DEFAULT_SCALES.get(metric)
     if defaults is None:
         return "bad_metric", f"metric {metric!r} is not one of {', '.join(METRICS)}"
@@ -133,27 +164,27 @@ def validate_record(record: Mapping[str, Any], clock: Clock | None = None) -> Fe
     hi = get("scale_max")
     lo = defaults[0] if lo is None else lo
     hi = defaults[1] if hi is None else hi
-    problem = scale_problem(metric, lo, hi)
+    problem = _cached_scale_problem(metric, lo, hi)
     if problem is not None:
         return "bad_scale", problem
     if score < lo or score > hi:
         return "score_out_of_range", f"score {score} outside {lo}-{hi}"
-    channel = _label(get("channel"))
+    channel = _label(channel_raw)
     if channel is None:
-        return "bad_label", f"channel {get('channel')!r} is not a valid label once normalised"
-    journey = _label(get("journey"))
+        return "bad_label", f"channel {channel_raw!r} is not a valid label once normalised"
+    journey = _label(journey_raw)
     if journey is None:
-        return "bad_label", f"journey {get('journey')!r} is not a valid label once normalised"
-    occurred_ms = _timestamp_ms(occurred)
-    if clock is not None:
-        if occurred_ms > clock.now_ms + clock.future_tolerance_ms:
-            return "future_timestamp", f"occurred_at {occurred_ms} is ahead of the clock {clock.now_ms}"
-        if occurred_ms < clock.now_ms - clock.retention_ms:
-            return "too_old", f"occurred_at {occurred_ms} is older than the retention of pane state"
+        return "bad_label", f"journey {journey_raw!r} is not a valid label once normalised"
+    occurred_ms = occurred if type(occurred) is int else _timestamp_ms(occurred)
+    if occurred_ms > latest:
+        return "future_timestamp", f"occurred_at {occurred_ms} is ahead of the clock {now_ms}"
+    if occurred_ms < earliest:
+        return "too_old", f"occurred_at {occurred_ms} is older than the retention of pane state"
+    codes = get("reason_codes")
     return Feedback(
-        record["event_id"],
+        event_id,
         occurred_ms,
-        record["source"],
+        source,
         channel,
         journey,
         metric,
@@ -162,7 +193,7 @@ def validate_record(record: Mapping[str, Any], clock: Clock | None = None) -> Fe
         hi,
         get("touchpoint"),
         get("customer_id"),
-        tuple(get("reason_codes") or ()),
+        tuple(codes) if codes else (),
     )
 
 
@@ -183,9 +214,14 @@ def validate_batch(
     """
     valid: list[Feedback] = []
     rejected: list[Rejection] = []
+    if clock is None:
+        earliest, latest, now_ms = -_NO_LIMIT, _NO_LIMIT, 0
+    else:
+        now_ms = clock.now_ms
+        earliest, latest = now_ms - clock.retention_ms, now_ms + clock.future_tolerance_ms
     for index, record in enumerate(records):
         try:
-            checked = validate_record(record, clock)
+            checked = _check(record, earliest, latest, now_ms)
         except Exception as exc:  # a record of an unexpected shape must not stop the batch: it is no FeedbackEvent
             rejected.append(Rejection(index, "undecodable", f"not a FeedbackEvent: {type(exc).__name__}: {exc}"))
             continue

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
-from schemas.codec import SchemaCatalog, decode_feedback
+from schemas.codec import SchemaCatalog, decode_batch
 from streams.aggregate import State, aggregate_panes
 from streams.dedup import Deduplicator
 from streams.validate import Clock, validate_batch
@@ -105,20 +105,13 @@ class Ingest:
         counted = duplicates = late = 0
         pane_ms = self.pane_ms
         for partition, members in by_partition.items():
-            records = []
-            kept: list[tuple[RawMessage, int | None]] = []
-            for message in members:
-                try:
-                    schema_id, record = decode_feedback(message.value() or b"", self.catalog)
-                except Exception as exc:  # any bytes at all: a poison message is a dead letter, never a crash
-                    dead.append(self._letter(message, "undecodable", _describe(exc), None))
-                    continue
-                records.append(record)
-                kept.append((message, schema_id))
-            valid, rejected = validate_batch(records, clock)
+            decoded = decode_batch([message.value() for message in members], self.catalog)
+            for index, why in decoded.failed:  # any bytes at all: a poison message is a dead letter, not a crash
+                dead.append(self._letter(members[index], "undecodable", why, None))
+            valid, rejected = validate_batch(decoded.records, clock)
             for rejection in rejected:
-                message, schema_id = kept[rejection.at]
-                dead.append(self._letter(message, rejection.reason, rejection.detail, schema_id))
+                message = members[decoded.kept[rejection.at]]
+                dead.append(self._letter(message, rejection.reason, rejection.detail, decoded.schema_ids[rejection.at]))
             dedup = self.dedup.get(partition)
             if dedup is None:
                 dedup = self.dedup[partition] = Deduplicator()
@@ -151,13 +144,6 @@ class Ingest:
         offset = message.offset() or 0
         headers = dead_letter_headers(reason, detail, self.topic, partition, offset, schema_id)
         return DeadLetterOut(partition, offset, reason, message.key(), message.value(), headers)
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    if type(exc).__module__ == "streams.errors":  # our own DecodeError says it all
-        return text
-    return f"not a FeedbackEvent: {type(exc).__name__}: {text}"[:1000]
 
 
 def reasons(letters: Sequence[DeadLetterOut]) -> Counter[str]:

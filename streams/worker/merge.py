@@ -1,6 +1,6 @@
 """The merge step, pure: partial messages of one partials partition in, pane table values and WindowResults out.
 
-Every (segment, pane) key of the ``panes`` table holds, per source partition, the counters absorbed so far and
+Every (segment, pane) key of the ``panes`` table holds the counters absorbed so far and, per source partition,
 the end offset of the last hot-path batch absorbed.  A batch's delta is absorbed only when its end is beyond
 that, so a partial message that is delivered twice, or read back by the repair, never counts twice.
 
@@ -19,18 +19,17 @@ from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.aggregate import merge, merge_all
+from streams.aggregate import merge
 from streams.windows import WindowResult, window_result
 from streams.worker.records import (
     FROM_THE_START,
     PanePartial,
-    PaneSources,
+    PaneState,
     PartialBatch,
     Position,
     SourceRange,
-    SourceState,
-    pane_sources_from_table,
-    pane_sources_to_table,
+    pane_state_from_table,
+    pane_state_to_table,
     position_from_table,
     position_to_table,
 )
@@ -60,32 +59,31 @@ def follow(position: Position | None, source: SourceRange) -> Link:
     return Link.BREAK
 
 
-def absorb(sources: PaneSources, partial: PanePartial, end: int) -> bool:
-    """Add a batch's delta for one source partition to a pane's sources; False when it was absorbed before."""
-    current = sources.get(partial.source)
-    if current is not None and current.end >= end:
+def absorb(pane: PaneState, partial: PanePartial, end: int) -> bool:
+    """Add a batch's delta for one source partition to a pane; False when that batch was absorbed before."""
+    if pane.ends.get(partial.source, -1) >= end:
         return False
-    states = dict(current.states) if current is not None else {}
+    pane.ends[partial.source] = end
+    states = pane.states
     for metric, delta in partial.states.items():
         before = states.get(metric)
         states[metric] = delta if before is None else merge(before, delta)
-    sources[partial.source] = SourceState(end, states)
     return True
 
 
 def merged_results(
-    channel: str, journey: str, pane: int, pane_ms: int, sources: PaneSources, metrics: Iterable[str]
+    channel: str, journey: str, pane_start: int, pane_ms: int, pane: PaneState, metrics: Iterable[str]
 ) -> list[WindowResult]:
-    """The WindowResults of one (segment, pane) over every source partition, for ``metrics``.
+    """The WindowResults of one (segment, pane) for ``metrics``.
 
-    ``version`` is the sum of the sources' end offsets: it grows with every revision of the pane.
+    ``version`` is the sum of the source partitions' end offsets: it grows with every revision of the pane.
     """
-    version = sum(source.end for source in sources.values())
+    version = sum(pane.ends.values())
     out = []
     for metric in sorted(metrics):
-        state = merge_all(s.states[metric] for s in sources.values() if metric in s.states)
-        if state.n > 0:
-            out.append(window_result(pane, pane + pane_ms, channel, journey, metric, state, version))
+        state = pane.states.get(metric)
+        if state is not None and state.n > 0:
+            out.append(window_result(pane_start, pane_start + pane_ms, channel, journey, metric, state, version))
     return out
 
 
@@ -108,8 +106,8 @@ def position_key(partition: int, source: int) -> str:
 class _Touched:
     channel: str
     journey: str
-    pane: int
-    sources: PaneSources
+    start: int
+    pane: PaneState
     metrics: set[str] = field(default_factory=set)
 
 
@@ -174,9 +172,9 @@ class MergeStep:
             key = pane_key(self.partition, partial.channel, partial.journey, partial.pane)
             touched = self._touched.get(key)
             if touched is None:
-                sources = pane_sources_from_table(self.panes.get(key))
-                touched = self._touched[key] = _Touched(partial.channel, partial.journey, partial.pane, sources)
-            if absorb(touched.sources, partial, ends[partial.source]):
+                pane = pane_state_from_table(self.panes.get(key))
+                touched = self._touched[key] = _Touched(partial.channel, partial.journey, partial.pane, pane)
+            if absorb(touched.pane, partial, ends[partial.source]):
                 touched.metrics.update(partial.states)
 
     def finish(self) -> list[WindowResult]:
@@ -185,10 +183,10 @@ class MergeStep:
         for key, touched in self._touched.items():
             if not touched.metrics:
                 continue  # every delta was absorbed before: nothing new to write or emit
-            self.panes[key] = pane_sources_to_table(touched.sources)
+            self.panes[key] = pane_state_to_table(touched.pane)
             results.extend(
                 merged_results(
-                    touched.channel, touched.journey, touched.pane, self.pane_ms, touched.sources, touched.metrics
+                    touched.channel, touched.journey, touched.start, self.pane_ms, touched.pane, touched.metrics
                 )
             )
         for source, position in self._positions.items():

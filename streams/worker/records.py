@@ -3,8 +3,8 @@
 - :class:`PartialBatch`: what one hot-path batch contributes to one partials partition: the source offset
   range it covered for every source partition in the batch (the chain that lets ``merge`` notice a missing
   message) and the pane deltas of the segments that partition owns.  JSON on ``<app>-partials``.
-- :class:`PaneSources`: the ``panes`` table's value for one (segment, pane): per source partition, the end
-  of the last batch absorbed and the merged counters.  Absorbing a delta is idempotent by that end offset.
+- :class:`PaneState`: the ``panes`` table's value for one (segment, pane): the merged counters and, per source
+  partition, the end of the last batch absorbed.  Absorbing a delta is idempotent by that end offset.
 - :class:`Position`: the ``positions`` table's value for one (partials partition, source partition).
 - seen-ids changelog entries: the event ids a batch counted, by expiry bucket.
 - dead-letter headers.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from streams.aggregate import State
@@ -75,26 +76,26 @@ def _states_in(raw: Mapping[str, Iterable[int]]) -> dict[str, State]:
     return {metric: State(*values) for metric, values in raw.items()}
 
 
-class SourceState(NamedTuple):
-    """What the ``panes`` table holds per source partition: end offset of the last batch absorbed, counters."""
+@dataclass
+class PaneState:
+    """What the ``panes`` table holds for one (segment, pane): the merged counters per metric, and per source
+    partition the end offset of the last hot-path batch absorbed (deltas add up, so only the ends are kept per
+    source: they make absorbing a batch twice a no-op)."""
 
-    end: int
-    states: dict[str, State]
+    ends: dict[int, int] = field(default_factory=dict)
+    states: dict[str, State] = field(default_factory=dict)
 
 
-PaneSources = dict[int, SourceState]  # source partition -> SourceState
-
-
-def pane_sources_to_table(sources: PaneSources) -> dict[str, Any]:
+def pane_state_to_table(pane: PaneState) -> dict[str, Any]:
     """The JSON-able table value (Faust's json serializer keeps str keys)."""
-    return {str(p): [s.end, _states_out(s.states)] for p, s in sources.items()}
+    return {"ends": {str(p): end for p, end in pane.ends.items()}, "states": _states_out(pane.states)}
 
 
-def pane_sources_from_table(value: Mapping[str, Any] | None) -> PaneSources:
-    """The table value back as PaneSources (empty for a missing key)."""
+def pane_state_from_table(value: Mapping[str, Any] | None) -> PaneState:
+    """The table value back as a PaneState (empty for a missing key)."""
     if not value:
-        return {}
-    return {int(p): SourceState(int(end), _states_in(states)) for p, (end, states) in value.items()}
+        return PaneState()
+    return PaneState({int(p): int(end) for p, end in value["ends"].items()}, _states_in(value["states"]))
 
 
 class Position(NamedTuple):

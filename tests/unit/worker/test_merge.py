@@ -9,12 +9,12 @@ from streams.worker.merge import Link, MergeStep, absorb, follow, merged_results
 from streams.worker.records import (
     FROM_THE_START,
     PanePartial,
+    PaneState,
     PartialBatch,
     Position,
     SourceRange,
-    SourceState,
-    pane_sources_from_table,
-    pane_sources_to_table,
+    pane_state_from_table,
+    pane_state_to_table,
 )
 
 PANE = 1_767_225_600_000
@@ -42,22 +42,22 @@ def test_follow_tells_next_repeat_gap_and_break() -> None:
 
 
 def test_absorb_takes_a_batch_once() -> None:
-    sources: dict[int, SourceState] = {}
+    pane = PaneState()
     delta = PanePartial("chat", "billing", PANE, 3, {"CSAT": ONE})
-    assert absorb(sources, delta, end=10)
-    assert not absorb(sources, delta, end=10)  # delivered again
-    assert not absorb(sources, delta, end=8)  # an older batch arriving late
-    assert absorb(sources, delta, end=11)
-    assert sources[3] == SourceState(11, {"CSAT": TWO})
-    assert pane_sources_from_table(pane_sources_to_table(sources)) == sources
+    assert absorb(pane, delta, end=10)
+    assert not absorb(pane, delta, end=10)  # delivered again
+    assert not absorb(pane, delta, end=8)  # an older batch arriving late
+    assert absorb(pane, delta, end=11)
+    assert pane == PaneState({3: 11}, {"CSAT": TWO})
+    assert pane_state_from_table(pane_state_to_table(pane)) == pane
 
 
 def test_results_merge_sources_and_version_grows() -> None:
-    sources = {0: SourceState(10, {"CSAT": ONE}), 1: SourceState(5, {"CSAT": TWO})}
-    (result,) = merged_results("chat", "billing", PANE, 60_000, sources, ["CSAT"])
+    pane = PaneState({0: 10, 1: 5}, {"CSAT": merge(ONE, TWO)})
+    (result,) = merged_results("chat", "billing", PANE, 60_000, pane, ["CSAT"])
     assert (result.n, result.positive, result.value, result.version) == (3, 3, 100.0, 15)
-    sources[1] = SourceState(6, {"CSAT": TWO})
-    assert merged_results("chat", "billing", PANE, 60_000, sources, ["CSAT"])[0].version == 16
+    pane.ends[1] = 6
+    assert merged_results("chat", "billing", PANE, 60_000, pane, ["CSAT"])[0].version == 16
 
 
 def test_a_step_writes_each_pane_once_and_repeats_change_nothing() -> None:

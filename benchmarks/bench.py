@@ -1,0 +1,628 @@
+"""`make bench`: cxpulse and its peers side by side on the same broker and the same events, in one run.
+
+Starts its own Kafka broker (`cxpulse broker` on free loopback ports), loads the same generated FeedbackEvents
+(valid and unique, so that every system must arrive at the same counts; Confluent-framed Avro keyed by customer,
+Kafka timestamp = occurred_at) into one 6-partition topic per event shape:
+
+- live: event times over the last minute (few panes, the batches of a real-time stream);
+- backlog: 48 channel x journey segments, event times over 3 hours (a catch-up: many panes per batch).
+
+and measures, per shape, the median of ``--runs`` runs of each system, each a fresh process (and consumer
+group) reading the topic from the start:
+
+- bare: confluent-kafka ``consume(10000)`` + fastavro + a dict count (benchmarks/peers/bare.py): the ceiling;
+- cxpulse: ``cxpulse worker``, from launch to the last result on the results topic (start-up: launch to the
+  first result);
+- quix: Quix Streams 3.28 group_by + tumbling window + reduce + current() (benchmarks/peers/quix_app.py, in
+  .venv-quix);
+- faust: a naive Faust agent, one event at a time into a tumbling windowed table (benchmarks/peers/faust_naive.py);
+- replay: ``cxpulse replay``'s computation over the same events in an Avro container file (no Kafka).
+
+Every system's final counts per (pane, channel, journey, metric) are checked against the generated events.
+Then, for cxpulse alone: 1 vs 2 hot-path processes on the backlog; event-to-result latency at a steady rate;
+the worker's RSS over a steady run with a 5-minute retention.  Usage::
+
+    .venv/bin/python -m benchmarks.bench [--events 200000] [--runs 3] [--rate 20000] [--latency-seconds 60]
+                                         [--soak-seconds 600] [--only cxpulse,bare] [--shapes live,backlog]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fastavro
+from confluent_kafka import Consumer, Producer
+from rich.console import Console
+from rich.table import Table
+
+from schemas.codec import FEEDBACK, FEEDBACK_RAW, WINDOW_RESULT, LocalCatalog, decode_confluent, encode_confluent
+from streams.broker import die_with_parent
+from streams.config import REPO_ROOT, Settings
+from streams.replay import replay_file
+from streams.synth import CHANNELS, realistic_events
+from streams.topics import TopicSpec, ensure_topics, topic_specs
+from tests.support import free_ports, start_broker
+
+PARTITIONS = 6
+PANE_MS = 60_000
+RUN_TIMEOUT_SECONDS = 900.0
+QUIX_PYTHON = REPO_ROOT / ".venv-quix" / "bin" / "python"
+SHAPES: dict[str, dict[str, Any]] = {
+    "live": {"spread_ms": 60_000, "channels": CHANNELS},
+    "backlog": {"spread_ms": 3 * 3_600_000, "channels": (*CHANNELS, "sms")},  # 8 x 6 journeys = 48 segments
+}
+FIELDS = {f["name"]: f.get("default") for f in FEEDBACK_RAW["fields"]}
+console = Console()
+
+GroupKey = tuple[int, str, str, str]  # pane start, channel, journey, metric
+
+
+@dataclass
+class Run:
+    """One run of one system: when it was launched, first produced output, and finished; its peak RSS."""
+
+    launched: float
+    first: float
+    done: float
+    events: int
+    peak_rss_mb: float
+    counts: dict[GroupKey, int] = field(repr=False, default_factory=dict)
+
+    @property
+    def startup(self) -> float:
+        return self.first - self.launched
+
+    @property
+    def rate(self) -> float:
+        """Events per second from launch to the last result."""
+        return self.events / (self.done - self.launched)
+
+    @property
+    def steady(self) -> float:
+        """Events per second from the first output to the last."""
+        return self.events / max(1e-9, self.done - self.first)
+
+
+# --- events ----------------------------------------------------------------------------------------------
+
+
+def generate(shape: str, count: int, now_ms: int) -> tuple[list[tuple[bytes, bytes, int]], Counter[GroupKey]]:
+    """(key, value, timestamp) messages of one shape, and the expected count of every pane group."""
+    spec = SHAPES[shape]
+    events = realistic_events(
+        count,
+        seed=17,
+        start_ms=now_ms - spec["spread_ms"],
+        per_second=count / (spec["spread_ms"] / 1000),
+        invalid_share=0.0,
+        duplicate_share=0.0,
+        channels=spec["channels"],
+    )
+    messages = []
+    expected: Counter[GroupKey] = Counter()
+    for event in events:
+        record = {**FIELDS, **event}
+        at = record["occurred_at"]
+        expected[(at - at % PANE_MS, record["channel"], record["journey"], record["metric"])] += 1
+        value = encode_confluent(record, FEEDBACK, 1)
+        messages.append((record["customer_id"].encode(), value, at))
+    return messages, expected
+
+
+def load(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes, int]]) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "compression.type": "lz4"})
+    for key, value, timestamp in messages:
+        while True:
+            try:
+                producer.produce(topic, value, key, timestamp=timestamp)
+                break
+            except BufferError:
+                producer.poll(0.2)
+    assert producer.flush(60) == 0
+
+
+def avro_file(path: Path, messages: list[tuple[bytes, bytes, int]]) -> None:
+    records = (decode_confluent(value, LocalCatalog(), FEEDBACK)[1] for _, value, _ in messages)
+    with path.open("wb") as out:
+        fastavro.writer(out, fastavro.parse_schema(FEEDBACK_RAW), records, codec="null")
+
+
+# --- watching a run --------------------------------------------------------------------------------------
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants, MB (from /proc)."""
+    parents: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry)] = int(stat[1])
+        rss[int(entry)] = int(stat[21]) * os.sysconf("SC_PAGE_SIZE")
+    tree = {pid}
+    grew = True
+    while grew:
+        grew = False
+        for child, parent in parents.items():
+            if parent in tree and child not in tree:
+                tree.add(child)
+                grew = True
+    return sum(rss.get(p, 0) for p in tree) / 1e6
+
+
+class RssSampler:
+    """Samples a process tree's RSS every 0.25 s on a thread; keeps the peak."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.25):
+            self.peak = max(self.peak, tree_rss_mb(self.pid))
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+Decode = Callable[[Any], tuple[Any, GroupKey, int, int] | None]  # message -> (slot key, group, order, count)
+
+
+def watch(
+    bootstrap: str, topic: str, decode: Decode, events: int, proc: subprocess.Popen[bytes]
+) -> tuple[float, float, dict[GroupKey, int]]:
+    """Read an output topic until the latest counts add up to ``events``; return (first, done, counts)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"watch-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+        }
+    )
+    consumer.subscribe([topic])
+    latest: dict[Any, tuple[int, GroupKey, int]] = {}
+    total = 0
+    first = None
+    deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit(f"{proc.args} exited with {proc.returncode}")
+            for message in consumer.consume(num_messages=10_000, timeout=0.1):
+                if message.error() is not None:
+                    continue
+                decoded = decode(message)
+                if decoded is None:
+                    continue
+                if first is None:
+                    first = time.time()
+                slot, group, order, count = decoded
+                before = latest.get(slot)
+                if before is None or before[0] <= order:
+                    total += count - (before[2] if before is not None else 0)
+                    latest[slot] = (order, group, count)
+            if total == events and first is not None:
+                done = time.time()
+                counts: Counter[GroupKey] = Counter()
+                for _, group, count in latest.values():
+                    counts[group] += count
+                return first, done, dict(counts)
+        raise SystemExit(f"{topic}: counts reached {total} of {events} in {RUN_TIMEOUT_SECONDS:.0f} s")
+    finally:
+        consumer.close()
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def spawn(command: list[str], env: dict[str, str] | None, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            command,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl: no orphan if the benchmark dies
+            cwd=REPO_ROOT,
+        )
+
+
+# --- the systems ------------------------------------------------------------------------------------------
+
+
+def cxpulse_settings(bootstrap: str, topic: str, workdir: Path, **extra: Any) -> tuple[Settings, dict[str, str]]:
+    tag = uuid.uuid4().hex[:8]
+    values = {
+        "kafka_bootstrap": bootstrap,
+        "app_id": f"bench-{tag}",
+        "feedback_topic": topic,
+        "dlq_topic": f"bench-{tag}-dlq",
+        "results_topic": f"bench-{tag}-panes",
+        "alerts_topic": f"bench-{tag}-alerts",
+        "partitions": PARTITIONS,
+        "data_dir": workdir / f"cxpulse-{tag}",
+        "metrics_port": free_ports(1)[0],
+        **extra,
+    }
+    settings = Settings(**values)
+    env = {
+        **os.environ,
+        **{f"CXPULSE_{k.upper()}": json.dumps(v) if isinstance(v, tuple) else str(v) for k, v in values.items()},
+    }
+    return settings, env
+
+
+def decode_result(message: Any) -> tuple[Any, GroupKey, int, int]:
+    _, record = decode_confluent(message.value(), LocalCatalog(), WINDOW_RESULT)
+    group = (record["window_start"], record["channel"], record["journey"], record["metric"])
+    return group, group, record["version"], record["n"]
+
+
+def run_cxpulse(bootstrap: str, topic: str, events: int, workdir: Path, slots: int = 1) -> Run:
+    settings, env = cxpulse_settings(bootstrap, topic, workdir, hotpath_processes=slots)
+    ensure_topics(bootstrap, topic_specs(settings))
+    launched = time.time()
+    proc = spawn([sys.executable, "-m", "streams.cli", "worker"], env, workdir / "cxpulse.log")
+    sampler = RssSampler(proc.pid)
+    try:
+        first, done, counts = watch(bootstrap, settings.results_topic, decode_result, events, proc)
+    finally:
+        peak = sampler.stop()
+        stop(proc)
+    return Run(launched, first, done, events, peak, counts)
+
+
+def run_quix(bootstrap: str, topic: str, events: int, workdir: Path, grace_ms: int) -> Run:
+    out = f"quix-out-{uuid.uuid4().hex[:8]}"
+    ensure_topics(bootstrap, [TopicSpec(out, PARTITIONS, {})])
+    command = [
+        str(QUIX_PYTHON),
+        str(REPO_ROOT / "benchmarks" / "peers" / "quix_app.py"),
+        "--bootstrap", bootstrap, "--topic", topic, "--out", out,
+        "--group", f"quix-{uuid.uuid4().hex[:8]}", "--state", str(workdir / f"quix-state-{uuid.uuid4().hex[:8]}"),
+        "--grace-ms", str(grace_ms),
+    ]  # fmt: skip
+
+    def decode(message: Any) -> tuple[Any, GroupKey, int, int]:
+        channel, journey, metric = message.key().decode().split("|")
+        value = json.loads(message.value())
+        group = (int(value["start"]), channel, journey, metric)
+        return group, group, int(value["value"]), int(value["value"])
+
+    launched = time.time()
+    proc = spawn(command, None, workdir / "quix.log")
+    sampler = RssSampler(proc.pid)
+    try:
+        first, done, counts = watch(bootstrap, out, decode, events, proc)
+    finally:
+        peak = sampler.stop()
+        stop(proc)
+    return Run(launched, first, done, events, peak, counts)
+
+
+def run_faust(bootstrap: str, topic: str, events: int, workdir: Path) -> Run:
+    app_id = f"faust-{uuid.uuid4().hex[:8]}"
+    command = [
+        sys.executable, "-m", "benchmarks.peers.faust_naive", "--bootstrap", bootstrap, "--topic", topic,
+        "--app-id", app_id, "--data-dir", str(workdir / app_id), "--partitions", str(PARTITIONS),
+    ]  # fmt: skip
+
+    def decode(message: Any) -> tuple[Any, GroupKey, int, int] | None:
+        if message.value() is None:
+            return None
+        segment, (start, _end) = json.loads(message.key())
+        channel, journey, metric = segment.split("|")
+        group = (round(start * 1000), channel, journey, metric)
+        count = int(json.loads(message.value()))
+        return group, group, count, count
+
+    launched = time.time()
+    proc = spawn(command, None, workdir / "faust.log")
+    sampler = RssSampler(proc.pid)
+    try:
+        first, done, counts = watch(bootstrap, f"{app_id}-counts-changelog", decode, events, proc)
+    finally:
+        peak = sampler.stop()
+        stop(proc)
+    return Run(launched, first, done, events, peak, counts)
+
+
+def run_bare(bootstrap: str, topic: str, events: int, workdir: Path) -> Run:
+    counts_file = workdir / f"bare-{uuid.uuid4().hex[:8]}.json"
+    command = [
+        sys.executable, "-m", "benchmarks.peers.bare", "--bootstrap", bootstrap, "--topic", topic,
+        "--events", str(events), "--counts", str(counts_file),
+    ]  # fmt: skip
+    launched = time.time()
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, cwd=REPO_ROOT, preexec_fn=die_with_parent)  # noqa: PLW1509
+    sampler = RssSampler(proc.pid)
+    output, _ = proc.communicate(timeout=RUN_TIMEOUT_SECONDS)
+    peak = sampler.stop()
+    times = json.loads(output.decode().strip().splitlines()[-1])
+    counts = {(int(a), b, c, d): n for a, b, c, d, n in json.loads(counts_file.read_text())}
+    return Run(launched, times["first"], times["done"], events, peak, counts)
+
+
+def run_replay(path: Path, events: int) -> Run:
+    launched = time.time()
+    replay = replay_file(path, PANE_MS, lambda dead: None)
+    results = replay.results()
+    done = time.time()
+    counts = {(r.window_start, r.channel, r.journey, r.metric): r.n for r in results}
+    return Run(launched, launched, done, events, 0.0, counts)
+
+
+# --- cxpulse alone: latency and RSS under a steady load -----------------------------------------------------
+
+
+class SteadyLoad:
+    """Sends fresh events (occurred_at = now) at a fixed rate on a thread, remembering per pane group the send
+    time of each event in order, so a result with n answers tells when the group's n-th event was counted."""
+
+    def __init__(self, bootstrap: str, topic: str, rate: int, seconds: float, templates: list[dict[str, Any]]) -> None:
+        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "compression.type": "lz4"})
+        self.topic = topic
+        self.rate = rate
+        self.seconds = seconds
+        self.sent: dict[GroupKey, list[float]] = {}
+        self.count = 0
+        self.lock = threading.Lock()
+        self.tails = []  # (channel, journey, metric, customer key, Avro bytes after event_id and occurred_at)
+        for record in templates:
+            full = encode_confluent({**FIELDS, **record}, FEEDBACK, 1)
+            head = encode_confluent({**FIELDS, **record, "event_id": "", "occurred_at": 0}, FEEDBACK, 1)
+            self.tails.append(
+                (record["channel"], record["journey"], record["metric"], record["customer_id"].encode(), head[7:])
+            )
+            assert full.endswith(head[7:])
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        started = time.time()
+        step = 0.01  # send in bursts every 10 ms
+        index = 0
+        while time.time() - started < self.seconds:
+            due = int((time.time() - started) * self.rate)
+            while self.count < due:
+                channel, journey, metric, key, tail = self.tails[index % len(self.tails)]
+                index += 1
+                now = time.time()
+                at = int(now * 1000)
+                event_id = f"s-{index}".encode()
+                value = b"\x00\x00\x00\x00\x01" + _zigzag(len(event_id)) + event_id + _zigzag(at) + tail
+                group = (at - at % PANE_MS, channel, journey, metric)
+                with self.lock:
+                    self.sent.setdefault(group, []).append(now)
+                while True:
+                    try:
+                        self.producer.produce(self.topic, value, key)
+                        break
+                    except BufferError:
+                        self.producer.poll(0.05)
+                self.count += 1
+            self.producer.poll(0)
+            time.sleep(step)  # pacing a load generator, not synchronisation
+        self.producer.flush(30)
+
+
+def _zigzag(value: int) -> bytes:
+    n = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while n & ~0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the worker exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:  # noqa: S310
+                if b"cxpulse_worker_ready 1.0" in response.read():
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)  # polling an endpoint that has no push
+    raise SystemExit("the worker was not ready in 120 s")
+
+
+def steady_run(
+    bootstrap: str, workdir: Path, rate: int, seconds: float, templates: list[dict[str, Any]], **extra: Any
+) -> tuple[list[float], list[tuple[float, float]], int]:
+    """A worker under a steady load: latencies of every counted event (s), (elapsed s, RSS MB) samples, sent."""
+    topic = f"steady-{uuid.uuid4().hex[:8]}"
+    ensure_topics(bootstrap, [TopicSpec(topic, PARTITIONS, {})])
+    settings, env = cxpulse_settings(bootstrap, topic, workdir, **extra)
+    ensure_topics(bootstrap, topic_specs(settings))
+    proc = spawn([sys.executable, "-m", "streams.cli", "worker"], env, workdir / "steady.log")
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"lat-{uuid.uuid4().hex}", "auto.offset.reset": "earliest"}
+    )
+    try:
+        wait_ready(settings.metrics_port, proc)
+        consumer.subscribe([settings.results_topic])
+        load_ = SteadyLoad(bootstrap, topic, rate, seconds, templates)
+        started = time.time()
+        load_.thread.start()
+        covered: dict[GroupKey, int] = {}
+        latencies: list[float] = []
+        rss: list[tuple[float, float]] = []
+        next_rss = 0.0
+        while load_.thread.is_alive() or sum(covered.values()) < load_.count:
+            if time.time() - started > seconds + 120:
+                break
+            for message in consumer.consume(num_messages=10_000, timeout=0.1):
+                if message.error() is not None:
+                    continue
+                seen = time.time()
+                _, group, _, n = decode_result(message)
+                done = covered.get(group, 0)
+                if n > done:
+                    with load_.lock:
+                        times = load_.sent.get(group, [])[done:n]
+                    latencies.extend(seen - t for t in times)
+                    covered[group] = n
+            if time.time() - started >= next_rss:
+                rss.append((time.time() - started, tree_rss_mb(proc.pid)))
+                next_rss += 10.0
+        return latencies, rss, load_.count
+    finally:
+        consumer.close()
+        stop(proc)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+# --- the report -------------------------------------------------------------------------------------------
+
+
+def median_run(runs: list[Run]) -> Run:
+    return sorted(runs, key=lambda r: r.rate)[len(runs) // 2]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--only", default="bare,cxpulse,quix,faust,replay")
+    parser.add_argument("--shapes", default="live,backlog")
+    parser.add_argument("--rate", type=int, default=20_000, help="events/s of the latency and soak runs")
+    parser.add_argument("--latency-seconds", type=float, default=60.0)
+    parser.add_argument("--soak-seconds", type=float, default=600.0)
+    parser.add_argument("--scaling", action=argparse.BooleanOptionalAction, default=True)
+    args = parser.parse_args()
+    systems = args.only.split(",")
+    if "quix" in systems and not QUIX_PYTHON.exists():
+        raise SystemExit(f"{QUIX_PYTHON} is missing: `make bench` creates it (quixstreams pins its own Kafka client)")
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        broker = start_broker(workdir / "broker")
+        console.print(f"broker {broker.bootstrap}; {args.events:,} events per shape; median of {args.runs} runs")
+        try:
+            report(broker.bootstrap, workdir, systems, args)
+        finally:
+            broker.stop()
+
+
+def report(bootstrap: str, workdir: Path, systems: list[str], args: argparse.Namespace) -> None:
+    now_ms = int(time.time() * 1000)
+    summary: dict[str, dict[str, Run]] = {}
+    for shape in args.shapes.split(","):
+        messages, expected = generate(shape, args.events, now_ms)
+        topic = f"bench-{shape}-{uuid.uuid4().hex[:6]}"
+        ensure_topics(bootstrap, [TopicSpec(topic, PARTITIONS, {})])
+        load(bootstrap, topic, messages)
+        path = workdir / f"{shape}.avro"
+        avro_file(path, messages)
+        console.print(f"[bold]{shape}[/]: {len(expected):,} pane groups, loaded into {topic}")
+        summary[shape] = {}
+        for system in systems:
+            runs = []
+            for number in range(args.runs):
+                if system == "bare":
+                    run = run_bare(bootstrap, topic, args.events, workdir)
+                elif system == "cxpulse":
+                    run = run_cxpulse(bootstrap, topic, args.events, workdir)
+                elif system == "quix":
+                    run = run_quix(bootstrap, topic, args.events, workdir, SHAPES[shape]["spread_ms"] + 60_000)
+                elif system == "faust":
+                    run = run_faust(bootstrap, topic, args.events, workdir)
+                else:
+                    run = run_replay(path, args.events)
+                agree = run.counts == dict(expected)
+                console.print(
+                    f"  {system} run {number + 1}: {run.rate:,.0f} events/s launch to last result "
+                    f"(start-up {run.startup:.1f} s, {run.steady:,.0f}/s after it), "
+                    f"peak RSS {run.peak_rss_mb:,.0f} MB, "
+                    f"counts {'agree' if agree else 'DIFFER'}",
+                    highlight=False,
+                )
+                if not agree:
+                    raise SystemExit(f"{system} on {shape}: counts differ from the generated events")
+                runs.append(run)
+            summary[shape][system] = median_run(runs)
+        if args.scaling and "cxpulse" in systems and shape == "backlog":
+            two = median_run([run_cxpulse(bootstrap, topic, args.events, workdir, slots=2) for _ in range(args.runs)])
+            summary[shape]["cxpulse, 2 hot-path processes"] = two
+    print_summary(summary)
+    templates = [record for record in realistic_events(1000, seed=5, invalid_share=0.0, duplicate_share=0.0)]
+    if args.latency_seconds > 0 and "cxpulse" in systems:
+        latencies, _, sent = steady_run(bootstrap, workdir, args.rate, args.latency_seconds, templates)
+        console.print(
+            f"latency at {args.rate:,} events/s for {args.latency_seconds:.0f} s ({sent:,} sent, "
+            f"{len(latencies):,} counted): event to result p50 {percentile(latencies, 0.5) * 1000:,.0f} ms, "
+            f"p99 {percentile(latencies, 0.99) * 1000:,.0f} ms, max {max(latencies) * 1000:,.0f} ms",
+            highlight=False,
+        )
+    if args.soak_seconds > 0 and "cxpulse" in systems:
+        _, rss, sent = steady_run(
+            bootstrap, workdir, args.rate, args.soak_seconds, templates,
+            retention_seconds=300, windows_seconds=(300,),
+        )  # fmt: skip
+        half = [mb for t, mb in rss if t >= args.soak_seconds / 2]
+        console.print(
+            f"RSS over {args.soak_seconds:.0f} s at {args.rate:,} events/s (retention 5 min, {sent:,} sent): "
+            + ", ".join(f"{t:.0f}s {mb:.0f} MB" for t, mb in rss[:: max(1, len(rss) // 12)])
+            + (f"; growth over the second half {100 * (max(half) / half[0] - 1):.1f}%" if half else ""),
+            highlight=False,
+        )
+
+
+def print_summary(summary: dict[str, dict[str, Run]]) -> None:
+    for shape, runs in summary.items():
+        table = Table(title=f"{shape}: median runs", title_justify="left")
+        for column in ("system", "events/s (launch to last result)", "start-up s", "events/s after start-up",
+                       "x bare", "peak RSS MB"):  # fmt: skip
+            table.add_column(column, justify="right" if column != "system" else "left")
+        bare = runs.get("bare")
+        for name, run in runs.items():
+            ratio = f"{bare.rate / run.rate:.2f}" if bare is not None else "-"
+            table.add_row(
+                name, f"{run.rate:,.0f}", f"{run.startup:.1f}", f"{run.steady:,.0f}", ratio,
+                f"{run.peak_rss_mb:,.0f}" if run.peak_rss_mb else "-",
+            )  # fmt: skip
+        console.print(table)
+
+
+if __name__ == "__main__":
+    main()

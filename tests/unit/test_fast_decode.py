@@ -1,0 +1,115 @@
+"""The generated FeedbackEvent decoder returns exactly what fastavro returns, and hands everything else to it:
+decode_batch equals fastavro on generated records and on mutated, truncated and random bytes."""
+
+from __future__ import annotations
+
+import io
+import random
+from typing import Any
+
+import fastavro
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from schemas.codec import FEEDBACK, FEEDBACK_RAW, LocalCatalog, decode_batch, encode, encode_confluent
+from schemas.fast_decode import Malformed, compile_decoder
+
+FIELDS: dict[str, Any] = {f["name"]: f.get("default") for f in FEEDBACK_RAW["fields"]}
+text = st.text(max_size=20)
+optional_text = st.none() | text
+optional_int = st.none() | st.integers(-(2**31), 2**31 - 1)
+records = st.fixed_dictionaries(
+    {
+        "event_id": text,
+        "occurred_at": st.integers(-(2**63), 2**63 - 1),
+        "source": text,
+        "channel": text,
+        "journey": text,
+        "touchpoint": optional_text,
+        "metric": st.sampled_from(["NPS", "CES", "CSAT", "NLS", "CAS"]),
+        "score": st.integers(-(2**31), 2**31 - 1),
+        "scale_min": optional_int,
+        "scale_max": optional_int,
+        "customer_id": optional_text,
+        "interaction_id": optional_text,
+        "agent_id": optional_text,
+        "team": optional_text,
+        "reason_codes": st.lists(text, max_size=4),
+        "comment": optional_text,
+    }
+)
+
+
+def by_fastavro(data: bytes) -> Any:
+    """What the plain fastavro path makes of the bytes: the record, or the fact that it fails."""
+    buffer = io.BytesIO(data)
+    try:
+        record = fastavro.schemaless_reader(buffer, FEEDBACK, None)
+    except Exception:  # noqa: BLE001 - any failure is "undecodable"
+        return "fails"
+    return record if buffer.tell() == len(data) else "fails"
+
+
+def by_batch(data: bytes) -> Any:
+    decoded = decode_batch([b"\x00\x00\x00\x00\x01" + data], LocalCatalog())
+    return decoded.records[0] if decoded.records else "fails"
+
+
+@settings(max_examples=300, deadline=None)
+@given(records)
+def test_generated_records_decode_like_fastavro(record: dict[str, Any]) -> None:
+    data = encode(record, FEEDBACK)
+    assert by_batch(data) == by_fastavro(data) == record
+
+
+@settings(max_examples=500, deadline=None)
+@given(records, st.data())
+def test_mutated_and_truncated_bytes_decode_like_fastavro(record: dict[str, Any], data: st.DataObject) -> None:
+    raw = bytearray(encode(record, FEEDBACK))
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(raw) - 1))
+        raw[at] = data.draw(st.sampled_from([0x00, 0x01, 0x02, 0x03, 0x7F, 0x80, 0xFF, data.draw(st.integers(0, 255))]))
+    cut = data.draw(st.integers(0, len(raw)))
+    for candidate in (bytes(raw), bytes(raw[:cut]), bytes(raw) + b"\x00"):
+        assert by_batch(candidate) == by_fastavro(candidate)
+
+
+def test_random_bytes_decode_like_fastavro() -> None:
+    rng = random.Random(7)
+    for _ in range(3000):
+        data = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 60)))
+        assert by_batch(data) == by_fastavro(data)
+
+
+def test_overlong_varints_and_bad_branches_fall_back() -> None:
+    decoder = compile_decoder(FEEDBACK_RAW)
+    assert decoder is not None
+    base = encode({**FIELDS, "event_id": "e", "occurred_at": 1, "source": "s", "channel": "c", "journey": "j",
+                   "metric": "CES", "score": 3}, FEEDBACK)  # fmt: skip
+    assert decoder(base, 0)["score"] == 3
+    overlong = base[:2] + b"\xff" * 10 + b"\x01" + base[3:]  # occurred_at as an 11-byte varint
+    for bad in (overlong, base[:-1] + b"\x04"):  # ... and a union branch that does not exist
+        try:
+            decoder(bad, 0)
+        except (Malformed, IndexError):
+            pass
+        else:
+            raise AssertionError(f"{bad!r} decoded")
+
+
+def test_unsupported_schemas_get_no_decoder() -> None:
+    assert compile_decoder({"type": "record", "name": "R", "fields": [{"name": "x", "type": "double"}]}) is None
+    assert compile_decoder({"type": "enum", "name": "E", "symbols": ["A"]}) is None
+
+
+def test_batch_reports_each_failure_with_its_index() -> None:
+    good = encode_confluent({**FIELDS, "event_id": "e", "occurred_at": 1, "source": "s", "channel": "c",
+                             "journey": "j", "metric": "NPS", "score": 9}, FEEDBACK, 1)  # fmt: skip
+    decoded = decode_batch(
+        [good, b"", b"\x00\x00", b"{nope", good + b"x", b'{"a": ' + b"[" * 5000, good], LocalCatalog()
+    )
+    assert decoded.kept == [0, 6]
+    reasons = dict(decoded.failed)
+    assert set(reasons) == {1, 2, 3, 4, 5}
+    assert "trailing bytes" in reasons[4] and "nested too deeply" in reasons[5]
+    assert decoded.schema_ids == [1, 1]
