@@ -23,7 +23,7 @@ from typing import Any, NamedTuple, Protocol
 
 import fastavro
 
-from schemas.fast_decode import compile_decoder
+from schemas.fast_avro import compile_decoder, compile_encoder
 from streams.errors import DecodeError, SchemaError
 
 SCHEMA_DIR = Path(__file__).resolve().parent
@@ -64,9 +64,10 @@ FEEDBACK_RAW = load_schema("feedback_event")
 WINDOW_RESULT_RAW = load_schema("window_result")
 EFFORT_ALERT_RAW = load_schema("effort_alert")
 FEEDBACK = parse(FEEDBACK_RAW)
-_FAST_FEEDBACK = compile_decoder(_strip_logical_types(FEEDBACK_RAW))  # see schemas/fast_decode.py
+_FAST_FEEDBACK = compile_decoder(_strip_logical_types(FEEDBACK_RAW))  # see schemas/fast_avro.py
 WINDOW_RESULT = parse(WINDOW_RESULT_RAW)
 EFFORT_ALERT = parse(EFFORT_ALERT_RAW)
+_FAST_WRITERS = {id(WINDOW_RESULT): compile_encoder(_strip_logical_types(WINDOW_RESULT_RAW))}
 
 
 def encode(record: Mapping[str, Any], schema: Any) -> bytes:
@@ -74,6 +75,18 @@ def encode(record: Mapping[str, Any], schema: Any) -> bytes:
     out = io.BytesIO()
     fastavro.schemaless_writer(out, schema, record)
     return out.getvalue()
+
+
+def encode_fast(record: Mapping[str, Any], schema: Any) -> bytes:
+    """:func:`encode`, with the generated encoder of schemas/fast_avro.py for WindowResult (merge writes one per
+    changed pane and metric); anything it does not expect is encoded by fastavro, so the bytes are the same."""
+    encoder = _FAST_WRITERS.get(id(schema))
+    if encoder is not None:
+        try:
+            return bytes(encoder(record))
+        except Exception:  # noqa: BLE001, S110 - an unexpected value: fastavro decides
+            pass
+    return encode(record, schema)
 
 
 def decode(data: bytes, writer_schema: Any, reader_schema: Any | None = None) -> Record:
@@ -159,7 +172,7 @@ class RegistryCatalog:
 
 def encode_confluent(record: Mapping[str, Any], schema: Any, schema_id: int) -> bytes:
     """Confluent wire format: magic byte, 4-byte schema id, schemaless Avro body."""
-    return _HEADER.pack(MAGIC_BYTE, schema_id) + encode(record, schema)
+    return _HEADER.pack(MAGIC_BYTE, schema_id) + encode_fast(record, schema)
 
 
 def decode_confluent(data: bytes, catalog: SchemaCatalog, reader_schema: Any) -> tuple[int, Record]:

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 import faust
-from confluent_kafka import ConsumerGroupTopicPartitions, Producer
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, Producer
 from confluent_kafka.admin import AdminClient
 from faust.types import EventT, StreamT
 from prometheus_client import CollectorRegistry, start_http_server
@@ -70,6 +70,7 @@ class Merge:
         reader: PartitionReader,
         metrics: WorkerMetrics,
         catalog: SchemaCatalog,
+        undelivered: list[int],
     ) -> None:
         self.settings = settings
         self.panes = panes
@@ -80,6 +81,7 @@ class Merge:
         self.pane_ms = settings.pane_seconds * 1000
         self.schema_id = catalog.id_for(WINDOW_RESULT_RAW)
         self.locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.undelivered = undelivered  # messages of the results producer that Kafka refused since the last flush
         self.expired_before = -(2**62)  # panes ending at or before this were dropped by the expiry timer
 
     async def partition(self, partition: int, records: Sequence[Record]) -> None:
@@ -112,6 +114,7 @@ class Merge:
             self.metrics.chain_breaks.inc(step.breaks)
             results = step.finish()
             await self.emit(results)
+            step.advance()
             self.metrics.records.labels(self.reader.topic).inc(len(records))
             self.metrics.batch_seconds.labels("merge").observe(time.perf_counter() - started)
 
@@ -127,9 +130,8 @@ class Merge:
         )
 
     async def emit(self, results: Sequence[WindowResult]) -> None:
-        """Send WindowResults to the results topic and wait until Kafka has them all."""
-        if not results:
-            return
+        """Send WindowResults to the results topic, then wait until Kafka has them all, and every table changelog
+        write of the batch with them (the tables write through the same producer)."""
         topic = self.settings.results_topic
         for result in results:
             key = f"{result.channel}|{result.journey}|{result.metric}|{result.window_start}".encode()
@@ -141,8 +143,11 @@ class Merge:
                 except BufferError:
                     await asyncio.to_thread(self.results.poll, 0.1)
         left = await asyncio.to_thread(self.results.flush, FLUSH_TIMEOUT_SECONDS)
-        if left:
-            raise RuntimeError(f"{left} results not delivered to {topic} in {FLUSH_TIMEOUT_SECONDS:.0f} s")
+        failed, self.undelivered[0] = self.undelivered[0], 0
+        if left or failed:
+            raise RuntimeError(
+                f"{left} messages still queued and {failed} failed: results to {topic} or table changelogs"
+            )
         self.metrics.results.inc(len(results))
 
 
@@ -186,9 +191,21 @@ def create_app(settings: Settings, metrics: WorkerMetrics, catalog: SchemaCatalo
     schema: faust.Schema[Any, Any] = faust.Schema(key_serializer="json", value_serializer="json")
     panes = app.Table("panes", default=None, partitions=settings.partitions, schema=schema)
     positions = app.Table("positions", default=None, partitions=settings.partitions, schema=schema)
-    results = new_producer(settings.kafka_bootstrap, **{"linger.ms": 5, "compression.type": "lz4"})
+    # one librdkafka producer for results and table changelogs, flushed before a batch is acked
+    undelivered = [0]
+
+    def delivered(error: KafkaError | None, message: Any) -> None:
+        if error is not None:
+            undelivered[0] += 1
+            LOG.error("a message to %s was not delivered: %s", message.topic(), error.str())
+
+    results = new_producer(
+        settings.kafka_bootstrap, **{"linger.ms": 5, "compression.type": "lz4", "on_delivery": delivered}
+    )
+    for table in (panes, positions):
+        cast(faust_compat.KeyPartitionedTable, table).write_changelog_with(results)
     reader = PartitionReader(settings.kafka_bootstrap, partials_name)
-    merge = Merge(settings, panes, positions, results, reader, metrics, catalog)
+    merge = Merge(settings, panes, positions, results, reader, metrics, catalog, undelivered)
     admin = admin_client(settings.kafka_bootstrap)
     hotpath_group = f"{settings.app_id}-hotpath"
 
@@ -279,6 +296,8 @@ def create_app(settings: Settings, metrics: WorkerMetrics, catalog: SchemaCatalo
                     if key in panes:
                         del panes[key]
                         metrics.expired.labels("panes").inc()
+        if old:
+            await asyncio.to_thread(results.flush, FLUSH_TIMEOUT_SECONDS)  # the tombstones
 
     @app.timer(interval=READY_CHECK_SECONDS)  # type: ignore[untyped-decorator]
     async def report_ready() -> None:

@@ -108,7 +108,8 @@ class _Touched:
     journey: str
     start: int
     pane: PaneState
-    metrics: set[str] = field(default_factory=set)
+    metrics: set[str] = field(default_factory=set)  # to emit: absorbed now, or absorbed before and seen again
+    changed: bool = False  # to write: a delta was absorbed now
 
 
 @dataclass
@@ -175,22 +176,30 @@ class MergeStep:
                 pane = pane_state_from_table(self.panes.get(key))
                 touched = self._touched[key] = _Touched(partial.channel, partial.journey, partial.pane, pane)
             if absorb(touched.pane, partial, ends[partial.source]):
-                touched.metrics.update(partial.states)
+                touched.changed = True
+            # emitted also when it was absorbed before: a message seen again may be one whose results never got
+            # out (a crash between the table write and the results), and a repeat is harmless (same version)
+            touched.metrics.update(partial.states)
 
     def finish(self) -> list[WindowResult]:
-        """Write every touched pane and position once; return the results of the panes that changed."""
+        """Write every pane that changed, once; return the results of every pane touched.
+
+        The positions are written by :meth:`advance`, once the caller has delivered the results: a batch that
+        fails before that is read back later (the chain did not move), and its results come out then."""
         results: list[WindowResult] = []
         for key, touched in self._touched.items():
-            if not touched.metrics:
-                continue  # every delta was absorbed before: nothing new to write or emit
-            self.panes[key] = pane_state_to_table(touched.pane)
+            if touched.changed:
+                self.panes[key] = pane_state_to_table(touched.pane)
             results.extend(
                 merged_results(
                     touched.channel, touched.journey, touched.start, self.pane_ms, touched.pane, touched.metrics
                 )
             )
+        self._touched.clear()
+        return results
+
+    def advance(self) -> None:
+        """Record how far each source's chain was followed (after the batch's results are delivered)."""
         for source, position in self._positions.items():
             self.positions[position_key(self.partition, source)] = position_to_table(position)
-        self._touched.clear()
         self._positions.clear()
-        return results

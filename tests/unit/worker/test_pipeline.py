@@ -110,7 +110,9 @@ def run_stream(per_partition: dict[int, list[Msg]], batch: int, q: int, rng: ran
         for offset, value in delivered:
             step.apply(decode_partials(value), offset)
         assert step.breaks == 0
-        for result in step.finish():
+        finished = step.finish()
+        step.advance()
+        for result in finished:
             key = (result.window_start, result.channel, result.journey, result.metric)
             if key not in latest or latest[key].version <= result.version:
                 latest[key] = result

@@ -11,8 +11,18 @@ import fastavro
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.codec import FEEDBACK, FEEDBACK_RAW, LocalCatalog, decode_batch, encode, encode_confluent
-from schemas.fast_decode import Malformed, compile_decoder
+from schemas.codec import (
+    FEEDBACK,
+    FEEDBACK_RAW,
+    WINDOW_RESULT,
+    WINDOW_RESULT_RAW,
+    LocalCatalog,
+    decode_batch,
+    encode,
+    encode_confluent,
+    encode_fast,
+)
+from schemas.fast_avro import Malformed, compile_decoder, compile_encoder
 
 FIELDS: dict[str, Any] = {f["name"]: f.get("default") for f in FEEDBACK_RAW["fields"]}
 text = st.text(max_size=20)
@@ -113,3 +123,47 @@ def test_batch_reports_each_failure_with_its_index() -> None:
     assert set(reasons) == {1, 2, 3, 4, 5}
     assert "trailing bytes" in reasons[4] and "nested too deeply" in reasons[5]
     assert decoded.schema_ids == [1, 1]
+
+
+longs = st.integers(-(2**63), 2**63 - 1)
+doubles = st.floats(allow_nan=False) | st.integers(-(2**53), 2**53)  # ints in a double field: fastavro writes them
+results = st.fixed_dictionaries(
+    {
+        "window_start": longs,
+        "window_end": longs,
+        "channel": text,
+        "journey": text,
+        "metric": st.sampled_from(["NPS", "CES", "CSAT", "NLS", "CAS"]),
+        **{name: longs for name in ("n", "promoters", "passives", "detractors", "positive", "high_effort")},
+        "sum_x": doubles,
+        "sum_x2": doubles,
+        "value": doubles,
+        "moe95": st.none() | doubles,
+        "mean_normalized": doubles,
+        "version": longs,
+    }
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(results)
+def test_generated_result_encoder_writes_fastavros_bytes(record: dict[str, Any]) -> None:
+    assert encode_fast(record, WINDOW_RESULT) == encode(record, WINDOW_RESULT)
+
+
+def test_encoder_leaves_what_it_does_not_expect_to_fastavro() -> None:
+    encoder = compile_encoder(WINDOW_RESULT_RAW)
+    assert encoder is not None
+    record = {name: 1 for name in ("window_start", "window_end", "n", "promoters", "passives", "detractors",
+                                   "positive", "high_effort", "version")}  # fmt: skip
+    record |= {"channel": "c", "journey": "j", "metric": "CES", "sum_x": 1.0, "sum_x2": 1.0, "value": 7.0,
+               "moe95": None, "mean_normalized": 100.0}  # fmt: skip
+    assert encoder(record) == encode(record, WINDOW_RESULT)
+    for odd in ({"value": 7}, {"n": 2**64}, {"metric": "XYZ"}):
+        try:
+            encoder({**record, **odd})
+        except (Malformed, KeyError):
+            pass
+        else:
+            raise AssertionError(f"{odd} encoded")
+    assert compile_encoder({"type": "record", "name": "R", "fields": [{"name": "b", "type": "bytes"}]}) is None
