@@ -265,11 +265,18 @@ def _start_demo_worker(
 
 
 def _worker_ready(url: str) -> bool:
+    from prometheus_client.parser import text_string_to_metric_families
+
     try:
         with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback URL built here
-            return any(line.strip() == "cxpulse_worker_ready 1.0" for line in response.read().decode().splitlines())
+            text = response.read().decode()
     except OSError:
         return False
+    return any(
+        sample.name == "cxpulse_worker_ready" and sample.value == 1.0
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    )
 
 
 @app.command()
