@@ -20,7 +20,7 @@ from itertools import repeat
 from operator import add, mul
 from typing import NamedTuple
 
-from streams.validate import Feedback
+from streams.validate import Feedback, normalise_label_or_none
 
 X_SCALE = 2520 * 10**6  # 2520 = lcm(1..10): x = k/d is exact for every d <= 10
 X2_SCALE = 2520**2 * 10**3  # x^2 = k^2/d^2 is exact for every d <= 10
@@ -140,6 +140,74 @@ def merge_into(target: dict[GroupKey, State], partials: Mapping[GroupKey, State]
         current = target.get(key)
         target[key] = state if current is None else merge(current, state)
     return set(partials)
+
+
+# --- CES drivers: the "why" of an effort spike (METRICS.md section 7) ----------------------------------------
+
+DRIVER_CAP = 32  # distinct touchpoints, and distinct reason codes, kept per pane group; the rest fold into "other"
+OTHER = "other"
+TOUCHPOINT = "TOUCHPOINT"
+REASON_CODE = "REASON_CODE"
+SegmentPane = tuple[int, str, str]  # (pane_start_ms, channel, journey)
+Drivers = dict[str, tuple[int, int]]  # "TOUCHPOINT:ivr" / "REASON_CODE:hold_time" -> (n, high_effort)
+
+
+def aggregate_drivers(events: Iterable[Feedback], pane_ms: int) -> dict[SegmentPane, Drivers]:
+    """Per (pane, channel, journey): the CES answers by touchpoint and by reason code, (n, high effort) each.
+
+    Names are normalised like labels (one that is not a valid label counts as ``other``); an answer without a
+    touchpoint counts under no touchpoint, one with several reason codes under each."""
+    tally: Counter[tuple[int, str, str, str, bool]] = Counter()
+    for e in events:
+        if e.metric != "CES":
+            continue
+        high = contribution("CES", e.score, e.scale_min, e.scale_max).high_effort == 1
+        pane = e.occurred_at - e.occurred_at % pane_ms
+        if e.touchpoint:
+            tally[(pane, e.channel, e.journey, f"{TOUCHPOINT}:{_driver_name(e.touchpoint)}", high)] += 1
+        for code in e.reason_codes:
+            tally[(pane, e.channel, e.journey, f"{REASON_CODE}:{_driver_name(code)}", high)] += 1
+    out: dict[SegmentPane, Drivers] = {}
+    for (pane, channel, journey, name, high), count in tally.items():
+        drivers = out.setdefault((pane, channel, journey), {})
+        n, h = drivers.get(name, (0, 0))
+        drivers[name] = (n + count, h + (count if high else 0))
+    return {key: cap_drivers(drivers) for key, drivers in out.items()}
+
+
+def _driver_name(raw: str) -> str:
+    return normalise_label_or_none(raw) or OTHER
+
+
+def merge_drivers(a: Drivers, b: Drivers) -> Drivers:
+    """The drivers of the union of two sets of answers, capped (:func:`cap_drivers`)."""
+    out = dict(a)
+    for name, (n, h) in b.items():
+        before = out.get(name)
+        out[name] = (n, h) if before is None else (before[0] + n, before[1] + h)
+    return cap_drivers(out)
+
+
+def cap_drivers(drivers: Drivers) -> Drivers:
+    """Keep, per kind, the DRIVER_CAP alphabetically first names and fold the others into ``KIND:other``.
+
+    Keeping the first names of the union only needs the first names of each part, so capping commutes with
+    merging: any split of the answers, stream or replay, keeps the same names and the same counts."""
+    by_kind: dict[str, list[str]] = {}
+    for name in drivers:
+        kind, _, label = name.partition(":")
+        if label != OTHER:
+            by_kind.setdefault(kind, []).append(name)
+    fold = [name for names in by_kind.values() if len(names) > DRIVER_CAP for name in sorted(names)[DRIVER_CAP:]]
+    if not fold:
+        return drivers
+    out = dict(drivers)
+    for name in fold:
+        n, h = out.pop(name)
+        other = f"{name.partition(':')[0]}:{OTHER}"
+        before = out.get(other, (0, 0))
+        out[other] = (before[0] + n, before[1] + h)
+    return out
 
 
 class Kpi(NamedTuple):

@@ -26,7 +26,7 @@ from rich.table import Table
 
 from schemas.codec import LocalCatalog, RegistryCatalog
 from streams import broker as local_broker
-from streams.config import Settings, load_settings, parse_duration
+from streams.config import Settings, effort_config, load_settings, parse_duration
 from streams.errors import ConfigurationError, CxPulseError
 from streams.produce import produce_file
 from streams.replay import Progress as ProgressFn
@@ -381,6 +381,10 @@ def replay(
     dead_letter: Annotated[
         Path | None, typer.Option("--dead-letter", help="Write dead letters here as JSON lines.")
     ] = None,
+    alerts: Annotated[
+        Path | None,
+        typer.Option("--alerts", help="Write every effort-spike FIRING/RESOLVED alert here as JSON lines."),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary on stderr.")] = False,
 ) -> None:
     """Compute the window results of a file of events offline, exactly as the stream does.
@@ -390,6 +394,7 @@ def replay(
     """
     pane_ms = _duration_ms(pane, "--pane")
     window_ms = None if window == "pane" else _duration_ms(window, "--window")
+    detector = effort_config(_settings())
     if window_ms is not None and window_ms % pane_ms:
         _fail(f"--window {window} is not a whole number of --pane {pane}", 2)
     started = time.monotonic()
@@ -410,13 +415,18 @@ def replay(
         sink = stack.enter_context(output.open("w")) if output is not None else sys.stdout
         for record in results:
             sink.write(json.dumps(result_json(record), separators=(",", ":")) + "\n")
+        fired = result.alerts(detector) if alerts is not None else []
+        if alerts is not None:
+            with alerts.open("w") as alert_file:
+                for alert in fired:
+                    alert_file.write(json.dumps(alert, separators=(",", ":")) + "\n")
     if not quiet:
         stats = result.stats
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(stats.dead_letters.items())) or "none"
         err.print(
             f"replayed {stats.read} events in {time.monotonic() - started:.1f} s: {stats.counted} counted, "
             f"{stats.duplicates} duplicates, {sum(stats.dead_letters.values())} dead letters ({reasons}); "
-            f"{len(results)} results",
+            f"{len(results)} results" + (f"; {len(fired)} effort alerts" if alerts is not None else ""),
             highlight=False,
         )
 

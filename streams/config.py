@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streams.effort import EffortConfig
 from streams.errors import ConfigurationError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -64,6 +65,15 @@ class Settings(BaseSettings):
     pane_seconds: int = Field(DEFAULT_PANE_SECONDS, ge=1, le=86400, description="pane length, seconds")
     windows_seconds: tuple[int, ...] = Field(DEFAULT_WINDOWS, description="rolling windows, seconds")
     retention_seconds: int = Field(DEFAULT_RETENTION_SECONDS, ge=1, description="pane state retention")
+    effort_delta: float = Field(
+        0.10, gt=0, lt=1, description="effort-spike CUSUM design shift of the high-effort share"
+    )
+    effort_threshold: float = Field(
+        10.0, gt=0, description="effort-spike CUSUM threshold H (fires at H, resolves at 0)"
+    )
+    effort_guard_seconds: int = Field(1800, ge=0, description="the baseline ends this long before the evaluated pane")
+    effort_baseline_seconds: int = Field(86400, ge=1, description="length of the effort-spike baseline")
+    effort_min_baseline: int = Field(200, ge=1, description="fewer CES answers in the baseline: the pane is skipped")
     worker_id: str = Field(
         "",
         pattern=r"^[A-Za-z0-9._-]{0,100}$",
@@ -91,6 +101,17 @@ class Settings(BaseSettings):
         if self.retention_seconds < max(self.windows_seconds):
             raise ValueError("CXPULSE_RETENTION_SECONDS must cover the longest window")
         return self
+
+
+def effort_config(settings: Settings) -> EffortConfig:
+    """The effort-spike detector's parameters from the settings."""
+    return EffortConfig(
+        delta=settings.effort_delta,
+        threshold=settings.effort_threshold,
+        guard_ms=settings.effort_guard_seconds * 1000,
+        baseline_ms=settings.effort_baseline_seconds * 1000,
+        min_baseline=settings.effort_min_baseline,
+    )
 
 
 def load_settings(**overrides: Any) -> Settings:

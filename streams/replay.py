@@ -20,8 +20,18 @@ from typing import IO, Any
 import fastavro
 
 from schemas.codec import FEEDBACK_RAW, feedback_from_json
-from streams.aggregate import GroupKey, State, aggregate_panes, merge_into
+from streams.aggregate import (
+    Drivers,
+    GroupKey,
+    SegmentPane,
+    State,
+    aggregate_drivers,
+    aggregate_panes,
+    merge_drivers,
+    merge_into,
+)
 from streams.dedup import Deduplicator
+from streams.effort import EffortConfig, PaneEffort, replay_alerts
 from streams.errors import DecodeError, InputFileError
 from streams.validate import DeadLetter, Rejection, validate_batch
 from streams.windows import WindowResult, pane_results, rolling_window, window_bounds, window_result
@@ -149,6 +159,7 @@ class Replay:
 
     pane_ms: int
     panes: dict[GroupKey, State] = field(default_factory=dict)
+    drivers: dict[SegmentPane, Drivers] = field(default_factory=dict)  # CES root-cause counters per pane
     dedup: Deduplicator = field(default_factory=Deduplicator)
     stats: ReplayStats = field(default_factory=ReplayStats)
 
@@ -162,6 +173,9 @@ class Replay:
         dead = [letter for _, letter in sorted(ordered, key=lambda pair: pair[0])]  # in input order
         unique, duplicates = self.dedup.first_seen(valid)
         merge_into(self.panes, aggregate_panes(unique, self.pane_ms))
+        for key, drivers in aggregate_drivers(unique, self.pane_ms).items():
+            before = self.drivers.get(key)
+            self.drivers[key] = drivers if before is None else merge_drivers(before, drivers)
         stats = self.stats
         stats.read += batch.count
         stats.valid += len(valid)
@@ -172,6 +186,19 @@ class Replay:
             if stats.max_occurred_at is None or latest > stats.max_occurred_at:
                 stats.max_occurred_at = latest
         return dead
+
+    def alerts(self, config: EffortConfig) -> list[dict[str, object]]:
+        """Every FIRING / RESOLVED effort-spike alert of the file (METRICS.md section 7), the panes from the
+        file's first to its last closing in event-time order (the file is complete: its last pane is closed)."""
+        if not self.panes:
+            return []
+        segments: dict[tuple[str, str], dict[int, PaneEffort]] = {}
+        for (pane, channel, journey, metric), state in self.panes.items():
+            if metric == "CES":
+                drivers = self.drivers.get((pane, channel, journey), {})
+                segments.setdefault((channel, journey), {})[pane] = PaneEffort(state.n, state.high_effort, drivers)
+        starts = [pane for pane, _, _, _ in self.panes]
+        return list(replay_alerts(segments, config, self.pane_ms, min(starts), max(starts)))
 
     def results(self, window_ms: int | None = None) -> list[WindowResult]:
         """Pane results (window_ms None), or the rolling window of that length as of the latest event."""

@@ -109,6 +109,11 @@ def _cached_scale_problem(metric: str, lo: int, hi: int) -> str | None:
         return problem
 
 
+def normalise_label_or_none(raw: str) -> str | None:
+    """The normalised label, or None when it does not match the label pattern (for names like touchpoints)."""
+    return _label(raw)
+
+
 def scale_problem(metric: str, lo: int, hi: int) -> str | None:
     """Why (metric, lo, hi) is not an acceptable scale, or None when it is."""
     if metric in ("NPS", "NLS") and (lo, hi) != (0, 10):
