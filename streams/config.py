@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     pane_seconds: int = Field(DEFAULT_PANE_SECONDS, ge=1, le=86400, description="pane length, seconds")
     windows_seconds: tuple[int, ...] = Field(DEFAULT_WINDOWS, description="rolling windows, seconds")
     retention_seconds: int = Field(DEFAULT_RETENTION_SECONDS, ge=1, description="pane state retention")
+    label_cap: int = Field(500, ge=1, description="segments a worker exports to Prometheus; the rest as other/other")
     effort_delta: float = Field(
         0.10, gt=0, lt=1, description="effort-spike CUSUM design shift of the high-effort share"
     )

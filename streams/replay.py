@@ -203,7 +203,7 @@ class Replay:
     def results(self, window_ms: int | None = None) -> list[WindowResult]:
         """Pane results (window_ms None), or the rolling window of that length as of the latest event."""
         if window_ms is None:
-            return pane_results(self.panes, self.pane_ms)
+            return pane_results(self.panes, self.pane_ms, drivers=self.drivers)
         if self.stats.max_occurred_at is None:
             return []
         # replay's "now" is the largest occurred_at seen; the window ends at the boundary after it so that

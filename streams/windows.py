@@ -70,12 +70,20 @@ class WindowResult(NamedTuple):
     moe95: float | None
     mean_normalized: float
     version: int
+    drivers: tuple[tuple[str, int, int], ...] = ()  # CES panes: (TOUCHPOINT:x | REASON_CODE:y, n, high), by name
 
 
 def window_result(
-    window_start: int, window_end: int, channel: str, journey: str, metric: str, state: State, version: int
+    window_start: int,
+    window_end: int,
+    channel: str,
+    journey: str,
+    metric: str,
+    state: State,
+    version: int,
+    drivers: Mapping[str, tuple[int, int]] | None = None,
 ) -> WindowResult:
-    """The result record of one group with n > 0."""
+    """The result record of one group with n > 0 (``drivers`` only for CES panes)."""
     k = kpi(metric, state)
     return WindowResult(
         window_start,
@@ -95,13 +103,30 @@ def window_result(
         k.moe95,
         k.mean_normalized,
         version,
+        tuple((name, n, high) for name, (n, high) in sorted(drivers.items())) if drivers else (),
     )
 
 
-def pane_results(panes: Mapping[GroupKey, State], pane_ms: int, version: int = 1) -> list[WindowResult]:
-    """Result records of every pane group with n > 0, ordered by pane, channel, journey, metric."""
+def pane_results(
+    panes: Mapping[GroupKey, State],
+    pane_ms: int,
+    version: int = 1,
+    drivers: Mapping[tuple[int, str, str], Mapping[str, tuple[int, int]]] | None = None,
+) -> list[WindowResult]:
+    """Result records of every pane group with n > 0, ordered by pane, channel, journey, metric; CES ones with
+    their drivers (``drivers`` by (pane, channel, journey))."""
+    drivers = drivers or {}
     return [
-        window_result(pane, pane + pane_ms, channel, journey, metric, state, version)
+        window_result(
+            pane,
+            pane + pane_ms,
+            channel,
+            journey,
+            metric,
+            state,
+            version,
+            drivers.get((pane, channel, journey)) if metric == "CES" else None,
+        )
         for (pane, channel, journey, metric), state in sorted(panes.items())
         if state.n > 0
     ]
@@ -113,9 +138,22 @@ def iso_utc(ms: int) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def result_record(result: WindowResult) -> dict[str, Any]:
+    """The Avro record of a result (drivers as DriverCount records)."""
+    obj = result._asdict()
+    obj["drivers"] = [{"name": name, "n": n, "high_effort": high} for name, n, high in result.drivers]
+    return obj
+
+
+def result_from_record(record: Mapping[str, Any]) -> WindowResult:
+    """A result back from its Avro record."""
+    drivers = tuple((d["name"], d["n"], d["high_effort"]) for d in record.get("drivers") or ())
+    return WindowResult(**{**record, "drivers": drivers})
+
+
 def result_json(result: WindowResult) -> dict[str, Any]:
     """The JSON form of a result (replay output): window bounds as ISO-8601 UTC strings."""
-    obj = result._asdict()
+    obj = result_record(result)
     obj["window_start"] = iso_utc(result.window_start)
     obj["window_end"] = iso_utc(result.window_end)
     return obj

@@ -35,14 +35,17 @@ from faust.types import EventT, StreamT
 from prometheus_client import CollectorRegistry, start_http_server
 
 from schemas.codec import WINDOW_RESULT, WINDOW_RESULT_RAW, SchemaCatalog, encode_confluent
+from sinks.alerts import attach_effort_detector
+from sinks.prometheus import Snapshot, attach_kpi_view
 from streams.config import Settings, load_settings
 from streams.errors import EXIT_PERMANENT, ConfigurationError
 from streams.kafka import admin_client
 from streams.kafka import producer as new_producer
-from streams.topics import internal_topics
-from streams.windows import WindowResult
+from streams.topics import internal_topics, partition_count
+from streams.windows import WindowResult, result_record
 from streams.worker import faust_compat
 from streams.worker.hotpath import catalog_for
+from streams.worker.ingest import segment_partition
 from streams.worker.merge import MergeStep, parse_pane_key, position_key
 from streams.worker.metrics import WorkerMetrics
 from streams.worker.records import decode_partials, position_from_table
@@ -71,6 +74,7 @@ class Merge:
         metrics: WorkerMetrics,
         catalog: SchemaCatalog,
         undelivered: list[int],
+        results_partitions: int,
     ) -> None:
         self.settings = settings
         self.panes = panes
@@ -82,6 +86,7 @@ class Merge:
         self.schema_id = catalog.id_for(WINDOW_RESULT_RAW)
         self.locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.undelivered = undelivered  # messages of the results producer that Kafka refused since the last flush
+        self.results_partitions = results_partitions
         self.expired_before = -(2**62)  # panes ending at or before this were dropped by the expiry timer
 
     async def partition(self, partition: int, records: Sequence[Record]) -> None:
@@ -135,10 +140,11 @@ class Merge:
         topic = self.settings.results_topic
         for result in results:
             key = f"{result.channel}|{result.journey}|{result.metric}|{result.window_start}".encode()
-            value = encode_confluent(result._asdict(), WINDOW_RESULT, self.schema_id)
+            value = encode_confluent(result_record(result), WINDOW_RESULT, self.schema_id)
             while True:
                 try:
-                    self.results.produce(topic, value, key)
+                    partition = segment_partition(result.channel, result.journey, self.results_partitions)
+                    self.results.produce(topic, value, key, partition=partition)
                     break
                 except BufferError:
                     await asyncio.to_thread(self.results.poll, 0.1)
@@ -205,7 +211,26 @@ def create_app(settings: Settings, metrics: WorkerMetrics, catalog: SchemaCatalo
     for table in (panes, positions):
         cast(faust_compat.KeyPartitionedTable, table).write_changelog_with(results)
     reader = PartitionReader(settings.kafka_bootstrap, partials_name)
-    merge = Merge(settings, panes, positions, results, reader, metrics, catalog, undelivered)
+    results_partitions = partition_count(settings.kafka_bootstrap, settings.results_topic)
+    merge = Merge(settings, panes, positions, results, reader, metrics, catalog, undelivered, results_partitions)
+
+    def flush() -> None:
+        left = results.flush(FLUSH_TIMEOUT_SECONDS)
+        failed, undelivered[0] = undelivered[0], 0
+        if left or failed:
+            raise RuntimeError(f"{left} messages still queued and {failed} failed")
+
+    # the sinks on cx.metrics.panes (results partitioned by segment: a worker holds whole segments)
+    results_topic = app.topic(
+        settings.results_topic, key_serializer="raw", value_serializer="raw", partitions=results_partitions
+    )
+    kpis, efforts = Snapshot(), Snapshot()
+    metrics.registry.register(kpis)
+    metrics.registry.register(efforts)
+    attach_kpi_view(app, settings, results_topic, results_partitions, catalog, flush, kpis)
+    attach_effort_detector(app, settings, results_topic, results_partitions, catalog, results, flush, efforts)
+    for name in ("kpi-view", "effort-panes", "effort-state"):
+        cast(faust_compat.KeyPartitionedTable, app.tables[name]).write_changelog_with(results)
     admin = admin_client(settings.kafka_bootstrap)
     hotpath_group = f"{settings.app_id}-hotpath"
 

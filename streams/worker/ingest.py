@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 from schemas.codec import SchemaCatalog, decode_batch
-from streams.aggregate import State, aggregate_panes
+from streams.aggregate import State, aggregate_drivers, aggregate_panes
 from streams.dedup import Deduplicator
 from streams.validate import Clock, validate_batch
 from streams.worker.records import (
@@ -125,8 +125,12 @@ class Ingest:
                 deltas[(channel, journey, pane)][metric] = state
                 if pane + pane_ms <= clock.now_ms:
                     late += state.n
+            drivers = aggregate_drivers(unique, pane_ms)
             for (channel, journey, pane), states in deltas.items():
-                panes[self.owner(channel, journey)].append(PanePartial(channel, journey, pane, partition, states))
+                found = drivers.get((pane, channel, journey), {})
+                panes[self.owner(channel, journey)].append(
+                    PanePartial(channel, journey, pane, partition, states, found)
+                )
             end = (members[-1].offset() or 0) + 1
             ranges.append(SourceRange(partition, self.starts.get(partition, FROM_THE_START), end))
             offsets[partition] = end

@@ -19,7 +19,7 @@ from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.aggregate import merge
+from streams.aggregate import merge, merge_drivers
 from streams.windows import WindowResult, window_result
 from streams.worker.records import (
     FROM_THE_START,
@@ -68,6 +68,8 @@ def absorb(pane: PaneState, partial: PanePartial, end: int) -> bool:
     for metric, delta in partial.states.items():
         before = states.get(metric)
         states[metric] = delta if before is None else merge(before, delta)
+    if partial.drivers:
+        pane.drivers = merge_drivers(pane.drivers, partial.drivers)
     return True
 
 
@@ -83,7 +85,10 @@ def merged_results(
     for metric in sorted(metrics):
         state = pane.states.get(metric)
         if state is not None and state.n > 0:
-            out.append(window_result(pane_start, pane_start + pane_ms, channel, journey, metric, state, version))
+            drivers = pane.drivers if metric == "CES" else None
+            out.append(
+                window_result(pane_start, pane_start + pane_ms, channel, journey, metric, state, version, drivers)
+            )
     return out
 
 

@@ -38,6 +38,7 @@ class PanePartial(NamedTuple):
     pane: int  # pane start, epoch ms
     source: int  # source partition
     states: dict[str, State]
+    drivers: dict[str, tuple[int, int]] = {}  # CES answers by touchpoint / reason code: (n, high effort)
 
 
 class PartialBatch(NamedTuple):
@@ -53,7 +54,10 @@ def encode_partials(batch: PartialBatch) -> bytes:
     return json.dumps(
         {
             "ranges": [list(r) for r in batch.ranges],
-            "panes": [[p.channel, p.journey, p.pane, p.source, _states_out(p.states)] for p in batch.panes],
+            "panes": [
+                [p.channel, p.journey, p.pane, p.source, _states_out(p.states)] + ([p.drivers] if p.drivers else [])
+                for p in batch.panes
+            ],
         },
         separators=(",", ":"),
     ).encode()
@@ -64,7 +68,10 @@ def decode_partials(data: bytes) -> PartialBatch:
     obj = json.loads(data)
     return PartialBatch(
         tuple(SourceRange(int(p), int(s), int(e)) for p, s, e in obj["ranges"]),
-        tuple(PanePartial(c, j, int(pane), int(src), _states_in(states)) for c, j, pane, src, states in obj["panes"]),
+        tuple(
+            PanePartial(c, j, int(pane), int(src), _states_in(states), _drivers_in(rest[0]) if rest else {})
+            for c, j, pane, src, states, *rest in obj["panes"]
+        ),
     )
 
 
@@ -76,6 +83,10 @@ def _states_in(raw: Mapping[str, Iterable[int]]) -> dict[str, State]:
     return {metric: State(*values) for metric, values in raw.items()}
 
 
+def _drivers_in(raw: Mapping[str, Iterable[int]]) -> dict[str, tuple[int, int]]:
+    return {name: (int(n), int(high)) for name, (n, high) in raw.items()}
+
+
 @dataclass
 class PaneState:
     """What the ``panes`` table holds for one (segment, pane): the merged counters per metric, and per source
@@ -84,18 +95,26 @@ class PaneState:
 
     ends: dict[int, int] = field(default_factory=dict)
     states: dict[str, State] = field(default_factory=dict)
+    drivers: dict[str, tuple[int, int]] = field(default_factory=dict)  # CES, capped (streams.aggregate)
 
 
 def pane_state_to_table(pane: PaneState) -> dict[str, Any]:
     """The JSON-able table value (Faust's json serializer keeps str keys)."""
-    return {"ends": {str(p): end for p, end in pane.ends.items()}, "states": _states_out(pane.states)}
+    value: dict[str, Any] = {"ends": {str(p): end for p, end in pane.ends.items()}, "states": _states_out(pane.states)}
+    if pane.drivers:
+        value["drivers"] = {name: list(counts) for name, counts in pane.drivers.items()}
+    return value
 
 
 def pane_state_from_table(value: Mapping[str, Any] | None) -> PaneState:
     """The table value back as a PaneState (empty for a missing key)."""
     if not value:
         return PaneState()
-    return PaneState({int(p): int(end) for p, end in value["ends"].items()}, _states_in(value["states"]))
+    return PaneState(
+        {int(p): int(end) for p, end in value["ends"].items()},
+        _states_in(value["states"]),
+        _drivers_in(value.get("drivers") or {}),
+    )
 
 
 class Position(NamedTuple):

@@ -33,7 +33,7 @@ from streams.produce import produce_file
 from streams.replay import replay_file
 from streams.synth import realistic_events
 from streams.topics import ensure_topics, internal_topics, topic_specs
-from streams.windows import WindowResult, result_json
+from streams.windows import result_from_record, result_json
 from streams.worker.supervisor import prepare_topics
 from tests.support import RunningBroker, cxpulse_command, event, free_ports, stop_process
 
@@ -73,11 +73,6 @@ def make_pipeline(bootstrap: str, tmp_path: Path, **overrides: Any) -> Pipeline:
         **{f"CXPULSE_{k.upper()}": json.dumps(v) if isinstance(v, tuple) else str(v) for k, v in values.items()},
     }
     return Pipeline(settings, env)
-
-
-@pytest.fixture()
-def pipeline(kafka_broker: RunningBroker, tmp_path: Path) -> Pipeline:
-    return make_pipeline(kafka_broker.bootstrap, tmp_path)
 
 
 def start_worker(
@@ -161,7 +156,7 @@ def latest_results(bootstrap: str, topic: str, until: Any, deadline: float) -> d
                 if message.error() is not None:
                     continue
                 _, record = decode_confluent(message.value(), catalog, WINDOW_RESULT)
-                as_json = result_json(WindowResult(**record))
+                as_json = result_json(result_from_record(record))
                 version = as_json.pop("version")
                 key = (as_json["window_start"], as_json["channel"], as_json["journey"], as_json["metric"])
                 if key not in latest or latest[key][0] < version:
@@ -276,8 +271,10 @@ def test_stream_equals_replay(pipeline: Pipeline, tmp_path: Path) -> None:
         assert sample["cxpulse_worker_ready"] == 1
         assert sample["cxpulse_worker_chain_breaks_total"] == 0
         assert _topic_configs(settings) == {
-            f"{settings.app_id}-panes-changelog": ("compact", PARTITIONS),
-            f"{settings.app_id}-positions-changelog": ("compact", PARTITIONS),
+            **{
+                f"{settings.app_id}-{table}-changelog": ("compact", PARTITIONS)
+                for table in ("panes", "positions", "kpi-view", "effort-panes", "effort-state")
+            },
             internal_topics(settings).partials: ("delete", PARTITIONS),
             internal_topics(settings).seen_ids: ("delete", PARTITIONS),
         }

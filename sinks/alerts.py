@@ -1,0 +1,164 @@
+"""The effort-spike detector in the stream: a Faust agent on ``cx.metrics.panes`` (CES results) and a timer that
+feeds every closed pane of every segment to streams/effort.py, the implementation replay uses too.
+
+- table ``effort-panes``: per (results partition, channel, journey, pane) the latest CES counts and drivers;
+- table ``effort-state``: per (results partition, channel, journey) the CUSUM S, whether it fires, and the last
+  pane evaluated; a restarted worker goes on from there and evaluates the panes it missed, in order.
+
+A pane is closed once its end has passed on the processing clock (METRICS.md section 7); an answer arriving after
+its pane was evaluated still counts in the pane's results and baselines, not in that evaluation.  FIRING and
+RESOLVED go to ``cx.alerts`` (EffortAlert, Confluent wire format); the gauges ``cxpulse_effort_spike``,
+``cxpulse_effort_cusum``, ``cxpulse_effort_zscore``, ``cxpulse_effort_baseline_share`` and
+``cxpulse_effort_short_share`` per (channel, journey) are served from a snapshot taken on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any, cast
+
+import faust
+from confluent_kafka import Producer
+from faust.types import EventT, StreamT
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+
+from schemas.codec import (
+    EFFORT_ALERT,
+    EFFORT_ALERT_RAW,
+    WINDOW_RESULT,
+    SchemaCatalog,
+    decode_confluent,
+    encode_confluent,
+)
+from sinks.prometheus import Snapshot
+from streams.config import Settings, effort_config
+from streams.effort import DetectorState, Evaluation, PaneEffort, alert_record, evaluate
+
+LOG = logging.getLogger("cxpulse.alerts")
+EVALUATE_SECONDS = 1.0  # how often closed panes are looked for
+MAX_STEPS = 240  # panes evaluated per segment and tick (a catch-up after downtime is spread over ticks)
+LABELS = ["channel", "journey"]
+
+
+def effort_families(evaluations: dict[tuple[str, str], Evaluation]) -> list[Metric]:
+    """The detector's gauges from the last evaluation of every segment."""
+    spike = GaugeMetricFamily("cxpulse_effort_spike", "1 while the segment's effort-spike alert fires", labels=LABELS)
+    cusum = GaugeMetricFamily(
+        "cxpulse_effort_cusum", "The CUSUM statistic S (fires at H, resolves at 0)", labels=LABELS
+    )
+    zscore = GaugeMetricFamily(
+        "cxpulse_effort_zscore",
+        "(p_short - p0) / sqrt(p0 (1 - p0) / n_short), the short window against the baseline",
+        labels=LABELS,
+    )
+    p0 = GaugeMetricFamily("cxpulse_effort_baseline_share", "Baseline high-effort share p0", labels=LABELS)
+    short = GaugeMetricFamily("cxpulse_effort_short_share", "High-effort share of the last 5 minutes", labels=LABELS)
+    for (channel, journey), evaluation in sorted(evaluations.items()):
+        labels = [channel, journey]
+        spike.add_metric(labels, 1.0 if evaluation.firing else 0.0)
+        cusum.add_metric(labels, evaluation.s)
+        if evaluation.z is not None:
+            zscore.add_metric(labels, evaluation.z)
+        if evaluation.p0 is not None:
+            p0.add_metric(labels, evaluation.p0)
+        if evaluation.p_short is not None:
+            short.add_metric(labels, evaluation.p_short)
+    return [spike, cusum, zscore, p0, short]
+
+
+def attach_effort_detector(
+    app: faust.App,
+    settings: Settings,
+    results: faust.TopicT,
+    partitions: int,
+    catalog: SchemaCatalog,
+    producer: Producer,
+    flush: Callable[[], Any],
+    snapshot: Snapshot,
+) -> None:
+    """Add the detector's tables, agent and timer to the worker's Faust app."""
+    schema: faust.Schema[Any, Any] = faust.Schema(key_serializer="json", value_serializer="json")
+    panes = app.Table("effort-panes", default=None, partitions=partitions, schema=schema)
+    states = app.Table("effort-state", default=None, partitions=partitions, schema=schema)
+    config = effort_config(settings)
+    pane_ms = settings.pane_seconds * 1000
+    results_name = results.get_topic_name()
+    alert_schema_id = catalog.id_for(EFFORT_ALERT_RAW)
+    evaluations: dict[tuple[str, str], Evaluation] = {}
+    keep_ms = config.baseline_ms + config.guard_ms + 2 * pane_ms  # older panes are not needed by any evaluation
+
+    @app.agent(results)
+    async def effort_panes(stream: StreamT[Any]) -> None:
+        batches = cast("faust.Stream[Any]", stream)
+        async for events in batches.noack_take(500, within=0.2):
+            latest: dict[str, list[Any]] = {}
+            for event in cast("list[EventT[Any]]", events):
+                message = event.message
+                try:
+                    _, record = decode_confluent(message.value or b"", catalog, WINDOW_RESULT)
+                except Exception:  # noqa: BLE001, S112 - not a result (the view logs it)
+                    continue
+                if record["metric"] != "CES":
+                    continue
+                key = f"{message.partition}|{record['channel']}|{record['journey']}|{record['window_start']}"
+                drivers = {d["name"]: [d["n"], d["high_effort"]] for d in record.get("drivers") or ()}
+                value = [record["version"], record["n"], record["high_effort"], drivers]
+                before = latest.get(key) or panes.get(key)
+                if before is None or before[0] < value[0]:
+                    latest[key] = value
+            for key, value in latest.items():
+                panes[key] = value
+            if latest:
+                await asyncio.to_thread(flush)
+            for event in cast("list[EventT[Any]]", events):
+                await batches.ack(event)
+
+    @app.timer(interval=EVALUATE_SECONDS)  # type: ignore[untyped-decorator]
+    async def evaluate_closed_panes() -> None:
+        now_ms = int(time.time() * 1000)
+        last_closed = now_ms - now_ms % pane_ms - pane_ms
+        assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == results_name}
+        by_segment: dict[tuple[int, str, str], dict[int, PaneEffort]] = defaultdict(dict)
+        for key, value in list(panes.items()):
+            partition, channel, journey, pane = key.split("|")
+            if int(partition) not in assigned:
+                continue
+            if int(pane) < now_ms - keep_ms:
+                del panes[key]
+                continue
+            drivers = {name: (int(n), int(high)) for name, (n, high) in value[3].items()}
+            by_segment[(int(partition), channel, journey)][int(pane)] = PaneEffort(value[1], value[2], drivers)
+        sent = 0
+        for (partition, channel, journey), segment in by_segment.items():
+            key = f"{partition}|{channel}|{journey}"
+            stored = states.get(key)
+            state = DetectorState(stored["s"], stored["firing"], stored["evaluated"]) if stored else DetectorState()
+            pane = state.evaluated + pane_ms if state.evaluated is not None else min(segment)
+            pane = max(pane, last_closed - keep_ms)  # older panes are gone: nothing to evaluate them with
+            steps = 0
+            while pane <= last_closed and steps < MAX_STEPS:  # a long catch-up goes on at the next tick
+                steps += 1
+                evaluation = evaluate(config, state, segment, pane, pane_ms)
+                evaluations[(channel, journey)] = evaluation
+                if evaluation.change is not None:
+                    record = alert_record(channel, journey, evaluation, pane_ms)
+                    producer.produce(
+                        settings.alerts_topic,
+                        encode_confluent(record, EFFORT_ALERT, alert_schema_id),
+                        f"{channel}|{journey}".encode(),
+                    )
+                    sent += 1
+                    LOG.warning(
+                        "effort spike %s: %s / %s, S %.2f, p_short %s, p0 %.3f, root cause %s",
+                        evaluation.change, channel, journey, evaluation.s, evaluation.p_short, evaluation.p0,
+                        [f"{d.kind}:{d.name} {d.high_effort}/{d.n}" for d in evaluation.root_cause],
+                    )  # fmt: skip
+                pane += pane_ms
+            if steps:
+                states[key] = {"s": state.s, "firing": state.firing, "evaluated": state.evaluated}
+        await asyncio.to_thread(flush)
+        snapshot.families = effort_families(evaluations)

@@ -1,0 +1,151 @@
+"""The sinks in a running worker, on the real broker: the KPI gauges on its /metrics equal replay's rolling windows
+of the same events, and an effort spike in one segment fires an alert on the alerts topic, with its root cause,
+and nowhere else."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from schemas.codec import EFFORT_ALERT, LocalCatalog, decode_confluent
+from sinks.prometheus import window_label
+from streams.aggregate import kpi
+from streams.kafka import consumer, producer
+from streams.replay import replay_file
+from streams.windows import rolling_window
+from tests.integration.test_worker import (
+    Pipeline,
+    converge,
+    expected_results,
+    make_pipeline,
+    mixed_events,
+    produce,
+    scrape,
+    start_worker,
+    stop_process,
+    stop_worker,
+    wait_for,
+)
+from tests.support import RunningBroker, free_ports
+
+
+def test_kpi_gauges_equal_replays_rolling_windows(pipeline: Pipeline, tmp_path: Path) -> None:
+    source = tmp_path / "events.jsonl"
+    mixed_events(source, 3000)
+    settings = pipeline.settings
+    port = free_ports(1)[0]
+    log = tmp_path / "worker.log"
+    worker = start_worker(pipeline, log, metrics_port=port)
+    try:
+        produce(settings, source)
+        converge(settings, expected_results(source, settings.pane_seconds)[0])
+        panes = replay_file(source, settings.pane_seconds * 1000, lambda dead: None).panes
+
+        def mismatches() -> list[str]:
+            sample = scrape(port)
+            end = sample.get("cxpulse_kpi_window_end_seconds")
+            if end is None:
+                return ["no gauges yet"]
+            wrong = []
+            seen = 0
+            for window_s in settings.windows_seconds:
+                window = rolling_window(panes, int(end * 1000), window_s * 1000, settings.pane_seconds * 1000)
+                for (channel, journey, metric), state in window.items():
+                    labels = (
+                        f'channel="{channel}",journey="{journey}",metric="{metric}",window="{window_label(window_s)}"'
+                    )
+                    seen += 1
+                    k = kpi(metric, state)
+                    component = (
+                        f'channel="{channel}",component="high_effort",journey="{journey}",metric="{metric}",'
+                        f'window="{window_label(window_s)}"'
+                    )
+                    if sample.get(f"cxpulse_kpi_responses{{{labels}}}") != state.n:
+                        wrong.append(f"n {labels}")
+                    elif sample.get(f"cxpulse_kpi_value{{{labels}}}") != pytest.approx(k.value, abs=1e-9):
+                        wrong.append(f"value {labels}")
+                    elif sample.get(f"cxpulse_kpi_component{{{component}}}") != state.high_effort:
+                        wrong.append(f"high_effort {labels}")
+            exported = sum(1 for key in sample if key.startswith("cxpulse_kpi_responses{"))
+            return wrong or ([f"{exported} series exported, {seen} expected"] if exported != seen else [])
+
+        wait_for(lambda: not mismatches(), "gauges equal to replay", log, timeout=60)
+        stop_worker(worker, log)
+    finally:
+        stop_process(worker)
+
+
+def _ces(event_id: str, channel: str, touchpoint: str, high: bool) -> bytes:
+    return json.dumps(
+        {
+            "event_id": event_id,
+            "occurred_at": int(time.time() * 1000),
+            "source": "sim",
+            "channel": channel,
+            "journey": "billing",
+            "metric": "CES",
+            "score": 2 if high else 6,
+            "touchpoint": touchpoint,
+        }
+    ).encode()
+
+
+def test_an_effort_spike_fires_with_its_root_cause_and_only_there(kafka_broker: RunningBroker, tmp_path: Path) -> None:
+    """1 s panes, a 20 s baseline ending 2 s before each pane: ~20 s of steady CES answers in two segments (20% high
+    effort), then the bot touchpoint of chat turns bad (80%): the alert fires for chat/billing within seconds."""
+    pipeline = make_pipeline(
+        kafka_broker.bootstrap,
+        tmp_path,
+        pane_seconds=1,
+        windows_seconds=(60,),
+        retention_seconds=600,
+        effort_baseline_seconds=20,
+        effort_guard_seconds=2,
+        effort_min_baseline=100,
+    )
+    settings = pipeline.settings
+    port = free_ports(1)[0]
+    log = tmp_path / "worker.log"
+    worker = start_worker(pipeline, log, metrics_port=port)
+    sender = producer(settings.kafka_bootstrap)
+    alerts = consumer(settings.kafka_bootstrap, f"alerts-{uuid.uuid4().hex}")
+    alerts.subscribe([settings.alerts_topic])
+    rng = random.Random(1)
+    fired: list[dict] = []
+    try:
+        wait_for(lambda: scrape(port, starting=True).get("cxpulse_worker_ready") == 1, "the worker ready", log)
+        started = time.monotonic()
+        n = 0
+        while time.monotonic() - started < 45 and not fired:
+            spike = time.monotonic() - started > 25
+            for channel in ("chat", "phone"):
+                for touchpoint in ("ivr", "agent_call", "bot"):
+                    bad = spike and channel == "chat" and touchpoint == "bot"
+                    for _ in range(3):
+                        n += 1
+                        high = rng.random() < (0.9 if bad else 0.2)
+                        sender.produce(
+                            settings.feedback_topic, _ces(f"e{n}", channel, touchpoint, high), f"c{n}".encode()
+                        )
+            sender.poll(0)
+            for message in alerts.consume(100, 0.1):  # also paces the load: ~180 answers a second
+                if message.error() is None:
+                    fired.append(decode_confluent(message.value(), LocalCatalog(), EFFORT_ALERT)[1])
+        assert fired, log.read_text()[-3000:]
+        first = fired[0]
+        assert (first["state"], first["channel"], first["journey"]) == ("FIRING", "chat", "billing")
+        assert first["root_cause"][0]["kind"] == "TOUCHPOINT" and first["root_cause"][0]["name"] == "bot"
+        assert first["p_short"] > first["p0"] and first["cusum"] >= 10
+        sample = scrape(port)
+        assert sample['cxpulse_effort_spike{channel="chat",journey="billing"}'] == 1
+        assert sample['cxpulse_effort_spike{channel="phone",journey="billing"}'] == 0
+        stop_worker(worker, log)
+    finally:
+        alerts.close()
+        sender.flush(10)
+        stop_process(worker)
