@@ -8,8 +8,9 @@ feeds every closed pane of every segment to streams/effort.py, the implementatio
 A pane is closed once its end has passed on the processing clock (METRICS.md section 7); an answer arriving after
 its pane was evaluated still counts in the pane's results and baselines, not in that evaluation.  FIRING and
 RESOLVED go to ``cx.alerts`` (EffortAlert, Confluent wire format); the gauges ``cxpulse_effort_spike``,
-``cxpulse_effort_cusum``, ``cxpulse_effort_zscore``, ``cxpulse_effort_baseline_share`` and
-``cxpulse_effort_short_share`` per (channel, journey) are served from a snapshot taken on the event loop.
+``cxpulse_effort_cusum``, ``cxpulse_effort_zscore``, ``cxpulse_effort_baseline_share``,
+``cxpulse_effort_short_share``, ``cxpulse_effort_short_responses`` and ``cxpulse_effort_baseline_responses`` per
+(channel, journey) are served from a snapshot taken on the event loop.
 """
 
 from __future__ import annotations
@@ -34,14 +35,16 @@ from schemas.codec import (
     decode_confluent,
     encode_confluent,
 )
-from sinks.prometheus import Snapshot
+from sinks.prometheus import Snapshot, measure_sink_lag
 from streams.config import Settings, effort_config
-from streams.effort import DetectorState, Evaluation, PaneEffort, alert_record, evaluate
+from streams.effort import DetectorState, Evaluation, PaneEffort, alert_record, evaluate_range
+from streams.worker.metrics import WorkerMetrics
 
 LOG = logging.getLogger("cxpulse.alerts")
 EVALUATE_SECONDS = 1.0  # how often closed panes are looked for
 MAX_STEPS = 240  # panes evaluated per segment and tick (a catch-up after downtime is spread over ticks)
 LABELS = ["channel", "journey"]
+SINK = "effort"
 
 
 def effort_families(evaluations: dict[tuple[str, str], Evaluation]) -> list[Metric]:
@@ -57,6 +60,12 @@ def effort_families(evaluations: dict[tuple[str, str], Evaluation]) -> list[Metr
     )
     p0 = GaugeMetricFamily("cxpulse_effort_baseline_share", "Baseline high-effort share p0", labels=LABELS)
     short = GaugeMetricFamily("cxpulse_effort_short_share", "High-effort share of the last 5 minutes", labels=LABELS)
+    n_short = GaugeMetricFamily(
+        "cxpulse_effort_short_responses", "CES answers in the last 5 minutes (n_s)", labels=LABELS
+    )
+    n_baseline = GaugeMetricFamily(
+        "cxpulse_effort_baseline_responses", "CES answers in the baseline (n_B)", labels=LABELS
+    )
     for (channel, journey), evaluation in sorted(evaluations.items()):
         labels = [channel, journey]
         spike.add_metric(labels, 1.0 if evaluation.firing else 0.0)
@@ -67,7 +76,9 @@ def effort_families(evaluations: dict[tuple[str, str], Evaluation]) -> list[Metr
             p0.add_metric(labels, evaluation.p0)
         if evaluation.p_short is not None:
             short.add_metric(labels, evaluation.p_short)
-    return [spike, cusum, zscore, p0, short]
+        n_short.add_metric(labels, evaluation.n_short)
+        n_baseline.add_metric(labels, evaluation.n_baseline)
+    return [spike, cusum, zscore, p0, short, n_short, n_baseline]
 
 
 def attach_effort_detector(
@@ -79,6 +90,7 @@ def attach_effort_detector(
     producer: Producer,
     flush: Callable[[], Any],
     snapshot: Snapshot,
+    metrics: WorkerMetrics,
 ) -> None:
     """Add the detector's tables, agent and timer to the worker's Faust app."""
     schema: faust.Schema[Any, Any] = faust.Schema(key_serializer="json", value_serializer="json")
@@ -89,6 +101,7 @@ def attach_effort_detector(
     results_name = results.get_topic_name()
     alert_schema_id = catalog.id_for(EFFORT_ALERT_RAW)
     evaluations: dict[tuple[str, str], Evaluation] = {}
+    applied: dict[int, int] = {}  # results partition -> the next offset to apply (for the sink lag)
     keep_ms = config.baseline_ms + config.guard_ms + 2 * pane_ms  # older panes are not needed by any evaluation
 
     @app.agent(results)
@@ -98,9 +111,13 @@ def attach_effort_detector(
             latest: dict[str, list[Any]] = {}
             for event in cast("list[EventT[Any]]", events):
                 message = event.message
+                applied[message.partition] = message.offset + 1
+                if message.key and message.key.rsplit(b"|", 2)[-2:-1] != [b"CES"]:
+                    continue  # keyed channel|journey|metric|window_start: 4 in 5 results are not CES
                 try:
                     _, record = decode_confluent(message.value or b"", catalog, WINDOW_RESULT)
                 except Exception:  # noqa: BLE001, S112 - not a result (the view logs it)
+                    metrics.sink_errors.labels(SINK).inc()
                     continue
                 if record["metric"] != "CES":
                     continue
@@ -132,17 +149,17 @@ def attach_effort_detector(
                 continue
             drivers = {name: (int(n), int(high)) for name, (n, high) in value[3].items()}
             by_segment[(int(partition), channel, journey)][int(pane)] = PaneEffort(value[1], value[2], drivers)
-        sent = 0
+        sent = steps_total = 0
         for (partition, channel, journey), segment in by_segment.items():
             key = f"{partition}|{channel}|{journey}"
             stored = states.get(key)
             state = DetectorState(stored["s"], stored["firing"], stored["evaluated"]) if stored else DetectorState()
             pane = state.evaluated + pane_ms if state.evaluated is not None else min(segment)
             pane = max(pane, last_closed - keep_ms)  # older panes are gone: nothing to evaluate them with
+            until = min(last_closed, pane + (MAX_STEPS - 1) * pane_ms)  # a long catch-up goes on at the next tick
             steps = 0
-            while pane <= last_closed and steps < MAX_STEPS:  # a long catch-up goes on at the next tick
+            for evaluation in evaluate_range(config, state, segment, pane, until, pane_ms) if pane <= until else []:
                 steps += 1
-                evaluation = evaluate(config, state, segment, pane, pane_ms)
                 evaluations[(channel, journey)] = evaluation
                 if evaluation.change is not None:
                     record = alert_record(channel, journey, evaluation, pane_ms)
@@ -157,8 +174,10 @@ def attach_effort_detector(
                         evaluation.change, channel, journey, evaluation.s, evaluation.p_short, evaluation.p0,
                         [f"{d.kind}:{d.name} {d.high_effort}/{d.n}" for d in evaluation.root_cause],
                     )  # fmt: skip
-                pane += pane_ms
+            steps_total += steps
             if steps:
                 states[key] = {"s": state.s, "firing": state.firing, "evaluated": state.evaluated}
-        await asyncio.to_thread(flush)
+        if sent or steps_total:
+            await asyncio.to_thread(flush)  # alerts, and the state table's changelog
         snapshot.families = effort_families(evaluations)
+        measure_sink_lag(app, metrics, SINK, results_name, applied)

@@ -23,6 +23,7 @@ exports the largest ones and folds the rest into channel ``other``, journey ``ot
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -35,15 +36,17 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from schemas.codec import WINDOW_RESULT, SchemaCatalog, decode_confluent
-from streams.aggregate import X2_SCALE, X_SCALE, GroupKey, State, kpi, merge
+from streams.aggregate import X2_SCALE, X_SCALE, ZERO, GroupKey, State, kpi, merge
 from streams.config import Settings
-from streams.windows import rolling_window, window_bounds
+from streams.windows import SegmentKey, rolling_window, window_bounds
+from streams.worker.metrics import WorkerMetrics
 
 LOG = logging.getLogger("cxpulse.prometheus")
 REFRESH_SECONDS = 2.0  # gauges are recomputed this often (and a scrape sees the last computation)
 OTHER = "other"
 COMPONENTS = ("n", "promoters", "passives", "detractors", "positive", "high_effort", "sum_x", "sum_x2")
 LABELS = ["metric", "channel", "journey", "window"]
+SINK = "prometheus"
 
 
 def window_label(seconds: int) -> str:
@@ -72,8 +75,16 @@ def kpi_families(
     panes: Mapping[GroupKey, State], now_ms: int, windows_s: Iterable[int], pane_ms: int, cap: int
 ) -> tuple[list[Metric], int]:
     """The gauge families of every rolling window at ``now_ms``, and how many segments were folded into other."""
-    windows = sorted(windows_s)
-    longest = rolling_window(panes, now_ms, windows[-1] * 1000, pane_ms)
+    windows = {w: rolling_window(panes, now_ms, w * 1000, pane_ms) for w in windows_s}
+    return window_families(windows, window_bounds(now_ms, pane_ms, pane_ms)[1], cap)
+
+
+def window_families(
+    windows: Mapping[int, Mapping[SegmentKey, State]], end_ms: int, cap: int
+) -> tuple[list[Metric], int]:
+    """The gauge families of rolling windows (window seconds -> per (channel, journey, metric) state) that end at
+    ``end_ms``, and how many segments were folded into other."""
+    longest = windows[max(windows)]
     sizes: dict[tuple[str, str], int] = defaultdict(int)
     for (channel, journey, _), state in longest.items():
         sizes[(channel, journey)] += state.n
@@ -89,10 +100,9 @@ def kpi_families(
         "Additive counters of the rolling window: sum them over series, then compute, for exact rollups",
         labels=[*LABELS, "component"],
     )
-    for window_s in windows:
-        states = rolling_window(panes, now_ms, window_s * 1000, pane_ms)
+    for window_s in sorted(windows):
         grouped: dict[tuple[str, str, str], State] = {}
-        for (channel, journey, metric), state in states.items():
+        for (channel, journey, metric), state in windows[window_s].items():
             key = (channel, journey, metric) if (channel, journey) in kept else (OTHER, OTHER, metric)
             before = grouped.get(key)
             grouped[key] = state if before is None else merge(before, state)
@@ -112,12 +122,89 @@ def kpi_families(
     end = GaugeMetricFamily(
         "cxpulse_kpi_window_end_seconds", "The pane boundary the rolling windows end at (processing clock)"
     )
-    end.add_metric([], window_bounds(now_ms, pane_ms, pane_ms)[1] / 1000)
+    end.add_metric([], end_ms / 1000)
     folded_family = GaugeMetricFamily(
         "cxpulse_kpi_folded_segments", "Segments beyond CXPULSE_LABEL_CAP, exported as channel/journey other"
     )
     folded_family.add_metric([], folded)
     return [value, moe, responses, component, end, folded_family], folded
+
+
+def _shift(total: State | None, new: State, old: State) -> State | None:
+    """total + new - old, field by field (integer counters: exact); None when nothing is left."""
+    base = total or ZERO
+    out = State._make(t + a - b for t, a, b in zip(base, new, old, strict=True))
+    return out if out.n else None
+
+
+class RollingView:
+    """Rolling windows kept as running sums, so a refresh costs the panes that changed, not the whole table.
+
+    A pane that changes adds its difference to every window holding it; when the pane boundary moves, the panes
+    that enter a window are added and those that leave it subtracted.  The counters are integers, so the sums are
+    exactly :func:`streams.windows.rolling_window` of the same panes (tests/unit/sinks/test_prometheus.py)."""
+
+    def __init__(self, windows_s: Iterable[int], pane_ms: int) -> None:
+        self.windows_ms = {w: w * 1000 for w in windows_s}
+        self.pane_ms = pane_ms
+        self.panes: dict[GroupKey, State] = {}
+        self.by_pane: dict[int, set[SegmentKey]] = defaultdict(set)
+        self.end: int | None = None  # the pane boundary the windows end at
+        self.totals: dict[int, dict[SegmentKey, State]] = {w: {} for w in self.windows_ms}
+
+    def put(self, key: GroupKey, state: State) -> None:
+        """The pane group ``key`` now holds ``state``."""
+        old = self.panes.get(key, ZERO)
+        self.panes[key] = state
+        self.by_pane[key[0]].add(key[1:])
+        self._apply(key, state, old)
+
+    def drop_before(self, cutoff_ms: int) -> list[GroupKey]:
+        """Forget the panes that start before ``cutoff_ms``; return their keys."""
+        dropped = []
+        for pane in [p for p in self.by_pane if p < cutoff_ms]:
+            for segment in self.by_pane.pop(pane):
+                key = (pane, *segment)
+                self._apply(key, ZERO, self.panes.pop(key))
+                dropped.append(key)
+        return dropped
+
+    def advance(self, now_ms: int) -> None:
+        """Move the windows to the pane boundary at or before ``now_ms``."""
+        end = window_bounds(now_ms, self.pane_ms, self.pane_ms)[1]
+        if self.end is not None and self.end <= end <= self.end + min(self.windows_ms.values()):
+            for window_s, window_ms in self.windows_ms.items():
+                for pane in range(self.end, end, self.pane_ms):
+                    self._move(window_s, pane, +1)
+                for pane in range(self.end - window_ms, end - window_ms, self.pane_ms):
+                    self._move(window_s, pane, -1)
+        elif self.end != end:  # the first call, a long pause or a clock set back: sum afresh
+            self.totals = {w: rolling_window(self.panes, now_ms, ms, self.pane_ms) for w, ms in self.windows_ms.items()}
+        self.end = end
+
+    def _move(self, window_s: int, pane: int, sign: int) -> None:
+        totals = self.totals[window_s]
+        for segment in self.by_pane.get(pane, ()):
+            state = self.panes[(pane, *segment)]
+            new, old = (state, ZERO) if sign > 0 else (ZERO, state)
+            shifted = _shift(totals.get(segment), new, old)
+            if shifted is None:
+                totals.pop(segment, None)
+            else:
+                totals[segment] = shifted
+
+    def _apply(self, key: GroupKey, new: State, old: State) -> None:
+        if self.end is None:
+            return
+        segment = key[1:]
+        for window_s, window_ms in self.windows_ms.items():
+            if self.end - window_ms <= key[0] < self.end:
+                totals = self.totals[window_s]
+                shifted = _shift(totals.get(segment), new, old)
+                if shifted is None:
+                    totals.pop(segment, None)
+                else:
+                    totals[segment] = shifted
 
 
 class Snapshot(Collector):
@@ -128,6 +215,27 @@ class Snapshot(Collector):
 
     def collect(self) -> Iterator[Metric]:
         return iter(self.families)
+
+
+def measure_sink_lag(app: faust.App, metrics: WorkerMetrics, sink: str, topic: str, applied: dict[int, int]) -> None:
+    """``cxpulse_sink_lag_messages`` of a sink agent: the end offset of each of its results partitions (as Faust's
+    consumer last saw it) minus the next offset the agent will apply.  Partitions no longer assigned lose their
+    series."""
+    assigned = {tp.partition: tp for tp in app.consumer.assignment() if tp.topic == topic}
+    for partition in [p for p in applied if p not in assigned]:
+        del applied[partition]
+        with contextlib.suppress(KeyError):
+            metrics.sink_lag.remove(sink, str(partition))
+    for partition, tp in assigned.items():
+        try:
+            end = app.consumer.highwater(tp)
+        except Exception:  # noqa: BLE001, S112 - not fetched yet
+            continue
+        if end is not None and end >= 0:
+            done = applied.get(partition)
+            if done is None:  # nothing applied since the assignment: Faust's committed offset says where it stands
+                continue
+            metrics.sink_lag.labels(sink, str(partition)).set(max(0, end - done))
 
 
 def view_key(partition: int, channel: str, journey: str, metric: str, pane: int) -> str:
@@ -142,13 +250,23 @@ def attach_kpi_view(
     catalog: SchemaCatalog,
     flush: Callable[[], Any],
     snapshot: Snapshot,
+    metrics: WorkerMetrics,
 ) -> None:
     """Add the view's table, agent and timer to the worker's Faust app."""
     schema: faust.Schema[Any, Any] = faust.Schema(key_serializer="json", value_serializer="json")
     view = app.Table("kpi-view", default=None, partitions=partitions, schema=schema)
     pane_ms = settings.pane_seconds * 1000
-    retention_ms = settings.retention_seconds * 1000
+    keep_ms = max(settings.windows_seconds) * 1000 + pane_ms  # older panes are in no window
     results_name = results.get_topic_name()
+    index = RollingView(settings.windows_seconds, pane_ms)
+    indexed: set[int] | None = None  # the partitions the index was built for (rebuilt from the table on a change)
+    where: dict[GroupKey, int] = {}  # pane group -> its results partition
+    applied: dict[int, int] = {}  # results partition -> the next offset to apply (for the sink lag)
+    stamps: list[int] = []  # Kafka timestamps of the results applied since the last refresh (for the latency)
+
+    def key_of(table_key: str) -> tuple[int, GroupKey]:
+        partition, channel, journey, metric, pane = table_key.split("|")
+        return int(partition), (int(pane), channel, journey, metric)
 
     @app.agent(results)
     async def kpi_view(stream: StreamT[Any]) -> None:
@@ -160,6 +278,7 @@ def attach_kpi_view(
                 try:
                     _, record = decode_confluent(message.value or b"", catalog, WINDOW_RESULT)
                 except Exception:  # noqa: BLE001 - not a result: nothing to show
+                    metrics.sink_errors.labels(SINK).inc()
                     LOG.warning(
                         "%s[%d] offset %d is not a WindowResult", results_name, message.partition, message.offset
                     )
@@ -168,11 +287,17 @@ def attach_kpi_view(
                     message.partition, record["channel"], record["journey"], record["metric"], record["window_start"]
                 )
                 value = [record["version"], *state_of(record)]
+                applied[message.partition] = message.offset + 1
+                stamps.append(int(message.timestamp * 1000))
                 before = latest.get(key) or view.get(key)
                 if before is None or before[0] < value[0]:
                     latest[key] = value
             for key, value in latest.items():
                 view[key] = value
+                partition, group = key_of(key)
+                if indexed is not None and partition in indexed:
+                    index.put(group, State(*value[1:]))
+                    where[group] = partition
             if latest:
                 await asyncio.to_thread(flush)  # the table's changelog, before the batch is acked
             for event in cast("list[EventT[Any]]", events):
@@ -180,17 +305,30 @@ def attach_kpi_view(
 
     @app.timer(interval=REFRESH_SECONDS)  # type: ignore[untyped-decorator]
     async def refresh_kpis() -> None:
+        nonlocal index, indexed
         now_ms = int(time.time() * 1000)
         assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == results_name}
-        panes: dict[GroupKey, State] = {}
-        for key, value in list(view.items()):
-            partition, channel, journey, metric, pane = key.split("|")
-            if int(partition) in assigned:
-                panes[(int(pane), channel, journey, metric)] = State(*value[1:])
-        snapshot.families, _ = kpi_families(panes, now_ms, settings.windows_seconds, pane_ms, settings.label_cap)
-        cutoff = now_ms - retention_ms
-        old = [k for k in list(view.keys()) if int(k.rsplit("|", 1)[1]) + pane_ms <= cutoff]
-        for key in old:
-            del view[key]
+        if assigned != indexed:  # start, recovery or rebalance: index what the table holds for these partitions
+            index = RollingView(settings.windows_seconds, pane_ms)
+            where.clear()
+            for key, value in list(view.items()):
+                partition, group = key_of(key)
+                if partition in assigned:
+                    index.put(group, State(*value[1:]))
+                    where[group] = partition
+            indexed = assigned
+        index.advance(now_ms)
+        snapshot.families, _ = window_families(index.totals, cast(int, index.end), settings.label_cap)
+        shown_ms = int(time.time() * 1000)
+        for stamp in stamps:
+            if stamp > 0:
+                metrics.event_to_gauge.observe(max(0, shown_ms - stamp) / 1000)
+        stamps.clear()
+        measure_sink_lag(app, metrics, SINK, results_name, applied)
+        old = index.drop_before(now_ms - keep_ms)
+        for group in old:
+            key = view_key(where.pop(group), group[1], group[2], group[3], group[0])
+            if key in view:
+                del view[key]
         if old:
             await asyncio.to_thread(flush)

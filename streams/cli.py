@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
-from schemas.codec import LocalCatalog, RegistryCatalog
+from schemas.codec import LocalCatalog, RegistryCatalog, parse_timestamp_ms
 from streams import broker as local_broker
 from streams.config import Settings, effort_config, load_settings, parse_duration
 from streams.errors import ConfigurationError, CxPulseError
@@ -360,6 +360,112 @@ def produce(
     )
     if refused:
         raise typer.Exit(3)
+
+
+@app.command()
+def simulate(
+    rate: Annotated[float, typer.Option(min=0.1, help="Answers per second, all channels together.")] = 50.0,
+    duration: Annotated[
+        str | None, typer.Option(help="How long, e.g. 90s, 10m (simulated time); live: until Ctrl-C by default.")
+    ] = None,
+    incident: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Scripted incident, repeatable: effort:CHANNEL/JOURNEY@+START[~DURATION], nps:CHANNEL/JOURNEY@+..., "
+            "outage:CHANNEL@+... (e.g. effort:chat/billing@+30s~5m)."
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed, start and options give the same events.")] = 7,
+    channels: Annotated[str | None, typer.Option(help="Comma-separated channels (default: all six).")] = None,
+    journeys: Annotated[str | None, typer.Option(help="Comma-separated journeys (default: all).")] = None,
+    start: Annotated[
+        str | None,
+        typer.Option(help="Simulated start, ISO-8601 or epoch ms (default: now). Fix it to reproduce a file."),
+    ] = None,
+    to_file: Annotated[
+        Path | None,
+        typer.Option("--to-file", help="Write JSON lines (or an Avro container for .avro) instead of Kafka."),
+    ] = None,
+    topic: Annotated[str | None, typer.Option(help="Topic [env CXPULSE_FEEDBACK_TOPIC].")] = None,
+    bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap [env CXPULSE_KAFKA_BOOTSTRAP].")] = None,
+) -> None:
+    """Generate contact-center feedback (canonical FeedbackEvents) with scripted incidents, live to Kafka at
+    --rate, or to a file.
+
+    Example: cxpulse simulate --rate 100 --incident effort:chat/billing@+30s~5m
+    """
+    from streams import simulate as sim
+
+    settings = _settings(kafka_bootstrap=bootstrap, feedback_topic=topic)
+    try:
+        incidents = [sim.parse_incident(text) for text in incident or []]
+        when: Any = int(start) if start is not None and start.isdigit() else start
+        start_ms = int(time.time() * 1000) if when is None else parse_timestamp_ms(when)
+        duration_ms = _duration_ms(duration, "--duration") if duration is not None else None
+        simulator = sim.Simulator(
+            seed=seed,
+            rate=rate,
+            start_ms=start_ms,
+            incidents=incidents,
+            channels=_names(channels) or sim.CHANNELS,
+            journeys=_names(journeys) or sim.JOURNEYS,
+        )
+    except (ValueError, CxPulseError) as exc:
+        _fail(f"simulate: {exc}", 2)
+    for item in incidents:
+        err.print(
+            f"incident {item.kind} {item.channel}/{item.journey or '*'} from +{item.start_ms / 1000:g} s"
+            + (f" for {item.duration_ms / 1000:g} s" if item.duration_ms is not None else ""),
+            highlight=False,
+            markup=False,
+        )
+    if to_file is not None:
+        if duration_ms is None:
+            _fail("simulate: --to-file needs --duration (how much simulated time to write)", 2)
+        try:
+            sent = sim.to_file(simulator, duration_ms, to_file)
+        except OSError as exc:
+            _fail(f"simulate: cannot write {to_file}: {exc.strerror or exc}")
+        err.print(f"wrote {sent.events} events to {to_file} in {sent.seconds:.1f} s", highlight=False, markup=False)
+        return
+    stop = {"now": False}
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    def progress(count: int, seconds: float, active: list[Any]) -> None:
+        incidents_now = ", ".join(f"{i.kind} {i.channel}/{i.journey or '*'}" for i in active) or "none"
+        err.print(
+            f"simulate: {count} events in {seconds:.0f} s ({count / seconds:.0f}/s); incidents active: {incidents_now}",
+            highlight=False,
+            markup=False,
+        )
+
+    catalog = RegistryCatalog(settings.schema_registry_url) if settings.schema_registry_url else LocalCatalog()
+    try:
+        sent = sim.to_kafka(
+            simulator,
+            duration_ms,
+            settings.kafka_bootstrap,
+            settings.feedback_topic,
+            catalog,
+            lambda: stop["now"],
+            progress,
+        )
+    except CxPulseError as exc:
+        _fail(f"simulate: {exc}")
+    if sent.failed:
+        _fail(f"simulate: {sent.failed} of {sent.events} events were not delivered to {settings.feedback_topic}")
+    err.print(
+        f"sent {sent.events} events to {settings.feedback_topic} in {sent.seconds:.1f} s", highlight=False, markup=False
+    )
+
+
+def _names(text: str | None) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip()) if text else ()
 
 
 def _duration_ms(text: str, option: str) -> int:

@@ -184,24 +184,18 @@ def alert_record(channel: str, journey: str, evaluation: Evaluation, pane_ms: in
     }
 
 
-def replay_alerts(
-    segments: Mapping[tuple[str, str], Mapping[int, PaneEffort]],
-    config: EffortConfig,
-    pane_ms: int,
-    first: int,
-    last: int,
-) -> Iterable[dict[str, object]]:
-    """Every FIRING / RESOLVED of every segment, panes [first, last] closing in event-time order (replay).
-
-    Baseline and short-window sums are kept as running sums, so a week of panes costs a week of steps."""
-    events: list[tuple[int, str, str, dict[str, object]]] = []
-    for (channel, journey), panes in segments.items():
-        state = DetectorState()
-        window = _Running(panes)
-        for pane in range(first, last + pane_ms, pane_ms):
-            base_end = pane - config.guard_ms
-            end = pane + pane_ms
-            evaluation = evaluate(
+def evaluate_range(
+    config: EffortConfig, state: DetectorState, panes: Mapping[int, PaneEffort], first: int, last: int, pane_ms: int
+) -> list[Evaluation]:
+    """Feed the closed panes [first, last] to the CUSUM in order, with running baseline and short-window sums (a
+    day of panes costs a day of steps, not a day times the baseline)."""
+    window = _Running(panes)
+    out = []
+    for pane in range(first, last + pane_ms, pane_ms):
+        base_end = pane - config.guard_ms
+        end = pane + pane_ms
+        out.append(
+            evaluate(
                 config,
                 state,
                 panes,
@@ -210,6 +204,21 @@ def replay_alerts(
                 baseline=window.sum("b", base_end - config.baseline_ms, base_end, pane_ms),
                 short=window.sum("s", end - config.short_ms, end, pane_ms),
             )
+        )
+    return out
+
+
+def replay_alerts(
+    segments: Mapping[tuple[str, str], Mapping[int, PaneEffort]],
+    config: EffortConfig,
+    pane_ms: int,
+    first: int,
+    last: int,
+) -> Iterable[dict[str, object]]:
+    """Every FIRING / RESOLVED of every segment, panes [first, last] closing in event-time order (replay)."""
+    events: list[tuple[int, str, str, dict[str, object]]] = []
+    for (channel, journey), panes in segments.items():
+        for evaluation in evaluate_range(config, DetectorState(), panes, first, last, pane_ms):
             if evaluation.change is not None:
                 events.append((evaluation.pane, channel, journey, alert_record(channel, journey, evaluation, pane_ms)))
     events.sort(key=lambda item: item[:3])

@@ -65,7 +65,7 @@ def _messages(
     return [(key, value) for _, key, value in sorted(out, key=lambda item: item[0])]
 
 
-def _check_topic(out: Producer, bootstrap: str, topic: str) -> None:
+def check_topic(out: Producer, bootstrap: str, topic: str) -> None:
     """Fail fast, naming the problem, when Kafka cannot be reached or the topic does not exist."""
     try:
         metadata = out.list_topics(timeout=METADATA_TIMEOUT_SECONDS)
@@ -88,7 +88,7 @@ def produce_file(
     """Send every event of ``path`` to ``topic``; return what happened.  Waits until all are delivered."""
     stats = ProduceStats()
     out = producer(bootstrap, **{"linger.ms": 20, "compression.type": "lz4"})
-    _check_topic(out, bootstrap, topic)
+    check_topic(out, bootstrap, topic)
 
     def delivered(error: KafkaError | None, message: Message) -> None:
         if error is not None:

@@ -19,6 +19,7 @@ Run by ``cxpulse worker`` (streams.worker.supervisor) as ``python -m streams.wor
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import signal
@@ -209,6 +210,8 @@ class HotPath:
         for tp in partitions:
             self.ingest.starts.pop(tp.partition, None)
             self.ingest.dedup.pop(tp.partition, None)
+            with contextlib.suppress(KeyError):  # never measured
+                self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
         LOG.info("%s revoked %s", self.name, sorted(tp.partition for tp in partitions))
 
     # --- the loop -----------------------------------------------------------------------------------
@@ -256,7 +259,7 @@ class HotPath:
         now_ms = int(time.time() * 1000)
         try:
             out = self.ingest.batch(messages, Clock(now_ms, self.future_ms, self.retention_ms))
-            self._transact(out)
+            self._transact(out, max(message.timestamp()[1] for message in messages))
         except FatalError:
             raise
         except Exception as exc:
@@ -279,7 +282,9 @@ class HotPath:
         self._count(out)
         self.metrics.batch_seconds.labels("hotpath").observe(time.perf_counter() - started)
 
-    def _transact(self, out: BatchOut) -> None:
+    def _transact(self, out: BatchOut, newest_ms: int) -> None:
+        """Dead letters, partials (stamped with the batch's newest event timestamp, for the latency metric), seen
+        ids and the input offsets in one transaction."""
         producer = self.producer
         producer.begin_transaction()
         for letter in out.dead_letters:
@@ -291,7 +296,7 @@ class HotPath:
                 letter.headers,
             )
         for partition, batch in out.partials.items():
-            self._produce(self.partials_topic, encode_partials(batch), None, partition)
+            self._produce(self.partials_topic, encode_partials(batch), None, partition, timestamp=newest_ms)
         for partition, buckets in out.seen.items():
             self._produce(self.seen_topic, encode_seen(buckets), None, partition)
         offsets = [TopicPartition(self.settings.feedback_topic, p, offset) for p, offset in out.offsets.items()]
@@ -335,10 +340,11 @@ class HotPath:
         key: bytes | None,
         partition: int,
         headers: list[tuple[str, str | bytes | None]] | None = None,
+        timestamp: int = 0,
     ) -> None:
         while True:
             try:
-                self.producer.produce(topic, value, key, partition=partition, headers=headers)
+                self.producer.produce(topic, value, key, partition=partition, headers=headers, timestamp=timestamp)
                 return
             except BufferError:  # the local queue is full: let deliveries drain, then go on
                 self.producer.poll(0.1)
@@ -387,7 +393,19 @@ class HotPath:
             self.metrics.expired.labels("seen-ids").inc(expired)
         self.metrics.remembered_ids.set(sum(len(dedup) for dedup in self.ingest.dedup.values()))
         self.metrics.process_ready.labels(self.name).set(1.0 if self.ready else 0.0)
+        self._measure_lag()
         self.producer.poll(0)
+
+    def _measure_lag(self) -> None:
+        """Per assigned partition: the end offset librdkafka saw in its last fetch (no broker round trip) minus the
+        next offset to process."""
+        assigned = self.consumer.assignment()
+        if not assigned:
+            return
+        for tp in self.consumer.position(assigned):
+            _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            if high >= 0 and tp.offset >= 0:
+                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, high - tp.offset))
 
 
 def catalog_for(settings: Settings) -> SchemaCatalog:

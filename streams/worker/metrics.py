@@ -13,6 +13,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # seconds
+LATENCY_BUCKETS = (0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)  # seconds
 
 
 class WorkerMetrics:
@@ -84,6 +85,30 @@ class WorkerMetrics:
         self.remembered_ids = Gauge(
             "cxpulse_worker_remembered_ids",
             "Event ids remembered for de-duplication (this worker's partitions; they expire with the retention)",
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            "cxpulse_consumer_lag_messages",
+            "Messages of an input partition not yet processed (end offset - position), by topic and partition",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.sink_lag = Gauge(
+            "cxpulse_sink_lag_messages",
+            "Results not yet applied by a sink (end offset - position), by sink and results partition",
+            ["sink", "partition"],
+            registry=registry,
+        )
+        self.sink_errors = Counter(
+            "cxpulse_sink_errors",
+            "Records or writes a sink could not handle (logged), by sink",
+            ["sink"],
+            registry=registry,
+        )
+        self.event_to_gauge = Histogram(
+            "cxpulse_event_to_gauge_seconds",
+            "From the Kafka timestamp of the newest event in a result to the refresh that shows it in the gauges",
+            buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.process_ready = Gauge(

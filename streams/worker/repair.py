@@ -30,6 +30,7 @@ class Record(NamedTuple):
     partition: int
     offset: int
     value: bytes
+    timestamp_ms: int = 0  # the message's Kafka timestamp (0: unknown)
 
 
 class PartitionReader:
@@ -87,7 +88,7 @@ class PartitionReader:
                     offset = message.offset() or 0
                     if offset >= stop:
                         return out
-                    out.append(Record(partition, offset, message.value() or b""))
+                    out.append(Record(partition, offset, message.value() or b"", max(0, message.timestamp()[1])))
                     if offset >= stop - 1:
                         return out
                 position = client.position([TopicPartition(self.topic, partition)])[0].offset

@@ -75,6 +75,19 @@ def test_kpi_gauges_equal_replays_rolling_windows(pipeline: Pipeline, tmp_path: 
             return wrong or ([f"{exported} series exported, {seen} expected"] if exported != seen else [])
 
         wait_for(lambda: not mismatches(), "gauges equal to replay", log, timeout=60)
+
+        def health() -> dict[str, float]:
+            return {k: v for k, v in scrape(port).items() if k.startswith(("cxpulse_consumer_lag", "cxpulse_sink_lag"))}
+
+        # every input partition measured and drained; both sinks measured on the partitions they applied, drained
+        wait_for(lambda: health() and not any(health().values()), "lags at 0", log, timeout=30)
+        lags = health()
+        assert sum(k.startswith("cxpulse_consumer_lag_messages{") for k in lags) == settings.partitions, lags
+        assert any('sink="prometheus"' in k for k in lags) and any('sink="effort"' in k for k in lags), lags
+        sample = scrape(port)
+        latencies = sample["cxpulse_event_to_gauge_seconds_count"]
+        assert latencies >= sample["cxpulse_worker_results_total"] / 2, "every result's latency is observed"
+        assert 0 < sample["cxpulse_event_to_gauge_seconds_sum"] / latencies < 60
         stop_worker(worker, log)
     finally:
         stop_process(worker)

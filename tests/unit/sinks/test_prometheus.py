@@ -94,3 +94,36 @@ def test_result_records_give_back_the_exact_counters() -> None:
 
 def test_window_labels() -> None:
     assert [window_label(s) for s in (300, 3600, 86400, 604800, 90)] == ["5m", "1h", "24h", "7d", "90s"]
+
+
+def test_rolling_view_is_rolling_window_through_updates_moves_and_drops() -> None:
+    """The running sums equal replay's rolling_window after every kind of change, in any order."""
+    import random
+
+    from sinks.prometheus import RollingView
+
+    rng = random.Random(7)
+    panes = panes_of(3000, seed=3)
+    keys = sorted(panes)
+    view = RollingView((300, 3600), P)
+    current: dict = {}
+    now = NOW - 3 * 3600_000
+    seen = {300: 0, 3600: 0}
+    for step in range(400):
+        action = rng.random()
+        if action < 0.6:  # a pane result arrives or is revised
+            key = rng.choice(keys)
+            state = panes[key] if key not in current else current[key]._replace(n=current[key].n + 1)
+            current[key] = state
+            view.put(key, state)
+        elif action < 0.9:  # the clock moves on, by less or more than the shortest window
+            now += rng.choice((1_000, P, 3 * P, 7 * P))
+        else:  # old panes expire
+            cutoff = now - 3600_000 - P
+            view.drop_before(cutoff)
+            current = {k: v for k, v in current.items() if k[0] >= cutoff}
+        view.advance(now)
+        for window_s in (300, 3600):
+            assert view.totals[window_s] == rolling_window(current, now, window_s * 1000, P), step
+            seen[window_s] += bool(view.totals[window_s])
+    assert seen[300] > 50 and seen[3600] > 100, seen  # the windows held data most of the time

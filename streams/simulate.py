@@ -1,0 +1,286 @@
+"""``cxpulse simulate``: contact-center feedback as a platform sends it, with scripted incidents.
+
+Deterministic for a seed and a start time: events are generated in fixed slices of simulated time
+(``SLICE_MS``), so a live run (paced by the wall clock) and a ``--to-file`` run of the same seed, start, rate and
+duration produce the same events.  What is simulated:
+
+- channels with their own volume share and touchpoints (phone: ivr, agent_call, callback; chat: bot,
+  live_agent; ...), journeys, the five metrics on their usual scales, reason codes, short comments on low
+  scores, agents and teams on assisted touchpoints;
+- customers who answer more than one survey along a journey (a share of answers reuses a recent customer);
+- per-channel score levels: CES answers are high-effort with a channel's base share (METRICS.md section 3);
+- incidents (``--incident``), from a start offset for a duration (default: to the end):
+
+  - ``effort:CHANNEL/JOURNEY@+START[~DURATION]``: the channel's first touchpoint (chat: bot) goes bad in that
+    journey: its CES answers are high-effort 75% of the time with reason code ``repeat_contact``, and it takes
+    more of the segment's traffic: the effort-spike alert should fire and name that touchpoint;
+  - ``nps:CHANNEL/JOURNEY@+START[~DURATION]``: NPS/NLS answers of the segment drop (detractors 60%);
+  - ``outage:CHANNEL@+START[~DURATION]``: the channel sends nothing.
+
+Example: ``effort:chat/billing@+30s~5m``.  The daily volume curve and more incident kinds come with the demo.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import fastavro
+from confluent_kafka import KafkaError, Message
+
+from schemas.codec import FEEDBACK, FEEDBACK_RAW, SchemaCatalog, encode_confluent
+from streams.config import parse_duration
+from streams.kafka import producer
+from streams.produce import check_topic
+from streams.synth import JOURNEYS as SYNTH_JOURNEYS
+from streams.synth import METRIC_SCALES, METRIC_WEIGHTS, SOURCES
+
+SLICE_MS = 100  # events are generated slice by slice of simulated time
+PROGRESS_SECONDS = 5.0
+CHANNELS = ("phone", "chat", "email", "web", "app", "store")
+JOURNEYS = SYNTH_JOURNEYS
+CHANNEL_WEIGHTS = {"phone": 30, "chat": 22, "email": 10, "web": 18, "app": 15, "store": 5}
+CHANNEL_TOUCHPOINTS = {
+    "phone": ("ivr", "agent_call", "callback"),
+    "chat": ("bot", "live_agent"),
+    "email": ("agent_reply", "auto_reply"),
+    "web": ("faq", "checkout", "invoice_page"),
+    "app": ("app_login", "checkout", "invoice_page"),
+    "store": ("counter", "returns_desk"),
+}
+ASSISTED = {"agent_call", "callback", "live_agent", "agent_reply", "counter", "returns_desk"}
+BASE_HIGH_EFFORT = {"phone": 0.22, "chat": 0.2, "email": 0.25, "web": 0.18, "app": 0.15, "store": 0.12}
+INCIDENT_HIGH_EFFORT = 0.75
+REASONS_BAD = ("hold_time", "transfer", "repeat_contact", "knowledge", "policy")
+REASONS_GOOD = ("fast", "friendly", "first_contact_resolution")
+COMMENTS_BAD = ("waited too long", "had to repeat myself", "the bot did not understand", "still not solved")
+COMMENTS_GOOD = ("quick and easy", "very helpful agent", "solved first time")
+REPEAT_CUSTOMER_SHARE = 0.15  # answers from a customer who answered recently (along the same journey)
+_INCIDENT = re.compile(
+    r"^(?P<kind>effort|nps|outage):(?P<channel>[a-z0-9_-]+)(/(?P<journey>[a-z0-9_-]+))?"
+    r"@\+(?P<start>[0-9.]+[a-z]*)(~(?P<duration>[0-9.]+[a-z]*))?$"
+)
+
+
+class Incident(NamedTuple):
+    """A scripted incident: what, where, from ``start_ms`` after the simulation's start, for ``duration_ms``."""
+
+    kind: str
+    channel: str
+    journey: str | None
+    start_ms: int
+    duration_ms: int | None
+
+    def active(self, offset_ms: int) -> bool:
+        return offset_ms >= self.start_ms and (self.duration_ms is None or offset_ms < self.start_ms + self.duration_ms)
+
+    def applies(self, offset_ms: int, channel: str, journey: str) -> bool:
+        return self.active(offset_ms) and channel == self.channel and self.journey in (None, journey)
+
+
+def parse_incident(text: str) -> Incident:
+    """``effort:chat/billing@+30s~5m`` and the like; ValueError saying what is expected otherwise."""
+    match = _INCIDENT.match(text.strip().lower())
+    if match is None:
+        raise ValueError(
+            f"{text!r} is not an incident: use effort:CHANNEL/JOURNEY@+START[~DURATION], "
+            "nps:CHANNEL/JOURNEY@+START[~DURATION] or outage:CHANNEL@+START[~DURATION], e.g. effort:chat/billing@+30s"
+        )
+    kind, journey = match["kind"], match["journey"]
+    if kind in ("effort", "nps") and journey is None:
+        raise ValueError(f"{text!r}: an {kind} incident needs CHANNEL/JOURNEY")
+    if kind == "outage" and journey is not None:
+        raise ValueError(f"{text!r}: an outage takes a whole channel (outage:CHANNEL@+START)")
+    start = parse_duration(match["start"]) if match["start"] not in ("0", "0s") else 0.0
+    duration = parse_duration(match["duration"]) if match["duration"] else None
+    duration_ms = None if duration is None else round(duration * 1000)
+    return Incident(kind, match["channel"], journey, round(start * 1000), duration_ms)
+
+
+class Simulator:
+    """Generates the events of consecutive slices of simulated time, from ``start_ms`` on."""
+
+    def __init__(
+        self,
+        *,
+        seed: int,
+        rate: float,
+        start_ms: int,
+        incidents: Sequence[Incident] = (),
+        channels: Sequence[str] = CHANNELS,
+        journeys: Sequence[str] = JOURNEYS,
+    ) -> None:
+        unknown = [c for c in channels if c not in CHANNEL_TOUCHPOINTS]
+        if unknown:
+            raise ValueError(f"unknown channel {unknown[0]!r} (known: {', '.join(CHANNELS)})")
+        for incident in incidents:
+            if incident.channel not in channels or (incident.journey is not None and incident.journey not in journeys):
+                raise ValueError(
+                    f"incident {incident.kind}:{incident.channel}/{incident.journey or '*'} is outside the simulated "
+                    f"channels ({', '.join(channels)}) and journeys ({', '.join(journeys)})"
+                )
+        self.rng = random.Random(seed)  # noqa: S311 - synthetic data, reproducible by seed; not security
+        self.seed = seed
+        self.rate = rate
+        self.start_ms = start_ms
+        self.incidents = tuple(incidents)
+        self.channels = tuple(channels)
+        self.journeys = tuple(journeys)
+        self.offset_ms = 0  # simulated time generated so far
+        self.count = 0
+        self._owed = 0.0  # fractional events carried to the next slice
+        self._recent: deque[tuple[str, str, str]] = deque(maxlen=2000)  # (customer, channel, journey)
+
+    def slice(self) -> list[dict[str, Any]]:
+        """The events of the next SLICE_MS of simulated time (occurred_at inside the slice)."""
+        offset = self.offset_ms
+        self.offset_ms += SLICE_MS
+        self._owed += self.rate * SLICE_MS / 1000
+        count = int(self._owed)
+        self._owed -= count
+        down = {i.channel for i in self.incidents if i.kind == "outage" and i.active(offset)}
+        weights = [0 if c in down else CHANNEL_WEIGHTS[c] for c in self.channels]
+        if not any(weights):
+            return []
+        return [self._event(offset + self.rng.randrange(SLICE_MS), weights) for _ in range(count)]
+
+    def run(self, duration_ms: int) -> Iterator[list[dict[str, Any]]]:
+        """Slices until ``duration_ms`` of simulated time."""
+        while self.offset_ms < duration_ms:
+            yield self.slice()
+
+    def _event(self, offset_ms: int, weights: list[int]) -> dict[str, Any]:
+        rng = self.rng
+        if self._recent and rng.random() < REPEAT_CUSTOMER_SHARE:  # the same customer, further along the journey
+            customer, channel, journey = rng.choice(self._recent)
+            if weights[self.channels.index(channel)] == 0:
+                channel = rng.choices(self.channels, weights)[0]
+        else:
+            customer = f"cust-{rng.randrange(1_000_000)}"
+            channel = rng.choices(self.channels, weights)[0]
+            journey = rng.choice(self.journeys)
+        self._recent.append((customer, channel, journey))
+        active = [i for i in self.incidents if i.kind != "outage" and i.applies(offset_ms, channel, journey)]
+        touchpoints = CHANNEL_TOUCHPOINTS[channel]
+        effort = any(i.kind == "effort" for i in active)
+        touchpoint = touchpoints[0] if effort and rng.random() < 0.5 else rng.choice(touchpoints)
+        metric = rng.choices(tuple(METRIC_SCALES), METRIC_WEIGHTS)[0]
+        lo, hi = rng.choice(METRIC_SCALES[metric])
+        bad = self._score(metric, channel, touchpoint, lo, hi, active)
+        score, low = bad
+        reasons = [] if rng.random() < 0.4 else rng.sample(REASONS_BAD if low else REASONS_GOOD, rng.randint(1, 2))
+        if effort and touchpoint == touchpoints[0] and low and "repeat_contact" not in reasons:
+            reasons = ["repeat_contact", *reasons[:1]]
+        self.count += 1
+        return {
+            "event_id": f"sim-{self.seed}-{self.count}",
+            "occurred_at": self.start_ms + offset_ms,
+            "source": rng.choice(SOURCES),
+            "channel": channel,
+            "journey": journey,
+            "touchpoint": touchpoint,
+            "metric": metric,
+            "score": score,
+            "scale_min": None if (lo, hi) == METRIC_SCALES[metric][0] else lo,
+            "scale_max": None if (lo, hi) == METRIC_SCALES[metric][0] else hi,
+            "customer_id": customer,
+            "interaction_id": f"int-{self.seed}-{self.count}",
+            "agent_id": f"agent-{rng.randrange(300)}" if touchpoint in ASSISTED else None,
+            "team": f"team-{rng.randrange(12)}" if touchpoint in ASSISTED else None,
+            "reason_codes": reasons,
+            "comment": rng.choice(COMMENTS_BAD if low else COMMENTS_GOOD) if rng.random() < 0.15 else None,
+        }
+
+    def _score(
+        self, metric: str, channel: str, touchpoint: str, lo: int, hi: int, active: list[Incident]
+    ) -> tuple[int, bool]:
+        """A score on [lo, hi] and whether it is a bad experience."""
+        rng = self.rng
+        d = hi - lo
+        if metric == "CES":
+            culprit = any(i.kind == "effort" for i in active) and touchpoint == CHANNEL_TOUCHPOINTS[channel][0]
+            high = rng.random() < (INCIDENT_HIGH_EFFORT if culprit else BASE_HIGH_EFFORT[channel])
+            high_max = lo + (d - 1) // 2  # the highest score with 2 * (s - lo) < d (METRICS.md section 3)
+            return (rng.randint(lo, high_max) if high else rng.randint(high_max + 1, hi)), high
+        if metric in ("NPS", "NLS"):
+            detractor_share = 0.6 if any(i.kind == "nps" for i in active) else 0.2 + 0.1 * BASE_HIGH_EFFORT[channel]
+            u = rng.random()
+            if u < detractor_share:
+                return rng.randint(0, 6), True
+            return (rng.randint(7, 8) if u < detractor_share + 0.3 else rng.randint(9, 10)), False
+        u = rng.betavariate(4.0, 1.6)  # CSAT, CAS: mostly satisfied
+        score = lo + min(d, round(u * d))
+        return score, 4 * (score - lo) < 3 * d
+
+
+class Sent(NamedTuple):
+    """What a simulation run produced."""
+
+    events: int
+    seconds: float
+    failed: int
+
+
+def to_file(simulator: Simulator, duration_ms: int, path: Path) -> Sent:
+    """Write the events of ``duration_ms`` of simulated time to ``path``: an Avro container for ``.avro``, JSON
+    lines otherwise (no pacing: as fast as they are generated)."""
+    started = time.monotonic()
+    slices = simulator.run(duration_ms)
+    with path.open("wb") as out:
+        if path.suffix == ".avro":
+            fastavro.writer(out, FEEDBACK, (event for batch in slices for event in batch), codec="deflate")
+        else:
+            for batch in slices:
+                out.write(b"".join(json.dumps(event, separators=(",", ":")).encode() + b"\n" for event in batch))
+    return Sent(simulator.count, time.monotonic() - started, 0)
+
+
+def to_kafka(
+    simulator: Simulator,
+    duration_ms: int | None,
+    bootstrap: str,
+    topic: str,
+    catalog: SchemaCatalog,
+    stopping: Callable[[], bool],
+    progress: Callable[[int, float, list[Incident]], None] | None = None,
+) -> Sent:
+    """Produce the events to ``topic`` (Confluent-framed Avro, keyed by customer), paced by the wall clock: the
+    slice at simulated offset t is sent at start + t.  Stops after ``duration_ms`` or when ``stopping()``."""
+    failed = [0]
+
+    def delivered(error: KafkaError | None, message: Message) -> None:
+        if error is not None:
+            failed[0] += 1
+
+    out = producer(bootstrap, **{"linger.ms": 20, "compression.type": "lz4", "on_delivery": delivered})
+    check_topic(out, bootstrap, topic)
+    schema_id = catalog.id_for(FEEDBACK_RAW)
+    started = time.monotonic()
+    reported = started
+    while not stopping() and (duration_ms is None or simulator.offset_ms < duration_ms):
+        due = started + simulator.offset_ms / 1000
+        wait = due - time.monotonic()
+        if wait > 0:
+            out.poll(wait)
+        for event in simulator.slice():
+            key = event["customer_id"].encode()
+            while True:
+                try:
+                    out.produce(topic, encode_confluent(event, FEEDBACK, schema_id), key)
+                    break
+                except BufferError:
+                    out.poll(0.1)
+        out.poll(0)
+        now = time.monotonic()
+        if progress is not None and now - reported >= PROGRESS_SECONDS:
+            reported = now
+            active = [i for i in simulator.incidents if i.active(simulator.offset_ms)]
+            progress(simulator.count, now - started, active)
+    left = out.flush(30)
+    return Sent(simulator.count, time.monotonic() - started, failed[0] + left)

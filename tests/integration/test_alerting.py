@@ -1,0 +1,266 @@
+"""deploy/prometheus and deploy/alertmanager for real: promtool's rule tests, amtool's config check, and an effort
+incident from `cxpulse simulate` paging a webhook through a running worker, Prometheus and Alertmanager (Debian's
+packages), then resolving."""
+
+from __future__ import annotations
+
+import json
+import queue
+import shutil
+import subprocess
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.integration.test_worker import make_pipeline, scrape, start_worker, stop_process, stop_worker, wait_for
+from tests.support import RunningBroker, cxpulse_command, free_ports
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+PROMETHEUS_DIR = DEPLOY / "prometheus"
+ALERTMANAGER_CONFIG = DEPLOY / "alertmanager" / "alertmanager.yml"
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    assert path, f"{name} is not installed (Debian packages prometheus, prometheus-alertmanager; .ci/run installs them)"
+    return path
+
+
+def test_promtool_accepts_the_config_and_every_rule_test_passes() -> None:
+    checked = subprocess.run(
+        [tool("promtool"), "check", "config", str(PROMETHEUS_DIR / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    tests = sorted((PROMETHEUS_DIR / "tests").glob("*_test.yml"))
+    assert len(tests) >= 2
+    result = subprocess.run(
+        [tool("promtool"), "test", "rules", *map(str, tests)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("SUCCESS") == len(tests)
+    # every alert rule has a test
+    alerts = yaml.safe_load((PROMETHEUS_DIR / "rules" / "alerts.yml").read_text())
+    names = {rule["alert"] for group in alerts["groups"] for rule in group["rules"]}
+    tested = {
+        case["alertname"]
+        for path in tests
+        for test in yaml.safe_load(path.read_text())["tests"]
+        for case in test.get("alert_rule_test", [])
+    }
+    assert names == tested, names ^ tested
+
+
+def test_amtool_accepts_the_alertmanager_config_and_routes_effort_to_the_cx_team() -> None:
+    checked = subprocess.run(
+        [tool("amtool"), "check-config", str(ALERTMANAGER_CONFIG)], capture_output=True, text=True, check=False
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+    def route(*labels: str) -> str:
+        result = subprocess.run(
+            [tool("amtool"), "config", "routes", "test", f"--config.file={ALERTMANAGER_CONFIG}", *labels],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return result.stdout.strip()
+
+    assert route("alertname=CxEffortSpike", "channel=chat") == "cx-team"
+    assert route("alertname=CxSinkFailing", "sink=prometheus") == "ops-oncall"
+
+
+class Webhook:
+    """An HTTP receiver for Alertmanager's webhook posts, on a free loopback port."""
+
+    def __init__(self) -> None:
+        self.posts: queue.Queue[dict[str, Any]] = queue.Queue()
+        posts = self.posts
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                posts.put({"path": self.path, **json.loads(body)})
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def next(self, timeout: float) -> dict[str, Any] | None:
+        try:
+            return self.posts.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def start_server(argv: list[str], log: Path, ready_url: str, timeout: float = 60.0) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, f"{argv[0]} exited:\n{log.read_text()[-3000:]}"
+        try:
+            with urllib.request.urlopen(ready_url, timeout=2) as response:  # noqa: S310 - loopback
+                if response.status == 200:
+                    return proc
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, f"{argv[0]} not ready in {timeout} s:\n{log.read_text()[-3000:]}"
+        time.sleep(0.2)
+
+
+def query(prometheus: str, expr: str) -> list[dict[str, Any]]:
+    url = f"{prometheus}/api/v1/query?{urllib.parse.urlencode({'query': expr})}"
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback
+        body = json.loads(response.read())
+    assert body["status"] == "success", body
+    return list(body["data"]["result"])
+
+
+@pytest.fixture()
+def webhook() -> Iterator[Webhook]:
+    hook = Webhook()
+    yield hook
+    hook.close()
+
+
+def test_an_effort_incident_pages_the_cx_team_through_prometheus_and_alertmanager(
+    kafka_broker: RunningBroker, tmp_path: Path, webhook: Webhook
+) -> None:
+    """Test time scale: 1 s panes, a 20 s baseline, 1 s scrapes and rule evaluations, `for:` 2 s, Alertmanager
+    waits 1 s; everything else is the files in deploy/ as they are (the routes, the expressions, the labels)."""
+    pipeline = make_pipeline(
+        kafka_broker.bootstrap,
+        tmp_path,
+        pane_seconds=1,
+        windows_seconds=(60,),
+        retention_seconds=600,
+        effort_baseline_seconds=20,
+        effort_guard_seconds=2,
+        effort_min_baseline=100,
+    )
+    worker_port, prom_port, am_port, am_cluster = free_ports(4)
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "recording.yml").write_text((PROMETHEUS_DIR / "rules" / "recording.yml").read_text())
+    (rules / "alerts.yml").write_text(
+        (PROMETHEUS_DIR / "rules" / "alerts.yml")
+        .read_text()
+        .replace("for: 2m", "for: 2s")
+        .replace("for: 10m", "for: 5s")
+    )
+    prom_config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    prom_config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    prom_config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] = [f"127.0.0.1:{am_port}"]
+    prom_config["scrape_configs"][0]["static_configs"][0]["targets"] = [f"127.0.0.1:{worker_port}"]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(prom_config))
+    am_config = yaml.safe_load(ALERTMANAGER_CONFIG.read_text())
+    for receiver in am_config["receivers"]:
+        for hook in receiver["webhook_configs"]:
+            hook["url"] = webhook.url + urllib.parse.urlparse(hook["url"]).path
+    for route in (am_config["route"], *am_config["route"]["routes"]):
+        route.update(group_wait="1s", group_interval="1s")
+    (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump(am_config))
+
+    log = tmp_path / "worker.log"
+    processes: list[subprocess.Popen[Any]] = []
+    try:
+        alertmanager = start_server(
+            [
+                tool("prometheus-alertmanager"),
+                f"--config.file={tmp_path / 'alertmanager.yml'}",
+                f"--storage.path={tmp_path / 'am-data'}",
+                f"--web.listen-address=127.0.0.1:{am_port}",
+                f"--cluster.listen-address=127.0.0.1:{am_cluster}",
+            ],
+            tmp_path / "alertmanager.log",
+            f"http://127.0.0.1:{am_port}/-/ready",
+        )
+        processes.append(alertmanager)
+        prometheus = start_server(
+            [
+                tool("prometheus"),
+                f"--config.file={tmp_path / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp_path / 'prom-data'}",
+                f"--web.listen-address=127.0.0.1:{prom_port}",
+            ],
+            tmp_path / "prometheus.log",
+            f"http://127.0.0.1:{prom_port}/-/ready",
+        )
+        processes.append(prometheus)
+        worker = start_worker(pipeline, log, metrics_port=worker_port)
+        processes.append(worker)
+        wait_for(lambda: scrape(worker_port, starting=True).get("cxpulse_worker_ready") == 1, "the worker ready", log)
+        simulator = subprocess.Popen(
+            cxpulse_command(
+                "simulate",
+                "--rate=300",
+                "--duration=150s",
+                "--channels=chat,phone",
+                "--journeys=billing",
+                "--incident=effort:chat/billing@+35s~25s",
+                "--seed=11",
+            ),
+            env=pipeline.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        processes.append(simulator)
+        prom = f"http://127.0.0.1:{prom_port}"
+
+        posts = []
+        firing: dict[str, Any] | None = None
+        resolved: dict[str, Any] | None = None
+        deadline = time.monotonic() + 160
+        while resolved is None and time.monotonic() < deadline:
+            post = webhook.next(timeout=1.0)
+            if post is None:
+                continue
+            posts.append(post)
+            if post["path"] == "/cxpulse/effort" and post["status"] == "firing" and firing is None:
+                firing = post
+                # while it fires: the gauges and rollups are in Prometheus too
+                assert query(prom, 'cxpulse_kpi_value{metric="CES",channel="chat",journey="billing",window="1m"}')
+                assert query(prom, 'cxpulse:kpi_value:by_journey{metric="NPS",journey="billing"}')
+                assert query(prom, 'cxpulse_effort_spike{channel="phone",journey="billing"} == 0')
+            elif post["path"] == "/cxpulse/effort" and post["status"] == "resolved":
+                resolved = post
+        assert firing is not None, f"no effort page; posts: {posts}\n{log.read_text()[-3000:]}"
+        alert = firing["alerts"][0]
+        assert alert["labels"] == {
+            "alertname": "CxEffortSpike",
+            "channel": "chat",
+            "journey": "billing",
+            "severity": "page",
+            "team": "cx",
+        }
+        assert firing["groupLabels"] == {"alertname": "CxEffortSpike", "channel": "chat"}  # grouped by channel
+        assert "High-effort share" in alert["annotations"]["description"]
+        assert resolved is not None, f"not resolved; posts: {posts}"
+        assert resolved["alerts"][0]["labels"]["channel"] == "chat"
+        assert not [p for p in posts if p["path"] == "/cxpulse/pipeline"], posts  # the pipeline stayed healthy
+        assert not [a for p in posts for a in p["alerts"] if a["labels"].get("channel") == "phone"], posts
+        stop_process(simulator)
+        stop_worker(worker, log)
+    finally:
+        for proc in reversed(processes):
+            stop_process(proc)

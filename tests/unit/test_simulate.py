@@ -1,0 +1,107 @@
+"""cxpulse simulate: reproducible for a seed, and its scripted incidents show in replay (section 7's detector)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from streams.cli import app
+from streams.effort import EffortConfig
+from streams.replay import replay_file
+from streams.simulate import SLICE_MS, Simulator, parse_incident
+from streams.validate import validate_batch
+
+pytestmark = pytest.mark.unit
+START = 1_767_225_600_000
+# 1 s panes, a 20 s baseline ending 2 s before the pane, at least 100 answers in it (a test's time scale)
+FAST = EffortConfig(delta=0.10, threshold=10.0, guard_ms=2000, baseline_ms=20_000, short_ms=5000, min_baseline=100)
+
+
+def events(seed: int, seconds: int, incidents: list[str], rate: float = 200.0) -> list[dict]:
+    simulator = Simulator(
+        seed=seed,
+        rate=rate,
+        start_ms=START,
+        incidents=[parse_incident(text) for text in incidents],
+        channels=("chat", "phone"),
+        journeys=("billing", "support"),
+    )
+    return [event for batch in simulator.run(seconds * 1000) for event in batch]
+
+
+def alerts_of(tmp_path: Path, batch: list[dict]) -> list[dict]:
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(json.dumps(event) + "\n" for event in batch))
+    return list(replay_file(path, 1000, lambda dead: None).alerts(FAST))
+
+
+def test_the_same_seed_gives_the_same_events_and_another_seed_others() -> None:
+    first, again, other = events(3, 20, []), events(3, 20, []), events(4, 20, [])
+    assert first == again
+    assert first != other
+    assert len(first) == 20 * 200  # the rate, exactly, over whole slices
+    valid, dead = validate_batch(first)
+    assert not dead and len(valid) == len(first)  # canonical, valid events
+    assert all(START <= e["occurred_at"] < START + 20_000 for e in first)
+    customers = Counter(e["customer_id"] for e in first)
+    assert sum(1 for n in customers.values() if n > 1) > 100  # customers answering along a journey
+
+
+def test_an_effort_incident_fires_in_replay_for_its_segment_naming_its_touchpoint(tmp_path: Path) -> None:
+    fired = alerts_of(tmp_path, events(5, 90, ["effort:chat/billing@+45s"]))
+    firing = [a for a in fired if a["state"] == "FIRING"]
+    assert firing, fired
+    assert {(a["channel"], a["journey"]) for a in firing} == {("chat", "billing")}
+    first = firing[0]
+    assert START + 45_000 <= first["at"] <= START + 60_000  # within 15 s of the step at these volumes
+    assert first["root_cause"][0] == {**first["root_cause"][0], "kind": "TOUCHPOINT", "name": "bot"}
+
+
+def test_no_incident_no_alert_and_an_incident_that_ends_resolves(tmp_path: Path) -> None:
+    assert alerts_of(tmp_path, events(5, 90, [])) == []
+    fired = alerts_of(tmp_path, events(5, 120, ["effort:chat/billing@+40s~20s"]))
+    assert [a["state"] for a in fired if a["channel"] == "chat"] == ["FIRING", "RESOLVED"], fired
+
+
+def test_an_outage_silences_its_channel_for_its_duration() -> None:
+    batch = events(6, 30, ["outage:chat@+10s~10s"])
+    chat = [e["occurred_at"] - START for e in batch if e["channel"] == "chat"]
+    assert chat and not [t for t in chat if 10_000 <= t < 20_000]
+    assert [t for t in chat if t >= 20_000 + SLICE_MS]  # back after it
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("effort:chat@+1m", "needs CHANNEL/JOURNEY"),
+        ("outage:chat/billing@+1m", "whole channel"),
+        ("spike:chat/billing@+1m", "is not an incident"),
+        ("effort:chat/billing@+5q", "is not a duration"),
+    ],
+)
+def test_a_bad_incident_is_a_usage_error_naming_the_problem(text: str, why: str, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["simulate", "--incident", text, "--to-file", str(tmp_path / "x"), "--duration", "1m"]
+    )
+    assert result.exit_code == 2
+    assert why in result.output and "Traceback" not in result.output
+
+
+def test_simulate_to_file_writes_what_replay_reads(tmp_path: Path) -> None:
+    path = tmp_path / "sim.avro"
+    runner = CliRunner()
+    args = ["simulate", "--rate", "50", "--duration", "30s", "--start", str(START), "--to-file", str(path)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "wrote 1500 events" in result.output
+    replayed = replay_file(path, 60_000, lambda dead: None)
+    assert replayed.stats.valid == 1500
+    assert runner.invoke(app, [*args[:-2], "--to-file", str(tmp_path / "again.avro")]).exit_code == 0
+    again = replay_file(tmp_path / "again.avro", 60_000, lambda dead: None)
+    assert again.panes == replayed.panes
+    missing = runner.invoke(app, ["simulate", "--to-file", str(tmp_path / "y.jsonl")])
+    assert missing.exit_code == 2 and "--duration" in missing.output
