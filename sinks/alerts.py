@@ -102,6 +102,7 @@ def attach_effort_detector(
     alert_schema_id = catalog.id_for(EFFORT_ALERT_RAW)
     evaluations: dict[tuple[str, str], Evaluation] = {}
     applied: dict[int, int] = {}  # results partition -> the next offset to apply (for the sink lag)
+    metrics.sink_errors.labels(SINK)  # a series from the start, at 0
     keep_ms = config.baseline_ms + config.guard_ms + 2 * pane_ms  # older panes are not needed by any evaluation
 
     @app.agent(results)

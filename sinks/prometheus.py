@@ -258,6 +258,7 @@ def attach_kpi_view(
     pane_ms = settings.pane_seconds * 1000
     keep_ms = max(settings.windows_seconds) * 1000 + pane_ms  # older panes are in no window
     results_name = results.get_topic_name()
+    metrics.sink_errors.labels(SINK)  # a series from the start, at 0 (a rate of it is 0, not missing)
     index = RollingView(settings.windows_seconds, pane_ms)
     indexed: set[int] | None = None  # the partitions the index was built for (rebuilt from the table on a change)
     where: dict[GroupKey, int] = {}  # pane group -> its results partition

@@ -376,6 +376,9 @@ def simulate(
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed, start and options give the same events.")] = 7,
+    invalid_share: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share of invalid events, as a real feed has (dead letters).")
+    ] = 0.005,
     channels: Annotated[str | None, typer.Option(help="Comma-separated channels (default: all six).")] = None,
     journeys: Annotated[str | None, typer.Option(help="Comma-separated journeys (default: all).")] = None,
     start: Annotated[
@@ -409,6 +412,7 @@ def simulate(
             incidents=incidents,
             channels=_names(channels) or sim.CHANNELS,
             journeys=_names(journeys) or sim.JOURNEYS,
+            invalid_share=invalid_share,
         )
     except (ValueError, CxPulseError) as exc:
         _fail(f"simulate: {exc}", 2)

@@ -61,6 +61,14 @@ class Settings(BaseSettings):
     dlq_topic: str = Field("cx.feedback.dlq", description="dead-letter topic")
     results_topic: str = Field("cx.metrics.panes", description="topic of WindowResults")
     alerts_topic: str = Field("cx.alerts", description="topic of effort-spike alerts")
+    followups_topic: str = Field("cx.followups", description="topic of detractor follow-ups (JSON)")
+    followups_per_minute: int = Field(
+        60, ge=0, description="detractor follow-ups a hot-path process sends a minute at most (0 = off)"
+    )
+    followup_webhook_url: str = Field(
+        "", description="POST each detractor follow-up here (JSON) as well; empty = topic only"
+    )
+    followup_webhook_token: SecretStr = Field(SecretStr(""), description="bearer token for the follow-up webhook")
     partitions: int = Field(DEFAULT_PARTITIONS, ge=1, le=1024, description="partitions of created topics")
     pane_seconds: int = Field(DEFAULT_PANE_SECONDS, ge=1, le=86400, description="pane length, seconds")
     windows_seconds: tuple[int, ...] = Field(DEFAULT_WINDOWS, description="rolling windows, seconds")

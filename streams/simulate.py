@@ -8,6 +8,8 @@ duration produce the same events.  What is simulated:
   live_agent; ...), journeys, the five metrics on their usual scales, reason codes, short comments on low
   scores, agents and teams on assisted touchpoints;
 - customers who answer more than one survey along a journey (a share of answers reuses a recent customer);
+- a share of invalid events (``--invalid-share``, 0.5% by default on the command line), spoiled the ways
+  streams/synth.py spoils them, so the dead-letter topic and its metrics have something to show;
 - per-channel score levels: CES answers are high-effort with a channel's base share (METRICS.md section 3);
 - incidents (``--incident``), from a start offset for a duration (default: to the end):
 
@@ -39,7 +41,7 @@ from streams.config import parse_duration
 from streams.kafka import producer
 from streams.produce import check_topic
 from streams.synth import JOURNEYS as SYNTH_JOURNEYS
-from streams.synth import METRIC_SCALES, METRIC_WEIGHTS, SOURCES
+from streams.synth import METRIC_SCALES, METRIC_WEIGHTS, SOURCES, spoil
 
 SLICE_MS = 100  # events are generated slice by slice of simulated time
 PROGRESS_SECONDS = 5.0
@@ -115,6 +117,7 @@ class Simulator:
         incidents: Sequence[Incident] = (),
         channels: Sequence[str] = CHANNELS,
         journeys: Sequence[str] = JOURNEYS,
+        invalid_share: float = 0.0,
     ) -> None:
         unknown = [c for c in channels if c not in CHANNEL_TOUCHPOINTS]
         if unknown:
@@ -132,6 +135,7 @@ class Simulator:
         self.incidents = tuple(incidents)
         self.channels = tuple(channels)
         self.journeys = tuple(journeys)
+        self.invalid_share = invalid_share
         self.offset_ms = 0  # simulated time generated so far
         self.count = 0
         self._owed = 0.0  # fractional events carried to the next slice
@@ -178,7 +182,7 @@ class Simulator:
         if effort and touchpoint == touchpoints[0] and low and "repeat_contact" not in reasons:
             reasons = ["repeat_contact", *reasons[:1]]
         self.count += 1
-        return {
+        event = {
             "event_id": f"sim-{self.seed}-{self.count}",
             "occurred_at": self.start_ms + offset_ms,
             "source": rng.choice(SOURCES),
@@ -196,6 +200,9 @@ class Simulator:
             "reason_codes": reasons,
             "comment": rng.choice(COMMENTS_BAD if low else COMMENTS_GOOD) if rng.random() < 0.15 else None,
         }
+        if self.invalid_share and rng.random() < self.invalid_share:
+            spoil(event, rng)  # as a real feed does: the dead-letter topic has something to show
+        return event
 
     def _score(
         self, metric: str, channel: str, touchpoint: str, lo: int, hi: int, active: list[Incident]

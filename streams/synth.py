@@ -69,14 +69,14 @@ def realistic_events(
             "comment": None,
         }
         if rng.random() < invalid_share:
-            _spoil(event, rng)
+            spoil(event, rng)
         recent.append(event)
         if len(recent) > 1000:
             recent.pop(0)
         yield event
 
 
-def _spoil(event: dict[str, Any], rng: random.Random) -> None:
+def spoil(event: dict[str, Any], rng: random.Random) -> None:
     """Make an event invalid in one of the ways a real feed does (Avro-encodable, so no type errors)."""
     kind = rng.randrange(4)
     if kind == 0:

@@ -37,6 +37,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
             {"cleanup.policy": "compact,delete", "retention.ms": week_ms},
         ),
         TopicSpec(settings.alerts_topic, 1, {"retention.ms": str(30 * 86400 * 1000)}),
+        TopicSpec(settings.followups_topic, settings.partitions, {"retention.ms": str(30 * 86400 * 1000)}),
     ]
 
 

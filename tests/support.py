@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -125,3 +127,41 @@ def event(**overrides: Any) -> dict[str, Any]:
     }
     base.update(overrides)
     return base
+
+
+class Webhook:
+    """A webhook receiver (Alertmanager, follow-ups) on a free loopback port: JSON posts land in ``posts``."""
+
+    def __init__(self, statuses: list[int] | None = None) -> None:
+        """``statuses``: the answers to the first posts, in order (then 200)."""
+        self.posts: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.headers: list[dict[str, str]] = []
+        posts, answers, seen = self.posts, list(statuses or []), self.headers
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                status = answers.pop(0) if answers else 200
+                seen.append(dict(self.headers))
+                if status == 200:
+                    posts.put({"path": self.path, **json.loads(body)})
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def next(self, timeout: float) -> dict[str, Any] | None:
+        try:
+            return self.posts.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -36,6 +36,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from schemas.codec import WINDOW_RESULT, WINDOW_RESULT_RAW, SchemaCatalog, encode_confluent
 from sinks.alerts import attach_effort_detector
+from sinks.followups import attach_followup_webhook
 from sinks.prometheus import Snapshot, attach_kpi_view
 from streams.config import Settings, load_settings
 from streams.errors import EXIT_PERMANENT, ConfigurationError
@@ -235,6 +236,14 @@ def create_app(settings: Settings, metrics: WorkerMetrics, catalog: SchemaCatalo
     metrics.registry.register(efforts)
     attach_kpi_view(app, settings, results_topic, results_partitions, catalog, flush, kpis, metrics)
     attach_effort_detector(app, settings, results_topic, results_partitions, catalog, results, flush, efforts, metrics)
+    if settings.followup_webhook_url:
+        followups = app.topic(
+            settings.followups_topic,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=partition_count(settings.kafka_bootstrap, settings.followups_topic),
+        )
+        attach_followup_webhook(app, settings, followups, metrics)
     for name in ("kpi-view", "effort-panes", "effort-state"):
         cast(faust_compat.KeyPartitionedTable, app.tables[name]).write_changelog_with(results)
     admin = admin_client(settings.kafka_bootstrap)

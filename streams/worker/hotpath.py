@@ -43,6 +43,8 @@ from schemas.codec import LocalCatalog, RegistryCatalog, SchemaCatalog
 from streams.config import DEFAULT_FUTURE_TOLERANCE_SECONDS, Settings, load_settings
 from streams.dedup import Deduplicator, bucket_for_retention
 from streams.errors import EXIT_PERMANENT, ConfigurationError, CxPulseError
+from streams.followups import TokenBucket
+from streams.followups import encode as encode_followup
 from streams.kafka import consumer as new_consumer
 from streams.kafka import producer as new_producer
 from streams.topics import PARTIALS_MAX_MESSAGE_BYTES, internal_topics
@@ -52,6 +54,7 @@ from streams.worker.metrics import WorkerMetrics
 from streams.worker.records import FROM_THE_START, decode_seen, encode_partials, encode_seen
 
 LOG = logging.getLogger("cxpulse.hotpath")
+PARTITION_BY_KEY = -1  # librdkafka's RD_KAFKA_PARTITION_UA: the partitioner picks by key
 BATCH_MESSAGES = 10_000  # messages per consume() call and transaction
 POLL_SECONDS = 0.05  # a batch waits at most this long to fill: the latency floor at low rates
 SESSION_TIMEOUT_MS = 10_000  # a slot killed with -9 keeps its partitions this long
@@ -162,7 +165,14 @@ class HotPath:
             },
         )
         partials_partitions, self.dlq_partitions = self._partition_counts()
-        self.ingest = Ingest(settings.feedback_topic, catalog, settings.pane_seconds * 1000, partials_partitions)
+        self.ingest = Ingest(
+            settings.feedback_topic,
+            catalog,
+            settings.pane_seconds * 1000,
+            partials_partitions,
+            followups=settings.followups_per_minute > 0,
+        )
+        self.followup_bucket = TokenBucket(settings.followups_per_minute, time.monotonic())
 
     def _partition_counts(self) -> tuple[int, int]:
         try:
@@ -259,7 +269,7 @@ class HotPath:
         now_ms = int(time.time() * 1000)
         try:
             out = self.ingest.batch(messages, Clock(now_ms, self.future_ms, self.retention_ms))
-            self._transact(out, max(message.timestamp()[1] for message in messages))
+            sent = self._transact(out, max(message.timestamp()[1] for message in messages))
         except FatalError:
             raise
         except Exception as exc:
@@ -279,12 +289,13 @@ class HotPath:
             self._rewind()
             return
         self._backoff = 0.0
-        self._count(out)
+        self._count(out, sent)
         self.metrics.batch_seconds.labels("hotpath").observe(time.perf_counter() - started)
 
-    def _transact(self, out: BatchOut, newest_ms: int) -> None:
+    def _transact(self, out: BatchOut, newest_ms: int) -> int:
         """Dead letters, partials (stamped with the batch's newest event timestamp, for the latency metric), seen
-        ids and the input offsets in one transaction."""
+        ids, detractor follow-ups (as many as the rate allows; how many is returned) and the input offsets in one
+        transaction."""
         producer = self.producer
         producer.begin_transaction()
         for letter in out.dead_letters:
@@ -299,6 +310,10 @@ class HotPath:
             self._produce(self.partials_topic, encode_partials(batch), None, partition, timestamp=newest_ms)
         for partition, buckets in out.seen.items():
             self._produce(self.seen_topic, encode_seen(buckets), None, partition)
+        sent = self.followup_bucket.take(len(out.followups), time.monotonic()) if out.followups else 0
+        for followup in out.followups[:sent]:
+            key, value = encode_followup(followup)
+            self._produce(self.settings.followups_topic, value, key, PARTITION_BY_KEY)
         offsets = [TopicPartition(self.settings.feedback_topic, p, offset) for p, offset in out.offsets.items()]
         try:
             producer.send_offsets_to_transaction(
@@ -311,6 +326,7 @@ class HotPath:
                 raise FatalError(self._fatal_message(error)) from exc
             raise TransactionAbortedError(error.str()) from exc
         self.ingest.committed(out.offsets)
+        return sent
 
     def _commit(self) -> None:
         for attempt in range(10):
@@ -374,8 +390,11 @@ class HotPath:
         while not self.stopping and time.monotonic() < deadline:
             self.producer.poll(min(0.1, seconds))
 
-    def _count(self, out: BatchOut) -> None:
+    def _count(self, out: BatchOut, followups_sent: int) -> None:
         metrics = self.metrics
+        if out.followups:
+            metrics.followups.labels("sent").inc(followups_sent)
+            metrics.followups.labels("rate_limited").inc(len(out.followups) - followups_sent)
         metrics.records.labels(self.settings.feedback_topic).inc(out.records)
         for reason, count in reasons(out.dead_letters).items():
             metrics.dead_letters.labels(reason).inc(count)

@@ -12,11 +12,12 @@ import zlib
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from schemas.codec import SchemaCatalog, decode_batch
 from streams.aggregate import State, aggregate_drivers, aggregate_panes
 from streams.dedup import Deduplicator
+from streams.followups import select as select_followups
 from streams.validate import Clock, validate_batch
 from streams.worker.records import (
     FROM_THE_START,
@@ -61,6 +62,7 @@ class BatchOut(NamedTuple):
     counted: int
     duplicates: int
     late: int  # counted events whose pane had closed on the processing clock (METRICS.md section 5)
+    followups: list[dict[str, Any]]  # counted detractor answers to call back (streams/followups.py)
 
 
 def segment_partition(channel: str, journey: str, partitions: int) -> int:
@@ -77,6 +79,7 @@ class Ingest:
     catalog: SchemaCatalog
     pane_ms: int
     partials_partitions: int
+    followups: bool = False  # select detractor follow-ups
     dedup: dict[int, Deduplicator] = field(default_factory=dict)
     starts: dict[int, int] = field(default_factory=dict)
     _owner: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -103,6 +106,7 @@ class Ingest:
         offsets: dict[int, int] = {}
         ranges: list[SourceRange] = []
         counted = duplicates = late = 0
+        followups: list[dict[str, Any]] = []
         pane_ms = self.pane_ms
         for partition, members in by_partition.items():
             decoded = decode_batch([message.value() for message in members], self.catalog)
@@ -120,6 +124,8 @@ class Ingest:
             counted += len(unique)
             if unique:
                 seen[partition] = dedup.buckets(unique)
+                if self.followups:
+                    followups.extend(select_followups(unique, decoded.records))
             deltas: dict[tuple[str, str, int], dict[str, State]] = defaultdict(dict)
             for (pane, channel, journey, metric), state in aggregate_panes(unique, pane_ms).items():
                 deltas[(channel, journey, pane)][metric] = state
@@ -137,7 +143,7 @@ class Ingest:
         dead.sort(key=lambda letter: (letter.source_partition, letter.source_offset))
         batch_ranges = tuple(ranges)
         partials = {q: PartialBatch(batch_ranges, tuple(members)) for q, members in panes.items()}
-        return BatchOut(dead, partials, seen, offsets, len(messages), counted, duplicates, late)
+        return BatchOut(dead, partials, seen, offsets, len(messages), counted, duplicates, late, followups)
 
     def committed(self, offsets: dict[int, int]) -> None:
         """The batch's transaction committed: its ends are where the next batches of those partitions start."""

@@ -87,6 +87,13 @@ class WorkerMetrics:
             "Event ids remembered for de-duplication (this worker's partitions; they expire with the retention)",
             registry=registry,
         )
+        self.followups = Counter(
+            "cxpulse_followups",
+            "Detractor follow-ups, by outcome (sent: to the follow-ups topic; rate_limited: over "
+            "CXPULSE_FOLLOWUPS_PER_MINUTE, dropped; posted: accepted by the follow-up webhook)",
+            ["outcome"],
+            registry=registry,
+        )
         self.consumer_lag = Gauge(
             "cxpulse_consumer_lag_messages",
             "Messages of an input partition not yet processed (end offset - position), by topic and partition",

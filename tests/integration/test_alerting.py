@@ -5,15 +5,12 @@ packages), then resolving."""
 from __future__ import annotations
 
 import json
-import queue
 import shutil
 import subprocess
-import threading
 import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +18,33 @@ import pytest
 import yaml
 
 from tests.integration.test_worker import make_pipeline, scrape, start_worker, stop_process, stop_worker, wait_for
-from tests.support import RunningBroker, cxpulse_command, free_ports
+from tests.support import RunningBroker, Webhook, cxpulse_command, free_ports
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 PROMETHEUS_DIR = DEPLOY / "prometheus"
 ALERTMANAGER_CONFIG = DEPLOY / "alertmanager" / "alertmanager.yml"
+DASHBOARDS = DEPLOY / "grafana" / "dashboards"
+QUIET_PANELS = {"Pipeline alerts"}  # empty while the pipeline is healthy (its query is still run and must parse)
+
+
+def dashboard_queries(window: str) -> list[tuple[str, str]]:
+    """(where, PromQL) of every panel target, template variable and annotation of the Grafana dashboards, with
+    Grafana's variables filled in as a user's first view would have them (All, the given window)."""
+    out = []
+    for path in sorted(DASHBOARDS.glob("*.json")):
+        board = json.loads(path.read_text())
+        for panel in board["panels"]:
+            for target in panel["targets"]:
+                out.append((f"{path.name}: {panel['title']} {target['refId']}", target["expr"]))
+        for variable in board["templating"]["list"]:
+            metric, label = variable["query"]["query"].removeprefix("label_values(").removesuffix(")").split(", ")
+            out.append((f"{path.name}: variable {variable['name']}", f"count by ({label}) ({metric})"))
+        for annotation in board["annotations"]["list"]:
+            out.append((f"{path.name}: annotation {annotation['name']}", annotation["expr"]))
+    fills = {"$channel": ".*", "$journey": ".*", "$window": window, "$__rate_interval": "30s"}
+    for name, value in fills.items():
+        out = [(where, expr.replace(name, value)) for where, expr in out]
+    return out
 
 
 def tool(name: str) -> str:
@@ -78,39 +97,6 @@ def test_amtool_accepts_the_alertmanager_config_and_routes_effort_to_the_cx_team
 
     assert route("alertname=CxEffortSpike", "channel=chat") == "cx-team"
     assert route("alertname=CxSinkFailing", "sink=prometheus") == "ops-oncall"
-
-
-class Webhook:
-    """An HTTP receiver for Alertmanager's webhook posts, on a free loopback port."""
-
-    def __init__(self) -> None:
-        self.posts: queue.Queue[dict[str, Any]] = queue.Queue()
-        posts = self.posts
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                posts.put({"path": self.path, **json.loads(body)})
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def next(self, timeout: float) -> dict[str, Any] | None:
-        try:
-            return self.posts.get(timeout=timeout)
-        except queue.Empty:
-            return None
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def start_server(argv: list[str], log: Path, ready_url: str, timeout: float = 60.0) -> subprocess.Popen[bytes]:
@@ -242,6 +228,12 @@ def test_an_effort_incident_pages_the_cx_team_through_prometheus_and_alertmanage
                 assert query(prom, 'cxpulse_kpi_value{metric="CES",channel="chat",journey="billing",window="1m"}')
                 assert query(prom, 'cxpulse:kpi_value:by_journey{metric="NPS",journey="billing"}')
                 assert query(prom, 'cxpulse_effort_spike{channel="phone",journey="billing"} == 0')
+                # every query of every Grafana panel runs, and shows data (the quiet ones excepted)
+                empty = []
+                for where, expr in dashboard_queries("1m"):
+                    if not query(prom, expr) and where.split(": ")[1].rsplit(" ", 1)[0] not in QUIET_PANELS:
+                        empty.append(f"{where}: {expr}")
+                assert not empty, empty
             elif post["path"] == "/cxpulse/effort" and post["status"] == "resolved":
                 resolved = post
         assert firing is not None, f"no effort page; posts: {posts}\n{log.read_text()[-3000:]}"

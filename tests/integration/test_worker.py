@@ -61,6 +61,7 @@ def make_pipeline(bootstrap: str, tmp_path: Path, **overrides: Any) -> Pipeline:
         "dlq_topic": f"test-{tag}-dlq",
         "results_topic": f"test-{tag}-panes",
         "alerts_topic": f"test-{tag}-alerts",
+        "followups_topic": f"test-{tag}-followups",
         "partitions": PARTITIONS,
         "data_dir": tmp_path / "state",
         "metrics_port": 0,

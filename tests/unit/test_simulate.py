@@ -94,7 +94,19 @@ def test_a_bad_incident_is_a_usage_error_naming_the_problem(text: str, why: str,
 def test_simulate_to_file_writes_what_replay_reads(tmp_path: Path) -> None:
     path = tmp_path / "sim.avro"
     runner = CliRunner()
-    args = ["simulate", "--rate", "50", "--duration", "30s", "--start", str(START), "--to-file", str(path)]
+    args = [
+        "simulate",
+        "--rate",
+        "50",
+        "--duration",
+        "30s",
+        "--start",
+        str(START),
+        "--invalid-share",
+        "0",
+        "--to-file",
+        str(path),
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "wrote 1500 events" in result.output
@@ -105,3 +117,12 @@ def test_simulate_to_file_writes_what_replay_reads(tmp_path: Path) -> None:
     assert again.panes == replayed.panes
     missing = runner.invoke(app, ["simulate", "--to-file", str(tmp_path / "y.jsonl")])
     assert missing.exit_code == 2 and "--duration" in missing.output
+
+
+def test_an_invalid_share_gives_dead_letters_of_several_reasons() -> None:
+    simulator = Simulator(seed=2, rate=500, start_ms=START, invalid_share=0.05)
+    batch = [event for part in simulator.run(20_000) for event in part]
+    valid, dead = validate_batch(batch)
+    assert 0.03 * len(batch) < len(dead) < 0.07 * len(batch)
+    assert len({letter.reason for letter in dead}) >= 3
+    assert len(valid) + len(dead) == len(batch)
