@@ -220,7 +220,9 @@ def demo(
         f"http://127.0.0.1:{settings.metrics_port}/metrics",
         f"ready in {worker_seconds:.1f} s, pid {worker_proc.pid}, log {worker_log}",
     )
-    table.add_row("ClickHouse, Grafana, alerts", "-", "not part of this build yet (see README, roadmap)")
+    table.add_row("KPI gauges, effort detector", "same /metrics", f"alerts on {settings.alerts_topic}")
+    table.add_row("feed it", "cxpulse simulate --rate 50", "in another terminal (Ctrl-C stops it)")
+    table.add_row("ClickHouse, live dashboard", "-", "not part of this build yet (see README, roadmap)")
     out.print(table)
     if until_ready:
         local_broker.stop(worker_proc)

@@ -86,3 +86,37 @@ def test_readme_configuration_table_lists_every_setting() -> None:
 def test_pinned_paths_exist() -> None:
     assert Path(REPO_ROOT / "deploy/kafka/server.properties.template").is_file()
     assert Path(REPO_ROOT / "deploy/kafka/log4j2.properties").is_file()
+
+
+def test_compose_mounts_existing_files_and_prometheus_scrapes_the_worker() -> None:
+    services = COMPOSE["services"]
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (REPO_ROOT / source).exists(), f"{name} mounts missing {source}"
+            else:
+                assert source in COMPOSE["volumes"], f"{name} uses undeclared volume {source}"
+    prometheus = yaml.safe_load((REPO_ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    worker_port = str(services["worker"]["expose"][0])
+    targets = prometheus["scrape_configs"][0]["static_configs"][0]["targets"]
+    assert targets == [f"worker:{worker_port}"]
+    assert prometheus["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["alertmanager:9093"]
+    dashboards = services["grafana"]["volumes"]
+    provider = yaml.safe_load((REPO_ROOT / "deploy/grafana/provisioning/dashboards/cxpulse.yml").read_text())
+    assert any(v.endswith(":" + provider["providers"][0]["options"]["path"] + ":ro") for v in dashboards)
+    assert "simulate" in services["simulator"]["command"]
+
+
+def test_dashboards_use_the_provisioned_datasources() -> None:
+    import json
+
+    provisioned = yaml.safe_load((REPO_ROOT / "deploy/grafana/provisioning/datasources/cxpulse.yml").read_text())
+    uids = {source["uid"] for source in provisioned["datasources"]}
+    boards = sorted((REPO_ROOT / "deploy/grafana/dashboards").glob("*.json"))
+    assert len(boards) == 3
+    for path in boards:
+        board = json.loads(path.read_text())
+        for panel in board["panels"]:
+            assert panel["datasource"]["uid"] in uids, (path.name, panel["title"])
+            assert panel["targets"], (path.name, panel["title"])
