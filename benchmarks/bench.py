@@ -37,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -46,6 +47,7 @@ from typing import Any
 
 import fastavro
 from confluent_kafka import Consumer, Producer
+from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
@@ -81,6 +83,7 @@ class Run:
     events: int
     peak_rss_mb: float
     counts: dict[GroupKey, int] = field(repr=False, default_factory=dict)
+    stored: float | None = None  # when ClickHouse held every answer (runs with the sink)
 
     @property
     def startup(self) -> float:
@@ -273,6 +276,7 @@ def cxpulse_settings(bootstrap: str, topic: str, workdir: Path, **extra: Any) ->
         "partitions": PARTITIONS,
         "data_dir": workdir / f"cxpulse-{tag}",
         "metrics_port": free_ports(1)[0],
+        "clickhouse_url": "",  # the ClickHouse sink only in the runs that measure it (run_cxpulse clickhouse=True)
         **extra,
     }
     settings = Settings(**values)
@@ -289,18 +293,48 @@ def decode_result(message: Any) -> tuple[Any, GroupKey, int, int]:
     return group, group, record["version"], record["n"]
 
 
-def run_cxpulse(bootstrap: str, topic: str, events: int, workdir: Path, slots: int = 1) -> Run:
-    settings, env = cxpulse_settings(bootstrap, topic, workdir, hotpath_processes=slots)
+def run_cxpulse(
+    bootstrap: str, topic: str, events: int, workdir: Path, slots: int = 1, clickhouse: bool = False
+) -> Run:
+    """``clickhouse``: with the ClickHouse sink on the embedded store; the run then also waits until the store
+    holds every answer, and reports that moment as ``stored``."""
+    extra: dict[str, Any] = {"hotpath_processes": slots}
+    if clickhouse:
+        extra["clickhouse_url"] = f"chdb://{workdir / ('chdb-' + uuid.uuid4().hex[:8])}"
+    settings, env = cxpulse_settings(bootstrap, topic, workdir, **extra)
     ensure_topics(bootstrap, topic_specs(settings))
     launched = time.time()
     proc = spawn([sys.executable, "-m", "streams.cli", "worker"], env, workdir / "cxpulse.log")
     sampler = RssSampler(proc.pid)
+    stored = None
     try:
         first, done, counts = watch(bootstrap, settings.results_topic, decode_result, events, proc)
+        if clickhouse:
+            stored = wait_stored(settings.metrics_port, events, proc)
     finally:
         peak = sampler.stop()
         stop(proc)
-    return Run(launched, first, done, events, peak, counts)
+    return Run(launched, first, done, events, peak, counts, stored)
+
+
+def wait_stored(port: int, events: int, proc: subprocess.Popen[bytes]) -> float:
+    """When the worker's ClickHouse sink has written every answer (its rows counter, polled)."""
+    deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{proc.args} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:  # noqa: S310
+                text = response.read().decode()
+        except OSError:
+            text = ""
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "cxpulse_sink_rows_total" and sample.labels.get("table") == "answers":
+                    if sample.value >= events:
+                        return time.time()
+        time.sleep(0.2)
+    raise SystemExit(f"ClickHouse did not hold {events} answers within {RUN_TIMEOUT_SECONDS} s")
 
 
 def run_quix(bootstrap: str, topic: str, events: int, workdir: Path, grace_ms: int) -> Run:
@@ -530,6 +564,9 @@ def main() -> None:
     parser.add_argument("--latency-seconds", type=float, default=60.0)
     parser.add_argument("--soak-seconds", type=float, default=600.0)
     parser.add_argument("--scaling", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--clickhouse", action=argparse.BooleanOptionalAction, default=True, help="also run cxpulse with its sink"
+    )
     args = parser.parse_args()
     systems = args.only.split(",")
     if "quix" in systems and not QUIX_PYTHON.exists():
@@ -597,6 +634,18 @@ def report(bootstrap: str, workdir: Path, systems: list[str], args: argparse.Nam
         if args.scaling and "cxpulse" in systems and shape == "backlog":
             two = median_run([run_cxpulse(bootstrap, topic, args.events, workdir, slots=2) for _ in range(args.runs)])
             summary[shape]["cxpulse, 2 hot-path processes"] = two
+        if args.clickhouse and "cxpulse" in systems:
+            runs = []
+            for number in range(args.runs):
+                run = run_cxpulse(bootstrap, topic, args.events, workdir, clickhouse=True)
+                stored = (run.stored or run.done) - run.launched
+                console.print(
+                    f"  cxpulse + ClickHouse run {number + 1}: {run.rate:,.0f} events/s launch to last result, "
+                    f"every answer stored after {stored:.1f} s ({args.events / stored:,.0f} events/s into ClickHouse)",
+                    highlight=False,
+                )
+                runs.append(run)
+            summary[shape]["cxpulse + ClickHouse sink"] = median_run(runs)
     print_summary(summary)
     templates = [record for record in realistic_events(1000, seed=5, invalid_share=0.0, duplicate_share=0.0)]
     if args.latency_seconds > 0 and "cxpulse" in systems:

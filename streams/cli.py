@@ -21,11 +21,13 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
 from schemas.codec import LocalCatalog, RegistryCatalog, parse_timestamp_ms
 from streams import broker as local_broker
+from streams.aggregate import kpi
 from streams.config import Settings, effort_config, load_settings, parse_duration
 from streams.errors import ConfigurationError, CxPulseError
 from streams.produce import produce_file
@@ -33,7 +35,7 @@ from streams.replay import Progress as ProgressFn
 from streams.replay import dead_letter_json, replay_file
 from streams.topics import ensure_topics, topic_specs
 from streams.validate import DeadLetter
-from streams.windows import result_json
+from streams.windows import iso_utc, result_json, window_result
 
 app = typer.Typer(
     name="cxpulse",
@@ -222,7 +224,9 @@ def demo(
     )
     table.add_row("KPI gauges, effort detector", "same /metrics", f"alerts on {settings.alerts_topic}")
     table.add_row("feed it", "cxpulse simulate --rate 50", "in another terminal (Ctrl-C stops it)")
-    table.add_row("ClickHouse, live dashboard", "-", "not part of this build yet (see README, roadmap)")
+    if settings.clickhouse_url:
+        table.add_row("ClickHouse (worker's sink)", settings.clickhouse_url, "read it: cxpulse report, cxpulse drivers")
+    table.add_row("live terminal dashboard", "-", "not part of this build yet (see README, roadmap)")
     out.print(table)
     if until_ready:
         local_broker.stop(worker_proc)
@@ -292,6 +296,16 @@ def worker(
     Creates the topics it needs first, then runs the hot path and the Faust process together (their metrics
     summed on one endpoint). Runs in the foreground until Ctrl-C / SIGTERM.
     """
+    _run_supervised("worker", bootstrap, data_dir, loglevel, roles=WORKER_ROLES)
+
+
+WORKER_ROLES = ("hotpath", "merge", "sink")  # the sink only when CXPULSE_CLICKHOUSE_URL is set
+
+
+def _run_supervised(
+    command: str, bootstrap: str | None, data_dir: Path | None, loglevel: str, roles: tuple[str, ...]
+) -> None:
+    """`cxpulse worker` / `cxpulse sink`: the supervisor with the processes of ``roles``, one /metrics."""
     import logging
 
     from streams.worker import supervisor as sv
@@ -299,19 +313,18 @@ def worker(
     settings = _settings(kafka_bootstrap=bootstrap, data_dir=data_dir)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     identity = sv.worker_identity(settings)
-    boss = sv.Supervisor(settings, identity, loglevel, sv.child_env(settings))
+    boss = sv.Supervisor(settings, identity, loglevel, sv.child_env(settings), roles)
     try:  # first: a taken port is found without touching Kafka
         endpoint = sv.serve_metrics(boss, settings)
     except OSError as exc:
-        _fail(f"worker: metrics port {settings.metrics_port} (CXPULSE_METRICS_PORT): {exc.strerror}")
+        _fail(f"{command}: metrics port {settings.metrics_port} (CXPULSE_METRICS_PORT): {exc.strerror}")
     try:
         sv.prepare_topics(settings)
     except CxPulseError as exc:
-        _fail(f"worker: {exc}")
+        _fail(f"{command}: {exc}")
     err.print(
-        f"cxpulse worker {identity} ({settings.app_id}): consuming {settings.feedback_topic} at "
-        f"{settings.kafka_bootstrap} with {settings.hotpath_processes} hot-path process(es) and a Faust process; "
-        f"metrics {endpoint}",
+        f"cxpulse {command} {identity} ({settings.app_id}): {', '.join(c.name for c in boss.children)} on "
+        f"{settings.kafka_bootstrap}; metrics {endpoint}",
         highlight=False,
     )
     sv.install_signals(boss)
@@ -468,6 +481,216 @@ def simulate(
     err.print(
         f"sent {sent.events} events to {settings.feedback_topic} in {sent.seconds:.1f} s", highlight=False, markup=False
     )
+
+
+@app.command()
+def sink(
+    bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap [env CXPULSE_KAFKA_BOOTSTRAP].")] = None,
+    data_dir: DataDirOpt = None,
+    loglevel: Annotated[str, typer.Option(help="Faust log level: crit, error, warn, info, debug.")] = "warn",
+) -> None:
+    """Run the ClickHouse sink alone (production scale-out; `cxpulse worker` runs one itself).
+
+    Writes every pane result of cx.metrics.panes and every counted answer to CXPULSE_CLICKHOUSE_URL, in
+    batches, idempotently; pauses while ClickHouse is away. Runs until Ctrl-C / SIGTERM.
+    """
+    _run_supervised("sink", bootstrap, data_dir, loglevel, roles=("sink",))
+
+
+@app.command()
+def report(
+    window: Annotated[str, typer.Option(help="pane, or a rolling window such as 5m, 1h, 24h.")] = "1h",
+    by: Annotated[
+        str,
+        typer.Option(help="Group by: channel,journey | channel | journey | touchpoint | agent | team | reason_code."),
+    ] = "channel,journey",
+    metric: Annotated[list[str] | None, typer.Option(help="Metric(s) to show (repeatable; default all).")] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="How far back: a duration (24h) or a time (ISO-8601, epoch ms). Windows: one per W back."),
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, jsonl (METRICS.md section 6 records) or csv.")] = "table",
+    min_n: Annotated[int, typer.Option(min=1, help="Below this n a table says 'insufficient data'.")] = 30,
+) -> None:
+    """KPIs from ClickHouse per window and grouping, with n and the 95% interval.
+
+    Rolling windows end at the current pane boundary (as the live gauges); --window pane gives the latest
+    version of every pane. Works while the worker runs (through its query endpoint when it holds the
+    embedded store).
+    """
+    from sinks import report as rp
+
+    settings = _settings()
+    pane_ms = settings.pane_seconds * 1000
+    window_ms = None if window == "pane" else _duration_ms(window, "--window")
+    if window_ms is not None and window_ms % pane_ms:
+        _fail(f"--window {window} is not a whole number of panes ({settings.pane_seconds} s)", 2)
+    if fmt not in ("table", "jsonl", "csv"):
+        _fail(f"--format is table, jsonl or csv, not {fmt!r}", 2)
+    dims = list(_names(by))
+    now_ms = int(time.time() * 1000)
+    since_ms = _since_ms(since, now_ms) if since is not None else None
+    try:
+        rp.check_dimensions(dims)
+        rows = rp.report(
+            _reader(rp, settings),
+            pane_ms=pane_ms,
+            window_ms=window_ms,
+            by=dims,
+            metrics=[m.upper() for m in metric or []],
+            now_ms=now_ms,
+            since_ms=since_ms,
+        )
+    except ValueError as exc:
+        _fail(f"report: {exc}", 2)
+    except CxPulseError as exc:
+        _fail(f"report: {exc}")
+    extra = [d for d in dims if d not in ("channel", "journey")]
+    if fmt == "table":
+        _report_table(rows, dims, window, min_n)
+        return
+    records = [_report_record(row, extra) for row in rows]
+    if fmt == "jsonl":
+        for record in records:
+            out.print(json.dumps(record, separators=(",", ":")), highlight=False, markup=False, soft_wrap=True)
+        return
+    import csv
+
+    writer = csv.writer(sys.stdout)
+    fields = ["window_start", "window_end", "channel", "journey", *extra, "metric", "n", "value", "moe95"]
+    writer.writerow(fields)
+    for record in records:
+        writer.writerow(["" if record.get(f) is None else record.get(f) for f in fields])
+
+
+def _reader(rp: Any, settings: Settings) -> Any:
+    try:
+        return rp.open_reader(settings)
+    except CxPulseError as exc:
+        _fail(str(exc))
+
+
+def _since_ms(text: str, now_ms: int) -> int:
+    if text.isdigit():
+        return int(text)
+    try:
+        return now_ms - round(parse_duration(text) * 1000)
+    except ValueError:
+        pass
+    try:
+        return parse_timestamp_ms(text)
+    except CxPulseError:
+        _fail(f"--since {text!r} is neither a duration (24h) nor a time (ISO-8601 with offset, epoch ms)", 2)
+
+
+def _report_record(row: Any, extra: list[str]) -> dict[str, Any]:
+    record = result_json(
+        window_result(
+            row.window_start,
+            row.window_end,
+            row.dimensions["channel"],
+            row.dimensions["journey"],
+            row.metric,
+            row.state,
+            row.version,
+        )
+    )
+    for name in extra:
+        record[name] = row.dimensions[name]
+    return record
+
+
+def _report_table(rows: list[Any], dims: list[str], window: str, min_n: int) -> None:
+    table = Table(title=f"cxpulse report: {window} by {','.join(dims)}", title_justify="left")
+    for column in ("window (UTC)", *dims, "metric"):
+        table.add_column(column)
+    for column in ("value", "±95%", "n"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        k = kpi(row.metric, row.state)
+        span = f"{iso_utc(row.window_start)[:16]} → {iso_utc(row.window_end)[11:16]}"
+        cells = [span, *(escape(row.dimensions.get(d, "*")) for d in dims), row.metric]
+        if row.state.n < min_n:
+            cells += ["[dim]insufficient data[/dim]", "", str(row.state.n)]
+        else:
+            cells += [f"{k.value:.1f}" if row.metric != "CES" else f"{k.value:.2f}",
+                      "" if k.moe95 is None else f"{k.moe95:.1f}" if row.metric != "CES" else f"{k.moe95:.2f}",
+                      str(row.state.n)]  # fmt: skip
+        table.add_row(*cells)
+    if not rows:
+        err.print("no results in ClickHouse for this window yet", highlight=False)
+        return
+    out.print(table)
+
+
+@app.command()
+def drivers(
+    metric: Annotated[str, typer.Option(help="NPS, CES, CSAT, NLS or CAS.")] = "NPS",
+    channel: Annotated[str, typer.Option(help="Channel of the segment (* = all).")] = "*",
+    journey: Annotated[str, typer.Option(help="Journey of the segment (* = all).")] = "*",
+    window: Annotated[str, typer.Option(help="The window that ends now: 1h, 24h, 7d, ...")] = "24h",
+    vs: Annotated[
+        str, typer.Option("--vs", help="previous (the window before) or rest (the rest of the business).")
+    ] = "previous",
+    by: Annotated[str, typer.Option(help="Dimensions to explain by.")] = "touchpoint,reason_code,agent,team",
+    top: Annotated[int, typer.Option(min=1, help="Values shown per dimension.")] = 5,
+    fmt: Annotated[str, typer.Option("--format", help="table or jsonl.")] = "table",
+) -> None:
+    """Why a KPI moved: which touchpoints, reason codes, agents and teams explain the change of a segment's KPI
+    against the previous window or the rest of the business, each with its share of the change, n and a 95%
+    interval (README: Root cause).
+    """
+    from sinks import report as rp
+
+    settings = _settings()
+    window_ms = _duration_ms(window, "--window")
+    if fmt not in ("table", "jsonl"):
+        _fail(f"--format is table or jsonl, not {fmt!r}", 2)
+    try:
+        found = rp.drivers(
+            _reader(rp, settings),
+            metric=metric.upper(),
+            channel=channel,
+            journey=journey,
+            window_ms=window_ms,
+            pane_ms=settings.pane_seconds * 1000,
+            now_ms=int(time.time() * 1000),
+            versus=vs,
+            dimensions=list(_names(by)),
+        )
+    except ValueError as exc:
+        _fail(f"drivers: {exc}", 2)
+    except CxPulseError as exc:
+        _fail(f"drivers: {exc}")
+    if fmt == "jsonl":
+        for driver in found.drivers:
+            out.print(json.dumps(driver._asdict(), separators=(",", ":")), highlight=False, markup=False)
+        return
+    against = f"the previous {window}" if vs == "previous" else "the rest of the business"
+    if found.kpi_now is None or found.kpi_before is None:
+        err.print(f"{found.metric} {channel}/{journey}: not enough answers in the window or in {against}")
+        return
+    out.print(
+        f"{found.metric} {escape(channel)}/{escape(journey)}, last {window}: {found.kpi_now:.2f} (n {found.n_now}) "
+        f"against {against}: {found.kpi_before:.2f} (n {found.n_before}); change {found.change:+.2f}",
+        highlight=False,
+    )
+    for dimension in _names(by):
+        table = Table(title=f"by {dimension}", title_justify="left")
+        for column, justify in (("value", "left"), ("n now", "right"), ("n before", "right"), ("KPI now", "right"),
+                                ("KPI before", "right"), ("contribution", "right"), ("±95%", "right")):  # fmt: skip
+            table.add_column(column, justify=justify)  # type: ignore[arg-type]
+        for driver in [d for d in found.drivers if d.dimension == dimension][:top]:
+            table.add_row(
+                escape(driver.name),
+                str(driver.n_now),
+                str(driver.n_before),
+                "-" if driver.kpi_now is None else f"{driver.kpi_now:.2f}",
+                "-" if driver.kpi_before is None else f"{driver.kpi_before:.2f}",
+                f"{driver.contribution:+.2f}",
+                "-" if driver.interval is None else f"{driver.interval:.2f}",
+            )
+        out.print(table)
 
 
 def _names(text: str | None) -> tuple[str, ...]:

@@ -40,7 +40,8 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = Field(DEFAULT_BOOTSTRAP, description="Kafka bootstrap servers, host:port[,...]")
     clickhouse_url: str = Field(
         "chdb://.cxpulse/clickhouse",
-        description="ClickHouse DSN: chdb://PATH (embedded) or http(s)://host:8123",
+        description="ClickHouse: chdb://PATH (embedded; default <data dir>/clickhouse) or http(s)://[user@]host:8123;"
+        " empty = no ClickHouse sink",
     )
     clickhouse_password: SecretStr = Field(SecretStr(""), description="ClickHouse password (http DSNs)")
     metrics_port: int = Field(
@@ -98,6 +99,14 @@ class Settings(BaseSettings):
         if not value or any(w <= 0 for w in value):
             raise ValueError("CXPULSE_WINDOWS_SECONDS must list positive numbers of seconds")
         return tuple(sorted(set(value)))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _store_beside_the_data(cls, data: Any) -> Any:
+        """Unset, the embedded store lives in the data folder: chdb://<CXPULSE_DATA_DIR>/clickhouse."""
+        if isinstance(data, dict) and "clickhouse_url" not in data:
+            return {**data, "clickhouse_url": f"chdb://{Path(data.get('data_dir') or DEFAULT_DATA_DIR) / 'clickhouse'}"}
+        return data
 
     @model_validator(mode="after")
     def _windows_fit_panes(self) -> Settings:

@@ -46,11 +46,12 @@ class InternalTopics(NamedTuple):
 
     partials: str
     seen_ids: str
+    answers: str  # the counted answers of every hot-path batch, for the ClickHouse sink
 
 
 def internal_topics(settings: Settings) -> InternalTopics:
     """The names of the worker's internal topics (prefixed by the app id, like Faust's table changelogs)."""
-    return InternalTopics(f"{settings.app_id}-partials", f"{settings.app_id}-seen-ids")
+    return InternalTopics(f"{settings.app_id}-partials", f"{settings.app_id}-seen-ids", f"{settings.app_id}-answers")
 
 
 def internal_topic_specs(settings: Settings, feedback_partitions: int) -> list[TopicSpec]:
@@ -69,6 +70,11 @@ def internal_topic_specs(settings: Settings, feedback_partitions: int) -> list[T
             {"retention.ms": str(7 * 86400 * 1000), "max.message.bytes": str(PARTIALS_MAX_MESSAGE_BYTES)},
         ),
         TopicSpec(names.seen_ids, feedback_partitions, {"retention.ms": str(seen_retention_ms)}),
+        TopicSpec(
+            names.answers,
+            feedback_partitions,
+            {"retention.ms": str(7 * 86400 * 1000), "max.message.bytes": str(PARTIALS_MAX_MESSAGE_BYTES)},
+        ),
     ]
 
 

@@ -51,7 +51,7 @@ from streams.topics import PARTIALS_MAX_MESSAGE_BYTES, internal_topics
 from streams.validate import Clock
 from streams.worker.ingest import BatchOut, Ingest, reasons
 from streams.worker.metrics import WorkerMetrics
-from streams.worker.records import FROM_THE_START, decode_seen, encode_partials, encode_seen
+from streams.worker.records import FROM_THE_START, decode_seen, encode_answers, encode_partials, encode_seen
 
 LOG = logging.getLogger("cxpulse.hotpath")
 PARTITION_BY_KEY = -1  # librdkafka's RD_KAFKA_PARTITION_UA: the partitioner picks by key
@@ -132,6 +132,7 @@ class HotPath:
         self.name = f"hotpath-{slot}"
         topics = internal_topics(settings)
         self.partials_topic = topics.partials
+        self.answers_topic = topics.answers
         self.seen_topic = topics.seen_ids
         self.retention_ms = settings.retention_seconds * 1000
         self.bucket_ms = bucket_for_retention(self.retention_ms)
@@ -171,6 +172,7 @@ class HotPath:
             settings.pane_seconds * 1000,
             partials_partitions,
             followups=settings.followups_per_minute > 0,
+            answers=bool(settings.clickhouse_url),
         )
         self.followup_bucket = TokenBucket(settings.followups_per_minute, time.monotonic())
 
@@ -310,6 +312,8 @@ class HotPath:
             self._produce(self.partials_topic, encode_partials(batch), None, partition, timestamp=newest_ms)
         for partition, buckets in out.seen.items():
             self._produce(self.seen_topic, encode_seen(buckets), None, partition)
+        for partition, values in out.answers.items():
+            self._produce(self.answers_topic, encode_answers(values), None, partition)
         sent = self.followup_bucket.take(len(out.followups), time.monotonic()) if out.followups else 0
         for followup in out.followups[:sent]:
             key, value = encode_followup(followup)

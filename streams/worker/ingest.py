@@ -63,6 +63,7 @@ class BatchOut(NamedTuple):
     duplicates: int
     late: int  # counted events whose pane had closed on the processing clock (METRICS.md section 5)
     followups: list[dict[str, Any]]  # counted detractor answers to call back (streams/followups.py)
+    answers: dict[int, list[bytes]]  # source partition -> raw bytes of the answers counted (for ClickHouse)
 
 
 def segment_partition(channel: str, journey: str, partitions: int) -> int:
@@ -80,6 +81,7 @@ class Ingest:
     pane_ms: int
     partials_partitions: int
     followups: bool = False  # select detractor follow-ups
+    answers: bool = False  # pass the counted answers' raw bytes on (the ClickHouse sink stores them)
     dedup: dict[int, Deduplicator] = field(default_factory=dict)
     starts: dict[int, int] = field(default_factory=dict)
     _owner: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -107,6 +109,7 @@ class Ingest:
         ranges: list[SourceRange] = []
         counted = duplicates = late = 0
         followups: list[dict[str, Any]] = []
+        answers: dict[int, list[bytes]] = {}
         pane_ms = self.pane_ms
         for partition, members in by_partition.items():
             decoded = decode_batch([message.value() for message in members], self.catalog)
@@ -126,6 +129,8 @@ class Ingest:
                 seen[partition] = dedup.buckets(unique)
                 if self.followups:
                     followups.extend(select_followups(unique, decoded.records))
+                if self.answers:
+                    answers[partition] = counted_values(members, decoded.kept, rejected, valid, unique)
             deltas: dict[tuple[str, str, int], dict[str, State]] = defaultdict(dict)
             for (pane, channel, journey, metric), state in aggregate_panes(unique, pane_ms).items():
                 deltas[(channel, journey, pane)][metric] = state
@@ -143,7 +148,7 @@ class Ingest:
         dead.sort(key=lambda letter: (letter.source_partition, letter.source_offset))
         batch_ranges = tuple(ranges)
         partials = {q: PartialBatch(batch_ranges, tuple(members)) for q, members in panes.items()}
-        return BatchOut(dead, partials, seen, offsets, len(messages), counted, duplicates, late, followups)
+        return BatchOut(dead, partials, seen, offsets, len(messages), counted, duplicates, late, followups, answers)
 
     def committed(self, offsets: dict[int, int]) -> None:
         """The batch's transaction committed: its ends are where the next batches of those partitions start."""
@@ -154,6 +159,21 @@ class Ingest:
         offset = message.offset() or 0
         headers = dead_letter_headers(reason, detail, self.topic, partition, offset, schema_id)
         return DeadLetterOut(partition, offset, reason, message.key(), message.value(), headers)
+
+
+def counted_values(
+    members: Sequence[RawMessage],
+    kept: Sequence[int],
+    rejected: Sequence[Any],
+    valid: Sequence[Any],
+    unique: Sequence[Any],
+) -> list[bytes]:
+    """The raw bytes of the messages whose events were counted: valid (validate_batch keeps the decoded order,
+    minus the rejected) and first seen (first_seen returns the same objects, in order)."""
+    rejected_at = {rejection.at for rejection in rejected}
+    valid_at = [i for i in range(len(kept)) if i not in rejected_at]
+    at = {id(event): valid_at[j] for j, event in enumerate(valid)}
+    return [members[kept[at[id(event)]]].value() or b"" for event in unique]
 
 
 def reasons(letters: Sequence[DeadLetterOut]) -> Counter[str]:

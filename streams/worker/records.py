@@ -13,7 +13,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+import struct
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -158,3 +159,31 @@ def dead_letter_headers(
     if schema_id is not None:
         headers.append(("schema_id", str(schema_id).encode()))
     return headers
+
+
+# --- counted answers for the ClickHouse sink (<app>-answers) ------------------------------------------------
+
+_LENGTH = struct.Struct(">I")
+
+
+def encode_answers(values: Sequence[bytes]) -> bytes:
+    """One message of ``<app>-answers``: the raw feedback messages a hot-path batch counted from one source
+    partition, each as a 4-byte big-endian length and its bytes (no re-encoding: the hot path only copies)."""
+    pack = _LENGTH.pack
+    return b"".join(pack(len(value)) + value for value in values)
+
+
+def decode_answers(data: bytes) -> list[bytes]:
+    """The raw messages of an ``<app>-answers`` message; ValueError when the framing does not add up."""
+    out = []
+    at, end = 0, len(data)
+    while at < end:
+        if at + 4 > end:
+            raise ValueError(f"truncated length at byte {at}")
+        (size,) = _LENGTH.unpack_from(data, at)
+        at += 4
+        if at + size > end:
+            raise ValueError(f"a {size}-byte answer at byte {at} runs past the end ({end})")
+        out.append(data[at : at + size])
+        at += size
+    return out

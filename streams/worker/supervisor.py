@@ -23,7 +23,7 @@ import sys
 import time
 import urllib.request
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 
@@ -39,6 +39,7 @@ from streams.topics import ensure_topics, internal_topic_specs, partition_count,
 LOG = logging.getLogger("cxpulse.worker")
 HOTPATH_MODULE = "streams.worker.hotpath"
 FAUST_MODULE = "streams.worker.app"
+SINK_MODULE = "sinks.app"
 STOP_SECONDS = 9.0  # after SIGTERM, children that are still there are killed (the worker must end within 10 s)
 CRASH_LOOP_RESTARTS = 5
 CRASH_LOOP_SECONDS = 120.0
@@ -144,15 +145,27 @@ class ChildrenCollector(Collector):
 class Supervisor:
     """Starts, watches, restarts and stops the processes of one worker."""
 
-    def __init__(self, settings: Settings, identity: str, loglevel: str, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        identity: str,
+        loglevel: str,
+        env: dict[str, str],
+        roles: Sequence[str] = ("hotpath", "merge"),
+    ) -> None:
         self.settings = settings
         self.env = {**env, "CXPULSE_WORKER_ID": identity}
         self.children = []
-        for slot in range(settings.hotpath_processes):
+        if "hotpath" in roles:
+            for slot in range(settings.hotpath_processes):
+                port = _free_port()
+                self.children.append(Child(f"hotpath-{slot}", HOTPATH_MODULE, [str(slot), str(port)], port))
+        if "merge" in roles:
             port = _free_port()
-            self.children.append(Child(f"hotpath-{slot}", HOTPATH_MODULE, [str(slot), str(port)], port))
-        port = _free_port()
-        self.children.append(Child("merge", FAUST_MODULE, [str(port), loglevel], port))
+            self.children.append(Child("merge", FAUST_MODULE, [str(port), loglevel], port))
+        if "sink" in roles and settings.clickhouse_url:
+            port = _free_port()
+            self.children.append(Child("sink", SINK_MODULE, [str(port), loglevel], port))
         self.stopping = False
         self.failure: str | None = None
         self.registry = CollectorRegistry()

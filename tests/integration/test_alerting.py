@@ -35,7 +35,8 @@ def dashboard_queries(window: str) -> list[tuple[str, str]]:
         board = json.loads(path.read_text())
         for panel in board["panels"]:
             for target in panel["targets"]:
-                out.append((f"{path.name}: {panel['title']} {target['refId']}", target["expr"]))
+                if target["datasource"]["type"] == "prometheus":  # the SQL ones: tests/integration/test_store.py
+                    out.append((f"{path.name}: {panel['title']} {target['refId']}", target["expr"]))
         for variable in board["templating"]["list"]:
             metric, label = variable["query"]["query"].removeprefix("label_values(").removesuffix(")").split(", ")
             out.append((f"{path.name}: variable {variable['name']}", f"count by ({label}) ({metric})"))

@@ -65,6 +65,7 @@ def make_pipeline(bootstrap: str, tmp_path: Path, **overrides: Any) -> Pipeline:
         "partitions": PARTITIONS,
         "data_dir": tmp_path / "state",
         "metrics_port": 0,
+        "clickhouse_url": "",  # no ClickHouse sink unless a test asks for one (tests/integration/test_store.py)
         **overrides,
     }
     settings = Settings(**values)
@@ -278,6 +279,7 @@ def test_stream_equals_replay(pipeline: Pipeline, tmp_path: Path) -> None:
             },
             internal_topics(settings).partials: ("delete", PARTITIONS),
             internal_topics(settings).seen_ids: ("delete", PARTITIONS),
+            internal_topics(settings).answers: ("delete", PARTITIONS),
         }
         processes = children(worker.pid)
         assert set(processes) == {"hotpath-0", "merge"}

@@ -1,0 +1,311 @@
+"""The ClickHouse sink: a Faust app of two agents, run by ``cxpulse worker`` as its ``sink`` process, or alone by
+``cxpulse sink`` (production scale-out: its own consumer group ``<app>-sink``).
+
+- ``clickhouse_panes`` on ``cx.metrics.panes``: every pane result revision into ``cxpulse.pane_results``
+  (ReplacingMergeTree on ``version``: a re-delivered or revised result replaces);
+- ``clickhouse_answers`` on ``<app>-answers``: the counted answers of every hot-path batch (raw bytes, produced
+  in the batch's transaction, so each counted answer is there exactly once) into ``cxpulse.answers``.
+
+Batches are bounded by size and time (``noack_take``).  An insert carries a deterministic
+``insert_deduplication_token`` (topic, partition, offsets), so a retry or a re-delivery writes nothing twice.  When
+ClickHouse fails, the insert is retried with backoff (0.5 s doubling to 30 s) and the batch is not acked: the agent
+stops taking records, Faust's bounded buffers fill, and consumption pauses (backpressure) until ClickHouse is back;
+nothing is dropped, nothing is buffered without bound.  Errors and lag are metrics
+(``cxpulse_sink_errors_total{sink="clickhouse"}``, ``cxpulse_sink_lag_messages{sink="clickhouse",...}``).
+
+The embedded store can be opened by one process only, so this process also answers read-only SQL for
+``cxpulse report`` / ``cxpulse drivers`` on a loopback port, written to ``<data dir>/clickhouse-endpoint.json``.
+
+Run as ``python -m sinks.app METRICS_PORT LOGLEVEL``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import faust
+from aiohttp import web
+from clickhouse_connect.driver.client import Client
+from faust.types import EventT, StreamT
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+from schemas.codec import WINDOW_RESULT, SchemaCatalog, decode_confluent
+from sinks import clickhouse as store
+from sinks.prometheus import measure_sink_lag
+from streams.config import Settings, load_settings
+from streams.errors import EXIT_PERMANENT, ConfigurationError
+from streams.topics import internal_topics, partition_count
+from streams.worker import faust_compat
+from streams.worker.hotpath import catalog_for
+from streams.worker.metrics import WorkerMetrics
+from streams.worker.records import decode_answers
+
+LOG = logging.getLogger("cxpulse.sink")
+PROCESS = "sink"
+SINK = "clickhouse"
+PANES_BATCH = 5000  # results per insert at most
+ANSWERS_BATCH = 20  # answer messages (a hot-path batch each) per insert at most
+BATCH_WITHIN_SECONDS = 1.0  # an insert waits at most this long to fill
+BACKOFF_MAX_SECONDS = 30.0
+ENDPOINT_FILE = "clickhouse-endpoint.json"
+MAX_QUERY_ROWS = 1_000_000
+
+
+class Store:
+    """The process's one client (the embedded engine allows one per process anyway), used from threads in turn."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.client: Client | None = None
+        self.lock = asyncio.Lock()
+
+    def _open(self) -> Client:
+        if self.client is None:
+            client = store.connect(self.settings)
+            applied = store.migrate(client)
+            if applied:
+                LOG.warning("ClickHouse schema: applied %s", ", ".join(applied))
+            self.client = client
+        return self.client
+
+    async def run(self, work: Callable[[Client], Any]) -> Any:
+        async with self.lock:
+            return await asyncio.to_thread(lambda: work(self._open()))
+
+    def reset(self) -> None:
+        """Forget a client that failed (an HTTP server may come back; a new client is made then)."""
+        if self.client is not None and store.chdb_path(self.settings.clickhouse_url) is None:
+            with contextlib.suppress(Exception):
+                self.client.close()
+            self.client = None
+
+
+class SinkMetrics:
+    def __init__(self, base: WorkerMetrics) -> None:
+        registry = base.registry
+        self.base = base
+        self.rows = Counter("cxpulse_sink_rows", "Rows written to ClickHouse, by table", ["table"], registry=registry)
+        self.up = Gauge(
+            "cxpulse_clickhouse_up", "1 while the last ClickHouse insert or check succeeded", registry=registry
+        )
+
+
+def create_app(settings: Settings, metrics: WorkerMetrics, catalog: SchemaCatalog | None = None) -> faust.App:
+    """The sink's Faust app (not started)."""
+    catalog = catalog or catalog_for(settings)
+    (settings.data_dir / "sink").mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        f"{settings.app_id}-sink",
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        store="memory://",
+        datadir=str(settings.data_dir / "sink"),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        processing_guarantee="at_least_once",
+        web_enabled=False,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0,
+        consumer_max_fetch_size=16 * 1024 * 1024,
+        stream_wait_empty=False,
+    )
+    faust_compat.read_committed(app)
+    answers_name = internal_topics(settings).answers
+    results = app.topic(
+        settings.results_topic,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=partition_count(settings.kafka_bootstrap, settings.results_topic),
+    )
+    answers = app.topic(
+        answers_name,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=partition_count(settings.kafka_bootstrap, answers_name),
+    )
+    sink = SinkMetrics(metrics)
+    metrics.sink_errors.labels(SINK)
+    db = Store(settings)
+    applied: dict[str, dict[int, int]] = {settings.results_topic: {}, answers_name: {}}
+
+    async def write(table: str, topic: str, partition: int, offsets: Sequence[int], rows: list[list[Any]]) -> None:
+        """Insert until ClickHouse takes it (the batch is not acked before: backpressure)."""
+        columns = store.PANE_COLUMNS if table == "pane_results" else store.ANSWER_COLUMNS
+        dedup = store.token(topic, partition, min(offsets), max(offsets), len(offsets))
+        backoff = 0.5
+        while True:
+            try:
+                await db.run(lambda client: store.insert(client, table, rows, columns, dedup))
+                sink.rows.labels(table).inc(len(rows))
+                sink.up.set(1)
+                return
+            except Exception as exc:  # noqa: BLE001 - any failure: retried, counted, logged
+                metrics.sink_errors.labels(SINK).inc()
+                sink.up.set(0)
+                db.reset()
+                LOG.warning(
+                    "ClickHouse insert into %s failed (%s); retrying in %.1f s, %s[%d] paused",
+                    table,
+                    exc,
+                    backoff,
+                    topic,
+                    partition,
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(BACKOFF_MAX_SECONDS, backoff * 2)
+
+    @app.agent(results)
+    async def clickhouse_panes(stream: StreamT[Any]) -> None:
+        batches = cast("faust.Stream[Any]", stream)
+        async for events in batches.noack_take(PANES_BATCH, within=BATCH_WITHIN_SECONDS):
+            by_partition: dict[int, tuple[list[int], list[list[Any]]]] = defaultdict(lambda: ([], []))
+            for event in cast("list[EventT[Any]]", events):
+                message = event.message
+                offsets, rows = by_partition[message.partition]
+                offsets.append(message.offset)
+                try:
+                    _, record = decode_confluent(message.value or b"", catalog, WINDOW_RESULT)
+                    rows.append(store.pane_row(record))
+                except Exception as exc:  # noqa: BLE001 - not a result: skipped, counted
+                    metrics.sink_errors.labels(SINK).inc()
+                    LOG.error("%s[%d]@%d is not a WindowResult (%s); skipped", results.get_topic_name(),
+                              message.partition, message.offset, exc)  # fmt: skip
+            for partition, (offsets, _) in by_partition.items():  # where the lag counts from while a write waits
+                applied[settings.results_topic].setdefault(partition, min(offsets))
+            for partition, (offsets, rows) in by_partition.items():
+                await write("pane_results", settings.results_topic, partition, offsets, rows)
+                applied[settings.results_topic][partition] = max(offsets) + 1
+            for event in cast("list[EventT[Any]]", events):
+                await batches.ack(event)
+
+    @app.agent(answers)
+    async def clickhouse_answers(stream: StreamT[Any]) -> None:
+        batches = cast("faust.Stream[Any]", stream)
+        async for events in batches.noack_take(ANSWERS_BATCH, within=BATCH_WITHIN_SECONDS):
+            by_partition: dict[int, tuple[list[int], list[list[Any]]]] = defaultdict(lambda: ([], []))
+            for event in cast("list[EventT[Any]]", events):
+                message = event.message
+                offsets, rows = by_partition[message.partition]
+                offsets.append(message.offset)
+                try:
+                    rows.extend(store.answer_rows(decode_answers(message.value or b""), catalog))
+                except Exception as exc:  # noqa: BLE001 - not an answers message: skipped, counted
+                    metrics.sink_errors.labels(SINK).inc()
+                    LOG.error("%s[%d]@%d cannot be read (%s); skipped", answers_name, message.partition,
+                              message.offset, exc)  # fmt: skip
+            for partition, (offsets, _) in by_partition.items():
+                applied[answers_name].setdefault(partition, min(offsets))
+            for partition, (offsets, rows) in by_partition.items():
+                await write("answers", answers_name, partition, offsets, rows)
+                applied[answers_name][partition] = max(offsets) + 1
+            for event in cast("list[EventT[Any]]", events):
+                await batches.ack(event)
+
+    @app.timer(interval=2.0)  # type: ignore[untyped-decorator]
+    async def sink_health() -> None:
+        for topic, done in applied.items():
+            measure_sink_lag(app, metrics, SINK, topic, done)
+        # ready means consuming; ClickHouse being away is cxpulse_clickhouse_up 0 and sink errors (CxSinkFailing),
+        # not a pipeline that is down
+        ready = faust_compat.recovered(app) and not faust_compat.rebalancing(app)
+        metrics.process_ready.labels(PROCESS).set(1.0 if ready else 0.0)
+        if db.client is None:
+            try:
+                await db.run(lambda client: client.command("SELECT 1"))
+                sink.up.set(1)
+            except Exception as exc:  # noqa: BLE001 - reported, retried at the next tick
+                sink.up.set(0)
+                LOG.debug("ClickHouse not available yet: %s", exc)  # the writes log their failures
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def query_endpoint() -> None:
+        """Read-only SQL over HTTP on loopback, for `cxpulse report` while this process holds the store."""
+        server = web.Application()
+        server.router.add_post("/v1/query", lambda request: answer_query(request, db))
+        runner = web.AppRunner(server)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = cast(Any, site._server).sockets[0].getsockname()[1]  # noqa: SLF001 - aiohttp has no public getter
+        endpoint = settings.data_dir / ENDPOINT_FILE
+        endpoint.write_text(json.dumps({"url": f"http://127.0.0.1:{port}/v1/query", "pid": os.getpid()}))
+        LOG.info("read-only SQL on http://127.0.0.1:%d/v1/query", port)
+
+    return app
+
+
+def read_only(sql: str) -> bool:
+    """A single SELECT (or WITH ... SELECT) statement."""
+    text = sql.strip().rstrip(";").strip()
+    head = text.split(None, 1)[0].upper() if text else ""
+    return head in ("SELECT", "WITH") and ";" not in text
+
+
+async def answer_query(request: web.Request, db: Store) -> web.Response:
+    """POST {"sql": "SELECT ...", "parameters": {...}} -> {"columns": [...], "rows": [[...], ...]}."""
+    try:
+        body = await request.json()
+        sql, parameters = str(body["sql"]), dict(body.get("parameters") or {})
+    except (ValueError, KeyError, TypeError):
+        return web.json_response({"error": 'expected JSON {"sql": "SELECT ...", "parameters": {}}'}, status=400)
+    if not read_only(sql):
+        return web.json_response({"error": "only a single SELECT statement is answered here"}, status=400)
+    try:
+        result = await db.run(lambda client: client.query(sql, parameters=parameters))
+    except Exception as exc:  # noqa: BLE001 - the caller gets the reason
+        return web.json_response({"error": str(exc)}, status=422)
+    rows = [list(row) for row in result.result_rows[:MAX_QUERY_ROWS]]
+    return web.json_response(
+        {"columns": list(result.column_names), "rows": rows}, dumps=lambda o: json.dumps(o, default=str)
+    )
+
+
+def endpoint_url(data_dir: Path) -> str | None:
+    """The query endpoint of the process holding the embedded store, if one is running."""
+    try:
+        found = json.loads((data_dir / ENDPOINT_FILE).read_text())
+        os.kill(int(found["pid"]), 0)
+        return str(found["url"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m sinks.app METRICS_PORT LOGLEVEL``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    port, loglevel = int(args[0]), args[1] if len(args) > 1 else "warn"
+    try:
+        settings = load_settings()
+    except ConfigurationError as exc:
+        print(f"cxpulse sink: {exc}", file=sys.stderr)
+        return EXIT_PERMANENT
+    if not settings.clickhouse_url:
+        print("cxpulse sink: CXPULSE_CLICKHOUSE_URL is empty: no store to write to", file=sys.stderr)
+        return EXIT_PERMANENT
+    # one line per failed insert is ours; clickhouse-connect and urllib3 would add three more each time
+    for noisy in ("clickhouse_connect", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    metrics = WorkerMetrics(CollectorRegistry())
+    if port:
+        start_http_server(port, addr="127.0.0.1", registry=metrics.registry)
+    started = time.monotonic()
+    app = create_app(settings, metrics)
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    worker.spinner = None
+    LOG.debug("sink app built in %.1f s", time.monotonic() - started)
+    worker.execute_from_commandline()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

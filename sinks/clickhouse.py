@@ -1,0 +1,241 @@
+"""ClickHouse through clickhouse-connect: the embedded store (``chdb://PATH``, the default) and a server
+(``http(s)://[user@]host:8123``) behind one client, the schema's migrations, and the rows the sink writes.
+
+- :func:`connect` opens the configured store; the embedded one can be opened by one process at a time (chdb's
+  limit), so a second process gets :class:`StoreBusyError` and goes through the worker's query endpoint.
+- :func:`migrate` applies ``deploy/clickhouse/NNN_*.sql`` once each, in order, recorded in
+  ``cxpulse.schema_version``: idempotent, so every start runs it.
+- :func:`pane_row` and :func:`answer_rows` turn a WindowResult record and a batch of counted answers into rows of
+  ``cxpulse.pane_results`` and ``cxpulse.answers``; :func:`insert` writes them with a deterministic
+  ``insert_deduplication_token``, so a retried insert of the same input is a no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+
+from schemas.codec import SchemaCatalog, decode_feedback
+from streams.aggregate import X2_SCALE, X_SCALE, contribution
+from streams.config import REPO_ROOT, Settings
+from streams.errors import CxPulseError
+from streams.validate import validate_batch
+
+DATABASE = "cxpulse"
+MIGRATIONS = REPO_ROOT / "deploy" / "clickhouse"
+PANE_COLUMNS = (
+    "window_start",
+    "window_end",
+    "channel",
+    "journey",
+    "metric",
+    "n",
+    "promoters",
+    "passives",
+    "detractors",
+    "positive",
+    "high_effort",
+    "sx",
+    "sx2",
+    "sum_x",
+    "sum_x2",
+    "value",
+    "moe95",
+    "mean_normalized",
+    "version",
+    "drivers",
+)
+ANSWER_COLUMNS = (
+    "event_id",
+    "occurred_at",
+    "source",
+    "channel",
+    "journey",
+    "touchpoint",
+    "metric",
+    "score",
+    "scale_min",
+    "scale_max",
+    "customer_id",
+    "interaction_id",
+    "agent_id",
+    "team",
+    "reason_codes",
+    "comment",
+    "promoter",
+    "passive",
+    "detractor",
+    "positive",
+    "high_effort",
+    "sx",
+    "sx2",
+)
+
+
+class StoreError(CxPulseError):
+    """ClickHouse could not be reached or refused a statement."""
+
+
+class StoreBusyError(StoreError):
+    """The embedded store is open in another process (a running worker or sink)."""
+
+
+def chdb_path(url: str) -> Path | None:
+    """The folder of a ``chdb://PATH`` URL (relative paths from the current folder), None for other URLs."""
+    if not url.startswith("chdb://"):
+        return None
+    return Path(url.removeprefix("chdb://")).expanduser().resolve()
+
+
+def connect(settings: Settings) -> Client:
+    """A client of the configured store (the embedded one is created on first use)."""
+    url = settings.clickhouse_url
+    path = chdb_path(url)
+    try:
+        if path is not None:
+            path.mkdir(parents=True, exist_ok=True)
+            return clickhouse_connect.get_client(dsn=f"chdb://{path}")
+        password = settings.clickhouse_password.get_secret_value()
+        if password:
+            return clickhouse_connect.get_client(dsn=url, password=password)
+        return clickhouse_connect.get_client(dsn=url)
+    except Exception as exc:
+        if path is not None and "EmbeddedServer" in str(exc):
+            raise StoreBusyError(
+                f"the embedded ClickHouse at {path} is open in another process (a running `cxpulse worker` or "
+                "`cxpulse sink`)"
+            ) from exc
+        raise StoreError(f"cannot open ClickHouse at {redact(url)}: {exc}") from exc
+
+
+def redact(url: str) -> str:
+    """A URL without the password it may carry."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    credentials, host = rest.rsplit("@", 1)
+    return f"{scheme}://{credentials.split(':', 1)[0]}@{host}"
+
+
+def migrations(folder: Path = MIGRATIONS) -> list[tuple[int, str, list[str]]]:
+    """(version, file name, statements) of the schema files, in order."""
+    out = []
+    for path in sorted(folder.glob("[0-9][0-9][0-9]_*.sql")):
+        statements = [s.strip() for s in path.read_text().split("\n;\n") if _sql(s)]
+        out.append((int(path.name[:3]), path.name, statements))
+    return out
+
+
+def _sql(text: str) -> bool:
+    return any(line.strip() and not line.strip().startswith("--") for line in text.splitlines())
+
+
+def migrate(client: Client, folder: Path = MIGRATIONS) -> list[str]:
+    """Apply the schema files not applied yet; return their names."""
+    client.command(f"CREATE DATABASE IF NOT EXISTS {DATABASE}")
+    client.command(
+        f"CREATE TABLE IF NOT EXISTS {DATABASE}.schema_version (version UInt32, name String, "
+        "applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = MergeTree ORDER BY version"
+    )
+    done = {row[0] for row in client.query(f"SELECT version FROM {DATABASE}.schema_version").result_rows}
+    applied = []
+    for version, name, statements in migrations(folder):
+        if version in done:
+            continue
+        for statement in statements:
+            client.command(statement)
+        client.insert(f"{DATABASE}.schema_version", [[version, name]], column_names=["version", "name"])
+        applied.append(name)
+    return applied
+
+
+def _ms(value: int) -> datetime:
+    return datetime.fromtimestamp(value / 1000, tz=UTC)
+
+
+def pane_row(record: Mapping[str, Any]) -> list[Any]:
+    """A row of ``cxpulse.pane_results`` from a WindowResult record (Avro form)."""
+    return [
+        _ms(record["window_start"]),
+        _ms(record["window_end"]),
+        record["channel"],
+        record["journey"],
+        record["metric"],
+        record["n"],
+        record["promoters"],
+        record["passives"],
+        record["detractors"],
+        record["positive"],
+        record["high_effort"],
+        round(record["sum_x"] * X_SCALE),
+        round(record["sum_x2"] * X2_SCALE),
+        record["sum_x"],
+        record["sum_x2"],
+        record["value"],
+        record["moe95"],
+        record["mean_normalized"],
+        record["version"],
+        [(d["name"], d["n"], d["high_effort"]) for d in record.get("drivers") or ()],
+    ]
+
+
+def answer_rows(values: Iterable[bytes], catalog: SchemaCatalog) -> list[list[Any]]:
+    """Rows of ``cxpulse.answers`` from the raw feedback messages the hot path counted (valid, first copies);
+    validated again for their normalised form (scales, labels), which they pass."""
+    records = [decode_feedback(value, catalog)[1] for value in values]
+    valid, rejected = validate_batch(records)
+    if rejected:  # cannot happen for what the hot path counted; say so rather than lose a row silently
+        raise StoreError(f"{len(rejected)} counted answers do not validate again: {rejected[0].reason}")
+    rows = []
+    for event, record in zip(valid, records, strict=True):
+        c = contribution(event.metric, event.score, event.scale_min, event.scale_max)
+        rows.append(
+            [
+                event.event_id,
+                _ms(event.occurred_at),
+                event.source,
+                event.channel,
+                event.journey,
+                event.touchpoint or "",
+                event.metric,
+                event.score,
+                event.scale_min,
+                event.scale_max,
+                event.customer_id or "",
+                record.get("interaction_id") or "",
+                record.get("agent_id") or "",
+                record.get("team") or "",
+                list(event.reason_codes),
+                record.get("comment") or "",
+                c.promoters,
+                c.passives,
+                c.detractors,
+                c.positive,
+                c.high_effort,
+                c.sx,
+                c.sx2,
+            ]
+        )
+    return rows
+
+
+def token(*parts: object) -> str:
+    """A deterministic insert_deduplication_token for the input a batch was built from."""
+    return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:32]
+
+
+def insert(client: Client, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str], dedup: str) -> None:
+    """Insert rows; the same ``dedup`` token again within the table's deduplication window is a no-op."""
+    if rows:
+        client.insert(
+            f"{DATABASE}.{table}",
+            rows,
+            column_names=list(columns),
+            settings={"insert_deduplication_token": dedup},
+        )

@@ -1,0 +1,339 @@
+"""Reading ClickHouse back: ``cxpulse report`` (KPIs per window and grouping) and ``cxpulse drivers`` (the "why"
+behind a change of a KPI).
+
+SQL only sums counters (exact: the fixed-point sx / sx2 columns); every KPI value, interval and decomposition is
+computed from the sums with streams/aggregate.py's ``kpi``, the one implementation of METRICS.md section 4.
+
+- Groupings of channel and journey read ``cxpulse.pane_results`` (latest version of each pane: FINAL); groupings
+  with touchpoint, agent, team or reason code read ``cxpulse.answers`` (the pane of an answer is
+  floor(occurred_at / P) * P, as in the stream).
+- A rolling window W is the merge of the W/P panes that end at the pane boundary at or before "now" (METRICS.md
+  section 5, processing clock); with ``since``, the consecutive windows of length W back to ``since`` (the latest
+  first).  ``pane`` gives every pane (latest version).
+- A dimension that is not grouped by is ``*`` (ALL), as in streams/windows.py's rollups.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, NamedTuple, Protocol
+
+from sinks import clickhouse as store
+from streams.aggregate import State, kpi, merge
+from streams.config import Settings
+from streams.windows import ALL
+
+PANE_DIMENSIONS = ("channel", "journey")
+ANSWER_DIMENSIONS = ("channel", "journey", "touchpoint", "agent", "team", "reason_code")
+COLUMN = {"agent": "agent_id", "reason_code": "reason"}
+SUMS_PANES = (
+    "sum(n), sum(promoters), sum(passives), sum(detractors), sum(positive), sum(high_effort), sum(sx), sum(sx2)"
+)
+SUMS_ANSWERS = (
+    "count(), sum(promoter), sum(passive), sum(detractor), sum(positive), sum(high_effort), sum(sx), sum(sx2)"
+)
+
+
+class Reader(Protocol):
+    def rows(self, sql: str, parameters: Mapping[str, Any]) -> list[Sequence[Any]]: ...
+
+
+class ClientReader:
+    """Queries through a clickhouse-connect client."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def rows(self, sql: str, parameters: Mapping[str, Any]) -> list[Sequence[Any]]:
+        return list(self.client.query(sql, parameters=dict(parameters)).result_rows)
+
+
+class EndpointReader:
+    """Queries through the read-only SQL endpoint of the process that holds the embedded store (sinks/app.py)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def rows(self, sql: str, parameters: Mapping[str, Any]) -> list[Sequence[Any]]:
+        body = json.dumps({"sql": sql, "parameters": dict(parameters)}, default=str).encode()
+        request = urllib.request.Request(self.url, body, {"Content-Type": "application/json"})  # noqa: S310
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - loopback, our own
+                return list(json.loads(response.read())["rows"])
+        except urllib.error.HTTPError as exc:
+            raise store.StoreError(f"the worker's query endpoint refused: {exc.read().decode()[:300]}") from exc
+        except OSError as exc:
+            raise store.StoreError(f"the worker's query endpoint {self.url} did not answer: {exc}") from exc
+
+
+def open_reader(settings: Settings) -> Reader:
+    """A reader of the configured store; while a worker holds the embedded store, through its endpoint."""
+    from sinks.app import endpoint_url  # the Faust app module, only when needed
+
+    try:
+        client = store.connect(settings)
+    except store.StoreBusyError as exc:
+        url = endpoint_url(settings.data_dir)
+        if url is None:
+            raise store.StoreError(
+                f"{exc}, and that process serves no query endpoint: stop it, or run this where its "
+                f"{settings.data_dir}/clickhouse-endpoint.json is"
+            ) from exc
+        return EndpointReader(url)
+    store.migrate(client)  # a fresh store has the tables (empty) rather than "unknown table"
+    return ClientReader(client)
+
+
+class Row(NamedTuple):
+    """One group of a report: its window, its dimensions (``*`` when rolled up), metric and exact counters."""
+
+    window_start: int
+    window_end: int
+    dimensions: dict[str, str]
+    metric: str
+    state: State
+    version: int
+
+
+def _ms(value: Any) -> int:
+    if isinstance(value, datetime):
+        return round(value.replace(tzinfo=value.tzinfo or UTC).timestamp() * 1000)
+    if isinstance(value, str):
+        return round(datetime.fromisoformat(value).replace(tzinfo=UTC).timestamp() * 1000)
+    return int(value)
+
+
+def check_dimensions(by: Sequence[str]) -> None:
+    unknown = [d for d in by if d not in ANSWER_DIMENSIONS]
+    if unknown or not by or len(set(by)) != len(by):
+        raise ValueError(f"--by takes distinct names among {', '.join(ANSWER_DIMENSIONS)} (got {','.join(by)})")
+
+
+def report(
+    reader: Reader,
+    *,
+    pane_ms: int,
+    window_ms: int | None,
+    by: Sequence[str],
+    metrics: Sequence[str],
+    now_ms: int,
+    since_ms: int | None,
+) -> list[Row]:
+    """The report's groups: panes (``window_ms`` None) or rolling windows ending at the pane boundary of ``now_ms``."""
+    check_dimensions(by)
+    end = now_ms - now_ms % pane_ms
+    if window_ms is None:
+        start = since_ms if since_ms is not None else 0
+        bucket = "toUnixTimestamp64Milli(window_start)"
+    else:
+        count = 1 if since_ms is None else max(1, math.ceil((end - since_ms) / window_ms))
+        start = end - count * window_ms
+        bucket = f"intDiv({end} - 1 - toUnixTimestamp64Milli(window_start), {window_ms})"
+    from_answers = any(d not in PANE_DIMENSIONS for d in by)
+    params: dict[str, Any] = {"start": start, "end": end if window_ms is not None else 2**62}
+    metric_filter = ""
+    if metrics:
+        metric_filter = "AND metric IN {metrics:Array(String)}"
+        params["metrics"] = list(metrics)
+    if from_answers:
+        pane = f"intDiv(toUnixTimestamp64Milli(occurred_at), {pane_ms}) * {pane_ms}"
+        source = (
+            f"(SELECT *, {pane} AS pane_ms, toDateTime64({pane} / 1000, 3, 'UTC') AS window_start "
+            "FROM cxpulse.answers FINAL"
+            + (" ARRAY JOIN if(empty(reason_codes), ['none'], reason_codes) AS reason" if "reason_code" in by else "")
+            + ")"
+        )
+        sums, version = SUMS_ANSWERS, "0"
+    else:
+        source, sums, version = "cxpulse.pane_results FINAL", SUMS_PANES, "max(version)"
+    dims = [COLUMN.get(d, d) for d in by]
+    select_dims = ", ".join(dims)
+    sql = (
+        f"SELECT {bucket} AS bucket, {select_dims}, metric, {sums}, {version} FROM {source} "
+        "WHERE toUnixTimestamp64Milli(window_start) >= {start:Int64} "
+        "AND toUnixTimestamp64Milli(window_start) < {end:Int64} "
+        f"{metric_filter} GROUP BY bucket, {select_dims}, metric ORDER BY bucket, {select_dims}, metric"
+    )
+    out = []
+    for row in reader.rows(sql, params):
+        key = int(row[0])
+        values = row[1 : 1 + len(dims)]
+        metric = str(row[1 + len(dims)])
+        counters = [int(v) for v in row[2 + len(dims) : 10 + len(dims)]]
+        state = State(*counters)
+        if state.n <= 0:
+            continue
+        if window_ms is None:
+            window_start, window_end = key, key + pane_ms
+        else:
+            window_end = end - key * window_ms
+            window_start = window_end - window_ms
+        dimensions = {name: ALL for name in PANE_DIMENSIONS}
+        dimensions.update({name: str(value) for name, value in zip(by, values, strict=True)})
+        out.append(Row(window_start, window_end, dimensions, metric, state, int(row[-1])))
+    out.sort(key=lambda r: (-r.window_end, tuple(r.dimensions.values()), r.metric))
+    return out
+
+
+# --- drivers: which touchpoints, reason codes, agents or teams explain a change -------------------------------
+
+
+class Driver(NamedTuple):
+    """One value of a dimension and its share of the change of the segment's KPI.
+
+    ``contribution`` is its term of the exact decomposition (the terms of a dimension add up to ``change``):
+    ``w_now * (k_now - K_before) - w_before * (k_before - K_before)``, w the value's share of answers, k its KPI,
+    K the segment's KPI.  ``interval`` is the 95% half-width of that term from the two KPIs' intervals."""
+
+    dimension: str
+    name: str
+    n_now: int
+    n_before: int
+    kpi_now: float | None
+    kpi_before: float | None
+    contribution: float
+    interval: float | None
+
+
+class Drivers(NamedTuple):
+    metric: str
+    kpi_now: float | None
+    kpi_before: float | None
+    n_now: int
+    n_before: int
+    change: float | None
+    drivers: list[Driver]
+
+
+SPLIT = 2520  # lcm(1..10): an answer's weight split evenly among up to 10 reason codes stays an integer
+
+
+def decompose(
+    metric: str, now: Mapping[str, State], before: Mapping[str, State], dimension: str, scale: int = 1
+) -> tuple[list[Driver], float | None, float | None]:
+    """The exact decomposition of the KPI change over the values of one dimension (see :class:`Driver`).
+
+    For reason codes, of which an answer can hold several, each answer's weight is split evenly among its codes
+    (``scale`` = SPLIT units an answer, so the counters stay integers and the shares still add up to one); the
+    KPIs are ratios and do not change with the scale, the intervals are scaled back (approximately for CES)."""
+    total_now = _total(now.values())
+    total_before = _total(before.values())
+    if total_now.n <= 0 or total_before.n <= 0:
+        return [], _value(metric, total_now), _value(metric, total_before)
+    k_before_total = kpi(metric, total_before).value
+    out = []
+    for name in sorted(set(now) | set(before)):
+        a, b = now.get(name), before.get(name)
+        w_now = a.n / total_now.n if a else 0.0
+        w_before = b.n / total_before.n if b else 0.0
+        ka = kpi(metric, a) if a and a.n else None
+        kb = kpi(metric, b) if b and b.n else None
+        term = (w_now * (ka.value - k_before_total) if ka else 0.0) - (
+            w_before * (kb.value - k_before_total) if kb else 0.0
+        )
+        variance = 0.0
+        known = True
+        for weight, k in ((w_now, ka), (w_before, kb)):
+            if k is None:
+                continue
+            if k.moe95 is None:
+                known = False
+            else:
+                variance += (weight * k.moe95) ** 2
+        out.append(
+            Driver(
+                dimension,
+                name,
+                round(a.n / scale) if a else 0,
+                round(b.n / scale) if b else 0,
+                ka.value if ka else None,
+                kb.value if kb else None,
+                term,
+                math.sqrt(variance * scale) if known else None,
+            )
+        )
+    out.sort(key=lambda d: (-abs(d.contribution), d.name))
+    return out, kpi(metric, total_now).value, k_before_total
+
+
+def _total(states: Iterable[State]) -> State:
+    total = State()
+    for state in states:
+        total = merge(total, state)
+    return total
+
+
+def _value(metric: str, state: State) -> float | None:
+    return kpi(metric, state).value if state.n > 0 else None
+
+
+def drivers(
+    reader: Reader,
+    *,
+    metric: str,
+    channel: str,
+    journey: str,
+    window_ms: int,
+    pane_ms: int,
+    now_ms: int,
+    versus: str,
+    dimensions: Sequence[str],
+) -> Drivers:
+    """The drivers of ``metric`` in a segment over the window ending at the pane boundary of ``now_ms``, against
+    the previous window (``versus="previous"``) or the rest of the business in the same window (``"rest"``).
+    Channel or journey ``*`` means all of them."""
+    end = now_ms - now_ms % pane_ms
+    start = end - window_ms
+    segment = []
+    params: dict[str, Any] = {"metric": metric, "start": start, "end": end, "before": start - window_ms}
+    for name, value in (("channel", channel), ("journey", journey)):
+        if value != ALL:
+            segment.append(f"{name} = {{{name}:String}}")
+            params[name] = value
+    inside = " AND ".join(segment) or "1"
+    if versus == "previous":
+        side = "toUnixTimestamp64Milli(occurred_at) >= {start:Int64}"
+        scope = f"({inside}) AND toUnixTimestamp64Milli(occurred_at) >= {{before:Int64}}"
+    elif versus == "rest":
+        if not segment:
+            raise ValueError("--vs rest needs a channel or a journey (the rest of everything is nothing)")
+        side = inside
+        scope = "toUnixTimestamp64Milli(occurred_at) >= {start:Int64}"
+    else:
+        raise ValueError(f"--vs is previous or rest, not {versus!r}")
+    found: list[Driver] = []
+    totals: tuple[float | None, float | None] = (None, None)
+    n_now = n_before = 0
+    for dimension in dimensions:
+        check_dimensions([dimension])
+        if dimension == "reason_code":
+            value = "arrayJoin(if(empty(reason_codes), ['none'], reason_codes))"
+            weight, scale = f"intDiv({SPLIT}, greatest(length(reason_codes), 1))", SPLIT
+        else:
+            column = COLUMN.get(dimension, dimension)
+            value, weight, scale = f"if({column} = '', 'none', {column})", "1", 1
+        sql = (
+            f"SELECT {side} AS now, {value} AS name, sum({weight}), sum(promoter * {weight}), "
+            f"sum(passive * {weight}), sum(detractor * {weight}), sum(positive * {weight}), "
+            f"sum(high_effort * {weight}), sum(sx * {weight}), sum(sx2 * {weight}) "
+            f"FROM cxpulse.answers FINAL WHERE metric = {{metric:String}} AND {scope} "
+            "AND toUnixTimestamp64Milli(occurred_at) < {end:Int64} GROUP BY now, name"
+        )
+        now: dict[str, State] = {}
+        before: dict[str, State] = {}
+        for row in reader.rows(sql, params):
+            state = State(*(int(v) for v in row[2:10]))
+            if state.n > 0:
+                (now if int(row[0]) else before)[str(row[1])] = state
+        terms, k_now, k_before = decompose(metric, now, before, dimension, scale)
+        found.extend(terms)
+        totals = (k_now, k_before)
+        if dimension != "reason_code":
+            n_now, n_before = _total(now.values()).n, _total(before.values()).n
+    change = totals[0] - totals[1] if totals[0] is not None and totals[1] is not None else None
+    return Drivers(metric, totals[0], totals[1], n_now, n_before, change, found)

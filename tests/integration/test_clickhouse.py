@@ -1,0 +1,183 @@
+"""ClickHouse through clickhouse-connect on the embedded store (chdb): schema migrations, idempotent inserts, and
+`report` / `drivers` against numbers computed independently here.
+
+chdb hosts one engine path per process, so the tests of this module share one store and empty its tables first.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from schemas.codec import LocalCatalog
+from sinks import clickhouse as store
+from sinks import report as rp
+from streams.config import Settings
+from streams.replay import replay_file
+from streams.synth import realistic_events
+from streams.windows import result_record, rolling_window, rollup
+
+P = 60_000
+NOW = 1_767_300_030_000  # the "now" of the reports: a pane boundary is 1_767_300_000_000
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    folder = tmp_path_factory.mktemp("chdb") / "store"
+    connection = store.connect(Settings(clickhouse_url=f"chdb://{folder}"))
+    yield connection
+
+
+@pytest.fixture()
+def db(client: object) -> object:
+    store.migrate(client)  # type: ignore[arg-type]
+    for table in ("pane_results", "answers"):
+        client.command(f"TRUNCATE TABLE IF EXISTS cxpulse.{table}")  # type: ignore[attr-defined]
+    return client
+
+
+def events(count: int, seed: int = 3, hours: float = 3.0) -> list[dict]:
+    start = NOW - int(hours * 3600_000)
+    return list(
+        realistic_events(
+            count, seed=seed, start_ms=start, per_second=count / (hours * 3600), invalid_share=0, duplicate_share=0
+        )
+    )
+
+
+def replayed(tmp_path: Path, batch: list[dict]):  # noqa: ANN201 - a Replay
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in batch))
+    return replay_file(path, P, lambda dead: None)
+
+
+def test_migrations_apply_once_and_are_recorded(db: object, tmp_path: Path) -> None:
+    assert store.migrate(db) == []  # type: ignore[arg-type]  # applied by the fixture already
+    versions = db.query("SELECT version, name FROM cxpulse.schema_version").result_rows  # type: ignore[attr-defined]
+    assert versions == [(1, "001_initial.sql")]
+    extra = tmp_path / "migrations"
+    extra.mkdir()
+    for path in (store.MIGRATIONS).glob("*.sql"):
+        (extra / path.name).write_text(path.read_text())
+    (extra / "002_probe.sql").write_text(
+        "-- a later change\nCREATE TABLE IF NOT EXISTS cxpulse.probe (x UInt8) ENGINE = Memory\n"
+    )
+    assert store.migrate(db, extra) == ["002_probe.sql"]  # type: ignore[arg-type]
+    assert store.migrate(db, extra) == []  # type: ignore[arg-type]
+    db.command("DROP TABLE cxpulse.probe")  # type: ignore[attr-defined]
+    db.command("ALTER TABLE cxpulse.schema_version DELETE WHERE version = 2")  # type: ignore[attr-defined]
+
+
+def test_pane_rows_report_as_replay_and_nothing_doubles(db: object, tmp_path: Path) -> None:
+    replay = replayed(tmp_path, events(3000))
+    results = replay.results()
+    rows = [store.pane_row(result_record(r)) for r in results]
+    store.insert(db, "pane_results", rows, store.PANE_COLUMNS, store.token("t", 0, 0, 1))  # type: ignore[arg-type]
+    store.insert(db, "pane_results", rows, store.PANE_COLUMNS, store.token("t", 0, 0, 1))  # type: ignore[arg-type]
+    count = db.query("SELECT count() FROM cxpulse.pane_results").result_rows[0][0]  # type: ignore[attr-defined]
+    assert count == len(rows)  # the retried insert was deduplicated
+    # a re-delivery with another token (a restarted sink): still one row per group once read
+    store.insert(db, "pane_results", rows[:50], store.PANE_COLUMNS, store.token("t", 0, 0, 2))  # type: ignore[arg-type]
+    reader = rp.ClientReader(db)
+    panes = rp.report(
+        reader, pane_ms=P, window_ms=None, by=["channel", "journey"], metrics=[], now_ms=NOW, since_ms=None
+    )
+    assert len(panes) == len(results)
+    by_key = {(r.window_start, r.dimensions["channel"], r.dimensions["journey"], r.metric): r for r in panes}
+    for result in results:
+        row = by_key[(result.window_start, result.channel, result.journey, result.metric)]
+        assert row.state.n == result.n and row.state.detractors == result.detractors
+        assert row.state.sum_x == pytest.approx(result.sum_x, abs=1e-9)
+    # rolling windows and rollups: replay's own functions on replay's panes
+    for window_ms in (300_000, 3600_000):
+        expected = rolling_window(replay.panes, NOW, window_ms, P)
+        got = rp.report(reader, pane_ms=P, window_ms=window_ms, by=["channel", "journey"], metrics=[], now_ms=NOW,
+                        since_ms=None)  # fmt: skip
+        assert {(r.dimensions["channel"], r.dimensions["journey"], r.metric): r.state for r in got} == expected
+        assert all(r.window_end == NOW - NOW % P and r.window_start == r.window_end - window_ms for r in got)
+        by_channel = rp.report(reader, pane_ms=P, window_ms=window_ms, by=["channel"], metrics=["NPS"], now_ms=NOW,
+                               since_ms=None)  # fmt: skip
+        rolled = {k: v for k, v in rollup(expected, by_channel=True, by_journey=False).items() if k[2] == "NPS"}
+        assert {(r.dimensions["channel"], r.dimensions["journey"], r.metric): r.state for r in by_channel} == rolled
+    # a revision (higher version) replaces
+    first = results[0]
+    revised = store.pane_row({**result_record(first), "n": first.n + 1, "version": first.version + 5})
+    store.insert(db, "pane_results", [revised], store.PANE_COLUMNS, store.token("t", 0, 9, 9))  # type: ignore[arg-type]
+    again = rp.report(reader, pane_ms=P, window_ms=None, by=["channel", "journey"], metrics=[first.metric],
+                      now_ms=NOW, since_ms=first.window_start)  # fmt: skip
+    match = [r for r in again if r.window_start == first.window_start and r.dimensions["channel"] == first.channel
+             and r.dimensions["journey"] == first.journey]  # fmt: skip
+    assert [r.state.n for r in match] == [first.n + 1] and match[0].version == first.version + 5
+
+
+def raw(batch: list[dict]) -> list[bytes]:
+    return [json.dumps(e).encode() for e in batch]
+
+
+def test_answers_by_touchpoint_and_hourly_windows_match_a_count_by_hand(db: object) -> None:
+    batch = events(4000, seed=8)
+    rows = store.answer_rows(raw(batch), LocalCatalog())
+    store.insert(db, "answers", rows, store.ANSWER_COLUMNS, store.token("a", 0, 0, 1))  # type: ignore[arg-type]
+    store.insert(db, "answers", rows[:100], store.ANSWER_COLUMNS, store.token("a", 0, 0, 2))  # type: ignore[arg-type]
+    reader = rp.ClientReader(db)
+    got = rp.report(reader, pane_ms=P, window_ms=3600_000, by=["touchpoint"], metrics=["NPS"], now_ms=NOW,
+                    since_ms=NOW - 3 * 3600_000)  # fmt: skip
+    end = NOW - NOW % P
+    counts: dict[tuple[int, str], list[int]] = defaultdict(lambda: [0, 0, 0])
+    for e in batch:
+        if e["metric"] != "NPS" or not (end - 3 * 3600_000 <= e["occurred_at"] - e["occurred_at"] % P < end):
+            continue
+        hour = (end - 1 - (e["occurred_at"] - e["occurred_at"] % P)) // 3600_000
+        c = counts[(hour, e["touchpoint"])]
+        c[0] += 1
+        c[1] += e["score"] >= 9
+        c[2] += e["score"] <= 6
+    assert len(got) == len(counts) > 10
+    for row in got:
+        hour = (end - row.window_end) // 3600_000
+        n, promoters, detractors = counts[(hour, row.dimensions["touchpoint"])]
+        assert (row.state.n, row.state.promoters, row.state.detractors) == (n, promoters, detractors)
+        assert row.dimensions["channel"] == "*" and row.window_end - row.window_start == 3600_000
+
+
+def test_drivers_decompose_the_change_exactly_and_name_the_touchpoint(db: object) -> None:
+    """chat/billing NPS: in the previous hour 40% promoters and 20% detractors everywhere; in the last hour the
+    bot turns 70% detractors.  The bot's term carries the drop; the terms add up to the change."""
+    rng = random.Random(4)
+    end = NOW - NOW % P
+    batch = []
+    for hour, bad in ((1, False), (0, True)):
+        for i in range(600):
+            touchpoint = rng.choice(("bot", "live_agent", "faq"))
+            u = rng.random()
+            detractor = u < (0.7 if bad and touchpoint == "bot" else 0.2)
+            score = 3 if detractor else (10 if u > 0.6 else 8)
+            batch.append({"event_id": f"h{hour}-{i}", "occurred_at": end - hour * 3600_000 - 1000 - i * 5000,
+                          "source": "sim", "channel": "chat", "journey": "billing", "metric": "NPS", "score": score,
+                          "touchpoint": touchpoint, "reason_codes": ["hold_time"] if detractor else []})  # fmt: skip
+    rows = store.answer_rows(raw(batch), LocalCatalog())
+    store.insert(db, "answers", rows, store.ANSWER_COLUMNS, store.token("d", 0, 0, 1))  # type: ignore[arg-type]
+    found = rp.drivers(rp.ClientReader(db), metric="NPS", channel="chat", journey="billing", window_ms=3600_000,
+                       pane_ms=P, now_ms=NOW, versus="previous", dimensions=["touchpoint", "reason_code"])  # fmt: skip
+
+    def nps(answers: list[dict]) -> float:
+        return 100 * (sum(a["score"] >= 9 for a in answers) - sum(a["score"] <= 6 for a in answers)) / len(answers)
+
+    now = [a for a in batch if a["occurred_at"] >= end - 3600_000]
+    before = [a for a in batch if a["occurred_at"] < end - 3600_000]
+    assert found.kpi_now == pytest.approx(nps(now)) and found.kpi_before == pytest.approx(nps(before))
+    assert (found.n_now, found.n_before) == (len(now), len(before))
+    touchpoints = [d for d in found.drivers if d.dimension == "touchpoint"]
+    assert sum(d.contribution for d in touchpoints) == pytest.approx(found.change)
+    assert touchpoints[0].name == "bot" and touchpoints[0].contribution < 0.7 * found.change
+    bot_now = [a for a in now if a["touchpoint"] == "bot"]
+    assert touchpoints[0].n_now == len(bot_now) and touchpoints[0].kpi_now == pytest.approx(nps(bot_now))
+    assert touchpoints[0].interval is not None and 0 < touchpoints[0].interval < 20
+    reasons = [d for d in found.drivers if d.dimension == "reason_code"]
+    assert sum(d.contribution for d in reasons) == pytest.approx(found.change)
+    assert {d.name for d in reasons} == {"hold_time", "none"}

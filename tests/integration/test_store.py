@@ -1,0 +1,176 @@
+"""The ClickHouse sink in a running worker, on the real broker and the embedded store: pane rows equal replay,
+every counted answer once, nothing doubles on re-delivery, nothing is lost while ClickHouse is away; `cxpulse
+report` answers through the worker while it holds the store."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka.admin import AdminClient
+
+from sinks.report import EndpointReader
+from streams.replay import replay_file
+from streams.simulate import CHANNELS as SIM_CHANNELS
+from streams.simulate import JOURNEYS, Simulator
+from streams.synth import CHANNELS as SYNTH_CHANNELS
+from tests.integration.test_worker import (
+    Pipeline,
+    expected_results,
+    make_pipeline,
+    mixed_events,
+    produce,
+    scrape,
+    start_worker,
+    stop_process,
+    stop_worker,
+    wait_for,
+)
+from tests.support import RunningBroker, cxpulse_command, free_ports
+
+DASHBOARDS = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboards"
+
+
+def dashboard_sql() -> list[tuple[str, str]]:
+    """(where, SQL) of every ClickHouse panel target, with Grafana's macros and variables filled in as a first
+    view has them (the last 30 days, every channel and journey)."""
+    channels = ", ".join(f"'{c}'" for c in sorted({*SIM_CHANNELS, *SYNTH_CHANNELS}))
+    journeys = ", ".join(f"'{j}'" for j in JOURNEYS)
+    out = []
+    for path in sorted(DASHBOARDS.glob("*.json")):
+        for panel in json.loads(path.read_text())["panels"]:
+            for target in panel["targets"]:
+                if target["datasource"]["type"] != "grafana-clickhouse-datasource":
+                    continue
+                sql = re.sub(r"\$__timeFilter\((\w+)\)", r"\1 >= now64(3) - INTERVAL 30 DAY", target["rawSql"])
+                sql = sql.replace("${channel:singlequote}", channels).replace("${journey:singlequote}", journeys)
+                assert "$" not in sql, sql
+                out.append((f"{path.name}: {panel['title']}", sql))
+    assert out, "no ClickHouse panels"
+    return out
+
+
+def store_pipeline(bootstrap: str, tmp_path: Path, url: str | None = None) -> Pipeline:
+    return make_pipeline(bootstrap, tmp_path, clickhouse_url=url or f"chdb://{tmp_path / 'store'}")
+
+
+def cli(pipeline: Pipeline, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cxpulse_command(*args), env=pipeline.env, capture_output=True, text=True, check=False)
+
+
+def endpoint(pipeline: Pipeline) -> EndpointReader:
+    found = json.loads((pipeline.settings.data_dir / "clickhouse-endpoint.json").read_text())
+    return EndpointReader(found["url"])
+
+
+def pane_records(pipeline: Pipeline) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """`cxpulse report --window pane --format jsonl`: the latest version of every pane group, as a user gets it."""
+    result = cli(pipeline, "report", "--window", "pane", "--format", "jsonl")
+    assert result.returncode == 0, result.stderr
+    out = {}
+    for line in result.stdout.splitlines():
+        record = json.loads(line)
+        out[(record["window_start"], record["channel"], record["journey"], record["metric"])] = record
+    return out
+
+
+def same_as_replay(got: dict[tuple[Any, ...], dict[str, Any]], expected: dict[tuple[Any, ...], dict[str, Any]]) -> bool:
+    if set(got) != set(expected):
+        return False
+    fields = ("n", "promoters", "passives", "detractors", "positive", "high_effort")
+    return all(all(got[k][f] == expected[k][f] for f in fields) for k in expected)
+
+
+COUNT = "SELECT count(), uniqExact(event_id) FROM cxpulse.answers"
+COUNT_FINAL = "SELECT count(), uniqExact(event_id) FROM cxpulse.answers FINAL"
+
+
+def answers_count(pipeline: Pipeline, final: bool = False) -> tuple[int, int]:
+    sql = COUNT_FINAL if final else COUNT
+    rows = endpoint(pipeline).rows(sql, {})
+    return int(rows[0][0]), int(rows[0][1])
+
+
+def test_pane_rows_equal_replay_answers_once_and_redelivery_doubles_nothing(
+    kafka_broker: RunningBroker, tmp_path: Path
+) -> None:
+    pipeline = store_pipeline(kafka_broker.bootstrap, tmp_path)
+    settings = pipeline.settings
+    source = tmp_path / "events.jsonl"
+    mixed_events(source, 3000)
+    simulated = Simulator(seed=4, rate=20, start_ms=int(time.time() * 1000) - 1800_000)  # comments, agents, teams
+    with source.open("a") as out:
+        out.writelines(json.dumps(e) + "\n" for batch in simulated.run(60_000) for e in batch)
+    expected, _ = expected_results(source, settings.pane_seconds)
+    counted = replay_file(source, settings.pane_seconds * 1000, lambda dead: None).stats.counted
+    port = free_ports(1)[0]
+    log = tmp_path / "worker.log"
+    worker = start_worker(pipeline, log, metrics_port=port)
+    try:
+        produce(settings, source)
+        wait_for(lambda: same_as_replay(pane_records(pipeline), expected), "ClickHouse panes equal to replay", log)
+        wait_for(lambda: answers_count(pipeline) == (counted, counted), "every counted answer in ClickHouse", log)
+        sample = scrape(port)
+        assert sample['cxpulse_sink_rows_total{table="answers"}'] == counted
+        assert sample["cxpulse_clickhouse_up"] == 1
+        # report reads through the worker's endpoint while it holds the store; table and csv too
+        table = cli(pipeline, "report", "--window", "24h", "--by", "channel")
+        assert table.returncode == 0 and "cxpulse report: 24h by channel" in table.stdout, table.stderr
+        # every SQL query of the Grafana dashboards runs on this store and shows data
+        empty = [where for where, sql in dashboard_sql() if not endpoint(pipeline).rows(sql, {})]
+        assert not empty, empty
+        stop_worker(worker, log)
+        # re-delivery: the sink's group forgets its offsets and reads everything again
+        admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+        for future in admin.delete_consumer_groups([f"{settings.app_id}-sink"], request_timeout=10).values():
+            future.result()
+        worker = start_worker(pipeline, log, metrics_port=port)
+        wait_for(
+            lambda: scrape(port, starting=True).get('cxpulse_sink_rows_total{table="answers"}', 0) >= counted,
+            "the sink to read everything again",
+            log,
+        )
+        assert same_as_replay(pane_records(pipeline), expected)
+        assert answers_count(pipeline, final=True) == (counted, counted)
+        stop_worker(worker, log)
+    finally:
+        stop_process(worker)
+
+
+def test_clickhouse_away_pauses_the_sink_and_loses_nothing(kafka_broker: RunningBroker, tmp_path: Path) -> None:
+    closed = free_ports(1)[0]  # nothing listens there: every insert is refused
+    pipeline = store_pipeline(kafka_broker.bootstrap, tmp_path, url=f"http://127.0.0.1:{closed}")
+    settings = pipeline.settings
+    source = tmp_path / "events.jsonl"
+    mixed_events(source, 2000)
+    expected, _ = expected_results(source, settings.pane_seconds)
+    counted = replay_file(source, settings.pane_seconds * 1000, lambda dead: None).stats.counted
+    port = free_ports(1)[0]
+    log = tmp_path / "worker.log"
+    worker = start_worker(pipeline, log, metrics_port=port)
+    try:
+        produce(settings, source)
+
+        def stuck() -> bool:
+            sample = scrape(port, starting=True)
+            lag = sum(v for k, v in sample.items() if k.startswith("cxpulse_sink_lag_messages{") and "clickhouse" in k)
+            return sample.get('cxpulse_sink_errors_total{sink="clickhouse"}', 0) >= 3 and lag > 0
+
+        wait_for(stuck, "the sink to fail, retry and hold its place", log)
+        assert scrape(port)["cxpulse_clickhouse_up"] == 0
+        assert scrape(port)["cxpulse_worker_ready"] == 1  # consuming is fine; the sink alert says the rest
+        stop_worker(worker, log)
+        # ClickHouse is back (here: the embedded store), and the sink goes on from where it stood
+        back = {**pipeline.env, "CXPULSE_CLICKHOUSE_URL": f"chdb://{tmp_path / 'store'}"}
+        worker = start_worker(Pipeline(pipeline.settings, back), log, metrics_port=port)
+        url = back["CXPULSE_CLICKHOUSE_URL"]
+        restored = Pipeline(pipeline.settings.model_copy(update={"clickhouse_url": url}), back)
+        wait_for(lambda: same_as_replay(pane_records(restored), expected), "ClickHouse panes equal to replay", log)
+        wait_for(lambda: answers_count(restored, final=True) == (counted, counted), "every counted answer", log)
+        stop_worker(worker, log)
+    finally:
+        stop_process(worker)
