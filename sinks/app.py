@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import sys
-import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -37,15 +36,15 @@ import faust
 from aiohttp import web
 from clickhouse_connect.driver.client import Client
 from faust.types import EventT, StreamT
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import Counter, Gauge
 
 from schemas.codec import WINDOW_RESULT, SchemaCatalog, decode_confluent
 from sinks import clickhouse as store
 from sinks.prometheus import measure_sink_lag
-from streams.config import Settings, load_settings
-from streams.errors import EXIT_PERMANENT, ConfigurationError
+from streams.config import Settings
 from streams.topics import internal_topics, partition_count
 from streams.worker import faust_compat
+from streams.worker.app import run_faust_process
 from streams.worker.hotpath import catalog_for
 from streams.worker.metrics import WorkerMetrics
 from streams.worker.records import decode_answers
@@ -164,52 +163,50 @@ def create_app(settings: Settings, metrics: WorkerMetrics, catalog: SchemaCatalo
                 await asyncio.sleep(backoff)
                 backoff = min(BACKOFF_MAX_SECONDS, backoff * 2)
 
-    @app.agent(results)
-    async def clickhouse_panes(stream: StreamT[Any]) -> None:
+    async def sink_batches(
+        stream: StreamT[Any], topic: str, table: str, size: int, rows_of: Callable[[bytes], list[list[Any]]]
+    ) -> None:
+        """Batches of a topic into a table: rows per partition, written (until ClickHouse takes them), then acked."""
         batches = cast("faust.Stream[Any]", stream)
-        async for events in batches.noack_take(PANES_BATCH, within=BATCH_WITHIN_SECONDS):
+        done = applied[topic]
+        async for events in batches.noack_take(size, within=BATCH_WITHIN_SECONDS):
             by_partition: dict[int, tuple[list[int], list[list[Any]]]] = defaultdict(lambda: ([], []))
             for event in cast("list[EventT[Any]]", events):
                 message = event.message
                 offsets, rows = by_partition[message.partition]
                 offsets.append(message.offset)
                 try:
-                    _, record = decode_confluent(message.value or b"", catalog, WINDOW_RESULT)
-                    rows.append(store.pane_row(record))
-                except Exception as exc:  # noqa: BLE001 - not a result: skipped, counted
+                    rows.extend(rows_of(message.value or b""))
+                except Exception as exc:  # noqa: BLE001 - a record that is not what the topic carries: counted
                     metrics.sink_errors.labels(SINK).inc()
-                    LOG.error("%s[%d]@%d is not a WindowResult (%s); skipped", results.get_topic_name(),
-                              message.partition, message.offset, exc)  # fmt: skip
+                    LOG.error("%s[%d]@%d cannot be read (%s); skipped", topic, message.partition, message.offset, exc)
             for partition, (offsets, _) in by_partition.items():  # where the lag counts from while a write waits
-                applied[settings.results_topic].setdefault(partition, min(offsets))
+                done.setdefault(partition, min(offsets))
             for partition, (offsets, rows) in by_partition.items():
-                await write("pane_results", settings.results_topic, partition, offsets, rows)
-                applied[settings.results_topic][partition] = max(offsets) + 1
+                await write(table, topic, partition, offsets, rows)
+                done[partition] = max(offsets) + 1
             for event in cast("list[EventT[Any]]", events):
                 await batches.ack(event)
 
+    @app.agent(results)
+    async def clickhouse_panes(stream: StreamT[Any]) -> None:
+        await sink_batches(
+            stream,
+            settings.results_topic,
+            "pane_results",
+            PANES_BATCH,
+            lambda value: [store.pane_row(decode_confluent(value, catalog, WINDOW_RESULT)[1])],
+        )
+
     @app.agent(answers)
     async def clickhouse_answers(stream: StreamT[Any]) -> None:
-        batches = cast("faust.Stream[Any]", stream)
-        async for events in batches.noack_take(ANSWERS_BATCH, within=BATCH_WITHIN_SECONDS):
-            by_partition: dict[int, tuple[list[int], list[list[Any]]]] = defaultdict(lambda: ([], []))
-            for event in cast("list[EventT[Any]]", events):
-                message = event.message
-                offsets, rows = by_partition[message.partition]
-                offsets.append(message.offset)
-                try:
-                    rows.extend(store.answer_rows(decode_answers(message.value or b""), catalog))
-                except Exception as exc:  # noqa: BLE001 - not an answers message: skipped, counted
-                    metrics.sink_errors.labels(SINK).inc()
-                    LOG.error("%s[%d]@%d cannot be read (%s); skipped", answers_name, message.partition,
-                              message.offset, exc)  # fmt: skip
-            for partition, (offsets, _) in by_partition.items():
-                applied[answers_name].setdefault(partition, min(offsets))
-            for partition, (offsets, rows) in by_partition.items():
-                await write("answers", answers_name, partition, offsets, rows)
-                applied[answers_name][partition] = max(offsets) + 1
-            for event in cast("list[EventT[Any]]", events):
-                await batches.ack(event)
+        await sink_batches(
+            stream,
+            answers_name,
+            "answers",
+            ANSWERS_BATCH,
+            lambda value: store.answer_rows(decode_answers(value), catalog),
+        )
 
     @app.timer(interval=2.0)  # type: ignore[untyped-decorator]
     async def sink_health() -> None:
@@ -282,29 +279,14 @@ def endpoint_url(data_dir: Path) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m sinks.app METRICS_PORT LOGLEVEL``."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    port, loglevel = int(args[0]), args[1] if len(args) > 1 else "warn"
-    try:
-        settings = load_settings()
-    except ConfigurationError as exc:
-        print(f"cxpulse sink: {exc}", file=sys.stderr)
-        return EXIT_PERMANENT
-    if not settings.clickhouse_url:
-        print("cxpulse sink: CXPULSE_CLICKHOUSE_URL is empty: no store to write to", file=sys.stderr)
-        return EXIT_PERMANENT
     # one line per failed insert is ours; clickhouse-connect and urllib3 would add three more each time
     for noisy in ("clickhouse_connect", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    metrics = WorkerMetrics(CollectorRegistry())
-    if port:
-        start_http_server(port, addr="127.0.0.1", registry=metrics.registry)
-    started = time.monotonic()
-    app = create_app(settings, metrics)
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
-    worker.spinner = None
-    LOG.debug("sink app built in %.1f s", time.monotonic() - started)
-    worker.execute_from_commandline()
-    return 0
+
+    def check(settings: Settings) -> str | None:
+        return None if settings.clickhouse_url else "CXPULSE_CLICKHOUSE_URL is empty: no store to write to"
+
+    return run_faust_process("sink", argv, create_app, check)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import logging
 import sys
 import time
 from collections import defaultdict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import faust
@@ -373,25 +373,40 @@ def create_app(settings: Settings, metrics: WorkerMetrics, catalog: SchemaCatalo
     return app
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the Faust process: ``python -m streams.worker.app METRICS_PORT LOGLEVEL``."""
+def run_faust_process(
+    name: str,
+    argv: Sequence[str] | None,
+    build: Callable[[Settings, WorkerMetrics], faust.App],
+    check: Callable[[Settings], str | None] = lambda settings: None,
+) -> int:
+    """A Faust process of the worker: ``python -m MODULE METRICS_PORT LOGLEVEL``; settings from the environment
+    (exit 2, EXIT_PERMANENT, when they are invalid or ``check`` names a problem), metrics on the loopback port."""
     args = list(sys.argv[1:] if argv is None else argv)
     port, loglevel = int(args[0]), args[1] if len(args) > 1 else "warn"
     try:
         settings = load_settings()
     except ConfigurationError as exc:
-        print(f"cxpulse worker: {exc}", file=sys.stderr)
+        print(f"cxpulse {name}: {exc}", file=sys.stderr)
+        return EXIT_PERMANENT
+    problem = check(settings)
+    if problem is not None:
+        print(f"cxpulse {name}: {problem}", file=sys.stderr)
         return EXIT_PERMANENT
     metrics = WorkerMetrics(CollectorRegistry())
     if port:
         start_http_server(port, addr="127.0.0.1", registry=metrics.registry)
-    app = create_app(settings, metrics)
+    app = build(settings, metrics)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     # no spinner: at the default level Faust's spinner turns the root logger to DEBUG (~8% CPU), and it writes
     # cursor hide/show codes even into a log file (faust/utils/terminal/spinners.py)
     worker.spinner = None
     worker.execute_from_commandline()
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the Faust process: ``python -m streams.worker.app METRICS_PORT LOGLEVEL``."""
+    return run_faust_process("worker", argv, create_app)
 
 
 if __name__ == "__main__":
