@@ -43,16 +43,34 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts are plain: their "[env CXPULSE_...]" notes must show as written
 )
 err = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 240)  # a pipe or a file gets whole tables
 DEMO_WORKER_TIMEOUT_SECONDS = 120.0  # start-up of the demo's worker, recovery included
 PROGRESS_AFTER_SECONDS = 1.0  # a replay shows a progress bar once it has run this long (on a terminal)
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[bold red]cxpulse:[/] {message}", highlight=False)
+    err.print(f"[bold red]cxpulse:[/] {escape(message)}", highlight=False)  # user text is never markup
     raise typer.Exit(code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        out.print(f"cxpulse {version('cxpulse')}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Streaming customer-experience metrics: rolling NPS, CES, CSAT, NLS and CAS per channel and journey."""
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -120,6 +138,10 @@ def _start_local_broker(
 ) -> tuple[local_broker.BrokerSpec, subprocess.Popen[bytes], _Shutdown, float]:
     """Resolve, start and wait for the local broker; exit with a one-line error when any step fails."""
     try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _fail(f"data folder {settings.data_dir} (--data-dir / CXPULSE_DATA_DIR): {exc.strerror or exc}")
+    try:
         spec = _broker_spec(settings, port, controller_port, heap)
         proc = local_broker.start(spec)
     except CxPulseError as exc:
@@ -135,9 +157,10 @@ def _start_local_broker(
     return spec, proc, shutdown, took
 
 
-PortOpt = Annotated[int, typer.Option("--port", help="Kafka listener port on 127.0.0.1.")]
+PortOpt = Annotated[int, typer.Option("--port", min=1, max=65534, help="Kafka listener port on 127.0.0.1.")]
 ControllerOpt = Annotated[
-    int | None, typer.Option("--controller-port", help="KRaft controller port (default: port + 1).")
+    int | None,
+    typer.Option("--controller-port", min=1, max=65535, help="KRaft controller port (default: port + 1)."),
 ]
 DataDirOpt = Annotated[
     Path | None,
@@ -176,6 +199,8 @@ def topics(
     partitions: Annotated[int | None, typer.Option(help="Partitions [env CXPULSE_PARTITIONS].")] = None,
 ) -> None:
     """Create the pipeline's topics (those missing) with explicit partitions and configs."""
+    if partitions is not None and partitions < 1:
+        _fail(f"--partitions {partitions}: a topic needs at least 1 partition", 2)
     settings = _settings(kafka_bootstrap=bootstrap, partitions=partitions)
     try:
         created = ensure_topics(settings.kafka_bootstrap, topic_specs(settings))
@@ -343,7 +368,9 @@ def produce(
     """Send a file of events to the feedback topic, the way a contact-center platform would.
 
     Without --validate every line or record is sent as it is, invalid ones too. With it, invalid events are
-    refused, one JSON line each on stderr, and the exit code is 3 when any was refused.
+    refused, one dead-letter JSON line each on stdout (the summary goes to stderr), and the exit code is 3 when
+    any was refused. A file that cannot be read or sent whole (a corrupt Avro container, a record the current
+    schema cannot carry) is reported with what was sent and what was not, exit code 1.
     """
     settings = _settings(kafka_bootstrap=bootstrap, feedback_topic=topic)
     catalog = RegistryCatalog(settings.schema_registry_url) if settings.schema_registry_url else LocalCatalog()
@@ -356,7 +383,7 @@ def produce(
                 settings.feedback_topic,
                 catalog,
                 validate=validate,
-                on_refused=lambda dead: err.print(dead_letter_json(dead), highlight=False, markup=False),
+                on_refused=lambda dead: sys.stdout.write(dead_letter_json(dead) + "\n"),  # machine output: stdout
                 progress=_progress(stack, events, "produce"),
             )
         except CxPulseError as exc:
@@ -373,6 +400,11 @@ def produce(
         ),
         highlight=False,
     )
+    if stats.not_sent:
+        _fail(
+            f"produce: {len(stats.not_sent)} input(s) of {events} not sent (the file could not be read or sent "
+            f"whole); first: {stats.not_sent[0]}"
+        )
     if refused:
         raise typer.Exit(3)
 
@@ -707,7 +739,9 @@ def _duration_ms(text: str, option: str) -> int:
 @app.command()
 def replay(
     events: Annotated[Path, typer.Argument(help="JSON lines or Avro container file of FeedbackEvents.")],
-    pane: Annotated[str, typer.Option(help="Pane length, e.g. 60s, 5m.")] = "60s",
+    pane: Annotated[
+        str | None, typer.Option(help="Pane length, e.g. 60s, 5m [env CXPULSE_PANE_SECONDS, default 60s].")
+    ] = None,
     window: Annotated[
         str,
         typer.Option(help="'pane' for pane results, or a rolling window (5m, 1h, 24h) as of the latest event."),
@@ -727,14 +761,19 @@ def replay(
     Prints one JSON object per group with n > 0 (METRICS.md section 6). Invalid events are data, not
     failures: they go to --dead-letter and the exit code stays 0.
     """
-    pane_ms = _duration_ms(pane, "--pane")
+    settings = _settings()  # a bad CXPULSE_* value stops here (exit 2), before any work
+    pane_ms = _duration_ms(pane, "--pane") if pane is not None else settings.pane_seconds * 1000
+    pane = pane or f"{settings.pane_seconds}s"
     window_ms = None if window == "pane" else _duration_ms(window, "--window")
-    detector = effort_config(_settings())
+    detector = effort_config(settings)
     if window_ms is not None and window_ms % pane_ms:
         _fail(f"--window {window} is not a whole number of --pane {pane}", 2)
     started = time.monotonic()
     with ExitStack() as stack:
-        dead_file = stack.enter_context(dead_letter.open("w")) if dead_letter is not None else None
+        # every output opened before any work: a path that cannot be written fails at once, with nothing half-done
+        sink = _open_for_writing(stack, output, "--output") if output is not None else sys.stdout
+        dead_file = _open_for_writing(stack, dead_letter, "--dead-letter") if dead_letter is not None else None
+        alert_file = _open_for_writing(stack, alerts, "--alerts") if alerts is not None else None
 
         def on_dead(dead: DeadLetter) -> None:
             if dead_file is not None:
@@ -747,14 +786,11 @@ def replay(
         except OSError as exc:
             _fail(f"replay: {events}: {exc.strerror}")
         results = result.results(window_ms)
-        sink = stack.enter_context(output.open("w")) if output is not None else sys.stdout
         for record in results:
             sink.write(json.dumps(result_json(record), separators=(",", ":")) + "\n")
-        fired = result.alerts(detector) if alerts is not None else []
-        if alerts is not None:
-            with alerts.open("w") as alert_file:
-                for alert in fired:
-                    alert_file.write(json.dumps(alert, separators=(",", ":")) + "\n")
+        fired = result.alerts(detector) if alert_file is not None else []
+        if alert_file is not None:
+            alert_file.writelines(json.dumps(alert, separators=(",", ":")) + "\n" for alert in fired)
     if not quiet:
         stats = result.stats
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(stats.dead_letters.items())) or "none"
@@ -764,6 +800,14 @@ def replay(
             f"{len(results)} results" + (f"; {len(fired)} effort alerts" if alerts is not None else ""),
             highlight=False,
         )
+
+
+def _open_for_writing(stack: ExitStack, path: Path, option: str) -> Any:
+    """``path`` opened for writing, or one line naming the problem (exit 1)."""
+    try:
+        return stack.enter_context(path.open("w"))
+    except OSError as exc:
+        _fail(f"{option} {path}: {exc.strerror or exc}")
 
 
 def _progress(stack: ExitStack, path: Path, verb: str) -> ProgressFn | None:

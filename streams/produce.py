@@ -35,6 +35,7 @@ class ProduceStats:
     sent: int = 0
     refused: Counter[str] = field(default_factory=Counter)
     failed: list[str] = field(default_factory=list)
+    not_sent: list[str] = field(default_factory=list)  # "position: why" of inputs that could not be sent or read
 
 
 def encode_record(record: Mapping[str, Any], catalog: SchemaCatalog) -> bytes:
@@ -47,21 +48,30 @@ def encode_record(record: Mapping[str, Any], catalog: SchemaCatalog) -> bytes:
 
 
 def _messages(
-    batch: Batch, keep: set[int], catalog: SchemaCatalog, with_undecodable: bool
+    batch: Batch, keep: set[int], catalog: SchemaCatalog, with_undecodable: bool, not_sent: list[str]
 ) -> list[tuple[bytes | None, bytes]]:
-    """(key, value) of every input of the batch to send, in input order."""
+    """(key, value) of every input of the batch to send, in input order; what cannot be sent (a record the
+    current schema cannot carry, the unreadable rest of a corrupt container) goes to ``not_sent``."""
     out: list[tuple[int, bytes | None, bytes]] = []
     for index in sorted(keep):
         record = batch.records[index]
         original = batch.originals(index)
-        value = original.encode() if isinstance(original, str) else encode_record(record, catalog)
+        if isinstance(original, str):  # a JSON line (one that is not UTF-8 never decodes: it is undecodable)
+            value = original.encode()
+        else:
+            try:
+                value = encode_record(record, catalog)
+            except Exception as exc:  # noqa: BLE001 - e.g. an enum symbol the current schema lacks
+                not_sent.append(f"{batch.positions[index]}: cannot be encoded as a FeedbackEvent: {exc}")
+                continue
         key = record.get("customer_id") or record.get("event_id")
         out.append((2 * index + 1, key.encode() if key else None, value))
-    if with_undecodable:
-        for before, dead in batch.undecodable:
-            if dead.original:
-                raw = dead.original.encode() if isinstance(dead.original, str) else dead.original
-                out.append((2 * before, None, raw))
+    for before, dead in batch.undecodable:
+        if not dead.original:  # the unreadable rest of an Avro container: nothing to send
+            not_sent.append(f"{dead.position}: {dead.detail}")
+        elif with_undecodable:
+            raw = dead.original.encode() if isinstance(dead.original, str) else dead.original
+            out.append((2 * before, None, raw))
     return [(key, value) for _, key, value in sorted(out, key=lambda item: item[0])]
 
 
@@ -102,7 +112,7 @@ def produce_file(
             for dead in batch.dead_letters(rejected):
                 stats.refused[dead.reason] += 1
                 on_refused(dead)
-        for key, value in _messages(batch, keep, catalog, with_undecodable=not validate):
+        for key, value in _messages(batch, keep, catalog, not validate, stats.not_sent):
             while True:
                 try:
                     out.produce(topic, value, key=key, on_delivery=delivered)

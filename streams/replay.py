@@ -95,12 +95,17 @@ def open_input(path: Path) -> tuple[IO[bytes], bool]:
 def _json_batches(handle: IO[bytes]) -> Iterator[Batch]:
     records: list[dict[str, Any]] = []
     positions: list[str] = []
-    lines: list[str] = []
+    lines: list[str | bytes] = []
     undecodable: list[tuple[int, DeadLetter]] = []
     for number, raw in enumerate(handle, start=1):
-        line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-        if not line.strip():
+        body = raw[:-1] if raw.endswith(b"\n") else raw  # a line is its bytes up to the newline, "\r" included
+        if not body.strip():
             continue  # blank lines are not events
+        line: str | bytes
+        try:
+            line = body.decode("utf-8")
+        except UnicodeDecodeError:
+            line = body  # kept as bytes: `produce` sends it as it is, a dead letter carries it in base64
         try:
             records.append(feedback_from_json(line))
             positions.append(f"line {number}")

@@ -66,6 +66,26 @@ def test_json_lines_are_sent_as_they_are(
     assert got[0][0] == b"c1" and got[3][0] == b"c"  # keyed by customer_id, else event_id
 
 
+def test_every_line_arrives_byte_for_byte(
+    kafka_broker: RunningBroker, topic_factory: Callable[..., str], tmp_path: Path
+) -> None:
+    """A producer tool sends each line's bytes as they are: invalid UTF-8, a Windows line end, no newline at the
+    end of the file (issue 11: \\xff\\xfe arrived as ef bf bd ef bf bd, a trailing \\r was dropped)."""
+    topic = topic_factory()
+    lines = [
+        json.dumps(event(event_id="crlf")).encode() + b"\r",
+        b"\xff\xfe not utf-8",
+        b"caf\xc3\xa9 not json\r",
+        json.dumps(event(event_id="last")).encode(),
+    ]
+    source = tmp_path / "bytes.jsonl"
+    source.write_bytes(b"\n".join(lines))  # no newline after the last line
+    done = _produce(kafka_broker, topic, source)
+    assert done.returncode == 0, done.stderr
+    got = _consume_all(kafka_broker.bootstrap, topic, len(lines))
+    assert [value for _, value in got] == lines
+
+
 def test_validate_refuses_invalid_events(
     kafka_broker: RunningBroker, topic_factory: Callable[..., str], tmp_path: Path
 ) -> None:
@@ -74,7 +94,8 @@ def test_validate_refuses_invalid_events(
     source.write_text("\n".join(LINES) + "\n")
     done = _produce(kafka_broker, topic, source, "--validate")
     assert done.returncode == 3
-    refused = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    refused = [json.loads(line) for line in done.stdout.splitlines()]  # machine output on stdout only
+    assert not [line for line in done.stderr.splitlines() if line.startswith("{")]
     assert [(r["reason"], r["position"]) for r in refused] == [
         ("bad_metric", "line 2"),
         ("undecodable", "line 3"),
@@ -123,3 +144,40 @@ def test_missing_topic_fails_with_a_message(kafka_broker: RunningBroker, tmp_pat
     done = _produce(kafka_broker, "no-such-topic", source)
     assert done.returncode == 1
     assert "topic no-such-topic does not exist" in done.stderr
+
+
+def test_a_corrupt_container_says_what_was_sent_and_exits_1(
+    kafka_broker: RunningBroker, topic_factory: Callable[..., str], tmp_path: Path
+) -> None:
+    topic = topic_factory()
+    records = [event(event_id=f"r{i}") for i in range(3000)]
+    buffer = io.BytesIO()
+    fastavro.writer(buffer, fastavro.parse_schema(FEEDBACK_RAW), records, sync_interval=4000)  # many blocks
+    data = buffer.getvalue()
+    source = tmp_path / "truncated.avro"
+    source.write_bytes(data[: len(data) * 2 // 3])
+    done = _produce(kafka_broker, topic, source)
+    assert done.returncode == 1, done.stderr
+    sent = int(done.stderr.split("sent ")[1].split(" events")[0])
+    assert 0 < sent < 3000
+    assert "not sent" in done.stderr and "after record" in done.stderr and "Traceback" not in done.stderr
+    assert len(_consume_all(kafka_broker.bootstrap, topic, sent)) == sent
+
+
+def test_a_record_the_schema_cannot_carry_is_reported_not_a_traceback(
+    kafka_broker: RunningBroker, topic_factory: Callable[..., str], tmp_path: Path
+) -> None:
+    """A writer schema whose metric enum has a symbol the current FeedbackEvent lacks, at record 9,000."""
+    topic = topic_factory()
+    schema = json.loads(json.dumps(FEEDBACK_RAW))
+    for field in schema["fields"]:
+        if field["name"] == "metric" and isinstance(field["type"], dict):
+            field["type"]["symbols"] = [*field["type"]["symbols"], "XYZ"]
+    records = [event(event_id=f"r{i}", metric="XYZ" if i == 8999 else "CES") for i in range(9500)]
+    buffer = io.BytesIO()
+    fastavro.writer(buffer, fastavro.parse_schema(schema), records)
+    source = tmp_path / "enum.avro"
+    source.write_bytes(buffer.getvalue())
+    done = _produce(kafka_broker, topic, source)
+    assert done.returncode == 1, done.stderr
+    assert "sent 9499 events" in done.stderr and "record 9000" in done.stderr and "Traceback" not in done.stderr
