@@ -383,7 +383,7 @@ def produce(
                 settings.feedback_topic,
                 catalog,
                 validate=validate,
-                on_refused=lambda dead: sys.stdout.write(dead_letter_json(dead) + "\n"),  # machine output: stdout
+                on_refused=_refused_to_stdout,  # machine output on stdout, the summary on stderr
                 progress=_progress(stack, events, "produce"),
             )
         except CxPulseError as exc:
@@ -725,8 +725,56 @@ def drivers(
         out.print(table)
 
 
+TOPIC_ALIASES = ("feedback", "dlq", "results", "alerts", "followups")
+
+
+@app.command()
+def read(
+    topic: Annotated[
+        str, typer.Argument(help="A topic, or one of feedback, dlq, results, alerts, followups (the configured names).")
+    ],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep reading new records until Ctrl-C.")] = False,
+    from_end: Annotated[bool, typer.Option("--from-end", help="Only records that arrive from now on.")] = False,
+    limit: Annotated[int | None, typer.Option(min=1, help="Stop after this many records.")] = None,
+    bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap [env CXPULSE_KAFKA_BOOTSTRAP].")] = None,
+) -> None:
+    """Print a topic's records as JSON lines, decoded: results, alerts, dead letters (with their reason headers),
+    follow-ups, feedback. One object a line: partition, offset, timestamp, key, value (and headers)."""
+    from streams import read as reader
+
+    settings = _settings(kafka_bootstrap=bootstrap)
+    if topic in TOPIC_ALIASES:
+        name = getattr(settings, {"dlq": "dlq_topic"}.get(topic, f"{topic}_topic"))
+    else:
+        name = topic
+    stop = {"now": False}
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    catalog = RegistryCatalog(settings.schema_registry_url) if settings.schema_registry_url else LocalCatalog()
+    try:
+        for record in reader.read(
+            settings.kafka_bootstrap, name, catalog, from_end=from_end, follow=follow, limit=limit,
+            stopping=lambda: stop["now"],
+        ):  # fmt: skip
+            sys.stdout.write(json.dumps(record, separators=(",", ":"), ensure_ascii=False, default=str) + "\n")
+            if follow:
+                sys.stdout.flush()
+    except CxPulseError as exc:
+        _fail(f"read: {exc}")
+    except BrokenPipeError:  # `cxpulse read ... | head`
+        sys.stderr.close()
+
+
 def _names(text: str | None) -> tuple[str, ...]:
     return tuple(name.strip() for name in text.split(",") if name.strip()) if text else ()
+
+
+def _refused_to_stdout(dead: DeadLetter) -> None:
+    sys.stdout.write(dead_letter_json(dead) + "\n")
 
 
 def _duration_ms(text: str, option: str) -> int:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from schemas.codec import LocalCatalog
 from streams.replay import replay_file
 from streams.synth import realistic_events
-from streams.validate import Clock
+from streams.validate import Clock, validate_batch
 from streams.windows import WindowResult
 from streams.worker.ingest import Ingest, segment_partition
 from streams.worker.merge import MergeStep
@@ -177,3 +177,17 @@ def test_partial_messages_round_trip() -> None:
     out = ingest.batch([Msg(0, i, json.dumps(e).encode()) for i, e in enumerate(events(50, 4))], CLOCK)
     message: PartialBatch = out.partials[0]
     assert decode_partials(encode_partials(message)) == message
+
+
+def test_the_answers_of_a_batch_are_the_raw_bytes_of_the_counted_events() -> None:
+    """Valid and first seen: an invalid message and a re-sent copy are not among them."""
+    good = [json.dumps(e).encode() for e in events(50, seed=9) if e["event_id"]]
+    valid, _ = validate_batch([json.loads(v) for v in good])
+    counted_ids = {event.event_id for event in valid}
+    values = [*good, b"not json", DEEP, good[0], good[3]]
+    ingest = Ingest("t", LocalCatalog(), PANE_MS, 3, answers=True)
+    messages = [Msg(0, offset, value) for offset, value in enumerate(values)]
+    out = ingest.batch(messages, CLOCK)
+    assert sorted(json.loads(v)["event_id"] for v in out.answers[0]) == sorted(counted_ids)
+    assert all(v in good for v in out.answers[0])
+    assert Ingest("t", LocalCatalog(), PANE_MS, 3).batch(messages, CLOCK).answers == {}  # off: nothing copied
