@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 KAFKA_LIB := deploy/kafka/lib
 
 .DEFAULT_GOAL := help
-.PHONY: help install jars demo test lint typecheck format unit bench bench-replay clean
+.PHONY: help install test-tools jars demo test lint typecheck format unit bench bench-replay clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -15,10 +15,16 @@ help:  ## list the targets
 $(BIN)/cxpulse: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	@touch $@
+
+$(VENV)/.test-tools: $(BIN)/cxpulse pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	@touch $@
 
-install: $(BIN)/cxpulse  ## create .venv with cxpulse and its test tools
+install: $(BIN)/cxpulse  ## create .venv with cxpulse (what `make demo` needs)
+
+test-tools: $(VENV)/.test-tools  ## add pytest, ruff, mypy and the other test tools to .venv
 
 $(KAFKA_LIB)/.resolved: deploy/kafka/pom.xml
 	mvn -q -B -f deploy/kafka/pom.xml dependency:copy-dependencies
@@ -29,31 +35,31 @@ jars: $(KAFKA_LIB)/.resolved  ## resolve the Kafka jars from Maven Central into 
 demo: install jars  ## run the main job on the embedded default (local Kafka, topics); Ctrl-C stops it
 	$(BIN)/cxpulse demo
 
-lint: install  ## ruff lint + format check
+lint: test-tools  ## ruff lint + format check
 	$(BIN)/ruff check streams schemas sinks tests benchmarks
 	$(BIN)/ruff format --check streams schemas sinks tests benchmarks
 
-typecheck: install  ## mypy --strict on streams/ schemas/ sinks/
+typecheck: test-tools  ## mypy --strict on streams/ schemas/ sinks/
 	$(BIN)/mypy
 
-format: install  ## apply ruff's fixes and formatting
+format: test-tools  ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix streams schemas sinks tests benchmarks
 	$(BIN)/ruff format streams schemas sinks tests benchmarks
 
-unit: install  ## the pure-logic tests only (no broker)
+unit: test-tools  ## the pure-logic tests only (no broker)
 	$(BIN)/pytest -m unit
 
 test: install jars lint typecheck  ## lint, typecheck, then every test (starts a real Kafka broker)
 	$(BIN)/pytest
 
-bench-replay: install  ## the replay benchmark (1,000,000 events; N=... to change)
+bench-replay: test-tools  ## the replay benchmark (1,000,000 events; N=... to change)
 	$(BIN)/python benchmarks/replay.py $(if $(N),--events $(N),)
 
 $(VENV)-quix/bin/python:
 	$(PYTHON) -m venv $(VENV)-quix
 	$(VENV)-quix/bin/pip install --quiet quixstreams==3.28.1 fastavro==1.13.1
 
-bench: install jars $(VENV)-quix/bin/python  ## cxpulse beside a bare loop, Quix Streams, naive Faust and replay (ARGS=... to pass options)
+bench: test-tools jars $(VENV)-quix/bin/python  ## cxpulse beside a bare loop, Quix Streams, naive Faust and replay (ARGS=... to pass options)
 	$(BIN)/python -m benchmarks.bench $(ARGS)
 
 clean:  ## remove the venv, resolved jars and local state

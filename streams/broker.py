@@ -61,6 +61,12 @@ def ensure_jars(lib_dir: Path, echo: Callable[[str], None] = print) -> Path:
     if list(lib_dir.glob("kafka_2.13-*.jar")):
         return lib_dir
     pom = KAFKA_DEPLOY_DIR / "pom.xml"
+    if not pom.is_file():
+        raise BrokerError(
+            f"the local Kafka needs the build files of a cxpulse source checkout ({pom} is missing: an installed "
+            "package does not carry them); run `cxpulse broker` / `demo` from a clone, or point "
+            "CXPULSE_KAFKA_BOOTSTRAP at a Kafka of your own"
+        )
     mvn = shutil.which("mvn")
     if mvn is None:
         raise BrokerError(f"Kafka jars are missing in {lib_dir} and Maven (mvn) is not installed to fetch them")

@@ -709,8 +709,9 @@ def drivers(
     )
     for dimension in _names(by):
         table = Table(title=f"by {dimension}", title_justify="left")
-        for column, justify in (("value", "left"), ("n now", "right"), ("n before", "right"), ("KPI now", "right"),
-                                ("KPI before", "right"), ("contribution", "right"), ("±95%", "right")):  # fmt: skip
+        other = "before" if vs == "previous" else "rest"
+        for column, justify in (("value", "left"), ("n now", "right"), (f"n {other}", "right"), ("KPI now", "right"),
+                                (f"KPI {other}", "right"), ("contribution", "right"), ("±95%", "right")):  # fmt: skip
             table.add_column(column, justify=justify)  # type: ignore[arg-type]
         for driver in [d for d in found.drivers if d.dimension == dimension][:top]:
             table.add_row(

@@ -120,3 +120,26 @@ def test_dashboards_use_the_provisioned_datasources() -> None:
         for panel in board["panels"]:
             assert panel["datasource"]["uid"] in uids, (path.name, panel["title"])
             assert panel["targets"], (path.name, panel["title"])
+
+
+def test_make_demo_installs_no_test_tools_and_the_license_is_spdx() -> None:
+    import tomllib
+
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    runtime = makefile.split("$(BIN)/cxpulse: pyproject.toml", 1)[1].split("\n\n", 1)[0]
+    assert "[test]" not in runtime and "pip install --quiet -e ." in runtime
+    demo = next(line for line in makefile.splitlines() if line.startswith("demo:"))
+    assert "test-tools" not in demo
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "Apache-2.0"  # a string: the table form is deprecated (setuptools warned 4x)
+
+
+def test_the_broker_outside_a_checkout_says_what_it_needs(tmp_path: Path, monkeypatch: object) -> None:
+    import pytest
+
+    from streams import broker
+    from streams.errors import BrokerError
+
+    monkeypatch.setattr(broker, "KAFKA_DEPLOY_DIR", tmp_path / "site-packages" / "deploy" / "kafka")  # type: ignore[attr-defined]
+    with pytest.raises(BrokerError, match="source checkout"):
+        broker.ensure_jars(tmp_path / "lib")
