@@ -141,31 +141,46 @@ class LocalCatalog:
 
 
 class RegistryCatalog:
-    """Schema ids from a Confluent-compatible Schema Registry (confluent-kafka's SchemaRegistryClient).
+    """Schema ids from a Confluent-compatible Schema Registry, through confluent-kafka's caching
+    SchemaRegistryClient (``mock://`` URLs give its in-memory mock, for tests).
 
-    Lookups are cached: the registry is asked once per schema id, never per message.
+    ``subjects`` maps a record name (FeedbackEvent, WindowResult, EffortAlert) to its subject; cxpulse derives them
+    with confluent-kafka's TopicNameStrategy (``cx.feedback-value``, ...), what Confluent's tools look for.  Lookups
+    are cached: the registry is asked once per schema, never per message.  An unreachable or refusing registry is
+    a SchemaError naming it.
     """
 
-    def __init__(self, url: str, subject_suffix: str = "-value") -> None:
+    def __init__(self, url: str, subjects: Mapping[str, str], client: Any = None) -> None:
         from confluent_kafka.schema_registry import SchemaRegistryClient
 
-        self._client = SchemaRegistryClient({"url": url})
-        self._suffix = subject_suffix
+        self.url = url
+        self._client = client or SchemaRegistryClient.new_client({"url": url})
+        self._subjects = dict(subjects)
         self._by_id: dict[int, Any] = {}
+        self._ids: dict[str, int] = {}
 
     def id_for(self, raw_schema: Mapping[str, Any]) -> int:
         from confluent_kafka.schema_registry import Schema
 
-        subject = f"{raw_schema['namespace']}.{raw_schema['name']}{self._suffix}"
-        schema_id: int = self._client.register_schema(subject, Schema(json.dumps(raw_schema), "AVRO"))
-        return schema_id
+        name = str(raw_schema["name"])
+        if name not in self._ids:
+            subject = self._subjects.get(name)
+            if subject is None:
+                raise SchemaError(f"no Schema Registry subject configured for {name} records")
+            try:
+                self._ids[name] = int(self._client.register_schema(subject, Schema(json.dumps(raw_schema), "AVRO")))
+            except Exception as exc:
+                raise SchemaError(f"Schema Registry at {self.url}: cannot register {subject}: {exc}") from exc
+        return self._ids[name]
 
     def schema_for(self, schema_id: int) -> Any:
         if schema_id not in self._by_id:
             try:
                 fetched = self._client.get_schema(schema_id)
             except Exception as exc:
-                raise SchemaError(f"schema id {schema_id} not found in the registry: {exc}") from exc
+                raise SchemaError(
+                    f"schema id {schema_id} not found in the Schema Registry at {self.url}: {exc}"
+                ) from exc
             self._by_id[schema_id] = parse(json.loads(fetched.schema_str or "null"))
         return self._by_id[schema_id]
 

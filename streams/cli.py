@@ -25,7 +25,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
-from schemas.codec import LocalCatalog, RegistryCatalog, parse_timestamp_ms
+from schemas.codec import parse_timestamp_ms
 from streams import broker as local_broker
 from streams.aggregate import kpi
 from streams.config import Settings, effort_config, load_settings, parse_duration
@@ -36,6 +36,7 @@ from streams.replay import dead_letter_json, replay_file
 from streams.topics import ensure_topics, topic_specs
 from streams.validate import DeadLetter
 from streams.windows import iso_utc, result_json, window_result
+from streams.worker.hotpath import catalog_for
 
 app = typer.Typer(
     name="cxpulse",
@@ -373,7 +374,7 @@ def produce(
     schema cannot carry) is reported with what was sent and what was not, exit code 1.
     """
     settings = _settings(kafka_bootstrap=bootstrap, feedback_topic=topic)
-    catalog = RegistryCatalog(settings.schema_registry_url) if settings.schema_registry_url else LocalCatalog()
+    catalog = catalog_for(settings)
     started = time.monotonic()
     with ExitStack() as stack:
         try:
@@ -495,7 +496,7 @@ def simulate(
             markup=False,
         )
 
-    catalog = RegistryCatalog(settings.schema_registry_url) if settings.schema_registry_url else LocalCatalog()
+    catalog = catalog_for(settings)
     try:
         sent = sim.to_kafka(
             simulator,
@@ -755,7 +756,7 @@ def read(
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    catalog = RegistryCatalog(settings.schema_registry_url) if settings.schema_registry_url else LocalCatalog()
+    catalog = catalog_for(settings)
     try:
         for record in reader.read(
             settings.kafka_bootstrap, name, catalog, from_end=from_end, follow=follow, limit=limit,

@@ -18,7 +18,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from schemas.codec import FEEDBACK, FEEDBACK_RAW, SchemaCatalog, encode_confluent
-from streams.errors import BrokerError
+from streams.errors import BrokerError, SchemaError
 from streams.kafka import producer
 from streams.replay import Batch, read_batches
 from streams.validate import DeadLetter, validate_batch
@@ -61,6 +61,8 @@ def _messages(
         else:
             try:
                 value = encode_record(record, catalog)
+            except SchemaError:
+                raise  # the registry, not this record: stop with its message
             except Exception as exc:  # noqa: BLE001 - e.g. an enum symbol the current schema lacks
                 not_sent.append(f"{batch.positions[index]}: cannot be encoded as a FeedbackEvent: {exc}")
                 continue

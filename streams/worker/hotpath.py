@@ -432,8 +432,23 @@ class HotPath:
 
 
 def catalog_for(settings: Settings) -> SchemaCatalog:
-    """The schema catalog of the settings: a Schema Registry when configured, else the local one."""
-    return RegistryCatalog(settings.schema_registry_url) if settings.schema_registry_url else LocalCatalog()
+    """The schema catalog of the settings: a Schema Registry when configured (subjects by confluent-kafka's
+    TopicNameStrategy: ``<topic>-value``), else the local one (fixed ids, no registry)."""
+    if not settings.schema_registry_url:
+        return LocalCatalog()
+    from confluent_kafka.schema_registry import topic_subject_name_strategy
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    topics = {
+        "FeedbackEvent": settings.feedback_topic,
+        "WindowResult": settings.results_topic,
+        "EffortAlert": settings.alerts_topic,
+    }
+    subjects = {
+        name: str(topic_subject_name_strategy(SerializationContext(topic, MessageField.VALUE), name))
+        for name, topic in topics.items()
+    }
+    return RegistryCatalog(settings.schema_registry_url, subjects)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

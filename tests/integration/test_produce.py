@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import uuid
 from collections.abc import Callable
@@ -181,3 +182,24 @@ def test_a_record_the_schema_cannot_carry_is_reported_not_a_traceback(
     done = _produce(kafka_broker, topic, source)
     assert done.returncode == 1, done.stderr
     assert "sent 9499 events" in done.stderr and "record 9000" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_an_unreachable_schema_registry_is_a_one_line_error(
+    kafka_broker: RunningBroker, topic_factory: Callable[..., str], tmp_path: Path
+) -> None:
+    """The registry option used to crash (ModuleNotFoundError: authlib): confluent-kafka[schemaregistry] now."""
+    topic = topic_factory()
+    buffer = io.BytesIO()
+    fastavro.writer(buffer, fastavro.parse_schema(FEEDBACK_RAW), [event(event_id="r1")])
+    source = tmp_path / "events.avro"
+    source.write_bytes(buffer.getvalue())
+    done = subprocess.run(
+        cxpulse_command("produce", str(source), "--topic", topic, "--bootstrap", kafka_broker.bootstrap),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        env={**os.environ, "CXPULSE_SCHEMA_REGISTRY_URL": "http://127.0.0.1:1"},
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Schema Registry at http://127.0.0.1:1" in done.stderr and "Traceback" not in done.stderr

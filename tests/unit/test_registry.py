@@ -1,0 +1,71 @@
+"""The Schema Registry path through confluent-kafka's own client (its in-memory ``mock://`` registry): subjects
+by TopicNameStrategy, ids from the registry, and bytes that Confluent's AvroSerializer / AvroDeserializer and
+cxpulse's codec read from each other."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+from schemas.codec import (
+    FEEDBACK_RAW,
+    WINDOW_RESULT,
+    WINDOW_RESULT_RAW,
+    decode_batch,
+    encode_confluent,
+)
+from streams.config import Settings
+from streams.errors import SchemaError
+from streams.produce import _DEFAULTS
+from streams.windows import result_record, window_result
+from streams.worker.hotpath import catalog_for
+from tests.support import event
+
+pytestmark = pytest.mark.unit
+
+
+def registry_catalog(url: str = "mock://cx") -> tuple[object, SchemaRegistryClient]:
+    catalog = catalog_for(Settings(schema_registry_url=url))
+    return catalog, catalog._client  # type: ignore[attr-defined]
+
+
+def test_subjects_follow_the_topic_name_strategy_and_ids_come_from_the_registry() -> None:
+    catalog, client = registry_catalog()
+    other = {"type": "record", "name": "X", "fields": [{"name": "a", "type": "int"}]}
+    client.register_schema("other-value", Schema(json.dumps(other), "AVRO"))  # takes the registry's first id
+    feedback = catalog.id_for(FEEDBACK_RAW)  # type: ignore[attr-defined]
+    results = catalog.id_for(WINDOW_RESULT_RAW)  # type: ignore[attr-defined]
+    assert set(client.get_subjects()) == {"other-value", "cx.feedback-value", "cx.metrics.panes-value"}
+    assert feedback != 1 or results != 2  # the registry's ids, not the local catalog's fixed ones
+    assert client.get_latest_version("cx.feedback-value").schema_id == feedback
+
+
+def test_bytes_from_confluents_serializer_are_read_by_the_hot_path_decoder() -> None:
+    catalog, client = registry_catalog()
+    serializer = AvroSerializer(client, json.dumps(FEEDBACK_RAW))
+    record = {**_DEFAULTS, **event(event_id="x1", reason_codes=["hold_time"], customer_id="c9")}
+    value = serializer(record, SerializationContext("cx.feedback", MessageField.VALUE))
+    decoded = decode_batch([value], catalog)  # type: ignore[arg-type]
+    assert decoded.failed == [] and decoded.records[0]["event_id"] == "x1"
+    assert decoded.records[0]["reason_codes"] == ["hold_time"]
+    assert decoded.schema_ids == [client.get_latest_version("cx.feedback-value").schema_id]
+
+
+def test_results_cxpulse_writes_are_read_by_confluents_deserializer() -> None:
+    from streams.aggregate import State
+
+    catalog, client = registry_catalog()
+    result = result_record(window_result(0, 60_000, "chat", "billing", "NPS", State(3, 2, 0, 1, 0, 0, 0, 0), 7))
+    value = encode_confluent(result, WINDOW_RESULT, catalog.id_for(WINDOW_RESULT_RAW))  # type: ignore[attr-defined]
+    read = AvroDeserializer(client)(value, SerializationContext("cx.metrics.panes", MessageField.VALUE))
+    assert read["channel"] == "chat" and read["n"] == 3 and read["version"] == 7
+
+
+def test_an_unreachable_registry_is_a_schema_error_naming_it() -> None:
+    catalog, _ = registry_catalog("http://127.0.0.1:1")
+    with pytest.raises(SchemaError, match=r"Schema Registry at http://127.0.0.1:1"):
+        catalog.id_for(FEEDBACK_RAW)  # type: ignore[attr-defined]
