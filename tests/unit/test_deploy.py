@@ -143,3 +143,16 @@ def test_the_broker_outside_a_checkout_says_what_it_needs(tmp_path: Path, monkey
     monkeypatch.setattr(broker, "KAFKA_DEPLOY_DIR", tmp_path / "site-packages" / "deploy" / "kafka")  # type: ignore[attr-defined]
     with pytest.raises(BrokerError, match="source checkout"):
         broker.ensure_jars(tmp_path / "lib")
+
+
+def test_readme_tables_name_only_real_settings_and_commands() -> None:
+    from streams.config import Settings
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    known = {f"CXPULSE_{name.upper()}" for name in Settings.model_fields}
+    named = set(re.findall(r"`(CXPULSE_[A-Z_]+)`", readme))
+    assert named <= known, named - known
+    commands = set(get_command(app).commands)  # type: ignore[attr-defined]
+    table = re.findall(r"^\| `cxpulse (\w+)", readme, flags=re.MULTILINE)
+    assert table and set(table) <= commands, set(table) - commands
+    assert commands <= set(table), commands - set(table)  # every command is in the table
