@@ -213,19 +213,30 @@ def topics(
 @app.command()
 def demo(
     port: PortOpt = 9092,
+    controller_port: ControllerOpt = None,
     data_dir: DataDirOpt = None,
     until_ready: Annotated[
         bool,
         typer.Option("--until-ready", help="Stop once everything is up (a smoke check) instead of running."),
     ] = False,
+    duration: Annotated[
+        str | None, typer.Option(help="Stop after this long (e.g. 90s); default: until Ctrl-C.")
+    ] = None,
 ) -> None:
-    """The main job on the embedded default: local Kafka broker, the pipeline's topics, and what runs.
+    """The main job on the embedded default: local Kafka, the worker (KPI gauges, effort detector, ClickHouse
+    sink), the simulator with an effort incident 30 s in, and a live dashboard of KPIs and alerts.
 
-    Runs in the foreground until Ctrl-C.
+    A time-lapse: 5-second panes and a 60-second effort baseline, so that the alert fires within about a
+    minute. Runs in the foreground until Ctrl-C (or --duration); stops every process it started.
     """
+    from streams import demo as live
+
+    stop_after = _duration_ms(duration, "--duration") / 1000 if duration is not None else None
     settings = _settings(data_dir=data_dir, kafka_bootstrap=f"127.0.0.1:{port}")
     started = time.monotonic()
-    spec, proc, shutdown, broker_seconds = _start_local_broker(settings, port, None, local_broker.DEFAULT_HEAP)
+    spec, proc, shutdown, broker_seconds = _start_local_broker(
+        settings, port, controller_port, local_broker.DEFAULT_HEAP
+    )
     specs = topic_specs(settings)
     try:
         ensure_topics(spec.bootstrap, specs)
@@ -241,7 +252,7 @@ def demo(
     for topic in specs:
         table.add_row("topic", topic.name, f"{topic.partitions} partitions")
     table.add_row("state", str(spec.data_dir), f"broker log {spec.log_file}")
-    worker_proc, worker_log, worker_seconds = _start_demo_worker(settings, spec.bootstrap, proc)
+    worker_proc, worker_log, worker_seconds = _start_demo_worker(settings, spec.bootstrap, proc, live.DEMO_ENV)
     shutdown.also_stop(worker_proc)
     table.add_row(
         "stream worker",
@@ -249,21 +260,72 @@ def demo(
         f"ready in {worker_seconds:.1f} s, pid {worker_proc.pid}, log {worker_log}",
     )
     table.add_row("KPI gauges, effort detector", "same /metrics", f"alerts on {settings.alerts_topic}")
-    table.add_row("feed it", "cxpulse simulate --rate 50", "in another terminal (Ctrl-C stops it)")
     if settings.clickhouse_url:
         table.add_row("ClickHouse (worker's sink)", settings.clickhouse_url, "read it: cxpulse report, cxpulse drivers")
-    table.add_row("live terminal dashboard", "-", "not part of this build yet (see README, roadmap)")
-    out.print(table)
     if until_ready:
+        out.print(table)
         local_broker.stop(worker_proc)
         local_broker.stop(proc)
         return
+    sim_proc, sim_log = live.start_simulator(spec.bootstrap, settings.data_dir)
+    shutdown.also_stop(sim_proc)
+    table.add_row("simulator", " ".join(live.SIMULATION), f"pid {sim_proc.pid}, log {sim_log}")
+    out.print(table)
     out.print("running; Ctrl-C stops everything", highlight=False)
-    shutdown.wait(spec.log_file)
+    alerts = _run_dashboard(live, settings, spec.bootstrap, shutdown, stop_after, [sim_proc, worker_proc, proc])
+    for child in (sim_proc, worker_proc, proc):  # the simulator first, the broker last
+        local_broker.stop(child)
+    out.print(live.summary(settings, alerts), highlight=False)
+
+
+def _run_dashboard(
+    live: Any,
+    settings: Settings,
+    bootstrap: str,
+    shutdown: _Shutdown,
+    stop_after: float | None,
+    children: list[subprocess.Popen[bytes]],
+) -> list[dict[str, Any]]:
+    """The live dashboard until Ctrl-C, --duration, or a child that dies; the alerts seen."""
+    from rich.live import Live
+
+    board = live.Dashboard(settings, bootstrap)
+    started = time.monotonic()
+    view = Live(board.render(), console=out, refresh_per_second=2) if out.is_terminal else None
+    last_line = 0.0
+    try:
+        if view is not None:
+            view.start()
+        while not shutdown.requested:
+            if stop_after is not None and time.monotonic() - started >= stop_after:
+                break
+            dead = [c for c in children if c.poll() is not None]
+            if dead:
+                err.print(f"demo: pid {dead[0].pid} exited with {dead[0].returncode}; stopping", highlight=False)
+                break
+            for alert in board.poll():
+                out.print(live.alert_line(alert), highlight=False, markup=False)
+            if view is not None:
+                view.update(board.render())
+            elif time.monotonic() - last_line >= 10:  # not a terminal: a progress line every 10 s
+                last_line = time.monotonic()
+                out.print(
+                    f"{time.monotonic() - started:4.0f} s: {board.records:,.0f} events ({board.rate:,.0f}/s), "
+                    f"lag {board.lag:,.0f}, {len(board.kpis)} segments, {len(board.alerts)} alerts",
+                    highlight=False,
+                )
+            time.sleep(1.0)  # the dashboard's pace (the worker's gauges refresh every 2 s)
+    finally:
+        if view is not None:
+            view.stop()
+        board.close()
+    if view is None:
+        out.print(board.render())
+    return list(board.alerts)
 
 
 def _start_demo_worker(
-    settings: Settings, bootstrap: str, broker_proc: subprocess.Popen[bytes]
+    settings: Settings, bootstrap: str, broker_proc: subprocess.Popen[bytes], extra_env: dict[str, str]
 ) -> tuple[subprocess.Popen[bytes], Path, float]:
     """Start `cxpulse worker` against the demo broker and wait until its /metrics reports it ready."""
     if not settings.metrics_port:
@@ -271,7 +333,12 @@ def _start_demo_worker(
         _fail("demo: the worker's readiness is read from /metrics; CXPULSE_METRICS_PORT must not be 0")
     started = time.monotonic()
     log_path = settings.data_dir / "worker.log"
-    env = {**os.environ, "CXPULSE_KAFKA_BOOTSTRAP": bootstrap, "CXPULSE_DATA_DIR": str(settings.data_dir)}
+    env = {
+        **os.environ,
+        **extra_env,
+        "CXPULSE_KAFKA_BOOTSTRAP": bootstrap,
+        "CXPULSE_DATA_DIR": str(settings.data_dir),
+    }
     with log_path.open("ab") as log:
         worker_proc = subprocess.Popen(
             [sys.executable, "-m", "streams.cli", "worker"],

@@ -272,9 +272,8 @@ def to_kafka(
     reported = started
     while not stopping() and (duration_ms is None or simulator.offset_ms < duration_ms):
         due = started + simulator.offset_ms / 1000
-        wait = due - time.monotonic()
-        if wait > 0:
-            out.poll(wait)
+        while (wait := due - time.monotonic()) > 0 and not stopping():
+            out.poll(wait)  # returns early when it serves a delivery report: wait again for the rest
         for event in simulator.slice():
             key = event["customer_id"].encode()
             while True:

@@ -62,3 +62,25 @@ def test_read_prints_results_and_dead_letters_decoded(kafka_broker: RunningBroke
         cxpulse_command("read", "no-such-topic"), env=pipeline.env, capture_output=True, text=True, check=False
     )
     assert missing.returncode == 1 and "no-such-topic" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_simulate_paces_its_events_by_the_wall_clock(kafka_broker: RunningBroker, tmp_path: Path) -> None:
+    """200 answers a second for 3 s: 600 events, none dated in the future (the simulator once ran ahead of the
+    clock, its events then dead-lettered as future_timestamp)."""
+    import time
+
+    pipeline = make_pipeline(kafka_broker.bootstrap, tmp_path)
+    started = time.time()
+    done = subprocess.run(
+        cxpulse_command("simulate", "--rate", "200", "--duration", "3s", "--invalid-share", "0"),
+        env=pipeline.env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    finished = time.time()
+    assert done.returncode == 0 and "sent 600 events" in done.stderr, done.stderr
+    assert finished - started >= 2.9  # paced: three seconds of simulated time take three seconds
+    events = [r["value"] for r in read(pipeline.env, "feedback")]
+    assert len(events) == 600
+    assert max(e["occurred_at"] for e in events) <= finished * 1000
