@@ -15,7 +15,7 @@ help:  ## list the targets
 $(BIN)/cxpulse: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet -e '.[embedded]'
 	@touch $@
 
 $(VENV)/.test-tools: $(BIN)/cxpulse pyproject.toml

@@ -105,6 +105,11 @@ def connect(settings: Settings) -> Client:
         if password:
             return clickhouse_connect.get_client(dsn=url, password=password)
         return clickhouse_connect.get_client(dsn=url)
+    except ImportError as exc:
+        raise StoreError(
+            f"the embedded ClickHouse ({url}) needs chdb: pip install 'cxpulse[embedded]', or set "
+            "CXPULSE_CLICKHOUSE_URL to a server (http://...), or to nothing for no store"
+        ) from exc
     except Exception as exc:
         if path is not None and "EmbeddedServer" in str(exc):
             raise StoreBusyError(

@@ -127,7 +127,7 @@ def test_make_demo_installs_no_test_tools_and_the_license_is_spdx() -> None:
 
     makefile = (REPO_ROOT / "Makefile").read_text()
     runtime = makefile.split("$(BIN)/cxpulse: pyproject.toml", 1)[1].split("\n\n", 1)[0]
-    assert "[test]" not in runtime and "pip install --quiet -e ." in runtime
+    assert "[test]" not in runtime and "pip install --quiet -e '.[embedded]'" in runtime
     demo = next(line for line in makefile.splitlines() if line.startswith("demo:"))
     assert "test-tools" not in demo
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
@@ -156,3 +156,29 @@ def test_readme_tables_name_only_real_settings_and_commands() -> None:
     table = re.findall(r"^\| `cxpulse (\w+)", readme, flags=re.MULTILINE)
     assert table and set(table) <= commands, set(table) - commands
     assert commands <= set(table), commands - set(table)  # every command is in the table
+
+
+def test_compose_reaches_kafka_from_the_host_keeps_stores_on_loopback_and_checks_the_worker() -> None:
+    services = COMPOSE["services"]
+    kafka = services["kafka"]["environment"]
+    listeners = dict(item.split("://") for item in kafka["KAFKA_ADVERTISED_LISTENERS"].split(","))
+    host = listeners["HOST"]
+    assert host.startswith("127.0.0.1:")
+    assert f"{host}:{host.split(':')[1]}" in services["kafka"]["ports"]  # published where it is advertised
+    assert "HOST:PLAINTEXT" in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"]
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+    health = " ".join(services["worker"]["healthcheck"]["test"])
+    assert "cxpulse_worker_ready 1.0" in health and str(services["worker"]["expose"][0]) in health
+    assert services["worker"]["environment"]["CXPULSE_CLICKHOUSE_URL"].startswith("http://")
+
+
+def test_the_image_installs_what_the_worker_imports_and_not_the_embedded_store() -> None:
+    import tomllib
+
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    assert not any(dep.startswith("chdb") for dep in project["dependencies"])  # the server in compose needs none
+    assert project["optional-dependencies"]["embedded"] == ["chdb==4.4.0"]
+    dockerfile = (REPO_ROOT / "deploy/Dockerfile").read_text()
+    assert "pip install --no-cache-dir ." in dockerfile and "[embedded]" not in dockerfile
