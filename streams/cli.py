@@ -392,7 +392,7 @@ def worker(
     _run_supervised("worker", bootstrap, data_dir, loglevel, roles=WORKER_ROLES)
 
 
-WORKER_ROLES = ("hotpath", "merge", "sink")  # the sink only when CXPULSE_CLICKHOUSE_URL is set
+WORKER_ROLES = ("hotpath", "merge", "sink", "http")  # sink: with CXPULSE_CLICKHOUSE_URL; http: CXPULSE_HTTP_PORT
 
 
 def _run_supervised(

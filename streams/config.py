@@ -50,6 +50,14 @@ class Settings(BaseSettings):
     metrics_host: str = Field(
         "127.0.0.1", description="address the /metrics endpoint listens on (0.0.0.0 in a container)"
     )
+    http_port: int = Field(
+        0, ge=0, le=65535, description="port of the worker's HTTP ingest (POST /v1/feedback); 0 = off"
+    )
+    http_host: str = Field("127.0.0.1", description="address the HTTP ingest listens on")
+    http_token: SecretStr = Field(
+        SecretStr(""), description="bearer token the HTTP ingest requires (empty: loopback only)"
+    )
+    http_max_bytes: int = Field(1_048_576, ge=1024, description="largest HTTP ingest request body, bytes")
     data_dir: Path = Field(DEFAULT_DATA_DIR, description="local state: broker data, worker tables, chdb")
     kafka_lib_dir: Path = Field(
         REPO_ROOT / "deploy" / "kafka" / "lib", description="folder of the Kafka jars resolved by Maven"

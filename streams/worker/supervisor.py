@@ -40,6 +40,7 @@ LOG = logging.getLogger("cxpulse.worker")
 HOTPATH_MODULE = "streams.worker.hotpath"
 FAUST_MODULE = "streams.worker.app"
 SINK_MODULE = "sinks.app"
+HTTP_MODULE = "streams.http_ingest"
 STOP_SECONDS = 9.0  # after SIGTERM, children that are still there are killed (the worker must end within 10 s)
 CRASH_LOOP_RESTARTS = 5
 CRASH_LOOP_SECONDS = 120.0
@@ -163,6 +164,9 @@ class Supervisor:
         if "merge" in roles:
             port = _free_port()
             self.children.append(Child("merge", FAUST_MODULE, [str(port), loglevel], port))
+        if "http" in roles and settings.http_port:
+            port = _free_port()
+            self.children.append(Child("http", HTTP_MODULE, [str(port)], port))
         if "sink" in roles and settings.clickhouse_url:
             port = _free_port()
             self.children.append(Child("sink", SINK_MODULE, [str(port), loglevel], port))

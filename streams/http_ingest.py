@@ -1,0 +1,273 @@
+"""HTTP ingest for platforms that can only call webhooks: ``POST /v1/feedback`` (aiohttp, which Faust brings).
+
+Run by ``cxpulse worker`` as its ``http`` process when ``CXPULSE_HTTP_PORT`` is set (``python -m
+streams.http_ingest METRICS_PORT``).  A request carries one FeedbackEvent (a JSON object, the JSON form of
+METRICS.md section 1) or a batch (a JSON array, at most ``MAX_BATCH``).  Each item is decoded and validated with the
+same code as the stream (schemas/codec.py, streams/validate.py); the valid ones go to ``cx.feedback`` in the
+Confluent wire format, keyed by customer_id (else event_id), through an idempotent producer that is flushed before
+the answer, so an accepted event is on Kafka once.  Answers:
+
+- ``202 {"accepted": N, "rejected": [{"index", "event_id", "reason", "detail"}]}`` (reasons of section 2);
+- ``400`` a body that is not JSON, or not an object or an array of objects; ``401`` a missing or wrong bearer
+  token; ``413`` a body over ``CXPULSE_HTTP_MAX_BYTES`` or a batch over ``MAX_BATCH`` items; ``415`` a body that
+  is not ``application/json``; ``503`` Kafka did not take the events (nothing was accepted: send again).
+
+Errors are JSON ``{"error": "..."}``.  ``GET /v1/openapi.json`` describes it (OpenAPI 3.1); ``GET /healthz``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+from confluent_kafka import KafkaError, Message
+from prometheus_client import CollectorRegistry, Counter, start_http_server
+
+from schemas.codec import feedback_from_json
+from streams.config import Settings, load_settings
+from streams.errors import EXIT_PERMANENT, ConfigurationError, CxPulseError, DecodeError
+from streams.kafka import producer
+from streams.produce import check_topic, encode_record
+from streams.validate import Clock, validate_batch
+from streams.worker.hotpath import catalog_for
+from streams.worker.metrics import WorkerMetrics
+
+LOG = logging.getLogger("cxpulse.http")
+MAX_BATCH = 1000
+FLUSH_SECONDS = 30.0
+PROCESS = "http"
+
+
+def openapi(settings: Settings) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the endpoint."""
+    rejected = {
+        "type": "object",
+        "properties": {
+            "index": {"type": "integer"},
+            "event_id": {"type": ["string", "null"]},
+            "reason": {
+                "type": "string",
+                "enum": [
+                    "undecodable",
+                    "missing_field",
+                    "bad_metric",
+                    "bad_label",
+                    "bad_scale",
+                    "score_out_of_range",
+                    "future_timestamp",
+                    "too_old",
+                ],  # fmt: skip
+            },
+            "detail": {"type": "string"},
+        },
+    }
+    error = {"type": "object", "properties": {"error": {"type": "string"}}}
+    event = {
+        "type": "object",
+        "description": "A FeedbackEvent in its JSON form (schemas/feedback_event.avsc; occurred_at epoch ms or "
+        "ISO-8601 with an offset)",
+        "required": ["event_id", "occurred_at", "source", "channel", "journey", "metric", "score"],
+        "additionalProperties": True,
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "cxpulse feedback ingest", "version": "1"},
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "security": [{"bearer": []}] if settings.http_token.get_secret_value() else [],
+        "paths": {
+            "/v1/feedback": {
+                "post": {
+                    "summary": f"Send one FeedbackEvent or a batch of up to {MAX_BATCH} to {settings.feedback_topic}",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {"oneOf": [event, {"type": "array", "items": event, "maxItems": MAX_BATCH}]}
+                            }
+                        },
+                    },
+                    "responses": {
+                        "202": {
+                            "description": "The valid events are on Kafka; the others are listed with their reason",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "properties": {
+                                            "accepted": {"type": "integer"},
+                                            "rejected": {"type": "array", "items": rejected},
+                                        },
+                                    }
+                                }
+                            },
+                        },
+                        **{
+                            code: {"description": why, "content": {"application/json": {"schema": error}}}
+                            for code, why in (
+                                ("400", "Not JSON, or not an object or an array of objects"),
+                                ("401", "Missing or wrong bearer token"),
+                                ("413", "Body or batch too large"),
+                                ("415", "Not application/json"),
+                                ("503", "Kafka did not take the events; nothing was accepted"),
+                            )
+                        },
+                    },
+                }
+            }
+        },
+    }
+
+
+class Ingest:
+    """The endpoint's state: settings, the producer, counters."""
+
+    def __init__(self, settings: Settings, metrics: WorkerMetrics) -> None:
+        self.settings = settings
+        self.catalog = catalog_for(settings)
+        self.token = settings.http_token.get_secret_value().encode()
+        self.failed: list[str] = []
+        self.producer = producer(
+            settings.kafka_bootstrap, **{"linger.ms": 5, "compression.type": "lz4", "on_delivery": self._delivered}
+        )
+        check_topic(self.producer, settings.kafka_bootstrap, settings.feedback_topic)
+        registry = metrics.registry
+        self.requests = Counter("cxpulse_http_requests", "Ingest requests, by status", ["status"], registry=registry)
+        self.events = Counter(
+            "cxpulse_http_events", "Events posted, by outcome (accepted, or the rejection reason)", ["outcome"],
+            registry=registry,
+        )  # fmt: skip
+        self.lock = asyncio.Lock()
+
+    def _delivered(self, error: KafkaError | None, message: Message) -> None:
+        if error is not None:
+            self.failed.append(error.str())
+
+    def answer(self, status: int, body: dict[str, Any]) -> web.Response:
+        self.requests.labels(str(status)).inc()
+        return web.json_response(body, status=status)
+
+    async def post(self, request: web.Request) -> web.Response:
+        if self.token:
+            given = request.headers.get("Authorization", "").removeprefix("Bearer ").encode()
+            if not hmac.compare_digest(given, self.token):
+                return self.answer(401, {"error": "missing or wrong bearer token"})
+        if request.content_type != "application/json":
+            return self.answer(415, {"error": f"send application/json, not {request.content_type or 'nothing'}"})
+        limit = self.settings.http_max_bytes
+        if request.content_length is not None and request.content_length > limit:
+            return self.answer(413, {"error": f"the body is over {limit} bytes"})
+        try:
+            raw = await request.content.read(limit + 1)
+        except (ValueError, ConnectionError) as exc:
+            return self.answer(400, {"error": f"cannot read the body: {exc}"})
+        if len(raw) > limit:
+            return self.answer(413, {"error": f"the body is over {limit} bytes"})
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):
+            return self.answer(400, {"error": "the body is not JSON"})
+        items = body if isinstance(body, list) else [body]
+        if not items or not all(isinstance(item, dict) for item in items):
+            return self.answer(400, {"error": "send a FeedbackEvent object or a non-empty array of them"})
+        if len(items) > MAX_BATCH:
+            return self.answer(413, {"error": f"a batch holds at most {MAX_BATCH} events, not {len(items)}"})
+        return await self._ingest(items)
+
+    async def _ingest(self, items: list[dict[str, Any]]) -> web.Response:
+        rejected: list[dict[str, Any]] = []
+        records, at = [], []
+        for index, item in enumerate(items):
+            try:
+                records.append(feedback_from_json(json.dumps(item)))
+                at.append(index)
+            except (DecodeError, RecursionError, ValueError) as exc:
+                rejected.append({"index": index, "event_id": _id(item), "reason": "undecodable", "detail": str(exc)})
+        now_ms = int(time.time() * 1000)
+        clock = Clock(now_ms, 300_000, self.settings.retention_seconds * 1000)
+        _, rejections = validate_batch(records, clock)
+        bad = {r.at for r in rejections}
+        for r in rejections:
+            item = items[at[r.at]]
+            rejected.append({"index": at[r.at], "event_id": _id(item), "reason": r.reason, "detail": r.detail})
+        good = [records[i] for i in range(len(records)) if i not in bad]
+        async with self.lock:  # one flush at a time: a failure belongs to the request that saw it
+            self.failed.clear()
+            for record in good:
+                key = record.get("customer_id") or record.get("event_id")
+                value = encode_record(record, self.catalog)
+                while True:
+                    try:
+                        self.producer.produce(self.settings.feedback_topic, value, str(key).encode())
+                        break
+                    except BufferError:
+                        await asyncio.to_thread(self.producer.poll, 0.1)
+            left = await asyncio.to_thread(self.producer.flush, FLUSH_SECONDS)
+            if left or self.failed:
+                return self.answer(503, {"error": f"Kafka did not take the events ({(self.failed or ['timeout'])[0]})"})
+        rejected.sort(key=lambda r: r["index"])
+        self.events.labels("accepted").inc(len(good))
+        for refusal in rejected:
+            self.events.labels(refusal["reason"]).inc()
+        return self.answer(202, {"accepted": len(good), "rejected": rejected})
+
+
+def _id(item: dict[str, Any]) -> str | None:
+    value = item.get("event_id")
+    return value if isinstance(value, str) else None
+
+
+def create_app(settings: Settings, metrics: WorkerMetrics) -> web.Application:
+    ingest = Ingest(settings, metrics)
+    document = openapi(settings)
+    app = web.Application(client_max_size=settings.http_max_bytes + 1024)
+    app.router.add_post("/v1/feedback", ingest.post)
+
+    async def describe(request: web.Request) -> web.Response:
+        return web.json_response(document)
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    app.router.add_get("/v1/openapi.json", describe)
+    app.router.add_get("/healthz", healthz)
+    metrics.process_ready.labels(PROCESS).set(1.0)
+    return app
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m streams.http_ingest METRICS_PORT``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    port = int(args[0]) if args else 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings()
+        if not settings.http_token.get_secret_value() and settings.http_host not in ("127.0.0.1", "localhost", "::1"):
+            raise ConfigurationError(
+                f"CXPULSE_HTTP_TOKEN is empty while CXPULSE_HTTP_HOST is {settings.http_host}: set a token, "
+                "or listen on 127.0.0.1 only"
+            )
+        metrics = WorkerMetrics(CollectorRegistry())
+        if port:
+            start_http_server(port, addr="127.0.0.1", registry=metrics.registry)
+        app = create_app(settings, metrics)
+    except (ConfigurationError, CxPulseError) as exc:
+        print(f"cxpulse http: {exc}", file=sys.stderr)
+        return EXIT_PERMANENT
+    LOG.info("POST http://%s:%d/v1/feedback", settings.http_host, settings.http_port)
+    try:
+        web.run_app(app, host=settings.http_host, port=settings.http_port, print=None, handle_signals=True)
+    except OSError as exc:
+        print(f"cxpulse http: CXPULSE_HTTP_PORT {settings.http_port}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_PERMANENT
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
