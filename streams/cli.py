@@ -494,6 +494,12 @@ def simulate(
     invalid_share: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Share of invalid events, as a real feed has (dead letters).")
     ] = 0.005,
+    daily_curve: Annotated[
+        bool,
+        typer.Option(
+            "--daily-curve", help="Vary the rate over the day (night low, daytime peaks); --rate is the mean."
+        ),
+    ] = False,
     channels: Annotated[str | None, typer.Option(help="Comma-separated channels (default: all six).")] = None,
     journeys: Annotated[str | None, typer.Option(help="Comma-separated journeys (default: all).")] = None,
     start: Annotated[
@@ -528,6 +534,7 @@ def simulate(
             channels=_names(channels) or sim.CHANNELS,
             journeys=_names(journeys) or sim.JOURNEYS,
             invalid_share=invalid_share,
+            daily_curve=daily_curve,
         )
     except (ValueError, CxPulseError) as exc:
         _fail(f"simulate: {exc}", 2)

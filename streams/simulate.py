@@ -8,6 +8,8 @@ duration produce the same events.  What is simulated:
   live_agent; ...), journeys, the five metrics on their usual scales, reason codes, short comments on low
   scores, agents and teams on assisted touchpoints;
 - customers who answer more than one survey along a journey (a share of answers reuses a recent customer);
+- with ``--daily-curve``, a contact center's day: the rate is the day's average, quiet at night and peaking
+  mid-morning and mid-afternoon (UTC hours of the simulated time);
 - a share of invalid events (``--invalid-share``, 0.5% by default on the command line), spoiled the ways
   streams/synth.py spoils them, so the dead-letter topic and its metrics have something to show;
 - per-channel score levels: CES answers are high-effort with a channel's base share (METRICS.md section 3);
@@ -105,6 +107,20 @@ def parse_incident(text: str) -> Incident:
     return Incident(kind, match["channel"], journey, round(start * 1000), duration_ms)
 
 
+# a contact center's day (UTC hours): quiet at night, a morning peak, a lunch dip, an afternoon peak
+_HOURLY = (0.15, 0.1, 0.08, 0.08, 0.1, 0.2, 0.45, 0.85, 1.35, 1.6, 1.65, 1.5, 1.2, 1.35, 1.55, 1.6, 1.5, 1.3,
+           1.05, 0.85, 0.65, 0.45, 0.3, 0.2)  # fmt: skip
+
+
+def daily_volume(at_ms: int) -> float:
+    """The share of the average rate at this time of day (mean 1 over a day), linear between hours."""
+    hours = (at_ms / 3_600_000) % 24
+    low = int(hours)
+    frac = hours - low
+    level = _HOURLY[low] * (1 - frac) + _HOURLY[(low + 1) % 24] * frac
+    return level * 24 / sum(_HOURLY)
+
+
 class Simulator:
     """Generates the events of consecutive slices of simulated time, from ``start_ms`` on."""
 
@@ -118,6 +134,7 @@ class Simulator:
         channels: Sequence[str] = CHANNELS,
         journeys: Sequence[str] = JOURNEYS,
         invalid_share: float = 0.0,
+        daily_curve: bool = False,
     ) -> None:
         unknown = [c for c in channels if c not in CHANNEL_TOUCHPOINTS]
         if unknown:
@@ -136,6 +153,7 @@ class Simulator:
         self.channels = tuple(channels)
         self.journeys = tuple(journeys)
         self.invalid_share = invalid_share
+        self.daily_curve = daily_curve
         self.offset_ms = 0  # simulated time generated so far
         self.count = 0
         self._owed = 0.0  # fractional events carried to the next slice
@@ -145,7 +163,8 @@ class Simulator:
         """The events of the next SLICE_MS of simulated time (occurred_at inside the slice)."""
         offset = self.offset_ms
         self.offset_ms += SLICE_MS
-        self._owed += self.rate * SLICE_MS / 1000
+        factor = daily_volume(self.start_ms + offset) if self.daily_curve else 1.0
+        self._owed += self.rate * factor * SLICE_MS / 1000
         count = int(self._owed)
         self._owed -= count
         down = {i.channel for i in self.incidents if i.kind == "outage" and i.active(offset)}

@@ -81,3 +81,10 @@ def test_an_unusable_data_folder_is_a_one_line_error() -> None:
     result = runner.invoke(app, ["broker"], env={"CXPULSE_DATA_DIR": "/proc/nope"})
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "data folder /proc/nope" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_tables_are_not_cut_to_80_columns_off_a_terminal() -> None:
+    from streams import cli
+
+    assert not cli.out.is_terminal  # pytest captures stdout
+    assert cli.out.width >= 200

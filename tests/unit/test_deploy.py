@@ -182,3 +182,12 @@ def test_the_image_installs_what_the_worker_imports_and_not_the_embedded_store()
     assert project["optional-dependencies"]["embedded"] == ["chdb==4.4.0"]
     dockerfile = (REPO_ROOT / "deploy/Dockerfile").read_text()
     assert "pip install --no-cache-dir ." in dockerfile and "[embedded]" not in dockerfile
+
+
+def test_every_long_running_service_has_a_healthcheck_and_named_volumes_are_declared() -> None:
+    for name, service in COMPOSE["services"].items():
+        if name in ("topics", "simulator"):
+            continue  # a one-shot job and a load generator
+        assert "healthcheck" in service, name
+    used = {v.split(":")[0] for s in COMPOSE["services"].values() for v in s.get("volumes", [])}
+    assert {v for v in used if not v.startswith(".")} == set(COMPOSE["volumes"])

@@ -126,3 +126,17 @@ def test_an_invalid_share_gives_dead_letters_of_several_reasons() -> None:
     assert 0.03 * len(batch) < len(dead) < 0.07 * len(batch)
     assert len({letter.reason for letter in dead}) >= 3
     assert len(valid) + len(dead) == len(batch)
+
+
+def test_the_daily_curve_keeps_the_mean_and_shapes_the_day() -> None:
+    from streams.simulate import daily_volume
+
+    day = [daily_volume(START + minute * 60_000) for minute in range(24 * 60)]
+    assert sum(day) / len(day) == pytest.approx(1.0, rel=1e-3)
+    simulator = Simulator(seed=1, rate=10, start_ms=START, daily_curve=True)  # START is midnight UTC
+    per_hour = [0] * 24
+    for batch in simulator.run(24 * 3_600_000):
+        for e in batch:
+            per_hour[(e["occurred_at"] - START) // 3_600_000] += 1
+    assert sum(per_hour) == pytest.approx(24 * 3600 * 10, rel=0.01)
+    assert max(per_hour[:5]) < 0.2 * 36_000 and min(per_hour[9:11]) > 1.4 * 36_000  # night vs mid-morning
