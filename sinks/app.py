@@ -44,7 +44,7 @@ from sinks.prometheus import measure_sink_lag
 from streams.config import Settings
 from streams.topics import internal_topics, partition_count
 from streams.worker import faust_compat
-from streams.worker.app import run_faust_process
+from streams.worker.app import faust_app, run_faust_process
 from streams.worker.hotpath import catalog_for
 from streams.worker.metrics import WorkerMetrics
 from streams.worker.records import decode_answers
@@ -102,23 +102,7 @@ class SinkMetrics:
 def create_app(settings: Settings, metrics: WorkerMetrics, catalog: SchemaCatalog | None = None) -> faust.App:
     """The sink's Faust app (not started)."""
     catalog = catalog or catalog_for(settings)
-    (settings.data_dir / "sink").mkdir(parents=True, exist_ok=True)
-    app = faust.App(
-        f"{settings.app_id}-sink",
-        broker=f"kafka://{settings.kafka_bootstrap}",
-        store="memory://",
-        datadir=str(settings.data_dir / "sink"),
-        topic_partitions=settings.partitions,
-        topic_replication_factor=1,
-        processing_guarantee="at_least_once",
-        web_enabled=False,
-        consumer_auto_offset_reset="earliest",
-        broker_session_timeout=10.0,
-        broker_heartbeat_interval=2.0,
-        consumer_max_fetch_size=16 * 1024 * 1024,
-        stream_wait_empty=False,
-    )
-    faust_compat.read_committed(app)
+    app = faust_app(settings, f"{settings.app_id}-sink", "sink")
     answers_name = internal_topics(settings).answers
     results = app.topic(
         settings.results_topic,

@@ -22,7 +22,8 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
 from schemas.codec import SchemaCatalog, decode_feedback
-from streams.aggregate import X2_SCALE, X_SCALE, contribution
+from sinks.prometheus import state_of
+from streams.aggregate import contribution
 from streams.config import REPO_ROOT, Settings
 from streams.errors import CxPulseError
 from streams.validate import validate_batch
@@ -172,14 +173,7 @@ def pane_row(record: Mapping[str, Any]) -> list[Any]:
         record["channel"],
         record["journey"],
         record["metric"],
-        record["n"],
-        record["promoters"],
-        record["passives"],
-        record["detractors"],
-        record["positive"],
-        record["high_effort"],
-        round(record["sum_x"] * X_SCALE),
-        round(record["sum_x2"] * X2_SCALE),
+        *state_of(record),  # n ... high_effort, sx, sx2: the exact counters
         record["sum_x"],
         record["sum_x2"],
         record["value"],

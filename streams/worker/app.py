@@ -175,30 +175,38 @@ def hotpath_offsets(admin: AdminClient, group: str, topic: str) -> dict[int, int
     return out
 
 
-def create_app(settings: Settings, metrics: WorkerMetrics, catalog: SchemaCatalog | None = None) -> faust.App:
-    """Build the Faust app with its topic, tables, agent and timers (not started)."""
-    catalog = catalog or catalog_for(settings)
-    (settings.data_dir / "worker").mkdir(parents=True, exist_ok=True)
+def faust_app(settings: Settings, app_id: str, folder: str, **extra: Any) -> faust.App:
+    """A Faust app of the worker (merge, sink): at least once, read_committed, no web server, the broker settings
+    the worker's processes share; its local state in ``<data dir>/<folder>``."""
+    (settings.data_dir / folder).mkdir(parents=True, exist_ok=True)
     app = faust.App(
-        settings.app_id,
+        app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
         store="memory://",
-        datadir=str(settings.data_dir / "worker"),
+        datadir=str(settings.data_dir / folder),
         topic_partitions=settings.partitions,
         topic_replication_factor=1,
         processing_guarantee="at_least_once",
         web_enabled=False,
         consumer_auto_offset_reset="earliest",
-        table_standby_replicas=0,
         broker_session_timeout=SESSION_TIMEOUT_SECONDS,
         broker_heartbeat_interval=2.0,
         consumer_max_fetch_size=16 * 1024 * 1024,  # a partial message can be large (a whole hot-path batch)
-        # on stop, commit what was acked and go: an unacked batch is delivered again after a restart, and merge
-        # absorbs it once.  Waiting for it instead can hang a stop (consumer.wait_empty) for minutes.
+        # on stop, commit what was acked and go: an unacked batch is delivered again after a restart and absorbed
+        # once.  Waiting for it instead can hang a stop (consumer.wait_empty) for minutes.
         stream_wait_empty=False,
-        Table=faust_compat.KeyPartitionedTable,
+        **extra,
     )
     faust_compat.read_committed(app)
+    return app
+
+
+def create_app(settings: Settings, metrics: WorkerMetrics, catalog: SchemaCatalog | None = None) -> faust.App:
+    """Build the Faust app with its topic, tables, agent and timers (not started)."""
+    catalog = catalog or catalog_for(settings)
+    app = faust_app(
+        settings, settings.app_id, "worker", table_standby_replicas=0, Table=faust_compat.KeyPartitionedTable
+    )
     partials_name = internal_topics(settings).partials
     partials = app.topic(partials_name, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
     schema: faust.Schema[Any, Any] = faust.Schema(key_serializer="json", value_serializer="json")
