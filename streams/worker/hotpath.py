@@ -55,6 +55,7 @@ from streams.worker.records import FROM_THE_START, decode_seen, encode_answers, 
 
 LOG = logging.getLogger("cxpulse.hotpath")
 PARTITION_BY_KEY = -1  # librdkafka's RD_KAFKA_PARTITION_UA: the partitioner picks by key
+ANSWERS_MESSAGE_BYTES = PARTIALS_MAX_MESSAGE_BYTES // 2  # room for framing and compression overhead
 BATCH_MESSAGES = 10_000  # messages per consume() call and transaction
 POLL_SECONDS = 0.05  # a batch waits at most this long to fill: the latency floor at low rates
 SESSION_TIMEOUT_MS = 10_000  # a slot killed with -9 keeps its partitions this long
@@ -313,7 +314,8 @@ class HotPath:
         for partition, buckets in out.seen.items():
             self._produce(self.seen_topic, encode_seen(buckets), None, partition)
         for partition, values in out.answers.items():
-            self._produce(self.answers_topic, encode_answers(values), None, partition)
+            for chunk in answer_chunks(values, ANSWERS_MESSAGE_BYTES):
+                self._produce(self.answers_topic, encode_answers(chunk), None, partition)
         sent = self.followup_bucket.take(len(out.followups), time.monotonic()) if out.followups else 0
         for followup in out.followups[:sent]:
             key, value = encode_followup(followup)
@@ -429,6 +431,22 @@ class HotPath:
             _, high = self.consumer.get_watermark_offsets(tp, cached=True)
             if high >= 0 and tp.offset >= 0:
                 self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, high - tp.offset))
+
+
+def answer_chunks(values: list[bytes], limit: int) -> list[list[bytes]]:
+    """The counted answers of one partition in runs of at most ``limit`` framed bytes (a batch of large answers,
+    long comments say, must not make one message over the topic's max.message.bytes: the transaction would abort
+    and repeat forever)."""
+    chunks: list[list[bytes]] = [[]]
+    size = 0
+    for value in values:
+        framed = len(value) + 4
+        if chunks[-1] and size + framed > limit:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(value)
+        size += framed
+    return chunks if chunks[-1] else []
 
 
 def catalog_for(settings: Settings) -> SchemaCatalog:

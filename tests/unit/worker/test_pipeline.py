@@ -191,3 +191,13 @@ def test_the_answers_of_a_batch_are_the_raw_bytes_of_the_counted_events() -> Non
     assert sorted(json.loads(v)["event_id"] for v in out.answers[0]) == sorted(counted_ids)
     assert all(v in good for v in out.answers[0])
     assert Ingest("t", LocalCatalog(), PANE_MS, 3).batch(messages, CLOCK).answers == {}  # off: nothing copied
+
+
+def test_answers_are_split_under_the_message_size() -> None:
+    from streams.worker.hotpath import answer_chunks
+
+    values = [bytes([i % 251]) * (100 + i) for i in range(300)]
+    chunks = answer_chunks(values, 5000)
+    assert [v for chunk in chunks for v in chunk] == values  # all of them, in order
+    assert all(sum(len(v) + 4 for v in chunk) <= 5000 for chunk in chunks) and len(chunks) > 10
+    assert answer_chunks([], 5000) == [] and answer_chunks([b"x" * 9000], 5000) == [[b"x" * 9000]]
