@@ -31,7 +31,7 @@ from confluent_kafka import KafkaError, Message
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
 from schemas.codec import feedback_from_json
-from streams.config import Settings, load_settings
+from streams.config import DEFAULT_FUTURE_TOLERANCE_SECONDS, Settings, load_settings
 from streams.errors import EXIT_PERMANENT, ConfigurationError, CxPulseError, DecodeError
 from streams.kafka import producer
 from streams.produce import check_topic, encode_record
@@ -190,7 +190,7 @@ class Ingest:
             except (DecodeError, RecursionError, ValueError) as exc:
                 rejected.append({"index": index, "event_id": _id(item), "reason": "undecodable", "detail": str(exc)})
         now_ms = int(time.time() * 1000)
-        clock = Clock(now_ms, 300_000, self.settings.retention_seconds * 1000)
+        clock = Clock(now_ms, DEFAULT_FUTURE_TOLERANCE_SECONDS * 1000, self.settings.retention_seconds * 1000)
         _, rejections = validate_batch(records, clock)
         bad = {r.at for r in rejections}
         for r in rejections:
