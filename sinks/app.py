@@ -29,7 +29,6 @@ import os
 import sys
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, cast
 
 import faust
@@ -56,7 +55,6 @@ PANES_BATCH = 5000  # results per insert at most
 ANSWERS_BATCH = 20  # answer messages (a hot-path batch each) per insert at most
 BATCH_WITHIN_SECONDS = 1.0  # an insert waits at most this long to fill
 BACKOFF_MAX_SECONDS = 30.0
-ENDPOINT_FILE = "clickhouse-endpoint.json"
 MAX_QUERY_ROWS = 1_000_000
 
 
@@ -218,7 +216,7 @@ def create_app(settings: Settings, metrics: WorkerMetrics, catalog: SchemaCatalo
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         port = cast(Any, site._server).sockets[0].getsockname()[1]  # noqa: SLF001 - aiohttp has no public getter
-        endpoint = settings.data_dir / ENDPOINT_FILE
+        endpoint = settings.data_dir / store.ENDPOINT_FILE
         endpoint.write_text(json.dumps({"url": f"http://127.0.0.1:{port}/v1/query", "pid": os.getpid()}))
         LOG.info("read-only SQL on http://127.0.0.1:%d/v1/query", port)
 
@@ -249,16 +247,6 @@ async def answer_query(request: web.Request, db: Store) -> web.Response:
     return web.json_response(
         {"columns": list(result.column_names), "rows": rows}, dumps=lambda o: json.dumps(o, default=str)
     )
-
-
-def endpoint_url(data_dir: Path) -> str | None:
-    """The query endpoint of the process holding the embedded store, if one is running."""
-    try:
-        found = json.loads((data_dir / ENDPOINT_FILE).read_text())
-        os.kill(int(found["pid"]), 0)
-        return str(found["url"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

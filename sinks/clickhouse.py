@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +31,7 @@ from streams.errors import CxPulseError
 from streams.validate import validate_batch
 
 DATABASE = "cxpulse"
+ENDPOINT_FILE = "clickhouse-endpoint.json"  # written by the sink process that holds the embedded store
 MIGRATIONS = REPO_ROOT / "deploy" / "clickhouse"
 PANE_COLUMNS = (
     "window_start",
@@ -238,3 +241,13 @@ def insert(client: Client, table: str, rows: Sequence[Sequence[Any]], columns: S
             column_names=list(columns),
             settings={"insert_deduplication_token": dedup},
         )
+
+
+def endpoint_url(data_dir: Path) -> str | None:
+    """The query endpoint of the process holding the embedded store, if one is running."""
+    try:
+        found = json.loads((data_dir / ENDPOINT_FILE).read_text())
+        os.kill(int(found["pid"]), 0)
+        return str(found["url"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

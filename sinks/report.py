@@ -73,16 +73,14 @@ class EndpointReader:
 
 def open_reader(settings: Settings) -> Reader:
     """A reader of the configured store; while a worker holds the embedded store, through its endpoint."""
-    from sinks.app import endpoint_url  # the Faust app module, only when needed
-
     if store.chdb_path(settings.clickhouse_url) is not None:
-        running = endpoint_url(settings.data_dir)
+        running = store.endpoint_url(settings.data_dir)
         if running is not None:  # a live sink holds the embedded store: ask it (opening would fail, noisily)
             return EndpointReader(running)
     try:
         client = store.connect(settings)
     except store.StoreBusyError as exc:
-        url = endpoint_url(settings.data_dir)
+        url = store.endpoint_url(settings.data_dir)
         if url is None:
             raise store.StoreError(
                 f"{exc}, and that process serves no query endpoint: stop it, or run this where its "

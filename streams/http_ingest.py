@@ -125,7 +125,7 @@ def openapi(settings: Settings) -> dict[str, Any]:
     }
 
 
-class Ingest:
+class FeedbackEndpoint:
     """The endpoint's state: settings, the producer, counters."""
 
     def __init__(self, settings: Settings, metrics: WorkerMetrics) -> None:
@@ -224,7 +224,7 @@ def _id(item: dict[str, Any]) -> str | None:
 
 
 def create_app(settings: Settings, metrics: WorkerMetrics) -> web.Application:
-    ingest = Ingest(settings, metrics)
+    ingest = FeedbackEndpoint(settings, metrics)
     document = openapi(settings)
     app = web.Application(client_max_size=settings.http_max_bytes + 1024)
     app.router.add_post("/v1/feedback", ingest.post)

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.integration.test_worker import make_pipeline, scrape, start_worker, stop_process, stop_worker, wait_for
+from tests.integration.test_sinks import fast_effort_pipeline
+from tests.integration.test_worker import scrape, start_worker, stop_process, stop_worker, wait_for
 from tests.support import RunningBroker, Webhook, cxpulse_command, free_ports
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -135,16 +136,7 @@ def test_an_effort_incident_pages_the_cx_team_through_prometheus_and_alertmanage
 ) -> None:
     """Test time scale: 1 s panes, a 20 s baseline, 1 s scrapes and rule evaluations, `for:` 2 s, Alertmanager
     waits 1 s; everything else is the files in deploy/ as they are (the routes, the expressions, the labels)."""
-    pipeline = make_pipeline(
-        kafka_broker.bootstrap,
-        tmp_path,
-        pane_seconds=1,
-        windows_seconds=(60,),
-        retention_seconds=600,
-        effort_baseline_seconds=20,
-        effort_guard_seconds=2,
-        effort_min_baseline=100,
-    )
+    pipeline = fast_effort_pipeline(kafka_broker.bootstrap, tmp_path)
     worker_port, prom_port, am_port, am_cluster = free_ports(4)
     rules = tmp_path / "rules"
     rules.mkdir()

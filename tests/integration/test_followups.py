@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from pathlib import Path
 
-from confluent_kafka import KafkaError
-
-from streams.kafka import consumer
+from schemas.codec import LocalCatalog
+from streams.read import read
 from tests.integration.test_worker import (
     make_pipeline,
     produce,
@@ -22,35 +20,6 @@ from tests.integration.test_worker import (
     wait_for,
 )
 from tests.support import RunningBroker, Webhook, event, free_ports
-
-
-def read_topic(bootstrap: str, topic: str) -> list[dict]:
-    """Every committed record of the topic (read_committed, to the end of every partition)."""
-    reader = consumer(
-        bootstrap,
-        f"read-{uuid.uuid4().hex}",
-        **{"enable.partition.eof": True, "isolation.level": "read_committed", "auto.offset.reset": "earliest"},
-    )
-    reader.subscribe([topic])
-    out: list[dict] = []
-    ended: set[int] = set()
-    partitions = None
-    deadline = time.monotonic() + 30
-    try:
-        while time.monotonic() < deadline:
-            for message in reader.consume(100, 0.5):
-                error = message.error()
-                if error is not None and error.code() == KafkaError._PARTITION_EOF:  # noqa: SLF001
-                    ended.add(message.partition())
-                elif error is None:
-                    out.append(json.loads(message.value()))
-            assignment = reader.assignment()
-            partitions = partitions or (len(assignment) if assignment else None)
-            if partitions and len(ended) >= partitions:
-                return out
-        raise AssertionError(f"{topic} not read to its end in 30 s")
-    finally:
-        reader.close()
 
 
 def test_detractor_followups_exactly_once_rate_limited_and_posted(kafka_broker: RunningBroker, tmp_path: Path) -> None:
@@ -89,7 +58,7 @@ def test_detractor_followups_exactly_once_rate_limited_and_posted(kafka_broker: 
         assert sample['cxpulse_followups_total{outcome="sent"}'] == 5
         assert sample['cxpulse_followups_total{outcome="rate_limited"}'] == 7  # 12 detractors, a burst of 5
         assert sample['cxpulse_sink_errors_total{sink="followups"}'] == 2  # the two 503s, retried
-        on_topic = read_topic(settings.kafka_bootstrap, settings.followups_topic)
+        on_topic = [r["value"] for r in read(settings.kafka_bootstrap, settings.followups_topic, LocalCatalog())]
         ids = sorted(f["event_id"] for f in on_topic)
         assert len(ids) == 5 and len(set(ids)) == 5 and set(ids) <= {d["event_id"] for d in detractors}
         posted = [webhook.next(timeout=5) for _ in range(5)]

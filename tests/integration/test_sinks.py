@@ -93,6 +93,21 @@ def test_kpi_gauges_equal_replays_rolling_windows(pipeline: Pipeline, tmp_path: 
         stop_process(worker)
 
 
+def fast_effort_pipeline(bootstrap: str, tmp_path: Path) -> Pipeline:
+    """The effort detector on a test's time scale: 1 s panes, a 20 s baseline ending 2 s before the pane, at least
+    100 CES answers in it."""
+    return make_pipeline(
+        bootstrap,
+        tmp_path,
+        pane_seconds=1,
+        windows_seconds=(60,),
+        retention_seconds=600,
+        effort_baseline_seconds=20,
+        effort_guard_seconds=2,
+        effort_min_baseline=100,
+    )
+
+
 def _ces(event_id: str, channel: str, touchpoint: str, high: bool) -> bytes:
     return json.dumps(
         {
@@ -111,16 +126,7 @@ def _ces(event_id: str, channel: str, touchpoint: str, high: bool) -> bytes:
 def test_an_effort_spike_fires_with_its_root_cause_and_only_there(kafka_broker: RunningBroker, tmp_path: Path) -> None:
     """1 s panes, a 20 s baseline ending 2 s before each pane: ~20 s of steady CES answers in two segments (20% high
     effort), then the bot touchpoint of chat turns bad (80%): the alert fires for chat/billing within seconds."""
-    pipeline = make_pipeline(
-        kafka_broker.bootstrap,
-        tmp_path,
-        pane_seconds=1,
-        windows_seconds=(60,),
-        retention_seconds=600,
-        effort_baseline_seconds=20,
-        effort_guard_seconds=2,
-        effort_min_baseline=100,
-    )
+    pipeline = fast_effort_pipeline(kafka_broker.bootstrap, tmp_path)
     settings = pipeline.settings
     port = free_ports(1)[0]
     log = tmp_path / "worker.log"
