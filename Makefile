@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 KAFKA_LIB := deploy/kafka/lib
 
 .DEFAULT_GOAL := help
-.PHONY: help install test-tools jars demo test lint typecheck format unit bench bench-replay clean
+.PHONY: help install test-tools jars demo test lint typecheck format unit faults fuzz bench bench-replay clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -49,7 +49,19 @@ format: test-tools  ## apply ruff's fixes and formatting
 unit: test-tools  ## the pure-logic tests only (no broker)
 	$(BIN)/pytest -m unit
 
-test: install jars lint typecheck  ## lint, typecheck, then every test (starts a real Kafka broker)
+$(VENV)/.fuzz-tools: $(BIN)/cxpulse pyproject.toml
+	$(BIN)/pip install --quiet -e '.[fuzz]'
+	@touch $@
+
+FUZZ_SECONDS ?= 60
+fuzz: $(VENV)/.fuzz-tools  ## fuzz the hot path's decoders with atheris for FUZZ_SECONDS (60); a crash is a finding
+	mkdir -p .cxpulse/fuzz-corpus
+	$(BIN)/python tests/fuzz/decoders.py -max_total_time=$(FUZZ_SECONDS) .cxpulse/fuzz-corpus
+
+faults: test-tools jars  ## the fault suite: broker restarts, outages, a rolling restart, wedged and stalled processes
+	$(BIN)/pytest -m faults
+
+test: install jars lint typecheck  ## lint, typecheck, then every test, the fault suite included (starts real Kafka brokers)
 	$(BIN)/pytest
 
 bench-replay: test-tools  ## the replay benchmark (1,000,000 events; N=... to change)

@@ -190,6 +190,19 @@ def encode_confluent(record: Mapping[str, Any], schema: Any, schema_id: int) -> 
     return _HEADER.pack(MAGIC_BYTE, schema_id) + encode_fast(record, schema)
 
 
+_FEEDBACK_DEFAULTS: dict[str, Any] = {f["name"]: f.get("default") for f in FEEDBACK_RAW["fields"]}
+
+
+def encode_feedback(record: Mapping[str, Any], catalog: SchemaCatalog) -> bytes:
+    """A decoded FeedbackEvent (any form: JSON's, Avro's, optional fields missing, occurred_at a datetime or epoch
+    ms) in the Confluent wire format of the current schema."""
+    full = {**_FEEDBACK_DEFAULTS, **record}
+    occurred = full["occurred_at"]
+    if isinstance(occurred, datetime):
+        full["occurred_at"] = int(occurred.timestamp() * 1000)
+    return encode_confluent(full, FEEDBACK, catalog.id_for(FEEDBACK_RAW))
+
+
 def decode_confluent(data: bytes, catalog: SchemaCatalog, reader_schema: Any) -> tuple[int, Record]:
     """The schema id and the record of a Confluent-framed message, resolved to ``reader_schema``."""
     if len(data) < _HEADER.size or data[0] != MAGIC_BYTE:
@@ -250,16 +263,30 @@ def feedback_from_json(text: str | bytes) -> Record:
         value = obj.get(name)
         if value is not None and not isinstance(value, str):
             raise DecodeError(f"{name} must be a string, not {json.dumps(value)}")
+        if value and not _is_unicode(value):
+            raise DecodeError(f"{name} is not valid Unicode (a lone surrogate escape such as \\ud800)")
     codes = obj.get("reason_codes")
     if codes is None:
         codes = []
     elif not isinstance(codes, list) or not all(isinstance(c, str) for c in codes):
         raise DecodeError("reason_codes must be an array of strings")
+    elif not all(_is_unicode(code) for code in codes):
+        raise DecodeError("reason_codes is not valid Unicode (a lone surrogate escape such as \\ud800)")
     occurred = obj.get("occurred_at")
     record: Record = {name: obj.get(name) for name in _STR_FIELDS + _INT_FIELDS}
     record["occurred_at"] = None if occurred is None else parse_timestamp_ms(occurred)
     record["reason_codes"] = codes
     return record
+
+
+def _is_unicode(text: str) -> bool:
+    """False for a string no UTF-8 writer takes: JSON can escape a lone surrogate (``"\\ud800"``), and such a
+    string would fail every later write (Avro, ClickHouse, Kafka headers) of a batch retried forever."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def feedback_to_json(record: Mapping[str, Any]) -> str:

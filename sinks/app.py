@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
-import os
+import secrets
 import sys
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -95,6 +96,11 @@ class SinkMetrics:
         self.up = Gauge(
             "cxpulse_clickhouse_up", "1 while the last ClickHouse insert or check succeeded", registry=registry
         )
+        self.store_up = True
+
+    def set_up(self, up: bool) -> None:
+        self.store_up = up
+        self.up.set(1 if up else 0)
 
 
 def create_app(settings: Settings, metrics: WorkerMetrics, catalog: SchemaCatalog | None = None) -> faust.App:
@@ -106,13 +112,13 @@ def create_app(settings: Settings, metrics: WorkerMetrics, catalog: SchemaCatalo
         settings.results_topic,
         key_serializer="raw",
         value_serializer="raw",
-        partitions=partition_count(settings.kafka_bootstrap, settings.results_topic),
+        partitions=partition_count(settings.kafka, settings.results_topic),
     )
     answers = app.topic(
         answers_name,
         key_serializer="raw",
         value_serializer="raw",
-        partitions=partition_count(settings.kafka_bootstrap, answers_name),
+        partitions=partition_count(settings.kafka, answers_name),
     )
     sink = SinkMetrics(metrics)
     metrics.sink_errors.labels(SINK)
@@ -128,11 +134,11 @@ def create_app(settings: Settings, metrics: WorkerMetrics, catalog: SchemaCatalo
             try:
                 await db.run(lambda client: store.insert(client, table, rows, columns, dedup))
                 sink.rows.labels(table).inc(len(rows))
-                sink.up.set(1)
+                sink.set_up(True)
                 return
             except Exception as exc:  # noqa: BLE001 - any failure: retried, counted, logged
                 metrics.sink_errors.labels(SINK).inc()
-                sink.up.set(0)
+                sink.set_up(False)
                 db.reset()
                 LOG.warning(
                     "ClickHouse insert into %s failed (%s); retrying in %.1f s, %s[%d] paused",
@@ -193,31 +199,34 @@ def create_app(settings: Settings, metrics: WorkerMetrics, catalog: SchemaCatalo
     @app.timer(interval=2.0)  # type: ignore[untyped-decorator]
     async def sink_health() -> None:
         for topic, done in applied.items():
-            measure_sink_lag(app, metrics, SINK, topic, done)
+            measure_sink_lag(app, metrics, SINK, topic, done, transactional=topic == answers_name)
         # ready means consuming; ClickHouse being away is cxpulse_clickhouse_up 0 and sink errors (CxSinkFailing),
-        # not a pipeline that is down
+        # not a pipeline that is down, nor a stall: no progress while the store pushes back is the design
+        if not sink.store_up:
+            metrics.health.progress.done()
         ready = faust_compat.recovered(app) and not faust_compat.rebalancing(app)
-        metrics.process_ready.labels(PROCESS).set(1.0 if ready else 0.0)
+        metrics.process_ready.labels(PROCESS).set(1.0 if metrics.health.ready(ready) else 0.0)
         if db.client is None:
             try:
                 await db.run(lambda client: client.command("SELECT 1"))
-                sink.up.set(1)
+                sink.set_up(True)
             except Exception as exc:  # noqa: BLE001 - reported, retried at the next tick
-                sink.up.set(0)
+                sink.set_up(False)
                 LOG.debug("ClickHouse not available yet: %s", exc)  # the writes log their failures
 
     @app.task  # type: ignore[untyped-decorator]
     async def query_endpoint() -> None:
-        """Read-only SQL over HTTP on loopback, for `cxpulse report` while this process holds the store."""
+        """Read-only SQL over HTTP on loopback, for `cxpulse report` while this process holds the store; a
+        random bearer token in the endpoint file (mode 0600) is required."""
+        token = secrets.token_urlsafe(32)
         server = web.Application()
-        server.router.add_post("/v1/query", lambda request: answer_query(request, db))
+        server.router.add_post("/v1/query", lambda request: answer_query(request, db, token))
         runner = web.AppRunner(server)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         port = cast(Any, site._server).sockets[0].getsockname()[1]  # noqa: SLF001 - aiohttp has no public getter
-        endpoint = settings.data_dir / store.ENDPOINT_FILE
-        endpoint.write_text(json.dumps({"url": f"http://127.0.0.1:{port}/v1/query", "pid": os.getpid()}))
+        store.write_endpoint(settings.data_dir, f"http://127.0.0.1:{port}/v1/query", token)
         LOG.info("read-only SQL on http://127.0.0.1:%d/v1/query", port)
 
     return app
@@ -230,8 +239,21 @@ def read_only(sql: str) -> bool:
     return head in ("SELECT", "WITH") and ";" not in text
 
 
-async def answer_query(request: web.Request, db: Store) -> web.Response:
-    """POST {"sql": "SELECT ...", "parameters": {...}} -> {"columns": [...], "rows": [[...], ...]}."""
+def _run_read_only(client: Client, sql: str, parameters: dict[str, Any]) -> Any:
+    """The query under ClickHouse's readonly=1, once its own parser showed it reads cxpulse tables only."""
+    ast = client.query(f"EXPLAIN AST {sql}", parameters=parameters, settings=store.READ_ONLY_SETTINGS)
+    refused = store.refused_tables([str(row[0]) for row in ast.result_rows])
+    if refused:
+        raise PermissionError(f"only the {store.DATABASE} tables are answered here, not {', '.join(refused)}")
+    return client.query(sql, parameters=parameters, settings=store.READ_ONLY_SETTINGS)
+
+
+async def answer_query(request: web.Request, db: Store, token: str) -> web.Response:
+    """POST {"sql": "SELECT ...", "parameters": {...}} with ``Authorization: Bearer <token>`` ->
+    {"columns": [...], "rows": [[...], ...]}."""
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        return web.json_response({"error": "a bearer token is required (see clickhouse-endpoint.json)"}, status=401)
     try:
         body = await request.json()
         sql, parameters = str(body["sql"]), dict(body.get("parameters") or {})
@@ -240,9 +262,12 @@ async def answer_query(request: web.Request, db: Store) -> web.Response:
     if not read_only(sql):
         return web.json_response({"error": "only a single SELECT statement is answered here"}, status=400)
     try:
-        result = await db.run(lambda client: client.query(sql, parameters=parameters))
+        result = await db.run(lambda client: _run_read_only(client, sql, parameters))
+    except PermissionError as exc:
+        return web.json_response({"error": str(exc)}, status=403)
     except Exception as exc:  # noqa: BLE001 - the caller gets the reason
-        return web.json_response({"error": str(exc)}, status=422)
+        status = 403 if "READONLY" in str(exc) else 422
+        return web.json_response({"error": str(exc).splitlines()[0][:500]}, status=status)
     rows = [list(row) for row in result.result_rows[:MAX_QUERY_ROWS]]
     return web.json_response(
         {"columns": list(result.column_names), "rows": rows}, dumps=lambda o: json.dumps(o, default=str)
@@ -258,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def check(settings: Settings) -> str | None:
         return None if settings.clickhouse_url else "CXPULSE_CLICKHOUSE_URL is empty: no store to write to"
 
-    return run_faust_process("sink", argv, create_app, check)
+    return run_faust_process("sink", PROCESS, argv, create_app, check)
 
 
 if __name__ == "__main__":

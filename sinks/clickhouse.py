@@ -18,7 +18,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
@@ -243,11 +243,57 @@ def insert(client: Client, table: str, rows: Sequence[Sequence[Any]], columns: S
         )
 
 
-def endpoint_url(data_dir: Path) -> str | None:
-    """The query endpoint of the process holding the embedded store, if one is running."""
+class Endpoint(NamedTuple):
+    """The read-only query endpoint of the process that holds the embedded store, and its bearer token."""
+
+    url: str
+    token: str
+
+
+def endpoint_of(data_dir: Path) -> Endpoint | None:
+    """The query endpoint of the process holding the embedded store, if one is running (its file, mode 0600, holds
+    a token that only the store's owner can read)."""
     try:
         found = json.loads((data_dir / ENDPOINT_FILE).read_text())
         os.kill(int(found["pid"]), 0)
-        return str(found["url"])
+        return Endpoint(str(found["url"]), str(found.get("token", "")))
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def write_endpoint(data_dir: Path, url: str, token: str) -> None:
+    """Publish the endpoint (URL, token, pid) in ``<data dir>/clickhouse-endpoint.json``, readable by its owner
+    only (created 0600: the token never exists in a file others can read)."""
+    path = data_dir / ENDPOINT_FILE
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        json.dump({"url": url, "token": token, "pid": os.getpid()}, out)
+
+
+# What the endpoint answers: SELECTs that ClickHouse runs with readonly=1 (it refuses writes, DDL, SET and the
+# file/url/remote table functions itself), reading tables of the cxpulse database only (ClickHouse's own parser,
+# EXPLAIN AST, names every table a query reads: system.*, INFORMATION_SCHEMA.* and table functions are refused).
+READ_ONLY_SETTINGS = {"readonly": 1}
+
+
+def refused_tables(ast_lines: Sequence[str]) -> list[str]:
+    """Tables or table functions of an ``EXPLAIN AST`` that the query endpoint does not read (outside the cxpulse
+    database)."""
+    refused = []
+    previous = ""
+    for line in ast_lines:
+        node = line.strip()
+        if node.startswith("TableIdentifier "):
+            name = node.split()[1]
+            if not name.startswith(f"{DATABASE}."):
+                refused.append(name)
+        elif node.startswith("Identifier ") and "." in node.split()[1]:
+            name = node.split()[1]
+            database = name.split(".")[0]
+            if database.lower() in ("system", "information_schema"):
+                refused.append(name)
+        elif node.startswith("Function ") and previous.startswith("TableExpression"):
+            refused.append(f"{node.split()[1]}()")
+        previous = node
+    return refused

@@ -92,4 +92,4 @@ def attach_followup_webhook(app: faust.App, settings: Settings, topic: faust.Top
 
     @app.timer(interval=2.0)  # type: ignore[untyped-decorator]
     async def followup_lag() -> None:
-        measure_sink_lag(app, metrics, SINK, topic_name, applied)
+        measure_sink_lag(app, metrics, SINK, topic_name, applied, transactional=True)

@@ -217,13 +217,24 @@ class Snapshot(Collector):
         return iter(self.families)
 
 
-def measure_sink_lag(app: faust.App, metrics: WorkerMetrics, sink: str, topic: str, applied: dict[int, int]) -> None:
-    """``cxpulse_sink_lag_messages`` of a sink agent: the end offset of each of its results partitions (as Faust's
-    consumer last saw it) minus the next offset the agent will apply.  Partitions no longer assigned lose their
-    series."""
+def measure_sink_lag(
+    app: faust.App,
+    metrics: WorkerMetrics,
+    sink: str,
+    topic: str,
+    applied: dict[int, int],
+    *,
+    transactional: bool = False,
+) -> None:
+    """``cxpulse_sink_lag_messages`` of a sink agent: the end offset of each of its partitions (as Faust's consumer
+    last saw it) minus the next offset the agent will apply.  On a ``transactional`` topic the last offset is the
+    commit marker that ends the last transaction, not a message: not counted (it kept an idle sink at 1).
+    Partitions no longer assigned lose their series.  The process's progress sees each partition too."""
+    progress = metrics.health.progress
     assigned = {tp.partition: tp for tp in app.consumer.assignment() if tp.topic == topic}
     for partition in [p for p in applied if p not in assigned]:
         del applied[partition]
+        progress.forget(f"{sink}:{topic}[{partition}]")
         with contextlib.suppress(KeyError):
             metrics.sink_lag.remove(sink, str(partition))
     for partition, tp in assigned.items():
@@ -235,7 +246,9 @@ def measure_sink_lag(app: faust.App, metrics: WorkerMetrics, sink: str, topic: s
             done = applied.get(partition)
             if done is None:  # nothing applied since the assignment: Faust's committed offset says where it stands
                 continue
-            metrics.sink_lag.labels(sink, str(partition)).set(max(0, end - done))
+            lag = max(0, end - done - (1 if transactional else 0))
+            metrics.sink_lag.labels(sink, str(partition)).set(lag)
+            progress.observe(f"{sink}:{topic}[{partition}]", done, lag)
 
 
 def view_key(partition: int, channel: str, journey: str, metric: str, pane: int) -> str:

@@ -56,12 +56,14 @@ class ClientReader:
 class EndpointReader:
     """Queries through the read-only SQL endpoint of the process that holds the embedded store (sinks/app.py)."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
+    def __init__(self, endpoint: store.Endpoint) -> None:
+        self.url = endpoint.url
+        self.token = endpoint.token
 
     def rows(self, sql: str, parameters: Mapping[str, Any]) -> list[Sequence[Any]]:
         body = json.dumps({"sql": sql, "parameters": dict(parameters)}, default=str).encode()
-        request = urllib.request.Request(self.url, body, {"Content-Type": "application/json"})  # noqa: S310
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {self.token}"}
+        request = urllib.request.Request(self.url, body, headers)  # noqa: S310
         try:
             with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - loopback, our own
                 return list(json.loads(response.read())["rows"])
@@ -74,13 +76,13 @@ class EndpointReader:
 def open_reader(settings: Settings) -> Reader:
     """A reader of the configured store; while a worker holds the embedded store, through its endpoint."""
     if store.chdb_path(settings.clickhouse_url) is not None:
-        running = store.endpoint_url(settings.data_dir)
+        running = store.endpoint_of(settings.data_dir)
         if running is not None:  # a live sink holds the embedded store: ask it (opening would fail, noisily)
             return EndpointReader(running)
     try:
         client = store.connect(settings)
     except store.StoreBusyError as exc:
-        url = store.endpoint_url(settings.data_dir)
+        url = store.endpoint_of(settings.data_dir)
         if url is None:
             raise store.StoreError(
                 f"{exc}, and that process serves no query endpoint: stop it, or run this where its "

@@ -32,8 +32,18 @@ _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 @dataclass(frozen=True)
+class Listener:
+    """A client listener beside the PLAINTEXT one (the tests' SASL_SSL listener, say)."""
+
+    name: str  # listener name and security protocol, e.g. SASL_SSL
+    port: int
+    host: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
 class BrokerSpec:
-    """Where and how a local broker runs."""
+    """Where and how a local broker runs: one combined KRaft node, alone (the default) or one of a cluster
+    (``node_id``, ``voters``, ``replicas``)."""
 
     port: int
     controller_port: int
@@ -42,6 +52,13 @@ class BrokerSpec:
     heap: str = DEFAULT_HEAP
     partitions: int = 1
     offsets_partitions: int = 6  # partitions of __consumer_offsets and the transaction log (small = fast)
+    node_id: int = 1
+    voters: str = ""  # controller.quorum.voters; empty: this node alone
+    replicas: int = 1  # replication factor of internal and new topics (default.replication.factor)
+    min_isr: int = 1
+    listeners: tuple[Listener, ...] = ()
+    extra: tuple[tuple[str, str], ...] = ()  # more server properties
+    cluster_id: str = ""  # empty: a new random one when the storage is formatted
 
     @property
     def bootstrap(self) -> str:
@@ -93,9 +110,17 @@ def write_server_properties(spec: BrokerSpec) -> Path:
     text = template.substitute(
         port=spec.port,
         controller_port=spec.controller_port,
+        node_id=spec.node_id,
+        voters=spec.voters or f"{spec.node_id}@127.0.0.1:{spec.controller_port}",
+        listeners="".join(f",{lis.name}://{lis.host}:{lis.port}" for lis in spec.listeners),
+        advertised="".join(f",{lis.name}://{lis.host}:{lis.port}" for lis in spec.listeners),
+        protocols="".join(f",{lis.name}:{lis.name}" for lis in spec.listeners),
         log_dirs=spec.kafka_dir / "logs",
         partitions=spec.partitions,
         offsets_partitions=spec.offsets_partitions,
+        replicas=spec.replicas,
+        min_isr=spec.min_isr,
+        extra="\n".join(f"{key}={value}" for key, value in spec.extra),
     )
     path = spec.kafka_dir / "server.properties"
     path.write_text(text)
@@ -125,7 +150,7 @@ def format_storage(spec: BrokerSpec, properties: Path) -> bool:
     """Format the KRaft storage on first start; return True when it formatted, False when already done."""
     if (spec.kafka_dir / "logs" / "meta.properties").exists():
         return False
-    cluster_id = _cluster_id()
+    cluster_id = spec.cluster_id or new_cluster_id()
     # "--cluster-id=ID", not "-t ID": a random id may start with "-" and read as an option
     cmd = _java(spec, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(properties))
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -134,7 +159,7 @@ def format_storage(spec: BrokerSpec, properties: Path) -> bool:
     return True
 
 
-def _cluster_id() -> str:
+def new_cluster_id() -> str:
     """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding (what StorageTool expects)."""
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 

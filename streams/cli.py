@@ -1,4 +1,4 @@
-"""The ``cxpulse`` command line: ``broker``, ``demo``, ``replay``, ``topics``.
+"""The ``cxpulse`` command line: ``worker``, ``demo``, ``replay``, ``report``, ``acls`` and the other commands.
 
 Settings come from ``CXPULSE_*`` environment variables (streams.config.Settings); flags override them.
 Errors print one line to stderr and exit non-zero: 1 for a failure, 2 for bad usage.
@@ -204,10 +204,36 @@ def topics(
         _fail(f"--partitions {partitions}: a topic needs at least 1 partition", 2)
     settings = _settings(kafka_bootstrap=bootstrap, partitions=partitions)
     try:
-        created = ensure_topics(settings.kafka_bootstrap, topic_specs(settings))
+        created = ensure_topics(settings.kafka, topic_specs(settings), settings.replication_factor)
     except CxPulseError as exc:
         _fail(str(exc))
     out.print(f"created: {', '.join(created) or 'none (all exist)'}", highlight=False)
+
+
+@app.command()
+def acls(
+    principal: Annotated[str, typer.Argument(help="Kafka principal, e.g. User:cxpulse-worker.")],
+    role: Annotated[str, typer.Option(help="worker, sink or http (produce-only).")] = "worker",
+    app_id: Annotated[str | None, typer.Option(help="App id [env CXPULSE_APP_ID].")] = None,
+    bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap [env CXPULSE_KAFKA_BOOTSTRAP].")] = None,
+    command_config: Annotated[
+        str, typer.Option(help="Admin client properties file for kafka-acls.sh (--command-config).")
+    ] = "",
+    precreated: Annotated[
+        bool, typer.Option(help="Topics are created by an administrator: no Create on the pipeline's topics.")
+    ] = False,
+) -> None:
+    """Print the kafka-acls commands that give PRINCIPAL exactly what a cxpulse role needs, and nothing more."""
+    from streams import acls as cx_acls
+
+    if role not in cx_acls.ROLES:
+        _fail(f"--role {role}: one of {', '.join(cx_acls.ROLES)}", 2)
+    settings = _settings(kafka_bootstrap=bootstrap, app_id=app_id)
+    needed = cx_acls.acls_for(settings, role, precreated=precreated)
+    commands = cx_acls.kafka_acls_commands(principal, needed, settings.kafka_bootstrap, command_config)
+    for acl, command in zip(needed, commands, strict=True):
+        out.print(f"# {acl.why}", highlight=False, soft_wrap=True)
+        out.print(command, highlight=False, soft_wrap=True, markup=False)
 
 
 @app.command()
@@ -447,7 +473,7 @@ def produce(
         try:
             stats = produce_file(
                 events,
-                settings.kafka_bootstrap,
+                settings.kafka,
                 settings.feedback_topic,
                 catalog,
                 validate=validate,
@@ -575,7 +601,7 @@ def simulate(
         sent = sim.to_kafka(
             simulator,
             duration_ms,
-            settings.kafka_bootstrap,
+            settings.kafka,
             settings.feedback_topic,
             catalog,
             lambda: stop["now"],
@@ -833,7 +859,7 @@ def read(
     catalog = catalog_for(settings)
     try:
         for record in reader.read(
-            settings.kafka_bootstrap, name, catalog, from_end=from_end, follow=follow, limit=limit,
+            settings.kafka, name, catalog, from_end=from_end, follow=follow, limit=limit,
             stopping=lambda: stop["now"],
         ):  # fmt: skip
             sys.stdout.write(json.dumps(record, separators=(",", ":"), ensure_ascii=False, default=str) + "\n")

@@ -10,13 +10,15 @@ Built once in the CLI (flags override the environment) and passed down; nothing 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.effort import EffortConfig
 from streams.errors import ConfigurationError
+from streams.kafka import KafkaCluster
+from streams.privacy import MIN_KEY_BYTES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,6 +40,29 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CXPULSE_", frozen=True, extra="forbid")
 
     kafka_bootstrap: str = Field(DEFAULT_BOOTSTRAP, description="Kafka bootstrap servers, host:port[,...]")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="how every Kafka client of cxpulse connects: PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "SCRAM-SHA-512", description="SASL mechanism (SASL_* protocols): SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN"
+    )
+    kafka_username: str = Field("", description="SASL user name")
+    kafka_password: SecretStr = Field(SecretStr(""), description="SASL password (or CXPULSE_KAFKA_PASSWORD_FILE)")
+    kafka_password_file: Path | None = Field(
+        None, description="file holding the SASL password (a mounted secret); its first line is the password"
+    )
+    kafka_ca_file: Path | None = Field(
+        None, description="PEM file of the CA(s) that signed the brokers' certificates; unset: the system's CAs"
+    )
+    kafka_cert_file: Path | None = Field(None, description="PEM client certificate (mutual TLS)")
+    kafka_key_file: Path | None = Field(None, description="PEM private key of the client certificate")
+    kafka_key_password: SecretStr = Field(SecretStr(""), description="password of an encrypted client key")
+    kafka_verify_hostname: bool = Field(
+        True, description="check that the broker's certificate names the host connected to (TLS protocols)"
+    )
+    replication_factor: int = Field(
+        1, ge=1, le=32, description="replicas of every topic cxpulse creates (3 on a production cluster)"
+    )
     clickhouse_url: str = Field(
         "chdb://.cxpulse/clickhouse",
         description="ClickHouse: chdb://PATH (embedded; default <data dir>/clickhouse) or http(s)://[user@]host:8123;"
@@ -97,9 +122,76 @@ class Settings(BaseSettings):
         pattern=r"^[A-Za-z0-9._-]{0,100}$",
         description="stable name of this worker (its hot-path transactional ids); empty = host name + data dir",
     )
+    customer_id_key: SecretStr = Field(
+        SecretStr(""),
+        description="set (16+ characters): customer ids become keyed HMAC-SHA256 pseudonyms at ingest, before "
+        "anything is stored or forwarded",
+    )
+    stall_seconds: float = Field(
+        60.0, gt=0, description="a process stalled this long (no progress while input waits) is not ready"
+    )
+    stall_restart_seconds: float = Field(
+        300.0, gt=0, description="a process stalled this long is restarted by its worker (counted)"
+    )
     hotpath_processes: int = Field(
         DEFAULT_HOTPATH_PROCESSES, ge=1, le=64, description="hot-path processes (slots) of one worker"
     )
+
+    @property
+    def kafka(self) -> KafkaCluster:
+        """Where Kafka is and how to authenticate, for every Kafka client (streams.kafka)."""
+        password = self.kafka_password.get_secret_value()
+        if self.kafka_password_file is not None:
+            password = _first_line(self.kafka_password_file)
+        return KafkaCluster(
+            bootstrap=self.kafka_bootstrap,
+            security_protocol=self.kafka_security_protocol,
+            sasl_mechanism=self.kafka_sasl_mechanism,
+            username=self.kafka_username,
+            password=password,
+            ca_file=self.kafka_ca_file,
+            cert_file=self.kafka_cert_file,
+            key_file=self.kafka_key_file,
+            key_password=self.kafka_key_password.get_secret_value(),
+            verify_hostname=self.kafka_verify_hostname,
+        )
+
+    @field_validator("kafka_password_file", "kafka_ca_file", "kafka_cert_file", "kafka_key_file")
+    @classmethod
+    def _readable_file(cls, value: Path | None) -> Path | None:
+        if value is None or str(value) == "":
+            return None
+        if not value.is_file():
+            raise ValueError(f"{value} is not a file")
+        try:
+            value.open("rb").close()
+        except OSError as exc:
+            raise ValueError(f"{value} cannot be read ({exc.strerror})") from None
+        return value
+
+    @field_validator("customer_id_key")
+    @classmethod
+    def _key_is_long_enough(cls, value: SecretStr) -> SecretStr:
+        if value.get_secret_value() and len(value.get_secret_value().encode()) < MIN_KEY_BYTES:
+            raise ValueError(f"the key must have at least {MIN_KEY_BYTES} bytes (or be empty: ids kept as they are)")
+        return value
+
+    @model_validator(mode="after")
+    def _kafka_security_is_whole(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL_"):
+            if not self.kafka_username:
+                raise ValueError(f"CXPULSE_KAFKA_USERNAME is required with {self.kafka_security_protocol}")
+            if not self.kafka_password.get_secret_value() and self.kafka_password_file is None:
+                protocol = self.kafka_security_protocol
+                raise ValueError(f"CXPULSE_KAFKA_PASSWORD or CXPULSE_KAFKA_PASSWORD_FILE is required with {protocol}")
+        if (self.kafka_cert_file is None) != (self.kafka_key_file is None):
+            raise ValueError("CXPULSE_KAFKA_CERT_FILE and CXPULSE_KAFKA_KEY_FILE go together (mutual TLS)")
+        if not self.kafka_security_protocol.endswith("SSL") and (self.kafka_ca_file or self.kafka_cert_file):
+            raise ValueError(
+                f"CXPULSE_KAFKA_CA_FILE / CERT_FILE are set but CXPULSE_KAFKA_SECURITY_PROTOCOL is "
+                f"{self.kafka_security_protocol} (use SSL or SASL_SSL)"
+            )
+        return self
 
     @field_validator("windows_seconds")
     @classmethod
@@ -127,6 +219,15 @@ class Settings(BaseSettings):
         if self.retention_seconds < max(self.windows_seconds):
             raise ValueError("CXPULSE_RETENTION_SECONDS must cover the longest window")
         return self
+
+
+def _first_line(path: Path) -> str:
+    """The first line of a secret file (a mounted secret often ends in a newline)."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigurationError(f"CXPULSE_KAFKA_PASSWORD_FILE: {path} cannot be read ({exc.strerror})") from None
+    return text.splitlines()[0] if text else ""
 
 
 def effort_config(settings: Settings) -> EffortConfig:

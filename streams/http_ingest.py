@@ -30,10 +30,11 @@ from aiohttp import web
 from confluent_kafka import KafkaError, Message
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
-from schemas.codec import feedback_from_json
+from schemas.codec import SchemaCatalog, feedback_from_json
 from streams.config import DEFAULT_FUTURE_TOLERANCE_SECONDS, Settings, load_settings
-from streams.errors import EXIT_PERMANENT, ConfigurationError, CxPulseError, DecodeError
+from streams.errors import EXIT_PERMANENT, BrokerError, ConfigurationError, CxPulseError, DecodeError
 from streams.kafka import producer
+from streams.outage import OutageLog
 from streams.produce import check_topic, encode_record
 from streams.validate import Clock, validate_batch
 from streams.worker.hotpath import catalog_for
@@ -134,9 +135,9 @@ class FeedbackEndpoint:
         self.token = settings.http_token.get_secret_value().encode()
         self.failed: list[str] = []
         self.producer = producer(
-            settings.kafka_bootstrap, **{"linger.ms": 5, "compression.type": "lz4", "on_delivery": self._delivered}
+            settings.kafka, **{"linger.ms": 5, "compression.type": "lz4", "on_delivery": self._delivered}
         )
-        check_topic(self.producer, settings.kafka_bootstrap, settings.feedback_topic)
+        check_topic(settings.kafka, settings.feedback_topic)
         registry = metrics.registry
         self.requests = Counter("cxpulse_http_requests", "Ingest requests, by status", ["status"], registry=registry)
         self.events = Counter(
@@ -181,41 +182,54 @@ class FeedbackEndpoint:
         return await self._ingest(items)
 
     async def _ingest(self, items: list[dict[str, Any]]) -> web.Response:
-        rejected: list[dict[str, Any]] = []
-        records, at = [], []
-        for index, item in enumerate(items):
-            try:
-                records.append(feedback_from_json(json.dumps(item)))
-                at.append(index)
-            except (DecodeError, RecursionError, ValueError) as exc:
-                rejected.append({"index": index, "event_id": _id(item), "reason": "undecodable", "detail": str(exc)})
         now_ms = int(time.time() * 1000)
         clock = Clock(now_ms, DEFAULT_FUTURE_TOLERANCE_SECONDS * 1000, self.settings.retention_seconds * 1000)
-        _, rejections = validate_batch(records, clock)
-        bad = {r.at for r in rejections}
-        for r in rejections:
-            item = items[at[r.at]]
-            rejected.append({"index": at[r.at], "event_id": _id(item), "reason": r.reason, "detail": r.detail})
-        good = [records[i] for i in range(len(records)) if i not in bad]
+        good, rejected = triage(items, clock, self.catalog)
         async with self.lock:  # one flush at a time: a failure belongs to the request that saw it
             self.failed.clear()
-            for record in good:
-                key = record.get("customer_id") or record.get("event_id")
-                value = encode_record(record, self.catalog)
+            for key, value in good:
                 while True:
                     try:
-                        self.producer.produce(self.settings.feedback_topic, value, str(key).encode())
+                        self.producer.produce(self.settings.feedback_topic, value, key)
                         break
                     except BufferError:
                         await asyncio.to_thread(self.producer.poll, 0.1)
             left = await asyncio.to_thread(self.producer.flush, FLUSH_SECONDS)
             if left or self.failed:
                 return self.answer(503, {"error": f"Kafka did not take the events ({(self.failed or ['timeout'])[0]})"})
-        rejected.sort(key=lambda r: r["index"])
         self.events.labels("accepted").inc(len(good))
         for refusal in rejected:
             self.events.labels(refusal["reason"]).inc()
         return self.answer(202, {"accepted": len(good), "rejected": rejected})
+
+
+def triage(
+    items: list[dict[str, Any]], clock: Clock, catalog: SchemaCatalog
+) -> tuple[list[tuple[bytes, bytes]], list[dict[str, Any]]]:
+    """The posted items as (key, Confluent Avro value) of the valid ones and the rejections of the others
+    (``{"index", "event_id", "reason", "detail"}``, by index), with the stream's own decode and validation."""
+    rejected: list[dict[str, Any]] = []
+    records, at = [], []
+    for index, item in enumerate(items):
+        try:
+            records.append(feedback_from_json(json.dumps(item)))
+            at.append(index)
+        except (DecodeError, RecursionError, ValueError) as exc:
+            rejected.append({"index": index, "event_id": _id(item), "reason": "undecodable", "detail": str(exc)})
+    _, rejections = validate_batch(records, clock)
+    bad = {r.at for r in rejections}
+    for r in rejections:
+        item = items[at[r.at]]
+        rejected.append({"index": at[r.at], "event_id": _id(item), "reason": r.reason, "detail": r.detail})
+    good = []
+    for i in range(len(records)):
+        if i in bad:
+            continue
+        record = records[i]
+        key = record.get("customer_id") or record.get("event_id")
+        good.append((str(key).encode(), encode_record(record, catalog)))
+    rejected.sort(key=lambda r: r["index"])
+    return good, rejected
 
 
 def _id(item: dict[str, Any]) -> str | None:
@@ -253,10 +267,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"CXPULSE_HTTP_TOKEN is empty while CXPULSE_HTTP_HOST is {settings.http_host}: set a token, "
                 "or listen on 127.0.0.1 only"
             )
+        OutageLog.install(settings.kafka_bootstrap)
         metrics = WorkerMetrics(CollectorRegistry())
         if port:
             start_http_server(port, addr="127.0.0.1", registry=metrics.registry)
         app = create_app(settings, metrics)
+    except BrokerError as exc:
+        print(f"cxpulse http: {exc}", file=sys.stderr)
+        return 1 if "cannot reach" in str(exc) else EXIT_PERMANENT  # Kafka away: restarted; else: fix the setting
     except (ConfigurationError, CxPulseError) as exc:
         print(f"cxpulse http: {exc}", file=sys.stderr)
         return EXIT_PERMANENT

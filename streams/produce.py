@@ -9,17 +9,16 @@ worker's dead-letter path sees them; with it, invalid inputs are refused and rep
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, Message
 
-from schemas.codec import FEEDBACK, FEEDBACK_RAW, SchemaCatalog, encode_confluent
+from schemas.codec import FEEDBACK_RAW, SchemaCatalog, encode_feedback
 from streams.errors import BrokerError, SchemaError
-from streams.kafka import producer
+from streams.kafka import Kafka, producer, reach
 from streams.replay import Batch, read_batches
 from streams.validate import DeadLetter, validate_batch
 
@@ -40,11 +39,7 @@ class ProduceStats:
 
 def encode_record(record: Mapping[str, Any], catalog: SchemaCatalog) -> bytes:
     """A decoded FeedbackEvent in the Confluent wire format of the current schema."""
-    full = {**_DEFAULTS, **record}
-    occurred = full["occurred_at"]
-    if isinstance(occurred, datetime):
-        full["occurred_at"] = int(occurred.timestamp() * 1000)
-    return encode_confluent(full, FEEDBACK, catalog.id_for(FEEDBACK_RAW))
+    return encode_feedback(record, catalog)
 
 
 def _messages(
@@ -77,19 +72,23 @@ def _messages(
     return [(key, value) for _, key, value in sorted(out, key=lambda item: item[0])]
 
 
-def check_topic(out: Producer, bootstrap: str, topic: str) -> None:
-    """Fail fast, naming the problem, when Kafka cannot be reached or the topic does not exist."""
-    try:
-        metadata = out.list_topics(timeout=METADATA_TIMEOUT_SECONDS)
-    except KafkaException as exc:
-        raise BrokerError(f"cannot reach Kafka at {bootstrap}: {exc.args[0].str()}") from exc
-    if topic not in metadata.topics:
-        raise BrokerError(f"topic {topic} does not exist on Kafka at {bootstrap} (create it with `cxpulse topics`)")
+def messages_of(path: Path, catalog: SchemaCatalog) -> Iterator[tuple[bytes | None, bytes]]:
+    """(key, value) of every input of ``path`` as ``produce`` sends it without validation (undecodable lines as
+    they are), in input order; what cannot be sent at all is left out."""
+    for batch, _ in read_batches(path):
+        yield from _messages(batch, set(range(len(batch.records))), catalog, True, [])
+
+
+def check_topic(kafka: Kafka, topic: str) -> None:
+    """Fail fast, naming the problem, when Kafka cannot be used or the topic does not exist."""
+    found = reach(kafka, topic).topics.get(topic)
+    if found is None or found.error is not None:
+        raise BrokerError(f"topic {topic} does not exist on Kafka at {kafka} (create it with `cxpulse topics`)")
 
 
 def produce_file(
     path: Path,
-    bootstrap: str,
+    kafka: Kafka,
     topic: str,
     catalog: SchemaCatalog,
     *,
@@ -99,8 +98,8 @@ def produce_file(
 ) -> ProduceStats:
     """Send every event of ``path`` to ``topic``; return what happened.  Waits until all are delivered."""
     stats = ProduceStats()
-    out = producer(bootstrap, **{"linger.ms": 20, "compression.type": "lz4"})
-    check_topic(out, bootstrap, topic)
+    out = producer(kafka, **{"linger.ms": 20, "compression.type": "lz4"})
+    check_topic(kafka, topic)
 
     def delivered(error: KafkaError | None, message: Message) -> None:
         if error is not None:
@@ -126,7 +125,5 @@ def produce_file(
         if progress is not None:
             progress(done)
     if out.flush(FLUSH_TIMEOUT_SECONDS) > 0:
-        raise BrokerError(
-            f"messages still undelivered after {FLUSH_TIMEOUT_SECONDS:.0f} s: is Kafka at {bootstrap} up?"
-        )
+        raise BrokerError(f"messages still undelivered after {FLUSH_TIMEOUT_SECONDS:.0f} s: is Kafka at {kafka} up?")
     return stats

@@ -19,7 +19,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaError, KafkaExcep
 
 from schemas.codec import SchemaCatalog, decode_confluent
 from streams.errors import BrokerError
-from streams.kafka import consumer
+from streams.kafka import Kafka, consumer
 from streams.topics import partition_count
 
 POLL_SECONDS = 0.5
@@ -64,7 +64,7 @@ def _text(raw: bytes | str | None) -> str | None:
 
 
 def read(
-    bootstrap: str,
+    kafka: Kafka,
     topic: str,
     catalog: SchemaCatalog,
     *,
@@ -74,9 +74,9 @@ def read(
     stopping: Callable[[], bool] = lambda: False,
 ) -> Iterator[dict[str, Any]]:
     """The topic's records, partition by partition interleaved as they arrive."""
-    partitions = partition_count(bootstrap, topic)
+    partitions = partition_count(kafka, topic)
     reader = consumer(
-        bootstrap,
+        kafka,
         f"cxpulse-read-{uuid.uuid4().hex[:8]}",
         **{"enable.partition.eof": True, "isolation.level": "read_committed", "enable.auto.commit": False},
     )

@@ -40,7 +40,7 @@ from confluent_kafka import KafkaError, Message
 
 from schemas.codec import FEEDBACK, FEEDBACK_RAW, SchemaCatalog, encode_confluent
 from streams.config import parse_duration
-from streams.kafka import producer
+from streams.kafka import Kafka, producer
 from streams.produce import check_topic
 from streams.synth import JOURNEYS as SYNTH_JOURNEYS
 from streams.synth import METRIC_SCALES, METRIC_WEIGHTS, SOURCES, spoil
@@ -270,7 +270,7 @@ def to_file(simulator: Simulator, duration_ms: int, path: Path) -> Sent:
 def to_kafka(
     simulator: Simulator,
     duration_ms: int | None,
-    bootstrap: str,
+    kafka: Kafka,
     topic: str,
     catalog: SchemaCatalog,
     stopping: Callable[[], bool],
@@ -284,8 +284,8 @@ def to_kafka(
         if error is not None:
             failed[0] += 1
 
-    out = producer(bootstrap, **{"linger.ms": 20, "compression.type": "lz4", "on_delivery": delivered})
-    check_topic(out, bootstrap, topic)
+    out = producer(kafka, **{"linger.ms": 20, "compression.type": "lz4", "on_delivery": delivered})
+    check_topic(kafka, topic)
     schema_id = catalog.id_for(FEEDBACK_RAW)
     started = time.monotonic()
     reported = started

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from confluent_kafka import KafkaException
 from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]  # re-exported without __all__
 
 from streams.config import DEFAULT_FUTURE_TOLERANCE_SECONDS, Settings
 from streams.errors import BrokerError
-from streams.kafka import admin_client
+from streams.kafka import Kafka, admin_client, reach
 
 CREATE_TIMEOUT_SECONDS = 30.0
 REACH_TIMEOUT_SECONDS = 10.0  # an unreachable bootstrap is reported after this long
@@ -78,28 +77,43 @@ def internal_topic_specs(settings: Settings, feedback_partitions: int) -> list[T
     ]
 
 
-def partition_count(bootstrap: str, topic: str) -> int:
-    """How many partitions ``topic`` has (BrokerError when it does not exist or Kafka is unreachable)."""
-    admin = admin_client(bootstrap)
-    try:
-        metadata = admin.list_topics(topic, timeout=REACH_TIMEOUT_SECONDS)
-    except KafkaException as exc:
-        raise BrokerError(f"cannot reach Kafka at {bootstrap}: {exc.args[0].str()}") from exc
+# The Faust tables of the worker's Faust process and the topic whose partitions each one follows.  Their
+# changelogs (``<app>-<table>-changelog``, compacted) are created with the other internal topics, before Faust
+# starts: Faust would create them itself, but its recovery looks for them first and logs an ERROR for each one
+# a fresh app id does not have yet.
+FAUST_TABLES = (
+    ("panes", "partials"),
+    ("positions", "partials"),
+    ("kpi-view", "results"),
+    ("effort-panes", "results"),
+    ("effort-state", "results"),
+)
+
+
+def changelog_specs(settings: Settings, partials_partitions: int, results_partitions: int) -> list[TopicSpec]:
+    """The changelog topics of the worker's Faust tables (compacted, Faust's own topic configs)."""
+    counts = {"partials": partials_partitions, "results": results_partitions}
+    return [
+        TopicSpec(f"{settings.app_id}-{table}-changelog", counts[follows], {"cleanup.policy": "compact"})
+        for table, follows in FAUST_TABLES
+    ]
+
+
+def partition_count(kafka: Kafka, topic: str) -> int:
+    """How many partitions ``topic`` has (BrokerError when it does not exist or Kafka cannot be used)."""
+    metadata = reach(kafka, topic, timeout=REACH_TIMEOUT_SECONDS)
     found = metadata.topics.get(topic)
     if found is None or found.error is not None:
-        raise BrokerError(f"topic {topic} does not exist on Kafka at {bootstrap}")
+        raise BrokerError(f"topic {topic} does not exist on Kafka at {kafka}")
     return len(found.partitions)
 
 
-def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> list[str]:
-    """Create the topics that do not exist yet; return the names created."""
-    admin = admin_client(bootstrap)
-    try:
-        existing = set(admin.list_topics(timeout=REACH_TIMEOUT_SECONDS).topics)
-    except KafkaException as exc:
-        raise BrokerError(f"cannot reach Kafka at {bootstrap}: {exc.args[0].str()}") from exc
+def ensure_topics(kafka: Kafka, specs: list[TopicSpec], replicas: int = 1) -> list[str]:
+    """Create the topics that do not exist yet, each with ``replicas`` replicas; return the names created."""
+    existing = set(reach(kafka, timeout=REACH_TIMEOUT_SECONDS).topics)
+    admin = admin_client(kafka)
     new = [
-        NewTopic(s.name, num_partitions=s.partitions, replication_factor=1, config=s.config)
+        NewTopic(s.name, num_partitions=s.partitions, replication_factor=replicas, config=s.config)
         for s in specs
         if s.name not in existing
     ]
@@ -112,6 +126,12 @@ def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> list[str]:
             future.result()
             created.append(name)
         except Exception as exc:
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise BrokerError(f"could not create topic {name}: {exc}") from exc
+            if "TOPIC_ALREADY_EXISTS" in str(exc):
+                continue
+            if "AUTHORIZATION_FAILED" in str(exc):
+                raise BrokerError(
+                    f"could not create topic {name}: not authorized (the principal needs Create on it, or the topic "
+                    "made by an administrator; `cxpulse acls` prints what each role needs)"
+                ) from exc
+            raise BrokerError(f"could not create topic {name}: {exc}") from exc
     return created

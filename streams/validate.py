@@ -131,13 +131,17 @@ def _timestamp_ms(value: Any) -> int:
     return int(value)
 
 
-_NO_LIMIT: Final = 2**63  # occurred_at bounds when there is no clock (replay)
+# occurred_at bounds without a clock (replay): the times whose panes and windows can be shown as dates.  Before
+# 1970 is too old for any survey; after 9999-12-30 a pane or a 24-hour window would end past year 9999, which no
+# ISO-8601 date (nor Python's datetime) can write.  Outside: too_old / future_timestamp, as in the stream.
+EARLIEST_MS: Final = 0  # 1970-01-01T00:00:00Z
+LATEST_MS: Final = 253_402_214_399_999  # 9999-12-30T23:59:59.999Z
 
 
 def validate_record(record: Mapping[str, Any], clock: Clock | None = None) -> Feedback | tuple[Reason, str]:
     """Check one decoded record; return the normalised Feedback or (reason, detail)."""
     if clock is None:
-        return _check(record, -_NO_LIMIT, _NO_LIMIT, 0)
+        return _check(record, EARLIEST_MS, LATEST_MS, LATEST_MS)
     return _check(record, clock.now_ms - clock.retention_ms, clock.now_ms + clock.future_tolerance_ms, clock.now_ms)
 
 
@@ -182,8 +186,12 @@ def _check(record: Mapping[str, Any], earliest: int, latest: int, now_ms: int) -
         return "bad_label", f"journey {journey_raw!r} is not a valid label once normalised"
     occurred_ms = occurred if type(occurred) is int else _timestamp_ms(occurred)
     if occurred_ms > latest:
+        if latest == LATEST_MS:
+            return "future_timestamp", f"occurred_at {occurred_ms} is after 9999-12-30, the last day cxpulse can show"
         return "future_timestamp", f"occurred_at {occurred_ms} is ahead of the clock {now_ms}"
     if occurred_ms < earliest:
+        if earliest == EARLIEST_MS:
+            return "too_old", f"occurred_at {occurred_ms} is before 1970-01-01"
         return "too_old", f"occurred_at {occurred_ms} is older than the retention of pane state"
     codes = get("reason_codes")
     return Feedback(
@@ -220,7 +228,7 @@ def validate_batch(
     valid: list[Feedback] = []
     rejected: list[Rejection] = []
     if clock is None:
-        earliest, latest, now_ms = -_NO_LIMIT, _NO_LIMIT, 0
+        earliest, latest, now_ms = EARLIEST_MS, LATEST_MS, LATEST_MS
     else:
         now_ms = clock.now_ms
         earliest, latest = now_ms - clock.retention_ms, now_ms + clock.future_tolerance_ms

@@ -41,10 +41,13 @@ def topic_factory(kafka_broker: RunningBroker) -> Iterator[Callable[..., str]]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark tests by folder: `pytest -m unit` runs the pure-logic tests alone, without a broker."""
+    """Mark tests by folder: `pytest -m unit` runs the pure-logic tests alone, without a broker; `pytest -m faults`
+    the fault suite (brokers of their own, killed and restarted)."""
     for item in items:
         path = str(item.path)
         if "/tests/unit/" in path:
             item.add_marker(pytest.mark.unit)
         elif "/tests/integration/" in path:
             item.add_marker(pytest.mark.integration)
+        elif "/tests/faults/" in path:
+            item.add_marker(pytest.mark.faults)

@@ -32,7 +32,7 @@ import faust
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, Producer
 from confluent_kafka.admin import AdminClient
 from faust.types import EventT, StreamT
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from schemas.codec import WINDOW_RESULT, WINDOW_RESULT_RAW, SchemaCatalog, encode_confluent
 from sinks.alerts import attach_effort_detector
@@ -42,9 +42,11 @@ from streams.config import Settings, load_settings
 from streams.errors import EXIT_PERMANENT, ConfigurationError
 from streams.kafka import admin_client
 from streams.kafka import producer as new_producer
+from streams.outage import OutageLog
 from streams.topics import internal_topics, partition_count
 from streams.windows import WindowResult, result_record
 from streams.worker import faust_compat
+from streams.worker.health import FailureStreak, ProcessHealth, serve
 from streams.worker.hotpath import catalog_for
 from streams.worker.ingest import segment_partition
 from streams.worker.merge import MergeStep, parse_pane_key, position_key
@@ -164,28 +166,50 @@ class Merge:
         self.metrics.results.inc(len(results))
 
 
-def hotpath_offsets(admin: AdminClient, group: str, topic: str) -> dict[int, int]:
-    """The offsets the hot path's group has committed on the feedback topic (source partition -> next offset)."""
-    futures = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)], require_stable=True)
-    out: dict[int, int] = {}
-    for future in futures.values():
-        for tp in cast(Any, future.result(timeout=10)).topic_partitions or []:
-            if tp.topic == topic and tp.offset >= 0:
-                out[tp.partition] = tp.offset
-    return out
+class HotpathOffsets:
+    """The offsets the hot path's group has committed on the feedback topic (source partition -> next offset).
+
+    After a failure the next read uses a new AdminClient: after a broker restart a client can keep asking a group
+    coordinator it cached from before and time out forever (seen in the rolling-restart test; the consumer side
+    of the same librdkafka behaviour is confluentinc/librdkafka#5511)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.kafka = settings.kafka
+        self.group = f"{settings.app_id}-hotpath"
+        self.topic = settings.feedback_topic
+        self.admin: AdminClient | None = None
+
+    def read(self) -> dict[int, int]:
+        if self.admin is None:
+            self.admin = admin_client(self.kafka)
+        try:
+            futures = self.admin.list_consumer_group_offsets(
+                [ConsumerGroupTopicPartitions(self.group)], require_stable=True, request_timeout=10
+            )
+            out: dict[int, int] = {}
+            for future in futures.values():
+                for tp in cast(Any, future.result(timeout=12)).topic_partitions or []:
+                    if tp.topic == self.topic and tp.offset >= 0:
+                        out[tp.partition] = tp.offset
+            return out
+        except Exception:
+            self.admin = None
+            raise
 
 
 def faust_app(settings: Settings, app_id: str, folder: str, **extra: Any) -> faust.App:
     """A Faust app of the worker (merge, sink): at least once, read_committed, no web server, the broker settings
     the worker's processes share; its local state in ``<data dir>/<folder>``."""
     (settings.data_dir / folder).mkdir(parents=True, exist_ok=True)
+    kafka = settings.kafka
     app = faust.App(
         app_id,
-        broker=f"kafka://{settings.kafka_bootstrap}",
+        broker=kafka.faust_brokers(),
+        broker_credentials=kafka.faust_credentials(),
         store="memory://",
         datadir=str(settings.data_dir / folder),
         topic_partitions=settings.partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=settings.replication_factor,
         processing_guarantee="at_least_once",
         web_enabled=False,
         consumer_auto_offset_reset="earliest",
@@ -220,13 +244,11 @@ def create_app(settings: Settings, metrics: WorkerMetrics, catalog: SchemaCatalo
             undelivered[0] += 1
             LOG.error("a message to %s was not delivered: %s", message.topic(), error.str())
 
-    results = new_producer(
-        settings.kafka_bootstrap, **{"linger.ms": 5, "compression.type": "lz4", "on_delivery": delivered}
-    )
+    results = new_producer(settings.kafka, **{"linger.ms": 5, "compression.type": "lz4", "on_delivery": delivered})
     for table in (panes, positions):
         cast(faust_compat.KeyPartitionedTable, table).write_changelog_with(results)
-    reader = PartitionReader(settings.kafka_bootstrap, partials_name)
-    results_partitions = partition_count(settings.kafka_bootstrap, settings.results_topic)
+    reader = PartitionReader(settings.kafka, partials_name)
+    results_partitions = partition_count(settings.kafka, settings.results_topic)
     merge = Merge(settings, panes, positions, results, reader, metrics, catalog, undelivered, results_partitions)
 
     def flush() -> None:
@@ -249,13 +271,12 @@ def create_app(settings: Settings, metrics: WorkerMetrics, catalog: SchemaCatalo
             settings.followups_topic,
             key_serializer="raw",
             value_serializer="raw",
-            partitions=partition_count(settings.kafka_bootstrap, settings.followups_topic),
+            partitions=partition_count(settings.kafka, settings.followups_topic),
         )
         attach_followup_webhook(app, settings, followups, metrics)
     for name in ("kpi-view", "effort-panes", "effort-state"):
         cast(faust_compat.KeyPartitionedTable, app.tables[name]).write_changelog_with(results)
-    admin = admin_client(settings.kafka_bootstrap)
-    hotpath_group = f"{settings.app_id}-hotpath"
+    hotpath = HotpathOffsets(settings)
 
     @app.agent(partials)
     async def merge_partials(stream: StreamT[Any]) -> None:
@@ -301,6 +322,8 @@ def create_app(settings: Settings, metrics: WorkerMetrics, catalog: SchemaCatalo
         deferred.pop(partition, None)
         return False
 
+    tail_reads = FailureStreak(LOG, "tail check: reading the hot path's committed offsets")
+
     @app.timer(interval=TAIL_CHECK_SECONDS)  # type: ignore[untyped-decorator]
     async def follow_tails() -> None:
         """Read back what the hot path committed but merge never saw at the end of a partition (a skip in the
@@ -308,10 +331,11 @@ def create_app(settings: Settings, metrics: WorkerMetrics, catalog: SchemaCatalo
         if faust_compat.rebalancing(app) or not faust_compat.recovered(app):
             return
         try:
-            committed = await asyncio.to_thread(hotpath_offsets, admin, hotpath_group, settings.feedback_topic)
-        except Exception as exc:  # the broker may be away a moment
-            LOG.warning("tail check: cannot read the hot path's offsets (%s)", exc)
+            committed = await asyncio.to_thread(hotpath.read)
+        except Exception as exc:  # noqa: BLE001 - the broker may be away a moment
+            tail_reads.failed(exc)
             return
+        tail_reads.succeeded()
         for tp in app.consumer.assignment():
             if tp.topic != partials_name:
                 continue
@@ -375,14 +399,35 @@ def create_app(settings: Settings, metrics: WorkerMetrics, catalog: SchemaCatalo
         a table (its first use binds the table's service to the calling thread's event loop, and Faust then
         waits forever for a task on that loop when it stops: the SIGTERM hang of the first worker)."""
         ready = faust_compat.recovered(app) and not faust_compat.rebalancing(app)
-        metrics.process_ready.labels(PROCESS).set(1.0 if ready else 0.0)
+        observe_partials()
+        metrics.process_ready.labels(PROCESS).set(1.0 if metrics.health.ready(ready) else 0.0)
         metrics.state_keys.labels("panes").set(len(panes))
+
+    def observe_partials() -> None:
+        """merge's progress: per assigned partials partition, the highest offset merged and what waits behind it
+        (the partials are transactional: the last offset is the commit marker of the last batch)."""
+        progress = metrics.health.progress
+        held = set()
+        for tp in app.consumer.assignment():
+            if tp.topic != partials_name or tp.partition not in merge.seen:
+                continue
+            try:
+                end = app.consumer.highwater(tp)
+            except Exception:  # noqa: BLE001, S112 - not fetched yet
+                continue
+            if end is not None and end >= 0:
+                source = f"merge:{tp.partition}"
+                held.add(source)
+                progress.observe(source, merge.seen[tp.partition], max(0, end - merge.seen[tp.partition] - 2))
+        for source in [s for s in progress.positions if s.startswith("merge:") and s not in held]:
+            progress.forget(source)
 
     return app
 
 
 def run_faust_process(
     name: str,
+    process: str,
     argv: Sequence[str] | None,
     build: Callable[[Settings, WorkerMetrics], faust.App],
     check: Callable[[Settings], str | None] = lambda settings: None,
@@ -401,8 +446,10 @@ def run_faust_process(
         print(f"cxpulse {name}: {problem}", file=sys.stderr)
         return EXIT_PERMANENT
     metrics = WorkerMetrics(CollectorRegistry())
+    metrics.health = ProcessHealth(settings.stall_seconds, OutageLog.install(settings.kafka_bootstrap))
+    metrics.process_stalled.labels(process).set_function(metrics.health.progress.stalled)
     if port:
-        start_http_server(port, addr="127.0.0.1", registry=metrics.registry)
+        serve(port, "127.0.0.1", metrics.registry, lambda: (metrics.health.ready(True), {}))
     app = build(settings, metrics)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     # no spinner: at the default level Faust's spinner turns the root logger to DEBUG (~8% CPU), and it writes
@@ -414,7 +461,7 @@ def run_faust_process(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the Faust process: ``python -m streams.worker.app METRICS_PORT LOGLEVEL``."""
-    return run_faust_process("worker", argv, create_app)
+    return run_faust_process("worker", PROCESS, argv, create_app)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,10 @@ together with the input offsets (``send_offsets_to_transaction``).  A batch is t
   changelog (same partition number), read after the group's committed offsets are stable.
 - A batch that fails is aborted and read again from the committed offsets, its partitions' state restored,
   after a backoff: nothing is skipped.  A poison message cannot fail a batch: ingest dead-letters any bytes.
+- Every blocking Kafka call has a bound (streams.worker.health.CallGuard): a call that never returns (librdkafka
+  #5456, #5511, seen after broker restarts) ends the process, the worker restarts it, Kafka aborts its open
+  transaction.  A producer in a fatal state (its transaction timed out on the broker during an outage, say) is
+  replaced by a new one with the same ``transactional.id``.  Ready means making progress (health.Progress).
 
 Run by ``cxpulse worker`` (streams.worker.supervisor) as ``python -m streams.worker.hotpath SLOT METRICS_PORT``.
 """
@@ -37,18 +41,21 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from schemas.codec import LocalCatalog, RegistryCatalog, SchemaCatalog
 from streams.config import DEFAULT_FUTURE_TOLERANCE_SECONDS, Settings, load_settings
 from streams.dedup import Deduplicator, bucket_for_retention
-from streams.errors import EXIT_PERMANENT, ConfigurationError, CxPulseError
+from streams.errors import EXIT_PERMANENT, BrokerError, ConfigurationError, CxPulseError
 from streams.followups import TokenBucket
 from streams.followups import encode as encode_followup
+from streams.kafka import Kafka, reach
 from streams.kafka import consumer as new_consumer
 from streams.kafka import producer as new_producer
+from streams.outage import OutageLog
 from streams.topics import PARTIALS_MAX_MESSAGE_BYTES, internal_topics
 from streams.validate import Clock
+from streams.worker.health import CallGuard, Progress, serve
 from streams.worker.ingest import BatchOut, Ingest, reasons
 from streams.worker.metrics import WorkerMetrics
 from streams.worker.records import FROM_THE_START, decode_seen, encode_answers, encode_partials, encode_seen
@@ -60,7 +67,13 @@ BATCH_MESSAGES = 10_000  # messages per consume() call and transaction
 POLL_SECONDS = 0.05  # a batch waits at most this long to fill: the latency floor at low rates
 SESSION_TIMEOUT_MS = 10_000  # a slot killed with -9 keeps its partitions this long
 TRANSACTION_TIMEOUT_MS = 8_000  # below the session timeout (DESIGN.md, known traps)
-KAFKA_TIMEOUT_SECONDS = 30.0  # one transaction call (begin, send offsets, commit, abort)
+KAFKA_TIMEOUT_SECONDS = 15.0  # one transaction call (send offsets, commit, abort), a committed-offsets lookup
+COMMIT_SECONDS = 20.0  # a commit is retried (retriable errors) for at most this long, then the batch is aborted
+PRODUCE_SECONDS = 30.0  # queueing one batch's messages (a full queue drains as deliveries time out: 8 s)
+GUARD_MARGIN_SECONDS = 10.0  # a guarded call that overruns its own timeout by this much ends the process
+REACH_SECONDS = 10.0  # reading metadata at start (Kafka away: tried again)
+RESTORE_SECONDS = 120.0  # reading one assignment's seen ids back (retried while Kafka is away)
+REFENCE_SECONDS = 60.0  # fenced again this soon after a new producer, with no commit between: two owners
 HOUSEKEEPING_SECONDS = 1.0  # expiry of seen ids and gauges, at most this often
 GC_THRESHOLDS = (50_000, 20, 20)  # allocations before a gen-0 collection, gen-0 runs per gen-1, gen-1 per gen-2
 BACKOFF_MAX_SECONDS = 30.0  # a failing batch is retried after 0.5 s, 1 s, 2 s, ... up to this
@@ -74,13 +87,21 @@ class TransactionAbortedError(CxPulseError):
     """The batch's transaction could not commit; it was aborted and the batch is read again."""
 
 
+class ProducerLostError(CxPulseError):
+    """The transactional producer is in a fatal state; a new one (same transactional.id) takes over."""
+
+    def __init__(self, message: str, fenced: bool) -> None:
+        super().__init__(message)
+        self.fenced = fenced
+
+
 def transactional_id(settings: Settings, worker_id: str, slot: int) -> str:
     """The stable transactional.id of a hot-path slot."""
     return f"{settings.app_id}-hotpath-{worker_id}-{slot}"
 
 
 def restore_seen(
-    bootstrap: str, topic: str, partitions: Sequence[int], bucket_ms: int, cutoff_ms: int
+    kafka: Kafka, topic: str, partitions: Sequence[int], bucket_ms: int, cutoff_ms: int
 ) -> dict[int, Deduplicator]:
     """Rebuild the Deduplicators of ``partitions`` from the seen-ids changelog (committed entries only), ids
     that can no longer recur (older than ``cutoff_ms``) forgotten."""
@@ -88,7 +109,7 @@ def restore_seen(
     if not partitions:
         return restored
     reader = new_consumer(
-        bootstrap, "cxpulse-restore", **{"enable.partition.eof": True, "isolation.level": "read_committed"}
+        kafka, f"{topic}-restore", **{"enable.partition.eof": True, "isolation.level": "read_committed"}
     )
     try:
         pending = set()
@@ -100,7 +121,7 @@ def restore_seen(
                 assignment.append(TopicPartition(topic, partition, OFFSET_BEGINNING))
         if assignment:
             reader.assign(assignment)
-        deadline = time.monotonic() + 10 * KAFKA_TIMEOUT_SECONDS
+        deadline = time.monotonic() + RESTORE_SECONDS
         while pending:
             if time.monotonic() > deadline:
                 raise CxPulseError(f"restoring {topic} partitions {sorted(pending)}: no end in sight")
@@ -125,11 +146,18 @@ class HotPath:
     """One hot-path slot: its consumer, its transactional producer and the batch step's state."""
 
     def __init__(
-        self, settings: Settings, worker_id: str, slot: int, catalog: SchemaCatalog, metrics: WorkerMetrics
+        self,
+        settings: Settings,
+        worker_id: str,
+        slot: int,
+        catalog: SchemaCatalog,
+        metrics: WorkerMetrics,
+        outage: OutageLog | None = None,
     ) -> None:
         self.settings = settings
         self.slot = slot
         self.metrics = metrics
+        self.outage = outage
         self.name = f"hotpath-{slot}"
         topics = internal_topics(settings)
         self.partials_topic = topics.partials
@@ -143,8 +171,20 @@ class HotPath:
         self.ready = False
         self._backoff = 0.0
         self._housekept = 0.0
+        self._failures = 0  # batches failed since the last commit
+        self._failing_since = 0.0
+        self._needs_rewind = False  # a batch failed: read again from the committed offsets before going on
+        self._needs_producer = False  # the producer is lost: a new one before going on
+        self._reinit_at = -REFENCE_SECONDS  # monotonic time of the last new producer
+        self._committed_since_reinit = True
+        self.lag: dict[int, int] = {}  # assigned partition -> messages waiting (last measured)
+        self.guard = CallGuard(self.name)
+        self.progress = Progress()
+        self.progress.waiting = lambda: self._needs_rewind or self._needs_producer or any(self.lag.values())
+        metrics.process_ready.labels(self.name).set_function(lambda: 1.0 if self.is_ready() else 0.0)
+        metrics.process_stalled.labels(self.name).set_function(self.progress.stalled)
         self.consumer: Consumer = new_consumer(
-            settings.kafka_bootstrap,
+            settings.kafka,
             f"{settings.app_id}-hotpath",
             **{
                 "isolation.level": "read_committed",
@@ -155,17 +195,7 @@ class HotPath:
                 "client.id": f"{settings.app_id}-{self.name}",
             },
         )
-        self.producer: Producer = new_producer(
-            settings.kafka_bootstrap,
-            **{
-                "transactional.id": self.transactional_id,
-                "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
-                "linger.ms": 5,
-                "compression.type": "lz4",
-                "message.max.bytes": PARTIALS_MAX_MESSAGE_BYTES,
-                "client.id": f"{settings.app_id}-{self.name}",
-            },
-        )
+        self.producer: Producer = self._new_producer()
         partials_partitions, self.dlq_partitions = self._partition_counts()
         self.ingest = Ingest(
             settings.feedback_topic,
@@ -174,14 +204,44 @@ class HotPath:
             partials_partitions,
             followups=settings.followups_per_minute > 0,
             answers=bool(settings.clickhouse_url),
+            customer_key=settings.customer_id_key.get_secret_value().encode(),
         )
         self.followup_bucket = TokenBucket(settings.followups_per_minute, time.monotonic())
 
+    def _new_producer(self) -> Producer:
+        return new_producer(
+            self.settings.kafka,
+            **{
+                "transactional.id": self.transactional_id,
+                "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
+                "linger.ms": 5,
+                "compression.type": "lz4",
+                "message.max.bytes": PARTIALS_MAX_MESSAGE_BYTES,
+                "client.id": f"{self.settings.app_id}-{self.name}",
+            },
+        )
+
+    def is_ready(self) -> bool:
+        """Holding partitions with their state restored, and making progress (health.Progress), with Kafka
+        reachable (an outage longer than CXPULSE_STALL_SECONDS is not ready either)."""
+        bound = self.settings.stall_seconds
+        away = self.outage.seconds() if self.outage is not None else 0.0
+        return self.ready and self.progress.stalled() < bound and away < bound
+
     def _partition_counts(self) -> tuple[int, int]:
-        try:
-            metadata = self.producer.list_topics(timeout=KAFKA_TIMEOUT_SECONDS)
-        except KafkaException as exc:
-            raise CxPulseError(f"cannot reach Kafka at {self.settings.kafka_bootstrap}: {exc}") from exc
+        """Partitions of the partials and DLQ topics.  Kafka away at start: waits for it (not ready meanwhile);
+        a credential or certificate problem, or a missing topic, is fatal."""
+        while True:
+            try:
+                with self.guard("reading topic metadata", 2 * REACH_SECONDS + GUARD_MARGIN_SECONDS):
+                    metadata = reach(self.settings.kafka, timeout=REACH_SECONDS)
+                break
+            except BrokerError as exc:
+                if "cannot use Kafka" in str(exc):
+                    raise FatalError(str(exc)) from exc
+                self._sleep(min(BACKOFF_MAX_SECONDS, 2.0))
+                if self.stopping:
+                    raise CxPulseError(f"{self.name}: stopped before Kafka could be reached") from exc
         counts = []
         for topic in (self.settings.feedback_topic, self.partials_topic, self.seen_topic, self.settings.dlq_topic):
             if topic not in metadata.topics:
@@ -208,11 +268,25 @@ class HotPath:
         LOG.info("%s assigned %s", self.name, sorted(tp.partition for tp in partitions))
 
     def _restore(self, partitions: list[int]) -> None:
+        """Committed offsets and seen ids of ``partitions``, retried while Kafka is away (RESTORE_SECONDS)."""
+        deadline = time.monotonic() + RESTORE_SECONDS
+        while True:
+            try:
+                with self.guard("restoring state", RESTORE_SECONDS + GUARD_MARGIN_SECONDS):
+                    self._restore_once(partitions)
+                return
+            except (KafkaException, CxPulseError) as exc:
+                if time.monotonic() > deadline or self.stopping:
+                    raise CxPulseError(f"{self.name}: restoring partitions {partitions}: {exc}") from exc
+                LOG.debug("%s: restoring partitions %s failed (%s); retrying", self.name, partitions, exc)
+                self._sleep(1.0)
+
+    def _restore_once(self, partitions: list[int]) -> None:
         topic = self.settings.feedback_topic
         committed = self.consumer.committed([TopicPartition(topic, p) for p in partitions], KAFKA_TIMEOUT_SECONDS)
         now_ms = int(time.time() * 1000)
         dedups = restore_seen(
-            self.settings.kafka_bootstrap, self.seen_topic, partitions, self.bucket_ms, now_ms - self.retention_ms
+            self.settings.kafka, self.seen_topic, partitions, self.bucket_ms, now_ms - self.retention_ms
         )
         for tp in committed:
             self.ingest.starts[tp.partition] = tp.offset if tp.offset >= 0 else FROM_THE_START
@@ -223,6 +297,7 @@ class HotPath:
         for tp in partitions:
             self.ingest.starts.pop(tp.partition, None)
             self.ingest.dedup.pop(tp.partition, None)
+            self.lag.pop(tp.partition, None)
             with contextlib.suppress(KeyError):  # never measured
                 self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
         LOG.info("%s revoked %s", self.name, sorted(tp.partition for tp in partitions))
@@ -231,10 +306,8 @@ class HotPath:
 
     def run(self) -> None:
         """Consume and process batches until asked to stop; the batch in flight is finished and committed."""
-        try:
-            self.producer.init_transactions(KAFKA_TIMEOUT_SECONDS)
-        except KafkaException as exc:
-            raise FatalError(f"{self.name}: cannot initialise transactions: {exc.args[0].str()}") from exc
+        self.guard.start()
+        self._init_transactions()
         self.consumer.subscribe(
             [self.settings.feedback_topic],
             on_assign=self._on_assign,
@@ -248,14 +321,65 @@ class HotPath:
         gc.set_threshold(*GC_THRESHOLDS)
         try:
             while not self.stopping:
+                if not self._recovered():
+                    continue
                 messages = self.consumer.consume(num_messages=BATCH_MESSAGES, timeout=POLL_SECONDS)
                 good = [message for message in messages if not self._is_error(message)]
                 if good:
                     self.process(good)
+                elif not messages:
+                    self.progress.idle()
                 self._housekeeping()
         finally:
             self.ready = False
-            self.consumer.close()  # leaves the group: the partitions move on without waiting for a timeout
+            with self.guard("leaving the group", KAFKA_TIMEOUT_SECONDS + GUARD_MARGIN_SECONDS):
+                self.consumer.close()  # leaves the group: the partitions move on without waiting for a timeout
+
+    def _init_transactions(self) -> None:
+        """Register the producer's transactional.id (fencing a dead predecessor), waiting while Kafka is away."""
+        while True:
+            try:
+                with self.guard("init_transactions", KAFKA_TIMEOUT_SECONDS + GUARD_MARGIN_SECONDS):
+                    self.producer.init_transactions(KAFKA_TIMEOUT_SECONDS)
+                return
+            except KafkaException as exc:
+                error: KafkaError = exc.args[0]
+                if error.fatal():
+                    raise FatalError(f"{self.name}: cannot initialise transactions: {error.str()}") from exc
+                if self.stopping:
+                    raise CxPulseError(f"{self.name}: stopped before transactions could start") from exc
+                LOG.debug("%s: init_transactions: %s; retrying", self.name, error.str())
+                self._sleep(1.0)
+
+    def _recovered(self) -> bool:
+        """After a failed batch: a new producer if the old one is lost, then back to the committed offsets.  False
+        (after a backoff) while that cannot be done yet, the broker being away, say."""
+        if not (self._needs_producer or self._needs_rewind):
+            return True
+        try:
+            if self._needs_producer:
+                self._replace_producer()
+            if self._needs_rewind:
+                self._rewind()
+                self._needs_rewind = False
+            return True
+        except (KafkaException, CxPulseError) as exc:
+            if isinstance(exc, FatalError):
+                raise
+            LOG.debug("%s: recovery after a failed batch: %s; retrying", self.name, exc)
+            self._back_off()
+            return False
+
+    def _replace_producer(self) -> None:
+        old, self.producer = self.producer, self._new_producer()
+        with self.guard("closing the lost producer", KAFKA_TIMEOUT_SECONDS + GUARD_MARGIN_SECONDS):
+            old.flush(0)
+        self._needs_producer = False
+        self._init_transactions()
+        self._reinit_at = time.monotonic()
+        self._committed_since_reinit = False
+        self.metrics.producer_reinits.inc()
+        LOG.warning("%s: a new transactional producer took over (%s)", self.name, self.transactional_id)
 
     def _is_error(self, message: Message) -> bool:
         error = message.error()
@@ -263,44 +387,97 @@ class HotPath:
             return False
         if error.fatal():
             raise FatalError(f"{self.name}: fatal consumer error: {error.str()}")
-        LOG.warning("%s: consumer: %s", self.name, error.str())
+        LOG.debug("%s: consumer: %s", self.name, error.str())
         return True
 
     def process(self, messages: list[Message]) -> None:
         """One batch: ingest, then one transaction; on failure abort, rewind and back off (nothing skipped)."""
         started = time.perf_counter()
         now_ms = int(time.time() * 1000)
+        self.progress.begin()
         try:
             out = self.ingest.batch(messages, Clock(now_ms, self.future_ms, self.retention_ms))
             sent = self._transact(out, max(message.timestamp()[1] for message in messages))
         except FatalError:
             raise
-        except Exception as exc:
-            self.metrics.batch_errors.labels(self.settings.feedback_topic).inc()
-            self._backoff = min(BACKOFF_MAX_SECONDS, max(0.5, 2 * self._backoff))
-            LOG.error(
-                "%s: a batch of %d messages failed (%s: %s); it is read again from the committed offsets in %.1f s",
-                self.name,
-                len(messages),
-                type(exc).__name__,
-                exc,
-                self._backoff,
-                exc_info=not isinstance(exc, TransactionAbortedError),
-            )
-            self._abort()
-            self._sleep(self._backoff)
-            self._rewind()
+        except Exception as exc:  # noqa: BLE001 - any failure: abort, read the batch again (nothing skipped)
+            self._failed(messages, exc)
             return
+        if self._failures:
+            LOG.warning(
+                "%s: batches commit again, after %d failed tries in %.1f s (each read again from the committed "
+                "offsets: nothing skipped)",
+                self.name,
+                self._failures,
+                time.monotonic() - self._failing_since,
+            )
+        self._failures = 0
         self._backoff = 0.0
+        self._committed_since_reinit = True
+        self.progress.done()
         self._count(out, sent)
         self.metrics.batch_seconds.labels("hotpath").observe(time.perf_counter() - started)
+
+    def _failed(self, messages: list[Message], exc: Exception) -> None:
+        """A batch failed: count it, abort (or replace the producer), read it again from the committed offsets."""
+        self.metrics.batch_errors.labels(self.settings.feedback_topic).inc()
+        self.progress.failed()
+        if self._failures == 0:
+            self._failing_since = time.monotonic()
+        self._failures += 1
+        quiet = self._failures > 1 or (self.outage is not None and self.outage.active)
+        LOG.log(
+            logging.DEBUG if quiet else logging.WARNING if isinstance(exc, CxPulseError) else logging.ERROR,
+            "%s: a batch of %d messages failed (%s: %s); it is read again from the committed offsets (the next "
+            "line says when batches commit again)",
+            self.name,
+            len(messages),
+            type(exc).__name__,
+            exc,
+            exc_info=not isinstance(exc, CxPulseError | KafkaException),
+        )
+        if isinstance(exc, ProducerLostError):
+            if exc.fenced and not self._committed_since_reinit and time.monotonic() - self._reinit_at < REFENCE_SECONDS:
+                raise FatalError(
+                    f"{self.name} was fenced again right after taking over: another process runs with "
+                    f"transactional.id {self.transactional_id} (two workers with the same CXPULSE_WORKER_ID?)"
+                ) from exc
+            self._needs_producer = True
+        else:
+            self._abort()
+        self._needs_rewind = True
+        self._back_off()
+
+    def _back_off(self) -> None:
+        self._backoff = min(BACKOFF_MAX_SECONDS, max(0.5, 2 * self._backoff))
+        self._sleep(self._backoff)
 
     def _transact(self, out: BatchOut, newest_ms: int) -> int:
         """Dead letters, partials (stamped with the batch's newest event timestamp, for the latency metric), seen
         ids, detractor follow-ups (as many as the rate allows; how many is returned) and the input offsets in one
         transaction."""
         producer = self.producer
-        producer.begin_transaction()
+        try:
+            with self.guard("producing a batch", PRODUCE_SECONDS + GUARD_MARGIN_SECONDS):
+                producer.begin_transaction()
+                sent = self._produce_batch(out, newest_ms)
+            offsets = [TopicPartition(self.settings.feedback_topic, p, offset) for p, offset in out.offsets.items()]
+            with self.guard("send_offsets_to_transaction", KAFKA_TIMEOUT_SECONDS + GUARD_MARGIN_SECONDS):
+                producer.send_offsets_to_transaction(
+                    offsets, self.consumer.consumer_group_metadata(), KAFKA_TIMEOUT_SECONDS
+                )
+            with self.guard("commit_transaction", COMMIT_SECONDS + KAFKA_TIMEOUT_SECONDS + GUARD_MARGIN_SECONDS):
+                self._commit()
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            if error.fatal():
+                fenced = error.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED)  # noqa: SLF001
+                raise ProducerLostError(self._fatal_message(error), fenced) from exc
+            raise TransactionAbortedError(error.str()) from exc
+        self.ingest.committed(out.offsets)
+        return sent
+
+    def _produce_batch(self, out: BatchOut, newest_ms: int) -> int:
         for letter in out.dead_letters:
             self._produce(
                 self.settings.dlq_topic,
@@ -320,40 +497,29 @@ class HotPath:
         for followup in out.followups[:sent]:
             key, value = encode_followup(followup)
             self._produce(self.settings.followups_topic, value, key, PARTITION_BY_KEY)
-        offsets = [TopicPartition(self.settings.feedback_topic, p, offset) for p, offset in out.offsets.items()]
-        try:
-            producer.send_offsets_to_transaction(
-                offsets, self.consumer.consumer_group_metadata(), KAFKA_TIMEOUT_SECONDS
-            )
-            self._commit()
-        except KafkaException as exc:
-            error: KafkaError = exc.args[0]
-            if error.fatal():
-                raise FatalError(self._fatal_message(error)) from exc
-            raise TransactionAbortedError(error.str()) from exc
-        self.ingest.committed(out.offsets)
         return sent
 
     def _commit(self) -> None:
-        for attempt in range(10):
+        """Commit the transaction, retrying retriable errors for at most COMMIT_SECONDS."""
+        deadline = time.monotonic() + COMMIT_SECONDS
+        attempt = 0
+        while True:
             try:
                 self.producer.commit_transaction(KAFKA_TIMEOUT_SECONDS)
                 self.metrics.transactions.labels("committed").inc()
                 return
             except KafkaException as exc:
                 error: KafkaError = exc.args[0]
-                if not error.retriable() or attempt == 9:
+                if not error.retriable() or time.monotonic() > deadline:
                     raise
-                LOG.warning("%s: commit of a transaction failed (%s); retrying", self.name, error.str())
+                LOG.debug("%s: commit of a transaction failed (%s); retrying", self.name, error.str())
                 self._sleep(min(5.0, 0.2 * 2**attempt))
+                attempt += 1
 
     def _fatal_message(self, error: KafkaError) -> str:
         if error.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED):  # noqa: SLF001 - documented names
-            return (
-                f"{self.name} was fenced: another process runs with transactional.id "
-                f"{self.transactional_id} (two workers with the same CXPULSE_WORKER_ID?)"
-            )
-        return f"{self.name}: fatal Kafka error: {error.str()}"
+            return f"{self.name}'s producer was fenced ({error.str()})"
+        return f"{self.name}: fatal producer error: {error.str()}"
 
     def _produce(
         self,
@@ -368,18 +534,21 @@ class HotPath:
             try:
                 self.producer.produce(topic, value, key, partition=partition, headers=headers, timestamp=timestamp)
                 return
-            except BufferError:  # the local queue is full: let deliveries drain, then go on
+            except BufferError:  # the local queue is full: let deliveries drain (or time out), then go on
                 self.producer.poll(0.1)
 
     def _abort(self) -> None:
         try:
-            self.producer.abort_transaction(KAFKA_TIMEOUT_SECONDS)
+            with self.guard("abort_transaction", KAFKA_TIMEOUT_SECONDS + GUARD_MARGIN_SECONDS):
+                self.producer.abort_transaction(KAFKA_TIMEOUT_SECONDS)
             self.metrics.transactions.labels("aborted").inc()
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
             if error.fatal():
-                raise FatalError(self._fatal_message(error)) from exc
-            # no transaction was open (the batch failed before it began): nothing to abort
+                self._needs_producer = True  # an abort cannot complete: a new producer aborts it for us
+            elif error.code() != KafkaError._STATE:  # noqa: SLF001 - _STATE: no transaction was open
+                LOG.debug("%s: abort_transaction: %s; a new producer takes over", self.name, error.str())
+                self._needs_producer = True
 
     def _rewind(self) -> None:
         """Go back to the committed offsets of every assigned partition and restore their state from Kafka."""
@@ -387,14 +556,28 @@ class HotPath:
         if not assigned:
             return
         self._restore([tp.partition for tp in assigned])
-        for tp in self.consumer.committed(assigned, KAFKA_TIMEOUT_SECONDS):
+        with self.guard("reading committed offsets", KAFKA_TIMEOUT_SECONDS + GUARD_MARGIN_SECONDS):
+            committed = self.consumer.committed(assigned, KAFKA_TIMEOUT_SECONDS)
+        for tp in committed:
             offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
             self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
 
     def _sleep(self, seconds: float) -> None:
+        """Wait, serving the producer's delivery reports (a fatal producer error found here: a new producer)."""
         deadline = time.monotonic() + seconds
         while not self.stopping and time.monotonic() < deadline:
-            self.producer.poll(min(0.1, seconds))
+            self._poll(min(0.1, seconds))
+
+    def _poll(self, seconds: float) -> None:
+        """Serve the producer's callbacks; a fatal error raised there marks the producer lost (a new one takes
+        over before the next batch)."""
+        try:
+            self.producer.poll(seconds)
+        except KafkaException as exc:
+            if not exc.args[0].fatal():
+                raise
+            self._needs_producer = True
+            time.sleep(seconds)
 
     def _count(self, out: BatchOut, followups_sent: int) -> None:
         metrics = self.metrics
@@ -417,9 +600,8 @@ class HotPath:
         if expired:
             self.metrics.expired.labels("seen-ids").inc(expired)
         self.metrics.remembered_ids.set(sum(len(dedup) for dedup in self.ingest.dedup.values()))
-        self.metrics.process_ready.labels(self.name).set(1.0 if self.ready else 0.0)
         self._measure_lag()
-        self.producer.poll(0)
+        self._poll(0)
 
     def _measure_lag(self) -> None:
         """Per assigned partition: the end offset librdkafka saw in its last fetch (no broker round trip) minus the
@@ -430,7 +612,8 @@ class HotPath:
         for tp in self.consumer.position(assigned):
             _, high = self.consumer.get_watermark_offsets(tp, cached=True)
             if high >= 0 and tp.offset >= 0:
-                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, high - tp.offset))
+                self.lag[tp.partition] = max(0, high - tp.offset)
+                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(self.lag[tp.partition])
 
 
 def answer_chunks(values: list[bytes], limit: int) -> list[list[bytes]]:
@@ -480,22 +663,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigurationError as exc:
         print(f"cxpulse worker: {exc}", file=sys.stderr)
         return EXIT_PERMANENT
+    outage = OutageLog.install(settings.kafka_bootstrap)
     metrics = WorkerMetrics(CollectorRegistry())
-    if port:
-        start_http_server(port, addr="127.0.0.1", registry=metrics.registry)
     worker_id = settings.worker_id or "local"
+    hot: HotPath | None = None
+
+    def readiness() -> tuple[bool, dict[str, object]]:
+        return (hot is not None and hot.is_ready()), {}
+
+    if port:
+        serve(port, "127.0.0.1", metrics.registry, readiness)
     try:
-        hot = HotPath(settings, worker_id, slot, catalog_for(settings), metrics)
+        hot = HotPath(settings, worker_id, slot, catalog_for(settings), metrics, outage)
     except FatalError as exc:
         LOG.critical("%s", exc)
         return EXIT_PERMANENT
     except CxPulseError as exc:
         LOG.critical("%s", exc)
         return 1
+    running = hot
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        LOG.info("%s: %s: finishing the batch in flight", hot.name, signal.Signals(signum).name)
-        hot.stopping = True
+        LOG.info("%s: %s: finishing the batch in flight", running.name, signal.Signals(signum).name)
+        running.stopping = True
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

@@ -14,10 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
-from schemas.codec import SchemaCatalog, decode_batch
+from schemas.codec import SchemaCatalog, decode_batch, encode_feedback
 from streams.aggregate import State, aggregate_drivers, aggregate_panes
 from streams.dedup import Deduplicator
 from streams.followups import select as select_followups
+from streams.privacy import pseudonymise
 from streams.validate import Clock, validate_batch
 from streams.worker.records import (
     FROM_THE_START,
@@ -82,6 +83,7 @@ class Ingest:
     partials_partitions: int
     followups: bool = False  # select detractor follow-ups
     answers: bool = False  # pass the counted answers' raw bytes on (the ClickHouse sink stores them)
+    customer_key: bytes = b""  # set: customer ids become keyed pseudonyms right after decoding (streams.privacy)
     dedup: dict[int, Deduplicator] = field(default_factory=dict)
     starts: dict[int, int] = field(default_factory=dict)
     _owner: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -113,6 +115,8 @@ class Ingest:
         pane_ms = self.pane_ms
         for partition, members in by_partition.items():
             decoded = decode_batch([message.value() for message in members], self.catalog)
+            if self.customer_key:
+                pseudonymise(self.customer_key, decoded.records)
             for index, why in decoded.failed:  # any bytes at all: a poison message is a dead letter, not a crash
                 dead.append(self._letter(members[index], "undecodable", why, None))
             valid, rejected = validate_batch(decoded.records, clock)
@@ -130,7 +134,11 @@ class Ingest:
                 if self.followups:
                     followups.extend(select_followups(unique, decoded.records))
                 if self.answers:
-                    answers[partition] = counted_values(members, decoded.kept, rejected, valid, unique)
+                    at = counted_at(rejected, valid, unique, len(decoded.kept))
+                    if self.customer_key:  # the raw bytes hold the customer id: the pseudonymised record instead
+                        answers[partition] = [encode_feedback(decoded.records[i], self.catalog) for i in at]
+                    else:
+                        answers[partition] = [members[decoded.kept[i]].value() or b"" for i in at]
             deltas: dict[tuple[str, str, int], dict[str, State]] = defaultdict(dict)
             for (pane, channel, journey, metric), state in aggregate_panes(unique, pane_ms).items():
                 deltas[(channel, journey, pane)][metric] = state
@@ -161,19 +169,13 @@ class Ingest:
         return DeadLetterOut(partition, offset, reason, message.key(), message.value(), headers)
 
 
-def counted_values(
-    members: Sequence[RawMessage],
-    kept: Sequence[int],
-    rejected: Sequence[Any],
-    valid: Sequence[Any],
-    unique: Sequence[Any],
-) -> list[bytes]:
-    """The raw bytes of the messages whose events were counted: valid (validate_batch keeps the decoded order,
-    minus the rejected) and first seen (first_seen returns the same objects, in order)."""
+def counted_at(rejected: Sequence[Any], valid: Sequence[Any], unique: Sequence[Any], decoded: int) -> list[int]:
+    """Indexes (into the decoded records) of the events that were counted: valid (validate_batch keeps the decoded
+    order, minus the rejected) and first seen (first_seen returns the same objects, in order)."""
     rejected_at = {rejection.at for rejection in rejected}
-    valid_at = [i for i in range(len(kept)) if i not in rejected_at]
+    valid_at = [i for i in range(decoded) if i not in rejected_at]
     at = {id(event): valid_at[j] for j, event in enumerate(valid)}
-    return [members[kept[at[id(event)]]].value() or b"" for event in unique]
+    return [at[id(event)] for event in unique]
 
 
 def reasons(letters: Sequence[DeadLetterOut]) -> Counter[str]:

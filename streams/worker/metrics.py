@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from streams.worker.health import ProcessHealth
+
 BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # seconds
 LATENCY_BUCKETS = (0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)  # seconds
 
@@ -21,6 +23,7 @@ class WorkerMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self.health = ProcessHealth(bound=60.0)  # replaced by the process's own (settings, outage) at start
         self.records = Counter(
             "cxpulse_worker_records", "Input records processed, by input topic", ["topic"], registry=registry
         )
@@ -48,6 +51,11 @@ class WorkerMetrics:
             "cxpulse_worker_transactions",
             "Hot-path Kafka transactions, by outcome (committed, aborted)",
             ["outcome"],
+            registry=registry,
+        )
+        self.producer_reinits = Counter(
+            "cxpulse_worker_producer_reinits",
+            "Transactional producers replaced after a fatal error (a transaction that could not complete)",
             registry=registry,
         )
         self.batch_seconds = Histogram(
@@ -116,6 +124,12 @@ class WorkerMetrics:
             "cxpulse_event_to_gauge_seconds",
             "From the Kafka timestamp of the newest event in a result to the refresh that shows it in the gauges",
             buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.process_stalled = Gauge(
+            "cxpulse_worker_process_stalled_seconds",
+            "Seconds a process of the worker has made no progress while input waits or a batch is in flight",
+            ["process"],
             registry=registry,
         )
         self.process_ready = Gauge(

@@ -18,7 +18,7 @@ from typing import NamedTuple
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, TopicPartition
 
 from streams.errors import CxPulseError
-from streams.kafka import consumer
+from streams.kafka import Kafka, consumer
 
 LOG = logging.getLogger("cxpulse.repair")
 READ_TIMEOUT_SECONDS = 30.0
@@ -38,8 +38,8 @@ class PartitionReader:
 
     Blocking calls run in a thread; one lock serialises them (one client per process)."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self._bootstrap = bootstrap
+    def __init__(self, kafka: Kafka, topic: str) -> None:
+        self._kafka = kafka
         self.topic = topic
         self._consumer: Consumer | None = None
         self._lock = asyncio.Lock()
@@ -47,8 +47,8 @@ class PartitionReader:
     def _client(self) -> Consumer:
         if self._consumer is None:
             self._consumer = consumer(
-                self._bootstrap,
-                "cxpulse-read-back",
+                self._kafka,
+                f"{self.topic}-read-back",
                 **{"enable.partition.eof": True, "isolation.level": "read_committed"},
             )
         return self._consumer

@@ -4,11 +4,15 @@
 - one Faust process: streams.worker.app, the merge agent and its tables (and, later, the sinks' agents).
 
 They use both cores.  The supervisor creates the topics, starts the children (each dies with it:
-``PR_SET_PDEATHSIG``), serves their metrics summed on one ``/metrics`` endpoint, and on SIGTERM or Ctrl-C asks
-each child to finish its batch and stop, waiting at most ``STOP_SECONDS``.  A child that dies is reported and
-restarted after a backoff (state comes back from Kafka); one that keeps dying (``CRASH_LOOP_RESTARTS`` within
-``CRASH_LOOP_SECONDS``) or exits with ``EXIT_PERMANENT`` (a configuration it cannot run with) stops the whole
-worker with exit code 1.  Scale-out is more workers: they share the partitions through the consumer groups.
+``PR_SET_PDEATHSIG``), serves their metrics summed on one ``/metrics`` endpoint with ``/healthz`` and
+``/readyz`` beside it, and on SIGTERM or Ctrl-C asks each child to finish its batch and stop, waiting at most
+``STOP_SECONDS``.  A child that dies is reported and restarted after a backoff (state comes back from Kafka); one
+that keeps dying (``CRASH_LOOP_RESTARTS`` within ``CRASH_LOOP_SECONDS``, not counting deaths while Kafka is away)
+or exits with ``EXIT_PERMANENT`` (a configuration it cannot run with) stops the whole worker with exit code 1.
+A child that makes no progress while its input waits (``cxpulse_worker_process_stalled_seconds``) is not ready
+after ``CXPULSE_STALL_SECONDS`` and is killed and restarted after ``CXPULSE_STALL_RESTART_SECONDS`` (counted in
+``cxpulse_worker_stall_restarts_total``).  Scale-out is more workers: they share the partitions through the
+consumer groups.
 """
 
 from __future__ import annotations
@@ -27,14 +31,23 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from streams.config import Settings
 from streams.errors import EXIT_PERMANENT
-from streams.topics import ensure_topics, internal_topic_specs, partition_count, topic_specs
+from streams.outage import bootstrap_addresses, tcp_probe
+from streams.topics import (
+    changelog_specs,
+    ensure_topics,
+    internal_topic_specs,
+    internal_topics,
+    partition_count,
+    topic_specs,
+)
+from streams.worker.health import serve
 
 LOG = logging.getLogger("cxpulse.worker")
 HOTPATH_MODULE = "streams.worker.hotpath"
@@ -46,6 +59,7 @@ CRASH_LOOP_RESTARTS = 5
 CRASH_LOOP_SECONDS = 120.0
 SCRAPE_TIMEOUT_SECONDS = 2.0
 POLL_SECONDS = 0.2  # how often the supervisor looks at its children
+WATCH_SECONDS = 2.0  # how often it reads their progress (their /metrics)
 _PR_SET_PDEATHSIG = 1
 
 
@@ -84,9 +98,27 @@ class Child:
     started: float = 0.0
     restarts: deque[float] = field(default_factory=deque)
     next_start: float = 0.0
+    stalled: float = 0.0  # its cxpulse_worker_process_stalled_seconds at the last look
+    ready: bool = False  # its cxpulse_worker_process_ready at the last look
+    answered: float = 0.0  # monotonic time its /metrics last answered
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def look(self, text: str, now: float) -> None:
+        """Take its progress from a scrape of its /metrics (an empty text: it did not answer)."""
+        if not text:
+            self.ready = False
+            return
+        self.answered = now
+        stalled, ready = 0.0, []
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "cxpulse_worker_process_stalled_seconds":
+                    stalled = max(stalled, sample.value)
+                elif sample.name == "cxpulse_worker_process_ready":
+                    ready.append(sample.value == 1.0)
+        self.stalled, self.ready = stalled, bool(ready) and all(ready)
 
 
 def combine(expositions: dict[str, str]) -> Iterator[Metric]:
@@ -130,6 +162,10 @@ class ChildrenCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         return combine({child.name: self._scrape(child) for child in self.children})
+
+    @staticmethod
+    def scrape(child: Child) -> str:
+        return ChildrenCollector._scrape(child)
 
     @staticmethod
     def _scrape(child: Child) -> str:
@@ -183,9 +219,18 @@ class Supervisor:
             ["process"],
             registry=self.registry,
         )
+        self.stall_restarts = Counter(
+            "cxpulse_worker_stall_restarts",
+            "Processes of the worker killed and restarted because they made no progress while input waited",
+            ["process"],
+            registry=self.registry,
+        )
         for child in self.children:
             self.up.labels(child.name).set_function(child.alive)
             self.restarted.labels(child.name)
+            self.stall_restarts.labels(child.name)
+        self.kafka_up = tcp_probe(bootstrap_addresses(settings.kafka_bootstrap))
+        self.watched = 0.0
 
     def start(self, child: Child) -> None:
         command = [sys.executable, "-m", child.module, *child.args]
@@ -209,8 +254,49 @@ class Supervisor:
                     self.stop()
                     LOG.critical("%s", self.failure)
                     return 1
+            self._look_at_progress()
             time.sleep(POLL_SECONDS)  # the supervisor's pace; signals interrupt it
         return self.stop()
+
+    def _look_at_progress(self) -> None:
+        """Every WATCH_SECONDS: each child's progress; one stalled past CXPULSE_STALL_RESTART_SECONDS (or whose
+        /metrics has not answered for that long) is killed, and restarted like any child that died."""
+        now = time.monotonic()
+        if now - self.watched < WATCH_SECONDS:
+            return
+        self.watched = now
+        bound = self.settings.stall_restart_seconds
+        for child in self.children:
+            if not child.alive():
+                continue
+            child.look(ChildrenCollector.scrape(child), now)
+            silent = now - max(child.answered, child.started)
+            if child.stalled < bound and silent < bound:
+                continue
+            why = f"made no progress for {child.stalled:.0f} s" if child.stalled >= bound else "stopped answering"
+            LOG.error(
+                "%s %s while its input waits (CXPULSE_STALL_RESTART_SECONDS=%.0f); killing it to restart it",
+                child.name,
+                why,
+                bound,
+            )
+            self.stall_restarts.labels(child.name).inc()
+            if child.proc is not None:
+                child.proc.kill()
+            child.stalled = 0.0
+
+    def readiness(self) -> tuple[bool, dict[str, object]]:
+        """``/readyz``: every child running, ready and not stalled past CXPULSE_STALL_SECONDS (from the last
+        look, at most WATCH_SECONDS old)."""
+        processes = {
+            child.name: {"running": child.alive(), "ready": child.ready, "stalled_seconds": round(child.stalled, 1)}
+            for child in self.children
+        }
+        ready = bool(processes) and all(
+            p["running"] and p["ready"] and child.stalled < self.settings.stall_seconds
+            for child, p in zip(self.children, processes.values(), strict=True)
+        )
+        return ready, {"processes": processes}
 
     def _watch(self, child: Child) -> None:
         now = time.monotonic()
@@ -228,16 +314,25 @@ class Supervisor:
             return
         while child.restarts and now - child.restarts[0] > CRASH_LOOP_SECONDS:
             child.restarts.popleft()
-        if len(child.restarts) >= CRASH_LOOP_RESTARTS:
+        kafka_away = not self.kafka_up()
+        if len(child.restarts) >= CRASH_LOOP_RESTARTS and not kafka_away:
             self.failure = (
                 f"{child.name} {how}, the {CRASH_LOOP_RESTARTS + 1}th time within {CRASH_LOOP_SECONDS:.0f} s; giving up"
             )
             return
-        child.restarts.append(now)
-        delay = min(30.0, 0.5 * 2 ** (len(child.restarts) - 1))
+        if not kafka_away:  # a death while Kafka is away is the outage's, not a crash loop of the child's
+            child.restarts.append(now)
+        delay = min(30.0, 0.5 * 2 ** max(0, len(child.restarts) - 1)) if not kafka_away else 2.0
         child.next_start = now + delay
         self.restarted.labels(child.name).inc()
-        LOG.error("%s %s; restarting it in %.1f s (its state comes back from Kafka)", child.name, how, delay)
+        LOG.log(
+            logging.WARNING if kafka_away else logging.ERROR,
+            "%s %s%s; restarting it in %.1f s (its state comes back from Kafka)",
+            child.name,
+            how,
+            " while Kafka is away" if kafka_away else "",
+            delay,
+        )
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         if not self.stopping:
@@ -265,16 +360,23 @@ class Supervisor:
 
 def prepare_topics(settings: Settings) -> None:
     """Create the pipeline's topics and the worker's internal ones (BrokerError with the reason)."""
-    ensure_topics(settings.kafka_bootstrap, topic_specs(settings))
-    feedback_partitions = partition_count(settings.kafka_bootstrap, settings.feedback_topic)
-    ensure_topics(settings.kafka_bootstrap, internal_topic_specs(settings, feedback_partitions))
+    kafka, replicas = settings.kafka, settings.replication_factor
+    ensure_topics(kafka, topic_specs(settings), replicas)
+    feedback_partitions = partition_count(kafka, settings.feedback_topic)
+    ensure_topics(kafka, internal_topic_specs(settings, feedback_partitions), replicas)
+    partials, results = (
+        partition_count(kafka, internal_topics(settings).partials),
+        partition_count(kafka, settings.results_topic),
+    )
+    ensure_topics(kafka, changelog_specs(settings, partials, results), replicas)
 
 
 def serve_metrics(supervisor: Supervisor, settings: Settings) -> str:
-    """Serve the worker's /metrics (OSError when the port is taken); return its URL, or "off"."""
+    """Serve the worker's /metrics, /healthz and /readyz (OSError when the port is taken); return the metrics
+    URL, or "off"."""
     if not settings.metrics_port:
         return "off"
-    start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=supervisor.registry)
+    serve(settings.metrics_port, settings.metrics_host, supervisor.registry, supervisor.readiness)
     return f"http://{settings.metrics_host}:{settings.metrics_port}/metrics"
 
 

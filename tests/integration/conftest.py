@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_worker import Pipeline, make_pipeline
 from tests.support import RunningBroker
+from tests.workers import Pipeline, make_pipeline
 
 
 @pytest.fixture()

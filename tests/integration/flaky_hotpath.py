@@ -1,17 +1,40 @@
-"""A hot-path slot whose first CXPULSE_TEST_HOTPATH_FAILURES calls of validate_batch raise (see flaky_worker)."""
+"""A hot-path slot with faults injected (see flaky_worker), each chosen by an environment variable:
+
+- CXPULSE_TEST_HOTPATH_FAILURES=N: the first N calls of validate_batch raise (before the transaction begins);
+- CXPULSE_TEST_HOTPATH_HANG=FILE: the first transaction's send_offsets_to_transaction never returns (librdkafka
+  #5456, reproduced) in the first incarnation of the slot (FILE marks that it happened);
+- CXPULSE_TEST_HOTPATH_STALL=FILE: the first batch blocks forever in Python, outside any Kafka call (a stall only
+  the supervisor's watchdog can end), in the first incarnation (FILE marks it).
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
+from pathlib import Path
 from typing import Any
 
 import streams.worker.ingest as ingest
+from streams.worker import hotpath
 from streams.worker.hotpath import main
 
 FAILURES = int(os.environ.get("CXPULSE_TEST_HOTPATH_FAILURES", "0"))
+HANG = os.environ.get("CXPULSE_TEST_HOTPATH_HANG", "")
+STALL = os.environ.get("CXPULSE_TEST_HOTPATH_STALL", "")
 _real = ingest.validate_batch
 _calls = [0]
+
+
+def _first_time(marker: str) -> bool:
+    """True once per test: the first incarnation that gets here creates the marker file."""
+    if not marker:
+        return False
+    try:
+        Path(marker).open("x").close()
+    except FileExistsError:
+        return False
+    return True
 
 
 def _flaky(*args: Any, **kwargs: Any) -> Any:
@@ -21,5 +44,33 @@ def _flaky(*args: Any, **kwargs: Any) -> Any:
     return _real(*args, **kwargs)
 
 
+class _HangingProducer:
+    """A Producer whose send_offsets_to_transaction never returns (once)."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def send_offsets_to_transaction(self, *args: Any) -> None:
+        if _first_time(HANG):
+            threading.Event().wait()  # forever, like librdkafka #5456
+        self._real.send_offsets_to_transaction(*args)
+
+
 ingest.validate_batch = _flaky  # type: ignore[assignment]
+if HANG:
+    _new = hotpath.HotPath._new_producer
+    hotpath.HotPath._new_producer = lambda self: _HangingProducer(_new(self))  # type: ignore[method-assign,assignment,return-value]
+if STALL:
+    _process = hotpath.HotPath.process
+
+    def _stalling(self: hotpath.HotPath, messages: list[Any]) -> None:
+        if _first_time(STALL):
+            self.progress.begin()
+            threading.Event().wait()  # forever, in Python: no Kafka call, no guard
+        _process(self, messages)
+
+    hotpath.HotPath.process = _stalling  # type: ignore[method-assign]
 sys.exit(main())

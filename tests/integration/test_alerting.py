@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from tests.integration.test_sinks import fast_effort_pipeline
-from tests.integration.test_worker import scrape, start_worker, stop_process, stop_worker, wait_for
-from tests.support import RunningBroker, Webhook, cxpulse_command, free_ports
+from tests.support import RunningBroker, Webhook, cxpulse_command, free_ports, stop_process
+from tests.workers import scrape, start_worker, stop_worker, wait_for
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 PROMETHEUS_DIR = DEPLOY / "prometheus"

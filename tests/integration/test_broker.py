@@ -94,7 +94,7 @@ def test_demo_starts_broker_topics_and_a_ready_worker(tmp_path: Path) -> None:
 
 
 def test_format_accepts_a_cluster_id_that_starts_with_a_dash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(broker, "_cluster_id", lambda: "-AAAAAAAAAAAAAAAAAAAAA")
+    monkeypatch.setattr(broker, "new_cluster_id", lambda: "-AAAAAAAAAAAAAAAAAAAAA")
     port, controller = free_ports(2)
     spec = broker.BrokerSpec(port, controller, tmp_path, broker.ensure_jars(Settings().kafka_lib_dir))
     assert broker.format_storage(spec, broker.write_server_properties(spec)) is True

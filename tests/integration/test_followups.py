@@ -10,16 +10,15 @@ from pathlib import Path
 
 from schemas.codec import LocalCatalog
 from streams.read import read
-from tests.integration.test_worker import (
+from tests.support import RunningBroker, Webhook, event, free_ports, stop_process
+from tests.workers import (
     make_pipeline,
     produce,
     scrape,
     start_worker,
-    stop_process,
     stop_worker,
     wait_for,
 )
-from tests.support import RunningBroker, Webhook, event, free_ports
 
 
 def test_detractor_followups_exactly_once_rate_limited_and_posted(kafka_broker: RunningBroker, tmp_path: Path) -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.integration.test_read import read
-from tests.integration.test_worker import make_pipeline, scrape, start_worker, stop_process, stop_worker, wait_for
-from tests.support import RunningBroker, event, free_ports
+from tests.support import RunningBroker, event, free_ports, stop_process
+from tests.workers import make_pipeline, scrape, start_worker, stop_worker, wait_for
 
 TOKEN = "s3cret-ingest"  # noqa: S105 - a test's token
 

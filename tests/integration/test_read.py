@@ -7,17 +7,16 @@ import subprocess
 from pathlib import Path
 
 from streams.windows import iso_utc
-from tests.integration.test_worker import (
+from tests.support import RunningBroker, cxpulse_command, stop_process
+from tests.workers import (
     converge,
     expected_results,
     make_pipeline,
     mixed_events,
     produce,
     start_worker,
-    stop_process,
     stop_worker,
 )
-from tests.support import RunningBroker, cxpulse_command
 
 
 def read(env: dict[str, str], *args: str) -> list[dict]:

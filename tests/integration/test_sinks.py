@@ -18,7 +18,8 @@ from streams.aggregate import kpi
 from streams.kafka import consumer, producer
 from streams.replay import replay_file
 from streams.windows import rolling_window
-from tests.integration.test_worker import (
+from tests.support import RunningBroker, free_ports, stop_process
+from tests.workers import (
     Pipeline,
     converge,
     expected_results,
@@ -27,11 +28,9 @@ from tests.integration.test_worker import (
     produce,
     scrape,
     start_worker,
-    stop_process,
     stop_worker,
     wait_for,
 )
-from tests.support import RunningBroker, free_ports
 
 
 def test_kpi_gauges_equal_replays_rolling_windows(pipeline: Pipeline, tmp_path: Path) -> None:

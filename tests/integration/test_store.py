@@ -6,19 +6,23 @@ from __future__ import annotations
 
 import json
 import re
+import stat
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from confluent_kafka.admin import AdminClient
 
+from sinks.clickhouse import Endpoint, StoreError
 from sinks.report import EndpointReader
 from streams.replay import replay_file
 from streams.simulate import CHANNELS as SIM_CHANNELS
 from streams.simulate import JOURNEYS, Simulator
 from streams.synth import CHANNELS as SYNTH_CHANNELS
-from tests.integration.test_worker import (
+from tests.support import RunningBroker, cxpulse_command, free_ports, stop_process
+from tests.workers import (
     Pipeline,
     expected_results,
     make_pipeline,
@@ -26,11 +30,9 @@ from tests.integration.test_worker import (
     produce,
     scrape,
     start_worker,
-    stop_process,
     stop_worker,
     wait_for,
 )
-from tests.support import RunningBroker, cxpulse_command, free_ports
 
 DASHBOARDS = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboards"
 
@@ -62,9 +64,36 @@ def cli(pipeline: Pipeline, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cxpulse_command(*args), env=pipeline.env, capture_output=True, text=True, check=False)
 
 
-def endpoint(pipeline: Pipeline) -> EndpointReader:
+def endpoint(pipeline: Pipeline, token: str | None = None) -> EndpointReader:
     found = json.loads((pipeline.settings.data_dir / "clickhouse-endpoint.json").read_text())
-    return EndpointReader(found["url"])
+    return EndpointReader(Endpoint(found["url"], found["token"] if token is None else token))
+
+
+# what the store's query endpoint must refuse, and the word of the refusal (ClickHouse's readonly=1, or the
+# endpoint's own check of the tables ClickHouse's parser names)
+HOSTILE_SQL = [
+    ("INSERT INTO cxpulse.answers SELECT * FROM cxpulse.answers", "single SELECT"),
+    ("SELECT 1; DROP TABLE cxpulse.answers", "single SELECT"),
+    ("WITH x AS (SELECT 1) SELECT * FROM cxpulse.answers SETTINGS readonly = 0", "READONLY"),
+    ("SELECT * FROM file('/etc/passwd', 'LineAsString')", "file()"),
+    ("SELECT * FROM url('http://127.0.0.1:1/', 'CSV', 'a String')", "url()"),
+    ("SELECT name FROM system.tables", "system.tables"),
+    ("SELECT count() FROM cxpulse.answers WHERE event_id IN (SELECT name FROM system.users)", "system.users"),
+    ("SELECT * FROM INFORMATION_SCHEMA.tables", "INFORMATION_SCHEMA.tables"),
+]
+
+
+def assert_endpoint_is_read_only(pipeline: Pipeline) -> None:
+    """The token file is the owner's only; no token, no answer; every hostile query refused, nothing changed."""
+    path = pipeline.settings.data_dir / "clickhouse-endpoint.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    before = answers_count(pipeline)
+    with pytest.raises(StoreError, match="bearer token is required"):
+        endpoint(pipeline, token="guess").rows("SELECT 1", {})
+    for sql, refusal in HOSTILE_SQL:
+        with pytest.raises(StoreError, match=re.escape(refusal)):
+            endpoint(pipeline).rows(sql, {})
+    assert answers_count(pipeline) == before
 
 
 def pane_records(pipeline: Pipeline) -> dict[tuple[Any, ...], dict[str, Any]]:
@@ -123,6 +152,7 @@ def test_pane_rows_equal_replay_answers_once_and_redelivery_doubles_nothing(
         # every SQL query of the Grafana dashboards runs on this store and shows data
         empty = [where for where, sql in dashboard_sql() if not endpoint(pipeline).rows(sql, {})]
         assert not empty, empty
+        assert_endpoint_is_read_only(pipeline)
         stop_worker(worker, log)
         # re-delivery: the sink's group forgets its offsets and reads everything again
         admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})

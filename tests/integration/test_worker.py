@@ -7,244 +7,45 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from confluent_kafka import TopicPartition
 from confluent_kafka.admin import ConfigResource, ResourceType
-from prometheus_client.parser import text_string_to_metric_families
 
-from schemas.codec import WINDOW_RESULT, LocalCatalog, decode_confluent
-from streams.broker import die_with_parent, pid_alive
+from streams.broker import pid_alive
 from streams.config import Settings
 from streams.kafka import admin_client, consumer, producer
-from streams.produce import produce_file
-from streams.replay import replay_file
-from streams.synth import realistic_events
-from streams.topics import ensure_topics, internal_topics, topic_specs
-from streams.windows import result_from_record, result_json
+from streams.topics import internal_topics
 from streams.worker.supervisor import prepare_topics
 from tests.support import RunningBroker, cxpulse_command, event, free_ports, stop_process
-
-CONVERGE_SECONDS = 120.0  # the worker must reach replay's numbers within this long
-STOP_SECONDS = 10.0  # SIGTERM must stop a worker within this long, by itself
-PARTITIONS = 3
-DEEP = '{"event_id": ' + "[" * 5000  # a poison message: JSON nested thousands deep
-
-
-@dataclass
-class Pipeline:
-    """Fresh topics and settings for one worker test."""
-
-    settings: Settings
-    env: dict[str, str]
-
-
-def make_pipeline(bootstrap: str, tmp_path: Path, **overrides: Any) -> Pipeline:
-    """Fresh topics and settings (plus the env a worker process reads them from) for one worker test."""
-    tag = uuid.uuid4().hex[:10]
-    values = {
-        "kafka_bootstrap": bootstrap,
-        "app_id": f"cxw-{tag}",
-        "feedback_topic": f"test-{tag}-feedback",
-        "dlq_topic": f"test-{tag}-dlq",
-        "results_topic": f"test-{tag}-panes",
-        "alerts_topic": f"test-{tag}-alerts",
-        "followups_topic": f"test-{tag}-followups",
-        "partitions": PARTITIONS,
-        "data_dir": tmp_path / "state",
-        "metrics_port": 0,
-        "clickhouse_url": "",  # no ClickHouse sink unless a test asks for one (tests/integration/test_store.py)
-        **overrides,
-    }
-    settings = Settings(**values)
-    ensure_topics(settings.kafka_bootstrap, topic_specs(settings))
-    env = {
-        **os.environ,
-        **{f"CXPULSE_{k.upper()}": json.dumps(v) if isinstance(v, tuple) else str(v) for k, v in values.items()},
-    }
-    return Pipeline(settings, env)
-
-
-def start_worker(
-    pipeline: Pipeline,
-    log: Path,
-    data_dir: Path | None = None,
-    metrics_port: int = 0,
-    command: list[str] | None = None,
-    **env: str,
-) -> subprocess.Popen[bytes]:
-    """`cxpulse worker` (or ``command``) as a child that dies with the test session, whatever happens to it."""
-    environment = {**pipeline.env, "CXPULSE_METRICS_PORT": str(metrics_port), **env}
-    if data_dir is not None:
-        environment["CXPULSE_DATA_DIR"] = str(data_dir)
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            command or cxpulse_command("worker"),
-            env=environment,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl
-        )
-
-
-def stop_worker(worker: subprocess.Popen[bytes], log: Path) -> None:
-    """SIGTERM, and the worker must be gone within STOP_SECONDS by itself, with exit code 0."""
-    worker.send_signal(signal.SIGTERM)
-    try:
-        code = worker.wait(STOP_SECONDS)
-    except subprocess.TimeoutExpired:
-        worker.kill()
-        worker.wait()
-        pytest.fail(f"the worker was still running {STOP_SECONDS} s after SIGTERM:\n{log.read_text()[-3000:]}")
-    assert code == 0, log.read_text()[-3000:]
-
-
-def children(pid: int) -> dict[str, int]:
-    """The worker's processes by name (hotpath-N, merge), from /proc."""
-    out = {}
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-        command = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
-        if b"streams.worker.hotpath" in command:
-            out[f"hotpath-{command[command.index(b'streams.worker.hotpath') + 1].decode()}"] = int(child)
-        elif b"streams.worker.app" in command:
-            out["merge"] = int(child)
-    return out
-
-
-def mixed_events(path: Path, count: int) -> None:
-    """Realistic events of the last hours (duplicates and invalid ones included), some arriving late, plus
-    lines that are not events at all, one of them a poison message."""
-    start = int(time.time() * 1000) - 3 * 3600 * 1000
-    events = list(realistic_events(count, seed=11, start_ms=start, per_second=count / 7200))
-    rng = random.Random(5)
-    late = set(rng.sample(range(len(events)), count // 20))
-    ordered = [e for i, e in enumerate(events) if i not in late] + [events[i] for i in sorted(late)]
-    lines = [json.dumps(e) for e in ordered]
-    lines[10:10] = ["not json", json.dumps({**ordered[0], "event_id": "bad-metric", "metric": "XYZ"}), DEEP]
-    path.write_text("\n".join(lines) + "\n")
-
-
-def expected_results(path: Path, pane_seconds: int) -> tuple[dict[tuple[str, ...], dict[str, Any]], int]:
-    replay = replay_file(path, pane_seconds * 1000, lambda dead: None)
-    expected = {}
-    for result in replay.results():
-        record = result_json(result)
-        record.pop("version")
-        expected[(record["window_start"], record["channel"], record["journey"], record["metric"])] = record
-    return expected, sum(replay.stats.dead_letters.values())
-
-
-def latest_results(bootstrap: str, topic: str, until: Any, deadline: float) -> dict[tuple[str, ...], dict[str, Any]]:
-    """Consume the results topic, keeping the highest version per group, until ``until(latest)`` holds."""
-    reader = consumer(bootstrap, f"check-{uuid.uuid4().hex}", **{"isolation.level": "read_committed"})
-    reader.subscribe([topic])
-    latest: dict[tuple[str, ...], tuple[int, dict[str, Any]]] = {}
-    catalog = LocalCatalog()
-    try:
-        while time.monotonic() < deadline:
-            for message in reader.consume(num_messages=1000, timeout=1.0):
-                if message.error() is not None:
-                    continue
-                _, record = decode_confluent(message.value(), catalog, WINDOW_RESULT)
-                as_json = result_json(result_from_record(record))
-                version = as_json.pop("version")
-                key = (as_json["window_start"], as_json["channel"], as_json["journey"], as_json["metric"])
-                if key not in latest or latest[key][0] < version:
-                    latest[key] = (version, as_json)
-            current = {k: v for k, (_, v) in latest.items()}
-            if until(current):
-                return current
-        return {k: v for k, (_, v) in latest.items()}
-    finally:
-        reader.close()
-
-
-def dead_letters(bootstrap: str, topic: str, expected: int, deadline: float) -> list[dict[str, bytes]]:
-    """The headers of every committed message on the DLQ, once ``expected`` of them have arrived (or at the
-    deadline), plus any extra ones that arrive within a further second (so a duplicate shows)."""
-    reader = consumer(bootstrap, f"dlq-{uuid.uuid4().hex}", **{"isolation.level": "read_committed"})
-    reader.subscribe([topic])
-    seen: list[dict[str, bytes]] = []
-    try:
-        while len(seen) < expected and time.monotonic() < deadline:
-            seen.extend(dict(m.headers() or []) for m in reader.consume(expected, 1.0) if m.error() is None)
-        seen.extend(dict(m.headers() or []) for m in reader.consume(expected, 1.0) if m.error() is None)
-    finally:
-        reader.close()
-    return seen
-
-
-def assert_each_once(letters: list[dict[str, bytes]], invalid: int) -> None:
-    sources = [(h["source_partition"], h["source_offset"]) for h in letters]
-    assert (len(sources), len(set(sources))) == (invalid, invalid)  # every invalid event, each once
-
-
-def converge(settings: Settings, expected: dict[tuple[str, ...], dict[str, Any]]) -> None:
-    deadline = time.monotonic() + CONVERGE_SECONDS
-    got = latest_results(
-        settings.kafka_bootstrap, settings.results_topic, lambda current: current == expected, deadline
-    )
-    wrong = [k for k in expected if got.get(k) != expected[k]]
-    detail = [(k, expected[k]["n"], (got.get(k) or {}).get("n")) for k in wrong[:5]]
-    assert (len(wrong), len(got.keys() - expected.keys())) == (0, 0), detail
-
-
-def assert_dead_letters_once(settings: Settings, invalid: int) -> None:
-    deadline = time.monotonic() + CONVERGE_SECONDS
-    assert_each_once(dead_letters(settings.kafka_bootstrap, settings.dlq_topic, invalid, deadline), invalid)
-
-
-def scrape(port: int, *, starting: bool = False) -> dict[str, float]:
-    """The worker's /metrics as {"name{labels}": value}, read with prometheus_client's parser (empty while a
-    ``starting`` worker does not listen yet)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:  # noqa: S310
-            text = response.read().decode()
-    except OSError:
-        if starting:
-            return {}
-        raise
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return samples
-
-
-def wait_for(condition: Any, what: str, log: Path, timeout: float = CONVERGE_SECONDS) -> None:
-    """Poll ``condition`` (a worker's state seen from outside, e.g. its /metrics) until it holds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} not within {timeout} s:\n{log.read_text()[-3000:]}"
-        time.sleep(0.2)  # polling an endpoint that has no push
-
-
-def split(path: Path, parts: int) -> list[Path]:
-    lines = path.read_text().splitlines(keepends=True)
-    size = -(-len(lines) // parts)
-    chunks = []
-    for i in range(parts):
-        chunk = path.with_name(f"chunk-{i}.jsonl")
-        chunk.write_text("".join(lines[i * size : (i + 1) * size]))
-        chunks.append(chunk)
-    return chunks
-
-
-def produce(settings: Settings, path: Path) -> None:
-    produce_file(path, settings.kafka_bootstrap, settings.feedback_topic, LocalCatalog())
+from tests.workers import (
+    CONVERGE_SECONDS,
+    PARTITIONS,
+    Pipeline,
+    assert_dead_letters_once,
+    assert_each_once,
+    children,
+    converge,
+    dead_letters,
+    expected_results,
+    latest_results,
+    make_pipeline,
+    mixed_events,
+    produce,
+    scrape,
+    split,
+    start_worker,
+    stop_worker,
+    wait_for,
+)
 
 
 def test_stream_equals_replay(pipeline: Pipeline, tmp_path: Path) -> None:

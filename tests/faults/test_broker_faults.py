@@ -1,0 +1,203 @@
+"""Broker faults while events flow, on brokers the test owns: hard restarts (SIGKILL) of a single broker, an
+outage longer than the transaction timeout, a rolling restart of a 3-broker KRaft cluster (replication factor 3,
+min.insync.replicas 2).  After each, the worker's results equal `cxpulse replay` of the same events group by
+group and the DLQ holds each invalid event once; the worker never stopped, is ready again, and said each outage
+in a few lines, not thousands."""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from confluent_kafka import KafkaException, TopicPartition
+
+from schemas.codec import LocalCatalog
+from streams.config import Settings
+from streams.kafka import consumer
+from streams.produce import messages_of
+from tests.cluster import Feeder, LocalCluster
+from tests.support import free_ports, stop_process
+from tests.workers import (
+    assert_dead_letters_once,
+    converge,
+    expected_results,
+    make_pipeline,
+    mixed_events,
+    start_worker,
+    stop_worker,
+    wait_for,
+)
+
+RATE = 100.0  # events a second while the faults happen (they flow through all the rounds)
+OUTAGE_LOG_LINES = 50  # the worker's log lines for one 10-second outage, at most
+
+
+def readyz(port: int) -> int:
+    """The HTTP status of the worker's /readyz (0 while it does not answer)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:  # noqa: S310
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+def committed(settings: Settings) -> int:
+    """How far the hot path's group has committed on the feedback topic, summed over partitions (monotonic across
+    restarts of the worker's processes, unlike their counters); -1 while Kafka does not answer."""
+    group = consumer(settings.kafka_bootstrap, f"{settings.app_id}-hotpath")
+    try:
+        partitions = [TopicPartition(settings.feedback_topic, p) for p in range(settings.partitions)]
+        return sum(max(0, tp.offset) for tp in group.committed(partitions, timeout=5))
+    except KafkaException:
+        return -1
+    finally:
+        group.close()
+
+
+def _events(tmp_path: Path, count: int) -> tuple[Path, list[tuple[bytes | None, bytes]]]:
+    source = tmp_path / "events.jsonl"
+    mixed_events(source, count)
+    return source, list(messages_of(source, LocalCatalog()))
+
+
+def _progress_after(settings: Settings, log: Path, before: int) -> int:
+    """Wait until the hot path has committed beyond ``before`` (it makes progress again); return where it is."""
+    wait_for(lambda: committed(settings) > before, "the worker committing batches again", log, timeout=180)
+    return committed(settings)
+
+
+def test_three_hard_restarts_of_the_broker_lose_nothing(
+    own_cluster: Callable[..., LocalCluster], tmp_path: Path
+) -> None:
+    """SIGKILL the only broker three times while events flow, 3-10 s down each time, restarted on its data."""
+    cluster = own_cluster(1)
+    pipeline = make_pipeline(cluster.bootstrap, tmp_path, stall_seconds=20.0)
+    settings = pipeline.settings
+    source, messages = _events(tmp_path, 9000)
+    expected, invalid = expected_results(source, settings.pane_seconds)
+    port, log = free_ports(1)[0], tmp_path / "worker.log"
+    worker = start_worker(pipeline, log, metrics_port=port)
+    rng = random.Random(16)
+    try:
+        wait_for(lambda: readyz(port) == 200, "the worker ready", log)
+        feeder = Feeder(cluster.bootstrap, settings.feedback_topic, messages, RATE).start()
+        for _ in range(3):
+            _progress_after(settings, log, committed(settings))
+            cluster.kill(0)
+            time.sleep(rng.uniform(3.0, 10.0))  # the outage itself, not a synchronisation
+            cluster.start([0])
+        feeder.join(300)
+        converge(settings, expected)
+        assert_dead_letters_once(settings, invalid)
+        assert worker.poll() is None, log.read_text()[-3000:]
+        wait_for(lambda: readyz(port) == 200, "the worker ready after the restarts", log)
+        stop_worker(worker, log)
+    finally:
+        stop_process(worker)
+
+
+def test_a_ten_second_outage_is_logged_once_when_it_starts_and_once_when_it_ends(
+    own_cluster: Callable[..., LocalCluster], tmp_path: Path
+) -> None:
+    """The broker away 10 s while events flow: the worker's whole log for the outage and the recovery stays within
+    50 lines (it was ~8,400: one ERROR per attempt per client); each process says when the connection was lost
+    and when it came back, with how long and how many attempts; nothing is lost."""
+    cluster = own_cluster(1)
+    pipeline = make_pipeline(cluster.bootstrap, tmp_path)
+    settings = pipeline.settings
+    source, messages = _events(tmp_path, 4000)
+    expected, invalid = expected_results(source, settings.pane_seconds)
+    port, log = free_ports(1)[0], tmp_path / "worker.log"
+    worker = start_worker(pipeline, log, metrics_port=port)
+    try:
+        wait_for(lambda: readyz(port) == 200, "the worker ready", log)
+        feeder = Feeder(cluster.bootstrap, settings.feedback_topic, messages, RATE).start()
+        before = _progress_after(settings, log, 0)
+        mark = len(log.read_text().splitlines())
+        cluster.kill(0)
+        time.sleep(10.0)  # the outage itself
+        cluster.start([0])
+        _progress_after(settings, log, before)
+        feeder.join(300)
+        converge(settings, expected)
+        assert_dead_letters_once(settings, invalid)
+        wait_for(lambda: readyz(port) == 200, "the worker ready after the outage", log)
+        lines = log.read_text().splitlines()[mark:]
+        lost = [line for line in lines if "Kafka connection lost" in line]
+        back = [line for line in lines if "Kafka connection back after" in line]
+        assert len(lines) <= OUTAGE_LOG_LINES, "\n".join(lines[:80])
+        assert lost and len(lost) == len(back), "\n".join(lines)
+        assert all(re.search(r"after \d+\.\d s \(\d+ failed connection attempts", line) for line in back), back
+        assert worker.poll() is None
+        stop_worker(worker, log)
+    finally:
+        stop_process(worker)
+
+
+def test_an_outage_longer_than_the_transaction_timeout_is_not_ready_then_recovers(
+    own_cluster: Callable[..., LocalCluster], tmp_path: Path
+) -> None:
+    """The broker stopped 25 s (longer than the hot path's 8 s transaction timeout and the 10 s session timeout)
+    while events flow: /readyz says 503 during the outage (CXPULSE_STALL_SECONDS=5) and 200 after it; the open
+    transaction is aborted or its producer replaced, the batch read again; nothing lost, nothing twice."""
+    cluster = own_cluster(1)
+    pipeline = make_pipeline(cluster.bootstrap, tmp_path, stall_seconds=5.0)
+    settings = pipeline.settings
+    source, messages = _events(tmp_path, 6000)
+    expected, invalid = expected_results(source, settings.pane_seconds)
+    port, log = free_ports(1)[0], tmp_path / "worker.log"
+    worker = start_worker(pipeline, log, metrics_port=port)
+    try:
+        wait_for(lambda: readyz(port) == 200, "the worker ready", log)
+        feeder = Feeder(cluster.bootstrap, settings.feedback_topic, messages, RATE).start()
+        _progress_after(settings, log, 0)
+        cluster.stop(0)
+        down = time.monotonic()
+        wait_for(lambda: readyz(port) == 503, "/readyz 503 while Kafka is away", log, timeout=20)
+        time.sleep(max(0.0, 25.0 - (time.monotonic() - down)))  # the rest of the outage
+        cluster.start([0])
+        feeder.join(300)
+        converge(settings, expected)
+        assert_dead_letters_once(settings, invalid)
+        wait_for(lambda: readyz(port) == 200, "/readyz 200 after the outage", log)
+        assert worker.poll() is None
+        stop_worker(worker, log)
+    finally:
+        stop_process(worker)
+
+
+def test_a_rolling_restart_of_three_brokers_loses_nothing(
+    own_cluster: Callable[..., LocalCluster], tmp_path: Path
+) -> None:
+    """Three KRaft brokers, every topic with 3 replicas and min.insync.replicas 2 (the way production runs):
+    each broker in turn stopped (SIGTERM, a controlled shutdown) and started again, the next only once every
+    replica is back in sync, while events flow."""
+    cluster = own_cluster(3)
+    pipeline = make_pipeline(cluster.bootstrap, tmp_path, replication_factor=3)
+    settings = pipeline.settings
+    source, messages = _events(tmp_path, 8000)
+    expected, invalid = expected_results(source, settings.pane_seconds)
+    port, log = free_ports(1)[0], tmp_path / "worker.log"
+    worker = start_worker(pipeline, log, metrics_port=port)
+    try:
+        wait_for(lambda: readyz(port) == 200, "the worker ready", log, timeout=180)
+        feeder = Feeder(cluster.bootstrap, settings.feedback_topic, messages, RATE).start()
+        for node in range(3):
+            _progress_after(settings, log, committed(settings))
+            cluster.stop(node)
+            cluster.start([node])
+            cluster.wait_in_sync()
+        feeder.join(300)
+        converge(settings, expected)
+        assert_dead_letters_once(settings, invalid)
+        assert worker.poll() is None
+        stop_worker(worker, log)
+    finally:
+        stop_process(worker)

@@ -1,0 +1,82 @@
+"""The outage log: a flood of client connection errors becomes one line when it starts and one when it ends."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from streams.outage import OutageLog, bootstrap_addresses
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def record(name: str, message: str, level: int = logging.ERROR) -> logging.LogRecord:
+    return logging.LogRecord(name, level, __file__, 1, message, None, None)
+
+
+REFUSED = "FAIL [x#producer-1] 127.0.0.1:9092/1: Connect to ipv4#127.0.0.1:9092 failed: Connection refused"
+
+
+def test_an_outage_is_two_lines_however_many_attempts(caplog: pytest.LogCaptureFixture) -> None:
+    up = [False]
+    clock = Clock()
+    outage = OutageLog(lambda: up[0], clock)
+    with caplog.at_level(logging.WARNING, logger="cxpulse.outage"):
+        written = [outage.filter(record("cxpulse.kafka", REFUSED)) for _ in range(500)]
+        written += [outage.filter(record("aiokafka.conn", "Unable connect to node with id 1")) for _ in range(300)]
+        outage.check()  # the brokers do not answer: confirmed
+        clock.now += 12.5
+        outage.check()  # still away: nothing more
+        up[0] = True
+        outage.check()  # back
+    assert not any(written)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("Kafka connection lost (cxpulse.kafka: FAIL")
+    assert lines[1] == (
+        "Kafka connection back after 12.5 s (800 failed connection attempts, 800 client warnings and errors not "
+        "written)"
+    )
+    assert outage.outages == 1 and not outage.active
+
+
+def test_a_failure_the_probe_does_not_confirm_writes_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    outage = OutageLog(lambda: True, Clock())
+    with caplog.at_level(logging.WARNING, logger="cxpulse.outage"):
+        assert outage.filter(record("cxpulse.kafka", REFUSED)) is False
+        outage.check()
+    assert caplog.records == [] and not outage.active and outage.outages == 0
+
+
+def test_other_records_pass_outside_an_outage_and_clients_are_held_during_one() -> None:
+    outage = OutageLog(lambda: False, Clock())
+    assert outage.filter(record("cxpulse.hotpath", "a batch failed")) is True  # not a client: always written
+    assert outage.filter(record("aiokafka", "Heartbeat failed for group x", logging.WARNING)) is True
+    assert outage.filter(record("aiokafka.conn", "debug chatter", logging.DEBUG)) is True
+    assert outage.filter(record("faust.transport", REFUSED)) is False  # starts an outage
+    assert outage.filter(record("aiokafka", "Heartbeat failed for group x", logging.WARNING)) is False
+    assert outage.filter(record("cxpulse.hotpath", "a batch failed")) is True
+    outage.check()
+    assert outage.active and outage.seconds() == 0.0
+
+
+def test_seconds_counts_a_confirmed_outage_only() -> None:
+    clock = Clock()
+    outage = OutageLog(lambda: False, clock)
+    outage.filter(record("cxpulse.kafka", REFUSED))
+    clock.now += 5
+    assert outage.seconds() == 0.0  # suspected, not confirmed yet
+    outage.check()
+    clock.now += 3
+    assert outage.seconds() == 8.0
+
+
+def test_bootstrap_addresses() -> None:
+    assert bootstrap_addresses("a:1, b:2,[::1]:3,bad") == [("a", 1), ("b", 2), ("::1", 3)]
