@@ -5,7 +5,9 @@ feeds every closed pane of every segment to streams/effort.py, the implementatio
 - table ``effort-state``: per (results partition, channel, journey) the CUSUM S, whether it fires, and the last
   pane evaluated; a restarted worker goes on from there and evaluates the panes it missed, in order.
 
-A pane is closed once its end has passed on the processing clock (METRICS.md section 7); an answer arriving after
+A pane is closed once its end has passed on the processing clock *and* its answers are merged and applied here
+(EventClock: merge's watermark, from the hot path's ``through`` headers), so the panes of a backlog (a worker back
+after downtime) are evaluated in event time, with their answers, as replay evaluates them; an answer arriving after
 its pane was evaluated still counts in the pane's results and baselines, not in that evaluation.  FIRING and
 RESOLVED go to ``cx.alerts`` (EffortAlert, Confluent wire format); the gauges ``cxpulse_effort_spike``,
 ``cxpulse_effort_cusum``, ``cxpulse_effort_zscore``, ``cxpulse_effort_baseline_share``,
@@ -18,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -81,6 +83,54 @@ def effort_families(evaluations: dict[tuple[str, str], Evaluation]) -> list[Metr
     return [spike, cusum, zscore, p0, short, n_short, n_baseline]
 
 
+class EventClock:
+    """When a pane counts as closed for the detector: its end has passed on the processing clock *and* every answer
+    up to its end has been merged and its results applied here (METRICS.md section 7: in event-time order, as in
+    replay).  Live, the two agree within a batch; after downtime the data's own time leads, so the panes of the
+    backlog are evaluated once their answers are in, not empty as they go by.
+
+    Each tick remembers merge's watermark; at the next tick the results partitions' end offsets are noted beside it
+    (merge flushed every result of that watermark before it moved it, so they are in by then), and the watermark
+    becomes safe once this agent has applied up to those ends.  Under a steady load the agent reaches a fixed past
+    end within a batch, so evaluation never waits for a moment without lag."""
+
+    def __init__(self) -> None:
+        self.previous: int | None = None  # merge's watermark at the last tick
+        self.pending: deque[tuple[int, dict[int, int]]] = deque()  # (watermark, results ends that cover it)
+        self.safe: int | None = None  # event time up to which results are known to be applied
+
+    def now(self, processing_ms: int, merged: int | None, ends: dict[int, int], applied: dict[int, int]) -> int | None:
+        """The time to close panes by (None: nothing merged yet since the start); ``ends`` and ``applied``: per
+        results partition held, its end offset and the next offset this agent will apply."""
+        if self.previous is not None:
+            self.pending.append((self.previous, ends))
+        self.previous = merged
+        while self.pending and all(applied.get(p, -1) >= end for p, end in self.pending[0][1].items()):
+            self.safe = max(self.safe or 0, self.pending.popleft()[0])
+        return None if self.safe is None else min(processing_ms, self.safe)
+
+
+def results_positions(
+    app: faust.App, topic: str, applied: dict[int, int], start: dict[int, int]
+) -> tuple[dict[int, int], dict[int, int]]:
+    """Per assigned partition of ``topic``: its end offset, and the next offset this agent will apply (for a
+    partition it has taken nothing of since it was assigned: its end when first seen, where Faust resumed)."""
+    ends: dict[int, int] = {}
+    done: dict[int, int] = {}
+    for tp in app.consumer.assignment():
+        if tp.topic != topic:
+            continue
+        try:
+            end = app.consumer.highwater(tp)
+        except Exception:  # noqa: BLE001, S112 - not fetched yet
+            continue
+        if end is None or end < 0:
+            continue
+        ends[tp.partition] = end
+        done[tp.partition] = applied[tp.partition] if tp.partition in applied else start.setdefault(tp.partition, end)
+    return ends, done
+
+
 def attach_effort_detector(
     app: faust.App,
     settings: Settings,
@@ -91,8 +141,10 @@ def attach_effort_detector(
     flush: Callable[[], Any],
     snapshot: Snapshot,
     metrics: WorkerMetrics,
+    watermark: Callable[[], int | None] = lambda: None,
 ) -> None:
-    """Add the detector's tables, agent and timer to the worker's Faust app."""
+    """Add the detector's tables, agent and timer to the worker's Faust app.  ``watermark``: event time up to which
+    every answer is merged (streams.worker.app.Merge.watermark); panes are evaluated up to it, in event time."""
     schema: faust.Schema[Any, Any] = faust.Schema(key_serializer="json", value_serializer="json")
     panes = app.Table("effort-panes", default=None, partitions=partitions, schema=schema)
     states = app.Table("effort-state", default=None, partitions=partitions, schema=schema)
@@ -103,7 +155,10 @@ def attach_effort_detector(
     evaluations: dict[tuple[str, str], Evaluation] = {}
     applied: dict[int, int] = {}  # results partition -> the next offset to apply (for the sink lag)
     metrics.sink_errors.labels(SINK)  # a series from the start, at 0
-    keep_ms = config.baseline_ms + config.guard_ms + 2 * pane_ms  # older panes are not needed by any evaluation
+    keep_ms = config.baseline_ms + config.guard_ms + 2 * pane_ms  # an evaluation reads this far back
+    retention_ms = settings.retention_seconds * 1000
+    clock = EventClock()
+    started_at: dict[int, int] = {}  # results partition -> its end when first seen with nothing taken of it
 
     @app.agent(results)
     async def effort_panes(stream: StreamT[Any]) -> None:
@@ -137,7 +192,10 @@ def attach_effort_detector(
 
     @app.timer(interval=EVALUATE_SECONDS)  # type: ignore[untyped-decorator]
     async def evaluate_closed_panes() -> None:
-        now_ms = int(time.time() * 1000)
+        ends, done = results_positions(app, results_name, applied, started_at)
+        now_ms = clock.now(int(time.time() * 1000), watermark(), ends, done)
+        if now_ms is None:
+            return  # no answer merged yet since the start: nothing to evaluate in event time
         last_closed = now_ms - now_ms % pane_ms - pane_ms
         assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == results_name}
         by_segment: dict[tuple[int, str, str], dict[int, PaneEffort]] = defaultdict(dict)
@@ -145,7 +203,7 @@ def attach_effort_detector(
             partition, channel, journey, pane = key.split("|")
             if int(partition) not in assigned:
                 continue
-            if int(pane) < now_ms - keep_ms:
+            if int(pane) < now_ms - retention_ms:  # no accepted answer can reach it any more
                 del panes[key]
                 continue
             drivers = {name: (int(n), int(high)) for name, (n, high) in value[3].items()}
@@ -156,7 +214,7 @@ def attach_effort_detector(
             stored = states.get(key)
             state = DetectorState(stored["s"], stored["firing"], stored["evaluated"]) if stored else DetectorState()
             pane = state.evaluated + pane_ms if state.evaluated is not None else min(segment)
-            pane = max(pane, last_closed - keep_ms)  # older panes are gone: nothing to evaluate them with
+            pane = max(pane, last_closed - retention_ms)  # older panes are gone: nothing to evaluate them with
             until = min(last_closed, pane + (MAX_STEPS - 1) * pane_ms)  # a long catch-up goes on at the next tick
             steps = 0
             for evaluation in evaluate_range(config, state, segment, pane, until, pane_ms) if pane <= until else []:
@@ -178,6 +236,10 @@ def attach_effort_detector(
             steps_total += steps
             if steps:
                 states[key] = {"s": state.s, "firing": state.firing, "evaluated": state.evaluated}
+            # panes that no later evaluation of this segment needs (older than the next one's baseline): dropped
+            horizon = (state.evaluated if state.evaluated is not None else pane) + pane_ms - keep_ms
+            for old in [p for p in segment if p < horizon]:
+                del panes[f"{key}|{old}"]
         if sent or steps_total:
             await asyncio.to_thread(flush)  # alerts, and the state table's changelog
         snapshot.families = effort_families(evaluations)

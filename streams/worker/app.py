@@ -51,7 +51,7 @@ from streams.worker.hotpath import catalog_for
 from streams.worker.ingest import segment_partition
 from streams.worker.merge import MergeStep, parse_pane_key, position_key
 from streams.worker.metrics import WorkerMetrics
-from streams.worker.records import decode_partials, position_from_table
+from streams.worker.records import decode_partials, decode_through, position_from_table
 from streams.worker.repair import PartitionReader, Record
 
 LOG = logging.getLogger("cxpulse.merge")
@@ -94,6 +94,13 @@ class Merge:
         self.expired_before = -(2**62)  # panes ending at or before this were dropped by the expiry timer
         self.seen: dict[int, int] = {}  # partials partition -> the highest offset merged
         self.active_at = 0.0  # monotonic time of the last merged batch
+        self.through: dict[int, int] = {}  # source partition -> Kafka timestamp the hot path processed it through
+
+    def watermark(self) -> int | None:
+        """Event time up to which every answer has been merged and its results emitted: the lowest ``through`` of
+        the source partitions the hot paths reported (None before the first report).  The effort detector
+        evaluates panes up to it, so a backlog (a worker back after downtime) is evaluated in event time."""
+        return min(self.through.values()) if self.through else None
 
     async def partition(self, partition: int, records: Sequence[Record]) -> None:
         """Apply the partial messages of one partials partition (under its lock), then emit and flush."""
@@ -128,6 +135,9 @@ class Merge:
             results = step.finish()
             await self.emit(results, max(r.timestamp_ms for r in records))
             step.advance()
+            for record in records:  # emitted and flushed: the effort detector may rely on what they say
+                for source, through in (record.through or {}).items():
+                    self.through[source] = max(self.through.get(source, 0), through)
             self.metrics.records.labels(self.reader.topic).inc(len(records))
             self.metrics.batch_seconds.labels("merge").observe(time.perf_counter() - started)
 
@@ -265,7 +275,9 @@ def create_app(settings: Settings, metrics: WorkerMetrics, catalog: SchemaCatalo
     metrics.registry.register(kpis)
     metrics.registry.register(efforts)
     attach_kpi_view(app, settings, results_topic, results_partitions, catalog, flush, kpis, metrics)
-    attach_effort_detector(app, settings, results_topic, results_partitions, catalog, results, flush, efforts, metrics)
+    attach_effort_detector(
+        app, settings, results_topic, results_partitions, catalog, results, flush, efforts, metrics, merge.watermark
+    )
     if settings.followup_webhook_url:
         followups = app.topic(
             settings.followups_topic,
@@ -288,7 +300,13 @@ def create_app(settings: Settings, metrics: WorkerMetrics, catalog: SchemaCatalo
             for event in cast("list[EventT[Any]]", events):
                 message = event.message
                 by_partition[message.partition].append(
-                    Record(message.partition, message.offset, message.value or b"", int(message.timestamp * 1000))
+                    Record(
+                        message.partition,
+                        message.offset,
+                        message.value or b"",
+                        int(message.timestamp * 1000),
+                        decode_through(message.headers),
+                    )
                 )
             for partition, records in by_partition.items():
                 try:

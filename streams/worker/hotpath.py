@@ -58,7 +58,15 @@ from streams.validate import Clock
 from streams.worker.health import CallGuard, Progress, serve
 from streams.worker.ingest import BatchOut, Ingest, reasons
 from streams.worker.metrics import WorkerMetrics
-from streams.worker.records import FROM_THE_START, decode_seen, encode_answers, encode_partials, encode_seen
+from streams.worker.records import (
+    FROM_THE_START,
+    THROUGH_HEADER,
+    decode_seen,
+    encode_answers,
+    encode_partials,
+    encode_seen,
+    encode_through,
+)
 
 LOG = logging.getLogger("cxpulse.hotpath")
 PARTITION_BY_KEY = -1  # librdkafka's RD_KAFKA_PARTITION_UA: the partitioner picks by key
@@ -178,6 +186,7 @@ class HotPath:
         self._reinit_at = -REFENCE_SECONDS  # monotonic time of the last new producer
         self._committed_since_reinit = True
         self.lag: dict[int, int] = {}  # assigned partition -> messages waiting (last measured)
+        self.through: dict[int, int] = {}  # assigned partition -> Kafka timestamp processed through (committed)
         self.guard = CallGuard(self.name)
         self.progress = Progress()
         self.progress.waiting = lambda: self._needs_rewind or self._needs_producer or any(self.lag.values())
@@ -298,6 +307,7 @@ class HotPath:
             self.ingest.starts.pop(tp.partition, None)
             self.ingest.dedup.pop(tp.partition, None)
             self.lag.pop(tp.partition, None)
+            self.through.pop(tp.partition, None)
             with contextlib.suppress(KeyError):  # never measured
                 self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
         LOG.info("%s revoked %s", self.name, sorted(tp.partition for tp in partitions))
@@ -397,7 +407,8 @@ class HotPath:
         self.progress.begin()
         try:
             out = self.ingest.batch(messages, Clock(now_ms, self.future_ms, self.retention_ms))
-            sent = self._transact(out, max(message.timestamp()[1] for message in messages))
+            through = self._through_after(messages, now_ms)
+            sent = self._transact(out, max(message.timestamp()[1] for message in messages), through)
         except FatalError:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure: abort, read the batch again (nothing skipped)
@@ -414,6 +425,7 @@ class HotPath:
         self._failures = 0
         self._backoff = 0.0
         self._committed_since_reinit = True
+        self.through.update(through)
         self.progress.done()
         self._count(out, sent)
         self.metrics.batch_seconds.labels("hotpath").observe(time.perf_counter() - started)
@@ -452,7 +464,24 @@ class HotPath:
         self._backoff = min(BACKOFF_MAX_SECONDS, max(0.5, 2 * self._backoff))
         self._sleep(self._backoff)
 
-    def _transact(self, out: BatchOut, newest_ms: int) -> int:
+    def _through_after(self, messages: list[Message], now_ms: int) -> dict[int, int]:
+        """Per assigned partition, the Kafka timestamp up to which every message is processed once this batch
+        commits: the batch's time where nothing more waits, else its last message's timestamp (messages of a
+        partition come in timestamp order), else what an earlier batch reached (0: nothing yet, a backlog waits).
+        The effort detector evaluates panes in event time up to the lowest of them (sinks/alerts.py)."""
+        last: dict[int, int] = {}
+        for message in messages:
+            last[message.partition() or 0] = message.timestamp()[1]
+        out = {}
+        for tp in self.consumer.position(self.consumer.assignment()):
+            _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            if high >= 0 and 0 <= tp.offset and high - tp.offset <= 0:
+                out[tp.partition] = now_ms
+            else:
+                out[tp.partition] = last.get(tp.partition, self.through.get(tp.partition, 0))
+        return out
+
+    def _transact(self, out: BatchOut, newest_ms: int, through: dict[int, int]) -> int:
         """Dead letters, partials (stamped with the batch's newest event timestamp, for the latency metric), seen
         ids, detractor follow-ups (as many as the rate allows; how many is returned) and the input offsets in one
         transaction."""
@@ -460,7 +489,7 @@ class HotPath:
         try:
             with self.guard("producing a batch", PRODUCE_SECONDS + GUARD_MARGIN_SECONDS):
                 producer.begin_transaction()
-                sent = self._produce_batch(out, newest_ms)
+                sent = self._produce_batch(out, newest_ms, [(THROUGH_HEADER, encode_through(through))])
             offsets = [TopicPartition(self.settings.feedback_topic, p, offset) for p, offset in out.offsets.items()]
             with self.guard("send_offsets_to_transaction", KAFKA_TIMEOUT_SECONDS + GUARD_MARGIN_SECONDS):
                 producer.send_offsets_to_transaction(
@@ -477,7 +506,9 @@ class HotPath:
         self.ingest.committed(out.offsets)
         return sent
 
-    def _produce_batch(self, out: BatchOut, newest_ms: int) -> int:
+    def _produce_batch(
+        self, out: BatchOut, newest_ms: int, partial_headers: list[tuple[str, str | bytes | None]]
+    ) -> int:
         for letter in out.dead_letters:
             self._produce(
                 self.settings.dlq_topic,
@@ -487,7 +518,9 @@ class HotPath:
                 letter.headers,
             )
         for partition, batch in out.partials.items():
-            self._produce(self.partials_topic, encode_partials(batch), None, partition, timestamp=newest_ms)
+            self._produce(
+                self.partials_topic, encode_partials(batch), None, partition, partial_headers, timestamp=newest_ms
+            )
         for partition, buckets in out.seen.items():
             self._produce(self.seen_topic, encode_seen(buckets), None, partition)
         for partition, values in out.answers.items():

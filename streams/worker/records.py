@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 from streams.aggregate import State
 
+THROUGH_HEADER = "through"  # on partial messages: {source partition: ms} the hot path has processed everything up to
 FROM_THE_START = -1  # SourceRange.start of a partition's first batch when its consumer group had no offset
 
 
@@ -187,3 +188,22 @@ def decode_answers(data: bytes) -> list[bytes]:
         out.append(data[at : at + size])
         at += size
     return out
+
+
+def encode_through(through: Mapping[int, int]) -> bytes:
+    """The ``through`` header of a partial message: per source partition the hot path held, the Kafka timestamp
+    up to which it has processed every message (the batch's time when it has caught up with the partition)."""
+    return json.dumps({str(p): ms for p, ms in through.items()}, separators=(",", ":")).encode()
+
+
+def decode_through(headers: Any) -> dict[int, int] | None:
+    """The ``through`` header of a partial message (headers as a list of pairs, or a dict), None when it has none
+    (or an unreadable one)."""
+    pairs = headers.items() if isinstance(headers, Mapping) else headers or ()
+    for name, value in pairs:
+        if name == THROUGH_HEADER and value:
+            try:
+                return {int(p): int(ms) for p, ms in json.loads(value).items()}
+            except (ValueError, TypeError, AttributeError):
+                return None
+    return None

@@ -19,6 +19,7 @@ from confluent_kafka import OFFSET_END, Consumer, KafkaError, TopicPartition
 
 from streams.errors import CxPulseError
 from streams.kafka import Kafka, consumer
+from streams.worker.records import decode_through
 
 LOG = logging.getLogger("cxpulse.repair")
 READ_TIMEOUT_SECONDS = 30.0
@@ -31,6 +32,7 @@ class Record(NamedTuple):
     offset: int
     value: bytes
     timestamp_ms: int = 0  # the message's Kafka timestamp (0: unknown)
+    through: dict[int, int] | None = None  # its ``through`` header (streams.worker.records.decode_through)
 
 
 class PartitionReader:
@@ -88,7 +90,10 @@ class PartitionReader:
                     offset = message.offset() or 0
                     if offset >= stop:
                         return out
-                    out.append(Record(partition, offset, message.value() or b"", max(0, message.timestamp()[1])))
+                    through = decode_through(message.headers())
+                    out.append(
+                        Record(partition, offset, message.value() or b"", max(0, message.timestamp()[1]), through)
+                    )
                     if offset >= stop - 1:
                         return out
                 position = client.position([TopicPartition(self.topic, partition)])[0].offset

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,7 +21,7 @@ from streams.aggregate import kpi
 from streams.kafka import consumer, producer
 from streams.replay import replay_file
 from streams.windows import rolling_window
-from tests.support import RunningBroker, free_ports, stop_process
+from tests.support import RunningBroker, cxpulse_command, free_ports, stop_process
 from tests.workers import (
     Pipeline,
     converge,
@@ -167,3 +170,82 @@ def test_an_effort_spike_fires_with_its_root_cause_and_only_there(kafka_broker: 
         alerts.close()
         sender.flush(10)
         stop_process(worker)
+
+
+def _send_paced(sender: Any, topic: str, seconds: float, bad: Any, rng: random.Random, out: list[str]) -> None:
+    """CES answers of two segments for ``seconds``, about 180 a second, sent as they happen; ``bad(elapsed)``
+    turns chat's bot touchpoint to 90% high effort.  Every line sent is kept in ``out`` (for replay)."""
+    started = time.monotonic()
+    while (elapsed := time.monotonic() - started) < seconds:
+        for channel in ("chat", "phone"):
+            for touchpoint in ("ivr", "agent_call", "bot"):
+                worse = bad(elapsed) and channel == "chat" and touchpoint == "bot"
+                for _ in range(3):
+                    value = _ces(f"e{len(out)}", channel, touchpoint, rng.random() < (0.9 if worse else 0.2))
+                    out.append(value.decode())
+                    sender.produce(topic, value, f"c{len(out)}".encode())
+        sender.poll(0.1)  # paces the load
+
+
+def test_an_incident_while_the_worker_was_down_fires_when_it_comes_back(
+    kafka_broker: RunningBroker, tmp_path: Path
+) -> None:
+    """25 s of steady answers with the worker up, then 25 s with it down, an effort incident in the middle of those
+    (the platforms keep sending: a backlog waits), then the worker back: the detector evaluates the panes it missed
+    in event time, once their answers are merged, and its alerts equal `cxpulse replay --alerts` of the same
+    answers (before, it evaluated them empty as it went by them, and the incident never fired)."""
+    pipeline = fast_effort_pipeline(kafka_broker.bootstrap, tmp_path)
+    settings = pipeline.settings
+    log = tmp_path / "worker.log"
+    port = free_ports(1)[0]
+    sender = producer(settings.kafka_bootstrap)
+    rng = random.Random(3)
+    lines: list[str] = []
+    worker = start_worker(pipeline, log, metrics_port=port)
+    try:
+        wait_for(lambda: scrape(port, starting=True).get("cxpulse_worker_ready") == 1, "the worker ready", log)
+        _send_paced(sender, settings.feedback_topic, 25, lambda elapsed: False, rng, lines)
+        stop_worker(worker, log)
+        _send_paced(sender, settings.feedback_topic, 25, lambda elapsed: 5 <= elapsed < 17, rng, lines)
+        assert sender.flush(30) == 0
+        source = tmp_path / "events.jsonl"
+        source.write_text("\n".join(lines) + "\n")
+        replayed = tmp_path / "alerts.jsonl"
+        done = subprocess.run(
+            cxpulse_command("replay", str(source), "--alerts", str(replayed), "-q", "-o", str(tmp_path / "r.jsonl")),
+            env=pipeline.env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        expected = [_alert_key(json.loads(line)) for line in replayed.read_text().splitlines()]
+        assert ("FIRING", "chat", "billing") in [e[:3] for e in expected]  # the incident is there to be found
+        worker = start_worker(pipeline, log, metrics_port=port)
+        got = _alerts_until(settings, lambda seen: seen == expected, time.monotonic() + 90)
+        assert got == expected, log.read_text()[-3000:]
+        stop_worker(worker, log)
+    finally:
+        sender.flush(10)
+        stop_process(worker)
+
+
+def _alert_key(record: dict[str, Any]) -> tuple[Any, ...]:
+    at = record["at"]
+    at_ms = int(at.timestamp() * 1000) if isinstance(at, datetime) else at
+    return (record["state"], record["channel"], record["journey"], at_ms)
+
+
+def _alerts_until(settings: Any, done: Any, deadline: float) -> list[tuple[Any, ...]]:
+    """The alerts topic from the start, until ``done(alerts)`` holds or the deadline passes."""
+    reader = consumer(settings.kafka_bootstrap, f"alerts-{uuid.uuid4().hex}")
+    reader.subscribe([settings.alerts_topic])
+    seen: list[tuple[Any, ...]] = []
+    try:
+        while time.monotonic() < deadline and not done(seen):
+            for message in reader.consume(100, 0.5):
+                if message.error() is None:
+                    seen.append(_alert_key(decode_confluent(message.value(), LocalCatalog(), EFFORT_ALERT)[1]))
+    finally:
+        reader.close()
+    return seen
