@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from sinks import clickhouse as store
@@ -73,12 +74,30 @@ class EndpointReader:
             raise store.StoreError(f"the worker's query endpoint {self.url} did not answer: {exc}") from exc
 
 
+def describe_store(settings: Settings) -> str:
+    """Which store a command reads, for its first line on stderr (a report from the wrong folder said "no results
+    yet" of a store it had just created)."""
+    path = store.chdb_path(settings.clickhouse_url)
+    if path is None:
+        return f"store: {settings.clickhouse_url.split('@')[-1]} (ClickHouse server)"
+    running = store.endpoint_of(settings.data_dir)
+    through = f", through the worker's endpoint {running.url}" if running is not None else ""
+    return f"store: {Path(path).resolve()} (embedded{through})"
+
+
 def open_reader(settings: Settings) -> Reader:
-    """A reader of the configured store; while a worker holds the embedded store, through its endpoint."""
-    if store.chdb_path(settings.clickhouse_url) is not None:
+    """A reader of the configured store; while a worker holds the embedded store, through its endpoint.  An
+    embedded store that does not exist is refused, not created."""
+    path = store.chdb_path(settings.clickhouse_url)
+    if path is not None:
         running = store.endpoint_of(settings.data_dir)
         if running is not None:  # a live sink holds the embedded store: ask it (opening would fail, noisily)
             return EndpointReader(running)
+        if not (Path(path) / "metadata" / store.DATABASE).exists():
+            raise store.StoreError(
+                f"no cxpulse store at {Path(path).resolve()}: run this where the worker's data folder is, or set "
+                "CXPULSE_DATA_DIR (or CXPULSE_CLICKHOUSE_URL) to it"
+            )
     try:
         client = store.connect(settings)
     except store.StoreBusyError as exc:
@@ -110,6 +129,18 @@ def _ms(value: Any) -> int:
     if isinstance(value, str):
         return round(datetime.fromisoformat(value).replace(tzinfo=UTC).timestamp() * 1000)
     return int(value)
+
+
+def _or_none(column: str) -> str:
+    return column if column == "reason" else f"if({column} = '', 'none', {column})"
+
+
+def store_values(reader: Reader, column: str) -> list[str]:
+    """The values of ``channel``, ``journey`` or ``metric`` the store holds (for "what exists" hints)."""
+    if column not in ("channel", "journey", "metric"):
+        raise ValueError(f"no values of {column!r}")
+    rows = reader.rows(f"SELECT DISTINCT {column} FROM cxpulse.pane_results ORDER BY {column}", {})
+    return [str(row[0]) for row in rows]
 
 
 def check_dimensions(by: Sequence[str]) -> None:
@@ -146,19 +177,23 @@ def report(
         params["metrics"] = list(metrics)
     if from_answers:
         pane = f"intDiv(toUnixTimestamp64Milli(occurred_at), {pane_ms}) * {pane_ms}"
+        # an answer counts under each of its reason codes (ClickHouse's `*` leaves out an ARRAY JOIN alias: named)
+        codes = "reason_code" in by
         source = (
-            f"(SELECT *, {pane} AS pane_ms, toDateTime64({pane} / 1000, 3, 'UTC') AS window_start "
-            "FROM cxpulse.answers FINAL"
-            + (" ARRAY JOIN if(empty(reason_codes), ['none'], reason_codes) AS reason" if "reason_code" in by else "")
+            f"(SELECT *, {'reason, ' if codes else ''}{pane} AS pane_ms, "
+            f"toDateTime64({pane} / 1000, 3, 'UTC') AS window_start FROM cxpulse.answers FINAL"
+            + (" ARRAY JOIN if(empty(reason_codes), ['none'], reason_codes) AS reason" if codes else "")
             + ")"
         )
-        sums, version = SUMS_ANSWERS, "0"
+        sums, version, ends = SUMS_ANSWERS, "0", f"max(toUnixTimestamp64Milli(window_start)) + {pane_ms}"
     else:
         source, sums, version = "cxpulse.pane_results FINAL", SUMS_PANES, "max(version)"
-    dims = [COLUMN.get(d, d) for d in by]
+        ends = "max(toUnixTimestamp64Milli(window_end))"  # the pane length the results were written with
+    # an answer without a touchpoint, agent or team is grouped under "none" (as drivers shows it), not ""
+    dims = [d if d in PANE_DIMENSIONS else _or_none(COLUMN.get(d, d)) for d in by]
     select_dims = ", ".join(dims)
     sql = (
-        f"SELECT {bucket} AS bucket, {select_dims}, metric, {sums}, {version} FROM {source} "
+        f"SELECT {bucket} AS bucket, {select_dims}, metric, {sums}, {version}, {ends} FROM {source} "
         "WHERE toUnixTimestamp64Milli(window_start) >= {start:Int64} "
         "AND toUnixTimestamp64Milli(window_start) < {end:Int64} "
         f"{metric_filter} GROUP BY bucket, {select_dims}, metric ORDER BY bucket, {select_dims}, metric"
@@ -172,14 +207,14 @@ def report(
         state = State(*counters)
         if state.n <= 0:
             continue
-        if window_ms is None:
-            window_start, window_end = key, key + pane_ms
+        if window_ms is None:  # a pane: its own end (written by the worker with the pane length of the time)
+            window_start, window_end = key, int(row[-1])
         else:
             window_end = end - key * window_ms
             window_start = window_end - window_ms
         dimensions = {name: ALL for name in PANE_DIMENSIONS}
         dimensions.update({name: str(value) for name, value in zip(by, values, strict=True)})
-        out.append(Row(window_start, window_end, dimensions, metric, state, int(row[-1])))
+        out.append(Row(window_start, window_end, dimensions, metric, state, int(row[-2])))
     out.sort(key=lambda r: (-r.window_end, tuple(r.dimensions.values()), r.metric))
     return out
 

@@ -28,13 +28,13 @@ from rich.table import Table
 from schemas.codec import parse_timestamp_ms
 from streams import broker as local_broker
 from streams.aggregate import kpi
-from streams.config import Settings, effort_config, load_settings, parse_duration
+from streams.config import DEFAULT_FUTURE_TOLERANCE_SECONDS, Settings, effort_config, load_settings, parse_duration
 from streams.errors import ConfigurationError, CxPulseError
 from streams.produce import produce_file
 from streams.replay import Progress as ProgressFn
 from streams.replay import dead_letter_json, replay_file
 from streams.topics import ensure_topics, topic_specs
-from streams.validate import DeadLetter
+from streams.validate import Clock, DeadLetter
 from streams.windows import iso_utc, result_json, window_result
 from streams.worker.hotpath import catalog_for
 
@@ -276,7 +276,7 @@ def demo(
     version = local_broker.kafka_version(spec.lib_dir)
     table.add_row(f"Kafka {version} (KRaft)", spec.bootstrap, f"ready in {broker_seconds:.1f} s, java pid {proc.pid}")
     for topic in specs:
-        table.add_row("topic", topic.name, f"{topic.partitions} partitions")
+        table.add_row("topic", topic.name, _count(topic.partitions, "partition"))
     table.add_row("state", str(spec.data_dir), f"broker log {spec.log_file}")
     worker_proc, worker_log, worker_seconds = _start_demo_worker(settings, spec.bootstrap, proc, live.DEMO_ENV)
     shutdown.also_stop(worker_proc)
@@ -479,6 +479,7 @@ def produce(
                 validate=validate,
                 on_refused=_refused_to_stdout,  # machine output on stdout, the summary on stderr
                 progress=_progress(stack, events, "produce"),
+                clock=_worker_clock(settings),
             )
         except CxPulseError as exc:
             _fail(f"produce: {exc}")
@@ -494,6 +495,7 @@ def produce(
         ),
         highlight=False,
     )
+    _warn_about_time(stats.future, stats.too_old, settings, "sent")
     if stats.not_sent:
         _fail(
             f"produce: {len(stats.not_sent)} input(s) of {events} not sent (the file could not be read or sent "
@@ -530,7 +532,10 @@ def simulate(
     journeys: Annotated[str | None, typer.Option(help="Comma-separated journeys (default: all).")] = None,
     start: Annotated[
         str | None,
-        typer.Option(help="Simulated start, ISO-8601 or epoch ms (default: now). Fix it to reproduce a file."),
+        typer.Option(
+            help="Simulated start, ISO-8601 or epoch ms (default: now live; with --to-file, --duration before now, so "
+            "that the file ends now). Fix it to reproduce a file."
+        ),
     ] = None,
     to_file: Annotated[
         Path | None,
@@ -550,8 +555,14 @@ def simulate(
     try:
         incidents = [sim.parse_incident(text) for text in incident or []]
         when: Any = int(start) if start is not None and start.isdigit() else start
-        start_ms = int(time.time() * 1000) if when is None else parse_timestamp_ms(when)
         duration_ms = _duration_ms(duration, "--duration") if duration is not None else None
+        now_ms = int(time.time() * 1000)
+        if when is not None:
+            start_ms = parse_timestamp_ms(when)
+        elif to_file is not None and duration_ms is not None:
+            start_ms = now_ms - duration_ms  # a file is history: it ends now (a worker refuses the future)
+        else:
+            start_ms = now_ms
         simulator = sim.Simulator(
             seed=seed,
             rate=rate,
@@ -643,7 +654,9 @@ def report(
         typer.Option(help="How far back: a duration (24h) or a time (ISO-8601, epoch ms). Windows: one per W back."),
     ] = None,
     fmt: Annotated[str, typer.Option("--format", help="table, jsonl (METRICS.md section 6 records) or csv.")] = "table",
-    min_n: Annotated[int, typer.Option(min=1, help="Below this n a table says 'insufficient data'.")] = 30,
+    min_n: Annotated[
+        int, typer.Option(min=1, help="Groups with fewer answers are left out of the table (jsonl and csv keep all).")
+    ] = 30,
 ) -> None:
     """KPIs from ClickHouse per window and grouping, with n and the 95% interval.
 
@@ -663,6 +676,7 @@ def report(
     dims = list(_names(by))
     now_ms = int(time.time() * 1000)
     since_ms = _since_ms(since, now_ms) if since is not None else None
+    metrics = [_metric(m) for m in metric or []]
     try:
         rp.check_dimensions(dims)
         rows = rp.report(
@@ -670,7 +684,7 @@ def report(
             pane_ms=pane_ms,
             window_ms=window_ms,
             by=dims,
-            metrics=[m.upper() for m in metric or []],
+            metrics=metrics,
             now_ms=now_ms,
             since_ms=since_ms,
         )
@@ -696,7 +710,30 @@ def report(
         writer.writerow(["" if record.get(f) is None else record.get(f) for f in fields])
 
 
+METRIC_NAMES = ("NPS", "CES", "CSAT", "NLS", "CAS")
+
+
+def _metric(text: str) -> str:
+    """A metric name (any case), or exit 2 naming the five."""
+    if text.upper() not in METRIC_NAMES:
+        _fail(f"--metric {text}: one of {', '.join(METRIC_NAMES)}", 2)
+    return text.upper()
+
+
+def _no_such_segment(rp: Any, reader: Any, channel: str, journey: str, metric: str, window: str) -> NoReturn:
+    """No answer in the segment: say which channels or journeys exist when the name given is not one of them."""
+    for option, value in (("channel", channel), ("journey", journey)):
+        if value == "*":
+            continue
+        known = rp.store_values(reader, option)
+        if value not in known:
+            _fail(f"drivers: no {option} {value!r} in the store; its {option}s: {', '.join(known) or 'none yet'}")
+    _fail(f"drivers: no {metric} answers of {channel}/{journey} in the last {window}")
+
+
 def _reader(rp: Any, settings: Settings) -> Any:
+    """The store's reader, after one line on stderr naming the store read."""
+    err.print(rp.describe_store(settings), highlight=False, markup=False, soft_wrap=True)
     try:
         return rp.open_reader(settings)
     except CxPulseError as exc:
@@ -739,21 +776,33 @@ def _report_table(rows: list[Any], dims: list[str], window: str, min_n: int) -> 
         table.add_column(column)
     for column in ("value", "±95%", "n"):
         table.add_column(column, justify="right")
-    for row in rows:
+    shown = [row for row in rows if row.state.n >= min_n]
+    for row in shown:
         k = kpi(row.metric, row.state)
-        span = f"{iso_utc(row.window_start)[:16]} → {iso_utc(row.window_end)[11:16]}"
+        start, end = iso_utc(row.window_start), iso_utc(row.window_end)
+        span = f"{start[:16]} → {end[11:16] if end[:10] == start[:10] else end[:16]}"  # a date where it changes
         cells = [span, *(escape(row.dimensions.get(d, "*")) for d in dims), row.metric]
-        if row.state.n < min_n:
-            cells += ["[dim]insufficient data[/dim]", "", str(row.state.n)]
-        else:
-            cells += [f"{k.value:.1f}" if row.metric != "CES" else f"{k.value:.2f}",
-                      "" if k.moe95 is None else f"{k.moe95:.1f}" if row.metric != "CES" else f"{k.moe95:.2f}",
-                      str(row.state.n)]  # fmt: skip
+        cells += [f"{k.value:.1f}" if row.metric != "CES" else f"{k.value:.2f}",
+                  "" if k.moe95 is None else f"{k.moe95:.1f}" if row.metric != "CES" else f"{k.moe95:.2f}",
+                  str(row.state.n)]  # fmt: skip
         table.add_row(*cells)
     if not rows:
         err.print("no results in ClickHouse for this window yet", highlight=False)
         return
-    out.print(table)
+    if shown:
+        out.print(table)
+    hidden = len(rows) - len(shown)
+    if hidden:
+        err.print(
+            f"{_count(hidden, 'group')} with fewer than {min_n} answers not shown (too few for a KPI; --min-n 1 "
+            "shows every group)",
+            highlight=False,
+        )
+
+
+def _count(number: int, noun: str) -> str:
+    """``1 partition``, ``2 partitions``."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 @app.command()
@@ -779,10 +828,12 @@ def drivers(
     window_ms = _duration_ms(window, "--window")
     if fmt not in ("table", "jsonl"):
         _fail(f"--format is table or jsonl, not {fmt!r}", 2)
+    metric = _metric(metric)
     try:
+        reader = _reader(rp, settings)
         found = rp.drivers(
-            _reader(rp, settings),
-            metric=metric.upper(),
+            reader,
+            metric=metric,
             channel=channel,
             journey=journey,
             window_ms=window_ms,
@@ -795,9 +846,12 @@ def drivers(
         _fail(f"drivers: {exc}", 2)
     except CxPulseError as exc:
         _fail(f"drivers: {exc}")
+    if found.n_now == 0:
+        _no_such_segment(rp, reader, channel, journey, found.metric, window)
     if fmt == "jsonl":
-        for driver in found.drivers:
-            out.print(json.dumps(driver._asdict(), separators=(",", ":")), highlight=False, markup=False)
+        for dimension in _names(by):
+            for driver in [d for d in found.drivers if d.dimension == dimension][:top]:
+                out.print(json.dumps(driver._asdict(), separators=(",", ":")), highlight=False, markup=False)
         return
     against = f"the previous {window}" if vs == "previous" else "the rest of the business"
     if found.kpi_now is None or found.kpi_before is None:
@@ -930,7 +984,7 @@ def replay(
                 dead_file.write(dead_letter_json(dead) + "\n")
 
         try:
-            result = replay_file(events, pane_ms, on_dead, _progress(stack, events, "replay"))
+            result = replay_file(events, pane_ms, on_dead, _progress(stack, events, "replay"), _worker_clock(settings))
         except CxPulseError as exc:
             _fail(f"replay: {exc}")
         except OSError as exc:
@@ -947,7 +1001,31 @@ def replay(
         err.print(
             f"replayed {stats.read} events in {time.monotonic() - started:.1f} s: {stats.counted} counted, "
             f"{stats.duplicates} duplicates, {sum(stats.dead_letters.values())} dead letters ({reasons}); "
-            f"{len(results)} results" + (f"; {len(fired)} effort alerts" if alerts is not None else ""),
+            f"{_count(len(results), 'result')}"
+            + (f"; {_count(len(fired), 'effort alert')}" if alerts is not None else ""),
+            highlight=False,
+        )
+        _warn_about_time(stats.future, stats.too_old, settings, "counted")
+
+
+def _worker_clock(settings: Settings) -> Clock:
+    """The clock a worker started now would judge event times by (future tolerance, retention)."""
+    return Clock(int(time.time() * 1000), DEFAULT_FUTURE_TOLERANCE_SECONDS * 1000, settings.retention_seconds * 1000)
+
+
+def _warn_about_time(future: int, too_old: int, settings: Settings, done: str) -> None:
+    """Say how many events a worker would dead-letter for their time (produce and replay take any time)."""
+    if future:
+        err.print(
+            f"warning: {future} of the events {done} lie more than {DEFAULT_FUTURE_TOLERANCE_SECONDS // 60} minutes "
+            "in the future of this machine's clock: a worker dead-letters them (future_timestamp); `cxpulse simulate "
+            "--to-file` writes history that ends now",
+            highlight=False,
+        )
+    if too_old:
+        err.print(
+            f"warning: {too_old} of the events {done} are older than the retention (CXPULSE_RETENTION_SECONDS="
+            f"{settings.retention_seconds}): a worker dead-letters them (too_old)",
             highlight=False,
         )
 

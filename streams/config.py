@@ -9,11 +9,12 @@ Built once in the CLI (flags override the environment) and passed down; nothing 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from streams.effort import EffortConfig
 from streams.errors import ConfigurationError
@@ -105,7 +106,9 @@ class Settings(BaseSettings):
     followup_webhook_token: SecretStr = Field(SecretStr(""), description="bearer token for the follow-up webhook")
     partitions: int = Field(DEFAULT_PARTITIONS, ge=1, le=1024, description="partitions of created topics")
     pane_seconds: int = Field(DEFAULT_PANE_SECONDS, ge=1, le=86400, description="pane length, seconds")
-    windows_seconds: tuple[int, ...] = Field(DEFAULT_WINDOWS, description="rolling windows, seconds")
+    windows_seconds: Annotated[tuple[int, ...], NoDecode] = Field(
+        DEFAULT_WINDOWS, description="rolling windows: seconds or durations, comma-separated (300,3600 or 5m,1h,24h)"
+    )
     retention_seconds: int = Field(DEFAULT_RETENTION_SECONDS, ge=1, description="pane state retention")
     label_cap: int = Field(500, ge=1, description="segments a worker exports to Prometheus; the rest as other/other")
     effort_delta: float = Field(
@@ -193,6 +196,36 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("windows_seconds", mode="before")
+    @classmethod
+    def _windows_in_natural_forms(cls, value: Any) -> Any:
+        """``300,3600``, ``5m,1h,24h``, a JSON list (``[300, 3600]``) or a sequence of numbers."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except ValueError:
+                raise ValueError(f"{value!r} is not a JSON list of seconds") from None
+        seconds = []
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            duration = parse_duration(part)
+            if duration != int(duration):
+                raise ValueError(f"{part!r} is not a whole number of seconds")
+            seconds.append(int(duration))
+        return seconds
+
+    @field_validator("clickhouse_url")
+    @classmethod
+    def _a_store_we_can_open(cls, value: str) -> str:
+        if value and not value.startswith(("chdb://", "http://", "https://")):
+            raise ValueError(
+                f"{value!r}: use chdb://PATH (the embedded store), http(s)://[user@]host:8123 (a ClickHouse "
+                "server), or empty (no store)"
+            )
+        return value
+
     @field_validator("windows_seconds")
     @classmethod
     def _windows_are_positive(cls, value: tuple[int, ...]) -> tuple[int, ...]:
@@ -246,9 +279,13 @@ def load_settings(**overrides: Any) -> Settings:
     offending variable when they are invalid."""
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except SettingsError as exc:  # a value the environment source could not even parse
+        raise ConfigurationError(f"invalid configuration: {exc}") from exc
     except ValidationError as exc:
         problems = "; ".join(
-            (f"CXPULSE_{'_'.join(map(str, e['loc'])).upper()}: " if e["loc"] else "") + e["msg"] for e in exc.errors()
+            (f"CXPULSE_{'_'.join(map(str, e['loc'])).upper()}: " if e["loc"] else "")
+            + e["msg"].removeprefix("Value error, ")
+            for e in exc.errors()
         )
         raise ConfigurationError(f"invalid configuration: {problems}") from exc
 

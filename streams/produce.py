@@ -8,6 +8,7 @@ worker's dead-letter path sees them; with it, invalid inputs are refused and rep
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from schemas.codec import FEEDBACK_RAW, SchemaCatalog, encode_feedback
 from streams.errors import BrokerError, SchemaError
 from streams.kafka import Kafka, producer, reach
 from streams.replay import Batch, read_batches
-from streams.validate import DeadLetter, validate_batch
+from streams.validate import Clock, DeadLetter, outside_the_clock, validate_batch
 
 FLUSH_TIMEOUT_SECONDS = 60.0
 METADATA_TIMEOUT_SECONDS = 10.0  # how long produce waits for Kafka to answer before it gives up
@@ -35,6 +36,8 @@ class ProduceStats:
     refused: Counter[str] = field(default_factory=Counter)
     failed: list[str] = field(default_factory=list)
     not_sent: list[str] = field(default_factory=list)  # "position: why" of inputs that could not be sent or read
+    future: int = 0  # sent, but a worker with the given clock refuses them: future_timestamp
+    too_old: int = 0  # sent, but older than the retention: too_old
 
 
 def encode_record(record: Mapping[str, Any], catalog: SchemaCatalog) -> bytes:
@@ -95,9 +98,13 @@ def produce_file(
     validate: bool = False,
     on_refused: Callable[[DeadLetter], None] = lambda dead: None,
     progress: Callable[[int], None] | None = None,
+    clock: Clock | None = None,
 ) -> ProduceStats:
-    """Send every event of ``path`` to ``topic``; return what happened.  Waits until all are delivered."""
+    """Send every event of ``path`` to ``topic``; return what happened.  Waits until all are delivered.  With
+    ``clock``, the stats count the events a worker with that clock will refuse for their time."""
     stats = ProduceStats()
+    batches = read_batches(path)
+    first = next(batches)  # a file that is not events at all is refused here, before Kafka is asked anything
     out = producer(kafka, **{"linger.ms": 20, "compression.type": "lz4"})
     check_topic(kafka, topic)
 
@@ -105,7 +112,11 @@ def produce_file(
         if error is not None:
             stats.failed.append(f"{message.topic()}: {error.str()}")
 
-    for batch, done in read_batches(path):
+    for batch, done in itertools.chain([first], batches):
+        if clock is not None:
+            future, old = outside_the_clock(batch.records, clock)
+            stats.future += future
+            stats.too_old += old
         keep = set(range(len(batch.records)))
         if validate:
             _, rejected = validate_batch(batch.records)

@@ -33,7 +33,7 @@ from streams.aggregate import (
 from streams.dedup import Deduplicator
 from streams.effort import EffortConfig, PaneEffort, replay_alerts
 from streams.errors import DecodeError, InputFileError
-from streams.validate import DeadLetter, Rejection, validate_batch
+from streams.validate import Clock, DeadLetter, Rejection, outside_the_clock, validate_batch
 from streams.windows import WindowResult, pane_results, rolling_window, window_bounds, window_result
 
 AVRO_MAGIC = b"Obj\x01"
@@ -52,6 +52,8 @@ class ReplayStats:
     duplicates: int = 0
     dead_letters: Counter[str] = field(default_factory=Counter)
     max_occurred_at: int | None = None
+    future: int = 0  # inputs a worker would refuse as future_timestamp (with a clock: replay_file's ``clock``)
+    too_old: int = 0  # inputs a worker would refuse as too_old
 
     @property
     def counted(self) -> int:
@@ -92,7 +94,33 @@ def open_input(path: Path) -> tuple[IO[bytes], bool]:
     return handle, is_avro
 
 
-def _json_batches(handle: IO[bytes]) -> Iterator[Batch]:
+FOREIGN_LINES = 20  # a file none of whose first this many lines is a FeedbackEvent is not an events file
+
+
+def looks_like(head: bytes) -> str:
+    """What the first bytes of a file that holds no FeedbackEvents look like, for the error that refuses it."""
+    for magic, what in ((b"\x7fELF", "an ELF executable"), (b"PK\x03\x04", "a ZIP archive"),
+                        (b"\x1f\x8b", "gzip-compressed data"), (b"%PDF", "a PDF document")):  # fmt: skip
+        if head.startswith(magic):
+            return what
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = ""
+    if not text or "\x00" in text:
+        return "binary data"
+    first = text.splitlines()[0].strip() if text.strip() else ""
+    if first.count(",") >= 2 and not first.startswith(("{", "[")):
+        return f"CSV (first line: {first[:60]!r})"
+    if first.startswith("<"):
+        return "XML or HTML"
+    return f"text that is not JSON lines of FeedbackEvents (first line: {first[:60]!r})"
+
+
+def _json_batches(handle: IO[bytes], path: Path) -> Iterator[Batch]:
+    head = handle.read(512)
+    handle.seek(0)
+    checked = False
     records: list[dict[str, Any]] = []
     positions: list[str] = []
     lines: list[str | bytes] = []
@@ -112,10 +140,25 @@ def _json_batches(handle: IO[bytes]) -> Iterator[Batch]:
             lines.append(line)
         except DecodeError as exc:
             undecodable.append((len(records), DeadLetter("undecodable", str(exc), line, f"line {number}")))
+        if not checked and len(records) + len(undecodable) >= FOREIGN_LINES:
+            checked = _check_not_foreign(records, undecodable, head, path)
         if len(records) + len(undecodable) >= BATCH_SIZE:
             yield Batch(records, positions, lines.__getitem__, undecodable, len(records) + len(undecodable))
             records, positions, lines, undecodable = [], [], [], []
+    if not checked:
+        _check_not_foreign(records, undecodable, head, path)
     yield Batch(records, positions, lines.__getitem__, undecodable, len(records) + len(undecodable))
+
+
+def _check_not_foreign(records: list[Any], undecodable: list[Any], head: bytes, path: Path) -> bool:
+    """Refuse a file whose first lines (up to FOREIGN_LINES) are all undecodable: it is something else."""
+    if undecodable and not records:
+        count = len(undecodable)
+        raise InputFileError(
+            f"{path} is not a file of FeedbackEvents: it looks like {looks_like(head)}; none of its first {count} "
+            f"line{'s' if count != 1 else ''} is a FeedbackEvent (JSON lines, or an Avro container file)"
+        )
+    return True
 
 
 def _avro_batches(handle: IO[bytes]) -> Iterator[Batch]:
@@ -167,10 +210,15 @@ class Replay:
     drivers: dict[SegmentPane, Drivers] = field(default_factory=dict)  # CES root-cause counters per pane
     dedup: Deduplicator = field(default_factory=Deduplicator)
     stats: ReplayStats = field(default_factory=ReplayStats)
+    clock: Clock | None = None  # set: count what a worker with this clock would refuse for its time (a warning)
 
     def feed(self, batch: Batch) -> list[DeadLetter]:
         """Validate, de-duplicate and aggregate one batch; return its dead letters."""
         valid, rejected = validate_batch(batch.records)
+        if self.clock is not None:
+            future, old = outside_the_clock(batch.records, self.clock)
+            self.stats.future += future
+            self.stats.too_old += old
         ordered = [((before, 0), letter) for before, letter in batch.undecodable]
         ordered.extend(
             ((r.at, 1), DeadLetter(r.reason, r.detail, batch.originals(r.at), batch.positions[r.at])) for r in rejected
@@ -227,7 +275,7 @@ def read_batches(path: Path) -> Iterator[tuple[Batch, int]]:
     """Open an events file and yield its batches with the bytes read so far (for progress)."""
     handle, is_avro = open_input(path)
     with handle:
-        for batch in _avro_batches(handle) if is_avro else _json_batches(handle):
+        for batch in _avro_batches(handle) if is_avro else _json_batches(handle, path):
             yield batch, handle.tell()
 
 
@@ -236,9 +284,11 @@ def replay_file(
     pane_ms: int,
     on_dead_letter: Callable[[DeadLetter], None],
     progress: Progress | None = None,
+    clock: Clock | None = None,
 ) -> Replay:
-    """Replay one file; dead letters are handed to ``on_dead_letter`` as they are found."""
-    replay = Replay(pane_ms)
+    """Replay one file; dead letters are handed to ``on_dead_letter`` as they are found.  With ``clock``, the
+    stats also count the events a worker with that clock would refuse for their time (``future``, ``too_old``)."""
+    replay = Replay(pane_ms, clock=clock)
     for batch, done in read_batches(path):
         for dead in replay.feed(batch):
             on_dead_letter(dead)

@@ -8,7 +8,7 @@ The first failing check wins, in the order of the contract's list.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final, Literal, NamedTuple, get_args
 
@@ -136,6 +136,24 @@ def _timestamp_ms(value: Any) -> int:
 # ISO-8601 date (nor Python's datetime) can write.  Outside: too_old / future_timestamp, as in the stream.
 EARLIEST_MS: Final = 0  # 1970-01-01T00:00:00Z
 LATEST_MS: Final = 253_402_214_399_999  # 9999-12-30T23:59:59.999Z
+
+
+def outside_the_clock(records: Iterable[Mapping[str, Any]], clock: Clock) -> tuple[int, int]:
+    """How many records a worker with ``clock`` would refuse for their time: (``future_timestamp``, ``too_old``).
+    For ``produce`` and ``replay``, which accept any time, to warn before the worker dead-letters them."""
+    future = old = 0
+    latest, earliest = clock.now_ms + clock.future_tolerance_ms, clock.now_ms - clock.retention_ms
+    for record in records:
+        occurred = record.get("occurred_at")
+        if occurred is None or isinstance(occurred, bool):
+            continue
+        try:
+            ms = _timestamp_ms(occurred)
+        except (TypeError, ValueError, OverflowError):
+            continue
+        future += ms > latest
+        old += ms < earliest
+    return future, old
 
 
 def validate_record(record: Mapping[str, Any], clock: Clock | None = None) -> Feedback | tuple[Reason, str]:

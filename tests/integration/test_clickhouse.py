@@ -145,6 +145,38 @@ def test_answers_by_touchpoint_and_hourly_windows_match_a_count_by_hand(db: obje
         assert row.dimensions["channel"] == "*" and row.window_end - row.window_start == 3600_000
 
 
+def test_answers_by_reason_code_count_an_answer_under_each_of_its_codes(db: object) -> None:
+    """`report --by reason_code` failed for every window (Unknown expression identifier reason)."""
+    base = {"source": "s", "channel": "chat", "journey": "billing", "metric": "NPS"}
+    batch = [
+        {**base, "event_id": "a", "occurred_at": NOW - 10 * P, "score": 3, "reason_codes": ["hold_time", "price"]},
+        {**base, "event_id": "b", "occurred_at": NOW - 10 * P, "score": 10, "reason_codes": ["price"]},
+        {**base, "event_id": "c", "occurred_at": NOW - 10 * P, "score": 8},
+    ]
+    store.insert(db, "answers", store.answer_rows(raw(batch), LocalCatalog()), store.ANSWER_COLUMNS, "r")  # type: ignore[arg-type]
+    reader = rp.ClientReader(db)
+    for window_ms in (None, 3600_000):
+        got = rp.report(reader, pane_ms=P, window_ms=window_ms, by=["reason_code"], metrics=[], now_ms=NOW,
+                        since_ms=NOW - 3600_000)  # fmt: skip
+        by_code = {
+            row.dimensions["reason_code"]: (row.state.n, row.state.promoters, row.state.detractors) for row in got
+        }
+        assert by_code == {"hold_time": (1, 0, 1), "price": (2, 1, 1), "none": (1, 0, 0)}
+
+
+def test_pane_reports_show_the_pane_the_results_were_written_with(db: object, tmp_path: Path) -> None:
+    """The demo writes 5-second panes; a report with the default setting (60 s) labelled them one-minute windows."""
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in events(300, hours=0.1)))
+    results = replay_file(path, 5_000, lambda dead: None).results()
+    rows = [store.pane_row(result_record(r)) for r in results]
+    store.insert(db, "pane_results", rows, store.PANE_COLUMNS, store.token("p5", 0, 0, 1))  # type: ignore[arg-type]
+    got = rp.report(rp.ClientReader(db), pane_ms=P, window_ms=None, by=["channel", "journey"], metrics=[],
+                    now_ms=NOW, since_ms=None)  # fmt: skip
+    assert len(got) == len(results) > 10
+    assert {row.window_end - row.window_start for row in got} == {5_000}
+
+
 def test_drivers_decompose_the_change_exactly_and_name_the_touchpoint(db: object) -> None:
     """chat/billing NPS: in the previous hour 40% promoters and 20% detractors everywhere; in the last hour the
     bot turns 70% detractors.  The bot's term carries the drop; the terms add up to the change."""
