@@ -32,8 +32,8 @@ $(KAFKA_LIB)/.resolved: deploy/kafka/pom.xml
 
 jars: $(KAFKA_LIB)/.resolved  ## resolve the Kafka jars from Maven Central into deploy/kafka/lib
 
-demo: install jars  ## run the main job on the embedded default (local Kafka, topics); Ctrl-C stops it
-	$(BIN)/cxpulse demo
+demo: install jars  ## run the main job on the embedded default (ARGS="--duration 90s" ...); Ctrl-C stops it
+	$(BIN)/cxpulse demo $(ARGS)
 
 lint: test-tools  ## ruff lint + format check
 	$(BIN)/ruff check streams schemas sinks tests benchmarks

@@ -301,7 +301,7 @@ def demo(
     alerts = _run_dashboard(live, settings, spec.bootstrap, shutdown, stop_after, [sim_proc, worker_proc, proc])
     for child in (sim_proc, worker_proc, proc):  # the simulator first, the broker last
         local_broker.stop(child)
-    out.print(live.summary(settings, alerts), highlight=False)
+    out.print(live.summary(settings, alerts, spec.port, spec.controller_port), highlight=False, markup=False)
 
 
 def _run_dashboard(

@@ -11,6 +11,8 @@ the bot.
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -171,16 +173,34 @@ def alert_line(alert: dict[str, Any]) -> str:
     )
 
 
-def summary(settings: Settings, alerts: list[dict[str, Any]]) -> str:
-    """What the user can do next, printed when the demo stops."""
-    env = f"CXPULSE_DATA_DIR={settings.data_dir}"
+def own_command() -> str:
+    """How this shell can run cxpulse again: ``cxpulse`` when it is on PATH, else the path it was started by
+    (``.venv/bin/cxpulse`` after ``make demo``)."""
+    started = Path(sys.argv[0])
+    found = shutil.which("cxpulse")
+    if found is not None and Path(found).resolve() == started.resolve():
+        return "cxpulse"
+    if started.name == "cxpulse" and started.exists():
+        return shlex.quote(os.path.relpath(started))
+    return f"{shlex.quote(sys.executable)} -m streams.cli"
+
+
+def summary(settings: Settings, alerts: list[dict[str, Any]], port: int, controller_port: int) -> str:
+    """What the user can do next, printed when the demo stops: commands that run as printed (the demo's store,
+    its 5-second panes, its broker's ports)."""
+    command = own_command()
+    data = shlex.quote(str(settings.data_dir))
+    env = f"CXPULSE_DATA_DIR={data} CXPULSE_PANE_SECONDS={DEMO_ENV['CXPULSE_PANE_SECONDS']}"
+    fired = sum(a["state"] == "FIRING" for a in alerts)
     return "\n".join(
         [
             f"data: {settings.data_dir} (Kafka, worker state, ClickHouse in {settings.data_dir / 'clickhouse'})",
-            f"effort alerts: {sum(a['state'] == 'FIRING' for a in alerts)} fired",
+            f"effort alerts: {fired} fired",
             "read it back (the demo ran 5-second panes):",
-            f"  {env} cxpulse report --window 5m --by channel,journey",
-            f"  {env} cxpulse drivers --metric CES --channel chat --journey billing --window 10m --vs rest",
-            f"  cxpulse broker --data-dir {settings.data_dir}, then {env} cxpulse read alerts",
+            f"  {env} {command} report --window 5m --by channel,journey",
+            f"  {env} {command} drivers --metric CES --channel chat --journey billing --window 10m --vs rest",
+            "its alerts again, with its broker (Ctrl-C stops it):",
+            f"  {command} broker --data-dir {data} --port {port} --controller-port {controller_port}",
+            f"  CXPULSE_KAFKA_BOOTSTRAP=127.0.0.1:{port} {command} read alerts",
         ]
     )

@@ -33,7 +33,7 @@ LOG = logging.getLogger("cxpulse.kafka")
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 REACH_TIMEOUT_SECONDS = 10.0  # a cluster that answers nothing is reported after this long
-REFUSED_AFTER_SECONDS = 2.0  # every broker refusing connections this long: reported (nothing listens there)
+REFUSED_AFTER_SECONDS = 1.0  # every broker refusing connections this long: reported (nothing listens there)
 # librdkafka error codes that no retry will fix: the credentials, the certificates or the host name are wrong
 _PERMANENT = {
     KafkaError._AUTHENTICATION,  # noqa: SLF001 - confluent-kafka's documented names start with an underscore

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from streams.demo import SIMULATION
 from streams.simulate import CHANNELS
-from tests.support import cxpulse_command, free_ports
+from tests.support import cxpulse_command, free_ports, pump_lines, stop_process
 
 
 def processes_mentioning(text: str) -> list[str]:
@@ -53,7 +53,8 @@ def test_the_demo_shows_the_loop_and_cleans_up(tmp_path: Path) -> None:
     assert not processes_mentioning(str(data)), "a process of the demo is still running"
     firing = [line for line in done.stdout.splitlines() if line.startswith("effort spike FIRING chat/billing")]
     assert firing and "touchpoint bot" in firing[0], done.stdout[-3000:]
-    assert "segments" in done.stdout and "cxpulse report" in done.stdout  # progress lines and what to do next
+    assert "segments" in done.stdout and " report --window 5m" in done.stdout  # progress lines and what to do next
+    run_the_hints_as_printed(done.stdout, env)
     report = subprocess.run(
         cxpulse_command("report", "--window", "24h", "--format", "jsonl"),
         capture_output=True,
@@ -65,3 +66,31 @@ def test_the_demo_shows_the_loop_and_cleans_up(tmp_path: Path) -> None:
     segments = {(r["channel"], r["journey"]) for r in map(json.loads, report.stdout.splitlines())}
     journeys = SIMULATION[SIMULATION.index("--journeys") + 1].split(",")
     assert segments == {(c, j) for c in CHANNELS for j in journeys}
+
+
+def run_the_hints_as_printed(output: str, env: dict[str, str]) -> None:
+    """The closing hints run as printed, in a shell: report and drivers read the demo's store with its 5-second
+    panes; the broker line brings its Kafka back on its ports, and then the alerts read back include the FIRING."""
+    hints = [line.strip() for line in output.splitlines() if line.startswith("  ")]
+    report, drivers, broker, read = hints[-4:]
+    shell = {k: v for k, v in env.items() if k not in ("CXPULSE_DATA_DIR", "CXPULSE_METRICS_PORT")}
+    for hint in (report, drivers):
+        done = subprocess.run(["bash", "-c", hint], capture_output=True, text=True, check=False, env=shell)
+        assert done.returncode == 0, (hint, done.stderr)
+    assert (
+        "5s" not in report
+        and "window (UTC)"
+        in subprocess.run(["bash", "-c", report], capture_output=True, text=True, check=False, env=shell).stdout
+    )
+    kafka = subprocess.Popen(["bash", "-c", f"exec {broker}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, env=shell)  # fmt: skip
+    try:
+        lines, _ = pump_lines(kafka)
+        while (line := lines.get(timeout=120)) is not None and "ready on" not in line:
+            pass
+        assert line is not None, "the broker of the hint did not start"
+        done = subprocess.run(["bash", "-c", read], capture_output=True, text=True, check=False, env=shell)
+        assert done.returncode == 0, (read, done.stderr)
+        assert any(json.loads(r)["value"]["state"] == "FIRING" for r in done.stdout.splitlines())
+    finally:
+        stop_process(kafka)

@@ -6,11 +6,13 @@ import io
 import json
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import fastavro
+import pytest
 
 from schemas.codec import FEEDBACK_RAW, LocalCatalog, decode_feedback
 from streams.kafka import consumer
@@ -125,18 +127,27 @@ def test_avro_records_arrive_in_the_confluent_wire_format(
     ]
 
 
-def test_unreachable_broker_fails_with_a_message(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", [["produce", "EVENTS"], ["topics"], ["read", "results"], ["simulate"]])
+def test_unreachable_broker_fails_with_a_message_in_seconds(tmp_path: Path, command: list[str]) -> None:
+    """Nothing listens at the address: said within seconds (it took 10.25 s: a metadata timeout), one line."""
     source = tmp_path / "events.jsonl"
     source.write_text(LINES[0] + "\n")
+    args = [str(source) if arg == "EVENTS" else arg for arg in command]
+    started = time.monotonic()
     done = subprocess.run(
-        cxpulse_command("produce", str(source), "--bootstrap", "127.0.0.1:1"),
+        cxpulse_command(*args, "--bootstrap", "127.0.0.1:1"),
         capture_output=True,
         text=True,
         check=False,
         timeout=180,
     )
+    took = time.monotonic() - started
     assert done.returncode == 1
-    assert "produce: cannot reach Kafka at 127.0.0.1:1" in done.stderr
+    assert f"{command[0]}: cannot reach Kafka at 127.0.0.1:1: " in done.stderr or (
+        command[0] == "topics" and "cannot reach Kafka at 127.0.0.1:1: " in done.stderr
+    )
+    assert "Connection refused" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert took < 6.0, took  # Python's start included; the refusal itself is given 1 s
 
 
 def test_missing_topic_fails_with_a_message(kafka_broker: RunningBroker, tmp_path: Path) -> None:
