@@ -317,7 +317,7 @@ def _run_dashboard(
 
     board = live.Dashboard(settings, bootstrap)
     started = time.monotonic()
-    view = Live(board.render(), console=out, refresh_per_second=2) if out.is_terminal else None
+    view = Live(board.render(out.width), console=out, refresh_per_second=2) if out.is_terminal else None
     last_line = 0.0
     try:
         if view is not None:
@@ -332,7 +332,7 @@ def _run_dashboard(
             for alert in board.poll():
                 out.print(live.alert_line(alert), highlight=False, markup=False)
             if view is not None:
-                view.update(board.render())
+                view.update(board.render(out.width))
             elif time.monotonic() - last_line >= 10:  # not a terminal: a progress line every 10 s
                 last_line = time.monotonic()
                 out.print(

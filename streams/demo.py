@@ -15,6 +15,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 import urllib.request
 import uuid
@@ -43,7 +44,7 @@ DEMO_ENV = {  # the worker's time-lapse settings (a user's own worker keeps the 
 SIMULATION = [
     "--rate", "200", "--journeys", "billing,support,delivery", "--incident", "effort:chat/billing@+30s", "--seed", "7",
 ]  # fmt: skip
-METRICS = ("NPS", "CES", "CSAT")
+METRICS = ("NPS", "CES", "CSAT", "NLS", "CAS")
 WINDOW = "1m"
 
 
@@ -119,7 +120,8 @@ class Dashboard:
         self.alerts.extend(new)
         return new
 
-    def render(self) -> Group:
+    def render(self, width: int = 120) -> Group:
+        """The dashboard for a terminal ``width`` columns wide (alert lines wrapped to it, never cut)."""
         elapsed = time.monotonic() - self.started
         head = Text(
             f"cxpulse demo  {elapsed:5.0f} s   events {self.records:,.0f} ({self.rate:,.0f}/s)   lag {self.lag:,.0f}"
@@ -145,7 +147,8 @@ class Dashboard:
             table.add_row(channel, journey, *cells, style=style)
         parts: list[Any] = [head, table]
         for alert in self.alerts[-5:]:
-            parts.append(Text(alert_line(alert), style="bold red" if alert["state"] == "FIRING" else "green"))
+            wrapped = textwrap.fill(alert_line(alert), width=max(40, width), subsequent_indent="    ")
+            parts.append(Text(wrapped, style="bold red" if alert["state"] == "FIRING" else "green"))
         if not self.alerts:
             parts.append(Text("no effort alert yet (the incident starts 30 s after the simulator)", style="dim"))
         return Group(*parts)

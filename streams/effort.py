@@ -76,6 +76,9 @@ class Evaluation(NamedTuple):
     root_cause: tuple[Driver, ...]
 
 
+ROOT_CAUSE_Z = 1.96  # a driver's rise must be this many standard deviations above its baseline share
+
+
 def totals(panes: Mapping[int, PaneEffort], start: int, end: int, pane_ms: int) -> tuple[int, int]:
     """(n, high) over the panes that start in [start, end)."""
     n = high = 0
@@ -103,7 +106,10 @@ def driver_totals(panes: Mapping[int, PaneEffort], start: int, end: int, pane_ms
 def root_cause(
     panes: Mapping[int, PaneEffort], config: EffortConfig, pane: int, pane_ms: int, p0: float
 ) -> tuple[Driver, ...]:
-    """The drivers that carry a spike: most high-effort answers in the short window beyond their baseline share."""
+    """The drivers that carry a spike: most high-effort answers in the short window beyond their baseline share,
+    each named only when its rise is significant on its own (one-sided, z >= ROOT_CAUSE_Z: the excess against the
+    binomial spread of its own n at its baseline share), so a touchpoint that merely has answers in the window is
+    not called a cause.  The same rule for the stream and replay: this one function."""
     end = pane + pane_ms
     short = driver_totals(panes, end - config.short_ms, end, pane_ms)
     base_end = pane - config.guard_ms
@@ -111,9 +117,9 @@ def root_cause(
     ranked = []
     for name, (n, high) in short.items():
         base_n, base_high = baseline.get(name, (0, 0))
-        share = base_high / base_n if base_n else p0
+        share = min(0.98, max(0.01, base_high / base_n if base_n else p0))  # clamped as p0 is
         excess = high - n * share
-        if excess > 0:
+        if excess > 0 and excess >= ROOT_CAUSE_Z * math.sqrt(n * share * (1 - share)):
             ranked.append((-excess, name, high, n))
     ranked.sort()
     out = []

@@ -10,11 +10,13 @@ import statistics
 import pytest
 
 from streams.effort import (
+    ROOT_CAUSE_Z,
     DetectorState,
     EffortConfig,
     PaneEffort,
     evaluate,
     replay_alerts,
+    root_cause,
 )
 
 P = 60_000
@@ -96,6 +98,19 @@ def test_root_cause_names_the_touchpoint_that_carries_the_step() -> None:
             assert evaluation.root_cause[0].n == 50
             return
     raise AssertionError("the spike did not fire")
+
+
+def test_a_driver_whose_rise_is_not_significant_is_not_named() -> None:
+    """Seen live: `live_agent (13/66 high effort)` named beside the real cause, 20% against an 18% baseline."""
+    baseline = {"TOUCHPOINT:bot": (1000, 200), "TOUCHPOINT:live_agent": (1000, 180)}
+    short = {"TOUCHPOINT:bot": (98, 35), "TOUCHPOINT:live_agent": (66, 13)}
+    pane = 2 * DAY * P
+    panes = {pane - 60 * P: PaneEffort(2000, 380, baseline), pane: PaneEffort(164, 48, short)}
+    config = EffortConfig(guard_ms=30 * P, baseline_ms=DAY * P)
+    causes = root_cause(panes, config, pane, P, 0.19)
+    assert [(c.name, c.high_effort, c.n) for c in causes] == [("bot", 35, 98)]
+    # the rule in numbers: live_agent's excess 13 - 66 * 0.18 = 1.1 is 0.35 sd; the bot's 15.4 is 3.9 sd
+    assert (13 - 66 * 0.18) / math.sqrt(66 * 0.18 * 0.82) < ROOT_CAUSE_Z < (35 - 98 * 0.2) / math.sqrt(98 * 0.2 * 0.8)
 
 
 def test_replay_running_sums_equal_evaluating_each_pane() -> None:
