@@ -49,8 +49,8 @@ LABELS = ["channel", "journey"]
 SINK = "effort"
 
 
-def effort_families(evaluations: dict[tuple[str, str], Evaluation]) -> list[Metric]:
-    """The detector's gauges from the last evaluation of every segment."""
+def effort_families(evaluations: dict[tuple[str, str], Evaluation], threshold: float) -> list[Metric]:
+    """The detector's gauges from the last evaluation of every segment, and its threshold H."""
     spike = GaugeMetricFamily("cxpulse_effort_spike", "1 while the segment's effort-spike alert fires", labels=LABELS)
     cusum = GaugeMetricFamily(
         "cxpulse_effort_cusum", "The CUSUM statistic S (fires at H, resolves at 0)", labels=LABELS
@@ -80,7 +80,10 @@ def effort_families(evaluations: dict[tuple[str, str], Evaluation]) -> list[Metr
             short.add_metric(labels, evaluation.p_short)
         n_short.add_metric(labels, evaluation.n_short)
         n_baseline.add_metric(labels, evaluation.n_baseline)
-    return [spike, cusum, zscore, p0, short, n_short, n_baseline]
+    limit = GaugeMetricFamily(
+        "cxpulse_effort_threshold", "The CUSUM threshold H (CXPULSE_EFFORT_THRESHOLD)", value=threshold
+    )
+    return [spike, cusum, zscore, p0, short, n_short, n_baseline, limit]
 
 
 class EventClock:
@@ -242,5 +245,5 @@ def attach_effort_detector(
                 del panes[f"{key}|{old}"]
         if sent or steps_total:
             await asyncio.to_thread(flush)  # alerts, and the state table's changelog
-        snapshot.families = effort_families(evaluations)
+        snapshot.families = effort_families(evaluations, config.threshold)
         measure_sink_lag(app, metrics, SINK, results_name, applied)

@@ -25,9 +25,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from typing import Any, cast
 
 import faust
@@ -39,6 +40,7 @@ from schemas.codec import WINDOW_RESULT, SchemaCatalog, decode_confluent
 from streams.aggregate import X2_SCALE, X_SCALE, ZERO, GroupKey, State, kpi, merge
 from streams.config import Settings
 from streams.windows import SegmentKey, rolling_window, window_bounds
+from streams.worker.exposition import number, render
 from streams.worker.metrics import WorkerMetrics
 
 LOG = logging.getLogger("cxpulse.prometheus")
@@ -79,27 +81,17 @@ def kpi_families(
     return window_families(windows, window_bounds(now_ms, pane_ms, pane_ms)[1], cap)
 
 
-def window_families(
-    windows: Mapping[int, Mapping[SegmentKey, State]], end_ms: int, cap: int
-) -> tuple[list[Metric], int]:
-    """The gauge families of rolling windows (window seconds -> per (channel, journey, metric) state) that end at
-    ``end_ms``, and how many segments were folded into other."""
+def window_rows(
+    windows: Mapping[int, Mapping[SegmentKey, State]], cap: int
+) -> tuple[list[tuple[str, str, str, str, State]], int]:
+    """(window label, channel, journey, metric, state) of every group with answers, the segments beyond the ``cap``
+    largest (by answers in the longest window) folded into channel and journey ``other``; and how many were."""
     longest = windows[max(windows)]
     sizes: dict[tuple[str, str], int] = defaultdict(int)
     for (channel, journey, _), state in longest.items():
         sizes[(channel, journey)] += state.n
     kept = {segment for segment, _ in sorted(sizes.items(), key=lambda item: (-item[1], item[0]))[:cap]}
-    folded = len(sizes) - len(kept)
-    value = GaugeMetricFamily(
-        "cxpulse_kpi_value", "KPI value of a rolling window (METRICS.md section 4)", labels=LABELS
-    )
-    moe = GaugeMetricFamily("cxpulse_kpi_moe95", "Half-width of the KPI's 95% interval (n >= 2)", labels=LABELS)
-    responses = GaugeMetricFamily("cxpulse_kpi_responses", "Answers counted in the rolling window (n)", labels=LABELS)
-    component = GaugeMetricFamily(
-        "cxpulse_kpi_component",
-        "Additive counters of the rolling window: sum them over series, then compute, for exact rollups",
-        labels=[*LABELS, "component"],
-    )
+    rows: list[tuple[str, str, str, str, State]] = []
     for window_s in sorted(windows):
         grouped: dict[tuple[str, str, str], State] = {}
         for (channel, journey, metric), state in windows[window_s].items():
@@ -107,27 +99,101 @@ def window_families(
             before = grouped.get(key)
             grouped[key] = state if before is None else merge(before, state)
         label = window_label(window_s)
-        for (channel, journey, metric), state in sorted(grouped.items()):
-            if state.n <= 0:
-                continue
-            labels = [metric, channel, journey, label]
-            k = kpi(metric, state)
-            value.add_metric(labels, k.value)
-            if k.moe95 is not None:
-                moe.add_metric(labels, k.moe95)
-            responses.add_metric(labels, state.n)
+        rows.extend((label, *key, state) for key, state in sorted(grouped.items()) if state.n > 0)
+    return rows, len(sizes) - len(kept)
+
+
+_HELP = {
+    "value": "KPI value of a rolling window (METRICS.md section 4)",
+    "moe95": "Half-width of the KPI's 95% interval (n >= 2)",
+    "responses": "Answers counted in the rolling window (n)",
+    "component": "Additive counters of the rolling window: sum them over series, then compute, for exact rollups",
+    "end": "The pane boundary the rolling windows end at (processing clock)",
+    "folded": "Segments beyond CXPULSE_LABEL_CAP, exported as channel/journey other",
+}
+
+
+def _component(state: State, name: str) -> float:
+    return state.sum_x if name == "sum_x" else state.sum_x2 if name == "sum_x2" else float(getattr(state, name))
+
+
+def window_families(
+    windows: Mapping[int, Mapping[SegmentKey, State]], end_ms: int, cap: int, components: Container[int] | None = None
+) -> tuple[list[Metric], int]:
+    """The gauge families of rolling windows (window seconds -> per (channel, journey, metric) state) that end at
+    ``end_ms``, and how many segments were folded into other.  ``components``: the windows whose additive
+    components are exported (None: all; CXPULSE_KPI_COMPONENT_WINDOWS), eight series per KPI, most of the page.
+    :func:`window_text` writes the same page without building the families (what a scrape serves)."""
+    rows, folded = window_rows(windows, cap)
+    wanted = {window_label(w) for w in windows if components is None or w in components}
+    value = GaugeMetricFamily("cxpulse_kpi_value", _HELP["value"], labels=LABELS)
+    moe = GaugeMetricFamily("cxpulse_kpi_moe95", _HELP["moe95"], labels=LABELS)
+    responses = GaugeMetricFamily("cxpulse_kpi_responses", _HELP["responses"], labels=LABELS)
+    component = GaugeMetricFamily("cxpulse_kpi_component", _HELP["component"], labels=[*LABELS, "component"])
+    for label, channel, journey, metric, state in rows:
+        labels = [metric, channel, journey, label]
+        k = kpi(metric, state)
+        value.add_metric(labels, k.value)
+        if k.moe95 is not None:
+            moe.add_metric(labels, k.moe95)
+        responses.add_metric(labels, state.n)
+        if label in wanted:
             for name in COMPONENTS:
-                number = state.sum_x if name == "sum_x" else state.sum_x2 if name == "sum_x2" else getattr(state, name)
-                component.add_metric([*labels, name], number)
-    end = GaugeMetricFamily(
-        "cxpulse_kpi_window_end_seconds", "The pane boundary the rolling windows end at (processing clock)"
-    )
+                component.add_metric([*labels, name], _component(state, name))
+    end = GaugeMetricFamily("cxpulse_kpi_window_end_seconds", _HELP["end"])
     end.add_metric([], end_ms / 1000)
-    folded_family = GaugeMetricFamily(
-        "cxpulse_kpi_folded_segments", "Segments beyond CXPULSE_LABEL_CAP, exported as channel/journey other"
-    )
+    folded_family = GaugeMetricFamily("cxpulse_kpi_folded_segments", _HELP["folded"])
     folded_family.add_metric([], folded)
     return [value, moe, responses, component, end, folded_family], folded
+
+
+def window_text(
+    windows: Mapping[int, Mapping[SegmentKey, State]], end_ms: int, cap: int, components: Container[int] | None = None
+) -> bytes:
+    """:func:`window_families` as the text page, byte for byte, written straight from the states (at the label cap
+    the families alone take half a second to build).  Labels are valid as they are: channel and journey match
+    ``^[a-z0-9][a-z0-9_.-]*$``, the rest are fixed names."""
+    rows, folded = window_rows(windows, cap)
+    wanted = {window_label(w) for w in windows if components is None or w in components}
+    value: list[str] = []
+    moe: list[str] = []
+    responses: list[str] = []
+    component: list[str] = []
+    for label, channel, journey, metric, state in rows:
+        common = f'channel="{channel}",journey="{journey}",metric="{metric}"'
+        labels = f'{{{common},window="{label}"}}'
+        k = kpi(metric, state)
+        value.append(f"cxpulse_kpi_value{labels} {number(k.value)}\n")
+        if k.moe95 is not None:
+            moe.append(f"cxpulse_kpi_moe95{labels} {number(k.moe95)}\n")
+        responses.append(f"cxpulse_kpi_responses{labels} {number(state.n)}\n")
+        if label in wanted:
+            component.extend(
+                f'cxpulse_kpi_component{{channel="{channel}",component="{name}",journey="{journey}",'
+                f'metric="{metric}",window="{label}"}} {number(_component(state, name))}\n'
+                for name in COMPONENTS
+            )
+    parts = []
+    for name, key, samples in (
+        ("cxpulse_kpi_value", "value", value),
+        ("cxpulse_kpi_moe95", "moe95", moe),
+        ("cxpulse_kpi_responses", "responses", responses),
+        ("cxpulse_kpi_component", "component", component),
+        (
+            "cxpulse_kpi_window_end_seconds",
+            "end",
+            [f"cxpulse_kpi_window_end_seconds {number(end_ms / 1000)}\n"],
+        ),
+        ("cxpulse_kpi_folded_segments", "folded", [f"cxpulse_kpi_folded_segments {number(folded)}\n"]),
+    ):
+        parts.append(f"# HELP {name} {_HELP[key]}\n# TYPE {name} gauge\n")
+        parts.extend(samples)
+    return "".join(parts).encode()
+
+
+def component_windows(settings: Settings) -> set[int] | None:
+    """The windows whose additive components are exported (None: all of them)."""
+    return None if settings.kpi_component_windows is None else set(settings.kpi_component_windows)
 
 
 def _shift(total: State | None, new: State, old: State) -> State | None:
@@ -208,13 +274,59 @@ class RollingView:
 
 
 class Snapshot(Collector):
-    """Serves the last computed families at scrape time (set on the event loop, read by the metrics thread)."""
+    """The last computed families, served at scrape time (set on the event loop, read by the metrics thread).
+
+    Set either as families (``families = [...]``) or as a function that builds them (:meth:`set_lazy`: at the
+    label cap the KPI view's families are 82,500 samples, built only when a scrape asks, once per refresh).
+    :meth:`exposition` is their text, rendered once per change (streams.worker.exposition)."""
 
     def __init__(self) -> None:
-        self.families: list[Metric] = []
+        self._make: Callable[[], list[Metric]] = list
+        self._built: tuple[Callable[[], list[Metric]], list[Metric], bytes | None] | None = None
+        self._lock = threading.Lock()
+        self._text: Callable[[], bytes] | None = None
+        self._written: tuple[Callable[[], bytes], bytes] | None = None
+
+    @property
+    def families(self) -> list[Metric]:
+        return self._current()[1]
+
+    @families.setter
+    def families(self, families: list[Metric]) -> None:
+        self.set_lazy(lambda: families)
+
+    def set_lazy(self, make: Callable[[], list[Metric]], text: Callable[[], bytes] | None = None) -> None:
+        """``make`` builds the families; ``text``, when given, writes their page without building them."""
+        self._text = text
+        self._make = make
+
+    def _current(self) -> tuple[Callable[[], list[Metric]], list[Metric], bytes | None]:
+        with self._lock:
+            make = self._make
+            if self._built is None or self._built[0] is not make:
+                self._built = (make, make(), None)
+            return self._built
 
     def collect(self) -> Iterator[Metric]:
         return iter(self.families)
+
+    def exposition(self) -> bytes:
+        writer = self._text
+        if writer is not None:
+            with self._lock:
+                if self._written is not None and self._written[0] is writer:
+                    return self._written[1]
+            page = writer()
+            with self._lock:
+                self._written = (writer, page)
+            return page
+        make, families, text = self._current()
+        if text is None:
+            text = render(families)
+            with self._lock:
+                if self._built is not None and self._built[0] is make:
+                    self._built = (make, families, text)
+        return text
 
 
 def measure_sink_lag(
@@ -332,7 +444,12 @@ def attach_kpi_view(
                     where[group] = partition
             indexed = assigned
         index.advance(now_ms)
-        snapshot.families, _ = window_families(index.totals, cast(int, index.end), settings.label_cap)
+        totals = {window: dict(states) for window, states in index.totals.items()}  # the view moves on: a copy
+        end, cap, components = cast(int, index.end), settings.label_cap, component_windows(settings)
+        snapshot.set_lazy(  # built, or written straight as text, when a scrape asks
+            lambda: window_families(totals, end, cap, components)[0],
+            lambda: window_text(totals, end, cap, components),
+        )
         shown_ms = int(time.time() * 1000)
         for stamp in stamps:
             if stamp > 0:

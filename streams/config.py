@@ -110,6 +110,10 @@ class Settings(BaseSettings):
         DEFAULT_WINDOWS, description="rolling windows: seconds or durations, comma-separated (300,3600 or 5m,1h,24h)"
     )
     retention_seconds: int = Field(DEFAULT_RETENTION_SECONDS, ge=1, description="pane state retention")
+    kpi_component_windows: Annotated[tuple[int, ...] | None, NoDecode] = Field(
+        None,
+        description="windows whose additive KPI components are exported (5m,24h; none); unset: every window",
+    )
     label_cap: int = Field(500, ge=1, description="segments a worker exports to Prometheus; the rest as other/other")
     effort_delta: float = Field(
         0.10, gt=0, lt=1, description="effort-spike CUSUM design shift of the high-effort share"
@@ -216,6 +220,13 @@ class Settings(BaseSettings):
             seconds.append(int(duration))
         return seconds
 
+    @field_validator("kpi_component_windows", mode="before")
+    @classmethod
+    def _component_windows(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in ("none", ""):
+            return ()
+        return cls._windows_in_natural_forms(value)
+
     @field_validator("clickhouse_url")
     @classmethod
     def _a_store_we_can_open(cls, value: str) -> str:
@@ -249,6 +260,12 @@ class Settings(BaseSettings):
                     f"CXPULSE_WINDOWS_SECONDS: {window} s is not a whole number of panes "
                     f"(CXPULSE_PANE_SECONDS={self.pane_seconds})"
                 )
+        unknown = set(self.kpi_component_windows or ()) - set(self.windows_seconds)
+        if unknown:
+            raise ValueError(
+                f"CXPULSE_KPI_COMPONENT_WINDOWS: {sorted(unknown)} s not among CXPULSE_WINDOWS_SECONDS "
+                f"{list(self.windows_seconds)}"
+            )
         if self.retention_seconds < max(self.windows_seconds):
             raise ValueError("CXPULSE_RETENTION_SECONDS must cover the longest window")
         return self

@@ -272,8 +272,7 @@ def create_app(settings: Settings, metrics: WorkerMetrics, catalog: SchemaCatalo
         settings.results_topic, key_serializer="raw", value_serializer="raw", partitions=results_partitions
     )
     kpis, efforts = Snapshot(), Snapshot()
-    metrics.registry.register(kpis)
-    metrics.registry.register(efforts)
+    metrics.snapshots.extend([kpis, efforts])  # served beside the registry, rendered fast (exposition.py)
     attach_kpi_view(app, settings, results_topic, results_partitions, catalog, flush, kpis, metrics)
     attach_effort_detector(
         app, settings, results_topic, results_partitions, catalog, results, flush, efforts, metrics, merge.watermark
@@ -467,7 +466,7 @@ def run_faust_process(
     metrics.health = ProcessHealth(settings.stall_seconds, OutageLog.install(settings.kafka_bootstrap))
     metrics.process_stalled.labels(process).set_function(metrics.health.progress.stalled)
     if port:
-        serve(port, "127.0.0.1", metrics.registry, lambda: (metrics.health.ready(True), {}))
+        serve(port, "127.0.0.1", metrics.page, lambda: (metrics.health.ready(True), {}))
     app = build(settings, metrics)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     # no spinner: at the default level Faust's spinner turns the root logger to DEBUG (~8% CPU), and it writes

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.exposition import ThreadingWSGIServer
 
 LOG = logging.getLogger("cxpulse.health")
@@ -192,10 +192,9 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def health_app(
-    registry: CollectorRegistry, readiness: Callable[[], tuple[bool, dict[str, Any]]]
+    page: Callable[[], bytes], readiness: Callable[[], tuple[bool, dict[str, Any]]]
 ) -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]:
-    """A WSGI app: ``/healthz``, ``/readyz`` and everything else as prometheus_client's /metrics."""
-    metrics = make_wsgi_app(registry)
+    """A WSGI app: ``/healthz``, ``/readyz``, and everything else the metrics ``page`` (Prometheus text format)."""
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -207,14 +206,16 @@ def health_app(
             body = json.dumps({"ready": ready, **detail}, sort_keys=True).encode() + b"\n"
             start_response("200 OK" if ready else "503 Service Unavailable", [("Content-Type", "application/json")])
             return [body]
-        return metrics(environ, start_response)  # type: ignore[no-any-return]  # prometheus_client is untyped here
+        start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
+        return [page()]
 
     return app
 
 
 def serve(
-    port: int, host: str, registry: CollectorRegistry, readiness: Callable[[], tuple[bool, dict[str, Any]]]
+    port: int, host: str, page: Callable[[], bytes], readiness: Callable[[], tuple[bool, dict[str, Any]]]
 ) -> None:
-    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on a daemon thread (OSError when the port is taken)."""
-    server = make_server(host, port, health_app(registry, readiness), ThreadingWSGIServer, handler_class=_QuietHandler)
+    """Serve ``/metrics`` (``page``), ``/healthz`` and ``/readyz`` on a daemon thread (OSError when the port is
+    taken)."""
+    server = make_server(host, port, health_app(page, readiness), ThreadingWSGIServer, handler_class=_QuietHandler)
     threading.Thread(target=server.serve_forever, name="cxpulse-http", daemon=True).start()

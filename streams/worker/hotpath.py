@@ -705,7 +705,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return (hot is not None and hot.is_ready()), {}
 
     if port:
-        serve(port, "127.0.0.1", metrics.registry, readiness)
+        serve(port, "127.0.0.1", metrics.page, readiness)
     try:
         hot = HotPath(settings, worker_id, slot, catalog_for(settings), metrics, outage)
     except FatalError as exc:

@@ -10,7 +10,9 @@ Example::
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from streams.worker.health import ProcessHealth
 
@@ -23,6 +25,7 @@ class WorkerMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self.snapshots: list[Any] = []  # sinks.prometheus.Snapshot: large families served beside the registry
         self.health = ProcessHealth(bound=60.0)  # replaced by the process's own (settings, outage) at start
         self.records = Counter(
             "cxpulse_worker_records", "Input records processed, by input topic", ["topic"], registry=registry
@@ -138,3 +141,7 @@ class WorkerMetrics:
             ["process"],
             registry=registry,
         )
+
+    def page(self) -> bytes:
+        """The process's /metrics page: the registry, then the snapshots' own text."""
+        return generate_latest(self.registry) + b"".join(snapshot.exposition() for snapshot in self.snapshots)

@@ -99,8 +99,8 @@ def test_compose_mounts_existing_files_and_prometheus_scrapes_the_worker() -> No
                 assert source in COMPOSE["volumes"], f"{name} uses undeclared volume {source}"
     prometheus = yaml.safe_load((REPO_ROOT / "deploy/prometheus/prometheus.yml").read_text())
     worker_port = str(services["worker"]["expose"][0])
-    targets = prometheus["scrape_configs"][0]["static_configs"][0]["targets"]
-    assert targets == [f"worker:{worker_port}"]
+    discovery = prometheus["scrape_configs"][0]["dns_sd_configs"][0]  # every scaled worker, not the first only
+    assert (discovery["names"], discovery["type"], str(discovery["port"])) == (["worker"], "A", worker_port)
     assert prometheus["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["alertmanager:9093"]
     dashboards = services["grafana"]["volumes"]
     provider = yaml.safe_load((REPO_ROOT / "deploy/grafana/provisioning/dashboards/cxpulse.yml").read_text())
@@ -191,3 +191,22 @@ def test_every_long_running_service_has_a_healthcheck_and_named_volumes_are_decl
         assert "healthcheck" in service, name
     used = {v.split(":")[0] for s in COMPOSE["services"].values() for v in s.get("volumes", [])}
     assert {v for v in used if not v.startswith(".")} == set(COMPOSE["volumes"])
+
+
+def test_every_alert_links_its_section_of_the_runbook() -> None:
+    runbook = (REPO_ROOT / "docs/runbook.md").read_text()
+    anchors = {line[3:].strip().lower() for line in runbook.splitlines() if line.startswith("## ")}
+    rules = yaml.safe_load((REPO_ROOT / "deploy/prometheus/rules/alerts.yml").read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            url = rule["annotations"]["runbook_url"]
+            assert url.startswith("https://") and url.split("#")[0].endswith("docs/runbook.md"), url
+            assert url.split("#")[1] == rule["alert"].lower() in anchors, rule["alert"]
+
+
+def test_no_dashboard_title_hard_codes_a_setting() -> None:
+    import json
+
+    for path in sorted((REPO_ROOT / "deploy/grafana/dashboards").glob("*.json")):
+        for panel in json.loads(path.read_text())["panels"]:
+            assert not re.search(r"fires at \d", panel["title"]), (path.name, panel["title"])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -127,3 +129,59 @@ def test_rolling_view_is_rolling_window_through_updates_moves_and_drops() -> Non
             assert view.totals[window_s] == rolling_window(current, now, window_s * 1000, P), step
             seen[window_s] += bool(view.totals[window_s])
     assert seen[300] > 50 and seen[3600] > 100, seen  # the windows held data most of the time
+
+
+def test_component_series_only_for_the_windows_asked_for() -> None:
+    from sinks.prometheus import window_families
+    from streams.aggregate import State
+
+    windows = {w: {("chat", "billing", "NPS"): State(10, 5, 3, 2, 0, 0, 0, 0)} for w in (300, 3600, 86400)}
+    for components, expected in ((None, {"5m", "1h", "24h"}), ({86400}, {"24h"}), (set(), set())):
+        families, _ = window_families(windows, 1_800_000_000_000, 10, components)
+        component = next(f for f in families if f.name == "cxpulse_kpi_component")
+        assert {s.labels["window"] for s in component.samples} == expected
+        value = next(f for f in families if f.name == "cxpulse_kpi_value")
+        assert {s.labels["window"] for s in value.samples} == {"5m", "1h", "24h"}  # the KPIs themselves always
+
+
+def test_the_snapshot_writes_what_prometheus_client_writes() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from sinks.prometheus import Snapshot, window_families
+    from streams.aggregate import State
+
+    windows = {w: {("chat", "billing", m): State(10, 5, 3, 2, 6, 1, 3 * 10**9, 2 * 10**9) for m in ("NPS", "CES")}
+               for w in (300, 86400)}  # fmt: skip
+    snapshot = Snapshot()
+    snapshot.set_lazy(lambda: window_families(windows, 1_800_000_000_000, 10)[0])
+    registry = CollectorRegistry()
+    registry.register(snapshot)
+    assert snapshot.exposition() == generate_latest(registry)
+
+
+@given(
+    st.dictionaries(
+        st.tuples(st.sampled_from(["chat", "phone", "web.x", "a-b"]), st.sampled_from(["billing", "support"]),
+                  st.sampled_from(["NPS", "CES", "CSAT"])),
+        st.tuples(st.integers(0, 50), st.integers(0, 50), st.integers(0, 10**12)),
+        max_size=20,
+    ),
+    st.integers(1, 6),
+    st.sampled_from([None, {86400}, set(), {300, 3600}]),
+)  # fmt: skip
+def test_the_page_written_straight_from_the_states_is_the_families_page(
+    groups: dict, cap: int, components: set[int] | None
+) -> None:
+    """window_text (what a scrape serves) is byte for byte prometheus_client's page of window_families."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from sinks.prometheus import Snapshot, window_families, window_text
+    from streams.aggregate import State
+
+    states = {key: State(n + 1, min(p, n + 1), 0, 0, min(p, n + 1), 0, sx, sx) for key, (n, p, sx) in groups.items()}
+    windows = {w: states for w in (300, 3600, 86400)}
+    snapshot = Snapshot()
+    snapshot.families = window_families(windows, 1_800_000_000_000, cap, components)[0]
+    registry = CollectorRegistry()
+    registry.register(snapshot)
+    assert window_text(windows, 1_800_000_000_000, cap, components) == generate_latest(registry)

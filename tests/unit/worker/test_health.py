@@ -6,7 +6,7 @@ import json
 import time
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from streams.worker.health import CallGuard, FailureStreak, ProcessHealth, Progress, health_app
 
@@ -125,7 +125,8 @@ def test_health_endpoints() -> None:
     registry = CollectorRegistry()
     Counter("cxpulse_test", "a counter", registry=registry).inc()
     ready = [False]
-    app = health_app(registry, lambda: (ready[0], {"processes": {"hotpath-0": {"stalled_seconds": 61.0}}}))
+    page = lambda: generate_latest(registry)  # noqa: E731
+    app = health_app(page, lambda: (ready[0], {"processes": {"hotpath-0": {"stalled_seconds": 61.0}}}))
     assert _get(app, "/healthz") == ("200 OK", b"alive\n")
     status, body = _get(app, "/readyz")
     assert status.startswith("503") and json.loads(body)["processes"]["hotpath-0"]["stalled_seconds"] == 61.0

@@ -59,3 +59,30 @@ def test_worker_identity_is_stable_per_data_dir_and_overridable(tmp_path: Path) 
     assert one == worker_identity(Settings(data_dir=tmp_path / "a"))
     assert one != worker_identity(Settings(data_dir=tmp_path / "b"))
     assert worker_identity(Settings(data_dir=tmp_path / "a", worker_id="w-7")) == "w-7"
+
+
+def test_one_page_sums_what_processes_share_and_passes_the_rest_through() -> None:
+    from sinks.prometheus import Snapshot
+    from streams.worker.supervisor import merge_pages
+
+    merge = WorkerMetrics(CollectorRegistry())
+    merge.process_ready.labels("merge").set(1)
+    merge.records.labels("cx-partials").inc(7)
+    kpis = Snapshot()
+    from prometheus_client.metrics_core import GaugeMetricFamily
+
+    family = GaugeMetricFamily("cxpulse_kpi_value", "KPI", labels=["metric", "channel"])
+    family.add_metric(["NPS", 'we"ird\\chan'], 12.5)
+    kpis.families = [family]
+    merge.snapshots.append(kpis)
+    hot = exposition("hotpath-0", 100, 1)
+    page = merge_pages({"merge": merge.page().decode(), "hotpath-0": hot})
+    got = {}
+    for parsed in text_string_to_metric_families(page.decode()):
+        for sample in parsed.samples:
+            got[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    assert got[("cxpulse_worker_records_total", (("topic", "cx.feedback"),))] == 100
+    assert got[("cxpulse_worker_records_total", (("topic", "cx-partials"),))] == 7
+    assert got[("cxpulse_kpi_value", (("channel", 'we"ird\\chan'), ("metric", "NPS")))] == 12.5  # escaped, intact
+    assert got[("cxpulse_worker_ready", ())] == 1
+    assert page.decode().count("# HELP cxpulse_worker_records_total") == 1
