@@ -88,7 +88,7 @@ def effort_families(evaluations: dict[tuple[str, str], Evaluation], threshold: f
 
 class EventClock:
     """When a pane counts as closed for the detector: its end has passed on the processing clock *and* every answer
-    up to its end has been merged and its results applied here (METRICS.md section 7: in event-time order, as in
+    up to its end has been merged and its results applied here (docs/contract.md section 7: in event-time order, as in
     replay).  Live, the two agree within a batch; after downtime the data's own time leads, so the panes of the
     backlog are evaluated once their answers are in, not empty as they go by.
 

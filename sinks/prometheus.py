@@ -2,7 +2,7 @@
 
 A Faust agent consumes ``cx.metrics.panes`` (partitioned by segment, so a worker holds whole segments) and keeps
 the latest version of every pane result of its partitions in the table ``kpi-view``.  On the event loop, every
-``REFRESH_SECONDS``, :func:`kpi_families` merges the panes of each rolling window (METRICS.md section 5: the
+``REFRESH_SECONDS``, :func:`kpi_families` merges the panes of each rolling window (docs/contract.md section 5: the
 W/P panes that end at the current pane boundary, processing clock) with the same streams/windows.py and
 streams/aggregate.py code as replay, and the result is what a scrape returns (:class:`Snapshot`: values live
 elsewhere are served by a custom collector, as client_python recommends; the table is never read at scrape time).
@@ -104,7 +104,7 @@ def window_rows(
 
 
 _HELP = {
-    "value": "KPI value of a rolling window (METRICS.md section 4)",
+    "value": "KPI value of a rolling window (docs/contract.md section 4)",
     "moe95": "Half-width of the KPI's 95% interval (n >= 2)",
     "responses": "Answers counted in the rolling window (n)",
     "component": "Additive counters of the rolling window: sum them over series, then compute, for exact rollups",

@@ -2,12 +2,12 @@
 behind a change of a KPI).
 
 SQL only sums counters (exact: the fixed-point sx / sx2 columns); every KPI value, interval and decomposition is
-computed from the sums with streams/aggregate.py's ``kpi``, the one implementation of METRICS.md section 4.
+computed from the sums with streams/aggregate.py's ``kpi``, the one implementation of docs/contract.md section 4.
 
 - Groupings of channel and journey read ``cxpulse.pane_results`` (latest version of each pane: FINAL); groupings
   with touchpoint, agent, team or reason code read ``cxpulse.answers`` (the pane of an answer is
   floor(occurred_at / P) * P, as in the stream).
-- A rolling window W is the merge of the W/P panes that end at the pane boundary at or before "now" (METRICS.md
+- A rolling window W is the merge of the W/P panes that end at the pane boundary at or before "now" (docs/contract.md
   section 5, processing clock); with ``since``, the consecutive windows of length W back to ``since`` (the latest
   first).  ``pane`` gives every pane (latest version).
 - A dimension that is not grouped by is ``*`` (ALL), as in streams/windows.py's rollups.

@@ -1,4 +1,4 @@
-"""The aggregation core (METRICS.md sections 3 and 4): per-response categories, the additive counter state of a
+"""The aggregation core (docs/contract.md sections 3 and 4): per-response categories, the additive counter state of a
 group, its merge, and the KPI values computed from it.
 
 The one implementation of every formula, used by the stream agents, ``cxpulse replay`` and the tests.
@@ -74,7 +74,7 @@ _contributions: dict[tuple[str, int, int, int], State] = {}
 
 
 def contribution(metric: str, score: int, lo: int, hi: int) -> State:
-    """The state of a single response (METRICS.md section 3); cached, there are few distinct answers."""
+    """The state of a single response (docs/contract.md section 3); cached, there are few distinct answers."""
     key = (metric, score, lo, hi)
     cached = _contributions.get(key)
     if cached is not None:
@@ -142,7 +142,7 @@ def merge_into(target: dict[GroupKey, State], partials: Mapping[GroupKey, State]
     return set(partials)
 
 
-# --- CES drivers: the "why" of an effort spike (METRICS.md section 7) ----------------------------------------
+# --- CES drivers: the "why" of an effort spike (docs/contract.md section 7) ----------------------------------------
 
 DRIVER_CAP = 32  # distinct touchpoints, and distinct reason codes, kept per pane group; the rest fold into "other"
 OTHER = "other"
@@ -211,7 +211,7 @@ def cap_drivers(drivers: Drivers) -> Drivers:
 
 
 class Kpi(NamedTuple):
-    """The values of a group's state (METRICS.md section 4)."""
+    """The values of a group's state (docs/contract.md section 4)."""
 
     value: float
     moe95: float | None

@@ -653,7 +653,9 @@ def report(
         str | None,
         typer.Option(help="How far back: a duration (24h) or a time (ISO-8601, epoch ms). Windows: one per W back."),
     ] = None,
-    fmt: Annotated[str, typer.Option("--format", help="table, jsonl (METRICS.md section 6 records) or csv.")] = "table",
+    fmt: Annotated[
+        str, typer.Option("--format", help="table, jsonl (docs/contract.md section 6 records) or csv.")
+    ] = "table",
     min_n: Annotated[
         int, typer.Option(min=1, help="Groups with fewer answers are left out of the table (jsonl and csv keep all).")
     ] = 30,
@@ -962,7 +964,7 @@ def replay(
 ) -> None:
     """Compute the window results of a file of events offline, exactly as the stream does.
 
-    Prints one JSON object per group with n > 0 (METRICS.md section 6). Invalid events are data, not
+    Prints one JSON object per group with n > 0 (docs/contract.md section 6). Invalid events are data, not
     failures: they go to --dead-letter and the exit code stays 0.
     """
     settings = _settings()  # a bad CXPULSE_* value stops here (exit 2), before any work

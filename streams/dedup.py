@@ -1,4 +1,4 @@
-"""De-duplication by event_id with bounded memory (METRICS.md section 2: the first event with an id counts).
+"""De-duplication by event_id with bounded memory (docs/contract.md section 2: the first event with an id counts).
 
 The one rule, used by ``cxpulse replay`` and by the stream's hot path (one Deduplicator per source partition).
 Ids are remembered together with the bucket (an hour by default) of their occurred_at;

@@ -1,4 +1,4 @@
-"""The effort-spike detector of METRICS.md section 7, pure: a Bernoulli CUSUM on the high-effort share of one
+"""The effort-spike detector of docs/contract.md section 7, pure: a Bernoulli CUSUM on the high-effort share of one
 (channel, journey), fed one closed pane at a time.  The one implementation, used by the stream's detector and
 by ``cxpulse replay --alerts``.
 
@@ -24,7 +24,7 @@ DriverCounts = Mapping[str, tuple[int, int]]  # "TOUCHPOINT:ivr" / "REASON_CODE:
 
 @dataclass(frozen=True)
 class EffortConfig:
-    """The detector's parameters (METRICS.md section 7 defaults)."""
+    """The detector's parameters (docs/contract.md section 7 defaults)."""
 
     delta: float = 0.10  # design shift of the high-effort share
     threshold: float = 10.0  # H

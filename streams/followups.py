@@ -40,7 +40,7 @@ FIELDS = (
 
 
 def is_detractor(event: Feedback) -> bool:
-    """An NPS or NLS answer counted as a detractor (METRICS.md section 3)."""
+    """An NPS or NLS answer counted as a detractor (docs/contract.md section 3)."""
     return (
         event.metric in ("NPS", "NLS")
         and contribution(event.metric, event.score, event.scale_min, event.scale_max).detractors == 1

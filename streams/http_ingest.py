@@ -2,8 +2,8 @@
 
 Run by ``cxpulse worker`` as its ``http`` process when ``CXPULSE_HTTP_PORT`` is set (``python -m
 streams.http_ingest METRICS_PORT``).  A request carries one FeedbackEvent (a JSON object, the JSON form of
-METRICS.md section 1) or a batch (a JSON array, at most ``MAX_BATCH``).  Each item is decoded and validated with the
-same code as the stream (schemas/codec.py, streams/validate.py); the valid ones go to ``cx.feedback`` in the
+docs/contract.md section 1) or a batch (a JSON array, at most ``MAX_BATCH``).  Each item is decoded and validated
+with the same code as the stream (schemas/codec.py, streams/validate.py); the valid ones go to ``cx.feedback`` in the
 Confluent wire format, keyed by customer_id (else event_id), through an idempotent producer that is flushed before
 the answer, so an accepted event is on Kafka once.  Answers:
 

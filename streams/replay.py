@@ -241,7 +241,7 @@ class Replay:
         return dead
 
     def alerts(self, config: EffortConfig) -> list[dict[str, object]]:
-        """Every FIRING / RESOLVED effort-spike alert of the file (METRICS.md section 7), the panes from the
+        """Every FIRING / RESOLVED effort-spike alert of the file (docs/contract.md section 7), the panes from the
         file's first to its last closing in event-time order (the file is complete: its last pane is closed)."""
         if not self.panes:
             return []

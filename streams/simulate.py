@@ -12,7 +12,7 @@ duration produce the same events.  What is simulated:
   mid-morning and mid-afternoon (UTC hours of the simulated time);
 - a share of invalid events (``--invalid-share``, 0.5% by default on the command line), spoiled the ways
   streams/synth.py spoils them, so the dead-letter topic and its metrics have something to show;
-- per-channel score levels: CES answers are high-effort with a channel's base share (METRICS.md section 3);
+- per-channel score levels: CES answers are high-effort with a channel's base share (docs/contract.md section 3);
 - incidents (``--incident``), from a start offset for a duration (default: to the end):
 
   - ``effort:CHANNEL/JOURNEY@+START[~DURATION]``: the channel's first touchpoint (chat: bot) goes bad in that
@@ -232,7 +232,7 @@ class Simulator:
         if metric == "CES":
             culprit = any(i.kind == "effort" for i in active) and touchpoint == CHANNEL_TOUCHPOINTS[channel][0]
             high = rng.random() < (INCIDENT_HIGH_EFFORT if culprit else BASE_HIGH_EFFORT[channel])
-            high_max = lo + (d - 1) // 2  # the highest score with 2 * (s - lo) < d (METRICS.md section 3)
+            high_max = lo + (d - 1) // 2  # the highest score with 2 * (s - lo) < d (docs/contract.md section 3)
             return (rng.randint(lo, high_max) if high else rng.randint(high_max + 1, hi)), high
         if metric in ("NPS", "NLS"):
             detractor_share = 0.6 if any(i.kind == "nps" for i in active) else 0.2 + 0.1 * BASE_HIGH_EFFORT[channel]

@@ -1,4 +1,4 @@
-"""Validation of decoded FeedbackEvents (METRICS.md section 2), on batches.
+"""Validation of decoded FeedbackEvents (docs/contract.md section 2), on batches.
 
 ``validate_batch`` turns decoded records into :class:`Feedback` tuples (labels normalised, scale defaults
 filled in, occurred_at in epoch milliseconds) and :class:`DeadLetter` records with a machine-readable reason.

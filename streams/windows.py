@@ -1,4 +1,4 @@
-"""Windows over pane states (METRICS.md sections 5 and 6): panes, rolling windows, rollups and the window
+"""Windows over pane states (docs/contract.md sections 5 and 6): panes, rolling windows, rollups and the window
 result record.  Every window and rollup is a merge of pane states, never an average of values.
 """
 
@@ -51,7 +51,7 @@ def rollup(states: Mapping[SegmentKey, State], by_channel: bool, by_journey: boo
 
 
 class WindowResult(NamedTuple):
-    """One record of METRICS.md section 6 (timestamps in epoch milliseconds)."""
+    """One record of docs/contract.md section 6 (timestamps in epoch milliseconds)."""
 
     window_start: int
     window_end: int

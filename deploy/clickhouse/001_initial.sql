@@ -2,7 +2,7 @@
 -- this folder once, in name order, recorded in cxpulse.schema_version; by hand: clickhouse-client --multiquery < this.
 -- Statements are separated by a line holding only ";".
 
--- Pane results (METRICS.md section 6), one row per revision; ReplacingMergeTree keeps the highest version of a pane
+-- Pane results (docs/contract.md section 6), one row per revision; ReplacingMergeTree keeps the highest version of a pane
 -- group, so a re-delivered or revised result replaces and never adds.  Read with FINAL (or argMax by version).
 -- sx and sx2 are the exact fixed-point sums (sum_x * 2,520,000,000 and sum_x2 * 6,350,400,000, streams/aggregate.py):
 -- rolling windows and rollups sum them and compute, never average values.
@@ -38,7 +38,7 @@ SETTINGS non_replicated_deduplication_window = 1000
 ;
 -- Every counted answer (valid, first copy), with its dimensions, reason codes and comment, for drill-down and root
 -- cause.  One row per event_id: the sorting key ends with it, and an answer's other key columns never change.
--- promoter ... high_effort, sx, sx2 are the answer's contribution (METRICS.md section 3, fixed point as above), so
+-- promoter ... high_effort, sx, sx2 are the answer's contribution (docs/contract.md section 3, fixed point as above), so
 -- any grouping of answers sums to the exact counters of section 4.
 CREATE TABLE IF NOT EXISTS cxpulse.answers
 (

@@ -62,7 +62,7 @@ class BatchOut(NamedTuple):
     records: int
     counted: int
     duplicates: int
-    late: int  # counted events whose pane had closed on the processing clock (METRICS.md section 5)
+    late: int  # counted events whose pane had closed on the processing clock (docs/contract.md section 5)
     followups: list[dict[str, Any]]  # counted detractor answers to call back (streams/followups.py)
     answers: dict[int, list[bytes]]  # source partition -> raw bytes of the answers counted (for ClickHouse)
 

@@ -32,7 +32,7 @@ class WorkerMetrics:
         )
         self.dead_letters = Counter(
             "cxpulse_worker_dead_letters",
-            "Events sent to the dead-letter topic, by reason (METRICS.md section 2)",
+            "Events sent to the dead-letter topic, by reason (docs/contract.md section 2)",
             ["reason"],
             registry=registry,
         )
@@ -41,7 +41,7 @@ class WorkerMetrics:
         )
         self.late_events = Counter(
             "cxpulse_worker_late_events",
-            "Valid events counted in a pane that had already closed on the processing clock (METRICS.md section 5)",
+            "Valid events counted in a pane that had already closed on the processing clock (docs/contract.md, 5)",
             registry=registry,
         )
         self.batch_errors = Counter(

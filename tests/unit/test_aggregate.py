@@ -1,4 +1,4 @@
-"""Categories (METRICS.md section 3), KPI values and moe95 (section 4), and the monoid laws of the state."""
+"""Categories (docs/contract.md section 3), KPI values and moe95 (section 4), and the monoid laws of the state."""
 
 from __future__ import annotations
 

@@ -149,11 +149,13 @@ def test_readme_tables_name_only_real_settings_and_commands() -> None:
     from streams.config import Settings
 
     readme = (REPO_ROOT / "README.md").read_text()
+    docs = "".join(path.read_text() for path in sorted((REPO_ROOT / "docs").glob("*.md")))
     known = {f"CXPULSE_{name.upper()}" for name in Settings.model_fields}
-    named = set(re.findall(r"`(CXPULSE_[A-Z_]+)`", readme))
+    named = set(re.findall(r"`(CXPULSE_[A-Z_]+)`", readme + docs))
     assert named <= known, named - known
     commands = set(get_command(app).commands)  # type: ignore[attr-defined]
-    table = re.findall(r"^\| `cxpulse (\w+)", readme, flags=re.MULTILINE)
+    usage = (REPO_ROOT / "docs/usage.md").read_text()
+    table = re.findall(r"^\| `cxpulse (\w+)", usage, flags=re.MULTILINE)
     assert table and set(table) <= commands, set(table) - commands
     assert commands <= set(table), commands - set(table)  # every command is in the table
 
@@ -210,3 +212,35 @@ def test_no_dashboard_title_hard_codes_a_setting() -> None:
     for path in sorted((REPO_ROOT / "deploy/grafana/dashboards").glob("*.json")):
         for panel in json.loads(path.read_text())["panels"]:
             assert not re.search(r"fires at \d", panel["title"]), (path.name, panel["title"])
+
+
+def test_the_readme_starts_with_what_it_is_the_two_commands_and_a_quick_start() -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    heads = re.findall(r"^## (.+)$", readme, flags=re.MULTILINE)
+    assert heads[:3] == ["The two commands", "Quick start for an analyst", "Documentation"]
+    intro = readme.split("## ", 1)[0].strip().splitlines()
+    assert len(intro) <= 5  # the title and three lines
+    quick = readme.split("## Quick start for an analyst", 1)[1].split("```")[1].strip().splitlines()
+    assert len(quick) <= 10 and any("report" in line for line in quick) and any("drivers" in line for line in quick)
+    assert len(readme.encode()) < 30_000
+
+
+def test_every_link_to_a_page_of_the_repository_exists() -> None:
+    pages = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
+            assert (page.parent / target).exists(), (page.name, target)
+
+
+def test_the_contract_is_cited_where_users_can_read_it() -> None:
+    """Every citation points at docs/contract.md: the repository's users do not have the planning documents."""
+    cited = []
+    for path in REPO_ROOT.rglob("*"):
+        if path.is_file() and not any(part in (".git", ".venv", "lib", "__pycache__") for part in path.parts):
+            if path.suffix in (".py", ".md", ".avsc", ".json", ".yml", ".sql", ".toml") and "egg-info" not in str(path):
+                if "METRICS" + ".md" in path.read_text(errors="replace"):
+                    cited.append(str(path.relative_to(REPO_ROOT)))
+    assert not cited, cited
+    contract = (REPO_ROOT / "docs/contract.md").read_text()
+    for number in range(1, 8):
+        assert f"## {number}. " in contract

@@ -1,4 +1,4 @@
-"""The effort-spike CUSUM of METRICS.md section 7: the step by hand, skip, fire, cap, resolve, root cause, the
+"""The effort-spike CUSUM of docs/contract.md section 7: the step by hand, skip, fire, cap, resolve, root cause, the
 replay driver's running sums, and the calibration targets on simulated CES streams."""
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def test_replay_running_sums_equal_evaluating_each_pane() -> None:
 
 def test_calibration_false_alarms_and_detection_delay() -> None:
     """At 30 CES answers a minute, p0 = 0.2: about 0.1 false alarms per segment-week, and a +15-point step
-    detected within 10 minutes at the median (METRICS.md section 7's calibration)."""
+    detected within 10 minutes at the median (docs/contract.md section 7's calibration)."""
     rng = random.Random(2026)
     weeks = 20
     false_alarms = 0

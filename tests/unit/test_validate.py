@@ -1,4 +1,4 @@
-"""Validation reasons of METRICS.md section 2, one by one, and label normalisation."""
+"""Validation reasons of docs/contract.md section 2, one by one, and label normalisation."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Panes, rolling windows and rollups (METRICS.md section 5): all of them merges of pane states."""
+"""Panes, rolling windows and rollups (docs/contract.md section 5): all of them merges of pane states."""
 
 from __future__ import annotations
 
