@@ -88,3 +88,74 @@ def test_tables_are_not_cut_to_80_columns_off_a_terminal() -> None:
 
     assert not cli.out.is_terminal  # pytest captures stdout
     assert cli.out.width >= 200
+
+
+@pytest.mark.parametrize(("value", "windows"), [("300,3600", (300, 3600)), ("5m, 1h,24h", (300, 3600, 86400)),
+                                                ("[60, 300]", (60, 300))])  # fmt: skip
+def test_windows_take_the_natural_forms(value: str, windows: tuple[int, ...], monkeypatch: pytest.MonkeyPatch) -> None:
+    from streams.config import load_settings
+
+    monkeypatch.setenv("CXPULSE_WINDOWS_SECONDS", value)
+    assert load_settings().windows_seconds == windows
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("CXPULSE_WINDOWS_SECONDS", "5m,soon", "CXPULSE_WINDOWS_SECONDS: 'soon' is not a duration"),
+        ("CXPULSE_CLICKHOUSE_URL", "mysql://x", "use chdb://PATH (the embedded store), http(s)://"),
+        ("CXPULSE_KPI_COMPONENT_WINDOWS", "2h", "not among CXPULSE_WINDOWS_SECONDS"),
+    ],
+)
+def test_a_bad_setting_is_one_line_and_exit_2(tmp_path: Path, name: str, value: str, says: str) -> None:
+    """CXPULSE_WINDOWS_SECONDS=300,3600 ended in a pydantic traceback (exit 1); mysql:// in a driver's dump."""
+    result = runner.invoke(app, ["replay", str(events_file(tmp_path))], env={name: value})
+    assert result.exit_code == 2, result.output
+    assert says in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_replay_refuses_a_file_that_is_something_else(tmp_path: Path) -> None:
+    """`replay feedback.csv` and `replay /usr/bin/true` exited 0 with everything undecodable."""
+    csv = tmp_path / "feedback.csv"
+    csv.write_text("event_id,occurred_at,channel,metric,score\ne1,2026-01-01,chat,NPS,9\n")
+    result = runner.invoke(app, ["replay", str(csv)])
+    assert result.exit_code == 1 and "it looks like CSV (first line: 'event_id,occurred_at" in result.output
+    result = runner.invoke(app, ["replay", "/usr/bin/true"])
+    assert result.exit_code == 1 and "it looks like an ELF executable" in result.output
+    result = runner.invoke(app, ["produce", str(csv), "--bootstrap", "127.0.0.1:1"])
+    assert result.exit_code == 1 and "it looks like CSV" in result.output  # refused before Kafka is asked
+
+
+def test_replay_warns_about_answers_a_worker_would_refuse_for_their_time(tmp_path: Path) -> None:
+    import time
+
+    now = int(time.time() * 1000)
+    path = tmp_path / "events.jsonl"
+    stamps = [now + 3_600_000, now + 7_200_000, now - 30 * 86_400_000, now - 60_000]
+    path.write_text("".join(json.dumps(event(event_id=f"e{i}", occurred_at=t)) + "\n" for i, t in enumerate(stamps)))
+    result = runner.invoke(app, ["replay", str(path), "-o", str(tmp_path / "out.jsonl")])
+    assert result.exit_code == 0, result.output
+    assert "warning: 2 of the events counted lie more than 5 minutes in the future" in result.output
+    assert "warning: 1 of the events counted are older than the retention (CXPULSE_RETENTION_SECONDS=604800)" in (
+        result.output
+    )
+
+
+def test_simulate_to_a_file_writes_history_that_ends_now(tmp_path: Path) -> None:
+    import time
+
+    path = tmp_path / "history.jsonl"
+    result = runner.invoke(app, ["simulate", "--duration", "1h", "--rate", "2", "--to-file", str(path)])
+    assert result.exit_code == 0, result.output
+    stamps = [json.loads(line).get("occurred_at") for line in path.read_text().splitlines()]
+    stamps = [s for s in stamps if isinstance(s, int)]
+    now = time.time() * 1000
+    assert max(stamps) <= now and min(stamps) >= now - 3_600_000 - 60_000
+
+
+def test_counts_say_one_in_the_singular(tmp_path: Path) -> None:
+    path = tmp_path / "one.jsonl"
+    path.write_text(json.dumps(event()) + "\n")
+    result = runner.invoke(app, ["replay", str(path), "--alerts", str(tmp_path / "a.jsonl"), "-o", str(tmp_path / "o")])
+    assert "; 1 result; 0 effort alerts" in result.output, result.output
