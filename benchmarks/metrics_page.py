@@ -17,8 +17,8 @@ import time
 from prometheus_client import CollectorRegistry, generate_latest
 
 from sinks.prometheus import Snapshot, window_families, window_text
+from streams.agents.metrics import WorkerMetrics
 from streams.aggregate import State
-from streams.worker.metrics import WorkerMetrics
 from streams.worker.supervisor import merge_pages
 
 METRICS = ("NPS", "CES", "CSAT", "NLS", "CAS")
@@ -43,7 +43,7 @@ def windows_of(segments: int, rng: random.Random) -> dict[int, dict[tuple[str, s
 
 def measure(segments: int, components: set[int] | None) -> tuple[int, int, float, float, float]:
     """Page bytes and lines; seconds (median of 5) to build and write the merge process's page (built lazily at
-    the scrape, written by streams.worker.exposition), for the supervisor to merge it with a hot path's page, and,
+    the scrape, written by streams.agents.exposition), for the supervisor to merge it with a hot path's page, and,
     for comparison, for prometheus_client to write the same families."""
     windows = windows_of(segments, random.Random(1))
     hotpath = WorkerMetrics(CollectorRegistry())

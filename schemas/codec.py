@@ -19,12 +19,15 @@ import struct
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import fastavro
 
 from schemas.fast_avro import compile_decoder, compile_encoder
 from streams.errors import DecodeError, SchemaError
+
+if TYPE_CHECKING:  # the settings only name the registry and the topics; no import at run time
+    from streams.config import Settings
 
 SCHEMA_DIR = Path(__file__).resolve().parent
 MAGIC_BYTE = 0
@@ -380,3 +383,23 @@ def decode_feedback(data: bytes, catalog: SchemaCatalog) -> tuple[int | None, Re
     if first == 0x7B:  # "{"
         return None, feedback_from_json(data)
     return None, decode(data, FEEDBACK)
+
+
+def catalog_for(settings: Settings) -> SchemaCatalog:
+    """The schema catalog of the settings: a Schema Registry when configured (subjects by confluent-kafka's
+    TopicNameStrategy: ``<topic>-value``), else the local one (fixed ids, no registry)."""
+    if not settings.schema_registry_url:
+        return LocalCatalog()
+    from confluent_kafka.schema_registry import topic_subject_name_strategy
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    topics = {
+        "FeedbackEvent": settings.feedback_topic,
+        "WindowResult": settings.results_topic,
+        "EffortAlert": settings.alerts_topic,
+    }
+    subjects = {
+        name: str(topic_subject_name_strategy(SerializationContext(topic, MessageField.VALUE), name))
+        for name, topic in topics.items()
+    }
+    return RegistryCatalog(settings.schema_registry_url, subjects)

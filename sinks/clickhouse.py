@@ -24,11 +24,11 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
 from schemas.codec import SchemaCatalog, decode_feedback
-from sinks.prometheus import state_of
 from streams.aggregate import contribution
 from streams.config import REPO_ROOT, Settings
 from streams.errors import CxPulseError
 from streams.validate import validate_batch
+from streams.windows import state_of
 
 DATABASE = "cxpulse"
 ENDPOINT_FILE = "clickhouse-endpoint.json"  # written by the sink process that holds the embedded store

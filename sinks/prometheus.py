@@ -1,11 +1,9 @@
-"""The Prometheus view: live rolling-window KPI gauges per (metric, channel, journey, window).
+"""The Prometheus view's pure parts: rolling-window KPI gauges per (metric, channel, journey, window).
 
-A Faust agent consumes ``cx.metrics.panes`` (partitioned by segment, so a worker holds whole segments) and keeps
-the latest version of every pane result of its partitions in the table ``kpi-view``.  On the event loop, every
-``REFRESH_SECONDS``, :func:`kpi_families` merges the panes of each rolling window (docs/contract.md section 5: the
-W/P panes that end at the current pane boundary, processing clock) with the same streams/windows.py and
-streams/aggregate.py code as replay, and the result is what a scrape returns (:class:`Snapshot`: values live
-elsewhere are served by a custom collector, as client_python recommends; the table is never read at scrape time).
+sinks/kpi_view.py (the agent) keeps the latest version of every pane result and, every refresh, the running sums
+of the rolling windows (:class:`RollingView`: exactly :func:`streams.windows.rolling_window` of the same panes,
+docs/contract.md section 5); a scrape gets their page from a :class:`Snapshot`, written straight from the states
+(:func:`window_text`, byte for byte prometheus_client's page of :func:`window_families`).
 
 Gauges, all with labels metric, channel, journey, window (5m, 1h, 24h):
 
@@ -13,7 +11,8 @@ Gauges, all with labels metric, channel, journey, window (5m, 1h, 24h):
 - ``cxpulse_kpi_moe95``: half-width of the 95% interval (absent when n < 2);
 - ``cxpulse_kpi_responses``: n;
 - ``cxpulse_kpi_component{component}``: n, promoters, passives, detractors, positive, high_effort, sum_x,
-  sum_x2: sum the components of any set of series, then compute, and a rollup is exact (never average values).
+  sum_x2: sum the components of any set of series, then compute, and a rollup is exact (never average values);
+  only for the windows of ``CXPULSE_KPI_COMPONENT_WINDOWS`` when that is set.
 
 A segment with no answer in the longest window has no series.  Beyond ``CXPULSE_LABEL_CAP`` segments a worker
 exports the largest ones and folds the rest into channel ``other``, journey ``other`` (counted in
@@ -22,29 +21,18 @@ exports the largest ones and folds the rest into channel ``other``, journey ``ot
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 import threading
-import time
 from collections import defaultdict
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping
-from typing import Any, cast
 
-import faust
-from faust.types import EventT, StreamT
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from schemas.codec import WINDOW_RESULT, SchemaCatalog, decode_confluent
-from streams.aggregate import X2_SCALE, X_SCALE, ZERO, GroupKey, State, kpi, merge
+from streams.agents.exposition import number, render
+from streams.aggregate import ZERO, GroupKey, State, kpi, merge
 from streams.config import Settings
 from streams.windows import SegmentKey, rolling_window, window_bounds
-from streams.worker.exposition import number, render
-from streams.worker.metrics import WorkerMetrics
 
-LOG = logging.getLogger("cxpulse.prometheus")
-REFRESH_SECONDS = 2.0  # gauges are recomputed this often (and a scrape sees the last computation)
 OTHER = "other"
 COMPONENTS = ("n", "promoters", "passives", "detractors", "positive", "high_effort", "sum_x", "sum_x2")
 LABELS = ["metric", "channel", "journey", "window"]
@@ -57,20 +45,6 @@ def window_label(seconds: int) -> str:
         if seconds % size == 0 and seconds >= size and not (unit == "d" and seconds < 7 * 86400):
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
-
-
-def state_of(record: Mapping[str, Any]) -> State:
-    """The exact counters of a WindowResult record (sum_x and sum_x2 back to fixed point)."""
-    return State(
-        record["n"],
-        record["promoters"],
-        record["passives"],
-        record["detractors"],
-        record["positive"],
-        record["high_effort"],
-        round(record["sum_x"] * X_SCALE),
-        round(record["sum_x2"] * X2_SCALE),
-    )
 
 
 def kpi_families(
@@ -278,7 +252,7 @@ class Snapshot(Collector):
 
     Set either as families (``families = [...]``) or as a function that builds them (:meth:`set_lazy`: at the
     label cap the KPI view's families are 82,500 samples, built only when a scrape asks, once per refresh).
-    :meth:`exposition` is their text, rendered once per change (streams.worker.exposition)."""
+    :meth:`exposition` is their text, rendered once per change (streams.agents.exposition)."""
 
     def __init__(self) -> None:
         self._make: Callable[[], list[Metric]] = list
@@ -327,139 +301,3 @@ class Snapshot(Collector):
                 if self._built is not None and self._built[0] is make:
                     self._built = (make, families, text)
         return text
-
-
-def measure_sink_lag(
-    app: faust.App,
-    metrics: WorkerMetrics,
-    sink: str,
-    topic: str,
-    applied: dict[int, int],
-    *,
-    transactional: bool = False,
-) -> None:
-    """``cxpulse_sink_lag_messages`` of a sink agent: the end offset of each of its partitions (as Faust's consumer
-    last saw it) minus the next offset the agent will apply.  On a ``transactional`` topic the last offset is the
-    commit marker that ends the last transaction, not a message: not counted (it kept an idle sink at 1).
-    Partitions no longer assigned lose their series.  The process's progress sees each partition too."""
-    progress = metrics.health.progress
-    assigned = {tp.partition: tp for tp in app.consumer.assignment() if tp.topic == topic}
-    for partition in [p for p in applied if p not in assigned]:
-        del applied[partition]
-        progress.forget(f"{sink}:{topic}[{partition}]")
-        with contextlib.suppress(KeyError):
-            metrics.sink_lag.remove(sink, str(partition))
-    for partition, tp in assigned.items():
-        try:
-            end = app.consumer.highwater(tp)
-        except Exception:  # noqa: BLE001, S112 - not fetched yet
-            continue
-        if end is not None and end >= 0:
-            done = applied.get(partition)
-            if done is None:  # nothing applied since the assignment: Faust's committed offset says where it stands
-                continue
-            lag = max(0, end - done - (1 if transactional else 0))
-            metrics.sink_lag.labels(sink, str(partition)).set(lag)
-            progress.observe(f"{sink}:{topic}[{partition}]", done, lag)
-
-
-def view_key(partition: int, channel: str, journey: str, metric: str, pane: int) -> str:
-    return f"{partition}|{channel}|{journey}|{metric}|{pane}"
-
-
-def attach_kpi_view(
-    app: faust.App,
-    settings: Settings,
-    results: faust.TopicT,
-    partitions: int,
-    catalog: SchemaCatalog,
-    flush: Callable[[], Any],
-    snapshot: Snapshot,
-    metrics: WorkerMetrics,
-) -> None:
-    """Add the view's table, agent and timer to the worker's Faust app."""
-    schema: faust.Schema[Any, Any] = faust.Schema(key_serializer="json", value_serializer="json")
-    view = app.Table("kpi-view", default=None, partitions=partitions, schema=schema)
-    pane_ms = settings.pane_seconds * 1000
-    keep_ms = max(settings.windows_seconds) * 1000 + pane_ms  # older panes are in no window
-    results_name = results.get_topic_name()
-    metrics.sink_errors.labels(SINK)  # a series from the start, at 0 (a rate of it is 0, not missing)
-    index = RollingView(settings.windows_seconds, pane_ms)
-    indexed: set[int] | None = None  # the partitions the index was built for (rebuilt from the table on a change)
-    where: dict[GroupKey, int] = {}  # pane group -> its results partition
-    applied: dict[int, int] = {}  # results partition -> the next offset to apply (for the sink lag)
-    stamps: list[int] = []  # Kafka timestamps of the results applied since the last refresh (for the latency)
-
-    def key_of(table_key: str) -> tuple[int, GroupKey]:
-        partition, channel, journey, metric, pane = table_key.split("|")
-        return int(partition), (int(pane), channel, journey, metric)
-
-    @app.agent(results)
-    async def kpi_view(stream: StreamT[Any]) -> None:
-        batches = cast("faust.Stream[Any]", stream)
-        async for events in batches.noack_take(500, within=0.2):
-            latest: dict[str, list[Any]] = {}
-            for event in cast("list[EventT[Any]]", events):
-                message = event.message
-                try:
-                    _, record = decode_confluent(message.value or b"", catalog, WINDOW_RESULT)
-                except Exception:  # noqa: BLE001 - not a result: nothing to show
-                    metrics.sink_errors.labels(SINK).inc()
-                    LOG.warning(
-                        "%s[%d] offset %d is not a WindowResult", results_name, message.partition, message.offset
-                    )
-                    continue
-                key = view_key(
-                    message.partition, record["channel"], record["journey"], record["metric"], record["window_start"]
-                )
-                value = [record["version"], *state_of(record)]
-                applied[message.partition] = message.offset + 1
-                stamps.append(int(message.timestamp * 1000))
-                before = latest.get(key) or view.get(key)
-                if before is None or before[0] < value[0]:
-                    latest[key] = value
-            for key, value in latest.items():
-                view[key] = value
-                partition, group = key_of(key)
-                if indexed is not None and partition in indexed:
-                    index.put(group, State(*value[1:]))
-                    where[group] = partition
-            if latest:
-                await asyncio.to_thread(flush)  # the table's changelog, before the batch is acked
-            for event in cast("list[EventT[Any]]", events):
-                await batches.ack(event)
-
-    @app.timer(interval=REFRESH_SECONDS)  # type: ignore[untyped-decorator]
-    async def refresh_kpis() -> None:
-        nonlocal index, indexed
-        now_ms = int(time.time() * 1000)
-        assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == results_name}
-        if assigned != indexed:  # start, recovery or rebalance: index what the table holds for these partitions
-            index = RollingView(settings.windows_seconds, pane_ms)
-            where.clear()
-            for key, value in list(view.items()):
-                partition, group = key_of(key)
-                if partition in assigned:
-                    index.put(group, State(*value[1:]))
-                    where[group] = partition
-            indexed = assigned
-        index.advance(now_ms)
-        totals = {window: dict(states) for window, states in index.totals.items()}  # the view moves on: a copy
-        end, cap, components = cast(int, index.end), settings.label_cap, component_windows(settings)
-        snapshot.set_lazy(  # built, or written straight as text, when a scrape asks
-            lambda: window_families(totals, end, cap, components)[0],
-            lambda: window_text(totals, end, cap, components),
-        )
-        shown_ms = int(time.time() * 1000)
-        for stamp in stamps:
-            if stamp > 0:
-                metrics.event_to_gauge.observe(max(0, shown_ms - stamp) / 1000)
-        stamps.clear()
-        measure_sink_lag(app, metrics, SINK, results_name, applied)
-        old = index.drop_before(now_ms - keep_ms)
-        for group in old:
-            key = view_key(where.pop(group), group[1], group[2], group[3], group[0])
-            if key in view:
-                del view[key]
-        if old:
-            await asyncio.to_thread(flush)

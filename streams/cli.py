@@ -25,7 +25,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
-from schemas.codec import parse_timestamp_ms
+from schemas.codec import catalog_for, parse_timestamp_ms
 from streams import broker as local_broker
 from streams.aggregate import kpi
 from streams.config import DEFAULT_FUTURE_TOLERANCE_SECONDS, Settings, effort_config, load_settings, parse_duration
@@ -36,7 +36,6 @@ from streams.replay import dead_letter_json, replay_file
 from streams.topics import ensure_topics, topic_specs
 from streams.validate import Clock, DeadLetter
 from streams.windows import iso_utc, result_json, window_result
-from streams.worker.hotpath import catalog_for
 
 app = typer.Typer(
     name="cxpulse",

@@ -30,15 +30,14 @@ from aiohttp import web
 from confluent_kafka import KafkaError, Message
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
-from schemas.codec import SchemaCatalog, feedback_from_json
+from schemas.codec import SchemaCatalog, catalog_for, feedback_from_json
+from streams.agents.metrics import WorkerMetrics
 from streams.config import DEFAULT_FUTURE_TOLERANCE_SECONDS, Settings, load_settings
 from streams.errors import EXIT_PERMANENT, BrokerError, ConfigurationError, CxPulseError, DecodeError
 from streams.kafka import producer
 from streams.outage import OutageLog
 from streams.produce import check_topic, encode_record
 from streams.validate import Clock, validate_batch
-from streams.worker.hotpath import catalog_for
-from streams.worker.metrics import WorkerMetrics
 
 LOG = logging.getLogger("cxpulse.http")
 MAX_BATCH = 1000

@@ -7,7 +7,7 @@ starts an outage (one WARNING naming it, once a probe of the bootstrap servers f
 server accepts connections again, the Kafka clients' warnings and errors are counted instead of written; then
 one line says how long it lasted and how many failed attempts it absorbed.  ``active`` tells the process's own
 code (a failing batch logs at DEBUG during an outage: it is counted in ``cxpulse_worker_batch_errors_total``
-either way); ``seconds()`` how long Kafka has been away (readiness: streams.worker.health).
+either way); ``seconds()`` how long Kafka has been away (readiness: streams.agents.health).
 
 Example::
 

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-from streams.aggregate import GroupKey, State, kpi, merge
+from streams.aggregate import X2_SCALE, X_SCALE, GroupKey, State, kpi, merge
 
 ALL = "*"  # the channel or journey of a rollup over all of them
 
@@ -162,3 +162,17 @@ def result_json(result: WindowResult) -> dict[str, Any]:
 def results_json(results: Iterable[WindowResult]) -> list[dict[str, Any]]:
     """The JSON form of many results."""
     return [result_json(r) for r in results]
+
+
+def state_of(record: Mapping[str, Any]) -> State:
+    """The exact counters of a WindowResult record (sum_x and sum_x2 back to fixed point)."""
+    return State(
+        record["n"],
+        record["promoters"],
+        record["passives"],
+        record["detractors"],
+        record["positive"],
+        record["high_effort"],
+        round(record["sum_x"] * X_SCALE),
+        round(record["sum_x2"] * X2_SCALE),
+    )

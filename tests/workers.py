@@ -110,7 +110,7 @@ def children(pid: int) -> dict[str, int]:
         command = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
         if b"streams.worker.hotpath" in command:
             out[f"hotpath-{command[command.index(b'streams.worker.hotpath') + 1].decode()}"] = int(child)
-        elif b"streams.worker.app" in command:
+        elif b"merge" in command and (b"streams.processes" in command or b"tests.integration.flaky_merge" in command):
             out["merge"] = int(child)
     return out
 

@@ -13,7 +13,7 @@ together with the input offsets (``send_offsets_to_transaction``).  A batch is t
   changelog (same partition number), read after the group's committed offsets are stable.
 - A batch that fails is aborted and read again from the committed offsets, its partitions' state restored,
   after a backoff: nothing is skipped.  A poison message cannot fail a batch: ingest dead-letters any bytes.
-- Every blocking Kafka call has a bound (streams.worker.health.CallGuard): a call that never returns (librdkafka
+- Every blocking Kafka call has a bound (streams.agents.health.CallGuard): a call that never returns (librdkafka
   #5456, #5511, seen after broker restarts) ends the process, the worker restarts it, Kafka aborts its open
   transaction.  A producer in a fatal state (its transaction timed out on the broker during an outage, say) is
   replaced by a new one with the same ``transactional.id``.  Ready means making progress (health.Progress).
@@ -43,7 +43,9 @@ from confluent_kafka import (
 )
 from prometheus_client import CollectorRegistry
 
-from schemas.codec import LocalCatalog, RegistryCatalog, SchemaCatalog
+from schemas.codec import SchemaCatalog, catalog_for
+from streams.agents.health import CallGuard, Progress, serve
+from streams.agents.metrics import WorkerMetrics
 from streams.config import DEFAULT_FUTURE_TOLERANCE_SECONDS, Settings, load_settings
 from streams.dedup import Deduplicator, bucket_for_retention
 from streams.errors import EXIT_PERMANENT, BrokerError, ConfigurationError, CxPulseError
@@ -55,9 +57,7 @@ from streams.kafka import producer as new_producer
 from streams.outage import OutageLog
 from streams.topics import PARTIALS_MAX_MESSAGE_BYTES, internal_topics
 from streams.validate import Clock
-from streams.worker.health import CallGuard, Progress, serve
 from streams.worker.ingest import BatchOut, Ingest, reasons
-from streams.worker.metrics import WorkerMetrics
 from streams.worker.records import (
     FROM_THE_START,
     THROUGH_HEADER,
@@ -663,26 +663,6 @@ def answer_chunks(values: list[bytes], limit: int) -> list[list[bytes]]:
         chunks[-1].append(value)
         size += framed
     return chunks if chunks[-1] else []
-
-
-def catalog_for(settings: Settings) -> SchemaCatalog:
-    """The schema catalog of the settings: a Schema Registry when configured (subjects by confluent-kafka's
-    TopicNameStrategy: ``<topic>-value``), else the local one (fixed ids, no registry)."""
-    if not settings.schema_registry_url:
-        return LocalCatalog()
-    from confluent_kafka.schema_registry import topic_subject_name_strategy
-    from confluent_kafka.serialization import MessageField, SerializationContext
-
-    topics = {
-        "FeedbackEvent": settings.feedback_topic,
-        "WindowResult": settings.results_topic,
-        "EffortAlert": settings.alerts_topic,
-    }
-    subjects = {
-        name: str(topic_subject_name_strategy(SerializationContext(topic, MessageField.VALUE), name))
-        for name, topic in topics.items()
-    }
-    return RegistryCatalog(settings.schema_registry_url, subjects)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,13 +8,13 @@ into panes (streams.aggregate).  Nothing here talks to Kafka; streams.worker.hot
 
 from __future__ import annotations
 
-import zlib
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
 from schemas.codec import SchemaCatalog, decode_batch, encode_feedback
+from streams.agents.keys import segment_partition
 from streams.aggregate import State, aggregate_drivers, aggregate_panes
 from streams.dedup import Deduplicator
 from streams.followups import select as select_followups
@@ -65,11 +65,6 @@ class BatchOut(NamedTuple):
     late: int  # counted events whose pane had closed on the processing clock (docs/contract.md section 5)
     followups: list[dict[str, Any]]  # counted detractor answers to call back (streams/followups.py)
     answers: dict[int, list[bytes]]  # source partition -> raw bytes of the answers counted (for ClickHouse)
-
-
-def segment_partition(channel: str, journey: str, partitions: int) -> int:
-    """The partials partition that owns a segment: a stable hash of ``channel|journey`` (every worker agrees)."""
-    return zlib.crc32(f"{channel}|{journey}".encode()) % partitions
 
 
 @dataclass

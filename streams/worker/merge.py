@@ -19,6 +19,7 @@ from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from streams.agents.keys import PaneKey, SourceKey
 from streams.aggregate import merge, merge_drivers
 from streams.windows import WindowResult, window_result
 from streams.worker.records import (
@@ -92,21 +93,6 @@ def merged_results(
     return out
 
 
-def pane_key(partition: int, channel: str, journey: str, pane: int) -> str:
-    """The ``panes`` table key: the partials partition first (its changelog partition), then the group."""
-    return f"{partition}|{channel}|{journey}|{pane}"
-
-
-def parse_pane_key(key: str) -> tuple[int, str, str, int]:
-    partition, channel, journey, pane = key.split("|")
-    return int(partition), channel, journey, int(pane)
-
-
-def position_key(partition: int, source: int) -> str:
-    """The ``positions`` table key: partials partition, source partition."""
-    return f"{partition}|{source}"
-
-
 @dataclass
 class _Touched:
     channel: str
@@ -137,7 +123,7 @@ class MergeStep:
         known = self._positions.get(source)
         if known is not None:
             return known
-        return position_from_table(self.positions.get(position_key(self.partition, source)))
+        return position_from_table(self.positions.get(SourceKey(self.partition, source).encode()))
 
     def read_back_from(self, batch: PartialBatch) -> int | None:
         """The partials offset from which messages are missing before ``batch``, or None when it links up.
@@ -175,7 +161,7 @@ class MergeStep:
             if partial.pane + self.pane_ms <= self.ignore_before:
                 self.stale += 1
                 continue
-            key = pane_key(self.partition, partial.channel, partial.journey, partial.pane)
+            key = PaneKey(self.partition, partial.channel, partial.journey, partial.pane).encode()
             touched = self._touched.get(key)
             if touched is None:
                 pane = pane_state_from_table(self.panes.get(key))
@@ -206,5 +192,5 @@ class MergeStep:
     def advance(self) -> None:
         """Record how far each source's chain was followed (after the batch's results are delivered)."""
         for source, position in self._positions.items():
-            self.positions[position_key(self.partition, source)] = position_to_table(position)
+            self.positions[SourceKey(self.partition, source).encode()] = position_to_table(position)
         self._positions.clear()

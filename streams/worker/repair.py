@@ -13,26 +13,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import NamedTuple
 
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, TopicPartition
 
+from streams.agents.base import Record, headers_of
 from streams.errors import CxPulseError
 from streams.kafka import Kafka, consumer
-from streams.worker.records import decode_through
 
 LOG = logging.getLogger("cxpulse.repair")
 READ_TIMEOUT_SECONDS = 30.0
-
-
-class Record(NamedTuple):
-    """One message read back: where it is and its value."""
-
-    partition: int
-    offset: int
-    value: bytes
-    timestamp_ms: int = 0  # the message's Kafka timestamp (0: unknown)
-    through: dict[int, int] | None = None  # its ``through`` header (streams.worker.records.decode_through)
 
 
 class PartitionReader:
@@ -90,9 +79,15 @@ class PartitionReader:
                     offset = message.offset() or 0
                     if offset >= stop:
                         return out
-                    through = decode_through(message.headers())
                     out.append(
-                        Record(partition, offset, message.value() or b"", max(0, message.timestamp()[1]), through)
+                        Record(
+                            partition,
+                            offset,
+                            message.value() or b"",
+                            max(0, message.timestamp()[1]),
+                            headers_of(message.headers()),
+                            message.key(),
+                        )
                     )
                     if offset >= stop - 1:
                         return out

@@ -1,7 +1,8 @@
 """``cxpulse worker``: one command that runs a worker's processes together on one machine.
 
 - N hot-path slots (``CXPULSE_HOTPATH_PROCESSES``, default 1): streams.worker.hotpath, the rate-heavy step;
-- one Faust process: streams.worker.app, the merge agent and its tables (and, later, the sinks' agents).
+- the Faust processes of streams/processes.py: ``merge`` (the merge agent, the KPI view, the effort detector) and,
+  with a store, ``sink`` (the ClickHouse sink); with ``CXPULSE_HTTP_PORT``, the ``http`` ingest.
 
 They use both cores.  The supervisor creates the topics, starts the children (each dies with it:
 ``PR_SET_PDEATHSIG``), serves their metrics summed on one ``/metrics`` endpoint with ``/healthz`` and
@@ -35,6 +36,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from streams.agents.exposition import blocks, render
+from streams.agents.health import serve
 from streams.config import Settings
 from streams.errors import EXIT_PERMANENT
 from streams.outage import bootstrap_addresses, tcp_probe
@@ -46,13 +49,10 @@ from streams.topics import (
     partition_count,
     topic_specs,
 )
-from streams.worker.exposition import blocks, render
-from streams.worker.health import serve
 
 LOG = logging.getLogger("cxpulse.worker")
 HOTPATH_MODULE = "streams.worker.hotpath"
-FAUST_MODULE = "streams.worker.app"
-SINK_MODULE = "sinks.app"
+PROCESSES_MODULE = "streams.processes"  # the Faust processes (merge, sink), built by the composition root
 HTTP_MODULE = "streams.http_ingest"
 STOP_SECONDS = 9.0  # after SIGTERM, children that are still there are killed (the worker must end within 10 s)
 CRASH_LOOP_RESTARTS = 5
@@ -213,13 +213,13 @@ class Supervisor:
                 self.children.append(Child(f"hotpath-{slot}", HOTPATH_MODULE, [str(slot), str(port)], port))
         if "merge" in roles:
             port = _free_port()
-            self.children.append(Child("merge", FAUST_MODULE, [str(port), loglevel], port))
+            self.children.append(Child("merge", PROCESSES_MODULE, ["merge", str(port), loglevel], port))
         if "http" in roles and settings.http_port:
             port = _free_port()
             self.children.append(Child("http", HTTP_MODULE, [str(port)], port))
         if "sink" in roles and settings.clickhouse_url:
             port = _free_port()
-            self.children.append(Child("sink", SINK_MODULE, [str(port), loglevel], port))
+            self.children.append(Child("sink", PROCESSES_MODULE, ["sink", str(port), loglevel], port))
         self.stopping = False
         self.failure: str | None = None
         self.registry = CollectorRegistry()  # the supervisor's own; the children's pages are merged at scrape time

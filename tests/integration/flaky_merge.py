@@ -1,4 +1,5 @@
-"""A Faust process whose first CXPULSE_TEST_MERGE_FAILURES merge steps raise before they write (see flaky_worker)."""
+"""The Faust processes, with the first CXPULSE_TEST_MERGE_FAILURES merge steps raising before they write (see
+flaky_worker)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import os
 import sys
 from typing import Any
 
-from streams.worker.app import main
+from streams.processes import main
 from streams.worker.merge import MergeStep
 
 FAILURES = int(os.environ.get("CXPULSE_TEST_MERGE_FAILURES", "0"))

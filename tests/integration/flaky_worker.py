@@ -13,6 +13,6 @@ from streams.cli import main
 from streams.worker import supervisor
 
 supervisor.HOTPATH_MODULE = "tests.integration.flaky_hotpath"
-supervisor.FAUST_MODULE = "tests.integration.flaky_merge"
+supervisor.PROCESSES_MODULE = "tests.integration.flaky_merge"
 sys.argv = ["cxpulse", "worker"]
 main()

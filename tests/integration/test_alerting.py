@@ -19,7 +19,7 @@ import yaml
 
 from tests.integration.test_sinks import fast_effort_pipeline
 from tests.support import RunningBroker, Webhook, cxpulse_command, free_ports, stop_process
-from tests.workers import start_worker, stop_worker, wait_for
+from tests.workers import scrape, start_worker, stop_worker, wait_for
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 PROMETHEUS_DIR = DEPLOY / "prometheus"
@@ -150,9 +150,9 @@ def test_an_effort_incident_pages_the_cx_team_through_prometheus_and_alertmanage
     prom_config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
     prom_config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
     prom_config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] = [f"127.0.0.1:{am_port}"]
-    scrape = prom_config["scrape_configs"][0]  # the worker on this machine instead of DNS discovery of "worker"
-    del scrape["dns_sd_configs"]
-    scrape["static_configs"] = [{"targets": [f"127.0.0.1:{worker_port}"]}]
+    job = prom_config["scrape_configs"][0]  # the worker on this machine instead of DNS discovery of "worker"
+    del job["dns_sd_configs"]
+    job["static_configs"] = [{"targets": [f"127.0.0.1:{worker_port}"]}]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(prom_config))
     am_config = yaml.safe_load(ALERTMANAGER_CONFIG.read_text())
     for receiver in am_config["receivers"]:

@@ -15,6 +15,7 @@ from schemas.codec import (
     FEEDBACK_RAW,
     WINDOW_RESULT,
     WINDOW_RESULT_RAW,
+    catalog_for,
     decode_batch,
     encode_confluent,
 )
@@ -22,7 +23,6 @@ from streams.config import Settings
 from streams.errors import SchemaError
 from streams.produce import _DEFAULTS
 from streams.windows import result_record, window_result
-from streams.worker.hotpath import catalog_for
 from tests.support import event
 
 pytestmark = pytest.mark.unit

@@ -8,11 +8,11 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sinks.prometheus import Snapshot, kpi_families, state_of, window_label
+from sinks.prometheus import Snapshot, kpi_families, window_label
 from streams.aggregate import aggregate_panes, kpi, merge_all
 from streams.synth import realistic_events
 from streams.validate import validate_batch
-from streams.windows import result_record, rolling_window, window_result
+from streams.windows import result_record, rolling_window, state_of, window_result
 
 P = 60_000
 NOW = 1_767_300_030_000

@@ -15,11 +15,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.codec import LocalCatalog
+from streams.agents.keys import segment_partition
 from streams.replay import replay_file
 from streams.synth import realistic_events
 from streams.validate import Clock, validate_batch
 from streams.windows import WindowResult
-from streams.worker.ingest import Ingest, segment_partition
+from streams.worker.ingest import Ingest
 from streams.worker.merge import MergeStep
 from streams.worker.records import (
     FROM_THE_START,

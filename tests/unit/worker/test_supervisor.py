@@ -7,8 +7,8 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from streams.agents.metrics import WorkerMetrics
 from streams.config import Settings
-from streams.worker.metrics import WorkerMetrics
 from streams.worker.supervisor import combine, worker_identity
 
 

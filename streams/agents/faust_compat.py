@@ -20,13 +20,14 @@
 from __future__ import annotations
 
 import json
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import aiokafka  # type: ignore[import-untyped]  # no type information shipped
 import faust
-from confluent_kafka import Producer
 from faust.tables.table import Table
 from faust.transport.drivers import aiokafka as faust_aiokafka
+
+from streams.agents.keys import table_partition
 
 
 class _ReadCommittedThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -46,44 +47,40 @@ def read_committed(app: faust.App) -> None:
     cast(Any, app.transport).Consumer = _ReadCommittedConsumer
 
 
+class ChangelogWriter(Protocol):
+    """Where a table's changelog goes: streams.agents.results.ResultsProducer (flushed before a batch is acked)."""
+
+    def produce(self, topic: str, value: bytes | None, key: bytes | None = None, partition: int = -1) -> None: ...
+
+
 class KeyPartitionedTable(Table[Any, Any]):
     """A table whose keys are ``"<partition>|..."``: the changelog partition is the key's prefix; the changelog
-    is written with the librdkafka producer given to :meth:`write_changelog_with` (Faust's when none is)."""
+    is written with the producer given to :meth:`write_changelog_with` (Faust's when none is)."""
 
-    _changelog_producer: Producer | None = None
+    _changelog_writer: ChangelogWriter | None = None
 
     def partition_for_key(self, key: Any) -> int | None:
-        return _key_partition(key)
+        return table_partition(key)
 
-    def write_changelog_with(self, producer: Producer) -> None:
-        self._changelog_producer = producer
+    def write_changelog_with(self, writer: ChangelogWriter) -> None:
+        self._changelog_writer = writer
 
     def on_key_set(self, key: Any, value: Any) -> None:
-        if self._changelog_producer is None:
+        if self._changelog_writer is None:
             super().on_key_set(key, value)
         else:
             # plain JSON, what Faust's json codec reads back (its own encoder is ~5x slower: a Python default hook)
             self._send(key, json.dumps(value, separators=(",", ":")).encode())
 
     def on_key_del(self, key: Any) -> None:
-        if self._changelog_producer is None:
+        if self._changelog_writer is None:
             super().on_key_del(key)
         else:
             self._send(key, None)  # a tombstone, as Faust writes it (value None, raw)
 
     def _send(self, key: Any, value: bytes | None) -> None:
-        producer = cast(Producer, self._changelog_producer)
-        topic = self.changelog_topic.get_topic_name()
-        while True:
-            try:
-                producer.produce(topic, value, json.dumps(key).encode(), partition=_key_partition(key))
-                return
-            except BufferError:  # the local queue is full: let deliveries drain
-                producer.poll(0.1)
-
-
-def _key_partition(key: Any) -> int:
-    return int(str(key).split("|", 1)[0])
+        writer = cast(ChangelogWriter, self._changelog_writer)
+        writer.produce(self.changelog_topic.get_topic_name(), value, json.dumps(key).encode(), table_partition(key))
 
 
 def recovered(app: faust.App) -> bool:

@@ -8,7 +8,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
-from streams.worker.health import CallGuard, FailureStreak, ProcessHealth, Progress, health_app
+from streams.agents.health import CallGuard, FailureStreak, ProcessHealth, Progress, health_app
 
 
 class Clock:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sinks.alerts import EventClock
+from sinks.effort_detector import EventClock
 
 
 def test_nothing_closes_before_the_first_watermark_is_covered() -> None:

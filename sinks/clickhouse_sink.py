@@ -1,0 +1,229 @@
+"""The ClickHouse sink: two agents of one class, run by ``cxpulse worker`` as its ``sink`` process, or alone by
+``cxpulse sink`` (production scale-out: its own consumer group ``<app>-sink``).
+
+- ``clickhouse_panes`` on ``cx.metrics.panes``: every pane result revision into ``cxpulse.pane_results``
+  (ReplacingMergeTree on ``version``: a re-delivered or revised result replaces);
+- ``clickhouse_answers`` on ``<app>-answers``: the counted answers of every hot-path batch (raw bytes, produced
+  in the batch's transaction, so each counted answer is there exactly once) into ``cxpulse.answers``.
+
+Batches are bounded by size and time (``noack_take``).  An insert carries a deterministic
+``insert_deduplication_token`` (topic, partition, offsets), so a retry or a re-delivery writes nothing twice.  When
+ClickHouse fails, the insert is retried with backoff (0.5 s doubling to 30 s) and the batch is not acked: the agent
+stops taking records, Faust's bounded buffers fill, and consumption pauses (backpressure) until ClickHouse is back;
+nothing is dropped, nothing is buffered without bound.  Errors and lag are metrics
+(``cxpulse_sink_errors_total{sink="clickhouse"}``, ``cxpulse_sink_lag_messages{sink="clickhouse",...}``).
+
+The embedded store can be opened by one process only, so this process also answers read-only SQL for
+``cxpulse report`` / ``cxpulse drivers`` on a loopback port, written to ``<data dir>/clickhouse-endpoint.json``.
+
+Built into a process by streams/processes.py (``cxpulse worker``'s ``sink`` process, or ``cxpulse sink``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import secrets
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+from aiohttp import web
+from clickhouse_connect.driver.client import Client
+from prometheus_client import Counter, Gauge
+
+from sinks import clickhouse as store
+from streams.agents.base import BatchAgent, Record
+from streams.agents.metrics import WorkerMetrics
+from streams.config import Settings
+
+LOG = logging.getLogger("cxpulse.sink")
+SINK = "clickhouse"
+PANES_BATCH = 5000  # results per insert at most
+ANSWERS_BATCH = 20  # answer messages (a hot-path batch each) per insert at most
+BATCH_WITHIN_SECONDS = 1.0  # an insert waits at most this long to fill
+HEALTH_SECONDS = 2.0
+BACKOFF_MAX_SECONDS = 30.0
+MAX_QUERY_ROWS = 1_000_000
+
+
+class Store:
+    """The process's one client (the embedded engine allows one per process anyway), used from threads in turn."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.client: Client | None = None
+        self.lock = asyncio.Lock()
+
+    def _open(self) -> Client:
+        if self.client is None:
+            client = store.connect(self.settings)
+            applied = store.migrate(client)
+            if applied:
+                LOG.warning("ClickHouse schema: applied %s", ", ".join(applied))
+            self.client = client
+        return self.client
+
+    async def run(self, work: Callable[[Client], Any]) -> Any:
+        async with self.lock:
+            return await asyncio.to_thread(lambda: work(self._open()))
+
+    def reset(self) -> None:
+        """Forget a client that failed (an HTTP server may come back; a new client is made then)."""
+        if self.client is not None and store.chdb_path(self.settings.clickhouse_url) is None:
+            with contextlib.suppress(Exception):
+                self.client.close()
+            self.client = None
+
+
+class SinkMetrics:
+    def __init__(self, base: WorkerMetrics) -> None:
+        registry = base.registry
+        self.base = base
+        self.rows = Counter("cxpulse_sink_rows", "Rows written to ClickHouse, by table", ["table"], registry=registry)
+        self.up = Gauge(
+            "cxpulse_clickhouse_up", "1 while the last ClickHouse insert or check succeeded", registry=registry
+        )
+        self.store_up = True
+
+    def set_up(self, up: bool) -> None:
+        self.store_up = up
+        self.up.set(1 if up else 0)
+
+
+class ClickHouseSink(BatchAgent):
+    """One input of the ClickHouse sink into one table: every batch's rows of a partition inserted until
+    ClickHouse takes them (the batch is not acked before: back-pressure), with a deterministic deduplication
+    token (topic, partition, offsets), so a retry or a re-delivery writes nothing twice."""
+
+    within_seconds = BATCH_WITHIN_SECONDS
+    tick_seconds = HEALTH_SECONDS
+
+    def __init__(
+        self,
+        topic: str,
+        table: str,
+        rows_of: Callable[[bytes], list[list[Any]]],
+        db: Store,
+        sink: SinkMetrics,
+        *,
+        batch_size: int,
+        transactional: bool = False,
+    ) -> None:
+        self.name = f"clickhouse-{table}"
+        self.topic = topic
+        self.table = table
+        self.rows_of = rows_of
+        self.db = db
+        self.counters = sink
+        self.metrics = sink.base
+        self.batch_size = batch_size
+        self.transactional_input = transactional
+        self.columns = store.PANE_COLUMNS if table == "pane_results" else store.ANSWER_COLUMNS
+
+    @property
+    def sink(self) -> str:
+        return SINK
+
+    async def handle(self, partition: int, records: Sequence[Record]) -> None:
+        rows: list[list[Any]] = []
+        for record in records:
+            try:
+                rows.extend(self.rows_of(record.value))
+            except Exception as exc:  # noqa: BLE001 - a record that is not what the topic carries: counted
+                self.metrics.sink_errors.labels(SINK).inc()
+                LOG.error("%s[%d]@%d cannot be read (%s); skipped", self.topic, partition, record.offset, exc)
+        offsets = [record.offset for record in records]
+        await self.write(partition, offsets, rows)
+
+    async def write(self, partition: int, offsets: Sequence[int], rows: list[list[Any]]) -> None:
+        """Insert until ClickHouse takes it (the batch is not acked before: backpressure)."""
+        dedup = store.token(self.topic, partition, min(offsets), max(offsets), len(offsets))
+        backoff = 0.5
+        while True:
+            try:
+                await self.db.run(lambda client: store.insert(client, self.table, rows, self.columns, dedup))
+                self.counters.rows.labels(self.table).inc(len(rows))
+                self.counters.set_up(True)
+                return
+            except Exception as exc:  # noqa: BLE001 - any failure: retried, counted, logged
+                self.metrics.sink_errors.labels(SINK).inc()
+                self.counters.set_up(False)
+                self.db.reset()
+                LOG.warning(
+                    "ClickHouse insert into %s failed (%s); retrying in %.1f s, %s[%d] paused",
+                    self.table, exc, backoff, self.topic, partition,
+                )  # fmt: skip
+                await asyncio.sleep(backoff)
+                backoff = min(BACKOFF_MAX_SECONDS, backoff * 2)
+
+    async def tick(self, now_ms: int) -> None:
+        """ClickHouse being away is cxpulse_clickhouse_up 0 and sink errors, not a stall: progress is marked."""
+        if not self.counters.store_up:
+            self.metrics.health.progress.done()
+        if self.db.client is None:
+            try:
+                await self.db.run(lambda client: client.command("SELECT 1"))
+                self.counters.set_up(True)
+            except Exception as exc:  # noqa: BLE001 - reported, retried at the next tick
+                self.counters.set_up(False)
+                LOG.debug("ClickHouse not available yet: %s", exc)  # the writes log their failures
+
+
+async def serve_queries(settings: Settings, db: Store) -> None:
+    """Read-only SQL over HTTP on loopback, for `cxpulse report` while this process holds the store; a random
+    bearer token in the endpoint file (mode 0600) is required."""
+    token = secrets.token_urlsafe(32)
+    server = web.Application()
+    server.router.add_post("/v1/query", lambda request: answer_query(request, db, token))
+    runner = web.AppRunner(server)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = cast(Any, site._server).sockets[0].getsockname()[1]  # noqa: SLF001 - aiohttp has no public getter
+    store.write_endpoint(settings.data_dir, f"http://127.0.0.1:{port}/v1/query", token)
+    LOG.info("read-only SQL on http://127.0.0.1:%d/v1/query", port)
+
+
+def read_only(sql: str) -> bool:
+    """A single SELECT (or WITH ... SELECT) statement."""
+    text = sql.strip().rstrip(";").strip()
+    head = text.split(None, 1)[0].upper() if text else ""
+    return head in ("SELECT", "WITH") and ";" not in text
+
+
+def _run_read_only(client: Client, sql: str, parameters: dict[str, Any]) -> Any:
+    """The query under ClickHouse's readonly=1, once its own parser showed it reads cxpulse tables only."""
+    ast = client.query(f"EXPLAIN AST {sql}", parameters=parameters, settings=store.READ_ONLY_SETTINGS)
+    refused = store.refused_tables([str(row[0]) for row in ast.result_rows])
+    if refused:
+        raise PermissionError(f"only the {store.DATABASE} tables are answered here, not {', '.join(refused)}")
+    return client.query(sql, parameters=parameters, settings=store.READ_ONLY_SETTINGS)
+
+
+async def answer_query(request: web.Request, db: Store, token: str) -> web.Response:
+    """POST {"sql": "SELECT ...", "parameters": {...}} with ``Authorization: Bearer <token>`` ->
+    {"columns": [...], "rows": [[...], ...]}."""
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        return web.json_response({"error": "a bearer token is required (see clickhouse-endpoint.json)"}, status=401)
+    try:
+        body = await request.json()
+        sql, parameters = str(body["sql"]), dict(body.get("parameters") or {})
+    except (ValueError, KeyError, TypeError):
+        return web.json_response({"error": 'expected JSON {"sql": "SELECT ...", "parameters": {}}'}, status=400)
+    if not read_only(sql):
+        return web.json_response({"error": "only a single SELECT statement is answered here"}, status=400)
+    try:
+        result = await db.run(lambda client: _run_read_only(client, sql, parameters))
+    except PermissionError as exc:
+        return web.json_response({"error": str(exc)}, status=403)
+    except Exception as exc:  # noqa: BLE001 - the caller gets the reason
+        status = 403 if "READONLY" in str(exc) else 422
+        return web.json_response({"error": str(exc).splitlines()[0][:500]}, status=status)
+    rows = [list(row) for row in result.result_rows[:MAX_QUERY_ROWS]]
+    return web.json_response(
+        {"columns": list(result.column_names), "rows": rows}, dumps=lambda o: json.dumps(o, default=str)
+    )

@@ -1,0 +1,245 @@
+"""The effort-spike detector: an agent on ``cx.metrics.panes`` (CES results) whose tick feeds every closed pane of
+every segment to streams/effort.py, the implementation replay uses too.
+
+- table ``effort-panes``: per (results partition, channel, journey, pane) the latest CES counts and drivers;
+- table ``effort-state``: per (results partition, channel, journey) the CUSUM S, whether it fires, and the last
+  pane evaluated; a restarted worker goes on from there and evaluates the panes it missed, in order.
+
+A pane is closed once its end has passed on the processing clock *and* its answers are merged and applied here
+(EventClock: merge's watermark, from the hot path's ``through`` headers), so the panes of a backlog (a worker back
+after downtime) are evaluated in event time, with their answers, as replay evaluates them; an answer arriving after
+its pane was evaluated still counts in the pane's results and baselines, not in that evaluation.  FIRING and
+RESOLVED go to ``cx.alerts`` (EffortAlert, Confluent wire format); the gauges ``cxpulse_effort_spike``,
+``cxpulse_effort_cusum``, ``cxpulse_effort_zscore``, ``cxpulse_effort_baseline_share``,
+``cxpulse_effort_short_share``, ``cxpulse_effort_short_responses`` and ``cxpulse_effort_baseline_responses`` per
+(channel, journey) are served from a snapshot taken on the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict, deque
+from collections.abc import Callable, MutableMapping, Sequence
+from typing import Any
+
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+
+from schemas.codec import (
+    EFFORT_ALERT,
+    EFFORT_ALERT_RAW,
+    WINDOW_RESULT,
+    SchemaCatalog,
+    decode_confluent,
+    encode_confluent,
+)
+from sinks.prometheus import Snapshot
+from streams.agents.base import BatchAgent, Consumption, Record
+from streams.agents.keys import PaneKey, ResultKey, SegmentKey
+from streams.agents.metrics import WorkerMetrics
+from streams.agents.results import ResultsProducer
+from streams.config import Settings, effort_config
+from streams.effort import DetectorState, Evaluation, PaneEffort, alert_record, evaluate_range
+
+LOG = logging.getLogger("cxpulse.alerts")
+EVALUATE_SECONDS = 1.0  # how often closed panes are looked for
+MAX_STEPS = 240  # panes evaluated per segment and tick (a catch-up after downtime is spread over ticks)
+LABELS = ["channel", "journey"]
+
+
+def effort_families(evaluations: dict[tuple[str, str], Evaluation], threshold: float) -> list[Metric]:
+    """The detector's gauges from the last evaluation of every segment, and its threshold H."""
+    spike = GaugeMetricFamily("cxpulse_effort_spike", "1 while the segment's effort-spike alert fires", labels=LABELS)
+    cusum = GaugeMetricFamily(
+        "cxpulse_effort_cusum", "The CUSUM statistic S (fires at H, resolves at 0)", labels=LABELS
+    )
+    zscore = GaugeMetricFamily(
+        "cxpulse_effort_zscore",
+        "(p_short - p0) / sqrt(p0 (1 - p0) / n_short), the short window against the baseline",
+        labels=LABELS,
+    )
+    p0 = GaugeMetricFamily("cxpulse_effort_baseline_share", "Baseline high-effort share p0", labels=LABELS)
+    short = GaugeMetricFamily("cxpulse_effort_short_share", "High-effort share of the last 5 minutes", labels=LABELS)
+    n_short = GaugeMetricFamily(
+        "cxpulse_effort_short_responses", "CES answers in the last 5 minutes (n_s)", labels=LABELS
+    )
+    n_baseline = GaugeMetricFamily(
+        "cxpulse_effort_baseline_responses", "CES answers in the baseline (n_B)", labels=LABELS
+    )
+    for (channel, journey), evaluation in sorted(evaluations.items()):
+        labels = [channel, journey]
+        spike.add_metric(labels, 1.0 if evaluation.firing else 0.0)
+        cusum.add_metric(labels, evaluation.s)
+        if evaluation.z is not None:
+            zscore.add_metric(labels, evaluation.z)
+        if evaluation.p0 is not None:
+            p0.add_metric(labels, evaluation.p0)
+        if evaluation.p_short is not None:
+            short.add_metric(labels, evaluation.p_short)
+        n_short.add_metric(labels, evaluation.n_short)
+        n_baseline.add_metric(labels, evaluation.n_baseline)
+    limit = GaugeMetricFamily(
+        "cxpulse_effort_threshold", "The CUSUM threshold H (CXPULSE_EFFORT_THRESHOLD)", value=threshold
+    )
+    return [spike, cusum, zscore, p0, short, n_short, n_baseline, limit]
+
+
+class EventClock:
+    """When a pane counts as closed for the detector: its end has passed on the processing clock *and* every answer
+    up to its end has been merged and its results applied here (docs/contract.md section 7: in event-time order, as in
+    replay).  Live, the two agree within a batch; after downtime the data's own time leads, so the panes of the
+    backlog are evaluated once their answers are in, not empty as they go by.
+
+    Each tick remembers merge's watermark; at the next tick the results partitions' end offsets are noted beside it
+    (merge flushed every result of that watermark before it moved it, so they are in by then), and the watermark
+    becomes safe once this agent has applied up to those ends.  Under a steady load the agent reaches a fixed past
+    end within a batch, so evaluation never waits for a moment without lag."""
+
+    def __init__(self) -> None:
+        self.previous: int | None = None  # merge's watermark at the last tick
+        self.pending: deque[tuple[int, dict[int, int]]] = deque()  # (watermark, results ends that cover it)
+        self.safe: int | None = None  # event time up to which results are known to be applied
+
+    def now(self, processing_ms: int, merged: int | None, ends: dict[int, int], applied: dict[int, int]) -> int | None:
+        """The time to close panes by (None: nothing merged yet since the start); ``ends`` and ``applied``: per
+        results partition held, its end offset and the next offset this agent will apply."""
+        if self.previous is not None:
+            self.pending.append((self.previous, ends))
+        self.previous = merged
+        while self.pending and all(applied.get(p, -1) >= end for p, end in self.pending[0][1].items()):
+            self.safe = max(self.safe or 0, self.pending.popleft()[0])
+        return None if self.safe is None else min(processing_ms, self.safe)
+
+
+class EffortDetector(BatchAgent):
+    """The effort detector's agent (see the module docstring): ``tables`` are its ``effort-panes`` and
+    ``effort-state`` (any mappings); ``watermark`` is merge's (streams.worker.merge_agent.MergeAgent.watermark)."""
+
+    name = "effort"
+    tick_seconds = EVALUATE_SECONDS
+
+    def __init__(
+        self,
+        settings: Settings,
+        topic: str,
+        tables: tuple[MutableMapping[str, Any], MutableMapping[str, Any]],
+        catalog: SchemaCatalog,
+        results: ResultsProducer,
+        snapshot: Snapshot,
+        metrics: WorkerMetrics,
+        consumption: Consumption,
+        watermark: Callable[[], int | None],
+    ) -> None:
+        self.topic = topic
+        self.settings = settings
+        self.panes, self.states = tables
+        self.catalog = catalog
+        self.results = results
+        self.snapshot = snapshot
+        self.metrics = metrics
+        self.consumption = consumption
+        self.watermark = watermark
+        self.config = effort_config(settings)
+        self.pane_ms = settings.pane_seconds * 1000
+        self.alert_schema_id = catalog.id_for(EFFORT_ALERT_RAW)
+        self.keep_ms = self.config.baseline_ms + self.config.guard_ms + 2 * self.pane_ms  # an evaluation's reach
+        self.retention_ms = settings.retention_seconds * 1000
+        self.clock = EventClock()
+        self.evaluations: dict[tuple[str, str], Evaluation] = {}
+        self.applied: dict[int, int] = {}  # results partition -> the next offset this agent applies
+        self.started_at: dict[int, int] = {}  # results partition -> its end when first seen with nothing taken
+
+    async def handle(self, partition: int, records: Sequence[Record]) -> None:
+        latest: dict[str, list[Any]] = {}
+        for record in records:
+            if record.key and ResultKey.metric_of(record.key) != b"CES":
+                continue  # 4 in 5 results are not CES: told by the key, not decoded
+            try:
+                _, result = decode_confluent(record.value, self.catalog, WINDOW_RESULT)
+            except Exception:  # noqa: BLE001, S112 - not a result (the view logs it)
+                self.metrics.sink_errors.labels(self.name).inc()
+                continue
+            if result["metric"] != "CES":
+                continue
+            key = PaneKey(partition, result["channel"], result["journey"], result["window_start"]).encode()
+            drivers = {d["name"]: [d["n"], d["high_effort"]] for d in result.get("drivers") or ()}
+            value = [result["version"], result["n"], result["high_effort"], drivers]
+            before = latest.get(key) or self.panes.get(key)
+            if before is None or before[0] < value[0]:
+                latest[key] = value
+        for key, value in latest.items():  # the changelog writes are flushed by the runner before the ack
+            self.panes[key] = value
+        self.applied[partition] = records[-1].offset + 1
+
+    async def tick(self, now_ms: int) -> None:
+        """Evaluate every closed pane of every segment held, in order; alerts out, state written, gauges set."""
+        ends, done = self._positions()
+        closing = self.clock.now(now_ms, self.watermark(), ends, done)
+        if closing is None:
+            return  # no answer merged yet since the start: nothing to evaluate in event time
+        last_closed = closing - closing % self.pane_ms - self.pane_ms
+        steps = sum([self._evaluate(segment, panes, last_closed) for segment, panes in self._segments(closing).items()])
+        if steps:
+            await self.results.flush()  # alerts, and the state table's changelog
+        self.snapshot.families = effort_families(self.evaluations, self.config.threshold)
+
+    def _positions(self) -> tuple[dict[int, int], dict[int, int]]:
+        """Per held results partition: its end as last fetched, and the next offset this agent applies (for a
+        partition it took nothing of since it was assigned: its end when first seen, where Faust resumed)."""
+        ends: dict[int, int] = {}
+        done: dict[int, int] = {}
+        for partition in self.consumption.assigned(self.topic):
+            end = self.consumption.end(self.topic, partition)
+            if end is None:
+                continue
+            ends[partition] = end
+            done[partition] = self.applied.get(partition, self.started_at.setdefault(partition, end))
+        return ends, done
+
+    def _segments(self, now_ms: int) -> dict[SegmentKey, dict[int, PaneEffort]]:
+        """The CES panes of every segment held, by segment; panes older than the retention dropped."""
+        held = self.consumption.assigned(self.topic)
+        segments: dict[SegmentKey, dict[int, PaneEffort]] = defaultdict(dict)
+        for key, value in list(self.panes.items()):
+            pane = PaneKey.decode(key)
+            if pane.partition not in held:
+                continue
+            if pane.pane < now_ms - self.retention_ms:  # no accepted answer can reach it any more
+                del self.panes[key]
+                continue
+            drivers = {name: (int(n), int(high)) for name, (n, high) in value[3].items()}
+            segments[SegmentKey(pane.partition, pane.channel, pane.journey)][pane.pane] = PaneEffort(
+                value[1], value[2], drivers
+            )
+        return segments
+
+    def _evaluate(self, segment: SegmentKey, panes: dict[int, PaneEffort], last_closed: int) -> int:
+        """The segment's closed panes not evaluated yet (at most MAX_STEPS); returns how many were."""
+        key, pane_ms = segment.encode(), self.pane_ms
+        stored = self.states.get(key)
+        state = DetectorState(stored["s"], stored["firing"], stored["evaluated"]) if stored else DetectorState()
+        pane = state.evaluated + pane_ms if state.evaluated is not None else min(panes)
+        pane = max(pane, last_closed - self.retention_ms)  # older panes are gone: nothing to evaluate them with
+        until = min(last_closed, pane + (MAX_STEPS - 1) * pane_ms)  # a long catch-up goes on at the next tick
+        steps = 0
+        for evaluation in evaluate_range(self.config, state, panes, pane, until, pane_ms) if pane <= until else []:
+            steps += 1
+            self.evaluations[(segment.channel, segment.journey)] = evaluation
+            if evaluation.change is not None:
+                self._alert(segment, evaluation)
+        if steps:
+            self.states[key] = {"s": state.s, "firing": state.firing, "evaluated": state.evaluated}
+        # panes no later evaluation of this segment needs (older than the next one's baseline): dropped
+        horizon = (state.evaluated if state.evaluated is not None else pane) + pane_ms - self.keep_ms
+        for old in [p for p in panes if p < horizon]:
+            del self.panes[PaneKey(segment.partition, segment.channel, segment.journey, old).encode()]
+        return steps
+
+    def _alert(self, segment: SegmentKey, evaluation: Evaluation) -> None:
+        record = alert_record(segment.channel, segment.journey, evaluation, self.pane_ms)
+        value = encode_confluent(record, EFFORT_ALERT, self.alert_schema_id)
+        self.results.produce(self.settings.alerts_topic, value, f"{segment.channel}|{segment.journey}".encode())
+        LOG.warning(
+            "effort spike %s: %s / %s, S %.2f, p_short %s, p0 %.3f, root cause %s",
+            evaluation.change, segment.channel, segment.journey, evaluation.s, evaluation.p_short, evaluation.p0,
+            [f"{d.kind}:{d.name} {d.high_effort}/{d.n}" for d in evaluation.root_cause],
+        )  # fmt: skip

@@ -1,0 +1,119 @@
+"""The KPI view: an agent on ``cx.metrics.panes`` that keeps the latest result of every pane group (table
+``kpi-view``, partitioned like the results: by segment) and, every ``REFRESH_SECONDS``, the rolling windows of
+the gauges (sinks/prometheus.py: RollingView, window_families, window_text; the page is written when a scrape
+asks).  Panes older than the longest window are dropped from the table and the view."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import MutableMapping, Sequence
+from typing import Any
+
+from schemas.codec import WINDOW_RESULT, SchemaCatalog, decode_confluent
+from sinks.prometheus import RollingView, Snapshot, component_windows, window_families, window_text
+from streams.agents.base import BatchAgent, Consumption, Record
+from streams.agents.keys import MetricPaneKey
+from streams.agents.metrics import WorkerMetrics
+from streams.agents.results import ResultsProducer
+from streams.aggregate import GroupKey, State
+from streams.config import Settings
+from streams.windows import state_of
+
+LOG = logging.getLogger("cxpulse.kpis")
+REFRESH_SECONDS = 2.0
+
+
+class KpiView(BatchAgent):
+    """The KPI gauges' agent (see the module docstring); ``view`` is its table (any mapping)."""
+
+    name = "prometheus"
+
+    def __init__(
+        self,
+        settings: Settings,
+        topic: str,
+        view: MutableMapping[str, Any],
+        catalog: SchemaCatalog,
+        snapshot: Snapshot,
+        metrics: WorkerMetrics,
+        results: ResultsProducer,
+        consumption: Consumption,
+    ) -> None:
+        self.topic = topic
+        self.tick_seconds = REFRESH_SECONDS
+        self.settings = settings
+        self.view = view
+        self.catalog = catalog
+        self.snapshot = snapshot
+        self.metrics = metrics
+        self.results = results
+        self.consumption = consumption
+        self.pane_ms = settings.pane_seconds * 1000
+        self.keep_ms = max(settings.windows_seconds) * 1000 + self.pane_ms  # older panes are in no window
+        self.index = RollingView(settings.windows_seconds, self.pane_ms)
+        self.indexed: set[int] | None = None  # the partitions the index was built for (rebuilt on a change)
+        self.where: dict[GroupKey, int] = {}  # pane group -> its results partition
+        self.stamps: list[int] = []  # Kafka timestamps of the results applied since the last refresh (latency)
+
+    async def handle(self, partition: int, records: Sequence[Record]) -> None:
+        latest: dict[str, list[Any]] = {}
+        for record in records:
+            try:
+                _, result = decode_confluent(record.value, self.catalog, WINDOW_RESULT)
+            except Exception:  # noqa: BLE001 - not a result: nothing to show
+                self.metrics.sink_errors.labels(self.name).inc()
+                LOG.warning("%s[%d] offset %d is not a WindowResult", self.topic, partition, record.offset)
+                continue
+            key = MetricPaneKey(
+                partition, result["channel"], result["journey"], result["metric"], result["window_start"]
+            ).encode()
+            value = [result["version"], *state_of(result)]
+            self.stamps.append(record.timestamp_ms)
+            before = latest.get(key) or self.view.get(key)
+            if before is None or before[0] < value[0]:
+                latest[key] = value
+        for key, value in latest.items():  # the changelog writes are flushed by the runner before the ack
+            self.view[key] = value
+            parsed = MetricPaneKey.decode(key)
+            if self.indexed is not None and partition in self.indexed:
+                group = (parsed.pane, parsed.channel, parsed.journey, parsed.metric)
+                self.index.put(group, State(*value[1:]))
+                self.where[group] = partition
+
+    async def tick(self, now_ms: int) -> None:
+        """Refresh the gauges: index the table on a new assignment, move the windows, hand the snapshot a copy."""
+        assigned = self.consumption.assigned(self.topic)
+        if assigned != self.indexed:  # start, recovery or rebalance: index what the table holds for them
+            self._reindex(assigned)
+        self.index.advance(now_ms)
+        totals = {window: dict(states) for window, states in self.index.totals.items()}  # the view moves on
+        end, cap, components = self.index.end or 0, self.settings.label_cap, component_windows(self.settings)
+        self.snapshot.set_lazy(  # built, or written straight as text, when a scrape asks
+            lambda: window_families(totals, end, cap, components)[0],
+            lambda: window_text(totals, end, cap, components),
+        )
+        for stamp in self.stamps:
+            if stamp > 0:
+                self.metrics.event_to_gauge.observe(max(0, now_ms - stamp) / 1000)
+        self.stamps.clear()
+        await self._drop_before(now_ms - self.keep_ms)
+
+    def _reindex(self, assigned: set[int]) -> None:
+        self.index = RollingView(self.settings.windows_seconds, self.pane_ms)
+        self.where.clear()
+        for key, value in list(self.view.items()):
+            parsed = MetricPaneKey.decode(key)
+            if parsed.partition in assigned:
+                group = (parsed.pane, parsed.channel, parsed.journey, parsed.metric)
+                self.index.put(group, State(*value[1:]))
+                self.where[group] = parsed.partition
+        self.indexed = assigned
+
+    async def _drop_before(self, cutoff_ms: int) -> None:
+        old = self.index.drop_before(cutoff_ms)
+        for pane, channel, journey, metric in old:
+            key = MetricPaneKey(self.where.pop((pane, channel, journey, metric)), channel, journey, metric, pane)
+            if key.encode() in self.view:
+                del self.view[key.encode()]
+        if old:
+            await self.results.flush()  # the tombstones

@@ -1,0 +1,221 @@
+"""The batch-agent skeleton: an agent declares its input and implements ``handle`` and ``tick``; :class:`Runner`
+does the rest for every agent the same way.
+
+Modelled on arroyo's ProcessingStrategy (one small class per step, state in typed attributes, the consumer owned
+elsewhere) and on Quix Streams' sink base (one batching loop that every sink uses):
+
+- take a batch without acking (``noack_take``: ``take_events`` acks in a ``finally``, so a worker stopped in the
+  middle of a batch would commit what it never finished, the class of faust-streaming#315);
+- group it by partition and hand each partition's records, in offset order, to :meth:`BatchAgent.handle`;
+- flush the process's :class:`~streams.agents.results.ResultsProducer` (everything the batch wrote: results,
+  alerts, table changelogs) before the batch is acked: flush or fail before ack;
+- ack; record how far each partition is applied, for the lag gauge and the process's progress;
+- every ``tick_seconds``: measure the lag, then :meth:`BatchAgent.tick`.
+
+A ``handle`` that raises is logged and counted (``cxpulse_worker_batch_errors_total{topic}``) and the batch is
+acked anyway: an unacked batch wedges Faust (``consumer.wait_empty`` waits for it forever); an agent that must
+not lose a batch reads it back itself (merge: its chain of ranges) or retries inside ``handle`` until it succeeds
+(the ClickHouse sink: back-pressure).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any, NamedTuple, Protocol, cast
+
+import faust
+from faust.types import EventT, StreamT
+
+from streams.agents import faust_compat
+from streams.agents.metrics import WorkerMetrics
+from streams.agents.results import ResultsProducer
+
+LOG = logging.getLogger("cxpulse.agents")
+
+
+Headers = tuple[tuple[str, bytes | None], ...]
+
+
+class Record(NamedTuple):
+    """One input message: where it is, its value, its Kafka timestamp and its headers."""
+
+    partition: int
+    offset: int
+    value: bytes
+    timestamp_ms: int = 0  # the message's Kafka timestamp (0: unknown)
+    headers: Headers = ()
+    key: bytes | None = None
+
+
+def headers_of(raw: Any) -> Headers:
+    """Message headers as pairs (Faust gives a list or a dict, librdkafka a list or None)."""
+    pairs = raw.items() if isinstance(raw, dict) else raw or ()
+    return tuple((str(name), value) for name, value in pairs)
+
+
+class Consumption(Protocol):
+    """What an agent may know of its process's consumer (Faust's, or a test's)."""
+
+    def assigned(self, topic: str) -> set[int]:
+        """The partitions of ``topic`` this process holds."""
+
+    def end(self, topic: str, partition: int) -> int | None:
+        """The partition's end offset as last fetched (None: not known yet)."""
+
+    def settled(self) -> bool:
+        """True once the process's tables are recovered and no rebalance is going on."""
+
+
+class FaustConsumption:
+    """:class:`Consumption` of a Faust app."""
+
+    def __init__(self, app: faust.App) -> None:
+        self.app = app
+
+    def assigned(self, topic: str) -> set[int]:
+        return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic}
+
+    def end(self, topic: str, partition: int) -> int | None:
+        for tp in self.app.consumer.assignment():
+            if tp.topic == topic and tp.partition == partition:
+                try:
+                    end = self.app.consumer.highwater(tp)
+                except Exception:  # noqa: BLE001 - not fetched yet
+                    return None
+                return int(end) if end is not None and end >= 0 else None
+        return None
+
+    def settled(self) -> bool:
+        return faust_compat.recovered(self.app) and not faust_compat.rebalancing(self.app)
+
+
+class BatchAgent(ABC):
+    """One step of a Faust process: its input topic and how it takes batches; ``handle`` and ``tick``."""
+
+    name: str  # the agent's name in Faust (unique in its process)
+    topic: str  # the input topic
+    batch_size: int = 500  # records per batch at most
+    within_seconds: float = 0.2  # a batch waits at most this long to fill
+    tick_seconds: float = 1.0  # how often tick() runs
+    transactional_input: bool = False  # the input is written in Kafka transactions (a commit marker ends it)
+    exports_lag: bool = True  # cxpulse_sink_lag_messages{sink=name}
+
+    @property
+    def sink(self) -> str:
+        """The ``sink`` label of its lag and error metrics (two agents of one sink share it)."""
+        return self.name
+
+    @abstractmethod
+    async def handle(self, partition: int, records: Sequence[Record]) -> None:
+        """Apply one partition's records of a batch (offset order)."""
+
+    async def tick(self, now_ms: int) -> None:  # noqa: B027 - optional for an agent: nothing to do by default
+        """Periodic work (every ``tick_seconds``); nothing by default."""
+
+
+class Runner:
+    """Runs one agent in a Faust app (see the module docstring); ``applied`` is how far each partition is."""
+
+    def __init__(
+        self, agent: BatchAgent, consumption: Consumption, results: ResultsProducer | None, metrics: WorkerMetrics
+    ) -> None:
+        self.agent = agent
+        self.consumption = consumption
+        self.results = results
+        self.metrics = metrics
+        self.applied: dict[int, int] = {}  # partition -> the next offset to apply
+        if agent.exports_lag:
+            metrics.sink_errors.labels(agent.sink)  # a series from the start, at 0
+
+    async def run(self, stream: StreamT[Any]) -> None:
+        batches = cast("faust.Stream[Any]", stream)  # the concrete Stream has noack_take
+        async for events in batches.noack_take(self.agent.batch_size, within=self.agent.within_seconds):
+            await self.batch([cast("EventT[Any]", event) for event in events])
+            for event in events:
+                await batches.ack(event)
+
+    async def batch(self, events: Sequence[EventT[Any]]) -> None:
+        """One batch: handle it partition by partition, then flush everything it wrote."""
+        by_partition: dict[int, list[Record]] = defaultdict(list)
+        for event in events:
+            message = event.message
+            by_partition[message.partition].append(
+                Record(
+                    message.partition,
+                    message.offset,
+                    message.value or b"",
+                    int(message.timestamp * 1000),
+                    headers_of(message.headers),
+                    message.key,
+                )
+            )
+        for partition, records in by_partition.items():
+            records.sort()
+            self.applied.setdefault(partition, records[0].offset)  # where the lag counts from while handle waits
+            try:
+                await self.agent.handle(partition, records)
+            except Exception:  # noqa: BLE001 - any failure: counted and logged; the agent reads it back or retries
+                self.metrics.batch_errors.labels(self.agent.topic).inc()
+                LOG.exception(
+                    "%s: a batch of %s[%d] failed; acked, the agent reads it back",
+                    self.agent.name,
+                    self.agent.topic,
+                    partition,
+                )
+            self.applied[partition] = records[-1].offset + 1
+        if self.results is not None:
+            await self.results.flush()
+
+    async def tick(self) -> None:
+        """The lag of every held partition, then the agent's own tick."""
+        self.measure_lag()
+        await self.agent.tick(int(time.time() * 1000))
+
+    def measure_lag(self) -> None:
+        """Per held partition: its end (as last fetched) minus the next offset to apply; on a transactional input
+        the commit marker that ends the last transaction is not a message.  Fed to the process's progress, and
+        exported as ``cxpulse_sink_lag_messages{sink=name}``.  Partitions no longer held lose their series."""
+        agent, metrics = self.agent, self.metrics
+        progress = metrics.health.progress
+        held = self.consumption.assigned(agent.topic)
+        for partition in [p for p in self.applied if p not in held]:
+            del self.applied[partition]
+            progress.forget(f"{agent.name}:{agent.topic}[{partition}]")
+            if agent.exports_lag:
+                with contextlib.suppress(KeyError):
+                    metrics.sink_lag.remove(agent.sink, str(partition))
+        for partition in held:
+            end = self.consumption.end(agent.topic, partition)
+            done = self.applied.get(partition)
+            if end is None or done is None:  # nothing applied since the assignment: Faust's offset says where
+                continue
+            lag = max(0, end - done - (1 if agent.transactional_input else 0))
+            progress.observe(f"{agent.name}:{agent.topic}[{partition}]", done, lag)
+            if agent.exports_lag:
+                metrics.sink_lag.labels(agent.sink, str(partition)).set(lag)
+
+
+def attach(
+    app: faust.App,
+    agent: BatchAgent,
+    topic: faust.TopicT,
+    results: ResultsProducer | None,
+    metrics: WorkerMetrics,
+) -> Runner:
+    """Run ``agent`` on ``topic`` in ``app``: its Faust agent and its tick timer."""
+    runner = Runner(agent, FaustConsumption(app), results, metrics)
+
+    async def consume(stream: StreamT[Any]) -> None:
+        await runner.run(stream)
+
+    async def tick() -> None:
+        await runner.tick()
+
+    app.agent(topic, name=agent.name)(consume)
+    app.timer(interval=agent.tick_seconds, name=f"{agent.name}-tick")(tick)
+    return runner

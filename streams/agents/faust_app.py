@@ -1,0 +1,102 @@
+"""A Faust process of cxpulse: the app every one of them is built on, and the process around it (settings, metrics,
+health, the Faust worker).  streams/processes.py fills the app with agents."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import faust
+from prometheus_client import CollectorRegistry
+
+from streams.agents import faust_compat
+from streams.agents.health import ProcessHealth, serve
+from streams.agents.metrics import WorkerMetrics
+from streams.config import Settings, load_settings
+from streams.errors import EXIT_PERMANENT, CxPulseError
+from streams.outage import OutageLog
+from streams.topics import partition_count
+
+SESSION_TIMEOUT_SECONDS = 10.0  # a process killed with -9 keeps its partitions this long
+READY_CHECK_SECONDS = 0.5
+MAX_FETCH_BYTES = 16 * 1024 * 1024  # a partial message can be large (a whole hot-path batch)
+TABLE_SCHEMA: faust.Schema[Any, Any] = faust.Schema(key_serializer="json", value_serializer="json")
+
+
+def faust_app(settings: Settings, app_id: str, folder: str, **extra: Any) -> faust.App:
+    """A Faust app of the worker: at least once, read_committed, no web server, the broker settings the worker's
+    processes share; its local state in ``<data dir>/<folder>``."""
+    (settings.data_dir / folder).mkdir(parents=True, exist_ok=True)
+    kafka = settings.kafka
+    app = faust.App(
+        app_id,
+        broker=kafka.faust_brokers(),
+        broker_credentials=kafka.faust_credentials(),
+        store="memory://",
+        datadir=str(settings.data_dir / folder),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        processing_guarantee="at_least_once",
+        web_enabled=False,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=SESSION_TIMEOUT_SECONDS,
+        broker_heartbeat_interval=2.0,
+        consumer_max_fetch_size=MAX_FETCH_BYTES,
+        # on stop, commit what was acked and go: an unacked batch is delivered again after a restart and absorbed
+        # once.  Waiting for it instead can hang a stop (consumer.wait_empty) for minutes.
+        stream_wait_empty=False,
+        **extra,
+    )
+    faust_compat.read_committed(app)
+    return app
+
+
+def raw_topic(app: faust.App, settings: Settings, name: str) -> faust.TopicT:
+    """A topic of raw bytes, with the partition count it has on the broker."""
+    return app.topic(
+        name, key_serializer="raw", value_serializer="raw", partitions=partition_count(settings.kafka, name)
+    )
+
+
+def report_ready(app: faust.App, metrics: WorkerMetrics, process: str) -> None:
+    """A timer that sets ``cxpulse_worker_process_ready{process}`` from Faust's state and the process's health.
+    Gauges are set on the event loop, never at scrape time: the metrics thread must not touch a table (its first
+    use binds the table's service to that thread's loop, and Faust then waits for it forever when it stops)."""
+
+    async def ready() -> None:
+        settled = faust_compat.recovered(app) and not faust_compat.rebalancing(app)
+        metrics.process_ready.labels(process).set(1.0 if metrics.health.ready(settled) else 0.0)
+
+    app.timer(interval=READY_CHECK_SECONDS, name=f"{process}-ready")(ready)
+
+
+def run_process(
+    process: str,
+    argv: Sequence[str],
+    build: Callable[[Settings, WorkerMetrics], faust.App],
+    check: Callable[[Settings], str | None] = lambda settings: None,
+) -> int:
+    """Run a Faust process: ``METRICS_PORT LOGLEVEL``; settings from the environment (exit 2, EXIT_PERMANENT, when
+    they are invalid or ``check`` names a problem), metrics on the loopback port."""
+    port, loglevel = int(argv[0]), argv[1] if len(argv) > 1 else "warn"
+    try:
+        settings = load_settings()
+        problem = check(settings)
+        if problem is not None:
+            raise CxPulseError(problem)
+    except CxPulseError as exc:
+        print(f"cxpulse {process}: {exc}", file=sys.stderr)
+        return EXIT_PERMANENT
+    metrics = WorkerMetrics(CollectorRegistry())
+    metrics.health = ProcessHealth(settings.stall_seconds, OutageLog.install(settings.kafka_bootstrap))
+    metrics.process_stalled.labels(process).set_function(metrics.health.progress.stalled)
+    if port:
+        serve(port, "127.0.0.1", metrics.page, lambda: (metrics.health.ready(True), {}))
+    app = build(settings, metrics)
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    # no spinner: at the default level Faust's spinner turns the root logger to DEBUG (~8% CPU), and it writes
+    # cursor hide/show codes even into a log file (faust/utils/terminal/spinners.py)
+    worker.spinner = None
+    worker.execute_from_commandline()
+    return 0

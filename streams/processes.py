@@ -1,0 +1,157 @@
+"""The composition root: each Faust process of a worker, built from its agents.  The only module that imports both
+streams/worker/ and sinks/ (the agents stand on streams/agents/, and neither side imports the other).
+
+- ``merge`` (group ``<app>``): the merge agent on ``<app>-partials`` (streams/worker/merge_agent.py) and, on
+  ``cx.metrics.panes`` in the same process, the KPI view (sinks/kpi_view.py), the effort detector
+  (sinks/effort_detector.py, fed merge's watermark) and, with ``CXPULSE_FOLLOWUP_WEBHOOK_URL``, the follow-up
+  webhook on ``cx.followups`` (sinks/followup_webhook.py);
+- ``sink`` (group ``<app>-sink``, ``cxpulse worker`` with a store, or ``cxpulse sink``): the ClickHouse sink's two
+  agents (sinks/clickhouse_sink.py) and the store's read-only query endpoint.
+
+Every table writes its changelog, and every agent its output, through the process's one ResultsProducer, which
+the runner flushes before a batch is acked.  Run by the supervisor as ``python -m streams.processes PROCESS
+METRICS_PORT LOGLEVEL``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any, cast
+
+import faust
+
+from schemas.codec import WINDOW_RESULT, catalog_for, decode_confluent
+from sinks import clickhouse as store
+from sinks.clickhouse_sink import ANSWERS_BATCH, PANES_BATCH, ClickHouseSink, SinkMetrics, Store, serve_queries
+from sinks.effort_detector import EffortDetector
+from sinks.followup_webhook import FollowupWebhook
+from sinks.kpi_view import KpiView
+from sinks.prometheus import Snapshot
+from streams.agents import faust_compat
+from streams.agents.base import FaustConsumption, attach
+from streams.agents.faust_app import TABLE_SCHEMA, faust_app, raw_topic, report_ready, run_process
+from streams.agents.metrics import WorkerMetrics
+from streams.agents.results import ResultsProducer
+from streams.config import Settings
+from streams.topics import internal_topics
+from streams.worker.merge_agent import MergeAgent
+from streams.worker.records import decode_answers
+from streams.worker.repair import PartitionReader
+
+MERGE, SINK = "merge", "sink"
+
+
+def _table(app: faust.App, name: str, partitions: int, results: ResultsProducer) -> Any:
+    """A table keyed ``"<partition>|..."`` whose changelog goes through the process's ResultsProducer."""
+    table = cast(
+        faust_compat.KeyPartitionedTable,
+        app.Table(name, default=None, partitions=partitions, schema=TABLE_SCHEMA),
+    )
+    table.write_changelog_with(results)
+    return table
+
+
+def merge_process(settings: Settings, metrics: WorkerMetrics) -> faust.App:
+    """The ``merge`` process: merge, the KPI view, the effort detector, the follow-up webhook (not started)."""
+    catalog = catalog_for(settings)
+    app = faust_app(
+        settings, settings.app_id, "worker", table_standby_replicas=0, Table=faust_compat.KeyPartitionedTable
+    )
+    consumption = FaustConsumption(app)
+    results = ResultsProducer(settings.kafka)
+    partials = raw_topic(app, settings, internal_topics(settings).partials)
+    panes_topic = raw_topic(app, settings, settings.results_topic)
+    partials_n, results_n = cast(int, partials.partitions), cast(int, panes_topic.partitions)
+    merge = MergeAgent(
+        settings,
+        (_table(app, "panes", partials_n, results), _table(app, "positions", partials_n, results)),
+        results,
+        PartitionReader(settings.kafka, partials.get_topic_name()),
+        metrics,
+        catalog,
+        results_n,
+        consumption,
+    )
+    kpis, efforts = Snapshot(), Snapshot()
+    metrics.snapshots.extend([kpis, efforts])  # served beside the registry, written fast (agents/exposition.py)
+    view = KpiView(
+        settings, settings.results_topic, _table(app, "kpi-view", results_n, results), catalog, kpis,
+        metrics, results, consumption,
+    )  # fmt: skip
+    effort = EffortDetector(
+        settings,
+        settings.results_topic,
+        (
+            _table(app, "effort-panes", results_n, results),
+            _table(app, "effort-state", results_n, results),
+        ),
+        catalog,
+        results,
+        efforts,
+        metrics,
+        consumption,
+        merge.watermark,
+    )
+    attach(app, merge, partials, results, metrics)
+    attach(app, view, panes_topic, results, metrics)
+    attach(app, effort, panes_topic, results, metrics)
+    if settings.followup_webhook_url:
+        followups = raw_topic(app, settings, settings.followups_topic)
+        attach(app, FollowupWebhook(settings, settings.followups_topic, metrics), followups, None, metrics)
+    report_ready(app, metrics, MERGE)
+    return app
+
+
+def sink_process(settings: Settings, metrics: WorkerMetrics) -> faust.App:
+    """The ``sink`` process: the ClickHouse sink's agents and the store's query endpoint (not started)."""
+    catalog = catalog_for(settings)
+    for noisy in ("clickhouse_connect", "urllib3"):  # one line per failed insert is ours; they would add three more
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    app = faust_app(settings, f"{settings.app_id}-sink", "sink")
+    answers = internal_topics(settings).answers
+    db = Store(settings)
+    counters = SinkMetrics(metrics)
+    panes = ClickHouseSink(
+        settings.results_topic,
+        "pane_results",
+        lambda value: [store.pane_row(decode_confluent(value, catalog, WINDOW_RESULT)[1])],
+        db,
+        counters,
+        batch_size=PANES_BATCH,
+    )
+    rows = ClickHouseSink(
+        answers,
+        "answers",
+        lambda value: store.answer_rows(decode_answers(value), catalog),
+        db,
+        counters,
+        batch_size=ANSWERS_BATCH,
+        transactional=True,
+    )
+    attach(app, panes, raw_topic(app, settings, settings.results_topic), None, metrics)
+    attach(app, rows, raw_topic(app, settings, answers), None, metrics)
+
+    async def endpoint() -> None:
+        await serve_queries(settings, db)
+
+    app.task(endpoint)
+    report_ready(app, metrics, SINK)
+    return app
+
+
+def _needs_a_store(settings: Settings) -> str | None:
+    return None if settings.clickhouse_url else "CXPULSE_CLICKHOUSE_URL is empty: no store to write to"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m streams.processes merge|sink METRICS_PORT LOGLEVEL``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[0] == SINK:
+        return run_process(SINK, args[1:], sink_process, _needs_a_store)
+    return run_process(MERGE, args[1:], merge_process)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

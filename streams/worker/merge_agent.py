@@ -1,0 +1,294 @@
+"""The ``merge`` agent: the hot path's partials in, the pane table written, WindowResults out.
+
+For each batch of one partials partition (under that partition's lock): decode the partial messages, read back
+any that Faust's consumer skipped (a range that does not follow its predecessor: streams.worker.repair), absorb
+them with streams.worker.merge.MergeStep, write every touched pane once, emit its results and flush (results and
+table changelogs go through the process's one ResultsProducer), and only then advance the chain of ranges.
+
+Its tick, every second:
+
+- **tail check** (every ``TAIL_CHECK_SECONDS``): a skip at the end of a partition has no next message to reveal it,
+  so each chain is compared with the offsets the hot path has committed; a chain that stayed short twice is read
+  back, put off while merge is busy and has not reached the partition's end (it will get there itself, and
+  reading a lag twice cost the backlog shape 3x), at most ``TAIL_DEFER_CHECKS`` checks;
+- **expiry** (every 1% of the retention, at most hourly, at least once a pane): panes that ended before
+  now - retention are dropped (a tombstone each), so state and recovery stay bounded;
+- the ``panes`` state gauge.
+
+:meth:`MergeAgent.watermark` is the event time up to which every answer has been merged and its results emitted,
+from the hot path's ``through`` headers; the effort detector closes panes by it (sinks/effort_detector.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict, deque
+from collections.abc import MutableMapping, Sequence
+from typing import Any, cast
+
+from confluent_kafka import ConsumerGroupTopicPartitions
+from confluent_kafka.admin import AdminClient
+
+from schemas.codec import WINDOW_RESULT, WINDOW_RESULT_RAW, SchemaCatalog, encode_confluent
+from streams.agents.base import BatchAgent, Consumption, Record
+from streams.agents.health import FailureStreak
+from streams.agents.keys import PaneKey, ResultKey, SourceKey, segment_partition
+from streams.agents.metrics import WorkerMetrics
+from streams.agents.results import ResultsProducer
+from streams.config import Settings
+from streams.kafka import admin_client
+from streams.windows import WindowResult, result_record
+from streams.worker.merge import MergeStep
+from streams.worker.records import decode_partials, decode_through, position_from_table
+from streams.worker.repair import PartitionReader
+
+LOG = logging.getLogger("cxpulse.merge")
+BATCH_MESSAGES = 50  # partial messages per merge batch (each is a whole hot-path batch for this partition)
+BATCH_WITHIN_SECONDS = 0.05  # a merge batch waits at most this long to fill
+TAIL_CHECK_SECONDS = 5.0  # how often chains are compared with the hot path's committed offsets
+TAIL_DEFER_CHECKS = 6  # a busy merge still behind the partition's end is given this many checks before a read-back
+ADMIN_TIMEOUT_SECONDS = 10.0
+
+
+class HotpathOffsets:
+    """The offsets the hot path's group has committed on the feedback topic (source partition -> next offset).
+
+    After a failure the next read uses a new AdminClient: after a broker restart a client can keep asking a group
+    coordinator it cached from before and time out forever (seen in the rolling-restart test; the consumer side
+    of the same librdkafka behaviour is confluentinc/librdkafka#5511)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.kafka = settings.kafka
+        self.group = f"{settings.app_id}-hotpath"
+        self.topic = settings.feedback_topic
+        self.admin: AdminClient | None = None
+
+    def read(self) -> dict[int, int]:
+        if self.admin is None:
+            self.admin = admin_client(self.kafka)
+        try:
+            futures = self.admin.list_consumer_group_offsets(
+                [ConsumerGroupTopicPartitions(self.group)], require_stable=True, request_timeout=ADMIN_TIMEOUT_SECONDS
+            )
+            out: dict[int, int] = {}
+            for future in futures.values():
+                for tp in cast(Any, future.result(timeout=ADMIN_TIMEOUT_SECONDS + 2)).topic_partitions or []:
+                    if tp.topic == self.topic and tp.offset >= 0:
+                        out[tp.partition] = tp.offset
+            return out
+        except Exception:
+            self.admin = None
+            raise
+
+
+class MergeAgent(BatchAgent):
+    """The merge agent (see the module docstring).  ``panes`` and ``positions`` are its tables (any mapping)."""
+
+    name = "merge"
+    batch_size = BATCH_MESSAGES
+    within_seconds = BATCH_WITHIN_SECONDS
+    transactional_input = True
+    exports_lag = False  # merge is no sink: its lag shows in the process's progress only
+
+    def __init__(
+        self,
+        settings: Settings,
+        tables: tuple[MutableMapping[str, Any], MutableMapping[str, Any]],
+        results: ResultsProducer,
+        reader: PartitionReader,
+        metrics: WorkerMetrics,
+        catalog: SchemaCatalog,
+        results_partitions: int,
+        consumption: Consumption,
+        hotpath: Any = None,
+    ) -> None:
+        self.topic = reader.topic
+        self.settings = settings
+        self.panes, self.positions = tables
+        self.results = results
+        self.reader = reader
+        self.metrics = metrics
+        self.consumption = consumption
+        self.hotpath = hotpath if hotpath is not None else HotpathOffsets(settings)
+        self.pane_ms = settings.pane_seconds * 1000
+        self.schema_id = catalog.id_for(WINDOW_RESULT_RAW)
+        self.results_partitions = results_partitions
+        self.locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.expired_before = -(2**62)  # panes ending at or before this were dropped by the expiry
+        self.seen: dict[int, int] = {}  # partials partition -> the highest offset merged
+        self.active_at = 0.0  # monotonic time of the last merged batch
+        self.through: dict[int, int] = {}  # source partition -> Kafka timestamp the hot path processed it through
+        self.behind: dict[int, dict[int, int]] = {}  # partials partition -> {source: end} short at the last check
+        self.deferred: dict[int, int] = {}  # partials partition -> checks a read-back was put off for
+        self.checked_at = 0.0  # monotonic time of the last tail check
+        self.swept_at = 0  # epoch ms of the last expiry
+        retention_ms = settings.retention_seconds * 1000
+        self.sweep_every_ms = max(self.pane_ms, min(retention_ms // 100, 3_600_000))
+        self.tail_reads = FailureStreak(LOG, "tail check: reading the hot path's committed offsets")
+
+    def watermark(self) -> int | None:
+        """Event time up to which every answer has been merged and its results emitted: the lowest ``through`` of
+        the source partitions the hot paths reported (None before the first report)."""
+        return min(self.through.values()) if self.through else None
+
+    # --- batches ------------------------------------------------------------------------------------------
+
+    async def handle(self, partition: int, records: Sequence[Record]) -> None:
+        """Apply the partial messages of one partials partition (under its lock), then emit and flush."""
+        async with self.locks[partition]:
+            started = time.perf_counter()
+            step = MergeStep(partition, self.pane_ms, self.panes, self.positions, ignore_before=self.expired_before)
+            await self._apply(step, partition, records)
+            self.seen[partition] = max(self.seen.get(partition, -1), max(r.offset for r in records))
+            self.active_at = time.monotonic()
+            self.metrics.chain_breaks.inc(step.breaks)
+            await self.emit(step.finish(), max(r.timestamp_ms for r in records))
+            step.advance()
+            for record in records:  # emitted and flushed: the effort detector may rely on what they say
+                for source, through in (decode_through(record.headers) or {}).items():
+                    self.through[source] = max(self.through.get(source, 0), through)
+            self.metrics.records.labels(self.topic).inc(len(records))
+            self.metrics.batch_seconds.labels("merge").observe(time.perf_counter() - started)
+
+    async def _apply(self, step: MergeStep, partition: int, records: Sequence[Record]) -> None:
+        """Absorb the records in offset order; a record whose ranges do not follow the chain first gets the
+        messages it reveals were skipped, read back (once)."""
+        pending = deque(sorted(records))
+        read_back_before = -1  # messages below this offset were already read back once
+        while pending:
+            record = pending.popleft()
+            try:
+                batch = decode_partials(record.value)
+            except (ValueError, KeyError, TypeError) as exc:  # not written by a hot path: nothing to count
+                self.metrics.chain_breaks.inc()
+                LOG.error(
+                    "partials[%d] offset %d is not a partial message (%s); skipped", partition, record.offset, exc
+                )
+                continue
+            start = step.read_back_from(batch) if record.offset > read_back_before else None
+            if start is None:
+                step.apply(batch, record.offset)
+                continue
+            missing = await self.reader.read(partition, start, record.offset)
+            read_back_before = record.offset
+            waiting = {r.offset for r in pending}
+            missing = [m for m in missing if m.offset not in waiting]
+            self.log_read_back(partition, start, record.offset, missing)
+            pending.appendleft(record)
+            pending.extendleft(reversed(missing))
+
+    def log_read_back(self, partition: int, start: int, end: int, missing: Sequence[Record]) -> None:
+        self.metrics.repaired.inc(len(missing))
+        LOG.warning(
+            "read back %d partial messages of %s[%d] offsets %d..%d that the consumer skipped",
+            len(missing),
+            self.topic,
+            partition,
+            start,
+            end,
+        )
+
+    async def emit(self, results: Sequence[WindowResult], newest_ms: int = 0) -> None:
+        """Send WindowResults to the results topic, then wait until Kafka has them all, and every table changelog
+        write of the batch with them (the tables write through the same producer).  Their Kafka timestamp is the
+        newest input event's (``newest_ms``, carried on the partials), so a sink can tell event-to-sink latency."""
+        topic = self.settings.results_topic
+        for result in results:
+            key = ResultKey(result.channel, result.journey, result.metric, result.window_start).encode()
+            value = encode_confluent(result_record(result), WINDOW_RESULT, self.schema_id)
+            partition = segment_partition(result.channel, result.journey, self.results_partitions)
+            self.results.produce(topic, value, key, partition=partition, timestamp=max(0, newest_ms))
+        await self.results.flush()
+        self.metrics.results.inc(len(results))
+
+    # --- ticks --------------------------------------------------------------------------------------------
+
+    async def tick(self, now_ms: int) -> None:
+        if time.monotonic() - self.checked_at >= TAIL_CHECK_SECONDS:
+            self.checked_at = time.monotonic()
+            await self.follow_tails()
+        if now_ms - self.swept_at >= self.sweep_every_ms:
+            await self.expire(now_ms)
+        self.metrics.state_keys.labels("panes").set(len(self.panes))
+
+    async def follow_tails(self) -> None:
+        """Read back what the hot path committed but merge never saw at the end of a partition."""
+        if not self.consumption.settled():
+            return
+        try:
+            committed = await asyncio.to_thread(self.hotpath.read)
+        except Exception as exc:  # noqa: BLE001 - the broker may be away a moment
+            self.tail_reads.failed(exc)
+            return
+        self.tail_reads.succeeded()
+        for partition in sorted(self.consumption.assigned(self.topic)):
+            short = self._short(partition, committed)
+            previous, self.behind[partition] = self.behind.get(partition), short
+            if not short or short != previous:
+                self.deferred.pop(partition, None)
+                continue  # caught up, or still moving: the agent is on it
+            if await self._still_on(partition):
+                continue
+            await self._read_back_tail(partition, short)
+
+    def _short(self, partition: int, committed: dict[int, int]) -> dict[int, int]:
+        """The source partitions whose chain in ``partition`` ends before what the hot path committed."""
+        short = {}
+        for source, end in committed.items():
+            position = position_from_table(self.positions.get(SourceKey(partition, source).encode()))
+            if position is None or position.end < end:
+                short[source] = position.end if position is not None else -1
+        return short
+
+    async def _still_on(self, partition: int) -> bool:
+        """A merge that is busy and has not reached the partition's end yet will get there itself: put off a few
+        checks at most, so a skipped stretch at the end of a partition is read back even then."""
+        try:
+            _, end = await self.reader.watermarks(partition)
+        except Exception:  # noqa: BLE001 - the read-back will say what is wrong
+            return False
+        behind_end = end - self.seen.get(partition, -1) > 2  # the last record, then a transaction marker
+        busy = time.monotonic() - self.active_at < TAIL_CHECK_SECONDS
+        if behind_end and busy and self.deferred.get(partition, 0) < TAIL_DEFER_CHECKS:
+            self.deferred[partition] = self.deferred.get(partition, 0) + 1
+            return True
+        self.deferred.pop(partition, None)
+        return False
+
+    async def _read_back_tail(self, partition: int, short: dict[int, int]) -> None:
+        starts = []
+        for source in short:
+            position = position_from_table(self.positions.get(SourceKey(partition, source).encode()))
+            starts.append(0 if position is None else position.offset + 1)
+        try:
+            missing = await self.reader.read(partition, min(starts))
+            if missing:
+                self.log_read_back(partition, min(starts), missing[-1].offset + 1, missing)
+                await self.handle(partition, missing)
+        except Exception:  # noqa: BLE001 - retried at the next check
+            self.metrics.batch_errors.labels(self.topic).inc()
+            LOG.exception("tail check of %s[%d] failed; retried in %s s", self.topic, partition, TAIL_CHECK_SECONDS)
+
+    async def expire(self, now_ms: int) -> None:
+        """Bounded state: drop panes that ended before now - retention (no accepted event can change them)."""
+        if not self.consumption.settled():
+            return
+        self.swept_at = now_ms
+        cutoff = now_ms - self.settings.retention_seconds * 1000
+        assigned = self.consumption.assigned(self.topic)
+        old: dict[int, list[str]] = defaultdict(list)
+        for key in list(self.panes.keys()):
+            pane = PaneKey.decode(key)
+            if pane.partition in assigned and pane.pane + self.pane_ms <= cutoff:
+                old[pane.partition].append(key)
+        for partition, keys in old.items():
+            async with self.locks[partition]:
+                self.expired_before = max(self.expired_before, cutoff)
+                for key in keys:
+                    if key in self.panes:
+                        del self.panes[key]
+                        self.metrics.expired.labels("panes").inc()
+        if old:
+            await self.results.flush()  # the tombstones
