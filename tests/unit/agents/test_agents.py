@@ -1,0 +1,306 @@
+"""The agents as objects, without Kafka or Faust: in-memory tables (dicts), a fake consumer view, a producer that
+keeps what it is given, a fake clock.  The tail check's deferral and read-back, expiry, the effort detector's
+catch-up in event time, the KPI view's refresh and drop, the runner's batch protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from schemas.codec import (
+    EFFORT_ALERT,
+    WINDOW_RESULT,
+    WINDOW_RESULT_RAW,
+    LocalCatalog,
+    decode_confluent,
+    encode_confluent,
+)
+from sinks.effort_detector import EffortDetector
+from sinks.kpi_view import KpiView
+from sinks.prometheus import Snapshot
+from streams.agents.base import BatchAgent, Record, Runner
+from streams.agents.keys import ResultKey, SourceKey
+from streams.agents.metrics import WorkerMetrics
+from streams.aggregate import State
+from streams.config import Settings
+from streams.validate import Clock
+from streams.windows import result_record, window_result
+from streams.worker import merge_agent
+from streams.worker.ingest import Ingest
+from streams.worker.merge_agent import MergeAgent
+from streams.worker.records import Position, encode_partials, position_to_table
+from tests.support import event
+
+pytestmark = pytest.mark.unit
+CATALOG = LocalCatalog()
+NOW = 1_767_300_000_000
+P = 60_000
+
+
+class Produced:
+    """A ResultsProducer that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, bytes | None, bytes | None, int]] = []
+        self.flushes = 0
+
+    def produce(self, topic: str, value: bytes | None, key: bytes | None = None, partition: int = -1,
+                timestamp: int = 0) -> None:  # fmt: skip
+        self.messages.append((topic, value, key, partition))
+
+    async def flush(self) -> None:
+        self.flushes += 1
+
+    def on(self, topic: str) -> list[tuple[str, bytes | None, bytes | None, int]]:
+        return [m for m in self.messages if m[0] == topic]
+
+
+class Held:
+    """What the agent's process holds: partitions, their ends, whether it has settled."""
+
+    def __init__(self, topic: str, partitions: dict[int, int], settled: bool = True) -> None:
+        self.topic, self.partitions, self.is_settled = topic, partitions, settled
+
+    def assigned(self, topic: str) -> set[int]:
+        return set(self.partitions) if topic == self.topic else set()
+
+    def end(self, topic: str, partition: int) -> int | None:
+        return self.partitions.get(partition) if topic == self.topic else None
+
+    def settled(self) -> bool:
+        return self.is_settled
+
+
+class Reader:
+    """A partials partition's messages, readable by range (what PartitionReader reads from Kafka)."""
+
+    topic = "cx-partials"
+
+    def __init__(self, records: list[Record], end: int) -> None:
+        self.records, self.end, self.reads = records, end, 0
+
+    async def read(self, partition: int, start: int, end: int | None = None) -> list[Record]:
+        self.reads += 1
+        return [r for r in self.records if r.partition == partition and start <= r.offset < (end or 10**9)]
+
+    async def watermarks(self, partition: int) -> tuple[int, int]:
+        return 0, self.end
+
+
+class Offsets:
+    def __init__(self, committed: dict[int, int]) -> None:
+        self.committed = committed
+
+    def read(self) -> dict[int, int]:
+        return self.committed
+
+
+def settings(**overrides: Any) -> Settings:
+    return Settings(clickhouse_url="", **overrides)
+
+
+def partial_records(batches: int, source: int = 0, per_batch: int = 3) -> list[Record]:
+    """The partial messages (partials partition 0) of ``batches`` hot-path batches of source partition ``source``."""
+    ingest = Ingest("cx.feedback", CATALOG, P, 1)
+    records, offset = [], 0
+    for b in range(batches):
+        answers = [event(event_id=f"b{b}e{i}", occurred_at=NOW - 600_000 + 1000 * i) for i in range(per_batch)]
+        messages = [_Msg(source, offset + i, json.dumps(answer).encode()) for i, answer in enumerate(answers)]
+        out = ingest.batch(messages, Clock(NOW, 300_000, 7 * 86_400_000))
+        ingest.committed(out.offsets)
+        offset += per_batch
+        records.append(Record(0, 2 * b, encode_partials(out.partials[0]), NOW))  # a commit marker after each
+    return records
+
+
+class _Msg:
+    def __init__(self, p: int, o: int, v: bytes) -> None:
+        self.p, self.o, self.v = p, o, v
+
+    def partition(self) -> int:
+        return self.p
+
+    def offset(self) -> int:
+        return self.o
+
+    def key(self) -> bytes | None:
+        return None
+
+    def value(self) -> bytes:
+        return self.v
+
+
+def merge_of(records: list[Record], committed: dict[int, int], **overrides: Any) -> tuple[MergeAgent, Produced]:
+    produced = Produced()
+    agent = MergeAgent(
+        settings(**overrides),
+        ({}, {}),
+        produced,  # type: ignore[arg-type]
+        Reader(records, records[-1].offset + 2 if records else 0),  # type: ignore[arg-type]
+        WorkerMetrics(CollectorRegistry()),
+        CATALOG,
+        1,
+        Held("cx-partials", {0: records[-1].offset + 2 if records else 0}),
+        Offsets(committed),
+    )
+    agent.topic = "cx-partials"
+    return agent, produced
+
+
+def test_merge_absorbs_once_and_emits_results_flushed() -> None:
+    records = partial_records(3)
+    agent, produced = merge_of(records, {0: 9})
+    asyncio.run(agent.handle(0, records))
+    first = len(produced.on(agent.settings.results_topic))
+    assert first > 0 and produced.flushes == 1
+    n = sum(decode_confluent(v, CATALOG, WINDOW_RESULT)[1]["n"] for _, v, _, _ in produced.messages if v)
+    asyncio.run(agent.handle(0, records))  # delivered again: re-emitted, nothing counted twice
+    again = produced.on(agent.settings.results_topic)[first:]
+    assert sum(decode_confluent(v, CATALOG, WINDOW_RESULT)[1]["n"] for _, v, _, _ in again if v) == n
+    assert agent.positions[SourceKey(0, 0).encode()] == position_to_table(Position(9, 4))
+
+
+def test_merge_reads_back_a_message_the_consumer_skipped() -> None:
+    records = partial_records(3)
+    agent, _ = merge_of(records, {0: 9})
+    asyncio.run(agent.handle(0, [records[0], records[2]]))  # the middle one never arrived
+    assert agent.reader.reads == 1 and agent.metrics.repaired._value.get() == 1  # noqa: SLF001 - the counter
+    assert agent.positions[SourceKey(0, 0).encode()] == position_to_table(Position(9, 4))
+
+
+def test_the_tail_check_puts_off_a_busy_merge_then_reads_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    records = partial_records(3)
+    agent, _ = merge_of(records, {0: 9})
+    asyncio.run(agent.handle(0, records[:1]))  # merge saw the first; the hot path committed all three
+    clock = [1000.0]
+    monkeypatch.setattr(merge_agent.time, "monotonic", lambda: clock[0])
+    agent.active_at = clock[0]  # busy, and behind the partition's end
+    asyncio.run(agent.follow_tails())  # first sight of the short chain: the agent may be on it
+    for _ in range(merge_agent.TAIL_DEFER_CHECKS):
+        asyncio.run(agent.follow_tails())
+        assert agent.reader.reads == 0  # put off while busy
+    asyncio.run(agent.follow_tails())  # deferred long enough: read back
+    assert agent.reader.reads == 1
+    assert agent.positions[SourceKey(0, 0).encode()] == position_to_table(Position(9, 4))
+
+
+def test_an_idle_merge_reads_a_short_tail_back_at_the_second_check() -> None:
+    records = partial_records(2)
+    agent, _ = merge_of(records, {0: 6})
+    asyncio.run(agent.handle(0, records[:1]))
+    agent.active_at = 0.0  # idle
+    asyncio.run(agent.follow_tails())
+    assert agent.reader.reads == 0  # one short sight may be a batch on its way
+    asyncio.run(agent.follow_tails())
+    assert agent.reader.reads == 1
+
+
+def test_expiry_drops_the_panes_past_the_retention_and_ignores_late_deltas() -> None:
+    records = partial_records(1)
+    agent, _ = merge_of(records, {0: 3}, retention_seconds=3600, windows_seconds=(300,))
+    asyncio.run(agent.handle(0, records))
+    assert agent.panes
+    asyncio.run(agent.expire(NOW + 2 * 3600_000))
+    assert not agent.panes and agent.expired_before == NOW + 2 * 3600_000 - 3600_000
+    asyncio.run(agent.expire(NOW))  # nothing more to drop
+    assert agent.metrics.expired.labels("panes")._value.get() >= 1  # noqa: SLF001 - the counter
+
+
+def ces_result(channel: str, pane: int, n: int, high: int, version: int = 1) -> Record:
+    state = State(n, 0, 0, 0, 0, high, n * 10**9, n * 10**9)
+    result = window_result(pane, pane + P, channel, "billing", "CES", state, version)
+    value = encode_confluent(result_record(result), WINDOW_RESULT, CATALOG.id_for(WINDOW_RESULT_RAW))
+    return Record(0, pane // P, value, 0, (), ResultKey(channel, "billing", "CES", pane).encode())
+
+
+def effort_of(watermark: list[int | None]) -> tuple[EffortDetector, Produced, Held]:
+    produced = Produced()
+    held = Held("cx.metrics.panes", {0: 0})
+    agent = EffortDetector(
+        settings(effort_baseline_seconds=1200, effort_guard_seconds=120, effort_min_baseline=100),
+        "cx.metrics.panes",
+        ({}, {}),
+        CATALOG,
+        produced,  # type: ignore[arg-type]
+        Snapshot(),
+        WorkerMetrics(CollectorRegistry()),
+        held,
+        lambda: watermark[0],
+    )
+    return agent, produced, held
+
+
+def test_the_effort_detector_waits_for_the_watermark_then_catches_up_and_fires() -> None:
+    """Steady panes, then a spike: while merge's watermark is behind, nothing is evaluated (the panes would go by
+    empty); once it moves past them, they are evaluated in order and the spike fires, its `at` the pane's end."""
+    start = NOW - 40 * P
+    records = [ces_result("chat", start + i * P, 20, 4) for i in range(30)]
+    records += [ces_result("chat", start + i * P, 20, 16) for i in range(30, 38)]
+    watermark: list[int | None] = [None]
+    agent, produced, held = effort_of(watermark)
+    asyncio.run(agent.handle(0, records))
+    held.partitions[0] = records[-1].offset + 1
+    asyncio.run(agent.tick(NOW))
+    asyncio.run(agent.tick(NOW))
+    assert agent.states == {} and not produced.on(agent.settings.alerts_topic)  # no watermark: nothing evaluated
+    watermark[0] = start + 20 * P  # merged up to before the spike
+    for _ in range(3):
+        asyncio.run(agent.tick(NOW))
+    assert not produced.on(agent.settings.alerts_topic)
+    watermark[0] = NOW  # the backlog is merged
+    for _ in range(3):
+        asyncio.run(agent.tick(NOW))
+    alerts = [decode_confluent(v, CATALOG, EFFORT_ALERT)[1] for _, v, _, _ in produced.on(agent.settings.alerts_topic)]
+    assert [a["state"] for a in alerts] == ["FIRING"]
+    at = alerts[0]["at"]  # epoch ms (the codec keeps timestamps as integers)
+    assert start + 30 * P < at <= start + 38 * P
+
+
+def test_the_kpi_view_refreshes_the_windows_and_drops_old_panes() -> None:
+    produced = Produced()
+    held = Held("cx.metrics.panes", {0: 10})
+    snapshot = Snapshot()
+    view = KpiView(settings(windows_seconds=(300,)), "cx.metrics.panes", {}, CATALOG, snapshot,
+                   WorkerMetrics(CollectorRegistry()), produced, held)  # type: ignore[arg-type]  # fmt: skip
+    pane = NOW - NOW % P - P
+    asyncio.run(view.handle(0, [ces_result("chat", pane, 10, 2), ces_result("chat", pane - 20 * P, 5, 1)]))
+    asyncio.run(view.tick(NOW))
+    text = snapshot.exposition().decode()
+    assert 'cxpulse_kpi_responses{channel="chat",journey="billing",metric="CES",window="5m"} 10.0' in text
+    assert list(view.view) == [f"0|chat|billing|CES|{pane}"]
+
+
+class Failing(BatchAgent):
+    name = "failing"
+    topic = "t"
+    transactional_input = True
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def handle(self, partition: int, records: Sequence[Record]) -> None:
+        self.calls += 1
+        raise RuntimeError("boom")
+
+
+class _Event:
+    def __init__(self, partition: int, offset: int) -> None:
+        self.message = type("M", (), {"partition": partition, "offset": offset, "value": b"", "timestamp": 1.0,
+                                      "headers": [], "key": None})()  # fmt: skip
+
+
+def test_the_runner_counts_a_failed_batch_and_measures_lag_past_the_commit_marker() -> None:
+    metrics = WorkerMetrics(CollectorRegistry())
+    produced = Produced()
+    agent = Failing()
+    runner = Runner(agent, Held("t", {0: 12}), produced, metrics)  # type: ignore[arg-type]
+    asyncio.run(runner.batch([_Event(0, 9), _Event(0, 10)]))  # type: ignore[list-item]
+    assert agent.calls == 1 and metrics.batch_errors.labels("t")._value.get() == 1  # noqa: SLF001
+    assert produced.flushes == 1 and runner.applied == {0: 11}
+    runner.measure_lag()
+    assert metrics.sink_lag.labels("failing", "0")._value.get() == 0  # 12 - 11 - the marker  # noqa: SLF001
