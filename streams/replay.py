@@ -253,15 +253,16 @@ class Replay:
         starts = [pane for pane, _, _, _ in self.panes]
         return list(replay_alerts(segments, config, self.pane_ms, min(starts), max(starts)))
 
-    def results(self, window_ms: int | None = None) -> list[WindowResult]:
-        """Pane results (window_ms None), or the rolling window of that length as of the latest event."""
+    def results(self, window_ms: int | None = None, now_ms: int | None = None) -> list[WindowResult]:
+        """Pane results (window_ms None), or the rolling window of that length as of the latest event (or as of
+        ``now_ms``: what the live gauges show at that time, for a check of them)."""
         if window_ms is None:
             return pane_results(self.panes, self.pane_ms, drivers=self.drivers)
         if self.stats.max_occurred_at is None:
             return []
         # replay's "now" is the largest occurred_at seen; the window ends at the boundary after it so that
         # the pane holding the latest event is included
-        now = self.stats.max_occurred_at + self.pane_ms
+        now = self.stats.max_occurred_at + self.pane_ms if now_ms is None else now_ms
         start, end = window_bounds(now, window_ms, self.pane_ms)
         states = rolling_window(self.panes, now, window_ms, self.pane_ms)
         return [

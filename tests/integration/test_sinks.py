@@ -17,10 +17,8 @@ import pytest
 
 from schemas.codec import EFFORT_ALERT, LocalCatalog, decode_confluent
 from sinks.prometheus import window_label
-from streams.aggregate import kpi
 from streams.kafka import consumer, producer
 from streams.replay import replay_file
-from streams.windows import rolling_window
 from tests.support import RunningBroker, cxpulse_command, free_ports, stop_process
 from tests.workers import (
     Pipeline,
@@ -35,6 +33,28 @@ from tests.workers import (
     wait_for,
 )
 
+COMPONENTS = ("n", "promoters", "passives", "detractors", "positive", "high_effort", "sum_x", "sum_x2")
+
+
+def gauge_mismatches(sample: dict[str, float], result: Any, window: str) -> list[str]:
+    """The gauges of one replay window result that differ from it (empty: all equal)."""
+    labels = f'channel="{result.channel}",journey="{result.journey}",metric="{result.metric}",window="{window}"'
+    wrong = []
+    if sample.get(f"cxpulse_kpi_value{{{labels}}}") != pytest.approx(result.value, abs=1e-9):
+        wrong.append(f"value {labels}")
+    if sample.get(f"cxpulse_kpi_moe95{{{labels}}}") != (None if result.moe95 is None else pytest.approx(result.moe95)):
+        wrong.append(f"moe95 {labels}")
+    if sample.get(f"cxpulse_kpi_responses{{{labels}}}") != result.n:
+        wrong.append(f"n {labels}")
+    for name in COMPONENTS:
+        component = (
+            f'channel="{result.channel}",component="{name}",journey="{result.journey}",metric="{result.metric}",'
+            f'window="{window}"'
+        )
+        if sample.get(f"cxpulse_kpi_component{{{component}}}") != pytest.approx(getattr(result, name), abs=1e-9):
+            wrong.append(f"{name} {labels}")
+    return wrong
+
 
 def test_kpi_gauges_equal_replays_rolling_windows(pipeline: Pipeline, tmp_path: Path) -> None:
     source = tmp_path / "events.jsonl"
@@ -46,33 +66,20 @@ def test_kpi_gauges_equal_replays_rolling_windows(pipeline: Pipeline, tmp_path: 
     try:
         produce(settings, source)
         converge(settings, expected_results(source, settings.pane_seconds)[0])
-        panes = replay_file(source, settings.pane_seconds * 1000, lambda dead: None).panes
+        replay = replay_file(source, settings.pane_seconds * 1000, lambda dead: None)
 
         def mismatches() -> list[str]:
+            """Every cxpulse_kpi_* series against replay's own rolling windows at the gauges' end: value, moe95,
+            n and all eight components."""
             sample = scrape(port)
             end = sample.get("cxpulse_kpi_window_end_seconds")
             if end is None:
                 return ["no gauges yet"]
-            wrong = []
-            seen = 0
+            wrong, seen = [], 0
             for window_s in settings.windows_seconds:
-                window = rolling_window(panes, int(end * 1000), window_s * 1000, settings.pane_seconds * 1000)
-                for (channel, journey, metric), state in window.items():
-                    labels = (
-                        f'channel="{channel}",journey="{journey}",metric="{metric}",window="{window_label(window_s)}"'
-                    )
+                for result in replay.results(window_s * 1000, int(end * 1000)):
                     seen += 1
-                    k = kpi(metric, state)
-                    component = (
-                        f'channel="{channel}",component="high_effort",journey="{journey}",metric="{metric}",'
-                        f'window="{window_label(window_s)}"'
-                    )
-                    if sample.get(f"cxpulse_kpi_responses{{{labels}}}") != state.n:
-                        wrong.append(f"n {labels}")
-                    elif sample.get(f"cxpulse_kpi_value{{{labels}}}") != pytest.approx(k.value, abs=1e-9):
-                        wrong.append(f"value {labels}")
-                    elif sample.get(f"cxpulse_kpi_component{{{component}}}") != state.high_effort:
-                        wrong.append(f"high_effort {labels}")
+                    wrong.extend(gauge_mismatches(sample, result, window_label(window_s)))
             exported = sum(1 for key in sample if key.startswith("cxpulse_kpi_responses{"))
             return wrong or ([f"{exported} series exported, {seen} expected"] if exported != seen else [])
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sinks.prometheus import Snapshot, kpi_families, window_label
-from streams.aggregate import aggregate_panes, kpi, merge_all
+from sinks.prometheus import COMPONENTS, Snapshot, kpi_families, window_label
+from streams.aggregate import aggregate_panes, merge_all
 from streams.synth import realistic_events
 from streams.validate import validate_batch
 from streams.windows import result_record, rolling_window, state_of, window_result
@@ -36,28 +38,35 @@ def scrape(families: list) -> dict[tuple, float]:
     return out
 
 
-def test_gauges_are_replays_rolling_windows() -> None:
-    panes = panes_of(4000)
-    got = scrape(kpi_families(panes, NOW, (300, 3600, 86400), P, cap=1000)[0])
+def test_gauges_are_replays_rolling_windows(tmp_path: Any) -> None:
+    """Every series of every window against replay's own output for the same answers (not against the functions
+    the view calls): value, moe95, n and all eight components; and no series replay does not have."""
+    import json
+
+    from streams.replay import replay_file
+
+    events = list(realistic_events(4000, seed=1, start_ms=NOW - 3 * 3600_000, per_second=4000 / 10800))
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in events))
+    replay = replay_file(path, P, lambda dead: None)
+    got = scrape(kpi_families(replay.panes, NOW, (300, 3600, 86400), P, cap=1000)[0])
     assert got[("cxpulse_kpi_window_end_seconds", ())] == (NOW - NOW % P) / 1000
-    checked = 0
+    expected_keys = set()
     for window_s, label in ((300, "5m"), (3600, "1h"), (86400, "24h")):
-        for (channel, journey, metric), state in rolling_window(panes, NOW, window_s * 1000, P).items():
-            labels = (("channel", channel), ("journey", journey), ("metric", metric), ("window", label))
-            expected = kpi(metric, state)
-            assert got[("cxpulse_kpi_value", labels)] == expected.value
-            assert got[("cxpulse_kpi_responses", labels)] == state.n
-            assert got.get(("cxpulse_kpi_moe95", labels)) == expected.moe95
-            assert (
-                got[("cxpulse_kpi_component", tuple(sorted((*labels, ("component", "high_effort")))))]
-                == state.high_effort
+        for result in replay.results(window_s * 1000, NOW):
+            labels = (("channel", result.channel), ("journey", result.journey), ("metric", result.metric),
+                      ("window", label))  # fmt: skip
+            expected_keys.add(labels)
+            assert got[("cxpulse_kpi_value", labels)] == pytest.approx(result.value, abs=1e-9)
+            assert got.get(("cxpulse_kpi_moe95", labels)) == (
+                None if result.moe95 is None else pytest.approx(result.moe95)
             )
-            checked += 1
-    assert checked > 100
-    assert not any(
-        name == "cxpulse_kpi_value" and dict(labels)["window"] == "5m" and dict(labels)["channel"] == "x"
-        for name, labels in got
-    )
+            assert got[("cxpulse_kpi_responses", labels)] == result.n
+            for name in COMPONENTS:
+                component = tuple(sorted((*labels, ("component", name))))
+                assert got[("cxpulse_kpi_component", component)] == pytest.approx(getattr(result, name), abs=1e-9)
+    exported = {labels for name, labels in got if name == "cxpulse_kpi_responses"}
+    assert exported == expected_keys and len(expected_keys) > 100
 
 
 def component_total(samples: dict, metric: str, component: str) -> float:
