@@ -6,6 +6,7 @@ Nothing is lost either way: the results equal replay, the DLQ holds each invalid
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 from tests.faults.test_broker_faults import readyz
@@ -79,3 +80,68 @@ def test_a_stalled_process_is_not_ready_then_restarted_and_loses_nothing(
         stop_worker(worker, log)
     finally:
         stop_process(worker)
+
+
+def test_two_workers_with_the_same_worker_id_are_refused(kafka_broker: RunningBroker, tmp_path: Path) -> None:
+    """A second live worker under the same CXPULSE_WORKER_ID (the same transactional.ids) fences the first; the
+    first takes its id back, and is fenced again before it could commit anything: two owners, not a broker
+    fault.  One of them stops with exit 1 and says so, instead of the two fencing each other forever."""
+    pipeline = make_pipeline(kafka_broker.bootstrap, tmp_path)
+    settings = pipeline.settings
+    source = tmp_path / "events.jsonl"
+    mixed_events(source, 3000)
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    workers = [
+        start_worker(pipeline, log, data_dir=tmp_path / name, CXPULSE_WORKER_ID="same")
+        for name, log in zip(("a", "b"), logs, strict=True)
+    ]
+    try:
+        produce(settings, source)
+        deadline = time.monotonic() + 120
+        while all(w.poll() is None for w in workers) and time.monotonic() < deadline:
+            produce(settings, source)  # keep both busy (duplicates are dropped: nothing counts twice)
+        stopped = [(w, log) for w, log in zip(workers, logs, strict=True) if w.poll() is not None]
+        assert stopped, "both workers still running after 120 s"
+        worker, log = stopped[0]
+        assert worker.wait() == 1
+        assert "two workers with the same CXPULSE_WORKER_ID?" in log.read_text()
+    finally:
+        for worker in workers:
+            stop_process(worker)
+
+
+def test_a_process_that_keeps_dying_stops_the_worker() -> None:
+    """Five deaths within two minutes (Kafka reachable) and the worker gives up with exit 1, naming the process;
+    deaths while Kafka is away do not count."""
+    from streams.config import Settings
+    from streams.worker import supervisor as sv
+
+    boss = sv.Supervisor(Settings(clickhouse_url=""), "id", "warn", {}, roles=("hotpath",))
+    child = boss.children[0]
+
+    class Dead:
+        pid = 1
+
+        def poll(self) -> int:
+            return 1
+
+    now = [1000.0]
+    started: list[str] = []
+    boss.start = lambda c: (started.append(c.name), setattr(c, "proc", Dead()))  # type: ignore[method-assign]
+    sv_time = sv.time.monotonic
+    sv.time.monotonic = lambda: now[0]  # type: ignore[assignment]
+    try:
+        boss.kafka_up = lambda: False  # type: ignore[method-assign]  # away: deaths are the outage's
+        for _ in range(8):
+            child.proc = Dead()  # type: ignore[assignment]
+            boss._watch(child)  # noqa: SLF001 - the supervisor's step, driven by hand
+            now[0] += 5
+        assert boss.failure is None and not child.restarts
+        boss.kafka_up = lambda: True  # type: ignore[method-assign]
+        for _ in range(6):
+            child.proc = Dead()  # type: ignore[assignment]
+            boss._watch(child)  # noqa: SLF001
+            now[0] += 5
+        assert boss.failure is not None and "hotpath-0 exited with 1, the 6th time within 120 s" in boss.failure
+    finally:
+        sv.time.monotonic = sv_time  # type: ignore[assignment]

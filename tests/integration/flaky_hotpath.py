@@ -1,6 +1,8 @@
 """A hot-path slot with faults injected (see flaky_worker), each chosen by an environment variable:
 
 - CXPULSE_TEST_HOTPATH_FAILURES=N: the first N calls of validate_batch raise (before the transaction begins);
+- CXPULSE_TEST_HOTPATH_SEND_FAILURES=N: the first N calls of send_offsets_to_transaction fail, after the batch's
+  dead letters, partials and seen ids were produced in the open transaction (it must be aborted: none visible);
 - CXPULSE_TEST_HOTPATH_HANG=FILE: the first transaction's send_offsets_to_transaction never returns (librdkafka
   #5456, reproduced) in the first incarnation of the slot (FILE marks that it happened);
 - CXPULSE_TEST_HOTPATH_STALL=FILE: the first batch blocks forever in Python, outside any Kafka call (a stall only
@@ -15,12 +17,16 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import KafkaError, KafkaException
+
 import streams.worker.ingest as ingest
 from streams.worker import hotpath
 from streams.worker.hotpath import main
 
 FAILURES = int(os.environ.get("CXPULSE_TEST_HOTPATH_FAILURES", "0"))
 HANG = os.environ.get("CXPULSE_TEST_HOTPATH_HANG", "")
+SEND_FAILURES = int(os.environ.get("CXPULSE_TEST_HOTPATH_SEND_FAILURES", "0"))
+_sends = [0]
 STALL = os.environ.get("CXPULSE_TEST_HOTPATH_STALL", "")
 _real = ingest.validate_batch
 _calls = [0]
@@ -56,11 +62,15 @@ class _HangingProducer:
     def send_offsets_to_transaction(self, *args: Any) -> None:
         if _first_time(HANG):
             threading.Event().wait()  # forever, like librdkafka #5456
+        _sends[0] += 1
+        if _sends[0] <= SEND_FAILURES:
+            error = KafkaError(KafkaError._TIMED_OUT, f"injected send failure {_sends[0]} of {SEND_FAILURES}")  # noqa: SLF001
+            raise KafkaException(error)
         self._real.send_offsets_to_transaction(*args)
 
 
 ingest.validate_batch = _flaky  # type: ignore[assignment]
-if HANG:
+if HANG or SEND_FAILURES:
     _new = hotpath.HotPath._new_producer
     hotpath.HotPath._new_producer = lambda self: _HangingProducer(_new(self))  # type: ignore[method-assign,assignment,return-value]
 if STALL:

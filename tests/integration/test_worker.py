@@ -381,7 +381,8 @@ def test_worker_metrics_port_in_use_fails_with_a_message(tmp_path: Path) -> None
 
 
 def test_failing_batches_are_processed_again_and_do_not_wedge_the_worker(pipeline: Pipeline, tmp_path: Path) -> None:
-    """Processing raises on the hot path's first three batches and on merge's first two (faults injected by a
+    """Processing raises on the hot path's first three batches, then its next two transactions fail after their
+    messages were written (aborted: none of it may show), and merge raises on its first two (faults injected by a
     test wrapper, tests/integration/flaky_worker.py): the failures are logged and counted, nothing is skipped
     (the hot path reads its batch again from the committed offsets, merge reads back what it did not follow),
     numbers equal replay, each invalid event is dead-lettered once, and SIGTERM still stops the worker."""
@@ -397,6 +398,7 @@ def test_failing_batches_are_processed_again_and_do_not_wedge_the_worker(pipelin
         metrics_port=port,
         command=[sys.executable, "-m", "tests.integration.flaky_worker"],
         CXPULSE_TEST_HOTPATH_FAILURES="3",
+        CXPULSE_TEST_HOTPATH_SEND_FAILURES="2",
         CXPULSE_TEST_MERGE_FAILURES="2",
     )
     try:
@@ -404,13 +406,14 @@ def test_failing_batches_are_processed_again_and_do_not_wedge_the_worker(pipelin
         converge(settings, expected)
         assert_dead_letters_once(settings, invalid)
         sample = scrape(port)
-        assert sample[f'cxpulse_worker_batch_errors_total{{topic="{settings.feedback_topic}"}}'] == 3
+        assert sample[f'cxpulse_worker_batch_errors_total{{topic="{settings.feedback_topic}"}}'] == 5
+        assert sample['cxpulse_worker_transactions_total{outcome="aborted"}'] >= 2  # written, then aborted
         partials = internal_topics(settings).partials
         assert sample[f'cxpulse_worker_batch_errors_total{{topic="{partials}"}}'] == 2
         assert sample["cxpulse_worker_chain_breaks_total"] == 0
         text = log.read_text()
-        assert text.count("injected failure") >= 5
-        assert "is read again from the committed offsets" in text
+        assert text.count("injected failure") >= 3  # the hot path says its first, merge each of its two
+        assert "is read again from the committed offsets" in text and "batches commit again, after" in text
         stop_worker(worker, log)
     finally:
         stop_process(worker)
