@@ -12,6 +12,7 @@ import ctypes
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
+from types import FrameType
 
 from streams.config import REPO_ROOT
 from streams.errors import BrokerError
@@ -234,3 +236,83 @@ def pid_alive(pid: int) -> bool:
         return False
     stat = Path(f"/proc/{pid}/stat")
     return not (stat.exists() and stat.read_text().split(") ", 1)[-1].startswith("Z"))
+
+
+# --- a broker in the foreground (cxpulse broker, cxpulse demo) ------------------------------------------
+
+
+class Interrupted(Exception):  # noqa: N818 - names what happened, as KeyboardInterrupt does
+    """Ctrl-C or SIGTERM arrived while the local broker was starting; it has been stopped."""
+
+
+def port_free(port: int) -> bool:
+    """Whether ``port`` can be bound on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+class Foreground:
+    """Ctrl-C / SIGTERM handling for a foreground broker: the first signal asks Kafka to shut down cleanly
+    (SIGTERM to the JVM, and to the processes registered with ``also_stop``), a second one kills it.  The
+    handler only sends signals; the main thread waits."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], echo: Callable[[str], None]) -> None:
+        self.proc = proc
+        self.echo = echo
+        self.others: list[subprocess.Popen[bytes]] = []  # stopped with the broker (the demo's worker)
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.proc.poll() is not None:
+            return
+        if self.requested:
+            self.proc.kill()
+            return
+        self.requested = True
+        self.echo(f"stopping ({signal.Signals(signum).name}; again to kill) ...")
+        for other in self.others:
+            if other.poll() is None:
+                other.send_signal(signal.SIGTERM)
+        self.proc.send_signal(signal.SIGTERM)
+
+    def also_stop(self, proc: subprocess.Popen[bytes]) -> None:
+        self.others.append(proc)
+
+    def wait(self, log_file: Path) -> None:
+        """Wait for the broker to exit; BrokerError unless it exited because it was asked to."""
+        code = self.proc.wait()
+        if not self.requested and code != 0:
+            raise BrokerError(f"the Kafka broker exited with {code}; see {log_file}")
+
+
+def start_foreground(
+    data_dir: Path, lib_dir: Path, port: int, controller_port: int | None, heap: str, echo: Callable[[str], None]
+) -> tuple[BrokerSpec, subprocess.Popen[bytes], Foreground, float]:
+    """Check the ports, resolve the jars, start the broker and wait until it is ready: its spec, process, signal
+    handling and start-up seconds.  BrokerError names the step that failed; Interrupted on Ctrl-C meanwhile."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BrokerError(f"data folder {data_dir} (--data-dir / CXPULSE_DATA_DIR): {exc.strerror or exc}") from exc
+    controller = controller_port if controller_port is not None else port + 1
+    for name, value in (("--port", port), ("--controller-port", controller)):
+        if not port_free(value):
+            raise BrokerError(f"{name} {value}: the port is in use on 127.0.0.1 (another broker running?)")
+    spec = BrokerSpec(port, controller, data_dir.resolve(), ensure_jars(lib_dir, echo=echo), heap=heap)
+    proc = start(spec)
+    foreground = Foreground(proc, echo)
+    try:
+        took = wait_ready(spec, proc)
+    except BrokerError:
+        stop(proc)
+        if foreground.requested:
+            raise Interrupted from None
+        raise
+    return spec, proc, foreground, took

@@ -7,35 +7,32 @@ Errors print one line to stderr and exit non-zero: 1 for a failure, 2 for bad us
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
+import threading
 import time
-import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
-from rich.table import Table
 
 from schemas.codec import catalog_for, parse_timestamp_ms
 from streams import broker as local_broker
-from streams.aggregate import kpi
+from streams import render
 from streams.config import DEFAULT_FUTURE_TOLERANCE_SECONDS, Settings, effort_config, load_settings, parse_duration
 from streams.errors import ConfigurationError, CxPulseError
 from streams.produce import produce_file
+from streams.render import err, out
 from streams.replay import Progress as ProgressFn
 from streams.replay import dead_letter_json, replay_file
 from streams.topics import ensure_topics, topic_specs
 from streams.validate import Clock, DeadLetter
-from streams.windows import iso_utc, result_json, window_result
+from streams.windows import result_json
 
 app = typer.Typer(
     name="cxpulse",
@@ -45,9 +42,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # help texts are plain: their "[env CXPULSE_...]" notes must show as written
 )
-err = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 240)  # a pipe or a file gets whole tables
-DEMO_WORKER_TIMEOUT_SECONDS = 120.0  # start-up of the demo's worker, recovery included
 PROGRESS_AFTER_SECONDS = 1.0  # a replay shows a progress bar once it has run this long (on a terminal)
 
 
@@ -80,81 +74,19 @@ def _settings(**overrides: Any) -> Settings:
         _fail(str(exc), 2)
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _broker_spec(settings: Settings, port: int, controller_port: int | None, heap: str) -> local_broker.BrokerSpec:
-    controller = controller_port if controller_port is not None else port + 1
-    for name, value in (("--port", port), ("--controller-port", controller)):
-        if not _port_free(value):
-            _fail(f"{name} {value}: the port is in use on 127.0.0.1 (another broker running?)")
-    lib_dir = local_broker.ensure_jars(settings.kafka_lib_dir, echo=lambda m: err.print(m, highlight=False))
-    return local_broker.BrokerSpec(port, controller, settings.data_dir.resolve(), lib_dir, heap=heap)
-
-
-class _Shutdown:
-    """Ctrl-C / SIGTERM handling for a foreground broker: the first signal asks Kafka to shut down cleanly
-    (SIGTERM to the JVM), a second one kills it.  The handler only sends signals; the main thread waits."""
-
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        self.proc = proc
-        self.others: list[subprocess.Popen[bytes]] = []  # stopped with the broker (the demo's worker)
-        self.requested = False
-        signal.signal(signal.SIGTERM, self._handle)
-        signal.signal(signal.SIGINT, self._handle)
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.proc.poll() is not None:
-            return
-        if self.requested:
-            self.proc.kill()
-            return
-        self.requested = True
-        err.print(f"stopping ({signal.Signals(signum).name}; again to kill) ...", highlight=False)
-        for other in self.others:
-            if other.poll() is None:
-                other.send_signal(signal.SIGTERM)
-        self.proc.send_signal(signal.SIGTERM)
-
-    def also_stop(self, proc: subprocess.Popen[bytes]) -> None:
-        self.others.append(proc)
-
-    def wait(self, log_file: Path) -> None:
-        """Wait for the broker to exit; fail unless it exited because we asked it to."""
-        code = self.proc.wait()
-        if not self.requested and code != 0:
-            _fail(f"the Kafka broker exited with {code}; see {log_file}")
-
-
 def _start_local_broker(
     settings: Settings, port: int, controller_port: int | None, heap: str
-) -> tuple[local_broker.BrokerSpec, subprocess.Popen[bytes], _Shutdown, float]:
+) -> tuple[local_broker.BrokerSpec, subprocess.Popen[bytes], local_broker.Foreground, float]:
     """Resolve, start and wait for the local broker; exit with a one-line error when any step fails."""
+    echo = lambda message: err.print(message, highlight=False)  # noqa: E731
     try:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        _fail(f"data folder {settings.data_dir} (--data-dir / CXPULSE_DATA_DIR): {exc.strerror or exc}")
-    try:
-        spec = _broker_spec(settings, port, controller_port, heap)
-        proc = local_broker.start(spec)
+        return local_broker.start_foreground(
+            settings.data_dir, settings.kafka_lib_dir, port, controller_port, heap, echo
+        )
+    except local_broker.Interrupted:  # Ctrl-C while starting
+        raise typer.Exit(0) from None
     except CxPulseError as exc:
         _fail(str(exc))
-    shutdown = _Shutdown(proc)
-    try:
-        took = local_broker.wait_ready(spec, proc)
-    except CxPulseError as exc:
-        if shutdown.requested:  # Ctrl-C while starting
-            raise typer.Exit(0) from None
-        local_broker.stop(proc)
-        _fail(str(exc))
-    return spec, proc, shutdown, took
 
 
 PortOpt = Annotated[int, typer.Option("--port", min=1, max=65534, help="Kafka listener port on 127.0.0.1.")]
@@ -190,7 +122,10 @@ def broker(
         soft_wrap=True,
     )
     sys.stdout.flush()
-    shutdown.wait(spec.log_file)
+    try:
+        shutdown.wait(spec.log_file)
+    except CxPulseError as exc:
+        _fail(str(exc))
 
 
 @app.command()
@@ -254,153 +189,16 @@ def demo(
     A time-lapse: 5-second panes and a 60-second effort baseline, so that the alert fires within about a
     minute. Runs in the foreground until Ctrl-C (or --duration); stops every process it started.
     """
-    from streams import demo as live
+    from streams.demo import Demo
 
     stop_after = _duration_ms(duration, "--duration") / 1000 if duration is not None else None
     settings = _settings(data_dir=data_dir, kafka_bootstrap=f"127.0.0.1:{port}")
-    started = time.monotonic()
-    spec, proc, shutdown, broker_seconds = _start_local_broker(
-        settings, port, controller_port, local_broker.DEFAULT_HEAP
-    )
-    specs = topic_specs(settings)
     try:
-        ensure_topics(spec.bootstrap, specs)
+        Demo(settings, out, err).run(port, controller_port, until_ready, stop_after)
+    except local_broker.Interrupted:  # Ctrl-C while the broker started
+        raise typer.Exit(0) from None
     except CxPulseError as exc:
-        local_broker.stop(proc)
         _fail(str(exc))
-    table = Table(title=f"cxpulse demo: up in {time.monotonic() - started:.1f} s", title_justify="left")
-    table.add_column("part")
-    table.add_column("where")
-    table.add_column("state")
-    version = local_broker.kafka_version(spec.lib_dir)
-    table.add_row(f"Kafka {version} (KRaft)", spec.bootstrap, f"ready in {broker_seconds:.1f} s, java pid {proc.pid}")
-    for topic in specs:
-        table.add_row("topic", topic.name, _count(topic.partitions, "partition"))
-    table.add_row("state", str(spec.data_dir), f"broker log {spec.log_file}")
-    worker_proc, worker_log, worker_seconds = _start_demo_worker(settings, spec.bootstrap, proc, live.DEMO_ENV)
-    shutdown.also_stop(worker_proc)
-    table.add_row(
-        "stream worker",
-        f"http://127.0.0.1:{settings.metrics_port}/metrics",
-        f"ready in {worker_seconds:.1f} s, pid {worker_proc.pid}, log {worker_log}",
-    )
-    table.add_row("KPI gauges, effort detector", "same /metrics", f"alerts on {settings.alerts_topic}")
-    if settings.clickhouse_url:
-        table.add_row("ClickHouse (worker's sink)", settings.clickhouse_url, "read it: cxpulse report, cxpulse drivers")
-    if until_ready:
-        out.print(table)
-        local_broker.stop(worker_proc)
-        local_broker.stop(proc)
-        return
-    sim_proc, sim_log = live.start_simulator(spec.bootstrap, settings.data_dir)
-    shutdown.also_stop(sim_proc)
-    table.add_row("simulator", " ".join(live.SIMULATION), f"pid {sim_proc.pid}, log {sim_log}")
-    out.print(table)
-    out.print("running; Ctrl-C stops everything", highlight=False)
-    alerts = _run_dashboard(live, settings, spec.bootstrap, shutdown, stop_after, [sim_proc, worker_proc, proc])
-    for child in (sim_proc, worker_proc, proc):  # the simulator first, the broker last
-        local_broker.stop(child)
-    out.print(live.summary(settings, alerts, spec.port, spec.controller_port), highlight=False, markup=False)
-
-
-def _run_dashboard(
-    live: Any,
-    settings: Settings,
-    bootstrap: str,
-    shutdown: _Shutdown,
-    stop_after: float | None,
-    children: list[subprocess.Popen[bytes]],
-) -> list[dict[str, Any]]:
-    """The live dashboard until Ctrl-C, --duration, or a child that dies; the alerts seen."""
-    from rich.live import Live
-
-    board = live.Dashboard(settings, bootstrap)
-    started = time.monotonic()
-    view = Live(board.render(out.width), console=out, refresh_per_second=2) if out.is_terminal else None
-    last_line = 0.0
-    try:
-        if view is not None:
-            view.start()
-        while not shutdown.requested:
-            if stop_after is not None and time.monotonic() - started >= stop_after:
-                break
-            dead = [c for c in children if c.poll() is not None]
-            if dead:
-                err.print(f"demo: pid {dead[0].pid} exited with {dead[0].returncode}; stopping", highlight=False)
-                break
-            for alert in board.poll():
-                out.print(live.alert_line(alert), highlight=False, markup=False)
-            if view is not None:
-                view.update(board.render(out.width))
-            elif time.monotonic() - last_line >= 10:  # not a terminal: a progress line every 10 s
-                last_line = time.monotonic()
-                out.print(
-                    f"{time.monotonic() - started:4.0f} s: {board.records:,.0f} events ({board.rate:,.0f}/s), "
-                    f"lag {board.lag:,.0f}, {len(board.kpis)} segments, {len(board.alerts)} alerts",
-                    highlight=False,
-                )
-            time.sleep(1.0)  # the dashboard's pace (the worker's gauges refresh every 2 s)
-    finally:
-        if view is not None:
-            view.stop()
-        board.close()
-    if view is None:
-        out.print(board.render())
-    return list(board.alerts)
-
-
-def _start_demo_worker(
-    settings: Settings, bootstrap: str, broker_proc: subprocess.Popen[bytes], extra_env: dict[str, str]
-) -> tuple[subprocess.Popen[bytes], Path, float]:
-    """Start `cxpulse worker` against the demo broker and wait until its /metrics reports it ready."""
-    if not settings.metrics_port:
-        local_broker.stop(broker_proc)
-        _fail("demo: the worker's readiness is read from /metrics; CXPULSE_METRICS_PORT must not be 0")
-    started = time.monotonic()
-    log_path = settings.data_dir / "worker.log"
-    env = {
-        **os.environ,
-        **extra_env,
-        "CXPULSE_KAFKA_BOOTSTRAP": bootstrap,
-        "CXPULSE_DATA_DIR": str(settings.data_dir),
-    }
-    with log_path.open("ab") as log:
-        worker_proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            preexec_fn=local_broker.die_with_parent,  # noqa: PLW1509 - only prctl, no Python state touched
-        )
-    url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
-    deadline = started + DEMO_WORKER_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if worker_proc.poll() is not None:
-            local_broker.stop(broker_proc)
-            tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
-            _fail(f"the worker exited with {worker_proc.returncode}: {' | '.join(tail)} (log {log_path})")
-        if _worker_ready(url):
-            return worker_proc, log_path, time.monotonic() - started
-        time.sleep(0.25)  # polling an HTTP endpoint that has no push
-    local_broker.stop(worker_proc)
-    local_broker.stop(broker_proc)
-    _fail(f"the worker was not ready after {DEMO_WORKER_TIMEOUT_SECONDS:.0f} s; see {log_path}")
-
-
-def _worker_ready(url: str) -> bool:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback URL built here
-            text = response.read().decode()
-    except OSError:
-        return False
-    return any(
-        sample.name == "cxpulse_worker_ready" and sample.value == 1.0
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    )
 
 
 @app.command()
@@ -553,15 +351,8 @@ def simulate(
     settings = _settings(kafka_bootstrap=bootstrap, feedback_topic=topic)
     try:
         incidents = [sim.parse_incident(text) for text in incident or []]
-        when: Any = int(start) if start is not None and start.isdigit() else start
         duration_ms = _duration_ms(duration, "--duration") if duration is not None else None
-        now_ms = int(time.time() * 1000)
-        if when is not None:
-            start_ms = parse_timestamp_ms(when)
-        elif to_file is not None and duration_ms is not None:
-            start_ms = now_ms - duration_ms  # a file is history: it ends now (a worker refuses the future)
-        else:
-            start_ms = now_ms
+        start_ms = _simulated_start(start, duration_ms if to_file is not None else None)
         simulator = sim.Simulator(
             seed=seed,
             rate=rate,
@@ -590,13 +381,28 @@ def simulate(
             _fail(f"simulate: cannot write {to_file}: {exc.strerror or exc}")
         err.print(f"wrote {sent.events} events to {to_file} in {sent.seconds:.1f} s", highlight=False, markup=False)
         return
-    stop = {"now": False}
+    sent = _simulate_live(simulator, duration_ms, settings)
+    err.print(
+        f"sent {sent.events} events to {settings.feedback_topic} in {sent.seconds:.1f} s", highlight=False, markup=False
+    )
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop["now"] = True
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+def _simulated_start(start: str | None, file_duration_ms: int | None) -> int:
+    """--start as epoch ms; by default now, or for a file of ``file_duration_ms`` that long before now (a file is
+    history: it ends now, and a worker refuses the future)."""
+    now_ms = int(time.time() * 1000)
+    if start is not None:
+        return parse_timestamp_ms(int(start) if start.isdigit() else start)
+    return now_ms - file_duration_ms if file_duration_ms is not None else now_ms
+
+
+def _simulate_live(simulator: Any, duration_ms: int | None, settings: Settings) -> Any:
+    """`cxpulse simulate` to Kafka, paced, until ``duration_ms`` of simulated time or Ctrl-C / SIGTERM."""
+    from streams import simulate as sim
+
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
 
     def progress(count: int, seconds: float, active: list[Any]) -> None:
         incidents_now = ", ".join(f"{i.kind} {i.channel}/{i.journey or '*'}" for i in active) or "none"
@@ -606,24 +412,14 @@ def simulate(
             markup=False,
         )
 
-    catalog = catalog_for(settings)
     try:
-        sent = sim.to_kafka(
-            simulator,
-            duration_ms,
-            settings.kafka,
-            settings.feedback_topic,
-            catalog,
-            lambda: stop["now"],
-            progress,
-        )
+        catalog, topic = catalog_for(settings), settings.feedback_topic
+        sent = sim.to_kafka(simulator, duration_ms, settings.kafka, topic, catalog, stop.is_set, progress)
     except CxPulseError as exc:
         _fail(f"simulate: {exc}")
     if sent.failed:
         _fail(f"simulate: {sent.failed} of {sent.events} events were not delivered to {settings.feedback_topic}")
-    err.print(
-        f"sent {sent.events} events to {settings.feedback_topic} in {sent.seconds:.1f} s", highlight=False, markup=False
-    )
+    return sent
 
 
 @app.command()
@@ -693,22 +489,7 @@ def report(
         _fail(f"report: {exc}", 2)
     except CxPulseError as exc:
         _fail(f"report: {exc}")
-    extra = [d for d in dims if d not in ("channel", "journey")]
-    if fmt == "table":
-        _report_table(rows, dims, window, min_n)
-        return
-    records = [_report_record(row, extra) for row in rows]
-    if fmt == "jsonl":
-        for record in records:
-            out.print(json.dumps(record, separators=(",", ":")), highlight=False, markup=False, soft_wrap=True)
-        return
-    import csv
-
-    writer = csv.writer(sys.stdout)
-    fields = ["window_start", "window_end", "channel", "journey", *extra, "metric", "n", "value", "moe95"]
-    writer.writerow(fields)
-    for record in records:
-        writer.writerow(["" if record.get(f) is None else record.get(f) for f in fields])
+    render.report_rows(rows, dims, window, fmt, min_n)
 
 
 METRIC_NAMES = ("NPS", "CES", "CSAT", "NLS", "CAS")
@@ -752,58 +533,6 @@ def _since_ms(text: str, now_ms: int) -> int:
         return parse_timestamp_ms(text)
     except CxPulseError:
         _fail(f"--since {text!r} is neither a duration (24h) nor a time (ISO-8601 with offset, epoch ms)", 2)
-
-
-def _report_record(row: Any, extra: list[str]) -> dict[str, Any]:
-    record = result_json(
-        window_result(
-            row.window_start,
-            row.window_end,
-            row.dimensions["channel"],
-            row.dimensions["journey"],
-            row.metric,
-            row.state,
-            row.version,
-        )
-    )
-    for name in extra:
-        record[name] = row.dimensions[name]
-    return record
-
-
-def _report_table(rows: list[Any], dims: list[str], window: str, min_n: int) -> None:
-    table = Table(title=f"cxpulse report: {window} by {','.join(dims)}", title_justify="left")
-    for column in ("window (UTC)", *dims, "metric"):
-        table.add_column(column)
-    for column in ("value", "±95%", "n"):
-        table.add_column(column, justify="right")
-    shown = [row for row in rows if row.state.n >= min_n]
-    for row in shown:
-        k = kpi(row.metric, row.state)
-        start, end = iso_utc(row.window_start), iso_utc(row.window_end)
-        span = f"{start[:16]} → {end[11:16] if end[:10] == start[:10] else end[:16]}"  # a date where it changes
-        cells = [span, *(escape(row.dimensions.get(d, "*")) for d in dims), row.metric]
-        cells += [f"{k.value:.1f}" if row.metric != "CES" else f"{k.value:.2f}",
-                  "" if k.moe95 is None else f"{k.moe95:.1f}" if row.metric != "CES" else f"{k.moe95:.2f}",
-                  str(row.state.n)]  # fmt: skip
-        table.add_row(*cells)
-    if not rows:
-        err.print("no results in ClickHouse for this window yet", highlight=False)
-        return
-    if shown:
-        out.print(table)
-    hidden = len(rows) - len(shown)
-    if hidden:
-        err.print(
-            f"{_count(hidden, 'group')} with fewer than {min_n} answers not shown (too few for a KPI; --min-n 1 "
-            "shows every group)",
-            highlight=False,
-        )
-
-
-def _count(number: int, noun: str) -> str:
-    """``1 partition``, ``2 partitions``."""
-    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 @app.command()
@@ -850,36 +579,9 @@ def drivers(
     if found.n_now == 0:
         _no_such_segment(rp, reader, channel, journey, found.metric, window)
     if fmt == "jsonl":
-        for dimension in _names(by):
-            for driver in [d for d in found.drivers if d.dimension == dimension][:top]:
-                out.print(json.dumps(driver._asdict(), separators=(",", ":")), highlight=False, markup=False)
-        return
-    against = f"the previous {window}" if vs == "previous" else "the rest of the business"
-    if found.kpi_now is None or found.kpi_before is None:
-        err.print(f"{found.metric} {channel}/{journey}: not enough answers in the window or in {against}")
-        return
-    out.print(
-        f"{found.metric} {escape(channel)}/{escape(journey)}, last {window}: {found.kpi_now:.2f} (n {found.n_now}) "
-        f"against {against}: {found.kpi_before:.2f} (n {found.n_before}); change {found.change:+.2f}",
-        highlight=False,
-    )
-    for dimension in _names(by):
-        table = Table(title=f"by {dimension}", title_justify="left")
-        other = "before" if vs == "previous" else "rest"
-        for column, justify in (("value", "left"), ("n now", "right"), (f"n {other}", "right"), ("KPI now", "right"),
-                                (f"KPI {other}", "right"), ("contribution", "right"), ("±95%", "right")):  # fmt: skip
-            table.add_column(column, justify=justify)  # type: ignore[arg-type]
-        for driver in [d for d in found.drivers if d.dimension == dimension][:top]:
-            table.add_row(
-                escape(driver.name),
-                str(driver.n_now),
-                str(driver.n_before),
-                "-" if driver.kpi_now is None else f"{driver.kpi_now:.2f}",
-                "-" if driver.kpi_before is None else f"{driver.kpi_before:.2f}",
-                f"{driver.contribution:+.2f}",
-                "-" if driver.interval is None else f"{driver.interval:.2f}",
-            )
-        out.print(table)
+        render.drivers_jsonl(found, _names(by), top)
+    else:
+        render.drivers_tables(found, f"{channel}/{journey}", window, vs, _names(by), top)
 
 
 TOPIC_ALIASES = ("feedback", "dlq", "results", "alerts", "followups")
@@ -1002,8 +704,8 @@ def replay(
         err.print(
             f"replayed {stats.read} events in {time.monotonic() - started:.1f} s: {stats.counted} counted, "
             f"{stats.duplicates} duplicates, {sum(stats.dead_letters.values())} dead letters ({reasons}); "
-            f"{_count(len(results), 'result')}"
-            + (f"; {_count(len(fired), 'effort alert')}" if alerts is not None else ""),
+            f"{render.count(len(results), 'result')}"
+            + (f"; {render.count(len(fired), 'effort alert')}" if alerts is not None else ""),
             highlight=False,
         )
         _warn_about_time(stats.future, stats.too_old, settings, "counted")

@@ -1,5 +1,9 @@
-"""``cxpulse demo``'s live part: a time-lapse configuration for the worker, the simulator with an effort incident,
-and a terminal dashboard read from the worker's /metrics and the alerts topic.
+"""``cxpulse demo``: the main job on the embedded default, in the foreground.
+
+It starts a local Kafka (streams.broker), creates the topics, starts ``cxpulse worker`` with a time-lapse
+configuration and waits until it is ready, starts the simulator with an effort incident, and shows the live
+dashboard (streams.dashboard) until Ctrl-C or ``--duration``; then it stops everything it started and prints the
+commands that read the run back.
 
 The demo compresses time so that a user sees the whole loop within 90 s: 5-second panes, rolling windows of 1 and
 5 minutes, and an effort detector with a 60-second baseline that ends 5 s before the pane (production: 60-second
@@ -15,25 +19,25 @@ import shlex
 import shutil
 import subprocess
 import sys
-import textwrap
 import time
 import urllib.request
-import uuid
-from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
-from rich.console import Group
+from rich.console import Console
+from rich.live import Live
 from rich.table import Table
-from rich.text import Text
 
-from schemas.codec import EFFORT_ALERT, LocalCatalog, decode_confluent
-from streams.broker import die_with_parent
+from streams import broker as local_broker
 from streams.config import Settings
-from streams.kafka import consumer
+from streams.dashboard import Dashboard, alert_line
+from streams.errors import CxPulseError
+from streams.render import count
+from streams.topics import ensure_topics, topic_specs
 
+WORKER_TIMEOUT_SECONDS = 120.0  # start-up of the demo's worker, recovery included
 DEMO_ENV = {  # the worker's time-lapse settings (a user's own worker keeps the production defaults)
     "CXPULSE_PANE_SECONDS": "5",
     "CXPULSE_WINDOWS_SECONDS": "[60, 300]",
@@ -44,8 +48,6 @@ DEMO_ENV = {  # the worker's time-lapse settings (a user's own worker keeps the 
 SIMULATION = [
     "--rate", "200", "--journeys", "billing,support,delivery", "--incident", "effort:chat/billing@+30s", "--seed", "7",
 ]  # fmt: skip
-METRICS = ("NPS", "CES", "CSAT", "NLS", "CAS")
-WINDOW = "1m"
 
 
 def start_simulator(bootstrap: str, data_dir: Path) -> tuple[subprocess.Popen[bytes], Path]:
@@ -59,121 +61,9 @@ def start_simulator(bootstrap: str, data_dir: Path) -> tuple[subprocess.Popen[by
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl
+            preexec_fn=local_broker.die_with_parent,  # noqa: PLW1509 - only prctl
         )
     return proc, log_path
-
-
-class Dashboard:
-    """What the dashboard shows, read from the worker: its /metrics and the alerts topic."""
-
-    def __init__(self, settings: Settings, bootstrap: str) -> None:
-        self.url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
-        self.started = time.monotonic()
-        self.kpis: dict[tuple[str, str], dict[str, tuple[float, float | None, float]]] = defaultdict(dict)
-        self.records = 0.0
-        self.rate = 0.0
-        self.lag = 0.0
-        self.dead_letters = 0.0
-        self._last: tuple[float, float] | None = None
-        self.alerts: list[dict[str, Any]] = []
-        self._alerts = consumer(bootstrap, f"cxpulse-demo-{uuid.uuid4().hex[:8]}", **{"enable.auto.commit": False})
-        self._alerts.assign([TopicPartition(settings.alerts_topic, 0, OFFSET_BEGINNING)])
-        self.feedback_topic = settings.feedback_topic
-
-    def poll(self) -> list[dict[str, Any]]:
-        """Read the worker's state; return the alerts that arrived since the last poll."""
-        try:
-            with urllib.request.urlopen(self.url, timeout=2) as response:  # noqa: S310 - loopback, our worker
-                text = response.read().decode()
-        except OSError:
-            text = ""
-        values: dict[tuple[str, str, str], list[float | None]] = defaultdict(lambda: [None, None, None])
-        lag = dead = 0.0
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                labels = sample.labels
-                if sample.name.startswith("cxpulse_kpi_") and labels.get("window") == WINDOW:
-                    slot = {"cxpulse_kpi_value": 0, "cxpulse_kpi_moe95": 1, "cxpulse_kpi_responses": 2}.get(sample.name)
-                    if slot is not None:
-                        values[(labels["channel"], labels["journey"], labels["metric"])][slot] = sample.value
-                elif sample.name == "cxpulse_worker_records_total" and labels.get("topic") == self.feedback_topic:
-                    self.records = sample.value
-                elif sample.name == "cxpulse_consumer_lag_messages":
-                    lag += sample.value
-                elif sample.name == "cxpulse_worker_dead_letters_total":
-                    dead += sample.value
-        self.lag, self.dead_letters = lag, dead
-        now = time.monotonic()
-        if self._last is not None and now > self._last[0]:
-            self.rate = (self.records - self._last[1]) / (now - self._last[0])
-        self._last = (now, self.records)
-        self.kpis = defaultdict(dict)
-        for (channel, journey, metric), (value, moe, n) in values.items():
-            if value is not None and n is not None:
-                self.kpis[(channel, journey)][metric] = (value, moe, n)
-        new = []
-        for message in self._alerts.consume(100, 0.05):
-            payload = message.value()
-            if message.error() is None and payload:
-                new.append(decode_confluent(payload, LocalCatalog(), EFFORT_ALERT)[1])
-        self.alerts.extend(new)
-        return new
-
-    def render(self, width: int = 120) -> Group:
-        """The dashboard for a terminal ``width`` columns wide (alert lines wrapped to it, never cut)."""
-        elapsed = time.monotonic() - self.started
-        head = Text(
-            f"cxpulse demo  {elapsed:5.0f} s   events {self.records:,.0f} ({self.rate:,.0f}/s)   lag {self.lag:,.0f}"
-            f"   dead letters {self.dead_letters:,.0f}   window {WINDOW}, 5-second panes (time-lapse)"
-        )
-        table = Table(title="KPIs per channel x journey (value ±95%, n)", title_justify="left")
-        table.add_column("channel")
-        table.add_column("journey")
-        for metric in METRICS:
-            table.add_column(metric, justify="right")
-        for (channel, journey), kpis in sorted(self.kpis.items()):
-            cells = []
-            for metric in METRICS:
-                found = kpis.get(metric)
-                if found is None:
-                    cells.append("-")
-                    continue
-                value, moe, n = found
-                digits = 2 if metric == "CES" else 0
-                cells.append(f"{value:.{digits}f} ±{moe or 0:.{digits}f} ({n:.0f})")
-            firing = any(a["channel"] == channel and a["journey"] == journey for a in self.firing())
-            style = "bold red" if firing else None
-            table.add_row(channel, journey, *cells, style=style)
-        parts: list[Any] = [head, table]
-        for alert in self.alerts[-5:]:
-            wrapped = textwrap.fill(alert_line(alert), width=max(40, width), subsequent_indent="    ")
-            parts.append(Text(wrapped, style="bold red" if alert["state"] == "FIRING" else "green"))
-        if not self.alerts:
-            parts.append(Text("no effort alert yet (the incident starts 30 s after the simulator)", style="dim"))
-        return Group(*parts)
-
-    def firing(self) -> list[dict[str, Any]]:
-        state: dict[tuple[str, str], dict[str, Any]] = {}
-        for alert in self.alerts:
-            state[(alert["channel"], alert["journey"])] = alert
-        return [a for a in state.values() if a["state"] == "FIRING"]
-
-    def close(self) -> None:
-        self._alerts.close()
-
-
-def alert_line(alert: dict[str, Any]) -> str:
-    """One line for an EffortAlert: state, segment, shares, root cause."""
-    causes = ", ".join(
-        f"{c['kind'].lower()} {c['name']} ({c['high_effort']}/{c['n']} high effort)" for c in alert["root_cause"]
-    )
-    p_short = alert.get("p_short")
-    short = f"{100 * p_short:.0f}%" if p_short is not None else "-"
-    return (
-        f"effort spike {alert['state']} {alert['channel']}/{alert['journey']}: high-effort share {short} against "
-        f"{100 * alert['p0']:.0f}% baseline, CUSUM {alert['cusum']:.1f}; root cause: {causes or '-'}"
-    )
 
 
 def own_command() -> str:
@@ -206,4 +96,178 @@ def summary(settings: Settings, alerts: list[dict[str, Any]], port: int, control
             f"  {command} broker --data-dir {data} --port {port} --controller-port {controller_port}",
             f"  CXPULSE_KAFKA_BOOTSTRAP=127.0.0.1:{port} {command} read alerts",
         ]
+    )
+
+
+class Demo:
+    """One run of the demo: what it started, stopped in reverse order whatever happens."""
+
+    def __init__(self, settings: Settings, out: Console, err: Console) -> None:
+        self.settings = settings
+        self.out = out
+        self.err = err
+        self.started = time.monotonic()
+        self.children: list[subprocess.Popen[bytes]] = []  # the broker first
+        self.foreground: local_broker.Foreground | None = None
+        self._last_line = 0.0  # monotonic time of the last progress line (not a terminal)
+
+    def run(self, port: int, controller_port: int | None, until_ready: bool, stop_after: float | None) -> None:
+        """Start everything, show the dashboard until Ctrl-C, ``stop_after`` seconds or a child that dies, stop
+        everything.  CxPulseError (a one-line reason) when a part cannot start; broker.Interrupted on Ctrl-C
+        while the broker starts."""
+        settings = self.settings
+        spec, proc, self.foreground, broker_seconds = local_broker.start_foreground(
+            settings.data_dir, settings.kafka_lib_dir, port, controller_port, local_broker.DEFAULT_HEAP, self._echo
+        )
+        self.children.append(proc)
+        try:
+            table = self._start_worker(spec, broker_seconds)
+            if until_ready:
+                self.out.print(table)
+                return
+            sim_proc, sim_log = start_simulator(spec.bootstrap, settings.data_dir)
+            self._started(sim_proc)
+            table.add_row("simulator", " ".join(SIMULATION), f"pid {sim_proc.pid}, log {sim_log}")
+            self.out.print(table)
+            self.out.print("running; Ctrl-C stops everything", highlight=False)
+            alerts = self._show(spec.bootstrap, stop_after)
+        finally:
+            self.stop()
+        self.out.print(summary(settings, alerts, spec.port, spec.controller_port), highlight=False, markup=False)
+
+    def stop(self) -> None:
+        """Stop every child, the last started first (the simulator first, the broker last)."""
+        for child in reversed(self.children):
+            local_broker.stop(child)
+
+    def _echo(self, message: str) -> None:
+        self.err.print(message, highlight=False)
+
+    def _started(self, proc: subprocess.Popen[bytes]) -> None:
+        self.children.append(proc)
+        if self.foreground is not None:
+            self.foreground.also_stop(proc)
+
+    def _start_worker(self, spec: local_broker.BrokerSpec, broker_seconds: float) -> Table:
+        """Topics and the worker, ready; the table of what runs where."""
+        settings = self.settings
+        specs = topic_specs(settings)
+        ensure_topics(spec.bootstrap, specs)
+        table = Table(title=f"cxpulse demo: up in {time.monotonic() - self.started:.1f} s", title_justify="left")
+        for column in ("part", "where", "state"):
+            table.add_column(column)
+        version = local_broker.kafka_version(spec.lib_dir)
+        pid = self.children[0].pid
+        table.add_row(f"Kafka {version} (KRaft)", spec.bootstrap, f"ready in {broker_seconds:.1f} s, java pid {pid}")
+        for topic in specs:
+            table.add_row("topic", topic.name, count(topic.partitions, "partition"))
+        table.add_row("state", str(spec.data_dir), f"broker log {spec.log_file}")
+        worker, log, seconds = start_worker(settings, spec.bootstrap, self._started)
+        table.add_row(
+            "stream worker",
+            f"http://127.0.0.1:{settings.metrics_port}/metrics",
+            f"ready in {seconds:.1f} s, pid {worker.pid}, log {log}",
+        )
+        table.add_row("KPI gauges, effort detector", "same /metrics", f"alerts on {settings.alerts_topic}")
+        if settings.clickhouse_url:
+            table.add_row(
+                "ClickHouse (worker's sink)", settings.clickhouse_url, "read it: cxpulse report, cxpulse drivers"
+            )
+        return table
+
+    def _show(self, bootstrap: str, stop_after: float | None) -> list[dict[str, Any]]:
+        """The live dashboard until Ctrl-C, ``stop_after``, or a child that dies; the alerts seen."""
+        out = self.out
+        board = Dashboard(self.settings, bootstrap)
+        view = Live(board.render(out.width), console=out, refresh_per_second=2) if out.is_terminal else None
+        try:
+            if view is not None:
+                view.start()
+            while self._running(stop_after):
+                for alert in board.poll():
+                    out.print(alert_line(alert), highlight=False, markup=False)
+                if view is not None:
+                    view.update(board.render(out.width))
+                else:
+                    self._progress_line(board)
+                time.sleep(1.0)  # the dashboard's pace (the worker's gauges refresh every 2 s)
+        finally:
+            if view is not None:
+                view.stop()
+            board.close()
+        if view is None:
+            out.print(board.render())
+        return list(board.alerts)
+
+    def _running(self, stop_after: float | None) -> bool:
+        if self.foreground is not None and self.foreground.requested:
+            return False
+        if stop_after is not None and time.monotonic() - self.started >= stop_after:
+            return False
+        dead = [c for c in self.children if c.poll() is not None]
+        if dead:
+            self.err.print(f"demo: pid {dead[0].pid} exited with {dead[0].returncode}; stopping", highlight=False)
+            return False
+        return True
+
+    def _progress_line(self, board: Dashboard) -> None:
+        """Not a terminal: a progress line every 10 s."""
+        now = time.monotonic()
+        if now - self._last_line < 10:
+            return
+        self._last_line = now
+        self.out.print(
+            f"{now - self.started:4.0f} s: {board.records:,.0f} events ({board.rate:,.0f}/s), lag {board.lag:,.0f}, "
+            f"{len(board.kpis)} segments, {len(board.alerts)} alerts",
+            highlight=False,
+        )
+
+
+def start_worker(
+    settings: Settings, bootstrap: str, started: Callable[[subprocess.Popen[bytes]], None]
+) -> tuple[subprocess.Popen[bytes], Path, float]:
+    """Start `cxpulse worker` against the demo broker (``started(proc)`` is told at once, so that it is stopped
+    whatever happens next) and wait until its /metrics reports it ready: the process, its log, the seconds taken."""
+    if not settings.metrics_port:
+        raise CxPulseError("demo: the worker's readiness is read from /metrics; CXPULSE_METRICS_PORT must not be 0")
+    began = time.monotonic()
+    log_path = settings.data_dir / "worker.log"
+    env = {
+        **os.environ,
+        **DEMO_ENV,
+        "CXPULSE_KAFKA_BOOTSTRAP": bootstrap,
+        "CXPULSE_DATA_DIR": str(settings.data_dir),
+    }
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=local_broker.die_with_parent,  # noqa: PLW1509 - only prctl, no Python state touched
+        )
+    started(proc)
+    url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
+    while time.monotonic() < began + WORKER_TIMEOUT_SECONDS:
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+            raise CxPulseError(f"the worker exited with {proc.returncode}: {' | '.join(tail)} (log {log_path})")
+        if worker_ready(url):
+            return proc, log_path, time.monotonic() - began
+        time.sleep(0.25)  # polling an HTTP endpoint that has no push
+    raise CxPulseError(f"the worker was not ready after {WORKER_TIMEOUT_SECONDS:.0f} s; see {log_path}")
+
+
+def worker_ready(url: str) -> bool:
+    """Whether the worker's /metrics at ``url`` says cxpulse_worker_ready 1."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback URL built here
+            text = response.read().decode()
+    except OSError:
+        return False
+    return any(
+        sample.name == "cxpulse_worker_ready" and sample.value == 1.0
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
     )

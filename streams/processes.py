@@ -18,11 +18,12 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import faust
 
-from schemas.codec import WINDOW_RESULT, catalog_for, decode_confluent
+from schemas.codec import WINDOW_RESULT, SchemaCatalog, catalog_for, decode_confluent
 from sinks import clickhouse as store
 from sinks.clickhouse_sink import ANSWERS_BATCH, PANES_BATCH, ClickHouseSink, SinkMetrics, Store, serve_queries
 from sinks.effort_detector import EffortDetector
@@ -53,55 +54,72 @@ def _table(app: faust.App, name: str, partitions: int, results: ResultsProducer)
     return table
 
 
+@dataclass
+class _Parts:
+    """What the agents of one process share: its app, settings, metrics, results producer and schema catalog."""
+
+    app: faust.App
+    settings: Settings
+    metrics: WorkerMetrics
+    results: ResultsProducer
+    catalog: SchemaCatalog
+    consumption: FaustConsumption
+
+    def table(self, name: str, partitions: int) -> Any:
+        return _table(self.app, name, partitions, self.results)
+
+
 def merge_process(settings: Settings, metrics: WorkerMetrics) -> faust.App:
     """The ``merge`` process: merge, the KPI view, the effort detector, the follow-up webhook (not started)."""
-    catalog = catalog_for(settings)
     app = faust_app(
         settings, settings.app_id, "worker", table_standby_replicas=0, Table=faust_compat.KeyPartitionedTable
     )
-    consumption = FaustConsumption(app)
     results = ResultsProducer(settings.kafka)
+    parts = _Parts(app, settings, metrics, results, catalog_for(settings), FaustConsumption(app))
     partials = raw_topic(app, settings, internal_topics(settings).partials)
     panes_topic = raw_topic(app, settings, settings.results_topic)
-    partials_n, results_n = cast(int, partials.partitions), cast(int, panes_topic.partitions)
-    merge = MergeAgent(
-        settings,
-        (_table(app, "panes", partials_n, results), _table(app, "positions", partials_n, results)),
-        results,
-        PartitionReader(settings.kafka, partials.get_topic_name()),
-        metrics,
-        catalog,
-        results_n,
-        consumption,
-    )
-    kpis, efforts = Snapshot(), Snapshot()
-    metrics.snapshots.extend([kpis, efforts])  # served beside the registry, written fast (agents/exposition.py)
-    view = KpiView(
-        settings, settings.results_topic, _table(app, "kpi-view", results_n, results), catalog, kpis,
-        metrics, results, consumption,
-    )  # fmt: skip
-    effort = EffortDetector(
-        settings,
-        settings.results_topic,
-        (
-            _table(app, "effort-panes", results_n, results),
-            _table(app, "effort-state", results_n, results),
-        ),
-        catalog,
-        results,
-        efforts,
-        metrics,
-        consumption,
-        merge.watermark,
-    )
+    merge = _merge_agent(parts, partials, cast(int, panes_topic.partitions))
     attach(app, merge, partials, results, metrics)
-    attach(app, view, panes_topic, results, metrics)
-    attach(app, effort, panes_topic, results, metrics)
+    for reader in _pane_readers(parts, cast(int, panes_topic.partitions), merge):
+        attach(app, reader, panes_topic, results, metrics)
     if settings.followup_webhook_url:
         followups = raw_topic(app, settings, settings.followups_topic)
         attach(app, FollowupWebhook(settings, settings.followups_topic, metrics), followups, None, metrics)
     report_ready(app, metrics, MERGE)
     return app
+
+
+def _merge_agent(parts: _Parts, partials: faust.TopicT, results_partitions: int) -> MergeAgent:
+    """The merge agent on the partials topic, with its two tables (panes, positions) and its read-back."""
+    partitions = cast(int, partials.partitions)
+    return MergeAgent(
+        parts.settings,
+        (parts.table("panes", partitions), parts.table("positions", partitions)),
+        parts.results,
+        PartitionReader(parts.settings.kafka, partials.get_topic_name()),
+        parts.metrics,
+        parts.catalog,
+        results_partitions,
+        parts.consumption,
+    )
+
+
+def _pane_readers(parts: _Parts, partitions: int, merge: MergeAgent) -> tuple[KpiView, EffortDetector]:
+    """The agents on the pane results in the merge process: the KPI view and the effort detector (on merge's
+    watermark), each with its tables and the Snapshot its gauges are served from."""
+    settings, metrics = parts.settings, parts.metrics
+    kpis, efforts = Snapshot(), Snapshot()
+    metrics.snapshots.extend([kpis, efforts])  # served beside the registry, written fast (agents/exposition.py)
+    topic = settings.results_topic
+    view = KpiView(
+        settings, topic, parts.table("kpi-view", partitions), parts.catalog, kpis, metrics, parts.results,
+        parts.consumption,
+    )  # fmt: skip
+    tables = (parts.table("effort-panes", partitions), parts.table("effort-state", partitions))
+    effort = EffortDetector(
+        settings, topic, tables, parts.catalog, parts.results, efforts, metrics, parts.consumption, merge.watermark
+    )
+    return view, effort
 
 
 def sink_process(settings: Settings, metrics: WorkerMetrics) -> faust.App:

@@ -30,6 +30,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from types import FrameType
 
 from confluent_kafka import (
@@ -150,6 +151,19 @@ def restore_seen(
     return restored
 
 
+@dataclass
+class Recovery:
+    """A slot's failure state: what it must do before its next batch, and how long it has been failing."""
+
+    failures: int = 0  # batches failed since the last commit
+    failing_since: float = 0.0  # monotonic time of the first of them
+    needs_rewind: bool = False  # a batch failed: read again from the committed offsets before going on
+    needs_producer: bool = False  # the producer is lost: a new one before going on
+    reinit_at: float = -REFENCE_SECONDS  # monotonic time of the last new producer
+    committed_since_reinit: bool = True
+    backoff: float = 0.0  # seconds slept after the last failure (doubles up to BACKOFF_MAX_SECONDS)
+
+
 class HotPath:
     """One hot-path slot: its consumer, its transactional producer and the batch step's state."""
 
@@ -177,36 +191,44 @@ class HotPath:
         self.transactional_id = transactional_id(settings, worker_id, slot)
         self.stopping = False
         self.ready = False
-        self._backoff = 0.0
         self._housekept = 0.0
-        self._failures = 0  # batches failed since the last commit
-        self._failing_since = 0.0
-        self._needs_rewind = False  # a batch failed: read again from the committed offsets before going on
-        self._needs_producer = False  # the producer is lost: a new one before going on
-        self._reinit_at = -REFENCE_SECONDS  # monotonic time of the last new producer
-        self._committed_since_reinit = True
+        self.recovery = Recovery()
         self.lag: dict[int, int] = {}  # assigned partition -> messages waiting (last measured)
         self.through: dict[int, int] = {}  # assigned partition -> Kafka timestamp processed through (committed)
         self.guard = CallGuard(self.name)
-        self.progress = Progress()
-        self.progress.waiting = lambda: self._needs_rewind or self._needs_producer or any(self.lag.values())
-        metrics.process_ready.labels(self.name).set_function(lambda: 1.0 if self.is_ready() else 0.0)
-        metrics.process_stalled.labels(self.name).set_function(self.progress.stalled)
-        self.consumer: Consumer = new_consumer(
-            settings.kafka,
-            f"{settings.app_id}-hotpath",
+        self.progress = self._watched_progress()
+        self.consumer: Consumer = self._new_consumer()
+        self.producer: Producer = self._new_producer()
+        partials_partitions, self.dlq_partitions = self._partition_counts()
+        self.ingest = self._new_ingest(catalog, partials_partitions)
+        self.followup_bucket = TokenBucket(settings.followups_per_minute, time.monotonic())
+
+    def _watched_progress(self) -> Progress:
+        """Progress of this slot, waiting while it has work (lag, a rewind or a producer to replace); its ready
+        and stalled gauges read it."""
+        progress = Progress()
+        progress.waiting = lambda: self.recovery.needs_rewind or self.recovery.needs_producer or any(self.lag.values())
+        self.metrics.process_ready.labels(self.name).set_function(lambda: 1.0 if self.is_ready() else 0.0)
+        self.metrics.process_stalled.labels(self.name).set_function(progress.stalled)
+        return progress
+
+    def _new_consumer(self) -> Consumer:
+        return new_consumer(
+            self.settings.kafka,
+            f"{self.settings.app_id}-hotpath",
             **{
                 "isolation.level": "read_committed",
                 "partition.assignment.strategy": "cooperative-sticky",
                 "session.timeout.ms": SESSION_TIMEOUT_MS,
                 "heartbeat.interval.ms": 2000,
                 "max.poll.interval.ms": 300_000,
-                "client.id": f"{settings.app_id}-{self.name}",
+                "client.id": f"{self.settings.app_id}-{self.name}",
             },
         )
-        self.producer: Producer = self._new_producer()
-        partials_partitions, self.dlq_partitions = self._partition_counts()
-        self.ingest = Ingest(
+
+    def _new_ingest(self, catalog: SchemaCatalog, partials_partitions: int) -> Ingest:
+        settings = self.settings
+        return Ingest(
             settings.feedback_topic,
             catalog,
             settings.pane_seconds * 1000,
@@ -215,7 +237,6 @@ class HotPath:
             answers=bool(settings.clickhouse_url),
             customer_key=settings.customer_id_key.get_secret_value().encode(),
         )
-        self.followup_bucket = TokenBucket(settings.followups_per_minute, time.monotonic())
 
     def _new_producer(self) -> Producer:
         return new_producer(
@@ -364,14 +385,14 @@ class HotPath:
     def _recovered(self) -> bool:
         """After a failed batch: a new producer if the old one is lost, then back to the committed offsets.  False
         (after a backoff) while that cannot be done yet, the broker being away, say."""
-        if not (self._needs_producer or self._needs_rewind):
+        if not (self.recovery.needs_producer or self.recovery.needs_rewind):
             return True
         try:
-            if self._needs_producer:
+            if self.recovery.needs_producer:
                 self._replace_producer()
-            if self._needs_rewind:
+            if self.recovery.needs_rewind:
                 self._rewind()
-                self._needs_rewind = False
+                self.recovery.needs_rewind = False
             return True
         except (KafkaException, CxPulseError) as exc:
             if isinstance(exc, FatalError):
@@ -384,10 +405,10 @@ class HotPath:
         old, self.producer = self.producer, self._new_producer()
         with self.guard("closing the lost producer", KAFKA_TIMEOUT_SECONDS + GUARD_MARGIN_SECONDS):
             old.flush(0)
-        self._needs_producer = False
+        self.recovery.needs_producer = False
         self._init_transactions()
-        self._reinit_at = time.monotonic()
-        self._committed_since_reinit = False
+        self.recovery.reinit_at = time.monotonic()
+        self.recovery.committed_since_reinit = False
         self.metrics.producer_reinits.inc()
         LOG.warning("%s: a new transactional producer took over (%s)", self.name, self.transactional_id)
 
@@ -414,17 +435,17 @@ class HotPath:
         except Exception as exc:  # noqa: BLE001 - any failure: abort, read the batch again (nothing skipped)
             self._failed(messages, exc)
             return
-        if self._failures:
+        if self.recovery.failures:
             LOG.warning(
                 "%s: batches commit again, after %d failed tries in %.1f s (each read again from the committed "
                 "offsets: nothing skipped)",
                 self.name,
-                self._failures,
-                time.monotonic() - self._failing_since,
+                self.recovery.failures,
+                time.monotonic() - self.recovery.failing_since,
             )
-        self._failures = 0
-        self._backoff = 0.0
-        self._committed_since_reinit = True
+        self.recovery.failures = 0
+        self.recovery.backoff = 0.0
+        self.recovery.committed_since_reinit = True
         self.through.update(through)
         self.progress.done()
         self._count(out, sent)
@@ -434,10 +455,10 @@ class HotPath:
         """A batch failed: count it, abort (or replace the producer), read it again from the committed offsets."""
         self.metrics.batch_errors.labels(self.settings.feedback_topic).inc()
         self.progress.failed()
-        if self._failures == 0:
-            self._failing_since = time.monotonic()
-        self._failures += 1
-        quiet = self._failures > 1 or (self.outage is not None and self.outage.active)
+        if self.recovery.failures == 0:
+            self.recovery.failing_since = time.monotonic()
+        self.recovery.failures += 1
+        quiet = self.recovery.failures > 1 or (self.outage is not None and self.outage.active)
         LOG.log(
             logging.DEBUG if quiet else logging.WARNING if isinstance(exc, CxPulseError) else logging.ERROR,
             "%s: a batch of %d messages failed (%s: %s); it is read again from the committed offsets (the next "
@@ -449,20 +470,22 @@ class HotPath:
             exc_info=not isinstance(exc, CxPulseError | KafkaException),
         )
         if isinstance(exc, ProducerLostError):
-            if exc.fenced and not self._committed_since_reinit and time.monotonic() - self._reinit_at < REFENCE_SECONDS:
+            recovery = self.recovery
+            refenced = time.monotonic() - recovery.reinit_at < REFENCE_SECONDS and not recovery.committed_since_reinit
+            if exc.fenced and refenced:
                 raise FatalError(
                     f"{self.name} was fenced again right after taking over: another process runs with "
                     f"transactional.id {self.transactional_id} (two workers with the same CXPULSE_WORKER_ID?)"
                 ) from exc
-            self._needs_producer = True
+            self.recovery.needs_producer = True
         else:
             self._abort()
-        self._needs_rewind = True
+        self.recovery.needs_rewind = True
         self._back_off()
 
     def _back_off(self) -> None:
-        self._backoff = min(BACKOFF_MAX_SECONDS, max(0.5, 2 * self._backoff))
-        self._sleep(self._backoff)
+        self.recovery.backoff = min(BACKOFF_MAX_SECONDS, max(0.5, 2 * self.recovery.backoff))
+        self._sleep(self.recovery.backoff)
 
     def _through_after(self, messages: list[Message], now_ms: int) -> dict[int, int]:
         """Per assigned partition, the Kafka timestamp up to which every message is processed once this batch
@@ -578,10 +601,10 @@ class HotPath:
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
             if error.fatal():
-                self._needs_producer = True  # an abort cannot complete: a new producer aborts it for us
+                self.recovery.needs_producer = True  # an abort cannot complete: a new producer aborts it for us
             elif error.code() != KafkaError._STATE:  # noqa: SLF001 - _STATE: no transaction was open
                 LOG.debug("%s: abort_transaction: %s; a new producer takes over", self.name, error.str())
-                self._needs_producer = True
+                self.recovery.needs_producer = True
 
     def _rewind(self) -> None:
         """Go back to the committed offsets of every assigned partition and restore their state from Kafka."""
@@ -609,7 +632,7 @@ class HotPath:
         except KafkaException as exc:
             if not exc.args[0].fatal():
                 raise
-            self._needs_producer = True
+            self.recovery.needs_producer = True
             time.sleep(seconds)
 
     def _count(self, out: BatchOut, followups_sent: int) -> None:
@@ -688,22 +711,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         serve(port, "127.0.0.1", metrics.page, readiness)
     try:
         hot = HotPath(settings, worker_id, slot, catalog_for(settings), metrics, outage)
-    except FatalError as exc:
-        LOG.critical("%s", exc)
-        return EXIT_PERMANENT
-    except CxPulseError as exc:
-        LOG.critical("%s", exc)
-        return 1
-    running = hot
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        LOG.info("%s: %s: finishing the batch in flight", running.name, signal.Signals(signum).name)
-        running.stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    try:
-        hot.run()
+        _run_until_stopped(hot)
     except FatalError as exc:
         LOG.critical("%s", exc)
         return EXIT_PERMANENT
@@ -712,6 +720,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     LOG.info("%s stopped", hot.name)
     return 0
+
+
+def _run_until_stopped(hot: HotPath) -> None:
+    """Run the slot; SIGTERM or SIGINT finishes the batch in flight and returns."""
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        LOG.info("%s: %s: finishing the batch in flight", hot.name, signal.Signals(signum).name)
+        hot.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    hot.run()
 
 
 if __name__ == "__main__":

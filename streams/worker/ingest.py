@@ -19,7 +19,7 @@ from streams.aggregate import State, aggregate_drivers, aggregate_panes
 from streams.dedup import Deduplicator
 from streams.followups import select as select_followups
 from streams.privacy import pseudonymise
-from streams.validate import Clock, validate_batch
+from streams.validate import Clock, Feedback, validate_batch
 from streams.worker.records import (
     FROM_THE_START,
     PanePartial,
@@ -68,6 +68,22 @@ class BatchOut(NamedTuple):
 
 
 @dataclass
+class _Collected:
+    """One batch's output while its partitions are processed (Ingest.batch turns it into a BatchOut)."""
+
+    panes: dict[int, list[PanePartial]]  # partials partition -> the pane partials it owns
+    dead: list[DeadLetterOut] = field(default_factory=list)
+    seen: dict[int, dict[int, list[str]]] = field(default_factory=dict)
+    offsets: dict[int, int] = field(default_factory=dict)
+    ranges: list[SourceRange] = field(default_factory=list)
+    followups: list[dict[str, Any]] = field(default_factory=list)
+    answers: dict[int, list[bytes]] = field(default_factory=dict)
+    counted: int = 0
+    duplicates: int = 0
+    late: int = 0
+
+
+@dataclass
 class Ingest:
     """The batch step with the state it keeps between batches: a Deduplicator and the next batch's range start
     per source partition (both owned by the hot path, which restores them when it is assigned a partition)."""
@@ -99,59 +115,71 @@ class Ingest:
         by_partition: dict[int, list[RawMessage]] = defaultdict(list)
         for message in messages:
             by_partition[message.partition() or 0].append(message)
-        dead: list[DeadLetterOut] = []
-        panes: dict[int, list[PanePartial]] = {q: [] for q in range(self.partials_partitions)}
-        seen: dict[int, dict[int, list[str]]] = {}
-        offsets: dict[int, int] = {}
-        ranges: list[SourceRange] = []
-        counted = duplicates = late = 0
-        followups: list[dict[str, Any]] = []
-        answers: dict[int, list[bytes]] = {}
-        pane_ms = self.pane_ms
+        out = _Collected({q: [] for q in range(self.partials_partitions)})
         for partition, members in by_partition.items():
-            decoded = decode_batch([message.value() for message in members], self.catalog)
-            if self.customer_key:
-                pseudonymise(self.customer_key, decoded.records)
-            for index, why in decoded.failed:  # any bytes at all: a poison message is a dead letter, not a crash
-                dead.append(self._letter(members[index], "undecodable", why, None))
-            valid, rejected = validate_batch(decoded.records, clock)
-            for rejection in rejected:
-                message = members[decoded.kept[rejection.at]]
-                dead.append(self._letter(message, rejection.reason, rejection.detail, decoded.schema_ids[rejection.at]))
-            dedup = self.dedup.get(partition)
-            if dedup is None:
-                dedup = self.dedup[partition] = Deduplicator()
-            unique, dropped = dedup.first_seen(valid)
-            duplicates += dropped
-            counted += len(unique)
-            if unique:
-                seen[partition] = dedup.buckets(unique)
-                if self.followups:
-                    followups.extend(select_followups(unique, decoded.records))
-                if self.answers:
-                    at = counted_at(rejected, valid, unique, len(decoded.kept))
-                    if self.customer_key:  # the raw bytes hold the customer id: the pseudonymised record instead
-                        answers[partition] = [encode_feedback(decoded.records[i], self.catalog) for i in at]
-                    else:
-                        answers[partition] = [members[decoded.kept[i]].value() or b"" for i in at]
-            deltas: dict[tuple[str, str, int], dict[str, State]] = defaultdict(dict)
-            for (pane, channel, journey, metric), state in aggregate_panes(unique, pane_ms).items():
-                deltas[(channel, journey, pane)][metric] = state
-                if pane + pane_ms <= clock.now_ms:
-                    late += state.n
-            drivers = aggregate_drivers(unique, pane_ms)
-            for (channel, journey, pane), states in deltas.items():
-                found = drivers.get((pane, channel, journey), {})
-                panes[self.owner(channel, journey)].append(
-                    PanePartial(channel, journey, pane, partition, states, found)
-                )
-            end = (members[-1].offset() or 0) + 1
-            ranges.append(SourceRange(partition, self.starts.get(partition, FROM_THE_START), end))
-            offsets[partition] = end
-        dead.sort(key=lambda letter: (letter.source_partition, letter.source_offset))
-        batch_ranges = tuple(ranges)
-        partials = {q: PartialBatch(batch_ranges, tuple(members)) for q, members in panes.items()}
-        return BatchOut(dead, partials, seen, offsets, len(messages), counted, duplicates, late, followups, answers)
+            self._partition(partition, members, clock, out)
+        out.dead.sort(key=lambda letter: (letter.source_partition, letter.source_offset))
+        batch_ranges = tuple(out.ranges)
+        partials = {q: PartialBatch(batch_ranges, tuple(members)) for q, members in out.panes.items()}
+        return BatchOut(
+            out.dead,
+            partials,
+            out.seen,
+            out.offsets,
+            len(messages),
+            out.counted,
+            out.duplicates,
+            out.late,
+            out.followups,
+            out.answers,
+        )
+
+    def _partition(self, partition: int, members: list[RawMessage], clock: Clock, out: _Collected) -> None:
+        """One source partition's messages of the batch, in offset order, into ``out``."""
+        decoded = decode_batch([message.value() for message in members], self.catalog)
+        if self.customer_key:
+            pseudonymise(self.customer_key, decoded.records)
+        for index, why in decoded.failed:  # any bytes at all: a poison message is a dead letter, not a crash
+            out.dead.append(self._letter(members[index], "undecodable", why, None))
+        valid, rejected = validate_batch(decoded.records, clock)
+        for rejection in rejected:
+            message = members[decoded.kept[rejection.at]]
+            out.dead.append(self._letter(message, rejection.reason, rejection.detail, decoded.schema_ids[rejection.at]))
+        dedup = self.dedup.get(partition)
+        if dedup is None:
+            dedup = self.dedup[partition] = Deduplicator()
+        unique, dropped = dedup.first_seen(valid)
+        out.duplicates += dropped
+        out.counted += len(unique)
+        if unique:
+            out.seen[partition] = dedup.buckets(unique)
+            if self.followups:
+                out.followups.extend(select_followups(unique, decoded.records))
+            if self.answers:
+                at = counted_at(rejected, valid, unique, len(decoded.kept))
+                if self.customer_key:  # the raw bytes hold the customer id: the pseudonymised record instead
+                    out.answers[partition] = [encode_feedback(decoded.records[i], self.catalog) for i in at]
+                else:
+                    out.answers[partition] = [members[decoded.kept[i]].value() or b"" for i in at]
+        self._panes(partition, unique, clock, out)
+        end = (members[-1].offset() or 0) + 1
+        out.ranges.append(SourceRange(partition, self.starts.get(partition, FROM_THE_START), end))
+        out.offsets[partition] = end
+
+    def _panes(self, partition: int, unique: list[Feedback], clock: Clock, out: _Collected) -> None:
+        """The partition's counted events as pane partials, each sent to its segment's partials partition."""
+        pane_ms = self.pane_ms
+        deltas: dict[tuple[str, str, int], dict[str, State]] = defaultdict(dict)
+        for (pane, channel, journey, metric), state in aggregate_panes(unique, pane_ms).items():
+            deltas[(channel, journey, pane)][metric] = state
+            if pane + pane_ms <= clock.now_ms:
+                out.late += state.n
+        drivers = aggregate_drivers(unique, pane_ms)
+        for (channel, journey, pane), states in deltas.items():
+            found = drivers.get((pane, channel, journey), {})
+            out.panes[self.owner(channel, journey)].append(
+                PanePartial(channel, journey, pane, partition, states, found)
+            )
 
     def committed(self, offsets: dict[int, int]) -> None:
         """The batch's transaction committed: its ends are where the next batches of those partitions start."""

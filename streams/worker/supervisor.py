@@ -193,6 +193,26 @@ class ChildrenCollector:
             return ""  # starting or stopping: its series are absent from this scrape
 
 
+def children_of(settings: Settings, roles: Sequence[str], loglevel: str) -> list[Child]:
+    """The processes of a worker with these roles, each with its own metrics port: the hot-path slots, the merge
+    process, and when configured the HTTP ingest and the ClickHouse sink."""
+    children = []
+    if "hotpath" in roles:
+        for slot in range(settings.hotpath_processes):
+            port = _free_port()
+            children.append(Child(f"hotpath-{slot}", HOTPATH_MODULE, [str(slot), str(port)], port))
+    if "merge" in roles:
+        port = _free_port()
+        children.append(Child("merge", PROCESSES_MODULE, ["merge", str(port), loglevel], port))
+    if "http" in roles and settings.http_port:
+        port = _free_port()
+        children.append(Child("http", HTTP_MODULE, [str(port)], port))
+    if "sink" in roles and settings.clickhouse_url:
+        port = _free_port()
+        children.append(Child("sink", PROCESSES_MODULE, ["sink", str(port), loglevel], port))
+    return children
+
+
 class Supervisor:
     """Starts, watches, restarts and stops the processes of one worker."""
 
@@ -206,20 +226,7 @@ class Supervisor:
     ) -> None:
         self.settings = settings
         self.env = {**env, "CXPULSE_WORKER_ID": identity}
-        self.children = []
-        if "hotpath" in roles:
-            for slot in range(settings.hotpath_processes):
-                port = _free_port()
-                self.children.append(Child(f"hotpath-{slot}", HOTPATH_MODULE, [str(slot), str(port)], port))
-        if "merge" in roles:
-            port = _free_port()
-            self.children.append(Child("merge", PROCESSES_MODULE, ["merge", str(port), loglevel], port))
-        if "http" in roles and settings.http_port:
-            port = _free_port()
-            self.children.append(Child("http", HTTP_MODULE, [str(port)], port))
-        if "sink" in roles and settings.clickhouse_url:
-            port = _free_port()
-            self.children.append(Child("sink", PROCESSES_MODULE, ["sink", str(port), loglevel], port))
+        self.children = children_of(settings, roles, loglevel)
         self.stopping = False
         self.failure: str | None = None
         self.registry = CollectorRegistry()  # the supervisor's own; the children's pages are merged at scrape time

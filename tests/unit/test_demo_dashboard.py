@@ -8,7 +8,7 @@ import io
 from rich.console import Console
 
 from streams.config import Settings
-from streams.demo import Dashboard
+from streams.dashboard import Dashboard
 
 ALERT = {
     "state": "FIRING", "channel": "chat", "journey": "billing", "p_short": 0.35, "p0": 0.2, "cusum": 10.3,

@@ -1,0 +1,139 @@
+"""``cxpulse demo``'s live dashboard: the worker's KPI gauges per channel and journey, its throughput and lag, read
+from its /metrics, and the effort alerts read from the alerts topic.
+
+The demo (streams/demo.py) shows it on a terminal, refreshed twice a second; elsewhere a progress line every 10 s.
+"""
+
+from __future__ import annotations
+
+import textwrap
+import time
+import urllib.request
+import uuid
+from collections import defaultdict
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from schemas.codec import EFFORT_ALERT, LocalCatalog, decode_confluent
+from streams.config import Settings
+from streams.kafka import consumer
+
+METRICS = ("NPS", "CES", "CSAT", "NLS", "CAS")
+WINDOW = "1m"  # the rolling window the dashboard shows
+
+
+class Dashboard:
+    """What the dashboard shows, read from the worker: its /metrics and the alerts topic."""
+
+    def __init__(self, settings: Settings, bootstrap: str) -> None:
+        self.url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
+        self.started = time.monotonic()
+        self.kpis: dict[tuple[str, str], dict[str, tuple[float, float | None, float]]] = defaultdict(dict)
+        self.records = 0.0
+        self.rate = 0.0
+        self.lag = 0.0
+        self.dead_letters = 0.0
+        self._last: tuple[float, float] | None = None
+        self.alerts: list[dict[str, Any]] = []
+        self._alerts = consumer(bootstrap, f"cxpulse-demo-{uuid.uuid4().hex[:8]}", **{"enable.auto.commit": False})
+        self._alerts.assign([TopicPartition(settings.alerts_topic, 0, OFFSET_BEGINNING)])
+        self.feedback_topic = settings.feedback_topic
+
+    def poll(self) -> list[dict[str, Any]]:
+        """Read the worker's state; return the alerts that arrived since the last poll."""
+        try:
+            with urllib.request.urlopen(self.url, timeout=2) as response:  # noqa: S310 - loopback, our worker
+                text = response.read().decode()
+        except OSError:
+            text = ""
+        values: dict[tuple[str, str, str], list[float | None]] = defaultdict(lambda: [None, None, None])
+        lag = dead = 0.0
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = sample.labels
+                if sample.name.startswith("cxpulse_kpi_") and labels.get("window") == WINDOW:
+                    slot = {"cxpulse_kpi_value": 0, "cxpulse_kpi_moe95": 1, "cxpulse_kpi_responses": 2}.get(sample.name)
+                    if slot is not None:
+                        values[(labels["channel"], labels["journey"], labels["metric"])][slot] = sample.value
+                elif sample.name == "cxpulse_worker_records_total" and labels.get("topic") == self.feedback_topic:
+                    self.records = sample.value
+                elif sample.name == "cxpulse_consumer_lag_messages":
+                    lag += sample.value
+                elif sample.name == "cxpulse_worker_dead_letters_total":
+                    dead += sample.value
+        self.lag, self.dead_letters = lag, dead
+        now = time.monotonic()
+        if self._last is not None and now > self._last[0]:
+            self.rate = (self.records - self._last[1]) / (now - self._last[0])
+        self._last = (now, self.records)
+        self.kpis = defaultdict(dict)
+        for (channel, journey, metric), (value, moe, n) in values.items():
+            if value is not None and n is not None:
+                self.kpis[(channel, journey)][metric] = (value, moe, n)
+        new = []
+        for message in self._alerts.consume(100, 0.05):
+            payload = message.value()
+            if message.error() is None and payload:
+                new.append(decode_confluent(payload, LocalCatalog(), EFFORT_ALERT)[1])
+        self.alerts.extend(new)
+        return new
+
+    def render(self, width: int = 120) -> Group:
+        """The dashboard for a terminal ``width`` columns wide (alert lines wrapped to it, never cut)."""
+        elapsed = time.monotonic() - self.started
+        head = Text(
+            f"cxpulse demo  {elapsed:5.0f} s   events {self.records:,.0f} ({self.rate:,.0f}/s)   lag {self.lag:,.0f}"
+            f"   dead letters {self.dead_letters:,.0f}   window {WINDOW}, 5-second panes (time-lapse)"
+        )
+        table = Table(title="KPIs per channel x journey (value ±95%, n)", title_justify="left")
+        table.add_column("channel")
+        table.add_column("journey")
+        for metric in METRICS:
+            table.add_column(metric, justify="right")
+        for (channel, journey), kpis in sorted(self.kpis.items()):
+            cells = []
+            for metric in METRICS:
+                found = kpis.get(metric)
+                if found is None:
+                    cells.append("-")
+                    continue
+                value, moe, n = found
+                digits = 2 if metric == "CES" else 0
+                cells.append(f"{value:.{digits}f} ±{moe or 0:.{digits}f} ({n:.0f})")
+            firing = any(a["channel"] == channel and a["journey"] == journey for a in self.firing())
+            style = "bold red" if firing else None
+            table.add_row(channel, journey, *cells, style=style)
+        parts: list[Any] = [head, table]
+        for alert in self.alerts[-5:]:
+            wrapped = textwrap.fill(alert_line(alert), width=max(40, width), subsequent_indent="    ")
+            parts.append(Text(wrapped, style="bold red" if alert["state"] == "FIRING" else "green"))
+        if not self.alerts:
+            parts.append(Text("no effort alert yet (the incident starts 30 s after the simulator)", style="dim"))
+        return Group(*parts)
+
+    def firing(self) -> list[dict[str, Any]]:
+        state: dict[tuple[str, str], dict[str, Any]] = {}
+        for alert in self.alerts:
+            state[(alert["channel"], alert["journey"])] = alert
+        return [a for a in state.values() if a["state"] == "FIRING"]
+
+    def close(self) -> None:
+        self._alerts.close()
+
+
+def alert_line(alert: dict[str, Any]) -> str:
+    """One line for an EffortAlert: state, segment, shares, root cause."""
+    causes = ", ".join(
+        f"{c['kind'].lower()} {c['name']} ({c['high_effort']}/{c['n']} high effort)" for c in alert["root_cause"]
+    )
+    p_short = alert.get("p_short")
+    short = f"{100 * p_short:.0f}%" if p_short is not None else "-"
+    return (
+        f"effort spike {alert['state']} {alert['channel']}/{alert['journey']}: high-effort share {short} against "
+        f"{100 * alert['p0']:.0f}% baseline, CUSUM {alert['cusum']:.1f}; root cause: {causes or '-'}"
+    )
