@@ -189,7 +189,13 @@ def converge(settings: Settings, expected: dict[tuple[str, ...], dict[str, Any]]
         settings.kafka_bootstrap, settings.results_topic, lambda current: current == expected, deadline
     )
     wrong = [k for k in expected if got.get(k) != expected[k]]
-    detail = [(k, expected[k]["n"], (got.get(k) or {}).get("n")) for k in wrong[:5]]
+    missing = [k for k in wrong if k not in got]
+    short = sum(expected[k]["n"] - (got.get(k) or {}).get("n", 0) for k in wrong)
+    detail = (
+        f"{len(wrong)} of {len(expected)} results wrong ({len(missing)} missing), {short} answers short in all; "
+        f"latest window seen {max((k[0] for k in got), default=None)}; first: "
+        f"{[(k, expected[k]['n'], (got.get(k) or {}).get('n')) for k in wrong[:5]]}"
+    )
     assert (len(wrong), len(got.keys() - expected.keys())) == (0, 0), detail
 
 
