@@ -324,7 +324,7 @@ def wait_stored(port: int, events: int, proc: subprocess.Popen[bytes]) -> float:
         if proc.poll() is not None:
             raise SystemExit(f"{proc.args} exited with {proc.returncode}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:  # noqa: S310
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
                 text = response.read().decode()
         except OSError:
             text = ""
@@ -488,7 +488,7 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
         if proc.poll() is not None:
             raise SystemExit(f"the worker exited with {proc.returncode}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:  # noqa: S310
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
                 if b"cxpulse_worker_ready 1.0" in response.read():
                     return
         except OSError:
@@ -593,6 +593,19 @@ def warm_up(bootstrap: str) -> None:
     consumer.close()
 
 
+def run_system(system: str, shape: str, bootstrap: str, topic: str, path: Path, events: int, workdir: Path) -> Run:
+    """One run of ``system`` over the loaded ``topic`` (replay: over the Avro file at ``path``)."""
+    if system == "bare":
+        return run_bare(bootstrap, topic, events, workdir)
+    if system == "cxpulse":
+        return run_cxpulse(bootstrap, topic, events, workdir)
+    if system == "quix":
+        return run_quix(bootstrap, topic, events, workdir, SHAPES[shape]["spread_ms"] + 60_000)
+    if system == "faust":
+        return run_faust(bootstrap, topic, events, workdir)
+    return run_replay(path, events)
+
+
 def report(bootstrap: str, workdir: Path, systems: list[str], args: argparse.Namespace) -> None:
     warm_up(bootstrap)
     now_ms = int(time.time() * 1000)
@@ -609,16 +622,7 @@ def report(bootstrap: str, workdir: Path, systems: list[str], args: argparse.Nam
         for system in systems:
             runs = []
             for number in range(args.runs):
-                if system == "bare":
-                    run = run_bare(bootstrap, topic, args.events, workdir)
-                elif system == "cxpulse":
-                    run = run_cxpulse(bootstrap, topic, args.events, workdir)
-                elif system == "quix":
-                    run = run_quix(bootstrap, topic, args.events, workdir, SHAPES[shape]["spread_ms"] + 60_000)
-                elif system == "faust":
-                    run = run_faust(bootstrap, topic, args.events, workdir)
-                else:
-                    run = run_replay(path, args.events)
+                run = run_system(system, shape, bootstrap, topic, path, args.events, workdir)
                 agree = run.counts == dict(expected)
                 console.print(
                     f"  {system} run {number + 1}: {run.rate:,.0f} events/s launch to last result "

@@ -157,7 +157,7 @@ class RegistryCatalog:
         from confluent_kafka.schema_registry import SchemaRegistryClient
 
         self.url = url
-        self._client = client or SchemaRegistryClient.new_client({"url": url})
+        self.client = client or SchemaRegistryClient.new_client({"url": url})
         self._subjects = dict(subjects)
         self._by_id: dict[int, Any] = {}
         self._ids: dict[str, int] = {}
@@ -171,7 +171,7 @@ class RegistryCatalog:
             if subject is None:
                 raise SchemaError(f"no Schema Registry subject configured for {name} records")
             try:
-                self._ids[name] = int(self._client.register_schema(subject, Schema(json.dumps(raw_schema), "AVRO")))
+                self._ids[name] = int(self.client.register_schema(subject, Schema(json.dumps(raw_schema), "AVRO")))
             except Exception as exc:
                 raise SchemaError(f"Schema Registry at {self.url}: cannot register {subject}: {exc}") from exc
         return self._ids[name]
@@ -179,7 +179,7 @@ class RegistryCatalog:
     def schema_for(self, schema_id: int) -> Any:
         if schema_id not in self._by_id:
             try:
-                fetched = self._client.get_schema(schema_id)
+                fetched = self.client.get_schema(schema_id)
             except Exception as exc:
                 raise SchemaError(
                     f"schema id {schema_id} not found in the Schema Registry at {self.url}: {exc}"

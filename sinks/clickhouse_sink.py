@@ -28,7 +28,7 @@ import json
 import logging
 import secrets
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any
 
 from aiohttp import web
 from clickhouse_connect.driver.client import Client
@@ -182,7 +182,7 @@ async def serve_queries(settings: Settings, db: Store) -> None:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = cast(Any, site._server).sockets[0].getsockname()[1]  # noqa: SLF001 - aiohttp has no public getter
+    port = runner.addresses[0][1]  # the port the kernel chose
     store.write_endpoint(settings.data_dir, f"http://127.0.0.1:{port}/v1/query", token)
     LOG.info("read-only SQL on http://127.0.0.1:%d/v1/query", port)
 

@@ -28,16 +28,13 @@ from schemas.codec import (
     EFFORT_ALERT,
     EFFORT_ALERT_RAW,
     WINDOW_RESULT,
-    SchemaCatalog,
     decode_confluent,
     encode_confluent,
 )
 from sinks.prometheus import Snapshot
-from streams.agents.base import BatchAgent, Consumption, Record
+from streams.agents.base import AgentContext, Record, TableAgent
 from streams.agents.keys import PaneKey, ResultKey, SegmentKey
-from streams.agents.metrics import WorkerMetrics
-from streams.agents.results import ResultsProducer
-from streams.config import Settings, effort_config
+from streams.config import effort_config
 from streams.effort import DetectorState, Evaluation, PaneEffort, alert_record, evaluate_range
 
 LOG = logging.getLogger("cxpulse.alerts")
@@ -110,7 +107,7 @@ class EventClock:
         return None if self.safe is None else min(processing_ms, self.safe)
 
 
-class EffortDetector(BatchAgent):
+class EffortDetector(TableAgent):
     """The effort detector's agent (see the module docstring): ``tables`` are its ``effort-panes`` and
     ``effort-state`` (any mappings); ``watermark`` is merge's (streams.worker.merge_agent.MergeAgent.watermark)."""
 
@@ -119,28 +116,20 @@ class EffortDetector(BatchAgent):
 
     def __init__(
         self,
-        settings: Settings,
+        context: AgentContext,
         topic: str,
         tables: tuple[MutableMapping[str, Any], MutableMapping[str, Any]],
-        catalog: SchemaCatalog,
-        results: ResultsProducer,
         snapshot: Snapshot,
-        metrics: WorkerMetrics,
-        consumption: Consumption,
         watermark: Callable[[], int | None],
     ) -> None:
+        super().__init__(context)
+        settings = context.settings
         self.topic = topic
-        self.settings = settings
         self.panes, self.states = tables
-        self.catalog = catalog
-        self.results = results
         self.snapshot = snapshot
-        self.metrics = metrics
-        self.consumption = consumption
         self.watermark = watermark
         self.config = effort_config(settings)
-        self.pane_ms = settings.pane_seconds * 1000
-        self.alert_schema_id = catalog.id_for(EFFORT_ALERT_RAW)
+        self.alert_schema_id = context.catalog.id_for(EFFORT_ALERT_RAW)
         self.keep_ms = self.config.baseline_ms + self.config.guard_ms + 2 * self.pane_ms  # an evaluation's reach
         self.retention_ms = settings.retention_seconds * 1000
         self.clock = EventClock()
@@ -155,7 +144,7 @@ class EffortDetector(BatchAgent):
                 continue  # 4 in 5 results are not CES: told by the key, not decoded
             try:
                 _, result = decode_confluent(record.value, self.catalog, WINDOW_RESULT)
-            except Exception:  # noqa: BLE001, S112 - not a result (the view logs it)
+            except Exception:  # noqa: BLE001 - not a result (the view logs it)
                 self.metrics.sink_errors.labels(self.name).inc()
                 continue
             if result["metric"] != "CES":

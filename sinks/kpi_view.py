@@ -9,46 +9,35 @@ import logging
 from collections.abc import MutableMapping, Sequence
 from typing import Any
 
-from schemas.codec import WINDOW_RESULT, SchemaCatalog, decode_confluent
+from schemas.codec import WINDOW_RESULT, decode_confluent
 from sinks.prometheus import RollingView, Snapshot, component_windows, window_families, window_text
-from streams.agents.base import BatchAgent, Consumption, Record
+from streams.agents.base import AgentContext, Record, TableAgent
 from streams.agents.keys import MetricPaneKey
-from streams.agents.metrics import WorkerMetrics
-from streams.agents.results import ResultsProducer
 from streams.aggregate import GroupKey, State
-from streams.config import Settings
 from streams.windows import state_of
 
 LOG = logging.getLogger("cxpulse.kpis")
 REFRESH_SECONDS = 2.0
 
 
-class KpiView(BatchAgent):
+class KpiView(TableAgent):
     """The KPI gauges' agent (see the module docstring); ``view`` is its table (any mapping)."""
 
     name = "prometheus"
 
     def __init__(
         self,
-        settings: Settings,
+        context: AgentContext,
         topic: str,
         view: MutableMapping[str, Any],
-        catalog: SchemaCatalog,
         snapshot: Snapshot,
-        metrics: WorkerMetrics,
-        results: ResultsProducer,
-        consumption: Consumption,
     ) -> None:
+        super().__init__(context)
+        settings = context.settings
         self.topic = topic
         self.tick_seconds = REFRESH_SECONDS
-        self.settings = settings
         self.view = view
-        self.catalog = catalog
         self.snapshot = snapshot
-        self.metrics = metrics
-        self.results = results
-        self.consumption = consumption
-        self.pane_ms = settings.pane_seconds * 1000
         self.keep_ms = max(settings.windows_seconds) * 1000 + self.pane_ms  # older panes are in no window
         self.index = RollingView(settings.windows_seconds, self.pane_ms)
         self.indexed: set[int] | None = None  # the partitions the index was built for (rebuilt on a change)

@@ -178,7 +178,7 @@ def start(spec: BrokerSpec) -> subprocess.Popen[bytes]:
     format_storage(spec, properties)
     log = spec.log_file.open("ab")
     try:
-        return subprocess.Popen(  # noqa: S603 - our own java command line
+        return subprocess.Popen(  # our own java command line
             _java(spec, "kafka.Kafka", str(properties)),
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -48,33 +48,13 @@ class Dashboard:
         """Read the worker's state; return the alerts that arrived since the last poll."""
         try:
             with urllib.request.urlopen(self.url, timeout=2) as response:  # noqa: S310 - loopback, our worker
-                text = response.read().decode()
+                self._read_gauges(response.read().decode())
         except OSError:
-            text = ""
-        values: dict[tuple[str, str, str], list[float | None]] = defaultdict(lambda: [None, None, None])
-        lag = dead = 0.0
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                labels = sample.labels
-                if sample.name.startswith("cxpulse_kpi_") and labels.get("window") == WINDOW:
-                    slot = {"cxpulse_kpi_value": 0, "cxpulse_kpi_moe95": 1, "cxpulse_kpi_responses": 2}.get(sample.name)
-                    if slot is not None:
-                        values[(labels["channel"], labels["journey"], labels["metric"])][slot] = sample.value
-                elif sample.name == "cxpulse_worker_records_total" and labels.get("topic") == self.feedback_topic:
-                    self.records = sample.value
-                elif sample.name == "cxpulse_consumer_lag_messages":
-                    lag += sample.value
-                elif sample.name == "cxpulse_worker_dead_letters_total":
-                    dead += sample.value
-        self.lag, self.dead_letters = lag, dead
+            self._read_gauges("")
         now = time.monotonic()
         if self._last is not None and now > self._last[0]:
             self.rate = (self.records - self._last[1]) / (now - self._last[0])
         self._last = (now, self.records)
-        self.kpis = defaultdict(dict)
-        for (channel, journey, metric), (value, moe, n) in values.items():
-            if value is not None and n is not None:
-                self.kpis[(channel, journey)][metric] = (value, moe, n)
         new = []
         for message in self._alerts.consume(100, 0.05):
             payload = message.value()
@@ -82,6 +62,29 @@ class Dashboard:
                 new.append(decode_confluent(payload, LocalCatalog(), EFFORT_ALERT)[1])
         self.alerts.extend(new)
         return new
+
+    def _read_gauges(self, text: str) -> None:
+        """The KPIs of the dashboard's window, the records read, the lag and the dead letters, from a /metrics page
+        (empty: the worker did not answer; its KPIs are blank until it does)."""
+        values: dict[tuple[str, str, str], list[float | None]] = defaultdict(lambda: [None, None, None])
+        slots = {"cxpulse_kpi_value": 0, "cxpulse_kpi_moe95": 1, "cxpulse_kpi_responses": 2}
+        lag = dead = 0.0
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = sample.labels
+                if sample.name in slots and labels.get("window") == WINDOW:
+                    values[(labels["channel"], labels["journey"], labels["metric"])][slots[sample.name]] = sample.value
+                elif sample.name == "cxpulse_worker_records_total" and labels.get("topic") == self.feedback_topic:
+                    self.records = sample.value
+                elif sample.name == "cxpulse_consumer_lag_messages":
+                    lag += sample.value
+                elif sample.name == "cxpulse_worker_dead_letters_total":
+                    dead += sample.value
+        self.lag, self.dead_letters = lag, dead
+        self.kpis = defaultdict(dict)
+        for (channel, journey, metric), (value, moe, n) in values.items():
+            if value is not None and n is not None:
+                self.kpis[(channel, journey)][metric] = (value, moe, n)
 
     def render(self, width: int = 120) -> Group:
         """The dashboard for a terminal ``width`` columns wide (alert lines wrapped to it, never cut)."""

@@ -55,7 +55,7 @@ def start_simulator(bootstrap: str, data_dir: Path) -> tuple[subprocess.Popen[by
     log_path = data_dir / "simulate.log"
     env = {**os.environ, "CXPULSE_KAFKA_BOOTSTRAP": bootstrap, "CXPULSE_DATA_DIR": str(data_dir)}
     with log_path.open("ab") as log:
-        proc = subprocess.Popen(  # noqa: S603 - our own module
+        proc = subprocess.Popen(  # our own module
             [sys.executable, "-m", "streams.cli", "simulate", *SIMULATION],
             env=env,
             stdout=log,

@@ -36,8 +36,8 @@ REACH_TIMEOUT_SECONDS = 10.0  # a cluster that answers nothing is reported after
 REFUSED_AFTER_SECONDS = 1.0  # every broker refusing connections this long: reported (nothing listens there)
 # librdkafka error codes that no retry will fix: the credentials, the certificates or the host name are wrong
 _PERMANENT = {
-    KafkaError._AUTHENTICATION,  # noqa: SLF001 - confluent-kafka's documented names start with an underscore
-    KafkaError._SSL,  # noqa: SLF001
+    KafkaError._AUTHENTICATION,
+    KafkaError._SSL,
     KafkaError.SASL_AUTHENTICATION_FAILED,
     KafkaError.UNSUPPORTED_SASL_MECHANISM,
     KafkaError.ILLEGAL_SASL_STATE,
@@ -170,9 +170,9 @@ def reach(kafka: Kafka, topic: str | None = None, timeout: float = REACH_TIMEOUT
         permanent = [e for e in errors if e.code() in _PERMANENT]
         if permanent:
             raise BrokerError(f"cannot use Kafka at {kafka}: {explain(as_cluster(kafka), permanent[-1])}")
-        refused = [e for e in errors if e.code() == KafkaError._ALL_BROKERS_DOWN]  # noqa: SLF001
+        refused = [e for e in errors if e.code() == KafkaError._ALL_BROKERS_DOWN]
         if refused and elapsed >= REFUSED_AFTER_SECONDS:
-            transport = [e for e in errors if e.code() == KafkaError._TRANSPORT]  # noqa: SLF001
+            transport = [e for e in errors if e.code() == KafkaError._TRANSPORT]
             cause = describe(transport[-1]) if transport else "every broker refused the connection"
             raise BrokerError(f"cannot reach Kafka at {kafka}: {cause}")
         if elapsed >= timeout:
@@ -182,13 +182,13 @@ def reach(kafka: Kafka, topic: str | None = None, timeout: float = REACH_TIMEOUT
 
 def explain(cluster: KafkaCluster, error: KafkaError) -> str:
     """What a credential or certificate error means, naming the settings to look at."""
-    if error.code() == KafkaError._SSL:  # noqa: SLF001
+    if error.code() == KafkaError._SSL:
         detail = tls_verdict(cluster) or describe(error)
         return (
             f"TLS: the broker's certificate was refused: {detail} (CXPULSE_KAFKA_CA_FILE, "
             "CXPULSE_KAFKA_VERIFY_HOSTNAME, the host names in CXPULSE_KAFKA_BOOTSTRAP)"
         )
-    if error.code() in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED):  # noqa: SLF001
+    if error.code() in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED):
         text = describe(error).removeprefix("SASL authentication error: ")
         return (
             f"SASL authentication failed for user {cluster.username!r}: {text} (CXPULSE_KAFKA_USERNAME, "

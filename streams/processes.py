@@ -18,12 +18,11 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, cast
 
 import faust
 
-from schemas.codec import WINDOW_RESULT, SchemaCatalog, catalog_for, decode_confluent
+from schemas.codec import WINDOW_RESULT, catalog_for, decode_confluent
 from sinks import clickhouse as store
 from sinks.clickhouse_sink import ANSWERS_BATCH, PANES_BATCH, ClickHouseSink, SinkMetrics, Store, serve_queries
 from sinks.effort_detector import EffortDetector
@@ -31,7 +30,7 @@ from sinks.followup_webhook import FollowupWebhook
 from sinks.kpi_view import KpiView
 from sinks.prometheus import Snapshot
 from streams.agents import faust_compat
-from streams.agents.base import FaustConsumption, attach
+from streams.agents.base import AgentContext, FaustConsumption, attach
 from streams.agents.faust_app import TABLE_SCHEMA, faust_app, raw_topic, report_ready, run_process
 from streams.agents.metrics import WorkerMetrics
 from streams.agents.results import ResultsProducer
@@ -54,33 +53,16 @@ def _table(app: faust.App, name: str, partitions: int, results: ResultsProducer)
     return table
 
 
-@dataclass
-class _Parts:
-    """What the agents of one process share: its app, settings, metrics, results producer and schema catalog."""
-
-    app: faust.App
-    settings: Settings
-    metrics: WorkerMetrics
-    results: ResultsProducer
-    catalog: SchemaCatalog
-    consumption: FaustConsumption
-
-    def table(self, name: str, partitions: int) -> Any:
-        return _table(self.app, name, partitions, self.results)
-
-
 def merge_process(settings: Settings, metrics: WorkerMetrics) -> faust.App:
     """The ``merge`` process: merge, the KPI view, the effort detector, the follow-up webhook (not started)."""
-    app = faust_app(
-        settings, settings.app_id, "worker", table_standby_replicas=0, Table=faust_compat.KeyPartitionedTable
-    )
+    app = faust_app(settings, settings.app_id, MERGE, table_standby_replicas=0, Table=faust_compat.KeyPartitionedTable)
     results = ResultsProducer(settings.kafka)
-    parts = _Parts(app, settings, metrics, results, catalog_for(settings), FaustConsumption(app))
+    context = AgentContext(settings, metrics, results, catalog_for(settings), FaustConsumption(app))
     partials = raw_topic(app, settings, internal_topics(settings).partials)
     panes_topic = raw_topic(app, settings, settings.results_topic)
-    merge = _merge_agent(parts, partials, cast(int, panes_topic.partitions))
+    merge = _merge_agent(app, context, partials, cast(int, panes_topic.partitions))
     attach(app, merge, partials, results, metrics)
-    for reader in _pane_readers(parts, cast(int, panes_topic.partitions), merge):
+    for reader in _pane_readers(app, context, cast(int, panes_topic.partitions), merge):
         attach(app, reader, panes_topic, results, metrics)
     if settings.followup_webhook_url:
         followups = raw_topic(app, settings, settings.followups_topic)
@@ -89,36 +71,25 @@ def merge_process(settings: Settings, metrics: WorkerMetrics) -> faust.App:
     return app
 
 
-def _merge_agent(parts: _Parts, partials: faust.TopicT, results_partitions: int) -> MergeAgent:
+def _merge_agent(app: faust.App, context: AgentContext, partials: Any, results_partitions: int) -> MergeAgent:
     """The merge agent on the partials topic, with its two tables (panes, positions) and its read-back."""
     partitions = cast(int, partials.partitions)
-    return MergeAgent(
-        parts.settings,
-        (parts.table("panes", partitions), parts.table("positions", partitions)),
-        parts.results,
-        PartitionReader(parts.settings.kafka, partials.get_topic_name()),
-        parts.metrics,
-        parts.catalog,
-        results_partitions,
-        parts.consumption,
-    )
+    tables = tuple(_table(app, name, partitions, context.results) for name in ("panes", "positions"))
+    reader = PartitionReader(context.settings.kafka, partials.get_topic_name())
+    return MergeAgent(context, cast(Any, tables), reader, results_partitions)
 
 
-def _pane_readers(parts: _Parts, partitions: int, merge: MergeAgent) -> tuple[KpiView, EffortDetector]:
+def _pane_readers(
+    app: faust.App, context: AgentContext, partitions: int, merge: MergeAgent
+) -> tuple[KpiView, EffortDetector]:
     """The agents on the pane results in the merge process: the KPI view and the effort detector (on merge's
     watermark), each with its tables and the Snapshot its gauges are served from."""
-    settings, metrics = parts.settings, parts.metrics
     kpis, efforts = Snapshot(), Snapshot()
-    metrics.snapshots.extend([kpis, efforts])  # served beside the registry, written fast (agents/exposition.py)
-    topic = settings.results_topic
-    view = KpiView(
-        settings, topic, parts.table("kpi-view", partitions), parts.catalog, kpis, metrics, parts.results,
-        parts.consumption,
-    )  # fmt: skip
-    tables = (parts.table("effort-panes", partitions), parts.table("effort-state", partitions))
-    effort = EffortDetector(
-        settings, topic, tables, parts.catalog, parts.results, efforts, metrics, parts.consumption, merge.watermark
-    )
+    context.metrics.snapshots.extend([kpis, efforts])  # served beside the registry, written fast (exposition.py)
+    topic = context.settings.results_topic
+    view = KpiView(context, topic, _table(app, "kpi-view", partitions, context.results), kpis)
+    tables = tuple(_table(app, name, partitions, context.results) for name in ("effort-panes", "effort-state"))
+    effort = EffortDetector(context, topic, cast(Any, tables), efforts, merge.watermark)
     return view, effort
 
 
@@ -127,7 +98,7 @@ def sink_process(settings: Settings, metrics: WorkerMetrics) -> faust.App:
     catalog = catalog_for(settings)
     for noisy in ("clickhouse_connect", "urllib3"):  # one line per failed insert is ours; they would add three more
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    app = faust_app(settings, f"{settings.app_id}-sink", "sink")
+    app = faust_app(settings, f"{settings.app_id}-sink", SINK)
     answers = internal_topics(settings).answers
     db = Store(settings)
     counters = SinkMetrics(metrics)

@@ -89,7 +89,7 @@ def read(
             for message in reader.consume(num_messages=500, timeout=POLL_SECONDS):
                 error = message.error()
                 if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:  # noqa: SLF001 - confluent-kafka's documented name
+                    if error.code() == KafkaError._PARTITION_EOF:
                         ended.add(message.partition() or 0)
                         continue
                     raise BrokerError(f"reading {topic}: {error.str()}")

@@ -185,12 +185,13 @@ def _avro_batches(handle: IO[bytes]) -> Iterator[Batch]:
     records: list[dict[str, Any]] = []
     number = 0
     try:
-        for number, record in enumerate(reader, start=1):  # noqa: B007 - number is read after the loop
+        for number, record in enumerate(reader, start=1):  # number is read after the loop
             records.append(record)  # type: ignore[arg-type]  # fastavro types records as any Avro value
             if len(records) >= BATCH_SIZE:
                 yield Batch(records, _positions(number, len(records)), reencode(records), [], len(records))
                 records = []
-    except Exception as exc:  # a truncated or corrupt block: what was read counts, the rest is dead-lettered
+    except Exception as exc:  # noqa: BLE001 - fastavro raises many types for a corrupt block: what was read counts,
+        # the rest is dead-lettered
         tail = DeadLetter("undecodable", f"corrupt Avro block: {exc}", b"", f"after record {number}")
         yield Batch(records, _positions(number, len(records)), reencode(records), [(len(records), tail)], len(records))
         return

@@ -1,4 +1,5 @@
-"""Realistic synthetic contact-center feedback, for benchmarks and tests (and later `cxpulse simulate`).
+"""Realistic synthetic contact-center feedback, for benchmarks and tests; ``cxpulse simulate`` borrows its scales,
+sources and invalid shapes (its own generator adds incidents and pacing).
 
 Deterministic for a seed.  Channels, journeys and touchpoints follow a skewed mix; each metric uses its usual
 scales; a small share of events is invalid or duplicated, as in a real feed.

@@ -139,7 +139,7 @@ class Webhook:
         posts, answers, seen = self.posts, list(statuses or []), self.headers
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:  # http.server's name
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 status = answers.pop(0) if answers else 200
                 seen.append(dict(self.headers))

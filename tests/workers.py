@@ -208,7 +208,7 @@ def scrape(port: int, *, starting: bool = False) -> dict[str, float]:
     """The worker's /metrics as {"name{labels}": value}, read with prometheus_client's parser (empty while a
     ``starting`` worker does not listen yet)."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
             text = response.read().decode()
     except OSError:
         if starting:

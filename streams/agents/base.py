@@ -26,14 +26,17 @@ import time
 from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, cast
 
 import faust
 from faust.types import EventT, StreamT
 
+from schemas.codec import SchemaCatalog
 from streams.agents import faust_compat
 from streams.agents.metrics import WorkerMetrics
 from streams.agents.results import ResultsProducer
+from streams.config import Settings
 
 LOG = logging.getLogger("cxpulse.agents")
 
@@ -92,6 +95,17 @@ class FaustConsumption:
 
     def settled(self) -> bool:
         return faust_compat.recovered(self.app) and not faust_compat.rebalancing(self.app)
+
+
+@dataclass(frozen=True)
+class AgentContext:
+    """What the agents of one Faust process share, built once by the composition root (streams/processes.py)."""
+
+    settings: Settings
+    metrics: WorkerMetrics
+    results: ResultsProducer  # every result, alert and table changelog of the process goes through it
+    catalog: SchemaCatalog
+    consumption: Consumption
 
 
 class BatchAgent(ABC):
@@ -159,7 +173,7 @@ class Runner:
             self.applied.setdefault(partition, records[0].offset)  # where the lag counts from while handle waits
             try:
                 await self.agent.handle(partition, records)
-            except Exception:  # noqa: BLE001 - any failure: counted and logged; the agent reads it back or retries
+            except Exception:  # any failure: counted and logged; the agent reads it back or retries
                 self.metrics.batch_errors.labels(self.agent.topic).inc()
                 LOG.exception(
                     "%s: a batch of %s[%d] failed; acked, the agent reads it back",
@@ -219,3 +233,16 @@ def attach(
     app.agent(topic, name=agent.name)(consume)
     app.timer(interval=agent.tick_seconds, name=f"{agent.name}-tick")(tick)
     return runner
+
+
+class TableAgent(BatchAgent):
+    """An agent that keeps tables (their changelogs written through the process's ResultsProducer) and writes
+    results: the merge agent, the KPI view, the effort detector.  It takes the process's :class:`AgentContext`."""
+
+    def __init__(self, context: AgentContext) -> None:
+        self.settings = context.settings
+        self.metrics = context.metrics
+        self.results = context.results
+        self.catalog = context.catalog
+        self.consumption = context.consumption
+        self.pane_ms = context.settings.pane_seconds * 1000

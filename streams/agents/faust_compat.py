@@ -33,7 +33,7 @@ from streams.agents.keys import table_partition
 class _ReadCommittedThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
         created = super()._create_worker_consumer(transport)
-        created._isolation_level = "read_committed"  # noqa: SLF001 - see the module docstring
+        created._isolation_level = "read_committed"  # see the module docstring
         return created
 
 

@@ -5,9 +5,10 @@
    partials, seen ids and the input offsets out).
 3. ``ingest``: the hot path's pure batch step: decode, validate, de-duplicate, aggregate into pane deltas.
 4. ``records``: the message formats and table values, each encoded and decoded in one place.
-5. ``app``: the Faust process: the ``merge`` agent on the partials, its tables, its timers.
+5. ``merge_agent``: MergeAgent, the Faust agent on the partials: absorb, tail check, expiry, results.
 6. ``merge``: the merge agent's pure step: absorb deltas once, follow each source's chain, results.
 7. ``repair``: reading back partial messages the Faust consumer skipped.
-8. ``faust_compat``: every use of a Faust private, in one place.
-9. ``metrics``: the Prometheus metrics of every process.
+
+The Faust process that runs the merge agent is built in streams/processes.py, on streams/agents/ (the batch-agent
+skeleton, the results producer, metrics, health); nothing here imports sinks/.
 """

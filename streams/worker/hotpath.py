@@ -137,7 +137,7 @@ def restore_seen(
             for message in reader.consume(num_messages=1000, timeout=1.0):
                 error = message.error()
                 if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:  # noqa: SLF001 - confluent-kafka's documented name
+                    if error.code() == KafkaError._PARTITION_EOF:
                         pending.discard(message.partition() or 0)
                         continue
                     raise CxPulseError(f"restoring {topic}: {error}")
@@ -523,7 +523,7 @@ class HotPath:
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
             if error.fatal():
-                fenced = error.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED)  # noqa: SLF001
+                fenced = error.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED)
                 raise ProducerLostError(self._fatal_message(error), fenced) from exc
             raise TransactionAbortedError(error.str()) from exc
         self.ingest.committed(out.offsets)
@@ -573,7 +573,7 @@ class HotPath:
                 attempt += 1
 
     def _fatal_message(self, error: KafkaError) -> str:
-        if error.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED):  # noqa: SLF001 - documented names
+        if error.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED):
             return f"{self.name}'s producer was fenced ({error.str()})"
         return f"{self.name}: fatal producer error: {error.str()}"
 
@@ -602,7 +602,7 @@ class HotPath:
             error: KafkaError = exc.args[0]
             if error.fatal():
                 self.recovery.needs_producer = True  # an abort cannot complete: a new producer aborts it for us
-            elif error.code() != KafkaError._STATE:  # noqa: SLF001 - _STATE: no transaction was open
+            elif error.code() != KafkaError._STATE:
                 LOG.debug("%s: abort_transaction: %s; a new producer takes over", self.name, error.str())
                 self.recovery.needs_producer = True
 

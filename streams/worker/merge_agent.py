@@ -31,12 +31,10 @@ from typing import Any, cast
 from confluent_kafka import ConsumerGroupTopicPartitions
 from confluent_kafka.admin import AdminClient
 
-from schemas.codec import WINDOW_RESULT, WINDOW_RESULT_RAW, SchemaCatalog, encode_confluent
-from streams.agents.base import BatchAgent, Consumption, Record
+from schemas.codec import WINDOW_RESULT, WINDOW_RESULT_RAW, encode_confluent
+from streams.agents.base import AgentContext, Record, TableAgent
 from streams.agents.health import FailureStreak
 from streams.agents.keys import PaneKey, ResultKey, SourceKey, segment_partition
-from streams.agents.metrics import WorkerMetrics
-from streams.agents.results import ResultsProducer
 from streams.config import Settings
 from streams.kafka import admin_client
 from streams.windows import WindowResult, result_record
@@ -78,12 +76,12 @@ class HotpathOffsets:
                     if tp.topic == self.topic and tp.offset >= 0:
                         out[tp.partition] = tp.offset
             return out
-        except Exception:
+        except Exception:  # retried at the next check
             self.admin = None
             raise
 
 
-class MergeAgent(BatchAgent):
+class MergeAgent(TableAgent):
     """The merge agent (see the module docstring).  ``panes`` and ``positions`` are its tables (any mapping)."""
 
     name = "merge"
@@ -94,26 +92,19 @@ class MergeAgent(BatchAgent):
 
     def __init__(
         self,
-        settings: Settings,
+        context: AgentContext,
         tables: tuple[MutableMapping[str, Any], MutableMapping[str, Any]],
-        results: ResultsProducer,
         reader: PartitionReader,
-        metrics: WorkerMetrics,
-        catalog: SchemaCatalog,
         results_partitions: int,
-        consumption: Consumption,
         hotpath: Any = None,
     ) -> None:
+        super().__init__(context)
+        settings = context.settings
         self.topic = reader.topic
-        self.settings = settings
         self.panes, self.positions = tables
-        self.results = results
         self.reader = reader
-        self.metrics = metrics
-        self.consumption = consumption
         self.hotpath = hotpath if hotpath is not None else HotpathOffsets(settings)
-        self.pane_ms = settings.pane_seconds * 1000
-        self.schema_id = catalog.id_for(WINDOW_RESULT_RAW)
+        self.schema_id = context.catalog.id_for(WINDOW_RESULT_RAW)
         self.results_partitions = results_partitions
         self.locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.expired_before = -(2**62)  # panes ending at or before this were dropped by the expiry
@@ -136,13 +127,18 @@ class MergeAgent(BatchAgent):
     # --- batches ------------------------------------------------------------------------------------------
 
     async def handle(self, partition: int, records: Sequence[Record]) -> None:
-        """Apply the partial messages of one partials partition (under its lock), then emit and flush."""
+        """Apply the partial messages the consumer delivered for one partials partition: merge is active."""
+        await self.merge(partition, records)
+        self.active_at = time.monotonic()
+
+    async def merge(self, partition: int, records: Sequence[Record]) -> None:
+        """Apply the partial messages of one partials partition (under its lock), then emit and flush.  The tail
+        check's read-backs come here directly: they are no sign that the consumer is busy with the partitions."""
         async with self.locks[partition]:
             started = time.perf_counter()
             step = MergeStep(partition, self.pane_ms, self.panes, self.positions, ignore_before=self.expired_before)
             await self._apply(step, partition, records)
             self.seen[partition] = max(self.seen.get(partition, -1), max(r.offset for r in records))
-            self.active_at = time.monotonic()
             self.metrics.chain_breaks.inc(step.breaks)
             await self.emit(step.finish(), max(r.timestamp_ms for r in records))
             step.advance()
@@ -266,8 +262,8 @@ class MergeAgent(BatchAgent):
             missing = await self.reader.read(partition, min(starts))
             if missing:
                 self.log_read_back(partition, min(starts), missing[-1].offset + 1, missing)
-                await self.handle(partition, missing)
-        except Exception:  # noqa: BLE001 - retried at the next check
+                await self.merge(partition, missing)
+        except Exception:
             self.metrics.batch_errors.labels(self.topic).inc()
             LOG.exception("tail check of %s[%d] failed; retried in %s s", self.topic, partition, TAIL_CHECK_SECONDS)
 

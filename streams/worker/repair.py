@@ -73,7 +73,7 @@ class PartitionReader:
                 for message in client.consume(num_messages=1000, timeout=0.5):
                     error = message.error()
                     if error is not None:
-                        if error.code() == KafkaError._PARTITION_EOF:  # noqa: SLF001 - confluent-kafka's documented name
+                        if error.code() == KafkaError._PARTITION_EOF:
                             return out
                         raise CxPulseError(f"reading {self.topic}[{partition}] {start}..{stop}: {error}")
                     offset = message.offset() or 0

@@ -187,7 +187,7 @@ class ChildrenCollector:
             return ""
         url = f"http://127.0.0.1:{child.metrics_port}/metrics"
         try:
-            with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT_SECONDS) as response:  # noqa: S310 - loopback
+            with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT_SECONDS) as response:  # loopback
                 return str(response.read().decode())
         except OSError:
             return ""  # starting or stopping: its series are absent from this scrape
@@ -254,7 +254,7 @@ class Supervisor:
 
     def start(self, child: Child) -> None:
         command = [sys.executable, "-m", child.module, *child.args]
-        child.proc = subprocess.Popen(  # noqa: S603 - our own module, argument list
+        child.proc = subprocess.Popen(  # our own module, argument list
             command,
             env=self.env,
             stdin=subprocess.DEVNULL,
@@ -269,7 +269,7 @@ class Supervisor:
             self.start(child)
         while not self.stopping:
             for child in self.children:
-                self._watch(child)
+                self.watch(child)
                 if self.failure is not None:
                     self.stop()
                     LOG.critical("%s", self.failure)
@@ -323,7 +323,7 @@ class Supervisor:
         )
         return ready, {"processes": processes}
 
-    def _watch(self, child: Child) -> None:
+    def watch(self, child: Child) -> None:
         now = time.monotonic()
         if child.proc is None:
             if now >= child.next_start and not self.stopping:

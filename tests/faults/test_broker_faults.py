@@ -40,7 +40,7 @@ OUTAGE_LOG_LINES = 50  # the worker's log lines for one 10-second outage, at mos
 def readyz(port: int) -> int:
     """The HTTP status of the worker's /readyz (0 while it does not answer)."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
             return int(response.status)
     except urllib.error.HTTPError as exc:
         return exc.code

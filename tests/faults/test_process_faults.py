@@ -134,13 +134,13 @@ def test_a_process_that_keeps_dying_stops_the_worker() -> None:
         boss.kafka_up = lambda: False  # type: ignore[method-assign]  # away: deaths are the outage's
         for _ in range(8):
             child.proc = Dead()  # type: ignore[assignment]
-            boss._watch(child)  # noqa: SLF001 - the supervisor's step, driven by hand
+            boss.watch(child)  # the supervisor's step, driven by hand
             now[0] += 5
         assert boss.failure is None and not child.restarts
         boss.kafka_up = lambda: True  # type: ignore[method-assign]
         for _ in range(6):
             child.proc = Dead()  # type: ignore[assignment]
-            boss._watch(child)  # noqa: SLF001
+            boss.watch(child)
             now[0] += 5
         assert boss.failure is not None and "hotpath-0 exited with 1, the 6th time within 120 s" in boss.failure
     finally:

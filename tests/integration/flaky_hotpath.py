@@ -64,7 +64,7 @@ class _HangingProducer:
             threading.Event().wait()  # forever, like librdkafka #5456
         _sends[0] += 1
         if _sends[0] <= SEND_FAILURES:
-            error = KafkaError(KafkaError._TIMED_OUT, f"injected send failure {_sends[0]} of {SEND_FAILURES}")  # noqa: SLF001
+            error = KafkaError(KafkaError._TIMED_OUT, f"injected send failure {_sends[0]} of {SEND_FAILURES}")
             raise KafkaException(error)
         self._real.send_offsets_to_transaction(*args)
 

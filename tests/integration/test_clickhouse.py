@@ -50,7 +50,7 @@ def events(count: int, seed: int = 3, hours: float = 3.0) -> list[dict]:
     )
 
 
-def replayed(tmp_path: Path, batch: list[dict]):  # noqa: ANN201 - a Replay
+def replayed(tmp_path: Path, batch: list[dict]):  # a Replay
     path = tmp_path / "events.jsonl"
     path.write_text("".join(json.dumps(e) + "\n" for e in batch))
     return replay_file(path, P, lambda dead: None)

@@ -28,7 +28,7 @@ def test_detractor_followups_exactly_once_rate_limited_and_posted(kafka_broker: 
         tmp_path,
         followups_per_minute=5,
         followup_webhook_url=f"{webhook.url}/callbacks",
-        followup_webhook_token="s3cret",  # noqa: S106 - a test receiver's token
+        followup_webhook_token="s3cret",  # a test receiver's token
     )
     settings = pipeline.settings
     now = int(time.time() * 1000)

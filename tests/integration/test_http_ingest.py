@@ -14,7 +14,7 @@ from tests.integration.test_read import read
 from tests.support import RunningBroker, event, free_ports, stop_process
 from tests.workers import make_pipeline, scrape, start_worker, stop_worker, wait_for
 
-TOKEN = "s3cret-ingest"  # noqa: S105 - a test's token
+TOKEN = "s3cret-ingest"  # a test's token
 
 
 def post(url: str, body: bytes, token: str | None = TOKEN, kind: str = "application/json") -> tuple[int, Any]:
@@ -58,7 +58,7 @@ def test_http_ingest_accepts_refuses_and_delivers_once(kafka_broker: RunningBrok
             (4, "h6", "future_timestamp"),
         ]
         assert post(url, json.dumps(one).encode(), token=None)[0] == 401
-        assert post(url, json.dumps(one).encode(), token="wrong")[0] == 401  # noqa: S106 - a wrong token on purpose
+        assert post(url, json.dumps(one).encode(), token="wrong")[0] == 401  # a wrong token on purpose
         assert post(url, b"x" * 5000)[0] == 413
         too_many = post(url, b"[" + b",".join([b"{}"] * 1001) + b"]")  # 3 KB: under the byte limit, over the batch
         assert too_many[0] == 413 and "at most 1000" in too_many[1]["error"]
@@ -66,7 +66,7 @@ def test_http_ingest_accepts_refuses_and_delivers_once(kafka_broker: RunningBrok
         assert post(url, b"[]")[0] == 400
         assert post(url, b"[1, 2]")[0] == 400
         assert post(url, json.dumps(one).encode(), kind="text/plain")[0] == 415
-        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v1/openapi.json", timeout=10) as response:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v1/openapi.json", timeout=10) as response:
             document = json.loads(response.read())
         assert document["openapi"].startswith("3.") and "post" in document["paths"]["/v1/feedback"]
         assert set(document["paths"]["/v1/feedback"]["post"]["responses"]) == {"202", "400", "401", "413", "415", "503"}

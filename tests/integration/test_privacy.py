@@ -52,7 +52,7 @@ def test_customer_ids_and_comments_reach_no_log_and_no_metric_and_ids_are_pseudo
         assert {f["value"]["customer_id"] for f in followups} == {pseudonym(KEY.encode(), canary_id)}
         letters = scrape(port)
         assert sum(v for k, v in letters.items() if k.startswith("cxpulse_worker_dead_letters_total")) == 5
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
             exposition = response.read().decode()
         stop_worker(worker, log)
     finally:

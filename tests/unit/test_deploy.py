@@ -8,7 +8,7 @@ image is the version the pom resolves.
 from __future__ import annotations
 
 import re
-import xml.etree.ElementTree as ET  # noqa: N817
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import yaml

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.unit
 
 def registry_catalog(url: str = "mock://cx") -> tuple[object, SchemaRegistryClient]:
     catalog = catalog_for(Settings(schema_registry_url=url))
-    return catalog, catalog._client  # type: ignore[attr-defined]
+    return catalog, catalog.client  # type: ignore[attr-defined]
 
 
 def test_subjects_follow_the_topic_name_strategy_and_ids_come_from_the_registry() -> None:

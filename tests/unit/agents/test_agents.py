@@ -23,7 +23,7 @@ from schemas.codec import (
 from sinks.effort_detector import EffortDetector
 from sinks.kpi_view import KpiView
 from sinks.prometheus import Snapshot
-from streams.agents.base import BatchAgent, Record, Runner
+from streams.agents.base import AgentContext, BatchAgent, Record, Runner
 from streams.agents.keys import ResultKey, SourceKey
 from streams.agents.metrics import WorkerMetrics
 from streams.aggregate import State
@@ -137,15 +137,12 @@ class _Msg:
 
 def merge_of(records: list[Record], committed: dict[int, int], **overrides: Any) -> tuple[MergeAgent, Produced]:
     produced = Produced()
+    end = records[-1].offset + 2 if records else 0
     agent = MergeAgent(
-        settings(**overrides),
+        context(settings(**overrides), produced, Held("cx-partials", {0: end})),
         ({}, {}),
-        produced,  # type: ignore[arg-type]
-        Reader(records, records[-1].offset + 2 if records else 0),  # type: ignore[arg-type]
-        WorkerMetrics(CollectorRegistry()),
-        CATALOG,
+        Reader(records, end),  # type: ignore[arg-type]
         1,
-        Held("cx-partials", {0: records[-1].offset + 2 if records else 0}),
         Offsets(committed),
     )
     agent.topic = "cx-partials"
@@ -169,7 +166,10 @@ def test_merge_reads_back_a_message_the_consumer_skipped() -> None:
     records = partial_records(3)
     agent, _ = merge_of(records, {0: 9})
     asyncio.run(agent.handle(0, [records[0], records[2]]))  # the middle one never arrived
-    assert agent.reader.reads == 1 and agent.metrics.repaired._value.get() == 1  # noqa: SLF001 - the counter
+    assert (
+        agent.reader.reads == 1
+        and agent.metrics.registry.get_sample_value("cxpulse_worker_repaired_records_total") == 1
+    )
     assert agent.positions[SourceKey(0, 0).encode()] == position_to_table(Position(9, 4))
 
 
@@ -208,7 +208,12 @@ def test_expiry_drops_the_panes_past_the_retention_and_ignores_late_deltas() -> 
     asyncio.run(agent.expire(NOW + 2 * 3600_000))
     assert not agent.panes and agent.expired_before == NOW + 2 * 3600_000 - 3600_000
     asyncio.run(agent.expire(NOW))  # nothing more to drop
-    assert agent.metrics.expired.labels("panes")._value.get() >= 1  # noqa: SLF001 - the counter
+    assert (agent.metrics.registry.get_sample_value("cxpulse_worker_expired_keys_total", {"table": "panes"}) or 0) >= 1
+
+
+def context(settings: Settings, produced: Produced, held: Held) -> AgentContext:
+    """An agent's process: these settings, fresh metrics, the producer that keeps, the local catalog, ``held``."""
+    return AgentContext(settings, WorkerMetrics(CollectorRegistry()), produced, CATALOG, held)  # type: ignore[arg-type]
 
 
 def ces_result(channel: str, pane: int, n: int, high: int, version: int = 1) -> Record:
@@ -221,15 +226,12 @@ def ces_result(channel: str, pane: int, n: int, high: int, version: int = 1) -> 
 def effort_of(watermark: list[int | None]) -> tuple[EffortDetector, Produced, Held]:
     produced = Produced()
     held = Held("cx.metrics.panes", {0: 0})
+    tuned = settings(effort_baseline_seconds=1200, effort_guard_seconds=120, effort_min_baseline=100)
     agent = EffortDetector(
-        settings(effort_baseline_seconds=1200, effort_guard_seconds=120, effort_min_baseline=100),
+        context(tuned, produced, held),
         "cx.metrics.panes",
         ({}, {}),
-        CATALOG,
-        produced,  # type: ignore[arg-type]
         Snapshot(),
-        WorkerMetrics(CollectorRegistry()),
-        held,
         lambda: watermark[0],
     )
     return agent, produced, held
@@ -265,8 +267,7 @@ def test_the_kpi_view_refreshes_the_windows_and_drops_old_panes() -> None:
     produced = Produced()
     held = Held("cx.metrics.panes", {0: 10})
     snapshot = Snapshot()
-    view = KpiView(settings(windows_seconds=(300,)), "cx.metrics.panes", {}, CATALOG, snapshot,
-                   WorkerMetrics(CollectorRegistry()), produced, held)  # type: ignore[arg-type]  # fmt: skip
+    view = KpiView(context(settings(windows_seconds=(300,)), produced, held), "cx.metrics.panes", {}, snapshot)
     pane = NOW - NOW % P - P
     asyncio.run(view.handle(0, [ces_result("chat", pane, 10, 2), ces_result("chat", pane - 20 * P, 5, 1)]))
     asyncio.run(view.tick(NOW))
@@ -300,7 +301,10 @@ def test_the_runner_counts_a_failed_batch_and_measures_lag_past_the_commit_marke
     agent = Failing()
     runner = Runner(agent, Held("t", {0: 12}), produced, metrics)  # type: ignore[arg-type]
     asyncio.run(runner.batch([_Event(0, 9), _Event(0, 10)]))  # type: ignore[list-item]
-    assert agent.calls == 1 and metrics.batch_errors.labels("t")._value.get() == 1  # noqa: SLF001
+    assert (
+        agent.calls == 1 and metrics.registry.get_sample_value("cxpulse_worker_batch_errors_total", {"topic": "t"}) == 1
+    )
     assert produced.flushes == 1 and runner.applied == {0: 11}
     runner.measure_lag()
-    assert metrics.sink_lag.labels("failing", "0")._value.get() == 0  # 12 - 11 - the marker  # noqa: SLF001
+    lag = metrics.registry.get_sample_value("cxpulse_sink_lag_messages", {"sink": "failing", "partition": "0"})
+    assert lag == 0  # 12 - 11 - the marker

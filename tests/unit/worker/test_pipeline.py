@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from schemas.codec import LocalCatalog
@@ -229,6 +229,9 @@ def partial_messages(per_partition: dict[int, list[Msg]], batch: int, q: int, rn
 
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 10_000), partitions=st.integers(1, 3), q=st.integers(1, 2), batch=st.integers(1, 200))
+# found by Hypothesis: the tail of partials partition 1 is read back although reading back partition 0's made the
+# agent look busy (a read-back is no sign that the consumer is on the partitions)
+@example(seed=313, partitions=3, q=2, batch=170)
 def test_merge_equals_replay_whatever_order_the_partials_arrive_in(
     seed: int, partitions: int, q: int, batch: int
 ) -> None:
@@ -240,6 +243,7 @@ def test_merge_equals_replay_whatever_order_the_partials_arrive_in(
     from prometheus_client import CollectorRegistry
 
     from schemas.codec import WINDOW_RESULT, decode_confluent
+    from streams.agents.base import AgentContext
     from streams.agents.metrics import WorkerMetrics
     from streams.config import Settings
     from streams.windows import result_from_record
@@ -253,10 +257,9 @@ def test_merge_equals_replay_whatever_order_the_partials_arrive_in(
     everything = [record for records in sent.values() for record in records]
     ends = {p: 2 * len(records) for p, records in sent.items()}
     committed = {p: len(ms) for p, ms in partitioned(values, partitions, random.Random(seed)).items()}
-    agent = MergeAgent(
-        Settings(clickhouse_url=""), ({}, {}), produced, Reader(everything, 0), WorkerMetrics(CollectorRegistry()),
-        LocalCatalog(), 1, Held("cx-partials", ends), Offsets(committed),
-    )  # type: ignore[arg-type]  # fmt: skip
+    metrics, held = WorkerMetrics(CollectorRegistry()), Held("cx-partials", ends)
+    context = AgentContext(Settings(clickhouse_url=""), metrics, produced, LocalCatalog(), held)  # type: ignore[arg-type]
+    agent = MergeAgent(context, ({}, {}), Reader(everything, 0), 1, Offsets(committed))  # type: ignore[arg-type]
     agent.topic = agent.reader.topic
     delivery = [r for r in everything if rng.random() > 0.15]  # some never arrive
     delivery += [r for r in everything if rng.random() < 0.2]  # some twice
