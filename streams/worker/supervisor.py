@@ -411,9 +411,11 @@ def install_signals(supervisor: Supervisor) -> None:
 
 
 def child_env(settings: Settings) -> dict[str, str]:
-    """The environment of the children: this process's, with the settings that flags may have changed."""
+    """The environment of the children: this process's, with the settings that flags may have changed, and
+    Python's fault handler on (a child killed by a signal in native code leaves every thread's stack in the log)."""
     return {
         **os.environ,
         "CXPULSE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
         "CXPULSE_DATA_DIR": str(settings.data_dir),
+        "PYTHONFAULTHANDLER": "1",
     }
