@@ -55,7 +55,8 @@ class ClientReader:
 
 
 class EndpointReader:
-    """Queries through the read-only SQL endpoint of the process that holds the embedded store (sinks/app.py)."""
+    """Queries through the read-only SQL endpoint of the process that holds the embedded store
+    (sinks/clickhouse_sink.py)."""
 
     def __init__(self, endpoint: store.Endpoint) -> None:
         self.url = endpoint.url

@@ -1,6 +1,6 @@
 """Detractor follow-ups, the closed loop CX teams run: every NPS/NLS detractor answer that left a comment or a
 customer id, as a JSON record on ``cx.followups`` (and, when ``CXPULSE_FOLLOWUP_WEBHOOK_URL`` is set, posted to
-that webhook by sinks/followups.py), so that someone can call the customer back.
+that webhook by sinks/followup_webhook.py), so that someone can call the customer back.
 
 The hot path selects them from the batch's counted answers (valid, first copy only) and produces them in the
 batch's Kafka transaction: each answer gives one follow-up, also through crashes and restarts.  A token bucket per

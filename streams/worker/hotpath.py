@@ -491,7 +491,7 @@ class HotPath:
         """Per assigned partition, the Kafka timestamp up to which every message is processed once this batch
         commits: the batch's time where nothing more waits, else its last message's timestamp (messages of a
         partition come in timestamp order), else what an earlier batch reached (0: nothing yet, a backlog waits).
-        The effort detector evaluates panes in event time up to the lowest of them (sinks/alerts.py)."""
+        The effort detector evaluates panes in event time up to the lowest of them (sinks/effort_detector.py)."""
         last: dict[int, int] = {}
         for message in messages:
             last[message.partition() or 0] = message.timestamp()[1]
