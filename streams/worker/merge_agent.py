@@ -50,17 +50,18 @@ TAIL_DEFER_CHECKS = 6  # a busy merge still behind the partition's end is given 
 ADMIN_TIMEOUT_SECONDS = 10.0
 
 
-class HotpathOffsets:
-    """The offsets the hot path's group has committed on the feedback topic (source partition -> next offset).
+class GroupOffsets:
+    """The offsets a consumer group has committed on one topic (partition -> next offset); by default the hot
+    path's group on the feedback topic.
 
     After a failure the next read uses a new AdminClient: after a broker restart a client can keep asking a group
     coordinator it cached from before and time out forever (seen in the rolling-restart test; the consumer side
     of the same librdkafka behaviour is confluentinc/librdkafka#5511)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, group: str | None = None, topic: str | None = None) -> None:
         self.kafka = settings.kafka
-        self.group = f"{settings.app_id}-hotpath"
-        self.topic = settings.feedback_topic
+        self.group = group if group is not None else f"{settings.app_id}-hotpath"
+        self.topic = topic if topic is not None else settings.feedback_topic
         self.admin: AdminClient | None = None
 
     def read(self) -> dict[int, int]:
@@ -81,6 +82,36 @@ class HotpathOffsets:
             raise
 
 
+HotpathOffsets = GroupOffsets  # the tail check's source: the hot path's group on the feedback topic
+
+
+class GroupWatch:
+    """Whether the merge group as a whole moves while the hot path commits: the progress signal that does not
+    depend on Faust's consumer.  A Faust consumer whose session expired during a broker outage can rejoin and
+    then never fetch again, holding its partitions or none (faust-streaming#523, #175; seen here once in a
+    25-second outage under load): its own lag, measured from what it fetched, then says nothing waits.  Here the
+    hot path's committed offsets are the work and the merge group's committed offsets are the progress; work
+    that came after the group last moved is waiting, and the process's stall bound (CXPULSE_STALL_SECONDS, then
+    the supervisor's restart after CXPULSE_STALL_RESTART_SECONDS) applies to it."""
+
+    def __init__(self) -> None:
+        self.work: dict[int, int] | None = None
+        self.done: dict[int, int] | None = None
+        self.work_at = 0.0  # monotonic time the hot path's offsets last moved
+        self.done_at = 0.0  # monotonic time the merge group's offsets last moved
+        self.moves = 0  # how often the merge group's offsets moved (a position that only grows)
+
+    def look(self, work: dict[int, int], done: dict[int, int], now: float) -> bool:
+        """One look at both groups' committed offsets; True while work waits for the merge group."""
+        if self.work is not None and work != self.work:
+            self.work_at = now
+        if self.done is not None and done != self.done:
+            self.done_at = now
+            self.moves += 1
+        self.work, self.done = work, done
+        return self.work_at > self.done_at
+
+
 class MergeAgent(TableAgent):
     """The merge agent (see the module docstring).  ``panes`` and ``positions`` are its tables (any mapping)."""
 
@@ -97,13 +128,16 @@ class MergeAgent(TableAgent):
         reader: PartitionReader,
         results_partitions: int,
         hotpath: Any = None,
+        own: Any = None,
     ) -> None:
         super().__init__(context)
         settings = context.settings
         self.topic = reader.topic
         self.panes, self.positions = tables
         self.reader = reader
-        self.hotpath = hotpath if hotpath is not None else HotpathOffsets(settings)
+        self.hotpath = hotpath if hotpath is not None else GroupOffsets(settings)
+        self.own = own if own is not None else GroupOffsets(settings, settings.app_id, reader.topic)
+        self.group_watch = GroupWatch()
         self.schema_id = context.catalog.id_for(WINDOW_RESULT_RAW)
         self.results_partitions = results_partitions
         self.locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -210,15 +244,19 @@ class MergeAgent(TableAgent):
         self.metrics.state_keys.labels("panes").set(len(self.panes))
 
     async def follow_tails(self) -> None:
-        """Read back what the hot path committed but merge never saw at the end of a partition."""
-        if not self.consumption.settled():
-            return
+        """Read back what the hot path committed but merge never saw at the end of a partition; whatever Faust's
+        state, tell the process's progress whether the merge group keeps up with the hot path (GroupWatch)."""
         try:
             committed = await asyncio.to_thread(self.hotpath.read)
+            merged = await asyncio.to_thread(self.own.read)
         except Exception as exc:  # noqa: BLE001 - the broker may be away a moment
             self.tail_reads.failed(exc)
             return
         self.tail_reads.succeeded()
+        waiting = self.group_watch.look(committed, merged, time.monotonic())
+        self.metrics.health.progress.observe("merge group", self.group_watch.moves, int(waiting))
+        if not self.consumption.settled():
+            return
         for partition in sorted(self.consumption.assigned(self.topic)):
             short = self._short(partition, committed)
             previous, self.behind[partition] = self.behind.get(partition), short

@@ -274,13 +274,14 @@ class Supervisor:
                     self.stop()
                     LOG.critical("%s", self.failure)
                     return 1
-            self._look_at_progress()
+            self.look_at_progress()
             time.sleep(POLL_SECONDS)  # the supervisor's pace; signals interrupt it
         return self.stop()
 
-    def _look_at_progress(self) -> None:
+    def look_at_progress(self) -> None:
         """Every WATCH_SECONDS: each child's progress; one stalled past CXPULSE_STALL_RESTART_SECONDS (or whose
-        /metrics has not answered for that long) is killed, and restarted like any child that died."""
+        /metrics has not answered for that long) is killed, and restarted like any child that died.  Not while
+        Kafka is unreachable: every child waits for it then, and a restart would only start over the waiting."""
         now = time.monotonic()
         if now - self.watched < WATCH_SECONDS:
             return
@@ -292,6 +293,8 @@ class Supervisor:
             child.look(ChildrenCollector.scrape(child), now)
             silent = now - max(child.answered, child.started)
             if child.stalled < bound and silent < bound:
+                continue
+            if child.stalled >= bound and silent < bound and not self.kafka_up():
                 continue
             why = f"made no progress for {child.stalled:.0f} s" if child.stalled >= bound else "stopped answering"
             LOG.error(

@@ -146,9 +146,11 @@ def test_an_outage_longer_than_the_transaction_timeout_is_not_ready_then_recover
 ) -> None:
     """The broker stopped 25 s (longer than the hot path's 8 s transaction timeout and the 10 s session timeout)
     while events flow: /readyz says 503 during the outage (CXPULSE_STALL_SECONDS=5) and 200 after it; the open
-    transaction is aborted or its producer replaced, the batch read again; nothing lost, nothing twice."""
+    transaction is aborted or its producer replaced, the batch read again; nothing lost, nothing twice.  A merge
+    whose Faust consumer never fetches again after the outage (faust-streaming#523; seen here once in four runs
+    under load) is stalled by its group watch and restarted (CXPULSE_STALL_RESTART_SECONDS=30)."""
     cluster = own_cluster(1)
-    pipeline = make_pipeline(cluster.bootstrap, tmp_path, stall_seconds=5.0)
+    pipeline = make_pipeline(cluster.bootstrap, tmp_path, stall_seconds=5.0, stall_restart_seconds=30.0)
     settings = pipeline.settings
     source, messages = _events(tmp_path, 6000)
     expected, invalid = expected_results(source, settings.pane_seconds)

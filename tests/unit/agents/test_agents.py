@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -144,6 +144,7 @@ def merge_of(records: list[Record], committed: dict[int, int], **overrides: Any)
         Reader(records, end),  # type: ignore[arg-type]
         1,
         Offsets(committed),
+        Offsets({}),
     )
     agent.topic = "cx-partials"
     return agent, produced
@@ -198,6 +199,35 @@ def test_an_idle_merge_reads_a_short_tail_back_at_the_second_check() -> None:
     assert agent.reader.reads == 0  # one short sight may be a batch on its way
     asyncio.run(agent.follow_tails())
     assert agent.reader.reads == 1
+
+
+def test_a_merge_group_that_stands_still_while_the_hot_path_commits_is_stalled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """faust-streaming#523: a Faust consumer that lost its session in an outage may never fetch again, holding no
+    partition (unsettled here).  The hot path's offsets move, the merge group's do not: the process is stalled;
+    once the group moves again it is not."""
+    agent, _ = merge_of(partial_records(1), {0: 3})
+    agent.consumption = Held("cx-partials", {}, settled=False)  # wedged: nothing held, never settled
+    hot, own = cast(Offsets, agent.hotpath), cast(Offsets, agent.own)
+    clock = [1000.0]
+    monkeypatch.setattr(merge_agent.time, "monotonic", lambda: clock[0])
+    progress = agent.metrics.health.progress
+    progress.clock = lambda: clock[0]
+    own.committed = {0: 2}
+    asyncio.run(agent.follow_tails())  # first look: nothing moved yet
+    for step in range(1, 5):
+        clock[0] += 5.0
+        hot.committed = {0: 3 + step}  # the hot path keeps committing
+        asyncio.run(agent.follow_tails())
+    assert progress.stalled() == pytest.approx(20.0)  # since the last look at which nothing waited
+    agent.metrics.health.bound = 15.0  # CXPULSE_STALL_SECONDS
+    assert not agent.metrics.health.ready(True)
+    clock[0] += 5.0
+    own.committed = {0: 9}  # the group moves again (a restarted merge consumes)
+    asyncio.run(agent.follow_tails())
+    assert progress.stalled() == 0.0 and agent.metrics.health.ready(True)
+    clock[0] += 5.0
+    asyncio.run(agent.follow_tails())  # both stand still: caught up, nothing waits
+    assert progress.stalled() == 0.0
 
 
 def test_expiry_drops_the_panes_past_the_retention_and_ignores_late_deltas() -> None:

@@ -259,7 +259,7 @@ def test_merge_equals_replay_whatever_order_the_partials_arrive_in(
     committed = {p: len(ms) for p, ms in partitioned(values, partitions, random.Random(seed)).items()}
     metrics, held = WorkerMetrics(CollectorRegistry()), Held("cx-partials", ends)
     context = AgentContext(Settings(clickhouse_url=""), metrics, produced, LocalCatalog(), held)  # type: ignore[arg-type]
-    agent = MergeAgent(context, ({}, {}), Reader(everything, 0), 1, Offsets(committed))  # type: ignore[arg-type]
+    agent = MergeAgent(context, ({}, {}), Reader(everything, 0), 1, Offsets(committed), Offsets({}))  # type: ignore[arg-type]
     agent.topic = agent.reader.topic
     delivery = [r for r in everything if rng.random() > 0.15]  # some never arrive
     delivery += [r for r in everything if rng.random() < 0.2]  # some twice

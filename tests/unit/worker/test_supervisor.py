@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -86,3 +87,35 @@ def test_one_page_sums_what_processes_share_and_passes_the_rest_through() -> Non
     assert got[("cxpulse_kpi_value", (("channel", 'we"ird\\chan'), ("metric", "NPS")))] == 12.5  # escaped, intact
     assert got[("cxpulse_worker_ready", ())] == 1
     assert page.decode().count("# HELP cxpulse_worker_records_total") == 1
+
+
+def test_a_stalled_child_is_not_killed_while_kafka_is_away_and_is_after(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every process stalls while Kafka is unreachable; killing one then would only start its waiting over.  Once
+    Kafka answers, a child still stalled past CXPULSE_STALL_RESTART_SECONDS is killed (to be restarted)."""
+    import subprocess
+    import sys
+
+    from streams.worker import supervisor as sv
+
+    boss = sv.Supervisor(Settings(clickhouse_url="", stall_restart_seconds=30.0), "id", "warn", {}, roles=("merge",))
+    child = boss.children[0]
+    child.proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    page = (
+        'cxpulse_worker_process_stalled_seconds{process="merge"} 45.0\n'
+        'cxpulse_worker_process_ready{process="merge"} 0\n'
+    )
+    monkeypatch.setattr(sv.ChildrenCollector, "scrape", staticmethod(lambda child: page))
+    try:
+        boss.kafka_up = lambda: False
+        boss.watched = 0.0
+        boss.look_at_progress()
+        assert child.alive()
+        assert boss.registry.get_sample_value("cxpulse_worker_stall_restarts_total", {"process": "merge"}) == 0
+        boss.kafka_up = lambda: True
+        boss.watched = 0.0
+        boss.look_at_progress()
+        assert child.proc.wait(10) == -9
+        assert boss.registry.get_sample_value("cxpulse_worker_stall_restarts_total", {"process": "merge"}) == 1
+    finally:
+        if child.proc.poll() is None:
+            child.proc.kill()
