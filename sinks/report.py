@@ -170,54 +170,57 @@ def report(
         count = 1 if since_ms is None else max(1, math.ceil((end - since_ms) / window_ms))
         start = end - count * window_ms
         bucket = f"intDiv({end} - 1 - toUnixTimestamp64Milli(window_start), {window_ms})"
-    from_answers = any(d not in PANE_DIMENSIONS for d in by)
     params: dict[str, Any] = {"start": start, "end": end if window_ms is not None else 2**62}
     metric_filter = ""
     if metrics:
         metric_filter = "AND metric IN {metrics:Array(String)}"
         params["metrics"] = list(metrics)
-    if from_answers:
-        pane = f"intDiv(toUnixTimestamp64Milli(occurred_at), {pane_ms}) * {pane_ms}"
-        # an answer counts under each of its reason codes (ClickHouse's `*` leaves out an ARRAY JOIN alias: named)
-        codes = "reason_code" in by
-        source = (
-            f"(SELECT *, {'reason, ' if codes else ''}{pane} AS pane_ms, "
-            f"toDateTime64({pane} / 1000, 3, 'UTC') AS window_start FROM cxpulse.answers FINAL"
-            + (" ARRAY JOIN if(empty(reason_codes), ['none'], reason_codes) AS reason" if codes else "")
-            + ")"
-        )
-        sums, version, ends = SUMS_ANSWERS, "0", f"max(toUnixTimestamp64Milli(window_start)) + {pane_ms}"
-    else:
-        source, sums, version = "cxpulse.pane_results FINAL", SUMS_PANES, "max(version)"
-        ends = "max(toUnixTimestamp64Milli(window_end))"  # the pane length the results were written with
+    source, sums, version, ends = _report_source(by, pane_ms)
     # an answer without a touchpoint, agent or team is grouped under "none" (as drivers shows it), not ""
-    dims = [d if d in PANE_DIMENSIONS else _or_none(COLUMN.get(d, d)) for d in by]
-    select_dims = ", ".join(dims)
+    select_dims = ", ".join(d if d in PANE_DIMENSIONS else _or_none(COLUMN.get(d, d)) for d in by)
     sql = (
         f"SELECT {bucket} AS bucket, {select_dims}, metric, {sums}, {version}, {ends} FROM {source} "
         "WHERE toUnixTimestamp64Milli(window_start) >= {start:Int64} "
         "AND toUnixTimestamp64Milli(window_start) < {end:Int64} "
         f"{metric_filter} GROUP BY bucket, {select_dims}, metric ORDER BY bucket, {select_dims}, metric"
     )
-    out = []
-    for row in reader.rows(sql, params):
-        key = int(row[0])
-        values = row[1 : 1 + len(dims)]
-        metric = str(row[1 + len(dims)])
-        counters = [int(v) for v in row[2 + len(dims) : 10 + len(dims)]]
-        state = State(*counters)
-        if state.n <= 0:
-            continue
-        if window_ms is None:  # a pane: its own end (written by the worker with the pane length of the time)
-            window_start, window_end = key, int(row[-1])
-        else:
-            window_end = end - key * window_ms
-            window_start = window_end - window_ms
-        dimensions = {name: ALL for name in PANE_DIMENSIONS}
-        dimensions.update({name: str(value) for name, value in zip(by, values, strict=True)})
-        out.append(Row(window_start, window_end, dimensions, metric, state, int(row[-2])))
+    out = [r for r in (_report_row(row, by, window_ms, end) for row in reader.rows(sql, params)) if r is not None]
     out.sort(key=lambda r: (-r.window_end, tuple(r.dimensions.values()), r.metric))
     return out
+
+
+def _report_source(by: Sequence[str], pane_ms: int) -> tuple[str, str, str, str]:
+    """Where a report reads (the pane results, or the answers when it groups by one of their dimensions): the
+    FROM clause, the sums, the version and the window end expressions."""
+    if all(d in PANE_DIMENSIONS for d in by):
+        ends = "max(toUnixTimestamp64Milli(window_end))"  # the pane length the results were written with
+        return "cxpulse.pane_results FINAL", SUMS_PANES, "max(version)", ends
+    pane = f"intDiv(toUnixTimestamp64Milli(occurred_at), {pane_ms}) * {pane_ms}"
+    # an answer counts under each of its reason codes (ClickHouse's `*` leaves out an ARRAY JOIN alias: named)
+    codes = "reason_code" in by
+    source = (
+        f"(SELECT *, {'reason, ' if codes else ''}{pane} AS pane_ms, "
+        f"toDateTime64({pane} / 1000, 3, 'UTC') AS window_start FROM cxpulse.answers FINAL"
+        + (" ARRAY JOIN if(empty(reason_codes), ['none'], reason_codes) AS reason" if codes else "")
+        + ")"
+    )
+    return source, SUMS_ANSWERS, "0", f"max(toUnixTimestamp64Milli(window_start)) + {pane_ms}"
+
+
+def _report_row(row: Sequence[Any], by: Sequence[str], window_ms: int | None, end: int) -> Row | None:
+    """One result row of the report query as a Row (None: no answers)."""
+    key, width = int(row[0]), len(by)
+    state = State(*(int(v) for v in row[2 + width : 10 + width]))
+    if state.n <= 0:
+        return None
+    if window_ms is None:  # a pane: its own end (written by the worker with the pane length of the time)
+        window_start, window_end = key, int(row[-1])
+    else:
+        window_end = end - key * window_ms
+        window_start = window_end - window_ms
+    dimensions = {name: ALL for name in PANE_DIMENSIONS}
+    dimensions.update({name: str(value) for name, value in zip(by, row[1 : 1 + width], strict=True)})
+    return Row(window_start, window_end, dimensions, str(row[1 + width]), state, int(row[-2]))
 
 
 # --- drivers: which touchpoints, reason codes, agents or teams explain a change -------------------------------
@@ -329,41 +332,14 @@ def drivers(
     Channel or journey ``*`` means all of them."""
     end = now_ms - now_ms % pane_ms
     start = end - window_ms
-    segment = []
     params: dict[str, Any] = {"metric": metric, "start": start, "end": end, "before": start - window_ms}
-    for name, value in (("channel", channel), ("journey", journey)):
-        if value != ALL:
-            segment.append(f"{name} = {{{name}:String}}")
-            params[name] = value
-    inside = " AND ".join(segment) or "1"
-    if versus == "previous":
-        side = "toUnixTimestamp64Milli(occurred_at) >= {start:Int64}"
-        scope = f"({inside}) AND toUnixTimestamp64Milli(occurred_at) >= {{before:Int64}}"
-    elif versus == "rest":
-        if not segment:
-            raise ValueError("--vs rest needs a channel or a journey (the rest of everything is nothing)")
-        side = inside
-        scope = "toUnixTimestamp64Milli(occurred_at) >= {start:Int64}"
-    else:
-        raise ValueError(f"--vs is previous or rest, not {versus!r}")
+    side, scope = _drivers_sides(channel, journey, versus, params)
     found: list[Driver] = []
     totals: tuple[float | None, float | None] = (None, None)
     n_now = n_before = 0
     for dimension in dimensions:
         check_dimensions([dimension])
-        if dimension == "reason_code":
-            value = "arrayJoin(if(empty(reason_codes), ['none'], reason_codes))"
-            weight, scale = f"intDiv({SPLIT}, greatest(length(reason_codes), 1))", SPLIT
-        else:
-            column = COLUMN.get(dimension, dimension)
-            value, weight, scale = f"if({column} = '', 'none', {column})", "1", 1
-        sql = (
-            f"SELECT {side} AS now, {value} AS name, sum({weight}), sum(promoter * {weight}), "
-            f"sum(passive * {weight}), sum(detractor * {weight}), sum(positive * {weight}), "
-            f"sum(high_effort * {weight}), sum(sx * {weight}), sum(sx2 * {weight}) "
-            f"FROM cxpulse.answers FINAL WHERE metric = {{metric:String}} AND {scope} "
-            "AND toUnixTimestamp64Milli(occurred_at) < {end:Int64} GROUP BY now, name"
-        )
+        sql, scale = _dimension_query(dimension, side, scope)
         now: dict[str, State] = {}
         before: dict[str, State] = {}
         for row in reader.rows(sql, params):
@@ -377,3 +353,41 @@ def drivers(
             n_now, n_before = _total(now.values()).n, _total(before.values()).n
     change = totals[0] - totals[1] if totals[0] is not None and totals[1] is not None else None
     return Drivers(metric, totals[0], totals[1], n_now, n_before, change, found)
+
+
+def _drivers_sides(channel: str, journey: str, versus: str, params: dict[str, Any]) -> tuple[str, str]:
+    """The condition that puts an answer on the "now" side, and the answers compared at all (adds the segment's
+    parameters to ``params``)."""
+    segment = []
+    for name, value in (("channel", channel), ("journey", journey)):
+        if value != ALL:
+            segment.append(f"{name} = {{{name}:String}}")
+            params[name] = value
+    inside = " AND ".join(segment) or "1"
+    if versus == "previous":
+        side = "toUnixTimestamp64Milli(occurred_at) >= {start:Int64}"
+        return side, f"({inside}) AND toUnixTimestamp64Milli(occurred_at) >= {{before:Int64}}"
+    if versus == "rest":
+        if not segment:
+            raise ValueError("--vs rest needs a channel or a journey (the rest of everything is nothing)")
+        return inside, "toUnixTimestamp64Milli(occurred_at) >= {start:Int64}"
+    raise ValueError(f"--vs is previous or rest, not {versus!r}")
+
+
+def _dimension_query(dimension: str, side: str, scope: str) -> tuple[str, int]:
+    """The query of one dimension's values on both sides, and the scale of its weights (reason codes split an
+    answer's weight among its codes)."""
+    if dimension == "reason_code":
+        value = "arrayJoin(if(empty(reason_codes), ['none'], reason_codes))"
+        weight, scale = f"intDiv({SPLIT}, greatest(length(reason_codes), 1))", SPLIT
+    else:
+        column = COLUMN.get(dimension, dimension)
+        value, weight, scale = f"if({column} = '', 'none', {column})", "1", 1
+    sql = (
+        f"SELECT {side} AS now, {value} AS name, sum({weight}), sum(promoter * {weight}), "
+        f"sum(passive * {weight}), sum(detractor * {weight}), sum(positive * {weight}), "
+        f"sum(high_effort * {weight}), sum(sx * {weight}), sum(sx2 * {weight}) "
+        f"FROM cxpulse.answers FINAL WHERE metric = {{metric:String}} AND {scope} "
+        "AND toUnixTimestamp64Milli(occurred_at) < {end:Int64} GROUP BY now, name"
+    )
+    return sql, scale

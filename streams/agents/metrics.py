@@ -27,6 +27,12 @@ class WorkerMetrics:
         self.registry = registry
         self.snapshots: list[Any] = []  # sinks.prometheus.Snapshot: large families served beside the registry
         self.health = ProcessHealth(bound=60.0)  # replaced by the process's own (settings, outage) at start
+        self._batches(registry)
+        self._state(registry)
+        self._lag_and_health(registry)
+
+    def _batches(self, registry: CollectorRegistry) -> None:
+        """What the batches of a process did: records, dead letters, duplicates, transactions, follow-ups."""
         self.records = Counter(
             "cxpulse_worker_records", "Input records processed, by input topic", ["topic"], registry=registry
         )
@@ -68,6 +74,16 @@ class WorkerMetrics:
             buckets=BATCH_BUCKETS,
             registry=registry,
         )
+        self.followups = Counter(
+            "cxpulse_followups",
+            "Detractor follow-ups, by outcome (sent: to the follow-ups topic; rate_limited: over "
+            "CXPULSE_FOLLOWUPS_PER_MINUTE, dropped; posted: accepted by the follow-up webhook)",
+            ["outcome"],
+            registry=registry,
+        )
+
+    def _state(self, registry: CollectorRegistry) -> None:
+        """What merge keeps and repairs: read-backs, chain breaks, results, expired and kept keys."""
         self.repaired = Counter(
             "cxpulse_worker_repaired_records",
             "Partial messages the Faust consumer skipped and merge read back (see streams/worker/repair.py)",
@@ -98,13 +114,9 @@ class WorkerMetrics:
             "Event ids remembered for de-duplication (this worker's partitions; they expire with the retention)",
             registry=registry,
         )
-        self.followups = Counter(
-            "cxpulse_followups",
-            "Detractor follow-ups, by outcome (sent: to the follow-ups topic; rate_limited: over "
-            "CXPULSE_FOLLOWUPS_PER_MINUTE, dropped; posted: accepted by the follow-up webhook)",
-            ["outcome"],
-            registry=registry,
-        )
+
+    def _lag_and_health(self, registry: CollectorRegistry) -> None:
+        """How far behind each input and sink is, and whether each process is ready and making progress."""
         self.consumer_lag = Gauge(
             "cxpulse_consumer_lag_messages",
             "Messages of an input partition not yet processed (end offset - position), by topic and partition",
