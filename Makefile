@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 KAFKA_LIB := deploy/kafka/lib
 
 .DEFAULT_GOAL := help
-.PHONY: help install test-tools jars demo test lint typecheck format unit faults fuzz bench bench-replay clean
+.PHONY: help install test-tools jars demo test lint typecheck format unit faults fuzz bench bench-replay bench-state clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -66,6 +66,9 @@ test: install jars lint typecheck  ## lint, typecheck, then every test, the faul
 
 bench-replay: test-tools  ## the replay benchmark (1,000,000 events; N=... to change)
 	$(BIN)/python benchmarks/replay.py $(if $(N),--events $(N),)
+
+bench-state: test-tools jars  ## memory, disk and restart time of the remembered state (ANSWERS=1000000; more: ARGS="--answers 3000000")
+	$(BIN)/python -m benchmarks.state --answers $(or $(ANSWERS),1000000) $(ARGS)
 
 $(VENV)-quix/bin/python:
 	$(PYTHON) -m venv $(VENV)-quix

@@ -9,7 +9,8 @@ forgotten id can never count twice.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 from streams.validate import Feedback
 
@@ -19,6 +20,19 @@ BUCKET_MS = 3_600_000  # ids are expired an hour at a time
 def bucket_for_retention(retention_ms: int) -> int:
     """The bucket length for a retention: an hour, or a 24th of a shorter retention (at least a second)."""
     return max(1000, min(BUCKET_MS, retention_ms // 24))
+
+
+class Dedup(Protocol):
+    """What the batch step needs of one partition's de-duplication state: this module's in-memory
+    Deduplicator, or the hot path's on-disk streams.worker.seen.SeenIds."""
+
+    def __len__(self) -> int: ...
+
+    def first_seen(self, events: Sequence[Feedback]) -> tuple[list[Feedback], int]: ...
+
+    def buckets(self, events: Iterable[Feedback]) -> dict[int, list[str]]: ...
+
+    def expire(self, older_than_ms: int) -> int: ...
 
 
 class Deduplicator:

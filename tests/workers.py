@@ -103,13 +103,19 @@ def stop_worker(worker: subprocess.Popen[bytes], log: Path) -> None:
     assert code == 0, log.read_text()[-3000:]
 
 
+HOTPATH_MODULES = (b"streams.worker.hotpath", b"tests.integration.flaky_hotpath")
+
+
 def children(pid: int) -> dict[str, int]:
     """The worker's processes by name (hotpath-N, merge), from /proc."""
     out = {}
     for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
         command = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
-        if b"streams.worker.hotpath" in command:
-            out[f"hotpath-{command[command.index(b'streams.worker.hotpath') + 1].decode()}"] = int(child)
+        module = next(
+            (m for m in (b"streams.worker.hotpath", b"tests.integration.flaky_hotpath") if m in command), None
+        )
+        if module is not None:
+            out[f"hotpath-{command[command.index(module) + 1].decode()}"] = int(child)
         elif b"merge" in command and (b"streams.processes" in command or b"tests.integration.flaky_merge" in command):
             out["merge"] = int(child)
     return out

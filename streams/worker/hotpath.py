@@ -9,8 +9,10 @@ together with the input offsets (``send_offsets_to_transaction``).  A batch is t
   its dead predecessor at once instead of waiting for its open transaction to time out.
 - The consumer group ``<app>-hotpath`` uses the cooperative-sticky assignor: a rebalance moves only the
   partitions that change owner, and only those are restored.
-- De-duplication state is a Deduplicator per source partition, restored on assignment from the seen-ids
-  changelog (same partition number), read after the group's committed offsets are stable.
+- De-duplication state is a streams.worker.seen.SeenIds per source partition: fingerprints in sorted runs on
+  local disk (``<data dir>/hotpath/<worker id>-<slot>/seen-ids/p<N>``) up to a checkpoint into the seen-ids
+  changelog (same partition number), which a restore reads on from there, after the group's committed offsets
+  are stable.  A rewind after a failed batch drops what the runs do not hold and reads that tail again.
 - A batch that fails is aborted and read again from the committed offsets, its partitions' state restored,
   after a backoff: nothing is skipped.  A poison message cannot fail a batch: ingest dead-letters any bytes.
 - Every blocking Kafka call has a bound (streams.agents.health.CallGuard): a call that never returns (librdkafka
@@ -29,7 +31,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import FrameType
 
@@ -48,7 +50,7 @@ from schemas.codec import SchemaCatalog, catalog_for
 from streams.agents.health import CallGuard, Progress, serve
 from streams.agents.metrics import WorkerMetrics
 from streams.config import DEFAULT_FUTURE_TOLERANCE_SECONDS, Settings, load_settings
-from streams.dedup import Deduplicator, bucket_for_retention
+from streams.dedup import bucket_for_retention
 from streams.errors import EXIT_PERMANENT, BrokerError, ConfigurationError, CxPulseError
 from streams.followups import TokenBucket
 from streams.followups import encode as encode_followup
@@ -68,6 +70,7 @@ from streams.worker.records import (
     encode_seen,
     encode_through,
 )
+from streams.worker.seen import Origin, SeenIds
 
 LOG = logging.getLogger("cxpulse.hotpath")
 PARTITION_BY_KEY = -1  # librdkafka's RD_KAFKA_PARTITION_UA: the partitioner picks by key
@@ -109,46 +112,38 @@ def transactional_id(settings: Settings, worker_id: str, slot: int) -> str:
     return f"{settings.app_id}-hotpath-{worker_id}-{slot}"
 
 
-def restore_seen(
-    kafka: Kafka, topic: str, partitions: Sequence[int], bucket_ms: int, cutoff_ms: int
-) -> dict[int, Deduplicator]:
-    """Rebuild the Deduplicators of ``partitions`` from the seen-ids changelog (committed entries only), ids
-    that can no longer recur (older than ``cutoff_ms``) forgotten."""
-    restored = {partition: Deduplicator(bucket_ms) for partition in partitions}
-    if not partitions:
-        return restored
+def read_seen_tails(kafka: Kafka, topic: str, stores: dict[int, SeenIds], ends: dict[int, int]) -> int:
+    """Read the seen-ids changelog of each partition from its store's tail to ``ends`` (committed entries only,
+    within RESTORE_SECONDS) into the store; return how many entries were read."""
+    starts = {partition: store.tail for partition, store in stores.items() if store.tail < ends[partition]}
+    if not starts:
+        return 0
     reader = new_consumer(
         kafka, f"{topic}-restore", **{"enable.partition.eof": True, "isolation.level": "read_committed"}
     )
+    entries = 0
     try:
-        pending = set()
-        assignment = []
-        for partition in partitions:
-            low, high = reader.get_watermark_offsets(TopicPartition(topic, partition), KAFKA_TIMEOUT_SECONDS, False)
-            if high > low:
-                pending.add(partition)
-                assignment.append(TopicPartition(topic, partition, OFFSET_BEGINNING))
-        if assignment:
-            reader.assign(assignment)
+        reader.assign([TopicPartition(topic, partition, offset) for partition, offset in starts.items()])
+        pending = set(starts)
         deadline = time.monotonic() + RESTORE_SECONDS
         while pending:
             if time.monotonic() > deadline:
                 raise CxPulseError(f"restoring {topic} partitions {sorted(pending)}: no end in sight")
             for message in reader.consume(num_messages=1000, timeout=1.0):
                 error = message.error()
+                partition = message.partition() or 0
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(message.partition() or 0)
+                        pending.discard(partition)
                         continue
                     raise CxPulseError(f"restoring {topic}: {error}")
-                dedup = restored[message.partition() or 0]
+                store, offset = stores[partition], message.offset() or 0
                 for bucket, ids in decode_seen(message.value() or b"{}").items():
-                    dedup.remember(bucket, ids)
+                    store.remember(bucket, ids, offset)
+                entries += 1
     finally:
         reader.close()
-    for dedup in restored.values():
-        dedup.expire(cutoff_ms)
-    return restored
+    return entries
 
 
 @dataclass
@@ -189,6 +184,10 @@ class HotPath:
         self.bucket_ms = bucket_for_retention(self.retention_ms)
         self.future_ms = DEFAULT_FUTURE_TOLERANCE_SECONDS * 1000
         self.transactional_id = transactional_id(settings, worker_id, slot)
+        self.state_dir = settings.data_dir / "hotpath" / f"{worker_id}-{slot}"
+        self.seen: dict[int, SeenIds] = {}  # assigned partition -> its remembered ids (also ingest.dedup)
+        self.seen_offsets: dict[int, int] = {}  # partition -> changelog offset of this batch's seen-ids entry
+        self.cluster_id = ""
         self.stopping = False
         self.ready = False
         self._housekept = 0.0
@@ -272,6 +271,7 @@ class HotPath:
                 self._sleep(min(BACKOFF_MAX_SECONDS, 2.0))
                 if self.stopping:
                     raise CxPulseError(f"{self.name}: stopped before Kafka could be reached") from exc
+        self.cluster_id = metadata.cluster_id or ""
         counts = []
         for topic in (self.settings.feedback_topic, self.partials_topic, self.seen_topic, self.settings.dlq_topic):
             if topic not in metadata.topics:
@@ -312,21 +312,63 @@ class HotPath:
                 self._sleep(1.0)
 
     def _restore_once(self, partitions: list[int]) -> None:
+        """Where each partition's next batch starts (its committed offset), and its remembered ids: the local
+        state (streams.worker.seen) if it can be trusted, and the changelog past its checkpoint."""
         topic = self.settings.feedback_topic
         committed = self.consumer.committed([TopicPartition(topic, p) for p in partitions], KAFKA_TIMEOUT_SECONDS)
-        now_ms = int(time.time() * 1000)
-        dedups = restore_seen(
-            self.settings.kafka, self.seen_topic, partitions, self.bucket_ms, now_ms - self.retention_ms
-        )
+        started = time.monotonic()
+        ends = {}
+        for partition in partitions:
+            _, ends[partition] = self.consumer.get_watermark_offsets(
+                TopicPartition(self.seen_topic, partition), KAFKA_TIMEOUT_SECONDS, False
+            )
+        stores = {partition: self._seen_store(partition, ends[partition]) for partition in partitions}
+        for store in stores.values():
+            store.forget_tail()
+        local = sum(len(store) for store in stores.values())
+        entries = read_seen_tails(self.settings.kafka, self.seen_topic, stores, ends)
+        cutoff = int(time.time() * 1000) - self.retention_ms
+        for store in stores.values():
+            store.expire(cutoff)
         for tp in committed:
             self.ingest.starts[tp.partition] = tp.offset if tp.offset >= 0 else FROM_THE_START
-            self.ingest.dedup[tp.partition] = dedups[tp.partition]
+            self.ingest.dedup[tp.partition] = self.seen[tp.partition] = stores[tp.partition]
+        LOG.info(
+            "%s: partitions %s restored in %.1f s: %d ids from local state, %d changelog entries read after it",
+            self.name,
+            sorted(partitions),
+            time.monotonic() - started,
+            local,
+            entries,
+        )
+
+    def _seen_store(self, partition: int, changelog_end: int) -> SeenIds:
+        """The partition's remembered ids: held already (a rewind), or opened from the local state."""
+        store = self.seen.get(partition)
+        if store is not None:
+            return store
+        origin = Origin(self.cluster_id, self.seen_topic, partition, self.bucket_ms)
+        return SeenIds.open(self.state_dir / "seen-ids" / f"p{partition}", origin, changelog_end)
+
+    def _flush_seen(self, partitions: Iterable[int], always: bool) -> None:
+        """Write the committed recent ids of ``partitions`` to disk (``always``, or when due).  A disk that fails
+        is logged; the ids stay in memory (and in the changelog)."""
+        for partition in partitions:
+            store = self.seen.get(partition)
+            if store is None or not (always or store.due()):
+                continue
+            try:
+                store.flush()
+            except OSError as exc:
+                LOG.warning("%s: cannot write the remembered ids of partition %d: %s", self.name, partition, exc)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Forget revoked (or lost) partitions; no transaction is open here (callbacks run inside consume)."""
+        self._flush_seen([tp.partition for tp in partitions], always=True)
         for tp in partitions:
             self.ingest.starts.pop(tp.partition, None)
             self.ingest.dedup.pop(tp.partition, None)
+            self.seen.pop(tp.partition, None)
             self.lag.pop(tp.partition, None)
             self.through.pop(tp.partition, None)
             with contextlib.suppress(KeyError):  # never measured
@@ -363,6 +405,7 @@ class HotPath:
                 self._housekeeping()
         finally:
             self.ready = False
+            self._flush_seen(list(self.seen), always=True)
             with self.guard("leaving the group", KAFKA_TIMEOUT_SECONDS + GUARD_MARGIN_SECONDS):
                 self.consumer.close()  # leaves the group: the partitions move on without waiting for a timeout
 
@@ -527,6 +570,9 @@ class HotPath:
                 raise ProducerLostError(self._fatal_message(error), fenced) from exc
             raise TransactionAbortedError(error.str()) from exc
         self.ingest.committed(out.offsets)
+        self._poll(0)  # the delivery reports: where this batch's seen-ids entries are
+        for partition, store in self.seen.items():
+            store.committed(self.seen_offsets.pop(partition, None))
         return sent
 
     def _produce_batch(
@@ -544,8 +590,9 @@ class HotPath:
             self._produce(
                 self.partials_topic, encode_partials(batch), None, partition, partial_headers, timestamp=newest_ms
             )
+        self.seen_offsets.clear()
         for partition, buckets in out.seen.items():
-            self._produce(self.seen_topic, encode_seen(buckets), None, partition)
+            self._produce(self.seen_topic, encode_seen(buckets), None, partition, on_delivery=self._seen_delivered)
         for partition, values in out.answers.items():
             for chunk in answer_chunks(values, ANSWERS_MESSAGE_BYTES):
                 self._produce(self.answers_topic, encode_answers(chunk), None, partition)
@@ -585,13 +632,26 @@ class HotPath:
         partition: int,
         headers: list[tuple[str, str | bytes | None]] | None = None,
         timestamp: int = 0,
+        on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
     ) -> None:
         while True:
             try:
-                self.producer.produce(topic, value, key, partition=partition, headers=headers, timestamp=timestamp)
+                self.producer.produce(
+                    topic,
+                    value,
+                    key,
+                    partition=partition,
+                    headers=headers,
+                    timestamp=timestamp,
+                    on_delivery=on_delivery,
+                )
                 return
             except BufferError:  # the local queue is full: let deliveries drain (or time out), then go on
                 self.producer.poll(0.1)
+
+    def _seen_delivered(self, error: KafkaError | None, message: Message) -> None:
+        if error is None:
+            self.seen_offsets[message.partition() or 0] = message.offset() or 0
 
     def _abort(self) -> None:
         try:
@@ -655,6 +715,7 @@ class HotPath:
         expired = sum(dedup.expire(cutoff) for dedup in self.ingest.dedup.values())
         if expired:
             self.metrics.expired.labels("seen-ids").inc(expired)
+        self._flush_seen(list(self.seen), always=False)
         self.metrics.remembered_ids.set(sum(len(dedup) for dedup in self.ingest.dedup.values()))
         self._measure_lag()
         self._poll(0)

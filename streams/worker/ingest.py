@@ -16,7 +16,7 @@ from typing import Any, NamedTuple, Protocol
 from schemas.codec import SchemaCatalog, decode_batch, encode_feedback
 from streams.agents.keys import segment_partition
 from streams.aggregate import State, aggregate_drivers, aggregate_panes
-from streams.dedup import Deduplicator
+from streams.dedup import Dedup, Deduplicator
 from streams.followups import select as select_followups
 from streams.privacy import pseudonymise
 from streams.validate import Clock, Feedback, validate_batch
@@ -95,7 +95,7 @@ class Ingest:
     followups: bool = False  # select detractor follow-ups
     answers: bool = False  # pass the counted answers' raw bytes on (the ClickHouse sink stores them)
     customer_key: bytes = b""  # set: customer ids become keyed pseudonyms right after decoding (streams.privacy)
-    dedup: dict[int, Deduplicator] = field(default_factory=dict)
+    dedup: dict[int, Dedup] = field(default_factory=dict)
     starts: dict[int, int] = field(default_factory=dict)
     _owner: dict[tuple[str, str], int] = field(default_factory=dict)
 
@@ -110,7 +110,8 @@ class Ingest:
         """Run decode, validate, dedup and aggregate over one batch (messages in offset order per partition).
 
         De-duplication state is updated in place: when the batch's transaction does not commit, the caller
-        restores the Deduplicators of its partitions (streams.worker.hotpath does, from the changelog).
+        restores the de-duplication state of its partitions (streams.worker.hotpath does: from its local
+        checkpoint and the changelog).
         """
         by_partition: dict[int, list[RawMessage]] = defaultdict(list)
         for message in messages:

@@ -6,12 +6,17 @@
 - CXPULSE_TEST_HOTPATH_HANG=FILE: the first transaction's send_offsets_to_transaction never returns (librdkafka
   #5456, reproduced) in the first incarnation of the slot (FILE marks that it happened);
 - CXPULSE_TEST_HOTPATH_STALL=FILE: the first batch blocks forever in Python, outside any Kafka call (a stall only
-  the supervisor's watchdog can end), in the first incarnation (FILE marks it).
+  the supervisor's watchdog can end), in the first incarnation (FILE marks it);
+- CXPULSE_TEST_SEEN_FLUSH_IDS=N: the remembered ids become a run on disk every N ids (and at every housekeeping
+  tick): a steady burst of local writes;
+- CXPULSE_TEST_SEEN_CRASH=FILE: the slot kills itself with SIGKILL while it writes its third run, after the run's
+  files are on disk and before the manifest names them (first incarnation only; FILE marks it).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -20,7 +25,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException
 
 import streams.worker.ingest as ingest
-from streams.worker import hotpath
+from streams.worker import hotpath, seen
 from streams.worker.hotpath import main
 
 FAILURES = int(os.environ.get("CXPULSE_TEST_HOTPATH_FAILURES", "0"))
@@ -28,6 +33,9 @@ HANG = os.environ.get("CXPULSE_TEST_HOTPATH_HANG", "")
 SEND_FAILURES = int(os.environ.get("CXPULSE_TEST_HOTPATH_SEND_FAILURES", "0"))
 _sends = [0]
 STALL = os.environ.get("CXPULSE_TEST_HOTPATH_STALL", "")
+SEEN_FLUSH_IDS = int(os.environ.get("CXPULSE_TEST_SEEN_FLUSH_IDS", "0"))
+SEEN_CRASH = os.environ.get("CXPULSE_TEST_SEEN_CRASH", "")
+_saved = [0]
 _real = ingest.validate_batch
 _calls = [0]
 
@@ -83,4 +91,18 @@ if STALL:
         _process(self, messages)
 
     hotpath.HotPath.process = _stalling  # type: ignore[method-assign]
+if SEEN_FLUSH_IDS:
+    seen.FLUSH_IDS = SEEN_FLUSH_IDS
+    seen.FLUSH_SECONDS = 0.0
+if SEEN_CRASH:
+    _save = seen.Run.save
+
+    def _crashing_save(self: seen.Run, directory: Path) -> dict[str, object]:
+        entry = _save(self, directory)
+        _saved[0] += 1
+        if _saved[0] == 3 and _first_time(SEEN_CRASH):
+            os.kill(os.getpid(), signal.SIGKILL)  # the run is on disk, the manifest does not name it yet
+        return entry
+
+    seen.Run.save = _crashing_save  # type: ignore[method-assign]
 sys.exit(main())

@@ -1,0 +1,221 @@
+"""`make bench-state`: what the worker's remembered state costs (issue 19): memory, disk and restart time.
+
+Starts its own Kafka broker, loads N unique, valid answers (UUID event ids, event times over the last 6 days,
+48 channel x journey segments, keyed by customer) into a 6-partition topic, and runs ``cxpulse worker`` (default
+7-day retention, no ClickHouse) three times over it:
+
+1. ingest: from launch until every answer is remembered (``cxpulse_worker_remembered_ids`` = N) and the merge
+   has caught up; RSS of each process, disk under the data dir;
+2. restart, local state intact: SIGTERM, start again, time to ``cxpulse_worker_ready 1`` with every id
+   remembered; RSS after;
+3. restart, local state wiped (the data dir's process state removed, the changelogs left): the same, i.e. a
+   full restore from the changelogs.  Its rate is N / seconds.
+
+Usage::
+
+    .venv/bin/python -m benchmarks.state [--answers 1000000] [--answers 3000000 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks.bench import FIELDS, PARTITIONS, cxpulse_settings, load, spawn, stop, tree_rss_mb, warm_up
+from schemas.codec import FEEDBACK, encode_confluent
+from streams.synth import CHANNELS, realistic_events
+from streams.topics import TopicSpec, ensure_topics, topic_specs
+from tests.support import start_broker
+
+DAY_MS = 86_400_000
+WAIT_SECONDS = 3600.0
+console = Console()
+
+
+@dataclass
+class Phase:
+    """One run of the worker: how long until it had everything, its memory by process, the data dir's size."""
+
+    name: str
+    seconds: float
+    rss_mb: dict[str, float]
+    disk_mb: float
+
+    @property
+    def total_rss_mb(self) -> float:
+        return sum(self.rss_mb.values())
+
+
+def messages(count: int, now_ms: int) -> list[tuple[bytes, bytes, int]]:
+    """``count`` unique valid answers over the last 6 days, UUID event ids, 48 segments."""
+    rng = random.Random(19)
+    out = []
+    events = realistic_events(
+        count,
+        seed=19,
+        start_ms=now_ms - 6 * DAY_MS,
+        per_second=count / (6 * DAY_MS / 1000),
+        invalid_share=0.0,
+        duplicate_share=0.0,
+        channels=(*CHANNELS, "sms"),
+    )
+    for event in events:
+        record = {**FIELDS, **event, "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4))}
+        out.append((record["customer_id"].encode(), encode_confluent(record, FEEDBACK, 1), record["occurred_at"]))
+    return out
+
+
+def scrape(port: int) -> dict[str, float]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if not sample.labels:
+                out[sample.name] = sample.value
+            elif sample.name == "cxpulse_consumer_lag_messages":
+                out[f"lag {sample.labels.get('topic')} {sample.labels.get('partition')}"] = sample.value
+    return out
+
+
+def wait_complete(port: int, answers: int, proc: subprocess.Popen[bytes]) -> float:
+    """Seconds from now until the worker is ready, remembers every answer and has no consumer lag anywhere (a
+    partition with nothing to read may show no lag at all)."""
+    started = time.monotonic()
+    while time.monotonic() - started < WAIT_SECONDS:
+        if proc.poll() is not None:
+            raise SystemExit(f"the worker exited with {proc.returncode}")
+        page = scrape(port)
+        lags = [value for name, value in page.items() if name.startswith("lag ")]
+        if (
+            page.get("cxpulse_worker_ready") == 1.0
+            and page.get("cxpulse_worker_remembered_ids") == answers
+            and not any(lags)
+        ):
+            return time.monotonic() - started
+        time.sleep(0.1)  # polling an endpoint that has no push
+    raise SystemExit(f"the worker did not have all {answers} answers within {WAIT_SECONDS:.0f} s")
+
+
+def rss_by_process(pid: int) -> dict[str, float]:
+    """RSS (MB) of the worker's supervisor and of each child, named by its module."""
+    out = {"supervisor": tree_rss_mb(pid) - sum(tree_rss_mb(child) for child in children(pid))}
+    for child in children(pid):
+        args = [a.decode() for a in Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")]
+        at = next((i for i, a in enumerate(args) if a.startswith("streams.")), None)
+        name = str(child) if at is None else args[at].rsplit(".", 1)[-1]
+        if at is not None and at + 1 < len(args) and args[at + 1].isdigit():
+            name += f" {args[at + 1]}"
+        out[name] = tree_rss_mb(child)
+    return out
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def disk_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
+
+
+def run_phase(name: str, env: dict[str, str], port: int, answers: int, data_dir: Path, log: Path) -> Phase:
+    proc = spawn([sys.executable, "-m", "streams.cli", "worker"], env, log)
+    try:
+        seconds = wait_complete(port, answers, proc)
+        rss = rss_by_process(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        stop(proc)
+    return Phase(name, seconds, rss, disk_mb(data_dir))
+
+
+def wipe_process_state(data_dir: Path) -> None:
+    """Remove what the worker's processes keep locally (everything but the broker's data, which is elsewhere)."""
+    for child in data_dir.iterdir():
+        if child.is_dir():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def bench(bootstrap: str, workdir: Path, answers: int) -> list[Phase]:
+    topic = f"state-{answers}-{uuid.uuid4().hex[:6]}"
+    ensure_topics(bootstrap, [TopicSpec(topic, PARTITIONS, {})])
+    console.print(f"[bold]{answers:,} answers[/]: generating and loading ...")
+    load(bootstrap, topic, messages(answers, int(time.time() * 1000)))
+    settings, env = cxpulse_settings(bootstrap, topic, workdir)
+    ensure_topics(bootstrap, topic_specs(settings))
+    log = workdir / f"worker-{answers}.log"
+    phases = []
+    for name in ("ingest", "restart, state intact", "restart, state wiped"):
+        if name.endswith("wiped"):
+            wipe_process_state(settings.data_dir)
+        phases.append(run_phase(name, env, settings.metrics_port, answers, settings.data_dir, log))
+        console.print(f"  {name}: {phases[-1].seconds:.1f} s, RSS {phases[-1].total_rss_mb:,.0f} MB")
+    return phases
+
+
+def show(results: dict[int, list[Phase]]) -> None:
+    table = Table(title="remembered state (7-day retention, answers over 6 days, no ClickHouse)")
+    processes = sorted({name for phases in results.values() for phase in phases for name in phase.rss_mb})
+    for column in ("answers", "run", "to complete", "RSS total", *(f"RSS {name}" for name in processes), "data dir"):
+        table.add_column(column, justify="left" if column == "run" else "right")
+    for answers, phases in results.items():
+        for phase in phases:
+            rate = f" ({answers / phase.seconds:,.0f}/s)" if phase.name != "ingest" else ""
+            table.add_row(
+                f"{answers:,}",
+                phase.name,
+                f"{phase.seconds:.1f} s{rate}",
+                f"{phase.total_rss_mb:,.0f} MB",
+                *(f"{phase.rss_mb.get(name, 0):,.0f} MB" for name in processes),
+                f"{phase.disk_mb:,.0f} MB",
+            )
+    console.print(table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--answers", type=int, action="append", help="remembered answers (repeatable; 1,000,000)")
+    args = parser.parse_args()
+    sizes = args.answers or [1_000_000]
+    with tempfile.TemporaryDirectory(prefix="cxpulse-state-") as tmp:
+        workdir = Path(tmp)
+        broker = start_broker(workdir / "kafka")
+        try:
+            warm_up(broker.bootstrap)
+            results = {answers: bench(broker.bootstrap, workdir, answers) for answers in sizes}
+        finally:
+            broker.stop()
+    show(results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""The hot path's remembered ids on local disk (streams.worker.seen, issue 19): a restart trusts them only up to
+their checkpoint and reads the seen-ids changelog past it.  Killed while it writes them, or started on a copy older
+than its committed offsets, the worker still equals replay, each invalid event once on the DLQ."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+from tests.support import free_ports, stop_process
+from tests.workers import (
+    CONVERGE_SECONDS,
+    Pipeline,
+    assert_dead_letters_once,
+    children,
+    converge,
+    expected_results,
+    latest_results,
+    mixed_events,
+    produce,
+    scrape,
+    split,
+    start_worker,
+    stop_worker,
+    wait_for,
+)
+
+FLAKY_WORKER = [sys.executable, "-m", "tests.integration.flaky_worker"]
+RESTORED = re.compile(
+    r"hotpath-0: partitions \[[\d, ]+\] restored in [\d.]+ s: (\d+) ids from local state, (\d+) changelog"
+)
+
+
+def restores(log: Path) -> list[tuple[int, int]]:
+    """(ids from local state, changelog entries read after it) of every restore the hot path logged."""
+    return [(int(a), int(b)) for a, b in RESTORED.findall(log.read_text())]
+
+
+def test_kill_9_while_remembered_ids_are_written_loses_nothing(pipeline: Pipeline, tmp_path: Path) -> None:
+    """Runs written every 40 ids; the slot dies by SIGKILL inside its third write (files on disk, manifest not
+    yet renamed), and once more mid-stream while it keeps writing."""
+    source = tmp_path / "events.jsonl"
+    mixed_events(source, 6000)
+    expected, invalid = expected_results(source, pipeline.settings.pane_seconds)
+    settings = pipeline.settings
+    first, second = split(source, 2)
+    port, log, marker = free_ports(1)[0], tmp_path / "worker.log", tmp_path / "crashed-in-a-write"
+    worker = start_worker(
+        pipeline,
+        log,
+        metrics_port=port,
+        command=FLAKY_WORKER,
+        CXPULSE_TEST_SEEN_FLUSH_IDS="40",
+        CXPULSE_TEST_SEEN_CRASH=str(marker),
+    )
+    try:
+        produce(settings, first)
+        wait_for(marker.exists, "the hot path killed inside a write of its runs", log)
+        wait_for(lambda: "hotpath-0 was killed by SIGKILL; restarting it" in log.read_text(), "a restart", log)
+        deadline = time.monotonic() + CONVERGE_SECONDS
+        latest_results(settings.kafka_bootstrap, settings.results_topic, bool, deadline)  # results are flowing
+        produce(settings, second)
+        wait_for(lambda: "hotpath-0" in children(worker.pid), "the hot path running again", log)
+        os.kill(children(worker.pid)["hotpath-0"], signal.SIGKILL)
+        converge(settings, expected)
+        assert_dead_letters_once(settings, invalid)
+        assert scrape(port)['cxpulse_worker_process_restarts_total{process="hotpath-0"}'] == 2
+        assert any(local > 0 for local, _ in restores(log)[1:])  # a restart used the runs on disk
+        stop_worker(worker, log)
+    finally:
+        stop_process(worker)
+
+
+def test_local_state_older_than_the_committed_offsets_catches_up_from_the_changelog(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """The hot path's local state is put back to a copy taken two chunks ago; then every answer of both chunks
+    arrives again: each one must still count once."""
+    source = tmp_path / "events.jsonl"
+    mixed_events(source, 6000)
+    first, second = split(source, 2)
+    lines = source.read_text().splitlines(keepends=True)
+    again = tmp_path / "again.jsonl"
+    again.write_text("".join(lines[::3]))  # a third of both chunks, sent a second time
+    everything = tmp_path / "everything.jsonl"
+    everything.write_text(source.read_text() + again.read_text())
+    settings = pipeline.settings
+    state = settings.data_dir / "hotpath"
+    log = tmp_path / "worker.log"
+    worker = start_worker(pipeline, log)
+    try:
+        produce(settings, first)
+        converge(settings, expected_results(first, settings.pane_seconds)[0])
+        stop_worker(worker, log)  # a clean stop writes the remembered ids to disk
+        shutil.copytree(state, tmp_path / "older")
+        worker = start_worker(pipeline, log)
+        produce(settings, second)
+        converge(settings, expected_results(source, settings.pane_seconds)[0])
+        stop_worker(worker, log)
+        shutil.rmtree(state)
+        shutil.copytree(tmp_path / "older", state)
+        worker = start_worker(pipeline, log)
+        produce(settings, again)
+        expected, invalid = expected_results(everything, settings.pane_seconds)
+        converge(settings, expected)
+        assert_dead_letters_once(settings, invalid)
+        local, entries = restores(log)[-1]
+        assert local > 0 and entries > 0  # the older copy was used, and the changelog read past its checkpoint
+        stop_worker(worker, log)
+    finally:
+        stop_process(worker)
