@@ -15,6 +15,7 @@ METRICS_PORT LOGLEVEL``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ from sinks.prometheus import Snapshot
 from streams.agents import faust_compat
 from streams.agents.base import AgentContext, FaustConsumption, attach
 from streams.agents.faust_app import TABLE_SCHEMA, faust_app, raw_topic, report_ready, run_process
+from streams.agents.local_tables import CHECKPOINT_SECONDS, LocalTables
 from streams.agents.metrics import WorkerMetrics
 from streams.agents.results import ResultsProducer
 from streams.config import Settings
@@ -44,19 +46,33 @@ MERGE, SINK = "merge", "sink"
 
 
 def _table(app: faust.App, name: str, partitions: int, results: ResultsProducer) -> Any:
-    """A table keyed ``"<partition>|..."`` whose changelog goes through the process's ResultsProducer."""
+    """A table keyed ``"<partition>|..."`` whose changelog goes through the process's ResultsProducer, filled at
+    assignment from its local copies (when the process keeps them)."""
     table = cast(
         faust_compat.KeyPartitionedTable,
         app.Table(name, default=None, partitions=partitions, schema=TABLE_SCHEMA),
     )
     table.write_changelog_with(results)
+    if results.local is not None:
+        table.keep_local_copy(results.local)
     return table
+
+
+def _keep_local_copies(app: faust.App, local: LocalTables) -> None:
+    """Write the acknowledged changelog messages to the local copies every CHECKPOINT_SECONDS."""
+
+    async def checkpoint() -> None:
+        await asyncio.to_thread(local.checkpoint)
+
+    app.timer(interval=CHECKPOINT_SECONDS, name="local-copies")(checkpoint)
 
 
 def merge_process(settings: Settings, metrics: WorkerMetrics) -> faust.App:
     """The ``merge`` process: merge, the KPI view, the effort detector, the follow-up webhook (not started)."""
     app = faust_app(settings, settings.app_id, MERGE, table_standby_replicas=0, Table=faust_compat.KeyPartitionedTable)
-    results = ResultsProducer(settings.kafka)
+    local = LocalTables(settings.kafka, settings.data_dir / MERGE / "tables", metrics)
+    results = ResultsProducer(settings.kafka, local)
+    _keep_local_copies(app, local)
     context = AgentContext(settings, metrics, results, catalog_for(settings), FaustConsumption(app))
     partials = raw_topic(app, settings, internal_topics(settings).partials)
     panes_topic = raw_topic(app, settings, settings.results_topic)

@@ -14,6 +14,12 @@
   one table key per event, and Faust's per-message send path (~50 us each, cProfile) was merge's largest cost.
   Same topic, partition and JSON bytes, so Faust recovers the table from it as before; the caller flushes the
   producer before it acks a batch, as Faust flushes its own before it commits.
+- :class:`LocalCopyStore`: Faust's memory store, filled at assignment from a table partition's local copy
+  (streams.agents.local_tables) whose checkpoint it reports as ``persisted_offset``: Faust's recovery then reads
+  the changelog from there (faust/tables/recovery.py ``_add``; it reads the checkpoint's own message again, the
+  "offset-1 discrepancy" of ``_seek_offsets``, which applies the same value twice).  Keys are decoded with the
+  table's ``_to_key``/``_to_value``, as ``apply_changelog_batch`` does.  :class:`KeyPartitionedTable` makes its
+  store one of these (``_new_store``) when given the process's LocalTables.
 - :func:`recovered` / :func:`rebalancing`: readiness, from Faust's table recovery and rebalance state.
 """
 
@@ -24,10 +30,13 @@ from typing import Any, Protocol, cast
 
 import aiokafka  # type: ignore[import-untyped]  # no type information shipped
 import faust
+from faust.stores.memory import Store as MemoryStore
 from faust.tables.table import Table
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP, StoreT
 
 from streams.agents.keys import table_partition
+from streams.agents.local_tables import LocalTables
 
 
 class _ReadCommittedThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -58,12 +67,35 @@ class KeyPartitionedTable(Table[Any, Any]):
     is written with the producer given to :meth:`write_changelog_with` (Faust's when none is)."""
 
     _changelog_writer: ChangelogWriter | None = None
+    _local: LocalTables | None = None
 
     def partition_for_key(self, key: Any) -> int | None:
         return table_partition(key)
 
     def write_changelog_with(self, writer: ChangelogWriter) -> None:
         self._changelog_writer = writer
+
+    def keep_local_copy(self, local: LocalTables) -> None:
+        """Fill the table at assignment from its local copies (call before the app starts)."""
+        self._local = local
+
+    def _new_store(self) -> StoreT[Any, Any]:
+        if self._local is None:
+            return super()._new_store()
+        store = LocalCopyStore(
+            "memory://",
+            self.app,
+            self,
+            table_name=self.name,
+            key_type=self.key_type,
+            key_serializer=self.key_serializer,
+            value_serializer=self.value_serializer,
+            value_type=self.value_type,
+            loop=self.loop,
+            options=self.options,
+        )
+        store.local = self._local
+        return cast(StoreT[Any, Any], store)
 
     def on_key_set(self, key: Any, value: Any) -> None:
         if self._changelog_writer is None:
@@ -81,6 +113,43 @@ class KeyPartitionedTable(Table[Any, Any]):
     def _send(self, key: Any, value: bytes | None) -> None:
         writer = cast(ChangelogWriter, self._changelog_writer)
         writer.produce(self.changelog_topic.get_topic_name(), value, json.dumps(key).encode(), table_partition(key))
+
+
+class LocalCopyStore(MemoryStore[Any, Any]):
+    """Faust's memory store, filled from the local copy of each changelog partition assigned to it, whose
+    checkpoint it reports as the persisted offset (Faust's recovery reads the changelog from there)."""
+
+    local: LocalTables | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._offsets: dict[int, int] = {}
+
+    async def on_rebalance(
+        self, assigned: set[TP], revoked: set[TP], newly_assigned: set[TP], generation_id: int = 0
+    ) -> None:
+        await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
+        if self.local is None:
+            return
+        table: Any = self.table
+        topic = table.changelog_topic.get_topic_name()
+        for tp in newly_assigned:
+            if tp.topic != topic:
+                continue
+            items, offset = self.local.load(topic, tp.partition)
+            self._offsets.pop(tp.partition, None)
+            loaded = 0
+            for raw_key, raw_value in items:
+                key = table._to_key(json.loads(raw_key))
+                self.data[key] = table._to_value(json.loads(raw_value))
+                self._key_partition[key] = tp.partition
+                loaded += 1
+            if offset is not None:
+                self._offsets[tp.partition] = offset
+                self.local.loaded(table.name, topic, tp.partition, loaded, offset)
+
+    def persisted_offset(self, tp: TP) -> int | None:
+        return self._offsets.get(tp.partition)
 
 
 def recovered(app: faust.App) -> bool:

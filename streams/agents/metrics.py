@@ -114,6 +114,19 @@ class WorkerMetrics:
             "Event ids remembered for de-duplication (this worker's partitions; they expire with the retention)",
             registry=registry,
         )
+        self.restored = Counter(
+            "cxpulse_worker_restored",
+            "State restored at assignment, by table and where from: local (the process's copy on disk, up to its "
+            "checkpoint) or changelog (read from Kafka: past the checkpoint, or all of it without a copy); ids for "
+            "seen-ids, changelog entries for its changelog, keys for the tables' local copies",
+            ["table", "source"],
+            registry=registry,
+        )
+        self.copied = Counter(
+            "cxpulse_worker_local_copy_messages",
+            "Table changelog messages Kafka acknowledged and the process wrote to its local copies",
+            registry=registry,
+        )
 
     def _lag_and_health(self, registry: CollectorRegistry) -> None:
         """How far behind each input and sink is, and whether each process is ready and making progress."""

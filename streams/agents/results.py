@@ -15,6 +15,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Producer
 
+from streams.agents.local_tables import LocalTables
 from streams.kafka import Kafka
 from streams.kafka import producer as new_producer
 
@@ -30,7 +31,8 @@ class DeliveryError(RuntimeError):
 class ResultsProducer:
     """A librdkafka producer with produce-with-retry and flush-or-fail (see the module docstring)."""
 
-    def __init__(self, kafka: Kafka, **config: Any) -> None:
+    def __init__(self, kafka: Kafka, local: LocalTables | None = None, **config: Any) -> None:
+        self.local = local  # table changelog messages Kafka acknowledged go to their local copies
         self._failed = 0
         self._lock = threading.Lock()
         self.producer: Producer = new_producer(
@@ -42,6 +44,8 @@ class ResultsProducer:
             with self._lock:
                 self._failed += 1
             LOG.error("a message to %s was not delivered: %s", message.topic(), error.str())
+        elif self.local is not None and message.topic().endswith("-changelog"):
+            self.local.delivered(message.topic(), message.partition(), message.offset(), message.key(), message.value())
 
     def produce(
         self,

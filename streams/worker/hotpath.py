@@ -333,6 +333,8 @@ class HotPath:
         for tp in committed:
             self.ingest.starts[tp.partition] = tp.offset if tp.offset >= 0 else FROM_THE_START
             self.ingest.dedup[tp.partition] = self.seen[tp.partition] = stores[tp.partition]
+        self.metrics.restored.labels("seen-ids", "local").inc(local)
+        self.metrics.restored.labels("seen-ids", "changelog").inc(entries)
         LOG.info(
             "%s: partitions %s restored in %.1f s: %d ids from local state, %d changelog entries read after it",
             self.name,
@@ -355,8 +357,8 @@ class HotPath:
         is logged; the ids stay in memory (and in the changelog)."""
         for partition in partitions:
             store = self.seen.get(partition)
-            if store is None or not (always or store.due()):
-                continue
+            if store is None or store.pending or not (always or store.due()):
+                continue  # a batch in flight (the process stopping on an error): its ids are not committed
             try:
                 store.flush()
             except OSError as exc:

@@ -1,6 +1,7 @@
-"""The hot path's remembered ids on local disk (streams.worker.seen, issue 19): a restart trusts them only up to
-their checkpoint and reads the seen-ids changelog past it.  Killed while it writes them, or started on a copy older
-than its committed offsets, the worker still equals replay, each invalid event once on the DLQ."""
+"""Local state on disk (issue 19): the hot path's remembered ids (streams.worker.seen) and the merge process's
+table copies (streams.agents.local_tables).  A restart trusts them only up to their checkpoints and reads the
+changelogs past them.  Killed while it writes them, or started on copies older than its committed offsets, the
+worker still equals replay, each invalid event once on the DLQ."""
 
 from __future__ import annotations
 
@@ -79,8 +80,8 @@ def test_kill_9_while_remembered_ids_are_written_loses_nothing(pipeline: Pipelin
 def test_local_state_older_than_the_committed_offsets_catches_up_from_the_changelog(
     pipeline: Pipeline, tmp_path: Path
 ) -> None:
-    """The hot path's local state is put back to a copy taken two chunks ago; then every answer of both chunks
-    arrives again: each one must still count once."""
+    """The worker's whole local state (remembered ids, table copies) is put back to a copy taken a chunk ago;
+    then a third of both chunks arrives again: each answer must still count once."""
     source = tmp_path / "events.jsonl"
     mixed_events(source, 6000)
     first, second = split(source, 2)
@@ -90,27 +91,59 @@ def test_local_state_older_than_the_committed_offsets_catches_up_from_the_change
     everything = tmp_path / "everything.jsonl"
     everything.write_text(source.read_text() + again.read_text())
     settings = pipeline.settings
-    state = settings.data_dir / "hotpath"
-    log = tmp_path / "worker.log"
-    worker = start_worker(pipeline, log)
+    port, log = free_ports(1)[0], tmp_path / "worker.log"
+    worker = start_worker(pipeline, log, metrics_port=port)
     try:
         produce(settings, first)
         converge(settings, expected_results(first, settings.pane_seconds)[0])
+        wait_for(
+            lambda: scrape(port, starting=True).get("cxpulse_worker_local_copy_messages_total", 0) > 0,
+            "table copies written",
+            log,
+        )
         stop_worker(worker, log)  # a clean stop writes the remembered ids to disk
-        shutil.copytree(state, tmp_path / "older")
-        worker = start_worker(pipeline, log)
+        shutil.copytree(settings.data_dir, tmp_path / "older")
+        worker = start_worker(pipeline, log, metrics_port=port)
         produce(settings, second)
         converge(settings, expected_results(source, settings.pane_seconds)[0])
         stop_worker(worker, log)
-        shutil.rmtree(state)
-        shutil.copytree(tmp_path / "older", state)
-        worker = start_worker(pipeline, log)
+        shutil.rmtree(settings.data_dir)
+        shutil.copytree(tmp_path / "older", settings.data_dir)
+        worker = start_worker(pipeline, log, metrics_port=port)
         produce(settings, again)
         expected, invalid = expected_results(everything, settings.pane_seconds)
         converge(settings, expected)
         assert_dead_letters_once(settings, invalid)
         local, entries = restores(log)[-1]
         assert local > 0 and entries > 0  # the older copy was used, and the changelog read past its checkpoint
+        assert scrape(port)['cxpulse_worker_restored_total{source="local",table="panes"}'] > 0
+        stop_worker(worker, log)
+    finally:
+        stop_process(worker)
+
+
+def test_merge_killed_mid_stream_restarts_from_its_table_copies(pipeline: Pipeline, tmp_path: Path) -> None:
+    source = tmp_path / "events.jsonl"
+    mixed_events(source, 6000)
+    expected, invalid = expected_results(source, pipeline.settings.pane_seconds)
+    settings = pipeline.settings
+    first, second = split(source, 2)
+    port, log = free_ports(1)[0], tmp_path / "worker.log"
+    worker = start_worker(pipeline, log, metrics_port=port)
+    try:
+        produce(settings, first)
+        wait_for(
+            lambda: scrape(port, starting=True).get("cxpulse_worker_local_copy_messages_total", 0) > 0,
+            "table copies written",
+            log,
+        )
+        produce(settings, second)
+        os.kill(children(worker.pid)["merge"], signal.SIGKILL)
+        converge(settings, expected)
+        assert_dead_letters_once(settings, invalid)
+        page = scrape(port)
+        assert page['cxpulse_worker_process_restarts_total{process="merge"}'] == 1
+        assert page['cxpulse_worker_restored_total{source="local",table="panes"}'] > 0
         stop_worker(worker, log)
     finally:
         stop_process(worker)

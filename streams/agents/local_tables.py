@@ -1,0 +1,192 @@
+"""Local copies of a Faust process's tables (issue 19): a restart loads them, and Faust reads each table's
+changelog only past the copy's checkpoint instead of from its start.
+
+Faust's own ``rocksdb://`` store writes a table's local copy when the table changes, before the changelog
+message is delivered, and records the offset when it is: a process killed in between keeps a local value the
+changelog never got.  After a restart the merge agent would find that partial applied already, skip it, and its
+result would never be emitted.  Here the local copy is written only from the changelog messages Kafka has
+acknowledged (the ResultsProducer's delivery reports; its producer is idempotent, so they come in offset order),
+in offset order, so each partition's copy is a prefix of its changelog, and its checkpoint is the offset of the
+last message in it.  The tables themselves stay in memory (Faust's memory store): a copy replaces the reading
+of a changelog from its start, which is what made a restart take minutes.
+
+Each changelog partition has a RocksDB database (rocksdict) under ``<data dir>/<process>/tables/<topic>/p<N>``
+holding the changelog's raw keys and values, the checkpoint and the copy's origin (Kafka cluster and topic).  A
+copy of another cluster, a checkpoint past the changelog's end (a recreated topic) or a database that does not
+open is not used (logged): Faust then reads that changelog from its start, as without copies.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from rocksdict import Options, Rdict, WriteBatch
+
+from streams.agents.metrics import WorkerMetrics
+from streams.kafka import Kafka
+from streams.kafka import consumer as new_consumer
+
+LOG = logging.getLogger("cxpulse.tables")
+FORMAT = 1
+CHECKPOINT_SECONDS = 2.0  # how often delivered changelog messages are written to the local copies
+META = b"\x00cxpulse:"  # table keys are JSON (they never start with a NUL byte)
+OFFSET_KEY, ORIGIN_KEY = META + b"offset", META + b"origin"
+WATERMARK_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """A changelog message Kafka acknowledged."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes
+    value: bytes | None
+
+
+class LocalTables:
+    """The local copies of one process's table changelogs (see the module docstring)."""
+
+    def __init__(self, kafka: Kafka, directory: Path, metrics: WorkerMetrics | None = None) -> None:
+        self.kafka = kafka
+        self.metrics = metrics
+        self.directory = directory
+        self._pending: list[Delivered] = []
+        self._lock = threading.Lock()  # delivery reports arrive on the flushing thread
+        self._write_lock = threading.Lock()  # one checkpoint at a time; databases open and close under it
+        self._dbs: dict[tuple[str, int], Rdict] = {}
+        self._client: Consumer | None = None
+        self.cluster = ""
+
+    def delivered(self, topic: str, partition: int, offset: int, key: bytes, value: bytes | None) -> None:
+        """A changelog message was acknowledged (called from the producer's delivery report)."""
+        with self._lock:
+            self._pending.append(Delivered(topic, partition, offset, key, value))
+
+    def checkpoint(self) -> int:
+        """Write the acknowledged changelog messages to their copies, in offset order, each partition's batch with
+        its new checkpoint in one atomic write; return how many messages were written."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+        if not pending:
+            return 0
+        pending.sort(key=lambda d: (d.topic, d.partition, d.offset))
+        with self._write_lock:
+            start = 0
+            while start < len(pending):
+                topic, partition = pending[start].topic, pending[start].partition
+                end = start
+                while end < len(pending) and (pending[end].topic, pending[end].partition) == (topic, partition):
+                    end += 1
+                db = self._dbs.get((topic, partition))
+                if db is not None:  # a partition this process no longer holds: its copy stays where it was
+                    db.write(_batch(pending[start:end]))
+                start = end
+        if self.metrics is not None:
+            self.metrics.copied.inc(len(pending))
+        return len(pending)
+
+    def load(self, topic: str, partition: int) -> tuple[Iterator[tuple[bytes, bytes]], int | None]:
+        """Open the partition's copy; its (key, value) pairs and checkpoint, or nothing and None when there is no
+        copy it can use (then the changelog is read from its start)."""
+        try:
+            self._connect()
+        except KafkaException as exc:
+            LOG.warning("local copy of %s[%d] not used (Kafka: %s)", topic, partition, exc)
+            return iter(()), None
+        with self._write_lock:
+            old = self._dbs.pop((topic, partition), None)
+            if old is not None:
+                old.close()
+            path = self.directory / topic / f"p{partition}"
+            try:
+                db = Rdict(str(path), Options(raw_mode=True))
+            except Exception as exc:  # noqa: BLE001 - rocksdict raises plain Exception: a copy that does not open
+                LOG.warning("local copy of %s[%d] not used (%s)", topic, partition, exc)
+                return iter(()), None
+            why, offset = self._check(db, topic, partition)
+            if why is not None:
+                LOG.warning("local copy of %s[%d] not used (%s): read from the changelog", topic, partition, why)
+                db.close()
+                Rdict.destroy(str(path))
+                shutil.rmtree(path, ignore_errors=True)
+                path.mkdir(parents=True, exist_ok=True)
+                db = Rdict(str(path), Options(raw_mode=True))
+                offset = None
+            if offset is None:
+                origin = {"format": FORMAT, "cluster": self.cluster, "topic": topic, "partition": partition}
+                db[ORIGIN_KEY] = json.dumps(origin).encode()
+            self._dbs[(topic, partition)] = db
+            return _items(db), offset
+
+    def loaded(self, table: str, topic: str, partition: int, keys: int, offset: int) -> None:
+        """A table partition was filled from its copy (logged and counted)."""
+        LOG.info("%s[%d]: %d keys from the local copy (through offset %d)", topic, partition, keys, offset)
+        if self.metrics is not None:
+            self.metrics.restored.labels(table, "local").inc(keys)
+
+    def _check(self, db: Rdict, topic: str, partition: int) -> tuple[str | None, int | None]:
+        """Why the copy cannot be used (None: it can), and its checkpoint."""
+        raw_origin, raw_offset = db.get(ORIGIN_KEY), db.get(OFFSET_KEY)
+        if raw_origin is None or raw_offset is None:
+            return None, None  # new, or never checkpointed: nothing to use, nothing wrong
+        origin = json.loads(raw_origin)
+        wanted = {"format": FORMAT, "cluster": self.cluster, "topic": topic, "partition": partition}
+        if origin != wanted:
+            return f"made for {origin}, not {wanted}", None
+        offset = int(raw_offset)
+        try:
+            end = self._end(topic, partition)
+        except KafkaException as exc:
+            return f"the changelog's end is unknown: {exc}", None
+        if offset >= end:
+            return f"its checkpoint {offset} is past the changelog's end {end} (a recreated topic?)", None
+        return None, offset
+
+    def _end(self, topic: str, partition: int) -> int:
+        client = self._connect()
+        _, high = client.get_watermark_offsets(TopicPartition(topic, partition), WATERMARK_SECONDS, False)
+        return int(high)
+
+    def _connect(self) -> Consumer:
+        """The client that reads changelog ends, and the Kafka cluster's id (a copy is used only in the cluster
+        it was made in)."""
+        if self._client is None:
+            client = new_consumer(self.kafka, "cxpulse-local-copy")
+            self.cluster = client.list_topics(timeout=WATERMARK_SECONDS).cluster_id or ""
+            self._client = client
+        return self._client
+
+    def close(self) -> None:
+        with self._write_lock:
+            for db in self._dbs.values():
+                db.close()
+            self._dbs.clear()
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+
+def _batch(messages: list[Delivered]) -> WriteBatch:
+    batch = WriteBatch(raw_mode=True)
+    for message in messages:
+        if message.value is None:
+            batch.delete(message.key)
+        else:
+            batch.put(message.key, message.value)
+    batch.put(OFFSET_KEY, str(messages[-1].offset).encode())
+    return batch
+
+
+def _items(db: Rdict) -> Iterator[tuple[bytes, bytes]]:
+    for key, value in db.items():
+        if isinstance(key, bytes) and not key.startswith(META):
+            yield key, value
