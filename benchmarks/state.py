@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -44,7 +45,8 @@ from tests.support import start_broker
 
 DAY_MS = 86_400_000
 WAIT_SECONDS = 3600.0
-console = Console()
+console = Console(width=200)
+RESTORED = re.compile(r"restored in ([\d.]+) s: (\d+) ids from local state, (\d+) changelog entries")
 
 
 @dataclass
@@ -55,6 +57,7 @@ class Phase:
     seconds: float
     rss_mb: dict[str, float]
     disk_mb: float
+    hotpath_restore: str = ""  # the hot path's own restore: seconds, ids from local state, changelog entries
 
     @property
     def total_rss_mb(self) -> float:
@@ -146,6 +149,7 @@ def disk_mb(path: Path) -> float:
 
 
 def run_phase(name: str, env: dict[str, str], port: int, answers: int, data_dir: Path, log: Path) -> Phase:
+    before = log.stat().st_size if log.exists() else 0
     proc = spawn([sys.executable, "-m", "streams.cli", "worker"], env, log)
     try:
         seconds = wait_complete(port, answers, proc)
@@ -153,7 +157,11 @@ def run_phase(name: str, env: dict[str, str], port: int, answers: int, data_dir:
     finally:
         proc.send_signal(signal.SIGTERM)
         stop(proc)
-    return Phase(name, seconds, rss, disk_mb(data_dir))
+    with log.open("rb") as text:
+        text.seek(before)
+        found = RESTORED.findall(text.read().decode(errors="replace"))
+    restore = f"{found[0][0]} s: {int(found[0][1]):,} local + {int(found[0][2]):,} entries" if found else ""
+    return Phase(name, seconds, rss, disk_mb(data_dir), restore)
 
 
 def wipe_process_state(data_dir: Path) -> None:
@@ -185,7 +193,8 @@ def bench(bootstrap: str, workdir: Path, answers: int) -> list[Phase]:
 def show(results: dict[int, list[Phase]]) -> None:
     table = Table(title="remembered state (7-day retention, answers over 6 days, no ClickHouse)")
     processes = sorted({name for phases in results.values() for phase in phases for name in phase.rss_mb})
-    for column in ("answers", "run", "to complete", "RSS total", *(f"RSS {name}" for name in processes), "data dir"):
+    columns = ("answers", "run", "to complete", "RSS total", *(f"RSS {name}" for name in processes), "data dir")
+    for column in (*columns, "hot path restore"):
         table.add_column(column, justify="left" if column == "run" else "right")
     for answers, phases in results.items():
         for phase in phases:
@@ -197,6 +206,7 @@ def show(results: dict[int, list[Phase]]) -> None:
                 f"{phase.total_rss_mb:,.0f} MB",
                 *(f"{phase.rss_mb.get(name, 0):,.0f} MB" for name in processes),
                 f"{phase.disk_mb:,.0f} MB",
+                phase.hotpath_restore,
             )
     console.print(table)
 

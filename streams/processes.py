@@ -59,12 +59,19 @@ def _table(app: faust.App, name: str, partitions: int, results: ResultsProducer)
 
 
 def _keep_local_copies(app: faust.App, local: LocalTables) -> None:
-    """Write the acknowledged changelog messages to the local copies every CHECKPOINT_SECONDS."""
+    """Write the acknowledged changelog messages to the local copies every CHECKPOINT_SECONDS and at a stop (a
+    changelog tail being read at assignment is abandoned at a stop: Faust reads it next time)."""
+    local.should_stop = lambda: bool(app.should_stop)
 
     async def checkpoint() -> None:
         await asyncio.to_thread(local.checkpoint)
 
+    async def last_checkpoint(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        await asyncio.to_thread(local.checkpoint)
+        local.close()
+
     app.timer(interval=CHECKPOINT_SECONDS, name="local-copies")(checkpoint)
+    app.on_before_shutdown.connect(last_checkpoint)
 
 
 def merge_process(settings: Settings, metrics: WorkerMetrics) -> faust.App:

@@ -25,11 +25,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from typing import Any, Protocol, cast
 
 import aiokafka  # type: ignore[import-untyped]  # no type information shipped
 import faust
+from confluent_kafka import KafkaException
 from faust.stores.memory import Store as MemoryStore
 from faust.tables.table import Table
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -37,6 +40,9 @@ from faust.types import TP, StoreT
 
 from streams.agents.keys import table_partition
 from streams.agents.local_tables import LocalTables
+from streams.errors import CxPulseError
+
+LOG = logging.getLogger("cxpulse.tables")
 
 
 class _ReadCommittedThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -133,20 +139,45 @@ class LocalCopyStore(MemoryStore[Any, Any]):
             return
         table: Any = self.table
         topic = table.changelog_topic.get_topic_name()
-        for tp in newly_assigned:
-            if tp.topic != topic:
-                continue
-            items, offset = self.local.load(topic, tp.partition)
-            self._offsets.pop(tp.partition, None)
+        partitions = [tp.partition for tp in newly_assigned if tp.topic == topic]
+        if partitions:
+            await self._restore(table, topic, partitions, self.local)
+
+    async def _restore(self, table: Any, topic: str, partitions: list[int], local: LocalTables) -> None:
+        """Fill the partitions from their copies, then from the changelog past each copy's checkpoint (read with
+        librdkafka, in a thread); Faust's recovery reads whatever is left after the offsets reported here."""
+        starts = {}
+        for partition in partitions:
+            items, offset = local.load(topic, partition)
+            self._offsets.pop(partition, None)
             loaded = 0
             for raw_key, raw_value in items:
-                key = table._to_key(json.loads(raw_key))
-                self.data[key] = table._to_value(json.loads(raw_value))
-                self._key_partition[key] = tp.partition
+                self._put(table, partition, raw_key, raw_value)
                 loaded += 1
             if offset is not None:
-                self._offsets[tp.partition] = offset
-                self.local.loaded(table.name, topic, tp.partition, loaded, offset)
+                self._offsets[partition] = offset
+                local.loaded(table.name, topic, partition, loaded, offset)
+            starts[partition] = 0 if offset is None else offset + 1
+        try:
+            tails = await asyncio.to_thread(local.read_tails, topic, starts)
+        except (CxPulseError, KafkaException) as exc:
+            LOG.warning("%s %s: reading the changelog's tail failed (%s); Faust reads it", topic, partitions, exc)
+            return
+        for partition, (latest, last) in tails.items():
+            for tail_key, tail_value in latest.items():
+                self._put(table, partition, tail_key, tail_value)
+            self._offsets[partition] = last
+            local.read(table.name, len(latest))
+
+    def _put(self, table: Any, partition: int, raw_key: bytes, raw_value: bytes | None) -> None:
+        """One changelog entry into the memory store, decoded as Faust's ``apply_changelog_batch`` does."""
+        key = table._to_key(json.loads(raw_key))
+        if raw_value is None:
+            self.data.pop(key, None)
+            self._key_partition.pop(key, None)
+        else:
+            self.data[key] = table._to_value(json.loads(raw_value))
+            self._key_partition[key] = partition
 
     def persisted_offset(self, tp: TP) -> int | None:
         return self._offsets.get(tp.partition)

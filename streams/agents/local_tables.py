@@ -22,14 +22,16 @@ import json
 import logging
 import shutil
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from rocksdict import Options, Rdict, WriteBatch
 
 from streams.agents.metrics import WorkerMetrics
+from streams.errors import CxPulseError
 from streams.kafka import Kafka
 from streams.kafka import consumer as new_consumer
 
@@ -39,6 +41,7 @@ CHECKPOINT_SECONDS = 2.0  # how often delivered changelog messages are written t
 META = b"\x00cxpulse:"  # table keys are JSON (they never start with a NUL byte)
 OFFSET_KEY, ORIGIN_KEY = META + b"offset", META + b"origin"
 WATERMARK_SECONDS = 10.0
+TAIL_SECONDS = 300.0  # reading one changelog partition's tail at assignment; past it Faust reads the rest
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,11 @@ class LocalTables:
         self._lock = threading.Lock()  # delivery reports arrive on the flushing thread
         self._write_lock = threading.Lock()  # one checkpoint at a time; databases open and close under it
         self._dbs: dict[tuple[str, int], Rdict] = {}
+        self._copied: dict[tuple[str, int], int] = {}  # open copy -> its checkpoint (older messages are skipped)
         self._client: Consumer | None = None
+        self._tail_reader: Consumer | None = None
+        self.stopping = threading.Event()  # a stop: a tail being read is left to Faust
+        self.should_stop: Callable[[], bool] = lambda: False  # the process is stopping (its Faust app's view)
         self.cluster = ""
 
     def delivered(self, topic: str, partition: int, offset: int, key: bytes, value: bytes | None) -> None:
@@ -87,8 +94,10 @@ class LocalTables:
                 while end < len(pending) and (pending[end].topic, pending[end].partition) == (topic, partition):
                     end += 1
                 db = self._dbs.get((topic, partition))
-                if db is not None:  # a partition this process no longer holds: its copy stays where it was
-                    db.write(_batch(pending[start:end]))
+                newer = [d for d in pending[start:end] if d.offset > self._copied.get((topic, partition), -1)]
+                if db is not None and newer:  # not open: a partition this process no longer holds
+                    db.write(_batch(newer))
+                    self._copied[(topic, partition)] = newer[-1].offset
                 start = end
         if self.metrics is not None:
             self.metrics.copied.inc(len(pending))
@@ -125,13 +134,70 @@ class LocalTables:
                 origin = {"format": FORMAT, "cluster": self.cluster, "topic": topic, "partition": partition}
                 db[ORIGIN_KEY] = json.dumps(origin).encode()
             self._dbs[(topic, partition)] = db
+            self._copied[(topic, partition)] = -1 if offset is None else offset
             return _items(db), offset
+
+    def read_tails(self, topic: str, starts: dict[int, int]) -> dict[int, tuple[dict[bytes, bytes | None], int]]:
+        """Read changelog partitions from their ``starts`` to their ends with librdkafka (Faust's recovery reads
+        ~15,000 messages a second; this, several times that): per partition read, the last value of each key
+        (None: deleted) and the offset of the last message, written to the partition's copy as its checkpoint.
+        Blocking, for a thread; CxPulseError when the ends are not reached within TAIL_SECONDS, or on stop."""
+        reader = self._reader()
+        out: dict[int, tuple[dict[bytes, bytes | None], int]] = {}
+        todo = {}
+        for partition, start in starts.items():
+            _, end = reader.get_watermark_offsets(TopicPartition(topic, partition), WATERMARK_SECONDS, False)
+            if start < end:
+                todo[partition] = start
+        if not todo:
+            return out
+        latest: dict[int, dict[bytes, bytes | None]] = {partition: {} for partition in todo}
+        last: dict[int, int] = {}
+        reader.assign([TopicPartition(topic, partition, start) for partition, start in todo.items()])
+        try:
+            deadline = time.monotonic() + TAIL_SECONDS
+            pending = set(todo)
+            while pending:
+                if time.monotonic() > deadline or self.stopping.is_set() or self.should_stop():
+                    raise CxPulseError(f"reading {topic} {sorted(pending)}: stopped before their ends")
+                for message in reader.consume(num_messages=10_000, timeout=0.5):
+                    error = message.error()
+                    partition = message.partition() or 0
+                    if error is None:
+                        latest[partition][message.key() or b""] = message.value()
+                        last[partition] = message.offset() or 0
+                    elif error.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(partition)
+                    else:
+                        raise CxPulseError(f"reading {topic}[{partition}]: {error.str()}")
+        finally:
+            reader.unassign()
+        with self._write_lock:
+            for partition, offset in last.items():
+                out[partition] = (latest[partition], offset)
+                db = self._dbs.get((topic, partition))
+                if db is not None:
+                    entries = latest[partition].items()
+                    db.write(_batch([Delivered(topic, partition, offset, key, value) for key, value in entries]))
+                    self._copied[(topic, partition)] = max(self._copied.get((topic, partition), -1), offset)
+        return out
+
+    def _reader(self) -> Consumer:
+        """The consumer that reads changelog tails (assigned partitions only, no group), made once."""
+        if self._tail_reader is None:
+            self._tail_reader = new_consumer(self.kafka, "cxpulse-local-copy-tail", **{"enable.partition.eof": True})
+        return self._tail_reader
 
     def loaded(self, table: str, topic: str, partition: int, keys: int, offset: int) -> None:
         """A table partition was filled from its copy (logged and counted)."""
         LOG.info("%s[%d]: %d keys from the local copy (through offset %d)", topic, partition, keys, offset)
         if self.metrics is not None:
             self.metrics.restored.labels(table, "local").inc(keys)
+
+    def read(self, table: str, keys: int) -> None:
+        """A table partition's changelog tail was read at assignment (counted: the keys it changed)."""
+        if self.metrics is not None:
+            self.metrics.restored.labels(table, "changelog").inc(keys)
 
     def _check(self, db: Rdict, topic: str, partition: int) -> tuple[str | None, int | None]:
         """Why the copy cannot be used (None: it can), and its checkpoint."""
@@ -166,13 +232,15 @@ class LocalTables:
         return self._client
 
     def close(self) -> None:
+        self.stopping.set()
         with self._write_lock:
             for db in self._dbs.values():
                 db.close()
             self._dbs.clear()
-            if self._client is not None:
-                self._client.close()
-                self._client = None
+            for client in (self._client, self._tail_reader):
+                if client is not None:
+                    client.close()
+            self._client = self._tail_reader = None
 
 
 def _batch(messages: list[Delivered]) -> WriteBatch:

@@ -111,6 +111,11 @@ def test_local_state_older_than_the_committed_offsets_catches_up_from_the_change
         shutil.copytree(tmp_path / "older", settings.data_dir)
         worker = start_worker(pipeline, log, metrics_port=port)
         produce(settings, again)
+        records = f'cxpulse_worker_records_total{{topic="{settings.feedback_topic}"}}'
+        sent = len(again.read_text().splitlines())
+        # the results do not change (every answer is a duplicate): wait for the worker to have read them all
+        wait_for(lambda: scrape(port, starting=True).get(records) == sent, "the answers sent again read", log)
+        wait_for(lambda: scrape(port).get("cxpulse_worker_ready") == 1, "the worker ready", log)
         expected, invalid = expected_results(everything, settings.pane_seconds)
         converge(settings, expected)
         assert_dead_letters_once(settings, invalid)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from streams.dedup import Deduplicator
 from streams.validate import Feedback
 from streams.worker import seen as seen_module
-from streams.worker.seen import Origin, SeenIds, fingerprint
+from streams.worker.seen import Origin, Run, SeenIds, fingerprint
 from tests.unit.test_aggregate import fb
 
 pytestmark = pytest.mark.unit
@@ -226,3 +227,14 @@ def test_any_mix_of_runs_restarts_and_aborts_answers_as_the_deduplicator_does(
             assert len(store) == len(model)
     finally:
         seen_module.FLUSH_IDS = original
+
+
+def test_fingerprints_that_share_their_high_half_are_told_apart_by_the_low_half() -> None:
+    hi = np.array([7, 7, 7, 9], dtype=np.uint64)
+    lo = np.array([1, 2, 3, 4], dtype=np.uint64)
+    run = Run.build(hi, lo, np.array([5, 5, 1, 5], dtype=np.uint32))
+    queries_hi = np.array([7, 7, 7, 7, 9, 8], dtype=np.uint64)
+    queries_lo = np.array([2, 3, 4, 1, 4, 1], dtype=np.uint64)
+    found = run.contains(queries_hi, queries_lo, alive_from=2)
+    # (7, 3) is there but its bucket 1 is expired; (7, 4) and (8, 1) are not there at all
+    assert found.tolist() == [True, False, False, True, True, False]

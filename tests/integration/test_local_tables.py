@@ -1,0 +1,120 @@
+"""The Faust tables' local copies (streams.agents.local_tables) against a real broker: written only from the
+changelog messages Kafka acknowledged, loaded back with their checkpoint, the changelog's tail read past it, and
+not used when they were made for another cluster or run past the changelog's end."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+from streams.agents.local_tables import LocalTables
+from streams.agents.results import ResultsProducer
+from streams.topics import TopicSpec, ensure_topics
+from tests.support import RunningBroker
+
+
+@pytest.fixture()
+def changelog(kafka_broker: RunningBroker) -> str:
+    topic = f"test-{uuid.uuid4().hex[:10]}-panes-changelog"
+    ensure_topics(kafka_broker.bootstrap, [TopicSpec(topic, 2, {"cleanup.policy": "compact"})])
+    return topic
+
+
+def write(results: ResultsProducer, topic: str, partition: int, entries: dict[str, object | None]) -> None:
+    for key, value in entries.items():
+        raw = None if value is None else json.dumps(value).encode()
+        results.produce(topic, raw, json.dumps(key).encode(), partition)
+    results.flush_now()
+
+
+def contents(local: LocalTables, topic: str, partition: int) -> tuple[dict[object, object], int | None]:
+    items, offset = local.load(topic, partition)
+    return {json.loads(k): json.loads(v) for k, v in items}, offset
+
+
+def test_a_copy_holds_what_kafka_acknowledged_with_its_checkpoint(
+    kafka_broker: RunningBroker, changelog: str, tmp_path: Path
+) -> None:
+    bootstrap = kafka_broker.bootstrap
+    local = LocalTables(bootstrap, tmp_path)
+    assert contents(local, changelog, 1) == ({}, None)  # opened: what is acknowledged from now on is copied
+    results = ResultsProducer(bootstrap, local)
+    write(results, changelog, 1, {"1|a": [1], "1|b": [2]})
+    write(results, changelog, 1, {"1|a": [3], "1|b": None})  # a later value and a tombstone
+    assert local.checkpoint() == 4
+    local.close()
+
+    again = LocalTables(bootstrap, tmp_path)
+    assert contents(again, changelog, 1) == ({"1|a": [3]}, 3)
+    again.close()
+
+
+def test_the_tail_past_the_checkpoint_is_read_and_copied(
+    kafka_broker: RunningBroker, changelog: str, tmp_path: Path
+) -> None:
+    bootstrap = kafka_broker.bootstrap
+    local = LocalTables(bootstrap, tmp_path)
+    contents(local, changelog, 0)
+    results = ResultsProducer(bootstrap, local)
+    write(results, changelog, 0, {"0|a": [1], "0|b": [2]})
+    local.checkpoint()
+    write(ResultsProducer(bootstrap), changelog, 0, {"0|b": None, "0|c": [4], "0|a": [5]})  # not copied
+
+    _, offset = contents(local, changelog, 0)
+    assert offset == 1
+    latest, last = local.read_tails(changelog, {0: offset + 1})[0]
+    assert {json.loads(k): None if v is None else json.loads(v) for k, v in latest.items()} == {
+        "0|b": None,
+        "0|c": [4],
+        "0|a": [5],
+    }
+    assert last == 4
+    assert contents(local, changelog, 0) == ({"0|a": [5], "0|c": [4]}, 4)  # the copy caught up
+    assert local.read_tails(changelog, {0: 5}) == {}  # nothing past the end
+    local.close()
+
+
+def test_acknowledgements_older_than_the_copy_do_not_move_it_back(
+    kafka_broker: RunningBroker, changelog: str, tmp_path: Path
+) -> None:
+    bootstrap = kafka_broker.bootstrap
+    local = LocalTables(bootstrap, tmp_path)
+    contents(local, changelog, 0)
+    results = ResultsProducer(bootstrap, local)
+    write(results, changelog, 0, {"0|a": [1]})  # acknowledged, not checkpointed yet
+    write(ResultsProducer(bootstrap), changelog, 0, {"0|a": [2]})
+    local.read_tails(changelog, {0: 0})  # a reassignment read the whole tail first
+    local.checkpoint()
+    assert contents(local, changelog, 0) == ({"0|a": [2]}, 1)
+    local.close()
+
+
+def test_a_copy_from_another_cluster_or_past_the_end_is_not_used(
+    kafka_broker: RunningBroker, changelog: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bootstrap = kafka_broker.bootstrap
+    local = LocalTables(bootstrap, tmp_path)
+    contents(local, changelog, 0)
+    write(ResultsProducer(bootstrap, local), changelog, 0, {"0|a": [1]})
+    local.checkpoint()
+    local.close()
+
+    foreign = LocalTables(bootstrap, tmp_path)
+    foreign._connect()  # noqa: SLF001 - learn the cluster id, then pretend it is another one
+    foreign.cluster = "another-cluster"
+    assert contents(foreign, changelog, 0) == ({}, None)
+    assert "made for" in caplog.text
+    foreign.close()
+
+    ahead = LocalTables(bootstrap, tmp_path / "ahead")
+    contents(ahead, changelog, 1)
+    ahead.delivered(changelog, 1, 99, b'"1|x"', b"[1]")  # a checkpoint the changelog never reached
+    ahead.checkpoint()
+    ahead.close()
+    again = LocalTables(bootstrap, tmp_path / "ahead")
+    assert contents(again, changelog, 1) == ({}, None)
+    assert "past the changelog's end" in caplog.text
+    again.close()
