@@ -74,8 +74,9 @@ $(VENV)-quix/bin/python:
 	$(PYTHON) -m venv $(VENV)-quix
 	$(VENV)-quix/bin/pip install --quiet quixstreams==3.28.1 fastavro==1.13.1
 
-bench: test-tools jars $(VENV)-quix/bin/python  ## cxpulse beside a bare loop, Quix Streams, naive Faust and replay (ARGS=... to pass options)
+bench: test-tools jars $(VENV)-quix/bin/python  ## cxpulse beside a bare loop, Quix Streams, naive Faust and replay (ARGS=... to pass options), then the state run
 	$(BIN)/python -m benchmarks.bench $(ARGS)
+	$(BIN)/python -m benchmarks.state --answers $(or $(ANSWERS),1000000)
 
 clean:  ## remove the venv, resolved jars and local state
 	rm -rf $(VENV) $(VENV)-quix $(KAFKA_LIB) .cxpulse

@@ -22,6 +22,19 @@ def bucket_for_retention(retention_ms: int) -> int:
     return max(1000, min(BUCKET_MS, retention_ms // 24))
 
 
+def ids_by_bucket(events: Iterable[Feedback], bucket_ms: int) -> dict[int, list[str]]:
+    """The ids of ``events`` by the start of their expiry bucket (the seen-ids changelog entry of a batch)."""
+    out: dict[int, list[str]] = {}
+    for event in events:
+        bucket = event.occurred_at - event.occurred_at % bucket_ms
+        ids = out.get(bucket)
+        if ids is None:
+            out[bucket] = [event.event_id]
+        else:
+            ids.append(event.event_id)
+    return out
+
+
 class Dedup(Protocol):
     """What the batch step needs of one partition's de-duplication state: this module's in-memory
     Deduplicator, or the hot path's on-disk streams.worker.seen.SeenIds."""
@@ -61,16 +74,7 @@ class Deduplicator:
 
     def buckets(self, events: Iterable[Feedback]) -> dict[int, list[str]]:
         """The ids of ``events`` by their bucket: what a changelog entry records for a batch."""
-        out: dict[int, list[str]] = {}
-        bucket_ms = self._bucket_ms
-        for event in events:
-            bucket = event.occurred_at - event.occurred_at % bucket_ms
-            ids = out.get(bucket)
-            if ids is None:
-                out[bucket] = [event.event_id]
-            else:
-                ids.append(event.event_id)
-        return out
+        return ids_by_bucket(events, self._bucket_ms)
 
     def first_seen(self, events: Iterable[Feedback]) -> tuple[list[Feedback], int]:
         """The events whose id was not seen before (in order), and how many duplicates were dropped."""

@@ -23,8 +23,7 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -44,17 +43,6 @@ WATERMARK_SECONDS = 10.0
 TAIL_SECONDS = 300.0  # reading one changelog partition's tail at assignment; past it Faust reads the rest
 
 
-@dataclass(frozen=True)
-class Delivered:
-    """A changelog message Kafka acknowledged."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes
-    value: bytes | None
-
-
 class LocalTables:
     """The local copies of one process's table changelogs (see the module docstring)."""
 
@@ -62,7 +50,8 @@ class LocalTables:
         self.kafka = kafka
         self.metrics = metrics
         self.directory = directory
-        self._pending: list[Delivered] = []
+        self._pending: dict[tuple[str, int], dict[bytes, tuple[int, bytes | None]]] = {}  # key -> (offset, value)
+        self._acknowledged = 0
         self._lock = threading.Lock()  # delivery reports arrive on the flushing thread
         self._write_lock = threading.Lock()  # one checkpoint at a time; databases open and close under it
         self._dbs: dict[tuple[str, int], Rdict] = {}
@@ -74,34 +63,34 @@ class LocalTables:
         self.cluster = ""
 
     def delivered(self, topic: str, partition: int, offset: int, key: bytes, value: bytes | None) -> None:
-        """A changelog message was acknowledged (called from the producer's delivery report)."""
+        """A changelog message was acknowledged (called from the producer's delivery report): the key's newest
+        value until the next checkpoint (the producer is idempotent: a partition's reports come in offset order)."""
         with self._lock:
-            self._pending.append(Delivered(topic, partition, offset, key, value))
+            entries = self._pending.get((topic, partition))
+            if entries is None:
+                entries = self._pending[(topic, partition)] = {}
+            entries[key] = (offset, value)
+            self._acknowledged += 1
 
     def checkpoint(self) -> int:
-        """Write the acknowledged changelog messages to their copies, in offset order, each partition's batch with
-        its new checkpoint in one atomic write; return how many messages were written."""
+        """Write the acknowledged changelog messages to their copies (the newest value of each key), each
+        partition's with its new checkpoint in one atomic write; return how many messages that covered."""
         with self._lock:
-            pending, self._pending = self._pending, []
-        if not pending:
-            return 0
-        pending.sort(key=lambda d: (d.topic, d.partition, d.offset))
+            pending, self._pending = self._pending, {}
+            acknowledged, self._acknowledged = self._acknowledged, 0
         with self._write_lock:
-            start = 0
-            while start < len(pending):
-                topic, partition = pending[start].topic, pending[start].partition
-                end = start
-                while end < len(pending) and (pending[end].topic, pending[end].partition) == (topic, partition):
-                    end += 1
+            for (topic, partition), entries in pending.items():
                 db = self._dbs.get((topic, partition))
-                newer = [d for d in pending[start:end] if d.offset > self._copied.get((topic, partition), -1)]
-                if db is not None and newer:  # not open: a partition this process no longer holds
-                    db.write(_batch(newer))
-                    self._copied[(topic, partition)] = newer[-1].offset
-                start = end
+                copied = self._copied.get((topic, partition), -1)
+                newer = [(key, value) for key, (offset, value) in entries.items() if offset > copied]
+                if db is None or not newer:  # not open: a partition this process no longer holds
+                    continue
+                last = max(offset for offset, _ in entries.values())
+                db.write(_batch(newer, last))
+                self._copied[(topic, partition)] = last
         if self.metrics is not None:
-            self.metrics.copied.inc(len(pending))
-        return len(pending)
+            self.metrics.copied.inc(acknowledged)
+        return acknowledged
 
     def load(self, topic: str, partition: int) -> tuple[Iterator[tuple[bytes, bytes]], int | None]:
         """Open the partition's copy; its (key, value) pairs and checkpoint, or nothing and None when there is no
@@ -177,8 +166,7 @@ class LocalTables:
                 out[partition] = (latest[partition], offset)
                 db = self._dbs.get((topic, partition))
                 if db is not None:
-                    entries = latest[partition].items()
-                    db.write(_batch([Delivered(topic, partition, offset, key, value) for key, value in entries]))
+                    db.write(_batch(latest[partition].items(), offset))
                     self._copied[(topic, partition)] = max(self._copied.get((topic, partition), -1), offset)
         return out
 
@@ -243,14 +231,15 @@ class LocalTables:
             self._client = self._tail_reader = None
 
 
-def _batch(messages: list[Delivered]) -> WriteBatch:
+def _batch(entries: Iterable[tuple[bytes, bytes | None]], offset: int) -> WriteBatch:
+    """Puts (deletes for None) and the new checkpoint, for one atomic write."""
     batch = WriteBatch(raw_mode=True)
-    for message in messages:
-        if message.value is None:
-            batch.delete(message.key)
+    for key, value in entries:
+        if value is None:
+            batch.delete(key)
         else:
-            batch.put(message.key, message.value)
-    batch.put(OFFSET_KEY, str(messages[-1].offset).encode())
+            batch.put(key, value)
+    batch.put(OFFSET_KEY, str(offset).encode())
     return batch
 
 

@@ -42,6 +42,7 @@ import mmh3
 import numpy as np
 import numpy.typing as npt
 
+from streams.dedup import ids_by_bucket
 from streams.validate import Feedback
 
 LOG = logging.getLogger("cxpulse.hotpath")
@@ -193,16 +194,7 @@ class SeenIds:
 
     def buckets(self, events: Iterable[Feedback]) -> dict[int, list[str]]:
         """The ids of ``events`` by the start of their bucket: what a changelog entry records for a batch."""
-        out: dict[int, list[str]] = {}
-        bucket_ms = self.bucket_ms
-        for event in events:
-            bucket = event.occurred_at - event.occurred_at % bucket_ms
-            ids = out.get(bucket)
-            if ids is None:
-                out[bucket] = [event.event_id]
-            else:
-                ids.append(event.event_id)
-        return out
+        return ids_by_bucket(events, self.bucket_ms)
 
     def expire(self, older_than_ms: int) -> int:
         """Forget the ids of every bucket that ends at or before ``older_than_ms``; return how many."""

@@ -125,30 +125,3 @@ def test_local_state_older_than_the_committed_offsets_catches_up_from_the_change
         stop_worker(worker, log)
     finally:
         stop_process(worker)
-
-
-def test_merge_killed_mid_stream_restarts_from_its_table_copies(pipeline: Pipeline, tmp_path: Path) -> None:
-    source = tmp_path / "events.jsonl"
-    mixed_events(source, 6000)
-    expected, invalid = expected_results(source, pipeline.settings.pane_seconds)
-    settings = pipeline.settings
-    first, second = split(source, 2)
-    port, log = free_ports(1)[0], tmp_path / "worker.log"
-    worker = start_worker(pipeline, log, metrics_port=port)
-    try:
-        produce(settings, first)
-        wait_for(
-            lambda: scrape(port, starting=True).get("cxpulse_worker_local_copy_messages_total", 0) > 0,
-            "table copies written",
-            log,
-        )
-        produce(settings, second)
-        os.kill(children(worker.pid)["merge"], signal.SIGKILL)
-        converge(settings, expected)
-        assert_dead_letters_once(settings, invalid)
-        page = scrape(port)
-        assert page['cxpulse_worker_process_restarts_total{process="merge"}'] == 1
-        assert page['cxpulse_worker_restored_total{source="local",table="panes"}'] > 0
-        stop_worker(worker, log)
-    finally:
-        stop_process(worker)

@@ -30,6 +30,14 @@ def write(results: ResultsProducer, topic: str, partition: int, entries: dict[st
     results.flush_now()
 
 
+def opened(bootstrap: str, directory: Path, topic: str, partition: int) -> tuple[LocalTables, ResultsProducer]:
+    """Copies under ``directory`` with ``partition`` opened (what is acknowledged from now on is copied), and a
+    producer whose acknowledgements reach them."""
+    local = LocalTables(bootstrap, directory)
+    assert contents(local, topic, partition) == ({}, None)
+    return local, ResultsProducer(bootstrap, local)
+
+
 def contents(local: LocalTables, topic: str, partition: int) -> tuple[dict[object, object], int | None]:
     items, offset = local.load(topic, partition)
     return {json.loads(k): json.loads(v) for k, v in items}, offset
@@ -39,9 +47,7 @@ def test_a_copy_holds_what_kafka_acknowledged_with_its_checkpoint(
     kafka_broker: RunningBroker, changelog: str, tmp_path: Path
 ) -> None:
     bootstrap = kafka_broker.bootstrap
-    local = LocalTables(bootstrap, tmp_path)
-    assert contents(local, changelog, 1) == ({}, None)  # opened: what is acknowledged from now on is copied
-    results = ResultsProducer(bootstrap, local)
+    local, results = opened(bootstrap, tmp_path, changelog, 1)
     write(results, changelog, 1, {"1|a": [1], "1|b": [2]})
     write(results, changelog, 1, {"1|a": [3], "1|b": None})  # a later value and a tombstone
     assert local.checkpoint() == 4
@@ -56,9 +62,7 @@ def test_the_tail_past_the_checkpoint_is_read_and_copied(
     kafka_broker: RunningBroker, changelog: str, tmp_path: Path
 ) -> None:
     bootstrap = kafka_broker.bootstrap
-    local = LocalTables(bootstrap, tmp_path)
-    contents(local, changelog, 0)
-    results = ResultsProducer(bootstrap, local)
+    local, results = opened(bootstrap, tmp_path, changelog, 0)
     write(results, changelog, 0, {"0|a": [1], "0|b": [2]})
     local.checkpoint()
     write(ResultsProducer(bootstrap), changelog, 0, {"0|b": None, "0|c": [4], "0|a": [5]})  # not copied
@@ -81,9 +85,7 @@ def test_acknowledgements_older_than_the_copy_do_not_move_it_back(
     kafka_broker: RunningBroker, changelog: str, tmp_path: Path
 ) -> None:
     bootstrap = kafka_broker.bootstrap
-    local = LocalTables(bootstrap, tmp_path)
-    contents(local, changelog, 0)
-    results = ResultsProducer(bootstrap, local)
+    local, results = opened(bootstrap, tmp_path, changelog, 0)
     write(results, changelog, 0, {"0|a": [1]})  # acknowledged, not checkpointed yet
     write(ResultsProducer(bootstrap), changelog, 0, {"0|a": [2]})
     local.read_tails(changelog, {0: 0})  # a reassignment read the whole tail first
@@ -96,9 +98,8 @@ def test_a_copy_from_another_cluster_or_past_the_end_is_not_used(
     kafka_broker: RunningBroker, changelog: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     bootstrap = kafka_broker.bootstrap
-    local = LocalTables(bootstrap, tmp_path)
-    contents(local, changelog, 0)
-    write(ResultsProducer(bootstrap, local), changelog, 0, {"0|a": [1]})
+    local, results = opened(bootstrap, tmp_path, changelog, 0)
+    write(results, changelog, 0, {"0|a": [1]})
     local.checkpoint()
     local.close()
 

@@ -138,8 +138,9 @@ def test_kill_9_three_times_still_equals_replay(pipeline: Pipeline, tmp_path: Pa
 
 @pytest.mark.parametrize("victim", ["hotpath-0", "merge"])
 def test_kill_9_of_one_process_mid_stream(pipeline: Pipeline, tmp_path: Path, victim: str) -> None:
-    """One process of the worker killed with SIGKILL mid-stream: the worker reports it, restarts it, and the
-    numbers still equal replay, each invalid event once on the DLQ."""
+    """One process of the worker killed with SIGKILL mid-stream: the worker reports it, restarts it (the merge
+    process from its tables' local copies), and the numbers still equal replay, each invalid event once on the
+    DLQ."""
     source = tmp_path / "events.jsonl"
     mixed_events(source, 6000)
     expected, invalid = expected_results(source, pipeline.settings.pane_seconds)
@@ -152,12 +153,17 @@ def test_kill_9_of_one_process_mid_stream(pipeline: Pipeline, tmp_path: Path, vi
         produce(settings, first)
         deadline = time.monotonic() + CONVERGE_SECONDS
         latest_results(settings.kafka_bootstrap, settings.results_topic, bool, deadline)  # results are flowing
+        copies = "cxpulse_worker_local_copy_messages_total"
+        wait_for(lambda: scrape(port).get(copies, 0) > 0, "the merge's table copies written", log)
         produce(settings, second)
         os.kill(children(worker.pid)[victim], signal.SIGKILL)
         converge(settings, expected)
         assert_dead_letters_once(settings, invalid)
-        assert scrape(port)[f'cxpulse_worker_process_restarts_total{{process="{victim}"}}'] == 1
+        page = scrape(port)
+        assert page[f'cxpulse_worker_process_restarts_total{{process="{victim}"}}'] == 1
         assert f"{victim} was killed by SIGKILL; restarting it" in log.read_text()
+        if victim == "merge":  # its restart filled the pane table from the local copy
+            assert page['cxpulse_worker_restored_total{source="local",table="panes"}'] > 0
         stop_worker(worker, log)
     finally:
         stop_process(worker)
