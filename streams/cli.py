@@ -26,6 +26,7 @@ from streams import broker as local_broker
 from streams import render
 from streams.config import DEFAULT_FUTURE_TOLERANCE_SECONDS, Settings, effort_config, load_settings, parse_duration
 from streams.errors import ConfigurationError, CxPulseError
+from streams.journeys import instance_json
 from streams.produce import produce_file
 from streams.render import err, out
 from streams.replay import Progress as ProgressFn
@@ -661,6 +662,14 @@ def replay(
         Path | None,
         typer.Option("--alerts", help="Write every effort-spike FIRING/RESOLVED alert here as JSON lines."),
     ] = None,
+    journeys: Annotated[
+        Path | None,
+        typer.Option("--journeys", help="Write every customer journey instance here as JSON lines (contract 8)."),
+    ] = None,
+    journey_gap: Annotated[
+        str | None,
+        typer.Option(help="Journey gap G, e.g. 72h, 30m [env CXPULSE_JOURNEY_GAP_SECONDS, default 72h]."),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary on stderr.")] = False,
 ) -> None:
     """Compute the window results of a file of events offline, exactly as the stream does.
@@ -672,6 +681,11 @@ def replay(
     pane_ms = _duration_ms(pane, "--pane") if pane is not None else settings.pane_seconds * 1000
     pane = pane or f"{settings.pane_seconds}s"
     window_ms = None if window == "pane" else _duration_ms(window, "--window")
+    gap_ms = _duration_ms(journey_gap, "--journey-gap") if journey_gap is not None else None
+    if gap_ms is None:
+        gap_ms = settings.journey_gap_seconds * 1000
+    elif journeys is None:
+        _fail("--journey-gap needs --journeys FILE", 2)
     detector = effort_config(settings)
     if window_ms is not None and window_ms % pane_ms:
         _fail(f"--window {window} is not a whole number of --pane {pane}", 2)
@@ -681,13 +695,21 @@ def replay(
         sink = _open_for_writing(stack, output, "--output") if output is not None else sys.stdout
         dead_file = _open_for_writing(stack, dead_letter, "--dead-letter") if dead_letter is not None else None
         alert_file = _open_for_writing(stack, alerts, "--alerts") if alerts is not None else None
+        journey_file = _open_for_writing(stack, journeys, "--journeys") if journeys is not None else None
 
         def on_dead(dead: DeadLetter) -> None:
             if dead_file is not None:
                 dead_file.write(dead_letter_json(dead) + "\n")
 
         try:
-            result = replay_file(events, pane_ms, on_dead, _progress(stack, events, "replay"), _worker_clock(settings))
+            result = replay_file(
+                events,
+                pane_ms,
+                on_dead,
+                _progress(stack, events, "replay"),
+                _worker_clock(settings),
+                gap_ms if journey_file is not None else None,
+            )
         except CxPulseError as exc:
             _fail(f"replay: {exc}")
         except OSError as exc:
@@ -698,6 +720,9 @@ def replay(
         fired = result.alerts(detector) if alert_file is not None else []
         if alert_file is not None:
             alert_file.writelines(json.dumps(alert, separators=(",", ":")) + "\n" for alert in fired)
+        instances = result.journey_instances()
+        if journey_file is not None:
+            journey_file.writelines(json.dumps(instance_json(i), separators=(",", ":")) + "\n" for i in instances)
     if not quiet:
         stats = result.stats
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(stats.dead_letters.items())) or "none"
@@ -705,7 +730,13 @@ def replay(
             f"replayed {stats.read} events in {time.monotonic() - started:.1f} s: {stats.counted} counted, "
             f"{stats.duplicates} duplicates, {sum(stats.dead_letters.values())} dead letters ({reasons}); "
             f"{render.count(len(results), 'result')}"
-            + (f"; {render.count(len(fired), 'effort alert')}" if alerts is not None else ""),
+            + (f"; {render.count(len(fired), 'effort alert')}" if alerts is not None else "")
+            + (
+                f"; {render.count(len(instances), 'journey instance')} "
+                f"({sum(i.closed for i in instances)} closed, gap {gap_ms / 1000:g} s)"
+                if journeys is not None
+                else ""
+            ),
             highlight=False,
         )
         _warn_about_time(stats.future, stats.too_old, settings, "counted")

@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, Settin
 
 from streams.effort import EffortConfig
 from streams.errors import ConfigurationError
+from streams.journeys import DEFAULT_JOURNEY_GAP_SECONDS
 from streams.kafka import KafkaCluster
 from streams.privacy import MIN_KEY_BYTES
 
@@ -110,6 +111,11 @@ class Settings(BaseSettings):
         DEFAULT_WINDOWS, description="rolling windows: seconds or durations, comma-separated (300,3600 or 5m,1h,24h)"
     )
     retention_seconds: int = Field(DEFAULT_RETENTION_SECONDS, ge=1, description="pane state retention")
+    journey_gap_seconds: int = Field(
+        DEFAULT_JOURNEY_GAP_SECONDS,
+        ge=0,
+        description="journey gap G: a customer's answers further apart than this start a new journey instance",
+    )
     kpi_component_windows: Annotated[tuple[int, ...] | None, NoDecode] = Field(
         None,
         description="windows whose additive KPI components are exported (5m,24h; none); unset: every window",

@@ -33,6 +33,7 @@ from streams.aggregate import (
 from streams.dedup import Deduplicator
 from streams.effort import EffortConfig, PaneEffort, replay_alerts
 from streams.errors import DecodeError, InputFileError
+from streams.journeys import Instance, JourneyBook
 from streams.validate import Clock, DeadLetter, Rejection, outside_the_clock, validate_batch
 from streams.windows import WindowResult, pane_results, rolling_window, window_bounds, window_result
 
@@ -212,6 +213,8 @@ class Replay:
     dedup: Deduplicator = field(default_factory=Deduplicator)
     stats: ReplayStats = field(default_factory=ReplayStats)
     clock: Clock | None = None  # set: count what a worker with this clock would refuse for its time (a warning)
+    journeys: JourneyBook | None = None  # set: follow customer journeys (docs/contract.md section 8)
+    counted_until: int | None = None  # the largest occurred_at of the counted answers (replay's journey clock)
 
     def feed(self, batch: Batch) -> list[DeadLetter]:
         """Validate, de-duplicate and aggregate one batch; return its dead letters."""
@@ -227,6 +230,12 @@ class Replay:
         dead = [letter for _, letter in sorted(ordered, key=lambda pair: pair[0])]  # in input order
         unique, duplicates = self.dedup.first_seen(valid)
         merge_into(self.panes, aggregate_panes(unique, self.pane_ms))
+        if unique:
+            latest_counted = max(e.occurred_at for e in unique)
+            if self.counted_until is None or latest_counted > self.counted_until:
+                self.counted_until = latest_counted
+        if self.journeys is not None:
+            self.journeys.add(unique)
         for key, drivers in aggregate_drivers(unique, self.pane_ms).items():
             before = self.drivers.get(key)
             self.drivers[key] = drivers if before is None else merge_drivers(before, drivers)
@@ -272,6 +281,13 @@ class Replay:
             if state.n > 0
         ]
 
+    def journey_instances(self) -> list[Instance]:
+        """Every journey instance of the file (none replaced: the file is complete), by (customer, journey,
+        start); closed where end + G is before the largest occurred_at of the counted answers."""
+        if self.journeys is None or self.counted_until is None:
+            return []
+        return list(self.journeys.all_instances(self.counted_until))
+
 
 def read_batches(path: Path) -> Iterator[tuple[Batch, int]]:
     """Open an events file and yield its batches with the bytes read so far (for progress)."""
@@ -287,10 +303,12 @@ def replay_file(
     on_dead_letter: Callable[[DeadLetter], None],
     progress: Progress | None = None,
     clock: Clock | None = None,
+    journey_gap_ms: int | None = None,
 ) -> Replay:
     """Replay one file; dead letters are handed to ``on_dead_letter`` as they are found.  With ``clock``, the
-    stats also count the events a worker with that clock would refuse for their time (``future``, ``too_old``)."""
-    replay = Replay(pane_ms, clock=clock)
+    stats also count the events a worker with that clock would refuse for their time (``future``, ``too_old``).
+    With ``journey_gap_ms``, customer journeys are followed too (:meth:`Replay.journey_instances`)."""
+    replay = Replay(pane_ms, clock=clock, journeys=None if journey_gap_ms is None else JourneyBook(journey_gap_ms))
     for batch, done in read_batches(path):
         for dead in replay.feed(batch):
             on_dead_letter(dead)

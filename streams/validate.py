@@ -55,6 +55,7 @@ class Feedback(NamedTuple):
     touchpoint: str | None
     customer_id: str | None
     reason_codes: tuple[str, ...]
+    interaction_id: str | None = None  # one contact of a customer journey (docs/contract.md section 8)
 
 
 class DeadLetter(NamedTuple):
@@ -227,6 +228,7 @@ def _check(  # noqa: C901 - one branch per rule of docs/contract.md section 3, i
         get("touchpoint"),
         get("customer_id"),
         tuple(codes) if codes else (),
+        get("interaction_id"),
     )
 
 

@@ -32,6 +32,7 @@ from typing import Any, Protocol, cast
 
 import aiokafka  # type: ignore[import-untyped]  # no type information shipped
 import faust
+import orjson
 from confluent_kafka import KafkaException
 from faust.stores.memory import Store as MemoryStore
 from faust.tables.table import Table
@@ -107,8 +108,7 @@ class KeyPartitionedTable(Table[Any, Any]):
         if self._changelog_writer is None:
             super().on_key_set(key, value)
         else:
-            # plain JSON, what Faust's json codec reads back (its own encoder is ~5x slower: a Python default hook)
-            self._send(key, json.dumps(value, separators=(",", ":")).encode())
+            self._send(key, encode_value(value))
 
     def on_key_del(self, key: Any) -> None:
         if self._changelog_writer is None:
@@ -119,6 +119,21 @@ class KeyPartitionedTable(Table[Any, Any]):
     def _send(self, key: Any, value: bytes | None) -> None:
         writer = cast(ChangelogWriter, self._changelog_writer)
         writer.produce(self.changelog_topic.get_topic_name(), value, json.dumps(key).encode(), table_partition(key))
+
+
+def encode_value(value: Any) -> bytes:
+    """A table value as plain JSON, what Faust's json codec reads back (Faust's own encoder is ~5x slower: a
+    Python default hook).  orjson (0.6 us for a pane value against 7.5 us for json.dumps); json for what orjson
+    refuses (a tuple subclass, an int beyond 64 bits).
+
+    orjson also reads the values back (here and, once it is installed, in Faust's json codec: 1.6 us against
+    7.2 us); it reads an integer beyond 64 bits as a float.  The largest integers in the tables are the panes'
+    sums of x^2 (streams.aggregate: at most 6.35e9 per answer), which reach 2^64 after 2.9e9 answers in one
+    pane, far beyond any feed."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, separators=(",", ":")).encode()
 
 
 class LocalCopyStore(MemoryStore[Any, Any]):
@@ -176,7 +191,7 @@ class LocalCopyStore(MemoryStore[Any, Any]):
             self.data.pop(key, None)
             self._key_partition.pop(key, None)
         else:
-            self.data[key] = table._to_value(json.loads(raw_value))
+            self.data[key] = table._to_value(orjson.loads(raw_value))
             self._key_partition[key] = partition
 
     def persisted_offset(self, tp: TP) -> int | None:

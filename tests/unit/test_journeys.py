@@ -1,0 +1,288 @@
+"""Customer journeys (docs/contract.md section 8): replay against an independent computation, order and batching
+independence, revisions (a late answer that joins two instances), the KPIs from their counters, the CLI."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from streams.cli import app
+from streams.journeys import (
+    Instance,
+    JourneyBook,
+    JourneyCounts,
+    Revisions,
+    counts_by,
+    instance_json,
+    journey_kpis,
+)
+from streams.replay import replay_file
+from streams.validate import Feedback, validate_batch
+from streams.windows import iso_utc
+from tests.support import event
+
+T = 1_800_000_000_000
+H = 3_600_000
+G = 72 * H
+runner = CliRunner()
+SCALES = {"NPS": (0, 10), "NLS": (0, 10), "CES": (1, 7), "CSAT": (1, 5), "CAS": (1, 5)}
+
+
+# --- an independent computation of section 8, from the raw events of a file ----------------------------------
+
+
+def reference(events: list[dict[str, Any]], gap_ms: int) -> list[dict[str, Any]]:
+    """Section 8 computed the plain way: valid events (validate_batch is section 2's one implementation), the
+    first of each event_id, grouped, sorted, split at gaps > G, every field by its definition."""
+    valid, _ = validate_batch(events)
+    counted: dict[str, Feedback] = {}
+    for answer in valid:
+        counted.setdefault(answer.event_id, answer)
+    now = max(a.occurred_at for a in counted.values())
+    groups: dict[tuple[str, str], list[Feedback]] = {}
+    for answer in counted.values():
+        if answer.customer_id and answer.customer_id.strip():
+            groups.setdefault((answer.customer_id, answer.journey), []).append(answer)
+    out = []
+    for (customer, journey), answers in sorted(groups.items()):
+        answers.sort(key=lambda a: (a.occurred_at, a.event_id))
+        runs: list[list[Feedback]] = [[answers[0]]]
+        for a in answers[1:]:
+            if a.occurred_at - runs[-1][-1].occurred_at > gap_ms:
+                runs.append([a])
+            else:
+                runs[-1].append(a)
+        for run in runs:
+
+            def x(a: Feedback) -> float:
+                return (a.score - a.scale_min) / (a.scale_max - a.scale_min)
+
+            ids = [a.interaction_id if a.interaction_id and a.interaction_id.strip() else None for a in run]
+            contacts = len({i for i in ids if i is not None}) + ids.count(None)
+            nps = [a for a in run if a.metric == "NPS"]
+            last_nps = None
+            if nps:
+                s = nps[-1].score
+                last_nps = "promoter" if s >= 9 else ("passive" if s >= 7 else "detractor")
+            ces = [a for a in run if a.metric == "CES"]
+            out.append(
+                {
+                    "customer_id": customer,
+                    "journey": journey,
+                    "start": iso_utc(run[0].occurred_at),
+                    "end": iso_utc(run[-1].occurred_at),
+                    "first_channel": run[0].channel,
+                    "answers": len(run),
+                    "contacts": contacts,
+                    "channels": len({a.channel for a in run}),
+                    "channel_switches": sum(1 for a, b in itertools.pairwise(run) if a.channel != b.channel),
+                    "touchpoints": len({a.touchpoint for a in run if a.touchpoint and a.touchpoint.strip()}),
+                    "ces_n": len(ces),
+                    "ces_high_effort": sum(1 for a in ces if x(a) < 0.5),
+                    "first_x": x(run[0]),
+                    "last_x": x(run[-1]),
+                    "last_nps": last_nps,
+                    "one_stop": contacts == 1,
+                    "recovered": len(run) >= 2 and x(run[0]) < 0.5 and x(run[-1]) >= 0.5,
+                    "closed": run[-1].occurred_at + gap_ms < now,
+                    "version": 1,
+                    "deleted": False,
+                }
+            )
+    return out
+
+
+def generated(seed: int, count: int = 600) -> list[dict[str, Any]]:
+    """Customers with several answers a journey, consecutive answers G - 1 ms, G or G + 1 ms apart as often as
+    close together; duplicates, invalid answers, answers without customer or interaction ids, late answers."""
+    rng = random.Random(seed)
+    events: list[dict[str, Any]] = []
+    n = 0
+    for customer in range(count // 6):
+        at = T + rng.randrange(10 * H)
+        for _ in range(rng.randint(1, 8)):
+            at += rng.choice([G - 1, G, G + 1, rng.randrange(1, 5 * H), 0])
+            metric = rng.choice(list(SCALES))
+            lo, hi = SCALES[metric]
+            n += 1
+            item = event(
+                event_id=f"e{n}",
+                occurred_at=at,
+                channel=rng.choice(["phone", "chat", "email", "Web "]),
+                journey=rng.choice(["billing", "support"]),
+                metric=metric,
+                score=rng.randint(lo, hi),
+                touchpoint=rng.choice([None, "ivr", "agent_call", "faq", " "]),
+                customer_id=rng.choice([f"c{customer}"] * 8 + [None, "", "  "]),
+                interaction_id=rng.choice([None, "", f"i{customer}-{rng.randrange(3)}", f"i{n}"]),
+            )
+            events.append(item)
+            if rng.random() < 0.05:
+                events.append(dict(item, score=lo))  # a duplicate: the first one counts
+            if rng.random() < 0.03:
+                events.append(dict(item, event_id=f"bad{n}", metric="XYZ"))  # invalid: never counted
+    rng.shuffle(events)  # late answers: arrival order is not event order
+    return events
+
+
+def write(path: Path, events: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(e) + "\n" for e in events))
+    return path
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_replay_equals_an_independent_computation(tmp_path: Path, seed: int) -> None:
+    events = generated(seed)
+    replay = replay_file(write(tmp_path / "e.jsonl", events), 60_000, lambda _: None, journey_gap_ms=G)
+    got = [instance_json(i) for i in replay.journey_instances()]
+    want = reference(events, G)
+    assert got == want
+    assert len(want) > 50 and any(i["answers"] > 2 for i in want) and any(i["closed"] for i in want)
+    assert any(not i["closed"] for i in want) and any(i["recovered"] for i in want)
+
+
+def test_a_gap_of_exactly_g_keeps_the_instance_one_ms_more_splits_it(tmp_path: Path) -> None:
+    def ends(*offsets: int) -> list[tuple[str, str, int]]:
+        events = [event(event_id=f"e{i}", occurred_at=T + o, customer_id="c") for i, o in enumerate(offsets)]
+        replay = replay_file(write(tmp_path / "e.jsonl", events), 60_000, lambda _: None, journey_gap_ms=G)
+        return [(i["start"], i["end"], i["answers"]) for i in map(instance_json, replay.journey_instances())]
+
+    assert ends(0, G) == [(iso_utc(T), iso_utc(T + G), 2)]
+    assert ends(0, G - 1) == [(iso_utc(T), iso_utc(T + G - 1), 2)]
+    assert ends(0, G + 1) == [(iso_utc(T), iso_utc(T), 1), (iso_utc(T + G + 1), iso_utc(T + G + 1), 1)]
+
+
+def answers_of(events: list[dict[str, Any]]) -> list[Feedback]:
+    valid, _ = validate_batch(events)
+    first: dict[str, Feedback] = {}
+    for a in valid:
+        first.setdefault(a.event_id, a)
+    return list(first.values())
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), order=st.randoms(use_true_random=False), cuts=st.lists(st.integers(0, 200)))
+def test_any_order_and_any_batching_give_the_same_instances(seed: int, order: random.Random, cuts: list[int]) -> None:
+    answers = answers_of(generated(seed, 120))
+    now = max(a.occurred_at for a in answers) + 1
+    whole = JourneyBook(G)
+    whole.add(sorted(answers, key=lambda a: (a.occurred_at, a.event_id)))
+    shuffled = list(answers)
+    order.shuffle(shuffled)
+    batched = JourneyBook(G)
+    bounds = sorted({0, len(shuffled), *(c % (len(shuffled) + 1) for c in cuts)})
+    for lo, hi in itertools.pairwise(bounds):
+        batched.add(shuffled[lo:hi])
+    assert list(batched.all_instances(now)) == list(whole.all_instances(now))
+
+
+def test_a_late_answer_joins_two_instances_and_the_replaced_one_is_deleted() -> None:
+    book, revisions = JourneyBook(G), Revisions()
+    group = ("c", "billing")
+
+    def add(event_id: str, at: int, **fields: Any) -> list[tuple[int, int, int, bool]]:
+        (answer,), _ = validate_batch([event(event_id=event_id, occurred_at=at, customer_id="c", **fields)])
+        book.add([answer])
+        revised = revisions.revise(group, book.instances(group, 0))
+        return [(r.instance.start, r.instance.answers, r.version, r.deleted) for r in revised]
+
+    assert add("a", T) == [(T, 1, 1, False)]
+    assert add("b", T + 2 * G) == [(T + 2 * G, 1, 1, False)]  # more than G later: a second instance
+    assert add("c", T + G) == [(T, 3, 2, False), (T + 2 * G, 1, 2, True)]  # joins both: one revised, one deleted
+    assert add("d", T - 1) == [(T - 1, 4, 1, False), (T, 3, 3, True)]  # an earlier start: a new key, the old deleted
+    assert add("e", T + G // 2) == [(T - 1, 5, 2, False)]
+    assert revisions.revise(group, book.instances(group, 0)) == []  # nothing changed: nothing emitted
+
+
+def test_closing_is_a_revision_of_its_own() -> None:
+    book, revisions = JourneyBook(G), Revisions()
+    group = ("c", "billing")
+    (answer,), _ = validate_batch([event(event_id="a", occurred_at=T, customer_id="c")])
+    book.add([answer])
+    assert [r.instance.closed for r in revisions.revise(group, book.instances(group, T + G))] == [False]
+    assert revisions.revise(group, book.instances(group, T + G)) == []
+    (closing,) = revisions.revise(group, book.instances(group, T + G + 1))
+    assert closing.instance.closed and closing.version == 2 and not closing.deleted
+
+
+def instance(**fields: Any) -> Instance:
+    base: dict[str, Any] = dict(
+        customer_id="c",
+        journey="billing",
+        start=T,
+        end=T,
+        first_channel="phone",
+        answers=1,
+        contacts=1,
+        channels=1,
+        channel_switches=0,
+        touchpoints=0,
+        ces_n=0,
+        ces_high_effort=0,
+        first_x=0.0,
+        last_x=0.0,
+        first_low=True,
+        last_nps=None,
+        one_stop=True,
+        recovered=False,
+        closed=True,
+    )
+    base.update(fields)
+    return Instance(**base)
+
+
+def test_kpis_come_from_counters_that_add_up() -> None:
+    instances = [
+        instance(),  # one stop, not recoverable (one answer)
+        instance(answers=3, contacts=3, one_stop=False, channel_switches=2, ces_high_effort=1, last_nps="detractor"),
+        instance(answers=2, contacts=2, one_stop=False, channel_switches=1, recovered=True, last_nps="promoter"),
+        instance(answers=2, contacts=1, first_low=False, last_nps="promoter"),
+        instance(answers=4, contacts=4, one_stop=False, closed=False, last_nps="detractor"),  # open: not counted
+        instance(journey="support", end=T + 86_400_000),
+    ]
+    by_journey = counts_by(instances)
+    assert by_journey[("billing",)] == JourneyCounts(4, 2, 7, 3, 1, 2, 0, 1, 2, 1)
+    kpis = journey_kpis(by_journey[("billing",)])
+    assert kpis == {
+        "one_stop_rate": 50.0,
+        "contacts_per_journey": 1.75,
+        "switches_per_journey": 0.75,
+        "high_effort_rate": 25.0,
+        "journey_nps": 100 * (2 - 1) / 3,
+        "recovery_rate": 50.0,
+    }
+    daily = counts_by(instances, window_ms=86_400_000)
+    assert sum(daily.values(), JourneyCounts()) == sum(by_journey.values(), JourneyCounts())  # rollups add up
+    assert journey_kpis(JourneyCounts())["journey_nps"] is None
+
+
+def test_cli_writes_instances_and_refuses_a_gap_without_a_file(tmp_path: Path) -> None:
+    events = generated(5, 200)
+    source = write(tmp_path / "e.jsonl", events)
+    out = tmp_path / "journeys.jsonl"
+    result = runner.invoke(
+        app, ["replay", str(source), "-o", str(tmp_path / "r"), "--journeys", str(out), "--journey-gap", "1h"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "journey instance" in result.output
+    assert [json.loads(line) for line in out.read_text().splitlines()] == reference(events, H)
+    refused = runner.invoke(app, ["replay", str(source), "-o", str(tmp_path / "r"), "--journey-gap", "1h"])
+    assert refused.exit_code == 2 and "--journey-gap needs --journeys" in refused.output
+
+
+def test_the_gap_comes_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    events = generated(6, 200)
+    source = write(tmp_path / "e.jsonl", events)
+    out = tmp_path / "journeys.jsonl"
+    monkeypatch.setenv("CXPULSE_JOURNEY_GAP_SECONDS", "7200")
+    result = runner.invoke(app, ["replay", str(source), "-o", str(tmp_path / "r"), "--journeys", str(out)])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line) for line in out.read_text().splitlines()] == reference(events, 2 * H)
