@@ -189,7 +189,8 @@ def assert_each_once(letters: list[dict[str, bytes]], invalid: int) -> None:
     assert (len(sources), len(set(sources))) == (invalid, invalid)  # every invalid event, each once
 
 
-def converge(settings: Settings, expected: dict[tuple[str, ...], dict[str, Any]]) -> None:
+def converge(settings: Settings, expected: dict[tuple[str, ...], dict[str, Any]], log: Path | None = None) -> None:
+    """Wait until the results topic equals ``expected``; on failure say what differs, with the worker's log."""
     deadline = time.monotonic() + CONVERGE_SECONDS
     got = latest_results(
         settings.kafka_bootstrap, settings.results_topic, lambda current: current == expected, deadline
@@ -202,6 +203,9 @@ def converge(settings: Settings, expected: dict[tuple[str, ...], dict[str, Any]]
         f"latest window seen {max((k[0] for k in got), default=None)}; first: "
         f"{[(k, expected[k]['n'], (got.get(k) or {}).get('n')) for k in wrong[:5]]}"
     )
+    if log is not None and log.exists():
+        lines = [line[:300] for line in log.read_text().splitlines() if line and not line[0].isspace()]
+        detail += "\nworker log (last 60 lines, no tracebacks):\n" + "\n".join(lines[-60:])
     assert (len(wrong), len(got.keys() - expected.keys())) == (0, 0), detail
 
 

@@ -56,30 +56,50 @@ class GroupOffsets:
 
     After a failure the next read uses a new AdminClient: after a broker restart a client can keep asking a group
     coordinator it cached from before and time out forever (seen in the rolling-restart test; the consumer side
-    of the same librdkafka behaviour is confluentinc/librdkafka#5511)."""
+    of the same librdkafka behaviour is confluentinc/librdkafka#5511).
+
+    A replaced client is kept until its request has been answered and one more read has passed: dropped while its
+    request is out, its last reference can go in librdkafka's background thread, which then destroys the handle
+    from its own thread and ends the process (SIGSEGV or abort; confluentinc/confluent-kafka-python#1761, #2129,
+    #2131; seen here as a merge killed by SIGSEGV the moment Kafka came back from an outage)."""
 
     def __init__(self, settings: Settings, group: str | None = None, topic: str | None = None) -> None:
         self.kafka = settings.kafka
         self.group = group if group is not None else f"{settings.app_id}-hotpath"
         self.topic = topic if topic is not None else settings.feedback_topic
         self.admin: AdminClient | None = None
+        self.retired: list[tuple[AdminClient, list[Any], bool]] = []  # client, its futures, answered at a read
 
     def read(self) -> dict[int, int]:
+        self._bury()
         if self.admin is None:
             self.admin = admin_client(self.kafka)
+        futures: list[Any] = []
         try:
-            futures = self.admin.list_consumer_group_offsets(
-                [ConsumerGroupTopicPartitions(self.group)], require_stable=True, request_timeout=ADMIN_TIMEOUT_SECONDS
+            request = [ConsumerGroupTopicPartitions(self.group)]
+            futures = list(
+                self.admin.list_consumer_group_offsets(
+                    request, require_stable=True, request_timeout=ADMIN_TIMEOUT_SECONDS
+                ).values()
             )
             out: dict[int, int] = {}
-            for future in futures.values():
+            for future in futures:
                 for tp in cast(Any, future.result(timeout=ADMIN_TIMEOUT_SECONDS + 2)).topic_partitions or []:
                     if tp.topic == self.topic and tp.offset >= 0:
                         out[tp.partition] = tp.offset
             return out
-        except Exception:  # retried at the next check
+        except Exception:  # retried at the next check, with a new client
+            self.retired.append((self.admin, futures, False))
             self.admin = None
             raise
+
+    def _bury(self) -> None:
+        """Let go of the retired clients whose requests were answered before the previous read (in this thread)."""
+        self.retired = [
+            (client, futures, all(f.done() for f in futures))
+            for client, futures, answered in self.retired
+            if not answered
+        ]
 
 
 HotpathOffsets = GroupOffsets  # the tail check's source: the hot path's group on the feedback topic

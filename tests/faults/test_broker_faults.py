@@ -94,7 +94,7 @@ def test_three_hard_restarts_of_the_broker_lose_nothing(
             time.sleep(rng.uniform(3.0, 10.0))  # the outage itself, not a synchronisation
             cluster.start([0])
         feeder.join(300)
-        converge(settings, expected)
+        converge(settings, expected, log)
         assert_dead_letters_once(settings, invalid)
         assert worker.poll() is None, log.read_text()[-3000:]
         wait_for(lambda: readyz(port) == 200, "the worker ready after the restarts", log)
@@ -126,7 +126,7 @@ def test_a_ten_second_outage_is_logged_once_when_it_starts_and_once_when_it_ends
         cluster.start([0])
         _progress_after(settings, log, before)
         feeder.join(300)
-        converge(settings, expected)
+        converge(settings, expected, log)
         assert_dead_letters_once(settings, invalid)
         wait_for(lambda: readyz(port) == 200, "the worker ready after the outage", log)
         lines = log.read_text().splitlines()[mark:]
@@ -166,7 +166,7 @@ def test_an_outage_longer_than_the_transaction_timeout_is_not_ready_then_recover
         time.sleep(max(0.0, 25.0 - (time.monotonic() - down)))  # the rest of the outage
         cluster.start([0])
         feeder.join(300)
-        converge(settings, expected)
+        converge(settings, expected, log)
         assert_dead_letters_once(settings, invalid)
         wait_for(lambda: readyz(port) == 200, "/readyz 200 after the outage", log)
         assert worker.poll() is None
@@ -197,7 +197,7 @@ def test_a_rolling_restart_of_three_brokers_loses_nothing(
             cluster.start([node])
             cluster.wait_in_sync()
         feeder.join(300)
-        converge(settings, expected)
+        converge(settings, expected, log)
         assert_dead_letters_once(settings, invalid)
         assert worker.poll() is None
         stop_worker(worker, log)

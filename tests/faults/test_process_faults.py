@@ -40,7 +40,7 @@ def test_a_kafka_call_that_never_returns_ends_the_process_and_loses_nothing(
     worker = start_worker(pipeline, log, metrics_port=port, command=FLAKY_WORKER, CXPULSE_TEST_HOTPATH_HANG=str(marker))
     try:
         produce(settings, source)
-        converge(settings, expected)
+        converge(settings, expected, log)
         assert_dead_letters_once(settings, invalid)
         assert marker.exists()  # the first transaction did hang
         assert "send_offsets_to_transaction has not returned for" in log.read_text()
@@ -73,7 +73,7 @@ def test_a_stalled_process_is_not_ready_then_restarted_and_loses_nothing(
             log,
             timeout=60,
         )
-        converge(settings, expected)
+        converge(settings, expected, log)
         assert_dead_letters_once(settings, invalid)
         wait_for(lambda: readyz(port) == 200, "ready again", log)
         assert "made no progress for" in log.read_text()

@@ -95,7 +95,7 @@ def test_local_state_older_than_the_committed_offsets_catches_up_from_the_change
     worker = start_worker(pipeline, log, metrics_port=port)
     try:
         produce(settings, first)
-        converge(settings, expected_results(first, settings.pane_seconds)[0])
+        converge(settings, expected_results(first, settings.pane_seconds)[0], log)
         wait_for(
             lambda: scrape(port, starting=True).get("cxpulse_worker_local_copy_messages_total", 0) > 0,
             "table copies written",
@@ -105,7 +105,7 @@ def test_local_state_older_than_the_committed_offsets_catches_up_from_the_change
         shutil.copytree(settings.data_dir, tmp_path / "older")
         worker = start_worker(pipeline, log, metrics_port=port)
         produce(settings, second)
-        converge(settings, expected_results(source, settings.pane_seconds)[0])
+        converge(settings, expected_results(source, settings.pane_seconds)[0], log)
         stop_worker(worker, log)
         shutil.rmtree(settings.data_dir)
         shutil.copytree(tmp_path / "older", settings.data_dir)
@@ -117,7 +117,7 @@ def test_local_state_older_than_the_committed_offsets_catches_up_from_the_change
         wait_for(lambda: scrape(port, starting=True).get(records) == sent, "the answers sent again read", log)
         wait_for(lambda: scrape(port).get("cxpulse_worker_ready") == 1, "the worker ready", log)
         expected, invalid = expected_results(everything, settings.pane_seconds)
-        converge(settings, expected)
+        converge(settings, expected, log)
         assert_dead_letters_once(settings, invalid)
         local, entries = restores(log)[-1]
         assert local > 0 and entries > 0  # the older copy was used, and the changelog read past its checkpoint

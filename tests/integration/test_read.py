@@ -35,7 +35,7 @@ def test_read_prints_results_and_dead_letters_decoded(kafka_broker: RunningBroke
     worker = start_worker(pipeline, log)
     try:
         produce(settings, source)
-        converge(settings, expected)
+        converge(settings, expected, log)
         stop_worker(worker, log)
         # a fresh worker's normal start (groups forming, rebalances) and its dead letters are not errors to a user
         assert " ERROR " not in log.read_text() and "[ERROR]" not in log.read_text(), log.read_text()[-3000:]

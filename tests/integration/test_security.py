@@ -165,7 +165,7 @@ def test_the_pipeline_runs_through_sasl_ssl_under_exactly_the_acls_cxpulse_print
             timeout=120,
         )
         assert sent.returncode == 0, sent.stderr
-        converge(settings, expected)
+        converge(settings, expected, log)
         assert_dead_letters_once(settings, invalid)
         assert worker.poll() is None, log.read_text()[-3000:]
         stop_worker(worker, log)

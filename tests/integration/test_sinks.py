@@ -65,7 +65,7 @@ def test_kpi_gauges_equal_replays_rolling_windows(pipeline: Pipeline, tmp_path: 
     worker = start_worker(pipeline, log, metrics_port=port)
     try:
         produce(settings, source)
-        converge(settings, expected_results(source, settings.pane_seconds)[0])
+        converge(settings, expected_results(source, settings.pane_seconds)[0], log)
         replay = replay_file(source, settings.pane_seconds * 1000, lambda dead: None)
 
         def mismatches() -> list[str]:

@@ -58,7 +58,7 @@ def test_stream_equals_replay(pipeline: Pipeline, tmp_path: Path) -> None:
     worker = start_worker(pipeline, log, metrics_port=port)
     try:
         produce(settings, source)
-        converge(settings, expected)
+        converge(settings, expected, log)
         assert worker.poll() is None, log.read_text()[-3000:]
         letters = dead_letters(settings.kafka_bootstrap, settings.dlq_topic, invalid, time.monotonic() + 60)
         assert_each_once(letters, invalid)
@@ -130,7 +130,7 @@ def test_kill_9_three_times_still_equals_replay(pipeline: Pipeline, tmp_path: Pa
             # the worker's processes die with it (PR_SET_PDEATHSIG: SIGKILL), nothing is left running
             wait_for(lambda p=processes: not any(pid_alive(pid) for pid in p.values()), "children gone", log, 10)
             worker = start_worker(pipeline, log)
-        converge(settings, expected)
+        converge(settings, expected, log)
         assert_dead_letters_once(settings, invalid)
     finally:
         stop_process(worker)
@@ -157,7 +157,7 @@ def test_kill_9_of_one_process_mid_stream(pipeline: Pipeline, tmp_path: Path, vi
         wait_for(lambda: scrape(port).get(copies, 0) > 0, "the merge's table copies written", log)
         produce(settings, second)
         os.kill(children(worker.pid)[victim], signal.SIGKILL)
-        converge(settings, expected)
+        converge(settings, expected, log)
         assert_dead_letters_once(settings, invalid)
         page = scrape(port)
         assert page[f'cxpulse_worker_process_restarts_total{{process="{victim}"}}'] == 1
@@ -183,7 +183,7 @@ def test_sigterm_mid_stream_finishes_the_batch_and_loses_nothing(pipeline: Pipel
         wait_for(lambda: scrape(port, starting=True).get(fed, 0) > 0, "a first batch", log)
         stop_worker(worker, log)
         worker = start_worker(pipeline, log)
-        converge(settings, expected)
+        converge(settings, expected, log)
         assert_dead_letters_once(settings, invalid)
     finally:
         stop_process(worker)
@@ -234,7 +234,7 @@ def test_partial_messages_the_faust_consumer_skipped_are_read_back(pipeline: Pip
         group.commit(offsets=ahead, asynchronous=False)
         group.close()
         worker = start_worker(pipeline, log)
-        converge(settings, expected)
+        converge(settings, expected, log)
         assert_dead_letters_once(settings, invalid)
         text = log.read_text()
         assert "that the consumer skipped" in text and f"{partials}[0]" in text and f"{partials}[1]" in text
@@ -255,7 +255,7 @@ def test_a_quiet_channel_gets_its_pane_without_a_later_event(pipeline: Pipeline,
         produce(pipeline.settings, source)
         expected, _ = expected_results(source, pipeline.settings.pane_seconds)
         assert len(expected) == 1
-        converge(pipeline.settings, expected)
+        converge(pipeline.settings, expected, log)
         stop_worker(worker, log)
     finally:
         stop_process(worker)
@@ -270,13 +270,13 @@ def test_wiped_local_state_recovers_from_the_changelogs(pipeline: Pipeline, tmp_
     worker = start_worker(pipeline, log)
     try:
         produce(settings, first)
-        converge(settings, expected_results(first, settings.pane_seconds)[0])
+        converge(settings, expected_results(first, settings.pane_seconds)[0], log)
         stop_worker(worker, log)  # a clean stop: nothing half-done may be committed
         shutil.rmtree(settings.data_dir)
         worker = start_worker(pipeline, log)
         produce(settings, second)
         expected, invalid = expected_results(source, settings.pane_seconds)
-        converge(settings, expected)
+        converge(settings, expected, log)
         assert_dead_letters_once(settings, invalid)
     finally:
         stop_process(worker)
@@ -409,7 +409,7 @@ def test_failing_batches_are_processed_again_and_do_not_wedge_the_worker(pipelin
     )
     try:
         produce(settings, source)
-        converge(settings, expected)
+        converge(settings, expected, log)
         assert_dead_letters_once(settings, invalid)
         sample = scrape(port)
         assert sample[f'cxpulse_worker_batch_errors_total{{topic="{settings.feedback_topic}"}}'] == 5
