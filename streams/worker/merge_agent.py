@@ -26,17 +26,17 @@ import logging
 import time
 from collections import defaultdict, deque
 from collections.abc import MutableMapping, Sequence
-from typing import Any, cast
+from typing import Any
 
-from confluent_kafka import ConsumerGroupTopicPartitions
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import Consumer, TopicPartition
 
 from schemas.codec import WINDOW_RESULT, WINDOW_RESULT_RAW, encode_confluent
 from streams.agents.base import AgentContext, Record, TableAgent
 from streams.agents.health import FailureStreak
 from streams.agents.keys import PaneKey, ResultKey, SourceKey, segment_partition
 from streams.config import Settings
-from streams.kafka import admin_client
+from streams.errors import CxPulseError
+from streams.kafka import consumer
 from streams.windows import WindowResult, result_record
 from streams.worker.merge import MergeStep
 from streams.worker.records import decode_partials, decode_through, position_from_table
@@ -54,52 +54,52 @@ class GroupOffsets:
     """The offsets a consumer group has committed on one topic (partition -> next offset); by default the hot
     path's group on the feedback topic.
 
-    After a failure the next read uses a new AdminClient: after a broker restart a client can keep asking a group
-    coordinator it cached from before and time out forever (seen in the rolling-restart test; the consumer side
-    of the same librdkafka behaviour is confluentinc/librdkafka#5511).
+    Read with a Consumer's ``committed()`` (an OffsetFetch that asks for stable offsets, as the consumer is
+    read_committed: KIP-447), never subscribed, so it never joins the group.  Not with the AdminClient's
+    ``list_consumer_group_offsets``: when a broker restarts while such a request is out, librdkafka fails an
+    assertion and aborts the process (``rd_kafka_enq_once_del_source_return: Assertion `eonce->refcnt > 0'``,
+    confluentinc/librdkafka#3663, #4605); seen here as a merge killed by SIGSEGV or SIGABRT the moment Kafka came
+    back from an outage, in the fault suite.
 
-    A replaced client is kept until its request has been answered and one more read has passed: dropped while its
-    request is out, its last reference can go in librdkafka's background thread, which then destroys the handle
-    from its own thread and ends the process (SIGSEGV or abort; confluentinc/confluent-kafka-python#1761, #2129,
-    #2131; seen here as a merge killed by SIGSEGV the moment Kafka came back from an outage)."""
+    After a failure the next read uses a new client: after a broker restart a client can keep asking a group
+    coordinator it cached from before and time out forever (seen in the rolling-restart test; the consumer side
+    of the same librdkafka behaviour is confluentinc/librdkafka#5511).  The old one is closed here, in the
+    caller's thread (a client whose last reference goes in a librdkafka thread can end the process:
+    confluentinc/confluent-kafka-python#1761, #2131)."""
 
     def __init__(self, settings: Settings, group: str | None = None, topic: str | None = None) -> None:
         self.kafka = settings.kafka
         self.group = group if group is not None else f"{settings.app_id}-hotpath"
         self.topic = topic if topic is not None else settings.feedback_topic
-        self.admin: AdminClient | None = None
-        self.retired: list[tuple[AdminClient, list[Any], bool]] = []  # client, its futures, answered at a read
+        self.client: Consumer | None = None
+        self.partitions: list[TopicPartition] = []
 
     def read(self) -> dict[int, int]:
-        self._bury()
-        if self.admin is None:
-            self.admin = admin_client(self.kafka)
-        futures: list[Any] = []
+        if self.client is None:
+            self.client = consumer(self.kafka, self.group, **{"isolation.level": "read_committed"})
+            self.partitions = []
         try:
-            request = [ConsumerGroupTopicPartitions(self.group)]
-            futures = list(
-                self.admin.list_consumer_group_offsets(
-                    request, require_stable=True, request_timeout=ADMIN_TIMEOUT_SECONDS
-                ).values()
-            )
+            if not self.partitions:
+                metadata = self.client.list_topics(self.topic, timeout=ADMIN_TIMEOUT_SECONDS)
+                found = metadata.topics.get(self.topic)
+                if found is None or found.error is not None or not found.partitions:
+                    raise CxPulseError(f"topic {self.topic}: no partitions known ({found and found.error})")
+                self.partitions = [TopicPartition(self.topic, p) for p in sorted(found.partitions)]
             out: dict[int, int] = {}
-            for future in futures:
-                for tp in cast(Any, future.result(timeout=ADMIN_TIMEOUT_SECONDS + 2)).topic_partitions or []:
-                    if tp.topic == self.topic and tp.offset >= 0:
-                        out[tp.partition] = tp.offset
+            for tp in self.client.committed(self.partitions, timeout=ADMIN_TIMEOUT_SECONDS):
+                if tp.error is not None:
+                    raise CxPulseError(f"committed offset of {self.topic}[{tp.partition}]: {tp.error}")
+                if tp.offset >= 0:
+                    out[tp.partition] = tp.offset
             return out
         except Exception:  # retried at the next check, with a new client
-            self.retired.append((self.admin, futures, False))
-            self.admin = None
+            self.close()
             raise
 
-    def _bury(self) -> None:
-        """Let go of the retired clients whose requests were answered before the previous read (in this thread)."""
-        self.retired = [
-            (client, futures, all(f.done() for f in futures))
-            for client, futures, answered in self.retired
-            if not answered
-        ]
+    def close(self) -> None:
+        client, self.client = self.client, None
+        if client is not None:
+            client.close()
 
 
 HotpathOffsets = GroupOffsets  # the tail check's source: the hot path's group on the feedback topic

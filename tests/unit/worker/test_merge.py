@@ -117,39 +117,3 @@ def test_deltas_for_expired_panes_are_dropped() -> None:
     step.apply(batch([(0, FROM_THE_START, 2)], [("chat", 0, ONE)]), 0)
     assert step.finish() == [] and step.stale == 1
 
-
-def test_a_replaced_admin_client_lives_until_its_request_is_answered(monkeypatch: Any) -> None:
-    """confluent-kafka-python#1761/#2129: a client dropped while its request is out can be destroyed in
-    librdkafka's own thread (SIGSEGV); GroupOffsets keeps it until the answer came and one more read passed."""
-    from concurrent.futures import Future
-
-    import streams.worker.merge_agent as merge_agent
-    from streams.config import Settings
-
-    class Admin:
-        def __init__(self) -> None:
-            self.future: Future[Any] = Future()
-
-        def list_consumer_group_offsets(self, *_: Any, **__: Any) -> dict[str, Future[Any]]:
-            return {"group": self.future}
-
-    made: list[Admin] = []
-    monkeypatch.setattr(merge_agent, "ADMIN_TIMEOUT_SECONDS", -1.95)  # result() waits 0.05 s
-    monkeypatch.setattr(merge_agent, "admin_client", lambda kafka: made.append(Admin()) or made[-1])
-    offsets = merge_agent.GroupOffsets(Settings(kafka_bootstrap="127.0.0.1:1"), "g", "t")
-    for _ in range(2):
-        try:
-            offsets.read()
-        except TimeoutError:
-            pass
-        else:
-            raise AssertionError("a request that is never answered must fail the read")
-    assert [client for client, _, _ in offsets.retired] == made  # both timed out, both still out: both kept
-    made[0].future.set_result(type("Result", (), {"topic_partitions": []})())
-    for kept in (True, False):  # answered: kept through one more read, then let go; the unanswered one stays
-        try:
-            offsets.read()
-        except TimeoutError:
-            pass
-        retired = [client for client, _, _ in offsets.retired]
-        assert ((made[0] in retired), (made[1] in retired)) == (kept, True)
