@@ -66,10 +66,12 @@ def parse(raw: Mapping[str, Any]) -> Any:
 FEEDBACK_RAW = load_schema("feedback_event")
 WINDOW_RESULT_RAW = load_schema("window_result")
 EFFORT_ALERT_RAW = load_schema("effort_alert")
+JOURNEY_INSTANCE_RAW = load_schema("journey_instance")
 FEEDBACK = parse(FEEDBACK_RAW)
 _FAST_FEEDBACK = compile_decoder(_strip_logical_types(FEEDBACK_RAW))  # see schemas/fast_avro.py
 WINDOW_RESULT = parse(WINDOW_RESULT_RAW)
 EFFORT_ALERT = parse(EFFORT_ALERT_RAW)
+JOURNEY_INSTANCE = parse(JOURNEY_INSTANCE_RAW)
 _FAST_WRITERS = {id(WINDOW_RESULT): compile_encoder(_strip_logical_types(WINDOW_RESULT_RAW))}
 
 
@@ -119,13 +121,14 @@ class SchemaCatalog(Protocol):
 class LocalCatalog:
     """A fixed catalog for deployments without a Schema Registry: the current schemas under fixed ids."""
 
-    FIXED_IDS: Mapping[str, int] = {"FeedbackEvent": 1, "WindowResult": 2, "EffortAlert": 3}
+    FIXED_IDS: Mapping[str, int] = {"FeedbackEvent": 1, "WindowResult": 2, "EffortAlert": 3, "JourneyInstance": 4}
 
     def __init__(self, extra: Mapping[int, Mapping[str, Any]] | None = None) -> None:
         self._by_id: dict[int, Any] = {
             1: FEEDBACK,
             2: WINDOW_RESULT,
             3: EFFORT_ALERT,
+            4: JOURNEY_INSTANCE,
         }
         for schema_id, raw in (extra or {}).items():
             self._by_id[schema_id] = parse(raw)
@@ -397,6 +400,7 @@ def catalog_for(settings: Settings) -> SchemaCatalog:
         "FeedbackEvent": settings.feedback_topic,
         "WindowResult": settings.results_topic,
         "EffortAlert": settings.alerts_topic,
+        "JourneyInstance": settings.journeys_topic,
     }
     subjects = {
         name: str(topic_subject_name_strategy(SerializationContext(topic, MessageField.VALUE), name))

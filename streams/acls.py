@@ -65,12 +65,17 @@ def acls_for(settings: Settings, role: str, *, precreated: bool = False) -> list
         _topic(settings.results_topic, ("Read", "Write", "Describe", *create), "pane results out, read by the views"),
         _topic(settings.alerts_topic, ("Write", "Describe", *create), "effort alerts"),
         _topic(settings.followups_topic, ("Read", "Write", "Describe", *create), "detractor follow-ups"),
+        *(
+            [_topic(settings.journeys_topic, ("Write", "Describe", *create), "journey instances")]
+            if settings.journeys
+            else []
+        ),
         Acl(
             "topic",
             f"{app}-",
             "prefixed",
             ("Create", "Read", "Write", "Describe"),
-            "internal topics: partials, seen ids, answers, table changelogs",
+            "internal topics: partials, seen ids, answers, journey answers, table changelogs",
         ),
         Acl("group", app, "literal", ("Read", "Describe"), "the Faust process's consumer group"),
         Acl("group", f"{app}-", "prefixed", ("Read", "Describe"), "the hot path's group and the state readers"),

@@ -98,6 +98,8 @@ class Settings(BaseSettings):
     results_topic: str = Field("cx.metrics.panes", description="topic of WindowResults")
     alerts_topic: str = Field("cx.alerts", description="topic of effort-spike alerts")
     followups_topic: str = Field("cx.followups", description="topic of detractor follow-ups (JSON)")
+    journeys_topic: str = Field("cx.journeys", description="topic of customer journey instances")
+    journeys: bool = Field(True, description="follow customer journeys (contract section 8); false: not at all")
     followups_per_minute: int = Field(
         60, ge=0, description="detractor follow-ups a hot-path process sends a minute at most (0 = off)"
     )

@@ -14,8 +14,11 @@ instance with a version one higher, a replaced one once more with ``deleted`` tr
 from __future__ import annotations
 
 import bisect
+import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
+
+import orjson
 
 from streams.validate import Feedback
 from streams.windows import iso_utc
@@ -71,6 +74,38 @@ def answer_of(event: Feedback) -> Answer:
         event.scale_min,
         event.scale_max,
     )
+
+
+def journey_partition(customer_id: str, partitions: int) -> int:
+    """The partition of ``<app>-journey-answers`` a customer's answers go to (CRC-32: the same in every process)."""
+    return zlib.crc32(customer_id.encode()) % partitions
+
+
+def answer_row(event: Feedback, customer_id: str) -> list[Any]:
+    """One counted answer as the hot path forwards it to the journey agent (a JSON list)."""
+    a = answer_of(event)
+    return [customer_id, event.journey, a.occurred_at, a.event_id, a.interaction_id, a.channel, a.touchpoint,
+            a.metric, a.score, a.scale_min, a.scale_max]  # fmt: skip
+
+
+def encode_answer_rows(rows: list[list[Any]]) -> bytes:
+    """One ``<app>-journey-answers`` message: the rows of one hot-path batch for one partition."""
+    return orjson.dumps(rows)
+
+
+def decode_answer_rows(data: bytes) -> list[tuple[Group, Answer]]:
+    """The answers of a ``<app>-journey-answers`` message; ValueError when it is not one."""
+    try:
+        rows = orjson.loads(data)
+        out = []
+        for row in rows:
+            customer, journey, *fields = row
+            if not (isinstance(customer, str) and isinstance(journey, str) and len(fields) == len(Answer._fields)):
+                raise ValueError(f"not a journey answer: {row!r:.200}")
+            out.append(((customer, journey), Answer(*fields)))
+        return out
+    except (orjson.JSONDecodeError, TypeError) as exc:
+        raise ValueError(f"not a journey answers message: {exc}") from exc
 
 
 def nps_category(answer: Answer) -> str:
@@ -166,6 +201,28 @@ def split(answers: list[Answer], gap_ms: int) -> Iterator[list[Answer]]:
         yield answers[begin:]
 
 
+def add_answers(answers: list[Answer], new: Iterable[Answer]) -> bool:
+    """Add answers to a sorted list in place, each once (an answer read again after a restart changes nothing);
+    True when the list changed."""
+    changed = False
+    for answer in new:
+        if not answers or answer > answers[-1]:
+            answers.append(answer)  # the common case: answers arrive about in order
+            changed = True
+            continue
+        at = bisect.bisect_left(answers, answer)
+        if at < len(answers) and answers[at][:2] == answer[:2]:
+            continue  # this (occurred_at, event_id) is here already
+        answers.insert(at, answer)
+        changed = True
+    return changed
+
+
+def instances_of(group: Group, answers: list[Answer], gap_ms: int, now_ms: int) -> list[Instance]:
+    """The instances of one group's sorted answers, oldest first; closed: end + G < ``now_ms``."""
+    return [instance_of(group, run, run[-1].occurred_at + gap_ms < now_ms) for run in split(answers, gap_ms)]
+
+
 class JourneyBook:
     """Every (customer, journey)'s answers in order; the instances of a group computed from them."""
 
@@ -176,29 +233,21 @@ class JourneyBook:
         self.groups: dict[Group, list[Answer]] = {}
 
     def add(self, events: Iterable[Feedback]) -> set[Group]:
-        """Add de-duplicated valid answers; return the groups they touched (answers without a customer: none)."""
-        touched: set[Group] = set()
+        """Add de-duplicated valid answers; return the groups that changed (answers without a customer: none)."""
+        by_group: dict[Group, list[Answer]] = {}
         for event in events:
             group = group_of(event)
-            if group is None:
-                continue
-            answers = self.groups.get(group)
-            answer = answer_of(event)
-            if answers is None:
-                self.groups[group] = [answer]
-            elif answer > answers[-1]:
-                answers.append(answer)  # the common case: answers arrive about in order
-            else:
-                bisect.insort(answers, answer)
-            touched.add(group)
+            if group is not None:
+                by_group.setdefault(group, []).append(answer_of(event))
+        touched = set()
+        for group, answers in by_group.items():
+            if add_answers(self.groups.setdefault(group, []), answers):
+                touched.add(group)
         return touched
 
     def instances(self, group: Group, now_ms: int) -> list[Instance]:
         """The instances of one group, oldest first; closed: end + G < ``now_ms``."""
-        return [
-            instance_of(group, run, run[-1].occurred_at + self.gap_ms < now_ms)
-            for run in split(self.groups.get(group, []), self.gap_ms)
-        ]
+        return instances_of(group, self.groups.get(group, []), self.gap_ms, now_ms)
 
     def all_instances(self, now_ms: int) -> Iterator[Instance]:
         """Every instance, by (customer, journey, start)."""
@@ -217,34 +266,98 @@ class Revision(NamedTuple):
     deleted: bool
 
 
+SENT = 1  # Emitted flag: the revision is known to be in Kafka (a batch flushed it and then went on)
+DELETED = 2  # Emitted flag: the last revision of this start said ``deleted``
+
+# start -> (version, end, answers, closed, flags) of the last revision of each start.  A revision is recorded
+# here before it is sent (so a crash in between cannot leave an instance in Kafka that the state does not know
+# of, which no later revision would ever replace); until it is known sent (SENT), a later revise sends it again.
+Emitted = dict[int, tuple[int, int, int, bool, int]]
+
+
+def revise(
+    group: Group, emitted: Emitted, instances: list[Instance], version_at_least: int = 1
+) -> tuple[list[Revision], Emitted]:
+    """The records that take a group's emitted instances to ``instances``: a new or changed instance, or one
+    not known sent, with a version above any its key had (at least ``version_at_least``: the stream passes its
+    clock, so a revision emitted again after a crash still gets a higher version); a replaced one (its start is
+    gone), deleted, until that deletion is known sent.  Answers are only ever added, so (end, answers, closed)
+    tell whether an instance with the same start changed.  Returns the records and the new emitted state, in
+    which what the records say is not SENT yet (:func:`confirm`)."""
+    after: Emitted = {}
+    out: list[Revision] = []
+    for instance in instances:
+        previous = emitted.get(instance.start)
+        signature = (instance.end, instance.answers, instance.closed)
+        if previous is not None and previous[4] == SENT and previous[1:4] == signature:
+            after[instance.start] = previous
+            continue
+        version = max(version_at_least, 1 if previous is None else previous[0] + 1)
+        after[instance.start] = (version, *signature, 0)
+        out.append(Revision(instance, version, False))
+    for start, (version, end, answers, closed, flags) in emitted.items():
+        if start not in after and flags != SENT | DELETED:
+            version = max(version_at_least, version + 1)
+            after[start] = (version, end, answers, closed, DELETED)
+            out.append(Revision(_replaced(group, start, end, answers, closed), version, True))
+    return out, after
+
+
+def confirm(emitted: Emitted) -> Emitted:
+    """The emitted state once its revisions are known sent: deletions done are forgotten."""
+    return {start: (*e[:4], SENT) for start, e in emitted.items() if not e[4] & DELETED}
+
+
+def _replaced(group: Group, start: int, end: int, answers: int, closed: bool) -> Instance:
+    """What a deleted revision says of the instance it replaces: its key and last span (the rest is moot)."""
+    return Instance(
+        group[0], group[1], start, end, "", answers, 0, 0, 0, 0, 0, 0, 0.0, 0.0, False, None, False, False, closed
+    )
+
+
 class Revisions:
-    """What a group's instances were last emitted as (start -> instance, version); :meth:`revise` gives the
-    records that take them to a new list: new and changed instances with a version one higher than any this key
-    had, replaced ones (whose start is gone) once more, deleted."""
+    """:func:`revise` with the emitted state of every group kept here (replay-side and tests; the stream keeps it
+    in its table)."""
 
     def __init__(self) -> None:
-        self.emitted: dict[Group, dict[int, tuple[Instance, int]]] = {}
+        self.emitted: dict[Group, Emitted] = {}
 
     def revise(self, group: Group, instances: list[Instance]) -> list[Revision]:
-        before = self.emitted.get(group, {})
-        after: dict[int, tuple[Instance, int]] = {}
-        out: list[Revision] = []
-        for instance in instances:
-            previous = before.get(instance.start)
-            if previous is not None and previous[0] == instance:
-                after[instance.start] = previous
-                continue
-            version = 1 if previous is None else previous[1] + 1
-            after[instance.start] = (instance, version)
-            out.append(Revision(instance, version, False))
-        for start, (instance, version) in before.items():
-            if start not in after:
-                out.append(Revision(instance, version + 1, True))
+        out, after = revise(group, self.emitted.get(group, {}), instances)
+        after = confirm(after)  # replay sends nothing: what it emits is emitted
         if after:
             self.emitted[group] = after
         else:
             self.emitted.pop(group, None)
         return out
+
+
+def instance_record(revision: Revision) -> dict[str, Any]:
+    """A revision as the Avro record JourneyInstance (schemas/journey_instance.avsc)."""
+    i = revision.instance
+    return {
+        "customer_id": i.customer_id,
+        "journey": i.journey,
+        "start": i.start,
+        "end": i.end,
+        "first_channel": i.first_channel,
+        "answers": i.answers,
+        "contacts": i.contacts,
+        "channels": i.channels,
+        "channel_switches": i.channel_switches,
+        "touchpoints": i.touchpoints,
+        "ces_n": i.ces_n,
+        "ces_high_effort": i.ces_high_effort,
+        "first_x": i.first_x,
+        "last_x": i.last_x,
+        "last_nps": i.last_nps,
+        "one_stop": i.one_stop,
+        "recoverable": i.recoverable,
+        "recovered": i.recovered,
+        "closed": i.closed,
+        "version": revision.version,
+        "deleted": revision.deleted,
+    }
 
 
 def instance_json(instance: Instance, version: int = 1, deleted: bool = False) -> dict[str, Any]:
@@ -266,6 +379,7 @@ def instance_json(instance: Instance, version: int = 1, deleted: bool = False) -
         "last_x": instance.last_x,
         "last_nps": instance.last_nps,
         "one_stop": instance.one_stop,
+        "recoverable": instance.recoverable,
         "recovered": instance.recovered,
         "closed": instance.closed,
         "version": version,
@@ -340,3 +454,54 @@ def counts_by(
             at = (instance.end - instance.end % window_ms, *at)
         out[at] = out.get(at, JourneyCounts()) + counts_of(instance)
     return out
+
+
+class GroupState(NamedTuple):
+    """What the journey agent keeps of one (customer, journey): its answers in order, what it emitted, and the
+    offset of the last journey-answers message of the batch that wrote it (-1: none; what that batch sent is
+    known sent once a later batch of the partition completed, or the group's committed offset passed it)."""
+
+    answers: list[Answer]
+    emitted: Emitted
+    offset: int = -1
+
+    def due(self, gap_ms: int, retention_ms: int) -> int:
+        """When the group next needs a look without new answers: at once while a revision is not known sent (the
+        look confirms or sends it again), when an open instance closes (end + G < now), or when the oldest
+        instance leaves the state (end + G < now - retention: no answer a worker accepts can reach it)."""
+        if any(flags != SENT for *_, flags in self.emitted.values()):
+            return 1
+        times = [end + gap_ms + 1 + (retention_ms if closed else 0) for _, end, _, closed, _ in self.emitted.values()]
+        return min(times) if times else 0
+
+    def to_table(self, gap_ms: int, retention_ms: int) -> dict[str, Any]:
+        return {
+            "a": [list(a) for a in self.answers],
+            "e": [[start, *emitted] for start, emitted in self.emitted.items()],
+            "o": self.offset,
+            "t": self.due(gap_ms, retention_ms),
+        }
+
+    @classmethod
+    def from_table(cls, value: Any) -> GroupState:
+        if not value:
+            return cls([], {})
+        emitted = {
+            int(start): (int(v), int(end), int(n), bool(closed), int(flags))
+            for start, v, end, n, closed, flags in value["e"]
+        }
+        return cls([Answer(*a) for a in value["a"]], emitted, int(value.get("o", -1)))
+
+    def confirmed(self) -> GroupState:
+        return GroupState(self.answers, confirm(self.emitted), self.offset)
+
+    def forget_before(self, cutoff_ms: int, gap_ms: int) -> int:
+        """Drop the instances with end + G < ``cutoff_ms`` (now - retention) and their answers; how many."""
+        old = [start for start, (_, end, *_) in self.emitted.items() if end + gap_ms < cutoff_ms]
+        if not old:
+            return 0
+        last_end = max(self.emitted[start][1] for start in old)
+        self.answers[:] = [a for a in self.answers if a.occurred_at > last_end]
+        for start in old:
+            del self.emitted[start]
+        return len(old)

@@ -1,7 +1,8 @@
 """The composition root: each Faust process of a worker, built from its agents.  The only module that imports both
 streams/worker/ and sinks/ (the agents stand on streams/agents/, and neither side imports the other).
 
-- ``merge`` (group ``<app>``): the merge agent on ``<app>-partials`` (streams/worker/merge_agent.py) and, on
+- ``merge`` (group ``<app>``): the merge agent on ``<app>-partials`` (streams/worker/merge_agent.py), the journey
+  agent on ``<app>-journey-answers`` (streams/worker/journey_agent.py) and, on
   ``cx.metrics.panes`` in the same process, the KPI view (sinks/kpi_view.py), the effort detector
   (sinks/effort_detector.py, fed merge's watermark) and, with ``CXPULSE_FOLLOWUP_WEBHOOK_URL``, the follow-up
   webhook on ``cx.followups`` (sinks/followup_webhook.py);
@@ -38,6 +39,7 @@ from streams.agents.metrics import WorkerMetrics
 from streams.agents.results import ResultsProducer
 from streams.config import Settings
 from streams.topics import internal_topics
+from streams.worker.journey_agent import JourneyAgent
 from streams.worker.merge_agent import MergeAgent
 from streams.worker.records import decode_answers
 from streams.worker.repair import PartitionReader
@@ -87,6 +89,11 @@ def merge_process(settings: Settings, metrics: WorkerMetrics) -> faust.App:
     attach(app, merge, partials, results, metrics)
     for reader in _pane_readers(app, context, cast(int, panes_topic.partitions), merge):
         attach(app, reader, panes_topic, results, metrics)
+    if settings.journeys:
+        journey_answers = raw_topic(app, settings, internal_topics(settings).journey_answers)
+        table = _table(app, "journeys", cast(int, journey_answers.partitions), results)
+        journeys = JourneyAgent(context, journey_answers.get_topic_name(), table)
+        attach(app, journeys, journey_answers, results, metrics)
     if settings.followup_webhook_url:
         followups = raw_topic(app, settings, settings.followups_topic)
         attach(app, FollowupWebhook(settings, settings.followups_topic, metrics), followups, None, metrics)

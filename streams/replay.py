@@ -281,12 +281,12 @@ class Replay:
             if state.n > 0
         ]
 
-    def journey_instances(self) -> list[Instance]:
+    def journey_instances(self, now_ms: int | None = None) -> list[Instance]:
         """Every journey instance of the file (none replaced: the file is complete), by (customer, journey,
-        start); closed where end + G is before the largest occurred_at of the counted answers."""
+        start); closed where end + G is before the largest occurred_at of the counted answers (or ``now_ms``)."""
         if self.journeys is None or self.counted_until is None:
             return []
-        return list(self.journeys.all_instances(self.counted_until))
+        return list(self.journeys.all_instances(self.counted_until if now_ms is None else now_ms))
 
 
 def read_batches(path: Path) -> Iterator[tuple[Batch, int]]:

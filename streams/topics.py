@@ -37,6 +37,12 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         ),
         TopicSpec(settings.alerts_topic, 1, {"retention.ms": str(30 * 86400 * 1000)}),
         TopicSpec(settings.followups_topic, settings.partitions, {"retention.ms": str(30 * 86400 * 1000)}),
+        # journey instances are versioned upserts per (customer, journey, start), like the results
+        TopicSpec(
+            settings.journeys_topic,
+            settings.partitions,
+            {"cleanup.policy": "compact,delete", "retention.ms": str(30 * 86400 * 1000)},
+        ),
     ]
 
 
@@ -46,11 +52,13 @@ class InternalTopics(NamedTuple):
     partials: str
     seen_ids: str
     answers: str  # the counted answers of every hot-path batch, for the ClickHouse sink
+    journey_answers: str  # the counted answers with a customer id, by customer, for the journey agent
 
 
 def internal_topics(settings: Settings) -> InternalTopics:
     """The names of the worker's internal topics (prefixed by the app id, like Faust's table changelogs)."""
-    return InternalTopics(f"{settings.app_id}-partials", f"{settings.app_id}-seen-ids", f"{settings.app_id}-answers")
+    app = settings.app_id
+    return InternalTopics(f"{app}-partials", f"{app}-seen-ids", f"{app}-answers", f"{app}-journey-answers")
 
 
 def internal_topic_specs(settings: Settings, feedback_partitions: int) -> list[TopicSpec]:
@@ -74,6 +82,11 @@ def internal_topic_specs(settings: Settings, feedback_partitions: int) -> list[T
             feedback_partitions,
             {"retention.ms": str(7 * 86400 * 1000), "max.message.bytes": str(PARTIALS_MAX_MESSAGE_BYTES)},
         ),
+        TopicSpec(
+            names.journey_answers,
+            settings.partitions,
+            {"retention.ms": str(7 * 86400 * 1000), "max.message.bytes": str(PARTIALS_MAX_MESSAGE_BYTES)},
+        ),
     ]
 
 
@@ -87,12 +100,15 @@ FAUST_TABLES = (
     ("kpi-view", "results"),
     ("effort-panes", "results"),
     ("effort-state", "results"),
+    ("journeys", "journey-answers"),
 )
 
 
-def changelog_specs(settings: Settings, partials_partitions: int, results_partitions: int) -> list[TopicSpec]:
+def changelog_specs(
+    settings: Settings, partials_partitions: int, results_partitions: int, journey_partitions: int
+) -> list[TopicSpec]:
     """The changelog topics of the worker's Faust tables (compacted, Faust's own topic configs)."""
-    counts = {"partials": partials_partitions, "results": results_partitions}
+    counts = {"partials": partials_partitions, "results": results_partitions, "journey-answers": journey_partitions}
     return [
         TopicSpec(f"{settings.app_id}-{table}-changelog", counts[follows], {"cleanup.policy": "compact"})
         for table, follows in FAUST_TABLES

@@ -97,6 +97,12 @@ class WorkerMetrics:
         self.results = Counter(
             "cxpulse_worker_results", "Window results emitted to the results topic", registry=registry
         )
+        self.journey_revisions = Counter(
+            "cxpulse_worker_journey_revisions",
+            "Journey instance revisions sent to the journeys topic, by kind: open, closed, deleted (replaced)",
+            ["kind"],
+            registry=registry,
+        )
         self.expired = Counter(
             "cxpulse_worker_expired_keys",
             "State keys dropped after the retention, by table",

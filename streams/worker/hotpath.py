@@ -179,6 +179,7 @@ class HotPath:
         topics = internal_topics(settings)
         self.partials_topic = topics.partials
         self.answers_topic = topics.answers
+        self.journey_topic = topics.journey_answers
         self.seen_topic = topics.seen_ids
         self.retention_ms = settings.retention_seconds * 1000
         self.bucket_ms = bucket_for_retention(self.retention_ms)
@@ -198,8 +199,8 @@ class HotPath:
         self.progress = self._watched_progress()
         self.consumer: Consumer = self._new_consumer()
         self.producer: Producer = self._new_producer()
-        partials_partitions, self.dlq_partitions = self._partition_counts()
-        self.ingest = self._new_ingest(catalog, partials_partitions)
+        partials_partitions, self.dlq_partitions, journey_partitions = self._partition_counts()
+        self.ingest = self._new_ingest(catalog, partials_partitions, journey_partitions)
         self.followup_bucket = TokenBucket(settings.followups_per_minute, time.monotonic())
 
     def _watched_progress(self) -> Progress:
@@ -225,7 +226,7 @@ class HotPath:
             },
         )
 
-    def _new_ingest(self, catalog: SchemaCatalog, partials_partitions: int) -> Ingest:
+    def _new_ingest(self, catalog: SchemaCatalog, partials_partitions: int, journey_partitions: int = 0) -> Ingest:
         settings = self.settings
         return Ingest(
             settings.feedback_topic,
@@ -234,6 +235,7 @@ class HotPath:
             partials_partitions,
             followups=settings.followups_per_minute > 0,
             answers=bool(settings.clickhouse_url),
+            journey_partitions=journey_partitions if settings.journeys else 0,
             customer_key=settings.customer_id_key.get_secret_value().encode(),
         )
 
@@ -257,9 +259,9 @@ class HotPath:
         away = self.outage.seconds() if self.outage is not None else 0.0
         return self.ready and self.progress.stalled() < bound and away < bound
 
-    def _partition_counts(self) -> tuple[int, int]:
-        """Partitions of the partials and DLQ topics.  Kafka away at start: waits for it (not ready meanwhile);
-        a credential or certificate problem, or a missing topic, is fatal."""
+    def _partition_counts(self) -> tuple[int, int, int]:
+        """Partitions of the partials, DLQ and journey-answers topics.  Kafka away at start: waits for it (not ready
+        meanwhile); a credential or certificate problem, or a missing topic, is fatal."""
         while True:
             try:
                 with self.guard("reading topic metadata", 2 * REACH_SECONDS + GUARD_MARGIN_SECONDS):
@@ -273,17 +275,18 @@ class HotPath:
                     raise CxPulseError(f"{self.name}: stopped before Kafka could be reached") from exc
         self.cluster_id = metadata.cluster_id or ""
         counts = []
-        for topic in (self.settings.feedback_topic, self.partials_topic, self.seen_topic, self.settings.dlq_topic):
+        topics = (self.settings.feedback_topic, self.partials_topic, self.seen_topic, self.settings.dlq_topic)
+        for topic in (*topics, self.journey_topic):
             if topic not in metadata.topics:
                 raise FatalError(f"topic {topic} does not exist (cxpulse worker creates it at start)")
             counts.append(len(metadata.topics[topic].partitions))
-        feedback, partials, seen, dlq = counts
+        feedback, partials, seen, dlq, journeys = counts
         if seen != feedback:
             raise FatalError(
                 f"{self.seen_topic} has {seen} partitions but {self.settings.feedback_topic} has {feedback}: "
                 "the seen-ids changelog needs one partition per feedback partition"
             )
-        return partials, dlq
+        return partials, dlq, journeys
 
     # --- group membership ---------------------------------------------------------------------------
 
@@ -598,6 +601,9 @@ class HotPath:
         for partition, values in out.answers.items():
             for chunk in answer_chunks(values, ANSWERS_MESSAGE_BYTES):
                 self._produce(self.answers_topic, encode_answers(chunk), None, partition)
+        for partition, rows in out.journeys.items():
+            for chunk in answer_chunks(rows, ANSWERS_MESSAGE_BYTES):
+                self._produce(self.journey_topic, b"[" + b",".join(chunk) + b"]", None, partition)
         sent = self.followup_bucket.take(len(out.followups), time.monotonic()) if out.followups else 0
         for followup in out.followups[:sent]:
             key, value = encode_followup(followup)

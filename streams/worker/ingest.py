@@ -13,11 +13,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
+import orjson
+
 from schemas.codec import SchemaCatalog, decode_batch, encode_feedback
 from streams.agents.keys import segment_partition
 from streams.aggregate import State, aggregate_drivers, aggregate_panes
 from streams.dedup import Dedup, Deduplicator
 from streams.followups import select as select_followups
+from streams.journeys import answer_row, journey_partition
 from streams.privacy import pseudonymise
 from streams.validate import Clock, Feedback, validate_batch
 from streams.worker.records import (
@@ -65,6 +68,7 @@ class BatchOut(NamedTuple):
     late: int  # counted events whose pane had closed on the processing clock (docs/contract.md section 5)
     followups: list[dict[str, Any]]  # counted detractor answers to call back (streams/followups.py)
     answers: dict[int, list[bytes]]  # source partition -> raw bytes of the answers counted (for ClickHouse)
+    journeys: dict[int, list[bytes]]  # journey-answers partition -> counted answers with a customer id (JSON rows)
 
 
 @dataclass
@@ -78,6 +82,7 @@ class _Collected:
     ranges: list[SourceRange] = field(default_factory=list)
     followups: list[dict[str, Any]] = field(default_factory=list)
     answers: dict[int, list[bytes]] = field(default_factory=dict)
+    journeys: dict[int, list[bytes]] = field(default_factory=dict)
     counted: int = 0
     duplicates: int = 0
     late: int = 0
@@ -94,6 +99,7 @@ class Ingest:
     partials_partitions: int
     followups: bool = False  # select detractor follow-ups
     answers: bool = False  # pass the counted answers' raw bytes on (the ClickHouse sink stores them)
+    journey_partitions: int = 0  # > 0: forward the counted answers with a customer id to the journey agent
     customer_key: bytes = b""  # set: customer ids become keyed pseudonyms right after decoding (streams.privacy)
     dedup: dict[int, Dedup] = field(default_factory=dict)
     starts: dict[int, int] = field(default_factory=dict)
@@ -133,6 +139,7 @@ class Ingest:
             out.late,
             out.followups,
             out.answers,
+            out.journeys,
         )
 
     def _partition(self, partition: int, members: list[RawMessage], clock: Clock, out: _Collected) -> None:
@@ -162,6 +169,8 @@ class Ingest:
                     out.answers[partition] = [encode_feedback(decoded.records[i], self.catalog) for i in at]
                 else:
                     out.answers[partition] = [members[decoded.kept[i]].value() or b"" for i in at]
+            if self.journey_partitions:
+                self._journeys(unique, out.journeys)
         self._panes(partition, unique, clock, out)
         end = (members[-1].offset() or 0) + 1
         out.ranges.append(SourceRange(partition, self.starts.get(partition, FROM_THE_START), end))
@@ -181,6 +190,15 @@ class Ingest:
             out.panes[self.owner(channel, journey)].append(
                 PanePartial(channel, journey, pane, partition, states, found)
             )
+
+    def _journeys(self, unique: list[Feedback], out: dict[int, list[bytes]]) -> None:
+        """The counted answers that carry a customer id, as rows for the journey agent, by customer's partition."""
+        partitions = self.journey_partitions
+        for event in unique:
+            customer = event.customer_id
+            if customer and not customer.isspace():
+                row = orjson.dumps(answer_row(event, customer))
+                out.setdefault(journey_partition(customer, partitions), []).append(row)
 
     def committed(self, offsets: dict[int, int]) -> None:
         """The batch's transaction committed: its ends are where the next batches of those partitions start."""

@@ -392,11 +392,13 @@ def prepare_topics(settings: Settings) -> None:
     ensure_topics(kafka, topic_specs(settings), replicas)
     feedback_partitions = partition_count(kafka, settings.feedback_topic)
     ensure_topics(kafka, internal_topic_specs(settings, feedback_partitions), replicas)
-    partials, results = (
-        partition_count(kafka, internal_topics(settings).partials),
+    internal = internal_topics(settings)
+    partials, results, journeys = (
+        partition_count(kafka, internal.partials),
         partition_count(kafka, settings.results_topic),
+        partition_count(kafka, internal.journey_answers),
     )
-    ensure_topics(kafka, changelog_specs(settings, partials, results), replicas)
+    ensure_topics(kafka, changelog_specs(settings, partials, results, journeys), replicas)
 
 
 def serve_metrics(supervisor: Supervisor, settings: Settings) -> str:

@@ -76,9 +76,10 @@ def test_stream_equals_replay(pipeline: Pipeline, tmp_path: Path) -> None:
         assert _topic_configs(settings) == {
             **{
                 f"{settings.app_id}-{table}-changelog": ("compact", PARTITIONS)
-                for table in ("panes", "positions", "kpi-view", "effort-panes", "effort-state")
+                for table in ("panes", "positions", "kpi-view", "effort-panes", "effort-state", "journeys")
             },
             internal_topics(settings).partials: ("delete", PARTITIONS),
+            internal_topics(settings).journey_answers: ("delete", PARTITIONS),
             internal_topics(settings).seen_ids: ("delete", PARTITIONS),
             internal_topics(settings).answers: ("delete", PARTITIONS),
         }

@@ -16,13 +16,18 @@ from typer.testing import CliRunner
 
 from streams.cli import app
 from streams.journeys import (
+    GroupState,
     Instance,
     JourneyBook,
     JourneyCounts,
     Revisions,
+    answer_of,
+    confirm,
     counts_by,
     instance_json,
+    instances_of,
     journey_kpis,
+    revise,
 )
 from streams.replay import replay_file
 from streams.validate import Feedback, validate_batch
@@ -91,6 +96,7 @@ def reference(events: list[dict[str, Any]], gap_ms: int) -> list[dict[str, Any]]
                     "last_x": x(run[-1]),
                     "last_nps": last_nps,
                     "one_stop": contacts == 1,
+                    "recoverable": len(run) >= 2 and x(run[0]) < 0.5,
                     "recovered": len(run) >= 2 and x(run[0]) < 0.5 and x(run[-1]) >= 0.5,
                     "closed": run[-1].occurred_at + gap_ms < now,
                     "version": 1,
@@ -211,6 +217,31 @@ def test_closing_is_a_revision_of_its_own() -> None:
     assert revisions.revise(group, book.instances(group, T + G)) == []
     (closing,) = revisions.revise(group, book.instances(group, T + G + 1))
     assert closing.instance.closed and closing.version == 2 and not closing.deleted
+
+
+def test_what_a_state_records_before_sending_is_sent_again_until_confirmed() -> None:
+    """The stream writes a group's state before its revisions are in Kafka: a revision not known sent is sent
+    again (higher version) at the next revise, a replaced start's deletion too; once confirmed, nothing repeats.
+    The case the kill -9 test found: the start moved by a late answer, the old start's instance sent, its state
+    lost; the old start must still be deleted."""
+    group = ("c", "billing")
+    answers = [answer_of(a) for a in validate_batch([event(event_id="b", occurred_at=T + H, customer_id="c")])[0]]
+    first, emitted = revise(group, {}, instances_of(group, answers, G, 0), 10)
+    assert [(r.instance.start, r.version, r.deleted) for r in first] == [(T + H, 10, False)]
+    again, emitted = revise(group, emitted, instances_of(group, answers, G, 0), 11)  # a crash: not known sent
+    assert [(r.instance.start, r.version, r.deleted) for r in again] == [(T + H, 11, False)]
+    late = [answer_of(a) for a in validate_batch([event(event_id="a", occurred_at=T, customer_id="c")])[0]]
+    moved, emitted = revise(group, emitted, instances_of(group, late + answers, G, 0), 12)
+    assert [(r.instance.start, r.version, r.deleted) for r in moved] == [(T, 12, False), (T + H, 12, True)]
+    state = GroupState(late + answers, emitted, 7)
+    restored = GroupState.from_table(state.to_table(G, 7 * 24 * H))
+    assert restored == state and restored.due(G, 7 * 24 * H) == 1  # not sent yet: looked at, at once
+    resent, _ = revise(group, restored.emitted, instances_of(group, late + answers, G, 0), 13)
+    assert [(r.instance.start, r.version, r.deleted) for r in resent] == [(T, 13, False), (T + H, 13, True)]
+    done = restored.confirmed()
+    assert list(done.emitted) == [T] and done.due(G, 7 * 24 * H) == T + H + G + 1  # the deletion done is forgotten
+    assert revise(group, done.emitted, instances_of(group, late + answers, G, 0), 14)[0] == []
+    assert confirm(done.emitted) == done.emitted
 
 
 def instance(**fields: Any) -> Instance:

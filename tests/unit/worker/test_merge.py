@@ -116,4 +116,3 @@ def test_deltas_for_expired_panes_are_dropped() -> None:
     step = MergeStep(0, 60_000, {}, {}, ignore_before=PANE + 60_000)
     step.apply(batch([(0, FROM_THE_START, 2)], [("chat", 0, ONE)]), 0)
     assert step.finish() == [] and step.stale == 1
-

@@ -1,0 +1,263 @@
+"""The ``journeys`` agent: the counted answers with a customer id in, journey instances out (docs/contract.md
+section 8).
+
+The hot path forwards each counted answer that carries a customer id, in its batch's transaction, to
+``<app>-journey-answers``, partitioned by customer (streams.journeys.journey_partition): a customer's answers meet
+in one partition, so in one agent.  Its table ``journeys`` holds per (customer, journey) the answers of the open
+and recent instances, in (occurred_at, event_id) order, and what it last emitted of each instance
+(streams.journeys.GroupState).
+
+For each batch of one partition: add the answers (an answer read a second time changes nothing), recompute the
+instances of every group the batch names, write each group's table value, with the revisions it is about to send
+marked not sent and the batch's last offset, wait until Kafka has the states, then send each new or changed
+instance to ``cx.journeys`` (a replaced one once more, ``deleted``) and wait until Kafka has them.  The order
+matters: a state written after its revisions can be lost in a kill while the revisions are not, and the batch,
+read again in other batches, may never produce them again (an instance whose start a late answer moved stayed
+in Kafka, never deleted: found by the kill -9 test).  A state's revisions count as sent once a later batch of the
+partition completed or the group's committed offset passed the state's offset; until then the next look at the
+group sends them again (versions are at least the processing clock: the newest version wins).
+
+Faust's consumer can skip messages after a restart or a rebalance (faust-streaming#216, #312, #606; see
+streams.worker.repair), so the agent checks the offsets it is given: between two messages of the hot path's
+transactions there is at most one commit marker, so a jump of more than one offset past the last message handled
+(or past the group's committed offset, for the first batch of an assignment) is read back with the PartitionReader
+(committed records only) before the batch; a partition whose end stays more than a marker past the last message
+handled while no batch comes is read back at the tick (``TAIL_CHECK_SECONDS``).  Adding an answer twice changes
+nothing, so a read-back of something handled already costs time, never a count.
+
+Its tick: groups whose ``due`` time passed (an open instance whose end + G the clock passed: closed, emitted once
+more; an instance whose end + G is older than the retention: no answer a worker accepts can reach it, dropped
+from the state) are looked at, at most every ``close_every_ms`` (1% of G, between 1 s and 60 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import MutableMapping, Sequence
+from typing import Any
+
+from schemas.codec import JOURNEY_INSTANCE, JOURNEY_INSTANCE_RAW, encode_confluent
+from streams.agents.base import AgentContext, Record, TableAgent
+from streams.agents.health import FailureStreak
+from streams.journeys import (
+    Answer,
+    Group,
+    GroupState,
+    Revision,
+    add_answers,
+    decode_answer_rows,
+    instance_record,
+    instances_of,
+    revise,
+)
+from streams.worker.merge_agent import GroupOffsets
+from streams.worker.repair import PartitionReader
+
+LOG = logging.getLogger("cxpulse.journeys")
+TAIL_CHECK_SECONDS = 5.0  # a partition that got no batch this long is compared with its end
+UNCONFIRMED = 2**62  # the offset of a state written outside a batch before its revisions are sent
+
+
+def group_key(partition: int, group: Group) -> str:
+    """The table key of a group: ``<partition>|<journey>|<customer_id>`` (the customer id last: it may hold any
+    character, a label never holds a ``|``)."""
+    return f"{partition}|{group[1]}|{group[0]}"
+
+
+def group_of_key(key: str) -> Group:
+    _, journey, customer = key.split("|", 2)
+    return customer, journey
+
+
+class JourneyAgent(TableAgent):
+    """The journeys agent (see the module docstring); ``table`` is its table (any mapping)."""
+
+    name = "journeys"
+    batch_size = 200
+    within_seconds = 0.1
+    transactional_input = True
+    exports_lag = False
+
+    def __init__(
+        self,
+        context: AgentContext,
+        topic: str,
+        table: MutableMapping[str, Any],
+        reader: PartitionReader | None = None,
+        committed: Any = None,
+    ) -> None:
+        super().__init__(context)
+        settings = context.settings
+        self.topic = topic
+        self.table = table
+        self.gap_ms = settings.journey_gap_seconds * 1000
+        self.retention_ms = settings.retention_seconds * 1000
+        self.close_every_ms = min(60_000, max(1000, self.gap_ms // 100))
+        self.looked_at = 0  # epoch ms of the last look at the due groups
+        self.schema_id = context.catalog.id_for(JOURNEY_INSTANCE_RAW)
+        self.out_topic = settings.journeys_topic
+        self.lock = asyncio.Lock()  # a batch and the look at due groups do not interleave at their awaits
+        self.reader = reader if reader is not None else PartitionReader(settings.kafka, topic)
+        self.committed = committed if committed is not None else GroupOffsets(settings, settings.app_id, topic)
+        self.next: dict[int, int] = {}  # partition -> the offset after the last message handled
+        self.confirmed: dict[int, int] = {}  # partition -> a state written at a lower offset has its revisions sent
+        self.handled_at: dict[int, float] = {}  # partition -> monotonic time of its last batch
+        self.checked_at = 0.0
+        self.offset_reads = FailureStreak(LOG, "journeys: reading the group's committed offsets")
+
+    async def handle(self, partition: int, records: Sequence[Record]) -> None:
+        async with self.lock:
+            expected = self.next.get(partition)
+            if expected is None:
+                expected = await self._committed(partition)
+                self.confirmed[partition] = max(self.confirmed.get(partition, 0), expected or 0)
+            first = records[0].offset
+            if expected is not None and first - expected > 1:  # more than a commit marker: skipped messages
+                records = await self._read_back(partition, expected, first) + list(records)
+            await self._apply(partition, records)
+            self.next[partition] = max(self.next.get(partition, 0), records[-1].offset + 1)
+            self.handled_at[partition] = time.monotonic()
+
+    async def _committed(self, partition: int) -> int | None:
+        """The group's committed offset of the partition (where Faust starts an assignment), None when unknown."""
+        try:
+            offsets = await asyncio.to_thread(self.committed.read)
+        except Exception as exc:  # noqa: BLE001 - the broker may be away a moment: no check this batch
+            self.offset_reads.failed(exc)
+            return None
+        self.offset_reads.succeeded()
+        found = offsets.get(partition)
+        return None if found is None else int(found)
+
+    async def _read_back(self, partition: int, start: int, end: int | None) -> list[Record]:
+        missing = await self.reader.read(partition, start, end)
+        if missing:
+            self.metrics.repaired.inc(len(missing))
+            LOG.warning(
+                "read back %d journey-answers messages of %s[%d] offsets %d..%d that the consumer skipped",
+                len(missing),
+                self.topic,
+                partition,
+                start,
+                missing[-1].offset,
+            )
+        return missing
+
+    async def _apply(self, partition: int, records: Sequence[Record]) -> None:
+        by_group: dict[Group, list[Answer]] = defaultdict(list)
+        for record in records:
+            try:
+                rows = decode_answer_rows(record.value)
+            except ValueError as exc:  # not written by a hot path: nothing to follow
+                self.metrics.batch_errors.labels(self.topic).inc()
+                LOG.error("%s[%d] offset %d skipped: %s", self.topic, partition, record.offset, exc)
+                continue
+            for group, answer in rows:
+                by_group[group].append(answer)
+        now_ms = int(time.time() * 1000)
+        last = records[-1].offset
+        updates: dict[str, tuple[GroupState, list[Revision]]] = {}
+        for group, answers in by_group.items():
+            key = group_key(partition, group)
+            state = self._load(partition, key)
+            add_answers(state.answers, sorted(answers))
+            updates[key] = self._revise(group, state, now_ms, last)
+        await self._send(updates)
+        self.confirmed[partition] = max(self.confirmed.get(partition, 0), last + 1)
+        self.metrics.records.labels(self.topic).inc(len(records))
+
+    def _load(self, partition: int, key: str) -> GroupState:
+        """A group's state; what it says was sent is known sent when the batch that wrote it is confirmed."""
+        state = GroupState.from_table(self.table.get(key))
+        return state.confirmed() if state.offset < self.confirmed.get(partition, 0) else state
+
+    def _revise(self, group: Group, state: GroupState, now_ms: int, offset: int) -> tuple[GroupState, list[Revision]]:
+        instances = instances_of(group, state.answers, self.gap_ms, now_ms)
+        revisions, emitted = revise(group, state.emitted, instances, now_ms)
+        return GroupState(state.answers, emitted, offset), revisions
+
+    async def _send(self, updates: dict[str, tuple[GroupState, list[Revision]]]) -> None:
+        """Write the states (what they are about to send marked not sent yet), then send the revisions: a kill in
+        between leaves states that send them again when their batch is read again.  A kill after the
+        revisions' flush and before the batch is committed sends some a second time, with a higher version."""
+        self._store({key: state for key, (state, _) in updates.items()})
+        await self.results.flush()  # the states are in Kafka before anything they say they send
+        for _, revisions in updates.values():
+            for revision in revisions:
+                self._produce(revision)
+        await self.results.flush()
+
+    def _produce(self, revision: Revision) -> None:
+        instance = revision.instance
+        key = f"{instance.customer_id}|{instance.journey}|{instance.start}".encode()
+        value = encode_confluent(instance_record(revision), JOURNEY_INSTANCE, self.schema_id)
+        self.results.produce(self.out_topic, value, key)
+        kind = "deleted" if revision.deleted else "closed" if instance.closed else "open"
+        self.metrics.journey_revisions.labels(kind).inc()
+
+    def _store(self, updates: dict[str, GroupState]) -> None:
+        for key, state in updates.items():
+            if state.answers or state.emitted:
+                self.table[key] = state.to_table(self.gap_ms, self.retention_ms)
+            elif key in self.table:
+                del self.table[key]
+
+    async def tick(self, now_ms: int) -> None:
+        if time.monotonic() - self.checked_at >= TAIL_CHECK_SECONDS and self.consumption.settled():
+            self.checked_at = time.monotonic()
+            await self.follow_tails()
+        if now_ms - self.looked_at < self.close_every_ms or not self.consumption.settled():
+            return
+        self.looked_at = now_ms
+        async with self.lock:
+            await self.look_at_due(now_ms)
+        self.metrics.state_keys.labels("journeys").set(len(self.table))
+
+    async def follow_tails(self) -> None:
+        """Read back what a quiet partition's end says was skipped at its tail (no next message reveals it)."""
+        assigned = self.consumption.assigned(self.topic)
+        for partition in [p for p in self.next if p not in assigned]:
+            del self.next[partition]  # revoked: the next owner's committed offset says where to check from
+        for partition in sorted(assigned):
+            expected, end = self.next.get(partition), self.consumption.end(self.topic, partition)
+            quiet = time.monotonic() - self.handled_at.get(partition, 0.0) >= TAIL_CHECK_SECONDS
+            if expected is None or end is None or end - expected <= 1 or not quiet:
+                continue
+            async with self.lock:
+                try:
+                    _, stable = await self.reader.watermarks(partition)  # every transaction below it is decided
+                    missing = await self._read_back(partition, expected, stable) if stable > expected else []
+                    if missing:
+                        await self._apply(partition, missing)
+                    self.next[partition] = max(self.next[partition], stable)  # nothing committed is left below it
+                except Exception:
+                    self.metrics.batch_errors.labels(self.topic).inc()
+                    LOG.exception("tail check of %s[%d] failed; tried again in %s s", self.topic, partition,
+                                  TAIL_CHECK_SECONDS)  # fmt: skip
+
+    async def look_at_due(self, now_ms: int) -> None:
+        """Close the instances whose end + G the clock passed, drop those older than the retention, confirm or
+        send again what a state says it sent (its first write marks the revisions not sent, a second, after
+        their flush, marks them sent)."""
+        assigned = self.consumption.assigned(self.topic)
+        due = [
+            key
+            for key, value in list(self.table.items())
+            if value and 0 < value.get("t", 0) <= now_ms and int(key.split("|", 1)[0]) in assigned
+        ]
+        updates: dict[str, tuple[GroupState, list[Revision]]] = {}
+        cutoff = now_ms - self.retention_ms
+        for key in due:
+            partition = int(key.split("|", 1)[0])
+            state, revisions = self._revise(group_of_key(key), self._load(partition, key), now_ms, UNCONFIRMED)
+            forgotten = state.forget_before(cutoff, self.gap_ms)
+            if forgotten:
+                self.metrics.expired.labels("journey-instances").inc(forgotten)
+            updates[key] = (state, revisions)
+        sending = {key: update for key, update in updates.items() if update[1]}
+        if sending:
+            await self._send(sending)
+        self._store({key: state.confirmed()._replace(offset=-1) for key, (state, _) in updates.items()})

@@ -1,0 +1,173 @@
+"""Customer journeys through the real worker and broker (docs/contract.md section 8): the newest non-deleted
+version of each instance on ``cx.journeys`` equals `cxpulse replay --journeys` of the same events, also when the
+merge process (which runs the journey agent) is killed with SIGKILL mid-stream, and instances close once the
+clock passes their end + G."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from schemas.codec import JOURNEY_INSTANCE, LocalCatalog, decode_confluent
+from streams.journeys import instance_json
+from streams.kafka import consumer
+from streams.replay import replay_file
+from streams.synth import realistic_events
+from streams.windows import iso_utc
+from tests.support import free_ports, stop_process
+from tests.workers import (
+    CONVERGE_SECONDS,
+    Pipeline,
+    children,
+    make_pipeline,
+    produce,
+    scrape,
+    split,
+    start_worker,
+    stop_worker,
+    wait_for,
+)
+
+H = 3_600_000
+HISTORY: list[tuple[Any, ...]] = []  # every revision read: (key, version, deleted, answers, partition, offset)
+
+
+def journey_events(path: Path, count: int) -> None:
+    """Answers of the last two hours from 150 customers (so most have several answers in a journey), some with no
+    customer or no interaction id, a few interaction ids shared, duplicates and invalid answers, some late."""
+    start = int(time.time() * 1000) - 2 * H
+    rng = random.Random(3)
+    events = list(realistic_events(count, seed=21, start_ms=start, per_second=count / 6000))
+    for e in events:  # a re-sent answer is the same answer: the same customer (so the same partition, as a feed does)
+        pick = random.Random(e["event_id"])
+        e["customer_id"] = pick.choice([f"c{pick.randrange(150)}"] * 9 + [None])
+        e["interaction_id"] = pick.choice([e["interaction_id"], None, f"shared-{pick.randrange(300)}"])
+    late = set(rng.sample(range(len(events)), count // 10))
+    ordered = [e for i, e in enumerate(events) if i not in late] + [events[i] for i in sorted(late)]
+    path.write_text("".join(json.dumps(e) + "\n" for e in ordered))
+
+
+def expected_instances(path: Path, gap_ms: int, now_ms: int | None = None) -> dict[tuple[str, str, str], Any]:
+    replay = replay_file(path, 60_000, lambda dead: None, journey_gap_ms=gap_ms)
+    instances = replay.journey_instances(now_ms)
+    out = {}
+    for instance in instances:
+        record = instance_json(instance)
+        record.pop("version")
+        out[(record["customer_id"], record["journey"], record["start"])] = record
+    return out
+
+
+def latest_instances(bootstrap: str, topic: str, until: Any, deadline: float) -> dict[tuple[str, str, str], Any]:
+    """The newest version of each instance key on the journeys topic, without the deleted ones, once ``until``
+    holds for them (or at the deadline); versions must grow per key."""
+    HISTORY.clear()
+    reader = consumer(bootstrap, f"check-{uuid.uuid4().hex}", **{"isolation.level": "read_committed"})
+    reader.subscribe([topic])
+    newest: dict[tuple[str, str, str], tuple[int, dict[str, Any]]] = {}
+    catalog = LocalCatalog()
+
+    def current() -> dict[tuple[str, str, str], Any]:
+        return {k: v for k, (_, v) in newest.items() if not v["deleted"]}
+
+    try:
+        while time.monotonic() < deadline:
+            for message in reader.consume(num_messages=1000, timeout=1.0):
+                if message.error() is not None:
+                    continue
+                _, record = decode_confluent(message.value(), catalog, JOURNEY_INSTANCE)
+                assert message.key() == f"{record['customer_id']}|{record['journey']}|{record['start']}".encode()
+                record = dict(record, start=iso_utc(record["start"]), end=iso_utc(record["end"]))
+                version = record.pop("version")
+                key = (record["customer_id"], record["journey"], record["start"])
+                seen = (key, version, record["deleted"], record["answers"], message.partition(), message.offset())
+                HISTORY.append(seen)
+                if key not in newest or newest[key][0] <= version:
+                    newest[key] = (version, record)
+            if until(current()):
+                break
+        return current()
+    finally:
+        reader.close()
+
+
+def for_comparison(instances: dict[tuple[str, str, str], Any]) -> dict[tuple[str, str, str], Any]:
+    return {k: {f: v for f, v in r.items() if f != "deleted"} for k, r in instances.items()}
+
+
+def converge_journeys(pipeline: Pipeline, expected: dict[tuple[str, str, str], Any]) -> None:
+    settings = pipeline.settings
+    want = for_comparison(expected)
+    got = for_comparison(
+        latest_instances(
+            settings.kafka_bootstrap,
+            settings.journeys_topic,
+            lambda current: for_comparison(current) == want,
+            time.monotonic() + CONVERGE_SECONDS,
+        )
+    )
+    wrong = [k for k in want if got.get(k) != want[k]]
+    extra = got.keys() - want.keys()
+    detail = (
+        f"{len(wrong)} of {len(want)} wrong, {len(extra)} extra; first: "
+        + str([(k, want[k], got.get(k), [g for g in got.items() if g[0][:2] == k[:2]]) for k in wrong[:2]])
+        + "; extra: "
+        + str([(k, got[k], [w for w in want.items() if w[0][:2] == k[:2]]) for k in sorted(extra)[:2]])
+    )
+    if extra:
+        detail += f"; revisions of the first extra's group: {[h for h in HISTORY if h[0][:2] == min(extra)[:2]]}"
+    assert (len(wrong), len(extra)) == (0, 0), detail
+
+
+def test_stream_equals_replay_through_a_kill_9_of_the_merge_process(kafka_broker: Any, tmp_path: Path) -> None:
+    pipeline = make_pipeline(kafka_broker.bootstrap, tmp_path, journeys_topic=f"test-{uuid.uuid4().hex[:8]}-j")
+    source = tmp_path / "events.jsonl"
+    journey_events(source, 4000)
+    expected = expected_instances(source, pipeline.settings.journey_gap_seconds * 1000)
+    assert sum(1 for r in expected.values() if r["answers"] >= 3) > 50  # journeys with several stops
+    assert not any(r["closed"] for r in expected.values())  # G = 72 h: nothing of the last 2 hours is closed
+    first, second = split(source, 2)
+    port = free_ports(1)[0]
+    log = tmp_path / "worker.log"
+    worker = start_worker(pipeline, log, metrics_port=port)
+    try:
+        produce(pipeline.settings, first)
+        revisions = 'cxpulse_worker_journey_revisions_total{kind="open"}'
+        wait_for(lambda: scrape(port, starting=True).get(revisions, 0) > 0, "journey instances sent", log)
+        produce(pipeline.settings, second)
+        os.kill(children(worker.pid)["merge"], signal.SIGKILL)
+        converge_journeys(pipeline, expected)
+        page = scrape(port)
+        assert page['cxpulse_worker_process_restarts_total{process="merge"}'] == 1
+        assert page.get('cxpulse_worker_journey_revisions_total{kind="deleted"}', 0) > 0  # late answers moved starts
+        stop_worker(worker, log)
+    finally:
+        stop_process(worker)
+
+
+def test_instances_close_when_the_clock_passes_their_end_plus_the_gap(kafka_broker: Any, tmp_path: Path) -> None:
+    gap_seconds = 3
+    pipeline = make_pipeline(
+        kafka_broker.bootstrap,
+        tmp_path,
+        journeys_topic=f"test-{uuid.uuid4().hex[:8]}-j",
+        journey_gap_seconds=gap_seconds,
+    )
+    source = tmp_path / "events.jsonl"
+    journey_events(source, 1500)
+    expected = expected_instances(source, gap_seconds * 1000, now_ms=int(time.time() * 1000) + 10 * H)
+    assert all(r["closed"] for r in expected.values())
+    log = tmp_path / "worker.log"
+    worker = start_worker(pipeline, log)
+    try:
+        produce(pipeline.settings, source)
+        converge_journeys(pipeline, expected)  # every instance closed, each with its final numbers
+        stop_worker(worker, log)
+    finally:
+        stop_process(worker)
