@@ -85,6 +85,7 @@ PRODUCE_SECONDS = 30.0  # queueing one batch's messages (a full queue drains as 
 GUARD_MARGIN_SECONDS = 10.0  # a guarded call that overruns its own timeout by this much ends the process
 REACH_SECONDS = 10.0  # reading metadata at start (Kafka away: tried again)
 RESTORE_SECONDS = 120.0  # reading one assignment's seen ids back (retried while Kafka is away)
+UNSTABLE_SECONDS = 30.0  # committed offsets unreadable this long in a restore: a new producer ends our transaction
 REFENCE_SECONDS = 60.0  # fenced again this soon after a new producer, with no commit between: two owners
 HOUSEKEEPING_SECONDS = 1.0  # expiry of seen ids and gauges, at most this often
 GC_THRESHOLDS = (50_000, 20, 20)  # allocations before a gen-0 collection, gen-0 runs per gen-1, gen-1 per gen-2
@@ -302,17 +303,62 @@ class HotPath:
 
     def _restore(self, partitions: list[int]) -> None:
         """Committed offsets and seen ids of ``partitions``, retried while Kafka is away (RESTORE_SECONDS)."""
-        deadline = time.monotonic() + RESTORE_SECONDS
+        started = time.monotonic()
+        deadline, renew_at = started + RESTORE_SECONDS, started + UNSTABLE_SECONDS
         while True:
             try:
                 with self.guard("restoring state", RESTORE_SECONDS + GUARD_MARGIN_SECONDS):
                     self._restore_once(partitions)
                 return
             except (KafkaException, CxPulseError) as exc:
+                if isinstance(exc, FatalError):
+                    raise
                 if time.monotonic() > deadline or self.stopping:
                     raise CxPulseError(f"{self.name}: restoring partitions {partitions}: {exc}") from exc
                 LOG.debug("%s: restoring partitions %s failed (%s); retrying", self.name, partitions, exc)
+                if time.monotonic() > renew_at:
+                    renew_at = deadline
+                    self._end_our_transaction(partitions, exc)
                 self._sleep(1.0)
+
+    def _end_our_transaction(self, partitions: list[int], exc: Exception) -> None:
+        """Committed offsets asked for as stable (read_committed, KIP-447) stay unreadable while a transaction
+        that sent offsets for the group is open or its markers are not written: the broker answers
+        UNSTABLE_OFFSET_COMMIT and librdkafka asks again until its timeout.  A transaction of our own
+        transactional.id that the broker keeps open past the transaction timeout (seen in the fault suite: a
+        broker stopped 25 s and started again, the hot path's restore unable to read its offsets for the next
+        two minutes, until the slot was restarted and its init_transactions ended that transaction) is ended by
+        a new producer: InitProducerId bumps the epoch, and the coordinator completes or aborts whatever this
+        id left open.  Outside a batch no transaction of ours is meant to be open, so nothing is lost.
+
+        A new producer was not always enough: in the same test the slot restarted, its init_transactions done and
+        the transaction coordinator holding nothing open for its id (state Empty), the group coordinator still
+        answered UNSTABLE_OFFSET_COMMIT for minutes (offsets of our producer id left pending there, with no
+        marker to come).  So the new producer then runs one transaction that sends offsets for the group and is
+        aborted: its abort marker on the group's __consumer_offsets partition drops every offset of our producer
+        id the group coordinator holds pending.  Aborted, it changes no committed offset."""
+        LOG.warning(
+            "%s: the committed offsets of partitions %s are still unreadable after %.0f s (%s); a new producer "
+            "ends any transaction of %s the broker holds open",
+            self.name,
+            sorted(partitions),
+            UNSTABLE_SECONDS,
+            exc,
+            self.transactional_id,
+        )
+        self._replace_producer()
+        topic = self.settings.feedback_topic
+        try:
+            with self.guard("clearing pending offsets", KAFKA_TIMEOUT_SECONDS + GUARD_MARGIN_SECONDS):
+                self.producer.begin_transaction()
+                self.producer.send_offsets_to_transaction(
+                    [TopicPartition(topic, partition, 0) for partition in partitions],
+                    self.consumer.consumer_group_metadata(),
+                    KAFKA_TIMEOUT_SECONDS,
+                )
+        except KafkaException as error:
+            LOG.debug("%s: clearing pending offsets: %s (the abort still ends the transaction)", self.name, error)
+        self._abort()
 
     def _restore_once(self, partitions: list[int]) -> None:
         """Where each partition's next batch starts (its committed offset), and its remembered ids: the local

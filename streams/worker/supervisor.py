@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import signal
 import socket
@@ -251,6 +252,7 @@ class Supervisor:
             self.stall_restarts.labels(child.name)
         self.kafka_up = tcp_probe(bootstrap_addresses(settings.kafka_bootstrap))
         self.watched = 0.0
+        self.kafka_away_at = -math.inf  # monotonic time Kafka was last seen unreachable
 
     def start(self, child: Child) -> None:
         command = [sys.executable, "-m", child.module, *child.args]
@@ -281,22 +283,25 @@ class Supervisor:
     def look_at_progress(self) -> None:
         """Every WATCH_SECONDS: each child's progress; one stalled past CXPULSE_STALL_RESTART_SECONDS (or whose
         /metrics has not answered for that long) is killed, and restarted like any child that died.  Not while
-        Kafka is unreachable: every child waits for it then, and a restart would only start over the waiting."""
+        Kafka is unreachable: every child waits for it then, and a restart would only start over the waiting.  Nor
+        for a stall that began while Kafka was away: the bound counts from when Kafka was last seen away, so a
+        child recovering from an outage (a new producer, its state read back) is given the whole bound for that."""
         now = time.monotonic()
         if now - self.watched < WATCH_SECONDS:
             return
         self.watched = now
         bound = self.settings.stall_restart_seconds
+        if not self.kafka_up():
+            self.kafka_away_at = now
         for child in self.children:
             if not child.alive():
                 continue
             child.look(ChildrenCollector.scrape(child), now)
             silent = now - max(child.answered, child.started)
-            if child.stalled < bound and silent < bound:
+            stalled = min(child.stalled, now - self.kafka_away_at)
+            if stalled < bound and silent < bound:
                 continue
-            if child.stalled >= bound and silent < bound and not self.kafka_up():
-                continue
-            why = f"made no progress for {child.stalled:.0f} s" if child.stalled >= bound else "stopped answering"
+            why = f"made no progress for {stalled:.0f} s" if stalled >= bound else "stopped answering"
             LOG.error(
                 "%s %s while its input waits (CXPULSE_STALL_RESTART_SECONDS=%.0f); killing it to restart it",
                 child.name,

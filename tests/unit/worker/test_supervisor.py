@@ -91,9 +91,11 @@ def test_one_page_sums_what_processes_share_and_passes_the_rest_through() -> Non
 
 def test_a_stalled_child_is_not_killed_while_kafka_is_away_and_is_after(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every process stalls while Kafka is unreachable; killing one then would only start its waiting over.  Once
-    Kafka answers, a child still stalled past CXPULSE_STALL_RESTART_SECONDS is killed (to be restarted)."""
+    Kafka answers, the bound counts from its return (the child recovers: a new producer, its state read back); a
+    child still stalled CXPULSE_STALL_RESTART_SECONDS after it is killed (to be restarted)."""
     import subprocess
     import sys
+    import time
 
     from streams.worker import supervisor as sv
 
@@ -112,6 +114,10 @@ def test_a_stalled_child_is_not_killed_while_kafka_is_away_and_is_after(monkeypa
         assert child.alive()
         assert boss.registry.get_sample_value("cxpulse_worker_stall_restarts_total", {"process": "merge"}) == 0
         boss.kafka_up = lambda: True
+        boss.watched = 0.0
+        boss.look_at_progress()  # back a moment ago: the 45 s stall began while Kafka was away
+        assert child.alive()
+        boss.kafka_away_at = time.monotonic() - 31.0  # back 31 s ago, and the child still stalled
         boss.watched = 0.0
         boss.look_at_progress()
         assert child.proc.wait(10) == -9
