@@ -102,6 +102,11 @@ class GroupOffsets:
             client.close()
 
 
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        LOG.error("tail check failed", exc_info=task.exception())
+
+
 HotpathOffsets = GroupOffsets  # the tail check's source: the hot path's group on the feedback topic
 
 
@@ -168,6 +173,7 @@ class MergeAgent(TableAgent):
         self.behind: dict[int, dict[int, int]] = {}  # partials partition -> {source: end} short at the last check
         self.deferred: dict[int, int] = {}  # partials partition -> checks a read-back was put off for
         self.checked_at = 0.0  # monotonic time of the last tail check
+        self.tail_check: asyncio.Task[None] | None = None  # the tail check under way, if any
         self.swept_at = 0  # epoch ms of the last expiry
         retention_ms = settings.retention_seconds * 1000
         self.sweep_every_ms = max(self.pane_ms, min(retention_ms // 100, 3_600_000))
@@ -256,9 +262,15 @@ class MergeAgent(TableAgent):
     # --- ticks --------------------------------------------------------------------------------------------
 
     async def tick(self, now_ms: int) -> None:
-        if time.monotonic() - self.checked_at >= TAIL_CHECK_SECONDS:
+        if time.monotonic() - self.checked_at >= TAIL_CHECK_SECONDS and (
+            self.tail_check is None or self.tail_check.done()
+        ):
+            # Beside the tick, not in it: reading the groups' offsets waits up to ADMIN_TIMEOUT_SECONDS twice while
+            # Kafka is away, and a tick that long made Faust's timer warn "merge-tick is overlapping" every 10 s
+            # of an outage (the outage itself is logged once when it starts and once when it ends).
             self.checked_at = time.monotonic()
-            await self.follow_tails()
+            self.tail_check = asyncio.ensure_future(self.follow_tails())
+            self.tail_check.add_done_callback(_log_failure)
         if now_ms - self.swept_at >= self.sweep_every_ms:
             await self.expire(now_ms)
         self.metrics.state_keys.labels("panes").set(len(self.panes))

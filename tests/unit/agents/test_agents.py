@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -338,3 +339,31 @@ def test_the_runner_counts_a_failed_batch_and_measures_lag_past_the_commit_marke
     runner.measure_lag()
     lag = metrics.registry.get_sample_value("cxpulse_sink_lag_messages", {"sink": "failing", "partition": "0"})
     assert lag == 0  # 12 - 11 - the marker
+
+
+def test_the_merge_tick_does_not_wait_for_the_tail_check() -> None:
+    """Reading the groups' offsets can take ADMIN_TIMEOUT_SECONDS twice while Kafka is away: the tick starts the
+    tail check beside itself and returns (a tick that long made Faust warn "merge-tick is overlapping" every 10 s
+    of an outage); the next check starts only once this one is done."""
+    agent, _ = merge_of(partial_records(1), {0: 3})
+    release = threading.Event()
+    reads: list[int] = []
+
+    class Slow(Offsets):
+        def read(self) -> dict[int, int]:
+            reads.append(1)
+            release.wait(10)
+            return self.committed
+
+    agent.hotpath = Slow({0: 3})
+
+    async def scenario() -> None:
+        await asyncio.wait_for(agent.tick(NOW), 5)  # returns while the read waits
+        assert agent.tail_check is not None and not agent.tail_check.done()
+        agent.checked_at = 0.0  # the next check is due, but the first is still under way
+        await agent.tick(NOW)
+        release.set()
+        await agent.tail_check
+        assert len(reads) == 1
+
+    asyncio.run(scenario())
