@@ -5,8 +5,9 @@
   limit), so a second process gets :class:`StoreBusyError` and goes through the worker's query endpoint.
 - :func:`migrate` applies ``deploy/clickhouse/NNN_*.sql`` once each, in order, recorded in
   ``cxpulse.schema_version``: idempotent, so every start runs it.
-- :func:`pane_row` and :func:`answer_rows` turn a WindowResult record and a batch of counted answers into rows of
-  ``cxpulse.pane_results`` and ``cxpulse.answers``; :func:`insert` writes them with a deterministic
+- :func:`pane_row`, :func:`answer_rows` and :func:`journey_row` turn a WindowResult record, a batch of counted
+  answers and a JourneyInstance record into rows of ``cxpulse.pane_results``, ``cxpulse.answers`` and
+  ``cxpulse.journey_instances``; :func:`insert` writes them with a deterministic
   ``insert_deduplication_token``, so a retried insert of the same input is a no-op.
 """
 
@@ -79,6 +80,29 @@ ANSWER_COLUMNS = (
     "high_effort",
     "sx",
     "sx2",
+)
+JOURNEY_COLUMNS = (
+    "customer_id",
+    "journey",
+    "start_at",
+    "end_at",
+    "first_channel",
+    "answers",
+    "contacts",
+    "channels",
+    "channel_switches",
+    "touchpoints",
+    "ces_n",
+    "ces_high_effort",
+    "first_x",
+    "last_x",
+    "last_nps",
+    "one_stop",
+    "recoverable",
+    "recovered",
+    "closed",
+    "version",
+    "deleted",
 )
 
 
@@ -185,6 +209,27 @@ def pane_row(record: Mapping[str, Any]) -> list[Any]:
         record["version"],
         [(d["name"], d["n"], d["high_effort"]) for d in record.get("drivers") or ()],
     ]
+
+
+def journey_row(record: Mapping[str, Any]) -> list[Any]:
+    """A row of ``cxpulse.journey_instances`` from a JourneyInstance record (Avro form; start and end as epoch ms
+    or as the datetimes fastavro reads timestamp-millis into)."""
+    return [
+        record["customer_id"],
+        record["journey"],
+        _when(record["start"]),
+        _when(record["end"]),
+        record["first_channel"],
+        *(record[name] for name in JOURNEY_COLUMNS[5:14]),  # answers ... last_x
+        record["last_nps"] or "",
+        *(int(bool(record[name])) for name in ("one_stop", "recoverable", "recovered", "closed")),
+        record["version"],
+        int(bool(record["deleted"])),
+    ]
+
+
+def _when(value: int | datetime) -> datetime:
+    return value if isinstance(value, datetime) else _ms(value)
 
 
 def answer_rows(values: Iterable[bytes], catalog: SchemaCatalog) -> list[list[Any]]:

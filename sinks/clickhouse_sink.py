@@ -4,7 +4,10 @@
 - ``clickhouse_panes`` on ``cx.metrics.panes``: every pane result revision into ``cxpulse.pane_results``
   (ReplacingMergeTree on ``version``: a re-delivered or revised result replaces);
 - ``clickhouse_answers`` on ``<app>-answers``: the counted answers of every hot-path batch (raw bytes, produced
-  in the batch's transaction, so each counted answer is there exactly once) into ``cxpulse.answers``.
+  in the batch's transaction, so each counted answer is there exactly once) into ``cxpulse.answers``;
+- ``clickhouse_journey_instances`` on ``cx.journeys`` (with ``CXPULSE_JOURNEYS``): every journey instance revision
+  into ``cxpulse.journey_instances`` (ReplacingMergeTree on ``version`` with ``deleted``: the newest revision of an
+  instance wins, a replaced one drops out).
 
 Batches are bounded by size and time (``noack_take``).  An insert carries a deterministic
 ``insert_deduplication_token`` (topic, partition, offsets), so a retry or a re-delivery writes nothing twice.  When
@@ -47,6 +50,12 @@ BATCH_WITHIN_SECONDS = 1.0  # an insert waits at most this long to fill
 HEALTH_SECONDS = 2.0
 BACKOFF_MAX_SECONDS = 30.0
 MAX_QUERY_ROWS = 1_000_000
+JOURNEYS_BATCH = 5000  # journey instance revisions per insert at most
+COLUMNS = {
+    "pane_results": store.PANE_COLUMNS,
+    "answers": store.ANSWER_COLUMNS,
+    "journey_instances": store.JOURNEY_COLUMNS,
+}
 
 
 class Store:
@@ -121,7 +130,7 @@ class ClickHouseSink(BatchAgent):
         self.metrics = sink.base
         self.batch_size = batch_size
         self.transactional_input = transactional
-        self.columns = store.PANE_COLUMNS if table == "pane_results" else store.ANSWER_COLUMNS
+        self.columns = COLUMNS[table]
 
     @property
     def sink(self) -> str:

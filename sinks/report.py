@@ -11,6 +11,9 @@ computed from the sums with streams/aggregate.py's ``kpi``, the one implementati
   section 5, processing clock); with ``since``, the consecutive windows of length W back to ``since`` (the latest
   first).  ``pane`` gives every pane (latest version).
 - A dimension that is not grouped by is ``*`` (ALL), as in streams/windows.py's rollups.
+- ``report --journeys`` sums the counters of the closed journey instances (``cxpulse.journey_instances``, newest
+  non-deleted revision of each) by the rolling window that holds their end, per journey and/or first channel
+  (docs/contract.md section 8); :func:`customer_journeys` gives one customer's instances with their answers.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any, NamedTuple, Protocol
 from sinks import clickhouse as store
 from streams.aggregate import State, kpi, merge
 from streams.config import Settings
+from streams.journeys import Answer, JourneyCounts
 from streams.windows import ALL
 
 PANE_DIMENSIONS = ("channel", "journey")
@@ -391,3 +395,136 @@ def _dimension_query(dimension: str, side: str, scope: str) -> tuple[str, int]:
         "AND toUnixTimestamp64Milli(occurred_at) < {end:Int64} GROUP BY now, name"
     )
     return sql, scale
+
+
+# --- journeys: the KPIs of closed instances, and one customer's way -------------------------------------------
+
+JOURNEY_DIMENSIONS = ("journey", "channel")  # channel: the instance's first channel
+JOURNEY_COLUMN = {"journey": "journey", "channel": "first_channel"}
+SUMS_JOURNEYS = (
+    "count(), sum(one_stop), sum(contacts), sum(channel_switches), countIf(ces_high_effort >= 1), "
+    "countIf(last_nps = 'promoter'), countIf(last_nps = 'passive'), countIf(last_nps = 'detractor'), "
+    "sum(recoverable), sum(recovered)"
+)
+LIVE_INSTANCES = "cxpulse.journey_instances FINAL"  # the newest revision of each instance; deleted: see WHERE
+
+
+class JourneyRow(NamedTuple):
+    """One group of ``report --journeys``: its window, its dimensions (``*`` when rolled up) and the counters."""
+
+    window_start: int
+    window_end: int
+    dimensions: dict[str, str]
+    counts: JourneyCounts
+
+
+def check_journey_dimensions(by: Sequence[str]) -> None:
+    unknown = [d for d in by if d not in JOURNEY_DIMENSIONS]
+    if unknown or not by or len(set(by)) != len(by):
+        raise ValueError(f"--by with --journeys takes journey, channel or both (got {','.join(by)})")
+
+
+def journey_report(
+    reader: Reader, *, pane_ms: int, window_ms: int, by: Sequence[str], now_ms: int, since_ms: int | None
+) -> list[JourneyRow]:
+    """The journey KPIs' counters of the closed instances whose end falls in each rolling window of ``window_ms``
+    ending at the pane boundary of ``now_ms`` (back to ``since_ms``: one window per W), the latest first."""
+    check_journey_dimensions(by)
+    end = now_ms - now_ms % pane_ms
+    count = 1 if since_ms is None else max(1, math.ceil((end - since_ms) / window_ms))
+    params: dict[str, Any] = {"start": end - count * window_ms, "end": end}
+    dims = ", ".join(JOURNEY_COLUMN[d] for d in by)
+    sql = (
+        f"SELECT intDiv({end} - 1 - toUnixTimestamp64Milli(end_at), {window_ms}) AS bucket, {dims}, "
+        f"{SUMS_JOURNEYS} FROM {LIVE_INSTANCES} "
+        "WHERE closed = 1 AND deleted = 0 AND toUnixTimestamp64Milli(end_at) >= {start:Int64} "
+        "AND toUnixTimestamp64Milli(end_at) < {end:Int64} "
+        f"GROUP BY bucket, {dims} ORDER BY bucket, {dims}"
+    )
+    rows = []
+    for row in reader.rows(sql, params):
+        window_end = end - int(row[0]) * window_ms
+        dimensions = {name: ALL for name in JOURNEY_DIMENSIONS}
+        dimensions.update({name: str(value) for name, value in zip(by, row[1 : 1 + len(by)], strict=True)})
+        counts = JourneyCounts(*(int(v) for v in row[1 + len(by) :]))
+        rows.append(JourneyRow(window_end - window_ms, window_end, dimensions, counts))
+    return rows
+
+
+class StoredAnswer(NamedTuple):
+    """One answer of a customer as the store holds it, with the journey it belongs to."""
+
+    journey: str
+    answer: Answer
+
+
+class CustomerJourney(NamedTuple):
+    """One instance of a customer (the newest non-deleted revision; None: answers the store holds that no stored
+    instance covers yet, e.g. while the sink catches up) and its answers in order."""
+
+    instance: dict[str, Any] | None
+    answers: list[StoredAnswer]
+
+
+INSTANCE_SELECT = (
+    "customer_id, journey, toUnixTimestamp64Milli(start_at), toUnixTimestamp64Milli(end_at), first_channel, answers, "
+    "contacts, channels, channel_switches, touchpoints, ces_n, ces_high_effort, first_x, last_x, last_nps, one_stop, "
+    "recoverable, recovered, closed, version"
+)
+INSTANCE_FIELDS = (
+    "customer_id", "journey", "start", "end", "first_channel", "answers", "contacts", "channels", "channel_switches",
+    "touchpoints", "ces_n", "ces_high_effort", "first_x", "last_x", "last_nps", "one_stop", "recoverable",
+    "recovered", "closed", "version",
+)  # fmt: skip
+
+
+def customer_journeys(reader: Reader, customer_ids: Sequence[str], journey: str | None = None) -> list[CustomerJourney]:
+    """The journeys of a customer (any of ``customer_ids``: the id as given and its pseudonym), oldest first, each
+    with its answers in the contract's order (occurred_at, event_id)."""
+    params: dict[str, Any] = {"ids": list(customer_ids)}
+    only = ""
+    if journey is not None:
+        only = "AND journey = {journey:String}"
+        params["journey"] = journey
+    instances = []
+    for row in reader.rows(
+        f"SELECT {INSTANCE_SELECT} FROM {LIVE_INSTANCES} WHERE customer_id IN {{ids:Array(String)}} AND deleted = 0 "
+        f"{only} ORDER BY start_at, journey",
+        params,
+    ):
+        record = dict(zip(INSTANCE_FIELDS, row, strict=True))
+        for name in ("start", "end", "answers", "contacts", "channels", "channel_switches", "touchpoints", "ces_n",
+                     "ces_high_effort", "version"):  # fmt: skip
+            record[name] = int(record[name])
+        for name in ("one_stop", "recoverable", "recovered", "closed"):
+            record[name] = bool(int(record[name]))
+        record["first_x"], record["last_x"] = float(record["first_x"]), float(record["last_x"])
+        record["last_nps"] = record["last_nps"] or None
+        instances.append(CustomerJourney(record, []))
+    pending = CustomerJourney(None, [])
+    for row in reader.rows(
+        "SELECT journey, toUnixTimestamp64Milli(occurred_at), event_id, interaction_id, channel, touchpoint, metric, "
+        "score, scale_min, scale_max FROM cxpulse.answers FINAL WHERE customer_id IN {ids:Array(String)} "
+        f"{only} ORDER BY occurred_at, event_id",
+        params,
+    ):
+        answer = Answer(int(row[1]), str(row[2]), _present(row[3]), str(row[4]), _present(row[5]), str(row[6]),
+                        int(row[7]), int(row[8]), int(row[9]))  # fmt: skip
+        home = next(
+            (
+                j
+                for j in instances
+                if j.instance is not None
+                and j.instance["journey"] == row[0]
+                and j.instance["start"] <= answer.occurred_at <= j.instance["end"]
+            ),
+            pending,
+        )
+        home.answers.append(StoredAnswer(str(row[0]), answer))
+    return instances + ([pending] if pending.answers else [])
+
+
+def _present(value: Any) -> str | None:
+    """An interaction id or touchpoint as section 8 sees it: empty or blank is none."""
+    text = str(value)
+    return None if not text or text.isspace() else text

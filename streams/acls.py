@@ -54,6 +54,11 @@ def acls_for(settings: Settings, role: str, *, precreated: bool = False) -> list
         return [
             _topic(settings.results_topic, ("Read", "Describe"), "pane results into ClickHouse"),
             _topic(internal_topics(settings).answers, ("Read", "Describe"), "counted answers into ClickHouse"),
+            *(
+                [_topic(settings.journeys_topic, ("Read", "Describe"), "journey instances into ClickHouse")]
+                if settings.journeys
+                else []
+            ),
             Acl("topic", f"{app}-sink-", "prefixed", ("Create", "Read", "Write", "Describe"), "Faust's own topics"),
             Acl("group", f"{app}-sink", "literal", ("Read", "Describe"), "the sink's consumer group"),
         ]

@@ -27,6 +27,7 @@ from streams import render
 from streams.config import DEFAULT_FUTURE_TOLERANCE_SECONDS, Settings, effort_config, load_settings, parse_duration
 from streams.errors import ConfigurationError, CxPulseError
 from streams.journeys import instance_json
+from streams.privacy import pseudonym
 from streams.produce import produce_file
 from streams.render import err, out
 from streams.replay import Progress as ProgressFn
@@ -439,11 +440,24 @@ def sink(
 
 @app.command()
 def report(
-    window: Annotated[str, typer.Option(help="pane, or a rolling window such as 5m, 1h, 24h.")] = "1h",
+    window: Annotated[
+        str | None, typer.Option(help="pane, or a rolling window such as 5m, 1h, 24h [1h; 24h with --journeys].")
+    ] = None,
     by: Annotated[
-        str,
-        typer.Option(help="Group by: channel,journey | channel | journey | touchpoint | agent | team | reason_code."),
-    ] = "channel,journey",
+        str | None,
+        typer.Option(
+            help="Group by: channel,journey | channel | journey | touchpoint | agent | team | reason_code "
+            "[channel,journey]; with --journeys: journey | channel (the first channel) | journey,channel [journey]."
+        ),
+    ] = None,
+    journeys: Annotated[
+        bool,
+        typer.Option(
+            "--journeys",
+            help="Journey KPIs (contract 8) of the closed customer journeys that ended in each window: one-stop "
+            "rate, contacts and channel switches per journey, high-effort rate, journey NPS, recovery rate.",
+        ),
+    ] = False,
     metric: Annotated[list[str] | None, typer.Option(help="Metric(s) to show (repeatable; default all).")] = None,
     since: Annotated[
         str | None,
@@ -456,7 +470,8 @@ def report(
         int, typer.Option(min=1, help="Groups with fewer answers are left out of the table (jsonl and csv keep all).")
     ] = 30,
 ) -> None:
-    """KPIs from ClickHouse per window and grouping, with n and the 95% interval.
+    """KPIs from ClickHouse per window and grouping, with n and the 95% interval; with --journeys, the KPIs of
+    customer journeys.
 
     Rolling windows end at the current pane boundary (as the live gauges); --window pane gives the latest
     version of every pane. Works while the worker runs (through its query endpoint when it holds the
@@ -466,14 +481,31 @@ def report(
 
     settings = _settings()
     pane_ms = settings.pane_seconds * 1000
+    window = window or ("24h" if journeys else "1h")
     window_ms = None if window == "pane" else _duration_ms(window, "--window")
     if window_ms is not None and window_ms % pane_ms:
         _fail(f"--window {window} is not a whole number of panes ({settings.pane_seconds} s)", 2)
     if fmt not in ("table", "jsonl", "csv"):
         _fail(f"--format is table, jsonl or csv, not {fmt!r}", 2)
-    dims = list(_names(by))
+    dims = list(_names(by or ("journey" if journeys else "channel,journey")))
     now_ms = int(time.time() * 1000)
     since_ms = _since_ms(since, now_ms) if since is not None else None
+    if journeys:
+        if window_ms is None:
+            _fail("--window pane is not for --journeys: journeys are counted by the window that holds their end", 2)
+        if metric:
+            _fail("--metric is not for --journeys: a journey's KPIs are over all its answers", 2)
+        try:
+            rp.check_journey_dimensions(dims)
+            found = rp.journey_report(
+                _reader(rp, settings), pane_ms=pane_ms, window_ms=window_ms, by=dims, now_ms=now_ms, since_ms=since_ms
+            )
+        except ValueError as exc:
+            _fail(f"report: {exc}", 2)
+        except CxPulseError as exc:
+            _fail(f"report: {exc}")
+        render.journey_report_rows(found, dims, window, fmt, min_n)
+        return
     metrics = [_metric(m) for m in metric or []]
     try:
         rp.check_dimensions(dims)
@@ -491,6 +523,37 @@ def report(
     except CxPulseError as exc:
         _fail(f"report: {exc}")
     render.report_rows(rows, dims, window, fmt, min_n)
+
+
+@app.command()
+def journey(
+    customer_id: Annotated[str, typer.Argument(help="The customer, as the platforms send it (or its pseudonym).")],
+    only: Annotated[str | None, typer.Option("--journey", help="Only this journey (default: all).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table or jsonl (one object per instance).")] = "table",
+) -> None:
+    """One customer's journeys from ClickHouse: each instance (contract 8), then its answers in order with channel,
+    touchpoint, contact, metric and score, and the running mean of their normalised values.
+
+    With CXPULSE_CUSTOMER_ID_KEY set, the store holds pseudonyms: the id given is looked up as its pseudonym too.
+    Exit 1 when the store holds nothing of the customer.
+    """
+    from sinks import report as rp
+
+    settings = _settings()
+    if fmt not in ("table", "jsonl"):
+        _fail(f"--format is table or jsonl, not {fmt!r}", 2)
+    ids = [customer_id]
+    key = settings.customer_id_key.get_secret_value()
+    if key:
+        ids.append(pseudonym(key.encode(), customer_id))
+    try:
+        found = rp.customer_journeys(_reader(rp, settings), ids, only)
+    except CxPulseError as exc:
+        _fail(f"journey: {exc}")
+    if not found:
+        which = f" in journey {only!r}" if only else ""
+        _fail(f"journey: no answers of customer {customer_id!r}{which} in the store")
+    render.customer_journeys(found, customer_id, fmt)
 
 
 METRIC_NAMES = ("NPS", "CES", "CSAT", "NLS", "CAS")

@@ -24,9 +24,17 @@ from typing import Any, cast
 
 import faust
 
-from schemas.codec import WINDOW_RESULT, catalog_for, decode_confluent
+from schemas.codec import JOURNEY_INSTANCE, WINDOW_RESULT, catalog_for, decode_confluent
 from sinks import clickhouse as store
-from sinks.clickhouse_sink import ANSWERS_BATCH, PANES_BATCH, ClickHouseSink, SinkMetrics, Store, serve_queries
+from sinks.clickhouse_sink import (
+    ANSWERS_BATCH,
+    JOURNEYS_BATCH,
+    PANES_BATCH,
+    ClickHouseSink,
+    SinkMetrics,
+    Store,
+    serve_queries,
+)
 from sinks.effort_detector import EffortDetector
 from sinks.followup_webhook import FollowupWebhook
 from sinks.kpi_view import KpiView
@@ -151,6 +159,16 @@ def sink_process(settings: Settings, metrics: WorkerMetrics) -> faust.App:
     )
     attach(app, panes, raw_topic(app, settings, settings.results_topic), None, metrics)
     attach(app, rows, raw_topic(app, settings, answers), None, metrics)
+    if settings.journeys:
+        journeys = ClickHouseSink(
+            settings.journeys_topic,
+            "journey_instances",
+            lambda value: [store.journey_row(decode_confluent(value, catalog, JOURNEY_INSTANCE)[1])],
+            db,
+            counters,
+            batch_size=JOURNEYS_BATCH,
+        )
+        attach(app, journeys, raw_topic(app, settings, settings.journeys_topic), None, metrics)
 
     async def endpoint() -> None:
         await serve_queries(settings, db)

@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from streams.aggregate import kpi
+from streams.journeys import journey_kpis
 from streams.windows import iso_utc, result_json, window_result
 
 err = Console(stderr=True, soft_wrap=True)
@@ -130,3 +131,141 @@ def drivers_tables(found: Any, segment: str, window: str, versus: str, dimension
                 "-" if driver.interval is None else f"{driver.interval:.2f}",
             )
         out.print(table)
+
+
+# --- journeys (contract section 8) ----------------------------------------------------------------------------
+
+JOURNEY_VALUES = (  # (key of journey_kpis, table heading, format)
+    ("one_stop_rate", "one-stop %", "{:.1f}"),
+    ("contacts_per_journey", "contacts/journey", "{:.2f}"),
+    ("switches_per_journey", "switches/journey", "{:.2f}"),
+    ("high_effort_rate", "high-effort %", "{:.1f}"),
+    ("journey_nps", "journey NPS", "{:.1f}"),
+    ("recovery_rate", "recovered %", "{:.1f}"),
+)
+
+
+def journey_record(row: Any) -> dict[str, Any]:
+    """A ``report --journeys`` row as one JSON object: window, dimensions, the counters and the KPI values."""
+    return {
+        "window_start": iso_utc(row.window_start),
+        "window_end": iso_utc(row.window_end),
+        **row.dimensions,
+        **row.counts._asdict(),
+        **journey_kpis(row.counts),
+    }
+
+
+def journey_report_rows(rows: list[Any], dims: Sequence[str], window: str, fmt: str, min_n: int) -> None:
+    """Print ``report --journeys`` as a table (groups under ``min_n`` journeys left out, said on stderr), JSON lines
+    or CSV (every group)."""
+    if fmt != "table":
+        records = [journey_record(row) for row in rows]
+        if fmt == "jsonl":
+            for record in records:
+                out.print(json.dumps(record, separators=(",", ":")), highlight=False, markup=False, soft_wrap=True)
+            return
+        writer = csv.writer(sys.stdout)
+        fields = list(records[0]) if records else ["window_start", "window_end", "journey", "channel", "journeys"]
+        writer.writerow(fields)
+        for record in records:
+            writer.writerow(["" if record.get(f) is None else record.get(f) for f in fields])
+        return
+    if not rows:
+        err.print("no closed journey instances in ClickHouse for this window yet", highlight=False)
+        return
+    table = Table(title=f"cxpulse journeys: {window} by {','.join(dims)}", title_justify="left")
+    for column in ("window (UTC)", *dims):
+        table.add_column(column)
+    for column in ("journeys", *(heading for _, heading, _ in JOURNEY_VALUES)):
+        table.add_column(column, justify="right")
+    shown = [row for row in rows if row.counts.journeys >= min_n]
+    for row in shown:
+        values = journey_kpis(row.counts)
+        start, end = iso_utc(row.window_start), iso_utc(row.window_end)
+        span = f"{start[:16]} → {end[11:16] if end[:10] == start[:10] else end[:16]}"
+        cells = [span, *(escape(row.dimensions[d]) for d in dims), str(row.counts.journeys)]
+        cells += ["-" if values[key] is None else form.format(values[key]) for key, _, form in JOURNEY_VALUES]
+        table.add_row(*cells)
+    if shown:
+        out.print(table)
+    hidden = len(rows) - len(shown)
+    if hidden:
+        err.print(
+            f"{count(hidden, 'group')} with fewer than {min_n} closed journeys not shown (--min-n 1 shows every group)",
+            highlight=False,
+        )
+
+
+def customer_journeys(found: list[Any], customer: str, fmt: str) -> None:
+    """One customer's journeys: each instance, then its answers in order with the running mean of their normalised
+    values (the cumulative experience); ``jsonl``: one object per instance with its answers."""
+    if fmt == "jsonl":
+        for journey in found:
+            record = dict(journey.instance or {"customer_id": customer, "pending": True})
+            for name in ("start", "end"):
+                if name in record:
+                    record[name] = iso_utc(record[name])
+            record["answers_in_order"] = [_answer_json(a.answer) for a in journey.answers]
+            out.print(json.dumps(record, separators=(",", ":")), highlight=False, markup=False, soft_wrap=True)
+        return
+    for journey in found:
+        out.print(_instance_line(journey), highlight=False)
+        table = Table(title_justify="left", show_edge=False)
+        for column in ("when (UTC)", "channel", "touchpoint", "contact", "metric"):
+            table.add_column(column)
+        for column in ("score", "x", "cumulative x"):
+            table.add_column(column, justify="right")
+        total = 0.0
+        for number, stored in enumerate(journey.answers, 1):
+            a = stored.answer
+            total += a.x
+            table.add_row(
+                iso_utc(a.occurred_at)[:19].replace("T", " "),
+                escape(a.channel),
+                escape(a.touchpoint or "-"),
+                escape(a.interaction_id or "-"),
+                a.metric,
+                f"{a.score} ({a.scale_min}-{a.scale_max})",
+                f"{a.x:.2f}",
+                f"{total / number:.2f}",
+            )
+        out.print(table)
+
+
+def _instance_line(journey: Any) -> str:
+    i = journey.instance
+    if i is None:
+        return (
+            f"{count(len(journey.answers), 'answer')} not in a stored journey instance yet (journeys reach the store "
+            "after the answers)"
+        )
+    state = "closed" if i["closed"] else "open"
+    switches = f"{i['channel_switches']} channel switch{'' if i['channel_switches'] == 1 else 'es'}"
+    flags = [f"one-stop {'yes' if i['one_stop'] else 'no'}"]
+    if i["recoverable"]:
+        flags.append(f"recovered {'yes' if i['recovered'] else 'no'}")
+    if i["last_nps"]:
+        flags.append(f"last NPS {i['last_nps']}")
+    if i["ces_n"]:
+        flags.append(f"high-effort CES {i['ces_high_effort']} of {i['ces_n']}")
+    return (
+        f"[bold]{escape(i['journey'])}[/bold] {iso_utc(i['start'])[:16]} → {iso_utc(i['end'])[:16]} ({state}): "
+        f"{count(i['answers'], 'answer')}, {count(i['contacts'], 'contact')}, {count(i['channels'], 'channel')}, "
+        f"{switches}, first x {i['first_x']:.2f}, last x {i['last_x']:.2f}; " + ", ".join(flags)
+    )
+
+
+def _answer_json(a: Any) -> dict[str, Any]:
+    return {
+        "occurred_at": iso_utc(a.occurred_at),
+        "event_id": a.event_id,
+        "interaction_id": a.interaction_id,
+        "channel": a.channel,
+        "touchpoint": a.touchpoint,
+        "metric": a.metric,
+        "score": a.score,
+        "scale_min": a.scale_min,
+        "scale_max": a.scale_max,
+        "x": a.x,
+    }

@@ -11,6 +11,7 @@ import random
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -36,7 +37,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 @pytest.fixture()
 def db(client: object) -> object:
     store.migrate(client)  # type: ignore[arg-type]
-    for table in ("pane_results", "answers"):
+    for table in ("pane_results", "answers", "journey_instances"):
         client.command(f"TRUNCATE TABLE IF EXISTS cxpulse.{table}")  # type: ignore[attr-defined]
     return client
 
@@ -59,18 +60,18 @@ def replayed(tmp_path: Path, batch: list[dict]):  # a Replay
 def test_migrations_apply_once_and_are_recorded(db: object, tmp_path: Path) -> None:
     assert store.migrate(db) == []  # type: ignore[arg-type]  # applied by the fixture already
     versions = db.query("SELECT version, name FROM cxpulse.schema_version").result_rows  # type: ignore[attr-defined]
-    assert versions == [(1, "001_initial.sql")]
+    assert sorted(versions) == [(1, "001_initial.sql"), (2, "002_journeys.sql")]
     extra = tmp_path / "migrations"
     extra.mkdir()
     for path in (store.MIGRATIONS).glob("*.sql"):
         (extra / path.name).write_text(path.read_text())
-    (extra / "002_probe.sql").write_text(
+    (extra / "099_probe.sql").write_text(
         "-- a later change\nCREATE TABLE IF NOT EXISTS cxpulse.probe (x UInt8) ENGINE = Memory\n"
     )
-    assert store.migrate(db, extra) == ["002_probe.sql"]  # type: ignore[arg-type]
+    assert store.migrate(db, extra) == ["099_probe.sql"]  # type: ignore[arg-type]
     assert store.migrate(db, extra) == []  # type: ignore[arg-type]
     db.command("DROP TABLE cxpulse.probe")  # type: ignore[attr-defined]
-    db.command("ALTER TABLE cxpulse.schema_version DELETE WHERE version = 2")  # type: ignore[attr-defined]
+    db.command("ALTER TABLE cxpulse.schema_version DELETE WHERE version = 99")  # type: ignore[attr-defined]
 
 
 def test_pane_rows_report_as_replay_and_nothing_doubles(db: object, tmp_path: Path) -> None:
@@ -213,3 +214,106 @@ def test_drivers_decompose_the_change_exactly_and_name_the_touchpoint(db: object
     reasons = [d for d in found.drivers if d.dimension == "reason_code"]
     assert sum(d.contribution for d in reasons) == pytest.approx(found.change)
     assert {d.name for d in reasons} == {"hold_time", "none"}
+
+
+# --- journeys: the instances table, report --journeys, one customer's journeys ---------------------------------
+
+
+def test_journey_instances_report_and_one_customer_match_replay(db: object, tmp_path: Path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from streams.cli import app
+    from streams.journeys import Revision, counts_of, instance_record, journey_kpis
+    from streams.validate import validate_batch
+    from tests.unit.test_journeys import G, generated
+
+    batch = generated(5, 900)
+    path = tmp_path / "journeys.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in batch))
+    replay = replay_file(path, P, lambda dead: None, journey_gap_ms=G)
+    instances = replay.journey_instances()
+    assert len(instances) > 100 and any(i.closed for i in instances) and any(not i.closed for i in instances)
+    # every counted answer (valid, first copy) into cxpulse.answers, as the sink writes them
+    seen: set[str] = set()
+    counted = []
+    for item in batch:
+        if validate_batch([item])[0] and item["event_id"] not in seen:
+            seen.add(item["event_id"])
+            counted.append(item)
+    answers = store.answer_rows(raw(counted), LocalCatalog())
+    store.insert(db, "answers", answers, store.ANSWER_COLUMNS, store.token("j", 0, 0, 1))  # type: ignore[arg-type]
+    # the revisions a stream writes: an earlier version of each instance (fewer answers, open), the instance, and
+    # an instance later replaced (deleted); the newest non-deleted revision of each key is what counts
+    early = [store.journey_row(instance_record(Revision(i._replace(answers=1, closed=False, contacts=9), 1, False)))
+             for i in instances]  # fmt: skip
+    final = [store.journey_row(instance_record(Revision(i, 2, False))) for i in instances]
+    ghost = instances[0]._replace(start=instances[0].start - 1, closed=True)
+    gone = [store.journey_row(instance_record(Revision(ghost, v, v == 3))) for v in (1, 3)]
+    for n, rows in enumerate((early, gone[:1], final, gone[1:])):
+        store.insert(db, "journey_instances", rows, store.JOURNEY_COLUMNS, store.token("ji", n))  # type: ignore[arg-type]
+    reader = rp.ClientReader(db)
+    # report --journeys: the counters of the closed instances by the rolling window that holds their end
+    now = max(i.end for i in instances) + 2 * G
+    end = now - now % P
+    day = 24 * 3600_000
+    since = min(i.end for i in instances)
+    for by in (["journey"], ["channel"], ["journey", "channel"]):
+        got = rp.journey_report(reader, pane_ms=P, window_ms=day, by=by, now_ms=now, since_ms=since)
+        want: dict[tuple, object] = {}
+        for i in instances:
+            if i.closed:
+                dims = tuple(i.journey if d == "journey" else i.first_channel for d in by)
+                key = (end - (end - 1 - i.end) // day * day, *dims)
+                want[key] = want[key] + counts_of(i) if key in want else counts_of(i)  # type: ignore[operator]
+        assert {(r.window_end, *(r.dimensions[d] for d in by)): r.counts for r in got} == want
+        assert all(r.window_start == r.window_end - day for r in got) and len(got) > 3
+    total = rp.journey_report(reader, pane_ms=P, window_ms=100 * day, by=["journey"], now_ms=now, since_ms=None)
+    billing = [r.counts for r in total if r.dimensions["journey"] == "billing"][0]
+    assert billing.journeys == sum(1 for i in instances if i.closed and i.journey == "billing")
+    # one customer's journeys: the live instances, each with its answers in the contract's order
+    by_customer: dict[str, list] = defaultdict(list)
+    for i in instances:
+        by_customer[i.customer_id].append(i)
+    customer, theirs = max(by_customer.items(), key=lambda kv: (len(kv[1]), kv[0]))
+    found = rp.customer_journeys(reader, [customer, "someone-else"])
+    assert [(j.instance["journey"], j.instance["start"]) for j in found if j.instance] == sorted(
+        ((i.journey, i.start) for i in theirs), key=lambda js: (js[1], js[0])
+    )
+    assert len(theirs) >= 2 and all(j.instance is not None for j in found)
+    for journey in found:
+        i = next(x for x in theirs if (x.journey, x.start) == (journey.instance["journey"], journey.instance["start"]))
+        assert {k: journey.instance[k] for k in ("end", "answers", "contacts", "closed", "version")} == {
+            "end": i.end, "answers": i.answers, "contacts": i.contacts, "closed": i.closed, "version": 2
+        }  # fmt: skip
+        want_answers = [a for a in replay.journeys.answers((customer, i.journey)) if i.start <= a.occurred_at <= i.end]
+        assert [a.answer for a in journey.answers] == want_answers
+    # the CLI: a table of the customer's way, jsonl, and exit 1 for a customer the store does not know
+    monkeypatch.setattr(rp, "open_reader", lambda settings: reader)
+    monkeypatch.setattr(rp, "describe_store", lambda settings: "store: test")
+    runner = CliRunner()
+    shown = runner.invoke(app, ["journey", customer])
+    assert shown.exit_code == 0, shown.output
+    assert "cumulative x" in shown.output and theirs[0].journey in shown.output
+    lines = runner.invoke(app, ["journey", customer, "--format", "jsonl"]).output.splitlines()
+    objects = [json.loads(line) for line in lines if line.startswith("{")]
+    assert [len(o["answers_in_order"]) for o in objects] == [len(j.answers) for j in found]
+    missing = runner.invoke(app, ["journey", "nobody"])
+    assert missing.exit_code == 1 and "no answers of customer 'nobody'" in missing.output
+    import streams.cli as cli
+
+    monkeypatch.setattr(cli, "time", SimpleNamespace(time=lambda: now / 1000))  # the report's "now"
+    kpis = runner.invoke(app, ["report", "--journeys", "--window", "2400h", "--format", "jsonl"])
+    assert kpis.exit_code == 0, kpis.output
+    rows = [json.loads(line) for line in kpis.output.splitlines() if line.startswith("{")]
+    assert {r["journey"]: total_counts(r) for r in rows} == {r.dimensions["journey"]: r.counts for r in total}
+    assert all(r["channel"] == "*" and r["journey_nps"] == journey_kpis(total_counts(r))["journey_nps"] for r in rows)
+    table = runner.invoke(app, ["report", "--journeys", "--window", "2400h", "--by", "channel", "--min-n", "1"])
+    assert table.exit_code == 0 and "one-stop %" in table.output and "email" in table.output, table.output
+    refused = runner.invoke(app, ["report", "--journeys", "--window", "pane"])
+    assert refused.exit_code == 2 and "--window pane is not for --journeys" in refused.output
+
+
+def total_counts(record: dict):  # JourneyCounts of a report --journeys JSON line
+    from streams.journeys import JourneyCounts
+
+    return JourneyCounts(*(record[name] for name in JourneyCounts._fields))

@@ -9,18 +9,21 @@ import json
 import os
 import random
 import signal
+import subprocess
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 from schemas.codec import JOURNEY_INSTANCE, LocalCatalog, decode_confluent
-from streams.journeys import instance_json
+from sinks.clickhouse import Endpoint
+from sinks.report import EndpointReader
+from streams.journeys import JourneyCounts, counts_of, instance_json
 from streams.kafka import consumer
 from streams.replay import replay_file
 from streams.synth import realistic_events
 from streams.windows import iso_utc
-from tests.support import free_ports, stop_process
+from tests.support import cxpulse_command, free_ports, stop_process
 from tests.workers import (
     CONVERGE_SECONDS,
     Pipeline,
@@ -152,22 +155,63 @@ def test_stream_equals_replay_through_a_kill_9_of_the_merge_process(kafka_broker
 
 
 def test_instances_close_when_the_clock_passes_their_end_plus_the_gap(kafka_broker: Any, tmp_path: Path) -> None:
+    """... and reach ClickHouse: the store's live instances are the replay's, `report --journeys` sums their
+    counters, `cxpulse journey` shows a customer's answers."""
     gap_seconds = 3
     pipeline = make_pipeline(
         kafka_broker.bootstrap,
         tmp_path,
         journeys_topic=f"test-{uuid.uuid4().hex[:8]}-j",
         journey_gap_seconds=gap_seconds,
+        clickhouse_url=f"chdb://{tmp_path / 'store'}",
     )
     source = tmp_path / "events.jsonl"
     journey_events(source, 1500)
-    expected = expected_instances(source, gap_seconds * 1000, now_ms=int(time.time() * 1000) + 10 * H)
+    now_ms = int(time.time() * 1000) + 10 * H
+    expected = expected_instances(source, gap_seconds * 1000, now_ms=now_ms)
     assert all(r["closed"] for r in expected.values())
     log = tmp_path / "worker.log"
     worker = start_worker(pipeline, log)
     try:
         produce(pipeline.settings, source)
         converge_journeys(pipeline, expected)  # every instance closed, each with its final numbers
+        want = {k: (r["answers"], r["contacts"], r["closed"]) for k, r in expected.items()}
+        wait_for(lambda: stored_instances(pipeline) == want, "ClickHouse's live journey instances equal replay", log)
+        instances = replay_file(source, 60_000, lambda dead: None, journey_gap_ms=gap_seconds * 1000).journeys
+        assert instances is not None
+        counts: dict[str, JourneyCounts] = {}
+        for i in instances.all_instances(now_ms):
+            counts[i.journey] = counts.get(i.journey, JourneyCounts()) + counts_of(i)
+        report = cli(pipeline, "report", "--journeys", "--window", "24h", "--format", "jsonl")
+        assert report.returncode == 0, report.stderr
+        rows = [json.loads(line) for line in report.stdout.splitlines()]
+        assert {r["journey"]: JourneyCounts(*(r[f] for f in JourneyCounts._fields)) for r in rows} == counts
+        customer, journey, start = max(expected, key=lambda k: (expected[k]["answers"], k))
+        shown = cli(pipeline, "journey", customer, "--journey", journey, "--format", "jsonl")
+        assert shown.returncode == 0, shown.stderr
+        mine = [json.loads(line) for line in shown.stdout.splitlines()]
+        found = next(o for o in mine if o["start"] == start)
+        assert len(found["answers_in_order"]) == expected[(customer, journey, start)]["answers"] >= 3
         stop_worker(worker, log)
     finally:
         stop_process(worker)
+
+
+def cli(pipeline: Pipeline, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cxpulse_command(*args), env=pipeline.env, capture_output=True, text=True, check=False)
+
+
+def stored_instances(pipeline: Pipeline) -> dict[tuple[str, str, str], tuple[int, int, bool]]:
+    """The live journey instances in ClickHouse (newest revision, not deleted), read through the worker's
+    endpoint: key -> (answers, contacts, closed)."""
+    path = pipeline.settings.data_dir / "clickhouse-endpoint.json"
+    if not path.exists():
+        return {}
+    found = json.loads(path.read_text())
+    reader = EndpointReader(Endpoint(found["url"], found["token"]))
+    rows = reader.rows(
+        "SELECT customer_id, journey, toUnixTimestamp64Milli(start_at), answers, contacts, closed "
+        "FROM cxpulse.journey_instances FINAL WHERE deleted = 0",
+        {},
+    )
+    return {(str(r[0]), str(r[1]), iso_utc(int(r[2]))): (int(r[3]), int(r[4]), bool(r[5])) for r in rows}

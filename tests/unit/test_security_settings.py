@@ -100,6 +100,10 @@ def test_acls_name_the_app_prefix_and_nothing_wider() -> None:
         "kafka-acls.sh --bootstrap-server k:9093 --command-config admin.properties --add --allow-principal User:w "
         "--operation Read --operation Describe --topic cx.metrics.panes"
     )
+    sink_topics = {a.name: a.operations for a in acls_for(settings, "sink") if a.kind == "topic"}
+    assert sink_topics[settings.journeys_topic] == ("Read", "Describe")  # journey instances into ClickHouse
+    quiet = settings.model_copy(update={"journeys": False})
+    assert settings.journeys_topic not in {a.name for a in acls_for(quiet, "sink")}
     with pytest.raises(ValueError, match="unknown role"):
         acls_for(settings, "admin")
 
