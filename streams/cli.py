@@ -329,6 +329,13 @@ def simulate(
     ] = False,
     channels: Annotated[str | None, typer.Option(help="Comma-separated channels (default: all six).")] = None,
     journeys: Annotated[str | None, typer.Option(help="Comma-separated journeys (default: all).")] = None,
+    comeback: Annotated[
+        str,
+        typer.Option(
+            help="Longest time before a customer whose matter a contact did not resolve comes back on the next "
+            "channel (shortest: 1/20 of it). Keep it below the journey gap (CXPULSE_JOURNEY_GAP_SECONDS)."
+        ),
+    ] = "6h",
     start: Annotated[
         str | None,
         typer.Option(
@@ -364,6 +371,7 @@ def simulate(
             journeys=_names(journeys) or sim.JOURNEYS,
             invalid_share=invalid_share,
             daily_curve=daily_curve,
+            comeback_ms=_duration_ms(comeback, "--comeback"),
         )
     except (ValueError, CxPulseError) as exc:
         _fail(f"simulate: {exc}", 2)

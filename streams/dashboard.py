@@ -21,6 +21,7 @@ from rich.text import Text
 
 from schemas.codec import EFFORT_ALERT, LocalCatalog, decode_confluent
 from streams.config import Settings
+from streams.journeys import JourneyCounts, journey_kpis
 from streams.kafka import consumer
 
 METRICS = ("NPS", "CES", "CSAT", "NLS", "CAS")
@@ -38,6 +39,8 @@ class Dashboard:
         self.rate = 0.0
         self.lag = 0.0
         self.dead_letters = 0.0
+        self.journeys: dict[str, JourneyCounts] = {}  # journey -> counters of the journeys closed in the last 24 h
+        self.journey_gap_seconds = settings.journey_gap_seconds
         self._last: tuple[float, float] | None = None
         self.alerts: list[dict[str, Any]] = []
         self._alerts = consumer(bootstrap, f"cxpulse-demo-{uuid.uuid4().hex[:8]}", **{"enable.auto.commit": False})
@@ -48,9 +51,9 @@ class Dashboard:
         """Read the worker's state; return the alerts that arrived since the last poll."""
         try:
             with urllib.request.urlopen(self.url, timeout=2) as response:  # noqa: S310 - loopback, our worker
-                self._read_gauges(response.read().decode())
+                self.read_gauges(response.read().decode())
         except OSError:
-            self._read_gauges("")
+            self.read_gauges("")
         now = time.monotonic()
         if self._last is not None and now > self._last[0]:
             self.rate = (self.records - self._last[1]) / (now - self._last[0])
@@ -63,16 +66,19 @@ class Dashboard:
         self.alerts.extend(new)
         return new
 
-    def _read_gauges(self, text: str) -> None:
+    def read_gauges(self, text: str) -> None:
         """The KPIs of the dashboard's window, the records read, the lag and the dead letters, from a /metrics page
         (empty: the worker did not answer; its KPIs are blank until it does)."""
         values: dict[tuple[str, str, str], list[float | None]] = defaultdict(lambda: [None, None, None])
         slots = {"cxpulse_kpi_value": 0, "cxpulse_kpi_moe95": 1, "cxpulse_kpi_responses": 2}
         lag = dead = 0.0
+        journeys: dict[str, dict[str, int]] = defaultdict(dict)
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 labels = sample.labels
-                if sample.name in slots and labels.get("window") == WINDOW:
+                if sample.name == "cxpulse_journeys_closed":
+                    journeys[labels["journey"]][labels["counter"]] = int(sample.value)
+                elif sample.name in slots and labels.get("window") == WINDOW:
                     values[(labels["channel"], labels["journey"], labels["metric"])][slots[sample.name]] = sample.value
                 elif sample.name == "cxpulse_worker_records_total" and labels.get("topic") == self.feedback_topic:
                     self.records = sample.value
@@ -81,6 +87,7 @@ class Dashboard:
                 elif sample.name == "cxpulse_worker_dead_letters_total":
                     dead += sample.value
         self.lag, self.dead_letters = lag, dead
+        self.journeys = {j: JourneyCounts(**c) for j, c in journeys.items() if set(c) == set(JourneyCounts._fields)}
         self.kpis = defaultdict(dict)
         for (channel, journey, metric), (value, moe, n) in values.items():
             if value is not None and n is not None:
@@ -111,13 +118,42 @@ class Dashboard:
             firing = any(a["channel"] == channel and a["journey"] == journey for a in self.firing())
             style = "bold red" if firing else None
             table.add_row(channel, journey, *cells, style=style)
-        parts: list[Any] = [head, table]
+        parts: list[Any] = [head, table, Text(self.journey_line())]
         for alert in self.alerts[-5:]:
             wrapped = textwrap.fill(alert_line(alert), width=max(40, width), subsequent_indent="    ")
             parts.append(Text(wrapped, style="bold red" if alert["state"] == "FIRING" else "green"))
         if not self.alerts:
             parts.append(Text("no effort alert yet (the incident starts 30 s after the simulator)", style="dim"))
         return Group(*parts)
+
+    def journey_summary(self) -> str:
+        """The journeys closed so far in a few words (the demo's progress lines)."""
+        total = sum(self.journeys.values(), JourneyCounts())
+        kpis = journey_kpis(total)
+        if kpis["one_stop_rate"] is None or kpis["contacts_per_journey"] is None:
+            return "no journey closed yet"
+        return (
+            f"{total.journeys:,} journeys closed: {kpis['one_stop_rate']:.0f}% one-stop, "
+            f"{kpis['contacts_per_journey']:.2f} contacts each"
+        )
+
+    def journey_line(self) -> str:
+        """The customer journeys closed so far: one-stop rate and contacts per journey, all and per journey."""
+        if not any(c.journeys for c in self.journeys.values()):
+            return (
+                f"customer journeys: none closed yet (a journey closes {self.journey_gap_seconds:,} s after its last "
+                "answer)"
+            )
+        total = sum(self.journeys.values(), JourneyCounts())
+        parts = []
+        for name, counts in [("all", total), *sorted(self.journeys.items())]:
+            kpis = journey_kpis(counts)
+            if kpis["one_stop_rate"] is not None and kpis["contacts_per_journey"] is not None:
+                parts.append(
+                    f"{name} {kpis['one_stop_rate']:.0f}% one-stop, {kpis['contacts_per_journey']:.2f} contacts "
+                    f"({counts.journeys:,})"
+                )
+        return "customer journeys closed: " + "; ".join(parts)
 
     def firing(self) -> list[dict[str, Any]]:
         state: dict[tuple[str, str], dict[str, Any]] = {}

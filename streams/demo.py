@@ -44,9 +44,11 @@ DEMO_ENV = {  # the worker's time-lapse settings (a user's own worker keeps the 
     "CXPULSE_EFFORT_BASELINE_SECONDS": "60",
     "CXPULSE_EFFORT_GUARD_SECONDS": "5",
     "CXPULSE_EFFORT_MIN_BASELINE": "80",
+    "CXPULSE_JOURNEY_GAP_SECONDS": "20",  # customers come back within 10 s (the simulator's --comeback)
 }
 SIMULATION = [
     "--rate", "200", "--journeys", "billing,support,delivery", "--incident", "effort:chat/billing@+30s", "--seed", "7",
+    "--comeback", "10s",
 ]  # fmt: skip
 
 
@@ -218,7 +220,7 @@ class Demo:
         self._last_line = now
         self.out.print(
             f"{now - self.started:4.0f} s: {board.records:,.0f} events ({board.rate:,.0f}/s), lag {board.lag:,.0f}, "
-            f"{len(board.kpis)} segments, {len(board.alerts)} alerts",
+            f"{len(board.kpis)} segments, {len(board.alerts)} alerts, {board.journey_summary()}",
             highlight=False,
         )
 

@@ -464,6 +464,7 @@ class GroupState(NamedTuple):
     answers: list[Answer]
     emitted: Emitted
     offset: int = -1
+    closed: tuple[tuple[int, JourneyCounts], ...] = ()  # (end, counters) of each closed instance: the KPI gauges
 
     def due(self, gap_ms: int, retention_ms: int) -> int:
         """When the group next needs a look without new answers: at once while a revision is not known sent (the
@@ -480,6 +481,7 @@ class GroupState(NamedTuple):
             "e": [[start, *emitted] for start, emitted in self.emitted.items()],
             "o": self.offset,
             "t": self.due(gap_ms, retention_ms),
+            "k": [[end, *counts] for end, counts in self.closed],
         }
 
     @classmethod
@@ -490,10 +492,11 @@ class GroupState(NamedTuple):
             int(start): (int(v), int(end), int(n), bool(closed), int(flags))
             for start, v, end, n, closed, flags in value["e"]
         }
-        return cls([Answer(*a) for a in value["a"]], emitted, int(value.get("o", -1)))
+        closed = tuple((int(end), JourneyCounts(*counts)) for end, *counts in value.get("k", ()))
+        return cls([Answer(*a) for a in value["a"]], emitted, int(value.get("o", -1)), closed)
 
     def confirmed(self) -> GroupState:
-        return GroupState(self.answers, confirm(self.emitted), self.offset)
+        return self._replace(emitted=confirm(self.emitted))
 
     def forget_before(self, cutoff_ms: int, gap_ms: int) -> int:
         """Drop the instances with end + G < ``cutoff_ms`` (now - retention) and their answers; how many."""
@@ -505,3 +508,12 @@ class GroupState(NamedTuple):
         for start in old:
             del self.emitted[start]
         return len(old)
+
+    def without_closed_before(self, cutoff_ms: int, gap_ms: int) -> GroupState:
+        """The state without the closed instances' counters that :meth:`forget_before` dropped the instances of."""
+        return self._replace(closed=tuple((end, c) for end, c in self.closed if end + gap_ms >= cutoff_ms))
+
+
+def closed_counts(instances: Iterable[Instance]) -> tuple[tuple[int, JourneyCounts], ...]:
+    """(end, counters) of the closed instances: what a group's state keeps for the journey KPI gauges."""
+    return tuple((i.end, counts_of(i)) for i in instances if i.closed)

@@ -7,7 +7,12 @@ duration produce the same events.  What is simulated:
 - channels with their own volume share and touchpoints (phone: ivr, agent_call, callback; chat: bot,
   live_agent; ...), journeys, the five metrics on their usual scales, reason codes, short comments on low
   scores, agents and teams on assisted touchpoints;
-- customers who answer more than one survey along a journey (a share of answers reuses a recent customer);
+- customers going through multi-contact journeys (docs/contract.md section 8): a customer starts a journey on
+  one channel; a contact resolves the matter with a probability that depends on its touchpoint (self-service
+  less often than an agent); unresolved, the customer comes back later (up to ``--comeback``, 6 h by default)
+  on the next channel of an escalation path (ivr, then an agent call, then email; a web FAQ, then chat, then the
+  phone), at most four contacts; each contact is surveyed once or twice (one interaction id), and scores fall
+  with every extra stop and rise when the matter is resolved;
 - with ``--daily-curve``, a contact center's day: the rate is the day's average, quiet at night and peaking
   mid-morning and mid-afternoon (UTC hours of the simulated time);
 - a share of invalid events (``--invalid-share``, 0.5% by default on the command line), spoiled the ways
@@ -26,6 +31,7 @@ Example: ``effort:chat/billing@+30s~5m``.  The daily volume curve and more incid
 
 from __future__ import annotations
 
+import heapq
 import json
 import random
 import re
@@ -65,7 +71,21 @@ REASONS_BAD = ("hold_time", "transfer", "repeat_contact", "knowledge", "policy")
 REASONS_GOOD = ("fast", "friendly", "first_contact_resolution")
 COMMENTS_BAD = ("waited too long", "had to repeat myself", "the bot did not understand", "still not solved")
 COMMENTS_GOOD = ("quick and easy", "very helpful agent", "solved first time")
-REPEAT_CUSTOMER_SHARE = 0.15  # answers from a customer who answered recently (along the same journey)
+SELF_SERVICE = {"ivr", "bot", "faq", "auto_reply", "app_login", "invoice_page", "checkout"}
+RESOLVES = {True: 0.75, False: 0.45}  # a contact resolves the matter: assisted, self-service
+MAX_CONTACTS = 4  # the last contact of a journey resolves it
+SECOND_ANSWER_SHARE = 0.2  # a contact surveyed twice (e.g. CES and CSAT of one call)
+WORSE_PER_STOP = 0.12  # the share of bad scores grows by this with every contact after the first
+ESCALATION = {  # where an unresolved customer goes next
+    "phone": ("phone", "email", "store"),
+    "chat": ("phone", "email"),
+    "email": ("phone",),
+    "web": ("chat", "phone", "email"),
+    "app": ("chat", "phone"),
+    "store": ("phone",),
+}
+DEFAULT_COMEBACK_MS = 6 * 3_600_000
+CUSTOMERS = 10_000_000  # customer ids are drawn from this many
 _INCIDENT = re.compile(
     r"^(?P<kind>effort|nps|outage):(?P<channel>[a-z0-9_-]+)(/(?P<journey>[a-z0-9_-]+))?"
     r"@\+(?P<start>[0-9.]+[a-z]*)(~(?P<duration>[0-9.]+[a-z]*))?$"
@@ -121,6 +141,17 @@ def daily_volume(at_ms: int) -> float:
     return level * 24 / sum(_HOURLY)
 
 
+class Contact(NamedTuple):
+    """A customer's next contact of a journey, due at ``due_ms`` (simulated offset); ``stop`` counts from 1."""
+
+    due_ms: int
+    number: int  # tie-break: the order contacts were scheduled in (deterministic)
+    customer: str
+    journey: str
+    channel: str
+    stop: int
+
+
 class Simulator:
     """Generates the events of consecutive slices of simulated time, from ``start_ms`` on."""
 
@@ -135,6 +166,7 @@ class Simulator:
         journeys: Sequence[str] = JOURNEYS,
         invalid_share: float = 0.0,
         daily_curve: bool = False,
+        comeback_ms: int = DEFAULT_COMEBACK_MS,
     ) -> None:
         unknown = [c for c in channels if c not in CHANNEL_TOUCHPOINTS]
         if unknown:
@@ -157,7 +189,10 @@ class Simulator:
         self.offset_ms = 0  # simulated time generated so far
         self.count = 0
         self._owed = 0.0  # fractional events carried to the next slice
-        self._recent: deque[tuple[str, str, str]] = deque(maxlen=2000)  # (customer, channel, journey)
+        self.comeback_ms = max(SLICE_MS, comeback_ms)
+        self._due: list[Contact] = []  # unresolved customers' next contacts (a heap by due time)
+        self._scheduled = 0
+        self._second: deque[dict[str, Any]] = deque()  # second answers of contacts, sent in the next slice
 
     def slice(self) -> list[dict[str, Any]]:
         """The events of the next SLICE_MS of simulated time (occurred_at inside the slice)."""
@@ -171,32 +206,74 @@ class Simulator:
         weights = [0 if c in down else CHANNEL_WEIGHTS[c] for c in self.channels]
         if not any(weights):
             return []
-        return [self._event(offset + self.rng.randrange(SLICE_MS), weights) for _ in range(count)]
+        out: list[dict[str, Any]] = []
+        while len(out) < count and self._second:  # a contact's second answer, a moment after its first
+            second = self._second.popleft()
+            out.append(self._answer(offset + self.rng.randrange(SLICE_MS), second["contact"], second["resolved"]))
+        while len(out) < count and self._due and self._due[0].due_ms < offset + SLICE_MS:
+            contact = heapq.heappop(self._due)  # a customer coming back (late by a slice at most when it is busy)
+            if weights[self.channels.index(contact.channel)] == 0:  # that channel is down: another one
+                contact = contact._replace(channel=self.rng.choices(self.channels, weights)[0])
+            out.extend(self._contact(offset + self.rng.randrange(SLICE_MS), contact, count - len(out)))
+        while len(out) < count:
+            channel = self.rng.choices(self.channels, weights)[0]
+            customer = f"cust-{self.rng.randrange(CUSTOMERS)}"
+            contact = Contact(0, 0, customer, self.rng.choice(self.journeys), channel, 1)
+            out.extend(self._contact(offset + self.rng.randrange(SLICE_MS), contact, count - len(out)))
+        return out
 
     def run(self, duration_ms: int) -> Iterator[list[dict[str, Any]]]:
         """Slices until ``duration_ms`` of simulated time."""
         while self.offset_ms < duration_ms:
             yield self.slice()
 
-    def _event(self, offset_ms: int, weights: list[int]) -> dict[str, Any]:
+    def _contact(self, offset_ms: int, contact: Contact, room: int) -> list[dict[str, Any]]:
+        """The answers of one contact (one, or two with one interaction id: the second in the next slice when
+        this one has no room), and the customer's next contact when it does not resolve the matter."""
         rng = self.rng
-        if self._recent and rng.random() < REPEAT_CUSTOMER_SHARE:  # the same customer, further along the journey
-            customer, channel, journey = rng.choice(self._recent)
-            if weights[self.channels.index(channel)] == 0:
-                channel = rng.choices(self.channels, weights)[0]
-        else:
-            customer = f"cust-{rng.randrange(1_000_000)}"
-            channel = rng.choices(self.channels, weights)[0]
-            journey = rng.choice(self.journeys)
-        self._recent.append((customer, channel, journey))
-        active = [i for i in self.incidents if i.kind != "outage" and i.applies(offset_ms, channel, journey)]
+        self._scheduled += 1
+        touchpoints = CHANNEL_TOUCHPOINTS[contact.channel]
+        if contact.stop == 1 or contact.channel not in ("phone", "chat"):
+            touchpoint = rng.choice(touchpoints)
+        else:  # called or chatted again: an agent this time
+            touchpoint = next(t for t in touchpoints if t in ASSISTED)
+        effort = any(i.kind == "effort" for i in self._active(offset_ms, contact.channel, contact.journey))
+        if effort and rng.random() < 0.5:
+            touchpoint = touchpoints[0]
+        resolved = contact.stop >= MAX_CONTACTS or rng.random() < RESOLVES[touchpoint not in SELF_SERVICE] * (
+            0.5 if effort and touchpoint == touchpoints[0] else 1.0
+        )
+        about = {**contact._asdict(), "touchpoint": touchpoint, "interaction": f"int-{self.seed}-{self._scheduled}"}
+        out = [self._answer(offset_ms, about, resolved)]
+        if rng.random() < SECOND_ANSWER_SHARE:
+            if room > 1:
+                out.append(self._answer(min(offset_ms + 1 + rng.randrange(50), self.offset_ms - 1), about, resolved))
+            else:
+                self._second.append({"contact": about, "resolved": resolved})
+        if not resolved:
+            paths = [c for c in ESCALATION[contact.channel] if c in self.channels] or [contact.channel]
+            later = rng.randint(self.comeback_ms // 20, self.comeback_ms)
+            heapq.heappush(
+                self._due,
+                Contact(offset_ms + later, self._scheduled, contact.customer, contact.journey, rng.choice(paths),
+                        contact.stop + 1),
+            )  # fmt: skip
+        return out
+
+    def _active(self, offset_ms: int, channel: str, journey: str) -> list[Incident]:
+        return [i for i in self.incidents if i.kind != "outage" and i.applies(offset_ms, channel, journey)]
+
+    def _answer(self, offset_ms: int, contact: dict[str, Any], resolved: bool) -> dict[str, Any]:
+        rng = self.rng
+        customer, journey, channel = contact["customer"], contact["journey"], contact["channel"]
+        touchpoint, stop = contact["touchpoint"], contact["stop"]
+        active = self._active(offset_ms, channel, journey)
         touchpoints = CHANNEL_TOUCHPOINTS[channel]
         effort = any(i.kind == "effort" for i in active)
-        touchpoint = touchpoints[0] if effort and rng.random() < 0.5 else rng.choice(touchpoints)
         metric = rng.choices(tuple(METRIC_SCALES), METRIC_WEIGHTS)[0]
         lo, hi = rng.choice(METRIC_SCALES[metric])
-        bad = self._score(metric, channel, touchpoint, lo, hi, active)
-        score, low = bad
+        worse = WORSE_PER_STOP * (stop - 1) + (0.0 if resolved else 0.1) - (0.08 if resolved and stop > 1 else 0.0)
+        score, low = self._score(metric, channel, touchpoint, lo, hi, active, worse)
         reasons = [] if rng.random() < 0.4 else rng.sample(REASONS_BAD if low else REASONS_GOOD, rng.randint(1, 2))
         if effort and touchpoint == touchpoints[0] and low and "repeat_contact" not in reasons:
             reasons = ["repeat_contact", *reasons[:1]]
@@ -213,7 +290,7 @@ class Simulator:
             "scale_min": None if (lo, hi) == METRIC_SCALES[metric][0] else lo,
             "scale_max": None if (lo, hi) == METRIC_SCALES[metric][0] else hi,
             "customer_id": customer,
-            "interaction_id": f"int-{self.seed}-{self.count}",
+            "interaction_id": contact["interaction"],
             "agent_id": f"agent-{rng.randrange(300)}" if touchpoint in ASSISTED else None,
             "team": f"team-{rng.randrange(12)}" if touchpoint in ASSISTED else None,
             "reason_codes": reasons,
@@ -224,23 +301,26 @@ class Simulator:
         return event
 
     def _score(
-        self, metric: str, channel: str, touchpoint: str, lo: int, hi: int, active: list[Incident]
+        self, metric: str, channel: str, touchpoint: str, lo: int, hi: int, active: list[Incident], worse: float
     ) -> tuple[int, bool]:
-        """A score on [lo, hi] and whether it is a bad experience."""
+        """A score on [lo, hi] and whether it is a bad experience; ``worse`` adds to the share of bad ones (more
+        stops, an unresolved matter) or takes from it (resolved after several)."""
         rng = self.rng
         d = hi - lo
         if metric == "CES":
             culprit = any(i.kind == "effort" for i in active) and touchpoint == CHANNEL_TOUCHPOINTS[channel][0]
-            high = rng.random() < (INCIDENT_HIGH_EFFORT if culprit else BASE_HIGH_EFFORT[channel])
+            share = INCIDENT_HIGH_EFFORT if culprit else BASE_HIGH_EFFORT[channel] + worse
+            high = rng.random() < min(0.9, max(0.02, share))
             high_max = lo + (d - 1) // 2  # the highest score with 2 * (s - lo) < d (docs/contract.md section 3)
             return (rng.randint(lo, high_max) if high else rng.randint(high_max + 1, hi)), high
         if metric in ("NPS", "NLS"):
-            detractor_share = 0.6 if any(i.kind == "nps" for i in active) else 0.2 + 0.1 * BASE_HIGH_EFFORT[channel]
+            base = 0.2 + 0.1 * BASE_HIGH_EFFORT[channel] + worse
+            detractor_share = 0.6 if any(i.kind == "nps" for i in active) else min(0.9, max(0.02, base))
             u = rng.random()
             if u < detractor_share:
                 return rng.randint(0, 6), True
             return (rng.randint(7, 8) if u < detractor_share + 0.3 else rng.randint(9, 10)), False
-        u = rng.betavariate(4.0, 1.6)  # CSAT, CAS: mostly satisfied
+        u = rng.betavariate(max(1.2, 4.0 - 8 * worse), 1.6)  # CSAT, CAS: mostly satisfied
         score = lo + min(d, round(u * d))
         return score, 4 * (score - lo) < 3 * d
 

@@ -10,6 +10,7 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -103,6 +104,22 @@ class WorkerMetrics:
             ["kind"],
             registry=registry,
         )
+        self.journeys_closed = Gauge(
+            "cxpulse_journeys_closed",
+            "Counters of the customer journeys closed with their end in the last 24 h, by journey (contract "
+            "section 8): journeys, one_stop, contacts_sum, switches_sum, high_effort, nps_*, recoverable, "
+            "recovered; over several workers, sum them and compute the KPIs from the sums",
+            ["journey", "counter"],
+            registry=registry,
+        )
+        self.journey_kpi = Gauge(
+            "cxpulse_journey_kpi",
+            "Journey KPIs of the journeys closed in the last 24 h, by journey, from this process's counters: "
+            "one_stop_rate, contacts_per_journey, switches_per_journey, high_effort_rate, journey_nps, recovery_rate",
+            ["journey", "kpi"],
+            registry=registry,
+        )
+        self.journey_labels: set[str] = set()
         self.expired = Counter(
             "cxpulse_worker_expired_keys",
             "State keys dropped after the retention, by table",
@@ -172,6 +189,25 @@ class WorkerMetrics:
             ["process"],
             registry=registry,
         )
+
+    def set_journey_kpis(self, totals: Mapping[str, Any]) -> None:
+        """The journey gauges from the counters (JourneyCounts) of each journey; a journey gone is set to 0."""
+        from streams.journeys import JourneyCounts, journey_kpis
+
+        shown = self._kpi_labels()
+        for journey in self.journey_labels | totals.keys():
+            counts = totals.get(journey, JourneyCounts())
+            for name, value in counts._asdict().items():
+                self.journeys_closed.labels(journey, name).set(value)
+            for kpi, value in journey_kpis(counts).items():
+                if value is not None:
+                    self.journey_kpi.labels(journey, kpi).set(value)
+                elif (journey, kpi) in shown:  # no denominator (a journey gone): no value
+                    self.journey_kpi.remove(journey, kpi)
+        self.journey_labels |= totals.keys()
+
+    def _kpi_labels(self) -> set[tuple[str, ...]]:
+        return {tuple(sample.labels.values()) for metric in self.journey_kpi.collect() for sample in metric.samples}
 
     def page(self) -> bytes:
         """The process's /metrics page: the registry, then the snapshots' own text."""

@@ -25,6 +25,11 @@ transactions there is at most one commit marker, so a jump of more than one offs
 handled while no batch comes is read back at the tick (``TAIL_CHECK_SECONDS``).  Adding an answer twice changes
 nothing, so a read-back of something handled already costs time, never a count.
 
+The journey KPI gauges (``cxpulse_journeys_closed{journey,counter}``, ``cxpulse_journey_kpi{journey,kpi}``) count
+the closed instances whose end lies in the last 24 h: each group's state keeps (end, counters) of its closed
+instances, summed over the partitions this process holds at each look at the due groups (the same pass over the
+table).
+
 Its tick: groups whose ``due`` time passed (an open instance whose end + G the clock passed: closed, emitted once
 more; an instance whose end + G is older than the retention: no answer a worker accepts can reach it, dropped
 from the state) are looked at, at most every ``close_every_ms`` (1% of G, between 1 s and 60 s).
@@ -46,8 +51,10 @@ from streams.journeys import (
     Answer,
     Group,
     GroupState,
+    JourneyCounts,
     Revision,
     add_answers,
+    closed_counts,
     decode_answer_rows,
     instance_record,
     instances_of,
@@ -59,6 +66,7 @@ from streams.worker.repair import PartitionReader
 LOG = logging.getLogger("cxpulse.journeys")
 TAIL_CHECK_SECONDS = 5.0  # a partition that got no batch this long is compared with its end
 UNCONFIRMED = 2**62  # the offset of a state written outside a batch before its revisions are sent
+KPI_WINDOW_MS = 24 * 3_600_000  # the KPI gauges count the closed instances whose end lies this far back
 
 
 def group_key(partition: int, group: Group) -> str:
@@ -177,7 +185,7 @@ class JourneyAgent(TableAgent):
     def _revise(self, group: Group, state: GroupState, now_ms: int, offset: int) -> tuple[GroupState, list[Revision]]:
         instances = instances_of(group, state.answers, self.gap_ms, now_ms)
         revisions, emitted = revise(group, state.emitted, instances, now_ms)
-        return GroupState(state.answers, emitted, offset), revisions
+        return GroupState(state.answers, emitted, offset, closed_counts(instances)), revisions
 
     async def _send(self, updates: dict[str, tuple[GroupState, list[Revision]]]) -> None:
         """Write the states (what they are about to send marked not sent yet), then send the revisions: a kill in
@@ -243,11 +251,18 @@ class JourneyAgent(TableAgent):
         send again what a state says it sent (its first write marks the revisions not sent, a second, after
         their flush, marks them sent)."""
         assigned = self.consumption.assigned(self.topic)
-        due = [
-            key
-            for key, value in list(self.table.items())
-            if value and 0 < value.get("t", 0) <= now_ms and int(key.split("|", 1)[0]) in assigned
-        ]
+        since = now_ms - KPI_WINDOW_MS
+        totals: dict[str, JourneyCounts] = defaultdict(JourneyCounts)
+        due = []
+        for key, value in list(self.table.items()):
+            if not value or int(key.split("|", 1)[0]) not in assigned:
+                continue
+            if 0 < value.get("t", 0) <= now_ms:
+                due.append(key)  # counted below, once looked at
+                continue
+            for end, *counts in value.get("k", ()):
+                if end >= since:
+                    totals[key.split("|", 2)[1]] += JourneyCounts(*counts)
         updates: dict[str, tuple[GroupState, list[Revision]]] = {}
         cutoff = now_ms - self.retention_ms
         for key in due:
@@ -256,8 +271,13 @@ class JourneyAgent(TableAgent):
             forgotten = state.forget_before(cutoff, self.gap_ms)
             if forgotten:
                 self.metrics.expired.labels("journey-instances").inc(forgotten)
+                state = state.without_closed_before(cutoff, self.gap_ms)
             updates[key] = (state, revisions)
+            for end, counts in state.closed:
+                if end >= since:
+                    totals[key.split("|", 2)[1]] += counts
         sending = {key: update for key, update in updates.items() if update[1]}
         if sending:
             await self._send(sending)
         self._store({key: state.confirmed()._replace(offset=-1) for key, (state, _) in updates.items()})
+        self.metrics.set_journey_kpis(totals)

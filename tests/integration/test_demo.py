@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -66,6 +67,17 @@ def test_the_demo_shows_the_loop_and_cleans_up(tmp_path: Path) -> None:
     segments = {(r["channel"], r["journey"]) for r in map(json.loads, report.stdout.splitlines())}
     journeys = SIMULATION[SIMULATION.index("--journeys") + 1].split(",")
     assert segments == {(c, j) for c in CHANNELS for j in journeys}
+    # customer journeys: the progress lines show them closing, the store has their KPIs per journey
+    assert re.search(r"journeys closed: \d+% one-stop, \d\.\d\d contacts each", done.stdout), done.stdout[-3000:]
+    by_journey = subprocess.run(
+        cxpulse_command("report", "--journeys", "--format", "jsonl"), capture_output=True, text=True, check=False,
+        env={**env, "CXPULSE_PANE_SECONDS": "5"},  # the demo's panes: windows end at most 5 s ago
+    )  # fmt: skip
+    assert by_journey.returncode == 0, by_journey.stderr
+    closed = {r["journey"]: r for r in map(json.loads, by_journey.stdout.splitlines())}
+    assert set(closed) == set(journeys) and all(
+        r["journeys"] > 50 and r["contacts_per_journey"] > 1 for r in closed.values()
+    )
 
 
 def run_the_hints_as_printed(output: str, env: dict[str, str]) -> None:

@@ -12,8 +12,11 @@ import signal
 import subprocess
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from schemas.codec import JOURNEY_INSTANCE, LocalCatalog, decode_confluent
 from sinks.clickhouse import Endpoint
@@ -171,27 +174,50 @@ def test_instances_close_when_the_clock_passes_their_end_plus_the_gap(kafka_brok
     expected = expected_instances(source, gap_seconds * 1000, now_ms=now_ms)
     assert all(r["closed"] for r in expected.values())
     log = tmp_path / "worker.log"
-    worker = start_worker(pipeline, log)
+    port = free_ports(1)[0]
+    worker = start_worker(pipeline, log, metrics_port=port)
     try:
         produce(pipeline.settings, source)
         converge_journeys(pipeline, expected)  # every instance closed, each with its final numbers
-        want = {k: (r["answers"], r["contacts"], r["closed"]) for k, r in expected.items()}
-        wait_for(lambda: stored_instances(pipeline) == want, "ClickHouse's live journey instances equal replay", log)
+        # the KPI gauges: the counters of the instances closed in the last 24 h (all of them), per journey
         instances = replay_file(source, 60_000, lambda dead: None, journey_gap_ms=gap_seconds * 1000).journeys
         assert instances is not None
         counts: dict[str, JourneyCounts] = {}
         for i in instances.all_instances(now_ms):
             counts[i.journey] = counts.get(i.journey, JourneyCounts()) + counts_of(i)
+
+        def gauges() -> dict[str, JourneyCounts]:
+            page = scrape(port)
+            return {
+                journey: JourneyCounts(
+                    *(
+                        int(page.get(f'cxpulse_journeys_closed{{counter="{f}",journey="{journey}"}}', -1))
+                        for f in JourneyCounts._fields
+                    )  # fmt: skip
+                )
+                for journey in counts
+            }
+
+        wait_for(lambda: gauges() == counts, "the journey gauges equal replay's counters", log)
+        page = scrape(port)
+        for journey, c in counts.items():
+            rate = page[f'cxpulse_journey_kpi{{journey="{journey}",kpi="one_stop_rate"}}']
+            assert rate == pytest.approx(100 * c.one_stop / c.journeys)
+        want = {k: (r["answers"], r["contacts"], r["closed"]) for k, r in expected.items()}
+        wait_for(lambda: stored_instances(pipeline) == want, "ClickHouse's live journey instances equal replay", log)
         report = cli(pipeline, "report", "--journeys", "--window", "24h", "--format", "jsonl")
         assert report.returncode == 0, report.stderr
         rows = [json.loads(line) for line in report.stdout.splitlines()]
         assert {r["journey"]: JourneyCounts(*(r[f] for f in JourneyCounts._fields)) for r in rows} == counts
-        customer, journey, start = max(expected, key=lambda k: (expected[k]["answers"], k))
+        (customer, journey), _ = Counter(k[:2] for k in expected).most_common(1)[0]  # the most journeys
+        start = max((k for k in expected if k[:2] == (customer, journey)), key=lambda k: expected[k]["answers"])[2]
         shown = cli(pipeline, "journey", customer, "--journey", journey, "--format", "jsonl")
         assert shown.returncode == 0, shown.stderr
         mine = [json.loads(line) for line in shown.stdout.splitlines()]
         found = next(o for o in mine if o["start"] == start)
-        assert len(found["answers_in_order"]) == expected[(customer, journey, start)]["answers"] >= 3
+        assert len(found["answers_in_order"]) == expected[(customer, journey, start)]["answers"]
+        theirs = sorted(k[2] for k in expected if k[:2] == (customer, journey))
+        assert [o["start"] for o in mine] == theirs and len(theirs) > 3  # G = 3 s: many short journeys
         stop_worker(worker, log)
     finally:
         stop_process(worker)

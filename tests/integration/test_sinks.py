@@ -114,6 +114,7 @@ def fast_effort_pipeline(bootstrap: str, tmp_path: Path) -> Pipeline:
         effort_baseline_seconds=20,
         effort_guard_seconds=2,
         effort_min_baseline=100,
+        journey_gap_seconds=2,  # journeys close within the test (the dashboards' journey panels show data)
     )
 
 

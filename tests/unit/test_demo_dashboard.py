@@ -32,3 +32,26 @@ def test_the_dashboard_shows_five_metrics_and_the_whole_alert_line() -> None:
     alert_lines = text[text.index("effort spike FIRING") :].splitlines()
     assert all(len(line) <= 80 for line in alert_lines)
     assert "reason_code repeat_contact (30/40 high effort)" in " ".join(line.strip() for line in alert_lines)
+
+
+def test_the_dashboard_shows_one_stop_rate_and_contacts_per_journey_from_the_counters() -> None:
+    from streams.journeys import JourneyCounts
+
+    board = Dashboard(Settings(journey_gap_seconds=20), "127.0.0.1:1")
+    try:
+        assert "none closed yet" in board.journey_line() and "20 s" in board.journey_line()
+        page = "".join(
+            f'cxpulse_journeys_closed{{journey="{journey}",counter="{name}"}} {value}\n'
+            for journey, counts in {
+                "billing": JourneyCounts(journeys=4, one_stop=2, contacts_sum=7),
+                "support": JourneyCounts(journeys=6, one_stop=6, contacts_sum=6),
+            }.items()
+            for name, value in counts._asdict().items()
+        )
+        board.read_gauges("# TYPE cxpulse_journeys_closed gauge\n" + page)
+    finally:
+        board.close()
+    line = board.journey_line()
+    assert board.journey_summary() == "10 journeys closed: 80% one-stop, 1.30 contacts each"
+    assert "all 80% one-stop, 1.30 contacts (10)" in line  # counters summed, then computed: (2 + 6) / (4 + 6)
+    assert "billing 50% one-stop, 1.75 contacts (4)" in line and "support 100% one-stop, 1.00 contacts (6)" in line

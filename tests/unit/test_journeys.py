@@ -22,8 +22,10 @@ from streams.journeys import (
     JourneyCounts,
     Revisions,
     answer_of,
+    closed_counts,
     confirm,
     counts_by,
+    counts_of,
     instance_json,
     instances_of,
     journey_kpis,
@@ -233,13 +235,18 @@ def test_what_a_state_records_before_sending_is_sent_again_until_confirmed() -> 
     late = [answer_of(a) for a in validate_batch([event(event_id="a", occurred_at=T, customer_id="c")])[0]]
     moved, emitted = revise(group, emitted, instances_of(group, late + answers, G, 0), 12)
     assert [(r.instance.start, r.version, r.deleted) for r in moved] == [(T, 12, False), (T + H, 12, True)]
-    state = GroupState(late + answers, emitted, 7)
+    closing = instances_of(group, late + answers, G, T + 3 * G)  # the clock past end + G: closed
+    state = GroupState(late + answers, emitted, 7, closed_counts(closing))
+    assert state.closed == ((T + H, counts_of(closing[0])),) and state.closed[0][1].journeys == 1
     restored = GroupState.from_table(state.to_table(G, 7 * 24 * H))
     assert restored == state and restored.due(G, 7 * 24 * H) == 1  # not sent yet: looked at, at once
     resent, _ = revise(group, restored.emitted, instances_of(group, late + answers, G, 0), 13)
     assert [(r.instance.start, r.version, r.deleted) for r in resent] == [(T, 13, False), (T + H, 13, True)]
     done = restored.confirmed()
     assert list(done.emitted) == [T] and done.due(G, 7 * 24 * H) == T + H + G + 1  # the deletion done is forgotten
+    assert done.closed == state.closed  # the KPI gauges' counters stay with the state
+    assert done.without_closed_before(T + H + G, G).closed == state.closed
+    assert done.without_closed_before(T + H + G + 1, G).closed == ()  # forgotten with its instance
     assert revise(group, done.emitted, instances_of(group, late + answers, G, 0), 14)[0] == []
     assert confirm(done.emitted) == done.emitted
 

@@ -140,3 +140,42 @@ def test_the_daily_curve_keeps_the_mean_and_shapes_the_day() -> None:
             per_hour[(e["occurred_at"] - START) // 3_600_000] += 1
     assert sum(per_hour) == pytest.approx(24 * 3600 * 10, rel=0.01)
     assert max(per_hour[:5]) < 0.2 * 36_000 and min(per_hour[9:11]) > 1.4 * 36_000  # night vs mid-morning
+
+
+def test_customers_go_through_multi_contact_journeys_that_end_worse_the_more_stops_they_take(tmp_path: Path) -> None:
+    from streams.journeys import JourneyCounts, counts_of, journey_kpis
+    from streams.simulate import ESCALATION, SELF_SERVICE
+
+    simulator = Simulator(seed=9, rate=60, start_ms=START, comeback_ms=120_000)
+    batch = [event for part in simulator.run(1800_000) for event in part]
+    path = tmp_path / "journeys.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in batch))
+    replay = replay_file(path, 60_000, lambda dead: None, journey_gap_ms=600_000)
+    instances = replay.journey_instances(now_ms=START + 2 * 3600_000)
+    contacts = Counter(min(i.contacts, 5) for i in instances)
+    assert contacts[1] > contacts[2] > contacts[3] > contacts[4] > 0  # most resolve at once, some take 4 stops
+    assert contacts[5] < 0.002 * len(instances)  # the fourth contact resolves (more: a customer id drawn twice)
+    assert any(i.answers > i.contacts for i in instances)  # a contact surveyed twice: one interaction id
+    total = sum((counts_of(i) for i in instances), start=JourneyCounts())
+    kpis = journey_kpis(total)
+    assert 45 < kpis["one_stop_rate"] < 75 and 1.3 < kpis["contacts_per_journey"] < 1.9  # type: ignore[operator]
+    # the further along, the worse the outcome: the mean last x falls with the number of contacts
+    last = {n: [i.last_x for i in instances if i.contacts == n] for n in (1, 2, 3, 4)}
+    means = [sum(v) / len(v) for v in last.values()]
+    assert means == sorted(means, reverse=True) and means[0] - means[3] > 0.05, means
+    # a customer coming back takes the channel's escalation path: switches follow it
+    by_contact: dict[str, dict] = {}
+    for e in batch:
+        by_contact.setdefault(e["interaction_id"], e)
+    walks: Counter[tuple[str, str]] = Counter()
+    off_path = 0  # a customer id drawn again for another journey start: rare
+    journeys: dict[tuple[str, str], list[dict]] = {}
+    for e in sorted(by_contact.values(), key=lambda e: e["occurred_at"]):
+        journeys.setdefault((e["customer_id"], e["journey"]), []).append(e)
+    for stops in journeys.values():
+        for before, after in zip(stops, stops[1:], strict=False):
+            walks[(before["channel"], after["channel"])] += 1
+            off_path += after["channel"] not in ESCALATION[before["channel"]]
+    assert walks[("chat", "phone")] > 0 and walks[("web", "chat")] > 0 and off_path < 0.01 * walks.total()
+    firsts = Counter(stops[0]["touchpoint"] in SELF_SERVICE for stops in journeys.values() if len(stops) > 1)
+    assert firsts[True] > firsts[False]  # self-service resolves less often: more of the multi-stop journeys start there
