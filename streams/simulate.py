@@ -11,8 +11,8 @@ duration produce the same events.  What is simulated:
   one channel; a contact resolves the matter with a probability that depends on its touchpoint (self-service
   less often than an agent); unresolved, the customer comes back later (up to ``--comeback``, 6 h by default)
   on the next channel of an escalation path (ivr, then an agent call, then email; a web FAQ, then chat, then the
-  phone), at most four contacts; each contact is surveyed once or twice (one interaction id), and scores fall
-  with every extra stop and rise when the matter is resolved;
+  phone), at most four contacts; each contact is surveyed once or twice (one interaction id), and NPS, NLS,
+  CSAT and CAS fall with every extra stop and rise when the matter is resolved (CES stays the contact's own);
 - with ``--daily-curve``, a contact center's day: the rate is the day's average, quiet at night and peaking
   mid-morning and mid-afternoon (UTC hours of the simulated time);
 - a share of invalid events (``--invalid-share``, 0.5% by default on the command line), spoiled the ways
@@ -209,6 +209,8 @@ class Simulator:
         out: list[dict[str, Any]] = []
         while len(out) < count and self._second:  # a contact's second answer, a moment after its first
             second = self._second.popleft()
+            if second["contact"]["channel"] in down:  # the channel went down: that survey is never answered
+                continue
             out.append(self._answer(offset + self.rng.randrange(SLICE_MS), second["contact"], second["resolved"]))
         while len(out) < count and self._due and self._due[0].due_ms < offset + SLICE_MS:
             contact = heapq.heappop(self._due)  # a customer coming back (late by a slice at most when it is busy)
@@ -303,14 +305,15 @@ class Simulator:
     def _score(
         self, metric: str, channel: str, touchpoint: str, lo: int, hi: int, active: list[Incident], worse: float
     ) -> tuple[int, bool]:
-        """A score on [lo, hi] and whether it is a bad experience; ``worse`` adds to the share of bad ones (more
-        stops, an unresolved matter) or takes from it (resolved after several)."""
+        """A score on [lo, hi] and whether it is a bad experience; ``worse`` adds to the share of bad NPS, NLS, CSAT
+        and CAS answers (more stops, an unresolved matter) or takes from it (resolved after several)."""
         rng = self.rng
         d = hi - lo
         if metric == "CES":
             culprit = any(i.kind == "effort" for i in active) and touchpoint == CHANNEL_TOUCHPOINTS[channel][0]
-            share = INCIDENT_HIGH_EFFORT if culprit else BASE_HIGH_EFFORT[channel] + worse
-            high = rng.random() < min(0.9, max(0.02, share))
+            # effort is the contact's own (its touchpoint, an incident), not the stops before it: a simulation that
+            # starts has no returning customers yet, and effort growing while they arrive looked like a spike
+            high = rng.random() < (INCIDENT_HIGH_EFFORT if culprit else BASE_HIGH_EFFORT[channel])
             high_max = lo + (d - 1) // 2  # the highest score with 2 * (s - lo) < d (docs/contract.md section 3)
             return (rng.randint(lo, high_max) if high else rng.randint(high_max + 1, hi)), high
         if metric in ("NPS", "NLS"):
