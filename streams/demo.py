@@ -92,6 +92,7 @@ def summary(settings: Settings, alerts: list[dict[str, Any]], port: int, control
             f"data: {settings.data_dir} (Kafka, worker state, ClickHouse in {settings.data_dir / 'clickhouse'})",
             f"effort alerts: {fired} fired",
             "read it back (the demo ran 5-second panes):",
+            f"  {env} {command} report --journeys --window 10m --by journey,channel",
             f"  {env} {command} report --window 5m --by channel,journey",
             f"  {env} {command} drivers --metric CES --channel chat --journey billing --window 10m --vs rest",
             "its alerts again, with its broker (Ctrl-C stops it):",

@@ -221,7 +221,7 @@ def customer_journeys(found: list[Any], customer: str, fmt: str) -> None:
             a = stored.answer
             total += a.x
             table.add_row(
-                iso_utc(a.occurred_at)[:19].replace("T", " "),
+                _when(a.occurred_at),
                 escape(a.channel),
                 escape(a.touchpoint or "-"),
                 escape(a.interaction_id or "-"),
@@ -250,10 +250,15 @@ def _instance_line(journey: Any) -> str:
     if i["ces_n"]:
         flags.append(f"high-effort CES {i['ces_high_effort']} of {i['ces_n']}")
     return (
-        f"[bold]{escape(i['journey'])}[/bold] {iso_utc(i['start'])[:16]} → {iso_utc(i['end'])[:16]} ({state}): "
+        f"[bold]{escape(i['journey'])}[/bold] {_when(i['start'])} → {_when(i['end'])} ({state}): "
         f"{count(i['answers'], 'answer')}, {count(i['contacts'], 'contact')}, {count(i['channels'], 'channel')}, "
         f"{switches}, first x {i['first_x']:.2f}, last x {i['last_x']:.2f}; " + ", ".join(flags)
     )
+
+
+def _when(ms: int) -> str:
+    """A time to the second, UTC, for a person: ``2026-12-02 13:12:38``."""
+    return iso_utc(ms)[:19].replace("T", " ")
 
 
 def _answer_json(a: Any) -> dict[str, Any]:

@@ -84,8 +84,10 @@ def run_the_hints_as_printed(output: str, env: dict[str, str]) -> None:
     """The closing hints run as printed, in a shell: report and drivers read the demo's store with its 5-second
     panes; the broker line brings its Kafka back on its ports, and then the alerts read back include the FIRING."""
     hints = [line.strip() for line in output.splitlines() if line.startswith("  ")]
-    report, drivers, broker, read = hints[-4:]
+    journeys, report, drivers, broker, read = hints[-5:]
     shell = {k: v for k, v in env.items() if k not in ("CXPULSE_DATA_DIR", "CXPULSE_METRICS_PORT")}
+    done = subprocess.run(["bash", "-c", journeys], capture_output=True, text=True, check=False, env=shell)
+    assert done.returncode == 0 and "one-stop %" in done.stdout, (journeys, done.stdout, done.stderr)
     for hint in (report, drivers):
         done = subprocess.run(["bash", "-c", hint], capture_output=True, text=True, check=False, env=shell)
         assert done.returncode == 0, (hint, done.stderr)
