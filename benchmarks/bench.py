@@ -294,11 +294,18 @@ def decode_result(message: Any) -> tuple[Any, GroupKey, int, int]:
 
 
 def run_cxpulse(
-    bootstrap: str, topic: str, events: int, workdir: Path, slots: int = 1, clickhouse: bool = False
+    bootstrap: str,
+    topic: str,
+    events: int,
+    workdir: Path,
+    slots: int = 1,
+    clickhouse: bool = False,
+    journeys: bool = True,
 ) -> Run:
     """``clickhouse``: with the ClickHouse sink on the embedded store; the run then also waits until the store
-    holds every answer, and reports that moment as ``stored``."""
-    extra: dict[str, Any] = {"hotpath_processes": slots}
+    holds every answer, and reports that moment as ``stored``.  ``journeys``: follow customer journeys (the
+    default, as a worker does)."""
+    extra: dict[str, Any] = {"hotpath_processes": slots, "journeys": journeys}
     if clickhouse:
         extra["clickhouse_url"] = f"chdb://{workdir / ('chdb-' + uuid.uuid4().hex[:8])}"
     settings, env = cxpulse_settings(bootstrap, topic, workdir, **extra)
@@ -565,6 +572,12 @@ def main() -> None:
     parser.add_argument("--soak-seconds", type=float, default=600.0)
     parser.add_argument("--scaling", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument(
+        "--journeys-off",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run cxpulse without customer journeys (live shape): what following them costs",
+    )
+    parser.add_argument(
         "--clickhouse", action=argparse.BooleanOptionalAction, default=True, help="also run cxpulse with its sink"
     )
     args = parser.parse_args()
@@ -635,6 +648,21 @@ def report(bootstrap: str, workdir: Path, systems: list[str], args: argparse.Nam
                     raise SystemExit(f"{system} on {shape}: counts differ from the generated events")
                 runs.append(run)
             summary[shape][system] = median_run(runs)
+        if args.journeys_off and "cxpulse" in systems and shape == "live":
+            runs = []
+            for number in range(args.runs):
+                run = run_cxpulse(bootstrap, topic, args.events, workdir, journeys=False)
+                console.print(f"  cxpulse, journeys off, run {number + 1}: {run.rate:,.0f} events/s launch to last "
+                              f"result (start-up {run.startup:.1f} s)", highlight=False)  # fmt: skip
+                runs.append(run)
+            off = median_run(runs)
+            summary[shape]["cxpulse, journeys off"] = off
+            on = summary[shape]["cxpulse"]
+            console.print(
+                f"  journeys on: {on.rate:,.0f} events/s, off: {off.rate:,.0f} events/s "
+                f"({100 * (on.rate / off.rate - 1):+.1f}% with journeys)",
+                highlight=False,
+            )
         if args.scaling and "cxpulse" in systems and shape == "backlog":
             two = median_run([run_cxpulse(bootstrap, topic, args.events, workdir, slots=2) for _ in range(args.runs)])
             summary[shape]["cxpulse, 2 hot-path processes"] = two

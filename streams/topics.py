@@ -90,7 +90,7 @@ def internal_topic_specs(settings: Settings, feedback_partitions: int) -> list[T
     ]
 
 
-# The Faust tables of the worker's Faust process and the topic whose partitions each one follows.  Their
+# The Faust tables of the worker's Faust processes and the topic whose partitions each one follows.  Their
 # changelogs (``<app>-<table>-changelog``, compacted) are created with the other internal topics, before Faust
 # starts: Faust would create them itself, but its recovery looks for them first and logs an ERROR for each one
 # a fresh app id does not have yet.
@@ -100,7 +100,7 @@ FAUST_TABLES = (
     ("kpi-view", "results"),
     ("effort-panes", "results"),
     ("effort-state", "results"),
-    ("journeys", "journey-answers"),
+    ("journeys-state", "journey-answers"),  # table "state" of the journeys process (its app id: <app>-journeys)
 )
 
 

@@ -107,7 +107,7 @@ HOTPATH_MODULES = (b"streams.worker.hotpath", b"tests.integration.flaky_hotpath"
 
 
 def children(pid: int) -> dict[str, int]:
-    """The worker's processes by name (hotpath-N, merge), from /proc."""
+    """The worker's processes by name (hotpath-N, merge, journeys), from /proc."""
     out = {}
     for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
         command = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
@@ -118,6 +118,8 @@ def children(pid: int) -> dict[str, int]:
             out[f"hotpath-{command[command.index(module) + 1].decode()}"] = int(child)
         elif b"merge" in command and (b"streams.processes" in command or b"tests.integration.flaky_merge" in command):
             out["merge"] = int(child)
+        elif b"journeys" in command and b"streams.processes" in command:
+            out["journeys"] = int(child)
     return out
 
 

@@ -3,9 +3,9 @@ section 8).
 
 The hot path forwards each counted answer that carries a customer id, in its batch's transaction, to
 ``<app>-journey-answers``, partitioned by customer (streams.journeys.journey_partition): a customer's answers meet
-in one partition, so in one agent.  Its table ``journeys`` holds per (customer, journey) the answers of the open
-and recent instances, in (occurred_at, event_id) order, and what it last emitted of each instance
-(streams.journeys.GroupState).
+in one partition, so in one agent.  Its table (``state`` of the ``journeys`` process) holds per (customer,
+journey) the answers of the open and recent instances, in (occurred_at, event_id) order, and what it last emitted
+of each instance (streams.journeys.GroupState).
 
 For each batch of one partition: add the answers (an answer read a second time changes nothing), recompute the
 instances of every group the batch names, write each group's table value, with the revisions it is about to send
@@ -109,7 +109,9 @@ class JourneyAgent(TableAgent):
         self.out_topic = settings.journeys_topic
         self.lock = asyncio.Lock()  # a batch and the look at due groups do not interleave at their awaits
         self.reader = reader if reader is not None else PartitionReader(settings.kafka, topic)
-        self.committed = committed if committed is not None else GroupOffsets(settings, settings.app_id, topic)
+        self.committed = (
+            committed if committed is not None else GroupOffsets(settings, f"{settings.app_id}-journeys", topic)
+        )
         self.next: dict[int, int] = {}  # partition -> the offset after the last message handled
         self.confirmed: dict[int, int] = {}  # partition -> a state written at a lower offset has its revisions sent
         self.handled_at: dict[int, float] = {}  # partition -> monotonic time of its last batch

@@ -196,7 +196,8 @@ class ChildrenCollector:
 
 def children_of(settings: Settings, roles: Sequence[str], loglevel: str) -> list[Child]:
     """The processes of a worker with these roles, each with its own metrics port: the hot-path slots, the merge
-    process, and when configured the HTTP ingest and the ClickHouse sink."""
+    process (and with journeys on, the journeys process beside it), and when configured the HTTP ingest and the
+    ClickHouse sink."""
     children = []
     if "hotpath" in roles:
         for slot in range(settings.hotpath_processes):
@@ -205,6 +206,9 @@ def children_of(settings: Settings, roles: Sequence[str], loglevel: str) -> list
     if "merge" in roles:
         port = _free_port()
         children.append(Child("merge", PROCESSES_MODULE, ["merge", str(port), loglevel], port))
+        if settings.journeys:  # the journey agent, beside merge (its own process: see journeys_process)
+            port = _free_port()
+            children.append(Child("journeys", PROCESSES_MODULE, ["journeys", str(port), loglevel], port))
     if "http" in roles and settings.http_port:
         port = _free_port()
         children.append(Child("http", HTTP_MODULE, [str(port)], port))

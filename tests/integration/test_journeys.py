@@ -1,6 +1,6 @@
 """Customer journeys through the real worker and broker (docs/contract.md section 8): the newest non-deleted
 version of each instance on ``cx.journeys`` equals `cxpulse replay --journeys` of the same events, also when the
-merge process (which runs the journey agent) is killed with SIGKILL mid-stream, and instances close once the
+journeys process (which runs the journey agent) is killed with SIGKILL mid-stream, and instances close once the
 clock passes their end + G."""
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def converge_journeys(pipeline: Pipeline, expected: dict[tuple[str, str, str], A
     assert (len(wrong), len(extra)) == (0, 0), detail
 
 
-def test_stream_equals_replay_through_a_kill_9_of_the_merge_process(kafka_broker: Any, tmp_path: Path) -> None:
+def test_stream_equals_replay_through_a_kill_9_of_the_journeys_process(kafka_broker: Any, tmp_path: Path) -> None:
     pipeline = make_pipeline(kafka_broker.bootstrap, tmp_path, journeys_topic=f"test-{uuid.uuid4().hex[:8]}-j")
     source = tmp_path / "events.jsonl"
     journey_events(source, 4000)
@@ -147,10 +147,10 @@ def test_stream_equals_replay_through_a_kill_9_of_the_merge_process(kafka_broker
         revisions = 'cxpulse_worker_journey_revisions_total{kind="open"}'
         wait_for(lambda: scrape(port, starting=True).get(revisions, 0) > 0, "journey instances sent", log)
         produce(pipeline.settings, second)
-        os.kill(children(worker.pid)["merge"], signal.SIGKILL)
+        os.kill(children(worker.pid)["journeys"], signal.SIGKILL)
         converge_journeys(pipeline, expected)
         page = scrape(port)
-        assert page['cxpulse_worker_process_restarts_total{process="merge"}'] == 1
+        assert page['cxpulse_worker_process_restarts_total{process="journeys"}'] == 1
         assert page.get('cxpulse_worker_journey_revisions_total{kind="deleted"}', 0) > 0  # late answers moved starts
         stop_worker(worker, log)
     finally:

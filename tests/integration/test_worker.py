@@ -76,7 +76,7 @@ def test_stream_equals_replay(pipeline: Pipeline, tmp_path: Path) -> None:
         assert _topic_configs(settings) == {
             **{
                 f"{settings.app_id}-{table}-changelog": ("compact", PARTITIONS)
-                for table in ("panes", "positions", "kpi-view", "effort-panes", "effort-state", "journeys")
+                for table in ("panes", "positions", "kpi-view", "effort-panes", "effort-state", "journeys-state")
             },
             internal_topics(settings).partials: ("delete", PARTITIONS),
             internal_topics(settings).journey_answers: ("delete", PARTITIONS),
@@ -84,7 +84,7 @@ def test_stream_equals_replay(pipeline: Pipeline, tmp_path: Path) -> None:
             internal_topics(settings).answers: ("delete", PARTITIONS),
         }
         processes = children(worker.pid)
-        assert set(processes) == {"hotpath-0", "merge"}
+        assert set(processes) == {"hotpath-0", "merge", "journeys"}
         stop_worker(worker, log)
         assert not any(pid_alive(pid) for pid in processes.values())
     finally:
