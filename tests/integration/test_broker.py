@@ -77,9 +77,18 @@ def test_port_in_use_is_a_clear_error(kafka_broker: RunningBroker, tmp_path: Pat
 
 
 def test_demo_starts_broker_topics_and_a_ready_worker(tmp_path: Path) -> None:
-    port, metrics_port = free_ports(3)[::2]
+    port, controller, metrics_port = free_ports(3)  # the controller's too: port + 1 was taken once (CI, 2026-12-02)
     done = subprocess.run(
-        cxpulse_command("demo", "--port", str(port), "--data-dir", str(tmp_path), "--until-ready"),
+        cxpulse_command(
+            "demo",
+            "--port",
+            str(port),
+            "--controller-port",
+            str(controller),
+            "--data-dir",
+            str(tmp_path),
+            "--until-ready",
+        ),  # fmt: skip
         capture_output=True,
         text=True,
         check=False,
