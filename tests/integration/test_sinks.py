@@ -102,7 +102,7 @@ def test_kpi_gauges_equal_replays_rolling_windows(pipeline: Pipeline, tmp_path: 
         stop_process(worker)
 
 
-def fast_effort_pipeline(bootstrap: str, tmp_path: Path) -> Pipeline:
+def fast_effort_pipeline(bootstrap: str, tmp_path: Path, **overrides: Any) -> Pipeline:
     """The effort detector on a test's time scale: 1 s panes, a 20 s baseline ending 2 s before the pane, at least
     100 CES answers in it."""
     return make_pipeline(
@@ -114,7 +114,7 @@ def fast_effort_pipeline(bootstrap: str, tmp_path: Path) -> Pipeline:
         effort_baseline_seconds=20,
         effort_guard_seconds=2,
         effort_min_baseline=100,
-        journey_gap_seconds=2,  # journeys close within the test (the dashboards' journey panels show data)
+        **overrides,
     )
 
 
