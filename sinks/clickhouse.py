@@ -212,13 +212,13 @@ def pane_row(record: Mapping[str, Any]) -> list[Any]:
 
 
 def journey_row(record: Mapping[str, Any]) -> list[Any]:
-    """A row of ``cxpulse.journey_instances`` from a JourneyInstance record (Avro form; start and end as epoch ms
-    or as the datetimes fastavro reads timestamp-millis into)."""
+    """A row of ``cxpulse.journey_instances`` from a JourneyInstance record (Avro form: start and end in epoch ms,
+    as schemas/codec.py reads timestamp-millis)."""
     return [
         record["customer_id"],
         record["journey"],
-        _when(record["start"]),
-        _when(record["end"]),
+        _ms(record["start"]),
+        _ms(record["end"]),
         record["first_channel"],
         *(record[name] for name in JOURNEY_COLUMNS[5:14]),  # answers ... last_x
         record["last_nps"] or "",
@@ -226,10 +226,6 @@ def journey_row(record: Mapping[str, Any]) -> list[Any]:
         record["version"],
         int(bool(record["deleted"])),
     ]
-
-
-def _when(value: int | datetime) -> datetime:
-    return value if isinstance(value, datetime) else _ms(value)
 
 
 def answer_rows(values: Iterable[bytes], catalog: SchemaCatalog) -> list[list[Any]]:
