@@ -113,9 +113,40 @@ def transactional_id(settings: Settings, worker_id: str, slot: int) -> str:
     return f"{settings.app_id}-hotpath-{worker_id}-{slot}"
 
 
-def read_seen_tails(kafka: Kafka, topic: str, stores: dict[int, SeenIds], ends: dict[int, int]) -> int:
-    """Read the seen-ids changelog of each partition from its store's tail to ``ends`` (committed entries only,
-    within RESTORE_SECONDS) into the store; return how many entries were read."""
+def changelog_ends(kafka: Kafka, topic: str, partitions: Iterable[int]) -> dict[int, int]:
+    """Each partition's high watermark: its end, records of unfinished transactions included.
+
+    Asked through a read_uncommitted client on purpose: librdkafka asks ListOffsets with the client's own
+    isolation level (rdkafka_request.c, rd_kafka_ListOffsetsRequest), so a read_committed client gets the last
+    stable offset, which stops short of every entry of a transaction whose markers are not written yet.  A
+    restore that took that as the end (and the read_committed reader's end-of-partition, also at the last
+    stable offset) missed the seen ids of a batch that had committed: its duplicates counted twice (seen in
+    CI, 2026-12-02, after broker restarts)."""
+    probe = new_consumer(kafka, f"{topic}-restore", **{"isolation.level": "read_uncommitted"})
+    try:
+        return {
+            partition: probe.get_watermark_offsets(TopicPartition(topic, partition), KAFKA_TIMEOUT_SECONDS, False)[1]
+            for partition in partitions
+        }
+    finally:
+        probe.close()
+
+
+def read_seen_tails(
+    kafka: Kafka,
+    topic: str,
+    stores: dict[int, SeenIds],
+    ends: dict[int, int],
+    seconds: float = RESTORE_SECONDS,
+    stuck_seconds: float = UNSTABLE_SECONDS,
+) -> int:
+    """Read the seen-ids changelog of each partition from its store's tail to ``ends`` (high watermarks, see
+    :func:`changelog_ends`) into the store, committed entries only; return how many entries were read.
+
+    A read_committed reader reaches the end of a partition at its last stable offset.  Below ``ends`` that
+    means a transaction is not finished yet (its markers are being written, or it is open): the read waits
+    for it, since its entries may be committed ones, and fails (CxPulseError) when that takes longer than
+    ``stuck_seconds`` or the whole read longer than ``seconds`` (the caller tries again)."""
     starts = {partition: store.tail for partition, store in stores.items() if store.tail < ends[partition]}
     if not starts:
         return 0
@@ -123,19 +154,38 @@ def read_seen_tails(kafka: Kafka, topic: str, stores: dict[int, SeenIds], ends: 
         kafka, f"{topic}-restore", **{"enable.partition.eof": True, "isolation.level": "read_committed"}
     )
     entries = 0
+    held: dict[int, tuple[int, float]] = {}  # partition -> (last stable offset it stopped at, since when)
     try:
         reader.assign([TopicPartition(topic, partition, offset) for partition, offset in starts.items()])
         pending = set(starts)
-        deadline = time.monotonic() + RESTORE_SECONDS
+        started = time.monotonic()
         while pending:
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now - started > seconds:
                 raise CxPulseError(f"restoring {topic} partitions {sorted(pending)}: no end in sight")
+            for partition, (stable, since) in held.items():
+                if partition in pending and now - since > stuck_seconds:
+                    raise CxPulseError(
+                        f"restoring {topic}[{partition}]: a transaction holds its last stable offset at {stable} "
+                        f"(below its end {ends[partition]}) for more than {stuck_seconds:.0f} s"
+                    )
             for message in reader.consume(num_messages=1000, timeout=1.0):
                 error = message.error()
                 partition = message.partition() or 0
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(partition)
+                        stable = message.offset() or 0
+                        if stable >= ends[partition]:
+                            pending.discard(partition)
+                        elif partition not in held:
+                            held[partition] = (stable, time.monotonic())
+                            LOG.info(
+                                "restoring %s[%d]: waiting for a transaction to finish (last stable offset %d, end %d)",
+                                topic,
+                                partition,
+                                stable,
+                                ends[partition],
+                            )
                         continue
                     raise CxPulseError(f"restoring {topic}: {error}")
                 store, offset = stores[partition], message.offset() or 0
@@ -363,19 +413,17 @@ class HotPath:
     def _restore_once(self, partitions: list[int]) -> None:
         """Where each partition's next batch starts (its committed offset), and its remembered ids: the local
         state (streams.worker.seen) if it can be trusted, and the changelog past its checkpoint."""
+        begun = time.monotonic()
         topic = self.settings.feedback_topic
         committed = self.consumer.committed([TopicPartition(topic, p) for p in partitions], KAFKA_TIMEOUT_SECONDS)
         started = time.monotonic()
-        ends = {}
-        for partition in partitions:
-            _, ends[partition] = self.consumer.get_watermark_offsets(
-                TopicPartition(self.seen_topic, partition), KAFKA_TIMEOUT_SECONDS, False
-            )
+        ends = changelog_ends(self.settings.kafka, self.seen_topic, partitions)
         stores = {partition: self._seen_store(partition, ends[partition]) for partition in partitions}
         for store in stores.values():
             store.forget_tail()
         local = sum(len(store) for store in stores.values())
-        entries = read_seen_tails(self.settings.kafka, self.seen_topic, stores, ends)
+        left = max(1.0, RESTORE_SECONDS - (time.monotonic() - begun))  # within this attempt's guard
+        entries = read_seen_tails(self.settings.kafka, self.seen_topic, stores, ends, left)
         cutoff = int(time.time() * 1000) - self.retention_ms
         for store in stores.values():
             store.expire(cutoff)
