@@ -415,7 +415,8 @@ def test_failing_batches_are_processed_again_and_do_not_wedge_the_worker(pipelin
         converge(settings, expected, log)
         assert_dead_letters_once(settings, invalid)
         sample = scrape(port)
-        assert sample[f'cxpulse_worker_batch_errors_total{{topic="{settings.feedback_topic}"}}'] == 5
+        failed = "\n".join(line for line in log.read_text().splitlines() if "failed" in line or "Error" in line)
+        assert sample[f'cxpulse_worker_batch_errors_total{{topic="{settings.feedback_topic}"}}'] == 5, failed
         assert sample['cxpulse_worker_transactions_total{outcome="aborted"}'] >= 2  # written, then aborted
         partials = internal_topics(settings).partials
         assert sample[f'cxpulse_worker_batch_errors_total{{topic="{partials}"}}'] == 2
