@@ -6,8 +6,10 @@ in a few lines, not thousands."""
 
 from __future__ import annotations
 
+import os
 import random
 import re
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -20,10 +22,12 @@ from schemas.codec import LocalCatalog
 from streams.config import Settings
 from streams.kafka import consumer
 from streams.produce import messages_of
+from streams.topics import internal_topics
 from tests.cluster import Feeder, LocalCluster
 from tests.support import free_ports, stop_process
 from tests.workers import (
     assert_dead_letters_once,
+    children,
     converge,
     expected_results,
     make_pipeline,
@@ -34,6 +38,7 @@ from tests.workers import (
 )
 
 RATE = 100.0  # events a second while the faults happen (they flow through all the rounds)
+FREEZE_SECONDS = 2.0  # the hot path paused this long at most, waiting for its transactions to finish, per try
 OUTAGE_LOG_LINES = 50  # the worker's log lines for one 10-second outage, at most
 
 
@@ -61,6 +66,61 @@ def committed(settings: Settings) -> int:
         group.close()
 
 
+def unfinished(settings: Settings) -> list[str]:
+    """The partitions the hot path writes in transactions whose last stable offset is below their high watermark:
+    a transaction of it is open there, or its markers are not all written yet."""
+    names = internal_topics(settings)
+    topics = [names.partials, names.seen_ids, names.answers, names.journey_answers, settings.dlq_topic,
+              settings.followups_topic]  # fmt: skip
+    stable = consumer(settings.kafka_bootstrap, "probe", **{"isolation.level": "read_committed"})
+    whole = consumer(settings.kafka_bootstrap, "probe", **{"isolation.level": "read_uncommitted"})
+    try:
+        out = []
+        for topic in topics:
+            for partition in whole.list_topics(topic, timeout=10).topics[topic].partitions:
+                tp = TopicPartition(topic, partition)
+                if stable.get_watermark_offsets(tp, 10, False)[1] < whole.get_watermark_offsets(tp, 10, False)[1]:
+                    out.append(f"{topic}[{partition}]")
+        return out
+    finally:
+        stable.close()
+        whole.close()
+
+
+def kill_between_transactions(cluster: LocalCluster, worker_pid: int, settings: Settings, log: Path) -> None:
+    """SIGKILL the broker at a moment when no transaction of the hot path is unfinished.
+
+    Not at any moment, because of what Kafka does then: a single combined KRaft node restarted after SIGKILL
+    serves from its replayed metadata while its new registration is refused (DUPLICATE_BROKER_REGISTRATION)
+    until the old registration's session times out (9 s); then the controller fences it, and for a moment every
+    partition is without a leader.  The transaction coordinator, finishing a transaction that was committing at
+    the kill, skips the markers of partitions without a leader ("likely deleted already", KAFKA-5202) and
+    completes it: those partitions hold an open transaction for ever (the last stable offset stuck, KAFKA-20716;
+    only `kafka-transactions.sh abort` ends it).  Seen in CI on 2026-12-02 (seen-ids[1] stuck at offset 4, its
+    COMMIT marker never written, the transaction CompleteCommit in __transaction_state; the worker's restore
+    said so and waited).  No client can recover a marker Kafka dropped, so the hot path is paused (SIGSTOP) until
+    every partition it writes is stable, the broker killed, the hot path resumed: its calls in flight then fail
+    against a dead broker as before.  A pause that catches a transaction open is undone and tried again after
+    the hot path's next commit."""
+    hot = children(worker_pid)["hotpath-0"]
+    for _ in range(20):
+        before = committed(settings)
+        os.kill(hot, signal.SIGSTOP)
+        try:
+            deadline = time.monotonic() + FREEZE_SECONDS
+            while unfinished(settings):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)  # markers are written by the broker on its own: polled
+            else:
+                cluster.kill(0)
+                return
+        finally:
+            os.kill(hot, signal.SIGCONT)
+        _progress_after(settings, log, before)
+    raise AssertionError(f"the hot path never paused between transactions:\n{log.read_text()[-3000:]}")
+
+
 def _events(tmp_path: Path, count: int) -> tuple[Path, list[tuple[bytes | None, bytes]]]:
     source = tmp_path / "events.jsonl"
     mixed_events(source, count)
@@ -69,14 +129,22 @@ def _events(tmp_path: Path, count: int) -> tuple[Path, list[tuple[bytes | None, 
 
 def _progress_after(settings: Settings, log: Path, before: int) -> int:
     """Wait until the hot path has committed beyond ``before`` (it makes progress again); return where it is."""
-    wait_for(lambda: committed(settings) > before, "the worker committing batches again", log, timeout=180)
-    return committed(settings)
+    now = [before]
+
+    def moved() -> bool:
+        now[0] = committed(settings)  # -1 while Kafka does not answer: not beyond any ``before``
+        return now[0] > before
+
+    wait_for(moved, "the worker committing batches again", log, timeout=180)
+    return now[0]
 
 
 def test_three_hard_restarts_of_the_broker_lose_nothing(
     own_cluster: Callable[..., LocalCluster], tmp_path: Path
 ) -> None:
-    """SIGKILL the only broker three times while events flow, 3-10 s down each time, restarted on its data."""
+    """SIGKILL the only broker three times while events flow (each time once batches commit again, at a moment
+    when no transaction of the hot path is unfinished: see kill_between_transactions), 3-10 s down each time,
+    restarted on its data."""
     cluster = own_cluster(1)
     pipeline = make_pipeline(cluster.bootstrap, tmp_path, stall_seconds=20.0)
     settings = pipeline.settings
@@ -88,11 +156,12 @@ def test_three_hard_restarts_of_the_broker_lose_nothing(
     try:
         wait_for(lambda: readyz(port) == 200, "the worker ready", log)
         feeder = Feeder(cluster.bootstrap, settings.feedback_topic, messages, RATE).start()
+        reached = _progress_after(settings, log, 0)
         for _ in range(3):
-            _progress_after(settings, log, committed(settings))
-            cluster.kill(0)
+            kill_between_transactions(cluster, worker.pid, settings, log)
             time.sleep(rng.uniform(3.0, 10.0))  # the outage itself, not a synchronisation
             cluster.start([0])
+            reached = _progress_after(settings, log, reached)  # the next kill only once batches commit again
         feeder.join(300)
         converge(settings, expected, log)
         assert_dead_letters_once(settings, invalid)
@@ -121,7 +190,7 @@ def test_a_ten_second_outage_is_logged_once_when_it_starts_and_once_when_it_ends
         feeder = Feeder(cluster.bootstrap, settings.feedback_topic, messages, RATE).start()
         before = _progress_after(settings, log, 0)
         mark = len(log.read_text().splitlines())
-        cluster.kill(0)
+        kill_between_transactions(cluster, worker.pid, settings, log)
         time.sleep(10.0)  # the outage itself
         cluster.start([0])
         _progress_after(settings, log, before)
