@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
@@ -56,7 +56,7 @@ from streams.broker import die_with_parent
 from streams.config import REPO_ROOT, Settings
 from streams.replay import replay_file
 from streams.synth import CHANNELS, realistic_events
-from streams.topics import TopicSpec, ensure_topics, topic_specs
+from streams.topics import TopicSpec, ensure_topics, internal_topics, topic_specs
 from tests.support import free_ports, start_broker
 
 PARTITIONS = 6
@@ -84,6 +84,7 @@ class Run:
     peak_rss_mb: float
     counts: dict[GroupKey, int] = field(repr=False, default_factory=dict)
     stored: float | None = None  # when ClickHouse held every answer (runs with the sink)
+    journeys_done: float | None = None  # when the journey agent had handled every forwarded answer (journeys on)
 
     @property
     def startup(self) -> float:
@@ -316,12 +317,35 @@ def run_cxpulse(
     stored = None
     try:
         first, done, counts = watch(bootstrap, settings.results_topic, decode_result, events, proc)
+        journeys_done = wait_journeys(settings, proc) if journeys else None
         if clickhouse:
             stored = wait_stored(settings.metrics_port, events, proc)
     finally:
         peak = sampler.stop()
         stop(proc)
-    return Run(launched, first, done, events, peak, counts, stored)
+    return Run(launched, first, done, events, peak, counts, stored, journeys_done)
+
+
+def wait_journeys(settings: Settings, proc: subprocess.Popen[bytes]) -> float:
+    """When the journeys group's committed offsets reach the end of the journey-answers topic (polled; called
+    after the last pane result, when the hot path has forwarded everything).  The end holds one commit marker
+    after the last message, so a partition is done at end - 1."""
+    topic = internal_topics(settings).journey_answers
+    probe = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"{settings.app_id}-journeys"})
+    try:
+        partitions = [TopicPartition(topic, p) for p in probe.list_topics(topic, timeout=10).topics[topic].partitions]
+        ends = {tp.partition: probe.get_watermark_offsets(tp, 10, False)[1] for tp in partitions}
+        deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit(f"{proc.args} exited with {proc.returncode}")
+            done = {tp.partition: tp.offset for tp in probe.committed(partitions, timeout=10)}
+            if all(ends[p] == 0 or done.get(p, -1) >= ends[p] - 1 for p in ends):
+                return time.time()
+            time.sleep(0.2)  # committed offsets have no push
+    finally:
+        probe.close()
+    raise SystemExit(f"the journey agent did not catch up within {RUN_TIMEOUT_SECONDS} s")
 
 
 def wait_stored(port: int, events: int, proc: subprocess.Popen[bytes]) -> float:
@@ -637,9 +661,10 @@ def report(bootstrap: str, workdir: Path, systems: list[str], args: argparse.Nam
             for number in range(args.runs):
                 run = run_system(system, shape, bootstrap, topic, path, args.events, workdir)
                 agree = run.counts == dict(expected)
+                behind = "" if run.journeys_done is None else f", journeys done {run.journeys_done - run.done:+.1f} s"
                 console.print(
                     f"  {system} run {number + 1}: {run.rate:,.0f} events/s launch to last result "
-                    f"(start-up {run.startup:.1f} s, {run.steady:,.0f}/s after it), "
+                    f"(start-up {run.startup:.1f} s, {run.steady:,.0f}/s after it{behind}), "
                     f"peak RSS {run.peak_rss_mb:,.0f} MB, "
                     f"counts {'agree' if agree else 'DIFFER'}",
                     highlight=False,

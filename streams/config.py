@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     followups_topic: str = Field("cx.followups", description="topic of detractor follow-ups (JSON)")
     journeys_topic: str = Field("cx.journeys", description="topic of customer journey instances")
     journeys: bool = Field(True, description="follow customer journeys (contract section 8); false: not at all")
+    journeys_nice: int = Field(
+        10, ge=0, le=19, description="CPU priority of the journeys process (nice increment): KPIs and alerts first"
+    )
     followups_per_minute: int = Field(
         60, ge=0, description="detractor follow-ups a hot-path process sends a minute at most (0 = off)"
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, cast
@@ -111,6 +112,7 @@ def journeys_process(settings: Settings, metrics: WorkerMetrics) -> faust.App:
     answer (a table write and a revision per customer) held the pane results back (bench, live shape: 15,475
     events/s with journeys, 27,266 without; py-spy of the merge process: 78% of its samples in the journey
     agent)."""
+    os.nice(settings.journeys_nice)  # under load the pane results and alerts come first; journeys catch up after
     app_id = f"{settings.app_id}-{JOURNEYS}"
     app = faust_app(settings, app_id, JOURNEYS, table_standby_replicas=0, Table=faust_compat.KeyPartitionedTable)
     local = LocalTables(settings.kafka, settings.data_dir / JOURNEYS / "tables", metrics)

@@ -147,7 +147,10 @@ def test_stream_equals_replay_through_a_kill_9_of_the_journeys_process(kafka_bro
         revisions = 'cxpulse_worker_journey_revisions_total{kind="open"}'
         wait_for(lambda: scrape(port, starting=True).get(revisions, 0) > 0, "journey instances sent", log)
         produce(pipeline.settings, second)
-        os.kill(children(worker.pid)["journeys"], signal.SIGKILL)
+        processes = children(worker.pid)
+        assert os.getpriority(os.PRIO_PROCESS, processes["journeys"]) == pipeline.settings.journeys_nice == 10
+        assert os.getpriority(os.PRIO_PROCESS, processes["merge"]) == 0  # the pane path keeps its priority
+        os.kill(processes["journeys"], signal.SIGKILL)
         converge_journeys(pipeline, expected)
         page = scrape(port)
         assert page['cxpulse_worker_process_restarts_total{process="journeys"}'] == 1
