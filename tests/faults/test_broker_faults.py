@@ -16,7 +16,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from schemas.codec import LocalCatalog
 from streams.config import Settings
@@ -66,25 +66,20 @@ def committed(settings: Settings) -> int:
         group.close()
 
 
-def unfinished(settings: Settings) -> list[str]:
-    """The partitions the hot path writes in transactions whose last stable offset is below their high watermark:
-    a transaction of it is open there, or its markers are not all written yet."""
+def unfinished(settings: Settings, stable: Consumer, whole: Consumer) -> list[str]:
+    """The partitions the hot path writes in transactions whose last stable offset (asked through ``stable``, a
+    read_committed client) is below their high watermark (``whole``, read_uncommitted): a transaction of it is
+    open there, or its markers are not all written yet."""
     names = internal_topics(settings)
     topics = [names.partials, names.seen_ids, names.answers, names.journey_answers, settings.dlq_topic,
               settings.followups_topic]  # fmt: skip
-    stable = consumer(settings.kafka_bootstrap, "probe", **{"isolation.level": "read_committed"})
-    whole = consumer(settings.kafka_bootstrap, "probe", **{"isolation.level": "read_uncommitted"})
-    try:
-        out = []
-        for topic in topics:
-            for partition in whole.list_topics(topic, timeout=10).topics[topic].partitions:
-                tp = TopicPartition(topic, partition)
-                if stable.get_watermark_offsets(tp, 10, False)[1] < whole.get_watermark_offsets(tp, 10, False)[1]:
-                    out.append(f"{topic}[{partition}]")
-        return out
-    finally:
-        stable.close()
-        whole.close()
+    out = []
+    for topic in topics:
+        for partition in whole.list_topics(topic, timeout=10).topics[topic].partitions:
+            tp = TopicPartition(topic, partition)
+            if stable.get_watermark_offsets(tp, 10, False)[1] < whole.get_watermark_offsets(tp, 10, False)[1]:
+                out.append(f"{topic}[{partition}]")
+    return out
 
 
 def kill_between_transactions(cluster: LocalCluster, worker_pid: int, settings: Settings, log: Path) -> None:
@@ -103,21 +98,27 @@ def kill_between_transactions(cluster: LocalCluster, worker_pid: int, settings: 
     against a dead broker as before.  A pause that catches a transaction open is undone and tried again after
     the hot path's next commit."""
     hot = children(worker_pid)["hotpath-0"]
-    for _ in range(20):
-        before = committed(settings)
-        os.kill(hot, signal.SIGSTOP)
-        try:
-            deadline = time.monotonic() + FREEZE_SECONDS
-            while unfinished(settings):
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(0.05)  # markers are written by the broker on its own: polled
-            else:
-                cluster.kill(0)
-                return
-        finally:
-            os.kill(hot, signal.SIGCONT)
-        _progress_after(settings, log, before)
+    stable = consumer(settings.kafka_bootstrap, "probe", **{"isolation.level": "read_committed"})
+    whole = consumer(settings.kafka_bootstrap, "probe", **{"isolation.level": "read_uncommitted"})
+    try:
+        for _ in range(20):
+            before = committed(settings)
+            os.kill(hot, signal.SIGSTOP)
+            try:
+                deadline = time.monotonic() + FREEZE_SECONDS
+                while unfinished(settings, stable, whole):
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.05)  # markers are written by the broker on its own: polled
+                else:
+                    cluster.kill(0)
+                    return
+            finally:
+                os.kill(hot, signal.SIGCONT)
+            _progress_after(settings, log, before)
+    finally:
+        stable.close()
+        whole.close()
     raise AssertionError(f"the hot path never paused between transactions:\n{log.read_text()[-3000:]}")
 
 
