@@ -167,6 +167,11 @@ def test_an_effort_incident_pages_the_cx_team_through_prometheus_and_alertmanage
     log = tmp_path / "worker.log"
     processes: list[subprocess.Popen[Any]] = []
     try:
+        # the worker first, ready before Prometheus watches it: its start-up (6-8 s on a loaded 2-core CI machine)
+        # is longer than the test's 2 s `for:` of CxPipelineDown, which would page ops before the incident begins
+        worker = start_worker(pipeline, log, metrics_port=worker_port)
+        processes.append(worker)
+        wait_for(lambda: scrape(worker_port, starting=True).get("cxpulse_worker_ready") == 1, "the worker ready", log)
         alertmanager = start_server(
             [
                 tool("prometheus-alertmanager"),
@@ -190,9 +195,6 @@ def test_an_effort_incident_pages_the_cx_team_through_prometheus_and_alertmanage
             f"http://127.0.0.1:{prom_port}/-/ready",
         )
         processes.append(prometheus)
-        worker = start_worker(pipeline, log, metrics_port=worker_port)
-        processes.append(worker)
-        wait_for(lambda: scrape(worker_port, starting=True).get("cxpulse_worker_ready") == 1, "the worker ready", log)
         simulator = subprocess.Popen(
             cxpulse_command(
                 "simulate",
