@@ -61,6 +61,7 @@ class BrokerSpec:
     listeners: tuple[Listener, ...] = ()
     extra: tuple[tuple[str, str], ...] = ()  # more server properties
     cluster_id: str = ""  # empty: a new random one when the storage is formatted
+    roles: str = "broker,controller"  # process.roles: "broker" or "controller" for a node of a split cluster
 
     @property
     def bootstrap(self) -> str:
@@ -109,13 +110,20 @@ def write_server_properties(spec: BrokerSpec) -> Path:
     """Write ``server.properties`` for this spec and return its path."""
     spec.kafka_dir.mkdir(parents=True, exist_ok=True)
     template = Template((KAFKA_DEPLOY_DIR / "server.properties.template").read_text())
+    extra_listeners = "".join(f",{lis.name}://{lis.host}:{lis.port}" for lis in spec.listeners)
+    broker_listener = f"PLAINTEXT://127.0.0.1:{spec.port}{extra_listeners}"
+    controller_listener = f"CONTROLLER://127.0.0.1:{spec.controller_port}"
+    roles = set(spec.roles.split(","))
+    listeners = [broker_listener] if "broker" in roles else []
+    listeners += [controller_listener] if "controller" in roles else []
+    lines = [f"listeners={','.join(listeners)}"]
+    if "broker" in roles:  # a controller-only node has no broker listener to advertise or to talk to brokers on
+        lines += [f"advertised.listeners={broker_listener}", "inter.broker.listener.name=PLAINTEXT"]
     text = template.substitute(
-        port=spec.port,
-        controller_port=spec.controller_port,
+        roles=spec.roles,
         node_id=spec.node_id,
         voters=spec.voters or f"{spec.node_id}@127.0.0.1:{spec.controller_port}",
-        listeners="".join(f",{lis.name}://{lis.host}:{lis.port}" for lis in spec.listeners),
-        advertised="".join(f",{lis.name}://{lis.host}:{lis.port}" for lis in spec.listeners),
+        listener_lines="\n".join(lines),
         protocols="".join(f",{lis.name}:{lis.name}" for lis in spec.listeners),
         log_dirs=spec.kafka_dir / "logs",
         partitions=spec.partitions,

@@ -360,7 +360,9 @@ def to_kafka(
     progress: Callable[[int, float, list[Incident]], None] | None = None,
 ) -> Sent:
     """Produce the events to ``topic`` (Confluent-framed Avro, keyed by customer), paced by the wall clock: the
-    slice at simulated offset t is sent at start + t.  Stops after ``duration_ms`` or when ``stopping()``."""
+    slice of simulated time [t, t + SLICE_MS) is sent at start + t + SLICE_MS, once all of it has happened, so that
+    no event is dated after the moment it is sent (a worker dead-letters the future).  Stops after ``duration_ms``
+    or when ``stopping()``."""
     failed = [0]
 
     def delivered(error: KafkaError | None, message: Message) -> None:
@@ -373,7 +375,7 @@ def to_kafka(
     started = time.monotonic()
     reported = started
     while not stopping() and (duration_ms is None or simulator.offset_ms < duration_ms):
-        due = started + simulator.offset_ms / 1000
+        due = started + (simulator.offset_ms + SLICE_MS) / 1000  # the slice's end: none of its events ahead
         while (wait := due - time.monotonic()) > 0 and not stopping():
             out.poll(wait)  # returns early when it serves a delivery report: wait again for the rest
         for event in simulator.slice():

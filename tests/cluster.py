@@ -31,23 +31,54 @@ class Node:
     proc: subprocess.Popen[bytes] | None = None
 
 
+# A split cluster's controller fences a broker that stopped heartbeating after this long (Kafka's default: 9 s), and
+# the broker heartbeats this often (default 2 s): shorter than the briefest outage plus a JVM start in the tests.
+SESSION_TIMEOUT_MS = 3000
+HEARTBEAT_MS = 500
+
+
 @dataclass
 class LocalCluster:
-    """``size`` combined KRaft nodes (broker + controller each) with one cluster id."""
+    """``size`` combined KRaft nodes (broker + controller each) with one cluster id; or, with
+    ``dedicated_controller``, ``size`` broker-only nodes beside one controller-only node that the tests never stop.
+
+    A broker restart in a split cluster is what production sees (dedicated controllers are Kafka's advice for
+    production).  A lone combined node that restarts is a different thing: its controller replays the old broker
+    registration as alive, the node leads its partitions from that replayed metadata and its transaction
+    coordinator starts sending markers, then the controller refuses the new registration
+    (DUPLICATE_BROKER_REGISTRATION) until the old session times out and fences the broker: every partition is
+    leaderless for a moment, and the coordinator skips the markers of those partitions ("likely deleted already")
+    and completes the transaction anyway, leaving a hanging transaction on them (seen in our broker logs with
+    Kafka 4.3.1; docs/production.md).  The single-broker fault tests run split so that they test cxpulse, not
+    that."""
 
     root: Path
     size: int = 1
     heap: str = "320m"
     listeners: tuple[broker.Listener, ...] = ()  # per-node extra listeners are not needed: one node with them
     extra: tuple[tuple[str, str], ...] = ()
+    dedicated_controller: bool = False
     nodes: list[Node] = field(default_factory=list)
+    controller: Node | None = None
 
     def __post_init__(self) -> None:
-        ports = free_ports(2 * self.size)
+        ports = free_ports(2 * self.size + (2 if self.dedicated_controller else 0))
         lib = broker.ensure_jars(Settings().kafka_lib_dir)
-        voters = ",".join(f"{i + 1}@127.0.0.1:{ports[2 * i + 1]}" for i in range(self.size))
         cluster_id = broker.new_cluster_id()
         replicas = min(3, self.size)
+        extra = self.extra
+        if self.dedicated_controller:
+            voters = f"{self.size + 1}@127.0.0.1:{ports[-1]}"
+            extra += (("broker.session.timeout.ms", str(SESSION_TIMEOUT_MS)),)
+            extra += (("broker.heartbeat.interval.ms", str(HEARTBEAT_MS)),)
+            spec = broker.BrokerSpec(
+                ports[-2], ports[-1], self.root / "controller", lib, heap="256m", node_id=self.size + 1,
+                voters=voters, replicas=replicas, min_isr=max(1, replicas - 1), extra=extra, cluster_id=cluster_id,
+                roles="controller",
+            )  # fmt: skip
+            self.controller = Node(spec)
+        else:
+            voters = ",".join(f"{i + 1}@127.0.0.1:{ports[2 * i + 1]}" for i in range(self.size))
         for i in range(self.size):
             spec = broker.BrokerSpec(
                 ports[2 * i],
@@ -60,8 +91,9 @@ class LocalCluster:
                 replicas=replicas,
                 min_isr=max(1, replicas - 1),
                 listeners=self.listeners,
-                extra=self.extra,
+                extra=extra,
                 cluster_id=cluster_id,
+                roles="broker" if self.dedicated_controller else "broker,controller",
             )
             self.nodes.append(Node(spec))
 
@@ -72,6 +104,9 @@ class LocalCluster:
     def start(self, which: Iterable[int] | None = None) -> None:
         """Start nodes (all by default) and wait until each answers."""
         indices = list(range(self.size)) if which is None else list(which)
+        if self.controller is not None and self.controller.proc is None:  # the brokers wait for it to register
+            self.controller.spec.kafka_dir.mkdir(parents=True, exist_ok=True)
+            self.controller.proc = broker.start(self.controller.spec)
         for i in indices:
             node = self.nodes[i]
             node.spec.kafka_dir.mkdir(parents=True, exist_ok=True)
@@ -95,7 +130,7 @@ class LocalCluster:
         broker.stop(proc, timeout=60)
 
     def stop_all(self) -> None:
-        for node in self.nodes:
+        for node in [*self.nodes, *([self.controller] if self.controller is not None else [])]:
             if node.proc is not None and node.proc.poll() is None:
                 node.proc.send_signal(signal.SIGKILL)
                 node.proc.wait()

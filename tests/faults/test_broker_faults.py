@@ -1,8 +1,10 @@
 """Broker faults while events flow, on brokers the test owns: hard restarts (SIGKILL) of a single broker, an
 outage longer than the transaction timeout, a rolling restart of a 3-broker KRaft cluster (replication factor 3,
-min.insync.replicas 2).  After each, the worker's results equal `cxpulse replay` of the same events group by
-group and the DLQ holds each invalid event once; the worker never stopped, is ready again, and said each outage
-in a few lines, not thousands."""
+min.insync.replicas 2).  The single broker runs beside a dedicated controller that stays up, as in production (a
+lone combined node that restarts can leave hanging transactions of its own: tests/cluster.py, LocalCluster).
+After each, the worker's results equal `cxpulse replay` of the same events group by group and the DLQ holds each
+invalid event once; the worker never stopped, is ready again, and said each outage in a few lines, not
+thousands."""
 
 from __future__ import annotations
 
@@ -82,21 +84,20 @@ def unfinished(settings: Settings, stable: Consumer, whole: Consumer) -> list[st
     return out
 
 
-def kill_between_transactions(cluster: LocalCluster, worker_pid: int, settings: Settings, log: Path) -> None:
-    """SIGKILL the broker at a moment when no transaction of the hot path is unfinished.
+def stop_between_transactions(cluster: LocalCluster, worker_pid: int, settings: Settings, log: Path) -> None:
+    """Stop the broker (SIGTERM, a controlled shutdown) at a moment when no transaction of the hot path is
+    unfinished.
 
-    Not at any moment, because of what Kafka does then: a single combined KRaft node restarted after SIGKILL
-    serves from its replayed metadata while its new registration is refused (DUPLICATE_BROKER_REGISTRATION)
-    until the old registration's session times out (9 s); then the controller fences it, and for a moment every
-    partition is without a leader.  The transaction coordinator, finishing a transaction that was committing at
-    the kill, skips the markers of partitions without a leader ("likely deleted already", KAFKA-5202) and
-    completes it: those partitions hold an open transaction for ever (the last stable offset stuck, KAFKA-20716;
-    only `kafka-transactions.sh abort` ends it).  Seen in CI on 2026-12-02 (seen-ids[1] stuck at offset 4, its
-    COMMIT marker never written, the transaction CompleteCommit in __transaction_state; the worker's restore
-    said so and waited).  No client can recover a marker Kafka dropped, so the hot path is paused (SIGSTOP) until
-    every partition it writes is stable, the broker killed, the hot path resumed: its calls in flight then fail
-    against a dead broker as before.  A pause that catches a transaction open is undone and tried again after
-    the hot path's next commit."""
+    Not at any moment, because of what Kafka does then: a lone broker in controlled shutdown has no other replica
+    to hand its partitions to, so they lose their leader while its transaction coordinator is still finishing a
+    commit, and the markers of those partitions are never written although the coordinator completes the
+    transaction (seen here on 2026-12-02 with Kafka 4.3.1: seen-ids[0] and [2] with a record at offset 2 and no
+    COMMIT marker, the transaction CompleteCommit in __transaction_state; the worker's restore said so and
+    waited).  Those partitions hold a hanging transaction for ever (KAFKA-20716; only `kafka-transactions.sh
+    abort` ends it), which no client can repair: with replicas, leadership moves and the markers follow (the
+    rolling restart below).  So the hot path is paused (SIGSTOP) until every partition it writes is stable, the
+    broker stopped, the hot path resumed: its calls in flight then fail against a stopped broker as before.  A
+    pause that catches a transaction open is undone and tried again after the hot path's next commit."""
     hot = children(worker_pid)["hotpath-0"]
     stable = consumer(settings.kafka_bootstrap, "probe", **{"isolation.level": "read_committed"})
     whole = consumer(settings.kafka_bootstrap, "probe", **{"isolation.level": "read_uncommitted"})
@@ -111,7 +112,7 @@ def kill_between_transactions(cluster: LocalCluster, worker_pid: int, settings: 
                         break
                     time.sleep(0.05)  # markers are written by the broker on its own: polled
                 else:
-                    cluster.kill(0)
+                    cluster.stop(0)
                     return
             finally:
                 os.kill(hot, signal.SIGCONT)
@@ -143,10 +144,9 @@ def _progress_after(settings: Settings, log: Path, before: int) -> int:
 def test_three_hard_restarts_of_the_broker_lose_nothing(
     own_cluster: Callable[..., LocalCluster], tmp_path: Path
 ) -> None:
-    """SIGKILL the only broker three times while events flow (each time once batches commit again, at a moment
-    when no transaction of the hot path is unfinished: see kill_between_transactions), 3-10 s down each time,
-    restarted on its data."""
-    cluster = own_cluster(1)
+    """SIGKILL the only broker three times while events flow (each time once batches commit again, then at a
+    random moment, in or between transactions), 3-10 s down each time, restarted on its data."""
+    cluster = own_cluster(1, dedicated_controller=True)
     pipeline = make_pipeline(cluster.bootstrap, tmp_path, stall_seconds=20.0)
     settings = pipeline.settings
     source, messages = _events(tmp_path, 9000)
@@ -159,7 +159,8 @@ def test_three_hard_restarts_of_the_broker_lose_nothing(
         feeder = Feeder(cluster.bootstrap, settings.feedback_topic, messages, RATE).start()
         reached = _progress_after(settings, log, 0)
         for _ in range(3):
-            kill_between_transactions(cluster, worker.pid, settings, log)
+            time.sleep(rng.uniform(0.0, 1.0))  # a random moment of the hot path's cycle, not a synchronisation
+            cluster.kill(0)
             time.sleep(rng.uniform(3.0, 10.0))  # the outage itself, not a synchronisation
             cluster.start([0])
             reached = _progress_after(settings, log, reached)  # the next kill only once batches commit again
@@ -179,7 +180,7 @@ def test_a_ten_second_outage_is_logged_once_when_it_starts_and_once_when_it_ends
     """The broker away 10 s while events flow: the worker's whole log for the outage and the recovery stays within
     50 lines (it was ~8,400: one ERROR per attempt per client); each process says when the connection was lost
     and when it came back, with how long and how many attempts; nothing is lost."""
-    cluster = own_cluster(1)
+    cluster = own_cluster(1, dedicated_controller=True)
     pipeline = make_pipeline(cluster.bootstrap, tmp_path)
     settings = pipeline.settings
     source, messages = _events(tmp_path, 4000)
@@ -191,7 +192,7 @@ def test_a_ten_second_outage_is_logged_once_when_it_starts_and_once_when_it_ends
         feeder = Feeder(cluster.bootstrap, settings.feedback_topic, messages, RATE).start()
         before = _progress_after(settings, log, 0)
         mark = len(log.read_text().splitlines())
-        kill_between_transactions(cluster, worker.pid, settings, log)
+        cluster.kill(0)
         time.sleep(10.0)  # the outage itself
         cluster.start([0])
         _progress_after(settings, log, before)
@@ -214,12 +215,13 @@ def test_a_ten_second_outage_is_logged_once_when_it_starts_and_once_when_it_ends
 def test_an_outage_longer_than_the_transaction_timeout_is_not_ready_then_recovers(
     own_cluster: Callable[..., LocalCluster], tmp_path: Path
 ) -> None:
-    """The broker stopped 25 s (longer than the hot path's 8 s transaction timeout and the 10 s session timeout)
+    """The broker stopped 25 s (a controlled shutdown between two transactions of the hot path, see
+    stop_between_transactions; longer than the hot path's 8 s transaction timeout and the 10 s session timeout)
     while events flow: /readyz says 503 during the outage (CXPULSE_STALL_SECONDS=5) and 200 after it; the open
     transaction is aborted or its producer replaced, the batch read again; nothing lost, nothing twice.  A merge
     whose Faust consumer never fetches again after the outage (faust-streaming#523; seen here once in four runs
     under load) is stalled by its group watch and restarted (CXPULSE_STALL_RESTART_SECONDS=30)."""
-    cluster = own_cluster(1)
+    cluster = own_cluster(1, dedicated_controller=True)
     pipeline = make_pipeline(cluster.bootstrap, tmp_path, stall_seconds=5.0, stall_restart_seconds=30.0)
     settings = pipeline.settings
     source, messages = _events(tmp_path, 6000)
@@ -230,7 +232,7 @@ def test_an_outage_longer_than_the_transaction_timeout_is_not_ready_then_recover
         wait_for(lambda: readyz(port) == 200, "the worker ready", log)
         feeder = Feeder(cluster.bootstrap, settings.feedback_topic, messages, RATE).start()
         _progress_after(settings, log, 0)
-        cluster.stop(0)
+        stop_between_transactions(cluster, worker.pid, settings, log)
         down = time.monotonic()
         wait_for(lambda: readyz(port) == 503, "/readyz 503 while Kafka is away", log, timeout=20)
         time.sleep(max(0.0, 25.0 - (time.monotonic() - down)))  # the rest of the outage
