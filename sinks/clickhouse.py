@@ -5,9 +5,9 @@
   limit), so a second process gets :class:`StoreBusyError` and goes through the worker's query endpoint.
 - :func:`migrate` applies ``deploy/clickhouse/NNN_*.sql`` once each, in order, recorded in
   ``cxpulse.schema_version``: idempotent, so every start runs it.
-- :func:`pane_row`, :func:`answer_rows` and :func:`journey_row` turn a WindowResult record, a batch of counted
-  answers and a JourneyInstance record into rows of ``cxpulse.pane_results``, ``cxpulse.answers`` and
-  ``cxpulse.journey_instances``; :func:`insert` writes them with a deterministic
+- :func:`pane_row`, :func:`answer_columns` and :func:`journey_row` turn a WindowResult record, a batch of counted
+  answers (columns) and a JourneyInstance record into rows of ``cxpulse.pane_results``, ``cxpulse.answers`` and
+  ``cxpulse.journey_instances``; :func:`insert` (rows) and :func:`insert_columns` write them with a deterministic
   ``insert_deduplication_token``, so a retried insert of the same input is a no-op.
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
-from schemas.codec import SchemaCatalog, decode_feedback
+from schemas.codec import SchemaCatalog, decode_batch
 from streams.aggregate import contribution
 from streams.config import REPO_ROOT, Settings
 from streams.errors import CxPulseError
@@ -228,44 +228,55 @@ def journey_row(record: Mapping[str, Any]) -> list[Any]:
     ]
 
 
-def answer_rows(values: Iterable[bytes], catalog: SchemaCatalog) -> list[list[Any]]:
-    """Rows of ``cxpulse.answers`` from the raw feedback messages the hot path counted (valid, first copies);
-    validated again for their normalised form (scales, labels), which they pass."""
-    records = [decode_feedback(value, catalog)[1] for value in values]
+def answer_columns(values: Sequence[bytes], catalog: SchemaCatalog) -> list[list[Any]]:
+    """The columns of ``cxpulse.answers`` (in ANSWER_COLUMNS order) from the raw feedback messages the hot path
+    counted (valid, first copies): decoded and validated again by the hot path's own steps (schemas.codec
+    ``decode_batch``, ``validate_batch``) for their normalised form (scales, labels), which they pass.  Column by
+    column, as the insert sends them (no row objects, no datetimes: ``occurred_at`` goes as epoch ms, the ticks of
+    ``DateTime64(3)``)."""
+    decoded = decode_batch(values, catalog)
+    if decoded.failed:  # cannot happen for what the hot path counted; say so rather than lose a row silently
+        raise StoreError(f"{len(decoded.failed)} counted answers do not decode again: {decoded.failed[0][1]}")
+    records = decoded.records
     valid, rejected = validate_batch(records)
-    if rejected:  # cannot happen for what the hot path counted; say so rather than lose a row silently
+    if rejected:
         raise StoreError(f"{len(rejected)} counted answers do not validate again: {rejected[0].reason}")
-    rows = []
-    for event, record in zip(valid, records, strict=True):
-        c = contribution(event.metric, event.score, event.scale_min, event.scale_max)
-        rows.append(
-            [
-                event.event_id,
-                _ms(event.occurred_at),
-                event.source,
-                event.channel,
-                event.journey,
-                event.touchpoint or "",
-                event.metric,
-                event.score,
-                event.scale_min,
-                event.scale_max,
-                event.customer_id or "",
-                record.get("interaction_id") or "",
-                record.get("agent_id") or "",
-                record.get("team") or "",
-                list(event.reason_codes),
-                record.get("comment") or "",
-                c.promoters,
-                c.passives,
-                c.detractors,
-                c.positive,
-                c.high_effort,
-                c.sx,
-                c.sx2,
-            ]
-        )
-    return rows
+    counters = [contribution(e.metric, e.score, e.scale_min, e.scale_max) for e in valid]
+    return [
+        [e.event_id for e in valid],
+        [e.occurred_at for e in valid],
+        [e.source for e in valid],
+        [e.channel for e in valid],
+        [e.journey for e in valid],
+        [e.touchpoint or "" for e in valid],
+        [e.metric for e in valid],
+        [e.score for e in valid],
+        [e.scale_min for e in valid],
+        [e.scale_max for e in valid],
+        [e.customer_id or "" for e in valid],
+        [r.get("interaction_id") or "" for r in records],
+        [r.get("agent_id") or "" for r in records],
+        [r.get("team") or "" for r in records],
+        [list(e.reason_codes) for e in valid],
+        [r.get("comment") or "" for r in records],
+        [c.promoters for c in counters],
+        [c.passives for c in counters],
+        [c.detractors for c in counters],
+        [c.positive for c in counters],
+        [c.high_effort for c in counters],
+        [c.sx for c in counters],
+        [c.sx2 for c in counters],
+    ]
+
+
+def answer_rows(values: Sequence[bytes], catalog: SchemaCatalog) -> list[list[Any]]:
+    """:func:`answer_columns` as rows (for :func:`insert`)."""
+    return [list(row) for row in zip(*answer_columns(values, catalog), strict=True)]
+
+
+def as_columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
+    """Rows of ``width`` values as ``width`` columns."""
+    return [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
 
 
 def token(*parts: object) -> str:
@@ -275,11 +286,19 @@ def token(*parts: object) -> str:
 
 def insert(client: Client, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str], dedup: str) -> None:
     """Insert rows; the same ``dedup`` token again within the table's deduplication window is a no-op."""
-    if rows:
+    insert_columns(client, table, as_columns(rows, len(columns)), columns, dedup)
+
+
+def insert_columns(
+    client: Client, table: str, data: Sequence[Sequence[Any]], columns: Sequence[str], dedup: str
+) -> None:
+    """Insert column-oriented data (one sequence per name of ``columns``), deduplicated as :func:`insert`."""
+    if data and data[0]:
         client.insert(
             f"{DATABASE}.{table}",
-            rows,
+            data,
             column_names=list(columns),
+            column_oriented=True,
             settings={"insert_deduplication_token": dedup},
         )
 

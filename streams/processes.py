@@ -162,7 +162,7 @@ def sink_process(settings: Settings, metrics: WorkerMetrics) -> faust.App:
     panes = ClickHouseSink(
         settings.results_topic,
         "pane_results",
-        lambda value: [store.pane_row(decode_confluent(value, catalog, WINDOW_RESULT)[1])],
+        lambda value: [[cell] for cell in store.pane_row(decode_confluent(value, catalog, WINDOW_RESULT)[1])],
         db,
         counters,
         batch_size=PANES_BATCH,
@@ -170,7 +170,7 @@ def sink_process(settings: Settings, metrics: WorkerMetrics) -> faust.App:
     rows = ClickHouseSink(
         answers,
         "answers",
-        lambda value: store.answer_rows(decode_answers(value), catalog),
+        lambda value: store.answer_columns(decode_answers(value), catalog),
         db,
         counters,
         batch_size=ANSWERS_BATCH,
@@ -182,7 +182,7 @@ def sink_process(settings: Settings, metrics: WorkerMetrics) -> faust.App:
         journeys = ClickHouseSink(
             settings.journeys_topic,
             "journey_instances",
-            lambda value: [store.journey_row(decode_confluent(value, catalog, JOURNEY_INSTANCE)[1])],
+            lambda value: [[cell] for cell in store.journey_row(decode_confluent(value, catalog, JOURNEY_INSTANCE)[1])],
             db,
             counters,
             batch_size=JOURNEYS_BATCH,

@@ -146,6 +146,33 @@ def test_answers_by_touchpoint_and_hourly_windows_match_a_count_by_hand(db: obje
         assert row.dimensions["channel"] == "*" and row.window_end - row.window_start == 3600_000
 
 
+def test_answers_go_in_column_by_column_as_they_were_counted(db: object) -> None:
+    """The sink's columnar insert: every field back as it went in, the time to the millisecond (epoch ms are the
+    ticks of DateTime64(3)), the labels normalised, and rows equal to the columns turned around."""
+    batch = events(500, seed=5)
+    batch[0] = {**batch[0], "channel": " Live Chat ", "occurred_at": NOW - 1, "interaction_id": "i-1"}
+    columns = store.answer_columns(raw(batch), LocalCatalog())
+    assert [list(row) for row in zip(*columns, strict=True)] == store.answer_rows(raw(batch), LocalCatalog())
+    store.insert_columns(db, "answers", columns, store.ANSWER_COLUMNS, store.token("c", 0, 0, 1))  # type: ignore[arg-type]
+    store.insert_columns(db, "answers", columns, store.ANSWER_COLUMNS, store.token("c", 0, 0, 1))  # type: ignore[arg-type]
+    got = {
+        row[0]: row[1:]
+        for row in db.query(  # type: ignore[attr-defined]
+            "SELECT event_id, toUnixTimestamp64Milli(occurred_at), channel, journey, metric, score, interaction_id,"
+            " reason_codes, high_effort FROM cxpulse.answers"
+        ).result_rows
+    }
+    assert len(got) == len(batch)
+    for e in batch:
+        ms, channel, journey, metric, score, interaction, codes, high_effort = got[e["event_id"]]
+        assert (ms, journey, metric, score) == (e["occurred_at"], e["journey"].strip().lower(), e["metric"], e["score"])
+        assert channel == ("live_chat" if e is batch[0] else e["channel"])
+        assert interaction == (e.get("interaction_id") or "") and codes == list(e.get("reason_codes") or [])
+        lo = 1 if e.get("scale_min") is None else e["scale_min"]  # CES defaults to 1-7 (docs/contract.md)
+        hi = 7 if e.get("scale_max") is None else e["scale_max"]
+        assert high_effort == int(e["metric"] == "CES" and 2 * (e["score"] - lo) < hi - lo)
+
+
 def test_answers_by_reason_code_count_an_answer_under_each_of_its_codes(db: object) -> None:
     """`report --by reason_code` failed for every window (Unknown expression identifier reason)."""
     base = {"source": "s", "channel": "chat", "journey": "billing", "metric": "NPS"}
