@@ -126,6 +126,16 @@ class LocalTables:
             self._copied[(topic, partition)] = -1 if offset is None else offset
             return _items(db), offset
 
+    def load_all(
+        self, topic: str, partitions: Iterable[int]
+    ) -> dict[int, tuple[list[tuple[bytes, bytes]], int | None]]:
+        """:meth:`load` of each partition, its pairs read into a list (blocking, for a thread)."""
+        copies = {}
+        for partition in partitions:
+            items, offset = self.load(topic, partition)
+            copies[partition] = (list(items), offset)
+        return copies
+
     def read_tails(self, topic: str, starts: dict[int, int]) -> dict[int, tuple[dict[bytes, bytes | None], int]]:
         """Read changelog partitions from their ``starts`` to their ends with librdkafka (Faust's recovery reads
         ~15,000 messages a second; this, several times that): per partition read, the last value of each key
