@@ -20,10 +20,12 @@ group) reading the topic from the start:
 
 Every system's final counts per (pane, channel, journey, metric) are checked against the generated events.
 Then, for cxpulse alone: 1 vs 2 hot-path processes on the backlog; event-to-result latency at a steady rate;
-the worker's RSS over a steady run with a 5-minute retention.  Usage::
+at the same rate with the ClickHouse sink, how long after its pane result each answer is in ClickHouse; the
+worker's RSS over a steady run with a 5-minute retention.  Usage::
 
     .venv/bin/python -m benchmarks.bench [--events 200000] [--runs 3] [--rate 20000] [--latency-seconds 60]
-                                         [--soak-seconds 600] [--only cxpulse,bare] [--shapes live,backlog]
+                                         [--store-lag-seconds 120] [--soak-seconds 600] [--only cxpulse,bare]
+                                         [--shapes live,backlog]
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from array import array
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -461,6 +464,7 @@ class SteadyLoad:
         self.rate = rate
         self.seconds = seconds
         self.sent: dict[GroupKey, list[float]] = {}
+        self.ids: dict[GroupKey, list[int]] = {}  # the events' numbers (event_id "s-N"), in the order of ``sent``
         self.count = 0
         self.lock = threading.Lock()
         self.tails = []  # (channel, journey, metric, customer key, Avro bytes after event_id and occurred_at)
@@ -489,6 +493,7 @@ class SteadyLoad:
                 group = (at - at % PANE_MS, channel, journey, metric)
                 with self.lock:
                     self.sent.setdefault(group, []).append(now)
+                    self.ids.setdefault(group, []).append(index)
                 while True:
                     try:
                         self.producer.produce(self.topic, value, key)
@@ -529,17 +534,30 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
 
 
 def steady_run(
-    bootstrap: str, workdir: Path, rate: int, seconds: float, templates: list[dict[str, Any]], **extra: Any
+    bootstrap: str,
+    workdir: Path,
+    rate: int,
+    seconds: float,
+    templates: list[dict[str, Any]],
+    store_lags: list[float] | None = None,
+    **extra: Any,
 ) -> tuple[list[float], list[tuple[float, float]], int]:
-    """A worker under a steady load: latencies of every counted event (s), (elapsed s, RSS MB) samples, sent."""
+    """A worker under a steady load: latencies of every counted event (s), (elapsed s, RSS MB) samples, sent.
+
+    With ``store_lags`` (a list to fill), the worker runs its ClickHouse sink on an embedded store, and the run
+    ends when the store holds every answer; then, per answer, the time from its pane result's arrival here to
+    its row's ``written_at`` in ``cxpulse.answers`` (the insert's time: one machine, one clock) is put in it."""
     topic = f"steady-{uuid.uuid4().hex[:8]}"
     ensure_topics(bootstrap, [TopicSpec(topic, PARTITIONS, {})])
+    if store_lags is not None:
+        extra["clickhouse_url"] = f"chdb://{workdir / ('chdb-' + uuid.uuid4().hex[:8])}"
     settings, env = cxpulse_settings(bootstrap, topic, workdir, **extra)
     ensure_topics(bootstrap, topic_specs(settings))
     proc = spawn([sys.executable, "-m", "streams.cli", "worker"], env, workdir / "steady.log")
     consumer = Consumer(
         {"bootstrap.servers": bootstrap, "group.id": f"lat-{uuid.uuid4().hex}", "auto.offset.reset": "earliest"}
     )
+    result_seen = array("d", bytes(8 * (int(rate * seconds) + 2))) if store_lags is not None else None
     try:
         wait_ready(settings.metrics_port, proc)
         consumer.subscribe([settings.results_topic])
@@ -562,15 +580,35 @@ def steady_run(
                 if n > done:
                     with load_.lock:
                         times = load_.sent.get(group, [])[done:n]
+                        ids = load_.ids.get(group, [])[done:n]
                     latencies.extend(seen - t for t in times)
+                    if result_seen is not None:
+                        for number in ids:
+                            result_seen[number] = seen
                     covered[group] = n
             if time.time() - started >= next_rss:
                 rss.append((time.time() - started, tree_rss_mb(proc.pid)))
                 next_rss += 10.0
+        if store_lags is not None:
+            wait_stored(settings.metrics_port, load_.count, proc)
         return latencies, rss, load_.count
     finally:
         consumer.close()
         stop(proc)
+        if store_lags is not None and result_seen is not None:
+            store_lags.extend(written_lags(settings, result_seen))
+
+
+def written_lags(settings: Settings, result_seen: array[float]) -> list[float]:
+    """Per answer of a steady run's embedded store (opened here once the worker has stopped): written_at minus
+    the time its pane result was seen (s); answers whose result was not seen are left out."""
+    from sinks import clickhouse as store
+
+    client = store.connect(settings)
+    rows = client.query(
+        "SELECT toUInt64(substring(event_id, 3)), toUnixTimestamp64Milli(written_at) FROM cxpulse.answers"
+    ).result_rows
+    return [ms / 1000 - result_seen[number] for number, ms in rows if result_seen[number] > 0]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -594,6 +632,9 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=20_000, help="events/s of the latency and soak runs")
     parser.add_argument("--latency-seconds", type=float, default=60.0)
     parser.add_argument("--soak-seconds", type=float, default=600.0)
+    parser.add_argument(
+        "--store-lag-seconds", type=float, default=120.0, help="steady run with the ClickHouse sink (0: none)"
+    )
     parser.add_argument("--scaling", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument(
         "--journeys-off",
@@ -704,6 +745,11 @@ def report(bootstrap: str, workdir: Path, systems: list[str], args: argparse.Nam
                 runs.append(run)
             summary[shape]["cxpulse + ClickHouse sink"] = median_run(runs)
     print_summary(summary)
+    steady_reports(bootstrap, workdir, systems, args)
+
+
+def steady_reports(bootstrap: str, workdir: Path, systems: list[str], args: argparse.Namespace) -> None:
+    """cxpulse alone under a steady load: latency, the ClickHouse sink's lag, RSS over a soak."""
     templates = [record for record in realistic_events(1000, seed=5, invalid_share=0.0, duplicate_share=0.0)]
     if args.latency_seconds > 0 and "cxpulse" in systems:
         latencies, _, sent = steady_run(bootstrap, workdir, args.rate, args.latency_seconds, templates)
@@ -711,6 +757,15 @@ def report(bootstrap: str, workdir: Path, systems: list[str], args: argparse.Nam
             f"latency at {args.rate:,} events/s for {args.latency_seconds:.0f} s ({sent:,} sent, "
             f"{len(latencies):,} counted): event to result p50 {percentile(latencies, 0.5) * 1000:,.0f} ms, "
             f"p99 {percentile(latencies, 0.99) * 1000:,.0f} ms, max {max(latencies) * 1000:,.0f} ms",
+            highlight=False,
+        )
+    if args.store_lag_seconds > 0 and "cxpulse" in systems:
+        lags: list[float] = []
+        _, _, sent = steady_run(bootstrap, workdir, args.rate, args.store_lag_seconds, templates, store_lags=lags)
+        console.print(
+            f"ClickHouse at {args.rate:,} events/s for {args.store_lag_seconds:.0f} s ({sent:,} sent, {len(lags):,} "
+            f"stored): every answer in ClickHouse after its pane result p50 {percentile(lags, 0.5):.2f} s, "
+            f"p99 {percentile(lags, 0.99):.2f} s, max {max(lags):.2f} s",
             highlight=False,
         )
     if args.soak_seconds > 0 and "cxpulse" in systems:
