@@ -6,7 +6,8 @@ elsewhere) and on Quix Streams' sink base (one batching loop that every sink use
 
 - take a batch without acking (``noack_take``: ``take_events`` acks in a ``finally``, so a worker stopped in the
   middle of a batch would commit what it never finished, the class of faust-streaming#315);
-- group it by partition and hand each partition's records, in offset order, to :meth:`BatchAgent.handle`;
+- group it by partition and hand each partition's records, in offset order, to :meth:`BatchAgent.handle`, then
+  call :meth:`BatchAgent.finish` (a sink inserts what the partitions gathered in one go);
 - flush the process's :class:`~streams.agents.results.ResultsProducer` (everything the batch wrote: results,
   alerts, table changelogs) before the batch is acked: flush or fail before ack;
 - ack; record how far each partition is applied, for the lag gauge and the process's progress;
@@ -128,6 +129,10 @@ class BatchAgent(ABC):
     async def handle(self, partition: int, records: Sequence[Record]) -> None:
         """Apply one partition's records of a batch (offset order)."""
 
+    async def finish(self) -> None:  # noqa: B027 - optional for an agent: nothing to do by default
+        """After every partition of a batch was handled, before the flush and the ack (a sink writes what its
+        ``handle`` calls gathered, in one go); nothing by default."""
+
     async def tick(self, now_ms: int) -> None:  # noqa: B027 - optional for an agent: nothing to do by default
         """Periodic work (every ``tick_seconds``); nothing by default."""
 
@@ -182,6 +187,11 @@ class Runner:
                     partition,
                 )
             self.applied[partition] = records[-1].offset + 1
+        try:
+            await self.agent.finish()
+        except Exception:  # as a failed handle: counted and logged
+            self.metrics.batch_errors.labels(self.agent.topic).inc()
+            LOG.exception("%s: finishing a batch of %s failed; acked", self.agent.name, self.agent.topic)
         if self.results is not None:
             await self.results.flush()
 
