@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import fastavro
 
-from schemas.fast_avro import compile_decoder, compile_encoder
+from schemas.fast_avro import compile_block_decoder, compile_decoder, compile_encoder
 from streams.errors import DecodeError, SchemaError
 
 if TYPE_CHECKING:  # the settings only name the registry and the topics; no import at run time
@@ -69,6 +69,7 @@ EFFORT_ALERT_RAW = load_schema("effort_alert")
 JOURNEY_INSTANCE_RAW = load_schema("journey_instance")
 FEEDBACK = parse(FEEDBACK_RAW)
 _FAST_FEEDBACK = compile_decoder(_strip_logical_types(FEEDBACK_RAW))  # see schemas/fast_avro.py
+_FAST_FEEDBACK_BLOCK = compile_block_decoder(_strip_logical_types(FEEDBACK_RAW))
 WINDOW_RESULT = parse(WINDOW_RESULT_RAW)
 EFFORT_ALERT = parse(EFFORT_ALERT_RAW)
 JOURNEY_INSTANCE = parse(JOURNEY_INSTANCE_RAW)
@@ -363,6 +364,32 @@ def _read_feedback(data: bytes, start: int, writer: Any) -> Record:
     if buffer.tell() != len(data):
         raise DecodeError(f"{len(data) - buffer.tell()} trailing bytes after the Avro record")
     return record
+
+
+def is_current_feedback(writer_schema: Any) -> bool:
+    """True when an Avro container's writer schema writes FeedbackEvents byte for byte as the current schema does
+    (its parsing canonical form is the same, and its only logical types are ``timestamp-millis``): then
+    :func:`read_feedback_block` can read its blocks."""
+    try:
+        stripped = _strip_logical_types(writer_schema)
+        if "logicalType" in json.dumps(stripped):  # e.g. timestamp-micros: not epoch ms once read as a long
+            return False
+        canonical = fastavro.schema.to_parsing_canonical_form
+        return bool(canonical(stripped) == canonical(_strip_logical_types(FEEDBACK_RAW)))
+    except Exception:  # noqa: BLE001 - a schema fastavro cannot put in canonical form: not ours
+        return False
+
+
+def read_feedback_block(data: bytes, count: int) -> list[Record] | None:
+    """The ``count`` FeedbackEvents of a container block's body (of a schema :func:`is_current_feedback`
+    accepts) with the generated decoder, timestamps in epoch ms; None when the bytes are not strictly
+    well-formed (then fastavro reads the block, and decides)."""
+    if _FAST_FEEDBACK_BLOCK is None:
+        return None
+    try:
+        return _FAST_FEEDBACK_BLOCK(data, count)
+    except Exception:  # noqa: BLE001 - Malformed, IndexError, UnicodeDecodeError: fastavro decides
+        return None
 
 
 def _why(exc: Exception) -> str:

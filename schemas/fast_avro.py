@@ -14,6 +14,7 @@ or beyond 64 bits are left to fastavro (it reads 64 bits).
 
 Supported field types: string, int, long (logical types ignored), enum, array of string, and unions of null
 with one of string, int or long.  :func:`compile_decoder` returns None for any other schema.
+:func:`compile_block_decoder` reads the records of an Avro container block the same way (``cxpulse replay``).
 
 :func:`compile_encoder` does the reverse for records of string, int, long, double, enum, unions of null with
 double or long, and arrays of records of strings and longs (a WindowResult: 8.4 us a result with fastavro's
@@ -29,6 +30,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 Decoder = Callable[[bytes, int], dict[str, Any]]
+BlockDecoder = Callable[[bytes, int], list[dict[str, Any]]]
 Encoder = Callable[[Mapping[str, Any]], bytes]
 
 
@@ -122,9 +124,27 @@ def compile_decoder(schema: Mapping[str, Any]) -> Decoder | None:
     ``decode(data, pos)`` reads the record starting at ``pos`` to the end of ``data``; it returns the record
     as fastavro would, or raises Malformed (or IndexError, UnicodeDecodeError on truncated or invalid bytes).
     """
+    return _compile(schema, whole=True)  # type: ignore[return-value]
+
+
+def compile_block_decoder(schema: Mapping[str, Any]) -> BlockDecoder | None:
+    """A decoder for ``count`` consecutive records of ``schema`` (the body of an Avro container block), or None
+    when a field type is not supported.
+
+    ``decode(data, count)`` reads ``count`` records from the start of ``data``, which must end with the last of
+    them; it returns them as fastavro would, or raises as :func:`compile_decoder`'s decoder does.
+    """
+    return _compile(schema, whole=False)  # type: ignore[return-value]
+
+
+def _compile(schema: Mapping[str, Any], *, whole: bool) -> Decoder | BlockDecoder | None:
     if schema.get("type") != "record":
         return None
-    lines = ["def decode(data, pos):", "    size = len(data)"]
+    if whole:
+        lines = ["def decode(data, pos):", "    size = len(data)"]
+    else:
+        lines = ["def decode(data, records):", "    size = len(data)", "    pos = 0", "    out = []",
+                 "    for _record in range(records):"]  # fmt: skip
     names = []
     for field in schema.get("fields", []):
         name = field["name"]
@@ -132,12 +152,17 @@ def compile_decoder(schema: Mapping[str, Any]) -> Decoder | None:
         if kind is None or not name.isidentifier():
             return None
         names.append(name)
-        lines.append(_field_code(name, field["type"], kind))
-    lines.append("    if pos != size:\n        raise Malformed")
-    lines.append("    return {" + ", ".join(f"{name!r}: v_{name}" for name in names) + "}")
+        code = _field_code(name, field["type"], kind)
+        lines.append(code if whole else "\n".join("    " + line for line in code.splitlines()))
+    record = "{" + ", ".join(f"{name!r}: v_{name}" for name in names) + "}"
+    if whole:
+        lines += ["    if pos != size:\n        raise Malformed", f"    return {record}"]
+    else:
+        lines += [f"        out.append({record})", "    if pos != size:\n        raise Malformed", "    return out"]
     namespace: dict[str, Any] = {"Malformed": Malformed}
-    exec(compile("\n".join(lines), f"<decoder of {schema.get('name')}>", "exec"), namespace)  # noqa: S102 - our own generated code
-    decoder: Decoder = namespace["decode"]
+    kind_of = "decoder" if whole else "block decoder"
+    exec(compile("\n".join(lines), f"<{kind_of} of {schema.get('name')}>", "exec"), namespace)  # noqa: S102 - our own generated code
+    decoder: Decoder | BlockDecoder = namespace["decode"]
     return decoder
 
 

@@ -19,7 +19,7 @@ from typing import IO, Any
 
 import fastavro
 
-from schemas.codec import FEEDBACK_RAW, feedback_from_json
+from schemas.codec import FEEDBACK_RAW, feedback_from_json, is_current_feedback, read_feedback_block
 from streams.aggregate import (
     Drivers,
     GroupKey,
@@ -163,17 +163,22 @@ def _check_not_foreign(records: list[Any], undecodable: list[Any], head: bytes, 
 
 
 def _avro_batches(handle: IO[bytes]) -> Iterator[Batch]:
+    """The records of an Avro container file in batches.  A file of the current FeedbackEvent schema is read
+    block by block with the generated decoder (schemas.codec ``read_feedback_block``: timestamps as epoch ms, ~2x
+    fastavro's reader, which builds a datetime per record); any other block, or a file of another schema, by
+    fastavro."""
     try:
-        reader = fastavro.reader(handle)
+        blocks = fastavro.block_reader(handle)
     except Exception as exc:  # fastavro raises ValueError / EOFError / SchemaParseException on bad headers
         raise InputFileError(f"not a readable Avro container file: {exc}") from exc
-    writer_schema = reader.writer_schema
+    writer_schema = blocks.writer_schema
     if not isinstance(writer_schema, dict) or not _REQUIRED <= {f["name"] for f in writer_schema.get("fields", [])}:
         raise InputFileError(
             f"the Avro file holds {writer_schema.get('name') if isinstance(writer_schema, dict) else writer_schema!r}"
             f" records, not FeedbackEvent (schema {FEEDBACK_RAW['namespace']}.{FEEDBACK_RAW['name']})"
         )
     parsed = fastavro.parse_schema(writer_schema)
+    fast = is_current_feedback(writer_schema)
 
     def reencode(records: list[dict[str, Any]]) -> Callable[[int], bytes]:
         def original(index: int) -> bytes:
@@ -184,10 +189,18 @@ def _avro_batches(handle: IO[bytes]) -> Iterator[Batch]:
         return original
 
     records: list[dict[str, Any]] = []
-    number = 0
+    number = 0  # records read
     try:
-        for number, record in enumerate(reader, start=1):  # number is read after the loop
-            records.append(record)  # type: ignore[arg-type]  # fastavro types records as any Avro value
+        for block in blocks:
+            body = block.bytes_.getvalue()  # type: ignore[attr-defined]  # the block body, decompressed (not in the stubs)
+            read = read_feedback_block(body, block.num_records) if fast else None
+            if read is not None:
+                number += len(read)
+                records.extend(read)
+            else:
+                for record in block:  # fastavro: a corrupt block raises part way; what was read counts
+                    number += 1
+                    records.append(record)  # type: ignore[arg-type]  # fastavro types records as any Avro value
             if len(records) >= BATCH_SIZE:
                 yield Batch(records, _positions(number, len(records)), reencode(records), [], len(records))
                 records = []

@@ -113,6 +113,56 @@ def test_avro_container_gives_the_same_results_as_json_lines(tmp_path: Path) -> 
     assert (original["event_id"], original["score"]) == ("e10", 6)
 
 
+def _records_of(path: Path) -> list[dict[str, Any]]:
+    from streams.replay import read_batches
+
+    return [record for batch, _ in read_batches(path) for record in batch.records]
+
+
+@pytest.mark.parametrize("codec", ["null", "deflate"])
+def test_avro_blocks_read_by_the_generated_decoder_are_what_fastavro_reads(tmp_path: Path, codec: str) -> None:
+    """Blocks of the current schema go through the block decoder: every record as fastavro's reader gives it,
+    occurred_at as epoch ms (fastavro's is a datetime), reason codes, nulls and unicode included."""
+    records = [event(event_id=f"e{i}", occurred_at=T + i, score=i % 11, touchpoint=None if i % 3 else "Bot é",
+                     reason_codes=["hold_time", "price"][: i % 3]) for i in range(3000)]  # fmt: skip
+    path = tmp_path / "events.avro"
+    with path.open("wb") as out:
+        fastavro.writer(out, fastavro.parse_schema(FEEDBACK_RAW), records, codec=codec)
+    with path.open("rb") as handle:
+        expected = [{**r, "occurred_at": round(r["occurred_at"].timestamp() * 1000)} for r in fastavro.reader(handle)]
+    got = _records_of(path)
+    assert got == expected and len(got) == 3000
+    assert all(type(r["occurred_at"]) is int for r in got)
+
+
+def test_an_avro_file_of_another_schema_version_is_read_by_fastavro(tmp_path: Path) -> None:
+    """A writer schema with one more field (an older or newer producer): not the block decoder's layout, so
+    fastavro reads it, and the results are those of the same events in JSON lines."""
+    from schemas.codec import is_current_feedback
+
+    schema = {**FEEDBACK_RAW, "fields": [*FEEDBACK_RAW["fields"], {"name": "extra", "type": "long", "default": 0}]}
+    in_micros = {"type": "long", "logicalType": "timestamp-micros"}
+    micros = {**FEEDBACK_RAW, "fields": [{**f, "type": in_micros} if f["name"] == "occurred_at" else f
+                                         for f in FEEDBACK_RAW["fields"]]}  # fmt: skip
+    assert is_current_feedback(FEEDBACK_RAW) and not is_current_feedback(schema) and not is_current_feedback(micros)
+    valid = [json.loads(line) for line in MIXED.splitlines()[:6]]
+    out = io.BytesIO()
+    fastavro.writer(out, fastavro.parse_schema(schema), [{**e, "extra": 7} for e in valid])
+    avro_results, _ = run_replay(tmp_path, out.getvalue())
+    json_results, _ = run_replay(tmp_path, lines_of(*valid))
+    assert avro_results == json_results
+
+
+def test_a_block_the_generated_decoder_refuses_is_left_to_fastavro() -> None:
+    from schemas.codec import read_feedback_block
+
+    body = _avro_file([event(event_id="e1", occurred_at=T)])
+    assert read_feedback_block(b"\x02\x00", 1) is None  # truncated: fastavro decides
+    assert read_feedback_block(b"", 1) is None
+    assert read_feedback_block(b"", 0) == []
+    assert body.startswith(b"Obj\x01")
+
+
 def test_rolling_window_as_of_the_latest_event(tmp_path: Path) -> None:
     results, _ = run_replay(tmp_path, MIXED, "--window", "2m")
     assert [(r["window_start"], r["window_end"], r["metric"], r["n"]) for r in results] == [
