@@ -601,14 +601,15 @@ def steady_run(
 
 def written_lags(settings: Settings, result_seen: array[float]) -> list[float]:
     """Per answer of a steady run's embedded store (opened here once the worker has stopped): written_at minus
-    the time its pane result was seen (s); answers whose result was not seen are left out."""
+    the time its pane result was seen (s), in the order they were sent; answers whose result was not seen are
+    left out."""
     from sinks import clickhouse as store
 
     client = store.connect(settings)
     rows = client.query(
         "SELECT toUInt64(substring(event_id, 3)), toUnixTimestamp64Milli(written_at) FROM cxpulse.answers"
     ).result_rows
-    return [ms / 1000 - result_seen[number] for number, ms in rows if result_seen[number] > 0]
+    return [ms / 1000 - result_seen[number] for number, ms in sorted(rows) if result_seen[number] > 0]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -634,6 +635,12 @@ def main() -> None:
     parser.add_argument("--soak-seconds", type=float, default=600.0)
     parser.add_argument(
         "--store-lag-seconds", type=float, default=120.0, help="steady run with the ClickHouse sink (0: none)"
+    )
+    parser.add_argument(
+        "--steady-journeys",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="follow customer journeys in the ClickHouse steady run (the worker's default)",
     )
     parser.add_argument("--scaling", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument(
@@ -761,11 +768,17 @@ def steady_reports(bootstrap: str, workdir: Path, systems: list[str], args: argp
         )
     if args.store_lag_seconds > 0 and "cxpulse" in systems:
         lags: list[float] = []
-        _, _, sent = steady_run(bootstrap, workdir, args.rate, args.store_lag_seconds, templates, store_lags=lags)
+        _, _, sent = steady_run(
+            bootstrap, workdir, args.rate, args.store_lag_seconds, templates, store_lags=lags,
+            journeys=args.steady_journeys,
+        )  # fmt: skip
+        sixth = max(1, len(lags) // 6)
         console.print(
-            f"ClickHouse at {args.rate:,} events/s for {args.store_lag_seconds:.0f} s ({sent:,} sent, {len(lags):,} "
-            f"stored): every answer in ClickHouse after its pane result p50 {percentile(lags, 0.5):.2f} s, "
-            f"p99 {percentile(lags, 0.99):.2f} s, max {max(lags):.2f} s",
+            f"ClickHouse at {args.rate:,} events/s for {args.store_lag_seconds:.0f} s (journeys "
+            f"{'on' if args.steady_journeys else 'off'}; {sent:,} sent, {len(lags):,} stored): every answer in "
+            f"ClickHouse after its pane result p50 {percentile(lags, 0.5):.2f} s, p99 {percentile(lags, 0.99):.2f} s, "
+            f"max {max(lags):.2f} s; p99 by sixth of the run: "
+            + ", ".join(f"{percentile(lags[at : at + sixth], 0.99):.2f}" for at in range(0, sixth * 6, sixth)),
             highlight=False,
         )
     if args.soak_seconds > 0 and "cxpulse" in systems:
