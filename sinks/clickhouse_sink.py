@@ -112,6 +112,7 @@ class ClickHouseSink(BatchAgent):
 
     within_seconds = BATCH_WITHIN_SECONDS
     tick_seconds = HEALTH_SECONDS
+    writes_in_finish = True
 
     def __init__(
         self,

@@ -119,6 +119,7 @@ class BatchAgent(ABC):
     tick_seconds: float = 1.0  # how often tick() runs
     transactional_input: bool = False  # the input is written in Kafka transactions (a commit marker ends it)
     exports_lag: bool = True  # cxpulse_sink_lag_messages{sink=name}
+    writes_in_finish: bool = False  # handle only gathers; the batch is applied when finish() returns
 
     @property
     def sink(self) -> str:
@@ -186,12 +187,16 @@ class Runner:
                     self.agent.topic,
                     partition,
                 )
-            self.applied[partition] = records[-1].offset + 1
+            if not self.agent.writes_in_finish:
+                self.applied[partition] = records[-1].offset + 1
         try:
             await self.agent.finish()
         except Exception:  # as a failed handle: counted and logged
             self.metrics.batch_errors.labels(self.agent.topic).inc()
             LOG.exception("%s: finishing a batch of %s failed; acked", self.agent.name, self.agent.topic)
+        if self.agent.writes_in_finish:  # applied once written: a sink waiting for its store shows the batch as lag
+            for partition, records in by_partition.items():
+                self.applied[partition] = records[-1].offset + 1
         if self.results is not None:
             await self.results.flush()
 

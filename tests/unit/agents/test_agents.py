@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import pytest
@@ -339,6 +339,44 @@ def test_the_runner_counts_a_failed_batch_and_measures_lag_past_the_commit_marke
     runner.measure_lag()
     lag = metrics.registry.get_sample_value("cxpulse_sink_lag_messages", {"sink": "failing", "partition": "0"})
     assert lag == 0  # 12 - 11 - the marker
+
+
+class Gathering(BatchAgent):
+    """Gathers in handle and writes in finish, as the ClickHouse sink does; finish measures the lag meanwhile."""
+
+    name = "gathering"
+    topic = "t"
+    writes_in_finish = True
+
+    def __init__(self, runner_of: Callable[[], Runner], metrics: WorkerMetrics) -> None:
+        self.runner_of, self.metrics = runner_of, metrics
+        self.gathered: list[tuple[int, int]] = []
+        self.written: list[list[tuple[int, int]]] = []
+        self.lag_while_writing: dict[str, float | None] = {}
+
+    async def handle(self, partition: int, records: Sequence[Record]) -> None:
+        self.gathered += [(partition, record.offset) for record in records]
+
+    async def finish(self) -> None:
+        self.runner_of().measure_lag()
+        for partition in ("0", "1"):
+            self.lag_while_writing[partition] = self.metrics.registry.get_sample_value(
+                "cxpulse_sink_lag_messages", {"sink": "gathering", "partition": partition}
+            )
+        self.written.append(sorted(self.gathered))
+        self.gathered = []
+
+
+def test_an_agent_that_writes_in_finish_writes_the_batch_once_and_shows_it_as_lag_until_then() -> None:
+    metrics = WorkerMetrics(CollectorRegistry())
+    produced = Produced()
+    runner: Runner | None = None
+    agent = Gathering(lambda: cast(Runner, runner), metrics)
+    runner = Runner(agent, Held("t", {0: 12, 1: 5}), produced, metrics)  # type: ignore[arg-type]
+    asyncio.run(runner.batch([_Event(1, 3), _Event(0, 9), _Event(0, 10), _Event(1, 4)]))  # type: ignore[list-item]
+    assert agent.written == [[(0, 9), (0, 10), (1, 3), (1, 4)]]  # one write, every partition of the batch
+    assert agent.lag_while_writing == {"0": 3.0, "1": 2.0}  # not applied yet: 12 - 9, 5 - 3
+    assert runner.applied == {0: 11, 1: 5} and produced.flushes == 1
 
 
 def test_the_merge_tick_does_not_wait_for_the_tail_check() -> None:
