@@ -192,8 +192,8 @@ def _avro_batches(handle: IO[bytes]) -> Iterator[Batch]:
     number = 0  # records read
     try:
         for block in blocks:
-            body = block.bytes_.getvalue()  # type: ignore[attr-defined]  # the block body, decompressed (not in the stubs)
-            read = read_feedback_block(body, block.num_records) if fast else None
+            body = block.bytes_  # type: ignore[attr-defined]  # the block body, decompressed (not in the stubs)
+            read = read_feedback_block(body.getvalue(), block.num_records) if fast else None
             if read is not None:
                 number += len(read)
                 records.extend(read)
