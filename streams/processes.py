@@ -20,7 +20,7 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import faust
@@ -43,9 +43,11 @@ from sinks.prometheus import Snapshot
 from streams.agents import faust_compat
 from streams.agents.base import AgentContext, FaustConsumption, attach
 from streams.agents.faust_app import TABLE_SCHEMA, faust_app, raw_topic, report_ready, run_process
+from streams.agents.keys import pane_bucket
 from streams.agents.local_tables import CHECKPOINT_SECONDS, LocalTables
 from streams.agents.metrics import WorkerMetrics
 from streams.agents.results import ResultsProducer
+from streams.agents.stores import DiskStore
 from streams.config import Settings
 from streams.topics import internal_topics
 from streams.worker.journey_agent import JourneyAgent
@@ -56,26 +58,41 @@ from streams.worker.repair import PartitionReader
 MERGE, SINK, JOURNEYS = "merge", "sink", "journeys"
 
 
-def _table(app: faust.App, name: str, partitions: int, results: ResultsProducer) -> Any:
+def _table(
+    app: faust.App,
+    name: str,
+    partitions: int,
+    results: ResultsProducer,
+    on_disk: Callable[[bytes], int] | None = None,
+) -> Any:
     """A table keyed ``"<partition>|..."`` whose changelog goes through the process's ResultsProducer, filled at
-    assignment from its local copies (when the process keeps them)."""
+    assignment from its local copies (when the process keeps them); ``on_disk``: kept on disk in them instead,
+    indexed by that time bucket of a raw key (streams.agents.stores.DiskStore)."""
     table = cast(
         faust_compat.KeyPartitionedTable,
         app.Table(name, default=None, partitions=partitions, schema=TABLE_SCHEMA),
     )
     table.write_changelog_with(results)
-    if results.local is not None:
+    if results.local is not None and on_disk is not None:
+        table.keep_on_disk(results.local, on_disk)
+    elif results.local is not None:
         table.keep_local_copy(results.local)
     return table
 
 
-def _keep_local_copies(app: faust.App, local: LocalTables) -> None:
+def _keep_local_copies(app: faust.App, local: LocalTables, results: ResultsProducer) -> None:
     """Write the acknowledged changelog messages to the local copies every CHECKPOINT_SECONDS and at a stop (a
-    changelog tail being read at assignment is abandoned at a stop: Faust reads it next time)."""
+    changelog tail being read at assignment is abandoned at a stop: Faust reads it next time); then the tables on
+    disk drop from memory what the copies now have."""
     local.should_stop = lambda: bool(app.should_stop)
 
     async def checkpoint() -> None:
+        mark = results.delivered_through  # every message up to it is in the checkpoint that follows
         await asyncio.to_thread(local.checkpoint)
+        for table in app.tables.values():
+            store = table.data
+            if isinstance(store, DiskStore):
+                store.disk().checkpointed(mark)
 
     async def last_checkpoint(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         await asyncio.to_thread(local.checkpoint)
@@ -91,7 +108,7 @@ def merge_process(settings: Settings, metrics: WorkerMetrics) -> faust.App:
     app = faust_app(settings, settings.app_id, MERGE, table_standby_replicas=0, Table=faust_compat.KeyPartitionedTable)
     local = LocalTables(settings.kafka, settings.data_dir / MERGE / "tables", metrics)
     results = ResultsProducer(settings.kafka, local)
-    _keep_local_copies(app, local)
+    _keep_local_copies(app, local, results)
     context = AgentContext(settings, metrics, results, catalog_for(settings), FaustConsumption(app))
     partials = raw_topic(app, settings, internal_topics(settings).partials)
     panes_topic = raw_topic(app, settings, settings.results_topic)
@@ -117,7 +134,7 @@ def journeys_process(settings: Settings, metrics: WorkerMetrics) -> faust.App:
     app = faust_app(settings, app_id, JOURNEYS, table_standby_replicas=0, Table=faust_compat.KeyPartitionedTable)
     local = LocalTables(settings.kafka, settings.data_dir / JOURNEYS / "tables", metrics)
     results = ResultsProducer(settings.kafka, local)
-    _keep_local_copies(app, local)
+    _keep_local_copies(app, local, results)
     context = AgentContext(settings, metrics, results, catalog_for(settings), FaustConsumption(app))
     journey_answers = raw_topic(app, settings, internal_topics(settings).journey_answers)
     table = _table(app, "state", cast(int, journey_answers.partitions), results)  # <app>-journeys-state-changelog
@@ -129,9 +146,11 @@ def journeys_process(settings: Settings, metrics: WorkerMetrics) -> faust.App:
 
 
 def _merge_agent(app: faust.App, context: AgentContext, partials: Any, results_partitions: int) -> MergeAgent:
-    """The merge agent on the partials topic, with its two tables (panes, positions) and its read-back."""
+    """The merge agent on the partials topic, with its two tables (panes on disk, by pane start: they grow with
+    the retention; positions) and its read-back."""
     partitions = cast(int, partials.partitions)
-    tables = tuple(_table(app, name, partitions, context.results) for name in ("panes", "positions"))
+    panes = _table(app, "panes", partitions, context.results, on_disk=pane_bucket)
+    tables = (panes, _table(app, "positions", partitions, context.results))
     reader = PartitionReader(context.settings.kafka, partials.get_topic_name())
     return MergeAgent(context, cast(Any, tables), reader, results_partitions)
 

@@ -14,34 +14,30 @@
   one table key per event, and Faust's per-message send path (~50 us each, cProfile) was merge's largest cost.
   Same topic, partition and JSON bytes, so Faust recovers the table from it as before; the caller flushes the
   producer before it acks a batch, as Faust flushes its own before it commits.
-- :class:`LocalCopyStore`: Faust's memory store, filled at assignment from a table partition's local copy
-  (streams.agents.local_tables) whose checkpoint it reports as ``persisted_offset``: Faust's recovery then reads
-  the changelog from there (faust/tables/recovery.py ``_add``; it reads the checkpoint's own message again, the
-  "offset-1 discrepancy" of ``_seek_offsets``, which applies the same value twice).  Keys are decoded with the
-  table's ``_to_key``/``_to_value``, as ``apply_changelog_batch`` does.  :class:`KeyPartitionedTable` makes its
-  store one of these (``_new_store``) when given the process's LocalTables.
+- The stores of streams.agents.stores (Faust's memory store filled from local copies, or a table on disk):
+  :class:`KeyPartitionedTable` makes its store one of these (``_new_store``) when given the process's
+  LocalTables.
 - :func:`recovered` / :func:`rebalancing`: readiness, from Faust's table recovery and rebalance state.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 import aiokafka  # type: ignore[import-untyped]  # no type information shipped
 import faust
 import orjson
-from confluent_kafka import KafkaException
-from faust.stores.memory import Store as MemoryStore
 from faust.tables.table import Table
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP, StoreT
+from faust.types import StoreT
 
 from streams.agents.keys import table_partition
 from streams.agents.local_tables import LocalTables
-from streams.errors import CxPulseError
+from streams.agents.results import ResultsProducer
+from streams.agents.stores import DiskStore, LocalCopyStore
 
 LOG = logging.getLogger("cxpulse.tables")
 
@@ -83,6 +79,8 @@ class KeyPartitionedTable(Table[Any, Any]):
 
     _changelog_writer: ChangelogWriter | None = None
     _local: LocalTables | None = None
+    _on_disk = False
+    _bucket: Callable[[bytes], int] | None = None
 
     def partition_for_key(self, key: Any) -> int | None:
         return table_partition(key)
@@ -94,10 +92,15 @@ class KeyPartitionedTable(Table[Any, Any]):
         """Fill the table at assignment from its local copies (call before the app starts)."""
         self._local = local
 
+    def keep_on_disk(self, local: LocalTables, bucket: Callable[[bytes], int] | None = None) -> None:
+        """Keep the table on disk, in its local copies (streams.agents.stores.DiskStore), indexed by ``bucket`` of
+        a raw key when given (call before the app starts, after :meth:`write_changelog_with`)."""
+        self._local, self._on_disk, self._bucket = local, True, bucket
+
     def _new_store(self) -> StoreT[Any, Any]:
         if self._local is None:
             return super()._new_store()
-        store = LocalCopyStore(
+        store = (DiskStore if self._on_disk else LocalCopyStore)(
             "memory://",
             self.app,
             self,
@@ -110,6 +113,10 @@ class KeyPartitionedTable(Table[Any, Any]):
             options=self.options,
         )
         store.local = self._local
+        if isinstance(store, DiskStore):
+            writer = self._changelog_writer
+            store.clock = (lambda: writer.queued) if isinstance(writer, ResultsProducer) else (lambda: 0)
+            store.bucket = self._bucket
         return cast(StoreT[Any, Any], store)
 
     def on_key_set(self, key: Any, value: Any) -> None:
@@ -142,70 +149,6 @@ def encode_value(value: Any) -> bytes:
         return orjson.dumps(value)
     except TypeError:
         return json.dumps(value, separators=(",", ":")).encode()
-
-
-class LocalCopyStore(MemoryStore[Any, Any]):
-    """Faust's memory store, filled from the local copy of each changelog partition assigned to it, whose
-    checkpoint it reports as the persisted offset (Faust's recovery reads the changelog from there)."""
-
-    local: LocalTables | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self._offsets: dict[int, int] = {}
-
-    async def on_rebalance(
-        self, assigned: set[TP], revoked: set[TP], newly_assigned: set[TP], generation_id: int = 0
-    ) -> None:
-        await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
-        if self.local is None:
-            return
-        table: Any = self.table
-        topic = table.changelog_topic.get_topic_name()
-        partitions = [tp.partition for tp in newly_assigned if tp.topic == topic]
-        if partitions:
-            await self._restore(table, topic, partitions, self.local)
-
-    async def _restore(self, table: Any, topic: str, partitions: list[int], local: LocalTables) -> None:
-        """Fill the partitions from their copies (opened and read in a thread: 30 RocksDB opens on the event loop
-        held a start-up for ~0.9 s under load), then from the changelog past each copy's checkpoint (read with
-        librdkafka, in a thread); Faust's recovery reads whatever is left after the offsets reported here."""
-        starts = {}
-        copies = await asyncio.to_thread(local.load_all, topic, partitions)  # opened and read off the event loop
-        for partition in partitions:
-            items, offset = copies[partition]
-            self._offsets.pop(partition, None)
-            loaded = 0
-            for raw_key, raw_value in items:
-                self._put(table, partition, raw_key, raw_value)
-                loaded += 1
-            if offset is not None:
-                self._offsets[partition] = offset
-                local.loaded(table.name, topic, partition, loaded, offset)
-            starts[partition] = 0 if offset is None else offset + 1
-        try:
-            tails = await asyncio.to_thread(local.read_tails, topic, starts)
-        except (CxPulseError, KafkaException) as exc:
-            LOG.warning("%s %s: reading the changelog's tail failed (%s); Faust reads it", topic, partitions, exc)
-            return
-        for partition, (latest, last) in tails.items():
-            for tail_key, tail_value in latest.items():
-                self._put(table, partition, tail_key, tail_value)
-            self._offsets[partition] = last
-            local.read(table.name, len(latest))
-
-    def _put(self, table: Any, partition: int, raw_key: bytes, raw_value: bytes | None) -> None:
-        """One changelog entry into the memory store, decoded as Faust's ``apply_changelog_batch`` does."""
-        key = table._to_key(json.loads(raw_key))
-        if raw_value is None:
-            self.data.pop(key, None)
-            self._key_partition.pop(key, None)
-        else:
-            self.data[key] = table._to_value(orjson.loads(raw_value))
-            self._key_partition[key] = partition
-
-    def persisted_offset(self, tp: TP) -> int | None:
-        return self._offsets.get(tp.partition)
 
 
 def recovered(app: faust.App) -> bool:

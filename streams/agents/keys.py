@@ -26,6 +26,15 @@ class PaneKey(NamedTuple):
         return cls(int(partition), channel, journey, int(pane))
 
 
+def pane_bucket(raw: bytes) -> int:
+    """The pane start of a :class:`PaneKey` as its changelog carries it (JSON: ``b'"3|phone|billing|1700000040000"'``):
+    the time bucket of the panes' local copies (streams.agents.local_tables); 0 for anything else."""
+    try:
+        return max(0, int(raw.rsplit(b"|", 1)[-1].strip(b'"')))
+    except ValueError:
+        return 0
+
+
 class MetricPaneKey(NamedTuple):
     """A pane of a segment and metric: table ``kpi-view``."""
 

@@ -7,13 +7,18 @@ changelog never got.  After a restart the merge agent would find that partial ap
 result would never be emitted.  Here the local copy is written only from the changelog messages Kafka has
 acknowledged (the ResultsProducer's delivery reports; its producer is idempotent, so they come in offset order),
 in offset order, so each partition's copy is a prefix of its changelog, and its checkpoint is the offset of the
-last message in it.  The tables themselves stay in memory (Faust's memory store): a copy replaces the reading
-of a changelog from its start, which is what made a restart take minutes.
+last message in it.  A table in memory (Faust's memory store) is filled from its copy at assignment, which
+replaces the reading of a changelog from its start (what made a restart take minutes); a table on disk
+(streams.agents.disk_store) reads its copy in place and keeps in memory only what the copy does not have yet.
+
+A topic given a time bucket (:meth:`LocalTables.index_by`: the panes' start) also has an index in its copy, one
+entry per key ordered by bucket, written in the same atomic write as the key: :meth:`LocalTables.keys_before`
+reads the keys of the buckets before a time without a scan of the rest (the retention's expiry).
 
 Each changelog partition has a RocksDB database (rocksdict) under ``<data dir>/<process>/tables/<topic>/p<N>``
-holding the changelog's raw keys and values, the checkpoint and the copy's origin (Kafka cluster and topic).  A
-copy of another cluster, a checkpoint past the changelog's end (a recreated topic) or a database that does not
-open is not used (logged): Faust then reads that changelog from its start, as without copies.
+holding the changelog's raw keys and values, the checkpoint, the copy's origin (Kafka cluster and topic, the
+format) and the bucket index.  A copy of another cluster or format, a checkpoint past the changelog's end (a
+recreated topic) or a database that does not open is not used (logged): it is rebuilt from the changelog.
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import struct
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -35,10 +41,12 @@ from streams.kafka import Kafka
 from streams.kafka import consumer as new_consumer
 
 LOG = logging.getLogger("cxpulse.tables")
-FORMAT = 1
+FORMAT = 2  # 2: the bucket index (a copy of format 1 is rebuilt from its changelog)
 CHECKPOINT_SECONDS = 2.0  # how often delivered changelog messages are written to the local copies
 META = b"\x00cxpulse:"  # table keys are JSON (they never start with a NUL byte)
-OFFSET_KEY, ORIGIN_KEY = META + b"offset", META + b"origin"
+OFFSET_KEY, ORIGIN_KEY, COUNT_KEY = META + b"offset", META + b"origin", META + b"count"
+INDEX = META + b"t:"  # + the bucket (8 bytes, big-endian) + the raw key: the bucket index
+BUCKET = struct.Struct(">Q")
 WATERMARK_SECONDS = 10.0
 TAIL_SECONDS = 300.0  # reading one changelog partition's tail at assignment; past it Faust reads the rest
 
@@ -56,11 +64,17 @@ class LocalTables:
         self._write_lock = threading.Lock()  # one checkpoint at a time; databases open and close under it
         self._dbs: dict[tuple[str, int], Rdict] = {}
         self._copied: dict[tuple[str, int], int] = {}  # open copy -> its checkpoint (older messages are skipped)
+        self._counts: dict[tuple[str, int], int] = {}  # open copy -> its keys
         self._client: Consumer | None = None
         self._tail_reader: Consumer | None = None
         self.stopping = threading.Event()  # a stop: a tail being read is left to Faust
         self.should_stop: Callable[[], bool] = lambda: False  # the process is stopping (its Faust app's view)
         self.cluster = ""
+        self._buckets: dict[str, Callable[[bytes], int]] = {}  # topic -> a raw key's time bucket (indexed topics)
+
+    def index_by(self, topic: str, bucket: Callable[[bytes], int]) -> None:
+        """Index the copies of ``topic`` by ``bucket(raw key)`` (a time, >= 0) for :meth:`keys_before`."""
+        self._buckets[topic] = bucket
 
     def delivered(self, topic: str, partition: int, offset: int, key: bytes, value: bytes | None) -> None:
         """A changelog message was acknowledged (called from the producer's delivery report): the key's newest
@@ -86,7 +100,7 @@ class LocalTables:
                 if db is None or not newer:  # not open: a partition this process no longer holds
                     continue
                 last = max(offset for offset, _ in entries.values())
-                db.write(_batch(newer, last))
+                self._write(topic, partition, db, newer, last)
                 self._copied[(topic, partition)] = last
         if self.metrics is not None:
             self.metrics.copied.inc(acknowledged)
@@ -124,6 +138,8 @@ class LocalTables:
                 db[ORIGIN_KEY] = json.dumps(origin).encode()
             self._dbs[(topic, partition)] = db
             self._copied[(topic, partition)] = -1 if offset is None else offset
+            raw_count = db.get(COUNT_KEY) if offset is not None else None
+            self._counts[(topic, partition)] = int(raw_count) if raw_count is not None else 0
             return _items(db), offset
 
     def load_all(
@@ -135,6 +151,71 @@ class LocalTables:
             items, offset = self.load(topic, partition)
             copies[partition] = (list(items), offset)
         return copies
+
+    def open_all(self, topic: str, partitions: Iterable[int]) -> dict[int, int | None]:
+        """:meth:`load` of each partition without reading its pairs: the checkpoints (blocking, for a thread)."""
+        return {partition: self.load(topic, partition)[1] for partition in partitions}
+
+    def has(self, topic: str, partition: int) -> bool:
+        """True when the partition's copy is open (a table on disk reads it)."""
+        return (topic, partition) in self._dbs
+
+    def get(self, topic: str, partition: int, key: bytes) -> bytes | None:
+        """The key's value in the partition's copy (None: not there, or no copy open)."""
+        db = self._dbs.get((topic, partition))
+        return None if db is None else db.get(key)
+
+    def partitions(self, topic: str) -> list[int]:
+        """The partitions of ``topic`` whose copies are open."""
+        return sorted(partition for name, partition in list(self._dbs) if name == topic)
+
+    def keys(self, topic: str, partition: int) -> Iterator[bytes]:
+        """Every raw key of the partition's copy (a scan: for tests and tools)."""
+        db = self._dbs.get((topic, partition))
+        return iter(()) if db is None else (key for key, _ in _items(db))
+
+    def count(self, topic: str, partition: int) -> int:
+        """The keys in the partition's copy (as of its checkpoint; 0: no copy open)."""
+        return self._counts.get((topic, partition), 0)
+
+    def _write(
+        self, topic: str, partition: int, db: Rdict, entries: Sequence[tuple[bytes, bytes | None]], offset: int
+    ) -> None:
+        """Write changelog entries (distinct keys) to a copy with its checkpoint and key count, in one atomic
+        write (under the write lock)."""
+        count = self._counts.get((topic, partition), 0)
+        for key, value in entries:
+            count += (value is not None) - (db.get(key) is not None)
+        db.write(_batch(entries, offset, self._buckets.get(topic), count))
+        self._counts[(topic, partition)] = count
+
+    def apply(self, topic: str, partition: int, entries: Sequence[tuple[int, bytes, bytes | None]]) -> int:
+        """Changelog messages read by Faust's recovery, (offset, key, value) in offset order, into the partition's
+        copy with its new checkpoint (those the copy has are skipped); how many were new (0: no copy open)."""
+        with self._write_lock:
+            db = self._dbs.get((topic, partition))
+            copied = self._copied.get((topic, partition), -1)
+            newer = [(key, value) for offset, key, value in entries if offset > copied]
+            if db is None or not newer:
+                return 0
+            last = entries[-1][0]
+            self._write(topic, partition, db, list(dict(newer).items()), last)
+            self._copied[(topic, partition)] = last
+            return len(newer)
+
+    def keys_before(self, topic: str, partition: int, bucket: int) -> list[bytes]:
+        """The raw keys of the partition's copy in buckets before ``bucket``, from the index (a topic given
+        :meth:`index_by`): the expired ones only are read, not the whole copy."""
+        db = self._dbs.get((topic, partition))
+        if db is None:
+            return []
+        end = INDEX + BUCKET.pack(max(0, bucket))
+        found = []
+        for key in db.keys(from_key=INDEX):
+            if not isinstance(key, bytes) or key >= end or not key.startswith(INDEX):
+                break
+            found.append(key[len(INDEX) + BUCKET.size :])
+        return found
 
     def read_tails(self, topic: str, starts: dict[int, int]) -> dict[int, tuple[dict[bytes, bytes | None], int]]:
         """Read changelog partitions from their ``starts`` to their ends with librdkafka (Faust's recovery reads
@@ -176,7 +257,7 @@ class LocalTables:
                 out[partition] = (latest[partition], offset)
                 db = self._dbs.get((topic, partition))
                 if db is not None:
-                    db.write(_batch(latest[partition].items(), offset))
+                    self._write(topic, partition, db, list(latest[partition].items()), offset)
                     self._copied[(topic, partition)] = max(self._copied.get((topic, partition), -1), offset)
         return out
 
@@ -241,15 +322,25 @@ class LocalTables:
             self._client = self._tail_reader = None
 
 
-def _batch(entries: Iterable[tuple[bytes, bytes | None]], offset: int) -> WriteBatch:
-    """Puts (deletes for None) and the new checkpoint, for one atomic write."""
+def _batch(
+    entries: Iterable[tuple[bytes, bytes | None]], offset: int, bucket: Callable[[bytes], int] | None, count: int
+) -> WriteBatch:
+    """Puts (deletes for None), their index entries (a topic with a bucket), the new checkpoint and key count,
+    for one atomic write."""
     batch = WriteBatch(raw_mode=True)
     for key, value in entries:
         if value is None:
             batch.delete(key)
         else:
             batch.put(key, value)
+        if bucket is not None:
+            entry = INDEX + BUCKET.pack(max(0, bucket(key))) + key
+            if value is None:
+                batch.delete(entry)
+            else:
+                batch.put(entry, b"")
     batch.put(OFFSET_KEY, str(offset).encode())
+    batch.put(COUNT_KEY, str(count).encode())
     return batch
 
 

@@ -33,6 +33,8 @@ class ResultsProducer:
 
     def __init__(self, kafka: Kafka, local: LocalTables | None = None, **config: Any) -> None:
         self.local = local  # table changelog messages Kafka acknowledged go to their local copies
+        self.queued = 0  # messages queued so far (tables on disk note it with each write: streams.agents.stores)
+        self.delivered_through = 0  # every message up to this count was delivered (by a flush that returned)
         self._failed = 0
         self._lock = threading.Lock()
         self.producer: Producer = new_producer(
@@ -59,6 +61,7 @@ class ResultsProducer:
         while True:
             try:
                 self.producer.produce(topic, value, key, partition=partition, timestamp=timestamp)
+                self.queued += 1
                 return
             except BufferError:  # the local queue is full: let deliveries drain, then go on
                 self.producer.poll(QUEUE_WAIT_SECONDS)
@@ -72,5 +75,7 @@ class ResultsProducer:
             raise DeliveryError(f"{left} messages still queued and {failed} not delivered after a flush")
 
     async def flush(self) -> None:
-        """:meth:`flush_now` off the event loop."""
+        """:meth:`flush_now` off the event loop (then every message queued before it was delivered)."""
+        mark = self.queued
         await asyncio.to_thread(self.flush_now)
+        self.delivered_through = max(self.delivered_through, mark)

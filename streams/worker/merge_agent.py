@@ -34,6 +34,7 @@ from schemas.codec import WINDOW_RESULT, WINDOW_RESULT_RAW, encode_confluent
 from streams.agents.base import AgentContext, Record, TableAgent
 from streams.agents.health import FailureStreak
 from streams.agents.keys import PaneKey, ResultKey, SourceKey, segment_partition
+from streams.agents.stores import keys_before
 from streams.config import Settings
 from streams.errors import CxPulseError
 from streams.kafka import consumer
@@ -338,23 +339,24 @@ class MergeAgent(TableAgent):
             LOG.exception("tail check of %s[%d] failed; retried in %s s", self.topic, partition, TAIL_CHECK_SECONDS)
 
     async def expire(self, now_ms: int) -> None:
-        """Bounded state: drop panes that ended before now - retention (no accepted event can change them)."""
+        """Bounded state: drop panes that ended before now - retention (no accepted event can change them); on
+        disk, their keys come from the copies' index by pane start, not from a scan of every key."""
         if not self.consumption.settled():
             return
         self.swept_at = now_ms
         cutoff = now_ms - self.settings.retention_seconds * 1000
-        assigned = self.consumption.assigned(self.topic)
-        old: dict[int, list[str]] = defaultdict(list)
-        for key in list(self.panes.keys()):
-            pane = PaneKey.decode(key)
-            if pane.partition in assigned and pane.pane + self.pane_ms <= cutoff:
-                old[pane.partition].append(key)
-        for partition, keys in old.items():
+        before = cutoff - self.pane_ms + 1  # pane + pane_ms <= cutoff
+        dropped = 0
+        for partition in sorted(self.consumption.assigned(self.topic)):
+            keys = await keys_before(self.panes, partition, before, lambda key: PaneKey.decode(key).pane)
+            if not keys:
+                continue
             async with self.locks[partition]:
                 self.expired_before = max(self.expired_before, cutoff)
                 for key in keys:
                     if key in self.panes:
                         del self.panes[key]
                         self.metrics.expired.labels("panes").inc()
-        if old:
+                        dropped += 1
+        if dropped:
             await self.results.flush()  # the tombstones

@@ -1,17 +1,22 @@
 """The Faust tables' local copies (streams.agents.local_tables) against a real broker: written only from the
 changelog messages Kafka acknowledged, loaded back with their checkpoint, the changelog's tail read past it, and
-not used when they were made for another cluster or run past the changelog's end."""
+not used when they were made for another cluster or run past the changelog's end; a table on disk over them
+(streams.agents.stores.DiskMapping)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from pathlib import Path
 
+import orjson
 import pytest
 
+from streams.agents.keys import pane_bucket
 from streams.agents.local_tables import LocalTables
 from streams.agents.results import ResultsProducer
+from streams.agents.stores import DiskMapping, raw_key
 from streams.topics import TopicSpec, ensure_topics
 from tests.support import RunningBroker
 
@@ -118,4 +123,63 @@ def test_a_copy_from_another_cluster_or_past_the_end_is_not_used(
     again = LocalTables(bootstrap, tmp_path / "ahead")
     assert contents(again, changelog, 1) == ({}, None)
     assert "past the changelog's end" in caplog.text
+    again.close()
+
+
+def test_a_table_on_disk_keeps_in_memory_only_what_its_copy_lacks(
+    kafka_broker: RunningBroker, changelog: str, tmp_path: Path
+) -> None:
+    """streams.agents.stores.DiskMapping over a copy: a value written is read back at once, stays in memory until
+    Kafka acknowledged it and a checkpoint wrote it, is read from the copy after that (and after a restart,
+    nothing loaded), and the expiry's keys come from the index by pane start."""
+    bootstrap = kafka_broker.bootstrap
+    local, results = opened(bootstrap, tmp_path, changelog, 0)
+    disk = DiskMapping(local, changelog, orjson.loads, lambda: results.queued, pane_bucket)
+    local.index_by(changelog, pane_bucket)
+
+    def put(key: str, value: object | None) -> None:  # what KeyPartitionedTable does: the store, then the changelog
+        if value is None:
+            del disk[key]
+        else:
+            disk[key] = value
+        results.produce(changelog, None if value is None else orjson.dumps(value), raw_key(key), 0)
+
+    panes = {f"0|chat|billing|{start}": {"n": start // 1000} for start in (60_000, 120_000, 180_000, 240_000)}
+    for key, value in panes.items():
+        put(key, value)
+    assert disk["0|chat|billing|60000"] == {"n": 60} and len(disk.recent) == 4
+    local.checkpoint()  # nothing acknowledged yet: nothing in the copy, nothing dropped from memory
+    assert disk.checkpointed(results.delivered_through) == 0 and local.get(changelog, 0, raw_key("0|a")) is None
+
+    asyncio.run(results.flush())
+    put("0|chat|billing|240000", {"n": 241})  # written after the flush: not covered by its mark
+    mark = results.delivered_through
+    local.checkpoint()
+    assert disk.checkpointed(mark) == 3
+    assert list(disk.recent) == ["0|chat|billing|240000"]
+    assert disk["0|chat|billing|120000"] == {"n": 120}  # from the copy now
+    assert disk.get("0|chat|billing|1") is None and "0|chat|billing|1" not in disk
+
+    put("0|chat|billing|60000", None)  # a tombstone, in memory until it is in the copy
+    assert "0|chat|billing|60000" not in disk
+    with pytest.raises(KeyError):
+        disk["0|chat|billing|60000"]
+    assert disk.keys_before(0, 180_000) == ["0|chat|billing|120000"]
+    asyncio.run(results.flush())
+    local.checkpoint()
+    assert disk.checkpointed(results.delivered_through) == 2 and not disk.recent
+    assert local.keys_before(changelog, 0, 10**13) == [raw_key(k) for k in list(panes)[1:]]  # index without 60000
+    local.close()
+
+    again = LocalTables(bootstrap, tmp_path)
+    again.index_by(changelog, pane_bucket)
+    assert again.open_all(changelog, [0]) == {0: 5}
+    restarted = DiskMapping(again, changelog, orjson.loads, lambda: 0, pane_bucket)
+    assert dict(restarted.items()) == {
+        "0|chat|billing|120000": {"n": 120},
+        "0|chat|billing|180000": {"n": 180},
+        "0|chat|billing|240000": {"n": 241},
+    }
+    assert not restarted.recent and len(restarted) == 3
+    assert restarted.keys_before(0, 240_000) == ["0|chat|billing|120000", "0|chat|billing|180000"]
     again.close()

@@ -1,0 +1,358 @@
+"""The Faust stores of cxpulse's tables, both built on the local copies of streams.agents.local_tables.
+
+- :class:`LocalCopyStore`: Faust's memory store, filled at assignment from a table partition's local copy
+  whose checkpoint it reports as ``persisted_offset``: Faust's recovery then reads the changelog from there
+  (faust/tables/recovery.py ``_add``; it reads the checkpoint's own message again, the "offset-1 discrepancy"
+  of ``_seek_offsets``, which applies the same value twice).  Keys are decoded with the table's
+  ``_to_key``/``_to_value``, as ``apply_changelog_batch`` does.  For the small tables the agents read whole
+  every tick (the KPI view, the effort detector's, the journeys').
+- :class:`DiskStore`: a table on disk (issue 19: the merge process's memory and restart time grew with the
+  retention, ~4 KB and a decode per pane key).  Its data is the local copy itself plus, in memory, what the
+  copy does not have yet (:class:`DiskMapping`): a value written stays in memory until its changelog message
+  was acknowledged by Kafka *and* written to the copy by a checkpoint, and is read from the copy after that.
+  The copy stays a prefix of the changelog (nothing Kafka did not take ever gets there), so exactly-once holds as
+  with the memory store: a crash between a write and its delivery loses only what the changelog never had,
+  and the agent's own chain (merge: its positions) takes it again.  A restart opens the copies and reads the
+  changelogs' tails past their checkpoints: nothing is decoded, whatever the size of the state.
+
+Which writes are in the copy is told by the ResultsProducer's counts: a value written when ``queued`` messages
+had been queued is covered once a flush that started at a count above that has returned (``delivered_through``)
+and a checkpoint that started after that has written what was delivered (``checkpointed``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from typing import Any
+
+import orjson
+from confluent_kafka import KafkaException
+from faust.stores.memory import Store as MemoryStore
+from faust.types import TP, EventT
+
+from streams.agents.keys import table_partition
+from streams.agents.local_tables import LocalTables
+from streams.errors import CxPulseError
+
+LOG = logging.getLogger("cxpulse.tables")
+_DELETED = object()  # a key deleted in memory, its tombstone not in the copy yet
+_MISSING = object()
+
+
+def raw_key(key: Any) -> bytes:
+    """A table key as its changelog messages carry it (JSON, as streams.agents.faust_compat writes them)."""
+    return json.dumps(key).encode()
+
+
+class LocalCopyStore(MemoryStore[Any, Any]):
+    """Faust's memory store, filled from the local copy of each changelog partition assigned to it, whose
+    checkpoint it reports as the persisted offset (Faust's recovery reads the changelog from there)."""
+
+    local: LocalTables | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._offsets: dict[int, int] = {}
+
+    async def on_rebalance(
+        self, assigned: set[TP], revoked: set[TP], newly_assigned: set[TP], generation_id: int = 0
+    ) -> None:
+        await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
+        if self.local is None:
+            return
+        table: Any = self.table
+        topic = table.changelog_topic.get_topic_name()
+        partitions = [tp.partition for tp in newly_assigned if tp.topic == topic]
+        if partitions:
+            await self._restore(table, topic, partitions, self.local)
+
+    async def _restore(self, table: Any, topic: str, partitions: list[int], local: LocalTables) -> None:
+        """Fill the partitions from their copies (opened and read in a thread: 30 RocksDB opens on the event loop
+        held a start-up for ~0.9 s under load), then from the changelog past each copy's checkpoint (read with
+        librdkafka, in a thread); Faust's recovery reads whatever is left after the offsets reported here."""
+        starts = {}
+        copies = await asyncio.to_thread(self._open, local, topic, partitions)  # off the event loop
+        for partition in partitions:
+            loaded, offset = copies[partition]
+            self._offsets.pop(partition, None)
+            if offset is not None:
+                self._offsets[partition] = offset
+                local.loaded(table.name, topic, partition, loaded, offset)
+            starts[partition] = 0 if offset is None else offset + 1
+        try:
+            tails = await asyncio.to_thread(local.read_tails, topic, starts)
+        except (CxPulseError, KafkaException) as exc:
+            LOG.warning("%s %s: reading the changelog's tail failed (%s); Faust reads it", topic, partitions, exc)
+            return
+        for partition, (latest, last) in tails.items():
+            for tail_key, tail_value in latest.items():
+                self._put(table, partition, tail_key, tail_value)
+            self._offsets[partition] = last
+            local.read(table.name, len(latest))
+
+    def _open(self, local: LocalTables, topic: str, partitions: list[int]) -> dict[int, tuple[int, int | None]]:
+        """Open the partitions' copies and put their pairs in memory: per partition the keys it had and its
+        checkpoint (blocking, for a thread)."""
+        out = {}
+        for partition, (items, offset) in local.load_all(topic, partitions).items():
+            for raw_key_, raw_value in items:
+                self._put(self.table, partition, raw_key_, raw_value)
+            out[partition] = (len(items), offset)
+        return out
+
+    def _put(self, table: Any, partition: int, raw_key_: bytes, raw_value: bytes | None) -> None:
+        """One changelog entry into the memory store, decoded as Faust's ``apply_changelog_batch`` does."""
+        key = table._to_key(json.loads(raw_key_))
+        if raw_value is None:
+            self.data.pop(key, None)
+            self._key_partition.pop(key, None)
+        else:
+            self.data[key] = table._to_value(orjson.loads(raw_value))
+            self._key_partition[key] = partition
+
+    def persisted_offset(self, tp: TP) -> int | None:
+        return self._offsets.get(tp.partition)
+
+
+class DiskMapping(MutableMapping[str, Any]):
+    """A table's data: the local copies of its changelog partitions, and in memory the values written since
+    (see the module docstring).  A partition without an open copy (RocksDB or Kafka failed at assignment) is
+    kept in memory whole, like the memory store.  ``len`` is RocksDB's estimate."""
+
+    def __init__(
+        self,
+        local: LocalTables,
+        topic: str,
+        decode: Callable[[bytes], Any],
+        clock: Callable[[], int],
+        bucket: Callable[[bytes], int] | None = None,
+    ) -> None:
+        self.local = local
+        self.topic = topic
+        self.decode = decode
+        self.clock = clock  # the ResultsProducer's count of messages queued
+        self.bucket = bucket  # a raw key's time bucket (the copy's index)
+        self.recent: dict[str, tuple[Any, int]] = {}  # key -> (value or _DELETED, clock when written)
+        self._last: tuple[str, Any] | None = None  # the last key read and what it held (`in`, then `[]`)
+
+    def _read(self, key: str) -> Any:
+        last = self._last
+        if last is not None and last[0] == key:
+            return last[1]
+        entry = self.recent.get(key)
+        if entry is not None:
+            value = entry[0]
+        else:
+            raw = self.local.get(self.topic, table_partition(key), raw_key(key))
+            value = _DELETED if raw is None else self.decode(raw)
+        self._last = (key, value)
+        return value
+
+    def __getitem__(self, key: str) -> Any:
+        value = self._read(key)
+        if value is _DELETED:
+            raise KeyError(key)
+        return value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self._read(key)
+        return default if value is _DELETED else value
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self._read(key) is not _DELETED
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._last = None
+        self.recent[key] = (value, self.clock())
+
+    def __delitem__(self, key: str) -> None:
+        if key not in self:
+            raise KeyError(key)
+        self._last = None
+        self.recent[key] = (_DELETED, self.clock())
+
+    def __iter__(self) -> Iterator[str]:
+        """Every key (the copies read whole: for tests and tools, not for an agent's tick)."""
+        for key, (value, _) in list(self.recent.items()):
+            if value is not _DELETED:
+                yield key
+        for partition in self.local.partitions(self.topic):
+            for raw in self.local.keys(self.topic, partition):
+                key = json.loads(raw)
+                if key not in self.recent:
+                    yield key
+
+    def __len__(self) -> int:
+        held = sum(self.local.count(self.topic, partition) for partition in self.local.partitions(self.topic))
+        return held + sum(1 for key in self.recent if not self.local.has(self.topic, table_partition(key)))
+
+    def clear_read(self) -> None:
+        """Forget the last key read (its value changed underneath: the copy was written)."""
+        self._last = None
+
+    def clear(self) -> None:
+        """Forget what is in memory (the copies belong to streams.agents.local_tables)."""
+        self._last = None
+        self.recent.clear()
+
+    def checkpointed(self, mark: int) -> int:
+        """Drop from memory the values a checkpoint wrote to the copies: written before the ``mark``-th message
+        was queued (delivered) in a partition whose copy is open; how many were dropped."""
+        self._last = None
+        done = [
+            key
+            for key, (_, written) in self.recent.items()
+            if written < mark and self.local.has(self.topic, table_partition(key))
+        ]
+        for key in done:
+            del self.recent[key]
+        return len(done)
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        """Drop what memory holds for ``partitions`` (revoked, or about to be read from their copies again)."""
+        gone = set(partitions)
+        self._last = None
+        for key in [key for key in self.recent if table_partition(key) in gone]:
+            del self.recent[key]
+
+    def keys_before(self, partition: int, bucket: int) -> list[str]:
+        """The partition's keys in time buckets before ``bucket``: from the copy's index, and from memory
+        (blocking: the index read, for a thread)."""
+        if self.bucket is None:
+            raise TypeError(f"{self.topic}: a table on disk without a time bucket has no index")
+        found = {json.loads(raw) for raw in self.local.keys_before(self.topic, partition, bucket)}
+        for key, (value, _) in list(self.recent.items()):
+            if table_partition(key) != partition:
+                continue
+            if value is _DELETED:
+                found.discard(key)
+            elif self.bucket(raw_key(key)) < bucket:
+                found.add(key)
+        return sorted(found)
+
+
+class DiskStore(LocalCopyStore):
+    """A table on disk (see the module docstring): its ``data`` is a :class:`DiskMapping`."""
+
+    clock: Callable[[], int] = staticmethod(lambda: 0)
+    bucket: Callable[[bytes], int] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.data: DiskMapping | None = None  # type: ignore[assignment]  # made by disk()
+
+    def disk(self) -> DiskMapping:
+        """The mapping (made at first use: the table's changelog topic and codecs are known by then)."""
+        if self.data is None:
+            table: Any = self.table
+            local = self.local
+            if local is None:
+                raise TypeError("a DiskStore needs the process's LocalTables")
+            topic = table.changelog_topic.get_topic_name()
+            if self.bucket is not None:
+                local.index_by(topic, self.bucket)
+            self.data = DiskMapping(
+                local, topic, lambda raw: table._to_value(orjson.loads(raw)), self.clock, self.bucket
+            )
+        return self.data
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.disk()[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.disk()
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self.disk().get(key, default)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.disk()[key] = value
+
+    def __delitem__(self, key: Any) -> None:
+        del self.disk()[key]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.disk())
+
+    def __len__(self) -> int:
+        return len(self.disk())
+
+    def keys(self) -> Any:
+        return self.disk().keys()
+
+    def items(self) -> Any:
+        return self.disk().items()
+
+    def values(self) -> Any:
+        return self.disk().values()
+
+    def _clear(self) -> None:
+        self.disk().clear()
+
+    async def on_rebalance(
+        self, assigned: set[TP], revoked: set[TP], newly_assigned: set[TP], generation_id: int = 0
+    ) -> None:
+        topic = self.disk().topic
+        self.disk().forget(tp.partition for tp in set(revoked) | set(newly_assigned) if tp.topic == topic)
+        await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
+
+    def _open(self, local: LocalTables, topic: str, partitions: list[int]) -> dict[int, tuple[int, int | None]]:
+        """Open the partitions' copies, nothing read: per partition its estimated keys and checkpoint."""
+        return {
+            partition: (local.count(topic, partition), offset)
+            for partition, offset in local.open_all(topic, partitions).items()
+        }
+
+    def _put(self, table: Any, partition: int, raw_key_: bytes, raw_value: bytes | None) -> None:
+        """A changelog tail read at assignment is in the copy already (LocalTables.read_tails wrote it); only a
+        partition without an open copy keeps it in memory."""
+        if not self.disk().local.has(self.disk().topic, partition):
+            key = table._to_key(json.loads(raw_key_))
+            if raw_value is None:
+                self.disk().recent[key] = (_DELETED, 0)
+            else:
+                self.disk().recent[key] = (table._to_value(orjson.loads(raw_value)), 0)
+
+    def apply_changelog_batch(
+        self, batch: Iterable[EventT[Any]], to_key: Callable[[Any], Any], to_value: Callable[[Any], Any]
+    ) -> None:
+        """Faust's recovery (what the tails left): into the copies, in offset order, with their checkpoints."""
+        disk = self.disk()
+        entries: dict[int, list[tuple[int, bytes, bytes | None]]] = defaultdict(list)
+        for event in batch:
+            message = event.message
+            key = to_key(event.key)
+            disk.recent.pop(key, None)
+            raw = message.value
+            value = None if raw is None else raw if isinstance(raw, bytes) else orjson.dumps(event.value)
+            if disk.local.has(disk.topic, message.partition):
+                entries[message.partition].append((message.offset, raw_key(key), value))
+            else:
+                disk.recent[key] = (_DELETED, 0) if value is None else (to_value(event.value), 0)
+        for partition, messages in entries.items():
+            disk.local.apply(disk.topic, partition, messages)
+        disk.clear_read()
+
+    async def on_recovery_completed(self, active_tps: set[TP], standby_tps: set[TP]) -> None:
+        disk = self.disk()
+        active = {tp.partition for tp in active_tps if tp.topic == disk.topic}
+        disk.forget({table_partition(key) for key in disk.recent} - active)
+
+    async def keys_before(self, partition: int, bucket: int) -> list[str]:
+        """:meth:`DiskMapping.keys_before`, in a thread."""
+        return await asyncio.to_thread(self.disk().keys_before, partition, bucket)
+
+
+async def keys_before(
+    table: Mapping[str, Any], partition: int, bucket: int, bucket_of: Callable[[str], int]
+) -> list[str]:
+    """The keys of ``partition`` in time buckets before ``bucket``: from the index of a table on disk; a scan of
+    any other mapping (a table in memory, a test's dict)."""
+    store = getattr(table, "data", None)
+    if isinstance(store, DiskStore):
+        return await store.keys_before(partition, bucket)
+    return [key for key in list(table.keys()) if table_partition(key) == partition and bucket_of(key) < bucket]
