@@ -127,6 +127,8 @@ def rss_by_process(pid: int) -> dict[str, float]:
         name = str(child) if at is None else args[at].rsplit(".", 1)[-1]
         if at is not None and at + 1 < len(args) and args[at + 1].isdigit():
             name += f" {args[at + 1]}"
+        elif at is not None and name == "processes" and at + 1 < len(args):
+            name = args[at + 1]  # streams.processes merge|journeys|sink
         out[name] = tree_rss_mb(child)
     return out
 
