@@ -20,7 +20,7 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, cast
 
 import faust
@@ -43,15 +43,14 @@ from sinks.prometheus import Snapshot
 from streams.agents import faust_compat
 from streams.agents.base import AgentContext, FaustConsumption, attach
 from streams.agents.faust_app import TABLE_SCHEMA, faust_app, raw_topic, report_ready, run_process
-from streams.agents.keys import pane_bucket
-from streams.agents.local_tables import CHECKPOINT_SECONDS, LocalTables
+from streams.agents.local_tables import CHECKPOINT_SECONDS, IndexEntries, LocalTables
 from streams.agents.metrics import WorkerMetrics
 from streams.agents.results import ResultsProducer
 from streams.agents.stores import DiskStore
 from streams.config import Settings
 from streams.topics import internal_topics
-from streams.worker.journey_agent import JourneyAgent
-from streams.worker.merge_agent import GroupOffsets, MergeAgent
+from streams.worker.journey_agent import JourneyAgent, journey_index
+from streams.worker.merge_agent import GroupOffsets, MergeAgent, pane_index
 from streams.worker.records import decode_answers
 from streams.worker.repair import PartitionReader
 
@@ -63,11 +62,11 @@ def _table(
     name: str,
     partitions: int,
     results: ResultsProducer,
-    on_disk: Callable[[bytes], int] | None = None,
+    on_disk: IndexEntries | None = None,
 ) -> Any:
     """A table keyed ``"<partition>|..."`` whose changelog goes through the process's ResultsProducer, filled at
     assignment from its local copies (when the process keeps them); ``on_disk``: kept on disk in them instead,
-    indexed by that time bucket of a raw key (streams.agents.stores.DiskStore)."""
+    with these index entries (streams.agents.stores.DiskStore)."""
     table = cast(
         faust_compat.KeyPartitionedTable,
         app.Table(name, default=None, partitions=partitions, schema=TABLE_SCHEMA),
@@ -137,7 +136,8 @@ def journeys_process(settings: Settings, metrics: WorkerMetrics) -> faust.App:
     _keep_local_copies(app, local, results)
     context = AgentContext(settings, metrics, results, catalog_for(settings), FaustConsumption(app))
     journey_answers = raw_topic(app, settings, internal_topics(settings).journey_answers)
-    table = _table(app, "state", cast(int, journey_answers.partitions), results)  # <app>-journeys-state-changelog
+    # <app>-journeys-state-changelog, on disk: the recent answers of every customer (grows with the answers)
+    table = _table(app, "state", cast(int, journey_answers.partitions), results, on_disk=journey_index)
     topic = journey_answers.get_topic_name()
     agent = JourneyAgent(context, topic, table, committed=GroupOffsets(settings, app_id, topic))
     attach(app, agent, journey_answers, results, metrics)
@@ -149,7 +149,7 @@ def _merge_agent(app: faust.App, context: AgentContext, partials: Any, results_p
     """The merge agent on the partials topic, with its two tables (panes on disk, by pane start: they grow with
     the retention; positions) and its read-back."""
     partitions = cast(int, partials.partitions)
-    panes = _table(app, "panes", partitions, context.results, on_disk=pane_bucket)
+    panes = _table(app, "panes", partitions, context.results, on_disk=pane_index)
     tables = (panes, _table(app, "positions", partitions, context.results))
     reader = PartitionReader(context.settings.kafka, partials.get_topic_name())
     return MergeAgent(context, cast(Any, tables), reader, results_partitions)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 import aiokafka  # type: ignore[import-untyped]  # no type information shipped
@@ -35,7 +34,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import StoreT
 
 from streams.agents.keys import table_partition
-from streams.agents.local_tables import LocalTables
+from streams.agents.local_tables import IndexEntries, LocalTables
 from streams.agents.results import ResultsProducer
 from streams.agents.stores import DiskStore, LocalCopyStore
 
@@ -80,7 +79,7 @@ class KeyPartitionedTable(Table[Any, Any]):
     _changelog_writer: ChangelogWriter | None = None
     _local: LocalTables | None = None
     _on_disk = False
-    _bucket: Callable[[bytes], int] | None = None
+    _index: IndexEntries | None = None
 
     def partition_for_key(self, key: Any) -> int | None:
         return table_partition(key)
@@ -92,10 +91,10 @@ class KeyPartitionedTable(Table[Any, Any]):
         """Fill the table at assignment from its local copies (call before the app starts)."""
         self._local = local
 
-    def keep_on_disk(self, local: LocalTables, bucket: Callable[[bytes], int] | None = None) -> None:
-        """Keep the table on disk, in its local copies (streams.agents.stores.DiskStore), indexed by ``bucket`` of
-        a raw key when given (call before the app starts, after :meth:`write_changelog_with`)."""
-        self._local, self._on_disk, self._bucket = local, True, bucket
+    def keep_on_disk(self, local: LocalTables, index: IndexEntries | None = None) -> None:
+        """Keep the table on disk, in its local copies (streams.agents.stores.DiskStore), with the ``index``
+        entries of each key and value when given (call before the app starts, after :meth:`write_changelog_with`)."""
+        self._local, self._on_disk, self._index = local, True, index
 
     def _new_store(self) -> StoreT[Any, Any]:
         if self._local is None:
@@ -116,7 +115,8 @@ class KeyPartitionedTable(Table[Any, Any]):
         if isinstance(store, DiskStore):
             writer = self._changelog_writer
             store.clock = (lambda: writer.queued) if isinstance(writer, ResultsProducer) else (lambda: 0)
-            store.bucket = self._bucket
+            store.index = self._index
+            store.encode = encode_value
         return cast(StoreT[Any, Any], store)
 
     def on_key_set(self, key: Any, value: Any) -> None:

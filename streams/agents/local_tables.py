@@ -11,9 +11,11 @@ last message in it.  A table in memory (Faust's memory store) is filled from its
 replaces the reading of a changelog from its start (what made a restart take minutes); a table on disk
 (streams.agents.disk_store) reads its copy in place and keeps in memory only what the copy does not have yet.
 
-A topic given a time bucket (:meth:`LocalTables.index_by`: the panes' start) also has an index in its copy, one
-entry per key ordered by bucket, written in the same atomic write as the key: :meth:`LocalTables.keys_before`
-reads the keys of the buckets before a time without a scan of the rest (the retention's expiry).
+A topic given an index (:meth:`LocalTables.index_by`) also has index entries in its copy, named and ordered by
+a time (the panes' start; a journey group's due time and its closed instances' ends), derived from each key and
+value and written in the same atomic write as the key (the old value's entries deleted):
+:meth:`LocalTables.index_range` reads the entries of a time range without a scan of the rest (the retention's
+expiry, the journeys' due groups and 24-hour totals).
 
 Each changelog partition has a RocksDB database (rocksdict) under ``<data dir>/<process>/tables/<topic>/p<N>``
 holding the changelog's raw keys and values, the checkpoint, the copy's origin (Kafka cluster and topic, the
@@ -41,12 +43,19 @@ from streams.kafka import Kafka
 from streams.kafka import consumer as new_consumer
 
 LOG = logging.getLogger("cxpulse.tables")
-FORMAT = 2  # 2: the bucket index (a copy of format 1 is rebuilt from its changelog)
+FORMAT = 2  # 2: index entries and key count (a copy of format 1 is rebuilt from its changelog)
 CHECKPOINT_SECONDS = 2.0  # how often delivered changelog messages are written to the local copies
 META = b"\x00cxpulse:"  # table keys are JSON (they never start with a NUL byte)
 OFFSET_KEY, ORIGIN_KEY, COUNT_KEY = META + b"offset", META + b"origin", META + b"count"
-INDEX = META + b"t:"  # + the bucket (8 bytes, big-endian) + the raw key: the bucket index
-BUCKET = struct.Struct(">Q")
+BUCKET = struct.Struct(">Q")  # an index entry: META + name (b"t:") + its time, 8 bytes big-endian + the raw key
+IndexEntries = Callable[[bytes, bytes], list[tuple[bytes, bytes]]]  # (raw key, raw value) -> (entry, value)s
+
+
+def index_entry(name: bytes, time_ms: int, raw_key: bytes) -> bytes:
+    """An index entry's key (without META): ``name`` + the time + the raw key."""
+    return name + BUCKET.pack(max(0, time_ms)) + raw_key
+
+
 WATERMARK_SECONDS = 10.0
 TAIL_SECONDS = 300.0  # reading one changelog partition's tail at assignment; past it Faust reads the rest
 
@@ -70,11 +79,13 @@ class LocalTables:
         self.stopping = threading.Event()  # a stop: a tail being read is left to Faust
         self.should_stop: Callable[[], bool] = lambda: False  # the process is stopping (its Faust app's view)
         self.cluster = ""
-        self._buckets: dict[str, Callable[[bytes], int]] = {}  # topic -> a raw key's time bucket (indexed topics)
+        self._indexes: dict[str, IndexEntries] = {}  # topic -> the index entries of a key and value
+        self.closed = False
 
-    def index_by(self, topic: str, bucket: Callable[[bytes], int]) -> None:
-        """Index the copies of ``topic`` by ``bucket(raw key)`` (a time, >= 0) for :meth:`keys_before`."""
-        self._buckets[topic] = bucket
+    def index_by(self, topic: str, entries: IndexEntries) -> None:
+        """Index the copies of ``topic`` by ``entries(raw key, raw value)``: (:func:`index_entry`, value) pairs,
+        for :meth:`index_range`."""
+        self._indexes[topic] = entries
 
     def delivered(self, topic: str, partition: int, offset: int, key: bytes, value: bytes | None) -> None:
         """A changelog message was acknowledged (called from the producer's delivery report): the key's newest
@@ -161,9 +172,12 @@ class LocalTables:
         return (topic, partition) in self._dbs
 
     def get(self, topic: str, partition: int, key: bytes) -> bytes | None:
-        """The key's value in the partition's copy (None: not there, or no copy open)."""
+        """The key's value in the partition's copy (None: not there); CxPulseError when the copy is not open
+        (closed at a stop, or never opened): "not there" must never stand for "not readable"."""
         db = self._dbs.get((topic, partition))
-        return None if db is None else db.get(key)
+        if db is None:
+            raise CxPulseError(f"{topic}[{partition}]: no local copy open ({'closed' if self.closed else 'not held'})")
+        return db.get(key)
 
     def partitions(self, topic: str) -> list[int]:
         """The partitions of ``topic`` whose copies are open."""
@@ -184,9 +198,23 @@ class LocalTables:
         """Write changelog entries (distinct keys) to a copy with its checkpoint and key count, in one atomic
         write (under the write lock)."""
         count = self._counts.get((topic, partition), 0)
+        index = self._indexes.get(topic)
+        batch = WriteBatch(raw_mode=True)
         for key, value in entries:
-            count += (value is not None) - (db.get(key) is not None)
-        db.write(_batch(entries, offset, self._buckets.get(topic), count))
+            old = db.get(key)
+            count += (value is not None) - (old is not None)
+            if index is not None and old is not None:
+                for entry, _ in index_entries(index, key, old):
+                    batch.delete(META + entry)
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+                for entry, indexed in index_entries(index, key, value) if index is not None else ():
+                    batch.put(META + entry, indexed)
+        batch.put(OFFSET_KEY, str(offset).encode())
+        batch.put(COUNT_KEY, str(count).encode())
+        db.write(batch)
         self._counts[(topic, partition)] = count
 
     def apply(self, topic: str, partition: int, entries: Sequence[tuple[int, bytes, bytes | None]]) -> int:
@@ -203,18 +231,23 @@ class LocalTables:
             self._copied[(topic, partition)] = last
             return len(newer)
 
-    def keys_before(self, topic: str, partition: int, bucket: int) -> list[bytes]:
-        """The raw keys of the partition's copy in buckets before ``bucket``, from the index (a topic given
-        :meth:`index_by`): the expired ones only are read, not the whole copy."""
+    def index_range(
+        self, topic: str, partition: int, name: bytes, start: int, end: int
+    ) -> list[tuple[bytes, bytes, int]]:
+        """The index entries ``name`` of the partition's copy with a time in [start, end): (raw key, value, time)
+        each, in time order; only those are read, not the whole copy."""
         db = self._dbs.get((topic, partition))
         if db is None:
+            if self.closed:
+                raise CxPulseError(f"{topic}[{partition}]: the local copies are closed")
             return []
-        end = INDEX + BUCKET.pack(max(0, bucket))
+        first, stop = META + index_entry(name, start, b""), META + index_entry(name, end, b"")
+        skip = len(first)
         found = []
-        for key in db.keys(from_key=INDEX):
-            if not isinstance(key, bytes) or key >= end or not key.startswith(INDEX):
+        for key, value in db.items(from_key=first):
+            if not isinstance(key, bytes) or key >= stop:
                 break
-            found.append(key[len(INDEX) + BUCKET.size :])
+            found.append((key[skip:], value, BUCKET.unpack_from(key, skip - BUCKET.size)[0]))
         return found
 
     def read_tails(self, topic: str, starts: dict[int, int]) -> dict[int, tuple[dict[bytes, bytes | None], int]]:
@@ -312,6 +345,7 @@ class LocalTables:
 
     def close(self) -> None:
         self.stopping.set()
+        self.closed = True
         with self._write_lock:
             for db in self._dbs.values():
                 db.close()
@@ -322,26 +356,13 @@ class LocalTables:
             self._client = self._tail_reader = None
 
 
-def _batch(
-    entries: Iterable[tuple[bytes, bytes | None]], offset: int, bucket: Callable[[bytes], int] | None, count: int
-) -> WriteBatch:
-    """Puts (deletes for None), their index entries (a topic with a bucket), the new checkpoint and key count,
-    for one atomic write."""
-    batch = WriteBatch(raw_mode=True)
-    for key, value in entries:
-        if value is None:
-            batch.delete(key)
-        else:
-            batch.put(key, value)
-        if bucket is not None:
-            entry = INDEX + BUCKET.pack(max(0, bucket(key))) + key
-            if value is None:
-                batch.delete(entry)
-            else:
-                batch.put(entry, b"")
-    batch.put(OFFSET_KEY, str(offset).encode())
-    batch.put(COUNT_KEY, str(count).encode())
-    return batch
+def index_entries(index: IndexEntries, key: bytes, value: bytes) -> list[tuple[bytes, bytes]]:
+    """``index(key, value)``; none (logged) for a value it cannot read: an index never stops a checkpoint."""
+    try:
+        return index(key, value)
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        LOG.error("%r: no index entries (%s: %s)", key, type(exc).__name__, exc)
+        return []
 
 
 def _items(db: Rdict) -> Iterator[tuple[bytes, bytes]]:

@@ -5,15 +5,17 @@
   (faust/tables/recovery.py ``_add``; it reads the checkpoint's own message again, the "offset-1 discrepancy"
   of ``_seek_offsets``, which applies the same value twice).  Keys are decoded with the table's
   ``_to_key``/``_to_value``, as ``apply_changelog_batch`` does.  For the small tables the agents read whole
-  every tick (the KPI view, the effort detector's, the journeys').
+  every tick (positions, the KPI view, the effort detector's).
 - :class:`DiskStore`: a table on disk (issue 19: the merge process's memory and restart time grew with the
-  retention, ~4 KB and a decode per pane key).  Its data is the local copy itself plus, in memory, what the
-  copy does not have yet (:class:`DiskMapping`): a value written stays in memory until its changelog message
+  retention, ~4 KB and a decode per pane key; the journeys process's with the answers of the journey gap).
+  Its data is the local copy itself plus, in memory, what the copy does not have yet (:class:`DiskMapping`): a value written stays in memory until its changelog message
   was acknowledged by Kafka *and* written to the copy by a checkpoint, and is read from the copy after that.
   The copy stays a prefix of the changelog (nothing Kafka did not take ever gets there), so exactly-once holds as
   with the memory store: a crash between a write and its delivery loses only what the changelog never had,
   and the agent's own chain (merge: its positions) takes it again.  A restart opens the copies and reads the
-  changelogs' tails past their checkpoints: nothing is decoded, whatever the size of the state.
+  changelogs' tails past their checkpoints: nothing is decoded, whatever the size of the state.  What an agent's
+  tick used to find by reading the whole table (the panes to expire, the journey groups due, the closed
+  instances of the last 24 h) it reads from the copy's index entries (streams.agents.local_tables).
 
 Which writes are in the copy is told by the ResultsProducer's counts: a value written when ``queued`` messages
 had been queued is covered once a flush that started at a count above that has returned (``delivered_through``)
@@ -35,7 +37,7 @@ from faust.stores.memory import Store as MemoryStore
 from faust.types import TP, EventT
 
 from streams.agents.keys import table_partition
-from streams.agents.local_tables import LocalTables
+from streams.agents.local_tables import BUCKET, IndexEntries, LocalTables, index_entries, index_entry
 from streams.errors import CxPulseError
 
 LOG = logging.getLogger("cxpulse.tables")
@@ -120,8 +122,9 @@ class LocalCopyStore(MemoryStore[Any, Any]):
 
 class DiskMapping(MutableMapping[str, Any]):
     """A table's data: the local copies of its changelog partitions, and in memory the values written since
-    (see the module docstring).  A partition without an open copy (RocksDB or Kafka failed at assignment) is
-    kept in memory whole, like the memory store.  ``len`` is RocksDB's estimate."""
+    (see the module docstring).  A partition whose copy did not open at assignment (RocksDB or Kafka failed) is
+    kept in memory whole, like the memory store; any other partition without an open copy (closed at a stop, not
+    held) raises on a read.  ``len`` is the copies' key counts as of their checkpoints."""
 
     def __init__(
         self,
@@ -129,14 +132,17 @@ class DiskMapping(MutableMapping[str, Any]):
         topic: str,
         decode: Callable[[bytes], Any],
         clock: Callable[[], int],
-        bucket: Callable[[bytes], int] | None = None,
+        index: IndexEntries | None = None,
+        encode: Callable[[Any], bytes] = orjson.dumps,
     ) -> None:
         self.local = local
         self.topic = topic
         self.decode = decode
+        self.encode = encode
         self.clock = clock  # the ResultsProducer's count of messages queued
-        self.bucket = bucket  # a raw key's time bucket (the copy's index)
+        self.index = index  # the index entries of a raw key and value (LocalTables.index_by)
         self.recent: dict[str, tuple[Any, int]] = {}  # key -> (value or _DELETED, clock when written)
+        self.memory_only: set[int] = set()  # partitions whose copy did not open: held in ``recent`` whole
         self._last: tuple[str, Any] | None = None  # the last key read and what it held (`in`, then `[]`)
 
     def _read(self, key: str) -> Any:
@@ -144,10 +150,13 @@ class DiskMapping(MutableMapping[str, Any]):
         if last is not None and last[0] == key:
             return last[1]
         entry = self.recent.get(key)
+        partition = table_partition(key)
         if entry is not None:
             value = entry[0]
-        else:
-            raw = self.local.get(self.topic, table_partition(key), raw_key(key))
+        elif partition in self.memory_only:
+            value = _DELETED
+        else:  # raises when the copy is not open (a stop closed it): never taken for "no such key"
+            raw = self.local.get(self.topic, partition, raw_key(key))
             value = _DELETED if raw is None else self.decode(raw)
         self._last = (key, value)
         return value
@@ -219,27 +228,40 @@ class DiskMapping(MutableMapping[str, Any]):
         for key in [key for key in self.recent if table_partition(key) in gone]:
             del self.recent[key]
 
-    def keys_before(self, partition: int, bucket: int) -> list[str]:
-        """The partition's keys in time buckets before ``bucket``: from the copy's index, and from memory
-        (blocking: the index read, for a thread)."""
-        if self.bucket is None:
-            raise TypeError(f"{self.topic}: a table on disk without a time bucket has no index")
-        found = {json.loads(raw) for raw in self.local.keys_before(self.topic, partition, bucket)}
-        for key, (value, _) in list(self.recent.items()):
-            if table_partition(key) != partition:
+    def index_range(self, partition: int, name: bytes, start: int, end: int) -> list[tuple[str, bytes, int]]:
+        """The partition's index entries ``name`` with a time in [start, end): (key, value, time) each, from the
+        copy's index and from memory, in time order (blocking: the index read, for a thread)."""
+        if self.index is None:
+            raise TypeError(f"{self.topic}: a table on disk without an index")
+        # what memory holds of the partition, taken once: a checkpoint may move it to the copy meanwhile
+        held = {key: entry[0] for key, entry in list(self.recent.items()) if table_partition(key) == partition}
+        found = [
+            (key, value, time)
+            for raw, value, time in self.local.index_range(self.topic, partition, name, start, end)
+            if (key := json.loads(raw)) not in held
+        ]
+        first, stop = index_entry(name, start, b""), index_entry(name, end, b"")
+        for key, held_value in held.items():
+            if held_value is _DELETED:
                 continue
-            if value is _DELETED:
-                found.discard(key)
-            elif self.bucket(raw_key(key)) < bucket:
-                found.add(key)
-        return sorted(found)
+            raw = raw_key(key)
+            for indexed, value in index_entries(self.index, raw, self.encode(held_value)):
+                if first <= indexed < stop and indexed.endswith(raw):
+                    found.append((key, value, BUCKET.unpack_from(indexed, len(name))[0]))
+        found.sort(key=lambda item: item[2])
+        return found
+
+    def keys_before(self, partition: int, time: int) -> list[str]:
+        """The partition's keys with an index entry ``t:`` before ``time`` (the panes' start)."""
+        return sorted({key for key, _, _ in self.index_range(partition, b"t:", 0, time)})
 
 
 class DiskStore(LocalCopyStore):
     """A table on disk (see the module docstring): its ``data`` is a :class:`DiskMapping`."""
 
     clock: Callable[[], int] = staticmethod(lambda: 0)
-    bucket: Callable[[bytes], int] | None = None
+    index: IndexEntries | None = None
+    encode: Callable[[Any], bytes] = staticmethod(orjson.dumps)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -253,10 +275,10 @@ class DiskStore(LocalCopyStore):
             if local is None:
                 raise TypeError("a DiskStore needs the process's LocalTables")
             topic = table.changelog_topic.get_topic_name()
-            if self.bucket is not None:
-                local.index_by(topic, self.bucket)
+            if self.index is not None:
+                local.index_by(topic, self.index)
             self.data = DiskMapping(
-                local, topic, lambda raw: table._to_value(orjson.loads(raw)), self.clock, self.bucket
+                local, topic, lambda raw: table._to_value(orjson.loads(raw)), self.clock, self.index, self.encode
             )
         return self.data
 
@@ -296,16 +318,23 @@ class DiskStore(LocalCopyStore):
     async def on_rebalance(
         self, assigned: set[TP], revoked: set[TP], newly_assigned: set[TP], generation_id: int = 0
     ) -> None:
+        # what memory holds of a revoked partition stays until the recovery completes, as in the memory store (a
+        # batch still under way reads it); a partition assigned anew is read from its copy
         topic = self.disk().topic
-        self.disk().forget(tp.partition for tp in set(revoked) | set(newly_assigned) if tp.topic == topic)
+        self.disk().forget(tp.partition for tp in newly_assigned if tp.topic == topic)
         await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
 
     def _open(self, local: LocalTables, topic: str, partitions: list[int]) -> dict[int, tuple[int, int | None]]:
-        """Open the partitions' copies, nothing read: per partition its estimated keys and checkpoint."""
-        return {
-            partition: (local.count(topic, partition), offset)
-            for partition, offset in local.open_all(topic, partitions).items()
-        }
+        """Open the partitions' copies, nothing read: per partition its keys and checkpoint; a partition whose
+        copy does not open is held in memory whole (filled by Faust's recovery)."""
+        offsets = local.open_all(topic, partitions)
+        disk = self.disk()
+        for partition in partitions:
+            if local.has(topic, partition):
+                disk.memory_only.discard(partition)
+            else:
+                disk.memory_only.add(partition)
+        return {partition: (local.count(topic, partition), offset) for partition, offset in offsets.items()}
 
     def _put(self, table: Any, partition: int, raw_key_: bytes, raw_value: bytes | None) -> None:
         """A changelog tail read at assignment is in the copy already (LocalTables.read_tails wrote it); only a
@@ -342,9 +371,13 @@ class DiskStore(LocalCopyStore):
         active = {tp.partition for tp in active_tps if tp.topic == disk.topic}
         disk.forget({table_partition(key) for key in disk.recent} - active)
 
-    async def keys_before(self, partition: int, bucket: int) -> list[str]:
+    async def keys_before(self, partition: int, time: int) -> list[str]:
         """:meth:`DiskMapping.keys_before`, in a thread."""
-        return await asyncio.to_thread(self.disk().keys_before, partition, bucket)
+        return await asyncio.to_thread(self.disk().keys_before, partition, time)
+
+    async def index_range(self, partition: int, name: bytes, start: int, end: int) -> list[tuple[str, bytes, int]]:
+        """:meth:`DiskMapping.index_range`, in a thread."""
+        return await asyncio.to_thread(self.disk().index_range, partition, name, start, end)
 
 
 async def keys_before(

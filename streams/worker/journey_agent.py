@@ -44,9 +44,13 @@ from collections import defaultdict
 from collections.abc import MutableMapping, Sequence
 from typing import Any
 
+import orjson
+
 from schemas.codec import JOURNEY_INSTANCE, JOURNEY_INSTANCE_RAW, encode_confluent
 from streams.agents.base import AgentContext, Record, TableAgent
 from streams.agents.health import FailureStreak
+from streams.agents.local_tables import index_entry
+from streams.agents.stores import DiskStore
 from streams.journeys import (
     Answer,
     Group,
@@ -67,12 +71,32 @@ LOG = logging.getLogger("cxpulse.journeys")
 TAIL_CHECK_SECONDS = 5.0  # a partition that got no batch this long is compared with its end
 UNCONFIRMED = 2**62  # the offset of a state written outside a batch before its revisions are sent
 KPI_WINDOW_MS = 24 * 3_600_000  # the KPI gauges count the closed instances whose end lies this far back
+FOREVER_MS = 2**62  # the end of an index range that has none
 
 
 def group_key(partition: int, group: Group) -> str:
     """The table key of a group: ``<partition>|<journey>|<customer_id>`` (the customer id last: it may hold any
     character, a label never holds a ``|``)."""
     return f"{partition}|{group[1]}|{group[0]}"
+
+
+def journey_index(raw_key: bytes, raw_value: bytes) -> list[tuple[bytes, bytes]]:
+    """A group state's index entries on disk: ``t:`` by its due time (when it has one), ``k:`` by the end of each
+    closed instance it keeps, valued with the instance's counters (the 24-hour KPI gauges).  Read from the value's
+    tail: ``to_table`` writes ``t`` and ``k`` last, after the answers (a JSON string never holds ``,"t":``
+    unescaped)."""
+    at = raw_value.rfind(b',"t":')
+    try:
+        tail = orjson.loads(b"{" + raw_value[at + 1 :]) if at >= 0 else orjson.loads(raw_value)
+    except orjson.JSONDecodeError:
+        tail = orjson.loads(raw_value)
+    entries = []
+    due = int(tail.get("t") or 0)
+    if due > 0:
+        entries.append((index_entry(b"t:", due, raw_key), b""))
+    for end, *counts in tail.get("k") or ():
+        entries.append((index_entry(b"k:", int(end), raw_key), orjson.dumps(counts)))
+    return entries
 
 
 def group_of_key(key: str) -> Group:
@@ -248,6 +272,22 @@ class JourneyAgent(TableAgent):
                     LOG.exception("tail check of %s[%d] failed; tried again in %s s", self.topic, partition,
                                   TAIL_CHECK_SECONDS)  # fmt: skip
 
+    async def _due_from_index(
+        self, store: DiskStore, assigned: set[int], now_ms: int, since: int
+    ) -> tuple[list[str], dict[str, JourneyCounts]]:
+        """The due groups and the closed instances' counters since ``since`` of a table on disk, from its index
+        (:func:`journey_index`): only the due entries and the last 24 h of closed instances are read."""
+        due: list[str] = []
+        for partition in sorted(assigned):
+            due.extend(key for key, _, _ in await store.index_range(partition, b"t:", 1, now_ms + 1))
+        looked = set(due)
+        totals: dict[str, JourneyCounts] = defaultdict(JourneyCounts)
+        for partition in sorted(assigned):
+            for key, counts, _ in await store.index_range(partition, b"k:", since, FOREVER_MS):
+                if key not in looked:  # counted once looked at
+                    totals[key.split("|", 2)[1]] += JourneyCounts(*orjson.loads(counts))
+        return sorted(looked), totals
+
     async def look_at_due(self, now_ms: int) -> None:
         """Close the instances whose end + G the clock passed, drop those older than the retention, confirm or
         send again what a state says it sent (its first write marks the revisions not sent, a second, after
@@ -255,16 +295,20 @@ class JourneyAgent(TableAgent):
         assigned = self.consumption.assigned(self.topic)
         since = now_ms - KPI_WINDOW_MS
         totals: dict[str, JourneyCounts] = defaultdict(JourneyCounts)
-        due = []
-        for key, value in list(self.table.items()):
-            if not value or int(key.split("|", 1)[0]) not in assigned:
-                continue
-            if 0 < value.get("t", 0) <= now_ms:
-                due.append(key)  # counted below, once looked at
-                continue
-            for end, *counts in value.get("k", ()):
-                if end >= since:
-                    totals[key.split("|", 2)[1]] += JourneyCounts(*counts)
+        due: list[str] = []
+        store = getattr(self.table, "data", None)
+        if isinstance(store, DiskStore):
+            due, totals = await self._due_from_index(store, assigned, now_ms, since)
+        else:
+            for key, value in list(self.table.items()):
+                if not value or int(key.split("|", 1)[0]) not in assigned:
+                    continue
+                if 0 < value.get("t", 0) <= now_ms:
+                    due.append(key)  # counted below, once looked at
+                    continue
+                for end, *counts in value.get("k", ()):
+                    if end >= since:
+                        totals[key.split("|", 2)[1]] += JourneyCounts(*counts)
         updates: dict[str, tuple[GroupState, list[Revision]]] = {}
         cutoff = now_ms - self.retention_ms
         for key in due:

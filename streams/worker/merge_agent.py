@@ -33,7 +33,8 @@ from confluent_kafka import Consumer, TopicPartition
 from schemas.codec import WINDOW_RESULT, WINDOW_RESULT_RAW, encode_confluent
 from streams.agents.base import AgentContext, Record, TableAgent
 from streams.agents.health import FailureStreak
-from streams.agents.keys import PaneKey, ResultKey, SourceKey, segment_partition
+from streams.agents.keys import PaneKey, ResultKey, SourceKey, pane_bucket, segment_partition
+from streams.agents.local_tables import index_entry
 from streams.agents.stores import keys_before
 from streams.config import Settings
 from streams.errors import CxPulseError
@@ -101,6 +102,11 @@ class GroupOffsets:
         client, self.client = self.client, None
         if client is not None:
             client.close()
+
+
+def pane_index(raw_key: bytes, raw_value: bytes) -> list[tuple[bytes, bytes]]:
+    """The panes' index entry on disk: ``t:`` by pane start (the retention's expiry reads the expired ones)."""
+    return [(index_entry(b"t:", pane_bucket(raw_key), raw_key), b"")]
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

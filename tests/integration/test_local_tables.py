@@ -13,11 +13,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streams.agents.keys import pane_bucket
 from streams.agents.local_tables import LocalTables
 from streams.agents.results import ResultsProducer
 from streams.agents.stores import DiskMapping, raw_key
 from streams.topics import TopicSpec, ensure_topics
+from streams.worker.merge_agent import pane_index
 from tests.support import RunningBroker
 
 
@@ -134,8 +134,8 @@ def test_a_table_on_disk_keeps_in_memory_only_what_its_copy_lacks(
     nothing loaded), and the expiry's keys come from the index by pane start."""
     bootstrap = kafka_broker.bootstrap
     local, results = opened(bootstrap, tmp_path, changelog, 0)
-    disk = DiskMapping(local, changelog, orjson.loads, lambda: results.queued, pane_bucket)
-    local.index_by(changelog, pane_bucket)
+    disk = DiskMapping(local, changelog, orjson.loads, lambda: results.queued, pane_index)
+    local.index_by(changelog, pane_index)
 
     def put(key: str, value: object | None) -> None:  # what KeyPartitionedTable does: the store, then the changelog
         if value is None:
@@ -168,13 +168,14 @@ def test_a_table_on_disk_keeps_in_memory_only_what_its_copy_lacks(
     asyncio.run(results.flush())
     local.checkpoint()
     assert disk.checkpointed(results.delivered_through) == 2 and not disk.recent
-    assert local.keys_before(changelog, 0, 10**13) == [raw_key(k) for k in list(panes)[1:]]  # index without 60000
+    indexed = local.index_range(changelog, 0, b"t:", 0, 10**13)  # the index, without the deleted 60000
+    assert indexed == [(raw_key(k), b"", int(k.rsplit("|", 1)[1])) for k in list(panes)[1:]]
     local.close()
 
     again = LocalTables(bootstrap, tmp_path)
-    again.index_by(changelog, pane_bucket)
+    again.index_by(changelog, pane_index)
     assert again.open_all(changelog, [0]) == {0: 5}
-    restarted = DiskMapping(again, changelog, orjson.loads, lambda: 0, pane_bucket)
+    restarted = DiskMapping(again, changelog, orjson.loads, lambda: 0, pane_index)
     assert dict(restarted.items()) == {
         "0|chat|billing|120000": {"n": 120},
         "0|chat|billing|180000": {"n": 180},

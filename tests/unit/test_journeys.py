@@ -14,6 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from streams.agents.faust_compat import encode_value
+from streams.agents.local_tables import index_entry
 from streams.cli import app
 from streams.journeys import (
     GroupState,
@@ -34,6 +36,7 @@ from streams.journeys import (
 from streams.replay import replay_file
 from streams.validate import Feedback, validate_batch
 from streams.windows import iso_utc
+from streams.worker.journey_agent import journey_index
 from tests.support import event
 
 T = 1_800_000_000_000
@@ -324,3 +327,24 @@ def test_the_gap_comes_from_the_environment(tmp_path: Path, monkeypatch: pytest.
     result = runner.invoke(app, ["replay", str(source), "-o", str(tmp_path / "r"), "--journeys", str(out)])
     assert result.exit_code == 0, result.output
     assert [json.loads(line) for line in out.read_text().splitlines()] == reference(events, 2 * H)
+
+
+@given(
+    due=st.integers(min_value=-1, max_value=2**50),
+    closed=st.lists(st.tuples(st.integers(0, 2**50), st.lists(st.integers(0, 99), min_size=10, max_size=10))),
+    ids=st.lists(st.text(), max_size=4),
+)
+def test_a_group_state_on_disk_is_indexed_by_its_due_time_and_closed_ends(
+    due: int, closed: list[tuple[int, list[int]]], ids: list[str]
+) -> None:
+    """journey_index reads ``t`` and ``k`` from the value's tail, whatever the answers' event ids hold (quotes,
+    ``,"t":`` itself): the same entries as from the whole value decoded."""
+    value = {"a": [[1, event_id, "CSAT", 4] for event_id in [*ids, ',"t":5}']], "e": [], "o": 3, "t": due}
+    value["k"] = [[end, *counts] for end, counts in closed]
+    raw_key = json.dumps("2|billing|cust-1").encode()
+    entries = journey_index(raw_key, encode_value(value))
+    expected = [(index_entry(b"t:", due, raw_key), b"")] if due > 0 else []
+    expected += [
+        (index_entry(b"k:", end, raw_key), json.dumps(counts).replace(" ", "").encode()) for end, counts in closed
+    ]
+    assert entries == expected
