@@ -8,8 +8,9 @@
   every tick (positions, the KPI view, the effort detector's).
 - :class:`DiskStore`: a table on disk (issue 19: the merge process's memory and restart time grew with the
   retention, ~4 KB and a decode per pane key; the journeys process's with the answers of the journey gap).
-  Its data is the local copy itself plus, in memory, what the copy does not have yet (:class:`DiskMapping`): a value written stays in memory until its changelog message
-  was acknowledged by Kafka *and* written to the copy by a checkpoint, and is read from the copy after that.
+  Its data is the local copy itself plus, in memory, what the copy does not have yet (:class:`DiskMapping`):
+  a value written stays in memory until its changelog message was acknowledged by Kafka *and* written to the
+  copy by a checkpoint, and is read from the copy after that.
   The copy stays a prefix of the changelog (nothing Kafka did not take ever gets there), so exactly-once holds as
   with the memory store: a crash between a write and its delivery loses only what the changelog never had,
   and the agent's own chain (merge: its positions) takes it again.  A restart opens the copies and reads the
