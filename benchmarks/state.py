@@ -150,9 +150,13 @@ def disk_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
 
 
-def run_phase(name: str, env: dict[str, str], port: int, answers: int, data_dir: Path, log: Path) -> Phase:
+def run_phase(
+    name: str, env: dict[str, str], port: int, answers: int, data_dir: Path, log: Path, loglevel: str = "warn"
+) -> Phase:
     before = log.stat().st_size if log.exists() else 0
-    proc = spawn([sys.executable, "-m", "streams.cli", "worker"], env, log)
+    with log.open("a") as out:
+        out.write(f"=== {name} ===\n")
+    proc = spawn([sys.executable, "-m", "streams.cli", "worker", "--loglevel", loglevel], env, log)
     try:
         seconds = wait_complete(port, answers, proc)
         rss = rss_by_process(proc.pid)
@@ -175,7 +179,7 @@ def wipe_process_state(data_dir: Path) -> None:
             child.unlink()
 
 
-def bench(bootstrap: str, workdir: Path, answers: int) -> list[Phase]:
+def bench(bootstrap: str, workdir: Path, answers: int, loglevel: str = "warn") -> list[Phase]:
     topic = f"state-{answers}-{uuid.uuid4().hex[:6]}"
     ensure_topics(bootstrap, [TopicSpec(topic, PARTITIONS, {})])
     console.print(f"[bold]{answers:,} answers[/]: generating and loading ...")
@@ -187,7 +191,7 @@ def bench(bootstrap: str, workdir: Path, answers: int) -> list[Phase]:
     for name in ("ingest", "restart, state intact", "restart, state wiped"):
         if name.endswith("wiped"):
             wipe_process_state(settings.data_dir)
-        phases.append(run_phase(name, env, settings.metrics_port, answers, settings.data_dir, log))
+        phases.append(run_phase(name, env, settings.metrics_port, answers, settings.data_dir, log, loglevel))
         console.print(f"  {name}: {phases[-1].seconds:.1f} s, RSS {phases[-1].total_rss_mb:,.0f} MB")
     return phases
 
@@ -216,6 +220,8 @@ def show(results: dict[int, list[Phase]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--answers", type=int, action="append", help="remembered answers (repeatable; 1,000,000)")
+    parser.add_argument("--logs", type=Path, help="copy the worker's logs into this directory (made if missing)")
+    parser.add_argument("--loglevel", default="warn", help="the worker's log level (info: restores, timings)")
     args = parser.parse_args()
     sizes = args.answers or [1_000_000]
     with tempfile.TemporaryDirectory(prefix="cxpulse-state-") as tmp:
@@ -223,9 +229,13 @@ def main() -> None:
         broker = start_broker(workdir / "kafka")
         try:
             warm_up(broker.bootstrap)
-            results = {answers: bench(broker.bootstrap, workdir, answers) for answers in sizes}
+            results = {answers: bench(broker.bootstrap, workdir, answers, args.loglevel) for answers in sizes}
         finally:
             broker.stop()
+            if args.logs is not None:
+                args.logs.mkdir(parents=True, exist_ok=True)
+                for log in workdir.glob("worker-*.log"):
+                    shutil.copy(log, args.logs / log.name)
     show(results)
 
 

@@ -72,6 +72,7 @@ TAIL_CHECK_SECONDS = 5.0  # a partition that got no batch this long is compared 
 UNCONFIRMED = 2**62  # the offset of a state written outside a batch before its revisions are sent
 KPI_WINDOW_MS = 24 * 3_600_000  # the KPI gauges count the closed instances whose end lies this far back
 FOREVER_MS = 2**62  # the end of an index range that has none
+DUE_CHUNK = 1000  # due groups looked at between two turns of the event loop
 
 
 def group_key(partition: int, group: Group) -> str:
@@ -288,42 +289,52 @@ class JourneyAgent(TableAgent):
                     totals[key.split("|", 2)[1]] += JourneyCounts(*orjson.loads(counts))
         return sorted(looked), totals
 
+    def _due_by_scan(self, assigned: set[int], now_ms: int, since: int) -> tuple[list[str], dict[str, JourneyCounts]]:
+        """:meth:`_due_from_index` of a table in memory (a test's dict): the whole table read."""
+        due: list[str] = []
+        totals: dict[str, JourneyCounts] = defaultdict(JourneyCounts)
+        for key, value in list(self.table.items()):
+            if not value or int(key.split("|", 1)[0]) not in assigned:
+                continue
+            if 0 < value.get("t", 0) <= now_ms:
+                due.append(key)  # counted once looked at
+                continue
+            for end, *counts in value.get("k", ()):
+                if end >= since:
+                    totals[key.split("|", 2)[1]] += JourneyCounts(*counts)
+        return due, totals
+
     async def look_at_due(self, now_ms: int) -> None:
         """Close the instances whose end + G the clock passed, drop those older than the retention, confirm or
         send again what a state says it sent (its first write marks the revisions not sent, a second, after
         their flush, marks them sent)."""
         assigned = self.consumption.assigned(self.topic)
         since = now_ms - KPI_WINDOW_MS
-        totals: dict[str, JourneyCounts] = defaultdict(JourneyCounts)
-        due: list[str] = []
         store = getattr(self.table, "data", None)
         if isinstance(store, DiskStore):
             due, totals = await self._due_from_index(store, assigned, now_ms, since)
         else:
-            for key, value in list(self.table.items()):
-                if not value or int(key.split("|", 1)[0]) not in assigned:
-                    continue
-                if 0 < value.get("t", 0) <= now_ms:
-                    due.append(key)  # counted below, once looked at
-                    continue
-                for end, *counts in value.get("k", ()):
-                    if end >= since:
-                        totals[key.split("|", 2)[1]] += JourneyCounts(*counts)
-        updates: dict[str, tuple[GroupState, list[Revision]]] = {}
+            due, totals = self._due_by_scan(assigned, now_ms, since)
+        started = time.monotonic()
         cutoff = now_ms - self.retention_ms
-        for key in due:
-            partition = int(key.split("|", 1)[0])
-            state, revisions = self._revise(group_of_key(key), self._load(partition, key), now_ms, UNCONFIRMED)
-            forgotten = state.forget_before(cutoff, self.gap_ms)
-            if forgotten:
-                self.metrics.expired.labels("journey-instances").inc(forgotten)
-                state = state.without_closed_before(cutoff, self.gap_ms)
-            updates[key] = (state, revisions)
-            for end, counts in state.closed:
-                if end >= since:
-                    totals[key.split("|", 2)[1]] += counts
-        sending = {key: update for key, update in updates.items() if update[1]}
-        if sending:
-            await self._send(sending)
-        self._store({key: state.confirmed()._replace(offset=-1) for key, (state, _) in updates.items()})
+        for at in range(0, len(due), DUE_CHUNK):  # the event loop runs between chunks (the flushes)
+            updates: dict[str, tuple[GroupState, list[Revision]]] = {}
+            for key in due[at : at + DUE_CHUNK]:
+                partition = int(key.split("|", 1)[0])
+                state, revisions = self._revise(group_of_key(key), self._load(partition, key), now_ms, UNCONFIRMED)
+                forgotten = state.forget_before(cutoff, self.gap_ms)
+                if forgotten:
+                    self.metrics.expired.labels("journey-instances").inc(forgotten)
+                    state = state.without_closed_before(cutoff, self.gap_ms)
+                updates[key] = (state, revisions)
+                for end, counts in state.closed:
+                    if end >= since:
+                        totals[key.split("|", 2)[1]] += counts
+            sending = {key: update for key, update in updates.items() if update[1]}
+            if sending:
+                await self._send(sending)
+            self._store({key: state.confirmed()._replace(offset=-1) for key, (state, _) in updates.items()})
+            await asyncio.sleep(0)
+        if due:
+            LOG.info("looked at %d due journey groups in %.1f s", len(due), time.monotonic() - started)
         self.metrics.set_journey_kpis(totals)
