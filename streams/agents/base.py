@@ -35,6 +35,7 @@ from faust.types import EventT, StreamT
 
 from schemas.codec import SchemaCatalog
 from streams.agents import faust_compat
+from streams.agents.local_tables import TablesClosedError
 from streams.agents.metrics import WorkerMetrics
 from streams.agents.results import ResultsProducer
 from streams.config import Settings
@@ -179,6 +180,8 @@ class Runner:
             self.applied.setdefault(partition, records[0].offset)  # where the lag counts from while handle waits
             try:
                 await self.agent.handle(partition, records)
+            except TablesClosedError as exc:  # the process is stopping: the batch is handled again after a restart
+                LOG.info("%s: a batch of %s[%d] left unfinished: %s", self.agent.name, self.agent.topic, partition, exc)
             except Exception:  # any failure: counted and logged; the agent reads it back or retries
                 self.metrics.batch_errors.labels(self.agent.topic).inc()
                 LOG.exception(
@@ -203,7 +206,10 @@ class Runner:
     async def tick(self) -> None:
         """The lag of every held partition, then the agent's own tick."""
         self.measure_lag()
-        await self.agent.tick(int(time.time() * 1000))
+        try:
+            await self.agent.tick(int(time.time() * 1000))
+        except TablesClosedError as exc:  # the process is stopping; any other failure ends the process (restarted)
+            LOG.info("%s: tick left unfinished: %s", self.agent.name, exc)
 
     def measure_lag(self) -> None:
         """Per held partition: its end (as last fetched) minus the next offset to apply; on a transactional input

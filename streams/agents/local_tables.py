@@ -60,6 +60,10 @@ WATERMARK_SECONDS = 10.0
 TAIL_SECONDS = 300.0  # reading one changelog partition's tail at assignment; past it Faust reads the rest
 
 
+class TablesClosedError(CxPulseError):
+    """A table on disk was read after the process closed its local copies (it is stopping)."""
+
+
 class LocalTables:
     """The local copies of one process's table changelogs (see the module docstring)."""
 
@@ -176,7 +180,9 @@ class LocalTables:
         (closed at a stop, or never opened): "not there" must never stand for "not readable"."""
         db = self._dbs.get((topic, partition))
         if db is None:
-            raise CxPulseError(f"{topic}[{partition}]: no local copy open ({'closed' if self.closed else 'not held'})")
+            if self.closed:
+                raise TablesClosedError(f"{topic}[{partition}]: the local copies are closed (the process is stopping)")
+            raise CxPulseError(f"{topic}[{partition}]: no local copy open (a partition not held)")
         return db.get(key)
 
     def partitions(self, topic: str) -> list[int]:
@@ -239,7 +245,7 @@ class LocalTables:
         db = self._dbs.get((topic, partition))
         if db is None:
             if self.closed:
-                raise CxPulseError(f"{topic}[{partition}]: the local copies are closed")
+                raise TablesClosedError(f"{topic}[{partition}]: the local copies are closed (the process is stopping)")
             return []
         first, stop = META + index_entry(name, start, b""), META + index_entry(name, end, b"")
         skip = len(first)
@@ -297,7 +303,11 @@ class LocalTables:
     def _reader(self) -> Consumer:
         """The consumer that reads changelog tails (assigned partitions only, no group), made once."""
         if self._tail_reader is None:
-            self._tail_reader = new_consumer(self.kafka, "cxpulse-local-copy-tail", **{"enable.partition.eof": True})
+            # a short fetch wait: the last fetch of a tail finds nothing and would wait librdkafka's default 500 ms
+            # at the broker before the end-of-partition comes back, for every table of a start-up, one by one
+            self._tail_reader = new_consumer(
+                self.kafka, "cxpulse-local-copy-tail", **{"enable.partition.eof": True, "fetch.wait.max.ms": 10}
+            )
         return self._tail_reader
 
     def loaded(self, table: str, topic: str, partition: int, keys: int, offset: int) -> None:
