@@ -11,9 +11,12 @@ Starts its own Kafka broker, loads N unique, valid answers (UUID event ids, even
 3. restart, local state wiped (the data dir's process state removed, the changelogs left): the same, i.e. a
    full restore from the changelogs.  Its rate is N / seconds.
 
+Each run then waits for the journey agent to catch up (its group's committed offsets at the end of
+``<app>-journey-answers``): "journeys caught up", from launch; the RSS is read after that.
+
 Usage::
 
-    .venv/bin/python -m benchmarks.state [--answers 1000000] [--answers 3000000 ...]
+    .venv/bin/python -m benchmarks.state [--answers 1000000] [--answers 3000000 ...] [--logs DIR --loglevel info]
 """
 
 from __future__ import annotations
@@ -37,8 +40,19 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.bench import FIELDS, PARTITIONS, cxpulse_settings, load, spawn, stop, tree_rss_mb, warm_up
+from benchmarks.bench import (
+    FIELDS,
+    PARTITIONS,
+    cxpulse_settings,
+    load,
+    spawn,
+    stop,
+    tree_rss_mb,
+    wait_journeys,
+    warm_up,
+)
 from schemas.codec import FEEDBACK, encode_confluent
+from streams.config import Settings
 from streams.synth import CHANNELS, realistic_events
 from streams.topics import TopicSpec, ensure_topics, topic_specs
 from tests.support import start_broker
@@ -58,6 +72,7 @@ class Phase:
     rss_mb: dict[str, float]
     disk_mb: float
     hotpath_restore: str = ""  # the hot path's own restore: seconds, ids from local state, changelog entries
+    journeys_seconds: float | None = None  # launch to the journeys group's committed offsets at the topic's end
 
     @property
     def total_rss_mb(self) -> float:
@@ -151,14 +166,19 @@ def disk_mb(path: Path) -> float:
 
 
 def run_phase(
-    name: str, env: dict[str, str], port: int, answers: int, data_dir: Path, log: Path, loglevel: str = "warn"
+    name: str, settings: Settings, env: dict[str, str], answers: int, log: Path, loglevel: str = "warn"
 ) -> Phase:
+    """One run of the worker until it is complete (ready, every id remembered, no lag), then until the journey
+    agent has caught up (its own column: the journeys process works at a lower priority); RSS after both."""
+    port, data_dir = settings.metrics_port, settings.data_dir
     before = log.stat().st_size if log.exists() else 0
     with log.open("a") as out:
         out.write(f"=== {name} ===\n")
+    launched = time.time()
     proc = spawn([sys.executable, "-m", "streams.cli", "worker", "--loglevel", loglevel], env, log)
     try:
         seconds = wait_complete(port, answers, proc)
+        journeys = wait_journeys(settings, proc) - launched if settings.journeys else None
         rss = rss_by_process(proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -167,7 +187,7 @@ def run_phase(
         text.seek(before)
         found = RESTORED.findall(text.read().decode(errors="replace"))
     restore = f"{found[0][0]} s: {int(found[0][1]):,} local + {int(found[0][2]):,} entries" if found else ""
-    return Phase(name, seconds, rss, disk_mb(data_dir), restore)
+    return Phase(name, seconds, rss, disk_mb(data_dir), restore, journeys)
 
 
 def wipe_process_state(data_dir: Path) -> None:
@@ -191,7 +211,7 @@ def bench(bootstrap: str, workdir: Path, answers: int, loglevel: str = "warn") -
     for name in ("ingest", "restart, state intact", "restart, state wiped"):
         if name.endswith("wiped"):
             wipe_process_state(settings.data_dir)
-        phases.append(run_phase(name, env, settings.metrics_port, answers, settings.data_dir, log, loglevel))
+        phases.append(run_phase(name, settings, env, answers, log, loglevel))
         console.print(f"  {name}: {phases[-1].seconds:.1f} s, RSS {phases[-1].total_rss_mb:,.0f} MB")
     return phases
 
@@ -199,7 +219,15 @@ def bench(bootstrap: str, workdir: Path, answers: int, loglevel: str = "warn") -
 def show(results: dict[int, list[Phase]]) -> None:
     table = Table(title="remembered state (7-day retention, answers over 6 days, no ClickHouse)")
     processes = sorted({name for phases in results.values() for phase in phases for name in phase.rss_mb})
-    columns = ("answers", "run", "to complete", "RSS total", *(f"RSS {name}" for name in processes), "data dir")
+    columns = (
+        "answers",
+        "run",
+        "to complete",
+        "journeys caught up",
+        "RSS total",
+        *(f"RSS {name}" for name in processes),
+        "data dir",
+    )
     for column in (*columns, "hot path restore"):
         table.add_column(column, justify="left" if column == "run" else "right")
     for answers, phases in results.items():
@@ -209,6 +237,7 @@ def show(results: dict[int, list[Phase]]) -> None:
                 f"{answers:,}",
                 phase.name,
                 f"{phase.seconds:.1f} s{rate}",
+                "-" if phase.journeys_seconds is None else f"{phase.journeys_seconds:.1f} s",
                 f"{phase.total_rss_mb:,.0f} MB",
                 *(f"{phase.rss_mb.get(name, 0):,.0f} MB" for name in processes),
                 f"{phase.disk_mb:,.0f} MB",

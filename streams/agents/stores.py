@@ -229,15 +229,17 @@ class DiskMapping(MutableMapping[str, Any]):
         for key in [key for key in self.recent if table_partition(key) in gone]:
             del self.recent[key]
 
-    def index_range(self, partition: int, name: bytes, start: int, end: int) -> list[tuple[str, bytes, int]]:
-        """The partition's index entries ``name`` with a time in [start, end): (key, value, time) each, from the
-        copy's index and from memory, in time order (blocking: the index read, for a thread)."""
+    def index_range(self, partitions: Iterable[int], name: bytes, start: int, end: int) -> list[tuple[str, bytes, int]]:
+        """The index entries ``name`` of ``partitions`` with a time in [start, end): (key, value, time) each, from
+        the copies' index and from memory, in time order (blocking: the index read, for a thread)."""
         if self.index is None:
             raise TypeError(f"{self.topic}: a table on disk without an index")
-        # what memory holds of the partition, taken once: a checkpoint may move it to the copy meanwhile
-        held = {key: entry[0] for key, entry in list(self.recent.items()) if table_partition(key) == partition}
+        wanted = set(partitions)
+        # what memory holds of them, taken once: a checkpoint may move it to the copy meanwhile
+        held = {key: entry[0] for key, entry in list(self.recent.items()) if table_partition(key) in wanted}
         found = [
             (key, value, time)
+            for partition in sorted(wanted)
             for raw, value, time in self.local.index_range(self.topic, partition, name, start, end)
             if (key := json.loads(raw)) not in held
         ]
@@ -252,9 +254,9 @@ class DiskMapping(MutableMapping[str, Any]):
         found.sort(key=lambda item: item[2])
         return found
 
-    def keys_before(self, partition: int, time: int) -> list[str]:
-        """The partition's keys with an index entry ``t:`` before ``time`` (the panes' start)."""
-        return sorted({key for key, _, _ in self.index_range(partition, b"t:", 0, time)})
+    def keys_before(self, partitions: Iterable[int], time: int) -> list[str]:
+        """The keys of ``partitions`` with an index entry ``t:`` before ``time`` (the panes' start)."""
+        return sorted({key for key, _, _ in self.index_range(partitions, b"t:", 0, time)})
 
 
 class DiskStore(LocalCopyStore):
@@ -372,21 +374,24 @@ class DiskStore(LocalCopyStore):
         active = {tp.partition for tp in active_tps if tp.topic == disk.topic}
         disk.forget({table_partition(key) for key in disk.recent} - active)
 
-    async def keys_before(self, partition: int, time: int) -> list[str]:
+    async def keys_before(self, partitions: Iterable[int], time: int) -> list[str]:
         """:meth:`DiskMapping.keys_before`, in a thread."""
-        return await asyncio.to_thread(self.disk().keys_before, partition, time)
+        return await asyncio.to_thread(self.disk().keys_before, list(partitions), time)
 
-    async def index_range(self, partition: int, name: bytes, start: int, end: int) -> list[tuple[str, bytes, int]]:
+    async def index_range(
+        self, partitions: Iterable[int], name: bytes, start: int, end: int
+    ) -> list[tuple[str, bytes, int]]:
         """:meth:`DiskMapping.index_range`, in a thread."""
-        return await asyncio.to_thread(self.disk().index_range, partition, name, start, end)
+        return await asyncio.to_thread(self.disk().index_range, list(partitions), name, start, end)
 
 
 async def keys_before(
-    table: Mapping[str, Any], partition: int, bucket: int, bucket_of: Callable[[str], int]
+    table: Mapping[str, Any], partitions: Iterable[int], time: int, time_of: Callable[[str], int]
 ) -> list[str]:
-    """The keys of ``partition`` in time buckets before ``bucket``: from the index of a table on disk; a scan of
-    any other mapping (a table in memory, a test's dict)."""
+    """The keys of ``partitions`` with a time before ``time``: from the index of a table on disk; a scan of any
+    other mapping (a table in memory, a test's dict)."""
     store = getattr(table, "data", None)
     if isinstance(store, DiskStore):
-        return await store.keys_before(partition, bucket)
-    return [key for key in list(table.keys()) if table_partition(key) == partition and bucket_of(key) < bucket]
+        return await store.keys_before(partitions, time)
+    wanted = set(partitions)
+    return [key for key in list(table.keys()) if table_partition(key) in wanted and time_of(key) < time]

@@ -278,15 +278,11 @@ class JourneyAgent(TableAgent):
     ) -> tuple[list[str], dict[str, JourneyCounts]]:
         """The due groups and the closed instances' counters since ``since`` of a table on disk, from its index
         (:func:`journey_index`): only the due entries and the last 24 h of closed instances are read."""
-        due: list[str] = []
-        for partition in sorted(assigned):
-            due.extend(key for key, _, _ in await store.index_range(partition, b"t:", 1, now_ms + 1))
-        looked = set(due)
+        looked = {key for key, _, _ in await store.index_range(assigned, b"t:", 1, now_ms + 1)}
         totals: dict[str, JourneyCounts] = defaultdict(JourneyCounts)
-        for partition in sorted(assigned):
-            for key, counts, _ in await store.index_range(partition, b"k:", since, FOREVER_MS):
-                if key not in looked:  # counted once looked at
-                    totals[key.split("|", 2)[1]] += JourneyCounts(*orjson.loads(counts))
+        for key, counts, _ in await store.index_range(assigned, b"k:", since, FOREVER_MS):
+            if key not in looked:  # counted once looked at
+                totals[key.split("|", 2)[1]] += JourneyCounts(*orjson.loads(counts))
         return sorted(looked), totals
 
     def _due_by_scan(self, assigned: set[int], now_ms: int, since: int) -> tuple[list[str], dict[str, JourneyCounts]]:

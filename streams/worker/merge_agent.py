@@ -33,7 +33,7 @@ from confluent_kafka import Consumer, TopicPartition
 from schemas.codec import WINDOW_RESULT, WINDOW_RESULT_RAW, encode_confluent
 from streams.agents.base import AgentContext, Record, TableAgent
 from streams.agents.health import FailureStreak
-from streams.agents.keys import PaneKey, ResultKey, SourceKey, pane_bucket, segment_partition
+from streams.agents.keys import PaneKey, ResultKey, SourceKey, pane_bucket, segment_partition, table_partition
 from streams.agents.local_tables import index_entry
 from streams.agents.stores import keys_before
 from streams.config import Settings
@@ -352,11 +352,12 @@ class MergeAgent(TableAgent):
         self.swept_at = now_ms
         cutoff = now_ms - self.settings.retention_seconds * 1000
         before = cutoff - self.pane_ms + 1  # pane + pane_ms <= cutoff
+        assigned = self.consumption.assigned(self.topic)
+        old: dict[int, list[str]] = defaultdict(list)
+        for key in await keys_before(self.panes, assigned, before, lambda key: PaneKey.decode(key).pane):
+            old[table_partition(key)].append(key)
         dropped = 0
-        for partition in sorted(self.consumption.assigned(self.topic)):
-            keys = await keys_before(self.panes, partition, before, lambda key: PaneKey.decode(key).pane)
-            if not keys:
-                continue
+        for partition, keys in sorted(old.items()):
             async with self.locks[partition]:
                 self.expired_before = max(self.expired_before, cutoff)
                 for key in keys:

@@ -164,7 +164,7 @@ def test_a_table_on_disk_keeps_in_memory_only_what_its_copy_lacks(
     assert "0|chat|billing|60000" not in disk
     with pytest.raises(KeyError):
         disk["0|chat|billing|60000"]
-    assert disk.keys_before(0, 180_000) == ["0|chat|billing|120000"]
+    assert disk.keys_before([0], 180_000) == ["0|chat|billing|120000"]
     asyncio.run(results.flush())
     local.checkpoint()
     assert disk.checkpointed(results.delivered_through) == 2 and not disk.recent
@@ -182,5 +182,5 @@ def test_a_table_on_disk_keeps_in_memory_only_what_its_copy_lacks(
         "0|chat|billing|240000": {"n": 241},
     }
     assert not restarted.recent and len(restarted) == 3
-    assert restarted.keys_before(0, 240_000) == ["0|chat|billing|120000", "0|chat|billing|180000"]
+    assert restarted.keys_before([0], 240_000) == ["0|chat|billing|120000", "0|chat|billing|180000"]
     again.close()
