@@ -1,18 +1,30 @@
-"""The Faust processes, with the first CXPULSE_TEST_MERGE_FAILURES merge steps raising before they write (see
-flaky_worker)."""
+"""The Faust processes with faults injected (see flaky_worker), each chosen by an environment variable:
+
+- CXPULSE_TEST_MERGE_FAILURES=M: the first M merge steps raise before they write;
+- CXPULSE_TEST_TABLES_CRASH=FILE: the merge process writes its local copies every 0.2 s (a steady burst of
+  RocksDB writes) and kills itself with SIGKILL inside its tenth write to the panes' copies, after that
+  partition's batch is in RocksDB and before the checkpoint's other partitions are (first incarnation only;
+  FILE marks it).
+"""
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+from pathlib import Path
 from typing import Any
 
+from streams import processes
+from streams.agents.local_tables import LocalTables
 from streams.processes import main
 from streams.worker.merge import MergeStep
 
 FAILURES = int(os.environ.get("CXPULSE_TEST_MERGE_FAILURES", "0"))
+TABLES_CRASH = os.environ.get("CXPULSE_TEST_TABLES_CRASH", "")
 _real = MergeStep.finish
 _calls = [0]
+_writes = [0]
 
 
 def _flaky(self: MergeStep) -> Any:
@@ -22,5 +34,26 @@ def _flaky(self: MergeStep) -> Any:
     return _real(self)
 
 
+def _first_time(marker: str) -> bool:
+    """True once per test: the first incarnation that gets here creates the marker file."""
+    try:
+        Path(marker).open("x").close()
+    except FileExistsError:
+        return False
+    return True
+
+
 MergeStep.finish = _flaky  # type: ignore[method-assign]
+if TABLES_CRASH and sys.argv[1:2] == ["merge"]:
+    _write = LocalTables._write
+    processes.CHECKPOINT_SECONDS = 0.2
+
+    def _crashing_write(self: LocalTables, topic: str, partition: int, *args: Any) -> None:
+        _write(self, topic, partition, *args)
+        if topic.endswith("-panes-changelog"):
+            _writes[0] += 1
+            if _writes[0] == 10 and _first_time(TABLES_CRASH):
+                os.kill(os.getpid(), signal.SIGKILL)  # this partition's copy moved on, the others not yet
+
+    LocalTables._write = _crashing_write  # type: ignore[method-assign]
 sys.exit(main())

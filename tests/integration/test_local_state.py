@@ -77,6 +77,32 @@ def test_kill_9_while_remembered_ids_are_written_loses_nothing(pipeline: Pipelin
         stop_process(worker)
 
 
+def test_kill_9_inside_a_write_of_the_table_copies_loses_nothing(pipeline: Pipeline, tmp_path: Path) -> None:
+    """The merge process writes its copies every 0.2 s and dies by SIGKILL inside one checkpoint (one partition's
+    copy of the pane table moved on, the others not); restarted, it reads the panes from those copies in place
+    and the changelogs past them: the results equal replay."""
+    source = tmp_path / "events.jsonl"
+    mixed_events(source, 6000)
+    expected, invalid = expected_results(source, pipeline.settings.pane_seconds)
+    settings = pipeline.settings
+    first, second = split(source, 2)
+    port, log, marker = free_ports(1)[0], tmp_path / "worker.log", tmp_path / "crashed-in-a-write"
+    worker = start_worker(pipeline, log, metrics_port=port, command=FLAKY_WORKER, CXPULSE_TEST_TABLES_CRASH=str(marker))
+    try:
+        produce(settings, first)
+        wait_for(marker.exists, "the merge process killed inside a write of its table copies", log)
+        wait_for(lambda: "merge was killed by SIGKILL; restarting it" in log.read_text(), "a restart", log)
+        produce(settings, second)
+        converge(settings, expected, log)
+        assert_dead_letters_once(settings, invalid)
+        page = scrape(port)
+        assert page['cxpulse_worker_process_restarts_total{process="merge"}'] == 1
+        assert page['cxpulse_worker_restored_total{source="local",table="panes"}'] > 0  # the copies were used
+        stop_worker(worker, log)
+    finally:
+        stop_process(worker)
+
+
 def test_local_state_older_than_the_committed_offsets_catches_up_from_the_changelog(
     pipeline: Pipeline, tmp_path: Path
 ) -> None:
