@@ -199,12 +199,12 @@ def wipe_process_state(data_dir: Path) -> None:
             child.unlink()
 
 
-def bench(bootstrap: str, workdir: Path, answers: int, loglevel: str = "warn") -> list[Phase]:
+def bench(bootstrap: str, workdir: Path, answers: int, loglevel: str = "warn", journeys: bool = True) -> list[Phase]:
     topic = f"state-{answers}-{uuid.uuid4().hex[:6]}"
     ensure_topics(bootstrap, [TopicSpec(topic, PARTITIONS, {})])
     console.print(f"[bold]{answers:,} answers[/]: generating and loading ...")
     load(bootstrap, topic, messages(answers, int(time.time() * 1000)))
-    settings, env = cxpulse_settings(bootstrap, topic, workdir)
+    settings, env = cxpulse_settings(bootstrap, topic, workdir, journeys=journeys)
     ensure_topics(bootstrap, topic_specs(settings))
     log = workdir / f"worker-{answers}.log"
     phases = []
@@ -251,6 +251,12 @@ def main() -> None:
     parser.add_argument("--answers", type=int, action="append", help="remembered answers (repeatable; 1,000,000)")
     parser.add_argument("--logs", type=Path, help="copy the worker's logs into this directory (made if missing)")
     parser.add_argument("--loglevel", default="warn", help="the worker's log level (info: restores, timings)")
+    parser.add_argument(
+        "--no-journeys",
+        dest="journeys",
+        action="store_false",
+        help="run the worker without customer journeys (CXPULSE_JOURNEYS=false)",
+    )
     args = parser.parse_args()
     sizes = args.answers or [1_000_000]
     with tempfile.TemporaryDirectory(prefix="cxpulse-state-") as tmp:
@@ -258,7 +264,9 @@ def main() -> None:
         broker = start_broker(workdir / "kafka")
         try:
             warm_up(broker.bootstrap)
-            results = {answers: bench(broker.bootstrap, workdir, answers, args.loglevel) for answers in sizes}
+            results = {
+                answers: bench(broker.bootstrap, workdir, answers, args.loglevel, args.journeys) for answers in sizes
+            }
         finally:
             broker.stop()
             if args.logs is not None:

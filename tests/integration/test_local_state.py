@@ -12,7 +12,9 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any, NamedTuple
 
+from streams.config import Settings
 from tests.support import free_ports, stop_process
 from tests.workers import (
     CONVERGE_SECONDS,
@@ -37,6 +39,29 @@ RESTORED = re.compile(
 )
 
 
+class CrashRun(NamedTuple):
+    """6,000 mixed events in two halves, what replay makes of them, and a port, log and crash marker for a worker
+    that kills a process of its own once."""
+
+    settings: Settings
+    expected: Any
+    invalid: Any
+    first: Path
+    second: Path
+    port: int
+    log: Path
+    marker: Path
+
+    @classmethod
+    def of(cls, pipeline: Pipeline, tmp_path: Path) -> CrashRun:
+        source = tmp_path / "events.jsonl"
+        mixed_events(source, 6000)
+        expected, invalid = expected_results(source, pipeline.settings.pane_seconds)
+        first, second = split(source, 2)
+        port, log, marker = free_ports(1)[0], tmp_path / "worker.log", tmp_path / "crashed-in-a-write"
+        return cls(pipeline.settings, expected, invalid, first, second, port, log, marker)
+
+
 def restores(log: Path) -> list[tuple[int, int]]:
     """(ids from local state, changelog entries read after it) of every restore the hot path logged."""
     return [(int(a), int(b)) for a, b in RESTORED.findall(log.read_text())]
@@ -45,12 +70,7 @@ def restores(log: Path) -> list[tuple[int, int]]:
 def test_kill_9_while_remembered_ids_are_written_loses_nothing(pipeline: Pipeline, tmp_path: Path) -> None:
     """Runs written every 40 ids; the slot dies by SIGKILL inside its third write (files on disk, manifest not
     yet renamed), and once more mid-stream while it keeps writing."""
-    source = tmp_path / "events.jsonl"
-    mixed_events(source, 6000)
-    expected, invalid = expected_results(source, pipeline.settings.pane_seconds)
-    settings = pipeline.settings
-    first, second = split(source, 2)
-    port, log, marker = free_ports(1)[0], tmp_path / "worker.log", tmp_path / "crashed-in-a-write"
+    settings, expected, invalid, first, second, port, log, marker = CrashRun.of(pipeline, tmp_path)
     worker = start_worker(
         pipeline,
         log,
@@ -81,12 +101,7 @@ def test_kill_9_inside_a_write_of_the_table_copies_loses_nothing(pipeline: Pipel
     """The merge process writes its copies every 0.2 s and dies by SIGKILL inside one checkpoint (one partition's
     copy of the pane table moved on, the others not); restarted, it reads the panes from those copies in place
     and the changelogs past them: the results equal replay."""
-    source = tmp_path / "events.jsonl"
-    mixed_events(source, 6000)
-    expected, invalid = expected_results(source, pipeline.settings.pane_seconds)
-    settings = pipeline.settings
-    first, second = split(source, 2)
-    port, log, marker = free_ports(1)[0], tmp_path / "worker.log", tmp_path / "crashed-in-a-write"
+    settings, expected, invalid, first, second, port, log, marker = CrashRun.of(pipeline, tmp_path)
     worker = start_worker(pipeline, log, metrics_port=port, command=FLAKY_WORKER, CXPULSE_TEST_TABLES_CRASH=str(marker))
     try:
         produce(settings, first)
