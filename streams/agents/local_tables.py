@@ -273,8 +273,9 @@ class LocalTables:
         latest: dict[int, dict[bytes, bytes | None]] = {partition: {} for partition in todo}
         last: dict[int, int] = {}
         reader.assign([TopicPartition(topic, partition, start) for partition, start in todo.items()])
+        started = time.monotonic()
         try:
-            deadline = time.monotonic() + TAIL_SECONDS
+            deadline = started + TAIL_SECONDS
             pending = set(todo)
             while pending:
                 if time.monotonic() > deadline or self.stopping.is_set() or self.should_stop():
@@ -298,6 +299,10 @@ class LocalTables:
                 if db is not None:
                     self._write(topic, partition, db, list(latest[partition].items()), offset)
                     self._copied[(topic, partition)] = max(self._copied.get((topic, partition), -1), offset)
+        read = sum(offset + 1 - todo[partition] for partition, offset in last.items())
+        keys = sum(len(latest[partition]) for partition in last)
+        LOG.info("%s: %d changelog offsets read past the copies (%d keys) in %.1f s", topic, read, keys,
+                 time.monotonic() - started)  # fmt: skip
         return out
 
     def _reader(self) -> Consumer:
