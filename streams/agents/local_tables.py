@@ -9,7 +9,7 @@ acknowledged (the ResultsProducer's delivery reports; its producer is idempotent
 in offset order, so each partition's copy is a prefix of its changelog, and its checkpoint is the offset of the
 last message in it.  A table in memory (Faust's memory store) is filled from its copy at assignment, which
 replaces the reading of a changelog from its start (what made a restart take minutes); a table on disk
-(streams.agents.disk_store) reads its copy in place and keeps in memory only what the copy does not have yet.
+(streams.agents.stores.DiskStore) reads its copy in place and keeps in memory only what the copy does not have yet.
 
 A topic given an index (:meth:`LocalTables.index_by`) also has index entries in its copy, named and ordered by
 a time (the panes' start; a journey group's due time and its closed instances' ends), derived from each key and
@@ -19,8 +19,9 @@ expiry, the journeys' due groups and 24-hour totals).
 
 Each changelog partition has a RocksDB database (rocksdict) under ``<data dir>/<process>/tables/<topic>/p<N>``
 holding the changelog's raw keys and values, the checkpoint, the copy's origin (Kafka cluster and topic, the
-format) and the bucket index.  A copy of another cluster or format, a checkpoint past the changelog's end (a
-recreated topic) or a database that does not open is not used (logged): it is rebuilt from the changelog.
+format), its key count and the index entries.  A copy of another cluster or format, a checkpoint past the
+changelog's end (a recreated topic) or a database that does not open is not used (logged): it is rebuilt from
+the changelog.
 """
 
 from __future__ import annotations

@@ -80,7 +80,9 @@ class LocalCopyStore(MemoryStore[Any, Any]):
         starts = {}
         copies = await asyncio.to_thread(self._open, local, topic, partitions)  # off the event loop
         for partition in partitions:
-            loaded, offset = copies[partition]
+            items, loaded, offset = copies[partition]
+            for raw_key_, raw_value in items:  # on the event loop: the agents read the same dict
+                self._put(table, partition, raw_key_, raw_value)
             self._offsets.pop(partition, None)
             if offset is not None:
                 self._offsets[partition] = offset
@@ -97,15 +99,15 @@ class LocalCopyStore(MemoryStore[Any, Any]):
             self._offsets[partition] = last
             local.read(table.name, len(latest))
 
-    def _open(self, local: LocalTables, topic: str, partitions: list[int]) -> dict[int, tuple[int, int | None]]:
-        """Open the partitions' copies and put their pairs in memory: per partition the keys it had and its
+    def _open(
+        self, local: LocalTables, topic: str, partitions: list[int]
+    ) -> dict[int, tuple[list[tuple[bytes, bytes]], int, int | None]]:
+        """Open the partitions' copies and read their pairs: per partition the pairs, how many keys and the
         checkpoint (blocking, for a thread)."""
-        out = {}
-        for partition, (items, offset) in local.load_all(topic, partitions).items():
-            for raw_key_, raw_value in items:
-                self._put(self.table, partition, raw_key_, raw_value)
-            out[partition] = (len(items), offset)
-        return out
+        return {
+            partition: (items, len(items), offset)
+            for partition, (items, offset) in local.load_all(topic, partitions).items()
+        }
 
     def _put(self, table: Any, partition: int, raw_key_: bytes, raw_value: bytes | None) -> None:
         """One changelog entry into the memory store, decoded as Faust's ``apply_changelog_batch`` does."""
@@ -198,7 +200,9 @@ class DiskMapping(MutableMapping[str, Any]):
 
     def __len__(self) -> int:
         held = sum(self.local.count(self.topic, partition) for partition in self.local.partitions(self.topic))
-        return held + sum(1 for key in self.recent if not self.local.has(self.topic, table_partition(key)))
+        if not self.memory_only:
+            return held
+        return held + sum(1 for key in list(self.recent) if table_partition(key) in self.memory_only)
 
     def clear_read(self) -> None:
         """Forget the last key read (its value changed underneath: the copy was written)."""
@@ -327,9 +331,11 @@ class DiskStore(LocalCopyStore):
         self.disk().forget(tp.partition for tp in newly_assigned if tp.topic == topic)
         await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
 
-    def _open(self, local: LocalTables, topic: str, partitions: list[int]) -> dict[int, tuple[int, int | None]]:
-        """Open the partitions' copies, nothing read: per partition its keys and checkpoint; a partition whose
-        copy does not open is held in memory whole (filled by Faust's recovery)."""
+    def _open(
+        self, local: LocalTables, topic: str, partitions: list[int]
+    ) -> dict[int, tuple[list[tuple[bytes, bytes]], int, int | None]]:
+        """Open the partitions' copies, nothing read: per partition no pairs, its keys and checkpoint; a partition
+        whose copy does not open is held in memory whole (filled by Faust's recovery)."""
         offsets = local.open_all(topic, partitions)
         disk = self.disk()
         for partition in partitions:
@@ -337,7 +343,7 @@ class DiskStore(LocalCopyStore):
                 disk.memory_only.discard(partition)
             else:
                 disk.memory_only.add(partition)
-        return {partition: (local.count(topic, partition), offset) for partition, offset in offsets.items()}
+        return {partition: ([], local.count(topic, partition), offset) for partition, offset in offsets.items()}
 
     def _put(self, table: Any, partition: int, raw_key_: bytes, raw_value: bytes | None) -> None:
         """A changelog tail read at assignment is in the copy already (LocalTables.read_tails wrote it); only a
