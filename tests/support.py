@@ -20,6 +20,18 @@ READY = re.compile(r"ready on (?P<bootstrap>\S+) in (?P<seconds>[\d.]+) s \(java
 BROKER_START_TIMEOUT = 120.0  # seconds; includes resolving the jars on a fresh machine
 
 
+def first_time(marker: str) -> bool:
+    """True once per test: the first process that gets here creates the marker file (fault injectors fire in
+    the first incarnation of a process only)."""
+    if not marker:
+        return False
+    try:
+        Path(marker).open("x").close()
+    except FileExistsError:
+        return False
+    return True
+
+
 def free_ports(count: int) -> list[int]:
     """Ports that were free on 127.0.0.1 a moment ago (held together so they differ)."""
     sockets = []

@@ -348,12 +348,10 @@ class DiskStore(LocalCopyStore):
     def _put(self, table: Any, partition: int, raw_key_: bytes, raw_value: bytes | None) -> None:
         """A changelog tail read at assignment is in the copy already (LocalTables.read_tails wrote it); only a
         partition without an open copy keeps it in memory."""
-        if not self.disk().local.has(self.disk().topic, partition):
-            key = table._to_key(json.loads(raw_key_))
-            if raw_value is None:
-                self.disk().recent[key] = (_DELETED, 0)
-            else:
-                self.disk().recent[key] = (table._to_value(orjson.loads(raw_value)), 0)
+        disk = self.disk()
+        if not disk.local.has(disk.topic, partition):
+            value = _DELETED if raw_value is None else table._to_value(orjson.loads(raw_value))
+            disk.recent[table._to_key(json.loads(raw_key_))] = (value, 0)
 
     def apply_changelog_batch(
         self, batch: Iterable[EventT[Any]], to_key: Callable[[Any], Any], to_value: Callable[[Any], Any]

@@ -27,6 +27,7 @@ from confluent_kafka import KafkaError, KafkaException
 import streams.worker.ingest as ingest
 from streams.worker import hotpath, seen
 from streams.worker.hotpath import main
+from tests.support import first_time
 
 FAILURES = int(os.environ.get("CXPULSE_TEST_HOTPATH_FAILURES", "0"))
 HANG = os.environ.get("CXPULSE_TEST_HOTPATH_HANG", "")
@@ -38,17 +39,6 @@ SEEN_CRASH = os.environ.get("CXPULSE_TEST_SEEN_CRASH", "")
 _saved = [0]
 _real = ingest.validate_batch
 _calls = [0]
-
-
-def _first_time(marker: str) -> bool:
-    """True once per test: the first incarnation that gets here creates the marker file."""
-    if not marker:
-        return False
-    try:
-        Path(marker).open("x").close()
-    except FileExistsError:
-        return False
-    return True
 
 
 def _flaky(*args: Any, **kwargs: Any) -> Any:
@@ -68,7 +58,7 @@ class _HangingProducer:
         return getattr(self._real, name)
 
     def send_offsets_to_transaction(self, *args: Any) -> None:
-        if _first_time(HANG):
+        if first_time(HANG):
             threading.Event().wait()  # forever, like librdkafka #5456
         _sends[0] += 1
         if _sends[0] <= SEND_FAILURES:
@@ -85,7 +75,7 @@ if STALL:
     _process = hotpath.HotPath.process
 
     def _stalling(self: hotpath.HotPath, messages: list[Any]) -> None:
-        if _first_time(STALL):
+        if first_time(STALL):
             self.progress.begin()
             threading.Event().wait()  # forever, in Python: no Kafka call, no guard
         _process(self, messages)
@@ -100,7 +90,7 @@ if SEEN_CRASH:
     def _crashing_save(self: seen.Run, directory: Path) -> dict[str, object]:
         entry = _save(self, directory)
         _saved[0] += 1
-        if _saved[0] == 3 and _first_time(SEEN_CRASH):
+        if _saved[0] == 3 and first_time(SEEN_CRASH):
             os.kill(os.getpid(), signal.SIGKILL)  # the run is on disk, the manifest does not name it yet
         return entry
 

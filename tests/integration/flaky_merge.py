@@ -12,13 +12,13 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from pathlib import Path
 from typing import Any
 
 from streams import processes
 from streams.agents.local_tables import LocalTables
 from streams.processes import main
 from streams.worker.merge import MergeStep
+from tests.support import first_time
 
 FAILURES = int(os.environ.get("CXPULSE_TEST_MERGE_FAILURES", "0"))
 TABLES_CRASH = os.environ.get("CXPULSE_TEST_TABLES_CRASH", "")
@@ -34,15 +34,6 @@ def _flaky(self: MergeStep) -> Any:
     return _real(self)
 
 
-def _first_time(marker: str) -> bool:
-    """True once per test: the first incarnation that gets here creates the marker file."""
-    try:
-        Path(marker).open("x").close()
-    except FileExistsError:
-        return False
-    return True
-
-
 MergeStep.finish = _flaky  # type: ignore[method-assign]
 if TABLES_CRASH and sys.argv[1:2] == ["merge"]:
     _write = LocalTables._write
@@ -52,7 +43,7 @@ if TABLES_CRASH and sys.argv[1:2] == ["merge"]:
         _write(self, topic, partition, *args)
         if topic.endswith("-panes-changelog"):
             _writes[0] += 1
-            if _writes[0] == 10 and _first_time(TABLES_CRASH):
+            if _writes[0] == 10 and first_time(TABLES_CRASH):
                 os.kill(os.getpid(), signal.SIGKILL)  # this partition's copy moved on, the others not yet
 
     LocalTables._write = _crashing_write  # type: ignore[method-assign]
