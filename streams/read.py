@@ -19,10 +19,8 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaError, KafkaExcep
 
 from schemas.codec import SchemaCatalog, decode_confluent
 from streams.errors import BrokerError
-from streams.kafka import Kafka, consumer
+from streams.kafka import DRAIN_POLL_SECONDS, Kafka, consumer
 from streams.topics import partition_count
-
-POLL_SECONDS = 0.5
 
 
 def record_json(message: Message, catalog: SchemaCatalog) -> dict[str, Any]:
@@ -86,7 +84,7 @@ def read(
     count = 0
     try:
         while not stopping():
-            for message in reader.consume(num_messages=500, timeout=POLL_SECONDS):
+            for message in reader.consume(num_messages=500, timeout=DRAIN_POLL_SECONDS):
                 error = message.error()
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:

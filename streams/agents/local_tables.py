@@ -40,7 +40,7 @@ from rocksdict import Options, Rdict, WriteBatch
 
 from streams.agents.metrics import WorkerMetrics
 from streams.errors import CxPulseError
-from streams.kafka import Kafka
+from streams.kafka import DRAIN_POLL_SECONDS, Kafka
 from streams.kafka import consumer as new_consumer
 
 LOG = logging.getLogger("cxpulse.tables")
@@ -281,7 +281,7 @@ class LocalTables:
             while pending:
                 if time.monotonic() > deadline or self.stopping.is_set() or self.should_stop():
                     raise CxPulseError(f"reading {topic} {sorted(pending)}: stopped before their ends")
-                for message in reader.consume(num_messages=10_000, timeout=0.5):
+                for message in reader.consume(num_messages=10_000, timeout=DRAIN_POLL_SECONDS):
                     error = message.error()
                     partition = message.partition() or 0
                     if error is None:

@@ -54,7 +54,7 @@ from streams.dedup import bucket_for_retention
 from streams.errors import EXIT_PERMANENT, BrokerError, ConfigurationError, CxPulseError
 from streams.followups import TokenBucket
 from streams.followups import encode as encode_followup
-from streams.kafka import Kafka, reach
+from streams.kafka import DRAIN_POLL_SECONDS, Kafka, reach
 from streams.kafka import consumer as new_consumer
 from streams.kafka import producer as new_producer
 from streams.outage import OutageLog
@@ -169,7 +169,7 @@ def read_seen_tails(
                         f"restoring {topic}[{partition}]: a transaction holds its last stable offset at {stable} "
                         f"(below its end {ends[partition]}) for more than {stuck_seconds:.0f} s"
                     )
-            for message in reader.consume(num_messages=1000, timeout=1.0):
+            for message in reader.consume(num_messages=1000, timeout=DRAIN_POLL_SECONDS):
                 error = message.error()
                 partition = message.partition() or 0
                 if error is not None:

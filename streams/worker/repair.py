@@ -18,7 +18,7 @@ from confluent_kafka import OFFSET_END, Consumer, KafkaError, TopicPartition
 
 from streams.agents.base import Record, headers_of
 from streams.errors import CxPulseError
-from streams.kafka import Kafka, consumer
+from streams.kafka import DRAIN_POLL_SECONDS, Kafka, consumer
 
 LOG = logging.getLogger("cxpulse.repair")
 READ_TIMEOUT_SECONDS = 30.0
@@ -70,7 +70,7 @@ class PartitionReader:
         deadline = time.monotonic() + READ_TIMEOUT_SECONDS
         try:
             while time.monotonic() < deadline:
-                for message in client.consume(num_messages=1000, timeout=0.5):
+                for message in client.consume(num_messages=1000, timeout=DRAIN_POLL_SECONDS):
                     error = message.error()
                     if error is not None:
                         if error.code() == KafkaError._PARTITION_EOF:
