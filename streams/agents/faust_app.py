@@ -46,6 +46,7 @@ def faust_app(settings: Settings, app_id: str, folder: str, **extra: Any) -> fau
         # on stop, commit what was acked and go: an unacked batch is delivered again after a restart and absorbed
         # once.  Waiting for it instead can hang a stop (consumer.wait_empty) for minutes.
         stream_wait_empty=False,
+        TableManager=faust_compat.PromptTableManager,
         **extra,
     )
     faust_compat.read_committed(app)

@@ -17,6 +17,11 @@
 - The stores of streams.agents.stores (Faust's memory store filled from local copies, or a table on disk):
   :class:`KeyPartitionedTable` makes its store one of these (``_new_store``) when given the process's
   LocalTables.
+- :class:`PromptTableManager`: Faust's table manager sleeps 1 s when it starts (``TableManager.on_start``,
+  faust/tables/manager.py) before it registers the tables' changelogs and lets the consumer subscribe, "to give
+  agents a chance" to add tables; a cxpulse process builds every table before its app starts (a table added later
+  raises "Too late to add tables"), so that second was start-up time of every process for nothing (seen in the
+  state bench's logs, 2026-12-03: "Waiting for tables to be registered" 1.1 s before the first changelog topic).
 - :func:`recovered` / :func:`rebalancing`: readiness, from Faust's table recovery and rebalance state.
 """
 
@@ -29,6 +34,7 @@ from typing import Any, Protocol, cast
 import aiokafka  # type: ignore[import-untyped]  # no type information shipped
 import faust
 import orjson
+from faust.tables import TableManager
 from faust.tables.table import Table
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import StoreT
@@ -64,6 +70,16 @@ class _ReadCommittedConsumer(faust_aiokafka.Consumer):
 def read_committed(app: faust.App) -> None:
     """Make the app's worker consumer read committed records only (call before the app starts)."""
     cast(Any, app.transport).Consumer = _ReadCommittedConsumer
+
+
+class PromptTableManager(TableManager):
+    """Faust's table manager without its 1 s sleep at start (see the module docstring); ``TableManager=`` of the
+    app."""
+
+    async def on_start(self) -> None:
+        if not self.should_stop:
+            await self._update_channels()
+            await self.recovery.start()
 
 
 class ChangelogWriter(Protocol):
