@@ -18,6 +18,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import orjson
+
 from streams.aggregate import State
 
 THROUGH_HEADER = "through"  # on partial messages: {source partition: ms} the hot path has processed everything up to
@@ -67,7 +69,7 @@ def encode_partials(batch: PartialBatch) -> bytes:
 
 def decode_partials(data: bytes) -> PartialBatch:
     """A PartialBatch from its JSON bytes; ValueError (or KeyError/TypeError) when they are not one."""
-    obj = json.loads(data)
+    obj = _loads(data)
     return PartialBatch(
         tuple(SourceRange(int(p), int(s), int(e)) for p, s, e in obj["ranges"]),
         tuple(
@@ -75,6 +77,16 @@ def decode_partials(data: bytes) -> PartialBatch:
             for c, j, pane, src, states, *rest in obj["panes"]
         ),
     )
+
+
+def _loads(data: bytes) -> Any:
+    """JSON with orjson (0.41 ms against json's 0.94 ms for a 49 KB partial message: the merge's largest single
+    cost in the backlog shape, py-spy 2026-12-03), json for what orjson refuses: a string escape of a lone
+    surrogate, which json.dumps writes for a str that has one."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
 
 
 def _states_out(states: Mapping[str, State]) -> dict[str, list[int]]:
