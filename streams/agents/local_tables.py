@@ -276,6 +276,7 @@ class LocalTables:
             return out
         latest: dict[int, dict[bytes, bytes | None]] = {partition: {} for partition in todo}
         last: dict[int, int] = {}
+        records = 0  # fewer than the offsets read where Kafka compacted the changelog
         reader.assign([TopicPartition(topic, partition, start) for partition, start in todo.items()])
         started = time.monotonic()
         try:
@@ -290,6 +291,7 @@ class LocalTables:
                     if error is None:
                         latest[partition][message.key() or b""] = message.value()
                         last[partition] = message.offset() or 0
+                        records += 1
                     elif error.code() == KafkaError._PARTITION_EOF:
                         pending.discard(partition)
                     else:
@@ -305,8 +307,8 @@ class LocalTables:
                     self._copied[(topic, partition)] = max(self._copied.get((topic, partition), -1), offset)
         read = sum(offset + 1 - todo[partition] for partition, offset in last.items())
         keys = sum(len(latest[partition]) for partition in last)
-        LOG.info("%s: %d changelog offsets read past the copies (%d keys) in %.1f s", topic, read, keys,
-                 time.monotonic() - started)  # fmt: skip
+        LOG.info("%s: %d changelog offsets read past the copies (%d records, %d keys) in %.1f s", topic, read,
+                 records, keys, time.monotonic() - started)  # fmt: skip
         return out
 
     def _reader(self) -> Consumer:
