@@ -17,6 +17,7 @@ Each run then waits for the journey agent to catch up (its group's committed off
 Usage::
 
     .venv/bin/python -m benchmarks.state [--answers 1000000] [--answers 3000000 ...] [--logs DIR --loglevel info]
+                                           [--no-journeys] [--changelog-segment-seconds 60]
 """
 
 from __future__ import annotations
@@ -199,12 +200,20 @@ def wipe_process_state(data_dir: Path) -> None:
             child.unlink()
 
 
-def bench(bootstrap: str, workdir: Path, answers: int, loglevel: str = "warn", journeys: bool = True) -> list[Phase]:
+def bench(
+    bootstrap: str,
+    workdir: Path,
+    answers: int,
+    loglevel: str = "warn",
+    journeys: bool = True,
+    segment_seconds: int | None = None,
+) -> list[Phase]:
     topic = f"state-{answers}-{uuid.uuid4().hex[:6]}"
     ensure_topics(bootstrap, [TopicSpec(topic, PARTITIONS, {})])
     console.print(f"[bold]{answers:,} answers[/]: generating and loading ...")
     load(bootstrap, topic, messages(answers, int(time.time() * 1000)))
-    settings, env = cxpulse_settings(bootstrap, topic, workdir, journeys=journeys)
+    extra = {} if segment_seconds is None else {"changelog_segment_seconds": segment_seconds}
+    settings, env = cxpulse_settings(bootstrap, topic, workdir, journeys=journeys, **extra)
     ensure_topics(bootstrap, topic_specs(settings))
     log = workdir / f"worker-{answers}.log"
     phases = []
@@ -257,6 +266,12 @@ def main() -> None:
         action="store_false",
         help="run the worker without customer journeys (CXPULSE_JOURNEYS=false)",
     )
+    parser.add_argument(
+        "--changelog-segment-seconds",
+        type=int,
+        help="CXPULSE_CHANGELOG_SEGMENT_SECONDS of the worker (default: the worker's, 3600): a short one shows in "
+        "minutes what compaction does to a restore over hours",
+    )
     args = parser.parse_args()
     sizes = args.answers or [1_000_000]
     with tempfile.TemporaryDirectory(prefix="cxpulse-state-") as tmp:
@@ -265,7 +280,10 @@ def main() -> None:
         try:
             warm_up(broker.bootstrap)
             results = {
-                answers: bench(broker.bootstrap, workdir, answers, args.loglevel, args.journeys) for answers in sizes
+                answers: bench(
+                    broker.bootstrap, workdir, answers, args.loglevel, args.journeys, args.changelog_segment_seconds
+                )
+                for answers in sizes
             }
         finally:
             broker.stop()

@@ -65,6 +65,12 @@ class Settings(BaseSettings):
     replication_factor: int = Field(
         1, ge=1, le=32, description="replicas of every topic cxpulse creates (3 on a production cluster)"
     )
+    changelog_segment_seconds: int = Field(
+        3600,
+        ge=1,
+        description="the table changelogs cxpulse creates roll a segment this often (segment.ms): Kafka compacts "
+        "all but the active segment, so a restore from them reads about one record per key plus this long of revisions",
+    )
     clickhouse_url: str = Field(
         "chdb://.cxpulse/clickhouse",
         description="ClickHouse: chdb://PATH (embedded; default <data dir>/clickhouse) or http(s)://[user@]host:8123;"

@@ -107,10 +107,14 @@ FAUST_TABLES = (
 def changelog_specs(
     settings: Settings, partials_partitions: int, results_partitions: int, journey_partitions: int
 ) -> list[TopicSpec]:
-    """The changelog topics of the worker's Faust tables (compacted, Faust's own topic configs)."""
+    """The changelog topics of the worker's Faust tables: compacted (Faust's own topic config), with a segment
+    rolled every ``changelog_segment_seconds``.  Kafka compacts only outside a partition's active segment, which
+    by default rolls at 1 GB or after 7 days: until then a restore from the changelog reads every revision of
+    every key (4.4 records per remembered answer at 1,000,000 answers, docs/benchmarks.md)."""
     counts = {"partials": partials_partitions, "results": results_partitions, "journey-answers": journey_partitions}
+    config = {"cleanup.policy": "compact", "segment.ms": str(settings.changelog_segment_seconds * 1000)}
     return [
-        TopicSpec(f"{settings.app_id}-{table}-changelog", counts[follows], {"cleanup.policy": "compact"})
+        TopicSpec(f"{settings.app_id}-{table}-changelog", counts[follows], dict(config))
         for table, follows in FAUST_TABLES
     ]
 

@@ -73,15 +73,16 @@ def test_stream_equals_replay(pipeline: Pipeline, tmp_path: Path) -> None:
         assert lettered == invalid
         assert sample["cxpulse_worker_ready"] == 1
         assert sample["cxpulse_worker_chain_breaks_total"] == 0
+        rolled = str(settings.changelog_segment_seconds * 1000)  # compaction keeps up with the changelogs
         assert _topic_configs(settings) == {
             **{
-                f"{settings.app_id}-{table}-changelog": ("compact", PARTITIONS)
+                f"{settings.app_id}-{table}-changelog": ("compact", PARTITIONS, rolled)
                 for table in ("panes", "positions", "kpi-view", "effort-panes", "effort-state", "journeys-state")
             },
-            internal_topics(settings).partials: ("delete", PARTITIONS),
-            internal_topics(settings).journey_answers: ("delete", PARTITIONS),
-            internal_topics(settings).seen_ids: ("delete", PARTITIONS),
-            internal_topics(settings).answers: ("delete", PARTITIONS),
+            internal_topics(settings).partials: ("delete", PARTITIONS, WEEK_MS),
+            internal_topics(settings).journey_answers: ("delete", PARTITIONS, WEEK_MS),
+            internal_topics(settings).seen_ids: ("delete", PARTITIONS, WEEK_MS),
+            internal_topics(settings).answers: ("delete", PARTITIONS, WEEK_MS),
         }
         processes = children(worker.pid)
         assert set(processes) == {"hotpath-0", "merge", "journeys"}
@@ -91,16 +92,23 @@ def test_stream_equals_replay(pipeline: Pipeline, tmp_path: Path) -> None:
         stop_process(worker)
 
 
-def _topic_configs(settings: Settings) -> dict[str, tuple[str, int]]:
-    """cleanup.policy and partition count of the worker's internal topics."""
+WEEK_MS = str(7 * 86_400_000)  # Kafka's default segment.ms
+
+
+def _topic_configs(settings: Settings) -> dict[str, tuple[str, int, str]]:
+    """cleanup.policy, partition count and segment.ms of the worker's internal topics."""
     admin = admin_client(settings.kafka_bootstrap)
     metadata = admin.list_topics(timeout=10).topics
     names = [t for t in metadata if t.startswith(f"{settings.app_id}-") and "__assignor" not in t]
     resources = [ConfigResource(ResourceType.TOPIC, name) for name in names]
     out = {}
     for resource, future in admin.describe_configs(resources).items():
-        policy = future.result(timeout=30)["cleanup.policy"].value
-        out[resource.name] = (policy, len(metadata[resource.name].partitions))
+        config = future.result(timeout=30)
+        out[resource.name] = (
+            config["cleanup.policy"].value,
+            len(metadata[resource.name].partitions),
+            config["segment.ms"].value,
+        )
     return out
 
 
