@@ -5,7 +5,10 @@ mode each write an ERROR or WARNING per retry and per client, about 8,400 lines 
 restart.  :class:`OutageLog` is a logging filter on the process's handlers: the first connection failure
 starts an outage (one WARNING naming it, once a probe of the bootstrap servers fails too); until every bootstrap
 server accepts connections again, the Kafka clients' warnings and errors are counted instead of written; then
-one line says how long it lasted and how many failed attempts it absorbed.  ``active`` tells the process's own
+one line says how long it lasted and how many failed attempts it absorbed.  For ``SETTLE_SECONDS`` after that,
+the clients' retries of a group coordinator that is not ready yet (a restarted broker accepts connections before
+it has loaded its groups: aiokafka then writes three lines per heartbeat, ~30 a second, seen in the fault suite)
+are counted too, and one line says how many there were.  ``active`` tells the process's own
 code (a failing batch logs at DEBUG during an outage: it is counted in ``cxpulse_worker_batch_errors_total``
 either way); ``seconds()`` how long Kafka has been away (readiness: streams.agents.health).
 
@@ -30,12 +33,19 @@ CLIENT_LOGGERS = ("cxpulse.kafka", "aiokafka", "faust", "mode", "kafka")
 PROBE_SECONDS = 1.0  # while down: how often the bootstrap servers are tried
 PROBE_TIMEOUT_SECONDS = 1.0
 WATCH_SECONDS = 0.2  # a suspected outage is probed within this long; handlers added later get the filter
+SETTLE_SECONDS = 5.0  # after an outage: group-coordinator retries are counted, not written, this long
 # what a failed connection attempt says, in librdkafka's, aiokafka's and Faust's words
 _CONNECTION_FAILURE = re.compile(
     r"connection refused|connect to .* failed|connect call failed|unable connect|unable to connect|"
     r"brokers are down|all broker connections are down|disconnected|broker transport failure|"
     r"connection reset|connection closed|kafkaconnectionerror|nodenotready|no route to host|"
     r"name or service not known|failed to resolve|timed out",
+    re.IGNORECASE,
+)
+# what a client retrying a group coordinator that is not ready says (aiokafka's heartbeat and coordinator lookups)
+_COORDINATOR_RETRY = re.compile(
+    r"coordinator .*not (started|valid|available)|marking (the )?coordinator dead|coordinator load in progress|"
+    r"not_coordinator|coordinator_not_available",
     re.IGNORECASE,
 )
 
@@ -88,6 +98,8 @@ class OutageLog(logging.Filter):
         self.attempts = 0  # failed connection attempts the clients reported in it
         self.absorbed = 0  # client warnings and errors not written during it
         self.outages = 0  # how many were confirmed in this process
+        self.settling_until: float | None = None  # after an outage: coordinator retries are counted until then
+        self.coordinator_retries = 0  # ... how many
 
     @property
     def active(self) -> bool:
@@ -101,20 +113,26 @@ class OutageLog(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name == LOG.name or record.levelno < logging.WARNING or not is_client_record(record):
             return True
-        failure = bool(_CONNECTION_FAILURE.search(record.getMessage()))
+        message = record.getMessage()
+        failure = bool(_CONNECTION_FAILURE.search(message))
         with self.lock:
             if self.since is None:
+                if not failure and self.settling_until is not None and _COORDINATOR_RETRY.search(message):
+                    self.coordinator_retries += 1
+                    return False
                 if not failure:
                     return True  # a client's warning outside an outage is written as it is
                 self.since, self.confirmed, self.attempts, self.absorbed = self.clock(), False, 0, 0
-                self.first = f"{record.name}: {record.getMessage().strip()[:300]}"
+                self.first = f"{record.name}: {message.strip()[:300]}"
             self.attempts += failure
             self.absorbed += 1
         return False
 
     def check(self) -> None:
         """Probe the brokers while an outage is suspected or confirmed: confirm it (one line) when they do not
-        answer; end it (one line, if it was confirmed) when they do."""
+        answer; end it (one line, if it was confirmed) when they do; after it, one line for the coordinator retries
+        held back."""
+        self._settle()
         if self.since is None:
             return
         up = self.probe()
@@ -130,6 +148,8 @@ class OutageLog(logging.Filter):
             else:
                 ended = (self.clock() - self.since, self.attempts, self.absorbed, self.confirmed)
                 self.since, self.confirmed = None, False
+                if ended[3]:
+                    self.settling_until, self.coordinator_retries = self.clock() + SETTLE_SECONDS, 0
         if ended is None:
             LOG.warning(
                 "Kafka connection lost (%s); the clients retry quietly, the next line says when it is back", message
@@ -139,6 +159,20 @@ class OutageLog(logging.Filter):
                 "Kafka connection back after %.1f s (%d failed connection attempts, %d client warnings and errors "
                 "not written)",
                 *ended[:3],
+            )
+
+    def _settle(self) -> None:
+        """The settling after an outage is over: one line for the coordinator retries it held back, if any."""
+        with self.lock:
+            if self.settling_until is None or self.clock() < self.settling_until:
+                return
+            retries, self.settling_until, self.coordinator_retries = self.coordinator_retries, None, 0
+        if retries:
+            LOG.warning(
+                "Kafka's group coordinators took their groups back: %d client retries in the %.0f s after the outage "
+                "not written",
+                retries,
+                SETTLE_SECONDS,
             )
 
     def attach(self) -> None:

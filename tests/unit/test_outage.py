@@ -6,6 +6,7 @@ import logging
 
 import pytest
 
+from streams import outage as streams_outage
 from streams.outage import OutageLog, bootstrap_addresses
 
 
@@ -80,3 +81,41 @@ def test_seconds_counts_a_confirmed_outage_only() -> None:
 
 def test_bootstrap_addresses() -> None:
     assert bootstrap_addresses("a:1, b:2,[::1]:3,bad") == [("a", 1), ("b", 2), ("::1", 3)]
+
+
+def test_coordinator_retries_right_after_an_outage_are_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    """A restarted broker accepts connections before it has loaded its groups: aiokafka's three lines per heartbeat
+    until it has (30 a second, seen in the fault suite) are counted for SETTLE_SECONDS and said in one line."""
+    up = [False]
+    clock = Clock()
+    outage = OutageLog(lambda: up[0], clock)
+    retries = [
+        "Heartbeat failed for group g: coordinator (node 1) is either not started or not valid",
+        "Marking the coordinator dead (node 1)for group g.",
+        "Heartbeat session expired - marking coordinator dead",
+    ]
+    with caplog.at_level(logging.WARNING, logger="cxpulse.outage"):
+        outage.filter(record("cxpulse.kafka", REFUSED))
+        outage.check()  # confirmed
+        up[0] = True
+        outage.check()  # back
+        written = [outage.filter(record("aiokafka.consumer.group_coordinator", m)) for m in retries * 10]
+        assert outage.filter(record("aiokafka", "Heartbeat failed for group g", logging.WARNING)) is True  # other
+        clock.now += streams_outage.SETTLE_SECONDS - 0.1
+        outage.check()  # still settling: nothing yet
+        assert len(caplog.records) == 2
+        clock.now += 0.2
+        outage.check()
+        late = outage.filter(record("aiokafka.consumer.group_coordinator", retries[0]))
+    assert not any(written) and late is True  # after the settling a coordinator retry is written again
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[2] == (
+        "Kafka's group coordinators took their groups back: 30 client retries in the 5 s after the outage not written"
+    )
+    assert len(lines) == 3
+
+
+def test_coordinator_retries_without_an_outage_are_written() -> None:
+    outage = OutageLog(lambda: True, Clock())
+    message = "Heartbeat failed for group g: coordinator (node 1) is either not started or not valid"
+    assert outage.filter(record("aiokafka.consumer.group_coordinator", message, logging.WARNING)) is True
