@@ -148,8 +148,8 @@ class OutageLog(logging.Filter):
             else:
                 ended = (self.clock() - self.since, self.attempts, self.absorbed, self.confirmed)
                 self.since, self.confirmed = None, False
-                if ended[3]:
-                    self.settling_until, self.coordinator_retries = self.clock() + SETTLE_SECONDS, 0
+                if ended[3]:  # (a settling that an outage interrupted keeps its count)
+                    self.settling_until = self.clock() + SETTLE_SECONDS
         if ended is None:
             LOG.warning(
                 "Kafka connection lost (%s); the clients retry quietly, the next line says when it is back", message
