@@ -117,10 +117,10 @@ class OutageLog(logging.Filter):
         failure = bool(_CONNECTION_FAILURE.search(message))
         with self.lock:
             if self.since is None:
-                if not failure and self.settling_until is not None and _COORDINATOR_RETRY.search(message):
-                    self.coordinator_retries += 1
-                    return False
                 if not failure:
+                    if self.settling_until is not None and _COORDINATOR_RETRY.search(message):
+                        self.coordinator_retries += 1
+                        return False
                     return True  # a client's warning outside an outage is written as it is
                 self.since, self.confirmed, self.attempts, self.absorbed = self.clock(), False, 0, 0
                 self.first = f"{record.name}: {message.strip()[:300]}"

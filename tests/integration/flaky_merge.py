@@ -44,7 +44,7 @@ if TABLES_CRASH and sys.argv[1:2] == ["merge"]:
     processes.CHECKPOINT_SECONDS = 0.2
 
     def _counting_checkpoint(self: LocalTables) -> int:
-        _left[0] = sum(1 for (topic, _), entries in self._pending.items() if topic.endswith("-panes-changelog"))
+        _left[0] = sum(1 for topic, _ in self._pending if topic.endswith("-panes-changelog"))
         try:
             return _checkpoint(self)
         finally:
