@@ -75,6 +75,9 @@ class Consumption(Protocol):
     def settled(self) -> bool:
         """True once the process's tables are recovered and no rebalance is going on."""
 
+    def rebalances(self) -> int:
+        """How many rebalances the process has begun (a table may have been reloaded since a value was read)."""
+
 
 class FaustConsumption:
     """:class:`Consumption` of a Faust app."""
@@ -97,6 +100,9 @@ class FaustConsumption:
 
     def settled(self) -> bool:
         return faust_compat.recovered(self.app) and not faust_compat.rebalancing(self.app)
+
+    def rebalances(self) -> int:
+        return int(self.app.rebalancing_count)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from sinks.effort_detector import EffortDetector
 from sinks.kpi_view import KpiView
 from sinks.prometheus import Snapshot
 from streams.agents.base import AgentContext, BatchAgent, Record, Runner
-from streams.agents.keys import ResultKey, SourceKey
+from streams.agents.keys import PaneKey, ResultKey, SegmentKey, SourceKey
 from streams.agents.metrics import WorkerMetrics
 from streams.aggregate import State
 from streams.config import Settings
@@ -66,6 +66,7 @@ class Held:
 
     def __init__(self, topic: str, partitions: dict[int, int], settled: bool = True) -> None:
         self.topic, self.partitions, self.is_settled = topic, partitions, settled
+        self.rebalanced = 0
 
     def assigned(self, topic: str) -> set[int]:
         return set(self.partitions) if topic == self.topic else set()
@@ -75,6 +76,9 @@ class Held:
 
     def settled(self) -> bool:
         return self.is_settled
+
+    def rebalances(self) -> int:
+        return self.rebalanced
 
 
 class Reader:
@@ -292,6 +296,55 @@ def test_the_effort_detector_waits_for_the_watermark_then_catches_up_and_fires()
     assert [a["state"] for a in alerts] == ["FIRING"]
     at = alerts[0]["at"]  # epoch ms (the codec keeps timestamps as integers)
     assert start + 30 * P < at <= start + 38 * P
+
+
+def run_effort(settled: bool) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """Two segments over 60 panes with a spike in one, handed over in batches with two ticks after each (merge's
+    watermark at the batch's last pane end), one pane revised late; the alerts, the state and the panes table."""
+    start = NOW - 70 * P
+    records = [
+        ces_result(channel, start + i * P, 20, 16 if channel == "chat" and 40 <= i < 46 else 4)
+        for i in range(60)
+        for channel in ("chat", "phone")
+    ]
+    records.append(ces_result("phone", start + 50 * P, 30, 6, version=2))  # a late revision of a pane evaluated
+    watermark: list[int | None] = [None]
+    agent, produced, held = effort_of(watermark)
+    held.is_settled = settled
+    for at in range(0, len(records), 16):
+        batch = records[at : at + 16]
+        asyncio.run(agent.handle(0, batch))
+        held.partitions[0] = batch[-1].offset + 1
+        watermark[0] = max(r.offset for r in batch) * P + P
+        asyncio.run(agent.tick(NOW))
+        asyncio.run(agent.tick(NOW))
+    alerts = [decode_confluent(v, CATALOG, EFFORT_ALERT)[1] for _, v, _, _ in produced.on(agent.settings.alerts_topic)]
+    return alerts, dict(agent.states), dict(agent.panes)
+
+
+def test_the_detector_keeps_the_panes_by_segment_as_a_read_of_the_whole_table_gives_them() -> None:
+    """A settled process's detector keeps its panes by segment from what it handles (a tick no longer decodes
+    every pane held); it must evaluate exactly as one that reads the whole table at every tick (what it does
+    while the process is not settled): the same alerts, the same CUSUM state, the same panes kept."""
+    kept, read = run_effort(settled=True), run_effort(settled=False)
+    assert [a["state"] for a in kept[0]] == ["FIRING", "RESOLVED"]
+    assert kept == read
+
+
+def test_a_rebalance_makes_the_detector_read_its_table_again() -> None:
+    """A rebalance can reload the table from its changelog: the panes kept by segment are read anew."""
+    watermark: list[int | None] = [NOW]
+    agent, _, held = effort_of(watermark)
+    pane = NOW - 10 * P
+    asyncio.run(agent.handle(0, [ces_result("chat", pane, 20, 4)]))
+    for _ in range(3):  # the first tick notes merge's watermark, the second trusts it
+        asyncio.run(agent.tick(NOW))
+    assert agent.by_segment is not None
+    assert [p.n for p in agent.by_segment[SegmentKey(0, "chat", "billing")].values()] == [20]
+    agent.panes[PaneKey(0, "chat", "billing", pane).encode()] = [2, 25, 5, {}]  # a recovery's newer value
+    held.rebalanced += 1
+    asyncio.run(agent.tick(NOW))
+    assert [p.n for p in agent.by_segment[SegmentKey(0, "chat", "billing")].values()] == [25]
 
 
 def test_the_kpi_view_refreshes_the_windows_and_drops_old_panes() -> None:
