@@ -54,6 +54,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks import profile as profiling
 from schemas.codec import FEEDBACK, FEEDBACK_RAW, WINDOW_RESULT, LocalCatalog, decode_confluent, encode_confluent
 from streams.broker import die_with_parent
 from streams.config import REPO_ROOT, Settings
@@ -65,6 +66,8 @@ from tests.support import free_ports, start_broker
 PARTITIONS = 6
 PANE_MS = 60_000
 RUN_TIMEOUT_SECONDS = 900.0
+PROFILES: Path | None = None  # --profile: where py-spy profiles of the cxpulse runs go
+BROKER_PID: int | None = None  # the broker's JVM (its CPU time in a cxpulse run's figures)
 QUIX_PYTHON = REPO_ROOT / ".venv-quix" / "bin" / "python"
 SHAPES: dict[str, dict[str, Any]] = {
     "live": {"spread_ms": 60_000, "channels": CHANNELS},
@@ -88,6 +91,7 @@ class Run:
     counts: dict[GroupKey, int] = field(repr=False, default_factory=dict)
     stored: float | None = None  # when ClickHouse held every answer (runs with the sink)
     journeys_done: float | None = None  # when the journey agent had handled every forwarded answer (journeys on)
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds by process, launch to the last result
 
     @property
     def startup(self) -> float:
@@ -173,6 +177,57 @@ def tree_rss_mb(pid: int) -> float:
                 tree.add(child)
                 grew = True
     return sum(rss.get(p, 0) for p in tree) / 1e6
+
+
+def children(pid: int) -> list[int]:
+    """The pids whose parent is ``pid``."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def process_names(pid: int) -> dict[int, str]:
+    """The worker's children by pid, each named by its module: ``hotpath 0``, ``merge``, ``journeys``, ``sink``."""
+    out = {}
+    for child in children(pid):
+        try:
+            args = [a.decode() for a in Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")]
+        except OSError:
+            continue
+        at = next((i for i, a in enumerate(args) if a.startswith("streams.")), None)
+        name = str(child) if at is None else args[at].rsplit(".", 1)[-1]
+        if at is not None and at + 1 < len(args) and args[at + 1].isdigit():
+            name += f" {args[at + 1]}"
+        elif at is not None and name == "processes" and at + 1 < len(args):
+            name = args[at + 1]  # streams.processes merge|journeys|sink
+        taken = set(out.values())
+        out[child] = name if name not in taken else f"{name} {child}"
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, s (0: gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_process(pid: int, broker_pid: int | None) -> dict[str, float]:
+    """CPU seconds so far of the worker's supervisor, of each of its children by name, and of the broker."""
+    out = {"supervisor": cpu_seconds(pid)}
+    out.update({name: cpu_seconds(child) for child, name in process_names(pid).items()})
+    if broker_pid is not None:
+        out["broker"] = cpu_seconds(broker_pid)
+    return out
 
 
 class RssSampler:
@@ -315,18 +370,32 @@ def run_cxpulse(
     settings, env = cxpulse_settings(bootstrap, topic, workdir, **extra)
     ensure_topics(bootstrap, topic_specs(settings))
     launched = time.time()
+    broker_cpu = cpu_seconds(BROKER_PID) if BROKER_PID is not None else 0.0
     proc = spawn([sys.executable, "-m", "streams.cli", "worker"], env, workdir / "cxpulse.log")
     sampler = RssSampler(proc.pid)
     stored = None
+    cpu: dict[str, float] = {}
+    profile = None
+    if PROFILES is not None:
+        path = PROFILES / f"cxpulse-{uuid.uuid4().hex[:6]}.txt"
+        console.print(f"  (profile of the next run: {path})", highlight=False)
+        profile = profiling.record(proc.pid, path)
     try:
         first, done, counts = watch(bootstrap, settings.results_topic, decode_result, events, proc)
+        cpu = cpu_by_process(proc.pid, BROKER_PID)
+        if "broker" in cpu:
+            cpu["broker"] -= broker_cpu
+        if profile is not None:  # launch to the last pane result
+            profiling.stop(profile)
         journeys_done = wait_journeys(settings, proc) if journeys else None
         if clickhouse:
             stored = wait_stored(settings.metrics_port, events, proc)
     finally:
+        if profile is not None:
+            profiling.stop(profile)
         peak = sampler.stop()
         stop(proc)
-    return Run(launched, first, done, events, peak, counts, stored, journeys_done)
+    return Run(launched, first, done, events, peak, counts, stored, journeys_done, cpu)
 
 
 def wait_journeys(settings: Settings, proc: subprocess.Popen[bytes]) -> float:
@@ -652,13 +721,24 @@ def main() -> None:
     parser.add_argument(
         "--clickhouse", action=argparse.BooleanOptionalAction, default=True, help="also run cxpulse with its sink"
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="sample each cxpulse run's processes with py-spy, launch to last result (DIR/cxpulse-<id>.txt, named "
+        "before the run's line; read with python -m benchmarks.profile)",
+    )
     args = parser.parse_args()
+    global PROFILES
+    PROFILES = args.profile
     systems = args.only.split(",")
     if "quix" in systems and not QUIX_PYTHON.exists():
         raise SystemExit(f"{QUIX_PYTHON} is missing: `make bench` creates it (quixstreams pins its own Kafka client)")
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         broker = start_broker(workdir / "broker")
+        global BROKER_PID
+        BROKER_PID = broker.java_pid
         console.print(f"broker {broker.bootstrap}; {args.events:,} events per shape; median of {args.runs} runs")
         try:
             report(broker.bootstrap, workdir, systems, args)
@@ -710,6 +790,8 @@ def report(bootstrap: str, workdir: Path, systems: list[str], args: argparse.Nam
                 run = run_system(system, shape, bootstrap, topic, path, args.events, workdir)
                 agree = run.counts == dict(expected)
                 behind = "" if run.journeys_done is None else f", journeys done {run.journeys_done - run.done:+.1f} s"
+                used = ", ".join(f"{name} {seconds:.1f}" for name, seconds in sorted(run.cpu.items()))
+                behind += f"; CPU s {used}" if used else ""
                 console.print(
                     f"  {system} run {number + 1}: {run.rate:,.0f} events/s launch to last result "
                     f"(start-up {run.startup:.1f} s, {run.steady:,.0f}/s after it{behind}), "

@@ -17,13 +17,15 @@ Each run then waits for the journey agent to catch up (its group's committed off
 Usage::
 
     .venv/bin/python -m benchmarks.state [--answers 1000000] [--answers 3000000 ...] [--logs DIR --loglevel info]
-                                           [--no-journeys] [--changelog-segment-seconds 60]
+                                           [--no-journeys] [--changelog-segment-seconds 60] [--profile DIR]
+
+``--profile DIR`` samples the worker's processes with py-spy from launch to complete in each run (the journeys'
+catching up after that is not in it); ``python -m benchmarks.profile DIR/<answers>-wiped.txt`` says where they went.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import re
 import shutil
@@ -41,11 +43,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks import profile as profiling
 from benchmarks.bench import (
     FIELDS,
     PARTITIONS,
     cxpulse_settings,
     load,
+    process_names,
     spawn,
     stop,
     tree_rss_mb,
@@ -136,29 +140,9 @@ def wait_complete(port: int, answers: int, proc: subprocess.Popen[bytes]) -> flo
 
 def rss_by_process(pid: int) -> dict[str, float]:
     """RSS (MB) of the worker's supervisor and of each child, named by its module."""
-    out = {"supervisor": tree_rss_mb(pid) - sum(tree_rss_mb(child) for child in children(pid))}
-    for child in children(pid):
-        args = [a.decode() for a in Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")]
-        at = next((i for i, a in enumerate(args) if a.startswith("streams.")), None)
-        name = str(child) if at is None else args[at].rsplit(".", 1)[-1]
-        if at is not None and at + 1 < len(args) and args[at + 1].isdigit():
-            name += f" {args[at + 1]}"
-        elif at is not None and name == "processes" and at + 1 < len(args):
-            name = args[at + 1]  # streams.processes merge|journeys|sink
-        out[name] = tree_rss_mb(child)
-    return out
-
-
-def children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(stat[1]) == pid:
-                out.append(int(entry))
+    kids = process_names(pid)
+    out = {"supervisor": tree_rss_mb(pid) - sum(tree_rss_mb(child) for child in kids)}
+    out.update({name: tree_rss_mb(child) for child, name in kids.items()})
     return out
 
 
@@ -167,7 +151,13 @@ def disk_mb(path: Path) -> float:
 
 
 def run_phase(
-    name: str, settings: Settings, env: dict[str, str], answers: int, log: Path, loglevel: str = "warn"
+    name: str,
+    settings: Settings,
+    env: dict[str, str],
+    answers: int,
+    log: Path,
+    loglevel: str = "warn",
+    profile: Path | None = None,
 ) -> Phase:
     """One run of the worker until it is complete (ready, every id remembered, no lag), then until the journey
     agent has caught up (its own column: the journeys process works at a lower priority); RSS after both."""
@@ -177,11 +167,16 @@ def run_phase(
         out.write(f"=== {name} ===\n")
     launched = time.time()
     proc = spawn([sys.executable, "-m", "streams.cli", "worker", "--loglevel", loglevel], env, log)
+    sampler = profiling.record(proc.pid, profile) if profile is not None else None
     try:
         seconds = wait_complete(port, answers, proc)
+        if sampler is not None:
+            profiling.stop(sampler)
         journeys = wait_journeys(settings, proc) - launched if settings.journeys else None
         rss = rss_by_process(proc.pid)
     finally:
+        if sampler is not None:
+            profiling.stop(sampler)
         proc.send_signal(signal.SIGTERM)
         stop(proc)
     with log.open("rb") as text:
@@ -207,6 +202,7 @@ def bench(
     loglevel: str = "warn",
     journeys: bool = True,
     segment_seconds: int | None = None,
+    profiles: Path | None = None,
 ) -> list[Phase]:
     topic = f"state-{answers}-{uuid.uuid4().hex[:6]}"
     ensure_topics(bootstrap, [TopicSpec(topic, PARTITIONS, {})])
@@ -220,7 +216,8 @@ def bench(
     for name in ("ingest", "restart, state intact", "restart, state wiped"):
         if name.endswith("wiped"):
             wipe_process_state(settings.data_dir)
-        phases.append(run_phase(name, settings, env, answers, log, loglevel))
+        profile = None if profiles is None else profiles / f"{answers}-{name.split()[-1]}.txt"
+        phases.append(run_phase(name, settings, env, answers, log, loglevel, profile))
         console.print(f"  {name}: {phases[-1].seconds:.1f} s, RSS {phases[-1].total_rss_mb:,.0f} MB")
     return phases
 
@@ -272,6 +269,13 @@ def main() -> None:
         help="CXPULSE_CHANGELOG_SEGMENT_SECONDS of the worker (default: the worker's, 3600): a short one shows in "
         "minutes what compaction does to a restore over hours",
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="sample the worker's processes with py-spy in each run, launch to ready (DIR/<answers>-<run>.txt; "
+        "read with python -m benchmarks.profile)",
+    )
     args = parser.parse_args()
     sizes = args.answers or [1_000_000]
     with tempfile.TemporaryDirectory(prefix="cxpulse-state-") as tmp:
@@ -281,7 +285,13 @@ def main() -> None:
             warm_up(broker.bootstrap)
             results = {
                 answers: bench(
-                    broker.bootstrap, workdir, answers, args.loglevel, args.journeys, args.changelog_segment_seconds
+                    broker.bootstrap,
+                    workdir,
+                    answers,
+                    args.loglevel,
+                    args.journeys,
+                    args.changelog_segment_seconds,
+                    args.profile,
                 )
                 for answers in sizes
             }

@@ -217,11 +217,13 @@ def wait_ready(spec: BrokerSpec, proc: subprocess.Popen[bytes], timeout: float =
             raise BrokerError(f"the Kafka broker was not ready after {timeout:.0f} s:\n{_tail(spec.log_file)}")
 
 
-def stop(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT_SECONDS) -> int:
-    """Stop a child (the broker, the demo's worker): SIGTERM (a clean shutdown), SIGKILL if it is still there
-    after timeout."""
+def stop(
+    proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT_SECONDS, how: signal.Signals = signal.SIGTERM
+) -> int:
+    """Stop a child (the broker, the demo's worker, a profiler: SIGINT): ``how`` (SIGTERM: a clean shutdown),
+    SIGKILL if it is still there after timeout."""
     if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(how)
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
