@@ -142,8 +142,9 @@ class EffortDetector(TableAgent):
         self.applied: dict[int, int] = {}  # results partition -> the next offset this agent applies
         self.started_at: dict[int, int] = {}  # results partition -> its end when first seen with nothing taken
         # the panes table by segment, decoded, kept in step with it from handle() while the process is settled: a
-        # tick no longer decodes every pane held (70,656 panes, 48 segments x the 24.5 h an evaluation reaches: 1.2
-        # s a tick, every second, on the event loop); rebuilt after a rebalance (the table may have been reloaded)
+        # tick no longer decodes every pane held (70,608 panes, 48 segments x the 24.5 h an evaluation reaches: 855
+        # ms a tick, every second, on the event loop: benchmarks/effort_tick.py); rebuilt after a rebalance (the
+        # table may have been reloaded)
         self.by_segment: dict[SegmentKey, dict[int, PaneEffort]] | None = None
         self.built_at = -1  # the process's rebalance count when by_segment was built
         self.expired_mark: int | None = None  # the retention cutoff's pane at the last expiry pass
