@@ -25,7 +25,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict, deque
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Iterator, MutableMapping, Sequence
 from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
@@ -47,6 +47,11 @@ from streams.worker.repair import PartitionReader
 LOG = logging.getLogger("cxpulse.merge")
 BATCH_MESSAGES = 50  # partial messages per merge batch (each is a whole hot-path batch for this partition)
 BATCH_WITHIN_SECONDS = 0.05  # a merge batch waits at most this long to fill
+# partial messages merged, emitted and flushed at a time (at least one): the work of a merge runs on the event loop
+# without a pause until its flush, and 50 messages of a backlog's hot-path batches (10,000 answers each, up to 8 MB)
+# held it 9-25 s in `make bench-state --answers 3000000`: past the 10 s session timeout, so the group rebalanced
+# and Faust's recovery read the changelogs again, until the worker's stall watch killed the process
+MERGE_BATCH_BYTES = 2 * 1024 * 1024
 TAIL_CHECK_SECONDS = 5.0  # how often chains are compared with the hot path's committed offsets
 TAIL_DEFER_CHECKS = 6  # a busy merge still behind the partition's end is given this many checks before a read-back
 ADMIN_TIMEOUT_SECONDS = 10.0
@@ -107,6 +112,21 @@ class GroupOffsets:
 def pane_index(raw_key: bytes, raw_value: bytes) -> list[tuple[bytes, bytes]]:
     """The panes' index entry on disk: ``t:`` by pane start (the retention's expiry reads the expired ones)."""
     return [(index_entry(b"t:", pane_bucket(raw_key), raw_key), b"")]
+
+
+def by_size(records: Sequence[Record], budget: int) -> Iterator[list[Record]]:
+    """The records in runs whose values add up to at most ``budget`` bytes (a larger record: a run of its own)."""
+    run: list[Record] = []
+    size = 0
+    for record in records:
+        length = len(record.value)
+        if run and size + length > budget:
+            yield run
+            run, size = [], 0
+        run.append(record)
+        size += length
+    if run:
+        yield run
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:
@@ -199,8 +219,14 @@ class MergeAgent(TableAgent):
         self.active_at = time.monotonic()
 
     async def merge(self, partition: int, records: Sequence[Record]) -> None:
-        """Apply the partial messages of one partials partition (under its lock), then emit and flush.  The tail
-        check's read-backs come here directly: they are no sign that the consumer is busy with the partitions."""
+        """Apply the partial messages of one partials partition, MERGE_BATCH_BYTES of them at a time in offset
+        order, each run under the partition's lock, emitted and flushed.  The tail check's read-backs come here
+        directly (they are no sign that the consumer is busy with the partitions): a read-back of a backlog's
+        tail can hold hundreds of megabytes."""
+        for run in by_size(sorted(records), MERGE_BATCH_BYTES):
+            await self._merge_run(partition, run)
+
+    async def _merge_run(self, partition: int, records: Sequence[Record]) -> None:
         async with self.locks[partition]:
             started = time.perf_counter()
             step = MergeStep(partition, self.pane_ms, self.panes, self.positions, ignore_before=self.expired_before)

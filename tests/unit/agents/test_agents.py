@@ -168,6 +168,32 @@ def test_merge_absorbs_once_and_emits_results_flushed() -> None:
     assert agent.positions[SourceKey(0, 0).encode()] == position_to_table(Position(9, 4))
 
 
+def test_a_batch_of_large_partial_messages_is_merged_a_few_megabytes_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A merge runs on the event loop until its flush: a batch (or a read-back) is merged, emitted and flushed in
+    runs of at most MERGE_BATCH_BYTES (a larger message alone), with the same table, positions and final results
+    as in one run."""
+    records = partial_records(4)
+    whole, whole_out = merge_of(records, {0: 12})
+    asyncio.run(whole.handle(0, records))
+    monkeypatch.setattr(merge_agent, "MERGE_BATCH_BYTES", len(records[0].value) + len(records[1].value))
+    runs, runs_out = merge_of(records, {0: 12})
+    asyncio.run(runs.handle(0, list(reversed(records))))  # in offset order, whatever the order given
+    assert whole_out.flushes == 1 and runs_out.flushes == 2
+    assert dict(runs.panes) == dict(whole.panes) and dict(runs.positions) == dict(whole.positions)
+
+    def final(produced: Produced) -> dict[bytes | None, dict[str, Any]]:
+        latest: dict[bytes | None, dict[str, Any]] = {}
+        for _, value, key, _ in produced.on(whole.settings.results_topic):
+            result = decode_confluent(value, CATALOG, WINDOW_RESULT)[1]
+            if key not in latest or latest[key]["version"] < result["version"]:
+                latest[key] = result
+        return {key: {k: v for k, v in r.items() if k != "version"} for key, r in latest.items()}
+
+    assert final(runs_out) == final(whole_out) and final(whole_out)
+
+
 def test_merge_reads_back_a_message_the_consumer_skipped() -> None:
     records = partial_records(3)
     agent, _ = merge_of(records, {0: 9})
