@@ -26,7 +26,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, cast
 
@@ -61,6 +61,21 @@ def headers_of(raw: Any) -> Headers:
     """Message headers as pairs (Faust gives a list or a dict, librdkafka a list or None)."""
     pairs = raw.items() if isinstance(raw, dict) else raw or ()
     return tuple((str(name), value) for name, value in pairs)
+
+
+def by_size(records: Sequence[Record], budget: int) -> Iterator[list[Record]]:
+    """The records in runs whose values add up to at most ``budget`` bytes (a larger record: a run of its own)."""
+    run: list[Record] = []
+    size = 0
+    for record in records:
+        length = len(record.value)
+        if run and size + length > budget:
+            yield run
+            run, size = [], 0
+        run.append(record)
+        size += length
+    if run:
+        yield run
 
 
 class Consumption(Protocol):

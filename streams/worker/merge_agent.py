@@ -25,13 +25,13 @@ import asyncio
 import logging
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterator, MutableMapping, Sequence
+from collections.abc import MutableMapping, Sequence
 from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
 from schemas.codec import WINDOW_RESULT, WINDOW_RESULT_RAW, encode_confluent
-from streams.agents.base import AgentContext, Record, TableAgent
+from streams.agents.base import AgentContext, Record, TableAgent, by_size
 from streams.agents.health import FailureStreak
 from streams.agents.keys import PaneKey, ResultKey, SourceKey, pane_bucket, segment_partition, table_partition
 from streams.agents.local_tables import index_entry
@@ -112,21 +112,6 @@ class GroupOffsets:
 def pane_index(raw_key: bytes, raw_value: bytes) -> list[tuple[bytes, bytes]]:
     """The panes' index entry on disk: ``t:`` by pane start (the retention's expiry reads the expired ones)."""
     return [(index_entry(b"t:", pane_bucket(raw_key), raw_key), b"")]
-
-
-def by_size(records: Sequence[Record], budget: int) -> Iterator[list[Record]]:
-    """The records in runs whose values add up to at most ``budget`` bytes (a larger record: a run of its own)."""
-    run: list[Record] = []
-    size = 0
-    for record in records:
-        length = len(record.value)
-        if run and size + length > budget:
-            yield run
-            run, size = [], 0
-        run.append(record)
-        size += length
-    if run:
-        yield run
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -24,7 +24,7 @@ from schemas.codec import (
 from sinks.effort_detector import EffortDetector
 from sinks.kpi_view import KpiView
 from sinks.prometheus import Snapshot
-from streams.agents.base import AgentContext, BatchAgent, Record, Runner
+from streams.agents.base import AgentContext, BatchAgent, Record, Runner, by_size
 from streams.agents.keys import PaneKey, ResultKey, SegmentKey, SourceKey
 from streams.agents.metrics import WorkerMetrics
 from streams.aggregate import State
@@ -192,6 +192,15 @@ def test_a_batch_of_large_partial_messages_is_merged_a_few_megabytes_at_a_time(
         return {key: {k: v for k, v in r.items() if k != "version"} for key, r in latest.items()}
 
     assert final(runs_out) == final(whole_out) and final(whole_out)
+
+
+def test_records_are_split_into_runs_of_a_byte_budget_in_their_order() -> None:
+    """by_size (the merge's and the journey agent's runs): whole records, in order, a run within the budget unless
+    one record alone is larger."""
+    records = [Record(0, offset, b"x" * size) for offset, size in enumerate([3, 3, 5, 12, 1, 1, 1])]
+    runs = list(by_size(records, 6))
+    assert [[r.offset for r in run] for run in runs] == [[0, 1], [2], [3], [4, 5, 6]]
+    assert [r for run in runs for r in run] == records and list(by_size([], 6)) == []
 
 
 def test_merge_reads_back_a_message_the_consumer_skipped() -> None:
