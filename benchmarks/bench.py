@@ -155,16 +155,22 @@ def avro_file(path: Path, messages: list[tuple[bytes, bytes, int]]) -> None:
 # --- watching a run --------------------------------------------------------------------------------------
 
 
+def proc_stat(pid: int | str) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command's name (index 1: the parent, 11-12: CPU ticks, 21: RSS
+    pages); None when the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def tree_rss_mb(pid: int) -> float:
     """Resident memory of a process and all its descendants, MB (from /proc)."""
     parents: dict[int, int] = {}
     rss: dict[int, int] = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
+        stat = proc_stat(entry) if entry.isdigit() else None
+        if stat is None:
             continue
         parents[int(entry)] = int(stat[1])
         rss[int(entry)] = int(stat[21]) * os.sysconf("SC_PAGE_SIZE")
@@ -181,16 +187,8 @@ def tree_rss_mb(pid: int) -> float:
 
 def children(pid: int) -> list[int]:
     """The pids whose parent is ``pid``."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(stat[1]) == pid:
-                out.append(int(entry))
-    return out
+    stats = ((int(entry), proc_stat(entry)) for entry in os.listdir("/proc") if entry.isdigit())
+    return [child for child, stat in stats if stat is not None and int(stat[1]) == pid]
 
 
 def process_names(pid: int) -> dict[int, str]:
@@ -214,11 +212,8 @@ def process_names(pid: int) -> dict[int, str]:
 
 def cpu_seconds(pid: int) -> float:
     """CPU time (user + system) a process has used so far, s (0: gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+    stat = proc_stat(pid)
+    return 0.0 if stat is None else (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_by_process(pid: int, broker_pid: int | None) -> dict[str, float]:
