@@ -55,9 +55,11 @@ def effort_families(evaluations: dict[tuple[str, str], Evaluation], threshold: f
         labels=LABELS,
     )
     p0 = GaugeMetricFamily("cxpulse_effort_baseline_share", "Baseline high-effort share p0", labels=LABELS)
-    short = GaugeMetricFamily("cxpulse_effort_short_share", "High-effort share of the last 5 minutes", labels=LABELS)
+    short = GaugeMetricFamily(
+        "cxpulse_effort_short_share", "High-effort share of the short window (5 minutes)", labels=LABELS
+    )
     n_short = GaugeMetricFamily(
-        "cxpulse_effort_short_responses", "CES answers in the last 5 minutes (n_s)", labels=LABELS
+        "cxpulse_effort_short_responses", "CES answers in the short window (n_s)", labels=LABELS
     )
     n_baseline = GaugeMetricFamily(
         "cxpulse_effort_baseline_responses", "CES answers in the baseline (n_B)", labels=LABELS

@@ -141,6 +141,9 @@ class Settings(BaseSettings):
     effort_guard_seconds: int = Field(1800, ge=0, description="the baseline ends this long before the evaluated pane")
     effort_baseline_seconds: int = Field(86400, ge=1, description="length of the effort-spike baseline")
     effort_min_baseline: int = Field(200, ge=1, description="fewer CES answers in the baseline: the pane is skipped")
+    effort_short_seconds: int = Field(
+        300, ge=1, description="the short window reported with each evaluation: p_s, z and the root cause"
+    )
     worker_id: str = Field(
         "",
         pattern=r"^[A-Za-z0-9._-]{0,100}$",
@@ -305,6 +308,7 @@ def effort_config(settings: Settings) -> EffortConfig:
         guard_ms=settings.effort_guard_seconds * 1000,
         baseline_ms=settings.effort_baseline_seconds * 1000,
         min_baseline=settings.effort_min_baseline,
+        short_ms=settings.effort_short_seconds * 1000,
     )
 
 

@@ -44,6 +44,7 @@ DEMO_ENV = {  # the worker's time-lapse settings (a user's own worker keeps the 
     "CXPULSE_EFFORT_BASELINE_SECONDS": "60",
     "CXPULSE_EFFORT_GUARD_SECONDS": "5",
     "CXPULSE_EFFORT_MIN_BASELINE": "80",
+    "CXPULSE_EFFORT_SHORT_SECONDS": "30",  # six panes, as five minutes are five panes in production
     "CXPULSE_JOURNEY_GAP_SECONDS": "20",  # customers come back within 10 s (the simulator's --comeback)
 }
 SIMULATION = [

@@ -104,7 +104,8 @@ def test_kpi_gauges_equal_replays_rolling_windows(pipeline: Pipeline, tmp_path: 
 
 def fast_effort_pipeline(bootstrap: str, tmp_path: Path, **overrides: Any) -> Pipeline:
     """The effort detector on a test's time scale: 1 s panes, a 20 s baseline ending 2 s before the pane, at least
-    100 CES answers in it."""
+    100 CES answers in it, a 5 s short window (p_s, z, root cause; the default 300 s would hold the whole test:
+    a spike 2 s old in it failed the root cause's significance test about one run in three)."""
     return make_pipeline(
         bootstrap,
         tmp_path,
@@ -114,6 +115,7 @@ def fast_effort_pipeline(bootstrap: str, tmp_path: Path, **overrides: Any) -> Pi
         effort_baseline_seconds=20,
         effort_guard_seconds=2,
         effort_min_baseline=100,
+        effort_short_seconds=5,
         **overrides,
     )
 
@@ -149,6 +151,7 @@ def test_an_effort_spike_fires_with_its_root_cause_and_only_there(kafka_broker: 
     try:
         wait_for(lambda: scrape(port, starting=True).get("cxpulse_worker_ready") == 1, "the worker ready", log)
         started = time.monotonic()
+        spike_ms = int(time.time() * 1000) + 25_000
         n = 0
         while time.monotonic() - started < 45 and not fired:
             spike = time.monotonic() - started > 25
@@ -167,7 +170,9 @@ def test_an_effort_spike_fires_with_its_root_cause_and_only_there(kafka_broker: 
                     fired.append(decode_confluent(message.value(), LocalCatalog(), EFFORT_ALERT)[1])
         assert fired, log.read_text()[-3000:]
         first = fired[0]
-        assert (first["state"], first["channel"], first["journey"]) == ("FIRING", "chat", "billing")
+        seen = f"{first}; the spike from {spike_ms}"
+        assert (first["state"], first["channel"], first["journey"]) == ("FIRING", "chat", "billing"), seen
+        assert first["root_cause"], seen
         assert first["root_cause"][0]["kind"] == "TOUCHPOINT" and first["root_cause"][0]["name"] == "bot"
         assert first["p_short"] > first["p0"] and first["cusum"] >= 10
         sample = scrape(port)

@@ -7,6 +7,7 @@ import json
 import random
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -73,7 +74,11 @@ def ces_line(event_id: str, at: int, channel: str, touchpoint: str, high: bool) 
     )
 
 
-def test_replay_writes_the_alert_of_a_spike_with_its_root_cause(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("short_seconds", "bot_answers"), [(None, 50), ("120", 20)])
+def test_replay_writes_the_alert_of_a_spike_with_its_root_cause(
+    tmp_path: Path, short_seconds: str | None, bot_answers: int
+) -> None:
+    """10 bot answers a minute: the root cause counts those of the short window (5 minutes unless configured)."""
     rng = random.Random(4)
     lines = []
     start = 1_767_225_600_000
@@ -90,6 +95,8 @@ def test_replay_writes_the_alert_of_a_spike_with_its_root_cause(tmp_path: Path) 
     source.write_text("\n".join(lines) + "\n")
     alerts = tmp_path / "alerts.jsonl"
     env = {"CXPULSE_EFFORT_BASELINE_SECONDS": "3600", "CXPULSE_EFFORT_GUARD_SECONDS": "600"}
+    if short_seconds is not None:
+        env["CXPULSE_EFFORT_SHORT_SECONDS"] = short_seconds
     done = runner.invoke(
         app, ["replay", str(source), "-o", str(tmp_path / "out.jsonl"), "--alerts", str(alerts)], env=env
     )
@@ -101,6 +108,7 @@ def test_replay_writes_the_alert_of_a_spike_with_its_root_cause(tmp_path: Path) 
     assert start + 150 * 60_000 < first["at"] <= start + 160 * 60_000  # within 10 minutes of the step
     cause = first["root_cause"][0]
     assert (cause["kind"], cause["name"]) == ("TOUCHPOINT", "bot") and cause["high_effort"] > 0.5 * cause["n"]
-    assert first["root_cause"][0]["n"] == 50 and first["p0"] < first["p_short"]
+    assert first["root_cause"][0]["n"] == bot_answers and first["n_short"] == 3 * bot_answers
+    assert first["p0"] < first["p_short"]
     assert set(first) == {"state", "channel", "journey", "cusum", "p_short", "p0", "z", "n_short", "n_baseline",
                           "root_cause", "at"}  # fmt: skip
