@@ -93,6 +93,9 @@ class Consumption(Protocol):
     def rebalances(self) -> int:
         """How many rebalances the process has begun (a table may have been reloaded since a value was read)."""
 
+    def delivered(self, topic: str, partition: int) -> int | None:
+        """The offset of the last message the consumer handed over to the agent (None: none yet, or unknown)."""
+
 
 class FaustConsumption:
     """:class:`Consumption` of a Faust app."""
@@ -118,6 +121,12 @@ class FaustConsumption:
 
     def rebalances(self) -> int:
         return int(self.app.rebalancing_count)
+
+    def delivered(self, topic: str, partition: int) -> int | None:
+        for tp in self.app.consumer.assignment():
+            if tp.topic == topic and tp.partition == partition:
+                return faust_compat.delivered(self.app, tp)
+        return None
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,8 @@
   raises "Too late to add tables"), so that second was start-up time of every process for nothing (seen in the
   state bench's logs, 2026-12-03: "Waiting for tables to be registered" 1.1 s before the first changelog topic).
 - :func:`recovered` / :func:`rebalancing`: readiness, from Faust's table recovery and rebalance state.
+- :func:`delivered`: how far Faust's consumer has handed a partition over (its private ``_read_offset``), so a
+  tail check does not read back what the consumer is still on its way to.
 """
 
 from __future__ import annotations
@@ -174,3 +176,10 @@ def recovered(app: faust.App) -> bool:
 
 def rebalancing(app: faust.App) -> bool:
     return bool(app.rebalancing)
+
+
+def delivered(app: faust.App, tp: Any) -> int | None:
+    """The offset of the last message Faust's consumer handed to the agents' streams from ``tp`` (its
+    ``_read_offset``, set in ``Consumer._drain_messages`` after each message; None before the first one)."""
+    found = cast(Any, app.consumer)._read_offset.get(tp)
+    return None if found is None else int(found)

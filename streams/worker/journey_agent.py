@@ -65,11 +65,16 @@ from streams.journeys import (
     revise,
 )
 from streams.worker.merge_agent import GroupOffsets
-from streams.worker.repair import PartitionReader
+from streams.worker.repair import PartitionReader, read_chunks
 
 LOG = logging.getLogger("cxpulse.journeys")
 TAIL_CHECK_SECONDS = 5.0  # a partition that got no batch this long is compared with its end
+TAIL_DEFER_CHECKS = 6  # while other partitions' batches still come, a quiet partition is put off this many checks
+TAIL_WAIT_CHECKS = 60  # while the consumer has not handed a partition's end over, at most this many (a safety net)
 APPLY_BYTES = 512 * 1024  # journey-answers messages followed at a time (at least one)
+# groups revised or stored between two turns of the event loop: the journeys process runs niced, and on two
+# saturated cores a 512 KB run took seconds of wall time (timer drifts of 8-9 s, near the 10 s session timeout)
+YIELD_GROUPS = 256
 UNCONFIRMED = 2**62  # the offset of a state written outside a batch before its revisions are sent
 KPI_WINDOW_MS = 24 * 3_600_000  # the KPI gauges count the closed instances whose end lies this far back
 FOREVER_MS = 2**62  # the end of an index range that has none
@@ -141,6 +146,7 @@ class JourneyAgent(TableAgent):
         self.next: dict[int, int] = {}  # partition -> the offset after the last message handled
         self.confirmed: dict[int, int] = {}  # partition -> a state written at a lower offset has its revisions sent
         self.handled_at: dict[int, float] = {}  # partition -> monotonic time of its last batch
+        self.deferred: dict[int, int] = {}  # partition -> tail checks its read-back was put off for
         self.checked_at = 0.0
         self.offset_reads = FailureStreak(LOG, "journeys: reading the group's committed offsets")
 
@@ -152,10 +158,11 @@ class JourneyAgent(TableAgent):
                 self.confirmed[partition] = max(self.confirmed.get(partition, 0), expected or 0)
             first = records[0].offset
             if expected is not None and first - expected > 1:  # more than a commit marker: skipped messages
-                records = await self._read_back(partition, expected, first) + list(records)
+                await self._read_back(partition, expected, first)
             await self._apply(partition, records)
             self.next[partition] = max(self.next.get(partition, 0), records[-1].offset + 1)
             self.handled_at[partition] = time.monotonic()
+            self.deferred.pop(partition, None)
 
     async def _committed(self, partition: int) -> int | None:
         """The group's committed offset of the partition (where Faust starts an assignment), None when unknown."""
@@ -168,19 +175,21 @@ class JourneyAgent(TableAgent):
         found = offsets.get(partition)
         return None if found is None else int(found)
 
-    async def _read_back(self, partition: int, start: int, end: int | None) -> list[Record]:
-        missing = await self.reader.read(partition, start, end)
-        if missing:
+    async def _read_back(self, partition: int, start: int, end: int) -> None:
+        """Follow the committed messages of [start, end) that the consumer skipped, read and followed a chunk
+        (repair.READ_BACK_BYTES) at a time; ``next`` moves with each chunk."""
+        async for missing in read_chunks(self.reader, partition, start, end):
             self.metrics.repaired.inc(len(missing))
             LOG.warning(
                 "read back %d journey-answers messages of %s[%d] offsets %d..%d that the consumer skipped",
                 len(missing),
                 self.topic,
                 partition,
-                start,
+                missing[0].offset,
                 missing[-1].offset,
             )
-        return missing
+            await self._apply(partition, missing)
+            self.next[partition] = max(self.next.get(partition, 0), missing[-1].offset + 1)
 
     async def _apply(self, partition: int, records: Sequence[Record]) -> None:
         """Follow the answers of the records, APPLY_BYTES of them at a time (each run's states written and its
@@ -203,11 +212,13 @@ class JourneyAgent(TableAgent):
         now_ms = int(time.time() * 1000)
         last = records[-1].offset
         updates: dict[str, tuple[GroupState, list[Revision]]] = {}
-        for group, answers in by_group.items():
+        for n, (group, answers) in enumerate(by_group.items(), 1):
             key = group_key(partition, group)
             state = self._load(partition, key)
             add_answers(state.answers, sorted(answers))
             updates[key] = self._revise(group, state, now_ms, last)
+            if n % YIELD_GROUPS == 0:
+                await asyncio.sleep(0)  # under the lock: no other batch or look at due groups comes in between
         await self._send(updates)
         self.confirmed[partition] = max(self.confirmed.get(partition, 0), last + 1)
         self.metrics.records.labels(self.topic).inc(len(records))
@@ -226,7 +237,7 @@ class JourneyAgent(TableAgent):
         """Write the states (what they are about to send marked not sent yet), then send the revisions: a kill in
         between leaves states that send them again when their batch is read again.  A kill after the
         revisions' flush and before the batch is committed sends some a second time, with a higher version."""
-        self._store({key: state for key, (state, _) in updates.items()})
+        await self._store({key: state for key, (state, _) in updates.items()})
         await self.results.flush()  # the states are in Kafka before anything they say they send
         for _, revisions in updates.values():
             for revision in revisions:
@@ -241,12 +252,14 @@ class JourneyAgent(TableAgent):
         kind = "deleted" if revision.deleted else "closed" if instance.closed else "open"
         self.metrics.journey_revisions.labels(kind).inc()
 
-    def _store(self, updates: dict[str, GroupState]) -> None:
-        for key, state in updates.items():
+    async def _store(self, updates: dict[str, GroupState]) -> None:
+        for n, (key, state) in enumerate(updates.items(), 1):
             if state.answers or state.emitted:
                 self.table[key] = state.to_table(self.gap_ms, self.retention_ms)
             elif key in self.table:
                 del self.table[key]
+            if n % YIELD_GROUPS == 0:
+                await asyncio.sleep(0)
 
     async def tick(self, now_ms: int) -> None:
         if time.monotonic() - self.checked_at >= TAIL_CHECK_SECONDS and self.consumption.settled():
@@ -264,18 +277,32 @@ class JourneyAgent(TableAgent):
         assigned = self.consumption.assigned(self.topic)
         for partition in [p for p in self.next if p not in assigned]:
             del self.next[partition]  # revoked: the next owner's committed offset says where to check from
+        now = time.monotonic()
+        busy = now - max(self.handled_at.values(), default=0.0) < TAIL_CHECK_SECONDS
         for partition in sorted(assigned):
             expected, end = self.next.get(partition), self.consumption.end(self.topic, partition)
-            quiet = time.monotonic() - self.handled_at.get(partition, 0.0) >= TAIL_CHECK_SECONDS
+            quiet = now - self.handled_at.get(partition, 0.0) >= TAIL_CHECK_SECONDS
             if expected is None or end is None or end - expected <= 1 or not quiet:
                 continue
+            delivered = self.consumption.delivered(self.topic, partition)
+            on_its_way = delivered is not None and end - delivered > 2  # the end not handed over (a marker after it)
+            if (on_its_way and self.deferred.get(partition, 0) < TAIL_WAIT_CHECKS) or (
+                busy and self.deferred.get(partition, 0) < TAIL_DEFER_CHECKS
+            ):
+                # the consumer is on its way to this partition's end, or still hands over other partitions'
+                # batches and this one's may be next: a backlog's partition waits its turn for minutes, and a
+                # read-back of its whole lag held the event loop 40 s and was read a second time by the consumer
+                self.deferred[partition] = self.deferred.get(partition, 0) + 1
+                continue
+            self.deferred.pop(partition, None)
             async with self.lock:
                 try:
                     _, stable = await self.reader.watermarks(partition)  # every transaction below it is decided
-                    missing = await self._read_back(partition, expected, stable) if stable > expected else []
-                    if missing:
-                        await self._apply(partition, missing)
-                    self.next[partition] = max(self.next[partition], stable)  # nothing committed is left below it
+                    start = self.next.get(partition, expected)  # a batch may have come while the lock was awaited
+                    if stable > start:
+                        await self._read_back(partition, start, stable)
+                    # nothing committed is left below it
+                    self.next[partition] = max(self.next.get(partition, 0), stable)
                 except Exception:
                     self.metrics.batch_errors.labels(self.topic).inc()
                     LOG.exception("tail check of %s[%d] failed; tried again in %s s", self.topic, partition,
@@ -337,7 +364,7 @@ class JourneyAgent(TableAgent):
             sending = {key: update for key, update in updates.items() if update[1]}
             if sending:
                 await self._send(sending)
-            self._store({key: state.confirmed()._replace(offset=-1) for key, (state, _) in updates.items()})
+            await self._store({key: state.confirmed()._replace(offset=-1) for key, (state, _) in updates.items()})
             await asyncio.sleep(0)
         if due:
             LOG.info("looked at %d due journey groups in %.1f s", len(due), time.monotonic() - started)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
+from typing import Protocol
 
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, TopicPartition
 
@@ -22,6 +24,32 @@ from streams.kafka import DRAIN_POLL_SECONDS, Kafka, consumer
 
 LOG = logging.getLogger("cxpulse.repair")
 READ_TIMEOUT_SECONDS = 30.0
+READ_BACK_BYTES = 16 * 1024 * 1024  # a read-back holds at most about this much of a range at a time (read_chunks)
+
+
+class RangeReader(Protocol):
+    """What :func:`read_chunks` needs of a reader (:class:`PartitionReader`, or a test's)."""
+
+    async def read(
+        self, partition: int, start: int, end: int | None = None, max_bytes: int | None = None
+    ) -> list[Record]: ...
+
+
+async def read_chunks(
+    reader: RangeReader, partition: int, start: int, end: int, max_bytes: int | None = None
+) -> AsyncIterator[list[Record]]:
+    """The committed records of [start, end), about ``max_bytes`` of values at a time (at least one record), for a
+    caller that handles each chunk before the next is read: a read-back of a backlog's whole lag held hundreds of
+    megabytes and the event loop for tens of seconds (``make bench-state --answers 3000000``)."""
+    max_bytes = max_bytes or READ_BACK_BYTES
+    while start < end:
+        chunk = await reader.read(partition, start, end, max_bytes)
+        if not chunk:
+            return
+        yield chunk
+        if sum(len(record.value) for record in chunk) < max_bytes:
+            return  # the range ended before the budget did
+        start = chunk[-1].offset + 1
 
 
 class PartitionReader:
@@ -53,12 +81,15 @@ class PartitionReader:
             )
             return int(low), int(high)
 
-    async def read(self, partition: int, start: int, end: int | None = None) -> list[Record]:
-        """The committed records with offsets in [start, end) (to the current end when ``end`` is None)."""
+    async def read(
+        self, partition: int, start: int, end: int | None = None, max_bytes: int | None = None
+    ) -> list[Record]:
+        """The committed records with offsets in [start, end) (to the current end when ``end`` is None); with
+        ``max_bytes``, only the first of them whose values reach it (at least one): :func:`read_chunks`."""
         async with self._lock:
-            return await asyncio.to_thread(self._read, partition, start, end)
+            return await asyncio.to_thread(self._read, partition, start, end, max_bytes)
 
-    def _read(self, partition: int, start: int, end: int | None) -> list[Record]:
+    def _read(self, partition: int, start: int, end: int | None, max_bytes: int | None = None) -> list[Record]:
         client = self._client()
         low, high = client.get_watermark_offsets(TopicPartition(self.topic, partition), 10.0, False)
         start = max(start, low)
@@ -67,6 +98,7 @@ class PartitionReader:
             return []
         client.assign([TopicPartition(self.topic, partition, start)])
         out: list[Record] = []
+        size = 0
         deadline = time.monotonic() + READ_TIMEOUT_SECONDS
         try:
             while time.monotonic() < deadline:
@@ -89,7 +121,8 @@ class PartitionReader:
                             message.key(),
                         )
                     )
-                    if offset >= stop - 1:
+                    size += len(message.value() or b"")
+                    if offset >= stop - 1 or (max_bytes is not None and size >= max_bytes):
                         return out
                 position = client.position([TopicPartition(self.topic, partition)])[0].offset
                 if position != OFFSET_END and position >= stop:

@@ -29,10 +29,12 @@ from streams.agents.keys import PaneKey, ResultKey, SegmentKey, SourceKey
 from streams.agents.metrics import WorkerMetrics
 from streams.aggregate import State
 from streams.config import Settings
+from streams.journeys import encode_answer_rows
 from streams.validate import Clock
 from streams.windows import result_record, window_result
-from streams.worker import merge_agent
+from streams.worker import journey_agent, merge_agent, repair
 from streams.worker.ingest import Ingest
+from streams.worker.journey_agent import JourneyAgent
 from streams.worker.merge_agent import MergeAgent
 from streams.worker.records import Position, encode_partials, position_to_table
 from tests.support import event
@@ -67,6 +69,7 @@ class Held:
     def __init__(self, topic: str, partitions: dict[int, int], settled: bool = True) -> None:
         self.topic, self.partitions, self.is_settled = topic, partitions, settled
         self.rebalanced = 0
+        self.handed: dict[int, int] = {}  # partition -> the last offset the consumer handed over (unknown: absent)
 
     def assigned(self, topic: str) -> set[int]:
         return set(self.partitions) if topic == self.topic else set()
@@ -80,6 +83,9 @@ class Held:
     def rebalances(self) -> int:
         return self.rebalanced
 
+    def delivered(self, topic: str, partition: int) -> int | None:
+        return self.handed.get(partition) if topic == self.topic else None
+
 
 class Reader:
     """A partials partition's messages, readable by range (what PartitionReader reads from Kafka)."""
@@ -89,9 +95,17 @@ class Reader:
     def __init__(self, records: list[Record], end: int) -> None:
         self.records, self.end, self.reads = records, end, 0
 
-    async def read(self, partition: int, start: int, end: int | None = None) -> list[Record]:
+    async def read(
+        self, partition: int, start: int, end: int | None = None, max_bytes: int | None = None
+    ) -> list[Record]:
         self.reads += 1
-        return [r for r in self.records if r.partition == partition and start <= r.offset < (end or 10**9)]
+        found = [r for r in self.records if r.partition == partition and start <= r.offset < (end or 10**9)]
+        size = 0
+        for n, record in enumerate(found):
+            size += len(record.value)
+            if max_bytes is not None and size >= max_bytes:
+                return found[: n + 1]
+        return found
 
     async def watermarks(self, partition: int) -> tuple[int, int]:
         return 0, self.end
@@ -214,6 +228,121 @@ def test_merge_reads_back_a_message_the_consumer_skipped() -> None:
     assert agent.positions[SourceKey(0, 0).encode()] == position_to_table(Position(9, 4))
 
 
+def test_a_long_skip_is_read_back_in_chunks_with_the_same_outcome(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read-back holds at most about READ_BACK_BYTES at a time (the consumer's skip in a 3,000,000-answer backlog
+    was 47-72 messages of up to 8 MB): a skip of four messages read two at a time gives the table, positions and
+    results of the whole read; so does a tail read-back."""
+    records = partial_records(6)
+    whole, whole_out = merge_of(records, {0: 18})
+    asyncio.run(whole.handle(0, [records[0], records[5]]))  # the four between were skipped
+    assert whole.reader.reads == 1
+    monkeypatch.setattr(merge_agent, "READ_BACK_BYTES", len(records[1].value) + len(records[2].value))
+    chunked, chunked_out = merge_of(records, {0: 18})
+    asyncio.run(chunked.handle(0, [records[0], records[5]]))
+    assert chunked.reader.reads == 2
+    assert dict(chunked.panes) == dict(whole.panes) and dict(chunked.positions) == dict(whole.positions)
+    assert chunked.positions[SourceKey(0, 0).encode()] == position_to_table(Position(18, 10))
+    assert chunked.metrics.registry.get_sample_value("cxpulse_worker_repaired_records_total") == 4
+    assert _ns(chunked_out) == _ns(whole_out) and _ns(whole_out)
+
+    tail, _ = merge_of(records, {0: 18})
+    asyncio.run(tail.handle(0, records[:1]))
+    tail.active_at = 0.0  # idle: the second short sight reads back
+    asyncio.run(tail.follow_tails())
+    asyncio.run(tail.follow_tails())
+    assert tail.reader.reads == 3  # records 1-2, 3-4, then 5 (under the budget: the end)
+    assert dict(tail.panes) == dict(whole.panes) and dict(tail.positions) == dict(whole.positions)
+
+
+def _ns(produced: Produced) -> dict[bytes | None, int]:
+    """n of the latest result of every key sent."""
+    latest: dict[bytes | None, tuple[int, int]] = {}
+    for _, value, key, _ in produced.on(settings().results_topic):
+        result = decode_confluent(value, CATALOG, WINDOW_RESULT)[1]
+        if key not in latest or latest[key][0] < result["version"]:
+            latest[key] = (result["version"], result["n"])
+    return {key: n for key, (_, n) in latest.items()}
+
+
+JOURNEY_ANSWERS = "cx-journey-answers"
+
+
+def journey_records(partition: int, messages: int) -> list[Record]:
+    """``messages`` journey-answers messages of one partition, an answer of a customer of its own each, a commit
+    marker after each (offsets 0, 2, 4, ...)."""
+    rows = [[f"c{partition}-{m}", "billing", NOW - 60_000 + m, f"e{partition}-{m}", None, "chat", None, "CES", 6, 1, 7]
+            for m in range(messages)]  # fmt: skip
+    return [Record(partition, 2 * m, encode_answer_rows([row]), NOW) for m, row in enumerate(rows)]
+
+
+def journeys_of(records: list[Record], ends: dict[int, int]) -> JourneyAgent:
+    held = Held(JOURNEY_ANSWERS, ends)
+    agent = JourneyAgent(
+        context(settings(), Produced(), held),
+        JOURNEY_ANSWERS,
+        {},
+        Reader(records, max(ends.values())),  # type: ignore[arg-type]
+        Offsets(dict.fromkeys(ends, 0)),
+    )
+    return agent
+
+
+def test_the_journey_agent_reads_a_long_skip_back_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The four messages between the first and the last were skipped: read back two at a time (the budget), each
+    chunk followed before the next is read, every customer's answer in the table once."""
+    records = journey_records(0, 6)
+    monkeypatch.setattr(repair, "READ_BACK_BYTES", len(records[1].value) + len(records[2].value))
+    agent = journeys_of(records, {0: 12})
+    asyncio.run(agent.handle(0, records[:1]))
+    asyncio.run(agent.handle(0, records[5:]))
+    reader = cast(Reader, agent.reader)
+    assert reader.reads == 3  # 1-2, 3-4, then nothing left before the last
+    assert sorted(agent.table) == sorted(f"0|billing|c0-{m}" for m in range(6))
+    assert agent.metrics.registry.get_sample_value("cxpulse_worker_repaired_records_total") == 4
+    assert agent.next[0] == 11
+
+
+def test_the_journey_tail_check_puts_off_a_quiet_partition_while_others_are_handled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A backlog's partition may wait its turn longer than a tail check: while other partitions' batches still
+    come, its read-back is put off (TAIL_DEFER_CHECKS at most); once the consumer is quiet it is read back."""
+    records = journey_records(0, 3) + journey_records(1, 3)
+    agent = journeys_of(records, {0: 6, 1: 6})
+    clock = [1000.0]
+    monkeypatch.setattr(journey_agent.time, "monotonic", lambda: clock[0])
+    asyncio.run(agent.handle(0, records[:1]))  # partition 0: the rest is still to come
+    reader = cast(Reader, agent.reader)
+    for _ in range(journey_agent.TAIL_DEFER_CHECKS):
+        clock[0] += journey_agent.TAIL_CHECK_SECONDS
+        asyncio.run(agent.handle(1, [r for r in records if r.partition == 1][:1]))  # the consumer is busy
+        asyncio.run(agent.follow_tails())
+        assert reader.reads == 0
+    clock[0] += journey_agent.TAIL_CHECK_SECONDS
+    asyncio.run(agent.follow_tails())  # put off long enough: read back, partition 1's tail too (nothing is busy)
+    assert sorted(agent.table)[:3] == [f"0|billing|c0-{m}" for m in range(3)] and agent.next[0] == 6
+
+
+def test_the_journey_tail_check_waits_while_the_consumer_has_not_handed_the_end_over(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    records = journey_records(0, 3)
+    agent = journeys_of(records, {0: 6})
+    held = cast(Held, agent.consumption)
+    clock = [1000.0]
+    monkeypatch.setattr(journey_agent.time, "monotonic", lambda: clock[0])
+    asyncio.run(agent.handle(0, records[:1]))
+    held.handed[0] = 0  # two more messages on their way
+    for _ in range(journey_agent.TAIL_DEFER_CHECKS + 3):
+        clock[0] += journey_agent.TAIL_CHECK_SECONDS  # quiet, and nothing else is busy
+        asyncio.run(agent.follow_tails())
+    assert cast(Reader, agent.reader).reads == 0
+    held.handed[0] = 4  # handed over, never handled: skipped
+    clock[0] += journey_agent.TAIL_CHECK_SECONDS
+    asyncio.run(agent.follow_tails())
+    assert cast(Reader, agent.reader).reads == 1 and agent.next[0] == 6 and len(agent.table) == 3
+
+
 def test_the_tail_check_puts_off_a_busy_merge_then_reads_back(monkeypatch: pytest.MonkeyPatch) -> None:
     records = partial_records(3)
     agent, _ = merge_of(records, {0: 9})
@@ -226,6 +355,25 @@ def test_the_tail_check_puts_off_a_busy_merge_then_reads_back(monkeypatch: pytes
         asyncio.run(agent.follow_tails())
         assert agent.reader.reads == 0  # put off while busy
     asyncio.run(agent.follow_tails())  # deferred long enough: read back
+    assert agent.reader.reads == 1
+    assert agent.positions[SourceKey(0, 0).encode()] == position_to_table(Position(9, 4))
+
+
+def test_the_tail_check_waits_while_the_consumer_has_not_handed_the_end_over() -> None:
+    """In a backlog a partition waits its turn for minutes: while Faust's consumer has not handed over the
+    partition's end, no read-back (it would be read twice), idle or not, up to TAIL_WAIT_CHECKS; once it has,
+    a chain still short is read back."""
+    records = partial_records(3)
+    agent, _ = merge_of(records, {0: 9})
+    held = cast(Held, agent.consumption)
+    asyncio.run(agent.handle(0, records[:1]))
+    held.handed[0] = records[0].offset  # the consumer is on its way: two more messages to hand over
+    agent.active_at = 0.0  # idle
+    for _ in range(merge_agent.TAIL_DEFER_CHECKS + 3):
+        asyncio.run(agent.follow_tails())
+    assert agent.reader.reads == 0
+    held.handed[0] = records[-1].offset  # handed over, and the agent never got them: skipped
+    asyncio.run(agent.follow_tails())
     assert agent.reader.reads == 1
     assert agent.positions[SourceKey(0, 0).encode()] == position_to_table(Position(9, 4))
 
@@ -393,6 +541,12 @@ def test_the_kpi_view_refreshes_the_windows_and_drops_old_panes() -> None:
     text = snapshot.exposition().decode()
     assert 'cxpulse_kpi_responses{channel="chat",journey="billing",metric="CES",window="5m"} 10.0' in text
     assert list(view.view) == [f"0|chat|billing|CES|{pane}"]
+    # after a refresh, a result of a pane in no window is not kept (a backlog of days is mostly such results)
+    asyncio.run(view.handle(0, [ces_result("phone", pane - 20 * P, 5, 1), ces_result("phone", pane, 3, 1)]))
+    assert sorted(view.view) == [f"0|chat|billing|CES|{pane}", f"0|phone|billing|CES|{pane}"]
+    asyncio.run(view.tick(NOW))
+    text = snapshot.exposition().decode()
+    assert 'cxpulse_kpi_responses{channel="phone",journey="billing",metric="CES",window="5m"} 3.0' in text
 
 
 class Failing(BatchAgent):
