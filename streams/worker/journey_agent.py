@@ -22,8 +22,9 @@ streams.worker.repair), so the agent checks the offsets it is given: between two
 transactions there is at most one commit marker, so a jump of more than one offset past the last message handled
 (or past the group's committed offset, for the first batch of an assignment) is read back with the PartitionReader
 (committed records only) before the batch; a partition whose end stays more than a marker past the last message
-handled while no batch comes is read back at the tick (``TAIL_CHECK_SECONDS``).  Adding an answer twice changes
-nothing, so a read-back of something handled already costs time, never a count.
+handled while no batch comes is read back at the tick (``TAIL_CHECK_SECONDS``), TAIL_READ_BYTES a check, once the
+consumer has handed that end over and is not busy with other partitions (:meth:`JourneyAgent._check_tail`).
+Adding an answer twice changes nothing, so a read-back of something handled already costs time, never a count.
 
 The journey KPI gauges (``cxpulse_journeys_closed{journey,counter}``, ``cxpulse_journey_kpi{journey,kpi}``) count
 the closed instances whose end lies in the last 24 h: each group's state keeps (end, counters) of its closed
@@ -71,6 +72,10 @@ LOG = logging.getLogger("cxpulse.journeys")
 TAIL_CHECK_SECONDS = 5.0  # a partition that got no batch this long is compared with its end
 TAIL_DEFER_CHECKS = 6  # while other partitions' batches still come, a quiet partition is put off this many checks
 TAIL_WAIT_CHECKS = 60  # while the consumer has not handed a partition's end over, at most this many (a safety net)
+# a tail check reads back at most this much (the rest at the next check, the lock given back in between): the
+# journeys process runs niced, and a 16 MB read-back (~130,000 answers) held its lock, and so every batch, for
+# minutes on two saturated cores (a tick of 221 s in `make bench-state --answers 3000000`)
+TAIL_READ_BYTES = 2 * 1024 * 1024
 APPLY_BYTES = 512 * 1024  # journey-answers messages followed at a time (at least one)
 # groups revised or stored between two turns of the event loop: the journeys process runs niced, and on two
 # saturated cores a 512 KB run took seconds of wall time (timer drifts of 8-9 s, near the 10 s session timeout)
@@ -179,17 +184,20 @@ class JourneyAgent(TableAgent):
         """Follow the committed messages of [start, end) that the consumer skipped, read and followed a chunk
         (repair.READ_BACK_BYTES) at a time; ``next`` moves with each chunk."""
         async for missing in read_chunks(self.reader, partition, start, end):
-            self.metrics.repaired.inc(len(missing))
-            LOG.warning(
-                "read back %d journey-answers messages of %s[%d] offsets %d..%d that the consumer skipped",
-                len(missing),
-                self.topic,
-                partition,
-                missing[0].offset,
-                missing[-1].offset,
-            )
-            await self._apply(partition, missing)
-            self.next[partition] = max(self.next.get(partition, 0), missing[-1].offset + 1)
+            await self._follow_read_back(partition, missing)
+
+    async def _follow_read_back(self, partition: int, missing: Sequence[Record]) -> None:
+        self.metrics.repaired.inc(len(missing))
+        LOG.warning(
+            "read back %d journey-answers messages of %s[%d] offsets %d..%d that the consumer skipped",
+            len(missing),
+            self.topic,
+            partition,
+            missing[0].offset,
+            missing[-1].offset,
+        )
+        await self._apply(partition, missing)
+        self.next[partition] = max(self.next.get(partition, 0), missing[-1].offset + 1)
 
     async def _apply(self, partition: int, records: Sequence[Record]) -> None:
         """Follow the answers of the records, APPLY_BYTES of them at a time (each run's states written and its
@@ -283,30 +291,39 @@ class JourneyAgent(TableAgent):
             expected, end = self.next.get(partition), self.consumption.end(self.topic, partition)
             quiet = now - self.handled_at.get(partition, 0.0) >= TAIL_CHECK_SECONDS
             if expected is None or end is None or end - expected <= 1 or not quiet:
-                continue
-            delivered = self.consumption.delivered(self.topic, partition)
-            on_its_way = delivered is not None and end - delivered > 2  # the end not handed over (a marker after it)
-            if (on_its_way and self.deferred.get(partition, 0) < TAIL_WAIT_CHECKS) or (
-                busy and self.deferred.get(partition, 0) < TAIL_DEFER_CHECKS
-            ):
-                # the consumer is on its way to this partition's end, or still hands over other partitions'
-                # batches and this one's may be next: a backlog's partition waits its turn for minutes, and a
-                # read-back of its whole lag held the event loop 40 s and was read a second time by the consumer
-                self.deferred[partition] = self.deferred.get(partition, 0) + 1
-                continue
-            self.deferred.pop(partition, None)
-            async with self.lock:
-                try:
-                    _, stable = await self.reader.watermarks(partition)  # every transaction below it is decided
-                    start = self.next.get(partition, expected)  # a batch may have come while the lock was awaited
-                    if stable > start:
-                        await self._read_back(partition, start, stable)
-                    # nothing committed is left below it
-                    self.next[partition] = max(self.next.get(partition, 0), stable)
-                except Exception:
-                    self.metrics.batch_errors.labels(self.topic).inc()
-                    LOG.exception("tail check of %s[%d] failed; tried again in %s s", self.topic, partition,
-                                  TAIL_CHECK_SECONDS)  # fmt: skip
+                continue  # (``end`` is the consumer's, as last fetched: stale for a partition it has paused)
+            try:
+                await self._check_tail(partition, busy)
+            except Exception:
+                self.metrics.batch_errors.labels(self.topic).inc()
+                LOG.exception("tail check of %s[%d] failed; tried again in %s s", self.topic, partition,
+                              TAIL_CHECK_SECONDS)  # fmt: skip
+
+    async def _check_tail(self, partition: int, busy: bool) -> None:
+        """Read a quiet partition back from the last message handled to its stable end (TAIL_READ_BYTES of it a
+        check), unless the consumer is
+        still on its way there (it has not handed the end over, up to TAIL_WAIT_CHECKS) or is busy with other
+        partitions (up to TAIL_DEFER_CHECKS): a backlog's partition waits its turn for minutes, and a read-back of
+        its lag is read twice (and once held the event loop 40 s)."""
+        _, stable = await self.reader.watermarks(partition)  # every transaction below it is decided
+        delivered = self.consumption.delivered(self.topic, partition)
+        on_its_way = delivered is not None and stable - delivered > 2  # more than the last message and a marker
+        deferred = self.deferred.get(partition, 0)
+        if (on_its_way and deferred < TAIL_WAIT_CHECKS) or (busy and deferred < TAIL_DEFER_CHECKS):
+            self.deferred[partition] = deferred + 1
+            return
+        self.deferred.pop(partition, None)
+        async with self.lock:
+            start = self.next.get(partition)  # a batch may have come while the lock was awaited
+            if start is None:
+                return  # revoked meanwhile
+            if stable > start:
+                missing = await self.reader.read(partition, start, stable, TAIL_READ_BYTES)
+                if missing:
+                    await self._follow_read_back(partition, missing)
+                if sum(len(record.value) for record in missing) >= TAIL_READ_BYTES:
+                    return  # the rest at the next check
+            self.next[partition] = max(self.next.get(partition, 0), stable)  # nothing committed is left below it
 
     async def _due_from_index(
         self, store: DiskStore, assigned: set[int], now_ms: int, since: int

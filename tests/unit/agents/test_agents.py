@@ -275,13 +275,14 @@ def journey_records(partition: int, messages: int) -> list[Record]:
     return [Record(partition, 2 * m, encode_answer_rows([row]), NOW) for m, row in enumerate(rows)]
 
 
-def journeys_of(records: list[Record], ends: dict[int, int]) -> JourneyAgent:
+def journeys_of(records: list[Record], ends: dict[int, int], stable: int | None = None) -> JourneyAgent:
+    """The journey agent on ``records``; ``ends`` the consumer's ends (as last fetched), ``stable`` the broker's."""
     held = Held(JOURNEY_ANSWERS, ends)
     agent = JourneyAgent(
         context(settings(), Produced(), held),
         JOURNEY_ANSWERS,
         {},
-        Reader(records, max(ends.values())),  # type: ignore[arg-type]
+        Reader(records, stable or max(ends.values())),  # type: ignore[arg-type]
         Offsets(dict.fromkeys(ends, 0)),
     )
     return agent
@@ -300,6 +301,19 @@ def test_the_journey_agent_reads_a_long_skip_back_in_chunks(monkeypatch: pytest.
     assert sorted(agent.table) == sorted(f"0|billing|c0-{m}" for m in range(6))
     assert agent.metrics.registry.get_sample_value("cxpulse_worker_repaired_records_total") == 4
     assert agent.next[0] == 11
+
+    # a tail check reads back TAIL_READ_BYTES at most, the rest at the next check (the lock given back between)
+    monkeypatch.setattr(journey_agent, "TAIL_READ_BYTES", len(records[1].value) + len(records[2].value))
+    tail = journeys_of(records, {0: 12})
+    clock = [1000.0]
+    monkeypatch.setattr(journey_agent.time, "monotonic", lambda: clock[0])
+    asyncio.run(tail.handle(0, records[:1]))
+    clock[0] += journey_agent.TAIL_CHECK_SECONDS  # quiet; nothing else is busy; the consumer's progress unknown
+    asyncio.run(tail.follow_tails())
+    assert cast(Reader, tail.reader).reads == 1 and tail.next[0] == 5 and len(tail.table) == 3
+    asyncio.run(tail.follow_tails())
+    asyncio.run(tail.follow_tails())
+    assert cast(Reader, tail.reader).reads == 3 and tail.next[0] == 12 and len(tail.table) == 6
 
 
 def test_the_journey_tail_check_puts_off_a_quiet_partition_while_others_are_handled(
@@ -323,16 +337,19 @@ def test_the_journey_tail_check_puts_off_a_quiet_partition_while_others_are_hand
     assert sorted(agent.table)[:3] == [f"0|billing|c0-{m}" for m in range(3)] and agent.next[0] == 6
 
 
+@pytest.mark.parametrize("consumer_end", [6, 4])
 def test_the_journey_tail_check_waits_while_the_consumer_has_not_handed_the_end_over(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, consumer_end: int
 ) -> None:
+    """Judged against the broker's stable end, not the consumer's: for a partition it has paused (its buffer full
+    in a backlog) the consumer's end is stale (4 here: it seems to have handed everything over)."""
     records = journey_records(0, 3)
-    agent = journeys_of(records, {0: 6})
+    agent = journeys_of(records, {0: consumer_end}, stable=6)
     held = cast(Held, agent.consumption)
     clock = [1000.0]
     monkeypatch.setattr(journey_agent.time, "monotonic", lambda: clock[0])
     asyncio.run(agent.handle(0, records[:1]))
-    held.handed[0] = 0  # two more messages on their way
+    held.handed[0] = 2  # one more message on its way (the one at 2 handed over, still in the buffer)
     for _ in range(journey_agent.TAIL_DEFER_CHECKS + 3):
         clock[0] += journey_agent.TAIL_CHECK_SECONDS  # quiet, and nothing else is busy
         asyncio.run(agent.follow_tails())
