@@ -276,8 +276,7 @@ class JourneyAgent(TableAgent):
         if now_ms - self.looked_at < self.close_every_ms or not self.consumption.settled():
             return
         self.looked_at = now_ms
-        async with self.lock:
-            await self.look_at_due(now_ms)
+        await self.look_at_due(now_ms)
         self.metrics.state_keys.labels("journeys").set(len(self.table))
 
     async def follow_tails(self) -> None:
@@ -355,34 +354,52 @@ class JourneyAgent(TableAgent):
     async def look_at_due(self, now_ms: int) -> None:
         """Close the instances whose end + G the clock passed, drop those older than the retention, confirm or
         send again what a state says it sent (its first write marks the revisions not sent, a second, after
-        their flush, marks them sent)."""
-        assigned = self.consumption.assigned(self.topic)
-        since = now_ms - KPI_WINDOW_MS
-        store = getattr(self.table, "data", None)
-        if isinstance(store, DiskStore):
-            due, totals = await self._due_from_index(store, assigned, now_ms, since)
-        else:
-            due, totals = self._due_by_scan(assigned, now_ms, since)
+        their flush, marks them sent).
+
+        The agent's lock is held for a chunk of DUE_CHUNK groups at a time, batches come in between (every state
+        of a chunk is confirmed before the lock is given back): the first look after a backlog of days has
+        millions of instances to close, and holding the lock for all of it kept every batch out for minutes (the
+        stall watch killed the process in `make bench-state --answers 3000000`).  A batch in between that revises
+        a group of the list is no harm (the look loads the group's state when it gets to it); the KPI totals are
+        then this look's, made good by the next."""
+        async with self.lock:
+            assigned = self.consumption.assigned(self.topic)
+            since = now_ms - KPI_WINDOW_MS
+            store = getattr(self.table, "data", None)
+            if isinstance(store, DiskStore):
+                due, totals = await self._due_from_index(store, assigned, now_ms, since)
+            else:
+                due, totals = self._due_by_scan(assigned, now_ms, since)
         started = time.monotonic()
         cutoff = now_ms - self.retention_ms
-        for at in range(0, len(due), DUE_CHUNK):  # the event loop runs between chunks (the flushes)
-            updates: dict[str, tuple[GroupState, list[Revision]]] = {}
-            for key in due[at : at + DUE_CHUNK]:
-                partition = int(key.split("|", 1)[0])
-                state, revisions = self._revise(group_of_key(key), self._load(partition, key), now_ms, UNCONFIRMED)
-                forgotten = state.forget_before(cutoff, self.gap_ms)
-                if forgotten:
-                    self.metrics.expired.labels("journey-instances").inc(forgotten)
-                    state = state.without_closed_before(cutoff, self.gap_ms)
-                updates[key] = (state, revisions)
-                for end, counts in state.closed:
-                    if end >= since:
-                        totals[key.split("|", 2)[1]] += counts
-            sending = {key: update for key, update in updates.items() if update[1]}
-            if sending:
-                await self._send(sending)
-            await self._store({key: state.confirmed()._replace(offset=-1) for key, (state, _) in updates.items()})
-            await asyncio.sleep(0)
+        for at in range(0, len(due), DUE_CHUNK):
+            async with self.lock:
+                await self._look_at_chunk(due[at : at + DUE_CHUNK], now_ms, since, cutoff, totals)
         if due:
             LOG.info("looked at %d due journey groups in %.1f s", len(due), time.monotonic() - started)
         self.metrics.set_journey_kpis(totals)
+
+    async def _look_at_chunk(
+        self, due: list[str], now_ms: int, since: int, cutoff: int, totals: dict[str, JourneyCounts]
+    ) -> None:
+        """Look at one chunk of due groups (under the agent's lock); the closed instances' counters go to
+        ``totals``."""
+        updates: dict[str, tuple[GroupState, list[Revision]]] = {}
+        held = self.consumption.assigned(self.topic)
+        for key in due:
+            partition = int(key.split("|", 1)[0])
+            if partition not in held:
+                continue  # revoked since the list was made: the next owner looks at it
+            state, revisions = self._revise(group_of_key(key), self._load(partition, key), now_ms, UNCONFIRMED)
+            forgotten = state.forget_before(cutoff, self.gap_ms)
+            if forgotten:
+                self.metrics.expired.labels("journey-instances").inc(forgotten)
+                state = state.without_closed_before(cutoff, self.gap_ms)
+            updates[key] = (state, revisions)
+            for end, counts in state.closed:
+                if end >= since:
+                    totals[key.split("|", 2)[1]] += counts
+        sending = {key: update for key, update in updates.items() if update[1]}
+        if sending:
+            await self._send(sending)
+        await self._store({key: state.confirmed()._replace(offset=-1) for key, (state, _) in updates.items()})

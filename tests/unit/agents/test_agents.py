@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -58,6 +59,7 @@ class Produced:
 
     async def flush(self) -> None:
         self.flushes += 1
+        await asyncio.sleep(0)  # a real flush waits for the broker: other tasks run meanwhile
 
     def on(self, topic: str) -> list[tuple[str, bytes | None, bytes | None, int]]:
         return [m for m in self.messages if m[0] == topic]
@@ -267,10 +269,10 @@ def _ns(produced: Produced) -> dict[bytes | None, int]:
 JOURNEY_ANSWERS = "cx-journey-answers"
 
 
-def journey_records(partition: int, messages: int) -> list[Record]:
+def journey_records(partition: int, messages: int, at: int = NOW) -> list[Record]:
     """``messages`` journey-answers messages of one partition, an answer of a customer of its own each, a commit
     marker after each (offsets 0, 2, 4, ...)."""
-    rows = [[f"c{partition}-{m}", "billing", NOW - 60_000 + m, f"e{partition}-{m}", None, "chat", None, "CES", 6, 1, 7]
+    rows = [[f"c{partition}-{m}", "billing", at - 60_000 + m, f"e{partition}-{m}", None, "chat", None, "CES", 6, 1, 7]
             for m in range(messages)]  # fmt: skip
     return [Record(partition, 2 * m, encode_answer_rows([row]), NOW) for m, row in enumerate(rows)]
 
@@ -335,6 +337,24 @@ def test_the_journey_tail_check_puts_off_a_quiet_partition_while_others_are_hand
     clock[0] += journey_agent.TAIL_CHECK_SECONDS
     asyncio.run(agent.follow_tails())  # put off long enough: read back, partition 1's tail too (nothing is busy)
     assert sorted(agent.table)[:3] == [f"0|billing|c0-{m}" for m in range(3)] and agent.next[0] == 6
+
+
+def test_a_look_at_due_groups_lets_batches_in_between_its_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first look after a backlog of days closes millions of instances: the agent's lock is held a chunk of
+    groups at a time, so batches keep coming (held for all of it, the stall watch killed the process)."""
+    monkeypatch.setattr(journey_agent, "DUE_CHUNK", 1)
+    now = int(time.time() * 1000)  # the agent's clock: the instances are open after the batch
+    records = journey_records(0, 4, at=now)
+    agent = journeys_of(records, {0: 8})
+    asyncio.run(agent.handle(0, records[:3]))
+
+    async def both() -> None:
+        await asyncio.gather(agent.tick(now + agent.gap_ms + 3_600_000), agent.handle(0, records[3:]))
+
+    asyncio.run(both())
+    customers = [key.split(b"|")[0].decode() for _, _, key, _ in cast(Produced, agent.results).on(agent.out_topic)]
+    # opened by the first batch; then the look closes c0-0, the second batch opens c0-3, the look closes the rest
+    assert customers == ["c0-0", "c0-1", "c0-2", "c0-0", "c0-3", "c0-1", "c0-2"]
 
 
 @pytest.mark.parametrize("consumer_end", [6, 4])
