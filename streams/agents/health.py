@@ -69,6 +69,11 @@ class Progress:
         self.at = self.clock()
         self.busy_since = None
 
+    def advanced(self) -> None:
+        """Part of a batch in flight is done (its input applied, its output flushed): a batch of a backlog can
+        take minutes in a process that runs niced on busy cores, and is progress all the while."""
+        self.at = self.clock()
+
     def failed(self) -> None:
         """A batch failed: nothing is in flight, but the input still waits (no progress)."""
         self.busy_since = None

@@ -228,6 +228,7 @@ class MergeAgent(TableAgent):
                     self.through[source] = max(self.through.get(source, 0), through)
             self.metrics.records.labels(self.topic).inc(len(records))
             self.metrics.batch_seconds.labels("merge").observe(time.perf_counter() - started)
+            self.metrics.health.progress.advanced()  # a run of a batch merged and flushed (a batch may be 400 MB)
 
     async def _apply(self, step: MergeStep, partition: int, records: Sequence[Record]) -> None:
         """Absorb the records in offset order; a record whose ranges do not follow the chain first gets the

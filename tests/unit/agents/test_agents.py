@@ -357,6 +357,23 @@ def test_a_look_at_due_groups_lets_batches_in_between_its_chunks(monkeypatch: py
     assert customers == ["c0-0", "c0-1", "c0-2", "c0-0", "c0-3", "c0-1", "c0-2"]
 
 
+def test_each_run_of_a_batch_is_progress() -> None:
+    """A Faust batch of a backlog takes minutes in a niced process: every run the merge or the journey agent
+    finishes moves the process's progress, not only the batch's end (the stall watch killed it after 300 s)."""
+    records, journeys = partial_records(2), journey_records(0, 2)
+    merge, _ = merge_of(records, {0: 6})
+    follow = journeys_of(journeys, {0: 4})
+    clock = [0.0]
+    for agent, batch in ((merge, records), (follow, journeys)):
+        progress = agent.metrics.health.progress
+        clock[0] = 0.0
+        progress.clock, progress.at = (lambda: clock[0]), 0.0
+        progress.begin()
+        clock[0] = 100.0
+        asyncio.run(agent.handle(0, batch))
+        assert progress.at == 100.0 and progress.busy_since == 0.0  # moved on; the batch still the runner's
+
+
 @pytest.mark.parametrize("consumer_end", [6, 4])
 def test_the_journey_tail_check_waits_while_the_consumer_has_not_handed_the_end_over(
     monkeypatch: pytest.MonkeyPatch, consumer_end: int

@@ -36,6 +36,19 @@ def test_a_batch_in_flight_stalls_until_it_is_done() -> None:
     assert progress.stalled() == 0.0
 
 
+def test_a_long_batch_that_advances_is_not_stalled_one_that_stops_is() -> None:
+    """A batch of a backlog can take minutes: each part of it done is progress; the stall counts from the last."""
+    clock = Clock()
+    progress = Progress(clock)
+    progress.begin()
+    for _ in range(10):
+        clock.now += 50
+        progress.advanced()
+    assert progress.stalled() == 0.0 and progress.busy_since == 0.0  # still in flight
+    clock.now += 301
+    assert progress.stalled() == 301
+
+
 def test_lag_without_movement_stalls_and_movement_is_progress() -> None:
     clock = Clock()
     progress = Progress(clock)
