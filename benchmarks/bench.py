@@ -393,26 +393,37 @@ def run_cxpulse(
     return Run(launched, first, done, events, peak, counts, stored, journeys_done, cpu)
 
 
-def wait_journeys(settings: Settings, proc: subprocess.Popen[bytes]) -> float:
+def wait_journeys(settings: Settings, proc: subprocess.Popen[bytes], timeout: float = RUN_TIMEOUT_SECONDS) -> float:
     """When the journeys group's committed offsets reach the end of the journey-answers topic (polled; called
     after the last pane result, when the hot path has forwarded everything).  The end holds one commit marker
-    after the last message, so a partition is done at end - 1."""
+    after the last message, so a partition is done at end - 1.  Says how far it is every minute."""
     topic = internal_topics(settings).journey_answers
     probe = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"{settings.app_id}-journeys"})
     try:
         partitions = [TopicPartition(topic, p) for p in probe.list_topics(topic, timeout=10).topics[topic].partitions]
         ends = {tp.partition: probe.get_watermark_offsets(tp, 10, False)[1] for tp in partitions}
-        deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
-        while time.monotonic() < deadline:
+        started = time.monotonic()
+        told = started
+        done: dict[int, int] = {}
+        while time.monotonic() < started + timeout:
             if proc.poll() is not None:
                 raise SystemExit(f"{proc.args} exited with {proc.returncode}")
             done = {tp.partition: tp.offset for tp in probe.committed(partitions, timeout=10)}
             if all(ends[p] == 0 or done.get(p, -1) >= ends[p] - 1 for p in ends):
                 return time.time()
+            if time.monotonic() - told >= 60:
+                told = time.monotonic()
+                print(f"  journeys: {_share(done, ends)} after {told - started:.0f} s", flush=True)
             time.sleep(0.2)  # committed offsets have no push
     finally:
         probe.close()
-    raise SystemExit(f"the journey agent did not catch up within {RUN_TIMEOUT_SECONDS} s")
+    raise SystemExit(f"the journey agent did not catch up within {timeout:.0f} s ({_share(done, ends)})")
+
+
+def _share(done: dict[int, int], ends: dict[int, int]) -> str:
+    """How much of the journey-answers topic the journeys group has committed."""
+    committed = sum(min(max(done.get(p, 0), 0), end) for p, end in ends.items())
+    return f"{committed:,} of {sum(ends.values()):,} journey-answers offsets committed"
 
 
 def wait_stored(port: int, events: int, proc: subprocess.Popen[bytes]) -> float:

@@ -47,6 +47,7 @@ from benchmarks import profile as profiling
 from benchmarks.bench import (
     FIELDS,
     PARTITIONS,
+    RUN_TIMEOUT_SECONDS,
     cxpulse_settings,
     load,
     process_names,
@@ -172,7 +173,10 @@ def run_phase(
         seconds = wait_complete(port, answers, proc)
         if sampler is not None:
             profiling.stop(sampler)
-        journeys = wait_journeys(settings, proc) - launched if settings.journeys else None
+        # the journeys process (niced) follows ~2,000-4,000 answers/s while merge runs here: 3,000,000 took longer
+        # than the 900 s other waits get (2026-12-03)
+        timeout = max(RUN_TIMEOUT_SECONDS, answers / 1000)
+        journeys = wait_journeys(settings, proc, timeout) - launched if settings.journeys else None
         rss = rss_by_process(proc.pid)
     finally:
         if sampler is not None:
