@@ -106,15 +106,22 @@ class FaustConsumption:
     def assigned(self, topic: str) -> set[int]:
         return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic}
 
-    def end(self, topic: str, partition: int) -> int | None:
+    def _held(self, topic: str, partition: int) -> Any:
+        """The consumer's TP of a partition it holds (None: not held)."""
         for tp in self.app.consumer.assignment():
             if tp.topic == topic and tp.partition == partition:
-                try:
-                    end = self.app.consumer.highwater(tp)
-                except Exception:  # noqa: BLE001 - not fetched yet
-                    return None
-                return int(end) if end is not None and end >= 0 else None
+                return tp
         return None
+
+    def end(self, topic: str, partition: int) -> int | None:
+        tp = self._held(topic, partition)
+        if tp is None:
+            return None
+        try:
+            end = self.app.consumer.highwater(tp)
+        except Exception:  # noqa: BLE001 - not fetched yet
+            return None
+        return int(end) if end is not None and end >= 0 else None
 
     def settled(self) -> bool:
         return faust_compat.recovered(self.app) and not faust_compat.rebalancing(self.app)
@@ -123,10 +130,8 @@ class FaustConsumption:
         return int(self.app.rebalancing_count)
 
     def delivered(self, topic: str, partition: int) -> int | None:
-        for tp in self.app.consumer.assignment():
-            if tp.topic == topic and tp.partition == partition:
-                return faust_compat.delivered(self.app, tp)
-        return None
+        tp = self._held(topic, partition)
+        return None if tp is None else faust_compat.delivered(self.app, tp)
 
 
 @dataclass(frozen=True)

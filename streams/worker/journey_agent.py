@@ -66,7 +66,7 @@ from streams.journeys import (
     revise,
 )
 from streams.worker.merge_agent import GroupOffsets
-from streams.worker.repair import PartitionReader, read_chunks
+from streams.worker.repair import PartitionReader, filled, read_chunks
 
 LOG = logging.getLogger("cxpulse.journeys")
 TAIL_CHECK_SECONDS = 5.0  # a partition that got no batch this long is compared with its end
@@ -323,7 +323,7 @@ class JourneyAgent(TableAgent):
                 missing = await self.reader.read(partition, start, stable, TAIL_READ_BYTES)
                 if missing:
                     await self._follow_read_back(partition, missing)
-                if sum(len(record.value) for record in missing) >= TAIL_READ_BYTES:
+                if filled(missing, TAIL_READ_BYTES):
                     return  # the rest at the next check
             self.next[partition] = max(self.next.get(partition, 0), stable)  # nothing committed is left below it
 

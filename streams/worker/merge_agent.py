@@ -42,7 +42,7 @@ from streams.kafka import consumer
 from streams.windows import WindowResult, result_record
 from streams.worker.merge import MergeStep
 from streams.worker.records import decode_partials, decode_through, position_from_table
-from streams.worker.repair import READ_BACK_BYTES, PartitionReader, read_chunks
+from streams.worker.repair import READ_BACK_BYTES, PartitionReader, filled, read_chunks
 
 LOG = logging.getLogger("cxpulse.merge")
 BATCH_MESSAGES = 50  # partial messages per merge batch (each is a whole hot-path batch for this partition)
@@ -259,7 +259,7 @@ class MergeAgent(TableAgent):
                 continue
             missing = await self.reader.read(partition, start, record.offset, READ_BACK_BYTES)
             read_back_before = record.offset
-            if sum(len(m.value) for m in missing) >= READ_BACK_BYTES:
+            if filled(missing, READ_BACK_BYTES):
                 resume[record.offset] = missing[-1].offset + 1  # more to read once this chunk is absorbed
             waiting = {r.offset for r in pending}
             missing = [m for m in missing if m.offset not in waiting]

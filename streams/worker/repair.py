@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, TopicPartition
@@ -35,6 +35,11 @@ class RangeReader(Protocol):
     ) -> list[Record]: ...
 
 
+def filled(records: Sequence[Record], max_bytes: int) -> bool:
+    """True when a read with ``max_bytes`` stopped at its budget (more of the range may follow)."""
+    return sum(len(record.value) for record in records) >= max_bytes
+
+
 async def read_chunks(
     reader: RangeReader, partition: int, start: int, end: int, max_bytes: int | None = None
 ) -> AsyncIterator[list[Record]]:
@@ -47,7 +52,7 @@ async def read_chunks(
         if not chunk:
             return
         yield chunk
-        if sum(len(record.value) for record in chunk) < max_bytes:
+        if not filled(chunk, max_bytes):
             return  # the range ended before the budget did
         start = chunk[-1].offset + 1
 
