@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
+import socket
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +35,7 @@ from streams.validate import validate_batch
 from streams.windows import state_of
 
 DATABASE = "cxpulse"
+CONNECT_TIMEOUT_SECONDS = 10.0  # a server that does not accept the connection within this long is reported
 ENDPOINT_FILE = "clickhouse-endpoint.json"  # written by the sink process that holds the embedded store
 MIGRATIONS = REPO_ROOT / "deploy" / "clickhouse"
 PANE_COLUMNS = (
@@ -121,18 +125,26 @@ def chdb_path(url: str) -> Path | None:
     return Path(url.removeprefix("chdb://")).expanduser().resolve()
 
 
-def connect(settings: Settings) -> Client:
-    """A client of the configured store (the embedded one is created on first use)."""
+def connect(settings: Settings, timeout: float | None = None) -> Client:
+    """A client of the configured store (the embedded one is created on first use).  ``timeout``: a server that
+    does not answer a statement within this many seconds is an error (connecting: at most 10 s); default
+    clickhouse-connect's (5 minutes, for the sink's large inserts)."""
     url = settings.clickhouse_url
     path = chdb_path(url)
+    # clickhouse-connect logs "Unexpected Http Driver Exception" (with urllib3's traceback) before it raises; the
+    # error raised says it, once, as StoreError below
+    logging.getLogger("clickhouse_connect").setLevel(logging.ERROR)
     try:
         if path is not None:
             path.mkdir(parents=True, exist_ok=True)
             return clickhouse_connect.get_client(dsn=f"chdb://{path}")
+        options: dict[str, Any] = {}
+        if timeout is not None:
+            options = {"connect_timeout": min(CONNECT_TIMEOUT_SECONDS, timeout), "send_receive_timeout": timeout}
         password = settings.clickhouse_password.get_secret_value()
         if password:
-            return clickhouse_connect.get_client(dsn=url, password=password)
-        return clickhouse_connect.get_client(dsn=url)
+            options["password"] = password
+        return clickhouse_connect.get_client(dsn=url, **options)
     except ImportError as exc:
         raise StoreError(
             f"the embedded ClickHouse ({url}) needs chdb: pip install 'cxpulse[embedded]', or set "
@@ -144,7 +156,31 @@ def connect(settings: Settings) -> Client:
                 f"the embedded ClickHouse at {path} is open in another process (a running `cxpulse worker` or "
                 "`cxpulse sink`)"
             ) from exc
-        raise StoreError(f"cannot open ClickHouse at {redact(url)}: {exc}") from exc
+        raise StoreError(f"cannot open ClickHouse at {redact(url)}: {why(exc)}") from exc
+
+
+def why(exc: BaseException) -> str:
+    """The cause of a failed ClickHouse call in a few words: refused, timed out, unknown host, authentication, an
+    HTTP status, or ClickHouse's own message (its first line), never a driver's traceback text."""
+    chain: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(chain) < 10:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    text = " ".join(str(c) for c in chain)
+    if any(isinstance(c, ConnectionRefusedError) for c in chain) or "Connection refused" in text:
+        return "connection refused (nothing listens there)"
+    if any(isinstance(c, socket.gaierror) for c in chain) or "Name or service not known" in text:
+        return "unknown host name"
+    if any(isinstance(c, TimeoutError) for c in chain) or "timed out" in text.lower():
+        return "no answer in time (CXPULSE_CLICKHOUSE_TIMEOUT_SECONDS)"
+    status = re.search(r"HTTP status (\d{3})", text)
+    if status is not None and status.group(1) in ("401", "403", "516") or "Authentication failed" in text:
+        return "authentication failed (the user in CXPULSE_CLICKHOUSE_URL, CXPULSE_CLICKHOUSE_PASSWORD)"
+    if status is not None:
+        return f"HTTP status {status.group(1)} (is a ClickHouse server listening there?)"
+    first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    return first[:300]
 
 
 def redact(url: str) -> str:

@@ -49,13 +49,17 @@ class Reader(Protocol):
 
 
 class ClientReader:
-    """Queries through a clickhouse-connect client."""
+    """Queries through a clickhouse-connect client; a failure is a StoreError naming the store and the cause."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, url: str = "") -> None:
         self.client = client
+        self.url = url
 
     def rows(self, sql: str, parameters: Mapping[str, Any]) -> list[Sequence[Any]]:
-        return list(self.client.query(sql, parameters=dict(parameters)).result_rows)
+        try:
+            return list(self.client.query(sql, parameters=dict(parameters)).result_rows)
+        except Exception as exc:  # clickhouse-connect's errors, and urllib3's beneath them
+            raise store.StoreError(f"reading ClickHouse at {store.redact(self.url)}: {store.why(exc)}") from exc
 
 
 class EndpointReader:
@@ -104,7 +108,7 @@ def open_reader(settings: Settings) -> Reader:
                 "CXPULSE_DATA_DIR (or CXPULSE_CLICKHOUSE_URL) to it"
             )
     try:
-        client = store.connect(settings)
+        client = store.connect(settings, settings.clickhouse_timeout_seconds)
     except store.StoreBusyError as exc:
         url = store.endpoint_of(settings.data_dir)
         if url is None:
@@ -113,8 +117,13 @@ def open_reader(settings: Settings) -> Reader:
                 f"{settings.data_dir}/clickhouse-endpoint.json is"
             ) from exc
         return EndpointReader(url)
-    store.migrate(client)  # a fresh store has the tables (empty) rather than "unknown table"
-    return ClientReader(client)
+    try:
+        store.migrate(client)  # a fresh store has the tables (empty) rather than "unknown table"
+    except Exception as exc:  # as in ClientReader.rows
+        raise store.StoreError(
+            f"cannot open ClickHouse at {store.redact(settings.clickhouse_url)}: {store.why(exc)}"
+        ) from exc
+    return ClientReader(client, settings.clickhouse_url)
 
 
 class Row(NamedTuple):

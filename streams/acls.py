@@ -6,7 +6,9 @@ StandardAuthorizer and run the pipeline under them.
 
 Roles:
 
-- ``worker``: ``cxpulse worker`` (hot path, Faust process; with CXPULSE_HTTP_PORT its HTTP ingest too);
+- ``worker``: ``cxpulse worker`` as it runs by default: the hot path, the merge and journeys processes, and with a
+  store (CXPULSE_CLICKHOUSE_URL, the embedded one by default) the ClickHouse sink, which reads the journey
+  instances back; with CXPULSE_HTTP_PORT its HTTP ingest too;
 - ``sink``: ``cxpulse sink`` on its own host (the ClickHouse sink, group ``<app>-sink``);
 - ``http``: a process that only produces to the feedback topic (HTTP ingest, ``cxpulse produce``,
   ``cxpulse simulate``).
@@ -64,6 +66,7 @@ def acls_for(settings: Settings, role: str, *, precreated: bool = False) -> list
         ]
     if role != "worker":
         raise ValueError(f"unknown role {role!r} (one of {', '.join(ROLES)})")
+    sink_reads = ("Read",) if settings.clickhouse_url else ()  # the worker's own sink reads the instances back
     return [
         _topic(settings.feedback_topic, ("Read", "Describe", *create), "events in (hot path)"),
         _topic(settings.dlq_topic, ("Write", "Describe", *create), "dead letters"),
@@ -71,7 +74,13 @@ def acls_for(settings: Settings, role: str, *, precreated: bool = False) -> list
         _topic(settings.alerts_topic, ("Write", "Describe", *create), "effort alerts"),
         _topic(settings.followups_topic, ("Read", "Write", "Describe", *create), "detractor follow-ups"),
         *(
-            [_topic(settings.journeys_topic, ("Write", "Describe", *create), "journey instances")]
+            [
+                _topic(
+                    settings.journeys_topic,
+                    (*sink_reads, "Write", "Describe", *create),
+                    "journey instances" + (" (out, and into ClickHouse)" if sink_reads else ""),
+                )
+            ]
             if settings.journeys
             else []
         ),

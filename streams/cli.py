@@ -586,12 +586,14 @@ def _no_such_segment(rp: Any, reader: Any, channel: str, journey: str, metric: s
 
 
 def _reader(rp: Any, settings: Settings) -> Any:
-    """The store's reader, after one line on stderr naming the store read."""
-    err.print(rp.describe_store(settings), highlight=False, markup=False, soft_wrap=True)
+    """The store's reader, then one line on stderr naming the store read (a store that cannot be opened: one line
+    naming it and the cause, exit 1)."""
     try:
-        return rp.open_reader(settings)
+        reader = rp.open_reader(settings)
     except CxPulseError as exc:
         _fail(str(exc))
+    err.print(rp.describe_store(settings), highlight=False, markup=False, soft_wrap=True)
+    return reader
 
 
 def _since_ms(text: str, now_ms: int) -> int:

@@ -77,6 +77,12 @@ class Settings(BaseSettings):
         " empty = no ClickHouse sink",
     )
     clickhouse_password: SecretStr = Field(SecretStr(""), description="ClickHouse password (http DSNs)")
+    clickhouse_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="a ClickHouse server that does not answer a read (report, drivers, journey) within this long is "
+        "reported (connecting: at most 10 s)",
+    )
     metrics_port: int = Field(
         DEFAULT_METRICS_PORT, ge=0, le=65535, description="Prometheus /metrics port of a worker (0 = off)"
     )

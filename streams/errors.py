@@ -10,7 +10,24 @@ class CxPulseError(Exception):
 
 
 class BrokerError(CxPulseError):
-    """The local Kafka broker could not be resolved, formatted, started or reached."""
+    """Kafka could not be used: the local broker could not be resolved, formatted or started, a cluster could not
+    be reached, or it refused what was asked (the subclasses say which)."""
+
+
+class KafkaUnreachableError(BrokerError):
+    """No broker answered (nothing listens there, or it is restarting): waiting may fix it."""
+
+
+class KafkaRefusedError(BrokerError):
+    """The brokers refused the credentials, the certificates or the host name: waiting will not fix it."""
+
+
+class NotAuthorizedError(BrokerError):
+    """The principal lacks an ACL for what it asked (``cxpulse acls`` prints what each role needs)."""
+
+
+class TopicMissingError(BrokerError):
+    """A topic does not exist (and was not created)."""
 
 
 class ConfigurationError(CxPulseError):
@@ -27,3 +44,7 @@ class InputFileError(CxPulseError):
 
 class SchemaError(CxPulseError):
     """A schema id or schema could not be found in the registry or local catalog."""
+
+
+# Kafka errors that waiting or a restart will not fix: a worker process that meets one exits with EXIT_PERMANENT
+PERMANENT_KAFKA_ERRORS = (KafkaRefusedError, NotAuthorizedError, TopicMissingError)

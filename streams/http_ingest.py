@@ -33,7 +33,14 @@ from prometheus_client import CollectorRegistry, Counter, start_http_server
 from schemas.codec import SchemaCatalog, catalog_for, feedback_from_json
 from streams.agents.metrics import WorkerMetrics
 from streams.config import DEFAULT_FUTURE_TOLERANCE_SECONDS, Settings, load_settings
-from streams.errors import EXIT_PERMANENT, BrokerError, ConfigurationError, CxPulseError, DecodeError
+from streams.errors import (
+    EXIT_PERMANENT,
+    PERMANENT_KAFKA_ERRORS,
+    BrokerError,
+    ConfigurationError,
+    CxPulseError,
+    DecodeError,
+)
 from streams.kafka import producer
 from streams.outage import OutageLog
 from streams.produce import check_topic, encode_record
@@ -273,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         app = create_app(settings, metrics)
     except BrokerError as exc:
         print(f"cxpulse http: {exc}", file=sys.stderr)
-        return 1 if "cannot reach" in str(exc) else EXIT_PERMANENT  # Kafka away: restarted; else: fix the setting
+        return EXIT_PERMANENT if isinstance(exc, PERMANENT_KAFKA_ERRORS) else 1  # Kafka away: restarted
     except (ConfigurationError, CxPulseError) as exc:
         print(f"cxpulse http: {exc}", file=sys.stderr)
         return EXIT_PERMANENT

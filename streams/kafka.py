@@ -27,7 +27,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, ClusterMetadata  # type: ignore[attr-defined]  # no __all__
 
-from streams.errors import BrokerError
+from streams.errors import KafkaRefusedError, KafkaUnreachableError
 
 LOG = logging.getLogger("cxpulse.kafka")
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -174,15 +174,15 @@ def reach(kafka: Kafka, topic: str | None = None, timeout: float = REACH_TIMEOUT
         elapsed = time.monotonic() - started
         permanent = [e for e in errors if e.code() in _PERMANENT]
         if permanent:
-            raise BrokerError(f"cannot use Kafka at {kafka}: {explain(as_cluster(kafka), permanent[-1])}")
+            raise KafkaRefusedError(f"cannot use Kafka at {kafka}: {explain(as_cluster(kafka), permanent[-1])}")
         refused = [e for e in errors if e.code() == KafkaError._ALL_BROKERS_DOWN]
         if refused and elapsed >= REFUSED_AFTER_SECONDS:
             transport = [e for e in errors if e.code() == KafkaError._TRANSPORT]
             cause = describe(transport[-1]) if transport else "every broker refused the connection"
-            raise BrokerError(f"cannot reach Kafka at {kafka}: {cause}")
+            raise KafkaUnreachableError(f"cannot reach Kafka at {kafka}: {cause}")
         if elapsed >= timeout:
             cause = describe(errors[-1]) if errors else (last or "no answer")
-            raise BrokerError(f"cannot reach Kafka at {kafka} within {timeout:.0f} s: {cause}")
+            raise KafkaUnreachableError(f"cannot reach Kafka at {kafka} within {timeout:.0f} s: {cause}")
 
 
 def explain(cluster: KafkaCluster, error: KafkaError) -> str:

@@ -18,13 +18,15 @@ from typing import Any
 from confluent_kafka import KafkaError, Message
 
 from schemas.codec import FEEDBACK_RAW, SchemaCatalog, encode_feedback
-from streams.errors import BrokerError, SchemaError
-from streams.kafka import Kafka, producer, reach
+from streams.errors import BrokerError, SchemaError, TopicMissingError
+from streams.kafka import Kafka, producer
 from streams.replay import Batch, read_batches
+from streams.topics import ACLS_HINT, KafkaWait, describe_topics
 from streams.validate import Clock, DeadLetter, outside_the_clock, validate_batch
 
 FLUSH_TIMEOUT_SECONDS = 60.0
 METADATA_TIMEOUT_SECONDS = 10.0  # how long produce waits for Kafka to answer before it gives up
+TOPIC_READY_SECONDS = 15.0  # a topic just created, without a leader yet, is waited for this long
 _DEFAULTS: dict[str, Any] = {f["name"]: f.get("default") for f in FEEDBACK_RAW["fields"]}
 
 
@@ -83,10 +85,19 @@ def messages_of(path: Path, catalog: SchemaCatalog) -> Iterator[tuple[bytes | No
 
 
 def check_topic(kafka: Kafka, topic: str) -> None:
-    """Fail fast, naming the problem, when Kafka cannot be used or the topic does not exist."""
-    found = reach(kafka, topic).topics.get(topic)
-    if found is None or found.error is not None:
-        raise BrokerError(f"topic {topic} does not exist on Kafka at {kafka} (create it with `cxpulse topics`)")
+    """Fail fast, naming the problem, when Kafka cannot be used, the topic does not exist or the principal may not
+    use it; a topic created a moment ago (no leader yet) is waited for up to TOPIC_READY_SECONDS."""
+    try:
+        describe_topics(kafka, [topic], KafkaWait(TOPIC_READY_SECONDS))
+    except TopicMissingError as exc:
+        raise TopicMissingError(f"{exc} (create it with `cxpulse topics`)") from None
+
+
+def delivery_failure(error: KafkaError, topic: str) -> str:
+    """One line for a message Kafka did not take; an authorization failure says which grant is missing."""
+    if error.code() in (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED):
+        return f"{topic}: not authorized to write to it (the principal needs Write on it; {ACLS_HINT})"
+    return f"{topic}: {error.str()}"
 
 
 def produce_file(
@@ -110,7 +121,7 @@ def produce_file(
 
     def delivered(error: KafkaError | None, message: Message) -> None:
         if error is not None:
-            stats.failed.append(f"{message.topic()}: {error.str()}")
+            stats.failed.append(delivery_failure(error, message.topic() or topic))
 
     for batch, done in itertools.chain([first], batches):
         if clock is not None:

@@ -1,17 +1,41 @@
-"""The Kafka topics cxpulse uses, created with explicit partitions and configs."""
+"""The Kafka topics cxpulse uses, created with explicit partitions and configs, and looked up with the
+difference between "does not exist", "not authorized" and "not ready yet" kept.
+
+A topic created a moment ago (by this process or by ``cxpulse topics`` run beside it) has no leader for a
+moment, and a broker that restarts answers without leaders for a while: a worker starting then waits for them
+(:data:`TOPIC_WAIT_SECONDS`, logged once when the wait begins and once when it ends) instead of reading them as
+missing.  What waiting cannot fix fails at once, in one line: no such topic, no right to it, refused credentials.
+"""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]  # re-exported without __all__
 
 from streams.config import DEFAULT_FUTURE_TOLERANCE_SECONDS, Settings
-from streams.errors import BrokerError
+from streams.errors import BrokerError, KafkaUnreachableError, NotAuthorizedError, TopicMissingError
 from streams.kafka import Kafka, admin_client, reach
 
+LOG = logging.getLogger("cxpulse.topics")
 CREATE_TIMEOUT_SECONDS = 30.0
 REACH_TIMEOUT_SECONDS = 10.0  # an unreachable bootstrap is reported after this long
+TOPIC_WAIT_SECONDS = 120.0  # a worker starting waits this long for leaders, or for a broker that went away
+WAIT_POLL_SECONDS = 0.5  # how often it looks again meanwhile
+ACLS_HINT = "`cxpulse acls` prints the grants each role needs"
+# create_topics errors that a moment may fix (a broker restarting, a controller moving)
+_TRANSIENT_CREATE = {
+    KafkaError._TRANSPORT,
+    KafkaError._TIMED_OUT,
+    KafkaError.REQUEST_TIMED_OUT,
+    KafkaError.NOT_CONTROLLER,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.BROKER_NOT_AVAILABLE,
+}
 PARTIALS_MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # one hot-path batch's partials for one partition, with room
 
 
@@ -119,39 +143,154 @@ def changelog_specs(
     ]
 
 
-def partition_count(kafka: Kafka, topic: str) -> int:
-    """How many partitions ``topic`` has (BrokerError when it does not exist or Kafka cannot be used)."""
-    metadata = reach(kafka, topic, timeout=REACH_TIMEOUT_SECONDS)
+class TopicsFound(NamedTuple):
+    """What :func:`describe_topics` found: the cluster's id and each topic's partition count."""
+
+    cluster_id: str
+    partitions: dict[str, int]
+
+
+class KafkaWait:
+    """How a caller waits for Kafka: for up to ``seconds`` per episode, logged once when an episode begins and once
+    when it ends (never once per look).  Kafka unreachable is waited for only once it has answered through this
+    object (``reached``): a wrong address still fails at once, a broker restarting after the first answer is
+    waited for.  One object serves a whole start-up (several calls); ``KafkaWait(0)`` never waits."""
+
+    def __init__(self, seconds: float = TOPIC_WAIT_SECONDS, log: logging.Logger = LOG, reached: bool = False) -> None:
+        self.seconds = seconds
+        self.log = log
+        self.reached = reached  # True in a worker's processes: the supervisor reached Kafka before it started them
+        self.since: float | None = None
+        self.why = ""
+
+    def answered(self) -> None:
+        self.reached = True
+
+    def again(self, why: str, unreachable: KafkaUnreachableError | None = None) -> None:
+        """Not there yet because of ``why``: wait a little, or raise once the bound has passed (``unreachable``
+        itself when Kafka never answered)."""
+        if unreachable is not None and not self.reached:
+            raise unreachable
+        self.why = why
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+            if self.seconds > 0:
+                self.log.warning("waiting for Kafka: %s (for up to %.0f s)", why, self.seconds)
+        if now - self.since >= self.seconds:
+            self.since = None  # a caller that goes on waiting begins a new episode (and logs it)
+            waited = f" (waited {self.seconds:.0f} s)" if self.seconds > 0 else ""
+            raise unreachable or BrokerError(f"{why}{waited}")
+        time.sleep(WAIT_POLL_SECONDS)
+
+    def over(self) -> None:
+        if self.since is not None and self.seconds > 0:
+            self.log.warning("Kafka ready after %.1f s of waiting (%s)", time.monotonic() - self.since, self.why)
+        self.since = None
+
+
+def _topic_state(kafka: Kafka, topic: str, metadata: Any) -> int | str:
+    """The partition count of a usable topic (every partition led), or why it is not usable yet; raises what
+    waiting cannot fix."""
     found = metadata.topics.get(topic)
-    if found is None or found.error is not None:
-        raise BrokerError(f"topic {topic} does not exist on Kafka at {kafka}")
+    code = found.error.code() if found is not None and found.error is not None else None
+    if code == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+        raise NotAuthorizedError(
+            f"not authorized to use topic {topic} on Kafka at {kafka} (the principal needs Describe on it; {ACLS_HINT})"
+        )
+    if found is None or code == KafkaError.UNKNOWN_TOPIC_OR_PART:
+        raise TopicMissingError(f"topic {topic} does not exist on Kafka at {kafka}")
+    if code is not None:
+        return f"topic {topic}: {found.error.str()}"
+    leaderless = sorted(p for p, meta in found.partitions.items() if meta.leader < 0)
+    if not found.partitions or leaderless:
+        return f"topic {topic} has no leader yet for partitions {leaderless}"
     return len(found.partitions)
 
 
-def ensure_topics(kafka: Kafka, specs: list[TopicSpec], replicas: int = 1) -> list[str]:
-    """Create the topics that do not exist yet, each with ``replicas`` replicas; return the names created."""
-    existing = set(reach(kafka, timeout=REACH_TIMEOUT_SECONDS).topics)
+def describe_topics(kafka: Kafka, topics: Sequence[str], wait: KafkaWait | None = None) -> TopicsFound:
+    """Each topic's partition count, once every partition of every topic has a leader.
+
+    A topic that does not exist (TopicMissingError) or may not be described (NotAuthorizedError) fails at once, as
+    do refused credentials (KafkaRefusedError).  A topic without leaders yet, or Kafka gone after it answered, is
+    waited for as ``wait`` says (:class:`KafkaWait`), then BrokerError."""
+    wait = wait or KafkaWait(0)
+    counts: dict[str, int] = {}
+    cluster_id = ""
+    while True:
+        try:
+            for topic in topics:
+                if topic in counts:
+                    continue
+                metadata = reach(kafka, topic, timeout=REACH_TIMEOUT_SECONDS)
+                wait.answered()
+                cluster_id = metadata.cluster_id or cluster_id
+                state = _topic_state(kafka, topic, metadata)
+                if isinstance(state, str):
+                    wait.again(state)
+                    break
+                counts[topic] = state
+        except KafkaUnreachableError as exc:
+            wait.again(str(exc), exc)
+        if len(counts) == len(set(topics)):
+            wait.over()
+            return TopicsFound(cluster_id, counts)
+
+
+def partition_count(kafka: Kafka, topic: str, wait: KafkaWait | None = None) -> int:
+    """How many partitions ``topic`` has (:func:`describe_topics` for one topic)."""
+    return describe_topics(kafka, [topic], wait).partitions[topic]
+
+
+def ensure_topics(kafka: Kafka, specs: list[TopicSpec], replicas: int = 1, wait: KafkaWait | None = None) -> list[str]:
+    """Create the topics that do not exist yet, each with ``replicas`` replicas; return the names created.
+
+    Without a wait this is ``cxpulse topics``: Kafka unreachable or a failed create ends it.  With one (a worker
+    starting), a broker gone after it answered or a create that a moment may fix is tried again as ``wait`` says,
+    and the topics are returned only once every partition has a leader.  A topic that another process created
+    meanwhile (``cxpulse topics`` beside a starting worker) is no error."""
+    wait = wait or KafkaWait(0)
+    created: list[str] = []
+    while True:
+        try:
+            existing = set(reach(kafka, timeout=REACH_TIMEOUT_SECONDS).topics)
+            wait.answered()
+            problem = _create(kafka, [s for s in specs if s.name not in existing], replicas, created)
+        except KafkaUnreachableError as exc:
+            wait.again(str(exc), exc)
+            continue
+        if problem is None:
+            break
+        wait.again(problem)
+    wait.over()
+    if wait.seconds > 0:
+        describe_topics(kafka, [s.name for s in specs], wait)
+    return created
+
+
+def _create(kafka: Kafka, missing: list[TopicSpec], replicas: int, created: list[str]) -> str | None:
+    """Create ``missing`` (appending what was created to ``created``); return what a moment may fix, if anything
+    failed so, and raise what it will not fix."""
+    if not missing:
+        return None
     admin = admin_client(kafka)
-    new = [
-        NewTopic(s.name, num_partitions=s.partitions, replication_factor=replicas, config=s.config)
-        for s in specs
-        if s.name not in existing
-    ]
-    if not new:
-        return []
-    futures = admin.create_topics(new, operation_timeout=CREATE_TIMEOUT_SECONDS)
-    created = []
-    for name, future in futures.items():
+    new = [NewTopic(s.name, num_partitions=s.partitions, replication_factor=replicas, config=s.config) for s in missing]
+    transient = None
+    for name, future in admin.create_topics(new, operation_timeout=CREATE_TIMEOUT_SECONDS).items():
         try:
             future.result()
             created.append(name)
-        except Exception as exc:
-            if "TOPIC_ALREADY_EXISTS" in str(exc):
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            if error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
                 continue
-            if "AUTHORIZATION_FAILED" in str(exc):
-                raise BrokerError(
+            if error.code() in (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED):
+                raise NotAuthorizedError(
                     f"could not create topic {name}: not authorized (the principal needs Create on it, or the topic "
-                    "made by an administrator; `cxpulse acls` prints what each role needs)"
+                    f"made by an administrator; {ACLS_HINT})"
                 ) from exc
-            raise BrokerError(f"could not create topic {name}: {exc}") from exc
-    return created
+            if error.code() in _TRANSIENT_CREATE or error.retriable():
+                transient = f"could not create topic {name}: {error.str()}"
+                continue
+            raise BrokerError(f"could not create topic {name}: {error.str()}") from exc
+    return transient

@@ -14,9 +14,9 @@ from streams.agents import faust_compat
 from streams.agents.health import ProcessHealth, serve
 from streams.agents.metrics import WorkerMetrics
 from streams.config import Settings, load_settings
-from streams.errors import EXIT_PERMANENT, CxPulseError
+from streams.errors import EXIT_PERMANENT, PERMANENT_KAFKA_ERRORS, BrokerError, CxPulseError
 from streams.outage import OutageLog
-from streams.topics import partition_count
+from streams.topics import KafkaWait, partition_count
 
 SESSION_TIMEOUT_SECONDS = 10.0  # a process killed with -9 keeps its partitions this long
 READY_CHECK_SECONDS = 0.5
@@ -54,10 +54,10 @@ def faust_app(settings: Settings, app_id: str, folder: str, **extra: Any) -> fau
 
 
 def raw_topic(app: faust.App, settings: Settings, name: str) -> faust.TopicT:
-    """A topic of raw bytes, with the partition count it has on the broker."""
-    return app.topic(
-        name, key_serializer="raw", value_serializer="raw", partitions=partition_count(settings.kafka, name)
-    )
+    """A topic of raw bytes, with the partition count it has on the broker (waited for while it has no leader or
+    Kafka is away: streams.topics.KafkaWait)."""
+    partitions = partition_count(settings.kafka, name, KafkaWait(reached=True))
+    return app.topic(name, key_serializer="raw", value_serializer="raw", partitions=partitions)
 
 
 def report_ready(app: faust.App, metrics: WorkerMetrics, process: str) -> None:
@@ -94,7 +94,11 @@ def run_process(
     metrics.process_stalled.labels(process).set_function(metrics.health.progress.stalled)
     if port:
         serve(port, "127.0.0.1", metrics.page, lambda: (metrics.health.ready(True), {}))
-    app = build(settings, metrics)
+    try:
+        app = build(settings, metrics)
+    except BrokerError as exc:  # at start: a topic's metadata (streams.topics)
+        print(f"cxpulse {process}: {exc}", file=sys.stderr)
+        return EXIT_PERMANENT if isinstance(exc, PERMANENT_KAFKA_ERRORS) else 1
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     # no spinner: at the default level Faust's spinner turns the root logger to DEBUG (~8% CPU), and it writes
     # cursor hide/show codes even into a log file (faust/utils/terminal/spinners.py)

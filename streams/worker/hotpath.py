@@ -51,14 +51,22 @@ from streams.agents.health import CallGuard, Progress, serve
 from streams.agents.metrics import WorkerMetrics
 from streams.config import DEFAULT_FUTURE_TOLERANCE_SECONDS, Settings, load_settings
 from streams.dedup import bucket_for_retention
-from streams.errors import EXIT_PERMANENT, BrokerError, ConfigurationError, CxPulseError
+from streams.errors import (
+    EXIT_PERMANENT,
+    BrokerError,
+    ConfigurationError,
+    CxPulseError,
+    KafkaRefusedError,
+    NotAuthorizedError,
+    TopicMissingError,
+)
 from streams.followups import TokenBucket
 from streams.followups import encode as encode_followup
-from streams.kafka import DRAIN_POLL_SECONDS, Kafka, reach
+from streams.kafka import DRAIN_POLL_SECONDS, Kafka
 from streams.kafka import consumer as new_consumer
 from streams.kafka import producer as new_producer
 from streams.outage import OutageLog
-from streams.topics import PARTIALS_MAX_MESSAGE_BYTES, internal_topics
+from streams.topics import PARTIALS_MAX_MESSAGE_BYTES, TOPIC_WAIT_SECONDS, KafkaWait, describe_topics, internal_topics
 from streams.validate import Clock
 from streams.worker.ingest import BatchOut, Ingest, reasons
 from streams.worker.records import (
@@ -311,27 +319,24 @@ class HotPath:
         return self.ready and self.progress.stalled() < bound and away < bound
 
     def _partition_counts(self) -> tuple[int, int, int]:
-        """Partitions of the partials, DLQ and journey-answers topics.  Kafka away at start: waits for it (not ready
-        meanwhile); a credential or certificate problem, or a missing topic, is fatal."""
+        """Partitions of the partials, DLQ and journey-answers topics, once every partition has a leader.  Kafka away
+        or topics without a leader at start: waits for them (not ready meanwhile; streams.topics.KafkaWait, logged
+        once); refused credentials, a missing ACL or a missing topic are fatal."""
+        topics = (self.settings.feedback_topic, self.partials_topic, self.seen_topic, self.settings.dlq_topic)
+        wait = KafkaWait(log=LOG, reached=True)
         while True:
             try:
-                with self.guard("reading topic metadata", 2 * REACH_SECONDS + GUARD_MARGIN_SECONDS):
-                    metadata = reach(self.settings.kafka, timeout=REACH_SECONDS)
+                bound = TOPIC_WAIT_SECONDS + 5 * REACH_SECONDS + GUARD_MARGIN_SECONDS
+                with self.guard("reading topic metadata", bound):
+                    found = describe_topics(self.settings.kafka, [*topics, self.journey_topic], wait)
                 break
-            except BrokerError as exc:
-                if "cannot use Kafka" in str(exc):
-                    raise FatalError(str(exc)) from exc
-                self._sleep(min(BACKOFF_MAX_SECONDS, 2.0))
+            except (KafkaRefusedError, NotAuthorizedError, TopicMissingError) as exc:
+                raise FatalError(str(exc)) from exc
+            except BrokerError as exc:  # waited TOPIC_WAIT_SECONDS: go on waiting (not ready), quietly
                 if self.stopping:
-                    raise CxPulseError(f"{self.name}: stopped before Kafka could be reached") from exc
-        self.cluster_id = metadata.cluster_id or ""
-        counts = []
-        topics = (self.settings.feedback_topic, self.partials_topic, self.seen_topic, self.settings.dlq_topic)
-        for topic in (*topics, self.journey_topic):
-            if topic not in metadata.topics:
-                raise FatalError(f"topic {topic} does not exist (cxpulse worker creates it at start)")
-            counts.append(len(metadata.topics[topic].partitions))
-        feedback, partials, seen, dlq, journeys = counts
+                    raise CxPulseError(f"{self.name}: stopped before Kafka could be used") from exc
+        self.cluster_id = found.cluster_id
+        feedback, partials, seen, dlq, journeys = (found.partitions[t] for t in (*topics, self.journey_topic))
         if seen != feedback:
             raise FatalError(
                 f"{self.seen_topic} has {seen} partitions but {self.settings.feedback_topic} has {feedback}: "

@@ -43,11 +43,12 @@ from streams.config import Settings
 from streams.errors import EXIT_PERMANENT
 from streams.outage import bootstrap_addresses, tcp_probe
 from streams.topics import (
+    KafkaWait,
     changelog_specs,
+    describe_topics,
     ensure_topics,
     internal_topic_specs,
     internal_topics,
-    partition_count,
     topic_specs,
 )
 
@@ -395,19 +396,21 @@ class Supervisor:
         return 0 if clean else 1
 
 
-def prepare_topics(settings: Settings) -> None:
-    """Create the pipeline's topics and the worker's internal ones (BrokerError with the reason)."""
+def prepare_topics(settings: Settings, wait: KafkaWait | None = None) -> None:
+    """Create the pipeline's topics and the worker's internal ones, and wait until every partition has a leader
+    (BrokerError with the reason).  Once Kafka has answered, a topic without a leader yet (``cxpulse topics`` run
+    beside, a broker restarting) or Kafka away is waited for as ``wait`` says (default: TOPIC_WAIT_SECONDS, logged
+    once); a wrong address, refused credentials or a missing ACL fail at once."""
     kafka, replicas = settings.kafka, settings.replication_factor
-    ensure_topics(kafka, topic_specs(settings), replicas)
-    feedback_partitions = partition_count(kafka, settings.feedback_topic)
-    ensure_topics(kafka, internal_topic_specs(settings, feedback_partitions), replicas)
+    wait = wait or KafkaWait(log=LOG)
+    ensure_topics(kafka, topic_specs(settings), replicas, wait)
+    feedback_partitions = describe_topics(kafka, [settings.feedback_topic], wait).partitions[settings.feedback_topic]
+    ensure_topics(kafka, internal_topic_specs(settings, feedback_partitions), replicas, wait)
     internal = internal_topics(settings)
-    partials, results, journeys = (
-        partition_count(kafka, internal.partials),
-        partition_count(kafka, settings.results_topic),
-        partition_count(kafka, internal.journey_answers),
-    )
-    ensure_topics(kafka, changelog_specs(settings, partials, results, journeys), replicas)
+    followed = (internal.partials, settings.results_topic, internal.journey_answers)
+    counts = describe_topics(kafka, followed, wait).partitions
+    partials, results, journeys = (counts[topic] for topic in followed)
+    ensure_topics(kafka, changelog_specs(settings, partials, results, journeys), replicas, wait)
 
 
 def serve_metrics(supervisor: Supervisor, settings: Settings) -> str:
