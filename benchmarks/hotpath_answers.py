@@ -21,6 +21,7 @@ from streams.produce import encode_record
 from streams.synth import realistic_events
 from streams.validate import Clock
 from streams.worker.ingest import Ingest
+from streams.worker.records import encode_routed
 
 NOW = 1_767_300_000_000
 BATCH = 10_000
@@ -31,6 +32,16 @@ class Message:
     p: int
     o: int
     v: bytes
+    t: str = "bench"
+
+    def topic(self) -> str:
+        return self.t
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, NOW)
+
+    def headers(self) -> None:
+        return None
 
     def partition(self) -> int:
         return self.p
@@ -46,11 +57,15 @@ class Message:
 
 
 def run(messages: list[Message], answers: bool) -> float:
-    ingest = Ingest("bench", LocalCatalog(), 60_000, 6, followups=True, answers=answers)
+    """Events a second through the batch step: each batch routed, then its routed answers counted (both steps)."""
+    ingest = Ingest("bench", LocalCatalog(), 60_000, 6, 6, followups=True, answers=answers)
     clock = Clock(NOW, 300_000, 7 * 86_400_000)
     started = time.perf_counter()
     for at in range(0, len(messages), BATCH):
-        out = ingest.batch(messages[at : at + BATCH], clock)
+        routed = ingest.batch(messages[at : at + BATCH], clock)
+        ingest.committed(routed.offsets)
+        batch = at // BATCH
+        out = ingest.batch([Message(q, batch, encode_routed(v), "routed") for q, v in routed.routed.items()], clock)
         ingest.committed(out.offsets)
     return len(messages) / (time.perf_counter() - started)
 

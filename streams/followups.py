@@ -47,10 +47,16 @@ def is_detractor(event: Feedback) -> bool:
     )
 
 
+def context(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of a decoded record that a follow-up needs and the normalised Feedback does not keep: what the
+    hot path's route step sends on with a detractor answer (streams.worker.ingest)."""
+    return {name: record.get(name) for name in ("event_id", "comment", "interaction_id", "agent_id", "team")}
+
+
 def select(counted: Sequence[Feedback], records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The follow-up records of a batch: counted detractor answers with a comment or a customer id.  ``records``
-    are the batch's decoded records (for the fields the normalised Feedback does not keep: comment, agent, ...);
-    they are only looked at when the batch has a detractor."""
+    are the batch's decoded records, or their :func:`context` (for the fields the normalised Feedback does not
+    keep: comment, agent, ...); they are only looked at when the batch has a detractor."""
     wanted = {event.event_id: event for event in counted if is_detractor(event)}
     if not wanted:
         return []

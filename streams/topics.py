@@ -77,24 +77,33 @@ class InternalTopics(NamedTuple):
     seen_ids: str
     answers: str  # the counted answers of every hot-path batch, for the ClickHouse sink
     journey_answers: str  # the counted answers with a customer id, by customer, for the journey agent
+    routed: str  # the valid answers, by event id: every copy of an answer meets one de-duplicator
 
 
 def internal_topics(settings: Settings) -> InternalTopics:
     """The names of the worker's internal topics (prefixed by the app id, like Faust's table changelogs)."""
     app = settings.app_id
-    return InternalTopics(f"{app}-partials", f"{app}-seen-ids", f"{app}-answers", f"{app}-journey-answers")
+    return InternalTopics(
+        f"{app}-partials", f"{app}-seen-ids", f"{app}-answers", f"{app}-journey-answers", f"{app}-routed"
+    )
 
 
 def internal_topic_specs(settings: Settings, feedback_partitions: int) -> list[TopicSpec]:
     """The internal topics with their configs.
 
-    ``-seen-ids`` needs one partition per feedback partition (entry of source partition p in partition p).  It
-    is not compacted: an id can be forgotten once no event with it can be accepted any more (occurred_at within
-    the retention, at most 5 minutes ahead of the clock), so Kafka's time retention deletes old entries.
+    ``-routed`` has as many partitions as the feedback topic, and ``-seen-ids`` one per routed partition (the ids
+    counted in routed partition q in partition q).  It is not compacted: an id can be forgotten once no event with
+    it can be accepted any more (occurred_at within the retention, at most 5 minutes ahead of the clock), so
+    Kafka's time retention deletes old entries.
     """
     names = internal_topics(settings)
     seen_retention_ms = (settings.retention_seconds + DEFAULT_FUTURE_TOLERANCE_SECONDS + 3600) * 1000
     return [
+        TopicSpec(
+            names.routed,
+            feedback_partitions,
+            {"retention.ms": str(7 * 86400 * 1000), "max.message.bytes": str(PARTIALS_MAX_MESSAGE_BYTES)},
+        ),
         TopicSpec(
             names.partials,
             settings.partitions,

@@ -1,15 +1,21 @@
-"""The hot path: ``cx.feedback`` in; dead letters, partials and seen ids out; one Kafka transaction per batch.
+"""The hot path: ``cx.feedback`` in; dead letters, routed answers, partials and seen ids out; one Kafka transaction
+per batch.
 
 A librdkafka (confluent-kafka) loop, no Faust: ``consume(num_messages=...)`` hands over thousands of messages
 at once, streams.worker.ingest turns them into what the batch must write, and one transaction carries it all
 together with the input offsets (``send_offsets_to_transaction``).  A batch is therefore either entirely out
-(dead letters, partials, seen ids, offsets) or not at all: no offset-gap repair, no dead-letter recall.
+(dead letters, routed answers, partials, seen ids, offsets) or not at all: no offset-gap repair, no dead-letter
+recall.
+
+- One consumer reads the feedback topic and ``<app>-routed``: feedback messages are validated and routed by
+  event id (the route step), routed ones de-duplicated and counted (the count step), so that every copy of an
+  answer meets the same de-duplicator whatever partition it arrived on (streams.worker.ingest).
 
 - ``transactional.id`` is stable per slot (``<app>-hotpath-<worker id>-<slot>``), so a restarted slot fences
   its dead predecessor at once instead of waiting for its open transaction to time out.
 - The consumer group ``<app>-hotpath`` uses the cooperative-sticky assignor: a rebalance moves only the
   partitions that change owner, and only those are restored.
-- De-duplication state is a streams.worker.seen.SeenIds per source partition: fingerprints in sorted runs on
+- De-duplication state is a streams.worker.seen.SeenIds per routed partition: fingerprints in sorted runs on
   local disk (``<data dir>/hotpath/<worker id>-<slot>/seen-ids/p<N>``) up to a checkpoint into the seen-ids
   changelog (same partition number), which a restore reads on from there, after the group's committed offsets
   are stable.  A rewind after a failed batch drops what the runs do not hold and reads that tail again.
@@ -34,6 +40,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import FrameType
+from typing import TypeVar
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -72,9 +79,13 @@ from streams.worker.ingest import BatchOut, Ingest, reasons
 from streams.worker.records import (
     FROM_THE_START,
     THROUGH_HEADER,
+    Routed,
+    Through,
     decode_seen,
     encode_answers,
     encode_partials,
+    encode_routed,
+    encode_routed_through,
     encode_seen,
     encode_through,
 )
@@ -237,6 +248,7 @@ class HotPath:
         self.name = f"hotpath-{slot}"
         topics = internal_topics(settings)
         self.partials_topic = topics.partials
+        self.routed_topic = topics.routed
         self.answers_topic = topics.answers
         self.journey_topic = topics.journey_answers
         self.seen_topic = topics.seen_ids
@@ -245,21 +257,22 @@ class HotPath:
         self.future_ms = DEFAULT_FUTURE_TOLERANCE_SECONDS * 1000
         self.transactional_id = transactional_id(settings, worker_id, slot)
         self.state_dir = settings.data_dir / "hotpath" / f"{worker_id}-{slot}"
-        self.seen: dict[int, SeenIds] = {}  # assigned partition -> its remembered ids (also ingest.dedup)
+        self.seen: dict[int, SeenIds] = {}  # assigned routed partition -> its remembered ids (also ingest.dedup)
         self.seen_offsets: dict[int, int] = {}  # partition -> changelog offset of this batch's seen-ids entry
         self.cluster_id = ""
         self.stopping = False
         self.ready = False
         self._housekept = 0.0
         self.recovery = Recovery()
-        self.lag: dict[int, int] = {}  # assigned partition -> messages waiting (last measured)
-        self.through: dict[int, int] = {}  # assigned partition -> Kafka timestamp processed through (committed)
+        self.lag: dict[tuple[str, int], int] = {}  # assigned (topic, partition) -> messages waiting (last measured)
+        self.through: dict[int, int] = {}  # assigned feedback partition -> Kafka timestamp routed through (committed)
+        self.counted: dict[int, dict[int, int]] = {}  # assigned routed partition -> {feedback p: ms counted through}
         self.guard = CallGuard(self.name)
         self.progress = self._watched_progress()
         self.consumer: Consumer = self._new_consumer()
         self.producer: Producer = self._new_producer()
-        partials_partitions, self.dlq_partitions, journey_partitions = self._partition_counts()
-        self.ingest = self._new_ingest(catalog, partials_partitions, journey_partitions)
+        partials_partitions, self.dlq_partitions, journey_partitions, self.routed_partitions = self._partition_counts()
+        self.ingest = self._new_ingest(catalog, partials_partitions, journey_partitions, self.routed_partitions)
         self.followup_bucket = TokenBucket(settings.followups_per_minute, time.monotonic())
 
     def _watched_progress(self) -> Progress:
@@ -285,13 +298,16 @@ class HotPath:
             },
         )
 
-    def _new_ingest(self, catalog: SchemaCatalog, partials_partitions: int, journey_partitions: int = 0) -> Ingest:
+    def _new_ingest(
+        self, catalog: SchemaCatalog, partials_partitions: int, journey_partitions: int, routed_partitions: int
+    ) -> Ingest:
         settings = self.settings
         return Ingest(
             settings.feedback_topic,
             catalog,
             settings.pane_seconds * 1000,
             partials_partitions,
+            routed_partitions,
             followups=settings.followups_per_minute > 0,
             answers=bool(settings.clickhouse_url),
             journey_partitions=journey_partitions if settings.journeys else 0,
@@ -318,11 +334,11 @@ class HotPath:
         away = self.outage.seconds() if self.outage is not None else 0.0
         return self.ready and self.progress.stalled() < bound and away < bound
 
-    def _partition_counts(self) -> tuple[int, int, int]:
-        """Partitions of the partials, DLQ and journey-answers topics, once every partition has a leader.  Kafka away
-        or topics without a leader at start: waits for them (not ready meanwhile; streams.topics.KafkaWait, logged
-        once); refused credentials, a missing ACL or a missing topic are fatal."""
-        topics = (self.settings.feedback_topic, self.partials_topic, self.seen_topic, self.settings.dlq_topic)
+    def _partition_counts(self) -> tuple[int, int, int, int]:
+        """Partitions of the partials, DLQ, journey-answers and routed topics, once every partition has a leader.
+        Kafka away or topics without a leader at start: waits for them (not ready meanwhile; streams.topics.KafkaWait,
+        logged once); refused credentials, a missing ACL or a missing topic are fatal."""
+        topics = (self.routed_topic, self.partials_topic, self.seen_topic, self.settings.dlq_topic)
         wait = KafkaWait(log=LOG, reached=True)
         while True:
             try:
@@ -336,25 +352,30 @@ class HotPath:
                 if self.stopping:
                     raise CxPulseError(f"{self.name}: stopped before Kafka could be used") from exc
         self.cluster_id = found.cluster_id
-        feedback, partials, seen, dlq, journeys = (found.partitions[t] for t in (*topics, self.journey_topic))
-        if seen != feedback:
+        routed, partials, seen, dlq, journeys = (found.partitions[t] for t in (*topics, self.journey_topic))
+        if seen != routed:
             raise FatalError(
-                f"{self.seen_topic} has {seen} partitions but {self.settings.feedback_topic} has {feedback}: "
-                "the seen-ids changelog needs one partition per feedback partition"
+                f"{self.seen_topic} has {seen} partitions but {self.routed_topic} has {routed}: "
+                "the seen-ids changelog needs one partition per routed partition"
             )
-        return partials, dlq, journeys
+        return partials, dlq, journeys, routed
 
     # --- group membership ---------------------------------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Restore the state of newly assigned partitions: where their next batch starts, and their seen ids.
+        """Restore the state of newly assigned routed partitions: where their next batch starts, and their seen ids
+        (a feedback partition needs none: the consumer starts at its committed offset).
 
         The committed offsets are read first: with read_committed they are stable, i.e. any transaction of a
         previous owner is over, so the changelog read next holds everything that owner committed."""
-        if partitions:
-            self._restore([tp.partition for tp in partitions])
+        routed = self._routed(partitions)
+        if routed:
+            self._restore(routed)
         self.ready = True
-        LOG.info("%s assigned %s", self.name, sorted(tp.partition for tp in partitions))
+        LOG.info("%s assigned %s", self.name, _names(partitions))
+
+    def _routed(self, partitions: Iterable[TopicPartition]) -> list[int]:
+        return sorted(tp.partition for tp in partitions if tp.topic == self.routed_topic)
 
     def _restore(self, partitions: list[int]) -> None:
         """Committed offsets and seen ids of ``partitions``, retried while Kafka is away (RESTORE_SECONDS)."""
@@ -402,7 +423,7 @@ class HotPath:
             self.transactional_id,
         )
         self._replace_producer()
-        topic = self.settings.feedback_topic
+        topic = self.routed_topic
         try:
             with self.guard("clearing pending offsets", KAFKA_TIMEOUT_SECONDS + GUARD_MARGIN_SECONDS):
                 self.producer.begin_transaction()
@@ -419,7 +440,7 @@ class HotPath:
         """Where each partition's next batch starts (its committed offset), and its remembered ids: the local
         state (streams.worker.seen) if it can be trusted, and the changelog past its checkpoint."""
         begun = time.monotonic()
-        topic = self.settings.feedback_topic
+        topic = self.routed_topic
         committed = self.consumer.committed([TopicPartition(topic, p) for p in partitions], KAFKA_TIMEOUT_SECONDS)
         started = time.monotonic()
         ends = changelog_ends(self.settings.kafka, self.seen_topic, partitions)
@@ -468,16 +489,20 @@ class HotPath:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Forget revoked (or lost) partitions; no transaction is open here (callbacks run inside consume)."""
-        self._flush_seen([tp.partition for tp in partitions], always=True)
+        routed = self._routed(partitions)
+        self._flush_seen(routed, always=True)
+        for partition in routed:
+            self.ingest.starts.pop(partition, None)
+            self.ingest.dedup.pop(partition, None)
+            self.seen.pop(partition, None)
+            self.counted.pop(partition, None)
         for tp in partitions:
-            self.ingest.starts.pop(tp.partition, None)
-            self.ingest.dedup.pop(tp.partition, None)
-            self.seen.pop(tp.partition, None)
-            self.lag.pop(tp.partition, None)
-            self.through.pop(tp.partition, None)
+            self.lag.pop((tp.topic, tp.partition), None)
+            if tp.topic == self.settings.feedback_topic:
+                self.through.pop(tp.partition, None)
             with contextlib.suppress(KeyError):  # never measured
                 self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
-        LOG.info("%s revoked %s", self.name, sorted(tp.partition for tp in partitions))
+        LOG.info("%s revoked %s", self.name, _names(partitions))
 
     # --- the loop -----------------------------------------------------------------------------------
 
@@ -486,7 +511,7 @@ class HotPath:
         self.guard.start()
         self._init_transactions()
         self.consumer.subscribe(
-            [self.settings.feedback_topic],
+            [self.settings.feedback_topic, self.routed_topic],
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
             on_lost=self._on_revoke,
@@ -594,6 +619,10 @@ class HotPath:
         self.recovery.backoff = 0.0
         self.recovery.committed_since_reinit = True
         self.through.update(through)
+        for partition, counted in out.through.items():
+            held = self.counted.setdefault(partition, {})
+            for source, ms in counted.items():
+                held[source] = max(held.get(source, ms), ms)
         self.progress.done()
         self._count(out, sent)
         self.metrics.batch_seconds.labels("hotpath").observe(time.perf_counter() - started)
@@ -635,15 +664,19 @@ class HotPath:
         self._sleep(self.recovery.backoff)
 
     def _through_after(self, messages: list[Message], now_ms: int) -> dict[int, int]:
-        """Per assigned partition, the Kafka timestamp up to which every message is processed once this batch
+        """Per assigned feedback partition, the Kafka timestamp up to which every message is routed once this batch
         commits: the batch's time where nothing more waits, else its last message's timestamp (messages of a
         partition come in timestamp order), else what an earlier batch reached (0: nothing yet, a backlog waits).
-        The effort detector evaluates panes in event time up to the lowest of them (sinks/effort_detector.py)."""
+        Sent on with the routed messages, counted, and sent on with the partials (records.Through): the effort
+        detector evaluates panes in event time up to the lowest (sinks/effort_detector.py)."""
+        feedback = self.settings.feedback_topic
         last: dict[int, int] = {}
         for message in messages:
-            last[message.partition() or 0] = message.timestamp()[1]
+            if message.topic() == feedback:
+                last[message.partition() or 0] = message.timestamp()[1]
         out = {}
-        for tp in self.consumer.position(self.consumer.assignment()):
+        assigned = [tp for tp in self.consumer.assignment() if tp.topic == feedback]
+        for tp in self.consumer.position(assigned) if assigned else []:
             _, high = self.consumer.get_watermark_offsets(tp, cached=True)
             if high >= 0 and 0 <= tp.offset and high - tp.offset <= 0:
                 out[tp.partition] = now_ms
@@ -652,15 +685,15 @@ class HotPath:
         return out
 
     def _transact(self, out: BatchOut, newest_ms: int, through: dict[int, int]) -> int:
-        """Dead letters, partials (stamped with the batch's newest event timestamp, for the latency metric), seen
-        ids, detractor follow-ups (as many as the rate allows; how many is returned) and the input offsets in one
-        transaction."""
+        """Dead letters, routed answers and partials (both stamped with the batch's newest event timestamp, for the
+        latency metric; each with how far it says answers are routed or counted), seen ids, detractor follow-ups
+        (as many as the rate allows; how many is returned) and the input offsets in one transaction."""
         producer = self.producer
         try:
             with self.guard("producing a batch", PRODUCE_SECONDS + GUARD_MARGIN_SECONDS):
                 producer.begin_transaction()
-                sent = self._produce_batch(out, newest_ms, [(THROUGH_HEADER, encode_through(through))])
-            offsets = [TopicPartition(self.settings.feedback_topic, p, offset) for p, offset in out.offsets.items()]
+                sent = self._produce_batch(out, newest_ms, through)
+            offsets = [TopicPartition(topic, p, offset) for (topic, p), offset in out.offsets.items()]
             with self.guard("send_offsets_to_transaction", KAFKA_TIMEOUT_SECONDS + GUARD_MARGIN_SECONDS):
                 producer.send_offsets_to_transaction(
                     offsets, self.consumer.consumer_group_metadata(), KAFKA_TIMEOUT_SECONDS
@@ -679,9 +712,25 @@ class HotPath:
             store.committed(self.seen_offsets.pop(partition, None))
         return sent
 
-    def _produce_batch(
-        self, out: BatchOut, newest_ms: int, partial_headers: list[tuple[str, str | bytes | None]]
-    ) -> int:
+    def _counted_through(self, out: BatchOut) -> Through:
+        """How far this slot's routed partitions are counted once this batch commits (records.Through)."""
+        at: dict[tuple[int, int], int] = {}
+        for partition in set(self.counted) | set(out.through):
+            held, now = self.counted.get(partition, {}), out.through.get(partition, {})
+            for source in set(held) | set(now):
+                at[(partition, source)] = max(held.get(source, 0), now.get(source, 0))
+        return Through(self.routed_partitions, at)
+
+    def _produce_batch(self, out: BatchOut, newest_ms: int, through: dict[int, int]) -> int:
+        routed_headers: list[tuple[str, str | bytes | None]] = [(THROUGH_HEADER, encode_routed_through(through))]
+        for partition, answers in out.routed.items():
+            for run in answer_chunks(answers, ANSWERS_MESSAGE_BYTES, routed_size) or [[]]:
+                self._produce(
+                    self.routed_topic, encode_routed(run), None, partition, routed_headers, timestamp=newest_ms
+                )
+        partial_headers: list[tuple[str, str | bytes | None]] = [
+            (THROUGH_HEADER, encode_through(self._counted_through(out)))
+        ]
         for letter in out.dead_letters:
             self._produce(
                 self.settings.dlq_topic,
@@ -698,10 +747,10 @@ class HotPath:
         for partition, buckets in out.seen.items():
             self._produce(self.seen_topic, encode_seen(buckets), None, partition, on_delivery=self._seen_delivered)
         for partition, values in out.answers.items():
-            for chunk in answer_chunks(values, ANSWERS_MESSAGE_BYTES):
+            for chunk in answer_chunks(values, ANSWERS_MESSAGE_BYTES, len):
                 self._produce(self.answers_topic, encode_answers(chunk), None, partition)
         for partition, rows in out.journeys.items():
-            for chunk in answer_chunks(rows, ANSWERS_MESSAGE_BYTES):
+            for chunk in answer_chunks(rows, ANSWERS_MESSAGE_BYTES, len):
                 self._produce(self.journey_topic, b"[" + b",".join(chunk) + b"]", None, partition)
         sent = self.followup_bucket.take(len(out.followups), time.monotonic()) if out.followups else 0
         for followup in out.followups[:sent]:
@@ -778,7 +827,9 @@ class HotPath:
         assigned = self.consumer.assignment()
         if not assigned:
             return
-        self._restore([tp.partition for tp in assigned])
+        routed = self._routed(assigned)
+        if routed:
+            self._restore(routed)
         with self.guard("reading committed offsets", KAFKA_TIMEOUT_SECONDS + GUARD_MARGIN_SECONDS):
             committed = self.consumer.committed(assigned, KAFKA_TIMEOUT_SECONDS)
         for tp in committed:
@@ -836,18 +887,35 @@ class HotPath:
         for tp in self.consumer.position(assigned):
             _, high = self.consumer.get_watermark_offsets(tp, cached=True)
             if high >= 0 and tp.offset >= 0:
-                self.lag[tp.partition] = max(0, high - tp.offset)
-                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(self.lag[tp.partition])
+                lag = self.lag[(tp.topic, tp.partition)] = max(0, high - tp.offset)
+                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
 
 
-def answer_chunks(values: list[bytes], limit: int) -> list[list[bytes]]:
-    """The counted answers of one partition in runs of at most ``limit`` framed bytes (a batch of large answers,
-    long comments say, must not make one message over the topic's max.message.bytes: the transaction would abort
-    and repeat forever)."""
-    chunks: list[list[bytes]] = [[]]
+def _names(partitions: Iterable[TopicPartition]) -> str:
+    """``topic[0, 1], other[2]`` for a log line."""
+    by_topic: dict[str, list[int]] = {}
+    for tp in partitions:
+        by_topic.setdefault(tp.topic, []).append(tp.partition)
+    return ", ".join(f"{topic}{sorted(found)}" for topic, found in sorted(by_topic.items())) or "nothing"
+
+
+def routed_size(answer: Routed) -> int:
+    """At least the framed bytes of a routed answer: its bytes, and its validated form and follow-up context as JSON
+    (fields none of which is longer than in the bytes, written at most three times as long: quotes, escapes)."""
+    return 6 * len(answer.raw) + 300
+
+
+T = TypeVar("T")
+
+
+def answer_chunks(values: list[T], limit: int, size_of: Callable[[T], int]) -> list[list[T]]:
+    """The answers of one partition in runs of at most ``limit`` framed bytes (``size_of`` one, without its 4-byte
+    frame; a batch of large answers, long comments say, must not make one message over the topic's
+    max.message.bytes: the transaction would abort and repeat forever)."""
+    chunks: list[list[T]] = [[]]
     size = 0
     for value in values:
-        framed = len(value) + 4
+        framed = size_of(value) + 4
         if chunks[-1] and size + framed > limit:
             chunks.append([])
             size = 0

@@ -1,13 +1,25 @@
 """The hot path's batch step, pure: the raw messages of one consumed batch in, everything the batch's Kafka
-transaction must carry out (dead letters, partials, seen ids, the offsets to commit).
+transaction must carry out (dead letters, routed answers, partials, seen ids, the offsets to commit).
 
-The same steps as ``cxpulse replay``, in the same order and from the same modules: decode (schemas.codec),
-validate (streams.validate), de-duplicate (streams.dedup, one Deduplicator per source partition), aggregate
-into panes (streams.aggregate).  Nothing here talks to Kafka; streams.worker.hotpath does.
+The same steps as ``cxpulse replay``, in the same order and from the same modules, in two steps, because the
+copies of an answer can arrive on any feedback partition (a platform keys by customer, another by event id; an
+HTTP post with a customer id and its retry without one), and only one owner of an event id can tell which copy
+came first:
+
+- **route** (messages of the feedback topic): decode (schemas.codec), validate (streams.validate); invalid ones
+  become dead letters, valid ones go on as they came (raw bytes; pseudonymised first when customer ids are keyed)
+  to the routed partition of their event id (:func:`routed_partition`), in the order of their Kafka timestamps.
+- **count** (messages of the routed topic): decode, de-duplicate (streams.dedup: one Deduplicator per routed
+  partition, so every copy of an id meets the same one), aggregate into panes (streams.aggregate), and everything
+  that follows from a counted answer: partials, answers for the store, journey answers, follow-ups.
+
+One consumer reads both topics and one transaction carries both steps' output: a routed answer is counted in a
+later batch (a hop of one batch), exactly once.  Nothing here talks to Kafka; streams.worker.hotpath does.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,23 +31,35 @@ from schemas.codec import SchemaCatalog, decode_batch, encode_feedback
 from streams.agents.keys import segment_partition
 from streams.aggregate import State, aggregate_drivers, aggregate_panes
 from streams.dedup import Dedup, Deduplicator
+from streams.followups import context as followup_context
+from streams.followups import is_detractor
 from streams.followups import select as select_followups
 from streams.journeys import answer_row, journey_partition
 from streams.privacy import pseudonymise
 from streams.validate import Clock, Feedback, validate_batch
 from streams.worker.records import (
     FROM_THE_START,
+    ROUTED_SOURCE,
     PanePartial,
     PartialBatch,
+    Routed,
     SourceRange,
     dead_letter_headers,
+    decode_routed,
+    decode_routed_through,
 )
 
 
 class RawMessage(Protocol):
     """The part of a confluent-kafka Message the batch step reads."""
 
+    def topic(self) -> str | None: ...
+
     def partition(self) -> int | None: ...
+
+    def timestamp(self) -> tuple[int, int]: ...
+
+    def headers(self) -> Any: ...  # list of (name, value) pairs, or None
 
     def offset(self) -> int | None: ...
 
@@ -59,15 +83,17 @@ class BatchOut(NamedTuple):
     """What one batch's transaction carries, and what the batch counted."""
 
     dead_letters: list[DeadLetterOut]
-    partials: dict[int, PartialBatch]  # partials partition -> its message (every partition gets one)
-    seen: dict[int, dict[int, list[str]]]  # source partition -> ids counted in this batch, by expiry bucket
-    offsets: dict[int, int]  # source partition -> next offset to read (committed with the transaction)
-    records: int
+    routed: dict[int, list[Routed]]  # routed partition -> the valid answers it counts
+    partials: dict[int, PartialBatch]  # partials partition -> its message (each gets one when the count step ran)
+    seen: dict[int, dict[int, list[str]]]  # routed partition -> ids counted in this batch, by expiry bucket
+    offsets: dict[tuple[str, int], int]  # (topic, partition) -> next offset to read (committed with the transaction)
+    through: dict[int, dict[int, int]]  # routed partition -> {feedback partition: ms} of the routed messages counted
+    records: int  # feedback messages (the route step's input)
     counted: int
     duplicates: int
     late: int  # counted events whose pane had closed on the processing clock (docs/contract.md section 5)
     followups: list[dict[str, Any]]  # counted detractor answers to call back (streams/followups.py)
-    answers: dict[int, list[bytes]]  # source partition -> raw bytes of the answers counted (for ClickHouse)
+    answers: dict[int, list[bytes]]  # routed partition -> raw bytes of the answers counted (for ClickHouse)
     journeys: dict[int, list[bytes]]  # journey-answers partition -> counted answers with a customer id (JSON rows)
 
 
@@ -77,8 +103,10 @@ class _Collected:
 
     panes: dict[int, list[PanePartial]]  # partials partition -> the pane partials it owns
     dead: list[DeadLetterOut] = field(default_factory=list)
+    routed: dict[int, list[tuple[int, int, int, Routed]]] = field(default_factory=dict)  # q -> (ts, p, offset, ..)
     seen: dict[int, dict[int, list[str]]] = field(default_factory=dict)
-    offsets: dict[int, int] = field(default_factory=dict)
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    through: dict[int, dict[int, int]] = field(default_factory=dict)
     ranges: list[SourceRange] = field(default_factory=list)
     followups: list[dict[str, Any]] = field(default_factory=list)
     answers: dict[int, list[bytes]] = field(default_factory=dict)
@@ -88,15 +116,21 @@ class _Collected:
     late: int = 0
 
 
+def routed_partition(event_id: str, partitions: int) -> int:
+    """The routed partition that counts every copy of ``event_id`` (CRC-32: stable across processes and versions)."""
+    return zlib.crc32(event_id.encode("utf-8", "surrogatepass")) % partitions
+
+
 @dataclass
 class Ingest:
-    """The batch step with the state it keeps between batches: a Deduplicator and the next batch's range start
-    per source partition (both owned by the hot path, which restores them when it is assigned a partition)."""
+    """The batch step with the state it keeps between batches: per routed partition, a Deduplicator and the next
+    batch's range start (both owned by the hot path, which restores them when it is assigned a partition)."""
 
-    topic: str
+    topic: str  # the feedback topic (route step); any other topic's messages are routed ones (count step)
     catalog: SchemaCatalog
     pane_ms: int
     partials_partitions: int
+    routed_partitions: int
     followups: bool = False  # select detractor follow-ups
     answers: bool = False  # pass the counted answers' raw bytes on (the ClickHouse sink stores them)
     journey_partitions: int = 0  # > 0: forward the counted answers with a customer id to the journey agent
@@ -113,27 +147,32 @@ class Ingest:
         return owner
 
     def batch(self, messages: Sequence[RawMessage], clock: Clock) -> BatchOut:
-        """Run decode, validate, dedup and aggregate over one batch (messages in offset order per partition).
+        """Route the batch's feedback messages and count its routed ones (messages in offset order per partition).
 
         De-duplication state is updated in place: when the batch's transaction does not commit, the caller
         restores the de-duplication state of its partitions (streams.worker.hotpath does: from its local
         checkpoint and the changelog).
         """
-        by_partition: dict[int, list[RawMessage]] = defaultdict(list)
+        feedback: dict[int, list[RawMessage]] = defaultdict(list)
+        routed: dict[int, list[RawMessage]] = defaultdict(list)
         for message in messages:
-            by_partition[message.partition() or 0].append(message)
-        out = _Collected({q: [] for q in range(self.partials_partitions)})
-        for partition, members in by_partition.items():
-            self._partition(partition, members, clock, out)
+            (feedback if message.topic() == self.topic else routed)[message.partition() or 0].append(message)
+        out = _Collected({q: [] for q in range(self.partials_partitions)} if routed else {})
+        for partition, members in feedback.items():
+            self._route(partition, members, clock, out)
+        for partition, members in routed.items():
+            self._count(partition, members, clock, out)
         out.dead.sort(key=lambda letter: (letter.source_partition, letter.source_offset))
         batch_ranges = tuple(out.ranges)
         partials = {q: PartialBatch(batch_ranges, tuple(members)) for q, members in out.panes.items()}
         return BatchOut(
             out.dead,
+            {q: [answer for *_, answer in sorted(rows, key=_sent)] for q, rows in out.routed.items()},
             partials,
             out.seen,
             out.offsets,
-            len(messages),
+            out.through,
+            sum(len(members) for members in feedback.values()),
             out.counted,
             out.duplicates,
             out.late,
@@ -142,10 +181,13 @@ class Ingest:
             out.journeys,
         )
 
-    def _partition(self, partition: int, members: list[RawMessage], clock: Clock, out: _Collected) -> None:
-        """One source partition's messages of the batch, in offset order, into ``out``."""
+    def _route(self, partition: int, members: list[RawMessage], clock: Clock, out: _Collected) -> None:
+        """One feedback partition's messages of the batch: invalid ones to the dead letters, valid ones to the
+        routed partition of their event id (every routed partition gets a message, answers or not: their header
+        says how far this partition is routed).  Within a routed partition the answers go in the order of their
+        Kafka timestamps, so that of two copies sent one after the other the first is counted."""
         decoded = decode_batch([message.value() for message in members], self.catalog)
-        if self.customer_key:
+        if self.customer_key:  # the raw bytes hold the customer id: the pseudonymised record goes on instead
             pseudonymise(self.customer_key, decoded.records)
         for index, why in decoded.failed:  # any bytes at all: a poison message is a dead letter, not a crash
             out.dead.append(self._letter(members[index], "undecodable", why, None))
@@ -153,6 +195,32 @@ class Ingest:
         for rejection in rejected:
             message = members[decoded.kept[rejection.at]]
             out.dead.append(self._letter(message, rejection.reason, rejection.detail, decoded.schema_ids[rejection.at]))
+        for q in range(self.routed_partitions):
+            out.routed.setdefault(q, [])
+        for event, at in zip(valid, counted_at(rejected, valid, valid, len(decoded.kept)), strict=True):
+            message = members[decoded.kept[at]]
+            record = decoded.records[at]
+            value = encode_feedback(record, self.catalog) if self.customer_key else message.value()
+            context = followup_context(record) if self.followups and is_detractor(event) else None
+            answer = Routed(event, value or b"", context)
+            row = (message.timestamp()[1], partition, message.offset() or 0, answer)
+            out.routed[routed_partition(event.event_id, self.routed_partitions)].append(row)
+        out.offsets[(self.topic, partition)] = (members[-1].offset() or 0) + 1
+
+    def _count(self, partition: int, members: list[RawMessage], clock: Clock, out: _Collected) -> None:
+        """One routed partition's messages of the batch, in offset order, into ``out``: their answers were
+        validated when routed (the clock's checks included); here they are de-duplicated and counted."""
+        answers: list[Routed] = []
+        through = out.through.setdefault(partition, {})
+        for message in members:
+            try:
+                answers.extend(decode_routed(message.value() or b""))
+            except (ValueError, TypeError, IndexError) as exc:  # our own format, never seen broken: no wedge
+                out.dead.append(self._letter(message, "undecodable", f"routed message: {exc}", None))
+                continue
+            for p, ms in decode_routed_through(message.headers()).items():
+                through[p] = max(through.get(p, ms), ms)
+        valid = [answer.event for answer in answers]
         dedup = self.dedup.get(partition)
         if dedup is None:
             dedup = self.dedup[partition] = Deduplicator()
@@ -161,20 +229,19 @@ class Ingest:
         out.counted += len(unique)
         if unique:
             out.seen[partition] = dedup.buckets(unique)
+            counted = _counted(unique, answers)
             if self.followups:
-                out.followups.extend(select_followups(unique, decoded.records))
+                contexts = [answer.context for answer in counted if answer.context is not None]
+                if contexts:
+                    out.followups.extend(select_followups(unique, contexts))
             if self.answers:
-                at = counted_at(rejected, valid, unique, len(decoded.kept))
-                if self.customer_key:  # the raw bytes hold the customer id: the pseudonymised record instead
-                    out.answers[partition] = [encode_feedback(decoded.records[i], self.catalog) for i in at]
-                else:
-                    out.answers[partition] = [members[decoded.kept[i]].value() or b"" for i in at]
+                out.answers[partition] = [answer.raw for answer in counted]
             if self.journey_partitions:
                 self._journeys(unique, out.journeys)
         self._panes(partition, unique, clock, out)
         end = (members[-1].offset() or 0) + 1
-        out.ranges.append(SourceRange(partition, self.starts.get(partition, FROM_THE_START), end))
-        out.offsets[partition] = end
+        out.ranges.append(SourceRange(ROUTED_SOURCE + partition, self.starts.get(partition, FROM_THE_START), end))
+        out.offsets[(members[-1].topic() or "", partition)] = end
 
     def _panes(self, partition: int, unique: list[Feedback], clock: Clock, out: _Collected) -> None:
         """The partition's counted events as pane partials, each sent to its segment's partials partition."""
@@ -188,7 +255,7 @@ class Ingest:
         for (channel, journey, pane), states in deltas.items():
             found = drivers.get((pane, channel, journey), {})
             out.panes[self.owner(channel, journey)].append(
-                PanePartial(channel, journey, pane, partition, states, found)
+                PanePartial(channel, journey, pane, ROUTED_SOURCE + partition, states, found)
             )
 
     def _journeys(self, unique: list[Feedback], out: dict[int, list[bytes]]) -> None:
@@ -200,15 +267,26 @@ class Ingest:
                 row = orjson.dumps(answer_row(event, customer))
                 out.setdefault(journey_partition(customer, partitions), []).append(row)
 
-    def committed(self, offsets: dict[int, int]) -> None:
-        """The batch's transaction committed: its ends are where the next batches of those partitions start."""
-        self.starts.update(offsets)
+    def committed(self, offsets: dict[tuple[str, int], int]) -> None:
+        """The batch's transaction committed: its ends are where the next batches of the routed partitions start."""
+        self.starts.update({partition: end for (topic, partition), end in offsets.items() if topic != self.topic})
 
     def _letter(self, message: RawMessage, reason: str, detail: str, schema_id: int | None) -> DeadLetterOut:
         partition = message.partition() or 0
         offset = message.offset() or 0
-        headers = dead_letter_headers(reason, detail, self.topic, partition, offset, schema_id)
+        headers = dead_letter_headers(reason, detail, message.topic() or self.topic, partition, offset, schema_id)
         return DeadLetterOut(partition, offset, reason, message.key(), message.value(), headers)
+
+
+def _sent(row: tuple[int, int, int, Routed]) -> tuple[int, int, int]:
+    """The order routed answers go in: Kafka timestamp (when it was sent), then partition and offset."""
+    return row[0], row[1], row[2]
+
+
+def _counted(unique: Sequence[Feedback], answers: Sequence[Routed]) -> list[Routed]:
+    """The routed answers that were counted, in order (first_seen returns the same Feedback objects)."""
+    routed = {id(answer.event): answer for answer in answers}
+    return [routed[id(event)] for event in unique]
 
 
 def counted_at(rejected: Sequence[Any], valid: Sequence[Any], unique: Sequence[Any], decoded: int) -> list[int]:

@@ -39,9 +39,17 @@ from streams.agents.stores import keys_before
 from streams.config import Settings
 from streams.errors import CxPulseError
 from streams.kafka import consumer
+from streams.topics import internal_topics
 from streams.windows import WindowResult, result_record
 from streams.worker.merge import MergeStep
-from streams.worker.records import decode_partials, decode_through, position_from_table
+from streams.worker.records import (
+    ROUTED_SOURCE,
+    Through,
+    decode_partials,
+    decode_through,
+    lowest_through,
+    position_from_table,
+)
 from streams.worker.repair import READ_BACK_BYTES, PartitionReader, filled, read_chunks
 
 LOG = logging.getLogger("cxpulse.merge")
@@ -62,7 +70,7 @@ ADMIN_TIMEOUT_SECONDS = 10.0
 
 class GroupOffsets:
     """The offsets a consumer group has committed on one topic (partition -> next offset); by default the hot
-    path's group on the feedback topic.
+    path's group on the routed topic (where its count step, which writes the partials, reads).
 
     Read with a Consumer's ``committed()`` (an OffsetFetch that asks for stable offsets, as the consumer is
     read_committed: KIP-447), never subscribed, so it never joins the group.  Not with the AdminClient's
@@ -80,7 +88,7 @@ class GroupOffsets:
     def __init__(self, settings: Settings, group: str | None = None, topic: str | None = None) -> None:
         self.kafka = settings.kafka
         self.group = group if group is not None else f"{settings.app_id}-hotpath"
-        self.topic = topic if topic is not None else settings.feedback_topic
+        self.topic = topic if topic is not None else internal_topics(settings).routed
         self.client: Consumer | None = None
         self.partitions: list[TopicPartition] = []
 
@@ -184,7 +192,9 @@ class MergeAgent(TableAgent):
         self.expired_before = -(2**62)  # panes ending at or before this were dropped by the expiry
         self.seen: dict[int, int] = {}  # partials partition -> the highest offset merged
         self.active_at = 0.0  # monotonic time of the last merged batch
-        self.through: dict[int, int] = {}  # source partition -> Kafka timestamp the hot path processed it through
+        # (routed partition, feedback partition) -> Kafka timestamp counted through (records.Through)
+        self.through: dict[tuple[int, int], int] = {}
+        self.routed_partitions = 0
         self.behind: dict[int, dict[int, int]] = {}  # partials partition -> {source: end} short at the last check
         self.deferred: dict[int, int] = {}  # partials partition -> checks a read-back was put off for
         self.checked_at = 0.0  # monotonic time of the last tail check
@@ -195,9 +205,10 @@ class MergeAgent(TableAgent):
         self.tail_reads = FailureStreak(LOG, "tail check: reading the hot path's committed offsets")
 
     def watermark(self) -> int | None:
-        """Event time up to which every answer has been merged and its results emitted: the lowest ``through`` of
-        the source partitions the hot paths reported (None before the first report)."""
-        return min(self.through.values()) if self.through else None
+        """Event time up to which every answer has been merged and its results emitted: the lowest ``through`` the
+        hot paths reported, over every feedback partition and routed partition (records.lowest_through; None
+        before the first report)."""
+        return lowest_through(Through(self.routed_partitions, self.through))
 
     # --- batches ------------------------------------------------------------------------------------------
 
@@ -224,8 +235,11 @@ class MergeAgent(TableAgent):
             await self.emit(step.finish(), max(r.timestamp_ms for r in records))
             step.advance()
             for record in records:  # emitted and flushed: the effort detector may rely on what they say
-                for source, through in (decode_through(record.headers) or {}).items():
-                    self.through[source] = max(self.through.get(source, 0), through)
+                found = decode_through(record.headers)
+                if found is not None:
+                    self.routed_partitions = found.partitions
+                    for key, ms in found.at.items():
+                        self.through[key] = max(self.through.get(key, 0), ms)
             self.metrics.records.labels(self.topic).inc(len(records))
             self.metrics.batch_seconds.labels("merge").observe(time.perf_counter() - started)
             self.metrics.health.progress.advanced()  # a run of a batch merged and flushed (a batch may be 400 MB)
@@ -332,9 +346,11 @@ class MergeAgent(TableAgent):
             await self._read_back_tail(partition, short)
 
     def _short(self, partition: int, committed: dict[int, int]) -> dict[int, int]:
-        """The source partitions whose chain in ``partition`` ends before what the hot path committed."""
+        """The sources (routed partitions, as records.ROUTED_SOURCE + q) whose chain in ``partition`` ends before
+        what the hot path committed on them."""
         short = {}
-        for source, end in committed.items():
+        for routed, end in committed.items():
+            source = ROUTED_SOURCE + routed
             position = position_from_table(self.positions.get(SourceKey(partition, source).encode()))
             if position is None or position.end < end:
                 short[source] = position.end if position is not None else -1

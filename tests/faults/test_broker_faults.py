@@ -73,7 +73,7 @@ def unfinished(settings: Settings, stable: Consumer, whole: Consumer) -> list[st
     read_committed client) is below their high watermark (``whole``, read_uncommitted): a transaction of it is
     open there, or its markers are not all written yet."""
     names = internal_topics(settings)
-    topics = [names.partials, names.seen_ids, names.answers, names.journey_answers, settings.dlq_topic,
+    topics = [names.partials, names.seen_ids, names.answers, names.journey_answers, names.routed, settings.dlq_topic,
               settings.followups_topic]  # fmt: skip
     out = []
     for topic in topics:

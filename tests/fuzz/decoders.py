@@ -19,7 +19,7 @@ with atheris.instrument_imports():
     from streams.followups import encode as encode_followup
     from streams.validate import Clock
     from streams.worker.ingest import Ingest
-    from streams.worker.records import encode_answers, encode_partials, encode_seen
+    from streams.worker.records import encode_answers, encode_partials, encode_routed, encode_seen
 
 CATALOG = LocalCatalog()
 NOW = 1_800_000_000_000
@@ -28,8 +28,17 @@ SEPARATOR = b"\xff\x00\xff"  # splits one fuzz input into several messages of a 
 
 
 class Message:
-    def __init__(self, partition: int, offset: int, value: bytes) -> None:
-        self._partition, self._offset, self._value = partition, offset, value
+    def __init__(self, partition: int, offset: int, value: bytes, topic: str = "cx.feedback") -> None:
+        self._partition, self._offset, self._value, self._topic = partition, offset, value, topic
+
+    def topic(self) -> str:
+        return self._topic
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, NOW)
+
+    def headers(self) -> None:
+        return None
 
     def partition(self) -> int:
         return self._partition
@@ -46,10 +55,11 @@ class Message:
 
 def one_input(data: bytes) -> None:
     values = data.split(SEPARATOR)[:50]
-    ingest = Ingest("cx.feedback", CATALOG, 60_000, 2, followups=True, answers=True, customer_key=b"k" * 16)
-    out = ingest.batch([Message(i % 2, i, value) for i, value in enumerate(values)], CLOCK)
-    assert out.counted + len(out.dead_letters) + out.duplicates == len(values)
-    for letter in out.dead_letters:
+    ingest = Ingest("cx.feedback", CATALOG, 60_000, 2, 2, followups=True, answers=True, customer_key=b"k" * 16)
+    routed = ingest.batch([Message(i % 2, i, value) for i, value in enumerate(values)], CLOCK)
+    out = ingest.batch([Message(q, 0, encode_routed(v), "cx-routed") for q, v in routed.routed.items()], CLOCK)
+    assert out.counted + len(routed.dead_letters) + out.duplicates == len(values) and not out.dead_letters
+    for letter in routed.dead_letters:
         for _, header in letter.headers:
             if isinstance(header, str):
                 header.encode()

@@ -34,10 +34,11 @@ from streams.journeys import encode_answer_rows
 from streams.validate import Clock
 from streams.windows import result_record, window_result
 from streams.worker import journey_agent, merge_agent, repair
-from streams.worker.ingest import Ingest
 from streams.worker.journey_agent import JourneyAgent
 from streams.worker.merge_agent import MergeAgent
-from streams.worker.records import Position, encode_partials, position_to_table
+from streams.worker.records import ROUTED_SOURCE, Position, encode_partials, position_to_table
+from tests.fakes import FakeMessage, TwoSteps
+from tests.fakes import ingest as fake_ingest
 from tests.support import event
 
 pytestmark = pytest.mark.unit
@@ -126,34 +127,17 @@ def settings(**overrides: Any) -> Settings:
 
 
 def partial_records(batches: int, source: int = 0, per_batch: int = 3) -> list[Record]:
-    """The partial messages (partials partition 0) of ``batches`` hot-path batches of source partition ``source``."""
-    ingest = Ingest("cx.feedback", CATALOG, P, 1)
+    """The partial messages (partials partition 0) of ``batches`` hot-path batches of feedback partition
+    ``source`` (one routed partition: routed offset b carries batch b's answers)."""
+    steps = TwoSteps(fake_ingest(pane_ms=P))
     records, offset = [], 0
     for b in range(batches):
         answers = [event(event_id=f"b{b}e{i}", occurred_at=NOW - 600_000 + 1000 * i) for i in range(per_batch)]
-        messages = [_Msg(source, offset + i, json.dumps(answer).encode()) for i, answer in enumerate(answers)]
-        out = ingest.batch(messages, Clock(NOW, 300_000, 7 * 86_400_000))
-        ingest.committed(out.offsets)
+        messages = [FakeMessage(source, offset + i, json.dumps(answer).encode()) for i, answer in enumerate(answers)]
+        _, counted = steps.batch(messages, Clock(NOW, 300_000, 7 * 86_400_000))
         offset += per_batch
-        records.append(Record(0, 2 * b, encode_partials(out.partials[0]), NOW))  # a commit marker after each
+        records.append(Record(0, 2 * b, encode_partials(counted.partials[0]), NOW))  # a commit marker after each
     return records
-
-
-class _Msg:
-    def __init__(self, p: int, o: int, v: bytes) -> None:
-        self.p, self.o, self.v = p, o, v
-
-    def partition(self) -> int:
-        return self.p
-
-    def offset(self) -> int:
-        return self.o
-
-    def key(self) -> bytes | None:
-        return None
-
-    def value(self) -> bytes:
-        return self.v
 
 
 def merge_of(records: list[Record], committed: dict[int, int], **overrides: Any) -> tuple[MergeAgent, Produced]:
@@ -173,7 +157,7 @@ def merge_of(records: list[Record], committed: dict[int, int], **overrides: Any)
 
 def test_merge_absorbs_once_and_emits_results_flushed() -> None:
     records = partial_records(3)
-    agent, produced = merge_of(records, {0: 9})
+    agent, produced = merge_of(records, {0: 3})
     asyncio.run(agent.handle(0, records))
     first = len(produced.on(agent.settings.results_topic))
     assert first > 0 and produced.flushes == 1
@@ -181,7 +165,7 @@ def test_merge_absorbs_once_and_emits_results_flushed() -> None:
     asyncio.run(agent.handle(0, records))  # delivered again: re-emitted, nothing counted twice
     again = produced.on(agent.settings.results_topic)[first:]
     assert sum(decode_confluent(v, CATALOG, WINDOW_RESULT)[1]["n"] for _, v, _, _ in again if v) == n
-    assert agent.positions[SourceKey(0, 0).encode()] == position_to_table(Position(9, 4))
+    assert agent.positions[SourceKey(0, ROUTED_SOURCE).encode()] == position_to_table(Position(3, 4))
 
 
 def test_a_batch_of_large_partial_messages_is_merged_a_few_megabytes_at_a_time(
@@ -191,10 +175,10 @@ def test_a_batch_of_large_partial_messages_is_merged_a_few_megabytes_at_a_time(
     runs of at most MERGE_BATCH_BYTES (a larger message alone), with the same table, positions and final results
     as in one run."""
     records = partial_records(4)
-    whole, whole_out = merge_of(records, {0: 12})
+    whole, whole_out = merge_of(records, {0: 4})
     asyncio.run(whole.handle(0, records))
     monkeypatch.setattr(merge_agent, "MERGE_BATCH_BYTES", len(records[0].value) + len(records[1].value))
-    runs, runs_out = merge_of(records, {0: 12})
+    runs, runs_out = merge_of(records, {0: 4})
     asyncio.run(runs.handle(0, list(reversed(records))))  # in offset order, whatever the order given
     assert whole_out.flushes == 1 and runs_out.flushes == 2
     assert dict(runs.panes) == dict(whole.panes) and dict(runs.positions) == dict(whole.positions)
@@ -221,13 +205,13 @@ def test_records_are_split_into_runs_of_a_byte_budget_in_their_order() -> None:
 
 def test_merge_reads_back_a_message_the_consumer_skipped() -> None:
     records = partial_records(3)
-    agent, _ = merge_of(records, {0: 9})
+    agent, _ = merge_of(records, {0: 3})
     asyncio.run(agent.handle(0, [records[0], records[2]]))  # the middle one never arrived
     assert (
         agent.reader.reads == 1
         and agent.metrics.registry.get_sample_value("cxpulse_worker_repaired_records_total") == 1
     )
-    assert agent.positions[SourceKey(0, 0).encode()] == position_to_table(Position(9, 4))
+    assert agent.positions[SourceKey(0, ROUTED_SOURCE).encode()] == position_to_table(Position(3, 4))
 
 
 def test_a_long_skip_is_read_back_in_chunks_with_the_same_outcome(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -235,19 +219,19 @@ def test_a_long_skip_is_read_back_in_chunks_with_the_same_outcome(monkeypatch: p
     was 47-72 messages of up to 8 MB): a skip of four messages read two at a time gives the table, positions and
     results of the whole read; so does a tail read-back."""
     records = partial_records(6)
-    whole, whole_out = merge_of(records, {0: 18})
+    whole, whole_out = merge_of(records, {0: 6})
     asyncio.run(whole.handle(0, [records[0], records[5]]))  # the four between were skipped
     assert whole.reader.reads == 1
     monkeypatch.setattr(merge_agent, "READ_BACK_BYTES", len(records[1].value) + len(records[2].value))
-    chunked, chunked_out = merge_of(records, {0: 18})
+    chunked, chunked_out = merge_of(records, {0: 6})
     asyncio.run(chunked.handle(0, [records[0], records[5]]))
     assert chunked.reader.reads == 2
     assert dict(chunked.panes) == dict(whole.panes) and dict(chunked.positions) == dict(whole.positions)
-    assert chunked.positions[SourceKey(0, 0).encode()] == position_to_table(Position(18, 10))
+    assert chunked.positions[SourceKey(0, ROUTED_SOURCE).encode()] == position_to_table(Position(6, 10))
     assert chunked.metrics.registry.get_sample_value("cxpulse_worker_repaired_records_total") == 4
     assert _ns(chunked_out) == _ns(whole_out) and _ns(whole_out)
 
-    tail, _ = merge_of(records, {0: 18})
+    tail, _ = merge_of(records, {0: 6})
     asyncio.run(tail.handle(0, records[:1]))
     tail.active_at = 0.0  # idle: the second short sight reads back
     asyncio.run(tail.follow_tails())
@@ -361,7 +345,7 @@ def test_each_run_of_a_batch_is_progress() -> None:
     """A Faust batch of a backlog takes minutes in a niced process: every run the merge or the journey agent
     finishes moves the process's progress, not only the batch's end (the stall watch killed it after 300 s)."""
     records, journeys = partial_records(2), journey_records(0, 2)
-    merge, _ = merge_of(records, {0: 6})
+    merge, _ = merge_of(records, {0: 2})
     follow = journeys_of(journeys, {0: 4})
     clock = [0.0]
     for agent, batch in ((merge, records), (follow, journeys)):
@@ -399,7 +383,7 @@ def test_the_journey_tail_check_waits_while_the_consumer_has_not_handed_the_end_
 
 def test_the_tail_check_puts_off_a_busy_merge_then_reads_back(monkeypatch: pytest.MonkeyPatch) -> None:
     records = partial_records(3)
-    agent, _ = merge_of(records, {0: 9})
+    agent, _ = merge_of(records, {0: 3})
     asyncio.run(agent.handle(0, records[:1]))  # merge saw the first; the hot path committed all three
     clock = [1000.0]
     monkeypatch.setattr(merge_agent.time, "monotonic", lambda: clock[0])
@@ -410,7 +394,7 @@ def test_the_tail_check_puts_off_a_busy_merge_then_reads_back(monkeypatch: pytes
         assert agent.reader.reads == 0  # put off while busy
     asyncio.run(agent.follow_tails())  # deferred long enough: read back
     assert agent.reader.reads == 1
-    assert agent.positions[SourceKey(0, 0).encode()] == position_to_table(Position(9, 4))
+    assert agent.positions[SourceKey(0, ROUTED_SOURCE).encode()] == position_to_table(Position(3, 4))
 
 
 def test_the_tail_check_waits_while_the_consumer_has_not_handed_the_end_over() -> None:
@@ -418,7 +402,7 @@ def test_the_tail_check_waits_while_the_consumer_has_not_handed_the_end_over() -
     partition's end, no read-back (it would be read twice), idle or not, up to TAIL_WAIT_CHECKS; once it has,
     a chain still short is read back."""
     records = partial_records(3)
-    agent, _ = merge_of(records, {0: 9})
+    agent, _ = merge_of(records, {0: 3})
     held = cast(Held, agent.consumption)
     asyncio.run(agent.handle(0, records[:1]))
     held.handed[0] = records[0].offset  # the consumer is on its way: two more messages to hand over
@@ -429,12 +413,12 @@ def test_the_tail_check_waits_while_the_consumer_has_not_handed_the_end_over() -
     held.handed[0] = records[-1].offset  # handed over, and the agent never got them: skipped
     asyncio.run(agent.follow_tails())
     assert agent.reader.reads == 1
-    assert agent.positions[SourceKey(0, 0).encode()] == position_to_table(Position(9, 4))
+    assert agent.positions[SourceKey(0, ROUTED_SOURCE).encode()] == position_to_table(Position(3, 4))
 
 
 def test_an_idle_merge_reads_a_short_tail_back_at_the_second_check() -> None:
     records = partial_records(2)
-    agent, _ = merge_of(records, {0: 6})
+    agent, _ = merge_of(records, {0: 2})
     asyncio.run(agent.handle(0, records[:1]))
     agent.active_at = 0.0  # idle
     asyncio.run(agent.follow_tails())
@@ -447,7 +431,7 @@ def test_a_merge_group_that_stands_still_while_the_hot_path_commits_is_stalled(m
     """faust-streaming#523: a Faust consumer that lost its session in an outage may never fetch again, holding no
     partition (unsettled here).  The hot path's offsets move, the merge group's do not: the process is stalled;
     once the group moves again it is not."""
-    agent, _ = merge_of(partial_records(1), {0: 3})
+    agent, _ = merge_of(partial_records(1), {0: 1})
     agent.consumption = Held("cx-partials", {}, settled=False)  # wedged: nothing held, never settled
     hot, own = cast(Offsets, agent.hotpath), cast(Offsets, agent.own)
     clock = [1000.0]
@@ -474,7 +458,7 @@ def test_a_merge_group_that_stands_still_while_the_hot_path_commits_is_stalled(m
 
 def test_expiry_drops_the_panes_past_the_retention_and_ignores_late_deltas() -> None:
     records = partial_records(1)
-    agent, _ = merge_of(records, {0: 3}, retention_seconds=3600, windows_seconds=(300,))
+    agent, _ = merge_of(records, {0: 1}, retention_seconds=3600, windows_seconds=(300,))
     asyncio.run(agent.handle(0, records))
     assert agent.panes
     asyncio.run(agent.expire(NOW + 2 * 3600_000))
@@ -679,7 +663,7 @@ def test_the_merge_tick_does_not_wait_for_the_tail_check() -> None:
     """Reading the groups' offsets can take ADMIN_TIMEOUT_SECONDS twice while Kafka is away: the tick starts the
     tail check beside itself and returns (a tick that long made Faust warn "merge-tick is overlapping" every 10 s
     of an outage); the next check starts only once this one is done."""
-    agent, _ = merge_of(partial_records(1), {0: 3})
+    agent, _ = merge_of(partial_records(1), {0: 1})
     release = threading.Event()
     reads: list[int] = []
 

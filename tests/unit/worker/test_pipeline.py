@@ -7,7 +7,6 @@ import json
 import random
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +19,21 @@ from streams.replay import replay_file
 from streams.synth import realistic_events
 from streams.validate import Clock, validate_batch
 from streams.windows import WindowResult
-from streams.worker.ingest import Ingest
+from streams.worker.ingest import Ingest, routed_partition
 from streams.worker.merge import MergeStep
 from streams.worker.records import (
     FROM_THE_START,
+    ROUTED_SOURCE,
     PartialBatch,
+    Through,
     decode_partials,
+    decode_routed,
     encode_partials,
+    encode_routed,
+    lowest_through,
 )
+from tests.fakes import FEEDBACK, ROUTED, FakeMessage, RoutedTopic, TwoSteps
+from tests.fakes import ingest as fake_ingest
 
 PANE_MS = 60_000
 NOW = 1_767_300_000_000
@@ -35,26 +41,7 @@ CLOCK = Clock(NOW, 300_000, 7 * 86_400_000)
 DEEP = b'{"event_id": ' + b"[" * 5000  # JSON nested thousands deep
 
 
-@dataclass
-class Msg:
-    """A stand-in for a confluent-kafka Message (the RawMessage protocol)."""
-
-    p: int
-    o: int
-    v: bytes | None
-    k: bytes | None = None
-
-    def partition(self) -> int:
-        return self.p
-
-    def offset(self) -> int:
-        return self.o
-
-    def key(self) -> bytes | None:
-        return self.k
-
-    def value(self) -> bytes | None:
-        return self.v
+Msg = FakeMessage
 
 
 def events(count: int, seed: int) -> list[dict[str, Any]]:
@@ -70,37 +57,54 @@ def replay_of(values: Iterable[bytes]) -> list[WindowResult]:
 
 
 def partitioned(values: list[bytes], partitions: int, rng: random.Random) -> dict[int, list[Msg]]:
-    """Messages keyed like platforms do (a re-send lands in the partition of the original)."""
+    """Messages on random partitions: the copies of an answer land wherever their senders keyed them (a platform
+    keys by customer, another by event id).  Each has its position in ``values`` as its Kafka timestamp: the
+    order they were sent in."""
     out: dict[int, list[Msg]] = {p: [] for p in range(partitions)}
-    for value in values:
-        try:
-            p = sum(json.loads(value)["event_id"].encode()) % partitions
-        except (ValueError, RecursionError, KeyError):
-            p = rng.randrange(partitions)
-        out[p].append(Msg(p, len(out[p]), value))
+    for sent, value in enumerate(values):
+        p = rng.randrange(partitions)
+        out[p].append(Msg(p, len(out[p]), value, ts=sent))
     return out
 
 
-def run_stream(per_partition: dict[int, list[Msg]], batch: int, q: int, rng: random.Random) -> list[WindowResult]:
-    """Ingest in batches of interleaved partitions, deliver every partial message in offset order per partials
-    partition, some of them a second time at the end, merge; return the latest version of every group."""
-    ingest = Ingest("feedback", LocalCatalog(), PANE_MS, q)
-    for p in per_partition:
-        ingest.starts[p] = FROM_THE_START
+def hot_path(
+    per_partition: dict[int, list[Msg]], batch: int, q: int, rng: random.Random, routed: int = 2
+) -> tuple[dict[int, list[bytes]], dict[int, int]]:
+    """The hot path's batches over the feedback partitions and its routed topic, as one consumer reads both: each
+    batch takes up to ``batch`` messages of each feedback partition and a random part of what earlier batches
+    routed.  Returns its partial messages per partials partition (in Kafka's order) and the routed offsets it
+    committed."""
+    ingest = Ingest(FEEDBACK, LocalCatalog(), PANE_MS, q, routed)
+    topic = RoutedTopic()
     cursors = dict.fromkeys(per_partition, 0)
     sent: dict[int, list[bytes]] = {i: [] for i in range(q)}
-    while any(cursors[p] < len(ms) for p, ms in per_partition.items()):
+    waiting: list[Msg] = []
+    while waiting or topic.waiting or any(cursors[p] < len(ms) for p, ms in per_partition.items()):
         messages = []
         for p, ms in per_partition.items():
             take = rng.randrange(0, batch + 1)
             messages.extend(ms[cursors[p] : cursors[p] + take])
             cursors[p] += take
+        waiting += topic.take()
+        for partition in range(routed):  # a prefix of each routed partition's waiting messages
+            mine = [m for m in waiting if m.partition() == partition]
+            taken = mine[: rng.randrange(0, len(mine) + 1)] if rng.random() < 0.8 else mine
+            messages += taken
+            waiting = [m for m in waiting if m not in taken]
         if not messages:
             continue
         out = ingest.batch(messages, CLOCK)
         ingest.committed(out.offsets)
+        topic.add(out, {p: 0 for p in per_partition})
         for partition, message in out.partials.items():
             sent[partition].append(encode_partials(message))
+    return sent, topic.ends
+
+
+def run_stream(per_partition: dict[int, list[Msg]], batch: int, q: int, rng: random.Random) -> list[WindowResult]:
+    """The hot path's batches, then every partial message delivered in offset order per partials partition, some
+    of them a second time at the end, merged; return the latest version of every group."""
+    sent, _ = hot_path(per_partition, batch, q, rng)
     panes: dict[str, Any] = {}
     positions: dict[str, Any] = {}
     latest: dict[tuple[int, str, str, str], WindowResult] = {}
@@ -140,14 +144,13 @@ def test_stream_steps_equal_replay(seed: int, partitions: int, q: int, batch: in
     assert without_version(stream) == without_version(replay_of(values))
 
 
-def test_a_batch_yields_dead_letters_ranges_and_offsets() -> None:
+def test_the_route_step_dead_letters_the_invalid_and_routes_the_valid_by_event_id() -> None:
     good = json.dumps(events(1, 1)[0] | {"occurred_at": NOW + 1000}).encode()
     bad_metric = json.dumps(events(1, 2)[0] | {"metric": "XYZ", "occurred_at": NOW - 1000}).encode()
-    ingest = Ingest("cx.feedback", LocalCatalog(), PANE_MS, 2)
-    ingest.starts.update({0: 40, 1: FROM_THE_START})
+    ingest = Ingest("cx.feedback", LocalCatalog(), PANE_MS, 2, 3)
     messages = [Msg(0, 40, good, b"k"), Msg(0, 41, DEEP), Msg(1, 0, bad_metric), Msg(1, 1, None)]
     out = ingest.batch(messages, CLOCK)
-    assert out.offsets == {0: 42, 1: 2}
+    assert out.offsets == {("cx.feedback", 0): 42, ("cx.feedback", 1): 2}
     assert [(d.source_partition, d.source_offset, d.reason) for d in out.dead_letters] == [
         (0, 41, "undecodable"),
         (1, 0, "bad_metric"),
@@ -156,26 +159,74 @@ def test_a_batch_yields_dead_letters_ranges_and_offsets() -> None:
     headers = dict(out.dead_letters[1].headers)
     assert headers["source_topic"] == b"cx.feedback" and headers["source_offset"] == b"0"
     assert "nested too deeply" in dict(out.dead_letters[0].headers)["detail"].decode()
-    # every partials partition gets a message with every source range, whether or not it has deltas
+    # every routed partition gets a message; the valid answer goes, as it came, to its event id's
+    owner = routed_partition(json.loads(good)["event_id"], 3)
+    assert {q: [answer.raw for answer in answers] for q, answers in out.routed.items()} == {
+        q: [good] if q == owner else [] for q in range(3)
+    }
+    assert out.routed[owner][0].event.event_id == json.loads(good)["event_id"]
+    assert decode_routed(encode_routed(out.routed[owner])) == out.routed[owner]
+    assert (out.partials, out.counted, out.records) == ({}, 0, 4)  # nothing counted before it is routed
+
+
+def test_the_count_step_sends_every_partials_partition_its_ranges() -> None:
+    good = json.dumps(events(1, 1)[0] | {"occurred_at": NOW + 1000}).encode()
+    steps = TwoSteps(fake_ingest(partials=2, routed=2))
+    steps.step.starts.update({0: 40, 1: FROM_THE_START})
+    steps.topic.ends.update({0: 40})
+    _, out = steps.batch([Msg(0, 7, good)], CLOCK)
+    q = routed_partition(json.loads(good)["event_id"], 2)
+    assert out.offsets == {(ROUTED, 0): 41 if q == 0 else 41, (ROUTED, 1): 1}
     assert set(out.partials) == {0, 1}
     for message in out.partials.values():
-        assert [tuple(r) for r in message.ranges] == [(0, 40, 42), (1, FROM_THE_START, 2)]
+        assert [tuple(r) for r in message.ranges] == [(ROUTED_SOURCE, 40, 41), (ROUTED_SOURCE + 1, FROM_THE_START, 1)]
     owner = segment_partition(json.loads(good)["channel"], json.loads(good)["journey"], 2)
     assert [len(out.partials[p].panes) for p in (0, 1)] == [int(owner == 0), int(owner == 1)]
-    assert (out.counted, out.late, out.records) == (1, 0, 4)
-    ingest.committed(out.offsets)
-    assert ingest.starts == {0: 42, 1: 2}
+    assert (out.counted, out.late, out.records) == (1, 0, 0)
+    assert steps.step.starts == {0: 41, 1: 1}
+
+
+def test_copies_on_different_partitions_count_once_the_first_sent() -> None:
+    """A copy sent with a customer id (keyed by customer) and one sent later without (keyed by event id) land on
+    different partitions: the one sent first counts, once, and it is the answer stored, whichever partition the
+    consumer hands over first."""
+    first = events(1, 5)[0] | {"occurred_at": NOW - 1000, "metric": "NPS", "score": 9, "customer_id": "c-1"}
+    first |= {"scale_min": 0, "scale_max": 10}
+    second = first | {"score": 0, "customer_id": None}
+    values = [json.dumps(first).encode(), json.dumps(second).encode()]
+    for order in ([1, 0], [0, 1]):
+        steps = TwoSteps(fake_ingest(partials=1, routed=4, answers=True))
+        messages = [Msg(i, 0, values[i], ts=NOW - 100 + i) for i in order]  # sent 1 ms apart, partition i
+        _, out = steps.batch(messages, CLOCK)
+        assert (out.counted, out.duplicates) == (1, 1)
+        assert out.answers == {routed_partition(first["event_id"], 4): [values[0]]}
+        (pane,) = out.partials[0].panes
+        assert pane.states["NPS"].promoters == 1 and pane.states["NPS"].detractors == 0
+
+
+def test_the_count_step_carries_how_far_each_feedback_partition_is_routed() -> None:
+    good = json.dumps(events(1, 6)[0]).encode()
+    ingest = fake_ingest(routed=2)
+    routed = ingest.batch([Msg(3, 0, good)], CLOCK)
+    topic = RoutedTopic()
+    topic.add(routed, {3: 500, 4: 700})
+    topic.add(routed, {3: 900})
+    out = ingest.batch(topic.take(), CLOCK)
+    assert out.through == {0: {3: 900, 4: 700}, 1: {3: 900, 4: 700}}
+    assert lowest_through(Through(2, {(q, p): ms for q, seen in out.through.items() for p, ms in seen.items()})) == 700
+    assert lowest_through(Through(3, {(0, 3): 900})) == 0  # routed partitions 1 and 2 have not reported p 3
 
 
 def test_a_counted_event_in_a_closed_pane_is_late() -> None:
     old = json.dumps(events(1, 3)[0] | {"occurred_at": NOW - 10 * PANE_MS}).encode()
-    out = Ingest("t", LocalCatalog(), PANE_MS, 1).batch([Msg(0, 0, old)], CLOCK)
+    _, out = TwoSteps(fake_ingest()).batch([Msg(0, 0, old)], CLOCK)
     assert (out.counted, out.late) == (1, 1)
 
 
 def test_partial_messages_round_trip() -> None:
-    ingest = Ingest("t", LocalCatalog(), PANE_MS, 1)
-    out = ingest.batch([Msg(0, i, json.dumps(e).encode()) for i, e in enumerate(events(50, 4))], CLOCK)
+    _, out = TwoSteps(fake_ingest()).batch(
+        [Msg(0, i, json.dumps(e).encode()) for i, e in enumerate(events(50, 4))], CLOCK
+    )
     message: PartialBatch = out.partials[0]
     assert decode_partials(encode_partials(message)) == message
     # a lone surrogate in a name (json.dumps escapes it; orjson refuses the escape, json reads it)
@@ -189,45 +240,33 @@ def test_the_answers_of_a_batch_are_the_raw_bytes_of_the_counted_events() -> Non
     valid, _ = validate_batch([json.loads(v) for v in good])
     counted_ids = {event.event_id for event in valid}
     values = [*good, b"not json", DEEP, good[0], good[3]]
-    ingest = Ingest("t", LocalCatalog(), PANE_MS, 3, answers=True)
-    messages = [Msg(0, offset, value) for offset, value in enumerate(values)]
-    out = ingest.batch(messages, CLOCK)
+    messages = [Msg(offset % 2, offset, value) for offset, value in enumerate(values)]
+    _, out = TwoSteps(fake_ingest(partials=3, routed=1, answers=True)).batch(messages, CLOCK)
     assert sorted(json.loads(v)["event_id"] for v in out.answers[0]) == sorted(counted_ids)
     assert all(v in good for v in out.answers[0])
-    assert Ingest("t", LocalCatalog(), PANE_MS, 3).batch(messages, CLOCK).answers == {}  # off: nothing copied
+    assert TwoSteps(fake_ingest(partials=3)).batch(messages, CLOCK)[1].answers == {}  # off: nothing copied
 
 
 def test_answers_are_split_under_the_message_size() -> None:
     from streams.worker.hotpath import answer_chunks
 
     values = [bytes([i % 251]) * (100 + i) for i in range(300)]
-    chunks = answer_chunks(values, 5000)
+    chunks = answer_chunks(values, 5000, len)
     assert [v for chunk in chunks for v in chunk] == values  # all of them, in order
     assert all(sum(len(v) + 4 for v in chunk) <= 5000 for chunk in chunks) and len(chunks) > 10
-    assert answer_chunks([], 5000) == [] and answer_chunks([b"x" * 9000], 5000) == [[b"x" * 9000]]
+    assert answer_chunks([], 5000, len) == [] and answer_chunks([b"x" * 9000], 5000, len) == [[b"x" * 9000]]
 
 
-def partial_messages(per_partition: dict[int, list[Msg]], batch: int, q: int, rng: random.Random) -> dict[int, list]:
-    """The hot path's partial messages per partials partition, as they lie in Kafka (a commit marker after each)."""
+def partial_messages(
+    per_partition: dict[int, list[Msg]], batch: int, q: int, rng: random.Random
+) -> tuple[dict[int, list[Any]], dict[int, int]]:
+    """The hot path's partial messages per partials partition, as they lie in Kafka (a commit marker after each),
+    and the routed offsets it committed."""
     from streams.agents.base import Record
 
-    ingest = Ingest("feedback", LocalCatalog(), PANE_MS, q)
-    for p in per_partition:
-        ingest.starts[p] = FROM_THE_START
-    cursors = dict.fromkeys(per_partition, 0)
-    sent: dict[int, list[Record]] = {i: [] for i in range(q)}
-    while any(cursors[p] < len(ms) for p, ms in per_partition.items()):
-        messages = []
-        for p, ms in per_partition.items():
-            take = rng.randrange(0, batch + 1)
-            messages.extend(ms[cursors[p] : cursors[p] + take])
-            cursors[p] += take
-        if messages:
-            out = ingest.batch(messages, CLOCK)
-            ingest.committed(out.offsets)
-            for partition, message in out.partials.items():
-                sent[partition].append(Record(partition, 2 * len(sent[partition]), encode_partials(message), NOW))
-    return sent
+    sent, committed = hot_path(per_partition, batch, q, rng)
+    records = {p: [Record(p, 2 * i, value, NOW) for i, value in enumerate(values)] for p, values in sent.items()}
+    return records, committed
 
 
 @settings(max_examples=25, deadline=None)
@@ -255,11 +294,10 @@ def test_merge_equals_replay_whatever_order_the_partials_arrive_in(
 
     values = [json.dumps(e).encode() for e in events(300, seed)]
     rng = random.Random(seed)
-    sent = partial_messages(partitioned(values, partitions, rng), batch, q, rng)
+    sent, committed = partial_messages(partitioned(values, partitions, rng), batch, q, rng)
     produced = Produced()
     everything = [record for records in sent.values() for record in records]
     ends = {p: 2 * len(records) for p, records in sent.items()}
-    committed = {p: len(ms) for p, ms in partitioned(values, partitions, random.Random(seed)).items()}
     metrics, held = WorkerMetrics(CollectorRegistry()), Held("cx-partials", ends)
     context = AgentContext(Settings(clickhouse_url=""), metrics, produced, LocalCatalog(), held)  # type: ignore[arg-type]
     agent = MergeAgent(context, ({}, {}), Reader(everything, 0), 1, Offsets(committed), Offsets({}))  # type: ignore[arg-type]

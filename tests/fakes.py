@@ -1,0 +1,101 @@
+"""Typed stand-ins shared by the unit tests: a Kafka message, and the broker's part between the hot path's route step
+and its count step (what a batch routes, read back in a later batch)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from streams.validate import Clock
+from streams.worker.ingest import BatchOut, Ingest
+from streams.worker.records import THROUGH_HEADER, encode_routed, encode_routed_through
+
+FEEDBACK = "cx.feedback"
+ROUTED = "cx-routed"
+
+
+@dataclass
+class FakeMessage:
+    """A stand-in for a confluent-kafka Message (streams.worker.ingest.RawMessage)."""
+
+    p: int
+    o: int
+    v: bytes | None
+    k: bytes | None = None
+    t: str = FEEDBACK
+    ts: int = 0
+    h: list[tuple[str, bytes]] | None = None
+
+    def topic(self) -> str:
+        return self.t
+
+    def partition(self) -> int:
+        return self.p
+
+    def offset(self) -> int:
+        return self.o
+
+    def key(self) -> bytes | None:
+        return self.k
+
+    def value(self) -> bytes | None:
+        return self.v
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, self.ts)
+
+    def headers(self) -> list[tuple[str, bytes]] | None:
+        return self.h
+
+    def error(self) -> None:
+        return None
+
+
+@dataclass
+class RoutedTopic:
+    """The routed topic between two batches: what a batch routed becomes messages of ``ROUTED`` (one per routed
+    partition and batch, with the route step's ``through`` header), read by a later batch."""
+
+    waiting: dict[int, list[FakeMessage]] = field(default_factory=dict)
+    ends: dict[int, int] = field(default_factory=dict)
+
+    def add(self, out: BatchOut, through: dict[int, int] | None = None) -> None:
+        header = [(THROUGH_HEADER, encode_routed_through(through or {}))]
+        for partition, values in out.routed.items():
+            offset = self.ends.get(partition, 0)
+            self.waiting.setdefault(partition, []).append(
+                FakeMessage(partition, offset, encode_routed(values), t=ROUTED, h=header)
+            )
+            self.ends[partition] = offset + 1
+
+    def take(self) -> list[FakeMessage]:
+        """Every routed message not read yet, in offset order per partition."""
+        out = [message for messages in self.waiting.values() for message in messages]
+        self.waiting.clear()
+        return out
+
+
+def ingest(partials: int = 1, routed: int = 1, **options: Any) -> Ingest:
+    """An Ingest of ``FEEDBACK`` with the test catalog's defaults (LocalCatalog), 60-second panes."""
+    from schemas.codec import LocalCatalog
+
+    return Ingest(FEEDBACK, LocalCatalog(), options.pop("pane_ms", 60_000), partials, routed, **options)
+
+
+@dataclass
+class TwoSteps:
+    """An Ingest and its routed topic: :meth:`batch` runs feedback messages through the route step, then their
+    routed answers through the count step in the next batch (both committed), as the hot path does when no other
+    message comes between."""
+
+    step: Ingest
+    topic: RoutedTopic = field(default_factory=RoutedTopic)
+
+    def batch(self, messages: Sequence[FakeMessage], clock: Clock) -> tuple[BatchOut, BatchOut]:
+        routed = self.step.batch(messages, clock)
+        self.step.committed(routed.offsets)
+        self.topic.add(routed)
+        counted = self.step.batch(self.topic.take(), clock)
+        self.step.committed(counted.offsets)
+        return routed, counted
