@@ -21,11 +21,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from schemas.codec import WINDOW_RESULT, LocalCatalog, decode_confluent
 from streams.broker import die_with_parent
 from streams.config import Settings
-from streams.kafka import consumer
-from streams.produce import produce_file
+from streams.kafka import consumer, producer
+from streams.produce import messages_of, produce_file
 from streams.replay import replay_file
 from streams.synth import realistic_events
-from streams.topics import ensure_topics, topic_specs
+from streams.topics import ensure_topics, partition_count, topic_specs
 from streams.windows import result_from_record, result_json
 from tests.support import cxpulse_command
 
@@ -43,8 +43,9 @@ class Pipeline:
     env: dict[str, str]
 
 
-def make_pipeline(bootstrap: str, tmp_path: Path, **overrides: Any) -> Pipeline:
-    """Fresh topics and settings (plus the env a worker process reads them from) for one worker test."""
+def make_pipeline(bootstrap: str, tmp_path: Path, create_topics: bool = True, **overrides: Any) -> Pipeline:
+    """Fresh topics and settings (plus the env a worker process reads them from) for one worker test;
+    ``create_topics=False`` leaves the topics to the worker (or `cxpulse topics`), as a user's first start does."""
     tag = uuid.uuid4().hex[:10]
     values = {
         "kafka_bootstrap": bootstrap,
@@ -61,7 +62,8 @@ def make_pipeline(bootstrap: str, tmp_path: Path, **overrides: Any) -> Pipeline:
         **overrides,
     }
     settings = Settings(**values)
-    ensure_topics(settings.kafka_bootstrap, topic_specs(settings), settings.replication_factor)
+    if create_topics:
+        ensure_topics(settings.kafka_bootstrap, topic_specs(settings), settings.replication_factor)
     env = {
         **os.environ,
         **{f"CXPULSE_{k.upper()}": json.dumps(v) if isinstance(v, tuple) else str(v) for k, v in values.items()},
@@ -253,5 +255,28 @@ def split(path: Path, parts: int) -> list[Path]:
     return chunks
 
 
-def produce(settings: Settings, path: Path) -> None:
-    produce_file(path, settings.kafka_bootstrap, settings.feedback_topic, LocalCatalog())
+def produce(settings: Settings, path: Path, spread: bool = True) -> None:
+    """Send the events of ``path`` as `cxpulse produce` does (keyed by customer, else event id); with ``spread``
+    (the default) each to a partition of its own choosing instead (round-robin by position), so that the copies of
+    a re-sent answer land on different partitions, as they do from platforms that key differently or not at all:
+    every exactness test then also tests de-duplication across partitions."""
+    if not spread:
+        produce_file(path, settings.kafka_bootstrap, settings.feedback_topic, LocalCatalog())
+        return
+    partitions = partition_count(settings.kafka_bootstrap, settings.feedback_topic)
+    out = producer(settings.kafka_bootstrap, **{"linger.ms": 20})
+    failed: list[str] = []
+    for index, (key, value) in enumerate(messages_of(path, LocalCatalog())):
+        while True:
+            try:
+                out.produce(
+                    settings.feedback_topic,
+                    value,
+                    key,
+                    partition=index % partitions,
+                    on_delivery=lambda error, _: failed.append(str(error)) if error else None,
+                )
+                break
+            except BufferError:
+                out.poll(0.1)
+    assert out.flush(60) == 0 and not failed, failed[:3]

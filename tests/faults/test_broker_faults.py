@@ -22,7 +22,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from schemas.codec import LocalCatalog
 from streams.config import Settings
-from streams.kafka import consumer
+from streams.kafka import admin_client, consumer
 from streams.produce import messages_of
 from streams.topics import internal_topics
 from tests.cluster import Feeder, LocalCluster
@@ -272,6 +272,46 @@ def test_a_rolling_restart_of_three_brokers_loses_nothing(
         converge(settings, expected, log)
         assert_dead_letters_once(settings, invalid)
         assert worker.poll() is None
+        stop_worker(worker, log)
+    finally:
+        stop_process(worker)
+
+
+def test_a_broker_restart_while_the_worker_starts_is_waited_for(
+    own_cluster: Callable[..., LocalCluster], tmp_path: Path
+) -> None:
+    """A fresh app id: the worker creates its topics, and the broker is killed the moment the first of them shows
+    (the worker is then creating and describing the rest) and started again 3 s later.  The worker waits for it,
+    says so once when the wait begins and once when it ends (or, when the kill came after its start-up, rides it
+    out like any outage), never exits, and its results equal replay.  It used to exit with "topic ... does not
+    exist" (a restarted broker answers without leaders for a moment)."""
+    cluster = own_cluster(1, dedicated_controller=True)
+    pipeline = make_pipeline(cluster.bootstrap, tmp_path, create_topics=False)
+    settings = pipeline.settings
+    source, messages = _events(tmp_path, 2000)
+    expected, invalid = expected_results(source, settings.pane_seconds)
+    port, log = free_ports(1)[0], tmp_path / "worker.log"
+    admin = admin_client(cluster.bootstrap)
+    worker = start_worker(pipeline, log, metrics_port=port)
+    try:
+        deadline = time.monotonic() + 60
+        while settings.feedback_topic not in admin.list_topics(timeout=5).topics:
+            assert time.monotonic() < deadline and worker.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.02)  # polling the broker's metadata, which has no push: as close to the create as we can
+        cluster.kill(0)
+        time.sleep(3.0)  # the outage itself, not a synchronisation
+        cluster.start([0])
+        wait_for(lambda: readyz(port) == 200, "the worker ready after the restart", log, timeout=180)
+        feeder = Feeder(cluster.bootstrap, settings.feedback_topic, messages, RATE).start()
+        feeder.join(300)
+        converge(settings, expected, log)
+        assert_dead_letters_once(settings, invalid)
+        assert worker.poll() is None, log.read_text()[-3000:]
+        text = log.read_text()
+        assert "does not exist" not in text and "cxpulse: worker:" not in text, text[-3000:]
+        waits = [line for line in text.splitlines() if "waiting for Kafka:" in line]
+        ends = [line for line in text.splitlines() if "Kafka ready after" in line]
+        assert len(waits) == len(ends) <= 1, waits + ends
         stop_worker(worker, log)
     finally:
         stop_process(worker)

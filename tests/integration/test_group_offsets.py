@@ -23,7 +23,7 @@ def test_a_groups_committed_offsets_are_read_without_joining_it(kafka_broker: Ru
         asynchronous=False,
     )
     committer.close()
-    offsets = GroupOffsets(settings)
+    offsets = GroupOffsets(settings, group, settings.feedback_topic)
     assert offsets.read() == {0: 5, 2: 7}  # partition 1 has none
     assert offsets.read() == {0: 5, 2: 7}  # the same client again
     offsets.close()

@@ -244,3 +244,58 @@ def stored_instances(pipeline: Pipeline) -> dict[tuple[str, str, str], tuple[int
         {},
     )
     return {(str(r[0]), str(r[1]), iso_utc(int(r[2]))): (int(r[3]), int(r[4]), bool(r[5])) for r in rows}
+
+
+def test_a_later_copy_keyed_otherwise_counts_nowhere(kafka_broker: Any, tmp_path: Path) -> None:
+    """Answers sent with their customer id (keyed by customer, as `cxpulse produce` keys them) and, once counted,
+    every one of them again in a shuffled order, without the customer id and with another score (so keyed by event
+    id, mostly on another partition; what a platform's retry through the HTTP ingest can do): the first copies
+    count, once, in the results, the store's panes and answers and the journeys, as in replay of both.  It counted
+    both copies (n 25 against replay's 24 in one segment) and the store kept the later one."""
+    pipeline = make_pipeline(
+        kafka_broker.bootstrap,
+        tmp_path,
+        journeys_topic=f"test-{uuid.uuid4().hex[:8]}-j",
+        clickhouse_url=f"chdb://{tmp_path / 'store'}",
+    )
+    settings = pipeline.settings
+    first, everything = tmp_path / "first.jsonl", tmp_path / "everything.jsonl"
+    journey_events(first, 1500)
+    originals = [json.loads(line) for line in first.read_text().splitlines()]
+    copies = [e | {"customer_id": None, "score": e["scale_max"] or 5} for e in originals if e["event_id"]]
+    random.Random(8).shuffle(copies)
+    second = tmp_path / "second.jsonl"
+    second.write_text("".join(json.dumps(e) + "\n" for e in copies))
+    everything.write_text(first.read_text() + second.read_text())
+    replay = replay_file(everything, settings.pane_seconds * 1000, lambda dead: None)
+    expected_panes = {
+        (r.window_start, r.channel, r.journey, r.metric): r.n for r in replay.results()
+    }  # fmt: skip
+    expected = expected_instances(everything, settings.journey_gap_seconds * 1000)
+    counted = replay.stats.counted
+    port, log = free_ports(1)[0], tmp_path / "worker.log"
+    worker = start_worker(pipeline, log, metrics_port=port)
+    try:
+        produce(settings, first, spread=False)
+        converge_journeys(pipeline, expected)  # the first copies are counted (the copies add nothing)
+        duplicates_before = scrape(port)["cxpulse_worker_duplicates_total"]
+        produce(settings, second, spread=False)
+        wait_for(
+            lambda: scrape(port)["cxpulse_worker_duplicates_total"] - duplicates_before >= len(copies),
+            "every later copy dropped as a duplicate",
+            log,
+        )
+        converge_journeys(pipeline, expected)
+        reader = EndpointReader(Endpoint(**json.loads((settings.data_dir / "clickhouse-endpoint.json").read_text())))
+        scores = {str(r[0]): int(r[1]) for r in reader.rows("SELECT event_id, score FROM cxpulse.answers FINAL", {})}
+        first_scores = {e["event_id"]: e["score"] for e in reversed(originals) if e["event_id"]}
+        assert len(scores) == counted and all(scores[k] == first_scores[k] for k in scores)
+        panes = reader.rows(
+            "SELECT toUnixTimestamp64Milli(window_start), channel, journey, metric, n FROM cxpulse.pane_results FINAL",
+            {},
+        )
+        assert {(int(r[0]), str(r[1]), str(r[2]), str(r[3])): int(r[4]) for r in panes} == expected_panes
+        assert scrape(port)["cxpulse_worker_duplicates_total"] - duplicates_before == len(copies)
+        stop_worker(worker, log)
+    finally:
+        stop_process(worker)

@@ -30,6 +30,7 @@ from streams import acls as cx_acls
 from streams.broker import Listener
 from streams.config import Settings
 from streams.kafka import admin_client
+from streams.replay import replay_file
 from tests.cluster import LocalCluster
 from tests.support import cxpulse_command, free_ports, stop_process
 from tests.tls import Pki, make_pki
@@ -40,6 +41,7 @@ from tests.workers import (
     make_pipeline,
     mixed_events,
     scrape,
+    split,
     start_worker,
     stop_worker,
     wait_for,
@@ -80,7 +82,7 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secure]:
         ),
     )
     cluster.start()
-    passwords = {user: secrets.token_urlsafe(16) for user in ("cxworker", "cxfeeder", "nobody")}
+    passwords = {user: secrets.token_urlsafe(16) for user in ("cxworker", "cxsink", "cxfeeder", "nobody")}
     admin = admin_client(cluster.bootstrap)
     upserts = [
         UserScramCredentialUpsertion(user, ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 8192), password.encode())
@@ -135,16 +137,61 @@ def sasl_env(secure: Secure, user: str, **overrides: str) -> dict[str, str]:
     }
 
 
-def test_the_pipeline_runs_through_sasl_ssl_under_exactly_the_acls_cxpulse_prints(
-    secure: Secure, tmp_path: Path
-) -> None:
-    pipeline = make_pipeline(secure.plain, tmp_path)
+def printed_acls(env: dict[str, str], principal: str, *options: str) -> list[cx_acls.Acl]:
+    """What `cxpulse acls PRINCIPAL [options]` prints, read back from its kafka-acls.sh lines: the grants an operator
+    applies by running them."""
+    done = subprocess.run(
+        cxpulse_command("acls", principal, *options), env=env, capture_output=True, text=True, check=False, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    out = []
+    for line in done.stdout.splitlines():
+        if not line.startswith("kafka-acls.sh"):
+            continue
+        words = line.split()
+        operations = tuple(words[i + 1] for i, word in enumerate(words) if word == "--operation")
+        kind = next(k for k, option in (("topic", "--topic"), ("group", "--group"), ("transactional-id",
+                    "--transactional-id")) if option in words)  # fmt: skip
+        name = words[words.index(f"--{kind}") + 1]
+        pattern = "prefixed" if "--resource-pattern-type" in words else "literal"
+        assert words[words.index("--allow-principal") + 1] == principal
+        out.append(cx_acls.Acl(kind, name, pattern, operations, ""))  # type: ignore[arg-type]
+    assert out
+    return out
+
+
+FLOW_SECONDS = 64.0  # events flow at least a minute under the grants
+ROUNDS = 8
+
+
+@pytest.mark.parametrize("shape", ["default worker", "worker and lone sink"])
+def test_the_pipeline_runs_under_exactly_the_acls_cxpulse_prints(secure: Secure, tmp_path: Path, shape: str) -> None:
+    """On a fresh app id whose topics the worker creates itself, each process under exactly the grants `cxpulse acls`
+    prints for its role and nothing more, events sent over a minute by a produce-only principal:
+
+    - a default worker: journeys on and the embedded store, so its own sink reads the journey instances back (it
+      died here ~40 s in: its role's grants did not let it read them);
+    - a worker without a store, and `cxpulse sink` beside it on its own store (the production split).
+
+    Results equal replay, the store holds every counted answer once, no log says anything of authorization and no
+    process restarted."""
+    store = f"chdb://{tmp_path / 'store'}"
+    lone_sink = shape == "worker and lone sink"
+    pipeline = make_pipeline(secure.plain, tmp_path, create_topics=False, clickhouse_url="" if lone_sink else store)
     settings = pipeline.settings
-    grant(secure, "User:cxworker", cx_acls.acls_for(settings, "worker"))
-    grant(secure, "User:cxfeeder", cx_acls.acls_for(settings, "http"))
+    env = {**pipeline.env, "CXPULSE_KAFKA_BOOTSTRAP": secure.sasl}
+    grant(secure, "User:cxworker", printed_acls(env, "User:cxworker", "--role", "worker"))
+    grant(secure, "User:cxfeeder", printed_acls(env, "User:cxfeeder", "--role", "http"))
+    if lone_sink:
+        grant(
+            secure,
+            "User:cxsink",
+            printed_acls({**env, "CXPULSE_CLICKHOUSE_URL": store}, "User:cxsink", "--role", "sink"),
+        )
     source = tmp_path / "events.jsonl"
     mixed_events(source, 3000)
     expected, invalid = expected_results(source, settings.pane_seconds)
+    counted = replay_file(source, settings.pane_seconds * 1000, lambda dead: None).stats.counted
     secret = tmp_path / "kafka-password"
     secret.write_text(secure.passwords["cxworker"] + "\n")  # a mounted secret ends in a newline
     secret.chmod(0o600)
@@ -152,26 +199,57 @@ def test_the_pipeline_runs_through_sasl_ssl_under_exactly_the_acls_cxpulse_print
     worker_env = sasl_env(secure, "cxworker", CXPULSE_KAFKA_PASSWORD_FILE=str(secret))
     del worker_env["CXPULSE_KAFKA_PASSWORD"]
     worker = start_worker(pipeline, log, metrics_port=port, **worker_env)
+    storing, store_log = (free_ports(1)[0], tmp_path / "sink.log") if lone_sink else (port, log)
+    sink = None
+    if lone_sink:
+        sink = start_worker(
+            pipeline,
+            store_log,
+            data_dir=tmp_path / "sink-data",
+            metrics_port=storing,
+            command=cxpulse_command("sink"),
+            **sasl_env(secure, "cxsink"),
+            CXPULSE_CLICKHOUSE_URL=store,
+        )
+    sent: list[subprocess.CompletedProcess[str]] = []
     try:
         wait_for(lambda: scrape(port, starting=True).get("cxpulse_worker_ready") == 1, "the worker ready", log)
         command_lines = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in _process_tree(worker.pid)]
-        # the events come in through `cxpulse produce`, as a principal that may only write them
-        sent = subprocess.run(
-            cxpulse_command("produce", str(source), "--topic", settings.feedback_topic),
-            env={**pipeline.env, **sasl_env(secure, "cxfeeder")},
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=120,
-        )
-        assert sent.returncode == 0, sent.stderr
+        # the events come in through `cxpulse produce`, as a principal that may only write them, over a minute
+        started = time.monotonic()
+        for round_, chunk in enumerate(split(source, ROUNDS)):
+            sent.append(
+                subprocess.run(
+                    cxpulse_command("produce", str(chunk), "--topic", settings.feedback_topic),
+                    env={**pipeline.env, **sasl_env(secure, "cxfeeder")},
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                    timeout=120,
+                )
+            )
+            assert sent[-1].returncode == 0, sent[-1].stderr
+            pause = started + FLOW_SECONDS * (round_ + 1) / ROUNDS - time.monotonic()
+            time.sleep(max(0.0, pause))  # pacing the load over a minute, not a synchronisation
         converge(settings, expected, log)
         assert_dead_letters_once(settings, invalid)
+        rows = 'cxpulse_sink_rows_total{table="answers"}'
+        wait_for(lambda: scrape(storing).get(rows, 0) >= counted, "every counted answer stored", store_log)
+        assert scrape(storing)[rows] == counted
+        for page in {port, storing}:
+            restarts = {k: v for k, v in scrape(page).items() if "process_restarts_total" in k and v}
+            assert not restarts, restarts
         assert worker.poll() is None, log.read_text()[-3000:]
+        assert sink is None or sink.poll() is None, store_log.read_text()[-3000:]
         stop_worker(worker, log)
+        if sink is not None:
+            stop_worker(sink, store_log)
     finally:
         stop_process(worker)
-    text = log.read_text() + sent.stdout + sent.stderr
+        if sink is not None:
+            stop_process(sink)
+    text = log.read_text() + (store_log.read_text() if lone_sink else "")
+    text += "".join(done.stdout + done.stderr for done in sent)
     for password in secure.passwords.values():
         assert password not in text
         assert not any(password.encode() in line for line in command_lines)
@@ -243,3 +321,30 @@ def test_cxpulse_acls_prints_the_commands_the_tests_apply(tmp_path: Path) -> Non
     printed = [line for line in done.stdout.splitlines() if line.startswith("kafka-acls.sh")]
     assert printed == cx_acls.kafka_acls_commands("User:cxworker", cx_acls.acls_for(settings, "worker"), "kafka:9093")
     assert any("--transactional-id shop-hotpath- --resource-pattern-type prefixed" in line for line in printed)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["produce", "EVENTS"], ["read", "results"], ["topics"], ["simulate", "--duration", "5s"]],
+    ids=lambda c: c[0],
+)
+def test_a_principal_without_acls_is_told_so_by_every_command(
+    secure: Secure, tmp_path: Path, command: list[str]
+) -> None:
+    """A principal the authorizer knows but that has no grants, on topics that exist: one line that says it is not
+    authorized and points at `cxpulse acls`, exit 1 (produce said the topic did not exist)."""
+    pipeline = make_pipeline(secure.plain, tmp_path)  # the topics exist, made by an administrator
+    source = tmp_path / "events.jsonl"
+    mixed_events(source, 10)
+    args = [str(source) if arg == "EVENTS" else arg for arg in command]
+    done = subprocess.run(
+        cxpulse_command(*args),
+        env={**pipeline.env, **sasl_env(secure, "nobody")},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 1, lines
+    assert len(lines) == 1 and "not authorized" in lines[0] and "cxpulse acls" in lines[0], lines

@@ -83,6 +83,7 @@ def test_stream_equals_replay(pipeline: Pipeline, tmp_path: Path) -> None:
             internal_topics(settings).journey_answers: ("delete", PARTITIONS, WEEK_MS),
             internal_topics(settings).seen_ids: ("delete", PARTITIONS, WEEK_MS),
             internal_topics(settings).answers: ("delete", PARTITIONS, WEEK_MS),
+            internal_topics(settings).routed: ("delete", PARTITIONS, WEEK_MS),
         }
         processes = children(worker.pid)
         assert set(processes) == {"hotpath-0", "merge", "journeys"}
