@@ -237,7 +237,10 @@ def _run_supervised(
     except OSError as exc:
         _fail(f"{command}: metrics port {settings.metrics_port} (CXPULSE_METRICS_PORT): {exc.strerror}")
     try:
-        sv.prepare_topics(settings)
+        if "hotpath" in roles:
+            sv.prepare_topics(settings)
+        else:  # a lone sink creates nothing: it reads what the worker creates
+            sv.await_sink_topics(settings)
     except CxPulseError as exc:
         _fail(f"{command}: {exc}")
     err.print(

@@ -40,7 +40,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from streams.agents.exposition import blocks, render
 from streams.agents.health import serve
 from streams.config import Settings
-from streams.errors import EXIT_PERMANENT
+from streams.errors import EXIT_PERMANENT, TopicMissingError
 from streams.outage import bootstrap_addresses, tcp_probe
 from streams.topics import (
     KafkaWait,
@@ -411,6 +411,25 @@ def prepare_topics(settings: Settings, wait: KafkaWait | None = None) -> None:
     counts = describe_topics(kafka, followed, wait).partitions
     partials, results, journeys = (counts[topic] for topic in followed)
     ensure_topics(kafka, changelog_specs(settings, partials, results, journeys), replicas, wait)
+
+
+def sink_topics(settings: Settings) -> list[str]:
+    """The topics a ClickHouse sink reads (streams/processes.py sink_process)."""
+    journeys = [settings.journeys_topic] if settings.journeys else []
+    return [settings.results_topic, internal_topics(settings).answers, *journeys]
+
+
+def await_sink_topics(settings: Settings, wait: KafkaWait | None = None) -> None:
+    """`cxpulse sink` on its own host creates nothing (its role may not: `cxpulse acls --role sink`); it waits for
+    the topics it reads, which the worker creates, as ``wait`` says (default TOPIC_WAIT_SECONDS, logged once), then
+    fails naming the one missing."""
+    wait = wait or KafkaWait(log=LOG)
+    while True:
+        try:
+            describe_topics(settings.kafka, sink_topics(settings), wait)
+            return
+        except TopicMissingError as exc:
+            wait.again(f"{exc} (`cxpulse worker` with CXPULSE_APP_ID={settings.app_id} creates it)")
 
 
 def serve_metrics(supervisor: Supervisor, settings: Settings) -> str:

@@ -35,7 +35,7 @@ def test_a_restore_held_up_by_our_own_open_transaction_ends_it_with_a_new_produc
     monkeypatch.setattr(hotpath, "RESTORE_SECONDS", 60.0)
     settings = make_pipeline(kafka_broker.bootstrap, tmp_path).settings
     ensure_topics(settings.kafka, internal_topic_specs(settings, settings.partitions))  # what the worker creates
-    group, topic = f"{settings.app_id}-hotpath", settings.feedback_topic
+    group, topic = f"{settings.app_id}-hotpath", internal_topics(settings).routed  # the count step's input
     committer = consumer(settings.kafka, group)
     committer.commit(offsets=[TopicPartition(topic, 1, 4)], asynchronous=False)
     registry = CollectorRegistry()

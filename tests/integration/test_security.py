@@ -171,13 +171,14 @@ def test_the_pipeline_runs_under_exactly_the_acls_cxpulse_prints(secure: Secure,
 
     - a default worker: journeys on and the embedded store, so its own sink reads the journey instances back (it
       died here ~40 s in: its role's grants did not let it read them);
-    - a worker without a store, and `cxpulse sink` beside it on its own store (the production split).
+    - the same worker and `cxpulse sink` beside it (scale-out: the two sinks share the group `<app>-sink` and its
+      partitions), each on a store of its own here (the embedded one: in production both write one server).
 
-    Results equal replay, the store holds every counted answer once, no log says anything of authorization and no
-    process restarted."""
+    Results equal replay, the stores hold every counted answer once between them, no log says anything of
+    authorization and no process restarted."""
     store = f"chdb://{tmp_path / 'store'}"
     lone_sink = shape == "worker and lone sink"
-    pipeline = make_pipeline(secure.plain, tmp_path, create_topics=False, clickhouse_url="" if lone_sink else store)
+    pipeline = make_pipeline(secure.plain, tmp_path, create_topics=False, clickhouse_url=store)
     settings = pipeline.settings
     env = {**pipeline.env, "CXPULSE_KAFKA_BOOTSTRAP": secure.sasl}
     grant(secure, "User:cxworker", printed_acls(env, "User:cxworker", "--role", "worker"))
@@ -209,7 +210,7 @@ def test_the_pipeline_runs_under_exactly_the_acls_cxpulse_prints(secure: Secure,
             metrics_port=storing,
             command=cxpulse_command("sink"),
             **sasl_env(secure, "cxsink"),
-            CXPULSE_CLICKHOUSE_URL=store,
+            CXPULSE_CLICKHOUSE_URL=f"chdb://{tmp_path / 'sink-store'}",
         )
     sent: list[subprocess.CompletedProcess[str]] = []
     try:
@@ -234,8 +235,12 @@ def test_the_pipeline_runs_under_exactly_the_acls_cxpulse_prints(secure: Secure,
         converge(settings, expected, log)
         assert_dead_letters_once(settings, invalid)
         rows = 'cxpulse_sink_rows_total{table="answers"}'
-        wait_for(lambda: scrape(storing).get(rows, 0) >= counted, "every counted answer stored", store_log)
-        assert scrape(storing)[rows] == counted
+
+        def stored() -> list[float]:
+            return [scrape(page).get(rows, 0) for page in sorted({port, storing})]
+
+        wait_for(lambda: sum(stored()) >= counted, "every counted answer stored", store_log)
+        assert sum(stored()) == counted and all(stored()), stored()  # with two sinks, each has a share
         for page in {port, storing}:
             restarts = {k: v for k, v in scrape(page).items() if "process_restarts_total" in k and v}
             assert not restarts, restarts

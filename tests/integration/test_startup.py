@@ -38,6 +38,7 @@ def test_a_worker_and_cxpulse_topics_started_together_on_fresh_app_ids(
     mixed_events(source, 600)
     for start in range(STARTS):
         folder = tmp_path / f"start-{start}"
+        folder.mkdir()
         pipeline = make_pipeline(kafka_broker.bootstrap, folder, create_topics=False)
         expected, _ = expected_results(source, pipeline.settings.pane_seconds)
         port, log = free_ports(1)[0], folder / "worker.log"
