@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import time
@@ -71,6 +72,24 @@ def make_pipeline(bootstrap: str, tmp_path: Path, create_topics: bool = True, **
     return Pipeline(settings, env)
 
 
+STARTED: list[
+    Path
+] = []  # the logs of the workers started by the running test (tests/integration/conftest.py reads them)
+BATCH_ERRORS = (  # a worker's log lines of a batch that failed: the hot path's, and the Faust agents' (acked anyway)
+    re.compile(r"hotpath-\d+: a batch of \d+ messages failed"),
+    re.compile(r": a batch of \S+ failed; acked"),
+    re.compile(r": finishing a batch of \S+ failed; acked"),
+)
+
+
+def batch_errors(log: Path) -> list[str]:
+    """The lines of ``log`` that say a batch failed (the Runner swallows the error on purpose and acks: a test
+    that does not expect one must fail, not pass on a worker that reads the batch back)."""
+    if not log.exists():
+        return []
+    return [line for line in log.read_text(errors="replace").splitlines() if any(p.search(line) for p in BATCH_ERRORS)]
+
+
 def start_worker(
     pipeline: Pipeline,
     log: Path,
@@ -83,6 +102,7 @@ def start_worker(
     environment = {**pipeline.env, "CXPULSE_METRICS_PORT": str(metrics_port), **env}
     if data_dir is not None:
         environment["CXPULSE_DATA_DIR"] = str(data_dir)
+    STARTED.append(log)
     with log.open("ab") as out:
         return subprocess.Popen(
             command or cxpulse_command("worker"),

@@ -398,6 +398,7 @@ def test_worker_metrics_port_in_use_fails_with_a_message(tmp_path: Path) -> None
     assert f"worker: metrics port {port} (CXPULSE_METRICS_PORT): Address already in use" in done.stderr
 
 
+@pytest.mark.batch_errors
 def test_failing_batches_are_processed_again_and_do_not_wedge_the_worker(pipeline: Pipeline, tmp_path: Path) -> None:
     """Processing raises on the hot path's first three batches, then its next two transactions fail after their
     messages were written (aborted: none of it may show), and merge raises on its first two (faults injected by a
