@@ -41,7 +41,7 @@ from streams.errors import (
     CxPulseError,
     DecodeError,
 )
-from streams.kafka import producer
+from streams.kafka import produce_waiting, producer
 from streams.outage import OutageLog
 from streams.produce import check_topic, encode_record
 from streams.validate import Clock, validate_batch
@@ -152,6 +152,11 @@ class FeedbackEndpoint:
         )  # fmt: skip
         self.lock = asyncio.Lock()
 
+    def _queue(self, messages: list[tuple[bytes, bytes]]) -> None:
+        """Queue the messages (in a thread: a full local queue waits for deliveries)."""
+        for key, value in messages:
+            produce_waiting(self.producer, self.settings.feedback_topic, value, key)
+
     def _delivered(self, error: KafkaError | None, message: Message) -> None:
         if error is not None:
             self.failed.append(error.str())
@@ -193,13 +198,7 @@ class FeedbackEndpoint:
         good, rejected = triage(items, clock, self.catalog)
         async with self.lock:  # one flush at a time: a failure belongs to the request that saw it
             self.failed.clear()
-            for key, value in good:
-                while True:
-                    try:
-                        self.producer.produce(self.settings.feedback_topic, value, key)
-                        break
-                    except BufferError:
-                        await asyncio.to_thread(self.producer.poll, 0.1)
+            await asyncio.to_thread(self._queue, good)
             left = await asyncio.to_thread(self.producer.flush, FLUSH_SECONDS)
             if left or self.failed:
                 return self.answer(503, {"error": f"Kafka did not take the events ({(self.failed or ['timeout'])[0]})"})

@@ -151,6 +151,38 @@ def producer(kafka: Kafka, **extra: Any) -> Producer:
     return Producer(_base(kafka, {"enable.idempotence": True, "acks": "all", **extra}))
 
 
+QUEUE_WAIT_SECONDS = 0.1  # a producer whose local queue is full serves its delivery reports this long, then retries
+
+
+def produce_waiting(
+    out: Producer,
+    topic: str,
+    value: bytes | None,
+    key: bytes | None = None,
+    *,
+    partition: int = -1,
+    headers: Any = None,
+    timestamp: int = 0,
+    on_delivery: Any = None,
+    wait_seconds: float = QUEUE_WAIT_SECONDS,
+) -> None:
+    """Queue one message on ``out``; while librdkafka's local queue is full (BufferError), serve its delivery
+    reports for ``wait_seconds`` (deliveries drain the queue, or time out after message.timeout.ms while Kafka is
+    away) and try again.  ``partition`` -1: the partitioner picks by key.  The one produce loop of cxpulse: the hot
+    path, the Faust processes' results producer, produce, simulate and the HTTP ingest call it."""
+    options: dict[str, Any] = {"partition": partition, "timestamp": timestamp}
+    if headers is not None:
+        options["headers"] = headers
+    if on_delivery is not None:
+        options["on_delivery"] = on_delivery
+    while True:
+        try:
+            out.produce(topic, value, key, **options)
+            return
+        except BufferError:
+            out.poll(wait_seconds)
+
+
 def consumer(kafka: Kafka, group_id: str, **extra: Any) -> Consumer:
     """A Consumer in ``group_id`` that starts at the earliest offset and commits by hand."""
     settings = {"group.id": group_id, "auto.offset.reset": "earliest", "enable.auto.commit": False, **extra}

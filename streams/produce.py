@@ -19,7 +19,7 @@ from confluent_kafka import KafkaError, Message
 
 from schemas.codec import FEEDBACK_RAW, SchemaCatalog, encode_feedback
 from streams.errors import BrokerError, SchemaError, TopicMissingError
-from streams.kafka import Kafka, producer
+from streams.kafka import Kafka, produce_waiting, producer
 from streams.replay import Batch, read_batches
 from streams.topics import ACLS_HINT, KafkaWait, describe_topics
 from streams.validate import Clock, DeadLetter, outside_the_clock, validate_batch
@@ -136,12 +136,7 @@ def produce_file(
                 stats.refused[dead.reason] += 1
                 on_refused(dead)
         for key, value in _messages(batch, keep, catalog, not validate, stats.not_sent):
-            while True:
-                try:
-                    out.produce(topic, value, key=key, on_delivery=delivered)
-                    break
-                except BufferError:  # the local queue is full: let deliveries drain, then retry
-                    out.poll(0.5)
+            produce_waiting(out, topic, value, key, on_delivery=delivered)
             stats.sent += 1
         out.poll(0)
         if progress is not None:

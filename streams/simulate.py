@@ -46,7 +46,7 @@ from confluent_kafka import KafkaError, Message
 
 from schemas.codec import FEEDBACK, FEEDBACK_RAW, SchemaCatalog, encode_confluent
 from streams.config import parse_duration
-from streams.kafka import Kafka, producer
+from streams.kafka import Kafka, produce_waiting, producer
 from streams.produce import check_topic
 from streams.synth import JOURNEYS as SYNTH_JOURNEYS
 from streams.synth import METRIC_SCALES, METRIC_WEIGHTS, SOURCES, spoil
@@ -380,12 +380,7 @@ def to_kafka(
             out.poll(wait)  # returns early when it serves a delivery report: wait again for the rest
         for event in simulator.slice():
             key = event["customer_id"].encode()
-            while True:
-                try:
-                    out.produce(topic, encode_confluent(event, FEEDBACK, schema_id), key)
-                    break
-                except BufferError:
-                    out.poll(0.1)
+            produce_waiting(out, topic, encode_confluent(event, FEEDBACK, schema_id), key)
         out.poll(0)
         now = time.monotonic()
         if progress is not None and now - reported >= PROGRESS_SECONDS:

@@ -16,12 +16,11 @@ from typing import Any
 from confluent_kafka import KafkaError, Producer
 
 from streams.agents.local_tables import LocalTables
-from streams.kafka import Kafka
+from streams.kafka import Kafka, produce_waiting
 from streams.kafka import producer as new_producer
 
 LOG = logging.getLogger("cxpulse.results")
 FLUSH_TIMEOUT_SECONDS = 60.0
-QUEUE_WAIT_SECONDS = 0.1
 
 
 class DeliveryError(RuntimeError):
@@ -58,13 +57,8 @@ class ResultsProducer:
         timestamp: int = 0,
     ) -> None:
         """Queue one message (waiting while librdkafka's local queue is full)."""
-        while True:
-            try:
-                self.producer.produce(topic, value, key, partition=partition, timestamp=timestamp)
-                self.queued += 1
-                return
-            except BufferError:  # the local queue is full: let deliveries drain, then go on
-                self.producer.poll(QUEUE_WAIT_SECONDS)
+        produce_waiting(self.producer, topic, value, key, partition=partition, timestamp=timestamp)
+        self.queued += 1
 
     def flush_now(self) -> None:
         """Wait until Kafka has every message queued so far; DeliveryError when it did not take them all."""

@@ -25,7 +25,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException
 
 import streams.worker.ingest as ingest
-from streams.worker import hotpath, seen
+from streams.worker import hotpath, seen, transactor
 from streams.worker.hotpath import main
 from tests.support import first_time
 
@@ -69,8 +69,8 @@ class _HangingProducer:
 
 ingest.validate_batch = _flaky  # type: ignore[assignment]
 if HANG or SEND_FAILURES:
-    _new = hotpath.HotPath._new_producer
-    hotpath.HotPath._new_producer = lambda self: _HangingProducer(_new(self))  # type: ignore[method-assign,assignment,return-value]
+    _new = transactor.Transactor.new_producer
+    transactor.Transactor.new_producer = lambda self: _HangingProducer(_new(self))  # type: ignore[method-assign,assignment,return-value]
 if STALL:
     _process = hotpath.HotPath.process
 

@@ -15,7 +15,7 @@ from streams.agents.metrics import WorkerMetrics
 from streams.errors import CxPulseError
 from streams.kafka import consumer, producer
 from streams.topics import ensure_topics, internal_topic_specs, internal_topics
-from streams.worker import hotpath
+from streams.worker import seen_restore
 from streams.worker.hotpath import HotPath
 from streams.worker.records import encode_seen
 from streams.worker.seen import Origin, SeenIds
@@ -31,8 +31,8 @@ def test_a_restore_held_up_by_our_own_open_transaction_ends_it_with_a_new_produc
     restore gives up after RESTORE_SECONDS (here 60 s); before that, after UNSTABLE_SECONDS (here 3 s), a new
     producer fences the predecessor, its transaction is aborted, and the restore reads the offsets committed
     before it."""
-    monkeypatch.setattr(hotpath, "UNSTABLE_SECONDS", 3.0)
-    monkeypatch.setattr(hotpath, "RESTORE_SECONDS", 60.0)
+    monkeypatch.setattr(seen_restore, "UNSTABLE_SECONDS", 3.0)
+    monkeypatch.setattr(seen_restore, "RESTORE_SECONDS", 60.0)
     settings = make_pipeline(kafka_broker.bootstrap, tmp_path).settings
     ensure_topics(settings.kafka, internal_topic_specs(settings, settings.partitions))  # what the worker creates
     group, topic = f"{settings.app_id}-hotpath", internal_topics(settings).routed  # the count step's input
@@ -43,7 +43,7 @@ def test_a_restore_held_up_by_our_own_open_transaction_ends_it_with_a_new_produc
     hot = HotPath(settings, "w1", 0, catalog_for(settings), metrics)
 
     predecessor = producer(
-        settings.kafka, **{"transactional.id": hot.transactional_id, "transaction.timeout.ms": 300_000}
+        settings.kafka, **{"transactional.id": hot.transactor.transactional_id, "transaction.timeout.ms": 300_000}
     )
     predecessor.init_transactions(30)
     predecessor.begin_transaction()
@@ -57,7 +57,7 @@ def test_a_restore_held_up_by_our_own_open_transaction_ends_it_with_a_new_produc
     with pytest.raises(KafkaException) as fenced:
         predecessor.commit_transaction(30)
     assert fenced.value.args[0].fatal() or fenced.value.args[0].txn_requires_abort()
-    hot.producer.flush(0)
+    hot.transactor.producer.flush(0)
     hot.consumer.close()
 
 
@@ -90,7 +90,7 @@ def test_the_seen_ids_restore_reads_past_a_transaction_that_is_not_finished(
     stable = consumer(settings.kafka, "probe", **{"isolation.level": "read_committed"})
     assert stable.get_watermark_offsets(TopicPartition(topic, 0), 30, False)[1] == 0  # the last stable offset
     stable.close()
-    ends = hotpath.changelog_ends(settings.kafka, topic, [0])
+    ends = seen_restore.changelog_ends(settings.kafka, topic, [0])
     assert ends == {0: 3}  # the open record, the committed one, its marker
 
     def store() -> SeenIds:
@@ -98,9 +98,9 @@ def test_the_seen_ids_restore_reads_past_a_transaction_that_is_not_finished(
 
     waiting = store()
     with pytest.raises(CxPulseError, match="a transaction holds its last stable offset at 0"):
-        hotpath.read_seen_tails(settings.kafka, topic, {0: waiting}, ends, seconds=60.0, stuck_seconds=2.0)
+        seen_restore.read_seen_tails(settings.kafka, topic, {0: waiting}, ends, seconds=60.0, stuck_seconds=2.0)
 
     open_one.abort_transaction(30)
     restored = store()
-    assert hotpath.read_seen_tails(settings.kafka, topic, {0: restored}, ends, seconds=60.0) == 1
+    assert seen_restore.read_seen_tails(settings.kafka, topic, {0: restored}, ends, seconds=60.0) == 1
     assert (len(restored), restored.tail) == (2, 2)  # kept-1 and kept-2; the aborted entry never read

@@ -248,7 +248,7 @@ def test_the_answers_of_a_batch_are_the_raw_bytes_of_the_counted_events() -> Non
 
 
 def test_answers_are_split_under_the_message_size() -> None:
-    from streams.worker.hotpath import answer_chunks
+    from streams.worker.outputs import answer_chunks
 
     values = [bytes([i % 251]) * (100 + i) for i in range(300)]
     chunks = answer_chunks(values, 5000, len)
