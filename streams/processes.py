@@ -20,7 +20,7 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from typing import Any, cast
 
 import faust
@@ -42,7 +42,7 @@ from sinks.kpi_view import KpiView
 from sinks.prometheus import Snapshot
 from streams.agents import faust_compat
 from streams.agents.base import AgentContext, FaustConsumption, attach
-from streams.agents.faust_app import TABLE_SCHEMA, faust_app, raw_topic, report_ready, run_process
+from streams.agents.faust_app import TABLE_SCHEMA, faust_app, partitions_of, raw_topic, report_ready, run_process
 from streams.agents.local_tables import CHECKPOINT_SECONDS, IndexEntries, LocalTables
 from streams.agents.metrics import WorkerMetrics
 from streams.agents.results import ResultsProducer
@@ -63,7 +63,7 @@ def _table(
     partitions: int,
     results: ResultsProducer,
     on_disk: IndexEntries | None = None,
-) -> Any:
+) -> MutableMapping[str, Any]:
     """A table keyed ``"<partition>|..."`` whose changelog goes through the process's ResultsProducer, filled at
     assignment from its local copies (when the process keeps them); ``on_disk``: kept on disk in them instead,
     with these index entries (streams.agents.stores.DiskStore)."""
@@ -76,7 +76,7 @@ def _table(
         table.keep_on_disk(results.local, on_disk)
     elif results.local is not None:
         table.keep_local_copy(results.local)
-    return table
+    return cast(MutableMapping[str, Any], table)  # a Faust table is a mapping; its stubs do not say so
 
 
 def _keep_local_copies(app: faust.App, local: LocalTables, results: ResultsProducer) -> None:
@@ -111,9 +111,9 @@ def merge_process(settings: Settings, metrics: WorkerMetrics) -> faust.App:
     context = AgentContext(settings, metrics, results, catalog_for(settings), FaustConsumption(app))
     partials = raw_topic(app, settings, internal_topics(settings).partials)
     panes_topic = raw_topic(app, settings, settings.results_topic)
-    merge = _merge_agent(app, context, partials, cast(int, panes_topic.partitions))
+    merge = _merge_agent(app, context, partials, partitions_of(panes_topic))
     attach(app, merge, partials, results, metrics)
-    for reader in _pane_readers(app, context, cast(int, panes_topic.partitions), merge):
+    for reader in _pane_readers(app, context, partitions_of(panes_topic), merge):
         attach(app, reader, panes_topic, results, metrics)
     if settings.followup_webhook_url:
         followups = raw_topic(app, settings, settings.followups_topic)
@@ -137,9 +137,10 @@ def journeys_process(settings: Settings, metrics: WorkerMetrics) -> faust.App:
     context = AgentContext(settings, metrics, results, catalog_for(settings), FaustConsumption(app))
     journey_answers = raw_topic(app, settings, internal_topics(settings).journey_answers)
     # <app>-journeys-state-changelog, on disk: the recent answers of every customer (grows with the answers)
-    table = _table(app, "state", cast(int, journey_answers.partitions), results, on_disk=journey_index)
+    table = _table(app, "state", partitions_of(journey_answers), results, on_disk=journey_index)
     topic = journey_answers.get_topic_name()
-    agent = JourneyAgent(context, topic, table, committed=GroupOffsets(settings, app_id, topic))
+    reader = PartitionReader(settings.kafka, topic)
+    agent = JourneyAgent(context, topic, table, reader, GroupOffsets(settings, app_id, topic))
     attach(app, agent, journey_answers, results, metrics)
     report_ready(app, metrics, JOURNEYS)
     return app
@@ -148,11 +149,14 @@ def journeys_process(settings: Settings, metrics: WorkerMetrics) -> faust.App:
 def _merge_agent(app: faust.App, context: AgentContext, partials: Any, results_partitions: int) -> MergeAgent:
     """The merge agent on the partials topic, with its two tables (panes on disk, by pane start: they grow with
     the retention; positions) and its read-back."""
-    partitions = cast(int, partials.partitions)
+    partitions = partitions_of(partials)
     panes = _table(app, "panes", partitions, context.results, on_disk=pane_index)
     tables = (panes, _table(app, "positions", partitions, context.results))
-    reader = PartitionReader(context.settings.kafka, partials.get_topic_name())
-    return MergeAgent(context, cast(Any, tables), reader, results_partitions)
+    settings = context.settings
+    reader = PartitionReader(settings.kafka, partials.get_topic_name())
+    hotpath = GroupOffsets(settings, f"{settings.app_id}-hotpath", internal_topics(settings).routed)
+    own = GroupOffsets(settings, settings.app_id, reader.topic)
+    return MergeAgent(context, tables, reader, results_partitions, hotpath, own)
 
 
 def _pane_readers(
@@ -164,8 +168,9 @@ def _pane_readers(
     context.metrics.snapshots.extend([kpis, efforts])  # served beside the registry, written fast (exposition.py)
     topic = context.settings.results_topic
     view = KpiView(context, topic, _table(app, "kpi-view", partitions, context.results), kpis)
-    tables = tuple(_table(app, name, partitions, context.results) for name in ("effort-panes", "effort-state"))
-    effort = EffortDetector(context, topic, cast(Any, tables), efforts, merge.watermark)
+    tables = (_table(app, "effort-panes", partitions, context.results), _table(app, "effort-state", partitions,
+              context.results))  # fmt: skip
+    effort = EffortDetector(context, topic, tables, efforts, merge.watermark)
     return view, effort
 
 

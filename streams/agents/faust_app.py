@@ -60,6 +60,14 @@ def raw_topic(app: faust.App, settings: Settings, name: str) -> faust.TopicT:
     return app.topic(name, key_serializer="raw", value_serializer="raw", partitions=partitions)
 
 
+def partitions_of(topic: faust.TopicT) -> int:
+    """The partition count a :func:`raw_topic` was made with (Faust types it as optional)."""
+    partitions = topic.partitions
+    if partitions is None:
+        raise ValueError(f"topic {topic.get_topic_name()} was made without its partition count")
+    return int(partitions)
+
+
 def report_ready(app: faust.App, metrics: WorkerMetrics, process: str) -> None:
     """A timer that sets ``cxpulse_worker_process_ready{process}`` from Faust's state and the process's health.
     Gauges are set on the event loop, never at scrape time: the metrics thread must not touch a table (its first

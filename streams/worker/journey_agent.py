@@ -65,8 +65,7 @@ from streams.journeys import (
     instances_of,
     revise,
 )
-from streams.worker.merge_agent import GroupOffsets
-from streams.worker.repair import PartitionReader, filled, read_chunks
+from streams.worker.repair import CommittedOffsets, TopicReader, filled, read_chunks
 
 LOG = logging.getLogger("cxpulse.journeys")
 TAIL_CHECK_SECONDS = 5.0  # a partition that got no batch this long is compared with its end
@@ -130,9 +129,11 @@ class JourneyAgent(TableAgent):
         context: AgentContext,
         topic: str,
         table: MutableMapping[str, Any],
-        reader: PartitionReader | None = None,
-        committed: Any = None,
+        reader: TopicReader,
+        committed: CommittedOffsets,
     ) -> None:
+        """``reader`` reads the journey answers back; ``committed`` is the journeys group's committed offsets on
+        them: streams/processes.py builds both."""
         super().__init__(context)
         settings = context.settings
         self.topic = topic
@@ -144,10 +145,8 @@ class JourneyAgent(TableAgent):
         self.schema_id = context.catalog.id_for(JOURNEY_INSTANCE_RAW)
         self.out_topic = settings.journeys_topic
         self.lock = asyncio.Lock()  # a batch and the look at due groups do not interleave at their awaits
-        self.reader = reader if reader is not None else PartitionReader(settings.kafka, topic)
-        self.committed = (
-            committed if committed is not None else GroupOffsets(settings, f"{settings.app_id}-journeys", topic)
-        )
+        self.reader = reader
+        self.committed = committed
         self.next: dict[int, int] = {}  # partition -> the offset after the last message handled
         self.confirmed: dict[int, int] = {}  # partition -> a state written at a lower offset has its revisions sent
         self.handled_at: dict[int, float] = {}  # partition -> monotonic time of its last batch

@@ -39,7 +39,6 @@ from streams.agents.stores import keys_before
 from streams.config import Settings
 from streams.errors import CxPulseError
 from streams.kafka import consumer
-from streams.topics import internal_topics
 from streams.windows import WindowResult, result_record
 from streams.worker.merge import MergeStep
 from streams.worker.records import (
@@ -50,7 +49,7 @@ from streams.worker.records import (
     lowest_through,
     position_from_table,
 )
-from streams.worker.repair import READ_BACK_BYTES, PartitionReader, filled, read_chunks
+from streams.worker.repair import READ_BACK_BYTES, CommittedOffsets, TopicReader, filled, read_chunks
 
 LOG = logging.getLogger("cxpulse.merge")
 BATCH_MESSAGES = 50  # partial messages per merge batch (each is a whole hot-path batch for this partition)
@@ -69,8 +68,8 @@ ADMIN_TIMEOUT_SECONDS = 10.0
 
 
 class GroupOffsets:
-    """The offsets a consumer group has committed on one topic (partition -> next offset); by default the hot
-    path's group on the routed topic (where its count step, which writes the partials, reads).
+    """The offsets a consumer group has committed on one topic (partition -> next offset): the hot path's group on
+    the routed topic (where its count step, which writes the partials, reads), a Faust process's on its input.
 
     Read with a Consumer's ``committed()`` (an OffsetFetch that asks for stable offsets, as the consumer is
     read_committed: KIP-447), never subscribed, so it never joins the group.  Not with the AdminClient's
@@ -85,10 +84,10 @@ class GroupOffsets:
     caller's thread (a client whose last reference goes in a librdkafka thread can end the process:
     confluentinc/confluent-kafka-python#1761, #2131)."""
 
-    def __init__(self, settings: Settings, group: str | None = None, topic: str | None = None) -> None:
+    def __init__(self, settings: Settings, group: str, topic: str) -> None:
         self.kafka = settings.kafka
-        self.group = group if group is not None else f"{settings.app_id}-hotpath"
-        self.topic = topic if topic is not None else internal_topics(settings).routed
+        self.group = group
+        self.topic = topic
         self.client: Consumer | None = None
         self.partitions: list[TopicPartition] = []
 
@@ -173,18 +172,20 @@ class MergeAgent(TableAgent):
         self,
         context: AgentContext,
         tables: tuple[MutableMapping[str, Any], MutableMapping[str, Any]],
-        reader: PartitionReader,
+        reader: TopicReader,
         results_partitions: int,
-        hotpath: Any = None,
-        own: Any = None,
+        hotpath: CommittedOffsets,
+        own: CommittedOffsets,
     ) -> None:
+        """``reader`` reads the partials back; ``hotpath`` is the hot path's committed offsets on the routed topic
+        (the work), ``own`` the merge group's on the partials (the progress): streams/processes.py builds them."""
         super().__init__(context)
         settings = context.settings
         self.topic = reader.topic
         self.panes, self.positions = tables
         self.reader = reader
-        self.hotpath = hotpath if hotpath is not None else GroupOffsets(settings)
-        self.own = own if own is not None else GroupOffsets(settings, settings.app_id, reader.topic)
+        self.hotpath = hotpath
+        self.own = own
         self.group_watch = GroupWatch()
         self.schema_id = context.catalog.id_for(WINDOW_RESULT_RAW)
         self.results_partitions = results_partitions

@@ -35,6 +35,21 @@ class RangeReader(Protocol):
     ) -> list[Record]: ...
 
 
+class TopicReader(RangeReader, Protocol):
+    """What the merge and journey agents read their input topic back with (:class:`PartitionReader`)."""
+
+    topic: str
+
+    async def watermarks(self, partition: int) -> tuple[int, int]: ...
+
+
+class CommittedOffsets(Protocol):
+    """A consumer group's committed offsets on one topic, partition -> next offset
+    (streams.worker.merge_agent.GroupOffsets, or a test's)."""
+
+    def read(self) -> dict[int, int]: ...
+
+
 def filled(records: Sequence[Record], max_bytes: int) -> bool:
     """True when a read with ``max_bytes`` stopped at its budget (more of the range may follow)."""
     return sum(len(record.value) for record in records) >= max_bytes
