@@ -58,8 +58,8 @@ from benchmarks import profile as profiling
 from schemas.codec import FEEDBACK, FEEDBACK_RAW, WINDOW_RESULT, LocalCatalog, decode_confluent, encode_confluent
 from streams.broker import die_with_parent
 from streams.config import REPO_ROOT, Settings
+from streams.core.synth import CHANNELS, realistic_events
 from streams.replay import replay_file
-from streams.synth import CHANNELS, realistic_events
 from streams.topics import TopicSpec, ensure_topics, internal_topics, topic_specs
 from tests.support import free_ports, start_broker
 

@@ -17,9 +17,9 @@ import time
 from dataclasses import dataclass
 
 from schemas.codec import LocalCatalog
+from streams.core.synth import realistic_events
+from streams.core.validate import Clock
 from streams.produce import encode_record
-from streams.synth import realistic_events
-from streams.validate import Clock
 from streams.worker.ingest import Ingest
 from streams.worker.records import encode_routed
 

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from sinks.prometheus import Snapshot, window_families, window_text
 from streams.agents.metrics import WorkerMetrics
-from streams.aggregate import State
+from streams.core.aggregate import State
 from streams.worker.supervisor import merge_pages
 
 METRICS = ("NPS", "CES", "CSAT", "NLS", "CAS")

@@ -1,6 +1,6 @@
 """Replay benchmark: `cxpulse replay` against a bare fastavro read of the same Avro container file.
 
-Writes N realistic events (streams.synth) to an Avro file, then in the same run times
+Writes N realistic events (streams.core.synth) to an Avro file, then in the same run times
   1. a bare read: iterate every record with fastavro.reader (what any consumer of the file must pay),
   2. a bare read with epoch-ms timestamps: fastavro's schemaless reader over the blocks, the schema parsed once,
   3. replay: decode + validate + de-duplicate + aggregate into panes + build the result records,
@@ -20,8 +20,8 @@ from pathlib import Path
 import fastavro
 
 from schemas.codec import FEEDBACK_RAW, parse
+from streams.core.synth import realistic_events
 from streams.replay import replay_file
-from streams.synth import realistic_events
 
 
 def write_file(path: Path, count: int) -> None:

@@ -59,7 +59,7 @@ from benchmarks.bench import (
 )
 from schemas.codec import FEEDBACK, encode_confluent
 from streams.config import Settings
-from streams.synth import CHANNELS, realistic_events
+from streams.core.synth import CHANNELS, realistic_events
 from streams.topics import TopicSpec, ensure_topics, topic_specs
 from tests.support import start_broker
 

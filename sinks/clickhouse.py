@@ -28,11 +28,11 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
 from schemas.codec import SchemaCatalog, decode_batch
-from streams.aggregate import contribution
 from streams.config import REPO_ROOT, Settings
+from streams.core.aggregate import contribution
+from streams.core.validate import validate_batch
+from streams.core.windows import state_of
 from streams.errors import CxPulseError
-from streams.validate import validate_batch
-from streams.windows import state_of
 
 DATABASE = "cxpulse"
 CONNECT_TIMEOUT_SECONDS = 10.0  # a server that does not accept the connection within this long is reported

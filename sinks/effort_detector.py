@@ -1,5 +1,5 @@
 """The effort-spike detector: an agent on ``cx.metrics.panes`` (CES results) whose tick feeds every closed pane of
-every segment to streams/effort.py, the implementation replay uses too.
+every segment to streams/core/effort.py, the implementation replay uses too.
 
 - table ``effort-panes``: per (results partition, channel, journey, pane) the latest CES counts and drivers;
 - table ``effort-state``: per (results partition, channel, journey) the CUSUM S, whether it fires, and the last
@@ -35,7 +35,7 @@ from sinks.prometheus import Snapshot
 from streams.agents.base import AgentContext, Record, TableAgent
 from streams.agents.keys import PaneKey, ResultKey, SegmentKey
 from streams.config import effort_config
-from streams.effort import DetectorState, Evaluation, PaneEffort, alert_record, evaluate_range
+from streams.core.effort import DetectorState, Evaluation, PaneEffort, alert_record, evaluate_range
 
 LOG = logging.getLogger("cxpulse.alerts")
 EVALUATE_SECONDS = 1.0  # how often closed panes are looked for
@@ -110,7 +110,8 @@ class EventClock:
 
 
 def pane_effort(value: list[Any]) -> PaneEffort:
-    """A pane of the ``effort-panes`` table ([version, n, high_effort, {driver: [n, high]}]) for streams/effort.py."""
+    """A pane of the ``effort-panes`` table ([version, n, high_effort, {driver: [n, high]}]) for
+    streams/core/effort.py."""
     return PaneEffort(value[1], value[2], {name: (int(n), int(high)) for name, (n, high) in value[3].items()})
 
 

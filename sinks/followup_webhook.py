@@ -1,4 +1,4 @@
-"""The follow-up webhook: an agent that POSTs every detractor follow-up on ``cx.followups`` (streams/followups.py)
+"""The follow-up webhook: an agent that POSTs every detractor follow-up on ``cx.followups`` (streams/core/followups.py)
 to ``CXPULSE_FOLLOWUP_WEBHOOK_URL``, one JSON object a request, with ``Authorization: Bearer`` when
 ``CXPULSE_FOLLOWUP_WEBHOOK_TOKEN`` is set.  Attached by the worker only when the URL is set.
 

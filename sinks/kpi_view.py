@@ -13,8 +13,8 @@ from schemas.codec import WINDOW_RESULT, decode_confluent
 from sinks.prometheus import RollingView, Snapshot, component_windows, window_families, window_text
 from streams.agents.base import AgentContext, Record, TableAgent
 from streams.agents.keys import MetricPaneKey
-from streams.aggregate import GroupKey, State
-from streams.windows import state_of
+from streams.core.aggregate import GroupKey, State
+from streams.core.windows import state_of
 
 LOG = logging.getLogger("cxpulse.kpis")
 REFRESH_SECONDS = 2.0

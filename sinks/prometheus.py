@@ -1,7 +1,7 @@
 """The Prometheus view's pure parts: rolling-window KPI gauges per (metric, channel, journey, window).
 
 sinks/kpi_view.py (the agent) keeps the latest version of every pane result and, every refresh, the running sums
-of the rolling windows (:class:`RollingView`: exactly :func:`streams.windows.rolling_window` of the same panes,
+of the rolling windows (:class:`RollingView`: exactly :func:`streams.core.windows.rolling_window` of the same panes,
 docs/contract.md section 5); a scrape gets their page from a :class:`Snapshot`, written straight from the states
 (:func:`window_text`, byte for byte prometheus_client's page of :func:`window_families`).
 
@@ -29,9 +29,9 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from streams.agents.exposition import number, render
-from streams.aggregate import ZERO, GroupKey, State, kpi, merge
 from streams.config import Settings
-from streams.windows import SegmentKey, rolling_window, window_bounds
+from streams.core.aggregate import ZERO, GroupKey, State, kpi, merge
+from streams.core.windows import SegmentKey, rolling_window, window_bounds
 
 OTHER = "other"
 COMPONENTS = ("n", "promoters", "passives", "detractors", "positive", "high_effort", "sum_x", "sum_x2")
@@ -182,7 +182,7 @@ class RollingView:
 
     A pane that changes adds its difference to every window holding it; when the pane boundary moves, the panes
     that enter a window are added and those that leave it subtracted.  The counters are integers, so the sums are
-    exactly :func:`streams.windows.rolling_window` of the same panes (tests/unit/sinks/test_prometheus.py)."""
+    exactly :func:`streams.core.windows.rolling_window` of the same panes (tests/unit/sinks/test_prometheus.py)."""
 
     def __init__(self, windows_s: Iterable[int], pane_ms: int) -> None:
         self.windows_ms = {w: w * 1000 for w in windows_s}

@@ -2,7 +2,7 @@
 behind a change of a KPI).
 
 SQL only sums counters (exact: the fixed-point sx / sx2 columns); every KPI value, interval and decomposition is
-computed from the sums with streams/aggregate.py's ``kpi``, the one implementation of docs/contract.md section 4.
+computed from the sums with streams/core/aggregate.py's ``kpi``, the one implementation of docs/contract.md section 4.
 
 - Groupings of channel and journey read ``cxpulse.pane_results`` (latest version of each pane: FINAL); groupings
   with touchpoint, agent, team or reason code read ``cxpulse.answers`` (the pane of an answer is
@@ -10,7 +10,7 @@ computed from the sums with streams/aggregate.py's ``kpi``, the one implementati
 - A rolling window W is the merge of the W/P panes that end at the pane boundary at or before "now" (docs/contract.md
   section 5, processing clock); with ``since``, the consecutive windows of length W back to ``since`` (the latest
   first).  ``pane`` gives every pane (latest version).
-- A dimension that is not grouped by is ``*`` (ALL), as in streams/windows.py's rollups.
+- A dimension that is not grouped by is ``*`` (ALL), as in streams/core/windows.py's rollups.
 - ``report --journeys`` sums the counters of the closed journey instances (``cxpulse.journey_instances``, newest
   non-deleted revision of each) by the rolling window that holds their end, per journey and/or first channel
   (docs/contract.md section 8); :func:`customer_journeys` gives one customer's instances with their answers.
@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from sinks import clickhouse as store
-from streams.aggregate import State, kpi, merge
 from streams.config import Settings
-from streams.journeys import Answer, JourneyCounts
-from streams.windows import ALL
+from streams.core.aggregate import State, kpi, merge
+from streams.core.journeys import Answer, JourneyCounts
+from streams.core.windows import ALL
 
 PANE_DIMENSIONS = ("channel", "journey")
 ANSWER_DIMENSIONS = ("channel", "journey", "touchpoint", "agent", "team", "reason_code")

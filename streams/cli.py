@@ -25,16 +25,16 @@ from schemas.codec import catalog_for, parse_timestamp_ms
 from streams import broker as local_broker
 from streams import render
 from streams.config import DEFAULT_FUTURE_TOLERANCE_SECONDS, Settings, effort_config, load_settings, parse_duration
+from streams.core.journeys import instance_json
+from streams.core.privacy import pseudonym
+from streams.core.validate import Clock, DeadLetter
+from streams.core.windows import result_json
 from streams.errors import ConfigurationError, CxPulseError
-from streams.journeys import instance_json
-from streams.privacy import pseudonym
 from streams.produce import produce_file
 from streams.render import err, out
 from streams.replay import Progress as ProgressFn
 from streams.replay import dead_letter_json, replay_file
 from streams.topics import ensure_topics, topic_specs
-from streams.validate import Clock, DeadLetter
-from streams.windows import result_json
 
 app = typer.Typer(
     name="cxpulse",

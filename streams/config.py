@@ -16,11 +16,11 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
-from streams.effort import EffortConfig
+from streams.core.effort import EffortConfig
+from streams.core.journeys import DEFAULT_JOURNEY_GAP_SECONDS
+from streams.core.privacy import MIN_KEY_BYTES
 from streams.errors import ConfigurationError
-from streams.journeys import DEFAULT_JOURNEY_GAP_SECONDS
 from streams.kafka import KafkaCluster
-from streams.privacy import MIN_KEY_BYTES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,9 +3,9 @@
 Run by ``cxpulse worker`` as its ``http`` process when ``CXPULSE_HTTP_PORT`` is set (``python -m
 streams.http_ingest METRICS_PORT``).  A request carries one FeedbackEvent (a JSON object, the JSON form of
 docs/contract.md section 1) or a batch (a JSON array, at most ``MAX_BATCH``).  Each item is decoded and validated
-with the same code as the stream (schemas/codec.py, streams/validate.py); the valid ones go to ``cx.feedback`` in the
-Confluent wire format, keyed by customer_id (else event_id), through an idempotent producer that is flushed before
-the answer, so an accepted event is on Kafka once.  Answers:
+with the same code as the stream (schemas/codec.py, streams/core/validate.py); the valid ones go to
+``cx.feedback`` in the Confluent wire format, keyed by customer_id (else event_id), through an idempotent producer
+that is flushed before the answer, so an accepted event is on Kafka once.  Answers:
 
 - ``202 {"accepted": N, "rejected": [{"index", "event_id", "reason", "detail"}]}`` (reasons of section 2);
 - ``400`` a body that is not JSON, or not an object or an array of objects; ``401`` a missing or wrong bearer
@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, start_http_server
 from schemas.codec import SchemaCatalog, catalog_for, feedback_from_json
 from streams.agents.metrics import WorkerMetrics
 from streams.config import DEFAULT_FUTURE_TOLERANCE_SECONDS, Settings, load_settings
+from streams.core.validate import Clock, validate_batch
 from streams.errors import (
     EXIT_PERMANENT,
     PERMANENT_KAFKA_ERRORS,
@@ -44,7 +45,6 @@ from streams.errors import (
 from streams.kafka import produce_waiting, producer
 from streams.outage import OutageLog
 from streams.produce import check_topic, encode_record
-from streams.validate import Clock, validate_batch
 
 LOG = logging.getLogger("cxpulse.http")
 MAX_BATCH = 1000

@@ -18,11 +18,11 @@ from typing import Any
 from confluent_kafka import KafkaError, Message
 
 from schemas.codec import FEEDBACK_RAW, SchemaCatalog, encode_feedback
+from streams.core.validate import Clock, DeadLetter, outside_the_clock, validate_batch
 from streams.errors import BrokerError, SchemaError, TopicMissingError
 from streams.kafka import Kafka, produce_waiting, producer
 from streams.replay import Batch, read_batches
 from streams.topics import ACLS_HINT, KafkaWait, describe_topics
-from streams.validate import Clock, DeadLetter, outside_the_clock, validate_batch
 
 FLUSH_TIMEOUT_SECONDS = 60.0
 METADATA_TIMEOUT_SECONDS = 10.0  # how long produce waits for Kafka to answer before it gives up

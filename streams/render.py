@@ -16,9 +16,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from streams.aggregate import kpi
-from streams.journeys import journey_kpis
-from streams.windows import iso_utc, result_json, window_result
+from streams.core.aggregate import kpi
+from streams.core.journeys import journey_kpis
+from streams.core.windows import iso_utc, result_json, window_result
 
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 240)  # a pipe or a file gets whole tables

@@ -2,7 +2,7 @@
 
 The input is JSON lines (one canonical event per line) or an Avro container file of FeedbackEvent, told
 apart by content.  Events flow in batches through the same steps as the stream: decode, validate,
-de-duplicate, aggregate into panes (streams.aggregate), windows and result records (streams.windows).
+de-duplicate, aggregate into panes (streams.core.aggregate), windows and result records (streams.core.windows).
 Stream-only checks (future_timestamp, too_old) do not apply here.
 """
 
@@ -20,7 +20,7 @@ from typing import IO, Any
 import fastavro
 
 from schemas.codec import FEEDBACK_RAW, feedback_from_json, is_current_feedback, read_feedback_block
-from streams.aggregate import (
+from streams.core.aggregate import (
     Drivers,
     GroupKey,
     SegmentPane,
@@ -30,12 +30,12 @@ from streams.aggregate import (
     merge_drivers,
     merge_into,
 )
-from streams.dedup import Deduplicator
-from streams.effort import EffortConfig, PaneEffort, replay_alerts
+from streams.core.dedup import Deduplicator
+from streams.core.effort import EffortConfig, PaneEffort, replay_alerts
+from streams.core.journeys import Instance, JourneyBook
+from streams.core.validate import Clock, DeadLetter, Rejection, outside_the_clock, validate_batch
+from streams.core.windows import WindowResult, pane_results, rolling_window, window_bounds, window_result
 from streams.errors import DecodeError, InputFileError
-from streams.journeys import Instance, JourneyBook
-from streams.validate import Clock, DeadLetter, Rejection, outside_the_clock, validate_batch
-from streams.windows import WindowResult, pane_results, rolling_window, window_bounds, window_result
 
 AVRO_MAGIC = b"Obj\x01"
 BATCH_SIZE = 8192  # events decoded, validated and aggregated per call

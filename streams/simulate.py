@@ -16,7 +16,7 @@ duration produce the same events.  What is simulated:
 - with ``--daily-curve``, a contact center's day: the rate is the day's average, quiet at night and peaking
   mid-morning and mid-afternoon (UTC hours of the simulated time);
 - a share of invalid events (``--invalid-share``, 0.5% by default on the command line), spoiled the ways
-  streams/synth.py spoils them, so the dead-letter topic and its metrics have something to show;
+  streams/core/synth.py spoils them, so the dead-letter topic and its metrics have something to show;
 - per-channel score levels: CES answers are high-effort with a channel's base share (docs/contract.md section 3);
 - incidents (``--incident``), from a start offset for a duration (default: to the end):
 
@@ -46,10 +46,10 @@ from confluent_kafka import KafkaError, Message
 
 from schemas.codec import FEEDBACK, FEEDBACK_RAW, SchemaCatalog, encode_confluent
 from streams.config import parse_duration
+from streams.core.synth import JOURNEYS as SYNTH_JOURNEYS
+from streams.core.synth import METRIC_SCALES, METRIC_WEIGHTS, SOURCES, spoil
 from streams.kafka import Kafka, produce_waiting, producer
 from streams.produce import check_topic
-from streams.synth import JOURNEYS as SYNTH_JOURNEYS
-from streams.synth import METRIC_SCALES, METRIC_WEIGHTS, SOURCES, spoil
 
 SLICE_MS = 100  # events are generated slice by slice of simulated time
 PROGRESS_SECONDS = 5.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import random
 import re
 import signal
 import socket
@@ -15,6 +16,10 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from hypothesis import strategies as st
+
+from streams.core.validate import Feedback
 
 READY = re.compile(r"ready on (?P<bootstrap>\S+) in (?P<seconds>[\d.]+) s \(java pid (?P<pid>\d+)")
 BROKER_START_TIMEOUT = 120.0  # seconds; includes resolving the jars on a fresh machine
@@ -177,3 +182,84 @@ class Webhook:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+# --- builders of the pure core's tests ------------------------------------------------------------------------
+
+
+def fb(
+    metric: str,
+    score: int,
+    lo: int,
+    hi: int,
+    *,
+    t: int = 0,
+    channel: str = "phone",
+    journey: str = "billing",
+    event_id: str = "e",
+) -> Feedback:
+    return Feedback(event_id, t, "src", channel, journey, metric, score, lo, hi, None, None, ())
+
+
+SCALES = {
+    "NPS": [(0, 10)],
+    "NLS": [(0, 10)],
+    "CES": [(1, 7), (1, 5), (1, 10), (0, 13)],
+    "CSAT": [(1, 5), (1, 7), (0, 100)],
+    "CAS": [(1, 5), (1, 10)],
+}
+
+
+@st.composite
+def feedbacks(draw: st.DrawFn) -> Feedback:
+    metric = draw(st.sampled_from(sorted(SCALES)))
+    lo, hi = draw(st.sampled_from(SCALES[metric]))
+    return fb(
+        metric,
+        draw(st.integers(lo, hi)),
+        lo,
+        hi,
+        t=draw(st.integers(0, 10 * 60_000)),
+        channel=draw(st.sampled_from(["phone", "chat"])),
+        journey=draw(st.sampled_from(["billing", "claims"])),
+    )
+
+
+# answers of customers over hours, for the journeys' tests: a start, an hour, the journey gap G
+T = 1_800_000_000_000
+H = 3_600_000
+G = 72 * H
+JOURNEY_SCALES = {"NPS": (0, 10), "NLS": (0, 10), "CES": (1, 7), "CSAT": (1, 5), "CAS": (1, 5)}
+
+
+def generated(seed: int, count: int = 600) -> list[dict[str, Any]]:
+    """Customers with several answers a journey, consecutive answers G - 1 ms, G or G + 1 ms apart as often as
+    close together; duplicates, invalid answers, answers without customer or interaction ids, late answers."""
+    rng = random.Random(seed)
+    events: list[dict[str, Any]] = []
+    n = 0
+    for customer in range(count // 6):
+        at = T + rng.randrange(10 * H)
+        for _ in range(rng.randint(1, 8)):
+            at += rng.choice([G - 1, G, G + 1, rng.randrange(1, 5 * H), 0])
+            metric = rng.choice(list(JOURNEY_SCALES))
+            lo, hi = JOURNEY_SCALES[metric]
+            n += 1
+            item = event(
+                event_id=f"e{n}",
+                occurred_at=at,
+                channel=rng.choice(["phone", "chat", "email", "Web "]),
+                journey=rng.choice(["billing", "support"]),
+                metric=metric,
+                score=rng.randint(lo, hi),
+                touchpoint=rng.choice([None, "ivr", "agent_call", "faq", " "]),
+                customer_id=rng.choice([f"c{customer}"] * 8 + [None, "", "  "]),
+                interaction_id=rng.choice([None, "", f"i{customer}-{rng.randrange(3)}", f"i{n}"]),
+            )
+            events.append(item)
+            if rng.random() < 0.05:
+                events.append(dict(item, score=lo))  # a duplicate: the first one counts
+            if rng.random() < 0.03:
+                events.append(dict(item, event_id=f"bad{n}", metric="XYZ"))  # invalid: never counted
+    rng.shuffle(events)  # late answers: arrival order is not event order
+    return events

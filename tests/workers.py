@@ -22,12 +22,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from schemas.codec import WINDOW_RESULT, LocalCatalog, decode_confluent
 from streams.broker import die_with_parent
 from streams.config import Settings
+from streams.core.synth import realistic_events
+from streams.core.windows import result_from_record, result_json
 from streams.kafka import consumer, producer
 from streams.produce import messages_of, produce_file
 from streams.replay import replay_file
-from streams.synth import realistic_events
 from streams.topics import ensure_topics, partition_count, topic_specs
-from streams.windows import result_from_record, result_json
 from tests.support import cxpulse_command
 
 CONVERGE_SECONDS = 120.0  # the worker must reach replay's numbers within this long

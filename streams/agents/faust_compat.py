@@ -161,7 +161,7 @@ def encode_value(value: Any) -> bytes:
 
     orjson also reads the values back (here and, once it is installed, in Faust's json codec: 1.6 us against
     7.2 us); it reads an integer beyond 64 bits as a float.  The largest integers in the tables are the panes'
-    sums of x^2 (streams.aggregate: at most 6.35e9 per answer), which reach 2^64 after 2.9e9 answers in one
+    sums of x^2 (streams.core.aggregate: at most 6.35e9 per answer), which reach 2^64 after 2.9e9 answers in one
     pane, far beyond any feed."""
     try:
         return orjson.dumps(value)

@@ -42,7 +42,8 @@ from schemas.codec import SchemaCatalog, catalog_for
 from streams.agents.health import CallGuard, Progress, serve
 from streams.agents.metrics import WorkerMetrics
 from streams.config import DEFAULT_FUTURE_TOLERANCE_SECONDS, Settings, load_settings
-from streams.dedup import bucket_for_retention
+from streams.core.dedup import bucket_for_retention
+from streams.core.validate import Clock
 from streams.errors import (
     EXIT_PERMANENT,
     BrokerError,
@@ -55,7 +56,6 @@ from streams.errors import (
 from streams.kafka import consumer as new_consumer
 from streams.outage import OutageLog
 from streams.topics import TOPIC_WAIT_SECONDS, KafkaWait, TopicsFound, describe_topics, internal_topics
-from streams.validate import Clock
 from streams.worker.ingest import BatchOut, Ingest
 from streams.worker.outputs import BatchOutputs, count_batch
 from streams.worker.positions import measure_lag, partition_names, routed_through

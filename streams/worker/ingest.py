@@ -6,11 +6,11 @@ copies of an answer can arrive on any feedback partition (a platform keys by cus
 HTTP post with a customer id and its retry without one), and only one owner of an event id can tell which copy
 came first:
 
-- **route** (messages of the feedback topic): decode (schemas.codec), validate (streams.validate); invalid ones
+- **route** (messages of the feedback topic): decode (schemas.codec), validate (streams.core.validate); invalid ones
   become dead letters, valid ones go on as they came (raw bytes; pseudonymised first when customer ids are keyed)
   to the routed partition of their event id (:func:`routed_partition`), in the order of their Kafka timestamps.
-- **count** (messages of the routed topic): decode, de-duplicate (streams.dedup: one Deduplicator per routed
-  partition, so every copy of an id meets the same one), aggregate into panes (streams.aggregate), and everything
+- **count** (messages of the routed topic): decode, de-duplicate (streams.core.dedup: one Deduplicator per routed
+  partition, so every copy of an id meets the same one), aggregate into panes (streams.core.aggregate), and everything
   that follows from a counted answer: partials, answers for the store, journey answers, follow-ups.
 
 One consumer reads both topics and one transaction carries both steps' output: a routed answer is counted in a
@@ -29,14 +29,14 @@ import orjson
 
 from schemas.codec import SchemaCatalog, decode_batch, encode_feedback
 from streams.agents.keys import segment_partition
-from streams.aggregate import State, aggregate_drivers, aggregate_panes
-from streams.dedup import Dedup, Deduplicator
-from streams.followups import context as followup_context
-from streams.followups import is_detractor
-from streams.followups import select as select_followups
-from streams.journeys import answer_row, journey_partition
-from streams.privacy import pseudonymise
-from streams.validate import Clock, Feedback, validate_batch
+from streams.core.aggregate import State, aggregate_drivers, aggregate_panes
+from streams.core.dedup import Dedup, Deduplicator
+from streams.core.followups import context as followup_context
+from streams.core.followups import is_detractor
+from streams.core.followups import select as select_followups
+from streams.core.journeys import answer_row, journey_partition
+from streams.core.privacy import pseudonymise
+from streams.core.validate import Clock, Feedback, validate_batch
 from streams.worker.records import (
     FROM_THE_START,
     ROUTED_SOURCE,
@@ -92,7 +92,7 @@ class BatchOut(NamedTuple):
     counted: int
     duplicates: int
     late: int  # counted events whose pane had closed on the processing clock (docs/contract.md section 5)
-    followups: list[dict[str, Any]]  # counted detractor answers to call back (streams/followups.py)
+    followups: list[dict[str, Any]]  # counted detractor answers to call back (streams/core/followups.py)
     answers: dict[int, list[bytes]]  # routed partition -> raw bytes of the answers counted (for ClickHouse)
     journeys: dict[int, list[bytes]]  # journey-answers partition -> counted answers with a customer id (JSON rows)
 
@@ -134,7 +134,7 @@ class Ingest:
     followups: bool = False  # select detractor follow-ups
     answers: bool = False  # pass the counted answers' raw bytes on (the ClickHouse sink stores them)
     journey_partitions: int = 0  # > 0: forward the counted answers with a customer id to the journey agent
-    customer_key: bytes = b""  # set: customer ids become keyed pseudonyms right after decoding (streams.privacy)
+    customer_key: bytes = b""  # set: customer ids become keyed pseudonyms right after decoding (streams.core.privacy)
     dedup: dict[int, Dedup] = field(default_factory=dict)
     starts: dict[int, int] = field(default_factory=dict)
     _owner: dict[tuple[str, str], int] = field(default_factory=dict)

@@ -2,10 +2,10 @@
 section 8).
 
 The hot path forwards each counted answer that carries a customer id, in its batch's transaction, to
-``<app>-journey-answers``, partitioned by customer (streams.journeys.journey_partition): a customer's answers meet
+``<app>-journey-answers``, partitioned by customer (streams.core.journeys.journey_partition): a customer's answers meet
 in one partition, so in one agent.  Its table (``state`` of the ``journeys`` process) holds per (customer,
 journey) the answers of the open and recent instances, in (occurred_at, event_id) order, and what it last emitted
-of each instance (streams.journeys.GroupState).
+of each instance (streams.core.journeys.GroupState).
 
 For each batch of one partition: add the answers (an answer read a second time changes nothing), recompute the
 instances of every group the batch names, write each group's table value, with the revisions it is about to send
@@ -52,7 +52,7 @@ from streams.agents.base import AgentContext, Record, TableAgent, by_size
 from streams.agents.health import FailureStreak
 from streams.agents.local_tables import index_entry
 from streams.agents.stores import DiskStore
-from streams.journeys import (
+from streams.core.journeys import (
     Answer,
     Group,
     GroupState,

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streams.agents.keys import PaneKey, SourceKey
-from streams.aggregate import merge, merge_drivers
-from streams.windows import WindowResult, window_result
+from streams.core.aggregate import merge, merge_drivers
+from streams.core.windows import WindowResult, window_result
 from streams.worker.records import (
     FROM_THE_START,
     PanePartial,

@@ -37,9 +37,9 @@ from streams.agents.keys import PaneKey, ResultKey, SourceKey, pane_bucket, segm
 from streams.agents.local_tables import index_entry
 from streams.agents.stores import keys_before
 from streams.config import Settings
+from streams.core.windows import WindowResult, result_record
 from streams.errors import CxPulseError
 from streams.kafka import consumer
-from streams.windows import WindowResult, result_record
 from streams.worker.merge import MergeStep
 from streams.worker.records import (
     ROUTED_SOURCE,

@@ -9,7 +9,7 @@ out through the slot's streams.worker.transactor.Transactor):
 - the seen ids of every routed partition that counted answers (their offsets noted for the local checkpoint);
 - the counted answers for the store and, with a customer id, for the journey agent, in messages under the topics'
   size limit;
-- detractor follow-ups, as many as the slot's rate allows (streams.followups).
+- detractor follow-ups, as many as the slot's rate allows (streams.core.followups).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from confluent_kafka import KafkaError, Message
 
 from streams.agents.metrics import WorkerMetrics
 from streams.config import Settings
-from streams.followups import TokenBucket
-from streams.followups import encode as encode_followup
+from streams.core.followups import TokenBucket
+from streams.core.followups import encode as encode_followup
 from streams.topics import PARTIALS_MAX_MESSAGE_BYTES, internal_topics
 from streams.worker.ingest import BatchOut, reasons
 from streams.worker.records import (

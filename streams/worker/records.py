@@ -20,8 +20,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from streams.aggregate import State
-from streams.validate import Feedback
+from streams.core.aggregate import State
+from streams.core.validate import Feedback
 
 THROUGH_HEADER = "routed-through"  # on routed and partial messages: how far the feedback partitions are counted
 FROM_THE_START = -1  # SourceRange.start of a partition's first batch when its consumer group had no offset
@@ -114,7 +114,7 @@ class PaneState:
 
     ends: dict[int, int] = field(default_factory=dict)
     states: dict[str, State] = field(default_factory=dict)
-    drivers: dict[str, tuple[int, int]] = field(default_factory=dict)  # CES, capped (streams.aggregate)
+    drivers: dict[str, tuple[int, int]] = field(default_factory=dict)  # CES, capped (streams.core.aggregate)
 
 
 def pane_state_to_table(pane: PaneState) -> dict[str, Any]:
@@ -227,7 +227,7 @@ class Through(NamedTuple):
 
 class Routed(NamedTuple):
     """A valid answer on its way to the partition that counts it: validated, as it came, and for a detractor the
-    fields a follow-up needs that the validated form does not keep (streams.followups)."""
+    fields a follow-up needs that the validated form does not keep (streams.core.followups)."""
 
     event: Feedback
     raw: bytes

@@ -42,8 +42,8 @@ import mmh3
 import numpy as np
 import numpy.typing as npt
 
-from streams.dedup import ids_by_bucket
-from streams.validate import Feedback
+from streams.core.dedup import ids_by_bucket
+from streams.core.validate import Feedback
 
 LOG = logging.getLogger("cxpulse.hotpath")
 FORMAT = 1

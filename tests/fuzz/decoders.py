@@ -16,8 +16,8 @@ import atheris
 
 with atheris.instrument_imports():
     from schemas.codec import FEEDBACK, FEEDBACK_RAW, LocalCatalog, encode_confluent
-    from streams.followups import encode as encode_followup
-    from streams.validate import Clock
+    from streams.core.followups import encode as encode_followup
+    from streams.core.validate import Clock
     from streams.worker.ingest import Ingest
     from streams.worker.records import encode_answers, encode_partials, encode_routed, encode_seen
 

@@ -19,9 +19,9 @@ from schemas.codec import LocalCatalog
 from sinks import clickhouse as store
 from sinks import report as rp
 from streams.config import Settings
+from streams.core.synth import realistic_events
+from streams.core.windows import result_record, rolling_window, rollup
 from streams.replay import replay_file
-from streams.synth import realistic_events
-from streams.windows import result_record, rolling_window, rollup
 
 P = 60_000
 NOW = 1_767_300_030_000  # the "now" of the reports: a pane boundary is 1_767_300_000_000
@@ -250,9 +250,9 @@ def test_journey_instances_report_and_one_customer_match_replay(db: object, tmp_
     from typer.testing import CliRunner
 
     from streams.cli import app
-    from streams.journeys import Revision, counts_of, instance_record, journey_kpis
-    from streams.validate import validate_batch
-    from tests.unit.test_journeys import G, generated
+    from streams.core.journeys import Revision, counts_of, instance_record, journey_kpis
+    from streams.core.validate import validate_batch
+    from tests.support import G, generated
 
     batch = generated(5, 900)
     path = tmp_path / "journeys.jsonl"
@@ -341,6 +341,6 @@ def test_journey_instances_report_and_one_customer_match_replay(db: object, tmp_
 
 
 def total_counts(record: dict):  # JourneyCounts of a report --journeys JSON line
-    from streams.journeys import JourneyCounts
+    from streams.core.journeys import JourneyCounts
 
     return JourneyCounts(*(record[name] for name in JourneyCounts._fields))

@@ -21,12 +21,12 @@ import pytest
 from schemas.codec import JOURNEY_INSTANCE, LocalCatalog, decode_confluent
 from sinks.clickhouse import Endpoint
 from sinks.report import EndpointReader
-from streams.journeys import JourneyCounts, counts_of, instance_json
+from streams.core.journeys import JourneyCounts, counts_of, instance_json
+from streams.core.synth import realistic_events
+from streams.core.validate import validate_batch
+from streams.core.windows import iso_utc
 from streams.kafka import consumer
 from streams.replay import replay_file
-from streams.synth import realistic_events
-from streams.validate import validate_batch
-from streams.windows import iso_utc
 from tests.support import cxpulse_command, free_ports, stop_process
 from tests.workers import (
     CONVERGE_SECONDS,

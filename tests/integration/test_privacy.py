@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 from schemas.codec import LocalCatalog
-from streams.privacy import pseudonym
+from streams.core.privacy import pseudonym
 from streams.read import read
 from tests.integration.test_store import endpoint, store_pipeline
 from tests.support import RunningBroker, event, free_ports, stop_process

@@ -6,7 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from streams.windows import iso_utc
+from streams.core.windows import iso_utc
 from tests.support import RunningBroker, cxpulse_command, stop_process
 from tests.workers import (
     converge,

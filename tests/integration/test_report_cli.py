@@ -24,7 +24,7 @@ FILL = textwrap.dedent(
     from streams.config import Settings
     from streams.replay import replay_file
     from streams.simulate import Simulator
-    from streams.windows import result_record
+    from streams.core.windows import result_record
 
     folder = Path(sys.argv[1])
     now = int(time.time() * 1000)

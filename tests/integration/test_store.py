@@ -17,10 +17,10 @@ from confluent_kafka.admin import AdminClient
 
 from sinks.clickhouse import Endpoint, StoreError
 from sinks.report import EndpointReader
+from streams.core.synth import CHANNELS as SYNTH_CHANNELS
 from streams.replay import replay_file
 from streams.simulate import CHANNELS as SIM_CHANNELS
 from streams.simulate import JOURNEYS, Simulator
-from streams.synth import CHANNELS as SYNTH_CHANNELS
 from tests.support import RunningBroker, cxpulse_command, free_ports, stop_process
 from tests.workers import (
     Pipeline,

@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from streams.aggregate import DRIVER_CAP, aggregate_drivers, cap_drivers, merge_drivers
 from streams.cli import app
-from tests.unit.test_aggregate import fb
+from streams.core.aggregate import DRIVER_CAP, aggregate_drivers, cap_drivers, merge_drivers
+from tests.support import fb
 
 runner = CliRunner()
 

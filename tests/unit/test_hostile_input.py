@@ -15,11 +15,11 @@ from hypothesis import strategies as st
 
 from schemas.codec import LocalCatalog, decode_batch, encode_feedback
 from sinks.clickhouse import answer_rows
+from streams.core.followups import encode as encode_followup
+from streams.core.validate import REASONS, Clock, validate_batch
 from streams.errors import InputFileError
-from streams.followups import encode as encode_followup
 from streams.http_ingest import triage
 from streams.replay import replay_file
-from streams.validate import REASONS, Clock, validate_batch
 from streams.worker.records import decode_answers, encode_answers, encode_partials, encode_seen
 from tests.fakes import FakeMessage, TwoSteps
 from tests.fakes import ingest as fake_ingest

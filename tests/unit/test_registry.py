@@ -20,9 +20,9 @@ from schemas.codec import (
     encode_confluent,
 )
 from streams.config import Settings
+from streams.core.windows import result_record, window_result
 from streams.errors import SchemaError
 from streams.produce import _DEFAULTS
-from streams.windows import result_record, window_result
 from tests.support import event
 
 pytestmark = pytest.mark.unit
@@ -56,7 +56,7 @@ def test_bytes_from_confluents_serializer_are_read_by_the_hot_path_decoder() -> 
 
 
 def test_results_cxpulse_writes_are_read_by_confluents_deserializer() -> None:
-    from streams.aggregate import State
+    from streams.core.aggregate import State
 
     catalog, client = registry_catalog()
     result = result_record(window_result(0, 60_000, "chat", "billing", "NPS", State(3, 2, 0, 1, 0, 0, 0, 0), 7))

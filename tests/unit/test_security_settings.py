@@ -9,9 +9,9 @@ import pytest
 
 from streams.acls import acls_for, kafka_acls_commands
 from streams.config import Settings, load_settings
+from streams.core.privacy import pseudonym, pseudonymise
 from streams.errors import ConfigurationError
 from streams.kafka import KafkaCluster
-from streams.privacy import pseudonym, pseudonymise
 
 SECRET = "s3cr3t-pa55w0rd"
 

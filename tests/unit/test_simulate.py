@@ -10,10 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 from streams.cli import app
-from streams.effort import EffortConfig
+from streams.core.effort import EffortConfig
+from streams.core.validate import validate_batch
 from streams.replay import replay_file
 from streams.simulate import SLICE_MS, Simulator, parse_incident
-from streams.validate import validate_batch
 
 pytestmark = pytest.mark.unit
 START = 1_767_225_600_000
@@ -143,7 +143,7 @@ def test_the_daily_curve_keeps_the_mean_and_shapes_the_day() -> None:
 
 
 def test_customers_go_through_multi_contact_journeys_that_end_worse_the_more_stops_they_take(tmp_path: Path) -> None:
-    from streams.journeys import JourneyCounts, counts_of, journey_kpis
+    from streams.core.journeys import JourneyCounts, counts_of, journey_kpis
     from streams.simulate import ESCALATION, SELF_SERVICE
 
     simulator = Simulator(seed=9, rate=60, start_ms=START, comeback_ms=120_000)

@@ -28,16 +28,16 @@ from sinks.prometheus import Snapshot
 from streams.agents.base import AgentContext, BatchAgent, Record, Runner, by_size
 from streams.agents.keys import PaneKey, ResultKey, SegmentKey, SourceKey
 from streams.agents.metrics import WorkerMetrics
-from streams.aggregate import State
 from streams.config import Settings
-from streams.journeys import encode_answer_rows
-from streams.validate import Clock
-from streams.windows import result_record, window_result
+from streams.core.aggregate import State
+from streams.core.journeys import encode_answer_rows
+from streams.core.validate import Clock
+from streams.core.windows import result_record, window_result
 from streams.worker import journey_agent, merge_agent, repair
 from streams.worker.journey_agent import JourneyAgent
 from streams.worker.merge_agent import MergeAgent
 from streams.worker.records import ROUTED_SOURCE, Position, encode_partials, position_to_table
-from tests.fakes import FakeMessage, TwoSteps
+from tests.fakes import FakeMessage, Held, Offsets, Produced, Reader, TwoSteps
 from tests.fakes import ingest as fake_ingest
 from tests.support import event
 
@@ -45,81 +45,6 @@ pytestmark = pytest.mark.unit
 CATALOG = LocalCatalog()
 NOW = 1_767_300_000_000
 P = 60_000
-
-
-class Produced:
-    """A ResultsProducer that keeps what it is given."""
-
-    def __init__(self) -> None:
-        self.messages: list[tuple[str, bytes | None, bytes | None, int]] = []
-        self.flushes = 0
-
-    def produce(self, topic: str, value: bytes | None, key: bytes | None = None, partition: int = -1,
-                timestamp: int = 0) -> None:  # fmt: skip
-        self.messages.append((topic, value, key, partition))
-
-    async def flush(self) -> None:
-        self.flushes += 1
-        await asyncio.sleep(0)  # a real flush waits for the broker: other tasks run meanwhile
-
-    def on(self, topic: str) -> list[tuple[str, bytes | None, bytes | None, int]]:
-        return [m for m in self.messages if m[0] == topic]
-
-
-class Held:
-    """What the agent's process holds: partitions, their ends, whether it has settled."""
-
-    def __init__(self, topic: str, partitions: dict[int, int], settled: bool = True) -> None:
-        self.topic, self.partitions, self.is_settled = topic, partitions, settled
-        self.rebalanced = 0
-        self.handed: dict[int, int] = {}  # partition -> the last offset the consumer handed over (unknown: absent)
-
-    def assigned(self, topic: str) -> set[int]:
-        return set(self.partitions) if topic == self.topic else set()
-
-    def end(self, topic: str, partition: int) -> int | None:
-        return self.partitions.get(partition) if topic == self.topic else None
-
-    def settled(self) -> bool:
-        return self.is_settled
-
-    def rebalances(self) -> int:
-        return self.rebalanced
-
-    def delivered(self, topic: str, partition: int) -> int | None:
-        return self.handed.get(partition) if topic == self.topic else None
-
-
-class Reader:
-    """A partials partition's messages, readable by range (what PartitionReader reads from Kafka)."""
-
-    topic = "cx-partials"
-
-    def __init__(self, records: list[Record], end: int) -> None:
-        self.records, self.end, self.reads = records, end, 0
-
-    async def read(
-        self, partition: int, start: int, end: int | None = None, max_bytes: int | None = None
-    ) -> list[Record]:
-        self.reads += 1
-        found = [r for r in self.records if r.partition == partition and start <= r.offset < (end or 10**9)]
-        size = 0
-        for n, record in enumerate(found):
-            size += len(record.value)
-            if max_bytes is not None and size >= max_bytes:
-                return found[: n + 1]
-        return found
-
-    async def watermarks(self, partition: int) -> tuple[int, int]:
-        return 0, self.end
-
-
-class Offsets:
-    def __init__(self, committed: dict[int, int]) -> None:
-        self.committed = committed
-
-    def read(self) -> dict[int, int]:
-        return self.committed
 
 
 def settings(**overrides: Any) -> Settings:

@@ -11,10 +11,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sinks.prometheus import COMPONENTS, Snapshot, kpi_families, window_label
-from streams.aggregate import aggregate_panes, merge_all
-from streams.synth import realistic_events
-from streams.validate import validate_batch
-from streams.windows import result_record, rolling_window, state_of, window_result
+from streams.core.aggregate import aggregate_panes, merge_all
+from streams.core.synth import realistic_events
+from streams.core.validate import validate_batch
+from streams.core.windows import result_record, rolling_window, state_of, window_result
 
 P = 60_000
 NOW = 1_767_300_030_000
@@ -142,7 +142,7 @@ def test_rolling_view_is_rolling_window_through_updates_moves_and_drops() -> Non
 
 def test_component_series_only_for_the_windows_asked_for() -> None:
     from sinks.prometheus import window_families
-    from streams.aggregate import State
+    from streams.core.aggregate import State
 
     windows = {w: {("chat", "billing", "NPS"): State(10, 5, 3, 2, 0, 0, 0, 0)} for w in (300, 3600, 86400)}
     for components, expected in ((None, {"5m", "1h", "24h"}), ({86400}, {"24h"}), (set(), set())):
@@ -157,7 +157,7 @@ def test_the_snapshot_writes_what_prometheus_client_writes() -> None:
     from prometheus_client import CollectorRegistry, generate_latest
 
     from sinks.prometheus import Snapshot, window_families
-    from streams.aggregate import State
+    from streams.core.aggregate import State
 
     windows = {w: {("chat", "billing", m): State(10, 5, 3, 2, 6, 1, 3 * 10**9, 2 * 10**9) for m in ("NPS", "CES")}
                for w in (300, 86400)}  # fmt: skip
@@ -185,7 +185,7 @@ def test_the_page_written_straight_from_the_states_is_the_families_page(
     from prometheus_client import CollectorRegistry, generate_latest
 
     from sinks.prometheus import Snapshot, window_families, window_text
-    from streams.aggregate import State
+    from streams.core.aggregate import State
 
     states = {key: State(n + 1, min(p, n + 1), 0, 0, min(p, n + 1), 0, sx, sx) for key, (n, p, sx) in groups.items()}
     windows = {w: states for w in (300, 3600, 86400)}

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sinks.report import decompose
-from streams.aggregate import State, kpi, merge
+from streams.core.aggregate import State, kpi, merge
 from streams.worker.records import decode_answers, encode_answers
 
 pytestmark = pytest.mark.unit

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from streams.aggregate import State, merge
+from streams.core.aggregate import State, merge
 from streams.worker.merge import Link, MergeStep, absorb, follow, merged_results
 from streams.worker.records import (
     FROM_THE_START,

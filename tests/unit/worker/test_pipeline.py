@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 
 from schemas.codec import LocalCatalog
 from streams.agents.keys import segment_partition
+from streams.core.synth import realistic_events
+from streams.core.validate import Clock, validate_batch
+from streams.core.windows import WindowResult
 from streams.replay import replay_file
-from streams.synth import realistic_events
-from streams.validate import Clock, validate_batch
-from streams.windows import WindowResult
 from streams.worker.ingest import Ingest, routed_partition
 from streams.worker.merge import MergeStep
 from streams.worker.records import (
@@ -288,9 +288,9 @@ def test_merge_equals_replay_whatever_order_the_partials_arrive_in(
     from streams.agents.base import AgentContext
     from streams.agents.metrics import WorkerMetrics
     from streams.config import Settings
-    from streams.windows import result_from_record
+    from streams.core.windows import result_from_record
     from streams.worker.merge_agent import MergeAgent
-    from tests.unit.agents.test_agents import Held, Offsets, Produced, Reader
+    from tests.fakes import Held, Offsets, Produced, Reader
 
     values = [json.dumps(e).encode() for e in events(300, seed)]
     rng = random.Random(seed)

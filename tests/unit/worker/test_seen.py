@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.dedup import Deduplicator
-from streams.validate import Feedback
+from streams.core.dedup import Deduplicator
+from streams.core.validate import Feedback
 from streams.worker import seen as seen_module
 from streams.worker.seen import Origin, Run, SeenIds, fingerprint
-from tests.unit.test_aggregate import fb
+from tests.support import fb
 
 pytestmark = pytest.mark.unit
 

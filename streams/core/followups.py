@@ -19,8 +19,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from streams.aggregate import contribution
-from streams.validate import Feedback
+from streams.core.aggregate import contribution
+from streams.core.validate import Feedback
 
 FIELDS = (
     "event_id",

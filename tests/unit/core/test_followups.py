@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from streams.followups import TokenBucket, encode, select
-from streams.validate import validate_batch
+from streams.core.followups import TokenBucket, encode, select
+from streams.core.validate import validate_batch
 from tests.support import event
 
 pytestmark = pytest.mark.unit

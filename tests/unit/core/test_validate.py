@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from schemas.codec import feedback_from_json
-from streams.validate import Clock, Feedback, normalise_label, validate_batch, validate_record
+from streams.core.validate import Clock, Feedback, normalise_label, validate_batch, validate_record
 from tests.support import event
 
 NOW = 1_700_000_000_000

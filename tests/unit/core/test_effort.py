@@ -9,7 +9,7 @@ import statistics
 
 import pytest
 
-from streams.effort import (
+from streams.core.effort import (
     ROOT_CAUSE_Z,
     DetectorState,
     EffortConfig,

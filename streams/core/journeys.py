@@ -20,8 +20,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from streams.validate import Feedback
-from streams.windows import iso_utc
+from streams.core.validate import Feedback
+from streams.core.windows import iso_utc
 
 DEFAULT_JOURNEY_GAP_SECONDS = 72 * 3600
 

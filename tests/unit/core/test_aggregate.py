@@ -8,22 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.aggregate import ZERO, State, aggregate_panes, contribution, kpi, merge, merge_all
-from streams.validate import Feedback
-
-
-def fb(
-    metric: str,
-    score: int,
-    lo: int,
-    hi: int,
-    *,
-    t: int = 0,
-    channel: str = "phone",
-    journey: str = "billing",
-    event_id: str = "e",
-) -> Feedback:
-    return Feedback(event_id, t, "src", channel, journey, metric, score, lo, hi, None, None, ())
+from streams.core.aggregate import ZERO, State, aggregate_panes, contribution, kpi, merge, merge_all
+from streams.core.validate import Feedback
+from tests.support import feedbacks
 
 
 @pytest.mark.parametrize(
@@ -110,29 +97,6 @@ def test_sum_x_is_exact_on_default_scales() -> None:
 
 
 # --- properties -------------------------------------------------------------------------------------------
-
-SCALES = {
-    "NPS": [(0, 10)],
-    "NLS": [(0, 10)],
-    "CES": [(1, 7), (1, 5), (1, 10), (0, 13)],
-    "CSAT": [(1, 5), (1, 7), (0, 100)],
-    "CAS": [(1, 5), (1, 10)],
-}
-
-
-@st.composite
-def feedbacks(draw: st.DrawFn) -> Feedback:
-    metric = draw(st.sampled_from(sorted(SCALES)))
-    lo, hi = draw(st.sampled_from(SCALES[metric]))
-    return fb(
-        metric,
-        draw(st.integers(lo, hi)),
-        lo,
-        hi,
-        t=draw(st.integers(0, 10 * 60_000)),
-        channel=draw(st.sampled_from(["phone", "chat"])),
-        journey=draw(st.sampled_from(["billing", "claims"])),
-    )
 
 
 def states() -> st.SearchStrategy[State]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from streams.validate import Feedback
+from streams.core.validate import Feedback
 
 BUCKET_MS = 3_600_000  # ids are expired an hour at a time
 

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-from streams.aggregate import X2_SCALE, X_SCALE, GroupKey, State, kpi, merge
+from streams.core.aggregate import X2_SCALE, X_SCALE, GroupKey, State, kpi, merge
 
 ALL = "*"  # the channel or journey of a rollup over all of them
 

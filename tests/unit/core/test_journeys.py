@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from streams.agents.faust_compat import encode_value
 from streams.agents.local_tables import index_entry
 from streams.cli import app
-from streams.journeys import (
+from streams.core.journeys import (
     GroupState,
     Instance,
     JourneyBook,
@@ -33,15 +33,12 @@ from streams.journeys import (
     journey_kpis,
     revise,
 )
+from streams.core.validate import Feedback, validate_batch
+from streams.core.windows import iso_utc
 from streams.replay import replay_file
-from streams.validate import Feedback, validate_batch
-from streams.windows import iso_utc
 from streams.worker.journey_agent import journey_index
-from tests.support import event
+from tests.support import G, H, T, event, generated
 
-T = 1_800_000_000_000
-H = 3_600_000
-G = 72 * H
 runner = CliRunner()
 SCALES = {"NPS": (0, 10), "NLS": (0, 10), "CES": (1, 7), "CSAT": (1, 5), "CAS": (1, 5)}
 
@@ -109,39 +106,6 @@ def reference(events: list[dict[str, Any]], gap_ms: int) -> list[dict[str, Any]]
                 }
             )
     return out
-
-
-def generated(seed: int, count: int = 600) -> list[dict[str, Any]]:
-    """Customers with several answers a journey, consecutive answers G - 1 ms, G or G + 1 ms apart as often as
-    close together; duplicates, invalid answers, answers without customer or interaction ids, late answers."""
-    rng = random.Random(seed)
-    events: list[dict[str, Any]] = []
-    n = 0
-    for customer in range(count // 6):
-        at = T + rng.randrange(10 * H)
-        for _ in range(rng.randint(1, 8)):
-            at += rng.choice([G - 1, G, G + 1, rng.randrange(1, 5 * H), 0])
-            metric = rng.choice(list(SCALES))
-            lo, hi = SCALES[metric]
-            n += 1
-            item = event(
-                event_id=f"e{n}",
-                occurred_at=at,
-                channel=rng.choice(["phone", "chat", "email", "Web "]),
-                journey=rng.choice(["billing", "support"]),
-                metric=metric,
-                score=rng.randint(lo, hi),
-                touchpoint=rng.choice([None, "ivr", "agent_call", "faq", " "]),
-                customer_id=rng.choice([f"c{customer}"] * 8 + [None, "", "  "]),
-                interaction_id=rng.choice([None, "", f"i{customer}-{rng.randrange(3)}", f"i{n}"]),
-            )
-            events.append(item)
-            if rng.random() < 0.05:
-                events.append(dict(item, score=lo))  # a duplicate: the first one counts
-            if rng.random() < 0.03:
-                events.append(dict(item, event_id=f"bad{n}", metric="XYZ"))  # invalid: never counted
-    rng.shuffle(events)  # late answers: arrival order is not event order
-    return events
 
 
 def write(path: Path, events: list[dict[str, Any]]) -> Path:

@@ -20,7 +20,7 @@ from itertools import repeat
 from operator import add, mul
 from typing import NamedTuple
 
-from streams.validate import Feedback, normalise_label_or_none
+from streams.core.validate import Feedback, normalise_label_or_none
 
 X_SCALE = 2520 * 10**6  # 2520 = lcm(1..10): x = k/d is exact for every d <= 10
 X2_SCALE = 2520**2 * 10**3  # x^2 = k^2/d^2 is exact for every d <= 10

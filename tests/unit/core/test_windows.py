@@ -5,10 +5,10 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.aggregate import aggregate_panes, merge_all
-from streams.validate import Feedback
-from streams.windows import ALL, iso_utc, pane_results, pane_start, rolling_window, rollup, window_bounds
-from tests.unit.test_aggregate import fb, feedbacks
+from streams.core.aggregate import aggregate_panes, merge_all
+from streams.core.validate import Feedback
+from streams.core.windows import ALL, iso_utc, pane_results, pane_start, rolling_window, rollup, window_bounds
+from tests.support import fb, feedbacks
 
 MIN = 60_000
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from streams.dedup import BUCKET_MS, Deduplicator, bucket_for_retention
-from tests.unit.test_aggregate import fb
+from streams.core.dedup import BUCKET_MS, Deduplicator, bucket_for_retention
+from tests.support import fb
 
 
 def test_first_event_with_an_id_wins() -> None:

@@ -1,0 +1,14 @@
+"""The pure core of cxpulse: docs/contract.md in code, one implementation of every rule and formula, shared by the
+stream, `cxpulse replay` and the tests.  Nothing here imports a Kafka, Faust or ClickHouse client, or does I/O.
+Read in this order:
+
+1. ``validate``: what an answer is, and why one is refused (contract sections 1-2); labels normalised.
+2. ``aggregate``: what one answer counts as, the counters that add up, and the KPI values made from them (3-4).
+3. ``windows``: panes and rolling windows, the result record (5-6).
+4. ``dedup``: the first copy of an event id counts (2).
+5. ``effort``: the effort-spike CUSUM and its root cause (7).
+6. ``journeys``: customer journey instances and their KPIs (8).
+7. ``followups``: detractor follow-ups, and the token bucket that paces them.
+8. ``privacy``: customer ids as keyed pseudonyms.
+9. ``synth``: realistic feedback for tests and benchmarks.
+"""
