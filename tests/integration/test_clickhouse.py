@@ -17,7 +17,7 @@ import pytest
 
 from schemas.codec import LocalCatalog
 from sinks import clickhouse as store
-from sinks import report as rp
+from streams.commands import queries as rp
 from streams.config import Settings
 from streams.core.synth import realistic_events
 from streams.core.windows import result_record, rolling_window, rollup

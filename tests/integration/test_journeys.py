@@ -20,7 +20,7 @@ import pytest
 
 from schemas.codec import JOURNEY_INSTANCE, LocalCatalog, decode_confluent
 from sinks.clickhouse import Endpoint
-from sinks.report import EndpointReader
+from streams.commands.queries import EndpointReader
 from streams.core.journeys import JourneyCounts, counts_of, instance_json
 from streams.core.synth import realistic_events
 from streams.core.validate import validate_batch

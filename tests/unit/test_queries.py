@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sinks.report import decompose
+from streams.commands.queries import decompose
 from streams.core.aggregate import State, kpi, merge
 from streams.worker.records import decode_answers, encode_answers
 

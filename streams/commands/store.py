@@ -1,0 +1,234 @@
+"""The commands that read the store (ClickHouse): ``report``, ``drivers``, ``journey`` (their queries:
+streams.commands.queries)."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from schemas.codec import parse_timestamp_ms
+from streams import render
+from streams.commands.base import (
+    app,
+    fail,
+    names_of,
+    parse_ms,
+    settings_of,
+)
+from streams.config import Settings, parse_duration
+from streams.core.privacy import pseudonym
+from streams.errors import CxPulseError
+from streams.render import err
+
+METRIC_NAMES = ("NPS", "CES", "CSAT", "NLS", "CAS")
+
+
+@app.command()
+def report(
+    window: Annotated[
+        str | None, typer.Option(help="pane, or a rolling window such as 5m, 1h, 24h [1h; 24h with --journeys].")
+    ] = None,
+    by: Annotated[
+        str | None,
+        typer.Option(
+            help="Group by: channel,journey | channel | journey | touchpoint | agent | team | reason_code "
+            "[channel,journey]; with --journeys: journey | channel (the first channel) | journey,channel [journey]."
+        ),
+    ] = None,
+    journeys: Annotated[
+        bool,
+        typer.Option(
+            "--journeys",
+            help="Journey KPIs (contract 8) of the closed customer journeys that ended in each window: one-stop "
+            "rate, contacts and channel switches per journey, high-effort rate, journey NPS, recovery rate.",
+        ),
+    ] = False,
+    metric: Annotated[list[str] | None, typer.Option(help="Metric(s) to show (repeatable; default all).")] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="How far back: a duration (24h) or a time (ISO-8601, epoch ms). Windows: one per W back."),
+    ] = None,
+    fmt: Annotated[
+        str, typer.Option("--format", help="table, jsonl (docs/contract.md section 6 records) or csv.")
+    ] = "table",
+    min_n: Annotated[
+        int, typer.Option(min=1, help="Groups with fewer answers are left out of the table (jsonl and csv keep all).")
+    ] = 30,
+) -> None:
+    """KPIs from ClickHouse per window and grouping, with n and the 95% interval; with --journeys, the KPIs of
+    customer journeys.
+
+    Rolling windows end at the current pane boundary (as the live gauges); --window pane gives the latest
+    version of every pane. Works while the worker runs (through its query endpoint when it holds the
+    embedded store).
+    """
+    from streams.commands import queries as rp
+
+    settings = settings_of()
+    pane_ms = settings.pane_seconds * 1000
+    window = window or ("24h" if journeys else "1h")
+    window_ms = None if window == "pane" else parse_ms(window, "--window")
+    if window_ms is not None and window_ms % pane_ms:
+        fail(f"--window {window} is not a whole number of panes ({settings.pane_seconds} s)", 2)
+    if fmt not in ("table", "jsonl", "csv"):
+        fail(f"--format is table, jsonl or csv, not {fmt!r}", 2)
+    dims = list(names_of(by or ("journey" if journeys else "channel,journey")))
+    now_ms = int(time.time() * 1000)
+    since_ms = _since_ms(since, now_ms) if since is not None else None
+    if journeys:
+        if window_ms is None:
+            fail("--window pane is not for --journeys: journeys are counted by the window that holds their end", 2)
+        if metric:
+            fail("--metric is not for --journeys: a journey's KPIs are over all its answers", 2)
+        try:
+            rp.check_journey_dimensions(dims)
+            found = rp.journey_report(
+                _reader(rp, settings), pane_ms=pane_ms, window_ms=window_ms, by=dims, now_ms=now_ms, since_ms=since_ms
+            )
+        except ValueError as exc:
+            fail(f"report: {exc}", 2)
+        except CxPulseError as exc:
+            fail(f"report: {exc}")
+        render.journey_report_rows(found, dims, window, fmt, min_n)
+        return
+    metrics = [_metric(m) for m in metric or []]
+    try:
+        rp.check_dimensions(dims)
+        rows = rp.report(
+            _reader(rp, settings),
+            pane_ms=pane_ms,
+            window_ms=window_ms,
+            by=dims,
+            metrics=metrics,
+            now_ms=now_ms,
+            since_ms=since_ms,
+        )
+    except ValueError as exc:
+        fail(f"report: {exc}", 2)
+    except CxPulseError as exc:
+        fail(f"report: {exc}")
+    render.report_rows(rows, dims, window, fmt, min_n)
+
+
+@app.command()
+def journey(
+    customer_id: Annotated[str, typer.Argument(help="The customer, as the platforms send it (or its pseudonym).")],
+    only: Annotated[str | None, typer.Option("--journey", help="Only this journey (default: all).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table or jsonl (one object per instance).")] = "table",
+) -> None:
+    """One customer's journeys from ClickHouse: each instance (contract 8), then its answers in order with channel,
+    touchpoint, contact, metric and score, and the running mean of their normalised values.
+
+    With CXPULSE_CUSTOMER_ID_KEY set, the store holds pseudonyms: the id given is looked up as its pseudonym too.
+    Exit 1 when the store holds nothing of the customer.
+    """
+    from streams.commands import queries as rp
+
+    settings = settings_of()
+    if fmt not in ("table", "jsonl"):
+        fail(f"--format is table or jsonl, not {fmt!r}", 2)
+    ids = [customer_id]
+    key = settings.customer_id_key.get_secret_value()
+    if key:
+        ids.append(pseudonym(key.encode(), customer_id))
+    try:
+        found = rp.customer_journeys(_reader(rp, settings), ids, only)
+    except CxPulseError as exc:
+        fail(f"journey: {exc}")
+    if not found:
+        which = f" in journey {only!r}" if only else ""
+        fail(f"journey: no answers of customer {customer_id!r}{which} in the store")
+    render.customer_journeys(found, customer_id, fmt)
+
+
+def _metric(text: str) -> str:
+    """A metric name (any case), or exit 2 naming the five."""
+    if text.upper() not in METRIC_NAMES:
+        fail(f"--metric {text}: one of {', '.join(METRIC_NAMES)}", 2)
+    return text.upper()
+
+
+def _no_such_segment(rp: Any, reader: Any, channel: str, journey: str, metric: str, window: str) -> NoReturn:
+    """No answer in the segment: say which channels or journeys exist when the name given is not one of them."""
+    for option, value in (("channel", channel), ("journey", journey)):
+        if value == "*":
+            continue
+        known = rp.store_values(reader, option)
+        if value not in known:
+            fail(f"drivers: no {option} {value!r} in the store; its {option}s: {', '.join(known) or 'none yet'}")
+    fail(f"drivers: no {metric} answers of {channel}/{journey} in the last {window}")
+
+
+def _reader(rp: Any, settings: Settings) -> Any:
+    """The store's reader, then one line on stderr naming the store read (a store that cannot be opened: one line
+    naming it and the cause, exit 1)."""
+    try:
+        reader = rp.open_reader(settings)
+    except CxPulseError as exc:
+        fail(str(exc))
+    err.print(rp.describe_store(settings), highlight=False, markup=False, soft_wrap=True)
+    return reader
+
+
+def _since_ms(text: str, now_ms: int) -> int:
+    if text.isdigit():
+        return int(text)
+    try:
+        return now_ms - round(parse_duration(text) * 1000)
+    except ValueError:
+        pass
+    try:
+        return parse_timestamp_ms(text)
+    except CxPulseError:
+        fail(f"--since {text!r} is neither a duration (24h) nor a time (ISO-8601 with offset, epoch ms)", 2)
+
+
+@app.command()
+def drivers(
+    metric: Annotated[str, typer.Option(help="NPS, CES, CSAT, NLS or CAS.")] = "NPS",
+    channel: Annotated[str, typer.Option(help="Channel of the segment (* = all).")] = "*",
+    journey: Annotated[str, typer.Option(help="Journey of the segment (* = all).")] = "*",
+    window: Annotated[str, typer.Option(help="The window that ends now: 1h, 24h, 7d, ...")] = "24h",
+    vs: Annotated[
+        str, typer.Option("--vs", help="previous (the window before) or rest (the rest of the business).")
+    ] = "previous",
+    by: Annotated[str, typer.Option(help="Dimensions to explain by.")] = "touchpoint,reason_code,agent,team",
+    top: Annotated[int, typer.Option(min=1, help="Values shown per dimension.")] = 5,
+    fmt: Annotated[str, typer.Option("--format", help="table or jsonl.")] = "table",
+) -> None:
+    """Why a KPI moved: which touchpoints, reason codes, agents and teams explain the change of a segment's KPI
+    against the previous window or the rest of the business, each with its share of the change, n and a 95%
+    interval (README: Root cause).
+    """
+    from streams.commands import queries as rp
+
+    settings = settings_of()
+    window_ms = parse_ms(window, "--window")
+    if fmt not in ("table", "jsonl"):
+        fail(f"--format is table or jsonl, not {fmt!r}", 2)
+    metric = _metric(metric)
+    try:
+        reader = _reader(rp, settings)
+        found = rp.drivers(
+            reader,
+            metric=metric,
+            channel=channel,
+            journey=journey,
+            window_ms=window_ms,
+            pane_ms=settings.pane_seconds * 1000,
+            now_ms=int(time.time() * 1000),
+            versus=vs,
+            dimensions=list(names_of(by)),
+        )
+    except ValueError as exc:
+        fail(f"drivers: {exc}", 2)
+    except CxPulseError as exc:
+        fail(f"drivers: {exc}")
+    if found.n_now == 0:
+        _no_such_segment(rp, reader, channel, journey, found.metric, window)
+    if fmt == "jsonl":
+        render.drivers_jsonl(found, names_of(by), top)
+    else:
+        render.drivers_tables(found, f"{channel}/{journey}", window, vs, names_of(by), top)
