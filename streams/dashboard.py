@@ -21,7 +21,7 @@ from rich.text import Text
 
 from schemas.codec import EFFORT_ALERT, LocalCatalog, decode_confluent
 from streams.config import Settings
-from streams.core.journeys import JourneyCounts, journey_kpis
+from streams.core.journey_kpis import JourneyCounts, journey_kpis
 from streams.kafka import consumer
 
 METRICS = ("NPS", "CES", "CSAT", "NLS", "CAS")

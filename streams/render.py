@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from streams.core.aggregate import kpi
-from streams.core.journeys import journey_kpis
+from streams.core.journey_kpis import journey_kpis
 from streams.core.windows import iso_utc, result_json, window_result
 
 err = Console(stderr=True, soft_wrap=True)

@@ -274,30 +274,9 @@ class LocalTables:
                 todo[partition] = start
         if not todo:
             return out
-        latest: dict[int, dict[bytes, bytes | None]] = {partition: {} for partition in todo}
-        last: dict[int, int] = {}
-        records = 0  # fewer than the offsets read where Kafka compacted the changelog
-        reader.assign([TopicPartition(topic, partition, start) for partition, start in todo.items()])
         started = time.monotonic()
-        try:
-            deadline = started + TAIL_SECONDS
-            pending = set(todo)
-            while pending:
-                if time.monotonic() > deadline or self.stopping.is_set() or self.should_stop():
-                    raise CxPulseError(f"reading {topic} {sorted(pending)}: stopped before their ends")
-                for message in reader.consume(num_messages=10_000, timeout=DRAIN_POLL_SECONDS):
-                    error = message.error()
-                    partition = message.partition() or 0
-                    if error is None:
-                        latest[partition][message.key() or b""] = message.value()
-                        last[partition] = message.offset() or 0
-                        records += 1
-                    elif error.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(partition)
-                    else:
-                        raise CxPulseError(f"reading {topic}[{partition}]: {error.str()}")
-        finally:
-            reader.unassign()
+        stop = lambda: self.stopping.is_set() or self.should_stop()  # noqa: E731
+        latest, last, records = read_latest(reader, topic, todo, started + TAIL_SECONDS, stop)
         with self._write_lock:
             for partition, offset in last.items():
                 out[partition] = (latest[partition], offset)
@@ -375,6 +354,38 @@ class LocalTables:
                 if client is not None:
                     client.close()
             self._client = self._tail_reader = None
+
+
+def read_latest(
+    reader: Consumer, topic: str, starts: dict[int, int], deadline: float, stopping: Callable[[], bool]
+) -> tuple[dict[int, dict[bytes, bytes | None]], dict[int, int], int]:
+    """Read the partitions of ``topic`` from their ``starts`` to their ends (the end-of-partition events): per
+    partition the newest value of each key (None: deleted) and the offset of its last message, and how many
+    records were read (fewer than the offsets where Kafka compacted); CxPulseError past ``deadline`` (monotonic)
+    or on a stop."""
+    latest: dict[int, dict[bytes, bytes | None]] = {partition: {} for partition in starts}
+    last: dict[int, int] = {}
+    records = 0
+    reader.assign([TopicPartition(topic, partition, start) for partition, start in starts.items()])
+    try:
+        pending = set(starts)
+        while pending:
+            if time.monotonic() > deadline or stopping():
+                raise CxPulseError(f"reading {topic} {sorted(pending)}: stopped before their ends")
+            for message in reader.consume(num_messages=10_000, timeout=DRAIN_POLL_SECONDS):
+                error = message.error()
+                partition = message.partition() or 0
+                if error is None:
+                    latest[partition][message.key() or b""] = message.value()
+                    last[partition] = message.offset() or 0
+                    records += 1
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    pending.discard(partition)
+                else:
+                    raise CxPulseError(f"reading {topic}[{partition}]: {error.str()}")
+    finally:
+        reader.unassign()
+    return latest, last, records
 
 
 def index_entries(index: IndexEntries, key: bytes, value: bytes) -> list[tuple[bytes, bytes]]:

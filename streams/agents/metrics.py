@@ -16,7 +16,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from streams.agents.health import ProcessHealth
-from streams.core.journeys import JourneyCounts, journey_kpis
+from streams.core.journey_kpis import JourneyCounts, journey_kpis
 
 BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # seconds
 LATENCY_BUCKETS = (0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)  # seconds
@@ -31,6 +31,7 @@ class WorkerMetrics:
         self.health = ProcessHealth(bound=60.0)  # replaced by the process's own (settings, outage) at start
         self._batches(registry)
         self._state(registry)
+        self._journeys(registry)
         self._lag_and_health(registry)
 
     def _batches(self, registry: CollectorRegistry) -> None:
@@ -99,28 +100,6 @@ class WorkerMetrics:
         self.results = Counter(
             "cxpulse_worker_results", "Window results emitted to the results topic", registry=registry
         )
-        self.journey_revisions = Counter(
-            "cxpulse_worker_journey_revisions",
-            "Journey instance revisions sent to the journeys topic, by kind: open, closed, deleted (replaced)",
-            ["kind"],
-            registry=registry,
-        )
-        self.journeys_closed = Gauge(
-            "cxpulse_journeys_closed",
-            "Counters of the customer journeys closed with their end in the last 24 h, by journey (contract "
-            "section 8): journeys, one_stop, contacts_sum, switches_sum, high_effort, nps_*, recoverable, "
-            "recovered; over several workers, sum them and compute the KPIs from the sums",
-            ["journey", "counter"],
-            registry=registry,
-        )
-        self.journey_kpi = Gauge(
-            "cxpulse_journey_kpi",
-            "Journey KPIs of the journeys closed in the last 24 h, by journey, from this process's counters: "
-            "one_stop_rate, contacts_per_journey, switches_per_journey, high_effort_rate, journey_nps, recovery_rate",
-            ["journey", "kpi"],
-            registry=registry,
-        )
-        self.journey_labels: set[str] = set()
         self.expired = Counter(
             "cxpulse_worker_expired_keys",
             "State keys dropped after the retention, by table",
@@ -151,6 +130,31 @@ class WorkerMetrics:
             "Table changelog messages Kafka acknowledged and the process wrote to its local copies",
             registry=registry,
         )
+
+    def _journeys(self, registry: CollectorRegistry) -> None:
+        """What the journey agent sends and counts (contract section 8)."""
+        self.journey_revisions = Counter(
+            "cxpulse_worker_journey_revisions",
+            "Journey instance revisions sent to the journeys topic, by kind: open, closed, deleted (replaced)",
+            ["kind"],
+            registry=registry,
+        )
+        self.journeys_closed = Gauge(
+            "cxpulse_journeys_closed",
+            "Counters of the customer journeys closed with their end in the last 24 h, by journey (contract "
+            "section 8): journeys, one_stop, contacts_sum, switches_sum, high_effort, nps_*, recoverable, "
+            "recovered; over several workers, sum them and compute the KPIs from the sums",
+            ["journey", "counter"],
+            registry=registry,
+        )
+        self.journey_kpi = Gauge(
+            "cxpulse_journey_kpi",
+            "Journey KPIs of the journeys closed in the last 24 h, by journey, from this process's counters: "
+            "one_stop_rate, contacts_per_journey, switches_per_journey, high_effort_rate, journey_nps, recovery_rate",
+            ["journey", "kpi"],
+            registry=registry,
+        )
+        self.journey_labels: set[str] = set()
 
     def _lag_and_health(self, registry: CollectorRegistry) -> None:
         """How far behind each input and sink is, and whether each process is ready and making progress."""

@@ -30,7 +30,8 @@ from typing import Any, NamedTuple, Protocol
 from sinks import clickhouse as store
 from streams.config import Settings
 from streams.core.aggregate import State, kpi, merge
-from streams.core.journeys import Answer, JourneyCounts
+from streams.core.journey_kpis import JourneyCounts
+from streams.core.journeys import Answer
 from streams.core.windows import ALL
 
 PANE_DIMENSIONS = ("channel", "journey")

@@ -7,7 +7,8 @@ Read in this order:
 3. ``windows``: panes and rolling windows, the result record (5-6).
 4. ``dedup``: the first copy of an event id counts (2).
 5. ``effort``: the effort-spike CUSUM and its root cause (7).
-6. ``journeys``: customer journey instances and their KPIs (8).
+6. ``journeys``: customer journey instances and their revisions (8); ``journey_kpis``: their additive counters
+   and KPI values; ``journey_state``: what the journey agent keeps of one (customer, journey).
 7. ``followups``: detractor follow-ups, and the token bucket that paces them.
 8. ``privacy``: customer ids as keyed pseudonyms.
 9. ``synth``: realistic feedback for tests and benchmarks.

@@ -5,7 +5,7 @@ The hot path forwards each counted answer that carries a customer id, in its bat
 ``<app>-journey-answers``, partitioned by customer (streams.core.journeys.journey_partition): a customer's answers meet
 in one partition, so in one agent.  Its table (``state`` of the ``journeys`` process) holds per (customer,
 journey) the answers of the open and recent instances, in (occurred_at, event_id) order, and what it last emitted
-of each instance (streams.core.journeys.GroupState).
+of each instance (streams.core.journey_state.GroupState).
 
 For each batch of one partition: add the answers (an answer read a second time changes nothing), recompute the
 instances of every group the batch names, write each group's table value, with the revisions it is about to send
@@ -52,14 +52,13 @@ from streams.agents.base import AgentContext, Record, TableAgent, by_size
 from streams.agents.health import FailureStreak
 from streams.agents.local_tables import index_entry
 from streams.agents.stores import DiskStore
+from streams.core.journey_kpis import JourneyCounts
+from streams.core.journey_state import GroupState, closed_counts
 from streams.core.journeys import (
     Answer,
     Group,
-    GroupState,
-    JourneyCounts,
     Revision,
     add_answers,
-    closed_counts,
     decode_answer_rows,
     instance_record,
     instances_of,

@@ -250,7 +250,8 @@ def test_journey_instances_report_and_one_customer_match_replay(db: object, tmp_
     from typer.testing import CliRunner
 
     from streams.cli import app
-    from streams.core.journeys import Revision, counts_of, instance_record, journey_kpis
+    from streams.core.journey_kpis import counts_of, journey_kpis
+    from streams.core.journeys import Revision, instance_record
     from streams.core.validate import validate_batch
     from tests.support import G, generated
 
@@ -341,6 +342,6 @@ def test_journey_instances_report_and_one_customer_match_replay(db: object, tmp_
 
 
 def total_counts(record: dict):  # JourneyCounts of a report --journeys JSON line
-    from streams.core.journeys import JourneyCounts
+    from streams.core.journey_kpis import JourneyCounts
 
     return JourneyCounts(*(record[name] for name in JourneyCounts._fields))

@@ -21,7 +21,8 @@ import pytest
 from schemas.codec import JOURNEY_INSTANCE, LocalCatalog, decode_confluent
 from sinks.clickhouse import Endpoint
 from streams.commands.queries import EndpointReader
-from streams.core.journeys import JourneyCounts, counts_of, instance_json
+from streams.core.journey_kpis import JourneyCounts, counts_of
+from streams.core.journeys import instance_json
 from streams.core.synth import realistic_events
 from streams.core.validate import validate_batch
 from streams.core.windows import iso_utc

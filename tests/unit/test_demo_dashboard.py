@@ -35,7 +35,7 @@ def test_the_dashboard_shows_five_metrics_and_the_whole_alert_line() -> None:
 
 
 def test_the_dashboard_shows_one_stop_rate_and_contacts_per_journey_from_the_counters() -> None:
-    from streams.core.journeys import JourneyCounts
+    from streams.core.journey_kpis import JourneyCounts
 
     board = Dashboard(Settings(journey_gap_seconds=20), "127.0.0.1:1")
     try:

@@ -143,7 +143,7 @@ def test_the_daily_curve_keeps_the_mean_and_shapes_the_day() -> None:
 
 
 def test_customers_go_through_multi_contact_journeys_that_end_worse_the_more_stops_they_take(tmp_path: Path) -> None:
-    from streams.core.journeys import JourneyCounts, counts_of, journey_kpis
+    from streams.core.journey_kpis import JourneyCounts, counts_of, journey_kpis
     from streams.simulate import ESCALATION, SELF_SERVICE
 
     simulator = Simulator(seed=9, rate=60, start_ms=START, comeback_ms=120_000)

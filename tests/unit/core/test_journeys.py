@@ -17,20 +17,16 @@ from typer.testing import CliRunner
 from streams.agents.faust_compat import encode_value
 from streams.agents.local_tables import index_entry
 from streams.cli import app
+from streams.core.journey_kpis import JourneyCounts, counts_by, counts_of, journey_kpis
+from streams.core.journey_state import GroupState, closed_counts
 from streams.core.journeys import (
-    GroupState,
     Instance,
     JourneyBook,
-    JourneyCounts,
     Revisions,
     answer_of,
-    closed_counts,
     confirm,
-    counts_by,
-    counts_of,
     instance_json,
     instances_of,
-    journey_kpis,
     revise,
 )
 from streams.core.validate import Feedback, validate_batch

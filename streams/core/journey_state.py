@@ -1,0 +1,73 @@
+"""What the journey agent keeps of one (customer, journey) in its table: the answers, the revisions it emitted
+and whether each is known sent, and the counters of the closed instances (for the journey KPI gauges)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+from streams.core.journey_kpis import JourneyCounts, counts_of
+from streams.core.journeys import SENT, Answer, Emitted, Instance, confirm
+
+
+class GroupState(NamedTuple):
+    """What the journey agent keeps of one (customer, journey): its answers in order, what it emitted, and the
+    offset of the last journey-answers message of the batch that wrote it (-1: none; what that batch sent is
+    known sent once a later batch of the partition completed, or the group's committed offset passed it)."""
+
+    answers: list[Answer]
+    emitted: Emitted
+    offset: int = -1
+    closed: tuple[tuple[int, JourneyCounts], ...] = ()  # (end, counters) of each closed instance: the KPI gauges
+
+    def due(self, gap_ms: int, retention_ms: int) -> int:
+        """When the group next needs a look without new answers: at once while a revision is not known sent (the
+        look confirms or sends it again), when an open instance closes (end + G < now), or when the oldest
+        instance leaves the state (end + G < now - retention: no answer a worker accepts can reach it)."""
+        if any(flags != SENT for *_, flags in self.emitted.values()):
+            return 1
+        times = [end + gap_ms + 1 + (retention_ms if closed else 0) for _, end, _, closed, _ in self.emitted.values()]
+        return min(times) if times else 0
+
+    def to_table(self, gap_ms: int, retention_ms: int) -> dict[str, Any]:
+        return {
+            "a": [list(a) for a in self.answers],
+            "e": [[start, *emitted] for start, emitted in self.emitted.items()],
+            "o": self.offset,
+            "t": self.due(gap_ms, retention_ms),
+            "k": [[end, *counts] for end, counts in self.closed],
+        }
+
+    @classmethod
+    def from_table(cls, value: Any) -> GroupState:
+        if not value:
+            return cls([], {})
+        emitted = {
+            int(start): (int(v), int(end), int(n), bool(closed), int(flags))
+            for start, v, end, n, closed, flags in value["e"]
+        }
+        closed = tuple((int(end), JourneyCounts(*counts)) for end, *counts in value.get("k", ()))
+        return cls([Answer(*a) for a in value["a"]], emitted, int(value.get("o", -1)), closed)
+
+    def confirmed(self) -> GroupState:
+        return self._replace(emitted=confirm(self.emitted))
+
+    def forget_before(self, cutoff_ms: int, gap_ms: int) -> int:
+        """Drop the instances with end + G < ``cutoff_ms`` (now - retention) and their answers; how many."""
+        old = [start for start, (_, end, *_) in self.emitted.items() if end + gap_ms < cutoff_ms]
+        if not old:
+            return 0
+        last_end = max(self.emitted[start][1] for start in old)
+        self.answers[:] = [a for a in self.answers if a.occurred_at > last_end]
+        for start in old:
+            del self.emitted[start]
+        return len(old)
+
+    def without_closed_before(self, cutoff_ms: int, gap_ms: int) -> GroupState:
+        """The state without the closed instances' counters that :meth:`forget_before` dropped the instances of."""
+        return self._replace(closed=tuple((end, c) for end, c in self.closed if end + gap_ms >= cutoff_ms))
+
+
+def closed_counts(instances: Iterable[Instance]) -> tuple[tuple[int, JourneyCounts], ...]:
+    """(end, counters) of the closed instances: what a group's state keeps for the journey KPI gauges."""
+    return tuple((i.end, counts_of(i)) for i in instances if i.closed)
