@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, start_http_server
 from schemas.codec import SchemaCatalog, catalog_for, feedback_from_json
 from streams.agents.metrics import WorkerMetrics
 from streams.config import DEFAULT_FUTURE_TOLERANCE_SECONDS, Settings, load_settings
-from streams.core.validate import Clock, validate_batch
+from streams.core.validate import REASONS, Clock, validate_batch
 from streams.errors import (
     EXIT_PERMANENT,
     PERMANENT_KAFKA_ERRORS,
@@ -52,83 +52,63 @@ FLUSH_SECONDS = 30.0
 PROCESS = "http"
 
 
+NDJSON = ("application/x-ndjson", "application/jsonl", "application/json-lines")  # a body of JSON lines
+_REJECTED = {
+    "type": "object",
+    "properties": {
+        "index": {"type": "integer"},
+        "event_id": {"type": ["string", "null"]},
+        "reason": {"type": "string", "enum": list(REASONS)},
+        "detail": {"type": "string"},
+    },
+}
+_ERROR = {"type": "object", "properties": {"error": {"type": "string"}}}
+_EVENT = {
+    "type": "object",
+    "description": "A FeedbackEvent in its JSON form (schemas/feedback_event.avsc; occurred_at epoch ms or ISO-8601 "
+    "with an offset)",
+    "required": ["event_id", "occurred_at", "source", "channel", "journey", "metric", "score"],
+    "additionalProperties": True,
+}
+_ERRORS = (
+    ("400", "Not JSON (or JSON lines), or not an object or an array of objects"),
+    ("401", "Missing or wrong bearer token"),
+    ("413", "Body or batch too large"),
+    ("415", "Neither application/json nor application/x-ndjson"),
+    ("503", "Kafka did not take the events; nothing was accepted"),
+)
+
+
 def openapi(settings: Settings) -> dict[str, Any]:
     """The OpenAPI 3.1 document of the endpoint."""
-    rejected = {
-        "type": "object",
-        "properties": {
-            "index": {"type": "integer"},
-            "event_id": {"type": ["string", "null"]},
-            "reason": {
-                "type": "string",
-                "enum": [
-                    "undecodable",
-                    "missing_field",
-                    "bad_metric",
-                    "bad_label",
-                    "bad_scale",
-                    "score_out_of_range",
-                    "future_timestamp",
-                    "too_old",
-                ],  # fmt: skip
-            },
-            "detail": {"type": "string"},
+    accepted = {
+        "description": "The valid events are on Kafka; the others are listed with their reason",
+        "content": {"application/json": {"schema": {"type": "object", "properties": {
+            "accepted": {"type": "integer"}, "rejected": {"type": "array", "items": _REJECTED}}}}},
+    }  # fmt: skip
+    body = {
+        "application/json": {"schema": {"oneOf": [_EVENT, {"type": "array", "items": _EVENT, "maxItems": MAX_BATCH}]}},
+        **{
+            kind: {"schema": {"type": "string", "description": "JSON lines: one FeedbackEvent a line"}}
+            for kind in NDJSON
         },
     }
-    error = {"type": "object", "properties": {"error": {"type": "string"}}}
-    event = {
-        "type": "object",
-        "description": "A FeedbackEvent in its JSON form (schemas/feedback_event.avsc; occurred_at epoch ms or "
-        "ISO-8601 with an offset)",
-        "required": ["event_id", "occurred_at", "source", "channel", "journey", "metric", "score"],
-        "additionalProperties": True,
+    post = {
+        "summary": f"Send one FeedbackEvent or a batch of up to {MAX_BATCH} to {settings.feedback_topic}",
+        "requestBody": {"required": True, "content": body},
+        "responses": {
+            "202": accepted,
+            **{
+                code: {"description": why, "content": {"application/json": {"schema": _ERROR}}} for code, why in _ERRORS
+            },
+        },
     }
     return {
         "openapi": "3.1.0",
         "info": {"title": "cxpulse feedback ingest", "version": "1"},
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "security": [{"bearer": []}] if settings.http_token.get_secret_value() else [],
-        "paths": {
-            "/v1/feedback": {
-                "post": {
-                    "summary": f"Send one FeedbackEvent or a batch of up to {MAX_BATCH} to {settings.feedback_topic}",
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {"oneOf": [event, {"type": "array", "items": event, "maxItems": MAX_BATCH}]}
-                            }
-                        },
-                    },
-                    "responses": {
-                        "202": {
-                            "description": "The valid events are on Kafka; the others are listed with their reason",
-                            "content": {
-                                "application/json": {
-                                    "schema": {
-                                        "type": "object",
-                                        "properties": {
-                                            "accepted": {"type": "integer"},
-                                            "rejected": {"type": "array", "items": rejected},
-                                        },
-                                    }
-                                }
-                            },
-                        },
-                        **{
-                            code: {"description": why, "content": {"application/json": {"schema": error}}}
-                            for code, why in (
-                                ("400", "Not JSON, or not an object or an array of objects"),
-                                ("401", "Missing or wrong bearer token"),
-                                ("413", "Body or batch too large"),
-                                ("415", "Not application/json"),
-                                ("503", "Kafka did not take the events; nothing was accepted"),
-                            )
-                        },
-                    },
-                }
-            }
-        },
+        "paths": {"/v1/feedback": {"post": post}},
     }
 
 
@@ -170,8 +150,11 @@ class FeedbackEndpoint:
             given = request.headers.get("Authorization", "").removeprefix("Bearer ").encode()
             if not hmac.compare_digest(given, self.token):
                 return self.answer(401, {"error": "missing or wrong bearer token"})
-        if request.content_type != "application/json":
-            return self.answer(415, {"error": f"send application/json, not {request.content_type or 'nothing'}"})
+        if request.content_type != "application/json" and request.content_type not in NDJSON:
+            return self.answer(
+                415,
+                {"error": f"send application/json or application/x-ndjson, not {request.content_type or 'nothing'}"},
+            )
         limit = self.settings.http_max_bytes
         if request.content_length is not None and request.content_length > limit:
             return self.answer(413, {"error": f"the body is over {limit} bytes"})
@@ -181,10 +164,12 @@ class FeedbackEndpoint:
             return self.answer(400, {"error": f"cannot read the body: {exc}"})
         if len(raw) > limit:
             return self.answer(413, {"error": f"the body is over {limit} bytes"})
+        lines = request.content_type in NDJSON
         try:
-            body = json.loads(raw)
+            body = [json.loads(line) for line in raw.splitlines() if line.strip()] if lines else json.loads(raw)
         except (ValueError, RecursionError):
-            return self.answer(400, {"error": "the body is not JSON"})
+            hint = "one FeedbackEvent a line" if lines else "JSON lines go as application/x-ndjson"
+            return self.answer(400, {"error": f"the body is not {'JSON lines' if lines else 'JSON'} ({hint})"})
         items = body if isinstance(body, list) else [body]
         if not items or not all(isinstance(item, dict) for item in items):
             return self.answer(400, {"error": "send a FeedbackEvent object or a non-empty array of them"})

@@ -11,6 +11,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import shutil
+import sys
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -80,18 +83,30 @@ class Batch:
         return [letter for _, letter in sorted(ordered, key=lambda pair: pair[0])]
 
 
-def open_input(path: Path) -> tuple[IO[bytes], bool]:
-    """Open an events file; return the file and whether it is an Avro container (else JSON lines)."""
-    if not path.exists():
-        raise InputFileError(f"{path}: no such file")
-    if path.is_dir():
-        raise InputFileError(f"{path}: is a directory, not an events file")
-    try:
-        handle = path.open("rb")
-    except OSError as exc:
-        raise InputFileError(f"{path}: cannot be read: {exc.strerror}") from exc
-    is_avro = handle.read(4) == AVRO_MAGIC
-    handle.seek(0)
+STDIN = "-"  # an events file named "-" is standard input
+SPOOL_MEMORY_BYTES = 64 * 1024 * 1024  # a piped Avro container is held in memory up to this, then on disk
+
+
+def open_input(path: Path) -> tuple[io.BufferedReader, bool]:
+    """Open an events file (``-``: standard input; a pipe or /dev/stdin is read as it comes, never sought); return
+    it and whether it is an Avro container (else JSON lines)."""
+    if str(path) == STDIN:
+        handle: io.BufferedReader = sys.stdin.buffer  # type: ignore[assignment]  # a BufferedReader at run time
+    else:
+        if not path.exists():
+            raise InputFileError(f"{path}: no such file")
+        if path.is_dir():
+            raise InputFileError(f"{path}: is a directory, not an events file")
+        try:
+            handle = path.open("rb")
+        except OSError as exc:
+            raise InputFileError(f"{path}: cannot be read: {exc.strerror}") from exc
+    is_avro = handle.peek(4)[:4] == AVRO_MAGIC
+    if is_avro and not handle.seekable():  # fastavro's block reader seeks: a piped container is spooled first
+        spooled = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)
+        shutil.copyfileobj(handle, spooled)
+        spooled.seek(0)
+        handle = io.BufferedReader(spooled)
     return handle, is_avro
 
 
@@ -118,9 +133,8 @@ def looks_like(head: bytes) -> str:
     return f"text that is not JSON lines of FeedbackEvents (first line: {first[:60]!r})"
 
 
-def _json_batches(handle: IO[bytes], path: Path) -> Iterator[Batch]:
-    head = handle.read(512)
-    handle.seek(0)
+def _json_batches(handle: io.BufferedReader, path: Path) -> Iterator[Batch]:
+    head = handle.peek(512)[:512]  # not read: a pipe cannot go back
     checked = False
     records: list[dict[str, Any]] = []
     positions: list[str] = []
@@ -307,7 +321,15 @@ def read_batches(path: Path) -> Iterator[tuple[Batch, int]]:
     handle, is_avro = open_input(path)
     with handle:
         for batch in _avro_batches(handle) if is_avro else _json_batches(handle, path):
-            yield batch, handle.tell()
+            yield batch, _position(handle)
+
+
+def _position(handle: IO[bytes]) -> int:
+    """Bytes read so far (for progress); 0 for a pipe, which cannot tell."""
+    try:
+        return handle.tell()
+    except OSError:
+        return 0
 
 
 def replay_file(

@@ -118,7 +118,9 @@ def warn_about_time(future: int, too_old: int, settings: Settings, done: str) ->
 
 
 def open_for_writing(stack: ExitStack, path: Path, option: str) -> Any:
-    """``path`` opened for writing, or one line naming the problem (exit 1)."""
+    """``path`` opened for writing (``-``: standard output), or one line naming the problem (exit 1)."""
+    if str(path) == "-":
+        return sys.stdout
     try:
         return stack.enter_context(path.open("w"))
     except OSError as exc:
@@ -127,7 +129,7 @@ def open_for_writing(stack: ExitStack, path: Path, option: str) -> Any:
 
 def progress_of(stack: ExitStack, path: Path, verb: str) -> ProgressFn | None:
     """A progress callback that shows a bar on a terminal once the work has taken a second."""
-    if not err.is_terminal or not path.is_file():
+    if not err.is_terminal or str(path) == "-" or not path.is_file():
         return None
     total = path.stat().st_size
     started = time.monotonic()

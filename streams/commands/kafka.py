@@ -179,51 +179,64 @@ def produce(
         raise typer.Exit(3)
 
 
+SimRateOpt = Annotated[float, typer.Option(min=0.1, help="Answers per second, all channels together.")]
+SimDurationOpt = Annotated[
+    str | None, typer.Option(help="How long, e.g. 90s, 10m (simulated time); live: until Ctrl-C by default.")
+]
+SimIncidentOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="Scripted incident, repeatable: effort:CHANNEL/JOURNEY@+START[~DURATION], nps:CHANNEL/JOURNEY@+..., "
+        "outage:CHANNEL@+... (e.g. effort:chat/billing@+30s~5m)."
+    ),
+]
+SimSeedOpt = Annotated[int, typer.Option(help="Random seed: the same seed, start and options give the same events.")]
+SimInvalidShareOpt = Annotated[
+    float, typer.Option(min=0.0, max=1.0, help="Share of invalid events, as a real feed has (dead letters).")
+]
+SimDailyCurveOpt = Annotated[
+    bool,
+    typer.Option("--daily-curve", help="Vary the rate over the day (night low, daytime peaks); --rate is the mean."),
+]
+SimChannelsOpt = Annotated[str | None, typer.Option(help="Comma-separated channels (default: all six).")]
+SimJourneysOpt = Annotated[str | None, typer.Option(help="Comma-separated journeys (default: all).")]
+SimComebackOpt = Annotated[
+    str,
+    typer.Option(
+        help="Longest time before a customer whose matter a contact did not resolve comes back on the next "
+        "channel (shortest: 1/20 of it). Keep it below the journey gap (CXPULSE_JOURNEY_GAP_SECONDS)."
+    ),
+]
+SimStartOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Simulated start, ISO-8601 or epoch ms (default: now live; with --to-file, --duration before now, so "
+        "that the file ends now). Fix it to reproduce a file."
+    ),
+]
+SimToFileOpt = Annotated[
+    Path | None,
+    typer.Option("--to-file", help="Write JSON lines (or an Avro container for .avro) instead of Kafka."),
+]
+SimTopicOpt = Annotated[str | None, typer.Option(help="Topic [env CXPULSE_FEEDBACK_TOPIC].")]
+SimBootstrapOpt = Annotated[str | None, typer.Option(help="Kafka bootstrap [env CXPULSE_KAFKA_BOOTSTRAP].")]
+
+
 @app.command()
 def simulate(
-    rate: Annotated[float, typer.Option(min=0.1, help="Answers per second, all channels together.")] = 50.0,
-    duration: Annotated[
-        str | None, typer.Option(help="How long, e.g. 90s, 10m (simulated time); live: until Ctrl-C by default.")
-    ] = None,
-    incident: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Scripted incident, repeatable: effort:CHANNEL/JOURNEY@+START[~DURATION], nps:CHANNEL/JOURNEY@+..., "
-            "outage:CHANNEL@+... (e.g. effort:chat/billing@+30s~5m)."
-        ),
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Random seed: the same seed, start and options give the same events.")] = 7,
-    invalid_share: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Share of invalid events, as a real feed has (dead letters).")
-    ] = 0.005,
-    daily_curve: Annotated[
-        bool,
-        typer.Option(
-            "--daily-curve", help="Vary the rate over the day (night low, daytime peaks); --rate is the mean."
-        ),
-    ] = False,
-    channels: Annotated[str | None, typer.Option(help="Comma-separated channels (default: all six).")] = None,
-    journeys: Annotated[str | None, typer.Option(help="Comma-separated journeys (default: all).")] = None,
-    comeback: Annotated[
-        str,
-        typer.Option(
-            help="Longest time before a customer whose matter a contact did not resolve comes back on the next "
-            "channel (shortest: 1/20 of it). Keep it below the journey gap (CXPULSE_JOURNEY_GAP_SECONDS)."
-        ),
-    ] = "6h",
-    start: Annotated[
-        str | None,
-        typer.Option(
-            help="Simulated start, ISO-8601 or epoch ms (default: now live; with --to-file, --duration before now, so "
-            "that the file ends now). Fix it to reproduce a file."
-        ),
-    ] = None,
-    to_file: Annotated[
-        Path | None,
-        typer.Option("--to-file", help="Write JSON lines (or an Avro container for .avro) instead of Kafka."),
-    ] = None,
-    topic: Annotated[str | None, typer.Option(help="Topic [env CXPULSE_FEEDBACK_TOPIC].")] = None,
-    bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap [env CXPULSE_KAFKA_BOOTSTRAP].")] = None,
+    rate: SimRateOpt = 50.0,
+    duration: SimDurationOpt = None,
+    incident: SimIncidentOpt = None,
+    seed: SimSeedOpt = 7,
+    invalid_share: SimInvalidShareOpt = 0.005,
+    daily_curve: SimDailyCurveOpt = False,
+    channels: SimChannelsOpt = None,
+    journeys: SimJourneysOpt = None,
+    comeback: SimComebackOpt = "6h",
+    start: SimStartOpt = None,
+    to_file: SimToFileOpt = None,
+    topic: SimTopicOpt = None,
+    bootstrap: SimBootstrapOpt = None,
 ) -> None:
     """Generate contact-center feedback (canonical FeedbackEvents) with scripted incidents, live to Kafka at
     --rate, or to a file.

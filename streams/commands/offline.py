@@ -7,7 +7,7 @@ import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -22,42 +22,58 @@ from streams.commands.base import (
     warn_about_time,
     worker_clock,
 )
-from streams.config import effort_config
+from streams.config import Settings, effort_config
 from streams.core.journeys import instance_json
 from streams.core.validate import DeadLetter
 from streams.core.windows import result_json
 from streams.errors import CxPulseError
 from streams.render import err
-from streams.replay import dead_letter_json, replay_file
+from streams.replay import Replay, dead_letter_json, replay_file
+
+EventsOpt = Annotated[
+    Path, typer.Argument(help="JSON lines or Avro container file of FeedbackEvents (- for standard input).")
+]
+PaneOpt = Annotated[str | None, typer.Option(help="Pane length, e.g. 60s, 5m [env CXPULSE_PANE_SECONDS, default 60s].")]
+WindowOpt = Annotated[
+    str,
+    typer.Option(help="'pane' for pane results, or a rolling window (5m, 1h, 24h) as of the latest event."),
+]
+OutputOpt = Annotated[
+    Path | None, typer.Option("--output", "-o", help="Results file (default, or -: standard output).")
+]
+DeadLetterOpt = Annotated[
+    Path | None, typer.Option("--dead-letter", help="Write dead letters here as JSON lines (-: standard output).")
+]
+AlertsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--alerts", help="Write every effort-spike FIRING/RESOLVED alert here as JSON lines (-: standard output)."
+    ),
+]
+JourneysOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--journeys", help="Write every customer journey instance here as JSON lines (contract 8; -: standard output)."
+    ),
+]
+JourneyGapOpt = Annotated[
+    str | None,
+    typer.Option(help="Journey gap G, e.g. 72h, 30m [env CXPULSE_JOURNEY_GAP_SECONDS, default 72h]."),
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No summary on stderr.")]
 
 
 @app.command()
 def replay(
-    events: Annotated[Path, typer.Argument(help="JSON lines or Avro container file of FeedbackEvents.")],
-    pane: Annotated[
-        str | None, typer.Option(help="Pane length, e.g. 60s, 5m [env CXPULSE_PANE_SECONDS, default 60s].")
-    ] = None,
-    window: Annotated[
-        str,
-        typer.Option(help="'pane' for pane results, or a rolling window (5m, 1h, 24h) as of the latest event."),
-    ] = "pane",
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Results file (default stdout).")] = None,
-    dead_letter: Annotated[
-        Path | None, typer.Option("--dead-letter", help="Write dead letters here as JSON lines.")
-    ] = None,
-    alerts: Annotated[
-        Path | None,
-        typer.Option("--alerts", help="Write every effort-spike FIRING/RESOLVED alert here as JSON lines."),
-    ] = None,
-    journeys: Annotated[
-        Path | None,
-        typer.Option("--journeys", help="Write every customer journey instance here as JSON lines (contract 8)."),
-    ] = None,
-    journey_gap: Annotated[
-        str | None,
-        typer.Option(help="Journey gap G, e.g. 72h, 30m [env CXPULSE_JOURNEY_GAP_SECONDS, default 72h]."),
-    ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary on stderr.")] = False,
+    events: EventsOpt,
+    pane: PaneOpt = None,
+    window: WindowOpt = "pane",
+    output: OutputOpt = None,
+    dead_letter: DeadLetterOpt = None,
+    alerts: AlertsOpt = None,
+    journeys: JourneysOpt = None,
+    journey_gap: JourneyGapOpt = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Compute the window results of a file of events offline, exactly as the stream does.
 
@@ -84,23 +100,7 @@ def replay(
         alert_file = open_for_writing(stack, alerts, "--alerts") if alerts is not None else None
         journey_file = open_for_writing(stack, journeys, "--journeys") if journeys is not None else None
 
-        def on_dead(dead: DeadLetter) -> None:
-            if dead_file is not None:
-                dead_file.write(dead_letter_json(dead) + "\n")
-
-        try:
-            result = replay_file(
-                events,
-                pane_ms,
-                on_dead,
-                progress_of(stack, events, "replay"),
-                worker_clock(settings),
-                gap_ms if journey_file is not None else None,
-            )
-        except CxPulseError as exc:
-            fail(f"replay: {exc}")
-        except OSError as exc:
-            fail(f"replay: {events}: {exc.strerror}")
+        result = _replay(events, pane_ms, stack, dead_file, settings, gap_ms if journey_file is not None else None)
         results = result.results(window_ms)
         for record in results:
             sink.write(json.dumps(result_json(record), separators=(",", ":")) + "\n")
@@ -111,19 +111,42 @@ def replay(
         if journey_file is not None:
             journey_file.writelines(json.dumps(instance_json(i), separators=(",", ":")) + "\n" for i in instances)
     if not quiet:
-        stats = result.stats
-        reasons = ", ".join(f"{k} {v}" for k, v in sorted(stats.dead_letters.items())) or "none"
-        err.print(
-            f"replayed {stats.read} events in {time.monotonic() - started:.1f} s: {stats.counted} counted, "
-            f"{stats.duplicates} duplicates, {sum(stats.dead_letters.values())} dead letters ({reasons}); "
-            f"{render.count(len(results), 'result')}"
-            + (f"; {render.count(len(fired), 'effort alert')}" if alerts is not None else "")
-            + (
-                f"; {render.count(len(instances), 'journey instance')} "
-                f"({sum(i.closed for i in instances)} closed, gap {gap_ms / 1000:g} s)"
-                if journeys is not None
-                else ""
-            ),
-            highlight=False,
+        _summary(result, time.monotonic() - started, len(results), fired if alerts else None, instances if journeys
+                 else None, gap_ms)  # fmt: skip
+        warn_about_time(result.stats.future, result.stats.too_old, settings, "counted")
+
+
+def _replay(
+    events: Path, pane_ms: int, stack: ExitStack, dead_file: Any, settings: Settings, gap_ms: int | None
+) -> Replay:
+    """The file replayed, its dead letters written as they are found; one line and exit 1 when it cannot be read."""
+
+    def on_dead(dead: DeadLetter) -> None:
+        if dead_file is not None:
+            dead_file.write(dead_letter_json(dead) + "\n")
+
+    try:
+        return replay_file(
+            events, pane_ms, on_dead, progress_of(stack, events, "replay"), worker_clock(settings), gap_ms
         )
-        warn_about_time(stats.future, stats.too_old, settings, "counted")
+    except CxPulseError as exc:
+        fail(f"replay: {exc}")
+    except OSError as exc:
+        fail(f"replay: {events}: {exc.strerror}")
+
+
+def _summary(result: Replay, seconds: float, results: int, fired: list[Any] | None, instances: list[Any] | None,
+             gap_ms: int) -> None:  # fmt: skip
+    """The replay's one line on stderr: what was read, counted, refused, written."""
+    stats = result.stats
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(stats.dead_letters.items())) or "none"
+    line = (
+        f"replayed {stats.read} events in {seconds:.1f} s: {stats.counted} counted, {stats.duplicates} duplicates, "
+        f"{sum(stats.dead_letters.values())} dead letters ({reasons}); {render.count(results, 'result')}"
+    )
+    if fired is not None:
+        line += f"; {render.count(len(fired), 'effort alert')}"
+    if instances is not None:
+        closed = sum(i.closed for i in instances)
+        line += f"; {render.count(len(instances), 'journey instance')} ({closed} closed, gap {gap_ms / 1000:g} s)"
+    err.print(line, highlight=False)

@@ -18,17 +18,12 @@ computed from the sums with streams/core/aggregate.py's ``kpi``, the one impleme
 
 from __future__ import annotations
 
-import json
 import math
-import urllib.error
-import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
-from sinks import clickhouse as store
-from streams.config import Settings
+from streams.commands.readers import Reader
 from streams.core.aggregate import State, kpi, merge
 from streams.core.journey_kpis import JourneyCounts
 from streams.core.journeys import Answer
@@ -43,88 +38,6 @@ SUMS_PANES = (
 SUMS_ANSWERS = (
     "count(), sum(promoter), sum(passive), sum(detractor), sum(positive), sum(high_effort), sum(sx), sum(sx2)"
 )
-
-
-class Reader(Protocol):
-    def rows(self, sql: str, parameters: Mapping[str, Any]) -> list[Sequence[Any]]: ...
-
-
-class ClientReader:
-    """Queries through a clickhouse-connect client; a failure is a StoreError naming the store and the cause."""
-
-    def __init__(self, client: Any, url: str = "") -> None:
-        self.client = client
-        self.url = url
-
-    def rows(self, sql: str, parameters: Mapping[str, Any]) -> list[Sequence[Any]]:
-        try:
-            return list(self.client.query(sql, parameters=dict(parameters)).result_rows)
-        except Exception as exc:  # clickhouse-connect's errors, and urllib3's beneath them
-            raise store.StoreError(f"reading ClickHouse at {store.redact(self.url)}: {store.why(exc)}") from exc
-
-
-class EndpointReader:
-    """Queries through the read-only SQL endpoint of the process that holds the embedded store
-    (sinks/clickhouse_sink.py)."""
-
-    def __init__(self, endpoint: store.Endpoint) -> None:
-        self.url = endpoint.url
-        self.token = endpoint.token
-
-    def rows(self, sql: str, parameters: Mapping[str, Any]) -> list[Sequence[Any]]:
-        body = json.dumps({"sql": sql, "parameters": dict(parameters)}, default=str).encode()
-        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {self.token}"}
-        request = urllib.request.Request(self.url, body, headers)  # noqa: S310
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - loopback, our own
-                return list(json.loads(response.read())["rows"])
-        except urllib.error.HTTPError as exc:
-            raise store.StoreError(f"the worker's query endpoint refused: {exc.read().decode()[:300]}") from exc
-        except OSError as exc:
-            raise store.StoreError(f"the worker's query endpoint {self.url} did not answer: {exc}") from exc
-
-
-def describe_store(settings: Settings) -> str:
-    """Which store a command reads, for its first line on stderr (a report from the wrong folder said "no results
-    yet" of a store it had just created)."""
-    path = store.chdb_path(settings.clickhouse_url)
-    if path is None:
-        return f"store: {settings.clickhouse_url.split('@')[-1]} (ClickHouse server)"
-    running = store.endpoint_of(settings.data_dir)
-    through = f", through the worker's endpoint {running.url}" if running is not None else ""
-    return f"store: {Path(path).resolve()} (embedded{through})"
-
-
-def open_reader(settings: Settings) -> Reader:
-    """A reader of the configured store; while a worker holds the embedded store, through its endpoint.  An
-    embedded store that does not exist is refused, not created."""
-    path = store.chdb_path(settings.clickhouse_url)
-    if path is not None:
-        running = store.endpoint_of(settings.data_dir)
-        if running is not None:  # a live sink holds the embedded store: ask it (opening would fail, noisily)
-            return EndpointReader(running)
-        if not (Path(path) / "metadata" / store.DATABASE).exists():
-            raise store.StoreError(
-                f"no cxpulse store at {Path(path).resolve()}: run this where the worker's data folder is, or set "
-                "CXPULSE_DATA_DIR (or CXPULSE_CLICKHOUSE_URL) to it"
-            )
-    try:
-        client = store.connect(settings, settings.clickhouse_timeout_seconds)
-    except store.StoreBusyError as exc:
-        url = store.endpoint_of(settings.data_dir)
-        if url is None:
-            raise store.StoreError(
-                f"{exc}, and that process serves no query endpoint: stop it, or run this where its "
-                f"{settings.data_dir}/clickhouse-endpoint.json is"
-            ) from exc
-        return EndpointReader(url)
-    try:
-        store.migrate(client)  # a fresh store has the tables (empty) rather than "unknown table"
-    except Exception as exc:  # as in ClientReader.rows
-        raise store.StoreError(
-            f"cannot open ClickHouse at {store.redact(settings.clickhouse_url)}: {store.why(exc)}"
-        ) from exc
-    return ClientReader(client, settings.clickhouse_url)
 
 
 class Row(NamedTuple):

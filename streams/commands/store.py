@@ -4,12 +4,13 @@ streams.commands.queries)."""
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NamedTuple, NoReturn
 
 import typer
 
 from schemas.codec import parse_timestamp_ms
 from streams import render
+from streams.commands import readers
 from streams.commands.base import (
     app,
     fail,
@@ -64,8 +65,6 @@ def report(
     version of every pane. Works while the worker runs (through its query endpoint when it holds the
     embedded store).
     """
-    from streams.commands import queries as rp
-
     settings = settings_of()
     pane_ms = settings.pane_seconds * 1000
     window = window or ("24h" if journeys else "1h")
@@ -77,39 +76,68 @@ def report(
     dims = list(names_of(by or ("journey" if journeys else "channel,journey")))
     now_ms = int(time.time() * 1000)
     since_ms = _since_ms(since, now_ms) if since is not None else None
+    span = Span(window, window_ms, pane_ms, now_ms, since_ms)
     if journeys:
-        if window_ms is None:
-            fail("--window pane is not for --journeys: journeys are counted by the window that holds their end", 2)
         if metric:
             fail("--metric is not for --journeys: a journey's KPIs are over all its answers", 2)
-        try:
-            rp.check_journey_dimensions(dims)
-            found = rp.journey_report(
-                _reader(rp, settings), pane_ms=pane_ms, window_ms=window_ms, by=dims, now_ms=now_ms, since_ms=since_ms
-            )
-        except ValueError as exc:
-            fail(f"report: {exc}", 2)
-        except CxPulseError as exc:
-            fail(f"report: {exc}")
-        render.journey_report_rows(found, dims, window, fmt, min_n)
-        return
-    metrics = [_metric(m) for m in metric or []]
+        _journey_report(settings, span, dims, fmt, min_n)
+    else:
+        _kpi_report(settings, span, dims, [_metric(m) for m in metric or []], fmt, min_n)
+
+
+class Span(NamedTuple):
+    """What a report covers: the window (its text and length; None: every pane), the pane, now, and since when."""
+
+    window: str
+    window_ms: int | None
+    pane_ms: int
+    now_ms: int
+    since_ms: int | None
+
+
+def _kpi_report(settings: Settings, span: Span, dims: list[str], metrics: list[str], fmt: str, min_n: int) -> None:
+    """`cxpulse report`: KPIs per window and grouping."""
+    from streams.commands import queries as rp
+
     try:
         rp.check_dimensions(dims)
         rows = rp.report(
-            _reader(rp, settings),
-            pane_ms=pane_ms,
-            window_ms=window_ms,
+            _reader(settings),
+            pane_ms=span.pane_ms,
+            window_ms=span.window_ms,
             by=dims,
             metrics=metrics,
-            now_ms=now_ms,
-            since_ms=since_ms,
+            now_ms=span.now_ms,
+            since_ms=span.since_ms,
         )
     except ValueError as exc:
         fail(f"report: {exc}", 2)
     except CxPulseError as exc:
         fail(f"report: {exc}")
-    render.report_rows(rows, dims, window, fmt, min_n)
+    render.report_rows(rows, dims, span.window, fmt, min_n)
+
+
+def _journey_report(settings: Settings, span: Span, dims: list[str], fmt: str, min_n: int) -> None:
+    """`cxpulse report --journeys`: journey KPIs per window that holds the journeys' ends."""
+    from streams.commands import queries as rp
+
+    if span.window_ms is None:
+        fail("--window pane is not for --journeys: journeys are counted by the window that holds their end", 2)
+    try:
+        rp.check_journey_dimensions(dims)
+        found = rp.journey_report(
+            _reader(settings),
+            pane_ms=span.pane_ms,
+            window_ms=span.window_ms,
+            by=dims,
+            now_ms=span.now_ms,
+            since_ms=span.since_ms,
+        )
+    except ValueError as exc:
+        fail(f"report: {exc}", 2)
+    except CxPulseError as exc:
+        fail(f"report: {exc}")
+    render.journey_report_rows(found, dims, span.window, fmt, min_n)
 
 
 @app.command()
@@ -134,7 +162,7 @@ def journey(
     if key:
         ids.append(pseudonym(key.encode(), customer_id))
     try:
-        found = rp.customer_journeys(_reader(rp, settings), ids, only)
+        found = rp.customer_journeys(_reader(settings), ids, only)
     except CxPulseError as exc:
         fail(f"journey: {exc}")
     if not found:
@@ -161,14 +189,14 @@ def _no_such_segment(rp: Any, reader: Any, channel: str, journey: str, metric: s
     fail(f"drivers: no {metric} answers of {channel}/{journey} in the last {window}")
 
 
-def _reader(rp: Any, settings: Settings) -> Any:
+def _reader(settings: Settings) -> readers.Reader:
     """The store's reader, then one line on stderr naming the store read (a store that cannot be opened: one line
     naming it and the cause, exit 1)."""
     try:
-        reader = rp.open_reader(settings)
+        reader = readers.open_reader(settings)
     except CxPulseError as exc:
         fail(str(exc))
-    err.print(rp.describe_store(settings), highlight=False, markup=False, soft_wrap=True)
+    err.print(readers.describe_store(settings), highlight=False, markup=False, soft_wrap=True)
     return reader
 
 
@@ -210,7 +238,7 @@ def drivers(
         fail(f"--format is table or jsonl, not {fmt!r}", 2)
     metric = _metric(metric)
     try:
-        reader = _reader(rp, settings)
+        reader = _reader(settings)
         found = rp.drivers(
             reader,
             metric=metric,

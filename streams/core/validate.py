@@ -164,9 +164,7 @@ def validate_record(record: Mapping[str, Any], clock: Clock | None = None) -> Fe
     return _check(record, clock.now_ms - clock.retention_ms, clock.now_ms + clock.future_tolerance_ms, clock.now_ms)
 
 
-def _check(  # noqa: C901 - one branch per rule of docs/contract.md section 3, in its order, inlined for speed
-    record: Mapping[str, Any], earliest: int, latest: int, now_ms: int
-) -> Feedback | tuple[Reason, str]:
+def _check(record: Mapping[str, Any], earliest: int, latest: int, now_ms: int) -> Feedback | tuple[Reason, str]:
     """:func:`validate_record` with the clock's bounds as plain ints (called once per event on the hot path)."""
     get: Callable[[str], Any] = record.get
     event_id = get("event_id")
@@ -189,7 +187,7 @@ def _check(  # noqa: C901 - one branch per rule of docs/contract.md section 3, i
         return "missing_field", "score is absent"
     defaults = DEFAULT_SCALES.get(metric)
     if defaults is None:
-        return "bad_metric", f"metric {metric!r} is not one of {', '.join(METRICS)}"
+        return "bad_metric", _bad_metric(metric)
     lo = get("scale_min")
     hi = get("scale_max")
     lo = defaults[0] if lo is None else lo
@@ -206,14 +204,8 @@ def _check(  # noqa: C901 - one branch per rule of docs/contract.md section 3, i
     if journey is None:
         return "bad_label", f"journey {journey_raw!r} is not a valid label once normalised"
     occurred_ms = occurred if type(occurred) is int else _timestamp_ms(occurred)
-    if occurred_ms > latest:
-        if latest == LATEST_MS:
-            return "future_timestamp", f"occurred_at {occurred_ms} is after 9999-12-30, the last day cxpulse can show"
-        return "future_timestamp", f"occurred_at {occurred_ms} is ahead of the clock {now_ms}"
-    if occurred_ms < earliest:
-        if earliest == EARLIEST_MS:
-            return "too_old", f"occurred_at {occurred_ms} is before 1970-01-01"
-        return "too_old", f"occurred_at {occurred_ms} is older than the retention of pane state"
+    if occurred_ms > latest or occurred_ms < earliest:
+        return _out_of_time(occurred_ms, earliest, latest, now_ms)
     codes = get("reason_codes")
     return Feedback(
         event_id,
@@ -230,6 +222,24 @@ def _check(  # noqa: C901 - one branch per rule of docs/contract.md section 3, i
         tuple(codes) if codes else (),
         get("interaction_id"),
     )
+
+
+def _bad_metric(metric: Any) -> str:
+    """Why ``metric`` is refused; a known name in another case says which one was meant (the names are exact)."""
+    detail = f"metric {metric!r} is not one of {', '.join(METRICS)}"
+    meant = str(metric).strip().upper()
+    return detail + (f" (did you mean {meant!r}? metric names are upper case)" if meant in METRICS else "")
+
+
+def _out_of_time(occurred_ms: int, earliest: int, latest: int, now_ms: int) -> tuple[Reason, str]:
+    """Why an ``occurred_at`` outside [earliest, latest] is refused (the clock, or the dates replay can show)."""
+    if occurred_ms > latest:
+        if latest == LATEST_MS:
+            return "future_timestamp", f"occurred_at {occurred_ms} is after 9999-12-30, the last day cxpulse can show"
+        return "future_timestamp", f"occurred_at {occurred_ms} is ahead of the clock {now_ms}"
+    if earliest == EARLIEST_MS:
+        return "too_old", f"occurred_at {occurred_ms} is before 1970-01-01"
+    return "too_old", f"occurred_at {occurred_ms} is older than the retention of pane state"
 
 
 class Rejection(NamedTuple):

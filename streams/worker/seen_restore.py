@@ -81,41 +81,48 @@ def read_seen_tails(
         pending = set(starts)
         started = time.monotonic()
         while pending:
-            now = time.monotonic()
-            if now - started > seconds:
-                raise CxPulseError(f"restoring {topic} partitions {sorted(pending)}: no end in sight")
-            for partition, (stable, since) in held.items():
-                if partition in pending and now - since > stuck_seconds:
-                    raise CxPulseError(
-                        f"restoring {topic}[{partition}]: a transaction holds its last stable offset at {stable} "
-                        f"(below its end {ends[partition]}) for more than {stuck_seconds:.0f} s"
-                    )
+            _check_stuck(topic, pending, held, ends, started, seconds, stuck_seconds)
             for message in reader.consume(num_messages=1000, timeout=DRAIN_POLL_SECONDS):
                 error = message.error()
                 partition = message.partition() or 0
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        stable = message.offset() or 0
-                        if stable >= ends[partition]:
-                            pending.discard(partition)
-                        elif partition not in held:
-                            held[partition] = (stable, time.monotonic())
-                            LOG.info(
-                                "restoring %s[%d]: waiting for a transaction to finish (last stable offset %d, end %d)",
-                                topic,
-                                partition,
-                                stable,
-                                ends[partition],
-                            )
-                        continue
+                if error is None:
+                    store, offset = stores[partition], message.offset() or 0
+                    for bucket, ids in decode_seen(message.value() or b"{}").items():
+                        store.remember(bucket, ids, offset)
+                    entries += 1
+                elif error.code() != KafkaError._PARTITION_EOF:
                     raise CxPulseError(f"restoring {topic}: {error}")
-                store, offset = stores[partition], message.offset() or 0
-                for bucket, ids in decode_seen(message.value() or b"{}").items():
-                    store.remember(bucket, ids, offset)
-                entries += 1
+                elif (message.offset() or 0) >= ends[partition]:
+                    pending.discard(partition)
+                elif partition not in held:
+                    held[partition] = (message.offset() or 0, time.monotonic())
+                    LOG.info("restoring %s[%d]: waiting for a transaction to finish (last stable offset %d, end %d)",
+                             topic, partition, held[partition][0], ends[partition])  # fmt: skip
     finally:
         reader.close()
     return entries
+
+
+def _check_stuck(
+    topic: str,
+    pending: set[int],
+    held: dict[int, tuple[int, float]],
+    ends: dict[int, int],
+    started: float,
+    seconds: float,
+    stuck_seconds: float,
+) -> None:
+    """CxPulseError when the read has taken ``seconds``, or a transaction has held a partition's last stable offset
+    below its end for ``stuck_seconds``."""
+    now = time.monotonic()
+    if now - started > seconds:
+        raise CxPulseError(f"restoring {topic} partitions {sorted(pending)}: no end in sight")
+    for partition, (stable, since) in held.items():
+        if partition in pending and now - since > stuck_seconds:
+            raise CxPulseError(
+                f"restoring {topic}[{partition}]: a transaction holds its last stable offset at {stable} "
+                f"(below its end {ends[partition]}) for more than {stuck_seconds:.0f} s"
+            )
 
 
 class SeenRestore:

@@ -18,6 +18,7 @@ import pytest
 from schemas.codec import LocalCatalog
 from sinks import clickhouse as store
 from streams.commands import queries as rp
+from streams.commands.readers import ClientReader
 from streams.config import Settings
 from streams.core.synth import realistic_events
 from streams.core.windows import result_record, rolling_window, rollup
@@ -84,7 +85,7 @@ def test_pane_rows_report_as_replay_and_nothing_doubles(db: object, tmp_path: Pa
     assert count == len(rows)  # the retried insert was deduplicated
     # a re-delivery with another token (a restarted sink): still one row per group once read
     store.insert(db, "pane_results", rows[:50], store.PANE_COLUMNS, store.token("t", 0, 0, 2))  # type: ignore[arg-type]
-    reader = rp.ClientReader(db)
+    reader = ClientReader(db)
     panes = rp.report(
         reader, pane_ms=P, window_ms=None, by=["channel", "journey"], metrics=[], now_ms=NOW, since_ms=None
     )
@@ -125,7 +126,7 @@ def test_answers_by_touchpoint_and_hourly_windows_match_a_count_by_hand(db: obje
     rows = store.answer_rows(raw(batch), LocalCatalog())
     store.insert(db, "answers", rows, store.ANSWER_COLUMNS, store.token("a", 0, 0, 1))  # type: ignore[arg-type]
     store.insert(db, "answers", rows[:100], store.ANSWER_COLUMNS, store.token("a", 0, 0, 2))  # type: ignore[arg-type]
-    reader = rp.ClientReader(db)
+    reader = ClientReader(db)
     got = rp.report(reader, pane_ms=P, window_ms=3600_000, by=["touchpoint"], metrics=["NPS"], now_ms=NOW,
                     since_ms=NOW - 3 * 3600_000)  # fmt: skip
     end = NOW - NOW % P
@@ -182,7 +183,7 @@ def test_answers_by_reason_code_count_an_answer_under_each_of_its_codes(db: obje
         {**base, "event_id": "c", "occurred_at": NOW - 10 * P, "score": 8},
     ]
     store.insert(db, "answers", store.answer_rows(raw(batch), LocalCatalog()), store.ANSWER_COLUMNS, "r")  # type: ignore[arg-type]
-    reader = rp.ClientReader(db)
+    reader = ClientReader(db)
     for window_ms in (None, 3600_000):
         got = rp.report(reader, pane_ms=P, window_ms=window_ms, by=["reason_code"], metrics=[], now_ms=NOW,
                         since_ms=NOW - 3600_000)  # fmt: skip
@@ -199,7 +200,7 @@ def test_pane_reports_show_the_pane_the_results_were_written_with(db: object, tm
     results = replay_file(path, 5_000, lambda dead: None).results()
     rows = [store.pane_row(result_record(r)) for r in results]
     store.insert(db, "pane_results", rows, store.PANE_COLUMNS, store.token("p5", 0, 0, 1))  # type: ignore[arg-type]
-    got = rp.report(rp.ClientReader(db), pane_ms=P, window_ms=None, by=["channel", "journey"], metrics=[],
+    got = rp.report(ClientReader(db), pane_ms=P, window_ms=None, by=["channel", "journey"], metrics=[],
                     now_ms=NOW, since_ms=None)  # fmt: skip
     assert len(got) == len(results) > 10
     assert {row.window_end - row.window_start for row in got} == {5_000}
@@ -222,7 +223,7 @@ def test_drivers_decompose_the_change_exactly_and_name_the_touchpoint(db: object
                           "touchpoint": touchpoint, "reason_codes": ["hold_time"] if detractor else []})  # fmt: skip
     rows = store.answer_rows(raw(batch), LocalCatalog())
     store.insert(db, "answers", rows, store.ANSWER_COLUMNS, store.token("d", 0, 0, 1))  # type: ignore[arg-type]
-    found = rp.drivers(rp.ClientReader(db), metric="NPS", channel="chat", journey="billing", window_ms=3600_000,
+    found = rp.drivers(ClientReader(db), metric="NPS", channel="chat", journey="billing", window_ms=3600_000,
                        pane_ms=P, now_ms=NOW, versus="previous", dimensions=["touchpoint", "reason_code"])  # fmt: skip
 
     def nps(answers: list[dict]) -> float:
@@ -279,7 +280,7 @@ def test_journey_instances_report_and_one_customer_match_replay(db: object, tmp_
     gone = [store.journey_row(instance_record(Revision(ghost, v, v == 3))) for v in (1, 3)]
     for n, rows in enumerate((early, gone[:1], final, gone[1:])):
         store.insert(db, "journey_instances", rows, store.JOURNEY_COLUMNS, store.token("ji", n))  # type: ignore[arg-type]
-    reader = rp.ClientReader(db)
+    reader = ClientReader(db)
     # report --journeys: the counters of the closed instances by the rolling window that holds their end
     now = max(i.end for i in instances) + 2 * G
     end = now - now % P
