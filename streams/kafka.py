@@ -20,14 +20,15 @@ import logging
 import socket
 import ssl
 import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ClusterMetadata  # type: ignore[attr-defined]  # no __all__
 
-from streams.errors import KafkaRefusedError, KafkaUnreachableError
+from streams.errors import CxPulseError, KafkaRefusedError, KafkaUnreachableError
 
 LOG = logging.getLogger("cxpulse.kafka")
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -187,6 +188,58 @@ def consumer(kafka: Kafka, group_id: str, **extra: Any) -> Consumer:
     """A Consumer in ``group_id`` that starts at the earliest offset and commits by hand."""
     settings = {"group.id": group_id, "auto.offset.reset": "earliest", "enable.auto.commit": False, **extra}
     return Consumer(_base(kafka, settings))
+
+
+def read_range(
+    reader: Consumer,
+    topic: str,
+    ranges: Mapping[int, tuple[int, int]],
+    seconds: float,
+    *,
+    stopping: Callable[[], bool] = lambda: False,
+    short: Callable[[int, int], None] | None = None,
+    each_poll: Callable[[set[int]], None] = lambda pending: None,
+    batch: int = 1000,
+) -> Iterator[Message]:
+    """The messages of ``topic``'s partitions from ``start`` to ``end`` (``ranges``: partition -> [start, end)), read
+    with ``reader`` (its isolation level: a read_committed reader skips aborted messages), assigned for the read and
+    unassigned after it, also when the caller stops early.  The one read-to-an-end loop of cxpulse: the hot path's
+    seen-ids restore, the tables' local copies and the merge's read-back use it.
+
+    A partition is done at its end: a message at ``end - 1`` or past it, an end-of-partition event at or past it, or
+    its position there (the range ended in transaction markers).  An end-of-partition event below the end (a
+    read_committed reader stops at the last stable offset: a transaction not finished yet) ends the partition too,
+    unless ``short`` is given: it is told (partition, offset) and the read waits on.  ``each_poll`` sees the partitions
+    not done before every poll (it may raise).  CxPulseError past ``seconds``, on ``stopping()``, or on an error."""
+    pending = {partition: end for partition, (start, end) in ranges.items() if start < end}
+    if not pending:
+        return
+    reader.assign([TopicPartition(topic, partition, ranges[partition][0]) for partition in pending])
+    deadline = time.monotonic() + seconds
+    try:
+        while pending:
+            if time.monotonic() > deadline or stopping():
+                raise CxPulseError(f"reading {topic} {sorted(pending)}: their ends not reached within {seconds:.0f} s")
+            each_poll(set(pending))
+            for message in reader.consume(num_messages=batch, timeout=DRAIN_POLL_SECONDS):
+                partition, offset = message.partition() or 0, message.offset() or 0
+                end = pending.get(partition)
+                if end is None:
+                    continue  # done already: what follows its end is not read
+                error = message.error()
+                if error is None and offset < end:
+                    yield message
+                if error is not None and error.code() != KafkaError._PARTITION_EOF:
+                    raise CxPulseError(f"reading {topic}[{partition}]: {error.str()}")
+                if error is None and offset >= end - 1 or error is not None and (offset >= end or short is None):
+                    del pending[partition]
+                elif error is not None and short is not None:
+                    short(partition, offset)
+            for tp in reader.position([TopicPartition(topic, p) for p in pending]) if pending else []:
+                if tp.offset != OFFSET_END and tp.offset >= pending[tp.partition]:
+                    del pending[tp.partition]  # the rest of the range was transaction markers
+    finally:
+        reader.unassign()
 
 
 def reach(kafka: Kafka, topic: str | None = None, timeout: float = REACH_TIMEOUT_SECONDS) -> ClusterMetadata:

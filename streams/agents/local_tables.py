@@ -35,12 +35,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from rocksdict import Options, Rdict, WriteBatch
 
 from streams.agents.metrics import WorkerMetrics
 from streams.errors import CxPulseError
-from streams.kafka import DRAIN_POLL_SECONDS, Kafka
+from streams.kafka import Kafka, read_range
 from streams.kafka import consumer as new_consumer
 
 LOG = logging.getLogger("cxpulse.tables")
@@ -271,12 +271,12 @@ class LocalTables:
         for partition, start in starts.items():
             _, end = reader.get_watermark_offsets(TopicPartition(topic, partition), WATERMARK_SECONDS, False)
             if start < end:
-                todo[partition] = start
+                todo[partition] = (start, end)
         if not todo:
             return out
         started = time.monotonic()
         stop = lambda: self.stopping.is_set() or self.should_stop()  # noqa: E731
-        latest, last, records = read_latest(reader, topic, todo, started + TAIL_SECONDS, stop)
+        latest, last, records = read_latest(reader, topic, todo, TAIL_SECONDS, stop)
         with self._write_lock:
             for partition, offset in last.items():
                 out[partition] = (latest[partition], offset)
@@ -284,7 +284,7 @@ class LocalTables:
                 if db is not None:
                     self._write(topic, partition, db, list(latest[partition].items()), offset)
                     self._copied[(topic, partition)] = max(self._copied.get((topic, partition), -1), offset)
-        read = sum(offset + 1 - todo[partition] for partition, offset in last.items())
+        read = sum(offset + 1 - todo[partition][0] for partition, offset in last.items())
         keys = sum(len(latest[partition]) for partition in last)
         LOG.info("%s: %d changelog offsets read past the copies (%d records, %d keys) in %.1f s", topic, read,
                  records, keys, time.monotonic() - started)  # fmt: skip
@@ -357,34 +357,19 @@ class LocalTables:
 
 
 def read_latest(
-    reader: Consumer, topic: str, starts: dict[int, int], deadline: float, stopping: Callable[[], bool]
+    reader: Consumer, topic: str, ranges: dict[int, tuple[int, int]], seconds: float, stopping: Callable[[], bool]
 ) -> tuple[dict[int, dict[bytes, bytes | None]], dict[int, int], int]:
-    """Read the partitions of ``topic`` from their ``starts`` to their ends (the end-of-partition events): per
-    partition the newest value of each key (None: deleted) and the offset of its last message, and how many
-    records were read (fewer than the offsets where Kafka compacted); CxPulseError past ``deadline`` (monotonic)
-    or on a stop."""
-    latest: dict[int, dict[bytes, bytes | None]] = {partition: {} for partition in starts}
+    """Read the partitions of ``topic`` over their ``ranges`` (streams.kafka.read_range): per partition the newest
+    value of each key (None: deleted) and the offset of its last message, and how many records were read (fewer
+    than the offsets where Kafka compacted); CxPulseError past ``seconds`` or on a stop."""
+    latest: dict[int, dict[bytes, bytes | None]] = {partition: {} for partition in ranges}
     last: dict[int, int] = {}
     records = 0
-    reader.assign([TopicPartition(topic, partition, start) for partition, start in starts.items()])
-    try:
-        pending = set(starts)
-        while pending:
-            if time.monotonic() > deadline or stopping():
-                raise CxPulseError(f"reading {topic} {sorted(pending)}: stopped before their ends")
-            for message in reader.consume(num_messages=10_000, timeout=DRAIN_POLL_SECONDS):
-                error = message.error()
-                partition = message.partition() or 0
-                if error is None:
-                    latest[partition][message.key() or b""] = message.value()
-                    last[partition] = message.offset() or 0
-                    records += 1
-                elif error.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(partition)
-                else:
-                    raise CxPulseError(f"reading {topic}[{partition}]: {error.str()}")
-    finally:
-        reader.unassign()
+    for message in read_range(reader, topic, ranges, seconds, stopping=stopping, batch=10_000):
+        partition = message.partition() or 0
+        latest[partition][message.key() or b""] = message.value()
+        last[partition] = message.offset() or 0
+        records += 1
     return latest, last, records
 
 

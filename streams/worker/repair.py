@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
-from confluent_kafka import OFFSET_END, Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from streams.agents.base import Record, headers_of
-from streams.errors import CxPulseError
-from streams.kafka import DRAIN_POLL_SECONDS, Kafka, consumer
+from streams.kafka import Kafka, consumer, read_range
 
 LOG = logging.getLogger("cxpulse.repair")
 READ_TIMEOUT_SECONDS = 30.0
@@ -116,42 +114,24 @@ class PartitionReader:
         stop = high if end is None else min(end, high)
         if start >= stop:
             return []
-        client.assign([TopicPartition(self.topic, partition, start)])
         out: list[Record] = []
         size = 0
-        deadline = time.monotonic() + READ_TIMEOUT_SECONDS
-        try:
-            while time.monotonic() < deadline:
-                for message in client.consume(num_messages=1000, timeout=DRAIN_POLL_SECONDS):
-                    error = message.error()
-                    if error is not None:
-                        if error.code() == KafkaError._PARTITION_EOF:
-                            return out
-                        raise CxPulseError(f"reading {self.topic}[{partition}] {start}..{stop}: {error}")
-                    offset = message.offset() or 0
-                    if offset >= stop:
-                        return out
-                    out.append(
-                        Record(
-                            partition,
-                            offset,
-                            message.value() or b"",
-                            max(0, message.timestamp()[1]),
-                            headers_of(message.headers()),
-                            message.key(),
-                        )
-                    )
-                    size += len(message.value() or b"")
-                    if offset >= stop - 1 or (max_bytes is not None and size >= max_bytes):
-                        return out
-                position = client.position([TopicPartition(self.topic, partition)])[0].offset
-                if position != OFFSET_END and position >= stop:
-                    return out  # the rest of the range was transaction markers
-            raise CxPulseError(
-                f"reading {self.topic}[{partition}] {start}..{stop}: no answer in {READ_TIMEOUT_SECONDS:.0f} s"
+        for message in read_range(client, self.topic, {partition: (start, stop)}, READ_TIMEOUT_SECONDS):
+            value = message.value() or b""
+            out.append(
+                Record(
+                    partition,
+                    message.offset() or 0,
+                    value,
+                    max(0, message.timestamp()[1]),
+                    headers_of(message.headers()),
+                    message.key(),
+                )
             )
-        finally:
-            client.unassign()
+            size += len(value)
+            if max_bytes is not None and size >= max_bytes:
+                break
+        return out
 
     def close(self) -> None:
         if self._consumer is not None:

@@ -17,13 +17,13 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from streams.agents.health import CallGuard
 from streams.agents.metrics import WorkerMetrics
 from streams.config import Settings
 from streams.errors import CxPulseError
-from streams.kafka import DRAIN_POLL_SECONDS, Kafka
+from streams.kafka import Kafka, read_range
 from streams.kafka import consumer as new_consumer
 from streams.worker.records import FROM_THE_START, decode_seen
 from streams.worker.seen import Origin, SeenIds
@@ -76,53 +76,31 @@ def read_seen_tails(
     )
     entries = 0
     held: dict[int, tuple[int, float]] = {}  # partition -> (last stable offset it stopped at, since when)
+
+    def short(partition: int, stable: int) -> None:
+        if partition not in held:
+            held[partition] = (stable, time.monotonic())
+            LOG.info("restoring %s[%d]: waiting for a transaction to finish (last stable offset %d, end %d)",
+                     topic, partition, stable, ends[partition])  # fmt: skip
+
+    def stuck(pending: set[int]) -> None:
+        for partition, (stable, since) in held.items():
+            if partition in pending and time.monotonic() - since > stuck_seconds:
+                raise CxPulseError(
+                    f"restoring {topic}[{partition}]: a transaction holds its last stable offset at {stable} "
+                    f"(below its end {ends[partition]}) for more than {stuck_seconds:.0f} s"
+                )
+
+    ranges = {partition: (start, ends[partition]) for partition, start in starts.items()}
     try:
-        reader.assign([TopicPartition(topic, partition, offset) for partition, offset in starts.items()])
-        pending = set(starts)
-        started = time.monotonic()
-        while pending:
-            _check_stuck(topic, pending, held, ends, started, seconds, stuck_seconds)
-            for message in reader.consume(num_messages=1000, timeout=DRAIN_POLL_SECONDS):
-                error = message.error()
-                partition = message.partition() or 0
-                if error is None:
-                    store, offset = stores[partition], message.offset() or 0
-                    for bucket, ids in decode_seen(message.value() or b"{}").items():
-                        store.remember(bucket, ids, offset)
-                    entries += 1
-                elif error.code() != KafkaError._PARTITION_EOF:
-                    raise CxPulseError(f"restoring {topic}: {error}")
-                elif (message.offset() or 0) >= ends[partition]:
-                    pending.discard(partition)
-                elif partition not in held:
-                    held[partition] = (message.offset() or 0, time.monotonic())
-                    LOG.info("restoring %s[%d]: waiting for a transaction to finish (last stable offset %d, end %d)",
-                             topic, partition, held[partition][0], ends[partition])  # fmt: skip
+        for message in read_range(reader, topic, ranges, seconds, short=short, each_poll=stuck):
+            store, offset = stores[message.partition() or 0], message.offset() or 0
+            for bucket, ids in decode_seen(message.value() or b"{}").items():
+                store.remember(bucket, ids, offset)
+            entries += 1
     finally:
         reader.close()
     return entries
-
-
-def _check_stuck(
-    topic: str,
-    pending: set[int],
-    held: dict[int, tuple[int, float]],
-    ends: dict[int, int],
-    started: float,
-    seconds: float,
-    stuck_seconds: float,
-) -> None:
-    """CxPulseError when the read has taken ``seconds``, or a transaction has held a partition's last stable offset
-    below its end for ``stuck_seconds``."""
-    now = time.monotonic()
-    if now - started > seconds:
-        raise CxPulseError(f"restoring {topic} partitions {sorted(pending)}: no end in sight")
-    for partition, (stable, since) in held.items():
-        if partition in pending and now - since > stuck_seconds:
-            raise CxPulseError(
-                f"restoring {topic}[{partition}]: a transaction holds its last stable offset at {stable} "
-                f"(below its end {ends[partition]}) for more than {stuck_seconds:.0f} s"
-            )
 
 
 class SeenRestore:
