@@ -32,6 +32,7 @@ from rich.table import Table
 
 from streams import broker as local_broker
 from streams.config import Settings
+from streams.core.windows import iso_utc
 from streams.dashboard import Dashboard, alert_line
 from streams.errors import CxPulseError
 from streams.render import count
@@ -81,21 +82,27 @@ def own_command() -> str:
     return f"{shlex.quote(sys.executable)} -m streams.cli"
 
 
-def summary(settings: Settings, alerts: list[dict[str, Any]], port: int, controller_port: int) -> str:
+def summary(
+    settings: Settings, alerts: list[dict[str, Any]], port: int, controller_port: int, stopped_ms: int | None = None
+) -> str:
     """What the user can do next, printed when the demo stops: commands that run as printed (the demo's store,
-    its 5-second panes, its broker's ports)."""
+    its 5-second panes, its broker's ports), also hours later (their windows end when the demo stopped)."""
     command = own_command()
     data = shlex.quote(str(settings.data_dir))
     env = f"CXPULSE_DATA_DIR={data} CXPULSE_PANE_SECONDS={DEMO_ENV['CXPULSE_PANE_SECONDS']}"
+    stopped_ms = stopped_ms if stopped_ms is not None else int(time.time() * 1000)
+    pane_ms = int(DEMO_ENV["CXPULSE_PANE_SECONDS"]) * 1000
+    until = iso_utc(stopped_ms - stopped_ms % pane_ms + pane_ms)[:19] + "Z"  # the pane the demo stopped in, whole
     fired = sum(a["state"] == "FIRING" for a in alerts)
     return "\n".join(
         [
             f"data: {settings.data_dir} (Kafka, worker state, ClickHouse in {settings.data_dir / 'clickhouse'})",
             f"effort alerts: {fired} fired",
             "read it back (the demo ran 5-second panes):",
-            f"  {env} {command} report --journeys --window 10m --by journey,channel",
-            f"  {env} {command} report --window 5m --by channel,journey",
-            f"  {env} {command} drivers --metric CES --channel chat --journey billing --window 10m --vs rest",
+            f"  {env} {command} report --journeys --window 10m --by journey,channel --until {until}",
+            f"  {env} {command} report --window 5m --by channel,journey --until {until}",
+            f"  {env} {command} drivers --metric CES --channel chat --journey billing --window 10m --vs rest "
+            f"--until {until}",
             "its alerts again, with its broker (Ctrl-C stops it):",
             f"  {command} broker --data-dir {data} --port {port} --controller-port {controller_port}",
             f"  CXPULSE_KAFKA_BOOTSTRAP=127.0.0.1:{port} {command} read alerts",

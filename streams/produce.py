@@ -25,6 +25,7 @@ from streams.replay import Batch, read_batches
 from streams.topics import ACLS_HINT, KafkaWait, describe_topics
 
 FLUSH_TIMEOUT_SECONDS = 60.0
+INTERRUPTED_FLUSH_SECONDS = 5.0  # after Ctrl-C, what was sent is given this long to be delivered
 METADATA_TIMEOUT_SECONDS = 10.0  # how long produce waits for Kafka to answer before it gives up
 TOPIC_READY_SECONDS = 15.0  # a topic just created, without a leader yet, is waited for this long
 _DEFAULTS: dict[str, Any] = {f["name"]: f.get("default") for f in FEEDBACK_RAW["fields"]}
@@ -40,6 +41,9 @@ class ProduceStats:
     not_sent: list[str] = field(default_factory=list)  # "position: why" of inputs that could not be sent or read
     future: int = 0  # sent, but a worker with the given clock refuses them: future_timestamp
     too_old: int = 0  # sent, but older than the retention: too_old
+    will_refuse: Counter[str] = field(default_factory=Counter)  # sent, but a worker dead-letters them, by reason
+    delivered: int = 0  # acknowledged by Kafka
+    interrupted: bool = False  # stopped by Ctrl-C (or SIGTERM): what was sent before is delivered if it can be
 
 
 def encode_record(record: Mapping[str, Any], catalog: SchemaCatalog) -> bytes:
@@ -122,25 +126,53 @@ def produce_file(
     def delivered(error: KafkaError | None, message: Message) -> None:
         if error is not None:
             stats.failed.append(delivery_failure(error, message.topic() or topic))
+        else:
+            stats.delivered += 1
 
-    for batch, done in itertools.chain([first], batches):
-        if clock is not None:
-            future, old = outside_the_clock(batch.records, clock)
-            stats.future += future
-            stats.too_old += old
-        keep = set(range(len(batch.records)))
-        if validate:
-            _, rejected = validate_batch(batch.records)
-            keep -= {r.at for r in rejected}
-            for dead in batch.dead_letters(rejected):
-                stats.refused[dead.reason] += 1
-                on_refused(dead)
-        for key, value in _messages(batch, keep, catalog, not validate, stats.not_sent):
-            produce_waiting(out, topic, value, key, on_delivery=delivered)
-            stats.sent += 1
-        out.poll(0)
-        if progress is not None:
-            progress(done)
+    try:
+        for batch, done in itertools.chain([first], batches):
+            _send_batch(out, topic, batch, catalog, stats, validate, on_refused, clock, delivered)
+            out.poll(0)
+            if progress is not None:
+                progress(done)
+    except KeyboardInterrupt:  # Ctrl-C: say what was sent and delivered, rather than nothing
+        stats.interrupted = True
+        out.flush(INTERRUPTED_FLUSH_SECONDS)
+        return stats
     if out.flush(FLUSH_TIMEOUT_SECONDS) > 0:
         raise BrokerError(f"messages still undelivered after {FLUSH_TIMEOUT_SECONDS:.0f} s: is Kafka at {kafka} up?")
     return stats
+
+
+def _send_batch(
+    out: Any,
+    topic: str,
+    batch: Batch,
+    catalog: SchemaCatalog,
+    stats: ProduceStats,
+    validate: bool,
+    on_refused: Callable[[DeadLetter], None],
+    clock: Clock | None,
+    delivered: Callable[[KafkaError | None, Message], None],
+) -> None:
+    """Send one batch of the file: with ``validate`` only its valid events (the others to ``on_refused``); without,
+    all of them, counting the ones a worker will dead-letter."""
+    if clock is not None:
+        future, old = outside_the_clock(batch.records, clock)
+        stats.future += future
+        stats.too_old += old
+    keep = set(range(len(batch.records)))
+    _, rejected = validate_batch(batch.records)
+    if validate:
+        keep -= {r.at for r in rejected}
+        for dead in batch.dead_letters(rejected):
+            stats.refused[dead.reason] += 1
+            on_refused(dead)
+    else:
+        stats.will_refuse.update(r.reason for r in rejected)
+        undecodable = sum(1 for _, dead in batch.undecodable if dead.original)
+        if undecodable:
+            stats.will_refuse["undecodable"] += undecodable
+    for key, value in _messages(batch, keep, catalog, not validate, stats.not_sent):
+        produce_waiting(out, topic, value, key, on_delivery=delivered)
+        stats.sent += 1

@@ -66,6 +66,14 @@ def report_rows(rows: list[Any], dims: Sequence[str], window: str, fmt: str, min
         writer.writerow(["" if record.get(f) is None else record.get(f) for f in fields])
 
 
+def span_label(start_ms: int, end_ms: int) -> str:
+    """``2026-12-05T13:04 → 13:14``: a window to the minute, to the second when it does not fall on minutes (the
+    demo's 5-second panes), with the date again only where it changes."""
+    cut = 16 if start_ms % 60_000 == 0 and end_ms % 60_000 == 0 else 19
+    start, end = iso_utc(start_ms), iso_utc(end_ms)
+    return f"{start[:cut]} → {end[11:cut] if end[:10] == start[:10] else end[:cut]}"
+
+
 def report_table(rows: list[Any], dims: Sequence[str], window: str, min_n: int) -> None:
     table = Table(title=f"cxpulse report: {window} by {','.join(dims)}", title_justify="left")
     for column in ("window (UTC)", *dims, "metric"):
@@ -75,9 +83,11 @@ def report_table(rows: list[Any], dims: Sequence[str], window: str, min_n: int) 
     shown = [row for row in rows if row.state.n >= min_n]
     for row in shown:
         k = kpi(row.metric, row.state)
-        start, end = iso_utc(row.window_start), iso_utc(row.window_end)
-        span = f"{start[:16]} → {end[11:16] if end[:10] == start[:10] else end[:16]}"  # a date where it changes
-        cells = [span, *(escape(row.dimensions.get(d, "*")) for d in dims), row.metric]
+        cells = [
+            span_label(row.window_start, row.window_end),
+            *(escape(row.dimensions.get(d, "*")) for d in dims),
+            row.metric,
+        ]
         cells += [f"{k.value:.1f}" if row.metric != "CES" else f"{k.value:.2f}",
                   "" if k.moe95 is None else f"{k.moe95:.1f}" if row.metric != "CES" else f"{k.moe95:.2f}",
                   str(row.state.n)]  # fmt: skip
@@ -107,7 +117,12 @@ def drivers_tables(found: Any, segment: str, window: str, versus: str, dimension
     """The change of the segment's KPI, then a table of the ``top`` drivers of each dimension."""
     against = f"the previous {window}" if versus == "previous" else "the rest of the business"
     if found.kpi_now is None or found.kpi_before is None:
-        err.print(f"{found.metric} {segment}: not enough answers in the window or in {against}")
+        short = f"the last {window}" if found.kpi_now is None else against
+        hint = " (--vs rest compares with the rest of the business instead)" if versus == "previous" else ""
+        err.print(
+            f"{found.metric} {segment}: not enough answers in {short} to compare (n {found.n_now} in the last "
+            f"{window}, {found.n_before} in {against}){hint}"
+        )
         return
     out.print(
         f"{found.metric} {escape(segment)}, last {window}: {found.kpi_now:.2f} (n {found.n_now}) "
@@ -182,8 +197,7 @@ def journey_report_rows(rows: list[Any], dims: Sequence[str], window: str, fmt: 
     shown = [row for row in rows if row.counts.journeys >= min_n]
     for row in shown:
         values = journey_kpis(row.counts)
-        start, end = iso_utc(row.window_start), iso_utc(row.window_end)
-        span = f"{start[:16]} → {end[11:16] if end[:10] == start[:10] else end[:16]}"
+        span = span_label(row.window_start, row.window_end)
         cells = [span, *(escape(row.dimensions[d]) for d in dims), str(row.counts.journeys)]
         cells += ["-" if values[key] is None else form.format(values[key]) for key, _, form in JOURNEY_VALUES]
         table.add_row(*cells)

@@ -12,6 +12,8 @@ import subprocess
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ from streams.kafka import consumer, producer
 from streams.produce import messages_of, produce_file
 from streams.replay import replay_file
 from streams.topics import ensure_topics, partition_count, topic_specs
-from tests.support import cxpulse_command
+from tests.support import cxpulse_command, stop_process
 
 CONVERGE_SECONDS = 120.0  # the worker must reach replay's numbers within this long
 STOP_SECONDS = 10.0  # SIGTERM must stop a worker within this long, by itself
@@ -111,6 +113,23 @@ def start_worker(
             stderr=subprocess.STDOUT,
             preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl
         )
+
+
+@contextmanager
+def running_worker(
+    pipeline: Pipeline,
+    log: Path,
+    data_dir: Path | None = None,
+    metrics_port: int = 0,
+    command: list[str] | None = None,
+    **env: str,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A worker (:func:`start_worker`) for the block, stopped after it (killed if it does not stop by itself)."""
+    worker = start_worker(pipeline, log, data_dir, metrics_port, command, **env)
+    try:
+        yield worker
+    finally:
+        stop_process(worker)
 
 
 def stop_worker(worker: subprocess.Popen[bytes], log: Path) -> None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from types import FrameType
@@ -35,7 +36,7 @@ from streams.commands.base import (
 )
 from streams.config import Settings
 from streams.errors import CxPulseError
-from streams.produce import produce_file
+from streams.produce import ProduceStats, produce_file
 from streams.render import err, out
 from streams.topics import ensure_topics, topic_specs
 
@@ -126,23 +127,31 @@ def acls(
 
 @app.command()
 def produce(
-    events: Annotated[Path, typer.Argument(help="JSON lines or Avro container file of FeedbackEvents.")],
+    events: Annotated[
+        Path, typer.Argument(help="JSON lines or Avro container file of FeedbackEvents (- for standard input).")
+    ],
     topic: Annotated[str | None, typer.Option(help="Topic [env CXPULSE_FEEDBACK_TOPIC].")] = None,
     bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap [env CXPULSE_KAFKA_BOOTSTRAP].")] = None,
     validate: Annotated[
-        bool, typer.Option("--validate", help="Refuse invalid events (reported on stderr) instead of sending them.")
+        bool,
+        typer.Option(
+            "--validate",
+            help="Refuse invalid events (one dead-letter JSON line each on stdout) instead of sending them.",
+        ),
     ] = False,
 ) -> None:
-    """Send a file of events to the feedback topic, the way a contact-center platform would.
+    """Send a file of events (- for standard input) to the feedback topic, the way a contact-center platform would.
 
-    Without --validate every line or record is sent as it is, invalid ones too. With it, invalid events are
-    refused, one dead-letter JSON line each on stdout (the summary goes to stderr), and the exit code is 3 when
-    any was refused. A file that cannot be read or sent whole (a corrupt Avro container, a record the current
-    schema cannot carry) is reported with what was sent and what was not, exit code 1.
+    Without --validate every line or record is sent as it is, invalid ones too, and the summary says how many the
+    worker will dead-letter, by reason. With it, invalid events are refused, one dead-letter JSON line each on
+    stdout (the summary goes to stderr), and the exit code is 3 when any was refused. A file that cannot be read
+    or sent whole (a corrupt Avro container, a record the current schema cannot carry) is reported with what was
+    sent and what was not, exit code 1. Ctrl-C stops it, says how many were sent and delivered, exit code 130.
     """
     settings = settings_of(kafka_bootstrap=bootstrap, feedback_topic=topic)
     catalog = catalog_for(settings)
     started = time.monotonic()
+    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM as Ctrl-C: say what was sent and delivered
     with ExitStack() as stack:
         try:
             stats = produce_file(
@@ -157,26 +166,48 @@ def produce(
             )
         except CxPulseError as exc:
             fail(f"produce: {exc}")
+    if stats.interrupted:
+        err.print(
+            f"produce: interrupted: {stats.sent} events sent to {settings.feedback_topic}, {stats.delivered} of them "
+            f"delivered ({stats.sent - stats.delivered} not confirmed; sending the file again is safe: the worker "
+            "counts each event_id once)",
+            highlight=False,
+        )
+        raise typer.Exit(130)
     if stats.failed:
         fail(f"produce: {len(stats.failed)} messages were not delivered; first: {stats.failed[0]}")
-    refused = sum(stats.refused.values())
-    err.print(
-        f"sent {stats.sent} events to {settings.feedback_topic} in {time.monotonic() - started:.1f} s"
-        + (
-            f"; refused {refused} ({', '.join(f'{k} {v}' for k, v in sorted(stats.refused.items()))})"
-            if refused
-            else ""
-        ),
-        highlight=False,
-    )
-    warn_about_time(stats.future, stats.too_old, settings, "sent")
+    _produce_summary(stats, settings, time.monotonic() - started)
     if stats.not_sent:
         fail(
             f"produce: {len(stats.not_sent)} input(s) of {events} not sent (the file could not be read or sent "
             f"whole); first: {stats.not_sent[0]}"
         )
-    if refused:
+    if stats.refused:
         raise typer.Exit(3)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _by_reason(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{reason} {count}" for reason, count in sorted(counts.items()))
+
+
+def _produce_summary(stats: ProduceStats, settings: Settings, seconds: float) -> None:
+    """What was sent, refused, and will be dead-lettered by the worker."""
+    refused = sum(stats.refused.values())
+    line = f"sent {stats.sent} events to {settings.feedback_topic} in {seconds:.1f} s"
+    if refused:
+        line += f"; refused {refused} ({_by_reason(stats.refused)})"
+    will = sum(stats.will_refuse.values())
+    if will:
+        line += (
+            f"; the worker will dead-letter {will} of them ({_by_reason(stats.will_refuse)}): --validate sends only "
+            "the valid ones, `cxpulse replay FILE --dead-letter -` lists why each is refused"
+        )
+    err.print(line, highlight=False)
+    warn_about_time(stats.future, stats.too_old, settings, "sent")
 
 
 SimRateOpt = Annotated[float, typer.Option(min=0.1, help="Answers per second, all channels together.")]

@@ -71,6 +71,18 @@ def store_values(reader: Reader, column: str) -> list[str]:
     return [str(row[0]) for row in rows]
 
 
+def newest(reader: Reader, journeys: bool = False) -> int | None:
+    """The end (epoch ms) of the newest pane result in the store, or of the newest journey instance with
+    ``journeys``; None when it holds none."""
+    sql = (
+        "SELECT max(toUnixTimestamp64Milli(end_at)), count() FROM cxpulse.journey_instances"
+        if journeys
+        else "SELECT max(toUnixTimestamp64Milli(window_end)), count() FROM cxpulse.pane_results"
+    )
+    rows = reader.rows(sql, {})
+    return _ms(rows[0][0]) if rows and int(rows[0][1]) else None
+
+
 def check_dimensions(by: Sequence[str]) -> None:
     unknown = [d for d in by if d not in ANSWER_DIMENSIONS]
     if unknown or not by or len(set(by)) != len(by):

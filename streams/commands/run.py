@@ -61,8 +61,10 @@ def worker(
 ) -> None:
     """Run the stream worker: cx.feedback in, pane results on cx.metrics.panes, dead letters on the DLQ.
 
-    Creates the topics it needs first, then runs the hot path and the Faust process together (their metrics
-    summed on one endpoint). Runs in the foreground until Ctrl-C / SIGTERM.
+    Creates the topics it needs first (waiting for them while Kafka is not ready), then runs its processes: the hot
+    path, merge, journeys (CXPULSE_JOURNEYS), the ClickHouse sink (CXPULSE_CLICKHOUSE_URL, the embedded store by
+    default) and the HTTP ingest (CXPULSE_HTTP_PORT), their metrics summed on one endpoint. Runs in the foreground
+    until Ctrl-C / SIGTERM.
     """
     _run_supervised("worker", bootstrap, data_dir, loglevel, roles=WORKER_ROLES)
 

@@ -20,10 +20,18 @@ from streams.commands.base import (
 )
 from streams.config import Settings, parse_duration
 from streams.core.privacy import pseudonym
+from streams.core.windows import iso_utc
 from streams.errors import CxPulseError
 from streams.render import err
 
 METRIC_NAMES = ("NPS", "CES", "CSAT", "NLS", "CAS")
+UntilOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="The end of the (last) window: a time (ISO-8601 with an offset, epoch ms) instead of now; a command "
+        "that read data of an hour ago keeps working with it."
+    ),
+]
 
 
 @app.command()
@@ -51,6 +59,7 @@ def report(
         str | None,
         typer.Option(help="How far back: a duration (24h) or a time (ISO-8601, epoch ms). Windows: one per W back."),
     ] = None,
+    until: UntilOpt = None,
     fmt: Annotated[
         str, typer.Option("--format", help="table, jsonl (docs/contract.md section 6 records) or csv.")
     ] = "table",
@@ -74,7 +83,7 @@ def report(
     if fmt not in ("table", "jsonl", "csv"):
         fail(f"--format is table, jsonl or csv, not {fmt!r}", 2)
     dims = list(names_of(by or ("journey" if journeys else "channel,journey")))
-    now_ms = int(time.time() * 1000)
+    now_ms = _until_ms(until) if until is not None else int(time.time() * 1000)
     since_ms = _since_ms(since, now_ms) if since is not None else None
     span = Span(window, window_ms, pane_ms, now_ms, since_ms)
     if journeys:
@@ -101,8 +110,9 @@ def _kpi_report(settings: Settings, span: Span, dims: list[str], metrics: list[s
 
     try:
         rp.check_dimensions(dims)
+        reader = _reader(settings)
         rows = rp.report(
-            _reader(settings),
+            reader,
             pane_ms=span.pane_ms,
             window_ms=span.window_ms,
             by=dims,
@@ -114,6 +124,8 @@ def _kpi_report(settings: Settings, span: Span, dims: list[str], metrics: list[s
         fail(f"report: {exc}", 2)
     except CxPulseError as exc:
         fail(f"report: {exc}")
+    if not rows and fmt == "table":
+        _nothing_in(reader, span, "results")
     render.report_rows(rows, dims, span.window, fmt, min_n)
 
 
@@ -125,8 +137,9 @@ def _journey_report(settings: Settings, span: Span, dims: list[str], fmt: str, m
         fail("--window pane is not for --journeys: journeys are counted by the window that holds their end", 2)
     try:
         rp.check_journey_dimensions(dims)
+        reader = _reader(settings)
         found = rp.journey_report(
-            _reader(settings),
+            reader,
             pane_ms=span.pane_ms,
             window_ms=span.window_ms,
             by=dims,
@@ -137,6 +150,8 @@ def _journey_report(settings: Settings, span: Span, dims: list[str], fmt: str, m
         fail(f"report: {exc}", 2)
     except CxPulseError as exc:
         fail(f"report: {exc}")
+    if not found and fmt == "table":
+        _nothing_in(reader, span, "closed journeys")
     render.journey_report_rows(found, dims, span.window, fmt, min_n)
 
 
@@ -176,6 +191,34 @@ def _metric(text: str) -> str:
     if text.upper() not in METRIC_NAMES:
         fail(f"--metric {text}: one of {', '.join(METRIC_NAMES)}", 2)
     return text.upper()
+
+
+def _until_ms(text: str) -> int:
+    if text.isdigit():
+        return int(text)
+    try:
+        return parse_timestamp_ms(text)
+    except CxPulseError:
+        fail(f"--until {text!r} is not a time (ISO-8601 with an offset, epoch ms)", 2)
+
+
+def _nothing_in(reader: readers.Reader, span: Span, what: str) -> NoReturn:
+    """Nothing in the window asked for: say when the newest stored data is, and the option that reaches it (the
+    window moves with the clock; a command printed an hour ago still works with --until)."""
+    from streams.commands import queries as rp
+
+    newest = rp.newest(reader, journeys=what == "closed journeys")
+    window = f"the {span.window} ending {iso_utc(span.now_ms)[:19]}Z" if span.window_ms else "the panes asked for"
+    if newest is None:
+        err.print(f"no {what} in ClickHouse yet (is a worker writing to this store?)", highlight=False)
+    else:
+        stamp = iso_utc(newest)[:19] + "Z"
+        err.print(
+            f"no {what} in {window}; the newest in ClickHouse ends {stamp}: add --until {stamp}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    raise typer.Exit(0)
 
 
 def _no_such_segment(rp: Any, reader: Any, channel: str, journey: str, metric: str, window: str) -> NoReturn:
@@ -218,7 +261,8 @@ def drivers(
     metric: Annotated[str, typer.Option(help="NPS, CES, CSAT, NLS or CAS.")] = "NPS",
     channel: Annotated[str, typer.Option(help="Channel of the segment (* = all).")] = "*",
     journey: Annotated[str, typer.Option(help="Journey of the segment (* = all).")] = "*",
-    window: Annotated[str, typer.Option(help="The window that ends now: 1h, 24h, 7d, ...")] = "24h",
+    window: Annotated[str, typer.Option(help="The window that ends now (or at --until): 1h, 24h, 7d, ...")] = "24h",
+    until: UntilOpt = None,
     vs: Annotated[
         str, typer.Option("--vs", help="previous (the window before) or rest (the rest of the business).")
     ] = "previous",
@@ -228,7 +272,7 @@ def drivers(
 ) -> None:
     """Why a KPI moved: which touchpoints, reason codes, agents and teams explain the change of a segment's KPI
     against the previous window or the rest of the business, each with its share of the change, n and a 95%
-    interval (README: Root cause).
+    interval (docs/usage.md, "cxpulse drivers").
     """
     from streams.commands import queries as rp
 
@@ -246,7 +290,7 @@ def drivers(
             journey=journey,
             window_ms=window_ms,
             pane_ms=settings.pane_seconds * 1000,
-            now_ms=int(time.time() * 1000),
+            now_ms=_until_ms(until) if until is not None else int(time.time() * 1000),
             versus=vs,
             dimensions=list(names_of(by)),
         )

@@ -10,6 +10,7 @@ import re
 import subprocess
 from pathlib import Path
 
+from streams.config import REPO_ROOT
 from streams.demo import SIMULATION
 from streams.simulate import CHANNELS
 from tests.support import cxpulse_command, free_ports, pump_lines, stop_process
@@ -55,6 +56,7 @@ def test_the_demo_shows_the_loop_and_cleans_up(tmp_path: Path) -> None:
     firing = [line for line in done.stdout.splitlines() if line.startswith("effort spike FIRING chat/billing")]
     assert firing and "touchpoint bot" in firing[0], done.stdout[-3000:]
     assert "segments" in done.stdout and " report --window 5m" in done.stdout  # progress lines and what to do next
+    run_the_quick_start(data, tmp_path)
     run_the_hints_as_printed(done.stdout, env)
     report = subprocess.run(
         cxpulse_command("report", "--window", "24h", "--format", "jsonl"),
@@ -78,6 +80,26 @@ def test_the_demo_shows_the_loop_and_cleans_up(tmp_path: Path) -> None:
     assert set(closed) == set(journeys) and all(
         r["journeys"] > 50 and r["contacts_per_journey"] > 1 for r in closed.values()
     )
+
+
+def run_the_quick_start(data: Path, tmp_path: Path) -> None:
+    """The README's quick start, line by line as printed, right after the demo (its data dir given, from a folder
+    of its own): each exits 0 without a traceback and prints what it promises."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    block = readme.split("## Quick start for an analyst", 1)[1].split("```")[1]
+    lines = [line.split("  #")[0].strip() for line in block.strip().splitlines()]
+    lines = [line for line in lines if line and not line.startswith(("make ", "docker "))]
+    assert len(lines) >= 6 and all(".venv/bin/cxpulse" in line for line in lines), lines
+    own = REPO_ROOT / ".venv" / "bin" / "cxpulse"
+    cxpulse = str(own) if own.exists() else " ".join(cxpulse_command())
+    env = {**os.environ, "CXPULSE_DATA_DIR": str(data), "COLUMNS": "200"}
+    for line in lines:
+        done = subprocess.run(["bash", "-c", line.replace(".venv/bin/cxpulse", cxpulse)], capture_output=True,
+                              text=True, check=False, env=env, cwd=tmp_path, timeout=120)  # fmt: skip
+        assert done.returncode == 0 and "Traceback" not in done.stderr, (line, done.stdout[-2000:], done.stderr)
+        if " report " in line or " drivers " in line:
+            assert done.stdout.strip(), (line, done.stderr)
+    assert (tmp_path / "journeys.jsonl").read_text().strip()  # the replay line's journeys
 
 
 def run_the_hints_as_printed(output: str, env: dict[str, str]) -> None:

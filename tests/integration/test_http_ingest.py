@@ -66,6 +66,11 @@ def test_http_ingest_accepts_refuses_and_delivers_once(kafka_broker: RunningBrok
         assert post(url, b"[]")[0] == 400
         assert post(url, b"[1, 2]")[0] == 400
         assert post(url, json.dumps(one).encode(), kind="text/plain")[0] == 415
+        # JSON lines: as application/x-ndjson, one event a line; as application/json, a 400 that says how
+        lines = "".join(json.dumps(event(event_id=f"n{i}", occurred_at=now)) + "\n" for i in range(2)).encode()
+        assert post(url, lines, kind="application/x-ndjson") == (202, {"accepted": 2, "rejected": []})
+        wrong = post(url, lines)
+        assert wrong[0] == 400 and "application/x-ndjson" in wrong[1]["error"]
         with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v1/openapi.json", timeout=10) as response:
             document = json.loads(response.read())
         assert document["openapi"].startswith("3.") and "post" in document["paths"]["/v1/feedback"]
@@ -73,16 +78,16 @@ def test_http_ingest_accepts_refuses_and_delivers_once(kafka_broker: RunningBrok
         wait_for(
             lambda: (
                 scrape(metrics_port).get(f'cxpulse_worker_records_total{{topic="{pipeline.settings.feedback_topic}"}}')
-                == 2
+                == 4
             ),
-            "the worker to count the two accepted events",
+            "the worker to count the four accepted events",
             log,
         )
         sample = scrape(metrics_port)
-        assert sample['cxpulse_http_events_total{outcome="accepted"}'] == 2
+        assert sample['cxpulse_http_events_total{outcome="accepted"}'] == 4
         assert sample['cxpulse_http_requests_total{status="401"}'] == 2
         stop_worker(worker, log)
     finally:
         stop_process(worker)
     on_kafka = [r["value"]["event_id"] for r in read(pipeline.env, "feedback")]
-    assert sorted(on_kafka) == ["h1", "h2"]  # each accepted event once, nothing refused
+    assert sorted(on_kafka) == ["h1", "h2", "n0", "n1"]  # each accepted event once, nothing refused
