@@ -63,7 +63,6 @@ from streams.worker.seen_restore import SeenRestore
 from streams.worker.transactor import (
     GUARD_MARGIN_SECONDS,
     KAFKA_TIMEOUT_SECONDS,
-    REFENCE_SECONDS,
     FatalError,
     ProducerLostError,
     Recovery,
@@ -315,13 +314,11 @@ class HotPath:
             exc_info=not isinstance(exc, CxPulseError | KafkaException),
         )
         if isinstance(exc, ProducerLostError):
-            recovery = self.recovery
-            refenced = time.monotonic() - recovery.reinit_at < REFENCE_SECONDS and not recovery.committed_since_reinit
-            if exc.fenced and refenced:
+            if exc.fenced and self.recovery.two_owners(time.monotonic()):
                 raise FatalError(
-                    f"{self.name} was fenced again right after taking over: another process runs with "
-                    f"transactional.id {self.transactor.transactional_id} (two workers with the same "
-                    "CXPULSE_WORKER_ID?)"
+                    f"{self.name} keeps being fenced (again right after taking over, or {len(self.recovery.fences)} "
+                    f"times in a minute): another process runs with transactional.id "
+                    f"{self.transactor.transactional_id} (two workers with the same CXPULSE_WORKER_ID?)"
                 ) from exc
             self.recovery.needs_producer = True
         else:

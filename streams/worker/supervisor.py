@@ -61,6 +61,7 @@ CRASH_LOOP_RESTARTS = 5
 CRASH_LOOP_SECONDS = 120.0
 SCRAPE_TIMEOUT_SECONDS = 2.0
 POLL_SECONDS = 0.2  # how often the supervisor looks at its children
+PORT = "{metrics port}"  # in a child's arguments: its metrics port, a free one picked at each start
 WATCH_SECONDS = 2.0  # how often it reads their progress (their /metrics)
 _PR_SET_PDEATHSIG = 1
 
@@ -94,8 +95,8 @@ class Child:
 
     name: str
     module: str
-    args: list[str]
-    metrics_port: int
+    args: list[str]  # PORT stands for its metrics port
+    metrics_port: int  # picked at each start (0: not started yet)
     proc: subprocess.Popen[bytes] | None = None
     started: float = 0.0
     restarts: deque[float] = field(default_factory=deque)
@@ -202,20 +203,15 @@ def children_of(settings: Settings, roles: Sequence[str], loglevel: str) -> list
     children = []
     if "hotpath" in roles:
         for slot in range(settings.hotpath_processes):
-            port = _free_port()
-            children.append(Child(f"hotpath-{slot}", HOTPATH_MODULE, [str(slot), str(port)], port))
+            children.append(Child(f"hotpath-{slot}", HOTPATH_MODULE, [str(slot), PORT], 0))
     if "merge" in roles:
-        port = _free_port()
-        children.append(Child("merge", PROCESSES_MODULE, ["merge", str(port), loglevel], port))
+        children.append(Child("merge", PROCESSES_MODULE, ["merge", PORT, loglevel], 0))
         if settings.journeys:  # the journey agent, beside merge (its own process: see journeys_process)
-            port = _free_port()
-            children.append(Child("journeys", PROCESSES_MODULE, ["journeys", str(port), loglevel], port))
+            children.append(Child("journeys", PROCESSES_MODULE, ["journeys", PORT, loglevel], 0))
     if "http" in roles and settings.http_port:
-        port = _free_port()
-        children.append(Child("http", HTTP_MODULE, [str(port)], port))
+        children.append(Child("http", HTTP_MODULE, [PORT], 0))
     if "sink" in roles and settings.clickhouse_url:
-        port = _free_port()
-        children.append(Child("sink", PROCESSES_MODULE, ["sink", str(port), loglevel], port))
+        children.append(Child("sink", PROCESSES_MODULE, ["sink", PORT, loglevel], 0))
     return children
 
 
@@ -260,7 +256,11 @@ class Supervisor:
         self.kafka_away_at = -math.inf  # monotonic time Kafka was last seen unreachable
 
     def start(self, child: Child) -> None:
-        command = [sys.executable, "-m", child.module, *child.args]
+        """Start (or restart) a child, on a metrics port free now: a port picked earlier may have been taken
+        meanwhile, and a child that cannot bind it dies at every restart (seen in CI, "Address already in use")."""
+        child.metrics_port = _free_port()
+        args = [str(child.metrics_port) if arg == PORT else arg for arg in child.args]
+        command = [sys.executable, "-m", child.module, *args]
         child.proc = subprocess.Popen(  # our own module, argument list
             command,
             env=self.env,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -38,6 +38,7 @@ COMMIT_SECONDS = 20.0  # a commit is retried (retriable errors) for at most this
 PRODUCE_SECONDS = 30.0  # queueing one batch's messages (a full queue drains as deliveries time out: 8 s)
 GUARD_MARGIN_SECONDS = 10.0  # a guarded call that overruns its own timeout by this much ends the process
 REFENCE_SECONDS = 60.0  # fenced again this soon after a new producer, with no commit between: two owners
+FENCES_OF_TWO_OWNERS = 3  # fenced this often within REFENCE_SECONDS, commits between or not: two owners
 
 
 class FatalError(CxPulseError):
@@ -72,6 +73,15 @@ class Recovery:
     reinit_at: float = -REFENCE_SECONDS  # monotonic time of the last new producer
     committed_since_reinit: bool = True
     backoff: float = 0.0  # seconds slept after the last failure (doubles up to the slot's maximum)
+    fences: list[float] = field(default_factory=list)  # monotonic times this slot's producer was fenced, recently
+
+    def two_owners(self, now: float) -> bool:
+        """Fenced (now) by another producer with this transactional.id: is that a second live owner?  Yes when it
+        happens again right after this slot took over with no commit between, or FENCES_OF_TWO_OWNERS times within
+        REFENCE_SECONDS even with commits between (two workers under one CXPULSE_WORKER_ID take turns)."""
+        self.fences = [at for at in self.fences if now - at < REFENCE_SECONDS] + [now]
+        right_after = now - self.reinit_at < REFENCE_SECONDS and not self.committed_since_reinit
+        return right_after or len(self.fences) >= FENCES_OF_TWO_OWNERS
 
 
 class Transactor:

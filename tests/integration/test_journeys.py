@@ -292,16 +292,21 @@ def test_a_later_copy_keyed_otherwise_counts_nowhere(kafka_broker: Any, tmp_path
         converge_journeys(pipeline, expected)
         found = json.loads((settings.data_dir / "clickhouse-endpoint.json").read_text())
         reader = EndpointReader(Endpoint(found["url"], found["token"]))
-        scores = {str(r[0]): int(r[1]) for r in reader.rows("SELECT event_id, score FROM cxpulse.answers FINAL", {})}
+        stored = "SELECT event_id, score FROM cxpulse.answers FINAL"
+        wait_for(lambda: len(reader.rows(stored, {})) >= counted, "every counted answer in the store", log)
+        scores = {str(r[0]): int(r[1]) for r in reader.rows(stored, {})}
         valid, _ = validate_batch(originals + copies)  # an invalid original does not hold its valid copy back
         first_scores = {e.event_id: e.score for e in reversed(valid)}  # the first valid copy of each id
         wrong = {k: (scores[k], first_scores[k]) for k in scores if scores[k] != first_scores[k]}
         assert len(scores) == counted and not wrong, list(wrong.items())[:5]
-        panes = reader.rows(
-            "SELECT toUnixTimestamp64Milli(window_start), channel, journey, metric, n FROM cxpulse.pane_results FINAL",
-            {},
+        panes_sql = (
+            "SELECT toUnixTimestamp64Milli(window_start), channel, journey, metric, n FROM cxpulse.pane_results FINAL"
         )
-        assert {(int(r[0]), str(r[1]), str(r[2]), str(r[3])): int(r[4]) for r in panes} == expected_panes
+
+        def stored_panes() -> dict[tuple[int, str, str, str], int]:
+            return {(int(r[0]), str(r[1]), str(r[2]), str(r[3])): int(r[4]) for r in reader.rows(panes_sql, {})}
+
+        wait_for(lambda: stored_panes() == expected_panes, "the store's panes equal to replay of both copies", log)
         assert scrape(port)["cxpulse_worker_duplicates_total"] - duplicates_before == later
         stop_worker(worker, log)
     finally:
