@@ -132,6 +132,20 @@ def _log_failure(task: asyncio.Task[None]) -> None:
 HotpathOffsets = GroupOffsets  # the tail check's source: the hot path's group on the feedback topic
 
 
+def uncovered(start: int, end: int, covered: Sequence[tuple[int, int]]) -> tuple[int, int] | None:
+    """The first stretch of offsets [start, end) that none of the ``covered`` stretches holds; None when they hold
+    it all (or it is empty)."""
+    at = start
+    for low, high in sorted(covered):
+        if low > at:
+            break
+        at = max(at, high)
+    if at >= end:
+        return None
+    following = [low for low, _ in covered if at < low < end]
+    return at, min(following, default=end)
+
+
 class GroupWatch:
     """Whether the merge group as a whole moves while the hot path commits: the progress signal that does not
     depend on Faust's consumer.  A Faust consumer whose session expired during a broker outage can rejoin and
@@ -247,12 +261,14 @@ class MergeAgent(TableAgent):
 
     async def _apply(self, step: MergeStep, partition: int, records: Sequence[Record]) -> None:
         """Absorb the records in offset order; a record whose ranges do not follow the chain first gets the
-        messages it reveals were skipped, read back (once) READ_BACK_BYTES at a time, each chunk absorbed before
-        the next is read.  The event loop is given a turn after each message: a consumer's skip in a backlog was
-        47-72 messages of up to 8 MB each."""
+        messages it reveals were skipped, read back READ_BACK_BYTES at a time, each chunk absorbed before the next
+        is read.  A stretch is read back once per run (``covered``): a record that still does not link up after its
+        stretch was read is counted as it is (a message Kafka no longer has), and a record that reveals an earlier
+        gap of another source (a source whose first message was skipped) gets that stretch read too.  The event
+        loop is given a turn after each message: a consumer's skip in a backlog was 47-72 messages of up to 8 MB
+        each."""
         pending = deque(sorted(records))
-        read_back_before = -1  # messages below this offset were already read back once
-        resume: dict[int, int] = {}  # record offset -> where the read-back of its missing messages goes on
+        covered: list[tuple[int, int]] = []  # partials offsets [start, end) read back in this run
         while pending:
             record = pending.popleft()
             try:
@@ -263,22 +279,18 @@ class MergeAgent(TableAgent):
                     "partials[%d] offset %d is not a partial message (%s); skipped", partition, record.offset, exc
                 )
                 continue
-            start = None
-            if record.offset > read_back_before or record.offset in resume:
-                start = step.read_back_from(batch)
-                if start is not None and record.offset in resume:
-                    start = max(start, resume.pop(record.offset))
-            if start is None or start >= record.offset:
+            start = step.read_back_from(batch)
+            gap = uncovered(start, record.offset, covered) if start is not None else None
+            if gap is None:
                 step.apply(batch, record.offset)
                 await asyncio.sleep(0)
                 continue
-            missing = await self.reader.read(partition, start, record.offset, READ_BACK_BYTES)
-            read_back_before = record.offset
-            if filled(missing, READ_BACK_BYTES):
-                resume[record.offset] = missing[-1].offset + 1  # more to read once this chunk is absorbed
+            missing = await self.reader.read(partition, gap[0], gap[1], READ_BACK_BYTES)
+            upto = missing[-1].offset + 1 if missing and filled(missing, READ_BACK_BYTES) else gap[1]
+            covered.append((gap[0], upto))
             waiting = {r.offset for r in pending}
             missing = [m for m in missing if m.offset not in waiting]
-            self.log_read_back(partition, start, resume.get(record.offset, record.offset), missing)
+            self.log_read_back(partition, gap[0], upto, missing)
             pending.appendleft(record)
             pending.extendleft(reversed(missing))
 
