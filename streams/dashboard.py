@@ -31,9 +31,11 @@ WINDOW = "1m"  # the rolling window the dashboard shows
 class Dashboard:
     """What the dashboard shows, read from the worker: its /metrics and the alerts topic."""
 
-    def __init__(self, settings: Settings, bootstrap: str) -> None:
+    def __init__(self, settings: Settings, bootstrap: str, started: float | None = None) -> None:
+        """``started``: the monotonic time the demo's clock counts from (the demo's own start, so that the header,
+        its progress lines and its "up in" agree); now when not given."""
         self.url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
-        self.started = time.monotonic()
+        self.started = time.monotonic() if started is None else started
         self.kpis: dict[tuple[str, str], dict[str, tuple[float, float | None, float]]] = defaultdict(dict)
         self.records = 0.0
         self.rate = 0.0

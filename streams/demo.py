@@ -164,7 +164,7 @@ class Demo:
         settings = self.settings
         specs = topic_specs(settings)
         ensure_topics(spec.bootstrap, specs)
-        table = Table(title=f"cxpulse demo: up in {time.monotonic() - self.started:.1f} s", title_justify="left")
+        table = Table(title_justify="left")
         for column in ("part", "where", "state"):
             table.add_column(column)
         version = local_broker.kafka_version(spec.lib_dir)
@@ -179,6 +179,7 @@ class Demo:
             f"http://127.0.0.1:{settings.metrics_port}/metrics",
             f"ready in {seconds:.1f} s, pid {worker.pid}, log {log}",
         )
+        table.title = f"cxpulse demo: up in {time.monotonic() - self.started:.1f} s"  # broker, topics, worker ready
         table.add_row("KPI gauges, effort detector", "same /metrics", f"alerts on {settings.alerts_topic}")
         if settings.clickhouse_url:
             table.add_row(
@@ -189,7 +190,7 @@ class Demo:
     def _show(self, bootstrap: str, stop_after: float | None) -> list[dict[str, Any]]:
         """The live dashboard until Ctrl-C, ``stop_after``, or a child that dies; the alerts seen."""
         out = self.out
-        board = Dashboard(self.settings, bootstrap)
+        board = Dashboard(self.settings, bootstrap, self.started)
         view = Live(board.render(out.width), console=out, refresh_per_second=2) if out.is_terminal else None
         try:
             if view is not None:
@@ -207,7 +208,7 @@ class Demo:
                 view.stop()
             board.close()
         if view is None:
-            out.print(board.render())
+            out.print(board.render())  # the last frame: same clock as the progress lines, so never earlier
         return list(board.alerts)
 
     def _running(self, stop_after: float | None) -> bool:

@@ -33,6 +33,7 @@ def test_the_demo_shows_the_loop_and_cleans_up(tmp_path: Path) -> None:
     port, controller, metrics_port = free_ports(3)
     data = tmp_path / "demo"
     env = {**os.environ, "CXPULSE_METRICS_PORT": str(metrics_port), "CXPULSE_DATA_DIR": str(data)}
+    wide = {**env, "COLUMNS": "250"}  # the table's cells on one line each, to read its clock
     done = subprocess.run(
         cxpulse_command(
             "demo",
@@ -49,9 +50,10 @@ def test_the_demo_shows_the_loop_and_cleans_up(tmp_path: Path) -> None:
         text=True,
         check=False,
         timeout=300,
-        env=env,
+        env=wide,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert_one_clock(done.stdout)
     assert not processes_mentioning(str(data)), "a process of the demo is still running"
     firing = [line for line in done.stdout.splitlines() if line.startswith("effort spike FIRING chat/billing")]
     assert firing and "touchpoint bot" in firing[0], done.stdout[-3000:]
@@ -80,6 +82,17 @@ def test_the_demo_shows_the_loop_and_cleans_up(tmp_path: Path) -> None:
     assert set(closed) == set(journeys) and all(
         r["journeys"] > 50 and r["contacts_per_journey"] > 1 for r in closed.values()
     )
+
+
+def assert_one_clock(output: str) -> None:
+    """The demo's times agree: "up in" covers the broker's and the worker's start-up, and the last frame is not
+    earlier than the last progress line (they once said 3.0 s above a worker ready in 5.7 s, and 82 s after 84 s)."""
+    up = float(re.findall(r"cxpulse demo: up in ([\d.]+) s", output)[0])
+    broker, worker = (float(s) for s in re.findall(r"ready in ([\d.]+) s", output))
+    assert up >= broker + worker - 0.1, output[:3000]  # each printed to 0.1 s
+    progress = [int(s) for s in re.findall(r"^\s*(\d+) s: ", output, re.MULTILINE)]
+    last_frame = int(re.findall(r"^cxpulse demo\s+(\d+) s ", output, re.MULTILINE)[-1])
+    assert progress and last_frame >= max(progress), output[-3000:]
 
 
 def run_the_quick_start(data: Path, tmp_path: Path) -> None:
