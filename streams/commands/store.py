@@ -4,6 +4,7 @@ streams.commands.queries)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Annotated, Any, NamedTuple, NoReturn
 
 import typer
@@ -103,29 +104,19 @@ class Span(NamedTuple):
     now_ms: int
     since_ms: int | None
 
+    def bounds(self) -> dict[str, Any]:
+        """The keyword arguments a query of streams.commands.queries takes for this span."""
+        return {"pane_ms": self.pane_ms, "window_ms": self.window_ms, "now_ms": self.now_ms, "since_ms": self.since_ms}
+
 
 def _kpi_report(settings: Settings, span: Span, dims: list[str], metrics: list[str], fmt: str, min_n: int) -> None:
     """`cxpulse report`: KPIs per window and grouping."""
     from streams.commands import queries as rp
 
-    try:
-        rp.check_dimensions(dims)
-        reader = _reader(settings)
-        rows = rp.report(
-            reader,
-            pane_ms=span.pane_ms,
-            window_ms=span.window_ms,
-            by=dims,
-            metrics=metrics,
-            now_ms=span.now_ms,
-            since_ms=span.since_ms,
-        )
-    except ValueError as exc:
-        fail(f"report: {exc}", 2)
-    except CxPulseError as exc:
-        fail(f"report: {exc}")
-    if not rows and fmt == "table":
-        _nothing_in(reader, span, "results")
+    def query(reader: readers.Reader) -> list[Any]:
+        return rp.report(reader, by=dims, metrics=metrics, **span.bounds())
+
+    rows = _read_store(settings, span, fmt, "results", lambda: rp.check_dimensions(dims), query)
     render.report_rows(rows, dims, span.window, fmt, min_n)
 
 
@@ -135,24 +126,36 @@ def _journey_report(settings: Settings, span: Span, dims: list[str], fmt: str, m
 
     if span.window_ms is None:
         fail("--window pane is not for --journeys: journeys are counted by the window that holds their end", 2)
+    window_ms = span.window_ms
+
+    def query(reader: readers.Reader) -> list[Any]:
+        return rp.journey_report(reader, by=dims, **{**span.bounds(), "window_ms": window_ms})
+
+    found = _read_store(settings, span, fmt, "closed journeys", lambda: rp.check_journey_dimensions(dims), query)
+    render.journey_report_rows(found, dims, span.window, fmt, min_n)
+
+
+def _read_store(
+    settings: Settings,
+    span: Span,
+    fmt: str,
+    what: str,
+    check: Callable[[], None],
+    query: Callable[[readers.Reader], list[Any]],
+) -> list[Any]:
+    """``check`` the options, then ``query`` the store: exit 2 on a wrong option (ValueError), 1 when the store
+    cannot answer; an empty table says where the newest data is (``what``: the noun of the rows)."""
     try:
-        rp.check_journey_dimensions(dims)
+        check()
         reader = _reader(settings)
-        found = rp.journey_report(
-            reader,
-            pane_ms=span.pane_ms,
-            window_ms=span.window_ms,
-            by=dims,
-            now_ms=span.now_ms,
-            since_ms=span.since_ms,
-        )
+        rows = query(reader)
     except ValueError as exc:
         fail(f"report: {exc}", 2)
     except CxPulseError as exc:
         fail(f"report: {exc}")
-    if not found and fmt == "table":
-        _nothing_in(reader, span, "closed journeys")
-    render.journey_report_rows(found, dims, span.window, fmt, min_n)
+    if not rows and fmt == "table":
+        _nothing_in(reader, span, what)
+    return rows
 
 
 @app.command()
