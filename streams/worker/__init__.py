@@ -13,7 +13,9 @@
 9. ``merge_agent``: MergeAgent, the Faust agent on the partials: absorb, tail check, expiry, results.
 10. ``merge``: the merge agent's pure step: absorb deltas once, follow each source's chain, results.
 11. ``repair``: reading back partial messages the Faust consumer skipped; the readers' Protocols.
-12. ``journey_agent``: JourneyAgent, the Faust agent on the journey answers (streams/core/journeys.py its pure part).
+12. ``tail_watch``: when merge and the journey agent read a partition's tail back (no next message reveals a skip
+    at the end).
+13. ``journey_agent``: JourneyAgent, the Faust agent on the journey answers (streams/core/journeys.py its pure part).
 
 The Faust processes that run the merge and journey agents are built in streams/processes.py (the composition
 root: it also makes their readers and offset views), on streams/agents/ (the batch-agent skeleton, the results

@@ -65,11 +65,12 @@ from streams.core.journeys import (
     revise,
 )
 from streams.worker.repair import CommittedOffsets, TopicReader, filled, read_chunks
+from streams.worker.tail_watch import (
+    TAIL_CHECK_SECONDS,
+    TailWatch,
+)
 
 LOG = logging.getLogger("cxpulse.journeys")
-TAIL_CHECK_SECONDS = 5.0  # a partition that got no batch this long is compared with its end
-TAIL_DEFER_CHECKS = 6  # while other partitions' batches still come, a quiet partition is put off this many checks
-TAIL_WAIT_CHECKS = 60  # while the consumer has not handed a partition's end over, at most this many (a safety net)
 # a tail check reads back at most this much (the rest at the next check, the lock given back in between): the
 # journeys process runs niced, and a 16 MB read-back (~130,000 answers) held its lock, and so every batch, for
 # minutes on two saturated cores (a tick of 221 s in `make bench-state --answers 3000000`)
@@ -149,8 +150,7 @@ class JourneyAgent(TableAgent):
         self.next: dict[int, int] = {}  # partition -> the offset after the last message handled
         self.confirmed: dict[int, int] = {}  # partition -> a state written at a lower offset has its revisions sent
         self.handled_at: dict[int, float] = {}  # partition -> monotonic time of its last batch
-        self.deferred: dict[int, int] = {}  # partition -> tail checks its read-back was put off for
-        self.checked_at = 0.0
+        self.tails = TailWatch()
         self.offset_reads = FailureStreak(LOG, "journeys: reading the group's committed offsets")
 
     async def handle(self, partition: int, records: Sequence[Record]) -> None:
@@ -165,7 +165,7 @@ class JourneyAgent(TableAgent):
             await self._apply(partition, records)
             self.next[partition] = max(self.next.get(partition, 0), records[-1].offset + 1)
             self.handled_at[partition] = time.monotonic()
-            self.deferred.pop(partition, None)
+            self.tails.moving(partition)
 
     async def _committed(self, partition: int) -> int | None:
         """The group's committed offset of the partition (where Faust starts an assignment), None when unknown."""
@@ -271,8 +271,7 @@ class JourneyAgent(TableAgent):
                 await asyncio.sleep(0)
 
     async def tick(self, now_ms: int) -> None:
-        if time.monotonic() - self.checked_at >= TAIL_CHECK_SECONDS and self.consumption.settled():
-            self.checked_at = time.monotonic()
+        if self.tails.due(self.consumption.settled()):
             await self.follow_tails()
         if now_ms - self.looked_at < self.close_every_ms or not self.consumption.settled():
             return
@@ -306,13 +305,8 @@ class JourneyAgent(TableAgent):
         partitions (up to TAIL_DEFER_CHECKS): a backlog's partition waits its turn for minutes, and a read-back of
         its lag is read twice (and once held the event loop 40 s)."""
         _, stable = await self.reader.watermarks(partition)  # every transaction below it is decided
-        delivered = self.consumption.delivered(self.topic, partition)
-        on_its_way = delivered is not None and stable - delivered > 2  # more than the last message and a marker
-        deferred = self.deferred.get(partition, 0)
-        if (on_its_way and deferred < TAIL_WAIT_CHECKS) or (busy and deferred < TAIL_DEFER_CHECKS):
-            self.deferred[partition] = deferred + 1
+        if self.tails.put_off(partition, stable, self.consumption.delivered(self.topic, partition), busy):
             return
-        self.deferred.pop(partition, None)
         async with self.lock:
             start = self.next.get(partition)  # a batch may have come while the lock was awaited
             if start is None:

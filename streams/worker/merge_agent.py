@@ -9,8 +9,7 @@ Its tick, every second:
 
 - **tail check** (every ``TAIL_CHECK_SECONDS``): a skip at the end of a partition has no next message to reveal it,
   so each chain is compared with the offsets the hot path has committed; a chain that stayed short twice is read
-  back, put off while merge is busy and has not reached the partition's end (it will get there itself, and
-  reading a lag twice cost the backlog shape 3x), at most ``TAIL_DEFER_CHECKS`` checks;
+  back, put off while merge is busy and has not reached the partition's end (streams.worker.tail_watch);
 - **expiry** (every 1% of the retention, at most hourly, at least once a pane): panes that ended before
   now - retention are dropped (a tombstone each), so state and recovery stay bounded;
 - the ``panes`` state gauge.
@@ -50,6 +49,11 @@ from streams.worker.records import (
     position_from_table,
 )
 from streams.worker.repair import READ_BACK_BYTES, CommittedOffsets, TopicReader, filled, read_chunks
+from streams.worker.tail_watch import (
+    TAIL_CHECK_SECONDS,
+    TRAILER,
+    TailWatch,
+)
 
 LOG = logging.getLogger("cxpulse.merge")
 BATCH_MESSAGES = 50  # partial messages per merge batch (each is a whole hot-path batch for this partition)
@@ -59,11 +63,6 @@ BATCH_WITHIN_SECONDS = 0.05  # a merge batch waits at most this long to fill
 # held it 9-25 s in `make bench-state --answers 3000000`: past the 10 s session timeout, so the group rebalanced
 # and Faust's recovery read the changelogs again, until the worker's stall watch killed the process
 MERGE_BATCH_BYTES = 2 * 1024 * 1024
-TAIL_CHECK_SECONDS = 5.0  # how often chains are compared with the hot path's committed offsets
-TAIL_DEFER_CHECKS = 6  # a busy merge still behind the partition's end is given this many checks before a read-back
-# while the consumer has not handed over a partition's end yet, its read-back waits (a skip at the end shows only
-# once it has): up to this many checks, a safety net (a consumer that stopped fetching is the stall watch's)
-TAIL_WAIT_CHECKS = 60
 ADMIN_TIMEOUT_SECONDS = 10.0
 
 
@@ -211,8 +210,7 @@ class MergeAgent(TableAgent):
         self.through: dict[tuple[int, int], int] = {}
         self.routed_partitions = 0
         self.behind: dict[int, dict[int, int]] = {}  # partials partition -> {source: end} short at the last check
-        self.deferred: dict[int, int] = {}  # partials partition -> checks a read-back was put off for
-        self.checked_at = 0.0  # monotonic time of the last tail check
+        self.tails = TailWatch()
         self.tail_check: asyncio.Task[None] | None = None  # the tail check under way, if any
         self.swept_at = 0  # epoch ms of the last expiry
         retention_ms = settings.retention_seconds * 1000
@@ -321,13 +319,10 @@ class MergeAgent(TableAgent):
     # --- ticks --------------------------------------------------------------------------------------------
 
     async def tick(self, now_ms: int) -> None:
-        if time.monotonic() - self.checked_at >= TAIL_CHECK_SECONDS and (
-            self.tail_check is None or self.tail_check.done()
-        ):
+        if self.tails.due(self.tail_check is None or self.tail_check.done()):
             # Beside the tick, not in it: reading the groups' offsets waits up to ADMIN_TIMEOUT_SECONDS twice while
             # Kafka is away, and a tick that long made Faust's timer warn "merge-tick is overlapping" every 10 s
             # of an outage (the outage itself is logged once when it starts and once when it ends).
-            self.checked_at = time.monotonic()
             self.tail_check = asyncio.ensure_future(self.follow_tails())
             self.tail_check.add_done_callback(_log_failure)
         if now_ms - self.swept_at >= self.sweep_every_ms:
@@ -352,7 +347,7 @@ class MergeAgent(TableAgent):
             short = self._short(partition, committed)
             previous, self.behind[partition] = self.behind.get(partition), short
             if not short or short != previous:
-                self.deferred.pop(partition, None)
+                self.tails.moving(partition)
                 continue  # caught up, or still moving: the agent is on it
             if await self._still_on(partition):
                 continue
@@ -376,19 +371,9 @@ class MergeAgent(TableAgent):
             _, end = await self.reader.watermarks(partition)
         except Exception:  # noqa: BLE001 - the read-back will say what is wrong
             return False
-        delivered = self.consumption.delivered(self.topic, partition)
-        if delivered is not None and end - delivered > 2 and self.deferred.get(partition, 0) < TAIL_WAIT_CHECKS:
-            # the consumer is still on its way to the end: in a backlog a partition waits its turn for minutes,
-            # and a read-back of its lag is read twice (`make bench-state --answers 3000000`: 164-220 messages)
-            self.deferred[partition] = self.deferred.get(partition, 0) + 1
-            return True
-        behind_end = end - self.seen.get(partition, -1) > 2  # the last record, then a transaction marker
-        busy = time.monotonic() - self.active_at < TAIL_CHECK_SECONDS
-        if behind_end and busy and self.deferred.get(partition, 0) < TAIL_DEFER_CHECKS:
-            self.deferred[partition] = self.deferred.get(partition, 0) + 1
-            return True
-        self.deferred.pop(partition, None)
-        return False
+        behind_end = end - self.seen.get(partition, -1) > TRAILER
+        busy = behind_end and time.monotonic() - self.active_at < TAIL_CHECK_SECONDS
+        return self.tails.put_off(partition, end, self.consumption.delivered(self.topic, partition), busy)
 
     async def _read_back_tail(self, partition: int, short: dict[int, int]) -> None:
         starts = []

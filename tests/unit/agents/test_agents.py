@@ -33,7 +33,7 @@ from streams.core.aggregate import State
 from streams.core.journeys import encode_answer_rows
 from streams.core.validate import Clock
 from streams.core.windows import result_record, window_result
-from streams.worker import journey_agent, merge_agent, repair
+from streams.worker import journey_agent, merge_agent, repair, tail_watch
 from streams.worker.journey_agent import JourneyAgent
 from streams.worker.merge_agent import MergeAgent
 from streams.worker.records import ROUTED_SOURCE, Position, encode_partials, position_to_table
@@ -219,7 +219,7 @@ def test_the_journey_agent_reads_a_long_skip_back_in_chunks(monkeypatch: pytest.
     clock = [1000.0]
     monkeypatch.setattr(journey_agent.time, "monotonic", lambda: clock[0])
     asyncio.run(tail.handle(0, records[:1]))
-    clock[0] += journey_agent.TAIL_CHECK_SECONDS  # quiet; nothing else is busy; the consumer's progress unknown
+    clock[0] += tail_watch.TAIL_CHECK_SECONDS  # quiet; nothing else is busy; the consumer's progress unknown
     asyncio.run(tail.follow_tails())
     assert cast(Reader, tail.reader).reads == 1 and tail.next[0] == 5 and len(tail.table) == 3
     asyncio.run(tail.follow_tails())
@@ -238,12 +238,12 @@ def test_the_journey_tail_check_puts_off_a_quiet_partition_while_others_are_hand
     monkeypatch.setattr(journey_agent.time, "monotonic", lambda: clock[0])
     asyncio.run(agent.handle(0, records[:1]))  # partition 0: the rest is still to come
     reader = cast(Reader, agent.reader)
-    for _ in range(journey_agent.TAIL_DEFER_CHECKS):
-        clock[0] += journey_agent.TAIL_CHECK_SECONDS
+    for _ in range(tail_watch.TAIL_DEFER_CHECKS):
+        clock[0] += tail_watch.TAIL_CHECK_SECONDS
         asyncio.run(agent.handle(1, [r for r in records if r.partition == 1][:1]))  # the consumer is busy
         asyncio.run(agent.follow_tails())
         assert reader.reads == 0
-    clock[0] += journey_agent.TAIL_CHECK_SECONDS
+    clock[0] += tail_watch.TAIL_CHECK_SECONDS
     asyncio.run(agent.follow_tails())  # put off long enough: read back, partition 1's tail too (nothing is busy)
     assert sorted(agent.table)[:3] == [f"0|billing|c0-{m}" for m in range(3)] and agent.next[0] == 6
 
@@ -296,12 +296,12 @@ def test_the_journey_tail_check_waits_while_the_consumer_has_not_handed_the_end_
     monkeypatch.setattr(journey_agent.time, "monotonic", lambda: clock[0])
     asyncio.run(agent.handle(0, records[:1]))
     held.handed[0] = 2  # one more message on its way (the one at 2 handed over, still in the buffer)
-    for _ in range(journey_agent.TAIL_DEFER_CHECKS + 3):
-        clock[0] += journey_agent.TAIL_CHECK_SECONDS  # quiet, and nothing else is busy
+    for _ in range(tail_watch.TAIL_DEFER_CHECKS + 3):
+        clock[0] += tail_watch.TAIL_CHECK_SECONDS  # quiet, and nothing else is busy
         asyncio.run(agent.follow_tails())
     assert cast(Reader, agent.reader).reads == 0
     held.handed[0] = 4  # handed over, never handled: skipped
-    clock[0] += journey_agent.TAIL_CHECK_SECONDS
+    clock[0] += tail_watch.TAIL_CHECK_SECONDS
     asyncio.run(agent.follow_tails())
     assert cast(Reader, agent.reader).reads == 1 and agent.next[0] == 6 and len(agent.table) == 3
 
@@ -314,7 +314,7 @@ def test_the_tail_check_puts_off_a_busy_merge_then_reads_back(monkeypatch: pytes
     monkeypatch.setattr(merge_agent.time, "monotonic", lambda: clock[0])
     agent.active_at = clock[0]  # busy, and behind the partition's end
     asyncio.run(agent.follow_tails())  # first sight of the short chain: the agent may be on it
-    for _ in range(merge_agent.TAIL_DEFER_CHECKS):
+    for _ in range(tail_watch.TAIL_DEFER_CHECKS):
         asyncio.run(agent.follow_tails())
         assert agent.reader.reads == 0  # put off while busy
     asyncio.run(agent.follow_tails())  # deferred long enough: read back
@@ -332,7 +332,7 @@ def test_the_tail_check_waits_while_the_consumer_has_not_handed_the_end_over() -
     asyncio.run(agent.handle(0, records[:1]))
     held.handed[0] = records[0].offset  # the consumer is on its way: two more messages to hand over
     agent.active_at = 0.0  # idle
-    for _ in range(merge_agent.TAIL_DEFER_CHECKS + 3):
+    for _ in range(tail_watch.TAIL_DEFER_CHECKS + 3):
         asyncio.run(agent.follow_tails())
     assert agent.reader.reads == 0
     held.handed[0] = records[-1].offset  # handed over, and the agent never got them: skipped
@@ -603,7 +603,7 @@ def test_the_merge_tick_does_not_wait_for_the_tail_check() -> None:
     async def scenario() -> None:
         await asyncio.wait_for(agent.tick(NOW), 5)  # returns while the read waits
         assert agent.tail_check is not None and not agent.tail_check.done()
-        agent.checked_at = 0.0  # the next check is due, but the first is still under way
+        agent.tails.checked_at = 0.0  # the next check is due, but the first is still under way
         await agent.tick(NOW)
         release.set()
         await agent.tail_check
