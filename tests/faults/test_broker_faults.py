@@ -26,7 +26,7 @@ from streams.kafka import admin_client, consumer
 from streams.produce import messages_of
 from streams.topics import internal_topics
 from tests.cluster import Feeder, LocalCluster
-from tests.support import free_ports, stop_process
+from tests.support import free_ports
 from tests.workers import (
     assert_dead_letters_once,
     children,
@@ -34,7 +34,7 @@ from tests.workers import (
     expected_results,
     make_pipeline,
     mixed_events,
-    start_worker,
+    running_worker,
     stop_worker,
     wait_for,
 )
@@ -152,9 +152,8 @@ def test_three_hard_restarts_of_the_broker_lose_nothing(
     source, messages = _events(tmp_path, 9000)
     expected, invalid = expected_results(source, settings.pane_seconds)
     port, log = free_ports(1)[0], tmp_path / "worker.log"
-    worker = start_worker(pipeline, log, metrics_port=port)
     rng = random.Random(16)
-    try:
+    with running_worker(pipeline, log, metrics_port=port) as worker:
         wait_for(lambda: readyz(port) == 200, "the worker ready", log)
         feeder = Feeder(cluster.bootstrap, settings.feedback_topic, messages, RATE).start()
         reached = _progress_after(settings, log, 0)
@@ -170,8 +169,6 @@ def test_three_hard_restarts_of_the_broker_lose_nothing(
         assert worker.poll() is None, log.read_text()[-3000:]
         wait_for(lambda: readyz(port) == 200, "the worker ready after the restarts", log)
         stop_worker(worker, log)
-    finally:
-        stop_process(worker)
 
 
 def test_a_ten_second_outage_is_logged_once_when_it_starts_and_once_when_it_ends(
@@ -186,8 +183,7 @@ def test_a_ten_second_outage_is_logged_once_when_it_starts_and_once_when_it_ends
     source, messages = _events(tmp_path, 4000)
     expected, invalid = expected_results(source, settings.pane_seconds)
     port, log = free_ports(1)[0], tmp_path / "worker.log"
-    worker = start_worker(pipeline, log, metrics_port=port)
-    try:
+    with running_worker(pipeline, log, metrics_port=port) as worker:
         wait_for(lambda: readyz(port) == 200, "the worker ready", log)
         feeder = Feeder(cluster.bootstrap, settings.feedback_topic, messages, RATE).start()
         before = _progress_after(settings, log, 0)
@@ -208,8 +204,6 @@ def test_a_ten_second_outage_is_logged_once_when_it_starts_and_once_when_it_ends
         assert all(re.search(r"after \d+\.\d s \(\d+ failed connection attempts", line) for line in back), back
         assert worker.poll() is None
         stop_worker(worker, log)
-    finally:
-        stop_process(worker)
 
 
 def test_an_outage_longer_than_the_transaction_timeout_is_not_ready_then_recovers(
@@ -227,8 +221,7 @@ def test_an_outage_longer_than_the_transaction_timeout_is_not_ready_then_recover
     source, messages = _events(tmp_path, 6000)
     expected, invalid = expected_results(source, settings.pane_seconds)
     port, log = free_ports(1)[0], tmp_path / "worker.log"
-    worker = start_worker(pipeline, log, metrics_port=port)
-    try:
+    with running_worker(pipeline, log, metrics_port=port) as worker:
         wait_for(lambda: readyz(port) == 200, "the worker ready", log)
         feeder = Feeder(cluster.bootstrap, settings.feedback_topic, messages, RATE).start()
         _progress_after(settings, log, 0)
@@ -243,8 +236,6 @@ def test_an_outage_longer_than_the_transaction_timeout_is_not_ready_then_recover
         wait_for(lambda: readyz(port) == 200, "/readyz 200 after the outage", log)
         assert worker.poll() is None
         stop_worker(worker, log)
-    finally:
-        stop_process(worker)
 
 
 def test_a_rolling_restart_of_three_brokers_loses_nothing(
@@ -259,8 +250,7 @@ def test_a_rolling_restart_of_three_brokers_loses_nothing(
     source, messages = _events(tmp_path, 8000)
     expected, invalid = expected_results(source, settings.pane_seconds)
     port, log = free_ports(1)[0], tmp_path / "worker.log"
-    worker = start_worker(pipeline, log, metrics_port=port)
-    try:
+    with running_worker(pipeline, log, metrics_port=port) as worker:
         wait_for(lambda: readyz(port) == 200, "the worker ready", log, timeout=180)
         feeder = Feeder(cluster.bootstrap, settings.feedback_topic, messages, RATE).start()
         for node in range(3):
@@ -273,8 +263,6 @@ def test_a_rolling_restart_of_three_brokers_loses_nothing(
         assert_dead_letters_once(settings, invalid)
         assert worker.poll() is None
         stop_worker(worker, log)
-    finally:
-        stop_process(worker)
 
 
 def test_a_broker_restart_while_the_worker_starts_is_waited_for(
@@ -292,8 +280,7 @@ def test_a_broker_restart_while_the_worker_starts_is_waited_for(
     expected, invalid = expected_results(source, settings.pane_seconds)
     port, log = free_ports(1)[0], tmp_path / "worker.log"
     admin = admin_client(cluster.bootstrap)
-    worker = start_worker(pipeline, log, metrics_port=port)
-    try:
+    with running_worker(pipeline, log, metrics_port=port) as worker:
         deadline = time.monotonic() + 60
         while settings.feedback_topic not in admin.list_topics(timeout=5).topics:
             assert time.monotonic() < deadline and worker.poll() is None, log.read_text()[-3000:]
@@ -313,5 +300,3 @@ def test_a_broker_restart_while_the_worker_starts_is_waited_for(
         ends = [line for line in text.splitlines() if "Kafka ready after" in line]
         assert len(waits) == len(ends) <= 1, waits + ends
         stop_worker(worker, log)
-    finally:
-        stop_process(worker)

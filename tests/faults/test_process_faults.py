@@ -18,6 +18,7 @@ from tests.workers import (
     make_pipeline,
     mixed_events,
     produce,
+    running_worker,
     scrape,
     start_worker,
     stop_worker,
@@ -37,8 +38,9 @@ def test_a_kafka_call_that_never_returns_ends_the_process_and_loses_nothing(
     expected, invalid = expected_results(source, settings.pane_seconds)
     port, log = free_ports(1)[0], tmp_path / "worker.log"
     marker = tmp_path / "hung-once"
-    worker = start_worker(pipeline, log, metrics_port=port, command=FLAKY_WORKER, CXPULSE_TEST_HOTPATH_HANG=str(marker))
-    try:
+    with running_worker(
+        pipeline, log, metrics_port=port, command=FLAKY_WORKER, CXPULSE_TEST_HOTPATH_HANG=str(marker)
+    ) as worker:
         produce(settings, source)
         converge(settings, expected, log)
         assert_dead_letters_once(settings, invalid)
@@ -46,8 +48,6 @@ def test_a_kafka_call_that_never_returns_ends_the_process_and_loses_nothing(
         assert "send_offsets_to_transaction has not returned for" in log.read_text()
         assert scrape(port)['cxpulse_worker_process_restarts_total{process="hotpath-0"}'] == 1
         stop_worker(worker, log)
-    finally:
-        stop_process(worker)
 
 
 def test_a_stalled_process_is_not_ready_then_restarted_and_loses_nothing(
@@ -60,10 +60,9 @@ def test_a_stalled_process_is_not_ready_then_restarted_and_loses_nothing(
     expected, invalid = expected_results(source, settings.pane_seconds)
     port, log = free_ports(1)[0], tmp_path / "worker.log"
     marker = tmp_path / "stalled-once"
-    worker = start_worker(
+    with running_worker(
         pipeline, log, metrics_port=port, command=FLAKY_WORKER, CXPULSE_TEST_HOTPATH_STALL=str(marker)
-    )
-    try:
+    ) as worker:
         wait_for(lambda: readyz(port) == 200, "the worker ready", log)
         produce(settings, source)
         wait_for(lambda: readyz(port) == 503, "/readyz 503 while the hot path is stalled", log, timeout=30)
@@ -78,8 +77,6 @@ def test_a_stalled_process_is_not_ready_then_restarted_and_loses_nothing(
         wait_for(lambda: readyz(port) == 200, "ready again", log)
         assert "made no progress for" in log.read_text()
         stop_worker(worker, log)
-    finally:
-        stop_process(worker)
 
 
 def test_two_workers_with_the_same_worker_id_are_refused(kafka_broker: RunningBroker, tmp_path: Path) -> None:

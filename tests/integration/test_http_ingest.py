@@ -11,8 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from tests.integration.test_read import read
-from tests.support import RunningBroker, event, free_ports, stop_process
-from tests.workers import make_pipeline, scrape, start_worker, stop_worker, wait_for
+from tests.support import RunningBroker, event, free_ports
+from tests.workers import (
+    make_pipeline,
+    running_worker,
+    scrape,
+    stop_worker,
+    wait_for,
+)
 
 TOKEN = "s3cret-ingest"  # a test's token
 
@@ -36,9 +42,8 @@ def test_http_ingest_accepts_refuses_and_delivers_once(kafka_broker: RunningBrok
     )
     url = f"http://127.0.0.1:{http_port}/v1/feedback"
     log = tmp_path / "worker.log"
-    worker = start_worker(pipeline, log, metrics_port=metrics_port)
     now = int(time.time() * 1000)
-    try:
+    with running_worker(pipeline, log, metrics_port=metrics_port) as worker:
         wait_for(lambda: scrape(metrics_port, starting=True).get("cxpulse_worker_ready") == 1, "ready", log)
         one = event(event_id="h1", occurred_at=now, customer_id="c1")
         assert post(url, json.dumps(one).encode()) == (202, {"accepted": 1, "rejected": []})
@@ -87,7 +92,5 @@ def test_http_ingest_accepts_refuses_and_delivers_once(kafka_broker: RunningBrok
         assert sample['cxpulse_http_events_total{outcome="accepted"}'] == 4
         assert sample['cxpulse_http_requests_total{status="401"}'] == 2
         stop_worker(worker, log)
-    finally:
-        stop_process(worker)
     on_kafka = [r["value"]["event_id"] for r in read(pipeline.env, "feedback")]
     assert sorted(on_kafka) == ["h1", "h2", "n0", "n1"]  # each accepted event once, nothing refused

@@ -28,16 +28,16 @@ from streams.core.validate import validate_batch
 from streams.core.windows import iso_utc
 from streams.kafka import consumer
 from streams.replay import replay_file
-from tests.support import cxpulse_command, free_ports, stop_process
+from tests.support import cxpulse_command, free_ports
 from tests.workers import (
     CONVERGE_SECONDS,
     Pipeline,
     children,
     make_pipeline,
     produce,
+    running_worker,
     scrape,
     split,
-    start_worker,
     stop_worker,
     wait_for,
 )
@@ -143,8 +143,7 @@ def test_stream_equals_replay_through_a_kill_9_of_the_journeys_process(kafka_bro
     first, second = split(source, 2)
     port = free_ports(1)[0]
     log = tmp_path / "worker.log"
-    worker = start_worker(pipeline, log, metrics_port=port)
-    try:
+    with running_worker(pipeline, log, metrics_port=port) as worker:
         produce(pipeline.settings, first)
         revisions = 'cxpulse_worker_journey_revisions_total{kind="open"}'
         wait_for(lambda: scrape(port, starting=True).get(revisions, 0) > 0, "journey instances sent", log)
@@ -158,8 +157,6 @@ def test_stream_equals_replay_through_a_kill_9_of_the_journeys_process(kafka_bro
         assert page['cxpulse_worker_process_restarts_total{process="journeys"}'] == 1
         assert page.get('cxpulse_worker_journey_revisions_total{kind="deleted"}', 0) > 0  # late answers moved starts
         stop_worker(worker, log)
-    finally:
-        stop_process(worker)
 
 
 def test_instances_close_when_the_clock_passes_their_end_plus_the_gap(kafka_broker: Any, tmp_path: Path) -> None:
@@ -180,8 +177,7 @@ def test_instances_close_when_the_clock_passes_their_end_plus_the_gap(kafka_brok
     assert all(r["closed"] for r in expected.values())
     log = tmp_path / "worker.log"
     port = free_ports(1)[0]
-    worker = start_worker(pipeline, log, metrics_port=port)
-    try:
+    with running_worker(pipeline, log, metrics_port=port) as worker:
         produce(pipeline.settings, source)
         converge_journeys(pipeline, expected)  # every instance closed, each with its final numbers
         # the KPI gauges: the counters of the instances closed in the last 24 h (all of them), per journey
@@ -224,8 +220,6 @@ def test_instances_close_when_the_clock_passes_their_end_plus_the_gap(kafka_brok
         theirs = sorted(k[2] for k in expected if k[:2] == (customer, journey))
         assert [o["start"] for o in mine] == theirs and len(theirs) > 3  # G = 3 s: many short journeys
         stop_worker(worker, log)
-    finally:
-        stop_process(worker)
 
 
 def cli(pipeline: Pipeline, *args: str) -> subprocess.CompletedProcess[str]:
@@ -278,8 +272,7 @@ def test_a_later_copy_keyed_otherwise_counts_nowhere(kafka_broker: Any, tmp_path
     later = replay.stats.duplicates - replay_file(first, 60_000, lambda dead: None).stats.duplicates
     assert later > 1000  # the valid copies (invalid originals' copies are dead letters again)
     port, log = free_ports(1)[0], tmp_path / "worker.log"
-    worker = start_worker(pipeline, log, metrics_port=port)
-    try:
+    with running_worker(pipeline, log, metrics_port=port) as worker:
         produce(settings, first, spread=False)
         converge_journeys(pipeline, expected)  # the first copies are counted (the copies add nothing)
         duplicates_before = scrape(port)["cxpulse_worker_duplicates_total"]
@@ -309,5 +302,3 @@ def test_a_later_copy_keyed_otherwise_counts_nowhere(kafka_broker: Any, tmp_path
         wait_for(lambda: stored_panes() == expected_panes, "the store's panes equal to replay of both copies", log)
         assert scrape(port)["cxpulse_worker_duplicates_total"] - duplicates_before == later
         stop_worker(worker, log)
-    finally:
-        stop_process(worker)

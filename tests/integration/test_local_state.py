@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from streams.config import Settings
-from tests.support import free_ports, stop_process
+from tests.support import free_ports
 from tests.workers import (
     CONVERGE_SECONDS,
     Pipeline,
@@ -26,6 +26,7 @@ from tests.workers import (
     latest_results,
     mixed_events,
     produce,
+    running_worker,
     scrape,
     split,
     start_worker,
@@ -71,15 +72,14 @@ def test_kill_9_while_remembered_ids_are_written_loses_nothing(pipeline: Pipelin
     """Runs written every 40 ids; the slot dies by SIGKILL inside its third write (files on disk, manifest not
     yet renamed), and once more mid-stream while it keeps writing."""
     settings, expected, invalid, first, second, port, log, marker = CrashRun.of(pipeline, tmp_path)
-    worker = start_worker(
+    with running_worker(
         pipeline,
         log,
         metrics_port=port,
         command=FLAKY_WORKER,
         CXPULSE_TEST_SEEN_FLUSH_IDS="40",
         CXPULSE_TEST_SEEN_CRASH=str(marker),
-    )
-    try:
+    ) as worker:
         produce(settings, first)
         wait_for(marker.exists, "the hot path killed inside a write of its runs", log)
         wait_for(lambda: "hotpath-0 was killed by SIGKILL; restarting it" in log.read_text(), "a restart", log)
@@ -93,8 +93,6 @@ def test_kill_9_while_remembered_ids_are_written_loses_nothing(pipeline: Pipelin
         assert scrape(port)['cxpulse_worker_process_restarts_total{process="hotpath-0"}'] == 2
         assert any(local > 0 for local, _ in restores(log)[1:])  # a restart used the runs on disk
         stop_worker(worker, log)
-    finally:
-        stop_process(worker)
 
 
 def test_kill_9_inside_a_write_of_the_table_copies_loses_nothing(pipeline: Pipeline, tmp_path: Path) -> None:
@@ -102,8 +100,9 @@ def test_kill_9_inside_a_write_of_the_table_copies_loses_nothing(pipeline: Pipel
     copy of the pane table moved on, the others not); restarted, it reads the panes from those copies in place
     and the changelogs past them: the results equal replay."""
     settings, expected, invalid, first, second, port, log, marker = CrashRun.of(pipeline, tmp_path)
-    worker = start_worker(pipeline, log, metrics_port=port, command=FLAKY_WORKER, CXPULSE_TEST_TABLES_CRASH=str(marker))
-    try:
+    with running_worker(
+        pipeline, log, metrics_port=port, command=FLAKY_WORKER, CXPULSE_TEST_TABLES_CRASH=str(marker)
+    ) as worker:
         produce(settings, first)
         wait_for(marker.exists, "the merge process killed inside a write of its table copies", log)
         wait_for(lambda: "merge was killed by SIGKILL; restarting it" in log.read_text(), "a restart", log)
@@ -114,8 +113,6 @@ def test_kill_9_inside_a_write_of_the_table_copies_loses_nothing(pipeline: Pipel
         assert page['cxpulse_worker_process_restarts_total{process="merge"}'] == 1
         assert page['cxpulse_worker_restored_total{source="local",table="panes"}'] > 0  # the copies were used
         stop_worker(worker, log)
-    finally:
-        stop_process(worker)
 
 
 def test_local_state_older_than_the_committed_offsets_catches_up_from_the_changelog(
@@ -133,8 +130,7 @@ def test_local_state_older_than_the_committed_offsets_catches_up_from_the_change
     everything.write_text(source.read_text() + again.read_text())
     settings = pipeline.settings
     port, log = free_ports(1)[0], tmp_path / "worker.log"
-    worker = start_worker(pipeline, log, metrics_port=port)
-    try:
+    with running_worker(pipeline, log, metrics_port=port) as worker:
         produce(settings, first)
         converge(settings, expected_results(first, settings.pane_seconds)[0], log)
         wait_for(
@@ -164,5 +160,3 @@ def test_local_state_older_than_the_committed_offsets_catches_up_from_the_change
         assert local > 0 and entries > 0  # the older copy was used, and the changelog read past its checkpoint
         assert scrape(port)['cxpulse_worker_restored_total{source="local",table="panes"}'] > 0
         stop_worker(worker, log)
-    finally:
-        stop_process(worker)

@@ -14,8 +14,15 @@ from schemas.codec import LocalCatalog
 from streams.core.privacy import pseudonym
 from streams.read import read
 from tests.integration.test_store import endpoint, store_pipeline
-from tests.support import RunningBroker, event, free_ports, stop_process
-from tests.workers import Pipeline, produce, scrape, start_worker, stop_worker, wait_for
+from tests.support import RunningBroker, event, free_ports
+from tests.workers import (
+    Pipeline,
+    produce,
+    running_worker,
+    scrape,
+    stop_worker,
+    wait_for,
+)
 
 KEY = "a-key-of-sixteen-bytes-or-more"
 
@@ -42,8 +49,7 @@ def test_customer_ids_and_comments_reach_no_log_and_no_metric_and_ids_are_pseudo
     source = tmp_path / "events.jsonl"
     source.write_text("".join(json.dumps(answer) + "\n" for answer in answers) + canary_id + "\n")
     port, log = free_ports(1)[0], tmp_path / "worker.log"
-    worker = start_worker(pipeline, log, metrics_port=port, CXPULSE_CUSTOMER_ID_KEY=KEY)
-    try:
+    with running_worker(pipeline, log, metrics_port=port, CXPULSE_CUSTOMER_ID_KEY=KEY) as worker:
         produce(settings, source)
         wait_for(lambda: _count(pipeline, pseudonym(KEY.encode(), canary_id)) == 20, "the answers in ClickHouse", log)
         assert _count(pipeline, canary_id) == 0
@@ -55,8 +61,6 @@ def test_customer_ids_and_comments_reach_no_log_and_no_metric_and_ids_are_pseudo
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
             exposition = response.read().decode()
         stop_worker(worker, log)
-    finally:
-        stop_process(worker)
     for canary in (canary_id, canary_comment):
         assert canary not in exposition
         assert canary not in log.read_text()

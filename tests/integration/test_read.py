@@ -7,14 +7,14 @@ import subprocess
 from pathlib import Path
 
 from streams.core.windows import iso_utc
-from tests.support import RunningBroker, cxpulse_command, stop_process
+from tests.support import RunningBroker, cxpulse_command
 from tests.workers import (
     converge,
     expected_results,
     make_pipeline,
     mixed_events,
     produce,
-    start_worker,
+    running_worker,
     stop_worker,
 )
 
@@ -32,15 +32,12 @@ def test_read_prints_results_and_dead_letters_decoded(kafka_broker: RunningBroke
     mixed_events(source, 600)
     expected, invalid = expected_results(source, settings.pane_seconds)
     log = tmp_path / "worker.log"
-    worker = start_worker(pipeline, log)
-    try:
+    with running_worker(pipeline, log) as worker:
         produce(settings, source)
         converge(settings, expected, log)
         stop_worker(worker, log)
         # a fresh worker's normal start (groups forming, rebalances) and its dead letters are not errors to a user
         assert " ERROR " not in log.read_text() and "[ERROR]" not in log.read_text(), log.read_text()[-3000:]
-    finally:
-        stop_process(worker)
     results = read(pipeline.env, "results")
     latest: dict[tuple, dict] = {}
     for record in results:

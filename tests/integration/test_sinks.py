@@ -28,6 +28,7 @@ from tests.workers import (
     make_pipeline,
     mixed_events,
     produce,
+    running_worker,
     scrape,
     start_worker,
     stop_worker,
@@ -63,8 +64,7 @@ def test_kpi_gauges_equal_replays_rolling_windows(pipeline: Pipeline, tmp_path: 
     settings = pipeline.settings
     port = free_ports(1)[0]
     log = tmp_path / "worker.log"
-    worker = start_worker(pipeline, log, metrics_port=port)
-    try:
+    with running_worker(pipeline, log, metrics_port=port) as worker:
         produce(settings, source)
         converge(settings, expected_results(source, settings.pane_seconds)[0], log)
         replay = replay_file(source, settings.pane_seconds * 1000, lambda dead: None)
@@ -101,8 +101,6 @@ def test_kpi_gauges_equal_replays_rolling_windows(pipeline: Pipeline, tmp_path: 
         assert latencies >= sample["cxpulse_worker_results_total"] / 2, "every result's latency is observed"
         assert 0 < sample["cxpulse_event_to_gauge_seconds_sum"] / latencies < 60
         stop_worker(worker, log)
-    finally:
-        stop_process(worker)
 
 
 def fast_effort_pipeline(bootstrap: str, tmp_path: Path, **overrides: Any) -> Pipeline:

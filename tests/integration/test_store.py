@@ -21,13 +21,14 @@ from streams.core.synth import CHANNELS as SYNTH_CHANNELS
 from streams.replay import replay_file
 from streams.simulate import CHANNELS as SIM_CHANNELS
 from streams.simulate import JOURNEYS, Simulator
-from tests.support import RunningBroker, cxpulse_command, free_ports, stop_process
+from tests.support import RunningBroker, cxpulse_command, free_ports
 from tests.workers import (
     Pipeline,
     expected_results,
     make_pipeline,
     mixed_events,
     produce,
+    running_worker,
     scrape,
     start_worker,
     stop_worker,
@@ -140,8 +141,7 @@ def test_pane_rows_equal_replay_answers_once_and_redelivery_doubles_nothing(
     counted = replay_file(source, settings.pane_seconds * 1000, lambda dead: None).stats.counted
     port = free_ports(1)[0]
     log = tmp_path / "worker.log"
-    worker = start_worker(pipeline, log, metrics_port=port)
-    try:
+    with running_worker(pipeline, log, metrics_port=port) as worker:
         produce(settings, source)
         wait_for(lambda: same_as_replay(pane_records(pipeline), expected), "ClickHouse panes equal to replay", log)
         wait_for(lambda: answers_count(pipeline) == (counted, counted), "every counted answer in ClickHouse", log)
@@ -177,8 +177,6 @@ def test_pane_rows_equal_replay_answers_once_and_redelivery_doubles_nothing(
         assert same_as_replay(pane_records(pipeline), expected)
         assert answers_count(pipeline, final=True) == (counted, counted)
         stop_worker(worker, log)
-    finally:
-        stop_process(worker)
 
 
 def test_clickhouse_away_pauses_the_sink_and_loses_nothing(kafka_broker: RunningBroker, tmp_path: Path) -> None:
@@ -191,8 +189,7 @@ def test_clickhouse_away_pauses_the_sink_and_loses_nothing(kafka_broker: Running
     counted = replay_file(source, settings.pane_seconds * 1000, lambda dead: None).stats.counted
     port = free_ports(1)[0]
     log = tmp_path / "worker.log"
-    worker = start_worker(pipeline, log, metrics_port=port)
-    try:
+    with running_worker(pipeline, log, metrics_port=port) as worker:
         produce(settings, source)
 
         def stuck() -> bool:
@@ -214,5 +211,3 @@ def test_clickhouse_away_pauses_the_sink_and_loses_nothing(kafka_broker: Running
         wait_for(lambda: same_as_replay(pane_records(restored), expected), "ClickHouse panes equal to replay", log)
         wait_for(lambda: answers_count(restored, final=True) == (counted, counted), "every counted answer", log)
         stop_worker(worker, log)
-    finally:
-        stop_process(worker)

@@ -40,6 +40,7 @@ from tests.workers import (
     make_pipeline,
     mixed_events,
     produce,
+    running_worker,
     scrape,
     split,
     start_worker,
@@ -55,8 +56,7 @@ def test_stream_equals_replay(pipeline: Pipeline, tmp_path: Path) -> None:
     settings = pipeline.settings
     port = free_ports(1)[0]
     log = tmp_path / "worker.log"
-    worker = start_worker(pipeline, log, metrics_port=port)
-    try:
+    with running_worker(pipeline, log, metrics_port=port) as worker:
         produce(settings, source)
         converge(settings, expected, log)
         assert worker.poll() is None, log.read_text()[-3000:]
@@ -89,8 +89,6 @@ def test_stream_equals_replay(pipeline: Pipeline, tmp_path: Path) -> None:
         assert set(processes) == {"hotpath-0", "merge", "journeys"}
         stop_worker(worker, log)
         assert not any(pid_alive(pid) for pid in processes.values())
-    finally:
-        stop_process(worker)
 
 
 WEEK_MS = str(7 * 86_400_000)  # Kafka's default segment.ms
@@ -119,8 +117,7 @@ def test_kill_9_three_times_still_equals_replay(pipeline: Pipeline, tmp_path: Pa
     expected, invalid = expected_results(source, pipeline.settings.pane_seconds)
     settings = pipeline.settings
     log = tmp_path / "worker.log"
-    worker = start_worker(pipeline, log)
-    try:
+    with running_worker(pipeline, log) as worker:
         for round_, chunk in enumerate(split(source, 4)):
             produce(settings, chunk)
             if round_ == 3:
@@ -142,8 +139,6 @@ def test_kill_9_three_times_still_equals_replay(pipeline: Pipeline, tmp_path: Pa
             worker = start_worker(pipeline, log)
         converge(settings, expected, log)
         assert_dead_letters_once(settings, invalid)
-    finally:
-        stop_process(worker)
 
 
 @pytest.mark.parametrize("victim", ["hotpath-0", "merge"])
@@ -160,8 +155,7 @@ def test_kill_9_of_one_process_mid_stream(kafka_broker: RunningBroker, tmp_path:
     first, second = split(source, 2)
     port = free_ports(1)[0]
     log = tmp_path / "worker.log"
-    worker = start_worker(pipeline, log, metrics_port=port)
-    try:
+    with running_worker(pipeline, log, metrics_port=port) as worker:
         produce(settings, first)
         deadline = time.monotonic() + CONVERGE_SECONDS
         latest_results(settings.kafka_bootstrap, settings.results_topic, bool, deadline)  # results are flowing
@@ -177,8 +171,6 @@ def test_kill_9_of_one_process_mid_stream(kafka_broker: RunningBroker, tmp_path:
         if victim == "merge":  # its restart filled the pane table from the local copy
             assert page['cxpulse_worker_restored_total{source="local",table="panes"}'] > 0
         stop_worker(worker, log)
-    finally:
-        stop_process(worker)
 
 
 def test_sigterm_mid_stream_finishes_the_batch_and_loses_nothing(pipeline: Pipeline, tmp_path: Path) -> None:
@@ -189,16 +181,13 @@ def test_sigterm_mid_stream_finishes_the_batch_and_loses_nothing(pipeline: Pipel
     port = free_ports(1)[0]
     log = tmp_path / "worker.log"
     produce(settings, source)
-    worker = start_worker(pipeline, log, metrics_port=port)
-    try:
+    with running_worker(pipeline, log, metrics_port=port) as worker:
         fed = f'cxpulse_worker_records_total{{topic="{settings.feedback_topic}"}}'
         wait_for(lambda: scrape(port, starting=True).get(fed, 0) > 0, "a first batch", log)
         stop_worker(worker, log)
         worker = start_worker(pipeline, log)
         converge(settings, expected, log)
         assert_dead_letters_once(settings, invalid)
-    finally:
-        stop_process(worker)
 
 
 def test_partial_messages_the_faust_consumer_skipped_are_read_back(pipeline: Pipeline, tmp_path: Path) -> None:
@@ -262,15 +251,12 @@ def test_a_quiet_channel_gets_its_pane_without_a_later_event(pipeline: Pipeline,
     now = int(time.time() * 1000)
     source.write_text(json.dumps(event(occurred_at=now, event_id="lonely", channel="quiet", metric="CSAT", score=5)))
     log = tmp_path / "worker.log"
-    worker = start_worker(pipeline, log)
-    try:
+    with running_worker(pipeline, log) as worker:
         produce(pipeline.settings, source)
         expected, _ = expected_results(source, pipeline.settings.pane_seconds)
         assert len(expected) == 1
         converge(pipeline.settings, expected, log)
         stop_worker(worker, log)
-    finally:
-        stop_process(worker)
 
 
 def test_wiped_local_state_recovers_from_the_changelogs(pipeline: Pipeline, tmp_path: Path) -> None:
@@ -279,8 +265,7 @@ def test_wiped_local_state_recovers_from_the_changelogs(pipeline: Pipeline, tmp_
     first, second = split(source, 2)
     settings = pipeline.settings
     log = tmp_path / "worker.log"
-    worker = start_worker(pipeline, log)
-    try:
+    with running_worker(pipeline, log) as worker:
         produce(settings, first)
         converge(settings, expected_results(first, settings.pane_seconds)[0], log)
         stop_worker(worker, log)  # a clean stop: nothing half-done may be committed
@@ -290,8 +275,6 @@ def test_wiped_local_state_recovers_from_the_changelogs(pipeline: Pipeline, tmp_
         expected, invalid = expected_results(source, settings.pane_seconds)
         converge(settings, expected, log)
         assert_dead_letters_once(settings, invalid)
-    finally:
-        stop_process(worker)
 
 
 def test_two_workers_one_joins_late_and_one_leaves(pipeline: Pipeline, tmp_path: Path) -> None:
@@ -327,10 +310,9 @@ def test_state_stays_bounded_by_the_retention(kafka_broker: RunningBroker, tmp_p
     )
     settings = pipeline.settings
     log = tmp_path / "worker.log"
-    worker = start_worker(pipeline, log, metrics_port=port)
     segments = [("chat", "billing"), ("chat", "support"), ("phone", "billing"), ("phone", "support")]
     sender = producer(settings.kafka_bootstrap)
-    try:
+    with running_worker(pipeline, log, metrics_port=port) as worker:
         wait_for(lambda: scrape(port, starting=True).get("cxpulse_worker_ready") == 1, "the worker ready", log)
         peaks: dict[str, float] = {}
         panes_sent: set[tuple[int, str, str]] = set()
@@ -348,8 +330,6 @@ def test_state_stays_bounded_by_the_retention(kafka_broker: RunningBroker, tmp_p
         final = scrape(port)
         sender.flush(10)
         stop_worker(worker, log)
-    finally:
-        stop_process(worker)
     # panes live for the retention (3 s) + one sweep interval (1 s) + the processing delay: allow 8 s of them
     bound_panes = 8 * len(segments)
     assert len(panes_sent) > 3 * bound_panes  # the run really covered many more panes than are kept
@@ -411,7 +391,7 @@ def test_failing_batches_are_processed_again_and_do_not_wedge_the_worker(pipelin
     settings = pipeline.settings
     port = free_ports(1)[0]
     log = tmp_path / "worker.log"
-    worker = start_worker(
+    with running_worker(
         pipeline,
         log,
         metrics_port=port,
@@ -419,8 +399,7 @@ def test_failing_batches_are_processed_again_and_do_not_wedge_the_worker(pipelin
         CXPULSE_TEST_HOTPATH_FAILURES="3",
         CXPULSE_TEST_HOTPATH_SEND_FAILURES="2",
         CXPULSE_TEST_MERGE_FAILURES="2",
-    )
-    try:
+    ) as worker:
         produce(settings, source)
         converge(settings, expected, log)
         assert_dead_letters_once(settings, invalid)
@@ -435,5 +414,3 @@ def test_failing_batches_are_processed_again_and_do_not_wedge_the_worker(pipelin
         assert text.count("injected failure") >= 3  # the hot path says its first, merge each of its two
         assert "is read again from the committed offsets" in text and "batches commit again, after" in text
         stop_worker(worker, log)
-    finally:
-        stop_process(worker)
