@@ -160,6 +160,17 @@ class Settings(BaseSettings):
         description="set (16+ characters): customer ids become keyed HMAC-SHA256 pseudonyms at ingest, before "
         "anything is stored or forwarded",
     )
+    comments: Literal["redacted", "themes", "off"] = Field(
+        "redacted",
+        description="what becomes of a comment (docs/contract.md section 9): redacted (e-mail addresses, IBANs and "
+        "numbers replaced; the text kept, its themes counted), themes (the text dropped after theme matching) or "
+        "off (comments ignored)",
+    )
+    themes_file: Path | None = Field(
+        None,
+        description="the theme taxonomy (YAML or JSON: themes: {name: [pattern, ...]}); unset: the one shipped "
+        "with cxpulse (13 contact-center themes, English and Dutch)",
+    )
     stall_seconds: float = Field(
         60.0, gt=0, description="a process stalled this long (no progress while input waits) is not ready"
     )

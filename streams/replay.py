@@ -28,16 +28,27 @@ from streams.core.aggregate import (
     GroupKey,
     SegmentPane,
     State,
+    ThemeKey,
     aggregate_drivers,
     aggregate_panes,
+    aggregate_theme_panes,
     merge_drivers,
     merge_into,
 )
+from streams.core.answers import stored_answer
+from streams.core.comments import CommentMode, ThemeMatcher, with_comments
 from streams.core.dedup import Deduplicator
 from streams.core.effort import EffortConfig, PaneEffort, replay_alerts
 from streams.core.journeys import Instance, JourneyBook
-from streams.core.validate import Clock, DeadLetter, Rejection, outside_the_clock, validate_batch
-from streams.core.windows import WindowResult, pane_results, rolling_window, window_bounds, window_result
+from streams.core.validate import Clock, DeadLetter, Feedback, Rejection, outside_the_clock, validate_batch
+from streams.core.windows import (
+    WindowResult,
+    pane_results,
+    result_json,
+    rolling_window,
+    window_bounds,
+    window_result,
+)
 from streams.errors import DecodeError, InputFileError
 
 AVRO_MAGIC = b"Obj\x01"
@@ -242,10 +253,17 @@ class Replay:
     clock: Clock | None = None  # set: count what a worker with this clock would refuse for its time (a warning)
     journeys: JourneyBook | None = None  # set: follow customer journeys (docs/contract.md section 8)
     counted_until: int | None = None  # the largest occurred_at of the counted answers (replay's journey clock)
+    comments: CommentMode = "redacted"  # what becomes of comments (docs/contract.md section 9)
+    matcher: ThemeMatcher | None = None  # the theme taxonomy, compiled; None: no themes but "(any)"
+    theme_panes: dict[ThemeKey, State] = field(default_factory=dict)
+    on_answer: Callable[[dict[str, Any]], None] | None = None  # set: told every counted answer as the store keeps it
 
     def feed(self, batch: Batch) -> list[DeadLetter]:
         """Validate, de-duplicate and aggregate one batch; return its dead letters."""
         valid, rejected = validate_batch(batch.records)
+        rejected_at = {r.at for r in rejected}
+        kept = [record for i, record in enumerate(batch.records) if i not in rejected_at]
+        valid, _ = with_comments(valid, kept, self.matcher, self.comments)
         if self.clock is not None:
             future, old = outside_the_clock(batch.records, self.clock)
             self.stats.future += future
@@ -257,6 +275,9 @@ class Replay:
         dead = [letter for _, letter in sorted(ordered, key=lambda pair: pair[0])]  # in input order
         unique, duplicates = self.dedup.first_seen(valid)
         merge_into(self.panes, aggregate_panes(unique, self.pane_ms))
+        merge_into(self.theme_panes, aggregate_theme_panes(unique, self.pane_ms))
+        if self.on_answer is not None:
+            tell_answers(self.on_answer, unique, valid, kept)
         if unique:
             latest_counted = max(e.occurred_at for e in unique)
             if self.counted_until is None or latest_counted > self.counted_until:
@@ -277,6 +298,20 @@ class Replay:
                 stats.max_occurred_at = latest
         return dead
 
+    def theme_results(self, window_ms: int | None = None) -> list[dict[str, Any]]:
+        """The theme results (docs/contract.md section 9) as JSON objects, the fields of a result record plus
+        ``theme``: per pane (window_ms None) or the rolling window of that length as of the latest event, ordered
+        by window, channel, journey, metric, theme."""
+        by_theme: dict[str, dict[GroupKey, State]] = {}
+        for (pane, channel, journey, metric, theme), state in self.theme_panes.items():
+            by_theme.setdefault(theme, {})[(pane, channel, journey, metric)] = state
+        out = []
+        for theme, panes in by_theme.items():
+            for result in self._results_of(panes, window_ms, None, {}):
+                out.append({**result_json(result), "theme": theme})
+        key = ("window_start", "channel", "journey", "metric", "theme")
+        return sorted(out, key=lambda r: tuple(r[k] for k in key))
+
     def alerts(self, config: EffortConfig) -> list[dict[str, object]]:
         """Every FIRING / RESOLVED effort-spike alert of the file (docs/contract.md section 7), the panes from the
         file's first to its last closing in event-time order (the file is complete: its last pane is closed)."""
@@ -293,15 +328,24 @@ class Replay:
     def results(self, window_ms: int | None = None, now_ms: int | None = None) -> list[WindowResult]:
         """Pane results (window_ms None), or the rolling window of that length as of the latest event (or as of
         ``now_ms``: what the live gauges show at that time, for a check of them)."""
+        return self._results_of(self.panes, window_ms, now_ms, self.drivers)
+
+    def _results_of(
+        self,
+        panes: dict[GroupKey, State],
+        window_ms: int | None,
+        now_ms: int | None,
+        drivers: dict[SegmentPane, Drivers],
+    ) -> list[WindowResult]:
         if window_ms is None:
-            return pane_results(self.panes, self.pane_ms, drivers=self.drivers)
+            return pane_results(panes, self.pane_ms, drivers=drivers)
         if self.stats.max_occurred_at is None:
             return []
         # replay's "now" is the largest occurred_at seen; the window ends at the boundary after it so that
         # the pane holding the latest event is included
         now = self.stats.max_occurred_at + self.pane_ms if now_ms is None else now_ms
         start, end = window_bounds(now, window_ms, self.pane_ms)
-        states = rolling_window(self.panes, now, window_ms, self.pane_ms)
+        states = rolling_window(panes, now, window_ms, self.pane_ms)
         return [
             window_result(start, end, channel, journey, metric, state, 1)
             for (channel, journey, metric), state in sorted(states.items())
@@ -314,6 +358,16 @@ class Replay:
         if self.journeys is None or self.counted_until is None:
             return []
         return list(self.journeys.all_instances(self.counted_until if now_ms is None else now_ms))
+
+
+def tell_answers(
+    tell: Callable[[dict[str, Any]], None], unique: list[Feedback], valid: list[Feedback], kept: list[dict[str, Any]]
+) -> None:
+    """Each counted answer (``unique``, a sub-sequence of ``valid``, validated from ``kept``) as the store keeps it
+    (first_seen returns the objects it was given, in order)."""
+    record_of = {id(event): record for event, record in zip(valid, kept, strict=True)}
+    for event in unique:
+        tell(stored_answer(event, record_of[id(event)]))
 
 
 def read_batches(path: Path) -> Iterator[tuple[Batch, int]]:
@@ -339,11 +393,23 @@ def replay_file(
     progress: Progress | None = None,
     clock: Clock | None = None,
     journey_gap_ms: int | None = None,
+    comments: CommentMode = "redacted",
+    matcher: ThemeMatcher | None = None,
+    on_answer: Callable[[dict[str, Any]], None] | None = None,
 ) -> Replay:
     """Replay one file; dead letters are handed to ``on_dead_letter`` as they are found.  With ``clock``, the
     stats also count the events a worker with that clock would refuse for their time (``future``, ``too_old``).
-    With ``journey_gap_ms``, customer journeys are followed too (:meth:`Replay.journey_instances`)."""
-    replay = Replay(pane_ms, clock=clock, journeys=None if journey_gap_ms is None else JourneyBook(journey_gap_ms))
+    With ``journey_gap_ms``, customer journeys are followed too (:meth:`Replay.journey_instances`).  Comments
+    become what ``comments`` keeps and the themes of ``matcher`` (docs/contract.md section 9); ``on_answer`` is
+    told every counted answer as the store keeps it."""
+    replay = Replay(
+        pane_ms,
+        clock=clock,
+        journeys=None if journey_gap_ms is None else JourneyBook(journey_gap_ms),
+        comments=comments,
+        matcher=matcher,
+        on_answer=on_answer,
+    )
     for batch, done in read_batches(path):
         for dead in replay.feed(batch):
             on_dead_letter(dead)

@@ -7,7 +7,7 @@ import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 import typer
 
@@ -29,6 +29,7 @@ from streams.core.windows import result_json
 from streams.errors import CxPulseError
 from streams.render import err
 from streams.replay import Replay, dead_letter_json, replay_file
+from streams.themes import theme_matcher
 
 EventsOpt = Annotated[
     Path, typer.Argument(help="JSON lines or Avro container file of FeedbackEvents (- for standard input).")
@@ -60,6 +61,22 @@ JourneyGapOpt = Annotated[
     str | None,
     typer.Option(help="Journey gap G, e.g. 72h, 30m [env CXPULSE_JOURNEY_GAP_SECONDS, default 72h]."),
 ]
+ThemesOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--themes",
+        help="Write the theme results here as JSON lines: per pane (or --window), channel, journey, metric and theme "
+        "what its answers count, '(any)' for every commented answer (contract 9; -: standard output).",
+    ),
+]
+AnswersOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--answers",
+        help="Write every counted answer here as the store keeps it (normalised, its comment redacted, its themes) "
+        "as JSON lines (-: standard output).",
+    ),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No summary on stderr.")]
 
 
@@ -73,6 +90,8 @@ def replay(
     alerts: AlertsOpt = None,
     journeys: JourneysOpt = None,
     journey_gap: JourneyGapOpt = None,
+    themes: ThemesOpt = None,
+    answers: AnswersOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Compute the window results of a file of events offline, exactly as the stream does.
@@ -99,11 +118,16 @@ def replay(
         dead_file = open_for_writing(stack, dead_letter, "--dead-letter") if dead_letter is not None else None
         alert_file = open_for_writing(stack, alerts, "--alerts") if alerts is not None else None
         journey_file = open_for_writing(stack, journeys, "--journeys") if journeys is not None else None
+        theme_file = open_for_writing(stack, themes, "--themes") if themes is not None else None
+        answer_file = open_for_writing(stack, answers, "--answers") if answers is not None else None
 
-        result = _replay(events, pane_ms, stack, dead_file, settings, gap_ms if journey_file is not None else None)
+        files = _Files(dead_file, answer_file)
+        result = _replay(events, pane_ms, stack, files, settings, gap_ms if journey_file is not None else None)
         results = result.results(window_ms)
         for record in results:
             sink.write(json.dumps(result_json(record), separators=(",", ":")) + "\n")
+        if theme_file is not None:
+            theme_file.writelines(_line(r) for r in result.theme_results(window_ms))
         fired = result.alerts(detector) if alert_file is not None else []
         if alert_file is not None:
             alert_file.writelines(json.dumps(alert, separators=(",", ":")) + "\n" for alert in fired)
@@ -116,18 +140,41 @@ def replay(
         warn_about_time(result.stats.future, result.stats.too_old, settings, "counted")
 
 
+class _Files(NamedTuple):
+    """Where replay writes as it goes (None: not asked for)."""
+
+    dead_letters: Any
+    answers: Any
+
+
+def _line(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False) + "\n"
+
+
 def _replay(
-    events: Path, pane_ms: int, stack: ExitStack, dead_file: Any, settings: Settings, gap_ms: int | None
+    events: Path, pane_ms: int, stack: ExitStack, files: _Files, settings: Settings, gap_ms: int | None
 ) -> Replay:
-    """The file replayed, its dead letters written as they are found; one line and exit 1 when it cannot be read."""
+    """The file replayed, its dead letters and answers written as they are found; one line and exit 1 when it
+    cannot be read (or its theme taxonomy cannot be used)."""
 
     def on_dead(dead: DeadLetter) -> None:
-        if dead_file is not None:
-            dead_file.write(dead_letter_json(dead) + "\n")
+        if files.dead_letters is not None:
+            files.dead_letters.write(dead_letter_json(dead) + "\n")
+
+    def on_answer(answer: dict[str, Any]) -> None:
+        files.answers.write(_line(answer))
 
     try:
         return replay_file(
-            events, pane_ms, on_dead, progress_of(stack, events, "replay"), worker_clock(settings), gap_ms
+            events,
+            pane_ms,
+            on_dead,
+            progress_of(stack, events, "replay"),
+            worker_clock(settings),
+            gap_ms,
+            comments=settings.comments,
+            matcher=theme_matcher(settings),
+            on_answer=on_answer if files.answers is not None else None,
         )
     except CxPulseError as exc:
         fail(f"replay: {exc}")

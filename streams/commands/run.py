@@ -78,9 +78,14 @@ def _run_supervised(
     """`cxpulse worker` / `cxpulse sink`: the supervisor with the processes of ``roles``, one /metrics."""
     import logging
 
+    from streams.themes import theme_matcher
     from streams.worker import supervisor as sv
 
     settings = settings_of(kafka_bootstrap=bootstrap, data_dir=data_dir)
+    try:  # the theme taxonomy, as each hot-path slot will read it: a bad file is one line now, not a crash loop
+        theme_matcher(settings)
+    except CxPulseError as exc:
+        fail(f"{command}: {exc}", 2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     identity = sv.worker_identity(settings)
     boss = sv.Supervisor(settings, identity, loglevel, sv.child_env(settings), roles)

@@ -11,5 +11,7 @@ Read in this order:
    and KPI values; ``journey_state``: what the journey agent keeps of one (customer, journey).
 7. ``followups``: detractor follow-ups, and the token bucket that paces them.
 8. ``privacy``: customer ids as keyed pseudonyms.
-9. ``synth``: realistic feedback for tests and benchmarks.
+9. ``comments``: what customers say: comments redacted, cut into words and read as themes (9); ``answers``: a
+   counted answer as the store keeps it.
+10. ``synth``: realistic feedback for tests and benchmarks.
 """

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from functools import reduce
 from itertools import repeat
 from operator import add, mul
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from streams.core.validate import Feedback, normalise_label_or_none
 
@@ -134,8 +134,35 @@ def aggregate_panes(events: Iterable[Feedback], pane_ms: int) -> dict[GroupKey, 
     return partials
 
 
-def merge_into(target: dict[GroupKey, State], partials: Mapping[GroupKey, State]) -> set[GroupKey]:
-    """Merge pane partials into a table of pane states in place; return the keys that changed."""
+ThemeKey = tuple[int, str, str, str, str]  # (pane_start_ms, channel, journey, metric, theme)
+
+
+def aggregate_theme_panes(events: Iterable[Feedback], pane_ms: int) -> dict[ThemeKey, State]:
+    """The theme results' pane partials (docs/contract.md section 9): per (pane_start, channel, journey, metric,
+    theme), the counters of the answers whose comment mentions the theme ("(any)": every answer with a comment).
+    Answers without themes cost one attribute read."""
+    tally = Counter(
+        (e.occurred_at - e.occurred_at % pane_ms, e.channel, e.journey, e.metric, theme, e.score, e.scale_min,
+         e.scale_max)
+        for e in events
+        if e.themes
+        for theme in e.themes
+    )  # fmt: skip
+    partials: dict[ThemeKey, State] = {}
+    for (pane, channel, journey, metric, theme, score, lo, hi), count in tally.items():
+        key = (pane, channel, journey, metric, theme)
+        add = times(contribution(metric, score, lo, hi), count)
+        current = partials.get(key)
+        partials[key] = add if current is None else merge(current, add)
+    return partials
+
+
+K = TypeVar("K", GroupKey, ThemeKey)
+
+
+def merge_into(target: dict[K, State], partials: Mapping[K, State]) -> set[K]:
+    """Merge pane partials (of groups, or of theme groups) into a table of pane states in place; return the keys
+    that changed."""
     for key, state in partials.items():
         current = target.get(key)
         target[key] = state if current is None else merge(current, state)

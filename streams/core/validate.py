@@ -56,6 +56,7 @@ class Feedback(NamedTuple):
     customer_id: str | None
     reason_codes: tuple[str, ...]
     interaction_id: str | None = None  # one contact of a customer journey (docs/contract.md section 8)
+    themes: tuple[str, ...] = ()  # what its comment mentions, "(any)" first; () without one (section 9)
 
 
 class DeadLetter(NamedTuple):

@@ -55,6 +55,7 @@ from streams.errors import (
 )
 from streams.kafka import consumer as new_consumer
 from streams.outage import OutageLog
+from streams.themes import theme_matcher
 from streams.topics import TOPIC_WAIT_SECONDS, KafkaWait, TopicsFound, describe_topics, internal_topics
 from streams.worker.ingest import BatchOut, Ingest
 from streams.worker.outputs import BatchOutputs, count_batch
@@ -144,6 +145,8 @@ class HotPath:
             answers=bool(settings.clickhouse_url),
             journey_partitions=partitions[topics.journey_answers] if settings.journeys else 0,
             customer_key=settings.customer_id_key.get_secret_value().encode(),
+            comments=settings.comments,
+            matcher=theme_matcher(settings),
         )
 
     def is_ready(self) -> bool:

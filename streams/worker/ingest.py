@@ -30,6 +30,7 @@ import orjson
 from schemas.codec import SchemaCatalog, decode_batch, encode_feedback
 from streams.agents.keys import segment_partition
 from streams.core.aggregate import State, aggregate_drivers, aggregate_panes
+from streams.core.comments import CommentMode, ThemeMatcher, with_comments
 from streams.core.dedup import Dedup, Deduplicator
 from streams.core.followups import context as followup_context
 from streams.core.followups import is_detractor
@@ -135,6 +136,8 @@ class Ingest:
     answers: bool = False  # pass the counted answers' raw bytes on (the ClickHouse sink stores them)
     journey_partitions: int = 0  # > 0: forward the counted answers with a customer id to the journey agent
     customer_key: bytes = b""  # set: customer ids become keyed pseudonyms right after decoding (streams.core.privacy)
+    comments: CommentMode = "redacted"  # what becomes of comments before anything is sent on (contract section 9)
+    matcher: ThemeMatcher | None = None  # the theme taxonomy, compiled once; None: no themes but "(any)"
     dedup: dict[int, Dedup] = field(default_factory=dict)
     starts: dict[int, int] = field(default_factory=dict)
     _owner: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -197,10 +200,15 @@ class Ingest:
             out.dead.append(self._letter(message, rejection.reason, rejection.detail, decoded.schema_ids[rejection.at]))
         for q in range(self.routed_partitions):
             out.routed.setdefault(q, [])
-        for event, at in zip(valid, counted_at(rejected, valid, valid, len(decoded.kept)), strict=True):
+        ats = counted_at(rejected, valid, valid, len(decoded.kept))
+        # the raw bytes hold the comment as written: a record whose comment was redacted goes on re-encoded
+        valid, changed = with_comments(valid, [decoded.records[at] for at in ats], self.matcher, self.comments)
+        reencode = {ats[i] for i in changed}
+        for event, at in zip(valid, ats, strict=True):
             message = members[decoded.kept[at]]
             record = decoded.records[at]
-            value = encode_feedback(record, self.catalog) if self.customer_key else message.value()
+            again = self.customer_key or at in reencode
+            value = encode_feedback(record, self.catalog) if again else message.value()
             context = followup_context(record) if self.followups and is_detractor(event) else None
             answer = Routed(event, value or b"", context)
             row = (message.timestamp()[1], partition, message.offset() or 0, answer)

@@ -260,6 +260,8 @@ def decode_routed(data: bytes) -> list[Routed]:
     for fields, raw in zip(rows, frames[1:], strict=True):
         context = fields.pop()
         fields[11] = tuple(fields[11])  # reason_codes
+        if len(fields) > 13:  # themes (a routed message of a worker from before comments has none)
+            fields[13] = tuple(fields[13])
         out.append(Routed(Feedback(*fields), raw, context))
     return out
 

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from schemas.codec import LocalCatalog
 from streams.agents.keys import segment_partition
+from streams.core.comments import ThemeMatcher
 from streams.core.synth import realistic_events
 from streams.core.validate import Clock, validate_batch
 from streams.core.windows import WindowResult
@@ -334,3 +335,38 @@ def test_a_stretch_is_read_back_once_and_only_what_is_not_read_yet() -> None:
     assert uncovered(0, 6, [(3, 12)]) == (0, 3)
     assert uncovered(0, 12, [(0, 3), (5, 8)]) == (3, 5)
     assert uncovered(4, 4, []) is None
+
+
+def test_the_route_step_redacts_comments_and_reads_their_themes_before_anything_goes_on() -> None:
+    """docs/contract.md section 9 in the stream: a comment with an address goes on re-encoded and redacted (the
+    answers for the store, the follow-ups), one without goes on as it came; the routed answer carries its themes,
+    as replay reads them."""
+    from schemas.codec import decode_batch
+    from streams.core.comments import read_comment
+    from streams.themes import load_taxonomy
+
+    matcher = ThemeMatcher(load_taxonomy())
+    leaky = "Rude agent, mail me at jan@example.nl or 0612345678"
+    plain = "Waited 40 minutes on hold"
+    base = {"occurred_at": NOW - 1000, "source": "s", "channel": "phone", "journey": "billing", "metric": "NPS"}
+    sent = [
+        json.dumps({**base, "event_id": "a", "score": 0, "comment": leaky, "customer_id": "c1"}).encode(),
+        json.dumps({**base, "event_id": "b", "score": 9, "comment": plain}).encode(),
+        json.dumps({**base, "event_id": "c", "score": 8}).encode(),
+    ]
+    step = fake_ingest(partials=1, routed=1, answers=True, followups=True, matcher=matcher)
+    routed, counted = TwoSteps(step).batch([Msg(0, i, v) for i, v in enumerate(sent)], CLOCK)
+    answers = routed.routed[0]
+    assert {a.event.event_id: a.event.themes for a in answers} == {
+        "a": read_comment(leaky, matcher, "redacted").themes,
+        "b": ("(any)", "waiting"),
+        "c": (),
+    }
+    assert answers[0].event.themes == ("(any)", "friendliness")
+    assert decode_routed(encode_routed(answers)) == answers  # the themes travel with the routed answers
+    stored = decode_batch(counted.answers[0], LocalCatalog()).records
+    assert [r.get("comment") for r in stored] == ["Rude agent, mail me at [email] or [number]", plain, None]
+    assert counted.answers[0][1] == sent[1] and counted.answers[0][2] == sent[2]  # unchanged: the bytes as they came
+    assert [f["comment"] for f in counted.followups] == ["Rude agent, mail me at [email] or [number]"]
+    dropped = TwoSteps(fake_ingest(answers=True, matcher=matcher, comments="themes")).batch([Msg(0, 0, sent[1])], CLOCK)
+    assert decode_batch(dropped[1].answers[0], LocalCatalog()).records[0].get("comment") is None
