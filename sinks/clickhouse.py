@@ -77,6 +77,7 @@ ANSWER_COLUMNS = (
     "team",
     "reason_codes",
     "comment",
+    "themes",
     "promoter",
     "passive",
     "detractor",
@@ -264,12 +265,14 @@ def journey_row(record: Mapping[str, Any]) -> list[Any]:
     ]
 
 
-def answer_columns(values: Sequence[bytes], catalog: SchemaCatalog) -> list[list[Any]]:
+def answer_columns(
+    values: Sequence[bytes], catalog: SchemaCatalog, themes: Sequence[Sequence[str]] | None = None
+) -> list[list[Any]]:
     """The columns of ``cxpulse.answers`` (in ANSWER_COLUMNS order) from the raw feedback messages the hot path
     counted (valid, first copies): decoded and validated again by the hot path's own steps (schemas.codec
     ``decode_batch``, ``validate_batch``) for their normalised form (scales, labels), which they pass.  Column by
     column, as the insert sends them (no row objects, no datetimes: ``occurred_at`` goes as epoch ms, the ticks of
-    ``DateTime64(3)``)."""
+    ``DateTime64(3)``).  ``themes``: each answer's themes, as the hot path read them (none when not given)."""
     decoded = decode_batch(values, catalog)
     if decoded.failed:  # cannot happen for what the hot path counted; say so rather than lose a row silently
         raise StoreError(f"{len(decoded.failed)} counted answers do not decode again: {decoded.failed[0][1]}")
@@ -295,6 +298,7 @@ def answer_columns(values: Sequence[bytes], catalog: SchemaCatalog) -> list[list
         [r.get("team") or "" for r in records],
         [list(e.reason_codes) for e in valid],
         [r.get("comment") or "" for r in records],
+        [list(found) for found in themes] if themes is not None else [[] for _ in valid],
         [c.promoters for c in counters],
         [c.passives for c in counters],
         [c.detractors for c in counters],

@@ -104,10 +104,10 @@ class SinkMetrics:
 
 
 class ClickHouseSink(BatchAgent):
-    """One input of the ClickHouse sink into one table: every batch's rows (``columns_of`` reads a record as
-    columns) in one column-oriented insert, retried until ClickHouse takes it (the batch is not acked before:
-    back-pressure), with a deterministic deduplication token (topic, and per partition its offsets), so a retry
-    writes nothing twice; a batch re-delivered in another cut writes its rows again, which the tables'
+    """One input of the ClickHouse sink into one table: every batch's rows (``columns_of`` reads a record, its value
+    and headers, as columns) in one column-oriented insert, retried until ClickHouse takes it (the batch is not
+    acked before: back-pressure), with a deterministic deduplication token (topic, and per partition its offsets),
+    so a retry writes nothing twice; a batch re-delivered in another cut writes its rows again, which the tables'
     ReplacingMergeTree keys (and FINAL in every read) absorb."""
 
     within_seconds = BATCH_WITHIN_SECONDS
@@ -118,7 +118,7 @@ class ClickHouseSink(BatchAgent):
         self,
         topic: str,
         table: str,
-        columns_of: Callable[[bytes], list[list[Any]]],
+        columns_of: Callable[[Record], list[list[Any]]],
         db: Store,
         sink: SinkMetrics,
         *,
@@ -147,7 +147,7 @@ class ClickHouseSink(BatchAgent):
         data = self._data
         for record in records:
             try:
-                block = self.columns_of(record.value)
+                block = self.columns_of(record)
             except Exception as exc:  # noqa: BLE001 - a record that is not what the topic carries: counted
                 self.metrics.sink_errors.labels(SINK).inc()
                 LOG.error("%s[%d]@%d cannot be read (%s); skipped", self.topic, partition, record.offset, exc)

@@ -25,7 +25,7 @@ from typing import Any, cast
 
 import faust
 
-from schemas.codec import JOURNEY_INSTANCE, WINDOW_RESULT, catalog_for, decode_confluent
+from schemas.codec import JOURNEY_INSTANCE, WINDOW_RESULT, SchemaCatalog, catalog_for, decode_confluent
 from sinks import clickhouse as store
 from sinks.clickhouse_sink import (
     ANSWERS_BATCH,
@@ -41,7 +41,7 @@ from sinks.followup_webhook import FollowupWebhook
 from sinks.kpi_view import KpiView
 from sinks.prometheus import Snapshot
 from streams.agents import faust_compat
-from streams.agents.base import AgentContext, FaustConsumption, attach
+from streams.agents.base import AgentContext, FaustConsumption, Record, attach
 from streams.agents.faust_app import TABLE_SCHEMA, faust_app, partitions_of, raw_topic, report_ready, run_process
 from streams.agents.local_tables import CHECKPOINT_SECONDS, IndexEntries, LocalTables
 from streams.agents.metrics import WorkerMetrics
@@ -51,7 +51,7 @@ from streams.config import Settings
 from streams.topics import internal_topics
 from streams.worker.journey_agent import JourneyAgent, journey_index
 from streams.worker.merge_agent import GroupOffsets, MergeAgent, pane_index
-from streams.worker.records import decode_answers
+from streams.worker.records import decode_answer_themes, decode_answers
 from streams.worker.repair import PartitionReader
 
 MERGE, SINK, JOURNEYS = "merge", "sink", "journeys"
@@ -174,6 +174,13 @@ def _pane_readers(
     return view, effort
 
 
+def answer_block(record: Record, catalog: SchemaCatalog) -> list[list[Any]]:
+    """The ``cxpulse.answers`` columns of one answers message: its answers' bytes and, from its header, their
+    themes (the hot path matched them once; the sink does not match again)."""
+    values = decode_answers(record.value)
+    return store.answer_columns(values, catalog, decode_answer_themes(record.headers, len(values)))
+
+
 def sink_process(settings: Settings, metrics: WorkerMetrics) -> faust.App:
     """The ``sink`` process: the ClickHouse sink's agents and the store's query endpoint (not started)."""
     catalog = catalog_for(settings)
@@ -186,7 +193,7 @@ def sink_process(settings: Settings, metrics: WorkerMetrics) -> faust.App:
     panes = ClickHouseSink(
         settings.results_topic,
         "pane_results",
-        lambda value: [[cell] for cell in store.pane_row(decode_confluent(value, catalog, WINDOW_RESULT)[1])],
+        lambda record: [[cell] for cell in store.pane_row(decode_confluent(record.value, catalog, WINDOW_RESULT)[1])],
         db,
         counters,
         batch_size=PANES_BATCH,
@@ -194,7 +201,7 @@ def sink_process(settings: Settings, metrics: WorkerMetrics) -> faust.App:
     rows = ClickHouseSink(
         answers,
         "answers",
-        lambda value: store.answer_columns(decode_answers(value), catalog),
+        lambda record: answer_block(record, catalog),
         db,
         counters,
         batch_size=ANSWERS_BATCH,
@@ -206,7 +213,9 @@ def sink_process(settings: Settings, metrics: WorkerMetrics) -> faust.App:
         journeys = ClickHouseSink(
             settings.journeys_topic,
             "journey_instances",
-            lambda value: [[cell] for cell in store.journey_row(decode_confluent(value, catalog, JOURNEY_INSTANCE)[1])],
+            lambda record: [
+                [cell] for cell in store.journey_row(decode_confluent(record.value, catalog, JOURNEY_INSTANCE)[1])
+            ],
             db,
             counters,
             batch_size=JOURNEYS_BATCH,

@@ -96,6 +96,7 @@ class BatchOut(NamedTuple):
     followups: list[dict[str, Any]]  # counted detractor answers to call back (streams/core/followups.py)
     answers: dict[int, list[bytes]]  # routed partition -> raw bytes of the answers counted (for ClickHouse)
     journeys: dict[int, list[bytes]]  # journey-answers partition -> counted answers with a customer id (JSON rows)
+    answer_themes: dict[int, list[tuple[str, ...]]]  # routed partition -> the themes of each of ``answers``
 
 
 @dataclass
@@ -111,6 +112,7 @@ class _Collected:
     ranges: list[SourceRange] = field(default_factory=list)
     followups: list[dict[str, Any]] = field(default_factory=list)
     answers: dict[int, list[bytes]] = field(default_factory=dict)
+    answer_themes: dict[int, list[tuple[str, ...]]] = field(default_factory=dict)
     journeys: dict[int, list[bytes]] = field(default_factory=dict)
     counted: int = 0
     duplicates: int = 0
@@ -182,6 +184,7 @@ class Ingest:
             out.followups,
             out.answers,
             out.journeys,
+            out.answer_themes,
         )
 
     def _route(self, partition: int, members: list[RawMessage], clock: Clock, out: _Collected) -> None:
@@ -244,6 +247,7 @@ class Ingest:
                     out.followups.extend(select_followups(unique, contexts))
             if self.answers:
                 out.answers[partition] = [answer.raw for answer in counted]
+                out.answer_themes[partition] = [answer.event.themes for answer in counted]
             if self.journey_partitions:
                 self._journeys(unique, out.journeys)
         self._panes(partition, unique, clock, out)

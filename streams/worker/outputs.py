@@ -27,9 +27,11 @@ from streams.core.followups import encode as encode_followup
 from streams.topics import PARTIALS_MAX_MESSAGE_BYTES, internal_topics
 from streams.worker.ingest import BatchOut, reasons
 from streams.worker.records import (
+    THEMES_HEADER,
     THROUGH_HEADER,
     Routed,
     Through,
+    encode_answer_themes,
     encode_answers,
     encode_partials,
     encode_routed,
@@ -73,8 +75,11 @@ class BatchOutputs:
         for partition, buckets in out.seen.items():
             produce(self.topics.seen_ids, encode_seen(buckets), None, partition, on_delivery=self._seen_delivered)
         for partition, values in out.answers.items():
-            for chunk in answer_chunks(values, ANSWERS_MESSAGE_BYTES, len):
-                produce(self.topics.answers, encode_answers(chunk), None, partition)
+            themes = out.answer_themes.get(partition) or [()] * len(values)
+            for chunk in answer_chunks(list(zip(values, themes, strict=True)), ANSWERS_MESSAGE_BYTES, _raw_size):
+                found = encode_answer_themes([t for _, t in chunk])
+                extra: Headers | None = [(THEMES_HEADER, found)] if found is not None else None
+                produce(self.topics.answers, encode_answers([v for v, _ in chunk]), None, partition, extra)
         for partition, rows in out.journeys.items():
             for chunk in answer_chunks(rows, ANSWERS_MESSAGE_BYTES, len):
                 produce(self.topics.journey_answers, b"[" + b",".join(chunk) + b"]", None, partition)
@@ -128,6 +133,10 @@ def count_batch(metrics: WorkerMetrics, out: BatchOut, followups_sent: int, feed
         metrics.dead_letters.labels(reason).inc(count)
     metrics.duplicates.inc(out.duplicates)
     metrics.late_events.inc(out.late)
+
+
+def _raw_size(answer: tuple[bytes, tuple[str, ...]]) -> int:
+    return len(answer[0])
 
 
 def routed_size(answer: Routed) -> int:

@@ -54,8 +54,9 @@ class FakeStore:
         self.client = None
 
 
-def columns_of(value: bytes) -> list[list[Any]]:
+def columns_of(record: Record) -> list[list[Any]]:
     """A record of the test's topic: ``n`` as a row whose every column is n (``bad`` is not one)."""
+    value = record.value
     if value == b"bad":
         raise ValueError("not a pane result")
     n = int(value)

@@ -370,3 +370,15 @@ def test_the_route_step_redacts_comments_and_reads_their_themes_before_anything_
     assert [f["comment"] for f in counted.followups] == ["Rude agent, mail me at [email] or [number]"]
     dropped = TwoSteps(fake_ingest(answers=True, matcher=matcher, comments="themes")).batch([Msg(0, 0, sent[1])], CLOCK)
     assert decode_batch(dropped[1].answers[0], LocalCatalog()).records[0].get("comment") is None
+
+
+def test_the_themes_of_stored_answers_travel_in_a_header_of_their_message() -> None:
+    from streams.worker.records import THEMES_HEADER, decode_answer_themes, encode_answer_themes
+
+    found = encode_answer_themes([("(any)", "waiting", "transfers"), (), ("(any)",)])
+    assert found is not None
+    assert decode_answer_themes([(THEMES_HEADER, found)], 3) == [["waiting", "transfers"], [], []]
+    assert encode_answer_themes([("(any)",), ()]) is None  # no theme anywhere: no header
+    assert decode_answer_themes(None, 2) == [[], []]  # a message from before comments
+    assert decode_answer_themes([(THEMES_HEADER, found)], 4) == [[], [], [], []]  # not this message's: ignored
+    assert decode_answer_themes({THEMES_HEADER: b"{broken"}, 1) == [[]]
