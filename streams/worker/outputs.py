@@ -141,8 +141,10 @@ def _raw_size(answer: tuple[bytes, tuple[str, ...]]) -> int:
 
 def routed_size(answer: Routed) -> int:
     """At least the framed bytes of a routed answer: its bytes, and its validated form and follow-up context as JSON
-    (fields none of which is longer than in the bytes, written at most three times as long: quotes, escapes)."""
-    return 6 * len(answer.raw) + 300
+    (fields none of which is longer than in the bytes, written at most three times as long: quotes, escapes), and
+    its themes (names of the taxonomy, not in the bytes: up to 64 of 64 characters)."""
+    themes = answer.event.themes
+    return 6 * len(answer.raw) + 300 + (sum(len(theme) + 3 for theme in themes) if themes else 0)
 
 
 def answer_chunks(values: list[T], limit: int, size_of: Callable[[T], int]) -> list[list[T]]:
