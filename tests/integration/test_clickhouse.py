@@ -18,6 +18,7 @@ import pytest
 from schemas.codec import LocalCatalog
 from sinks import clickhouse as store
 from streams.commands import queries as rp
+from streams.commands import readers
 from streams.commands.readers import ClientReader
 from streams.config import Settings
 from streams.core.synth import realistic_events
@@ -317,8 +318,8 @@ def test_journey_instances_report_and_one_customer_match_replay(db: object, tmp_
         want_answers = [a for a in replay.journeys.answers((customer, i.journey)) if i.start <= a.occurred_at <= i.end]
         assert [a.answer for a in journey.answers] == want_answers
     # the CLI: a table of the customer's way, jsonl, and exit 1 for a customer the store does not know
-    monkeypatch.setattr(rp, "open_reader", lambda settings: reader)
-    monkeypatch.setattr(rp, "describe_store", lambda settings: "store: test")
+    monkeypatch.setattr(readers, "open_reader", lambda settings: reader)
+    monkeypatch.setattr(readers, "describe_store", lambda settings: "store: test")
     runner = CliRunner()
     shown = runner.invoke(app, ["journey", customer])
     assert shown.exit_code == 0, shown.output
