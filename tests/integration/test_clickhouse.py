@@ -11,7 +11,6 @@ import random
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -62,7 +61,7 @@ def replayed(tmp_path: Path, batch: list[dict]):  # a Replay
 def test_migrations_apply_once_and_are_recorded(db: object, tmp_path: Path) -> None:
     assert store.migrate(db) == []  # type: ignore[arg-type]  # applied by the fixture already
     versions = db.query("SELECT version, name FROM cxpulse.schema_version").result_rows  # type: ignore[attr-defined]
-    assert sorted(versions) == [(1, "001_initial.sql"), (2, "002_journeys.sql")]
+    assert sorted(versions) == [(1, "001_initial.sql"), (2, "002_journeys.sql"), (3, "003_comments.sql")]
     extra = tmp_path / "migrations"
     extra.mkdir()
     for path in (store.MIGRATIONS).glob("*.sql"):
@@ -329,15 +328,13 @@ def test_journey_instances_report_and_one_customer_match_replay(db: object, tmp_
     assert [len(o["answers_in_order"]) for o in objects] == [len(j.answers) for j in found]
     missing = runner.invoke(app, ["journey", "nobody"])
     assert missing.exit_code == 1 and "no answers of customer 'nobody'" in missing.output
-    import streams.cli as cli
-
-    monkeypatch.setattr(cli, "time", SimpleNamespace(time=lambda: now / 1000))  # the report's "now"
-    kpis = runner.invoke(app, ["report", "--journeys", "--window", "2400h", "--format", "jsonl"])
+    until = ["--until", str(now)]  # the report's "now" (epoch ms)
+    kpis = runner.invoke(app, ["report", "--journeys", "--window", "2400h", "--format", "jsonl", *until])
     assert kpis.exit_code == 0, kpis.output
     rows = [json.loads(line) for line in kpis.output.splitlines() if line.startswith("{")]
     assert {r["journey"]: total_counts(r) for r in rows} == {r.dimensions["journey"]: r.counts for r in total}
     assert all(r["channel"] == "*" and r["journey_nps"] == journey_kpis(total_counts(r))["journey_nps"] for r in rows)
-    table = runner.invoke(app, ["report", "--journeys", "--window", "2400h", "--by", "channel", "--min-n", "1"])
+    table = runner.invoke(app, ["report", "--journeys", "--window", "2400h", "--by", "channel", "--min-n", "1", *until])
     assert table.exit_code == 0 and "one-stop %" in table.output and "email" in table.output, table.output
     refused = runner.invoke(app, ["report", "--journeys", "--window", "pane"])
     assert refused.exit_code == 2 and "--window pane is not for --journeys" in refused.output

@@ -117,7 +117,7 @@ def test_personal_data_in_comments_reaches_no_topic_store_log_or_cli_output(
             "SELECT comment, themes FROM cxpulse.answers FINAL WHERE startsWith(event_id, {tag:String}) LIMIT 1",
             {"tag": tag},
         )
-        tables = {query: endpoint(pipeline).rows(query) for query in STORE_TABLES}
+        tables = {query: endpoint(pipeline).rows(query, {}) for query in STORE_TABLES}
         printed = [
             cli(pipeline, *args).stdout
             for args in (["read", "followups"], ["read", "journeys"], ["journey", "c1"], ["read", "alerts"])
