@@ -74,12 +74,7 @@ class BatchOutputs:
         self.seen_offsets.clear()
         for partition, buckets in out.seen.items():
             produce(self.topics.seen_ids, encode_seen(buckets), None, partition, on_delivery=self._seen_delivered)
-        for partition, values in out.answers.items():
-            themes = out.answer_themes.get(partition) or [()] * len(values)
-            for chunk in answer_chunks(list(zip(values, themes, strict=True)), ANSWERS_MESSAGE_BYTES, _raw_size):
-                found = encode_answer_themes([t for _, t in chunk])
-                extra: Headers | None = [(THEMES_HEADER, found)] if found is not None else None
-                produce(self.topics.answers, encode_answers([v for v, _ in chunk]), None, partition, extra)
+        self._answers(out)
         for partition, rows in out.journeys.items():
             for chunk in answer_chunks(rows, ANSWERS_MESSAGE_BYTES, len):
                 produce(self.topics.journey_answers, b"[" + b",".join(chunk) + b"]", None, partition)
@@ -88,6 +83,17 @@ class BatchOutputs:
             key, value = encode_followup(followup)
             produce(self.settings.followups_topic, value, key, PARTITION_BY_KEY)
         return sent
+
+    def _answers(self, out: BatchOut) -> None:
+        """The counted answers for the store: their bytes, and their themes in a header (contract section 9)."""
+        for partition, values in out.answers.items():
+            themes = out.answer_themes.get(partition) or [()] * len(values)
+            for run in answer_chunks(list(zip(values, themes, strict=True)), ANSWERS_MESSAGE_BYTES, _raw_size):
+                found = encode_answer_themes([t for _, t in run])
+                extra: Headers | None = [(THEMES_HEADER, found)] if found is not None else None
+                self.transactor.produce(
+                    self.topics.answers, encode_answers([v for v, _ in run]), None, partition, extra
+                )
 
     def _routed(self, out: BatchOut, newest_ms: int, through: dict[int, int]) -> None:
         headers: Headers = [(THROUGH_HEADER, encode_routed_through(through))]
