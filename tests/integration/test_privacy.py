@@ -70,12 +70,15 @@ def test_customer_ids_and_comments_reach_no_log_and_no_metric_and_ids_are_pseudo
         assert canary not in log.read_text()
 
 
-def _count(pipeline: Pipeline, customer: str) -> int:
-    """Answers of ``customer`` in ClickHouse (-1 while the worker's store endpoint is not up yet)."""
+def _count(pipeline: Pipeline, customer: str = "", tag: str = "") -> int:
+    """Answers of ``customer`` (or whose event ids start with ``tag``) in ClickHouse (-1 while the worker's store
+    endpoint is not up yet)."""
     if not (pipeline.settings.data_dir / "clickhouse-endpoint.json").exists():
         return -1
     rows = endpoint(pipeline).rows(
-        "SELECT count() FROM cxpulse.answers FINAL WHERE customer_id = {customer:String}", {"customer": customer}
+        "SELECT count() FROM cxpulse.answers FINAL WHERE (notEmpty({customer:String}) AND customer_id = "
+        "{customer:String}) OR (notEmpty({tag:String}) AND startsWith(event_id, {tag:String}))",
+        {"customer": customer, "tag": tag},
     )
     return int(rows[0][0])
 
@@ -112,7 +115,7 @@ def test_personal_data_in_comments_reaches_no_topic_store_log_or_cli_output(
     port, log = free_ports(1)[0], tmp_path / "worker.log"
     with running_worker(pipeline, log, metrics_port=port) as worker:
         produce(settings, source)
-        wait_for(lambda: _answers(pipeline, tag) == 30, "the answers in ClickHouse", log)
+        wait_for(lambda: _count(pipeline, tag=tag) == 30, "the answers in ClickHouse", log)
         stored = endpoint(pipeline).rows(
             "SELECT comment, themes FROM cxpulse.answers FINAL WHERE startsWith(event_id, {tag:String}) LIMIT 1",
             {"tag": tag},
@@ -137,16 +140,6 @@ STORE_TABLES = (  # every table of the store, whole
     "SELECT * FROM cxpulse.pane_results",
     "SELECT * FROM cxpulse.journey_instances",
 )
-
-
-def _answers(pipeline: Pipeline, tag: str) -> int:
-    """Answers of this test in ClickHouse (-1 while the worker's store endpoint is not up yet)."""
-    if not (pipeline.settings.data_dir / "clickhouse-endpoint.json").exists():
-        return -1
-    rows = endpoint(pipeline).rows(
-        "SELECT count() FROM cxpulse.answers FINAL WHERE startsWith(event_id, {tag:String})", {"tag": tag}
-    )
-    return int(rows[0][0])
 
 
 def _topic_leaks(settings: Settings, planted: list[str], only_input: bool = False) -> dict[str, list[str]]:
