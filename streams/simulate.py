@@ -5,8 +5,8 @@ Deterministic for a seed and a start time: events are generated in fixed slices 
 duration produce the same events.  What is simulated:
 
 - channels with their own volume share and touchpoints (phone: ivr, agent_call, callback; chat: bot,
-  live_agent; ...), journeys, the five metrics on their usual scales, reason codes, short comments on low
-  scores, agents and teams on assisted touchpoints;
+  live_agent; ...), journeys, the five metrics on their usual scales, reason codes, comments (English and
+  Dutch, saying what went wrong or well: streams.core.synth.comment_for), agents and teams on assisted touchpoints;
 - customers going through multi-contact journeys (docs/contract.md section 8): a customer starts a journey on
   one channel; a contact resolves the matter with a probability that depends on its touchpoint (self-service
   less often than an agent); unresolved, the customer comes back later (up to ``--comeback``, 6 h by default)
@@ -36,6 +36,7 @@ import json
 import random
 import re
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -47,7 +48,7 @@ from confluent_kafka import KafkaError, Message
 from schemas.codec import FEEDBACK, FEEDBACK_RAW, SchemaCatalog, encode_confluent
 from streams.config import parse_duration
 from streams.core.synth import JOURNEYS as SYNTH_JOURNEYS
-from streams.core.synth import METRIC_SCALES, METRIC_WEIGHTS, SOURCES, spoil
+from streams.core.synth import METRIC_SCALES, METRIC_WEIGHTS, SOURCES, comment_for, spoil
 from streams.kafka import Kafka, produce_waiting, producer
 from streams.produce import check_topic
 
@@ -69,8 +70,7 @@ BASE_HIGH_EFFORT = {"phone": 0.22, "chat": 0.2, "email": 0.25, "web": 0.18, "app
 INCIDENT_HIGH_EFFORT = 0.75
 REASONS_BAD = ("hold_time", "transfer", "repeat_contact", "knowledge", "policy")
 REASONS_GOOD = ("fast", "friendly", "first_contact_resolution")
-COMMENTS_BAD = ("waited too long", "had to repeat myself", "the bot did not understand", "still not solved")
-COMMENTS_GOOD = ("quick and easy", "very helpful agent", "solved first time")
+DUTCH_SHARE = 0.6  # customers who write their comments in Dutch (the rest in English)
 SELF_SERVICE = {"ivr", "bot", "faq", "auto_reply", "app_login", "invoice_page", "checkout"}
 RESOLVES = {True: 0.75, False: 0.45}  # a contact resolves the matter: assisted, self-service
 MAX_CONTACTS = 4  # the last contact of a journey resolves it
@@ -106,6 +106,12 @@ class Incident(NamedTuple):
 
     def applies(self, offset_ms: int, channel: str, journey: str) -> bool:
         return self.active(offset_ms) and channel == self.channel and self.journey in (None, journey)
+
+
+def dutch(customer: str | None, count: int) -> bool:
+    """Whether a customer writes in Dutch: fixed per customer (a hash, no random draw), by answer without one."""
+    key = zlib.crc32(customer.encode()) if customer else count
+    return key % 100 < DUTCH_SHARE * 100
 
 
 def parse_incident(text: str) -> Incident:
@@ -296,7 +302,9 @@ class Simulator:
             "agent_id": f"agent-{rng.randrange(300)}" if touchpoint in ASSISTED else None,
             "team": f"team-{rng.randrange(12)}" if touchpoint in ASSISTED else None,
             "reason_codes": reasons,
-            "comment": rng.choice(COMMENTS_BAD if low else COMMENTS_GOOD) if rng.random() < 0.15 else None,
+            "comment": comment_for(rng, low, touchpoint, reasons, dutch(customer, self.count))
+            if rng.random() < 0.15
+            else None,
         }
         if self.invalid_share and rng.random() < self.invalid_share:
             spoil(event, rng)  # as a real feed does: the dead-letter topic has something to show

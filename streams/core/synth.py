@@ -88,3 +88,75 @@ def spoil(event: dict[str, Any], rng: random.Random) -> None:
         event["channel"] = "#" + event["channel"]
     else:
         event["scale_min"], event["scale_max"] = 5, 5
+
+
+# --- comments, as customers write them (English and Dutch): what went wrong, or what went well -------------------
+
+COMMENTS_BAD: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {  # cause -> (English, Dutch)
+    "bot": (
+        (
+            "The chatbot did not understand my question",
+            "The bot kept sending me in circles",
+            "Could not get past the bot to a real person",
+        ),
+        (
+            "De chatbot begreep mijn vraag niet",
+            "De bot stuurde me steeds in cirkels rond",
+            "Ik kwam niet langs de chatbot naar een mens",
+        ),
+    ),
+    "ivr": (
+        ("Stuck in the phone menu for ages", "The automated menu had no option for my problem"),
+        ("Eindeloos vast in het keuzemenu", "Het keuzemenu had geen optie voor mijn vraag"),
+    ),
+    "hold_time": (
+        ("Waited 40 minutes on hold", "Far too long in the queue"),
+        ("Veel te lang in de wacht gestaan", "Ik moest een half uur wachten"),
+    ),
+    "transfer": (
+        ("I was transferred three times", "Passed around between departments"),
+        ("Drie keer doorverbonden, van het kastje naar de muur", "Steeds doorverwezen naar een andere afdeling"),
+    ),
+    "repeat_contact": (
+        ("This is the third time I had to call about this", "Had to contact you again for the same thing"),
+        ("Voor de derde keer gebeld over hetzelfde", "Ik moest weer bellen voor hetzelfde probleem"),
+    ),
+    "knowledge": (
+        ("The agent had no idea how to help", "Got wrong information from the agent"),
+        ("De medewerker wist het niet", "Ik kreeg verkeerde informatie"),
+    ),
+    "policy": (
+        ("Still not resolved after all this", "Nobody could fix it"),
+        ("Het is nog steeds niet opgelost", "Niemand kon het oplossen, nog altijd niet geregeld"),
+    ),
+    "online": (
+        ("The website kept giving errors", "Could not log in to the app"),
+        ("De website gaf steeds een foutmelding", "Inloggen in de app lukt niet"),
+    ),
+    "other": (("Not happy with how this went",), ("Niet tevreden over deze afhandeling",)),
+}
+COMMENTS_GOOD: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "assisted": (
+        ("Very friendly agent, resolved quickly", "Helpful and knowledgeable"),
+        ("Zeer vriendelijke medewerker, snel opgelost", "Goed geholpen, deskundig"),
+    ),
+    "self": (("Quick and easy online",), ("Snel en makkelijk online geregeld",)),
+}
+ONLINE = {"faq", "checkout", "invoice_page", "app_login", "auto_reply"}
+ASSISTED_TOUCHPOINTS = {"agent_call", "callback", "live_agent", "agent_reply", "counter", "returns_desk"}
+
+
+def comment_for(rng: random.Random, low: bool, touchpoint: str | None, reasons: list[str], dutch: bool) -> str:
+    """A comment that fits an answer: a bad experience says what went wrong (the touchpoint when it is the bot or
+    the phone menu, else its first reason code, else the online touchpoint), a good one what went well; in Dutch or
+    English.  One draw of ``rng``, whatever the answer (a seeded run stays the same run)."""
+    if low:
+        cause = next((r for r in reasons if r in COMMENTS_BAD), None)
+        if touchpoint in ("bot", "ivr"):
+            cause = touchpoint
+        elif cause is None:
+            cause = "online" if touchpoint in ONLINE else "other"
+        english, dutch_texts = COMMENTS_BAD[cause]
+    else:
+        english, dutch_texts = COMMENTS_GOOD["assisted" if touchpoint in ASSISTED_TOUCHPOINTS else "self"]
+    return rng.choice(dutch_texts if dutch else english)

@@ -179,3 +179,36 @@ def test_customers_go_through_multi_contact_journeys_that_end_worse_the_more_sto
     assert walks[("chat", "phone")] > 0 and walks[("web", "chat")] > 0 and off_path < 0.01 * walks.total()
     firsts = Counter(stops[0]["touchpoint"] in SELF_SERVICE for stops in journeys.values() if len(stops) > 1)
     assert firsts[True] > firsts[False]  # self-service resolves less often: more of the multi-stop journeys start there
+
+
+def test_simulated_comments_fit_their_answer_in_english_and_dutch_and_the_bot_incident_is_about_the_bot() -> None:
+    """Read with the shipped taxonomy (contract section 9): the effort incident's bad bot answers mention the bot,
+    good answers mention no complaint, and customers write in both languages (each in one of them)."""
+    from streams.config import Settings
+    from streams.core.comments import read_comment
+    from streams.core.synth import COMMENTS_BAD, COMMENTS_GOOD
+    from streams.themes import theme_matcher
+
+    matcher = theme_matcher(Settings())
+    batch = events(8, 90, ["effort:chat/billing@+30s"])
+    commented = [e for e in batch if e["comment"]]
+    assert 0.1 < len(commented) / len(batch) < 0.2
+    pools = [*COMMENTS_BAD.values(), *COMMENTS_GOOD.values()]
+    dutch = {text for _, nl in pools for text in nl}
+    assert all(e["comment"] in dutch or any(e["comment"] in en for en, _ in pools) for e in commented)
+    languages: dict[str, set[bool]] = {}
+    for e in commented:
+        languages.setdefault(e["customer_id"], set()).add(e["comment"] in dutch)
+    assert all(len(found) == 1 for found in languages.values())  # a customer writes in one language
+    assert 0.4 < sum(e["comment"] in dutch for e in commented) / len(commented) < 0.8
+    bot = [e for e in commented if e["touchpoint"] == "bot" and e["occurred_at"] >= START + 30_000]
+    bad_bot = [e for e in bot if "repeat_contact" in e["reason_codes"]]
+    assert len(bad_bot) > 10
+    assert all("bot_self_service" in read_comment(e["comment"], matcher, "redacted").themes for e in bad_bot)
+    complaints = {"waiting", "transfers", "not_resolved", "repeat_contact", "bot_self_service"}
+    good = [
+        e
+        for e in commented
+        if e["reason_codes"] and set(e["reason_codes"]) <= {"fast", "friendly", "first_contact_resolution"}
+    ]
+    assert good and not any(complaints & set(read_comment(e["comment"], matcher, "redacted").themes) for e in good)
