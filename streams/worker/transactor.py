@@ -104,11 +104,14 @@ class Transactor:
         self.metrics = metrics
         self.recovery = recovery
         self.stopping = stopping
+        self.fatal: KafkaError | None = None  # the fatal error of the current producer, told by its error_cb
         self.producer: Producer = self.new_producer()
 
     def new_producer(self) -> Producer:
+        self.fatal = None
         return new_producer(
             self.settings.kafka,
+            error_cb=self._on_error,
             **{
                 "transactional.id": self.transactional_id,
                 "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
@@ -160,11 +163,29 @@ class Transactor:
                 self.commit()
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
-            if error.fatal():
+            if error.code() == KafkaError._FATAL:  # produce() refused: the producer failed, and says why next
+                error = self._why_fatal(error)
+            if error.fatal() or error.code() == KafkaError._FATAL:
                 fenced = error.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED)
                 raise ProducerLostError(self.fatal_message(error), fenced) from exc
             raise TransactionAbortedError(error.str()) from exc
         return written
+
+    def _why_fatal(self, error: KafkaError) -> KafkaError:
+        """The fatal error behind a produce() that said only "Local: Fatal error": librdkafka queues it as an event
+        that the next poll raises (seen in the fault suite: two workers under one worker id, each fenced this way,
+        were never told so and took turns for minutes), or that the error callback kept."""
+        try:
+            self.producer.poll(0)
+        except KafkaException as exc:
+            return exc.args[0]  # type: ignore[no-any-return]
+        return self.fatal or error
+
+    def _on_error(self, error: KafkaError) -> None:
+        """librdkafka's error callback: keep a fatal error (a fenced producer is told here first; produce() then
+        only says "Local: Fatal error"); the rest is logged by librdkafka's own log lines."""
+        if error.fatal():
+            self.fatal = error
 
     def produce(
         self,
