@@ -7,13 +7,17 @@ import json
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
+from schemas.codec import LocalCatalog
+from streams import produce
 from streams.cli import app
 from streams.config import REPO_ROOT
 from streams.core.validate import validate_record
+from streams.kafka import KafkaCluster
 from streams.render import span_label
 from tests.support import cxpulse_command, event
 
@@ -89,3 +93,37 @@ def test_every_option_docs_usage_shows_is_an_option_of_its_command() -> None:
         shown = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"}).output
         for option in re.findall(r"(--[a-z][a-z-]*)", synopsis):
             assert option in shown, (command, option)
+
+
+class _InterruptedProducer:
+    """librdkafka's producer as `produce` sees it, with Ctrl-C landing right after the ``at``-th produce() it took:
+    the message is queued, the count after it has not run."""
+
+    def __init__(self, at: int) -> None:
+        self.at, self.queued = at, []
+
+    def produce(self, topic: str, value: bytes | None, key: bytes | None = None, **options: Any) -> None:
+        self.queued.append(options["on_delivery"])
+        if len(self.queued) == self.at:
+            raise KeyboardInterrupt
+
+    def poll(self, timeout: float = 0) -> int:
+        return 0
+
+    def flush(self, timeout: float = 0) -> int:
+        for on_delivery in self.queued[:-1]:  # all but the last are delivered; the last is still in the queue
+            on_delivery(None, None)
+        self.queued = self.queued[-1:]
+        return len(self.queued)
+
+    def __len__(self) -> int:
+        return len(self.queued)
+
+
+def test_ctrl_c_after_a_produce_counts_that_message_as_sent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CI saw `44584 events sent, 44585 of them delivered`: the interrupt came between a produce() and its count."""
+    out = _InterruptedProducer(at=25)
+    monkeypatch.setattr(produce, "producer", lambda kafka, **options: out)
+    monkeypatch.setattr(produce, "check_topic", lambda kafka, topic: None)
+    stats = produce.produce_file(answers(tmp_path), KafkaCluster("127.0.0.1:9"), "feedback", LocalCatalog())
+    assert stats.interrupted and (stats.sent, stats.delivered) == (25, 24)
