@@ -30,6 +30,7 @@ from clickhouse_connect.driver.client import Client
 from schemas.codec import SchemaCatalog, decode_batch
 from streams.config import REPO_ROOT, Settings
 from streams.core.aggregate import contribution
+from streams.core.comments import ANY
 from streams.core.validate import validate_batch
 from streams.core.windows import state_of
 from streams.errors import CxPulseError
@@ -78,6 +79,7 @@ ANSWER_COLUMNS = (
     "reason_codes",
     "comment",
     "themes",
+    "commented",
     "promoter",
     "passive",
     "detractor",
@@ -272,7 +274,8 @@ def answer_columns(
     counted (valid, first copies): decoded and validated again by the hot path's own steps (schemas.codec
     ``decode_batch``, ``validate_batch``) for their normalised form (scales, labels), which they pass.  Column by
     column, as the insert sends them (no row objects, no datetimes: ``occurred_at`` goes as epoch ms, the ticks of
-    ``DateTime64(3)``).  ``themes``: each answer's themes, as the hot path read them (none when not given)."""
+    ``DateTime64(3)``).  ``themes``: each answer's themes as the hot path read them, "(any)" included (none when
+    not given): stored as ``themes`` without "(any)", and ``commented``."""
     decoded = decode_batch(values, catalog)
     if decoded.failed:  # cannot happen for what the hot path counted; say so rather than lose a row silently
         raise StoreError(f"{len(decoded.failed)} counted answers do not decode again: {decoded.failed[0][1]}")
@@ -281,6 +284,7 @@ def answer_columns(
     if rejected:
         raise StoreError(f"{len(rejected)} counted answers do not validate again: {rejected[0].reason}")
     counters = [contribution(e.metric, e.score, e.scale_min, e.scale_max) for e in valid]
+    found_themes = themes if themes is not None else [() for _ in valid]
     return [
         [e.event_id for e in valid],
         [e.occurred_at for e in valid],
@@ -298,7 +302,8 @@ def answer_columns(
         [r.get("team") or "" for r in records],
         [list(e.reason_codes) for e in valid],
         [r.get("comment") or "" for r in records],
-        [list(found) for found in themes] if themes is not None else [[] for _ in valid],
+        [[theme for theme in found if theme != ANY] for found in found_themes],
+        [int(ANY in found) for found in found_themes],
         [c.promoters for c in counters],
         [c.passives for c in counters],
         [c.detractors for c in counters],

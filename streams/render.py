@@ -16,7 +16,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from streams.core.aggregate import kpi
+from streams.core.aggregate import kpi, merge, times
+from streams.core.comments import ANY
 from streams.core.journey_kpis import journey_kpis
 from streams.core.windows import iso_utc, result_json, window_result
 
@@ -51,7 +52,7 @@ def report_rows(rows: list[Any], dims: Sequence[str], window: str, fmt: str, min
     """Print a report's rows as a table (groups under ``min_n`` answers left out, said on stderr), JSON lines or
     CSV."""
     if fmt == "table":
-        report_table(rows, dims, window, min_n)
+        (theme_table if "theme" in dims else report_table)(rows, dims, window, min_n)
         return
     extra = [d for d in dims if d not in ("channel", "journey")]
     records = [report_record(row, extra) for row in rows]
@@ -102,6 +103,61 @@ def report_table(rows: list[Any], dims: Sequence[str], window: str, min_n: int) 
         err.print(
             f"{count(hidden, 'group')} with fewer than {min_n} answers not shown (too few for a KPI; --min-n 1 "
             "shows every group)",
+            highlight=False,
+        )
+
+
+def _kpi_cells(metric: str, state: Any) -> str:
+    """``-12.5 ±8.1 (n 140)``: a KPI with its 95% interval and n, or ``n 0``."""
+    if state.n <= 0:
+        return "(n 0)"
+    k = kpi(metric, state)
+    digits = 2 if metric == "CES" else 1
+    interval = "" if k.moe95 is None else f" ±{k.moe95:.{digits}f}"
+    return f"{k.value:.{digits}f}{interval} (n {state.n})"
+
+
+def theme_table(rows: list[Any], dims: Sequence[str], window: str, min_n: int) -> None:
+    """``report --by theme``: per theme, the share of the commented answers that mention it, and the KPI of those
+    who mention it against the commented answers that do not (their counters: "(any)" less the theme's)."""
+    others = [d for d in dims if d != "theme"]
+    table = Table(title=f"cxpulse report: {window} by {','.join(dims)}", title_justify="left")
+    for column in ("window (UTC)", *others, "metric", "theme"):
+        table.add_column(column)
+    for column in ("mentioned by", "KPI mentioning ±95%", "KPI not mentioning ±95%"):
+        table.add_column(column, justify="right")
+    groups: dict[tuple[Any, ...], list[Any]] = {}
+    for row in rows:
+        key = (-row.window_end, row.window_start, *(row.dimensions[d] for d in others), row.metric)
+        groups.setdefault(key, []).append(row)
+    shown = hidden = 0
+    for key in sorted(groups):
+        commented = next((row.state for row in groups[key] if row.dimensions["theme"] == ANY), None)
+        for row in sorted(groups[key], key=lambda r: (r.dimensions["theme"] != ANY, -r.state.n, r.dimensions["theme"])):
+            if row.state.n < min_n:
+                hidden += 1
+                continue
+            shown += 1
+            mine = row.dimensions["theme"] == ANY
+            share = "" if commented is None else f"{100.0 * row.state.n / commented.n:.1f}% of {commented.n}"
+            rest = "" if mine or commented is None else _kpi_cells(row.metric, merge(commented, times(row.state, -1)))
+            table.add_row(
+                span_label(row.window_start, row.window_end),
+                *(escape(row.dimensions[d]) for d in others),
+                row.metric,
+                escape(row.dimensions["theme"]) + (" (every comment)" if mine else ""),
+                share,
+                _kpi_cells(row.metric, row.state),
+                rest,
+            )
+    if not rows:
+        err.print("no commented answers in ClickHouse for this window yet", highlight=False)
+        return
+    if shown:
+        out.print(table)
+    if hidden:
+        err.print(
+            f"{count(hidden, 'theme')} mentioned by fewer than {min_n} answers not shown (--min-n 1 shows every one)",
             highlight=False,
         )
 

@@ -30,8 +30,10 @@ from streams.core.journeys import Answer
 from streams.core.windows import ALL
 
 PANE_DIMENSIONS = ("channel", "journey")
-ANSWER_DIMENSIONS = ("channel", "journey", "touchpoint", "agent", "team", "reason_code")
+ANSWER_DIMENSIONS = ("channel", "journey", "touchpoint", "agent", "team", "reason_code", "theme")
 COLUMN = {"agent": "agent_id", "reason_code": "reason"}
+# the dimensions of which an answer holds several: it counts under each (report), its weight split among them (drivers)
+LISTS = {"reason_code": "reason_codes", "theme": "themes"}
 SUMS_PANES = (
     "sum(n), sum(promoters), sum(passives), sum(detractors), sum(positive), sum(high_effort), sum(sx), sum(sx2)"
 )
@@ -60,7 +62,7 @@ def _ms(value: Any) -> int:
 
 
 def _or_none(column: str) -> str:
-    return column if column == "reason" else f"if({column} = '', 'none', {column})"
+    return column if column in ("reason", "theme") else f"if({column} = '', 'none', {column})"
 
 
 def store_values(reader: Reader, column: str) -> list[str]:
@@ -135,12 +137,15 @@ def _report_source(by: Sequence[str], pane_ms: int) -> tuple[str, str, str, str]
         ends = "max(toUnixTimestamp64Milli(window_end))"  # the pane length the results were written with
         return "cxpulse.pane_results FINAL", SUMS_PANES, "max(version)", ends
     pane = f"intDiv(toUnixTimestamp64Milli(occurred_at), {pane_ms}) * {pane_ms}"
-    # an answer counts under each of its reason codes (ClickHouse's `*` leaves out an ARRAY JOIN alias: named)
-    codes = "reason_code" in by
+    # an answer counts under each of its reason codes, and each theme of its comment: "(any)" for every answer with
+    # one, the answers without one in no theme (contract section 9).  ClickHouse's `*` leaves out an ARRAY JOIN
+    # alias: named.
+    codes, themes = "reason_code" in by, "theme" in by
     source = (
-        f"(SELECT *, {'reason, ' if codes else ''}{pane} AS pane_ms, "
+        f"(SELECT *, {'reason, ' if codes else ''}{'theme, ' if themes else ''}{pane} AS pane_ms, "
         f"toDateTime64({pane} / 1000, 3, 'UTC') AS window_start FROM cxpulse.answers FINAL"
         + (" ARRAY JOIN if(empty(reason_codes), ['none'], reason_codes) AS reason" if codes else "")
+        + (" ARRAY JOIN arrayConcat(['(any)'], themes) AS theme WHERE commented = 1" if themes else "")
         + ")"
     )
     return source, SUMS_ANSWERS, "0", f"max(toUnixTimestamp64Milli(window_start)) + {pane_ms}"
@@ -288,7 +293,7 @@ def drivers(
         terms, k_now, k_before = decompose(metric, now, before, dimension, scale)
         found.extend(terms)
         totals = (k_now, k_before)
-        if dimension != "reason_code":
+        if dimension not in LISTS:
             n_now, n_before = _total(now.values()).n, _total(before.values()).n
     change = totals[0] - totals[1] if totals[0] is not None and totals[1] is not None else None
     return Drivers(metric, totals[0], totals[1], n_now, n_before, change, found)
@@ -314,11 +319,12 @@ def _drivers_sides(channel: str, journey: str, versus: str, params: dict[str, An
 
 
 def _dimension_query(dimension: str, side: str, scope: str) -> tuple[str, int]:
-    """The query of one dimension's values on both sides, and the scale of its weights (reason codes split an
-    answer's weight among its codes)."""
-    if dimension == "reason_code":
-        value = "arrayJoin(if(empty(reason_codes), ['none'], reason_codes))"
-        weight, scale = f"intDiv({SPLIT}, greatest(length(reason_codes), 1))", SPLIT
+    """The query of one dimension's values on both sides, and the scale of its weights (reason codes and themes
+    split an answer's weight among the answer's codes, or themes; an answer without any counts under ``none``)."""
+    if dimension in LISTS:
+        column = LISTS[dimension]
+        value = f"arrayJoin(if(empty({column}), ['none'], {column}))"
+        weight, scale = f"intDiv({SPLIT}, greatest(length({column}), 1))", SPLIT
     else:
         column = COLUMN.get(dimension, dimension)
         value, weight, scale = f"if({column} = '', 'none', {column})", "1", 1

@@ -43,8 +43,10 @@ def report(
     by: Annotated[
         str | None,
         typer.Option(
-            help="Group by: channel,journey | channel | journey | touchpoint | agent | team | reason_code "
-            "[channel,journey]; with --journeys: journey | channel (the first channel) | journey,channel [journey]."
+            help="Group by: channel,journey | channel | journey | touchpoint | agent | team | reason_code | theme "
+            "(what the comments mention: each theme's share of the commented answers, the KPI of those who mention "
+            "it against those who do not) [channel,journey]; with --journeys: journey | channel (the first channel) "
+            "| journey,channel [journey]."
         ),
     ] = None,
     journeys: Annotated[
@@ -269,13 +271,16 @@ def drivers(
     vs: Annotated[
         str, typer.Option("--vs", help="previous (the window before) or rest (the rest of the business).")
     ] = "previous",
-    by: Annotated[str, typer.Option(help="Dimensions to explain by.")] = "touchpoint,reason_code,agent,team",
+    by: Annotated[
+        str,
+        typer.Option(help="Dimensions to explain by (touchpoint, reason_code, agent, team, theme, channel, journey)."),
+    ] = "touchpoint,reason_code,theme,agent,team",
     top: Annotated[int, typer.Option(min=1, help="Values shown per dimension.")] = 5,
     fmt: Annotated[str, typer.Option("--format", help="table or jsonl.")] = "table",
 ) -> None:
-    """Why a KPI moved: which touchpoints, reason codes, agents and teams explain the change of a segment's KPI
-    against the previous window or the rest of the business, each with its share of the change, n and a 95%
-    interval (docs/usage.md, "cxpulse drivers").
+    """Why a KPI moved: which touchpoints, reason codes, comment themes, agents and teams explain the change of a
+    segment's KPI against the previous window or the rest of the business, each with its share of the change, n
+    and a 95% interval (docs/usage.md, "cxpulse drivers").
     """
     from streams.commands import queries as rp
 

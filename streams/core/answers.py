@@ -1,5 +1,6 @@
 """A counted answer as the store keeps it (``cxpulse.answers``; ``cxpulse replay --answers``): its normalised fields,
-what section 9 keeps of its comment, its themes (without "(any)") and what it counts as (section 3)."""
+what section 9 keeps of its comment, its themes (without "(any)"), whether it had a comment (a word: the answer
+counts under "(any)") and what it counts as (section 3)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ def stored_answer(event: Feedback, record: Mapping[str, Any]) -> dict[str, Any]:
         "reason_codes": list(event.reason_codes),
         "comment": record.get("comment"),
         "themes": [theme for theme in event.themes if theme != ANY],
+        "commented": ANY in event.themes,
         "promoter": counts.promoters,
         "passive": counts.passives,
         "detractor": counts.detractors,

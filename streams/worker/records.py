@@ -21,10 +21,9 @@ from typing import Any, NamedTuple
 import orjson
 
 from streams.core.aggregate import State
-from streams.core.comments import ANY
 from streams.core.validate import Feedback
 
-THEMES_HEADER = "themes"  # on answers messages: the themes of each answer, "(any)" left out (contract section 9)
+THEMES_HEADER = "themes"  # on answers messages: the themes of each answer, "(any)" included (contract section 9)
 THROUGH_HEADER = "routed-through"  # on routed and partial messages: how far the feedback partitions are counted
 FROM_THE_START = -1  # SourceRange.start of a partition's first batch when its consumer group had no offset
 # The source id of routed partition q in the partial messages (ranges, pane deltas) and the merge's tables (pane ends,
@@ -321,15 +320,14 @@ def lowest_through(through: Through) -> int | None:
 
 
 def encode_answer_themes(themes: Sequence[tuple[str, ...]]) -> bytes | None:
-    """The ``themes`` header of an answers message: per answer, in order, its themes without "(any)" (JSON); None
-    when no answer mentions a theme (the header is left out)."""
-    rows = [[theme for theme in found if theme != ANY] for found in themes]
-    return orjson.dumps(rows) if any(rows) else None
+    """The ``themes`` header of an answers message: per answer, in order, the themes it counts under, "(any)"
+    included when its comment has a word (JSON); None when no answer has a comment (the header is left out)."""
+    return orjson.dumps([list(found) for found in themes]) if any(themes) else None
 
 
 def decode_answer_themes(headers: Any, count: int) -> list[list[str]]:
-    """The themes of each of the ``count`` answers of an answers message (none without a readable header: a message
-    of a worker from before comments, or one whose answers mention no theme)."""
+    """The themes of each of the ``count`` answers of an answers message, "(any)" included (none without a readable
+    header: a message of a worker from before comments, or one whose answers have no comment)."""
     pairs = headers.items() if isinstance(headers, Mapping) else headers or ()
     value = next((value for name, value in pairs if name == THEMES_HEADER and value), None)
     try:

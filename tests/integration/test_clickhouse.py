@@ -21,7 +21,7 @@ from streams.commands import readers
 from streams.commands.readers import ClientReader
 from streams.config import Settings
 from streams.core.synth import realistic_events
-from streams.core.windows import result_record, rolling_window, rollup
+from streams.core.windows import iso_utc, result_record, rolling_window, rollup, state_of
 from streams.replay import replay_file
 
 P = 60_000
@@ -61,7 +61,12 @@ def replayed(tmp_path: Path, batch: list[dict]):  # a Replay
 def test_migrations_apply_once_and_are_recorded(db: object, tmp_path: Path) -> None:
     assert store.migrate(db) == []  # type: ignore[arg-type]  # applied by the fixture already
     versions = db.query("SELECT version, name FROM cxpulse.schema_version").result_rows  # type: ignore[attr-defined]
-    assert sorted(versions) == [(1, "001_initial.sql"), (2, "002_journeys.sql"), (3, "003_comments.sql")]
+    assert sorted(versions) == [
+        (1, "001_initial.sql"),
+        (2, "002_journeys.sql"),
+        (3, "003_comments.sql"),
+        (4, "004_commented.sql"),
+    ]
     extra = tmp_path / "migrations"
     extra.mkdir()
     for path in (store.MIGRATIONS).glob("*.sql"):
@@ -242,6 +247,77 @@ def test_drivers_decompose_the_change_exactly_and_name_the_touchpoint(db: object
     reasons = [d for d in found.drivers if d.dimension == "reason_code"]
     assert sum(d.contribution for d in reasons) == pytest.approx(found.change)
     assert {d.name for d in reasons} == {"hold_time", "none"}
+
+
+# --- themes: what customers say (contract section 9), from the stored answers ------------------------------------
+
+SAYINGS = [
+    "Waited 40 minutes on hold, then transferred twice",
+    "De chatbot begreep me niet, ik wilde een medewerker",
+    "Friendly agent, solved it in one call",
+    "Mail me at jan@example.nl or call 0612345678",  # redacted; a word ("mail"): counts under "(any)"
+    "...",  # no word: no comment
+    "Factuur klopt niet, te veel betaald",
+]
+
+
+def test_theme_results_from_the_store_equal_replay_and_drivers_split_by_theme(
+    db: object, tmp_path: Path, monkeypatch
+) -> None:
+    """The answers keep their themes and whether they had a comment; `report --by ...,theme` per pane equals
+    replay's theme results (every group, "(any)" with it), and `drivers --by theme` splits the change exactly."""
+    from typer.testing import CliRunner
+
+    from streams.cli import app
+    from streams.core.comments import ThemeMatcher
+    from streams.themes import load_taxonomy
+
+    rng = random.Random(9)
+    batch = [{**e, "comment": rng.choice(SAYINGS) if rng.random() < 0.6 else None} for e in events(3000, seed=11)]
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in batch))
+    stored: dict[str, dict] = {}
+    matcher = ThemeMatcher(load_taxonomy(None))
+    replay = replay_file(
+        path, P, lambda dead: None, matcher=matcher, on_answer=lambda a: stored.setdefault(a["event_id"], a)
+    )
+    themes = [
+        (["(any)"] if stored[e["event_id"]]["commented"] else []) + stored[e["event_id"]]["themes"] for e in batch
+    ]
+    columns = store.answer_columns(raw(batch), LocalCatalog(), themes)
+    store.insert_columns(db, "answers", columns, store.ANSWER_COLUMNS, store.token("t", 0, 0, 1))  # type: ignore[arg-type]
+    reader = ClientReader(db)
+    got = rp.report(reader, pane_ms=P, window_ms=None, by=["channel", "journey", "theme"], metrics=[], now_ms=NOW,
+                    since_ms=None)  # fmt: skip
+    want = {
+        (r["window_start"], r["channel"], r["journey"], r["metric"], r["theme"]): state_of(r)
+        for r in replay.theme_results()
+    }
+    assert {"(any)", "waiting", "bot_self_service", "billing_errors"} <= {key[-1] for key in want}
+    assert {
+        (iso_utc(row.window_start), row.dimensions["channel"], row.dimensions["journey"], row.metric,
+         row.dimensions["theme"]): row.state
+        for row in got
+    } == want  # fmt: skip
+    end = NOW - NOW % P  # rolling windows end at the pane boundary
+    commented = sum(1 for e in batch if e["comment"] not in (None, "...") and e["occurred_at"] < end)
+    rolled = rp.report(reader, pane_ms=P, window_ms=4 * 3600_000, by=["theme"], metrics=[], now_ms=NOW, since_ms=None)
+    assert sum(row.state.n for row in rolled if row.dimensions["theme"] == "(any)") == commented
+    found = rp.drivers(reader, metric="NPS", channel="*", journey="*", window_ms=3600_000, pane_ms=P, now_ms=NOW,
+                       versus="previous", dimensions=["theme"])  # fmt: skip
+    assert found.change is not None and sum(d.contribution for d in found.drivers) == pytest.approx(found.change)
+    assert "none" in {d.name for d in found.drivers} and "(any)" not in {d.name for d in found.drivers}
+    # the table: per theme the share of the commented answers and the KPI of those who mention it against the rest
+    monkeypatch.setattr(readers, "open_reader", lambda settings: reader)
+    monkeypatch.setattr(readers, "describe_store", lambda settings: "store: test")
+    monkeypatch.setenv("COLUMNS", "250")
+    table = CliRunner().invoke(app, ["report", "--window", "4h", "--by", "theme", "--metric", "NPS", "--min-n", "1",
+                                     "--until", str(NOW)])  # fmt: skip
+    assert table.exit_code == 0, table.output
+    assert "mentioned by" in table.output and "KPI not mentioning" in table.output
+    waiting = next(row for row in rolled if row.dimensions["theme"] == "waiting" and row.metric == "NPS")
+    everyone = next(row for row in rolled if row.dimensions["theme"] == "(any)" and row.metric == "NPS")
+    assert f"{100 * waiting.state.n / everyone.state.n:.1f}% of {everyone.state.n}" in table.output
 
 
 # --- journeys: the instances table, report --journeys, one customer's journeys ---------------------------------

@@ -117,6 +117,20 @@ def same_as_replay(got: dict[tuple[Any, ...], dict[str, Any]], expected: dict[tu
     return all(all(got[k][f] == expected[k][f] for f in fields) for k in expected)
 
 
+def theme_records(found: subprocess.CompletedProcess[str] | str) -> dict[tuple[Any, ...], tuple[int, ...]]:
+    """Theme results (JSON lines of `report ... --by channel,journey,theme` or `replay --themes`): the counters of
+    each (pane, channel, journey, metric, theme)."""
+    if not isinstance(found, str):
+        assert found.returncode == 0, found.stderr
+        found = found.stdout
+    fields = ("n", "promoters", "passives", "detractors", "positive", "high_effort")
+    records = [json.loads(line) for line in found.splitlines()]
+    return {
+        (r["window_start"], r["channel"], r["journey"], r["metric"], r["theme"]): tuple(r[f] for f in fields)
+        for r in records
+    }
+
+
 COUNT = "SELECT count(), uniqExact(event_id) FROM cxpulse.answers"
 COUNT_FINAL = "SELECT count(), uniqExact(event_id) FROM cxpulse.answers FINAL"
 
@@ -153,6 +167,13 @@ def test_pane_rows_equal_replay_answers_once_and_redelivery_doubles_nothing(
             log,
             timeout=30,
         )  # fmt: skip
+        # the simulated comments' theme results, from the stored answers, equal replay's (contract section 9)
+        themes = theme_records(cli(pipeline, "report", "--window", "pane", "--by", "channel,journey,theme",
+                                   "--format", "jsonl"))  # fmt: skip
+        replayed = tmp_path / "themes.jsonl"
+        done = cli(pipeline, "replay", str(source), "-q", "-o", str(tmp_path / "r.jsonl"), "--themes", str(replayed))
+        assert done.returncode == 0, done.stderr
+        assert themes == theme_records(replayed.read_text()) and len({key[-1] for key in themes}) > 5
         sample = scrape(port)
         assert sample['cxpulse_sink_rows_total{table="answers"}'] == counted
         assert sample["cxpulse_clickhouse_up"] == 1

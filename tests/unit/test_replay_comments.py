@@ -77,7 +77,8 @@ def test_answers_are_written_as_the_store_keeps_them(tmp_path: Path) -> None:
     assert list(by_id) == ["p", "d", "n", "x", "m"]  # counted answers, in order, the duplicate not among them
     assert by_id["p"]["comment"] == "Waited long, but on hold music was fine" and by_id["p"]["themes"] == ["waiting"]
     assert by_id["d"]["themes"] == ["friendliness", "waiting"] and by_id["d"]["detractor"] == 1
-    assert by_id["n"]["comment"] is None and by_id["n"]["themes"] == []
+    assert by_id["n"]["comment"] is None and by_id["n"]["themes"] == [] and not by_id["n"]["commented"]
+    assert by_id["p"]["commented"] and by_id["m"]["commented"]  # a word ("mail"): it counts under "(any)"
     # the rule takes everything but white space and @ around the @: the comma goes with the address
     assert by_id["m"]["comment"] == "mail [email] [iban], [number]" and by_id["m"]["themes"] == []
     assert by_id["m"]["channel"] == "phone" and by_id["m"]["occurred_at"] == "2023-11-14T22:14:00.009Z"
@@ -86,13 +87,15 @@ def test_answers_are_written_as_the_store_keeps_them(tmp_path: Path) -> None:
 def test_comments_themes_drops_the_text_and_off_drops_the_themes(tmp_path: Path) -> None:
     done, themes, answers = replay(tmp_path, ANSWERS, CXPULSE_COMMENTS="themes")
     assert done.exit_code == 0, done.output
+    # p, d, n, x ("..."): the text is gone, not the fact that there was one
+    assert [a["commented"] for a in answers] == [True, True, False, False]
     assert all(a["comment"] is None for a in answers) and {r["theme"] for r in themes} == {
         "(any)",
         "waiting",
         "friendliness",
     }
     done, themes, answers = replay(tmp_path, ANSWERS, CXPULSE_COMMENTS="off")
-    assert done.exit_code == 0 and themes == [] and all(a["themes"] == [] for a in answers)
+    assert done.exit_code == 0 and themes == [] and all(a["themes"] == [] and not a["commented"] for a in answers)
 
 
 def test_a_themes_file_of_ones_own_and_a_bad_one(tmp_path: Path) -> None:

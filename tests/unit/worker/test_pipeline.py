@@ -377,8 +377,9 @@ def test_the_themes_of_stored_answers_travel_in_a_header_of_their_message() -> N
 
     found = encode_answer_themes([("(any)", "waiting", "transfers"), (), ("(any)",)])
     assert found is not None
-    assert decode_answer_themes([(THEMES_HEADER, found)], 3) == [["waiting", "transfers"], [], []]
-    assert encode_answer_themes([("(any)",), ()]) is None  # no theme anywhere: no header
+    told = decode_answer_themes([(THEMES_HEADER, found)], 3)
+    assert told == [["(any)", "waiting", "transfers"], [], ["(any)"]]  # "(any)": it had a comment (section 9)
+    assert encode_answer_themes([(), ()]) is None  # no comment anywhere: no header
     assert decode_answer_themes(None, 2) == [[], []]  # a message from before comments
     assert decode_answer_themes([(THEMES_HEADER, found)], 4) == [[], [], [], []]  # not this message's: ignored
     assert decode_answer_themes({THEMES_HEADER: b"{broken"}, 1) == [[]]
