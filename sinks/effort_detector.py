@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict, deque
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
@@ -35,7 +35,7 @@ from sinks.prometheus import Snapshot
 from streams.agents.base import AgentContext, Record, TableAgent
 from streams.agents.keys import PaneKey, ResultKey, SegmentKey
 from streams.config import effort_config
-from streams.core.effort import DetectorState, Evaluation, PaneEffort, alert_record, evaluate_range
+from streams.core.effort import DetectorState, Driver, Evaluation, PaneEffort, alert_record, evaluate_range
 
 LOG = logging.getLogger("cxpulse.alerts")
 EVALUATE_SECONDS = 1.0  # how often closed panes are looked for
@@ -43,8 +43,13 @@ MAX_STEPS = 240  # panes evaluated per segment and tick (a catch-up after downti
 LABELS = ["channel", "journey"]
 
 
-def effort_families(evaluations: dict[tuple[str, str], Evaluation], threshold: float) -> list[Metric]:
-    """The detector's gauges from the last evaluation of every segment, and its threshold H."""
+def effort_families(
+    evaluations: dict[tuple[str, str], Evaluation],
+    threshold: float,
+    causes: Mapping[tuple[str, str], Sequence[Driver]] | None = None,
+) -> list[Metric]:
+    """The detector's gauges from the last evaluation of every segment, its threshold H, and the root cause of every
+    alert that fires (``causes``: per segment, the drivers named when it fired)."""
     spike = GaugeMetricFamily("cxpulse_effort_spike", "1 while the segment's effort-spike alert fires", labels=LABELS)
     cusum = GaugeMetricFamily(
         "cxpulse_effort_cusum", "The CUSUM statistic S (fires at H, resolves at 0)", labels=LABELS
@@ -79,7 +84,16 @@ def effort_families(evaluations: dict[tuple[str, str], Evaluation], threshold: f
     limit = GaugeMetricFamily(
         "cxpulse_effort_threshold", "The CUSUM threshold H (CXPULSE_EFFORT_THRESHOLD)", value=threshold
     )
-    return [spike, cusum, zscore, p0, short, n_short, n_baseline, limit]
+    cause = GaugeMetricFamily(
+        "cxpulse_effort_cause",
+        "While a segment's alert fires: the touchpoints, reason codes and comment themes of its root cause, each with "
+        "its high-effort answers in the short window when it fired (kind TOUCHPOINT, REASON_CODE or THEME)",
+        labels=[*LABELS, "kind", "name"],
+    )
+    for (channel, journey), drivers in sorted((causes or {}).items()):
+        for driver in drivers:
+            cause.add_metric([channel, journey, driver.kind, driver.name], driver.high_effort)
+    return [spike, cusum, zscore, p0, short, n_short, n_baseline, limit, cause]
 
 
 class EventClock:
@@ -142,6 +156,7 @@ class EffortDetector(TableAgent):
         self.retention_ms = settings.retention_seconds * 1000
         self.clock = EventClock()
         self.evaluations: dict[tuple[str, str], Evaluation] = {}
+        self.causes: dict[tuple[str, str], tuple[Driver, ...]] = {}  # the root cause of each alert that fires
         self.applied: dict[int, int] = {}  # results partition -> the next offset this agent applies
         self.started_at: dict[int, int] = {}  # results partition -> its end when first seen with nothing taken
         # the panes table by segment, decoded, kept in step with it from handle() while the process is settled: a
@@ -193,7 +208,7 @@ class EffortDetector(TableAgent):
         steps = sum([self._evaluate(segment, panes, last_closed) for segment, panes in segments if panes])
         if steps:
             await self.results.flush()  # alerts, and the state table's changelog
-        self.snapshot.families = effort_families(self.evaluations, self.config.threshold)
+        self.snapshot.families = effort_families(self.evaluations, self.config.threshold, self.causes)
 
     def _positions(self) -> tuple[dict[int, int], dict[int, int]]:
         """Per held results partition: its end as last fetched, and the next offset this agent applies (for a
@@ -249,17 +264,25 @@ class EffortDetector(TableAgent):
         key, pane_ms = segment.encode(), self.pane_ms
         stored = self.states.get(key)
         state = DetectorState(stored["s"], stored["firing"], stored["evaluated"]) if stored else DetectorState()
+        where = (segment.channel, segment.journey)
+        if state.firing and where not in self.causes and stored:  # a restart: the cause it fired with, kept
+            self.causes[where] = tuple(Driver(*named) for named in stored.get("cause") or ())
         pane = state.evaluated + pane_ms if state.evaluated is not None else min(panes)
         pane = max(pane, last_closed - self.retention_ms)  # older panes are gone: nothing to evaluate them with
         until = min(last_closed, pane + (MAX_STEPS - 1) * pane_ms)  # a long catch-up goes on at the next tick
         steps = 0
         for evaluation in evaluate_range(self.config, state, panes, pane, until, pane_ms) if pane <= until else []:
             steps += 1
-            self.evaluations[(segment.channel, segment.journey)] = evaluation
+            self.evaluations[where] = evaluation
             if evaluation.change is not None:
                 self._alert(segment, evaluation)
+                if evaluation.firing:
+                    self.causes[where] = evaluation.root_cause
+                else:
+                    self.causes.pop(where, None)
         if steps:
-            self.states[key] = {"s": state.s, "firing": state.firing, "evaluated": state.evaluated}
+            cause = [list(driver) for driver in self.causes.get(where, ())]
+            self.states[key] = {"s": state.s, "firing": state.firing, "evaluated": state.evaluated, "cause": cause}
         # panes no later evaluation of this segment needs (older than the next one's baseline): dropped, looked
         # for when the horizon moves (once a pane), or always while by_segment is not kept
         horizon = (state.evaluated if state.evaluated is not None else pane) + pane_ms - self.keep_ms

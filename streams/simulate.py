@@ -66,6 +66,8 @@ CHANNEL_TOUCHPOINTS = {
     "store": ("counter", "returns_desk"),
 }
 ASSISTED = {"agent_call", "callback", "live_agent", "agent_reply", "counter", "returns_desk"}
+# who writes a comment: unhappy customers say why more often than happy ones say thanks (about 15% in all)
+COMMENT_SHARE_LOW, COMMENT_SHARE = 0.4, 0.08
 BASE_HIGH_EFFORT = {"phone": 0.22, "chat": 0.2, "email": 0.25, "web": 0.18, "app": 0.15, "store": 0.12}
 INCIDENT_HIGH_EFFORT = 0.75
 REASONS_BAD = ("hold_time", "transfer", "repeat_contact", "knowledge", "policy")
@@ -286,6 +288,7 @@ class Simulator:
         if effort and touchpoint == touchpoints[0] and low and "repeat_contact" not in reasons:
             reasons = ["repeat_contact", *reasons[:1]]
         self.count += 1
+        comment = comment_for(rng, low, touchpoint, reasons, dutch(customer, self.count))  # drawn for every answer
         event = {
             "event_id": f"sim-{self.seed}-{self.count}",
             "occurred_at": self.start_ms + offset_ms,
@@ -302,9 +305,7 @@ class Simulator:
             "agent_id": f"agent-{rng.randrange(300)}" if touchpoint in ASSISTED else None,
             "team": f"team-{rng.randrange(12)}" if touchpoint in ASSISTED else None,
             "reason_codes": reasons,
-            "comment": comment_for(rng, low, touchpoint, reasons, dutch(customer, self.count))
-            if rng.random() < 0.15
-            else None,
+            "comment": comment if rng.random() < (COMMENT_SHARE_LOW if low else COMMENT_SHARE) else None,
         }
         if self.invalid_share and rng.random() < self.invalid_share:
             spoil(event, rng)  # as a real feed does: the dead-letter topic has something to show

@@ -20,6 +20,7 @@ from itertools import repeat
 from operator import add, mul
 from typing import NamedTuple, TypeVar
 
+from streams.core.comments import ANY
 from streams.core.validate import Feedback, normalise_label_or_none
 
 X_SCALE = 2520 * 10**6  # 2520 = lcm(1..10): x = k/d is exact for every d <= 10
@@ -175,15 +176,17 @@ DRIVER_CAP = 32  # distinct touchpoints, and distinct reason codes, kept per pan
 OTHER = "other"
 TOUCHPOINT = "TOUCHPOINT"
 REASON_CODE = "REASON_CODE"
+THEME = "THEME"
 SegmentPane = tuple[int, str, str]  # (pane_start_ms, channel, journey)
-Drivers = dict[str, tuple[int, int]]  # "TOUCHPOINT:ivr" / "REASON_CODE:hold_time" -> (n, high_effort)
+Drivers = dict[str, tuple[int, int]]  # "TOUCHPOINT:ivr" / "REASON_CODE:hold_time" / "THEME:waiting" -> (n, high)
 
 
 def aggregate_drivers(events: Iterable[Feedback], pane_ms: int) -> dict[SegmentPane, Drivers]:
-    """Per (pane, channel, journey): the CES answers by touchpoint and by reason code, (n, high effort) each.
+    """Per (pane, channel, journey): the CES answers by touchpoint, by reason code and by theme of their comment
+    (docs/contract.md section 9; "(any)" left out), (n, high effort) each.
 
     Names are normalised like labels (one that is not a valid label counts as ``other``); an answer without a
-    touchpoint counts under no touchpoint, one with several reason codes under each."""
+    touchpoint counts under no touchpoint, one with several reason codes (themes) under each."""
     tally: Counter[tuple[int, str, str, str, bool]] = Counter()
     for e in events:
         if e.metric != "CES":
@@ -194,6 +197,9 @@ def aggregate_drivers(events: Iterable[Feedback], pane_ms: int) -> dict[SegmentP
             tally[(pane, e.channel, e.journey, f"{TOUCHPOINT}:{_driver_name(e.touchpoint)}", high)] += 1
         for code in e.reason_codes:
             tally[(pane, e.channel, e.journey, f"{REASON_CODE}:{_driver_name(code)}", high)] += 1
+        for theme in e.themes:
+            if theme != ANY:  # taxonomy names are labels already
+                tally[(pane, e.channel, e.journey, f"{THEME}:{theme}", high)] += 1
     out: dict[SegmentPane, Drivers] = {}
     for (pane, channel, journey, name, high), count in tally.items():
         drivers = out.setdefault((pane, channel, journey), {})

@@ -9,7 +9,8 @@ fires when S reaches H and resolves when S is back at 0.  For people, each evalu
 window (the 5 minutes ending with the pane): p_s, z = (p_s - p0) / sqrt(p0 (1 - p0) / n_s), and on a change of
 state the root cause: the touchpoints and reason codes with the most high-effort answers beyond what their own
 baseline share predicts (excess = h_s - n_s * h_B / n_B, the segment's p0 for a driver without baseline
-answers), top 3 with their short-window counts.
+answers), top 3 with their short-window counts; then the top 3 themes of the comments (section 9) whose part of the
+high-effort share (high-effort answers that mention the theme, among all answers) rose most.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 DriverCounts = Mapping[str, tuple[int, int]]  # "TOUCHPOINT:ivr" / "REASON_CODE:hold_time" -> (n, high_effort)
+THEME_PREFIX = "THEME:"  # the drivers that are themes of the comments ("THEME:waiting")
 
 
 @dataclass(frozen=True)
@@ -53,9 +55,9 @@ class DetectorState:
 
 
 class Driver(NamedTuple):
-    """A touchpoint or reason code in a root cause, with its counts in the short window."""
+    """A touchpoint, reason code or comment theme in a root cause, with its counts in the short window."""
 
-    kind: str  # TOUCHPOINT or REASON_CODE
+    kind: str  # TOUCHPOINT, REASON_CODE or THEME
     name: str
     high_effort: int
     n: int
@@ -106,26 +108,39 @@ def driver_totals(panes: Mapping[int, PaneEffort], start: int, end: int, pane_ms
 def root_cause(
     panes: Mapping[int, PaneEffort], config: EffortConfig, pane: int, pane_ms: int, p0: float
 ) -> tuple[Driver, ...]:
-    """The drivers that carry a spike: most high-effort answers in the short window beyond their baseline share,
-    each named only when its rise is significant on its own (one-sided, z >= ROOT_CAUSE_Z: the excess against the
-    binomial spread of its own n at its baseline share), so a touchpoint that merely has answers in the window is
-    not called a cause.  The same rule for the stream and replay: this one function."""
+    """The drivers that carry a spike, each named only when its rise is significant on its own (one-sided,
+    z >= ROOT_CAUSE_Z against the binomial spread at its baseline share), so a touchpoint that merely has answers
+    in the window is not called a cause.  The same rule for the stream and replay: this one function.
+
+    - touchpoints and reason codes (section 7): most high-effort answers in the short window beyond their own
+      baseline high-effort share (h - n * share), top ``config.top``;
+    - then themes of the comments (section 9): the theme's part of the high-effort share, the high-effort answers
+      that mention it among all the segment's answers, against the baseline (h_T - n_s * h_T,B / n_B).  Those who
+      complain about something are high-effort nearly always, before a spike as during it; what marks a spike's
+      theme is that more of the answers are high-effort complaints about it; top ``config.top``."""
     end = pane + pane_ms
     short = driver_totals(panes, end - config.short_ms, end, pane_ms)
     base_end = pane - config.guard_ms
     baseline = driver_totals(panes, base_end - config.baseline_ms, base_end, pane_ms)
-    ranked = []
+    n_short = totals(panes, end - config.short_ms, end, pane_ms)[0]
+    n_base = totals(panes, base_end - config.baseline_ms, base_end, pane_ms)[0]
+    ranked: dict[bool, list[tuple[float, str, int, int]]] = {False: [], True: []}  # by: is it a theme
     for name, (n, high) in short.items():
         base_n, base_high = baseline.get(name, (0, 0))
-        share = min(0.98, max(0.01, base_high / base_n if base_n else p0))  # clamped as p0 is
-        excess = high - n * share
-        if excess > 0 and excess >= ROOT_CAUSE_Z * math.sqrt(n * share * (1 - share)):
-            ranked.append((-excess, name, high, n))
-    ranked.sort()
+        theme = name.startswith(THEME_PREFIX)
+        if theme:  # of all the answers: how many are high-effort and mention it, against the baseline
+            trials, share = n_short, base_high / n_base if n_base else 0.0
+        else:  # of the answers naming it: how many are high-effort, against its own baseline (p0 without one)
+            trials, share = n, base_high / base_n if base_n else p0
+        share = min(0.98, max(0.01, share))  # clamped as p0 is
+        excess = high - trials * share
+        if excess > 0 and excess >= ROOT_CAUSE_Z * math.sqrt(trials * share * (1 - share)):
+            ranked[theme].append((-excess, name, high, n))
     out = []
-    for _, name, high, n in ranked[: config.top]:
-        kind, _, label = name.partition(":")
-        out.append(Driver(kind, label, high, n))
+    for found in ranked.values():  # the touchpoints and reason codes, then the themes
+        for _, name, high, n in sorted(found)[: config.top]:
+            kind, _, label = name.partition(":")
+            out.append(Driver(kind, label, high, n))
     return tuple(out)
 
 

@@ -132,6 +132,8 @@ def _ces(event_id: str, channel: str, touchpoint: str, high: bool) -> bytes:
             "metric": "CES",
             "score": 2 if high else 6,
             "touchpoint": touchpoint,
+            # the bot's unhappy customers say so (contract section 9): the root cause names the theme
+            "comment": "De chatbot begreep mijn vraag niet" if high and touchpoint == "bot" else None,
         }
     ).encode()
 
@@ -175,10 +177,13 @@ def test_an_effort_spike_fires_with_its_root_cause_and_only_there(kafka_broker: 
         assert (first["state"], first["channel"], first["journey"]) == ("FIRING", "chat", "billing"), seen
         assert first["root_cause"], seen
         assert first["root_cause"][0]["kind"] == "TOUCHPOINT" and first["root_cause"][0]["name"] == "bot"
+        assert {"kind": "THEME", "name": "bot_self_service"}.items() <= first["root_cause"][-1].items(), seen
         assert first["p_short"] > first["p0"] and first["cusum"] >= 10
         sample = scrape(port)
         assert sample['cxpulse_effort_spike{channel="chat",journey="billing"}'] == 1
         assert sample['cxpulse_effort_spike{channel="phone",journey="billing"}'] == 0
+        cause = 'cxpulse_effort_cause{channel="chat",journey="billing",kind="THEME",name="bot_self_service"}'
+        assert sample[cause] == first["root_cause"][-1]["high_effort"] > 0  # for Alertmanager's message
         stop_worker(worker, log)
     finally:
         alerts.close()

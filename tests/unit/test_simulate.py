@@ -10,10 +10,12 @@ import pytest
 from typer.testing import CliRunner
 
 from streams.cli import app
+from streams.core.comments import ThemeMatcher
 from streams.core.effort import EffortConfig
 from streams.core.validate import validate_batch
 from streams.replay import replay_file
 from streams.simulate import SLICE_MS, Simulator, parse_incident
+from streams.themes import load_taxonomy
 
 pytestmark = pytest.mark.unit
 START = 1_767_225_600_000
@@ -36,7 +38,7 @@ def events(seed: int, seconds: int, incidents: list[str], rate: float = 200.0) -
 def alerts_of(tmp_path: Path, batch: list[dict]) -> list[dict]:
     path = tmp_path / "events.jsonl"
     path.write_text("".join(json.dumps(event) + "\n" for event in batch))
-    return list(replay_file(path, 1000, lambda dead: None).alerts(FAST))
+    return list(replay_file(path, 1000, lambda dead: None, matcher=ThemeMatcher(load_taxonomy())).alerts(FAST))
 
 
 def test_the_same_seed_gives_the_same_events_and_another_seed_others() -> None:
@@ -59,6 +61,9 @@ def test_an_effort_incident_fires_in_replay_for_its_segment_naming_its_touchpoin
     first = firing[0]
     assert START + 45_000 <= first["at"] <= START + 60_000  # within 15 s of the step at these volumes
     assert first["root_cause"][0] == {**first["root_cause"][0], "kind": "TOUCHPOINT", "name": "bot"}
+    # its customers complain about the bot, in English and Dutch: the cause names the theme (contract section 9)
+    themes = [cause["name"] for cause in first["root_cause"] if cause["kind"] == "THEME"]
+    assert themes and themes[0] == "bot_self_service", first["root_cause"]
 
 
 def test_no_incident_no_alert_and_an_incident_that_ends_resolves(tmp_path: Path) -> None:

@@ -113,6 +113,24 @@ def test_a_driver_whose_rise_is_not_significant_is_not_named() -> None:
     assert (13 - 66 * 0.18) / math.sqrt(66 * 0.18 * 0.82) < ROOT_CAUSE_Z < (35 - 98 * 0.2) / math.sqrt(98 * 0.2 * 0.8)
 
 
+def test_a_theme_is_named_when_more_of_the_answers_are_high_effort_complaints_about_it() -> None:
+    """Contract section 9: a complaint is high-effort nearly always; the bot's theme is named because 20 of 164
+    answers complain about it against 2.5% in the baseline, waiting is not (8 of 164 against 5%), and the themes
+    come after the touchpoints."""
+    baseline = {"TOUCHPOINT:bot": (1000, 200), "THEME:waiting": (100, 100), "THEME:bot_self_service": (50, 50)}
+    short = {"TOUCHPOINT:bot": (98, 35), "THEME:waiting": (8, 8), "THEME:bot_self_service": (20, 20)}
+    pane = 2 * DAY * P
+    panes = {pane - 60 * P: PaneEffort(2000, 380, baseline), pane: PaneEffort(164, 48, short)}
+    config = EffortConfig(guard_ms=30 * P, baseline_ms=DAY * P)
+    causes = root_cause(panes, config, pane, P, 0.19)
+    assert [(c.kind, c.name, c.high_effort, c.n) for c in causes] == [
+        ("TOUCHPOINT", "bot", 35, 98),
+        ("THEME", "bot_self_service", 20, 20),
+    ]
+    # by hand: 20 - 164 * 0.025 = 15.9 is 8.0 sd of the binomial; waiting's 8 - 164 * 0.05 is below nothing
+    assert (20 - 164 * 0.025) / math.sqrt(164 * 0.025 * 0.975) > ROOT_CAUSE_Z > 8 - 164 * 0.05
+
+
 def test_replay_running_sums_equal_evaluating_each_pane() -> None:
     rng = random.Random(9)
     panes = steady(0.2, 8, 3 * DAY, rng)
