@@ -36,6 +36,7 @@ from streams.agents.base import AgentContext, Record, TableAgent
 from streams.agents.keys import PaneKey, ResultKey, SegmentKey
 from streams.config import effort_config
 from streams.core.effort import DetectorState, Driver, Evaluation, PaneEffort, alert_record, evaluate_range
+from streams.core.quotes import Quote, Quotes
 
 LOG = logging.getLogger("cxpulse.alerts")
 EVALUATE_SECONDS = 1.0  # how often closed panes are looked for
@@ -47,9 +48,10 @@ def effort_families(
     evaluations: dict[tuple[str, str], Evaluation],
     threshold: float,
     causes: Mapping[tuple[str, str], Sequence[Driver]] | None = None,
+    said: Mapping[tuple[str, str], Quotes] | None = None,
 ) -> list[Metric]:
-    """The detector's gauges from the last evaluation of every segment, its threshold H, and the root cause of every
-    alert that fires (``causes``: per segment, the drivers named when it fired)."""
+    """The detector's gauges from the last evaluation of every segment, its threshold H, and the root cause and
+    quoted comments of every alert that fires (``causes``, ``said``: per segment, as it fired)."""
     spike = GaugeMetricFamily("cxpulse_effort_spike", "1 while the segment's effort-spike alert fires", labels=LABELS)
     cusum = GaugeMetricFamily(
         "cxpulse_effort_cusum", "The CUSUM statistic S (fires at H, resolves at 0)", labels=LABELS
@@ -93,7 +95,16 @@ def effort_families(
     for (channel, journey), drivers in sorted((causes or {}).items()):
         for driver in drivers:
             cause.add_metric([channel, journey, driver.kind, driver.name], driver.high_effort)
-    return [spike, cusum, zscore, p0, short, n_short, n_baseline, limit, cause]
+    quote = GaugeMetricFamily(
+        "cxpulse_effort_quote",
+        "While a segment's alert fires: the latest comments of its high-effort answers when it fired (rank 1 the "
+        "latest; redacted; none under CXPULSE_COMMENTS=themes or off), value the time it was given (epoch seconds)",
+        labels=[*LABELS, "rank", "comment"],
+    )
+    for (channel, journey), quotes in sorted((said or {}).items()):
+        for rank, found in enumerate(quotes, 1):
+            quote.add_metric([channel, journey, str(rank), found.text], found.occurred_at / 1000)
+    return [spike, cusum, zscore, p0, short, n_short, n_baseline, limit, cause, quote]
 
 
 class EventClock:
@@ -124,9 +135,12 @@ class EventClock:
 
 
 def pane_effort(value: list[Any]) -> PaneEffort:
-    """A pane of the ``effort-panes`` table ([version, n, high_effort, {driver: [n, high]}]) for
-    streams/core/effort.py."""
-    return PaneEffort(value[1], value[2], {name: (int(n), int(high)) for name, (n, high) in value[3].items()})
+    """A pane of the ``effort-panes`` table ([version, n, high_effort, {driver: [n, high]}, [[occurred_at, event
+    id, text], ...]], the quotes missing in a value from before them) for streams/core/effort.py."""
+    quotes = (
+        tuple(Quote(int(at), str(event_id), str(text)) for at, event_id, text in value[4]) if len(value) > 4 else ()
+    )
+    return PaneEffort(value[1], value[2], {name: (int(n), int(high)) for name, (n, high) in value[3].items()}, quotes)
 
 
 class EffortDetector(TableAgent):
@@ -157,6 +171,7 @@ class EffortDetector(TableAgent):
         self.clock = EventClock()
         self.evaluations: dict[tuple[str, str], Evaluation] = {}
         self.causes: dict[tuple[str, str], tuple[Driver, ...]] = {}  # the root cause of each alert that fires
+        self.said: dict[tuple[str, str], Quotes] = {}  # the comments each alert that fires quotes
         self.applied: dict[int, int] = {}  # results partition -> the next offset this agent applies
         self.started_at: dict[int, int] = {}  # results partition -> its end when first seen with nothing taken
         # the panes table by segment, decoded, kept in step with it from handle() while the process is settled: a
@@ -184,7 +199,8 @@ class EffortDetector(TableAgent):
             pane = PaneKey(partition, result["channel"], result["journey"], result["window_start"])
             key = pane.encode()
             drivers = {d["name"]: [d["n"], d["high_effort"]] for d in result.get("drivers") or ()}
-            value = [result["version"], result["n"], result["high_effort"], drivers]
+            quotes = [[q["occurred_at"], q["event_id"], q["text"]] for q in result.get("quotes") or ()]
+            value = [result["version"], result["n"], result["high_effort"], drivers, quotes]
             before = latest.get(key) or self.panes.get(key)
             if before is None or before[0] < value[0]:
                 latest[key] = value
@@ -208,7 +224,7 @@ class EffortDetector(TableAgent):
         steps = sum([self._evaluate(segment, panes, last_closed) for segment, panes in segments if panes])
         if steps:
             await self.results.flush()  # alerts, and the state table's changelog
-        self.snapshot.families = effort_families(self.evaluations, self.config.threshold, self.causes)
+        self.snapshot.families = effort_families(self.evaluations, self.config.threshold, self.causes, self.said)
 
     def _positions(self) -> tuple[dict[int, int], dict[int, int]]:
         """Per held results partition: its end as last fetched, and the next offset this agent applies (for a
@@ -267,6 +283,7 @@ class EffortDetector(TableAgent):
         where = (segment.channel, segment.journey)
         if state.firing and where not in self.causes and stored:  # a restart: the cause it fired with, kept
             self.causes[where] = tuple(Driver(*named) for named in stored.get("cause") or ())
+            self.said[where] = tuple(Quote(*quoted) for quoted in stored.get("said") or ())
         pane = state.evaluated + pane_ms if state.evaluated is not None else min(panes)
         pane = max(pane, last_closed - self.retention_ms)  # older panes are gone: nothing to evaluate them with
         until = min(last_closed, pane + (MAX_STEPS - 1) * pane_ms)  # a long catch-up goes on at the next tick
@@ -277,12 +294,18 @@ class EffortDetector(TableAgent):
             if evaluation.change is not None:
                 self._alert(segment, evaluation)
                 if evaluation.firing:
-                    self.causes[where] = evaluation.root_cause
+                    self.causes[where], self.said[where] = evaluation.root_cause, evaluation.quotes
                 else:
                     self.causes.pop(where, None)
+                    self.said.pop(where, None)
         if steps:
-            cause = [list(driver) for driver in self.causes.get(where, ())]
-            self.states[key] = {"s": state.s, "firing": state.firing, "evaluated": state.evaluated, "cause": cause}
+            self.states[key] = {
+                "s": state.s,
+                "firing": state.firing,
+                "evaluated": state.evaluated,
+                "cause": [list(driver) for driver in self.causes.get(where, ())],
+                "said": [list(quote) for quote in self.said.get(where, ())],
+            }
         # panes no later evaluation of this segment needs (older than the next one's baseline): dropped, looked
         # for when the horizon moves (once a pane), or always while by_segment is not kept
         horizon = (state.evaluated if state.evaluated is not None else pane) + pane_ms - self.keep_ms
@@ -298,7 +321,8 @@ class EffortDetector(TableAgent):
         value = encode_confluent(record, EFFORT_ALERT, self.alert_schema_id)
         self.results.produce(self.settings.alerts_topic, value, f"{segment.channel}|{segment.journey}".encode())
         LOG.warning(
-            "effort spike %s: %s / %s, S %.2f, p_short %s, p0 %.3f, root cause %s",
+            "effort spike %s: %s / %s, S %.2f, p_short %s, p0 %.3f, root cause %s%s",
             evaluation.change, segment.channel, segment.journey, evaluation.s, evaluation.p_short, evaluation.p0,
             [f"{d.kind}:{d.name} {d.high_effort}/{d.n}" for d in evaluation.root_cause],
+            f"; customers wrote {[quote.text for quote in evaluation.quotes]}" if evaluation.quotes else "",
         )  # fmt: skip

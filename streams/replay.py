@@ -40,6 +40,7 @@ from streams.core.comments import CommentMode, ThemeMatcher, with_comments
 from streams.core.dedup import Deduplicator
 from streams.core.effort import EffortConfig, PaneEffort, replay_alerts
 from streams.core.journeys import Instance, JourneyBook
+from streams.core.quotes import Quotes, aggregate_quotes, merge_quotes
 from streams.core.validate import Clock, DeadLetter, Feedback, Rejection, outside_the_clock, validate_batch
 from streams.core.windows import (
     WindowResult,
@@ -248,6 +249,7 @@ class Replay:
     pane_ms: int
     panes: dict[GroupKey, State] = field(default_factory=dict)
     drivers: dict[SegmentPane, Drivers] = field(default_factory=dict)  # CES root-cause counters per pane
+    quotes: dict[SegmentPane, Quotes] = field(default_factory=dict)  # CES: the latest high-effort comments per pane
     dedup: Deduplicator = field(default_factory=Deduplicator)
     stats: ReplayStats = field(default_factory=ReplayStats)
     clock: Clock | None = None  # set: count what a worker with this clock would refuse for its time (a warning)
@@ -287,6 +289,9 @@ class Replay:
         for key, drivers in aggregate_drivers(unique, self.pane_ms).items():
             before = self.drivers.get(key)
             self.drivers[key] = drivers if before is None else merge_drivers(before, drivers)
+        comments = {id(event): record.get("comment") for event, record in zip(valid, kept, strict=True)}
+        for key, quotes in aggregate_quotes(((e, comments[id(e)]) for e in unique), self.pane_ms).items():
+            self.quotes[key] = merge_quotes(self.quotes.get(key, ()), quotes)
         stats = self.stats
         stats.read += batch.count
         stats.valid += len(valid)
@@ -307,7 +312,7 @@ class Replay:
             by_theme.setdefault(theme, {})[(pane, channel, journey, metric)] = state
         out = []
         for theme, panes in by_theme.items():
-            for result in self._results_of(panes, window_ms, None, {}):
+            for result in self._results_of(panes, window_ms, None, {}, {}):
                 out.append({**result_json(result), "theme": theme})
         key = ("window_start", "channel", "journey", "metric", "theme")
         return sorted(out, key=lambda r: tuple(r[k] for k in key))
@@ -321,14 +326,17 @@ class Replay:
         for (pane, channel, journey, metric), state in self.panes.items():
             if metric == "CES":
                 drivers = self.drivers.get((pane, channel, journey), {})
-                segments.setdefault((channel, journey), {})[pane] = PaneEffort(state.n, state.high_effort, drivers)
+                quotes = self.quotes.get((pane, channel, journey), ())
+                segments.setdefault((channel, journey), {})[pane] = PaneEffort(
+                    state.n, state.high_effort, drivers, quotes
+                )
         starts = [pane for pane, _, _, _ in self.panes]
         return list(replay_alerts(segments, config, self.pane_ms, min(starts), max(starts)))
 
     def results(self, window_ms: int | None = None, now_ms: int | None = None) -> list[WindowResult]:
         """Pane results (window_ms None), or the rolling window of that length as of the latest event (or as of
         ``now_ms``: what the live gauges show at that time, for a check of them)."""
-        return self._results_of(self.panes, window_ms, now_ms, self.drivers)
+        return self._results_of(self.panes, window_ms, now_ms, self.drivers, self.quotes)
 
     def _results_of(
         self,
@@ -336,9 +344,10 @@ class Replay:
         window_ms: int | None,
         now_ms: int | None,
         drivers: dict[SegmentPane, Drivers],
+        quotes: dict[SegmentPane, Quotes],
     ) -> list[WindowResult]:
         if window_ms is None:
-            return pane_results(panes, self.pane_ms, drivers=drivers)
+            return pane_results(panes, self.pane_ms, drivers=drivers, quotes=quotes)
         if self.stats.max_occurred_at is None:
             return []
         # replay's "now" is the largest occurred_at seen; the window ends at the boundary after it so that

@@ -20,6 +20,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from streams.core.quotes import Quotes, quotes_in
+
 DriverCounts = Mapping[str, tuple[int, int]]  # "TOUCHPOINT:ivr" / "REASON_CODE:hold_time" -> (n, high_effort)
 THEME_PREFIX = "THEME:"  # the drivers that are themes of the comments ("THEME:waiting")
 
@@ -43,6 +45,7 @@ class PaneEffort(NamedTuple):
     n: int
     high: int
     drivers: DriverCounts = {}
+    quotes: Quotes = ()  # the latest comments of its high-effort answers (streams.core.quotes)
 
 
 @dataclass
@@ -76,6 +79,7 @@ class Evaluation(NamedTuple):
     n_baseline: int
     change: str | None  # FIRING, RESOLVED or None
     root_cause: tuple[Driver, ...]
+    quotes: Quotes = ()  # FIRING: the latest comments of high-effort answers in the short window
 
 
 ROOT_CAUSE_Z = 1.96  # a driver's rise must be this many standard deviations above its baseline share
@@ -183,7 +187,10 @@ def evaluate(
     if p_short is not None and p0 is not None:
         z = (p_short - p0) / math.sqrt(p0 * (1 - p0) / n_short)
     causes = root_cause(panes, config, pane, pane_ms, p0) if change is not None and p0 is not None else ()
-    return Evaluation(pane, state.s, state.firing, p0, p_short, z, n_short, n_base, change, causes)
+    said: Quotes = ()
+    if change == "FIRING":
+        said = quotes_in({start: counts.quotes for start, counts in panes.items()}, end - config.short_ms, end)
+    return Evaluation(pane, state.s, state.firing, p0, p_short, z, n_short, n_base, change, causes, said)
 
 
 def alert_record(channel: str, journey: str, evaluation: Evaluation, pane_ms: int) -> dict[str, object]:
@@ -201,6 +208,7 @@ def alert_record(channel: str, journey: str, evaluation: Evaluation, pane_ms: in
         "root_cause": [
             {"kind": d.kind, "name": d.name, "high_effort": d.high_effort, "n": d.n} for d in evaluation.root_cause
         ],
+        "comments": [quote.text for quote in evaluation.quotes],
         "at": evaluation.pane + pane_ms,
     }
 

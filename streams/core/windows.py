@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from streams.core.aggregate import X2_SCALE, X_SCALE, GroupKey, State, kpi, merge
+from streams.core.quotes import Quote, Quotes
 
 ALL = "*"  # the channel or journey of a rollup over all of them
 
@@ -71,6 +72,7 @@ class WindowResult(NamedTuple):
     mean_normalized: float
     version: int
     drivers: tuple[tuple[str, int, int], ...] = ()  # CES panes: (TOUCHPOINT:x | REASON_CODE:y, n, high), by name
+    quotes: Quotes = ()  # CES panes: the latest comments of high-effort answers (streams.core.quotes)
 
 
 def window_result(
@@ -82,8 +84,9 @@ def window_result(
     state: State,
     version: int,
     drivers: Mapping[str, tuple[int, int]] | None = None,
+    quotes: Quotes = (),
 ) -> WindowResult:
-    """The result record of one group with n > 0 (``drivers`` only for CES panes)."""
+    """The result record of one group with n > 0 (``drivers`` and ``quotes`` only for CES panes)."""
     k = kpi(metric, state)
     return WindowResult(
         window_start,
@@ -104,6 +107,7 @@ def window_result(
         k.mean_normalized,
         version,
         tuple((name, n, high) for name, (n, high) in sorted(drivers.items())) if drivers else (),
+        quotes,
     )
 
 
@@ -112,10 +116,12 @@ def pane_results(
     pane_ms: int,
     version: int = 1,
     drivers: Mapping[tuple[int, str, str], Mapping[str, tuple[int, int]]] | None = None,
+    quotes: Mapping[tuple[int, str, str], Quotes] | None = None,
 ) -> list[WindowResult]:
     """Result records of every pane group with n > 0, ordered by pane, channel, journey, metric; CES ones with
-    their drivers (``drivers`` by (pane, channel, journey))."""
+    their drivers and quotes (``drivers``, ``quotes`` by (pane, channel, journey))."""
     drivers = drivers or {}
+    quotes = quotes or {}
     return [
         window_result(
             pane,
@@ -126,6 +132,7 @@ def pane_results(
             state,
             version,
             drivers.get((pane, channel, journey)) if metric == "CES" else None,
+            quotes.get((pane, channel, journey), ()) if metric == "CES" else (),
         )
         for (pane, channel, journey, metric), state in sorted(panes.items())
         if state.n > 0
@@ -139,16 +146,23 @@ def iso_utc(ms: int) -> str:
 
 
 def result_record(result: WindowResult) -> dict[str, Any]:
-    """The Avro record of a result (drivers as DriverCount records)."""
+    """The Avro record of a result (drivers as DriverCount records, quotes as Quote records)."""
     obj = result._asdict()
     obj["drivers"] = [{"name": name, "n": n, "high_effort": high} for name, n, high in result.drivers]
+    obj["quotes"] = [quote._asdict() for quote in result.quotes]
     return obj
 
 
 def result_from_record(record: Mapping[str, Any]) -> WindowResult:
     """A result back from its Avro record."""
     drivers = tuple((d["name"], d["n"], d["high_effort"]) for d in record.get("drivers") or ())
-    return WindowResult(**{**record, "drivers": drivers})
+    quotes = tuple(Quote(_ms(q["occurred_at"]), q["event_id"], q["text"]) for q in record.get("quotes") or ())
+    return WindowResult(**{**record, "drivers": drivers, "quotes": quotes})
+
+
+def _ms(value: Any) -> int:
+    """Epoch ms of a timestamp-millis field (fastavro reads it as an aware datetime)."""
+    return round(value.timestamp() * 1000) if isinstance(value, datetime) else int(value)
 
 
 def result_json(result: WindowResult) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from streams.core.followups import is_detractor
 from streams.core.followups import select as select_followups
 from streams.core.journeys import answer_row, journey_partition
 from streams.core.privacy import pseudonymise
+from streams.core.quotes import Quotes, aggregate_quotes, quotable
 from streams.core.validate import Clock, Feedback, validate_batch
 from streams.worker.records import (
     FROM_THE_START,
@@ -213,6 +214,8 @@ class Ingest:
             again = self.customer_key or at in reencode
             value = encode_feedback(record, self.catalog) if again else message.value()
             context = followup_context(record) if self.followups and is_detractor(event) else None
+            if context is None and self.comments == "redacted" and quotable(event):  # for the effort alert
+                context = {"comment": record.get("comment")}
             answer = Routed(event, value or b"", context)
             row = (message.timestamp()[1], partition, message.offset() or 0, answer)
             out.routed[routed_partition(event.event_id, self.routed_partitions)].append(row)
@@ -238,9 +241,13 @@ class Ingest:
         unique, dropped = dedup.first_seen(valid)
         out.duplicates += dropped
         out.counted += len(unique)
+        quotes: dict[tuple[int, str, str], Quotes] = {}
         if unique:
             out.seen[partition] = dedup.buckets(unique)
             counted = _counted(unique, answers)
+            quotes = aggregate_quotes(
+                ((a.event, a.context.get("comment")) for a in counted if a.context is not None), self.pane_ms
+            )
             if self.followups:
                 contexts = [answer.context for answer in counted if answer.context is not None]
                 if contexts:
@@ -250,13 +257,21 @@ class Ingest:
                 out.answer_themes[partition] = [answer.event.themes for answer in counted]
             if self.journey_partitions:
                 self._journeys(unique, out.journeys)
-        self._panes(partition, unique, clock, out)
+        self._panes(partition, unique, clock, out, quotes)
         end = (members[-1].offset() or 0) + 1
         out.ranges.append(SourceRange(ROUTED_SOURCE + partition, self.starts.get(partition, FROM_THE_START), end))
         out.offsets[(members[-1].topic() or "", partition)] = end
 
-    def _panes(self, partition: int, unique: list[Feedback], clock: Clock, out: _Collected) -> None:
-        """The partition's counted events as pane partials, each sent to its segment's partials partition."""
+    def _panes(
+        self,
+        partition: int,
+        unique: list[Feedback],
+        clock: Clock,
+        out: _Collected,
+        quotes: dict[tuple[int, str, str], Quotes],
+    ) -> None:
+        """The partition's counted events as pane partials (with the quotes of their high-effort CES answers),
+        each sent to its segment's partials partition."""
         pane_ms = self.pane_ms
         deltas: dict[tuple[str, str, int], dict[str, State]] = defaultdict(dict)
         for (pane, channel, journey, metric), state in aggregate_panes(unique, pane_ms).items():
@@ -266,8 +281,9 @@ class Ingest:
         drivers = aggregate_drivers(unique, pane_ms)
         for (channel, journey, pane), states in deltas.items():
             found = drivers.get((pane, channel, journey), {})
+            said = quotes.get((pane, channel, journey), ())
             out.panes[self.owner(channel, journey)].append(
-                PanePartial(channel, journey, pane, ROUTED_SOURCE + partition, states, found)
+                PanePartial(channel, journey, pane, ROUTED_SOURCE + partition, states, found, said)
             )
 
     def _journeys(self, unique: list[Feedback], out: dict[int, list[bytes]]) -> None:

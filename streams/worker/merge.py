@@ -21,6 +21,7 @@ from typing import Any
 
 from streams.agents.keys import PaneKey, SourceKey
 from streams.core.aggregate import merge, merge_drivers
+from streams.core.quotes import merge_quotes
 from streams.core.windows import WindowResult, window_result
 from streams.worker.records import (
     FROM_THE_START,
@@ -71,6 +72,8 @@ def absorb(pane: PaneState, partial: PanePartial, end: int) -> bool:
         states[metric] = delta if before is None else merge(before, delta)
     if partial.drivers:
         pane.drivers = merge_drivers(pane.drivers, partial.drivers)
+    if partial.quotes:
+        pane.quotes = merge_quotes(pane.quotes, partial.quotes)
     return True
 
 
@@ -86,9 +89,19 @@ def merged_results(
     for metric in sorted(metrics):
         state = pane.states.get(metric)
         if state is not None and state.n > 0:
-            drivers = pane.drivers if metric == "CES" else None
+            ces = metric == "CES"
             out.append(
-                window_result(pane_start, pane_start + pane_ms, channel, journey, metric, state, version, drivers)
+                window_result(
+                    pane_start,
+                    pane_start + pane_ms,
+                    channel,
+                    journey,
+                    metric,
+                    state,
+                    version,
+                    pane.drivers if ces else None,
+                    pane.quotes if ces else (),
+                )
             )
     return out
 

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from streams.core.aggregate import State
+from streams.core.quotes import Quote, Quotes
 from streams.core.validate import Feedback
 
 THEMES_HEADER = "themes"  # on answers messages: the themes of each answer, "(any)" included (contract section 9)
@@ -49,6 +50,7 @@ class PanePartial(NamedTuple):
     source: int  # source partition
     states: dict[str, State]
     drivers: dict[str, tuple[int, int]] = {}  # CES answers by touchpoint / reason code: (n, high effort)
+    quotes: Quotes = ()  # the latest comments of its high-effort CES answers (streams.core.quotes)
 
 
 class PartialBatch(NamedTuple):
@@ -65,7 +67,8 @@ def encode_partials(batch: PartialBatch) -> bytes:
         {
             "ranges": [list(r) for r in batch.ranges],
             "panes": [
-                [p.channel, p.journey, p.pane, p.source, _states_out(p.states)] + ([p.drivers] if p.drivers else [])
+                [p.channel, p.journey, p.pane, p.source, _states_out(p.states)]
+                + ([p.drivers, _quotes_out(p.quotes)] if p.quotes else [p.drivers] if p.drivers else [])
                 for p in batch.panes
             ],
         },
@@ -79,7 +82,15 @@ def decode_partials(data: bytes) -> PartialBatch:
     return PartialBatch(
         tuple(SourceRange(int(p), int(s), int(e)) for p, s, e in obj["ranges"]),
         tuple(
-            PanePartial(c, j, int(pane), int(src), _states_in(states), _drivers_in(rest[0]) if rest else {})
+            PanePartial(
+                c,
+                j,
+                int(pane),
+                int(src),
+                _states_in(states),
+                _drivers_in(rest[0]) if rest else {},
+                _quotes_in(rest[1]) if len(rest) > 1 else (),
+            )
             for c, j, pane, src, states, *rest in obj["panes"]
         ),
     )
@@ -107,6 +118,14 @@ def _drivers_in(raw: Mapping[str, Iterable[int]]) -> dict[str, tuple[int, int]]:
     return {name: (int(n), int(high)) for name, (n, high) in raw.items()}
 
 
+def _quotes_out(quotes: Quotes) -> list[list[Any]]:
+    return [list(quote) for quote in quotes]
+
+
+def _quotes_in(raw: Iterable[Sequence[Any]]) -> Quotes:
+    return tuple(Quote(int(at), str(event_id), str(text)) for at, event_id, text in raw)
+
+
 @dataclass
 class PaneState:
     """What the ``panes`` table holds for one (segment, pane): the merged counters per metric, and per source
@@ -116,6 +135,7 @@ class PaneState:
     ends: dict[int, int] = field(default_factory=dict)
     states: dict[str, State] = field(default_factory=dict)
     drivers: dict[str, tuple[int, int]] = field(default_factory=dict)  # CES, capped (streams.core.aggregate)
+    quotes: Quotes = ()  # CES: the latest comments of high-effort answers (streams.core.quotes)
 
 
 def pane_state_to_table(pane: PaneState) -> dict[str, Any]:
@@ -123,6 +143,8 @@ def pane_state_to_table(pane: PaneState) -> dict[str, Any]:
     value: dict[str, Any] = {"ends": {str(p): end for p, end in pane.ends.items()}, "states": _states_out(pane.states)}
     if pane.drivers:
         value["drivers"] = {name: list(counts) for name, counts in pane.drivers.items()}
+    if pane.quotes:
+        value["quotes"] = _quotes_out(pane.quotes)
     return value
 
 
@@ -134,6 +156,7 @@ def pane_state_from_table(value: Mapping[str, Any] | None) -> PaneState:
         {int(p): int(end) for p, end in value["ends"].items()},
         _states_in(value["states"]),
         _drivers_in(value.get("drivers") or {}),
+        _quotes_in(value.get("quotes") or ()),
     )
 
 

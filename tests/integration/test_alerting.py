@@ -248,7 +248,7 @@ def test_an_effort_incident_pages_the_cx_team_through_prometheus_and_alertmanage
         said = alert["annotations"]["description"]
         # the page says what goes with it: the bot touchpoint, and the theme of what its customers write
         assert "High-effort share" in said and "Root cause: bot (touchpoint, " in said, said
-        assert "bot_self_service (theme, " in said, said
+        assert "bot_self_service (theme, " in said and 'Customers wrote: "' in said, said
         assert resolved is not None, f"not resolved; posts: {posts}"
         assert resolved["alerts"][0]["labels"]["channel"] == "chat"
         assert not [p for p in posts if p["path"] == "/cxpulse/pipeline"], posts  # the pipeline stayed healthy

@@ -133,7 +133,7 @@ def _ces(event_id: str, channel: str, touchpoint: str, high: bool) -> bytes:
             "score": 2 if high else 6,
             "touchpoint": touchpoint,
             # the bot's unhappy customers say so (contract section 9): the root cause names the theme
-            "comment": "De chatbot begreep mijn vraag niet" if high and touchpoint == "bot" else None,
+            "comment": f"De chatbot begreep mijn vraag niet ({event_id})" if high and touchpoint == "bot" else None,
         }
     ).encode()
 
@@ -184,6 +184,12 @@ def test_an_effort_spike_fires_with_its_root_cause_and_only_there(kafka_broker: 
         assert sample['cxpulse_effort_spike{channel="phone",journey="billing"}'] == 0
         cause = 'cxpulse_effort_cause{channel="chat",journey="billing",kind="THEME",name="bot_self_service"}'
         assert sample[cause] == first["root_cause"][-1]["high_effort"] > 0  # for Alertmanager's message
+        # it quotes the latest comments of the spike's high-effort answers (the latest sent, the first quoted)
+        assert len(first["comments"]) == 3 and all(c.startswith("De chatbot begreep") for c in first["comments"])
+        numbers = [int(c.rsplit("(e", 1)[1].rstrip(")")) for c in first["comments"]]
+        assert numbers == sorted(numbers, reverse=True), first["comments"]
+        quoted = {k: v for k, v in sample.items() if k.startswith("cxpulse_effort_quote{")}
+        assert len(quoted) == 3 and all(f'comment="{c}"' in " ".join(quoted) for c in first["comments"])
         stop_worker(worker, log)
     finally:
         alerts.close()
@@ -240,6 +246,7 @@ def test_an_incident_while_the_worker_was_down_fires_when_it_comes_back(
         assert done.returncode == 0, done.stderr
         expected = [_alert_key(json.loads(line)) for line in replayed.read_text().splitlines()]
         assert ("FIRING", "chat", "billing") in [e[:3] for e in expected]  # the incident is there to be found
+        assert all(e[5] for e in expected if e[0] == "FIRING"), expected  # with the comments it quotes
         worker = start_worker(pipeline, log, metrics_port=port)
         got = _alerts_until(settings, lambda seen: seen == expected, time.monotonic() + 90)
         assert got == expected, log.read_text()[-3000:]
@@ -250,9 +257,11 @@ def test_an_incident_while_the_worker_was_down_fires_when_it_comes_back(
 
 
 def _alert_key(record: dict[str, Any]) -> tuple[Any, ...]:
+    """An alert as compared: when and where, its root cause and the comments it quotes."""
     at = record["at"]
     at_ms = int(at.timestamp() * 1000) if isinstance(at, datetime) else at
-    return (record["state"], record["channel"], record["journey"], at_ms)
+    cause = tuple((d["kind"], d["name"], d["high_effort"], d["n"]) for d in record["root_cause"])
+    return (record["state"], record["channel"], record["journey"], at_ms, cause, tuple(record["comments"]))
 
 
 def _alerts_until(settings: Any, done: Any, deadline: float) -> list[tuple[Any, ...]]:

@@ -58,7 +58,7 @@ def test_capping_commutes_with_merging(items: list[tuple[str, int]], cut: int, r
     assert sum(n for n, _ in whole.values()) == len(answers)
 
 
-def ces_line(event_id: str, at: int, channel: str, touchpoint: str, high: bool) -> str:
+def ces_line(event_id: str, at: int, channel: str, touchpoint: str, high: bool, comment: str | None = None) -> str:
     return json.dumps(
         {
             "event_id": event_id,
@@ -70,6 +70,7 @@ def ces_line(event_id: str, at: int, channel: str, touchpoint: str, high: bool) 
             "score": 2 if high else 6,
             "touchpoint": touchpoint,
             "reason_codes": ["hold_time"] if high else [],
+            "comment": comment,
         }
     )
 
@@ -88,8 +89,10 @@ def test_replay_writes_the_alert_of_a_spike_with_its_root_cause(
                 touchpoint = ("ivr", "agent_call", "bot")[i % 3]
                 spike = channel == "chat" and minute >= 150 and touchpoint == "bot"
                 high = rng.random() < (0.8 if spike else 0.2)
+                # the bot's unhappy customers say so, some with their phone number in it (quoted redacted)
+                said = f"bot {minute}-{i} useless, call 06 1234 56{i:02d}" if spike and high and i % 2 else None
                 lines.append(
-                    ces_line(f"{channel}-{minute}-{i}", start + minute * 60_000 + i, channel, touchpoint, high)
+                    ces_line(f"{channel}-{minute}-{i}", start + minute * 60_000 + i, channel, touchpoint, high, said)
                 )
     source = tmp_path / "ces.jsonl"
     source.write_text("\n".join(lines) + "\n")
@@ -111,4 +114,8 @@ def test_replay_writes_the_alert_of_a_spike_with_its_root_cause(
     assert first["root_cause"][0]["n"] == bot_answers and first["n_short"] == 3 * bot_answers
     assert first["p0"] < first["p_short"]
     assert set(first) == {"state", "channel", "journey", "cusum", "p_short", "p0", "z", "n_short", "n_baseline",
-                          "root_cause", "at"}  # fmt: skip
+                          "root_cause", "comments", "at"}  # fmt: skip
+    # the alert quotes the 3 latest comments of high-effort answers of its short window, redacted
+    spoken = [json.loads(line) for line in lines if '"comment": "bot' in line]
+    latest = sorted((e for e in spoken if e["occurred_at"] < first["at"]), key=lambda e: e["occurred_at"])[-3:]
+    assert first["comments"] == [e["comment"].split("call ")[0] + "call [number]" for e in reversed(latest)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import tempfile
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from streams.core.synth import realistic_events
 from streams.core.validate import Clock, validate_batch
 from streams.core.windows import WindowResult
 from streams.replay import replay_file
+from streams.themes import load_taxonomy
 from streams.worker.ingest import Ingest, routed_partition
 from streams.worker.merge import MergeStep
 from streams.worker.records import (
@@ -45,8 +47,15 @@ DEEP = b'{"event_id": ' + b"[" * 5000  # JSON nested thousands deep
 Msg = FakeMessage
 
 
+SAID = (None, None, "The bot did not get it, call 0612345678", "Lang in de wacht gestaan", "ok", "!!", "Snel geholpen")
+MATCHER = ThemeMatcher(load_taxonomy())
+
+
 def events(count: int, seed: int) -> list[dict[str, Any]]:
-    return list(realistic_events(count, seed=seed, start_ms=NOW - 3 * 3_600_000, per_second=count / 7200))
+    """Realistic answers (duplicates among them), some with a comment, the same in every copy of an answer (which
+    copy the stream counts first depends on when each arrives; replay's is the first in the file)."""
+    found = realistic_events(count, seed=seed, start_ms=NOW - 3 * 3_600_000, per_second=count / 7200)
+    return [{**e, "comment": SAID[zlib.crc32(str(e["event_id"]).encode()) % len(SAID)]} for e in found]
 
 
 def replay_of(values: Iterable[bytes]) -> list[WindowResult]:
@@ -54,7 +63,7 @@ def replay_of(values: Iterable[bytes]) -> list[WindowResult]:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "events.jsonl"
         path.write_bytes(b"".join(value + b"\n" for value in values))
-        return replay_file(path, PANE_MS, lambda dead: None).results()
+        return replay_file(path, PANE_MS, lambda dead: None, matcher=MATCHER).results()
 
 
 def partitioned(values: list[bytes], partitions: int, rng: random.Random) -> dict[int, list[Msg]]:
@@ -75,7 +84,7 @@ def hot_path(
     batch takes up to ``batch`` messages of each feedback partition and a random part of what earlier batches
     routed.  Returns its partial messages per partials partition (in Kafka's order) and the routed offsets it
     committed."""
-    ingest = Ingest(FEEDBACK, LocalCatalog(), PANE_MS, q, routed)
+    ingest = Ingest(FEEDBACK, LocalCatalog(), PANE_MS, q, routed, matcher=MATCHER)
     topic = RoutedTopic()
     cursors = dict.fromkeys(per_partition, 0)
     sent: dict[int, list[bytes]] = {i: [] for i in range(q)}
@@ -142,7 +151,11 @@ def test_stream_steps_equal_replay(seed: int, partitions: int, q: int, batch: in
     values.insert(9, DEEP)  # a poison message: a dead letter, not a crash
     rng = random.Random(seed)
     stream = run_stream(partitioned(values, partitions, rng), batch, q, rng)
-    assert without_version(stream) == without_version(replay_of(values))
+    expected = replay_of(values)
+    assert without_version(stream) == without_version(expected)
+    assert any(r.quotes for r in expected) and any(
+        name.startswith("THEME:") for r in expected for name, *_ in r.drivers
+    )
 
 
 def test_the_route_step_dead_letters_the_invalid_and_routes_the_valid_by_event_id() -> None:
@@ -236,8 +249,9 @@ def test_partial_messages_round_trip() -> None:
 
 
 def test_the_answers_of_a_batch_are_the_raw_bytes_of_the_counted_events() -> None:
-    """Valid and first seen: an invalid message and a re-sent copy are not among them."""
-    good = [json.dumps(e).encode() for e in events(50, seed=9) if e["event_id"]]
+    """Valid and first seen: an invalid message and a re-sent copy are not among them.  (A comment with an address
+    or number goes on redacted, re-encoded: tests/unit/worker/test_pipeline.py's route-step test.)"""
+    good = [json.dumps({**e, "comment": None}).encode() for e in events(50, seed=9) if e["event_id"]]
     valid, _ = validate_batch([json.loads(v) for v in good])
     counted_ids = {event.event_id for event in valid}
     values = [*good, b"not json", DEEP, good[0], good[3]]
@@ -383,3 +397,31 @@ def test_the_themes_of_stored_answers_travel_in_a_header_of_their_message() -> N
     assert decode_answer_themes(None, 2) == [[], []]  # a message from before comments
     assert decode_answer_themes([(THEMES_HEADER, found)], 4) == [[], [], [], []]  # not this message's: ignored
     assert decode_answer_themes({THEMES_HEADER: b"{broken"}, 1) == [[]]
+
+
+def test_the_count_step_sends_the_latest_high_effort_comments_with_the_pane() -> None:
+    """Contract sections 7 and 9 in the stream: the partial of a CES pane carries the 3 latest comments of its
+    high-effort answers, redacted (the route step hands the text to the count step); none under `themes`."""
+    from streams.themes import load_taxonomy
+
+    matcher = ThemeMatcher(load_taxonomy())
+    base = {"source": "s", "channel": "chat", "journey": "billing", "metric": "CES"}
+    sent = [
+        json.dumps({**base, "event_id": f"e{i}", "occurred_at": NOW - 5000 + i, "score": score, "comment": said})
+        for i, (score, said) in enumerate(
+            [(1, "The bot did not get it, call me on 0612345678"), (2, "bot again"), (6, "fine, thanks"),
+             (1, "..."), (2, "looping bot"), (1, "no human to talk to"), (2, None)]
+        )
+    ]  # fmt: skip
+    step = fake_ingest(partials=1, routed=1, matcher=matcher)
+    _, counted = TwoSteps(step).batch([Msg(0, i, v.encode()) for i, v in enumerate(sent)], CLOCK)
+    (partial,) = [p for p in counted.partials[0].panes if "CES" in p.states]
+    # e2 is easy (6 of 7), e3 has no word, e6 no comment: of the rest the latest three, the latest first
+    assert [(q.event_id, q.text) for q in partial.quotes] == [
+        ("e5", "no human to talk to"),
+        ("e4", "looping bot"),
+        ("e1", "bot again"),
+    ]
+    assert decode_partials(encode_partials(counted.partials[0])).panes == counted.partials[0].panes
+    quiet = TwoSteps(fake_ingest(partials=1, routed=1, matcher=matcher, comments="themes"))
+    assert all(not p.quotes for p in quiet.batch([Msg(0, 0, sent[0].encode())], CLOCK)[1].partials[0].panes)
