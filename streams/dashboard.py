@@ -168,7 +168,7 @@ class Dashboard:
 
 
 def alert_line(alert: dict[str, Any]) -> str:
-    """One line for an EffortAlert: state, segment, shares, root cause."""
+    """One line for an EffortAlert: state, segment, shares, root cause, and the latest comment it quotes."""
     causes = ", ".join(
         f"{c['kind'].lower()} {c['name']} ({c['high_effort']}/{c['n']} high effort)" for c in alert["root_cause"]
     )
@@ -177,4 +177,5 @@ def alert_line(alert: dict[str, Any]) -> str:
     return (
         f"effort spike {alert['state']} {alert['channel']}/{alert['journey']}: high-effort share {short} against "
         f"{100 * alert['p0']:.0f}% baseline, CUSUM {alert['cusum']:.1f}; root cause: {causes or '-'}"
+        + (f'; a customer wrote: "{alert["comments"][0]}"' if alert.get("comments") else "")
     )

@@ -13,7 +13,9 @@ from streams.dashboard import Dashboard
 ALERT = {
     "state": "FIRING", "channel": "chat", "journey": "billing", "p_short": 0.35, "p0": 0.2, "cusum": 10.3,
     "root_cause": [{"kind": "TOUCHPOINT", "name": "bot", "high_effort": 35, "n": 98},
-                   {"kind": "REASON_CODE", "name": "repeat_contact", "high_effort": 30, "n": 40}],
+                   {"kind": "REASON_CODE", "name": "repeat_contact", "high_effort": 30, "n": 40},
+                   {"kind": "THEME", "name": "bot_self_service", "high_effort": 20, "n": 21}],
+    "comments": ["De chatbot begreep mijn vraag niet", "Could not get past the bot to a real person"],
 }  # fmt: skip
 
 
@@ -31,7 +33,9 @@ def test_the_dashboard_shows_five_metrics_and_the_whole_alert_line() -> None:
     assert all(metric in header for metric in ("NPS", "CES", "CSAT", "NLS", "CAS"))
     alert_lines = text[text.index("effort spike FIRING") :].splitlines()
     assert all(len(line) <= 80 for line in alert_lines)
-    assert "reason_code repeat_contact (30/40 high effort)" in " ".join(line.strip() for line in alert_lines)
+    said = " ".join(line.strip() for line in alert_lines)
+    assert "reason_code repeat_contact (30/40 high effort)" in said and "theme bot_self_service (20/21" in said
+    assert 'a customer wrote: "De chatbot begreep mijn vraag niet"' in said  # the latest comment it quotes
 
 
 def test_the_dashboard_shows_one_stop_rate_and_contacts_per_journey_from_the_counters() -> None:
