@@ -25,7 +25,10 @@ worker's RSS over a steady run with a 5-minute retention.  Usage::
 
     .venv/bin/python -m benchmarks.bench [--events 200000] [--runs 3] [--rate 20000] [--latency-seconds 60]
                                          [--store-lag-seconds 120] [--soak-seconds 600] [--only cxpulse,bare]
-                                         [--shapes live,backlog]
+                                         [--shapes live,backlog] [--comments 0.6]
+
+``--comments 0.6`` gives 60% of the answers a comment (English and Dutch, a tenth with an address and a number to
+redact): what reading comments costs the hot path (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -55,6 +59,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks import profile as profiling
+from benchmarks.comments import comments as comment_texts
 from schemas.codec import FEEDBACK, FEEDBACK_RAW, WINDOW_RESULT, LocalCatalog, decode_confluent, encode_confluent
 from streams.broker import die_with_parent
 from streams.config import REPO_ROOT, Settings
@@ -111,8 +116,12 @@ class Run:
 # --- events ----------------------------------------------------------------------------------------------
 
 
-def generate(shape: str, count: int, now_ms: int) -> tuple[list[tuple[bytes, bytes, int]], Counter[GroupKey]]:
-    """(key, value, timestamp) messages of one shape, and the expected count of every pane group."""
+def generate(
+    shape: str, count: int, now_ms: int, comment_share: float = 0.0
+) -> tuple[list[tuple[bytes, bytes, int]], Counter[GroupKey]]:
+    """(key, value, timestamp) messages of one shape, and the expected count of every pane group; ``comment_share``
+    of the answers carry a comment (benchmarks/comments.py's English and Dutch ones, a tenth with an address and a
+    phone number to redact)."""
     spec = SHAPES[shape]
     events = realistic_events(
         count,
@@ -125,8 +134,12 @@ def generate(shape: str, count: int, now_ms: int) -> tuple[list[tuple[bytes, byt
     )
     messages = []
     expected: Counter[GroupKey] = Counter()
-    for event in events:
+    said = comment_texts(count) if comment_share > 0 else []
+    pick = random.Random(23)
+    for i, event in enumerate(events):
         record = {**FIELDS, **event}
+        if said and pick.random() < comment_share:
+            record["comment"] = said[i]
         at = record["occurred_at"]
         expected[(at - at % PANE_MS, record["channel"], record["journey"], record["metric"])] += 1
         value = encode_confluent(record, FEEDBACK, 1)
@@ -705,6 +718,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--only", default="bare,cxpulse,quix,faust,replay")
     parser.add_argument("--shapes", default="live,backlog")
+    parser.add_argument(
+        "--comments", type=float, default=0.0, help="share of the answers with a comment (0.6: issue 33's cost run)"
+    )
     parser.add_argument("--rate", type=int, default=20_000, help="events/s of the latency and soak runs")
     parser.add_argument("--latency-seconds", type=float, default=60.0)
     parser.add_argument("--soak-seconds", type=float, default=600.0)
@@ -782,7 +798,7 @@ def report(bootstrap: str, workdir: Path, systems: list[str], args: argparse.Nam
     now_ms = int(time.time() * 1000)
     summary: dict[str, dict[str, Run]] = {}
     for shape in args.shapes.split(","):
-        messages, expected = generate(shape, args.events, now_ms)
+        messages, expected = generate(shape, args.events, now_ms, args.comments)
         topic = f"bench-{shape}-{uuid.uuid4().hex[:6]}"
         ensure_topics(bootstrap, [TopicSpec(topic, PARTITIONS, {})])
         load(bootstrap, topic, messages)
