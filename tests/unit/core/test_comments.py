@@ -156,3 +156,13 @@ def test_pattern_words_are_normalised_as_comments_are() -> None:
         ("hold", True),
     ]
     assert taxonomy({"themes": {"Bot Service": ["bot"]}}, "f").themes.keys() == {"bot_service"}
+
+
+def test_with_comments_sets_only_the_themes_of_an_answer() -> None:
+    """with_comments builds the answer anew with its themes as the last field: every other field stays."""
+    from streams.core.comments import with_comments
+    from streams.core.validate import Feedback
+
+    event = Feedback("e", 1, "s", "chat", "billing", "CES", 2, 1, 7, "bot", "c1", ("hold_time",), "i1")
+    found, changed = with_comments([event], [{"comment": "the bot, mail a@b.nl"}], None, "redacted")
+    assert Feedback._fields[-1] == "themes" and found[0] == event._replace(themes=("(any)",)) and changed == [0]
