@@ -86,13 +86,20 @@ def effort_families(
     limit = GaugeMetricFamily(
         "cxpulse_effort_threshold", "The CUSUM threshold H (CXPULSE_EFFORT_THRESHOLD)", value=threshold
     )
+    return [spike, cusum, zscore, p0, short, n_short, n_baseline, limit, *firing_families(causes or {}, said or {})]
+
+
+def firing_families(
+    causes: Mapping[tuple[str, str], Sequence[Driver]], said: Mapping[tuple[str, str], Quotes]
+) -> list[Metric]:
+    """While a segment's alert fires: its root cause and the comments it quotes, for Alertmanager's message."""
     cause = GaugeMetricFamily(
         "cxpulse_effort_cause",
         "While a segment's alert fires: the touchpoints, reason codes and comment themes of its root cause, each with "
         "its high-effort answers in the short window when it fired (kind TOUCHPOINT, REASON_CODE or THEME)",
         labels=[*LABELS, "kind", "name"],
     )
-    for (channel, journey), drivers in sorted((causes or {}).items()):
+    for (channel, journey), drivers in sorted(causes.items()):
         for driver in drivers:
             cause.add_metric([channel, journey, driver.kind, driver.name], driver.high_effort)
     quote = GaugeMetricFamily(
@@ -101,10 +108,10 @@ def effort_families(
         "latest; redacted; none under CXPULSE_COMMENTS=themes or off), value the time it was given (epoch seconds)",
         labels=[*LABELS, "rank", "comment"],
     )
-    for (channel, journey), quotes in sorted((said or {}).items()):
+    for (channel, journey), quotes in sorted(said.items()):
         for rank, found in enumerate(quotes, 1):
             quote.add_metric([channel, journey, str(rank), found.text], found.occurred_at / 1000)
-    return [spike, cusum, zscore, p0, short, n_short, n_baseline, limit, cause, quote]
+    return [cause, quote]
 
 
 class EventClock:

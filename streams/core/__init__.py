@@ -12,6 +12,7 @@ Read in this order:
 7. ``followups``: detractor follow-ups, and the token bucket that paces them.
 8. ``privacy``: customer ids as keyed pseudonyms.
 9. ``comments``: what customers say: comments redacted, cut into words and read as themes (9); ``answers``: a
-   counted answer as the store keeps it.
+   counted answer as the store keeps it; ``quotes``: the latest comments of high-effort answers, which an effort
+   alert quotes (7, 9).
 10. ``synth``: realistic feedback for tests and benchmarks.
 """
