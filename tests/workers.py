@@ -12,6 +12,7 @@ import subprocess
 import time
 import urllib.request
 import uuid
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,11 +25,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from schemas.codec import WINDOW_RESULT, LocalCatalog, decode_confluent
 from streams.broker import die_with_parent
 from streams.config import Settings
+from streams.core.comments import ThemeMatcher
 from streams.core.synth import realistic_events
 from streams.core.windows import result_from_record, result_json
 from streams.kafka import consumer, producer
 from streams.produce import messages_of, produce_file
 from streams.replay import replay_file
+from streams.themes import load_taxonomy
 from streams.topics import ensure_topics, partition_count, topic_specs
 from tests.support import cxpulse_command, stop_process
 
@@ -164,11 +167,20 @@ def children(pid: int) -> dict[str, int]:
     return out
 
 
+DEFAULT_THEMES = ThemeMatcher(load_taxonomy())  # the taxonomy a worker reads by default
+
+# what the mixed events' customers write (contract section 9), the same in every copy of an answer: none, an address
+# and a number to redact, the bot, waiting, Dutch, no word at all
+SAID = (None, None, None, "Mail me at jan@example.nl or call 0612345678", "De chatbot begreep me niet",
+        "Waited 40 minutes on hold", "Snel en vriendelijk geholpen", "...")  # fmt: skip
+
+
 def mixed_events(path: Path, count: int) -> None:
-    """Realistic events of the last hours (duplicates and invalid ones included), some arriving late, plus
-    lines that are not events at all, one of them a poison message."""
+    """Realistic events of the last hours (duplicates and invalid ones included), some arriving late, some with a
+    comment, plus lines that are not events at all, one of them a poison message."""
     start = int(time.time() * 1000) - 3 * 3600 * 1000
-    events = list(realistic_events(count, seed=11, start_ms=start, per_second=count / 7200))
+    found = realistic_events(count, seed=11, start_ms=start, per_second=count / 7200)
+    events = [{**e, "comment": SAID[zlib.crc32(str(e.get("event_id")).encode()) % len(SAID)]} for e in found]
     rng = random.Random(5)
     late = set(rng.sample(range(len(events)), count // 20))
     ordered = [e for i, e in enumerate(events) if i not in late] + [events[i] for i in sorted(late)]
@@ -178,7 +190,7 @@ def mixed_events(path: Path, count: int) -> None:
 
 
 def expected_results(path: Path, pane_seconds: int) -> tuple[dict[tuple[str, ...], dict[str, Any]], int]:
-    replay = replay_file(path, pane_seconds * 1000, lambda dead: None)
+    replay = replay_file(path, pane_seconds * 1000, lambda dead: None, matcher=DEFAULT_THEMES)  # as a worker reads
     expected = {}
     for result in replay.results():
         record = result_json(result)
