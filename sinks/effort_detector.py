@@ -18,6 +18,7 @@ RESOLVED go to ``cx.alerts`` (EffortAlert, Confluent wire format); the gauges ``
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any
@@ -31,12 +32,14 @@ from schemas.codec import (
     decode_confluent,
     encode_confluent,
 )
+from sinks.effort_terms import Ask, Found, TermsFinder
 from sinks.prometheus import Snapshot
 from streams.agents.base import AgentContext, Record, TableAgent
 from streams.agents.keys import PaneKey, ResultKey, SegmentKey
 from streams.config import effort_config
 from streams.core.effort import DetectorState, Driver, Evaluation, PaneEffort, alert_record, evaluate_range
 from streams.core.quotes import Quote, Quotes
+from streams.core.terms import Term
 
 LOG = logging.getLogger("cxpulse.alerts")
 EVALUATE_SECONDS = 1.0  # how often closed panes are looked for
@@ -49,9 +52,11 @@ def effort_families(
     threshold: float,
     causes: Mapping[tuple[str, str], Sequence[Driver]] | None = None,
     said: Mapping[tuple[str, str], Quotes] | None = None,
+    terms: Mapping[tuple[str, str], Sequence[Term]] | None = None,
 ) -> list[Metric]:
-    """The detector's gauges from the last evaluation of every segment, its threshold H, and the root cause and
-    quoted comments of every alert that fires (``causes``, ``said``: per segment, as it fired)."""
+    """The detector's gauges from the last evaluation of every segment, its threshold H, and the root cause,
+    quoted comments and words of every alert that fires (``causes``, ``said``: per segment, as it fired; ``terms``:
+    once read from the store)."""
     spike = GaugeMetricFamily("cxpulse_effort_spike", "1 while the segment's effort-spike alert fires", labels=LABELS)
     cusum = GaugeMetricFamily(
         "cxpulse_effort_cusum", "The CUSUM statistic S (fires at H, resolves at 0)", labels=LABELS
@@ -86,13 +91,17 @@ def effort_families(
     limit = GaugeMetricFamily(
         "cxpulse_effort_threshold", "The CUSUM threshold H (CXPULSE_EFFORT_THRESHOLD)", value=threshold
     )
-    return [spike, cusum, zscore, p0, short, n_short, n_baseline, limit, *firing_families(causes or {}, said or {})]
+    firing = firing_families(causes or {}, said or {}, terms or {})
+    return [spike, cusum, zscore, p0, short, n_short, n_baseline, limit, *firing]
 
 
 def firing_families(
-    causes: Mapping[tuple[str, str], Sequence[Driver]], said: Mapping[tuple[str, str], Quotes]
+    causes: Mapping[tuple[str, str], Sequence[Driver]],
+    said: Mapping[tuple[str, str], Quotes],
+    terms: Mapping[tuple[str, str], Sequence[Term]],
 ) -> list[Metric]:
-    """While a segment's alert fires: its root cause and the comments it quotes, for Alertmanager's message."""
+    """While a segment's alert fires: its root cause, the comments it quotes and the words over-represented in its
+    comments, for Alertmanager's message."""
     cause = GaugeMetricFamily(
         "cxpulse_effort_cause",
         "While a segment's alert fires: the touchpoints, reason codes and comment themes of its root cause, each with "
@@ -111,7 +120,17 @@ def firing_families(
     for (channel, journey), quotes in sorted(said.items()):
         for rank, found in enumerate(quotes, 1):
             quote.add_metric([channel, journey, str(rank), found.text], found.occurred_at / 1000)
-    return [cause, quote]
+    word = GaugeMetricFamily(
+        "cxpulse_effort_term",
+        "While a segment's alert fires: the words its CES comments use more than the baseline's (Dunning's "
+        "G2 >= 10.83, in >= 3 comments; rank 1 the largest G2; read from the store once it holds the spike), value "
+        "G2",
+        labels=[*LABELS, "rank", "term"],
+    )
+    for (channel, journey), found_terms in sorted(terms.items()):
+        for rank, term in enumerate(found_terms, 1):
+            word.add_metric([channel, journey, str(rank), term.term], term.g2)
+    return [cause, quote, word]
 
 
 class EventClock:
@@ -179,6 +198,10 @@ class EffortDetector(TableAgent):
         self.evaluations: dict[tuple[str, str], Evaluation] = {}
         self.causes: dict[tuple[str, str], tuple[Driver, ...]] = {}  # the root cause of each alert that fires
         self.said: dict[tuple[str, str], Quotes] = {}  # the comments each alert that fires quotes
+        self.terms: dict[tuple[str, str], tuple[Term, ...]] = {}  # the words of each alert that fires, once read
+        self.finder = TermsFinder(settings, self.config, self.pane_ms)  # reads them from the store
+        self.segments: dict[tuple[str, str], SegmentKey] = {}  # where each segment's state is kept
+        self.fired: dict[tuple[str, str], int] = {}  # the pane that fired each alert that fires
         self.applied: dict[int, int] = {}  # results partition -> the next offset this agent applies
         self.started_at: dict[int, int] = {}  # results partition -> its end when first seen with nothing taken
         # the panes table by segment, decoded, kept in step with it from handle() while the process is settled: a
@@ -229,9 +252,13 @@ class EffortDetector(TableAgent):
         last_closed = closing - closing % self.pane_ms - self.pane_ms
         segments = self._segments(closing).items()
         steps = sum([self._evaluate(segment, panes, last_closed) for segment, panes in segments if panes])
+        for ask, found in self.finder.step():
+            steps += self._words(ask, found)
         if steps:
             await self.results.flush()  # alerts, and the state table's changelog
-        self.snapshot.families = effort_families(self.evaluations, self.config.threshold, self.causes, self.said)
+        self.snapshot.families = effort_families(
+            self.evaluations, self.config.threshold, self.causes, self.said, self.terms
+        )
 
     def _positions(self) -> tuple[dict[int, int], dict[int, int]]:
         """Per held results partition: its end as last fetched, and the next offset this agent applies (for a
@@ -288,9 +315,17 @@ class EffortDetector(TableAgent):
         stored = self.states.get(key)
         state = DetectorState(stored["s"], stored["firing"], stored["evaluated"]) if stored else DetectorState()
         where = (segment.channel, segment.journey)
+        if where not in self.segments and stored:  # a restart: spikes whose words were not read yet, asked again
+            for pane_fired, n_short in stored.get("asked") or ():
+                self.finder.ask(Ask(segment.channel, segment.journey, pane_fired, n_short, time.monotonic()))
+        self.segments[where] = segment
         if state.firing and where not in self.causes and stored:  # a restart: the cause it fired with, kept
             self.causes[where] = tuple(Driver(*named) for named in stored.get("cause") or ())
             self.said[where] = tuple(Quote(*quoted) for quoted in stored.get("said") or ())
+            if stored.get("fired") is not None:
+                self.fired[where] = int(stored["fired"])
+            if stored.get("terms") is not None:
+                self.terms[where] = tuple(Term(*found) for found in stored["terms"])
         pane = state.evaluated + pane_ms if state.evaluated is not None else min(panes)
         pane = max(pane, last_closed - self.retention_ms)  # older panes are gone: nothing to evaluate them with
         until = min(last_closed, pane + (MAX_STEPS - 1) * pane_ms)  # a long catch-up goes on at the next tick
@@ -300,19 +335,17 @@ class EffortDetector(TableAgent):
             self.evaluations[where] = evaluation
             if evaluation.change is not None:
                 self._alert(segment, evaluation)
+                self.terms.pop(where, None)
                 if evaluation.firing:
                     self.causes[where], self.said[where] = evaluation.root_cause, evaluation.quotes
+                    self.fired[where] = evaluation.pane
+                    self.finder.ask(Ask(*where, evaluation.pane, evaluation.n_short, time.monotonic()))
                 else:
                     self.causes.pop(where, None)
                     self.said.pop(where, None)
+                    self.fired.pop(where, None)
         if steps:
-            self.states[key] = {
-                "s": state.s,
-                "firing": state.firing,
-                "evaluated": state.evaluated,
-                "cause": [list(driver) for driver in self.causes.get(where, ())],
-                "said": [list(quote) for quote in self.said.get(where, ())],
-            }
+            self._keep_state(segment, state)
         # panes no later evaluation of this segment needs (older than the next one's baseline): dropped, looked
         # for when the horizon moves (once a pane), or always while by_segment is not kept
         horizon = (state.evaluated if state.evaluated is not None else pane) + pane_ms - self.keep_ms
@@ -322,6 +355,41 @@ class EffortDetector(TableAgent):
                 del self.panes[PaneKey(segment.partition, segment.channel, segment.journey, old).encode()]
             self.dropped_below[segment] = horizon
         return steps
+
+    def _keep_state(self, segment: SegmentKey, state: DetectorState) -> None:
+        """The segment's state in the ``effort-state`` table: the CUSUM; while it fires the root cause, the quotes, the
+        pane that fired and the words (None until read); the spikes whose words are not read yet (pane, n_s)."""
+        where = (segment.channel, segment.journey)
+        terms = self.terms.get(where)
+        self.states[segment.encode()] = {
+            "s": state.s,
+            "firing": state.firing,
+            "evaluated": state.evaluated,
+            "cause": [list(driver) for driver in self.causes.get(where, ())],
+            "said": [list(quote) for quote in self.said.get(where, ())],
+            "fired": self.fired.get(where),
+            "terms": [list(term) for term in terms] if terms is not None else None,
+            "asked": [[ask.pane, ask.n_short] for ask in self.finder.asked(*where)],
+        }
+
+    def _words(self, ask: Ask, found: Found) -> int:
+        """The words of a spike, read: in the log; on the gauges and kept with the segment's state while it fires."""
+        where = (ask.channel, ask.journey)
+        if self.fired.get(where) == ask.pane:
+            self.terms[where] = found.terms
+        LOG.warning(
+            "effort spike words %s / %s: %s (from %d CES comments of the spike against %d of its baseline; "
+            "the store held %d of its %d CES answers)",
+            ask.channel, ask.journey,
+            ", ".join(f"{t.term} ({t.spike} vs {t.baseline}, G2 {t.g2:.1f})" for t in found.terms) or "none stand out",
+            found.spike, found.baseline, found.stored, ask.n_short,
+        )  # fmt: skip
+        segment = self.segments.get(where)
+        stored = self.states.get(segment.encode()) if segment is not None else None
+        if segment is None or stored is None:
+            return 0
+        self._keep_state(segment, DetectorState(stored["s"], stored["firing"], stored["evaluated"]))
+        return 1
 
     def _alert(self, segment: SegmentKey, evaluation: Evaluation) -> None:
         record = alert_record(segment.channel, segment.journey, evaluation, self.pane_ms)

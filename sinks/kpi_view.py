@@ -10,14 +10,24 @@ from collections.abc import MutableMapping, Sequence
 from typing import Any
 
 from schemas.codec import WINDOW_RESULT, decode_confluent
-from sinks.prometheus import RollingView, Snapshot, component_windows, window_families, window_text
+from sinks.prometheus import (
+    RollingView,
+    Snapshot,
+    component_windows,
+    theme_families,
+    theme_key,
+    window_families,
+    window_text,
+)
 from streams.agents.base import AgentContext, Record, TableAgent
+from streams.agents.exposition import render
 from streams.agents.keys import MetricPaneKey
-from streams.core.aggregate import GroupKey, State
+from streams.core.aggregate import ZERO, GroupKey, State
 from streams.core.windows import state_of
 
 LOG = logging.getLogger("cxpulse.kpis")
 REFRESH_SECONDS = 2.0
+STATE_END = 1 + len(State._fields)  # a table value: [version, *state, {theme: answers} when any]
 
 
 class KpiView(TableAgent):
@@ -40,6 +50,7 @@ class KpiView(TableAgent):
         self.snapshot = snapshot
         self.keep_ms = max(settings.windows_seconds) * 1000 + self.pane_ms  # older panes are in no window
         self.index = RollingView(settings.windows_seconds, self.pane_ms)
+        self.themes = RollingView(settings.windows_seconds, self.pane_ms)  # the results' mentions (theme_key)
         self.indexed: set[int] | None = None  # the partitions the index was built for (rebuilt on a change)
         self.where: dict[GroupKey, int] = {}  # pane group -> its results partition
         self.stamps: list[int] = []  # Kafka timestamps of the results applied since the last refresh (latency)
@@ -62,7 +73,9 @@ class KpiView(TableAgent):
             key = MetricPaneKey(
                 partition, result["channel"], result["journey"], result["metric"], result["window_start"]
             ).encode()
-            value = [result["version"], *state_of(result)]
+            value: list[Any] = [result["version"], *state_of(result)]
+            if result.get("themes"):
+                value.append(result["themes"])
             self.stamps.append(record.timestamp_ms)
             before = latest.get(key) or self.view.get(key)
             if before is None or before[0] < value[0]:
@@ -71,9 +84,7 @@ class KpiView(TableAgent):
             self.view[key] = value
             parsed = MetricPaneKey.decode(key)
             if self.indexed is not None and partition in self.indexed:
-                group = (parsed.pane, parsed.channel, parsed.journey, parsed.metric)
-                self.index.put(group, State(*value[1:]))
-                self.where[group] = partition
+                self._index(partition, parsed, value)
 
     async def tick(self, now_ms: int) -> None:
         """Refresh the gauges: index the table on a new assignment, move the windows, hand the snapshot a copy."""
@@ -81,11 +92,13 @@ class KpiView(TableAgent):
         if assigned != self.indexed:  # start, recovery or rebalance: index what the table holds for them
             self._reindex(assigned)
         self.index.advance(now_ms)
+        self.themes.advance(now_ms)
         totals = {window: dict(states) for window, states in self.index.totals.items()}  # the view moves on
+        themes = theme_families(self.themes.totals, self.settings.label_cap)  # small: the taxonomy's themes
         end, cap, components = self.index.end or 0, self.settings.label_cap, component_windows(self.settings)
         self.snapshot.set_lazy(  # built, or written straight as text, when a scrape asks
-            lambda: window_families(totals, end, cap, components)[0],
-            lambda: window_text(totals, end, cap, components),
+            lambda: window_families(totals, end, cap, components)[0] + themes,
+            lambda: window_text(totals, end, cap, components) + render(themes),
         )
         for stamp in self.stamps:
             if stamp > 0:
@@ -94,18 +107,26 @@ class KpiView(TableAgent):
         self.dropped_before = max(self.dropped_before, now_ms - self.keep_ms)
         await self._drop_before(self.dropped_before)
 
+    def _index(self, partition: int, parsed: MetricPaneKey, value: list[Any]) -> None:
+        """A pane group's latest result ([version, *state, {theme: answers}?]) into the views."""
+        group = (parsed.pane, parsed.channel, parsed.journey, parsed.metric)
+        self.index.put(group, State(*value[1:STATE_END]))
+        self.where[group] = partition
+        for theme, n in (value[STATE_END] if len(value) > STATE_END else {}).items():
+            self.themes.put(theme_key(*group, theme), ZERO._replace(n=n))
+
     def _reindex(self, assigned: set[int]) -> None:
         self.index = RollingView(self.settings.windows_seconds, self.pane_ms)
+        self.themes = RollingView(self.settings.windows_seconds, self.pane_ms)
         self.where.clear()
         for key, value in list(self.view.items()):
             parsed = MetricPaneKey.decode(key)
             if parsed.partition in assigned:
-                group = (parsed.pane, parsed.channel, parsed.journey, parsed.metric)
-                self.index.put(group, State(*value[1:]))
-                self.where[group] = parsed.partition
+                self._index(parsed.partition, parsed, value)
         self.indexed = assigned
 
     async def _drop_before(self, cutoff_ms: int) -> None:
+        self.themes.drop_before(cutoff_ms)
         old = self.index.drop_before(cutoff_ms)
         for pane, channel, journey, metric in old:
             key = MetricPaneKey(self.where.pop((pane, channel, journey, metric)), channel, journey, metric, pane)

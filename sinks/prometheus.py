@@ -31,6 +31,7 @@ from prometheus_client.registry import Collector
 from streams.agents.exposition import number, render
 from streams.config import Settings
 from streams.core.aggregate import ZERO, GroupKey, State, kpi, merge
+from streams.core.comments import ANY
 from streams.core.windows import SegmentKey, rolling_window, window_bounds
 
 OTHER = "other"
@@ -163,6 +164,41 @@ def window_text(
         parts.append(f"# HELP {name} {_HELP[key]}\n# TYPE {name} gauge\n")
         parts.extend(samples)
     return "".join(parts).encode()
+
+
+THEME_SEPARATOR = "|"  # the theme view's groups: (pane, channel, journey, "METRIC|theme")
+
+
+def theme_key(pane: int, channel: str, journey: str, metric: str, theme: str) -> GroupKey:
+    """A group of the theme view: a RollingView over the pane results' mentions, the state's n their count."""
+    return (pane, channel, journey, f"{metric}{THEME_SEPARATOR}{theme}")
+
+
+def theme_families(windows: Mapping[int, Mapping[SegmentKey, State]], cap: int) -> list[Metric]:
+    """``cxpulse_theme_answers{channel,theme,window}``: per channel (all its journeys and metrics), the answers of
+    the rolling window whose comment mentions each theme ("(any)": those with a comment), from the theme view's
+    windows.  Labels stay bounded: the taxonomy's themes, and the ``cap`` channels with the most commented answers
+    in the longest window (the rest folded into channel ``other``)."""
+    counts: dict[tuple[int, str, str], int] = defaultdict(int)
+    for window_s, totals in windows.items():
+        for (channel, _, group), state in totals.items():
+            counts[(window_s, channel, group.partition(THEME_SEPARATOR)[2])] += state.n
+    longest = max(windows) if windows else 0
+    sizes = {channel: n for (window_s, channel, theme), n in counts.items() if window_s == longest and theme == ANY}
+    kept = {channel for channel, _ in sorted(sizes.items(), key=lambda item: (-item[1], item[0]))[:cap]}
+    folded: dict[tuple[str, str, str], int] = defaultdict(int)
+    for (window_s, channel, theme), n in counts.items():
+        folded[(window_label(window_s), channel if channel in kept else OTHER, theme)] += n
+    family = GaugeMetricFamily(
+        "cxpulse_theme_answers",
+        "Answers in the rolling window whose comment mentions the theme ('(any)': answers with a comment), per "
+        "channel over its journeys and metrics (docs/contract.md section 9)",
+        labels=["channel", "theme", "window"],
+    )
+    for (label, channel, theme), n in sorted(folded.items(), key=lambda item: (item[0][1], item[0][2], item[0][0])):
+        if n > 0:
+            family.add_metric([channel, theme, label], n)
+    return [family]
 
 
 def component_windows(settings: Settings) -> set[int] | None:

@@ -45,6 +45,8 @@ class Dashboard:
         self.journey_gap_seconds = settings.journey_gap_seconds
         self._last: tuple[float, float] | None = None
         self.alerts: list[dict[str, Any]] = []
+        self.words: dict[tuple[str, str], list[str]] = {}  # per firing segment, the words of its spike (the gauge)
+        self.words_told: set[tuple[str, str, tuple[str, ...]]] = set()
         self._alerts = consumer(bootstrap, f"cxpulse-demo-{uuid.uuid4().hex[:8]}", **{"enable.auto.commit": False})
         self._alerts.assign([TopicPartition(settings.alerts_topic, 0, OFFSET_BEGINNING)])
         self.feedback_topic = settings.feedback_topic
@@ -75,6 +77,7 @@ class Dashboard:
         slots = {"cxpulse_kpi_value": 0, "cxpulse_kpi_moe95": 1, "cxpulse_kpi_responses": 2}
         lag = dead = 0.0
         journeys: dict[str, dict[str, int]] = defaultdict(dict)
+        words: dict[tuple[str, str], list[tuple[int, str]]] = defaultdict(list)
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 labels = sample.labels
@@ -88,12 +91,26 @@ class Dashboard:
                     lag += sample.value
                 elif sample.name == "cxpulse_worker_dead_letters_total":
                     dead += sample.value
+                elif sample.name == "cxpulse_effort_term":
+                    words[(labels["channel"], labels["journey"])].append((int(labels["rank"]), labels["term"]))
+        self.words = {segment: [term for _, term in sorted(found)] for segment, found in words.items()}
         self.lag, self.dead_letters = lag, dead
         self.journeys = {j: JourneyCounts(**c) for j, c in journeys.items() if set(c) == set(JourneyCounts._fields)}
         self.kpis = defaultdict(dict)
         for (channel, journey, metric), (value, moe, n) in values.items():
             if value is not None and n is not None:
                 self.kpis[(channel, journey)][metric] = (value, moe, n)
+
+    def new_words(self) -> list[tuple[str, str, list[str]]]:
+        """The words of a spike that appeared since the last call (they follow the alert once the store holds the
+        spike): (channel, journey, words)."""
+        out = []
+        for (channel, journey), words in sorted(self.words.items()):
+            told = (channel, journey, tuple(words))
+            if told not in self.words_told:
+                self.words_told.add(told)
+                out.append((channel, journey, words))
+        return out
 
     def render(self, width: int = 120) -> Group:
         """The dashboard for a terminal ``width`` columns wide (alert lines wrapped to it, never cut)."""
@@ -122,7 +139,8 @@ class Dashboard:
             table.add_row(channel, journey, *cells, style=style)
         parts: list[Any] = [head, table, Text(self.journey_line())]
         for alert in self.alerts[-5:]:
-            wrapped = textwrap.fill(alert_line(alert), width=max(40, width), subsequent_indent="    ")
+            words = self.words.get((alert["channel"], alert["journey"])) if alert["state"] == "FIRING" else None
+            wrapped = textwrap.fill(alert_line(alert, words), width=max(40, width), subsequent_indent="    ")
             parts.append(Text(wrapped, style="bold red" if alert["state"] == "FIRING" else "green"))
         if not self.alerts:
             parts.append(Text("no effort alert yet (the incident starts 30 s after the simulator)", style="dim"))
@@ -167,8 +185,9 @@ class Dashboard:
         self._alerts.close()
 
 
-def alert_line(alert: dict[str, Any]) -> str:
-    """One line for an EffortAlert: state, segment, shares, root cause, and the latest comment it quotes."""
+def alert_line(alert: dict[str, Any], words: list[str] | None = None) -> str:
+    """One line for an EffortAlert: state, segment, shares, root cause, the latest comment it quotes, and the words
+    of its spike once known (``words``: from the worker's gauge)."""
     causes = ", ".join(
         f"{c['kind'].lower()} {c['name']} ({c['high_effort']}/{c['n']} high effort)" for c in alert["root_cause"]
     )
@@ -178,4 +197,10 @@ def alert_line(alert: dict[str, Any]) -> str:
         f"effort spike {alert['state']} {alert['channel']}/{alert['journey']}: high-effort share {short} against "
         f"{100 * alert['p0']:.0f}% baseline, CUSUM {alert['cusum']:.1f}; root cause: {causes or '-'}"
         + (f'; a customer wrote: "{alert["comments"][0]}"' if alert.get("comments") else "")
+        + (f"; words used more than usual: {', '.join(words)}" if words else "")
     )
+
+
+def words_line(channel: str, journey: str, words: list[str]) -> str:
+    """The line for the words of a spike, printed when they arrive after its alert."""
+    return f"effort spike words {channel}/{journey}: {', '.join(words)} (used more than usual in its comments)"

@@ -33,7 +33,7 @@ from rich.table import Table
 from streams import broker as local_broker
 from streams.config import Settings
 from streams.core.windows import iso_utc
-from streams.dashboard import Dashboard, alert_line
+from streams.dashboard import Dashboard, alert_line, words_line
 from streams.errors import CxPulseError
 from streams.render import count
 from streams.topics import ensure_topics, topic_specs
@@ -198,6 +198,8 @@ class Demo:
             while self._running(stop_after):
                 for alert in board.poll():
                     out.print(alert_line(alert), highlight=False, markup=False)
+                for channel, journey, words in board.new_words():
+                    out.print(words_line(channel, journey, words), highlight=False, markup=False)
                 if view is not None:
                     view.update(board.render(out.width))
                 else:

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import fastavro
 
@@ -26,21 +26,25 @@ from schemas.codec import FEEDBACK_RAW, feedback_from_json, is_current_feedback,
 from streams.core.aggregate import (
     Drivers,
     GroupKey,
+    Mentions,
     SegmentPane,
     State,
     ThemeKey,
     aggregate_drivers,
+    aggregate_mentions,
     aggregate_panes,
     aggregate_theme_panes,
     merge_drivers,
     merge_into,
+    merge_mentions,
 )
 from streams.core.answers import stored_answer
-from streams.core.comments import CommentMode, ThemeMatcher, with_comments
+from streams.core.comments import ANY, CommentMode, ThemeMatcher, with_comments
 from streams.core.dedup import Deduplicator
 from streams.core.effort import EffortConfig, PaneEffort, replay_alerts
 from streams.core.journeys import Instance, JourneyBook
 from streams.core.quotes import Quotes, aggregate_quotes, merge_quotes
+from streams.core.terms import Said, spike_terms
 from streams.core.validate import Clock, DeadLetter, Feedback, Rejection, outside_the_clock, validate_batch
 from streams.core.windows import (
     WindowResult,
@@ -250,6 +254,7 @@ class Replay:
     panes: dict[GroupKey, State] = field(default_factory=dict)
     drivers: dict[SegmentPane, Drivers] = field(default_factory=dict)  # CES root-cause counters per pane
     quotes: dict[SegmentPane, Quotes] = field(default_factory=dict)  # CES: the latest high-effort comments per pane
+    said: dict[tuple[str, str], list[Said]] = field(default_factory=dict)  # CES: every comment (the spikes' words)
     dedup: Deduplicator = field(default_factory=Deduplicator)
     stats: ReplayStats = field(default_factory=ReplayStats)
     clock: Clock | None = None  # set: count what a worker with this clock would refuse for its time (a warning)
@@ -258,6 +263,7 @@ class Replay:
     comments: CommentMode = "redacted"  # what becomes of comments (docs/contract.md section 9)
     matcher: ThemeMatcher | None = None  # the theme taxonomy, compiled; None: no themes but "(any)"
     theme_panes: dict[ThemeKey, State] = field(default_factory=dict)
+    mentions: dict[GroupKey, Mentions] = field(default_factory=dict)  # the pane results' theme mentions
     on_answer: Callable[[dict[str, Any]], None] | None = None  # set: told every counted answer as the store keeps it
 
     def feed(self, batch: Batch) -> list[DeadLetter]:
@@ -277,7 +283,7 @@ class Replay:
         dead = [letter for _, letter in sorted(ordered, key=lambda pair: pair[0])]  # in input order
         unique, duplicates = self.dedup.first_seen(valid)
         merge_into(self.panes, aggregate_panes(unique, self.pane_ms))
-        merge_into(self.theme_panes, aggregate_theme_panes(unique, self.pane_ms))
+        self._read_comments(unique, valid, kept)
         if self.on_answer is not None:
             tell_answers(self.on_answer, unique, valid, kept)
         if unique:
@@ -289,9 +295,6 @@ class Replay:
         for key, drivers in aggregate_drivers(unique, self.pane_ms).items():
             before = self.drivers.get(key)
             self.drivers[key] = drivers if before is None else merge_drivers(before, drivers)
-        comments = {id(event): record.get("comment") for event, record in zip(valid, kept, strict=True)}
-        for key, quotes in aggregate_quotes(((e, comments[id(e)]) for e in unique), self.pane_ms).items():
-            self.quotes[key] = merge_quotes(self.quotes.get(key, ()), quotes)
         stats = self.stats
         stats.read += batch.count
         stats.valid += len(valid)
@@ -302,6 +305,22 @@ class Replay:
             if stats.max_occurred_at is None or latest > stats.max_occurred_at:
                 stats.max_occurred_at = latest
         return dead
+
+    def _read_comments(self, unique: list[Feedback], valid: list[Feedback], kept: list[dict[str, Any]]) -> None:
+        """What the counted answers' comments add: theme results, the pane results' mentions, the effort alerts'
+        quotes, and the CES comments the spikes' words are read from."""
+        merge_into(self.theme_panes, aggregate_theme_panes(unique, self.pane_ms))
+        for group, found in aggregate_mentions(unique, self.pane_ms).items():
+            self.mentions[group] = merge_mentions(self.mentions.get(group, {}), found)
+        comments = {id(event): record.get("comment") for event, record in zip(valid, kept, strict=True)}
+        for key, quotes in aggregate_quotes(((e, comments[id(e)]) for e in unique), self.pane_ms).items():
+            self.quotes[key] = merge_quotes(self.quotes.get(key, ()), quotes)
+        for event in unique:
+            comment = comments[id(event)]
+            if comment and event.metric == "CES" and ANY in event.themes:
+                self.said.setdefault((event.channel, event.journey), []).append(
+                    (event.occurred_at, event.event_id, comment)
+                )
 
     def theme_results(self, window_ms: int | None = None) -> list[dict[str, Any]]:
         """The theme results (docs/contract.md section 9) as JSON objects, the fields of a result record plus
@@ -331,12 +350,19 @@ class Replay:
                     state.n, state.high_effort, drivers, quotes
                 )
         starts = [pane for pane, _, _, _ in self.panes]
-        return list(replay_alerts(segments, config, self.pane_ms, min(starts), max(starts)))
+        alerts = list(replay_alerts(segments, config, self.pane_ms, min(starts), max(starts)))
+        for alert in alerts:  # the words of each spike: the stream's detector reads them from the store
+            if alert["state"] == "FIRING":
+                where = (str(alert["channel"]), str(alert["journey"]))
+                pane = cast(int, alert["at"]) - self.pane_ms
+                said = self.said.get(where, ())
+                alert["terms"] = [term._asdict() for term in spike_terms(said, config, pane, self.pane_ms)]
+        return alerts
 
     def results(self, window_ms: int | None = None, now_ms: int | None = None) -> list[WindowResult]:
         """Pane results (window_ms None), or the rolling window of that length as of the latest event (or as of
         ``now_ms``: what the live gauges show at that time, for a check of them)."""
-        return self._results_of(self.panes, window_ms, now_ms, self.drivers, self.quotes)
+        return self._results_of(self.panes, window_ms, now_ms, self.drivers, self.quotes, self.mentions)
 
     def _results_of(
         self,
@@ -345,9 +371,10 @@ class Replay:
         now_ms: int | None,
         drivers: dict[SegmentPane, Drivers],
         quotes: dict[SegmentPane, Quotes],
+        mentions: dict[GroupKey, Mentions] | None = None,
     ) -> list[WindowResult]:
         if window_ms is None:
-            return pane_results(panes, self.pane_ms, drivers=drivers, quotes=quotes)
+            return pane_results(panes, self.pane_ms, drivers=drivers, quotes=quotes, themes=mentions)
         if self.stats.max_occurred_at is None:
             return []
         # replay's "now" is the largest occurred_at seen; the window ends at the boundary after it so that

@@ -37,16 +37,17 @@ class EndpointReader:
     """Queries through the read-only SQL endpoint of the process that holds the embedded store
     (sinks/clickhouse_sink.py)."""
 
-    def __init__(self, endpoint: store.Endpoint) -> None:
+    def __init__(self, endpoint: store.Endpoint, timeout: float = 60.0) -> None:
         self.url = endpoint.url
         self.token = endpoint.token
+        self.timeout = timeout
 
     def rows(self, sql: str, parameters: Mapping[str, Any]) -> list[Sequence[Any]]:
         body = json.dumps({"sql": sql, "parameters": dict(parameters)}, default=str).encode()
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {self.token}"}
         request = urllib.request.Request(self.url, body, headers)  # noqa: S310
         try:
-            with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - loopback, our own
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 - loopback, our own
                 return list(json.loads(response.read())["rows"])
         except urllib.error.HTTPError as exc:
             raise store.StoreError(f"the worker's query endpoint refused: {exc.read().decode()[:300]}") from exc

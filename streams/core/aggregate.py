@@ -158,6 +158,32 @@ def aggregate_theme_panes(events: Iterable[Feedback], pane_ms: int) -> dict[Them
     return partials
 
 
+Mentions = dict[str, int]  # theme -> answers whose comment mentions it ("(any)": answers with a comment)
+
+
+def aggregate_mentions(events: Iterable[Feedback], pane_ms: int) -> dict[GroupKey, Mentions]:
+    """Per (pane_start, channel, journey, metric): how many answers mention each theme, the ``n`` of the theme
+    results (docs/contract.md section 9) that the pane results carry for the live gauges."""
+    tally = Counter(
+        (e.occurred_at - e.occurred_at % pane_ms, e.channel, e.journey, e.metric, theme)
+        for e in events
+        if e.themes
+        for theme in e.themes
+    )
+    out: dict[GroupKey, Mentions] = {}
+    for (pane, channel, journey, metric, theme), n in tally.items():
+        out.setdefault((pane, channel, journey, metric), {})[theme] = n
+    return out
+
+
+def merge_mentions(a: Mapping[str, int], b: Mapping[str, int]) -> Mentions:
+    """The mentions of the union of two sets of answers."""
+    out = dict(a)
+    for theme, n in b.items():
+        out[theme] = out.get(theme, 0) + n
+    return out
+
+
 K = TypeVar("K", GroupKey, ThemeKey)
 
 

@@ -92,16 +92,18 @@ def spoil(event: dict[str, Any], rng: random.Random) -> None:
 
 # --- comments, as customers write them (English and Dutch): what went wrong, or what went well -------------------
 
+# (the bot's unhappy customers all name the chatbot, as they do: on a test's 5-second spike with ~40 comments, the
+# word spread over "bot" and "chatbot" was too thin for the spike's words to name either)
 COMMENTS_BAD: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {  # cause -> (English, Dutch)
     "bot": (
         (
             "The chatbot did not understand my question",
-            "The bot kept sending me in circles",
-            "Could not get past the bot to a real person",
+            "The chatbot kept sending me in circles",
+            "Could not get past the chatbot to a real person",
         ),
         (
             "De chatbot begreep mijn vraag niet",
-            "De bot stuurde me steeds in cirkels rond",
+            "De chatbot stuurde me steeds in cirkels rond",
             "Ik kwam niet langs de chatbot naar een mens",
         ),
     ),

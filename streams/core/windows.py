@@ -73,6 +73,7 @@ class WindowResult(NamedTuple):
     version: int
     drivers: tuple[tuple[str, int, int], ...] = ()  # CES panes: (TOUCHPOINT:x | REASON_CODE:y, n, high), by name
     quotes: Quotes = ()  # CES panes: the latest comments of high-effort answers (streams.core.quotes)
+    themes: tuple[tuple[str, int], ...] = ()  # pane results: (theme, answers mentioning it), by theme (section 9)
 
 
 def window_result(
@@ -85,8 +86,10 @@ def window_result(
     version: int,
     drivers: Mapping[str, tuple[int, int]] | None = None,
     quotes: Quotes = (),
+    themes: Mapping[str, int] | None = None,
 ) -> WindowResult:
-    """The result record of one group with n > 0 (``drivers`` and ``quotes`` only for CES panes)."""
+    """The result record of one group with n > 0 (``drivers`` and ``quotes`` only for CES panes, ``themes`` for
+    panes)."""
     k = kpi(metric, state)
     return WindowResult(
         window_start,
@@ -108,6 +111,7 @@ def window_result(
         version,
         tuple((name, n, high) for name, (n, high) in sorted(drivers.items())) if drivers else (),
         quotes,
+        tuple(sorted(themes.items())) if themes else (),
     )
 
 
@@ -117,11 +121,14 @@ def pane_results(
     version: int = 1,
     drivers: Mapping[tuple[int, str, str], Mapping[str, tuple[int, int]]] | None = None,
     quotes: Mapping[tuple[int, str, str], Quotes] | None = None,
+    themes: Mapping[GroupKey, Mapping[str, int]] | None = None,
 ) -> list[WindowResult]:
     """Result records of every pane group with n > 0, ordered by pane, channel, journey, metric; CES ones with
-    their drivers and quotes (``drivers``, ``quotes`` by (pane, channel, journey))."""
+    their drivers and quotes (``drivers``, ``quotes`` by (pane, channel, journey)), each with its theme mentions
+    (``themes`` by group)."""
     drivers = drivers or {}
     quotes = quotes or {}
+    themes = themes or {}
     return [
         window_result(
             pane,
@@ -133,6 +140,7 @@ def pane_results(
             version,
             drivers.get((pane, channel, journey)) if metric == "CES" else None,
             quotes.get((pane, channel, journey), ()) if metric == "CES" else (),
+            themes.get((pane, channel, journey, metric)),
         )
         for (pane, channel, journey, metric), state in sorted(panes.items())
         if state.n > 0
@@ -150,6 +158,7 @@ def result_record(result: WindowResult) -> dict[str, Any]:
     obj = result._asdict()
     obj["drivers"] = [{"name": name, "n": n, "high_effort": high} for name, n, high in result.drivers]
     obj["quotes"] = [quote._asdict() for quote in result.quotes]
+    obj["themes"] = dict(result.themes)
     return obj
 
 
@@ -157,7 +166,8 @@ def result_from_record(record: Mapping[str, Any]) -> WindowResult:
     """A result back from its Avro record."""
     drivers = tuple((d["name"], d["n"], d["high_effort"]) for d in record.get("drivers") or ())
     quotes = tuple(Quote(_ms(q["occurred_at"]), q["event_id"], q["text"]) for q in record.get("quotes") or ())
-    return WindowResult(**{**record, "drivers": drivers, "quotes": quotes})
+    themes = tuple(sorted((str(theme), int(n)) for theme, n in (record.get("themes") or {}).items()))
+    return WindowResult(**{**record, "drivers": drivers, "quotes": quotes, "themes": themes})
 
 
 def _ms(value: Any) -> int:

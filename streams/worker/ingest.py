@@ -29,7 +29,7 @@ import orjson
 
 from schemas.codec import SchemaCatalog, decode_batch, encode_feedback
 from streams.agents.keys import segment_partition
-from streams.core.aggregate import State, aggregate_drivers, aggregate_panes
+from streams.core.aggregate import Mentions, State, aggregate_drivers, aggregate_mentions, aggregate_panes
 from streams.core.comments import CommentMode, ThemeMatcher, with_comments
 from streams.core.dedup import Dedup, Deduplicator
 from streams.core.followups import context as followup_context
@@ -279,11 +279,23 @@ class Ingest:
             if pane + pane_ms <= clock.now_ms:
                 out.late += state.n
         drivers = aggregate_drivers(unique, pane_ms)
+        mentions: dict[tuple[str, str, int], dict[str, Mentions]] = defaultdict(dict)
+        for (pane, channel, journey, metric), counts in aggregate_mentions(unique, pane_ms).items():
+            mentions[(channel, journey, pane)][metric] = counts
         for (channel, journey, pane), states in deltas.items():
             found = drivers.get((pane, channel, journey), {})
             said = quotes.get((pane, channel, journey), ())
             out.panes[self.owner(channel, journey)].append(
-                PanePartial(channel, journey, pane, ROUTED_SOURCE + partition, states, found, said)
+                PanePartial(
+                    channel,
+                    journey,
+                    pane,
+                    ROUTED_SOURCE + partition,
+                    states,
+                    found,
+                    said,
+                    mentions.get((channel, journey, pane), {}),
+                )  # fmt: skip
             )
 
     def _journeys(self, unique: list[Feedback], out: dict[int, list[bytes]]) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streams.agents.keys import PaneKey, SourceKey
-from streams.core.aggregate import merge, merge_drivers
+from streams.core.aggregate import merge, merge_drivers, merge_mentions
 from streams.core.quotes import merge_quotes
 from streams.core.windows import WindowResult, window_result
 from streams.worker.records import (
@@ -74,6 +74,8 @@ def absorb(pane: PaneState, partial: PanePartial, end: int) -> bool:
         pane.drivers = merge_drivers(pane.drivers, partial.drivers)
     if partial.quotes:
         pane.quotes = merge_quotes(pane.quotes, partial.quotes)
+    for metric, found in partial.mentions.items():
+        pane.mentions[metric] = merge_mentions(pane.mentions.get(metric, {}), found)
     return True
 
 
@@ -101,6 +103,7 @@ def merged_results(
                     version,
                     pane.drivers if ces else None,
                     pane.quotes if ces else (),
+                    pane.mentions.get(metric),
                 )
             )
     return out

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from streams.core.aggregate import State
+from streams.core.aggregate import Mentions, State
 from streams.core.quotes import Quote, Quotes
 from streams.core.validate import Feedback
 
@@ -51,6 +51,7 @@ class PanePartial(NamedTuple):
     states: dict[str, State]
     drivers: dict[str, tuple[int, int]] = {}  # CES answers by touchpoint / reason code: (n, high effort)
     quotes: Quotes = ()  # the latest comments of its high-effort CES answers (streams.core.quotes)
+    mentions: dict[str, Mentions] = {}  # per metric, its answers that mention each theme (section 9)
 
 
 class PartialBatch(NamedTuple):
@@ -69,7 +70,15 @@ def encode_partials(batch: PartialBatch) -> bytes:
         "ranges": [list(r) for r in batch.ranges],
         "panes": [
             [p.channel, p.journey, p.pane, p.source, _states_out(p.states)]
-            + ([p.drivers, _quotes_out(p.quotes)] if p.quotes else [p.drivers] if p.drivers else [])
+            + (
+                [p.drivers, _quotes_out(p.quotes), p.mentions]
+                if p.mentions
+                else [p.drivers, _quotes_out(p.quotes)]
+                if p.quotes
+                else [p.drivers]
+                if p.drivers
+                else []
+            )
             for p in batch.panes
         ],
     }
@@ -93,6 +102,7 @@ def decode_partials(data: bytes) -> PartialBatch:
                 _states_in(states),
                 _drivers_in(rest[0]) if rest else {},
                 _quotes_in(rest[1]) if len(rest) > 1 else (),
+                _mentions_in(rest[2]) if len(rest) > 2 else {},
             )
             for c, j, pane, src, states, *rest in obj["panes"]
         ),
@@ -121,6 +131,10 @@ def _drivers_in(raw: Mapping[str, Iterable[int]]) -> dict[str, tuple[int, int]]:
     return {name: (int(n), int(high)) for name, (n, high) in raw.items()}
 
 
+def _mentions_in(raw: Mapping[str, Mapping[str, int]]) -> dict[str, Mentions]:
+    return {metric: {str(theme): int(n) for theme, n in found.items()} for metric, found in raw.items()}
+
+
 def _quotes_out(quotes: Quotes) -> list[list[Any]]:
     return [list(quote) for quote in quotes]
 
@@ -139,6 +153,7 @@ class PaneState:
     states: dict[str, State] = field(default_factory=dict)
     drivers: dict[str, tuple[int, int]] = field(default_factory=dict)  # CES, capped (streams.core.aggregate)
     quotes: Quotes = ()  # CES: the latest comments of high-effort answers (streams.core.quotes)
+    mentions: dict[str, Mentions] = field(default_factory=dict)  # per metric, answers mentioning each theme
 
 
 def pane_state_to_table(pane: PaneState) -> dict[str, Any]:
@@ -148,6 +163,8 @@ def pane_state_to_table(pane: PaneState) -> dict[str, Any]:
         value["drivers"] = {name: list(counts) for name, counts in pane.drivers.items()}
     if pane.quotes:
         value["quotes"] = _quotes_out(pane.quotes)
+    if pane.mentions:
+        value["mentions"] = pane.mentions
     return value
 
 
@@ -160,6 +177,7 @@ def pane_state_from_table(value: Mapping[str, Any] | None) -> PaneState:
         _states_in(value["states"]),
         _drivers_in(value.get("drivers") or {}),
         _quotes_in(value.get("quotes") or ()),
+        _mentions_in(value.get("mentions") or {}),
     )
 
 

@@ -124,6 +124,19 @@ def query(prometheus: str, expr: str) -> list[dict[str, Any]]:
     return list(body["data"]["result"])
 
 
+def _words(prometheus: str) -> list[str]:
+    """The words of chat/billing's spike on the worker's gauge, as Prometheus has them now."""
+    return [r["metric"]["term"] for r in query(prometheus, 'cxpulse_effort_term{channel="chat",journey="billing"}')]
+
+
+def _description(prometheus: str) -> str:
+    """The description of the firing CxEffortSpike of chat/billing as Prometheus renders it now (empty: none)."""
+    with urllib.request.urlopen(f"{prometheus}/api/v1/alerts", timeout=10) as response:  # noqa: S310 - loopback
+        alerts = json.loads(response.read())["data"]["alerts"]
+    found = [a for a in alerts if a["labels"].get("alertname") == "CxEffortSpike" and a["labels"]["channel"] == "chat"]
+    return str(found[0]["annotations"]["description"]) if found else ""
+
+
 @pytest.fixture()
 def webhook() -> Iterator[Webhook]:
     hook = Webhook()
@@ -138,7 +151,9 @@ def test_an_effort_incident_pages_the_cx_team_through_prometheus_and_alertmanage
     waits 1 s; everything else is the files in deploy/ as they are (the routes, the expressions, the labels)."""
     # journeys close within the test (the dashboards' journey panels show data); only here: closing every second
     # is work beside the effort tests' timing (tests/integration/test_sinks.py failed once with it, CI 2026-12-02)
-    pipeline = fast_effort_pipeline(kafka_broker.bootstrap, tmp_path, journey_gap_seconds=2)
+    pipeline = fast_effort_pipeline(
+        kafka_broker.bootstrap, tmp_path, journey_gap_seconds=2, clickhouse_url=f"chdb://{tmp_path / 'store'}"
+    )
     worker_port, prom_port, am_port, am_cluster = free_ports(4)
     rules = tmp_path / "rules"
     rules.mkdir()
@@ -233,6 +248,13 @@ def test_an_effort_incident_pages_the_cx_team_through_prometheus_and_alertmanage
                     if not query(prom, expr) and where.split(": ")[1].rsplit(" ", 1)[0] not in QUIET_PANELS:
                         empty.append(f"{where}: {expr}")
                 assert not empty, empty
+                # the words of the spike, read from the store when it holds the spike, in the alert's description
+                # (in the first page when the rule's `for` is longer than the store's lag: 2 minutes in deploy/)
+                wait_for(lambda: _words(prom), "the spike's words in Prometheus", log, 30)
+                words = _words(prom)
+                assert {"chatbot", "bot"} & set(words), words
+                wait_for(lambda: "Words used more than usual:" in _description(prom), "the words in the alert", log, 10)
+                assert all(f" {word};" in _description(prom) for word in words), _description(prom)
             elif post["path"] == "/cxpulse/effort" and post["status"] == "resolved":
                 resolved = post
         assert firing is not None, f"no effort page; posts: {posts}\n{log.read_text()[-3000:]}"

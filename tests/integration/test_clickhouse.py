@@ -320,6 +320,51 @@ def test_theme_results_from_the_store_equal_replay_and_drivers_split_by_theme(
     assert f"{100 * waiting.state.n / everyone.state.n:.1f}% of {everyone.state.n}" in table.output
 
 
+def test_the_words_of_a_spike_read_from_the_store_equal_replays(db: object, tmp_path: Path) -> None:
+    """The detector's reads (sinks/effort_terms.py) against the answers as the sink stores them: not before the store
+    holds the short window's CES answers (unless forced), then the same words as replay's, from the same code."""
+    from sinks.effort_terms import Ask, read_terms
+    from streams.core.comments import ThemeMatcher
+    from streams.core.effort import EffortConfig
+    from streams.core.terms import spike_terms
+    from streams.themes import load_taxonomy
+
+    rng = random.Random(5)
+    config = EffortConfig(guard_ms=10 * 60_000, baseline_ms=2 * 3600_000, short_ms=30 * 60_000)
+    pane = NOW - NOW % P - P  # the last closed pane fired
+    batch = []
+    for e in events(6000, seed=12):
+        comment = rng.choice(SAYINGS) if rng.random() < 0.6 else None
+        if e["occurred_at"] >= pane + P - config.short_ms and rng.random() < 0.5:  # the app breaks
+            comment = "De app crasht steeds bij het inloggen"
+        batch.append({**e, "channel": "app", "journey": "billing", "comment": comment})  # one segment
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in batch))
+    stored: dict[str, dict] = {}
+    replay = replay_file(path, P, lambda dead: None, matcher=ThemeMatcher(load_taxonomy(None)),
+                         on_answer=lambda a: stored.setdefault(a["event_id"], a))  # fmt: skip
+    themes = [
+        (["(any)"] if stored[e["event_id"]]["commented"] else []) + stored[e["event_id"]]["themes"] for e in batch
+    ]
+    columns = store.answer_columns(raw(batch), LocalCatalog(), themes)
+    store.insert_columns(db, "answers", columns, store.ANSWER_COLUMNS, store.token("t", 0, 0, 1))  # type: ignore[arg-type]
+    reader = ClientReader(db)
+    where = max(replay.said, key=lambda w: len(replay.said[w]))  # the segment with the most high-effort comments
+    n_short = sum(
+        1
+        for e in batch
+        if e["metric"] == "CES" and (e["channel"], e["journey"]) == where
+        and pane + P - config.short_ms <= e["occurred_at"] < pane + P
+    )  # fmt: skip
+    assert read_terms(reader, Ask(*where, pane, n_short + 1, 0.0), config, P, force=False) is None  # not all in yet
+    found = read_terms(reader, Ask(*where, pane, n_short, 0.0), config, P, force=False)
+    assert found is not None and found.stored == n_short
+    want = spike_terms(replay.said[where], config, pane, P)
+    assert found.terms == want and {"app", "crasht"} <= {t.term for t in want}, (found, want)
+    forced = read_terms(reader, Ask(*where, pane, n_short + 1, 0.0), config, P, force=True)
+    assert forced is not None and forced.terms == want
+
+
 # --- journeys: the instances table, report --journeys, one customer's journeys ---------------------------------
 
 

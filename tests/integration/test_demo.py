@@ -60,6 +60,9 @@ def test_the_demo_shows_the_loop_and_cleans_up(tmp_path: Path) -> None:
     # the alert names what the bot's unhappy customers write about, and quotes one of them (contract section 9)
     alert = " ".join(done.stdout[done.stdout.index("effort spike FIRING chat/billing") :].split())
     assert "theme bot_self_service" in alert[:1000] and 'a customer wrote: "' in alert[:1000], alert[:1000]
+    # and, once the store holds the spike, the words its customers use more than usual (read from the store)
+    words = [line for line in done.stdout.splitlines() if line.startswith("effort spike words chat/billing: ")]
+    assert words and {"bot", "chatbot"} & set(words[0].split(": ", 1)[1].split(" (")[0].split(", ")), words
     assert "segments" in done.stdout and " report --window 5m" in done.stdout  # progress lines and what to do next
     run_the_quick_start(data, tmp_path)
     run_the_hints_as_printed(done.stdout, env)

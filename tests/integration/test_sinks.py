@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
 import time
 import uuid
@@ -121,7 +122,7 @@ def fast_effort_pipeline(bootstrap: str, tmp_path: Path, **overrides: Any) -> Pi
     )
 
 
-def _ces(event_id: str, channel: str, touchpoint: str, high: bool) -> bytes:
+def _ces(event_id: str, channel: str, touchpoint: str, high: bool, others_say: str | None = None) -> bytes:
     return json.dumps(
         {
             "event_id": event_id,
@@ -133,7 +134,9 @@ def _ces(event_id: str, channel: str, touchpoint: str, high: bool) -> bytes:
             "score": 2 if high else 6,
             "touchpoint": touchpoint,
             # the bot's unhappy customers say so (contract section 9): the root cause names the theme
-            "comment": f"De chatbot begreep mijn vraag niet ({event_id})" if high and touchpoint == "bot" else None,
+            "comment": f"De chatbot begreep mijn vraag niet ({event_id})"
+            if high and touchpoint == "bot"
+            else (f"{others_say} ({event_id})" if high and others_say else None),
         }
     ).encode()
 
@@ -206,7 +209,8 @@ def _send_paced(sender: Any, topic: str, seconds: float, bad: Any, rng: random.R
             for touchpoint in ("ivr", "agent_call", "bot"):
                 worse = bad(elapsed) and channel == "chat" and touchpoint == "bot"
                 for _ in range(3):
-                    value = _ces(f"e{len(out)}", channel, touchpoint, rng.random() < (0.9 if worse else 0.2))
+                    high = rng.random() < (0.9 if worse else 0.2)
+                    value = _ces(f"e{len(out)}", channel, touchpoint, high, "Lang gewacht op een medewerker")
                     out.append(value.decode())
                     sender.produce(topic, value, f"c{len(out)}".encode())
         sender.poll(0.1)  # paces the load
@@ -218,8 +222,9 @@ def test_an_incident_while_the_worker_was_down_fires_when_it_comes_back(
     """25 s of steady answers with the worker up, then 25 s with it down, an effort incident in the middle of those
     (the platforms keep sending: a backlog waits), then the worker back: the detector evaluates the panes it missed
     in event time, once their answers are merged, and its alerts equal `cxpulse replay --alerts` of the same
-    answers (before, it evaluated them empty as it went by them, and the incident never fired)."""
-    pipeline = fast_effort_pipeline(kafka_broker.bootstrap, tmp_path)
+    answers (before, it evaluated them empty as it went by them, and the incident never fired), and so do the words
+    of its spike, read from the store (on, as by default)."""
+    pipeline = fast_effort_pipeline(kafka_broker.bootstrap, tmp_path, clickhouse_url=f"chdb://{tmp_path / 'store'}")
     settings = pipeline.settings
     log = tmp_path / "worker.log"
     port = free_ports(1)[0]
@@ -250,10 +255,30 @@ def test_an_incident_while_the_worker_was_down_fires_when_it_comes_back(
         worker = start_worker(pipeline, log, metrics_port=port)
         got = _alerts_until(settings, lambda seen: seen == expected, time.monotonic() + 90)
         assert got == expected, log.read_text()[-3000:]
+        # the words of the spike, read from the store once it holds the spike's answers: replay's
+        words = [
+            [(t["term"], t["spike"], t["baseline"]) for t in alert["terms"]]
+            for alert in map(json.loads, replayed.read_text().splitlines())
+            if alert["state"] == "FIRING" and alert["channel"] == "chat"
+        ]
+        assert words[0] and words[0][0][0] in ("chatbot", "begreep", "vraag"), words  # the bot, not the waiting
+        wait_for(lambda: len(_logged_words(log, "chat")) >= len(words), "the spike's words in the log", log, 60)
+        assert _logged_words(log, "chat") == words
         stop_worker(worker, log)
     finally:
         sender.flush(10)
         stop_process(worker)
+
+
+def _logged_words(log: Path, channel: str) -> list[list[tuple[str, int, int]]]:
+    """The words of every spike of ``channel`` (journey billing) the worker logged, in order."""
+    found = []
+    for line in log.read_text().splitlines():
+        if f"effort spike words {channel} / billing: " in line:
+            said = line.split(f"effort spike words {channel} / billing: ", 1)[1].split(" (from ", 1)[0]
+            terms = re.findall(r"(\w+) \((\d+) vs (\d+), G2 [\d.]+\)", said)
+            found.append([(term, int(spike), int(baseline)) for term, spike, baseline in terms])
+    return found
 
 
 def _alert_key(record: dict[str, Any]) -> tuple[Any, ...]:

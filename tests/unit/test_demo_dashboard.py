@@ -22,6 +22,12 @@ ALERT = {
 def test_the_dashboard_shows_five_metrics_and_the_whole_alert_line() -> None:
     board = Dashboard(Settings(), "127.0.0.1:1")
     try:
+        board.read_gauges(
+            "# TYPE cxpulse_effort_term gauge\n"
+            'cxpulse_effort_term{channel="chat",journey="billing",rank="2",term="bot"} 14.2\n'
+            'cxpulse_effort_term{channel="chat",journey="billing",rank="1",term="chatbot"} 31.0\n'
+        )
+        assert board.new_words() == [("chat", "billing", ["chatbot", "bot"])] and board.new_words() == []
         board.kpis[("chat", "billing")] = {m: (50.0, 5.0, 120.0) for m in ("NPS", "CES", "CSAT", "NLS", "CAS")}
         board.alerts = [ALERT]
         buffer = io.StringIO()
@@ -36,6 +42,7 @@ def test_the_dashboard_shows_five_metrics_and_the_whole_alert_line() -> None:
     said = " ".join(line.strip() for line in alert_lines)
     assert "reason_code repeat_contact (30/40 high effort)" in said and "theme bot_self_service (20/21" in said
     assert 'a customer wrote: "De chatbot begreep mijn vraag niet"' in said  # the latest comment it quotes
+    assert "words used more than usual: chatbot, bot" in said  # the words of its spike, once read
 
 
 def test_the_dashboard_shows_one_stop_rate_and_contacts_per_journey_from_the_counters() -> None:

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from streams.cli import app
 from streams.core.aggregate import DRIVER_CAP, aggregate_drivers, cap_drivers, merge_drivers
+from streams.core.terms import g2
 from tests.support import fb
 
 runner = CliRunner()
@@ -91,6 +92,8 @@ def test_replay_writes_the_alert_of_a_spike_with_its_root_cause(
                 high = rng.random() < (0.8 if spike else 0.2)
                 # the bot's unhappy customers say so, some with their phone number in it (quoted redacted)
                 said = f"bot {minute}-{i} useless, call 06 1234 56{i:02d}" if spike and high and i % 2 else None
+                if minute < 140 and high and i % 2:  # before: those who struggle write about waiting
+                    said = "waited too long on hold"
                 lines.append(
                     ces_line(f"{channel}-{minute}-{i}", start + minute * 60_000 + i, channel, touchpoint, high, said)
                 )
@@ -114,8 +117,19 @@ def test_replay_writes_the_alert_of_a_spike_with_its_root_cause(
     assert first["root_cause"][0]["n"] == bot_answers and first["n_short"] == 3 * bot_answers
     assert first["p0"] < first["p_short"]
     assert set(first) == {"state", "channel", "journey", "cusum", "p_short", "p0", "z", "n_short", "n_baseline",
-                          "root_cause", "comments", "at"}  # fmt: skip
+                          "root_cause", "comments", "at", "terms"}  # fmt: skip
     # the alert quotes the 3 latest comments of high-effort answers of its short window, redacted
     spoken = [json.loads(line) for line in lines if '"comment": "bot' in line]
     latest = sorted((e for e in spoken if e["occurred_at"] < first["at"]), key=lambda e: e["occurred_at"])[-3:]
     assert first["comments"] == [e["comment"].split("call ")[0] + "call [number]" for e in reversed(latest)]
+    # and the words its high-effort comments use more than the baseline's (the waiting of before is no news)
+    short_ms = 1000 * int(short_seconds or 300)
+    n_spike = sum(first["at"] - short_ms <= e["occurred_at"] < first["at"] for e in spoken)
+    base_end = first["at"] - 60_000 - 600_000
+    waited = [e for e in map(json.loads, lines) if e["channel"] == "chat" and e["comment"] == "waited too long on hold"]
+    n_base = sum(base_end - 3_600_000 <= e["occurred_at"] < base_end for e in waited)
+    assert n_spike >= 3 and n_base > 0
+    expected = round(g2(n_spike, n_spike, 0, n_base), 3)
+    assert first["terms"] == [
+        {"term": w, "spike": n_spike, "baseline": 0, "g2": expected} for w in ("bot", "call", "useless")
+    ]

@@ -143,6 +143,7 @@ results = st.fixed_dictionaries(
         "version": longs,
         "drivers": st.lists(st.fixed_dictionaries({"name": text, "n": longs, "high_effort": longs}), max_size=3),
         "quotes": st.lists(st.fixed_dictionaries({"occurred_at": longs, "event_id": text, "text": text}), max_size=3),
+        "themes": st.dictionaries(text, longs, max_size=5),
     }
 )
 
@@ -159,9 +160,10 @@ def test_encoder_leaves_what_it_does_not_expect_to_fastavro() -> None:
     record = {name: 1 for name in ("window_start", "window_end", "n", "promoters", "passives", "detractors",
                                    "positive", "high_effort", "version")}  # fmt: skip
     record |= {"channel": "c", "journey": "j", "metric": "CES", "sum_x": 1.0, "sum_x2": 1.0, "value": 7.0,
-               "moe95": None, "mean_normalized": 100.0, "drivers": [], "quotes": []}  # fmt: skip
+               "moe95": None, "mean_normalized": 100.0, "drivers": [], "quotes": [],
+               "themes": {"(any)": 2}}  # fmt: skip
     assert encoder(record) == encode(record, WINDOW_RESULT)
-    for odd in ({"value": 7}, {"n": 2**64}, {"metric": "XYZ"}):
+    for odd in ({"value": 7}, {"n": 2**64}, {"metric": "XYZ"}, {"themes": {"waiting": 1.0}}):
         try:
             encoder({**record, **odd})
         except (Malformed, KeyError):

@@ -13,6 +13,7 @@ from typing import Any, cast
 
 import pytest
 from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.codec import (
     EFFORT_ALERT,
@@ -397,9 +398,11 @@ def context(settings: Settings, produced: Produced, held: Held) -> AgentContext:
     return AgentContext(settings, WorkerMetrics(CollectorRegistry()), produced, CATALOG, held)  # type: ignore[arg-type]
 
 
-def ces_result(channel: str, pane: int, n: int, high: int, version: int = 1) -> Record:
+def ces_result(
+    channel: str, pane: int, n: int, high: int, version: int = 1, themes: dict[str, int] | None = None
+) -> Record:
     state = State(n, 0, 0, 0, 0, high, n * 10**9, n * 10**9)
-    result = window_result(pane, pane + P, channel, "billing", "CES", state, version)
+    result = window_result(pane, pane + P, channel, "billing", "CES", state, version, themes=themes)
     value = encode_confluent(result_record(result), WINDOW_RESULT, CATALOG.id_for(WINDOW_RESULT_RAW))
     return Record(0, pane // P, value, 0, (), ResultKey(channel, "billing", "CES", pane).encode())
 
@@ -510,6 +513,41 @@ def test_the_kpi_view_refreshes_the_windows_and_drops_old_panes() -> None:
     asyncio.run(view.tick(NOW))
     text = snapshot.exposition().decode()
     assert 'cxpulse_kpi_responses{channel="phone",journey="billing",metric="CES",window="5m"} 3.0' in text
+
+
+def test_the_kpi_view_counts_theme_mentions_per_channel_over_the_rolling_windows() -> None:
+    """The pane results' mentions summed per channel and theme over each window (journeys and metrics together);
+    a newer version of a pane replaces its counts; a rebalance rebuilds them from the table; old panes leave."""
+    held = Held("cx.metrics.panes", {0: 10})
+    snapshot = Snapshot()
+    view = KpiView(context(settings(windows_seconds=(300, 3600)), Produced(), held), "cx.metrics.panes", {}, snapshot)
+    pane = NOW - NOW % P - P
+    asyncio.run(view.handle(0, [
+        ces_result("chat", pane, 10, 2, themes={"(any)": 4, "waiting": 3}),
+        ces_result("chat", pane - 20 * P, 5, 1, themes={"(any)": 2, "waiting": 1, "bot_self_service": 2}),
+        ces_result("phone", pane, 3, 1),  # no comment: no theme series
+    ]))  # fmt: skip
+    asyncio.run(view.tick(NOW))
+
+    def themes() -> dict[str, float]:
+        samples = [s for f in text_string_to_metric_families(snapshot.exposition().decode()) for s in f.samples]
+        return {
+            f"{s.labels['channel']}/{s.labels['theme']}/{s.labels['window']}": s.value
+            for s in samples
+            if s.name == "cxpulse_theme_answers"
+        }
+
+    assert themes() == {
+        "chat/(any)/5m": 4, "chat/waiting/5m": 3,
+        "chat/(any)/1h": 6, "chat/waiting/1h": 4, "chat/bot_self_service/1h": 2,
+    }  # fmt: skip
+    asyncio.run(view.handle(0, [ces_result("chat", pane, 12, 2, version=2, themes={"(any)": 6, "waiting": 3})]))
+    held.rebalanced += 1  # the same partitions: the views are rebuilt from the table only on a new assignment
+    view.indexed = None
+    asyncio.run(view.tick(NOW))
+    assert themes()["chat/(any)/5m"] == 6 and themes()["chat/(any)/1h"] == 8
+    asyncio.run(view.tick(NOW + 45 * P))  # the older pane leaves the hour
+    assert themes() == {"chat/(any)/1h": 6, "chat/waiting/1h": 3}
 
 
 class Failing(BatchAgent):

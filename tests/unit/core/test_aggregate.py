@@ -139,3 +139,25 @@ def test_values_stay_in_range(events: list[Feedback]) -> None:
             assert 0.0 <= k.value <= 100.0
         assert k.moe95 is None or k.moe95 >= 0.0
         assert state.promoters + state.passives + state.detractors in (0, state.n)
+
+
+def test_mentions_count_the_answers_of_each_group_that_mention_a_theme_by_hand() -> None:
+    from streams.core.aggregate import aggregate_mentions, merge_mentions
+
+    base = Feedback("e", 60_000, "s", "chat", "billing", "NPS", 9, 0, 10, "t", None, ())
+    said = [
+        base._replace(event_id="a", themes=("(any)", "waiting")),
+        base._replace(event_id="b", themes=("(any)", "waiting", "transfers")),
+        base._replace(event_id="c", themes=("(any)",)),
+        base._replace(event_id="d"),  # no comment
+        base._replace(event_id="e", occurred_at=120_001, themes=("(any)",)),  # the next pane
+        base._replace(event_id="f", metric="CES", score=2, scale_min=1, scale_max=7, themes=("(any)",)),
+    ]
+    assert aggregate_mentions(said, 60_000) == {
+        (60_000, "chat", "billing", "NPS"): {"(any)": 3, "waiting": 2, "transfers": 1},
+        (120_000, "chat", "billing", "NPS"): {"(any)": 1},
+        (60_000, "chat", "billing", "CES"): {"(any)": 1},
+    }
+    halves = [aggregate_mentions(said[:2], 60_000), aggregate_mentions(said[2:], 60_000)]
+    key = (60_000, "chat", "billing", "NPS")
+    assert merge_mentions(halves[0][key], halves[1][key]) == {"(any)": 3, "waiting": 2, "transfers": 1}

@@ -156,6 +156,7 @@ def test_stream_steps_equal_replay(seed: int, partitions: int, q: int, batch: in
     assert any(r.quotes for r in expected) and any(
         name.startswith("THEME:") for r in expected for name, *_ in r.drivers
     )
+    assert {theme for r in expected for theme, _ in r.themes} >= {"(any)", "waiting"}  # the mentions too
 
 
 def test_the_route_step_dead_letters_the_invalid_and_routes_the_valid_by_event_id() -> None:
@@ -422,6 +423,9 @@ def test_the_count_step_sends_the_latest_high_effort_comments_with_the_pane() ->
         ("e4", "looping bot"),
         ("e1", "bot again"),
     ]
+    # and how many answers mention each theme (section 9's n, for the live gauges): five have a word, three name
+    # the bot ("no human to talk to" is no theme of the default taxonomy)
+    assert partial.mentions == {"CES": {"(any)": 5, "bot_self_service": 3}}
     assert decode_partials(encode_partials(counted.partials[0])).panes == counted.partials[0].panes
     quiet = TwoSteps(fake_ingest(partials=1, routed=1, matcher=matcher, comments="themes"))
     assert all(not p.quotes for p in quiet.batch([Msg(0, 0, sent[0].encode())], CLOCK)[1].partials[0].panes)
