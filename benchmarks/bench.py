@@ -20,11 +20,13 @@ group) reading the topic from the start:
 
 Every system's final counts per (pane, channel, journey, metric) are checked against the generated events.
 Then, for cxpulse alone: 1 vs 2 hot-path processes on the backlog; event-to-result latency at a steady rate;
-at the same rate with the ClickHouse sink, how long after its pane result each answer is in ClickHouse; the
+at the same rate with the ClickHouse sink, how long after its pane result each answer is in ClickHouse; what a
+default worker costs at a small contact center's rate (``--quiet-rate 200``: CPU per process and RSS); the
 worker's RSS over a steady run with a 5-minute retention.  Usage::
 
     .venv/bin/python -m benchmarks.bench [--events 200000] [--runs 3] [--rate 20000] [--latency-seconds 60]
-                                         [--store-lag-seconds 120] [--soak-seconds 600] [--only cxpulse,bare]
+                                         [--store-lag-seconds 120] [--quiet-seconds 120] [--quiet-rate 200]
+                                         [--soak-seconds 600] [--only cxpulse,bare]
                                          [--shapes live,backlog] [--comments 0.6]
 
 ``--comments 0.6`` gives 60% of the answers a comment (English and Dutch, a tenth with an address and a number to
@@ -71,6 +73,7 @@ from tests.support import free_ports, start_broker
 PARTITIONS = 6
 PANE_MS = 60_000
 RUN_TIMEOUT_SECONDS = 900.0
+QUIET_WARM_UP_SECONDS = 60.0  # the quiet run measures after this
 PROFILES: Path | None = None  # --profile: where py-spy profiles of the cxpulse runs go
 BROKER_PID: int | None = None  # the broker's JVM (its CPU time in a cxpulse run's figures)
 QUIX_PYTHON = REPO_ROOT / ".venv-quix" / "bin" / "python"
@@ -687,6 +690,44 @@ def steady_run(
             store_lags.extend(written_lags(settings, result_seen))
 
 
+def quiet_run(
+    bootstrap: str, workdir: Path, rate: int, warm_up_s: float, seconds: float, templates: list[dict[str, Any]]
+) -> tuple[dict[str, float], float, float, int]:
+    """A worker with every default on (journeys, the embedded store) at a low steady rate, as a small contact center
+    runs it: after ``warm_up_s``, each process's share of a core over ``seconds`` (%), the worker's mean and
+    largest RSS over them (MB), and how many events were sent.  With --profile, py-spy over those seconds."""
+    topic = f"quiet-{uuid.uuid4().hex[:8]}"
+    ensure_topics(bootstrap, [TopicSpec(topic, PARTITIONS, {})])
+    settings, env = cxpulse_settings(
+        bootstrap, topic, workdir, clickhouse_url=f"chdb://{workdir / ('chdb-' + uuid.uuid4().hex[:8])}"
+    )
+    ensure_topics(bootstrap, topic_specs(settings))
+    proc = spawn([sys.executable, "-m", "streams.cli", "worker"], env, workdir / "quiet.log")
+    profile = None
+    try:
+        wait_ready(settings.metrics_port, proc)
+        load_ = SteadyLoad(bootstrap, topic, rate, warm_up_s + seconds, templates)
+        load_.thread.start()
+        time.sleep(warm_up_s)  # a measurement window, not synchronisation
+        if PROFILES is not None:
+            path = PROFILES / f"quiet-{uuid.uuid4().hex[:6]}.txt"
+            console.print(f"  (profile of the quiet run: {path})", highlight=False)
+            profile = profiling.record(proc.pid, path)
+        before, started = cpu_by_process(proc.pid, None), time.monotonic()
+        rss: list[float] = []
+        while time.monotonic() - started < seconds:
+            rss.append(tree_rss_mb(proc.pid))
+            time.sleep(5.0)  # RSS samples over the window
+        after, elapsed = cpu_by_process(proc.pid, None), time.monotonic() - started
+        shares = {name: 100 * (cpu - before.get(name, 0.0)) / elapsed for name, cpu in after.items()}
+        load_.thread.join()
+        return shares, sum(rss) / len(rss), max(rss), load_.count
+    finally:
+        if profile is not None:
+            profiling.stop(profile)
+        stop(proc)
+
+
 def written_lags(settings: Settings, result_seen: array[float]) -> list[float]:
     """Per answer of a steady run's embedded store (opened here once the worker has stopped): written_at minus
     the time its pane result was seen (s), in the order they were sent; answers whose result was not seen are
@@ -724,6 +765,10 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=20_000, help="events/s of the latency and soak runs")
     parser.add_argument("--latency-seconds", type=float, default=60.0)
     parser.add_argument("--soak-seconds", type=float, default=600.0)
+    parser.add_argument(
+        "--quiet-seconds", type=float, default=120.0, help="a default worker at --quiet-rate: its cost (0: none)"
+    )
+    parser.add_argument("--quiet-rate", type=int, default=200, help="events/s of the quiet run")
     parser.add_argument(
         "--store-lag-seconds", type=float, default=120.0, help="steady run with the ClickHouse sink (0: none)"
     )
@@ -883,6 +928,18 @@ def steady_reports(bootstrap: str, workdir: Path, systems: list[str], args: argp
             f"ClickHouse after its pane result p50 {percentile(lags, 0.5):.2f} s, p99 {percentile(lags, 0.99):.2f} s, "
             f"max {max(lags):.2f} s; p99 by sixth of the run: "
             + ", ".join(f"{percentile(lags[at : at + sixth], 0.99):.2f}" for at in range(0, sixth * 6, sixth)),
+            highlight=False,
+        )
+    if args.quiet_seconds > 0 and "cxpulse" in systems:
+        shares, mean_mb, peak_mb, sent = quiet_run(
+            bootstrap, workdir, args.quiet_rate, QUIET_WARM_UP_SECONDS, args.quiet_seconds, templates
+        )
+        console.print(
+            f"quiet: at {args.quiet_rate:,} events/s with every default on (journeys, embedded store), after "
+            f"{QUIET_WARM_UP_SECONDS:.0f} s, over {args.quiet_seconds:.0f} s ({sent:,} sent): the worker used "
+            f"{sum(shares.values()):.1f}% of a core ("
+            + ", ".join(f"{name} {share:.1f}%" for name, share in sorted(shares.items(), key=lambda kv: -kv[1]))
+            + f"), RSS mean {mean_mb:,.0f} MB, largest {peak_mb:,.0f} MB",
             highlight=False,
         )
     if args.soak_seconds > 0 and "cxpulse" in systems:

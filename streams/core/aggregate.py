@@ -164,15 +164,14 @@ Mentions = dict[str, int]  # theme -> answers whose comment mentions it ("(any)"
 def aggregate_mentions(events: Iterable[Feedback], pane_ms: int) -> dict[GroupKey, Mentions]:
     """Per (pane_start, channel, journey, metric): how many answers mention each theme, the ``n`` of the theme
     results (docs/contract.md section 9) that the pane results carry for the live gauges."""
-    tally = Counter(
-        (e.occurred_at - e.occurred_at % pane_ms, e.channel, e.journey, e.metric, theme)
-        for e in events
-        if e.themes
-        for theme in e.themes
+    tally = Counter(  # by the answer's whole set of themes first: one key an answer, not one a theme
+        (e.occurred_at - e.occurred_at % pane_ms, e.channel, e.journey, e.metric, e.themes) for e in events if e.themes
     )
     out: dict[GroupKey, Mentions] = {}
-    for (pane, channel, journey, metric, theme), n in tally.items():
-        out.setdefault((pane, channel, journey, metric), {})[theme] = n
+    for (pane, channel, journey, metric, themes), n in tally.items():
+        counts = out.setdefault((pane, channel, journey, metric), {})
+        for theme in themes:
+            counts[theme] = counts.get(theme, 0) + n
     return out
 
 

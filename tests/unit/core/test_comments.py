@@ -16,6 +16,7 @@ from streams.core.comments import (
     Comment,
     TaxonomyError,
     ThemeMatcher,
+    fold,
     pattern_words,
     read_comment,
     redact,
@@ -79,6 +80,14 @@ def test_redaction_never_leaves_an_email_address_or_six_digits(text: str) -> Non
 )
 def test_the_words_of_a_comment(comment: str, words: list[str]) -> None:
     assert tokens(comment) == words
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=0x24F), max_size=80))
+def test_the_byte_table_for_ascii_cuts_the_tokens_the_contracts_regex_does(text: str) -> None:
+    """tokens() cuts folded ASCII text with a byte table, the rest with the regex of section 9: the same tokens
+    either way (Latin letters with and without diacritics, digits, punctuation, _ and control characters)."""
+    folded = fold(text if "[" not in text else text.replace("[", " "))
+    assert tokens(text.replace("[", " ")) == re.findall(r"[^\W_]+", folded)
 
 
 def matcher(**themes: list[str]) -> ThemeMatcher:
