@@ -226,6 +226,16 @@ def process_names(pid: int) -> dict[int, str]:
     return out
 
 
+def rss_by_process(pid: int) -> dict[str, float]:
+    """Resident memory (MB) of the worker's supervisor and of each of its children by name."""
+
+    def rss(one: int) -> float:
+        stat = proc_stat(one)
+        return 0.0 if stat is None else int(stat[21]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+    return {"supervisor": rss(pid), **{name: rss(child) for child, name in process_names(pid).items()}}
+
+
 def cpu_seconds(pid: int) -> float:
     """CPU time (user + system) a process has used so far, s (0: gone)."""
     stat = proc_stat(pid)
@@ -692,10 +702,11 @@ def steady_run(
 
 def quiet_run(
     bootstrap: str, workdir: Path, rate: int, warm_up_s: float, seconds: float, templates: list[dict[str, Any]]
-) -> tuple[dict[str, float], float, float, int]:
+) -> tuple[dict[str, float], dict[str, float], float, float, int]:
     """A worker with every default on (journeys, the embedded store) at a low steady rate, as a small contact center
-    runs it: after ``warm_up_s``, each process's share of a core over ``seconds`` (%), the worker's mean and
-    largest RSS over them (MB), and how many events were sent.  With --profile, py-spy over those seconds."""
+    runs it: after ``warm_up_s``, each process's share of a core over ``seconds`` (%), each one's RSS at the end,
+    the worker's mean and largest RSS over them (MB), and how many events were sent.  With --profile, py-spy over
+    those seconds."""
     topic = f"quiet-{uuid.uuid4().hex[:8]}"
     ensure_topics(bootstrap, [TopicSpec(topic, PARTITIONS, {})])
     settings, env = cxpulse_settings(
@@ -720,8 +731,9 @@ def quiet_run(
             time.sleep(5.0)  # RSS samples over the window
         after, elapsed = cpu_by_process(proc.pid, None), time.monotonic() - started
         shares = {name: 100 * (cpu - before.get(name, 0.0)) / elapsed for name, cpu in after.items()}
+        memory = rss_by_process(proc.pid)
         load_.thread.join()
-        return shares, sum(rss) / len(rss), max(rss), load_.count
+        return shares, memory, sum(rss) / len(rss), max(rss), load_.count
     finally:
         if profile is not None:
             profiling.stop(profile)
@@ -842,7 +854,7 @@ def report(bootstrap: str, workdir: Path, systems: list[str], args: argparse.Nam
     warm_up(bootstrap)
     now_ms = int(time.time() * 1000)
     summary: dict[str, dict[str, Run]] = {}
-    for shape in args.shapes.split(","):
+    for shape in [name for name in args.shapes.split(",") if name]:  # --shapes "": the steady runs only
         messages, expected = generate(shape, args.events, now_ms, args.comments)
         topic = f"bench-{shape}-{uuid.uuid4().hex[:6]}"
         ensure_topics(bootstrap, [TopicSpec(topic, PARTITIONS, {})])
@@ -931,7 +943,7 @@ def steady_reports(bootstrap: str, workdir: Path, systems: list[str], args: argp
             highlight=False,
         )
     if args.quiet_seconds > 0 and "cxpulse" in systems:
-        shares, mean_mb, peak_mb, sent = quiet_run(
+        shares, memory, mean_mb, peak_mb, sent = quiet_run(
             bootstrap, workdir, args.quiet_rate, QUIET_WARM_UP_SECONDS, args.quiet_seconds, templates
         )
         console.print(
@@ -939,7 +951,9 @@ def steady_reports(bootstrap: str, workdir: Path, systems: list[str], args: argp
             f"{QUIET_WARM_UP_SECONDS:.0f} s, over {args.quiet_seconds:.0f} s ({sent:,} sent): the worker used "
             f"{sum(shares.values()):.1f}% of a core ("
             + ", ".join(f"{name} {share:.1f}%" for name, share in sorted(shares.items(), key=lambda kv: -kv[1]))
-            + f"), RSS mean {mean_mb:,.0f} MB, largest {peak_mb:,.0f} MB",
+            + f"), RSS mean {mean_mb:,.0f} MB, largest {peak_mb:,.0f} MB ("
+            + ", ".join(f"{name} {mb:,.0f}" for name, mb in sorted(memory.items(), key=lambda kv: -kv[1]))
+            + ")",
             highlight=False,
         )
     if args.soak_seconds > 0 and "cxpulse" in systems:
