@@ -11,7 +11,7 @@ from __future__ import annotations
 from streams.commands import run  # noqa: F401
 
 # isort: split
-from streams.commands import kafka, offline, store  # noqa: F401
+from streams.commands import history, kafka, offline, store  # noqa: F401
 from streams.commands.base import app
 from streams.render import err, out
 
