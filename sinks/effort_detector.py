@@ -385,8 +385,10 @@ class EffortDetector(TableAgent):
             found.spike, found.baseline, found.stored, ask.n_short,
         )  # fmt: skip
         segment = self.segments.get(where)
-        stored = self.states.get(segment.encode()) if segment is not None else None
-        if segment is None or stored is None:
+        if segment is None or segment.partition not in self.consumption.assigned(self.topic):
+            return 0  # the segment moved to another worker meanwhile: its words stay in this log line only
+        stored = self.states.get(segment.encode())
+        if stored is None:
             return 0
         self._keep_state(segment, DetectorState(stored["s"], stored["firing"], stored["evaluated"]))
         return 1

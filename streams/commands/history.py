@@ -12,7 +12,10 @@ from typing import Annotated
 import typer
 
 from schemas.codec import catalog_for
-from streams.commands.base import app, fail, open_for_writing, settings_of, worker_clock
+from streams.backfill import BackfillStats, cutoff_of, open_store, replay_history, write_history
+from streams.commands.base import app, fail, open_for_writing, progress_of, settings_of, worker_clock
+from streams.config import Settings
+from streams.core.windows import iso_utc
 from streams.errors import CxPulseError
 from streams.history import ImportError_, by_reason, import_export, load_mapping
 from streams.produce import produce_file
@@ -30,6 +33,12 @@ def import_(
     ] = None,
     to_kafka: Annotated[
         bool, typer.Option("--to-kafka", help="Send the events to the feedback topic, as `cxpulse produce` does.")
+    ] = False,
+    backfill_: Annotated[
+        bool,
+        typer.Option(
+            "--backfill", help="Write the events older than the stream's retention into the store (cxpulse backfill)."
+        ),
     ] = False,
     refusals: Annotated[
         Path | None,
@@ -51,7 +60,7 @@ def import_(
         fail(f"import: {exc}")
     refused_to = refusals or export.with_name(export.name + ".refusals.jsonl")
     with ExitStack() as stack:
-        if output is not None or not to_kafka:
+        if output is not None or not (to_kafka or backfill_):
             sink = open_for_writing(stack, output or Path("-"), "--output")
             for event in converted.events:
                 sink.write(json.dumps(event, ensure_ascii=False) + "\n")
@@ -64,9 +73,14 @@ def import_(
     sent = ""
     if to_kafka:
         sent = "; " + _send(converted.events)
+    if backfill_:
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "events.jsonl"
+            path.write_text("".join(json.dumps(event, ensure_ascii=False) + "\n" for event in converted.events))
+            _backfill(settings_of(), path)
     line = (
         f"import: {converted.rows:,} responses of {export.name} -> {len(converted.events):,} events "
-        f"({converted.blank_answers:,} questions left blank) in {time.monotonic() - started:.1f} s{sent}"
+        f"(blank answers: {converted.blank_answers:,}) in {time.monotonic() - started:.1f} s{sent}"
     )
     err.print(line, highlight=False, markup=False, soft_wrap=True)
     if converted.refusals:
@@ -102,3 +116,54 @@ def _send(events: list[dict[str, object]]) -> str:
             "them as too_old)"
         )
     return note
+
+
+@app.command()
+def backfill(
+    events: Annotated[Path, typer.Argument(help="JSON lines or Avro container file of FeedbackEvents.")],
+) -> None:
+    """Write history older than the stream's retention straight into the store, with replay's code: pane
+    results, answers (with their themes) and journey instances. Answers inside the retention are left out (send
+    them through Kafka: `cxpulse produce`); a pane the stream already wrote is left as it is. Running it again
+    changes nothing; nothing goes to Kafka, so no alert wakes. The embedded store must not be held by a running
+    worker (a ClickHouse server may)."""
+    settings = settings_of()
+    stats = _backfill(settings, events)
+    if stats.dead:
+        raise typer.Exit(3)
+
+
+def _backfill(settings: Settings, events: Path) -> BackfillStats:
+    started = time.monotonic()
+    stats = BackfillStats(cutoff_ms=cutoff_of(settings, int(time.time() * 1000)))
+    with ExitStack() as stack:
+        try:
+            client = open_store(settings)
+            progress = progress_of(stack, events, "backfill")
+            replay, answers = replay_history(events, settings, stats.cutoff_ms, stats, progress)
+            write_history(client, replay, answers, stats)
+        except CxPulseError as exc:
+            fail(f"backfill: {exc}")
+    err.print(
+        f"backfill: {stats.read:,} answers read in {time.monotonic() - started:.1f} s; before "
+        f"{iso_utc(stats.cutoff_ms)} (the stream's retention, CXPULSE_RETENTION_SECONDS): {stats.panes:,} pane "
+        f"results, {stats.answers:,} answers, {stats.journeys:,} journey instances written (version 0)"
+        + (f"; {stats.stream_panes:,} panes the stream had written left as they are" if stats.stream_panes else "")
+        + (f"; {stats.duplicates:,} duplicates" if stats.duplicates else ""),
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
+    if stats.newer:
+        err.print(
+            f"backfill: {stats.newer:,} answers at or after {iso_utc(stats.cutoff_ms)} left out: the stream counts "
+            "those; send them with `cxpulse produce FILE` (or `cxpulse import ... --to-kafka`)",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+    if stats.dead:
+        reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(stats.dead.items()))
+        err.print(f"backfill: refused {sum(stats.dead.values()):,} ({reasons}): `cxpulse replay FILE --dead-letter -` "
+                  "says why each", highlight=False, markup=False, soft_wrap=True)  # fmt: skip
+    return stats

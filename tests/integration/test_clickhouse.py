@@ -365,6 +365,70 @@ def test_the_words_of_a_spike_read_from_the_store_equal_replays(db: object, tmp_
     assert forced is not None and forced.terms == want
 
 
+def test_a_backfill_writes_the_history_as_replay_leaves_the_streams_panes_and_twice_changes_nothing(
+    db: object, tmp_path: Path
+) -> None:
+    """`cxpulse backfill` (streams/backfill.py) over five days of answers with a 3-day retention: what lies before
+    the cutoff is in the store as replay of those answers alone computes it (panes, answers with their themes,
+    journey instances as of the cutoff), the rest is left out; a pane the stream had written keeps its row and its
+    answers are not added; a second run adds no row at all."""
+    from streams.backfill import BackfillStats, cutoff_of, replay_history, write_history
+
+    settings = Settings(clickhouse_url="", pane_seconds=60, retention_seconds=3 * 86400)
+    cutoff = cutoff_of(settings, NOW)
+    rng = random.Random(4)
+    batch = [
+        {**e, "comment": rng.choice(SAYINGS) if rng.random() < 0.3 else None} for e in events(4000, seed=8, hours=120)
+    ]
+    path = tmp_path / "history.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in batch))
+    older = [e for e in batch if e["occurred_at"] < cutoff]
+    assert 0 < len(older) < len(batch)
+    (tmp_path / "older.jsonl").write_text("".join(json.dumps(e) + "\n" for e in older))
+    alone = replay_file(
+        tmp_path / "older.jsonl", P, lambda dead: None, journey_gap_ms=settings.journey_gap_seconds * 1000
+    )
+    expected = {(r.window_start, r.channel, r.journey, r.metric): r for r in alone.results()}
+    # the stream had written one of those panes (a higher version, its own count)
+    mine = next(iter(expected.values()))
+    stream_row = store.pane_row(result_record(mine._replace(version=7, n=1)))
+    store.insert(db, "pane_results", [stream_row], store.PANE_COLUMNS, store.token("stream", 1))  # type: ignore[arg-type]
+
+    def run() -> BackfillStats:
+        stats = BackfillStats(cutoff_ms=cutoff)
+        replay, answers = replay_history(path, settings, cutoff, stats, None)
+        write_history(db, replay, answers, stats)  # type: ignore[arg-type]
+        return stats
+
+    stats = run()
+    assert stats.newer == len(batch) - len(older) and stats.stream_panes == 1 and stats.panes == len(expected) - 1
+    reader = ClientReader(db)
+    got = {
+        (row.window_start, row.dimensions["channel"], row.dimensions["journey"], row.metric): (row.state, row.version)
+        for row in rp.report(reader, pane_ms=P, window_ms=None, by=["channel", "journey"], metrics=[], now_ms=NOW,
+                             since_ms=None)
+    }  # fmt: skip
+    mine_key = (mine.window_start, mine.channel, mine.journey, mine.metric)
+    assert got.pop(mine_key)[1] == 7  # the stream's pane, untouched
+    assert got == {key: (state_of(result_record(r)), 0) for key, r in expected.items() if key != mine_key}
+    stored = db.query("SELECT count(), sum(commented) FROM cxpulse.answers FINAL").result_rows[0]  # type: ignore[attr-defined]
+    in_mine = sum(
+        1 for e in older
+        if (e["occurred_at"] - e["occurred_at"] % P, e["channel"], e["journey"], e["metric"]) == mine_key
+    )  # fmt: skip
+    assert stored[0] == sum(r.n for r in expected.values()) - in_mine == stats.answers
+    journeys = alone.journey_instances(now_ms=cutoff)
+    assert stats.journeys == len(journeys) > 0
+    assert db.command("SELECT count() FROM cxpulse.journey_instances FINAL") == len(journeys)  # type: ignore[attr-defined]
+    counts = (
+        "SELECT (SELECT count() FROM cxpulse.pane_results), (SELECT count() FROM cxpulse.answers), "
+        "(SELECT count() FROM cxpulse.journey_instances)"
+    )
+    before = db.query(counts).result_rows  # type: ignore[attr-defined]
+    run()  # the same history again: no row more, none changed
+    assert db.query(counts).result_rows == before  # type: ignore[attr-defined]
+
+
 # --- journeys: the instances table, report --journeys, one customer's journeys ---------------------------------
 
 
