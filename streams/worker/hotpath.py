@@ -73,66 +73,12 @@ from streams.worker.transactor import (
 
 LOG = logging.getLogger("cxpulse.hotpath")
 BATCH_MESSAGES = 10_000  # messages per consume() call and transaction
-POLL_SECONDS = 0.05  # one consume() waits at most this long
-# A batch smaller than MIN_BATCH waits up to LINGER_SECONDS for more: at a small contact center's rate (200 answers
-# a second) a batch every 50 ms was 20 transactions a second, each a revision of every pane it touched through
-# merge, the gauges, the detector, the store and journeys (issue 35: 102% of a core at 200/s); at high rates a
-# batch fills in one consume() and goes at once.
-MIN_BATCH = 1_000
-LINGER_SECONDS = 0.5
+POLL_SECONDS = 0.05  # a batch waits at most this long to fill: the latency floor at low rates
 SESSION_TIMEOUT_MS = 10_000  # a slot killed with -9 keeps its partitions this long
 REACH_SECONDS = 10.0  # reading metadata at start (Kafka away: tried again)
 HOUSEKEEPING_SECONDS = 1.0  # expiry of seen ids and gauges, at most this often
 GC_THRESHOLDS = (50_000, 20, 20)  # allocations before a gen-0 collection, gen-0 runs per gen-1, gen-1 per gen-2
 BACKOFF_MAX_SECONDS = 30.0  # a failing batch is retried after 0.5 s, 1 s, 2 s, ... up to this
-
-
-class Lingering:
-    """A batch in the making: messages consumed and not processed yet.  It is due once it holds ``min_batch``
-    messages or its first has waited ``linger`` seconds (at most BATCH_MESSAGES: ``room`` is what a consume may
-    add)."""
-
-    def __init__(
-        self, min_batch: int = MIN_BATCH, linger: float = LINGER_SECONDS, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.min_batch = min_batch
-        self.linger = linger
-        self.clock = clock
-        self.messages: list[Message] = []
-        self.since = 0.0  # when the first of them came
-
-    def __bool__(self) -> bool:
-        return bool(self.messages)
-
-    def __len__(self) -> int:
-        return len(self.messages)
-
-    def room(self) -> int:
-        return BATCH_MESSAGES - len(self.messages)
-
-    def timeout(self, poll: float) -> float:
-        """How long the next consume may wait: ``poll``, or less when a waiting batch is due sooner."""
-        if not self.messages:
-            return poll
-        return min(poll, max(0.0, self.since + self.linger - self.clock()))
-
-    def add(self, messages: list[Message]) -> None:
-        if messages and not self.messages:
-            self.since = self.clock()
-        self.messages.extend(messages)
-
-    def due(self) -> bool:
-        return bool(self.messages) and (
-            len(self.messages) >= self.min_batch or self.clock() - self.since >= self.linger
-        )
-
-    def take(self) -> list[Message]:
-        taken, self.messages = self.messages, []
-        return taken
-
-    def drop(self, gone: set[tuple[str, int]]) -> None:
-        """Forget the messages of revoked partitions."""
-        self.messages = [m for m in self.messages if (m.topic(), m.partition()) not in gone]
 
 
 class HotPath:
@@ -162,7 +108,6 @@ class HotPath:
         self.lag: dict[tuple[str, int], int] = {}  # assigned (topic, partition) -> messages waiting (last measured)
         self.through: dict[int, int] = {}  # assigned feedback partition -> Kafka timestamp routed through (committed)
         self.guard = CallGuard(self.name)
-        self.pending = Lingering()  # consumed, not processed yet: a small batch waiting for more
         self.progress = self._watched_progress()
         self.consumer: Consumer = slot_consumer(settings, self.name)
         stopping = lambda: self.stopping  # noqa: E731 - the parts ask the loop whether it stops
@@ -235,8 +180,6 @@ class HotPath:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Forget revoked (or lost) partitions; no transaction is open here (callbacks run inside consume)."""
         routed = self._routed(partitions)
-        # a waiting batch's messages of these partitions: their next owner reads them again from the committed offsets
-        self.pending.drop({(tp.topic, tp.partition) for tp in partitions})
         self.restore.forget(routed)
         self.outputs.forget(routed)
         for partition in routed:
@@ -271,26 +214,18 @@ class HotPath:
             while not self.stopping:
                 if not self._recovered():
                     continue
-                self._step()
+                messages = self.consumer.consume(num_messages=BATCH_MESSAGES, timeout=POLL_SECONDS)
+                good = [message for message in messages if not self._is_error(message)]
+                if good:
+                    self.process(good)
+                elif not messages:
+                    self.progress.idle()
                 self._housekeeping()
-            if self.pending:  # asked to stop: the batch in flight is finished and committed
-                self.process(self.pending.take())
         finally:
             self.ready = False
             self.restore.flush(list(self.restore.seen), always=True)
             with self.guard("leaving the group", KAFKA_TIMEOUT_SECONDS + GUARD_MARGIN_SECONDS):
                 self.consumer.close()  # leaves the group: the partitions move on without waiting for a timeout
-
-    def _step(self) -> None:
-        """Consume; process the batch once it holds MIN_BATCH messages or its first has waited LINGER_SECONDS."""
-        pending = self.pending
-        messages = self.consumer.consume(num_messages=pending.room(), timeout=pending.timeout(POLL_SECONDS))
-        good = [message for message in messages if not self._is_error(message)]
-        pending.add(good)
-        if not messages and not pending:
-            self.progress.idle()
-        if pending.due():
-            self.process(pending.take())
 
     def _recovered(self) -> bool:
         """After a failed batch: a new producer if the old one is lost, then back to the committed offsets.  False
@@ -489,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return (hot is not None and hot.is_ready()), {}
 
     if port:
-        serve(port, "127.0.0.1", metrics.page, readiness, metrics.progress_page)
+        serve(port, "127.0.0.1", metrics.page, readiness)
     try:
         hot = HotPath(settings, worker_id, slot, catalog_for(settings), metrics, outage)
         _run_until_stopped(hot)
