@@ -8,8 +8,9 @@ commands that read the run back.
 The demo compresses time so that a user sees the whole loop within 90 s: 5-second panes, rolling windows of 1 and
 5 minutes, and an effort detector with a 60-second baseline that ends 5 s before the pane (production: 60-second
 panes, a 24-hour baseline).  The simulator sends 200 answers a second over every channel and three journeys; 30 s
-in, chat's bot turns bad in billing (``effort:chat/billing@+30s``), and the alert fires some 20-30 s later, naming
-the bot.
+in, chat's bot turns bad in billing (``effort:chat/billing@+30s``), and the alert fires some 20-40 s later, naming
+the bot, its theme and a customer's comment; once the store holds the spike, the words its customers use more than
+usual follow (``loop``: the simulated bot is stuck in one, streams.core.synth.COMMENTS_INCIDENT).
 """
 
 from __future__ import annotations

@@ -22,7 +22,9 @@ duration produce the same events.  What is simulated:
 
   - ``effort:CHANNEL/JOURNEY@+START[~DURATION]``: the channel's first touchpoint (chat: bot) goes bad in that
     journey: its CES answers are high-effort 75% of the time with reason code ``repeat_contact``, and it takes
-    more of the segment's traffic: the effort-spike alert should fire and name that touchpoint;
+    more of the segment's traffic, and its unhappy customers write what went wrong in the incident's own words
+    (the chatbot "stuck in a loop": streams.core.synth.COMMENTS_INCIDENT): the effort-spike alert should fire and
+    name that touchpoint, and the words;
   - ``nps:CHANNEL/JOURNEY@+START[~DURATION]``: NPS/NLS answers of the segment drop (detractors 60%);
   - ``outage:CHANNEL@+START[~DURATION]``: the channel sends nothing.
 
@@ -288,7 +290,8 @@ class Simulator:
         if effort and touchpoint == touchpoints[0] and low and "repeat_contact" not in reasons:
             reasons = ["repeat_contact", *reasons[:1]]
         self.count += 1
-        comment = comment_for(rng, low, touchpoint, reasons, dutch(customer, self.count))  # drawn for every answer
+        culprit = effort and touchpoint == touchpoints[0]  # the incident's customers write its words
+        comment = comment_for(rng, low, touchpoint, reasons, dutch(customer, self.count), culprit)  # every answer draws
         event = {
             "event_id": f"sim-{self.seed}-{self.count}",
             "occurred_at": self.start_ms + offset_ms,

@@ -144,15 +144,50 @@ COMMENTS_GOOD: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
     "self": (("Quick and easy online",), ("Snel en makkelijk online geregeld",)),
 }
+# what the customers of an incident write (simulate's effort incident, at its channel's first touchpoint): words a
+# normal day does not use ("loop", "crash", ...), so the alert's words (docs/contract.md section 9) have an incident
+# to find that the taxonomy's themes only name as "the bot"; each touchpoint's texts share a word across languages
+# where the languages do
+COMMENTS_INCIDENT: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {  # touchpoint -> (English, Dutch)
+    "bot": (
+        ("The chatbot is stuck in a loop", "Chatbot loop again, the same question over and over"),
+        ("De chatbot blijft in een loop hangen", "Chatbot zit in een loop, steeds dezelfde vraag"),
+    ),
+    "ivr": (
+        ("The phone menu drops the call after the first choice", "The line went dead in the phone menu"),
+        ("Het keuzemenu verbreekt de verbinding na de eerste keuze", "In het keuzemenu viel de verbinding weg"),
+    ),
+    "agent_reply": (
+        ("My ticket was closed without any reply", "Ticket closed, nobody replied"),
+        ("Mijn ticket is gesloten zonder antwoord", "Ticket zomaar gesloten, geen antwoord gekregen"),
+    ),
+    "faq": (
+        ("The help pages only show an error page", "Error page on every help article"),
+        ("De hulppagina's geven alleen een error", "Error bij elk artikel in de hulp"),
+    ),
+    "app_login": (
+        ("The app crashes at login", "App crash every time I log in"),
+        ("De app crasht bij het inloggen", "Crash van de app bij elke login"),
+    ),
+    "counter": (
+        ("The card terminal at the counter is broken", "Could not pay, terminal broken"),
+        ("De pinautomaat aan de balie is kapot", "Kon niet pinnen, pinautomaat kapot"),
+    ),
+}
 ONLINE = {"faq", "checkout", "invoice_page", "app_login", "auto_reply"}
 ASSISTED_TOUCHPOINTS = {"agent_call", "callback", "live_agent", "agent_reply", "counter", "returns_desk"}
 
 
-def comment_for(rng: random.Random, low: bool, touchpoint: str | None, reasons: list[str], dutch: bool) -> str:
-    """A comment that fits an answer: a bad experience says what went wrong (the touchpoint when it is the bot or
-    the phone menu, else its first reason code, else the online touchpoint), a good one what went well; in Dutch or
-    English.  One draw of ``rng``, whatever the answer (a seeded run stays the same run)."""
-    if low:
+def comment_for(
+    rng: random.Random, low: bool, touchpoint: str | None, reasons: list[str], dutch: bool, incident: bool = False
+) -> str:
+    """A comment that fits an answer: a bad experience says what went wrong (an ``incident`` at its touchpoint in
+    the incident's words, the touchpoint when it is the bot or the phone menu, else its first reason code, else the
+    online touchpoint), a good one what went well; in Dutch or English.  One draw of ``rng``, whatever the answer
+    (a seeded run stays the same run)."""
+    if low and incident and touchpoint in COMMENTS_INCIDENT:
+        english, dutch_texts = COMMENTS_INCIDENT[touchpoint]
+    elif low:
         cause = next((r for r in reasons if r in COMMENTS_BAD), None)
         if touchpoint in ("bot", "ivr"):
             cause = touchpoint

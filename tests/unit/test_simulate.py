@@ -191,14 +191,14 @@ def test_simulated_comments_fit_their_answer_in_english_and_dutch_and_the_bot_in
     good answers mention no complaint, and customers write in both languages (each in one of them)."""
     from streams.config import Settings
     from streams.core.comments import read_comment
-    from streams.core.synth import COMMENTS_BAD, COMMENTS_GOOD
+    from streams.core.synth import COMMENTS_BAD, COMMENTS_GOOD, COMMENTS_INCIDENT
     from streams.themes import theme_matcher
 
     matcher = theme_matcher(Settings())
     batch = events(8, 90, ["effort:chat/billing@+30s"])
     commented = [e for e in batch if e["comment"]]
     assert 0.1 < len(commented) / len(batch) < 0.2
-    pools = [*COMMENTS_BAD.values(), *COMMENTS_GOOD.values()]
+    pools = [*COMMENTS_BAD.values(), *COMMENTS_GOOD.values(), *COMMENTS_INCIDENT.values()]
     dutch = {text for _, nl in pools for text in nl}
     assert all(e["comment"] in dutch or any(e["comment"] in en for en, _ in pools) for e in commented)
     languages: dict[str, set[bool]] = {}
@@ -210,6 +210,11 @@ def test_simulated_comments_fit_their_answer_in_english_and_dutch_and_the_bot_in
     bad_bot = [e for e in bot if "repeat_contact" in e["reason_codes"]]
     assert len(bad_bot) > 10
     assert all("bot_self_service" in read_comment(e["comment"], matcher, "redacted").themes for e in bad_bot)
+    # in the incident's own words, which the bot's unhappy customers before it do not use
+    incident = [e for e in bad_bot if e["journey"] == "billing"]
+    assert len(incident) > 10 and all("loop" in e["comment"].lower() for e in incident)
+    before = [e for e in commented if e["touchpoint"] == "bot" and e["occurred_at"] < START + 30_000]
+    assert before and not any("loop" in e["comment"].lower() for e in before)
     complaints = {"waiting", "transfers", "not_resolved", "repeat_contact", "bot_self_service"}
     good = [
         e
