@@ -101,7 +101,7 @@ def run_process(
     metrics.health = ProcessHealth(settings.stall_seconds, OutageLog.install(settings.kafka_bootstrap))
     metrics.process_stalled.labels(process).set_function(metrics.health.progress.stalled)
     if port:
-        serve(port, "127.0.0.1", metrics.page, lambda: (metrics.health.ready(True), {}))
+        serve(port, "127.0.0.1", metrics.page, lambda: (metrics.health.ready(True), {}), metrics.progress_page)
     try:
         app = build(settings, metrics)
     except BrokerError as exc:  # at start: a topic's metadata (streams.topics)

@@ -197,9 +197,12 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def health_app(
-    page: Callable[[], bytes], readiness: Callable[[], tuple[bool, dict[str, Any]]]
+    page: Callable[[], bytes],
+    readiness: Callable[[], tuple[bool, dict[str, Any]]],
+    progress: Callable[[], bytes] | None = None,
 ) -> Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]:
-    """A WSGI app: ``/healthz``, ``/readyz``, and everything else the metrics ``page`` (Prometheus text format)."""
+    """A WSGI app: ``/healthz``, ``/readyz``, ``/progress`` (a part of the page: ``progress``, when given) and
+    everything else the metrics ``page`` (Prometheus text format)."""
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -212,15 +215,20 @@ def health_app(
             start_response("200 OK" if ready else "503 Service Unavailable", [("Content-Type", "application/json")])
             return [body]
         start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
-        return [page()]
+        return [progress() if path == "/progress" and progress is not None else page()]
 
     return app
 
 
 def serve(
-    port: int, host: str, page: Callable[[], bytes], readiness: Callable[[], tuple[bool, dict[str, Any]]]
+    port: int,
+    host: str,
+    page: Callable[[], bytes],
+    readiness: Callable[[], tuple[bool, dict[str, Any]]],
+    progress: Callable[[], bytes] | None = None,
 ) -> None:
-    """Serve ``/metrics`` (``page``), ``/healthz`` and ``/readyz`` on a daemon thread (OSError when the port is
-    taken)."""
-    server = make_server(host, port, health_app(page, readiness), ThreadingWSGIServer, handler_class=_QuietHandler)
+    """Serve ``/metrics`` (``page``), ``/healthz``, ``/readyz`` and ``/progress`` on a daemon thread (OSError when
+    the port is taken)."""
+    app = health_app(page, readiness, progress)
+    server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_QuietHandler)
     threading.Thread(target=server.serve_forever, name="cxpulse-http", daemon=True).start()

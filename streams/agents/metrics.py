@@ -22,6 +22,9 @@ BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0) 
 LATENCY_BUCKETS = (0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)  # seconds
 
 
+PROGRESS_FAMILIES = ("cxpulse_worker_process_stalled_seconds", "cxpulse_worker_process_ready")
+
+
 class WorkerMetrics:
     """Counters and gauges of one worker process, on an injected registry."""
 
@@ -215,3 +218,9 @@ class WorkerMetrics:
     def page(self) -> bytes:
         """The process's /metrics page: the registry, then the snapshots' own text."""
         return generate_latest(self.registry) + b"".join(snapshot.exposition() for snapshot in self.snapshots)
+
+    def progress_page(self) -> bytes:
+        """The process's ``/progress``: its stall and readiness gauges only, what the supervisor looks at every 2 s
+        (it read the whole /metrics before: the merge process wrote its KPI page and the supervisor parsed it, every
+        2 s, for two numbers)."""
+        return generate_latest(self.registry.restricted_registry(PROGRESS_FAMILIES))

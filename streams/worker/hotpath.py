@@ -424,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return (hot is not None and hot.is_ready()), {}
 
     if port:
-        serve(port, "127.0.0.1", metrics.page, readiness)
+        serve(port, "127.0.0.1", metrics.page, readiness, metrics.progress_page)
     try:
         hot = HotPath(settings, worker_id, slot, catalog_for(settings), metrics, outage)
         _run_until_stopped(hot)

@@ -103,13 +103,13 @@ class Child:
     next_start: float = 0.0
     stalled: float = 0.0  # its cxpulse_worker_process_stalled_seconds at the last look
     ready: bool = False  # its cxpulse_worker_process_ready at the last look
-    answered: float = 0.0  # monotonic time its /metrics last answered
+    answered: float = 0.0  # monotonic time its /progress last answered
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
     def look(self, text: str, now: float) -> None:
-        """Take its progress from a scrape of its /metrics (an empty text: it did not answer)."""
+        """Take its progress from its /progress (its stall and readiness gauges; an empty text: it did not answer)."""
         if not text:
             self.ready = False
             return
@@ -181,14 +181,14 @@ class ChildrenCollector:
     """The children's /metrics, fetched at scrape time."""
 
     @staticmethod
-    def scrape(child: Child) -> str:
-        return ChildrenCollector._scrape(child)
+    def scrape(child: Child, path: str = "/metrics") -> str:
+        return ChildrenCollector._scrape(child, path)
 
     @staticmethod
-    def _scrape(child: Child) -> str:
+    def _scrape(child: Child, path: str) -> str:
         if not child.alive():
             return ""
-        url = f"http://127.0.0.1:{child.metrics_port}/metrics"
+        url = f"http://127.0.0.1:{child.metrics_port}{path}"
         try:
             with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT_SECONDS) as response:  # loopback
                 return str(response.read().decode())
@@ -301,7 +301,7 @@ class Supervisor:
         for child in self.children:
             if not child.alive():
                 continue
-            child.look(ChildrenCollector.scrape(child), now)
+            child.look(ChildrenCollector.scrape(child, "/progress"), now)  # two gauges, not the whole page
             silent = now - max(child.answered, child.started)
             stalled = min(child.stalled, now - self.kafka_away_at)
             if stalled < bound and silent < bound:

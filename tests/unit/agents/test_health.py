@@ -147,3 +147,20 @@ def test_health_endpoints() -> None:
     assert _get(app, "/readyz")[0] == "200 OK"
     status, body = _get(app, "/metrics")
     assert status.startswith("200") and b"cxpulse_test_total 1.0" in body
+
+
+def test_the_progress_page_holds_the_stall_and_readiness_gauges_only() -> None:
+    """What the supervisor reads every 2 s: not the process's whole page (the merge process's KPI gauges)."""
+    from streams.agents.metrics import WorkerMetrics
+
+    metrics = WorkerMetrics(CollectorRegistry())
+    metrics.process_stalled.labels("merge").set(3.0)
+    metrics.process_ready.labels("merge").set(1.0)
+    metrics.sink_errors.labels("prometheus").inc()
+    app = health_app(metrics.page, lambda: (True, {}), metrics.progress_page)
+    _, whole = _get(app, "/metrics")
+    status, body = _get(app, "/progress")
+    assert b"cxpulse_sink_errors_total" in whole and b"cxpulse_sink_errors_total" not in body
+    assert status.startswith("200")
+    assert b'cxpulse_worker_process_stalled_seconds{process="merge"} 3.0' in body
+    assert b'cxpulse_worker_process_ready{process="merge"} 1.0' in body

@@ -106,7 +106,10 @@ def test_a_stalled_child_is_not_killed_while_kafka_is_away_and_is_after(monkeypa
         'cxpulse_worker_process_stalled_seconds{process="merge"} 45.0\n'
         'cxpulse_worker_process_ready{process="merge"} 0\n'
     )
-    monkeypatch.setattr(sv.ChildrenCollector, "scrape", staticmethod(lambda child: page))
+    asked: list[str] = []
+    monkeypatch.setattr(
+        sv.ChildrenCollector, "scrape", staticmethod(lambda child, path="/metrics": asked.append(path) or page)
+    )
     try:
         boss.kafka_up = lambda: False
         boss.watched = 0.0
@@ -122,6 +125,7 @@ def test_a_stalled_child_is_not_killed_while_kafka_is_away_and_is_after(monkeypa
         boss.look_at_progress()
         assert child.proc.wait(10) == -9
         assert boss.registry.get_sample_value("cxpulse_worker_stall_restarts_total", {"process": "merge"}) == 1
+        assert set(asked) == {"/progress"}  # two gauges, not the whole page, every 2 s
     finally:
         if child.proc.poll() is None:
             child.proc.kill()
