@@ -18,7 +18,9 @@ nothing is dropped, nothing is buffered without bound.  Errors and lag are metri
 (``cxpulse_sink_errors_total{sink="clickhouse"}``, ``cxpulse_sink_lag_messages{sink="clickhouse",...}``).
 
 The embedded store can be opened by one process only, so this process also answers read-only SQL for
-``cxpulse report`` / ``cxpulse drivers`` on a loopback port, written to ``<data dir>/clickhouse-endpoint.json``.
+``cxpulse report`` / ``cxpulse drivers`` on a loopback port, written to ``<data dir>/clickhouse-endpoint.json``,
+and takes ``cxpulse backfill``'s rows beside it (``/v1/backfill``: history's rows of the three tables, each pane
+result and journey instance with version 0, so a backfill can never replace a row the stream wrote).
 
 Built into a process by streams/processes.py (``cxpulse worker``'s ``sink`` process, or ``cxpulse sink``).
 """
@@ -51,6 +53,7 @@ BATCH_WITHIN_SECONDS = 1.0  # an insert waits at most this long to fill
 HEALTH_SECONDS = 2.0
 BACKOFF_MAX_SECONDS = 30.0
 MAX_QUERY_ROWS = 1_000_000
+MAX_BACKFILL_BYTES = 64 * 1024 * 1024  # one request of `cxpulse backfill` (streams.backfill.CHUNK_ROWS rows)
 JOURNEYS_BATCH = 5000  # journey instance revisions per insert at most
 COLUMNS = {
     "pane_results": store.PANE_COLUMNS,
@@ -201,11 +204,13 @@ class ClickHouseSink(BatchAgent):
 
 
 async def serve_queries(settings: Settings, db: Store) -> None:
-    """Read-only SQL over HTTP on loopback, for `cxpulse report` while this process holds the store; a random
-    bearer token in the endpoint file (mode 0600) is required."""
+    """Read-only SQL over HTTP on loopback, for `cxpulse report` while this process holds the store, and
+    `cxpulse backfill`'s rows (version 0 only); a random bearer token in the endpoint file (mode 0600) is
+    required."""
     token = secrets.token_urlsafe(32)
-    server = web.Application()
+    server = web.Application(client_max_size=MAX_BACKFILL_BYTES)
     server.router.add_post("/v1/query", lambda request: answer_query(request, db, token))
+    server.router.add_post("/v1/backfill", lambda request: take_backfill(request, db, token))
     runner = web.AppRunner(server)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -231,12 +236,62 @@ def _run_read_only(client: Client, sql: str, parameters: dict[str, Any]) -> Any:
     return client.query(sql, parameters=parameters, settings=store.READ_ONLY_SETTINGS)
 
 
+def _authorised(request: web.Request, token: str) -> bool:
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    return hmac.compare_digest(given.encode(), token.encode())
+
+
+UNAUTHORISED = {"error": "a bearer token is required (see clickhouse-endpoint.json)"}
+
+
+def backfill_rows(table: Any, rows: Any) -> list[list[Any]]:
+    """The rows of a backfill request for ``table``, checked (ValueError naming what is wrong): a table of
+    COLUMNS, each row with its columns, every pane result and journey instance with version 0 (the stream's are
+    at least 1: streams/backfill.py); the drivers' tuples as ClickHouse takes them."""
+    if table not in COLUMNS:
+        raise ValueError(f"table must be one of {', '.join(COLUMNS)}, not {table!r}")
+    columns = COLUMNS[table]
+    if not isinstance(rows, list) or not all(isinstance(row, list) and len(row) == len(columns) for row in rows):
+        raise ValueError(f"rows must be a list of rows of {len(columns)} values ({', '.join(columns)})")
+    if "version" in columns:
+        at = columns.index("version")
+        if any(row[at] != 0 for row in rows):
+            raise ValueError("a backfill writes version 0 only (a higher version is the stream's)")
+    if table == "pane_results":
+        drivers = columns.index("drivers")
+        for row in rows:
+            row[drivers] = [tuple(driver) for driver in row[drivers]]
+    return rows
+
+
+async def take_backfill(request: web.Request, db: Store, token: str) -> web.Response:
+    """POST {"table": ..., "rows": [[...], ...], "token": DEDUP} with ``Authorization: Bearer <token>``: one insert
+    of history's rows with that deduplication token (the same request again writes nothing) -> {"rows": N}."""
+    if not _authorised(request, token):
+        return web.json_response(UNAUTHORISED, status=401)
+    try:
+        body = await request.json()
+        table, dedup = str(body["table"]), str(body["token"])
+        rows = backfill_rows(table, body["rows"])
+    except (ValueError, KeyError, TypeError) as exc:
+        reason = str(exc) if isinstance(exc, ValueError) and not isinstance(exc, json.JSONDecodeError) else ""
+        return web.json_response(
+            {"error": reason or 'expected JSON {"table": ..., "rows": [[...]], "token": ...}'}, status=400
+        )
+    columns = COLUMNS[table]
+    try:
+        await db.run(lambda client: store.insert(client, table, rows, columns, dedup))
+    except Exception as exc:  # noqa: BLE001 - the caller gets the reason
+        return web.json_response({"error": str(exc).splitlines()[0][:500]}, status=422)
+    LOG.info("backfill: %d rows into %s", len(rows), table)
+    return web.json_response({"rows": len(rows)})
+
+
 async def answer_query(request: web.Request, db: Store, token: str) -> web.Response:
     """POST {"sql": "SELECT ...", "parameters": {...}} with ``Authorization: Bearer <token>`` ->
     {"columns": [...], "rows": [[...], ...]}."""
-    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    if not hmac.compare_digest(given.encode(), token.encode()):
-        return web.json_response({"error": "a bearer token is required (see clickhouse-endpoint.json)"}, status=401)
+    if not _authorised(request, token):
+        return web.json_response(UNAUTHORISED, status=401)
     try:
         body = await request.json()
         sql, parameters = str(body["sql"]), dict(body.get("parameters") or {})

@@ -14,18 +14,19 @@ as ``too_old``); history older than that goes to the store here, so that the two
   before it; a journey that goes on after the cutoff is two instances, the history's and the stream's);
 - each insert carries a deduplication token made of its rows: the same history written again is a no-op, and
   anything written again in another cut replaces identical rows (ReplacingMergeTree), so a second run changes no
-  count; nothing goes to Kafka, so no alert wakes.
+  count; nothing goes to Kafka, so no alert wakes;
+- where it writes is the caller's (:class:`HistoryStore`): a clickhouse-connect client, or, while a worker holds
+  the embedded store, that worker's store endpoint (streams.commands.readers.EndpointWriter), which takes version-0
+  rows only.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-from clickhouse_connect.driver.client import Client
+from typing import Any, Protocol
 
 from schemas.codec import parse_timestamp_ms
 from sinks import clickhouse as store
@@ -37,7 +38,17 @@ from streams.errors import CxPulseError
 from streams.replay import Batch, Replay, read_batches
 from streams.themes import theme_matcher
 
-CHUNK_ROWS = 50_000  # rows per insert (each its own deduplication token)
+# rows per insert, each its own deduplication token (the same cut whichever way the rows go, so a backfill through
+# a worker's endpoint and one straight to the store make the same tokens); a request to the endpoint stays ~3 MB
+CHUNK_ROWS = 10_000
+
+
+class HistoryStore(Protocol):
+    """Where a backfill reads which panes the stream wrote, and writes (streams.commands.readers)."""
+
+    def rows(self, sql: str, parameters: Mapping[str, Any]) -> list[Sequence[Any]]: ...
+
+    def insert(self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str], dedup: str) -> None: ...
 
 
 @dataclass
@@ -113,31 +124,11 @@ STREAM_GROUPS_SQL = (
 )
 
 
-def open_store(settings: Settings) -> Client:
-    """The store to write (its tables made or brought up to date); a StoreError naming why not.  The embedded store
-    can be opened by one process only: while a worker holds it, stop the worker for the backfill (or write to a
-    ClickHouse server, which any number of processes share)."""
-    if not settings.clickhouse_url:
-        raise store.StoreError("CXPULSE_CLICKHOUSE_URL is empty: no store to write the history to")
-    path = store.chdb_path(settings.clickhouse_url)
-    holder = store.endpoint_of(settings.data_dir) if path is not None else None
-    if holder is not None:
-        raise store.StoreError(
-            f"the embedded store {path} is held by a running worker (its endpoint {holder.url}): stop it while the "
-            "history is written (the stream goes on from its offsets afterwards), or use a ClickHouse server"
-        )
-    client = store.connect(settings)
-    store.migrate(client)
-    return client
-
-
-def write_history(client: Client, replay: Replay, answers: list[dict[str, Any]], stats: BackfillStats) -> None:
+def write_history(client: HistoryStore, replay: Replay, answers: list[dict[str, Any]], stats: BackfillStats) -> None:
     """The history's pane results, answers and journey instances into the store (see the module docstring)."""
     results = replay.results()
     if results:
-        rows = client.query(
-            STREAM_GROUPS_SQL, parameters={"start": results[0].window_start, "end": stats.cutoff_ms}
-        ).result_rows
+        rows = client.rows(STREAM_GROUPS_SQL, {"start": results[0].window_start, "end": stats.cutoff_ms})
         taken = {(int(at), channel, journey, metric) for at, channel, journey, metric in rows}
     else:
         taken = set()
@@ -194,9 +185,9 @@ def answer_row(answer: dict[str, Any]) -> list[Any]:
     ]
 
 
-def _insert(client: Client, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]) -> None:
+def _insert(client: HistoryStore, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]) -> None:
     """Rows in chunks, each with a token made of its rows: the same chunk again is a no-op."""
     for at in range(0, len(rows), CHUNK_ROWS):
         chunk = rows[at : at + CHUNK_ROWS]
         digest = hashlib.sha256(repr(chunk).encode()).hexdigest()[:32]
-        store.insert(client, table, chunk, columns, store.token("backfill", table, digest))
+        client.insert(table, chunk, columns, store.token("backfill", table, digest))

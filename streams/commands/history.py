@@ -12,8 +12,10 @@ from typing import Annotated
 import typer
 
 from schemas.codec import catalog_for
-from streams.backfill import BackfillStats, cutoff_of, open_store, replay_history, write_history
+from sinks import clickhouse as store
+from streams.backfill import BackfillStats, HistoryStore, cutoff_of, replay_history, write_history
 from streams.commands.base import app, fail, open_for_writing, progress_of, settings_of, worker_clock
+from streams.commands.readers import ClientWriter, EndpointWriter
 from streams.config import Settings
 from streams.core.windows import iso_utc
 from streams.errors import CxPulseError
@@ -125,12 +127,35 @@ def backfill(
     """Write history older than the stream's retention straight into the store, with replay's code: pane
     results, answers (with their themes) and journey instances. Answers inside the retention are left out (send
     them through Kafka: `cxpulse produce`); a pane the stream already wrote is left as it is. Running it again
-    changes nothing; nothing goes to Kafka, so no alert wakes. The embedded store must not be held by a running
-    worker (a ClickHouse server may)."""
+    changes nothing; nothing goes to Kafka, so no alert wakes. Beside a running worker that holds the embedded
+    store, the history goes through that worker."""
     settings = settings_of()
     stats = _backfill(settings, events)
     if stats.dead:
         raise typer.Exit(3)
+
+
+def open_store(settings: Settings) -> tuple[HistoryStore, str]:
+    """Where the history goes, and how to say so: a ClickHouse server, the embedded store, or (while a worker holds
+    the embedded store) that worker's store endpoint; a StoreError naming why not."""
+    if not settings.clickhouse_url:
+        raise store.StoreError("CXPULSE_CLICKHOUSE_URL is empty: no store to write the history to")
+    path = store.chdb_path(settings.clickhouse_url)
+    holder = store.endpoint_of(settings.data_dir) if path is not None else None
+    if holder is not None:  # one process can open the embedded store: the worker's sink writes for us
+        return EndpointWriter(holder, settings.clickhouse_timeout_seconds), f"the running worker's store ({holder.url})"
+    try:
+        client = store.connect(settings)
+        store.migrate(client)
+    except store.StoreBusyError as exc:
+        raise store.StoreError(f"{exc}, and that process serves no store endpoint: stop it for the backfill") from exc
+    except store.StoreError:
+        raise
+    except Exception as exc:  # clickhouse-connect's errors, and urllib3's beneath them
+        raise store.StoreError(
+            f"cannot open ClickHouse at {store.redact(settings.clickhouse_url)}: {store.why(exc)}"
+        ) from exc
+    return ClientWriter(client, settings.clickhouse_url), store.redact(settings.clickhouse_url)
 
 
 def _backfill(settings: Settings, events: Path) -> BackfillStats:
@@ -138,7 +163,8 @@ def _backfill(settings: Settings, events: Path) -> BackfillStats:
     stats = BackfillStats(cutoff_ms=cutoff_of(settings, int(time.time() * 1000)))
     with ExitStack() as stack:
         try:
-            client = open_store(settings)
+            client, where = open_store(settings)
+            err.print(f"backfill: into {where}", highlight=False, markup=False, soft_wrap=True)
             progress = progress_of(stack, events, "backfill")
             replay, answers = replay_history(events, settings, stats.cutoff_ms, stats, progress)
             write_history(client, replay, answers, stats)

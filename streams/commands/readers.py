@@ -1,6 +1,7 @@
 """How the store-reading commands reach ClickHouse: a clickhouse-connect client (a server, or the embedded store when
 no process holds it), or the read-only endpoint of the worker that holds the embedded store; any failure is one
-StoreError naming the store and the cause (sinks.clickhouse.why)."""
+StoreError naming the store and the cause (sinks.clickhouse.why).  ``cxpulse backfill`` writes the same two ways
+(:class:`ClientWriter`, :class:`EndpointWriter`: the holding worker's ``/v1/backfill``)."""
 
 from __future__ import annotations
 
@@ -43,16 +44,38 @@ class EndpointReader:
         self.timeout = timeout
 
     def rows(self, sql: str, parameters: Mapping[str, Any]) -> list[Sequence[Any]]:
-        body = json.dumps({"sql": sql, "parameters": dict(parameters)}, default=str).encode()
+        return list(self._post(self.url, {"sql": sql, "parameters": dict(parameters)})["rows"])
+
+    def _post(self, url: str, payload: Mapping[str, Any]) -> Any:
+        body = json.dumps(payload, default=str).encode()
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {self.token}"}
-        request = urllib.request.Request(self.url, body, headers)  # noqa: S310
+        request = urllib.request.Request(url, body, headers)  # noqa: S310
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 - loopback, our own
-                return list(json.loads(response.read())["rows"])
+                return json.loads(response.read())
         except urllib.error.HTTPError as exc:
-            raise store.StoreError(f"the worker's query endpoint refused: {exc.read().decode()[:300]}") from exc
+            raise store.StoreError(f"the worker's store endpoint refused: {exc.read().decode()[:300]}") from exc
         except OSError as exc:
-            raise store.StoreError(f"the worker's query endpoint {self.url} did not answer: {exc}") from exc
+            raise store.StoreError(f"the worker's store endpoint {url} did not answer: {exc}") from exc
+
+
+class ClientWriter(ClientReader):
+    """Reads and writes (``cxpulse backfill``) through a clickhouse-connect client."""
+
+    def insert(self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str], dedup: str) -> None:
+        try:
+            store.insert(self.client, table, rows, columns, dedup)
+        except Exception as exc:  # as in rows()
+            raise store.StoreError(f"writing ClickHouse at {store.redact(self.url)}: {store.why(exc)}") from exc
+
+
+class EndpointWriter(EndpointReader):
+    """Reads and writes (``cxpulse backfill``) through the worker that holds the embedded store: its ``/v1/backfill``
+    beside ``/v1/query`` (sinks/clickhouse_sink.py; version-0 rows only, one insert per request)."""
+
+    def insert(self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str], dedup: str) -> None:
+        if rows:
+            self._post(self.url.rsplit("/", 1)[0] + "/backfill", {"table": table, "rows": rows, "token": dedup})
 
 
 def describe_store(settings: Settings) -> str:

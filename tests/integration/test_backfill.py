@@ -1,19 +1,27 @@
 """`cxpulse import --backfill` and `cxpulse backfill` as an analyst runs them, on the embedded store (each command a
 process of its own, as the user's are): the Qualtrics-style export of tests/unit/test_import.py (its answers are
 older than the stream's retention) ends up in the store as replay of its events computes it, `report` reads it,
-a second run changes nothing, and a store held by a running worker is refused in one line."""
+a second run changes nothing; and beside a running default worker that holds the embedded store, a backfill goes
+through the worker, leaves the panes the stream wrote as they are and twice changes nothing."""
 
 from __future__ import annotations
 
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
-from streams.core.windows import result_json
+import pytest
+
+from sinks import clickhouse as store
+from sinks.clickhouse import StoreError
+from streams.commands.readers import EndpointWriter
+from streams.core.windows import iso_utc, result_json, result_record
 from streams.replay import replay_file
-from tests.support import cxpulse_command
+from tests.support import RunningBroker, cxpulse_command, event
 from tests.unit.test_import import MAPPING, write_export
+from tests.workers import make_pipeline, running_worker, wait_for
 
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -46,8 +54,83 @@ def test_an_export_backfilled_reads_back_as_replay_and_twice_changes_nothing(tmp
     again = run(env, "backfill", str(events))
     assert again.returncode == 0, again.stderr
     assert report() == got
-    # a worker holding the embedded store: its endpoint file names a live process (this test's)
+    # a worker that held the store and is gone (its endpoint file names a live process that serves nothing):
+    # one line saying so, no traceback
     endpoint = tmp_path / "data" / "clickhouse-endpoint.json"
     endpoint.write_text(json.dumps({"url": "http://127.0.0.1:1/v1/query", "token": "t", "pid": os.getpid()}))
     held = run(env, "backfill", str(events))
-    assert held.returncode == 1 and "held by a running worker" in held.stderr and len(held.stderr.splitlines()) == 1
+    assert held.returncode == 1 and "did not answer" in held.stderr and "Traceback" not in held.stderr, held.stderr
+
+
+PANE_SECONDS, RETENTION_SECONDS = 5, 20  # the stream's pane is older than the cutoff 20-25 s after it was counted
+
+
+def test_a_backfill_beside_a_running_worker_leaves_the_streams_panes(
+    kafka_broker: RunningBroker, tmp_path: Path
+) -> None:
+    """A default worker (journeys on, the embedded store it holds) counts answers of one pane; once that pane is
+    older than the retention, a backfill of history that reaches into it and before it goes through the worker
+    (one process opens the embedded store): the stream's pane keeps its count and version, the older panes are
+    replay of the older history, and a second backfill changes no row."""
+    pipeline = make_pipeline(
+        kafka_broker.bootstrap, tmp_path, create_topics=False, clickhouse_url=f"chdb://{tmp_path / 'store'}",
+        pane_seconds=PANE_SECONDS, windows_seconds=(10, 20), retention_seconds=RETENTION_SECONDS,
+    )  # fmt: skip
+    env = {**pipeline.env, "CXPULSE_METRICS_PORT": "0"}
+    log = tmp_path / "worker.log"
+    pane_ms = PANE_SECONDS * 1000
+    with running_worker(pipeline, log):
+        wait_for(lambda: store.endpoint_of(pipeline.settings.data_dir) is not None, "the store's endpoint", log)
+        now = int(time.time() * 1000)
+        pane = now - now % pane_ms
+        live = [event(event_id=f"live-{i}", occurred_at=pane + i, score=1 + i % 7) for i in range(40)]
+        stream_file = tmp_path / "live.jsonl"
+        stream_file.write_text("".join(json.dumps(e) + "\n" for e in live))
+        sent = run(env, "produce", str(stream_file))
+        assert sent.returncode == 0, sent.stderr
+        reader = EndpointWriter(store.endpoint_of(pipeline.settings.data_dir))  # type: ignore[arg-type]
+        in_store = "SELECT max(n), max(version) FROM cxpulse.pane_results FINAL WHERE channel = 'phone'"
+        wait_for(lambda: reader.rows(in_store, {})[0][0] == 40, "the stream's pane in the store", log)
+        stream_version = reader.rows(in_store, {})[0][1]
+        assert stream_version > 0
+        # history: more answers of the stream's pane (the stream never saw them) and of two hours before it
+        older = [
+            event(event_id=f"old-{i}", occurred_at=pane - 7_200_000 + i * 60_000, channel=("phone", "chat")[i % 2],
+                  score=1 + i % 7, customer_id=f"c-{i % 9}")
+            for i in range(60)
+        ]  # fmt: skip
+        history = [*older, *(event(event_id=f"late-{i}", occurred_at=pane + 100 + i, score=7) for i in range(15))]
+        history_file = tmp_path / "history.jsonl"
+        history_file.write_text("".join(json.dumps(e) + "\n" for e in history))
+        # the stream's pane falls out of the retention (the cutoff is now - 20 s, down to a pane)
+        wait_for(lambda: time.time() * 1000 - RETENTION_SECONDS * 1000 > pane + 2 * pane_ms, "the retention", log)
+        reports = []
+        for _ in range(2):
+            done = run(env, "backfill", str(history_file))
+            assert done.returncode == 0, done.stderr
+            assert "into the running worker's store" in done.stderr and "1 panes the stream had written" in done.stderr
+            since, until = iso_utc(pane - 8_000_000), iso_utc(pane + pane_ms)
+            shown = run(env, "report", "--window", "pane", "--since", since, "--until", until, "--format", "jsonl",
+                        "--min-n", "1", "--by", "channel,journey")  # fmt: skip
+            assert shown.returncode == 0, shown.stderr
+            reports.append(sorted(shown.stdout.splitlines()))
+        assert reports[0] == reports[1]  # the second backfill changed nothing
+        got = {(r["window_start"], r["channel"], r["metric"]): r for r in map(json.loads, reports[0])}
+        mine = got.pop((iso_utc(pane), "phone", "CES"))
+        assert mine["n"] == 40  # the stream's count: the history's 15 answers of its pane were not added
+        (tmp_path / "older.jsonl").write_text("".join(json.dumps(e) + "\n" for e in older))
+        expected = replay_file(tmp_path / "older.jsonl", pane_ms, lambda dead: None).results()
+        assert {k: (r["n"], r["value"]) for k, r in got.items()} == {
+            (iso_utc(r.window_start), r.channel, r.metric): (r.n, result_json(r)["value"]) for r in expected
+        }
+        # the worker's store endpoint takes a backfill's rows only: version 0, its three tables, with the token
+        row = store.pane_row(result_record(expected[0]._replace(version=stream_version + 1)))
+        with pytest.raises(StoreError, match="version 0 only"):
+            reader.insert("pane_results", [row], store.PANE_COLUMNS, "t")
+        with pytest.raises(StoreError, match="table must be one of"):
+            reader.insert("followups", [row], store.PANE_COLUMNS, "t")
+        with pytest.raises(StoreError, match="bearer token is required"):
+            EndpointWriter(store.Endpoint(reader.url, "guess")).insert("pane_results", [row], store.PANE_COLUMNS, "t")
+        assert reader.rows(in_store, {})[0] == [40, stream_version]
+        stored = "SELECT count() FROM cxpulse.answers FINAL WHERE event_id LIKE 'late-%'"
+        assert reader.rows(stored, {})[0][0] == 0

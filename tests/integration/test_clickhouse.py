@@ -18,7 +18,7 @@ from schemas.codec import LocalCatalog
 from sinks import clickhouse as store
 from streams.commands import queries as rp
 from streams.commands import readers
-from streams.commands.readers import ClientReader
+from streams.commands.readers import ClientReader, ClientWriter
 from streams.config import Settings
 from streams.core.synth import realistic_events
 from streams.core.windows import iso_utc, result_record, rolling_window, rollup, state_of
@@ -397,7 +397,7 @@ def test_a_backfill_writes_the_history_as_replay_leaves_the_streams_panes_and_tw
     def run() -> BackfillStats:
         stats = BackfillStats(cutoff_ms=cutoff)
         replay, answers = replay_history(path, settings, cutoff, stats, None)
-        write_history(db, replay, answers, stats)  # type: ignore[arg-type]
+        write_history(ClientWriter(db), replay, answers, stats)
         return stats
 
     stats = run()
