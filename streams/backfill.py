@@ -28,6 +28,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
+
 from schemas.codec import parse_timestamp_ms
 from sinks import clickhouse as store
 from streams.config import Settings
@@ -124,8 +126,15 @@ STREAM_GROUPS_SQL = (
 )
 
 
-def write_history(client: HistoryStore, replay: Replay, answers: list[dict[str, Any]], stats: BackfillStats) -> None:
-    """The history's pane results, answers and journey instances into the store (see the module docstring)."""
+def write_history(
+    client: HistoryStore,
+    replay: Replay,
+    answers: list[dict[str, Any]],
+    stats: BackfillStats,
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
+    """The history's pane results, answers and journey instances into the store (see the module docstring);
+    ``progress(rows written, rows in all)`` after every insert."""
     results = replay.results()
     if results:
         rows = client.rows(STREAM_GROUPS_SQL, {"start": results[0].window_start, "end": stats.cutoff_ms})
@@ -136,29 +145,40 @@ def write_history(client: HistoryStore, replay: Replay, answers: list[dict[str, 
     kept = [r for r in results if (r.window_start, r.channel, r.journey, r.metric) not in taken]
     stats.stream_panes = len(results) - len(kept)
     stats.panes = len(kept)
-    _insert(client, "pane_results", [store.pane_row(result_record(r._replace(version=0))) for r in kept],
-            store.PANE_COLUMNS)  # fmt: skip
-    own = [a for a in answers if (_pane(a, pane_ms), a["channel"], a["journey"], a["metric"]) not in taken]
+    times = [parse_timestamp_ms(a["occurred_at"]) for a in answers]
+    own = [
+        answer_row(a, ms)
+        for a, ms in zip(answers, times, strict=True)
+        if (ms - ms % pane_ms, a["channel"], a["journey"], a["metric"]) not in taken
+    ]
     stats.answers = len(own)
-    _insert(client, "answers", [answer_row(a) for a in own], store.ANSWER_COLUMNS)
     instances = replay.journey_instances(now_ms=stats.cutoff_ms)
     stats.journeys = len(instances)
-    rows_j = [store.journey_row(instance_record(Revision(i, 0, False))) for i in instances]
-    _insert(client, "journey_instances", rows_j, store.JOURNEY_COLUMNS)
+    tables = (
+        ("pane_results", [store.pane_row(result_record(r._replace(version=0))) for r in kept], store.PANE_COLUMNS),
+        ("answers", own, store.ANSWER_COLUMNS),
+        ("journey_instances", [store.journey_row(instance_record(Revision(i, 0, False))) for i in instances],
+         store.JOURNEY_COLUMNS),
+    )  # fmt: skip
+    total = sum(len(table_rows) for _, table_rows, _ in tables)
+    written = 0
+    for table, table_rows, columns in tables:
+        for at in range(0, len(table_rows), CHUNK_ROWS):
+            chunk = table_rows[at : at + CHUNK_ROWS]
+            digest = hashlib.sha256(orjson.dumps(chunk)).hexdigest()[:32]  # the same chunk again: a no-op
+            client.insert(table, chunk, columns, store.token("backfill", table, digest))
+            written += len(chunk)
+            if progress is not None:
+                progress(written, total)
 
 
-def _pane(answer: dict[str, Any], pane_ms: int) -> int:
-    at = parse_timestamp_ms(answer["occurred_at"])
-    return at - at % pane_ms
-
-
-def answer_row(answer: dict[str, Any]) -> list[Any]:
+def answer_row(answer: dict[str, Any], occurred_ms: int) -> list[Any]:
     """A row of ``cxpulse.answers`` (ANSWER_COLUMNS order) from a counted answer as the store keeps it
-    (streams.core.answers.stored_answer)."""
+    (streams.core.answers.stored_answer) and its time in epoch ms."""
     counts = contribution(answer["metric"], answer["score"], answer["scale_min"], answer["scale_max"])
     return [
         answer["event_id"],
-        parse_timestamp_ms(answer["occurred_at"]),
+        occurred_ms,
         answer["source"],
         answer["channel"],
         answer["journey"],
@@ -183,11 +203,3 @@ def answer_row(answer: dict[str, Any]) -> list[Any]:
         counts.sx,
         counts.sx2,
     ]
-
-
-def _insert(client: HistoryStore, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]) -> None:
-    """Rows in chunks, each with a token made of its rows: the same chunk again is a no-op."""
-    for at in range(0, len(rows), CHUNK_ROWS):
-        chunk = rows[at : at + CHUNK_ROWS]
-        digest = hashlib.sha256(repr(chunk).encode()).hexdigest()[:32]
-        client.insert(table, chunk, columns, store.token("backfill", table, digest))

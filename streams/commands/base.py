@@ -5,13 +5,22 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 from streams.config import DEFAULT_FUTURE_TOLERANCE_SECONDS, Settings, load_settings, parse_duration
 from streams.core.validate import Clock, DeadLetter
@@ -151,5 +160,34 @@ def progress_of(stack: ExitStack, path: Path, verb: str) -> ProgressFn | None:
             stack.enter_context(bar)
             shown = True
         bar.update(task, completed=done)
+
+    return update
+
+
+def rows_progress(stack: ExitStack, verb: str) -> Callable[[int, int], None] | None:
+    """A progress callback ``(rows done, rows in all)`` that shows a bar with the rate and time left on a terminal
+    once the work has taken a second."""
+    if not err.is_terminal:
+        return None
+    started = time.monotonic()
+    bar = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("rows, {task.fields[rate]:,.0f}/s"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    )
+    task = bar.add_task(verb, total=None, rate=0.0)
+    shown = False
+
+    def update(done: int, total: int) -> None:
+        nonlocal shown
+        elapsed = time.monotonic() - started
+        if not shown and elapsed >= PROGRESS_AFTER_SECONDS:
+            stack.enter_context(bar)
+            shown = True
+        bar.update(task, completed=done, total=total, rate=done / max(elapsed, 1e-6))
 
     return update

@@ -14,7 +14,15 @@ import typer
 from schemas.codec import catalog_for
 from sinks import clickhouse as store
 from streams.backfill import BackfillStats, HistoryStore, cutoff_of, replay_history, write_history
-from streams.commands.base import app, fail, open_for_writing, progress_of, settings_of, worker_clock
+from streams.commands.base import (
+    app,
+    fail,
+    open_for_writing,
+    progress_of,
+    rows_progress,
+    settings_of,
+    worker_clock,
+)
 from streams.commands.readers import ClientWriter, EndpointWriter
 from streams.config import Settings
 from streams.core.windows import iso_utc
@@ -167,7 +175,7 @@ def _backfill(settings: Settings, events: Path) -> BackfillStats:
             err.print(f"backfill: into {where}", highlight=False, markup=False, soft_wrap=True)
             progress = progress_of(stack, events, "backfill")
             replay, answers = replay_history(events, settings, stats.cutoff_ms, stats, progress)
-            write_history(client, replay, answers, stats)
+            write_history(client, replay, answers, stats, rows_progress(stack, "writing to the store"))
         except CxPulseError as exc:
             fail(f"backfill: {exc}")
     err.print(

@@ -394,13 +394,18 @@ def test_a_backfill_writes_the_history_as_replay_leaves_the_streams_panes_and_tw
     stream_row = store.pane_row(result_record(mine._replace(version=7, n=1)))
     store.insert(db, "pane_results", [stream_row], store.PANE_COLUMNS, store.token("stream", 1))  # type: ignore[arg-type]
 
+    shown: list[tuple[int, int]] = []
+
     def run() -> BackfillStats:
         stats = BackfillStats(cutoff_ms=cutoff)
         replay, answers = replay_history(path, settings, cutoff, stats, None)
-        write_history(ClientWriter(db), replay, answers, stats)
+        write_history(ClientWriter(db), replay, answers, stats, lambda done, total: shown.append((done, total)))
         return stats
 
     stats = run()
+    # the progress: after every insert, rows written of all, up to all of them
+    total = stats.panes + stats.answers + stats.journeys
+    assert shown[-1] == (total, total) and all(a[0] < b[0] for a, b in zip(shown, shown[1:], strict=False))
     assert stats.newer == len(batch) - len(older) and stats.stream_panes == 1 and stats.panes == len(expected) - 1
     reader = ClientReader(db)
     got = {

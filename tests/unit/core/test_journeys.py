@@ -308,3 +308,22 @@ def test_a_group_state_on_disk_is_indexed_by_its_due_time_and_closed_ends(
         (index_entry(b"k:", end, raw_key), json.dumps(counts).replace(" ", "").encode()) for end, counts in closed
     ]
     assert entries == expected
+
+
+@given(
+    st.sampled_from(["NPS", "CES", "CSAT", "NLS", "CAS"]),
+    st.integers(0, 10),
+    st.sampled_from([(0, 10), (1, 7), (1, 5)]),
+    st.one_of(st.none(), st.just("i-1")),
+    st.one_of(st.none(), st.just("bot")),
+    st.booleans(),
+)
+def test_an_instance_of_one_answer_is_the_general_rule_of_one(
+    metric: str, score: int, scale: tuple[int, int], interaction: str | None, touchpoint: str | None, closed: bool
+) -> None:
+    """instance_of's shortcut for a single answer (most instances) gives what the general rule gives."""
+    from streams.core.journeys import Answer, _instance, instance_of
+
+    lo, hi = scale
+    answer = Answer(1_000, "e-1", interaction, "chat", touchpoint, metric, lo + score % (hi - lo + 1), lo, hi)
+    assert instance_of(("c-1", "billing"), [answer], closed) == _instance(("c-1", "billing"), [answer], closed)
