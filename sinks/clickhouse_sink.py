@@ -49,7 +49,11 @@ LOG = logging.getLogger("cxpulse.sink")
 SINK = "clickhouse"
 PANES_BATCH = 5000  # results per insert at most
 ANSWERS_BATCH = 60  # answer messages (a hot-path batch of one source partition each) per insert at most
-BATCH_WITHIN_SECONDS = 1.0  # an insert waits at most this long to fill
+# An insert waits at most this long to fill (a full batch goes at once).  Every insert is a part ClickHouse merges
+# in the background: at a small contact center's rate one insert a second per table kept the embedded store's
+# merges busy (issue 35's quiet run: the sink 27% of a core, 12% with 5 s and the hot path's fetch window); an answer is
+# in the store this much later at worst, at low rates.
+BATCH_WITHIN_SECONDS = 5.0
 HEALTH_SECONDS = 2.0
 BACKOFF_MAX_SECONDS = 30.0
 MAX_QUERY_ROWS = 1_000_000

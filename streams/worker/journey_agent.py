@@ -120,7 +120,7 @@ class JourneyAgent(TableAgent):
 
     name = "journeys"
     batch_size = 200
-    within_seconds = 0.1
+    within_seconds = 1.0  # a batch is a transaction and a revision of its groups: fewer at low rates (issue 35)
     transactional_input = True
     exports_lag = False
 
