@@ -11,8 +11,10 @@ and measures, per shape, the median of ``--runs`` runs of each system, each a fr
 group) reading the topic from the start:
 
 - bare: confluent-kafka ``consume(10000)`` + fastavro + a dict count (benchmarks/peers/bare.py): the ceiling;
-- cxpulse: ``cxpulse worker``, from launch to the last result on the results topic (start-up: launch to the
-  first result);
+- cxpulse: ``cxpulse worker`` as a user runs it (journeys and the embedded store on), from launch to the end of
+  its pipeline: the last result on the results topic, the journeys caught up, every answer in the store (the
+  headline; start-up: launch to the first result); with one default off as comparisons (``--journeys-off``,
+  ``--store-off``);
 - quix: Quix Streams 3.28 group_by + tumbling window + reduce + current() (benchmarks/peers/quix_app.py, in
   .venv-quix);
 - faust: a naive Faust agent, one event at a time into a tumbling windowed table (benchmarks/peers/faust_naive.py);
@@ -99,7 +101,7 @@ class Run:
     counts: dict[GroupKey, int] = field(repr=False, default_factory=dict)
     stored: float | None = None  # when ClickHouse held every answer (runs with the sink)
     journeys_done: float | None = None  # when the journey agent had handled every forwarded answer (journeys on)
-    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds by process, launch to the last result
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds by process, launch to the end (Run.end)
 
     @property
     def startup(self) -> float:
@@ -413,14 +415,14 @@ def run_cxpulse(
         profile = profiling.record(proc.pid, path)
     try:
         first, done, counts = watch(bootstrap, settings.results_topic, decode_result, events, proc)
-        cpu = cpu_by_process(proc.pid, BROKER_PID)
-        if "broker" in cpu:
-            cpu["broker"] -= broker_cpu
-        if profile is not None:  # launch to the last pane result
-            profiling.stop(profile)
         journeys_done = wait_journeys(settings, proc) if journeys else None
         if clickhouse:
             stored = wait_stored(settings.metrics_port, events, proc)
+        cpu = cpu_by_process(proc.pid, BROKER_PID)  # launch to the end: the last result, journeys, the store
+        if "broker" in cpu:
+            cpu["broker"] -= broker_cpu
+        if profile is not None:
+            profiling.stop(profile)
     finally:
         if profile is not None:
             profiling.stop(profile)
@@ -818,7 +820,7 @@ def main() -> None:
         "--profile",
         type=Path,
         metavar="DIR",
-        help="sample each cxpulse run's processes with py-spy, launch to last result (DIR/cxpulse-<id>.txt, named "
+        help="sample each cxpulse run's processes with py-spy, launch to the end (DIR/cxpulse-<id>.txt, named "
         "before the run's line; read with python -m benchmarks.profile)",
     )
     args = parser.parse_args()
