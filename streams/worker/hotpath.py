@@ -243,7 +243,17 @@ class HotPath:
         except (KafkaException, CxPulseError) as exc:
             if isinstance(exc, FatalError):
                 raise
-            LOG.debug("%s: recovery after a failed batch: %s; retrying", self.name, exc)
+            # Kafka away: the outage log says when it starts and ends; otherwise the first failure is a warning
+            # (a slot that cannot recover with the broker up committed nothing for minutes, silently, before this)
+            quiet = self.recovery.recovery_told or (self.outage is not None and self.outage.active)
+            LOG.log(
+                logging.DEBUG if quiet else logging.WARNING,
+                "%s: recovery after a failed batch failed (%s); retried with a backoff, quietly (the next line says "
+                "when batches commit again)",
+                self.name,
+                exc,
+            )
+            self.recovery.recovery_told = self.recovery.recovery_told or not quiet
             self._back_off()
             return False
 
@@ -279,6 +289,7 @@ class HotPath:
                 time.monotonic() - self.recovery.failing_since,
             )
         self.recovery.failures = 0
+        self.recovery.recovery_told = False
         self.recovery.backoff = 0.0
         self.recovery.committed_since_reinit = True
         self.through.update(through)

@@ -73,6 +73,7 @@ class Recovery:
     reinit_at: float = -REFENCE_SECONDS  # monotonic time of the last new producer
     committed_since_reinit: bool = True
     backoff: float = 0.0  # seconds slept after the last failure (doubles up to the slot's maximum)
+    recovery_told: bool = False  # a recovery that failed outside an outage was logged (once, until batches commit)
     fences: list[float] = field(default_factory=list)  # monotonic times this slot's producer was fenced, recently
 
     def two_owners(self, now: float) -> bool:

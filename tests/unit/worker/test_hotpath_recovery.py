@@ -1,0 +1,55 @@
+"""A hot-path slot that cannot recover after a failed batch while Kafka is up says so once, as a warning (it
+committed nothing for minutes, silently, before); while Kafka is away the outage log speaks for it."""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from streams.errors import CxPulseError
+from streams.worker.hotpath import HotPath
+from streams.worker.transactor import Recovery
+
+recovered = HotPath._recovered  # noqa: SLF001 - the slot's recovery step, on a stand-in for the slot
+
+
+def slot(failures: int, outage_active: bool | None) -> Any:
+    """What HotPath._recovered uses of a slot: a rewind that fails ``failures`` times, then works."""
+    left = [failures]
+
+    def rewind() -> None:
+        if left[0] > 0:
+            left[0] -= 1
+            raise CxPulseError("committed offsets: timed out")
+
+    outage = None if outage_active is None else SimpleNamespace(active=outage_active)
+    return SimpleNamespace(
+        name="hotpath-0",
+        recovery=Recovery(needs_rewind=True),
+        transactor=SimpleNamespace(replace=lambda: None),
+        outage=outage,
+        _rewind=rewind,
+        _back_off=lambda: None,
+    )
+
+
+@pytest.mark.parametrize("outage", [None, False])
+def test_a_recovery_that_keeps_failing_with_kafka_up_warns_once(caplog: Any, outage: bool | None) -> None:
+    hot = slot(3, outage)
+    with caplog.at_level(logging.DEBUG, logger="cxpulse.hotpath"):
+        tries = [recovered(hot) for _ in range(4)]
+    assert tries == [False, False, False, True] and not hot.recovery.needs_rewind
+    levels = [r.levelno for r in caplog.records if "recovery after a failed batch failed" in r.getMessage()]
+    assert levels == [logging.WARNING, logging.DEBUG, logging.DEBUG]
+    assert "committed offsets: timed out" in caplog.records[0].getMessage()
+
+
+def test_while_kafka_is_away_the_outage_log_speaks_for_it(caplog: Any) -> None:
+    hot = slot(2, True)
+    with caplog.at_level(logging.DEBUG, logger="cxpulse.hotpath"):
+        assert [recovered(hot) for _ in range(3)] == [False, False, True]
+    assert all(r.levelno == logging.DEBUG for r in caplog.records)
+    assert not hot.recovery.recovery_told
