@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from sinks import clickhouse as store
-from streams.commands.readers import ClientReader, EndpointReader, Reader
+from sinks.store_access import ClientReader, EndpointReader, Reader
 from streams.config import Settings
 from streams.core.effort import EffortConfig
 from streams.core.terms import BASELINE_CAP, Term, over_represented, windows

@@ -16,7 +16,7 @@ as ``too_old``); history older than that goes to the store here, so that the two
   anything written again in another cut replaces identical rows (ReplacingMergeTree), so a second run changes no
   count; nothing goes to Kafka, so no alert wakes;
 - where it writes is the caller's (:class:`HistoryStore`): a clickhouse-connect client, or, while a worker holds
-  the embedded store, that worker's store endpoint (streams.commands.readers.EndpointWriter), which takes version-0
+  the embedded store, that worker's store endpoint (sinks.store_access.EndpointWriter), which takes version-0
   rows only.
 """
 
@@ -46,7 +46,7 @@ CHUNK_ROWS = 10_000
 
 
 class HistoryStore(Protocol):
-    """Where a backfill reads which panes the stream wrote, and writes (streams.commands.readers)."""
+    """Where a backfill reads which panes the stream wrote, and writes (sinks.store_access)."""
 
     def rows(self, sql: str, parameters: Mapping[str, Any]) -> list[Sequence[Any]]: ...
 

@@ -13,6 +13,7 @@ import typer
 
 from schemas.codec import catalog_for
 from sinks import clickhouse as store
+from sinks.store_access import ClientWriter, EndpointWriter
 from streams.backfill import BackfillStats, HistoryStore, cutoff_of, replay_history, write_history
 from streams.commands.base import (
     app,
@@ -23,7 +24,6 @@ from streams.commands.base import (
     settings_of,
     worker_clock,
 )
-from streams.commands.readers import ClientWriter, EndpointWriter
 from streams.config import Settings
 from streams.core.windows import iso_utc
 from streams.errors import CxPulseError

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from streams.commands.readers import Reader
+from sinks.store_access import Reader
 from streams.core.aggregate import State, kpi, merge
 from streams.core.journey_kpis import JourneyCounts
 from streams.core.journeys import Answer

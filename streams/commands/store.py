@@ -10,8 +10,8 @@ from typing import Annotated, Any, NamedTuple, NoReturn
 import typer
 
 from schemas.codec import parse_timestamp_ms
+from sinks import store_access as readers
 from streams import render
-from streams.commands import readers
 from streams.commands.base import (
     app,
     fail,

@@ -16,7 +16,7 @@ import pytest
 
 from sinks import clickhouse as store
 from sinks.clickhouse import StoreError
-from streams.commands.readers import EndpointWriter
+from sinks.store_access import EndpointWriter
 from streams.core.windows import iso_utc, result_json, result_record
 from streams.replay import replay_file
 from tests.support import RunningBroker, cxpulse_command, event

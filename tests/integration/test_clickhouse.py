@@ -16,9 +16,9 @@ import pytest
 
 from schemas.codec import LocalCatalog
 from sinks import clickhouse as store
+from sinks import store_access as readers
+from sinks.store_access import ClientReader, ClientWriter
 from streams.commands import queries as rp
-from streams.commands import readers
-from streams.commands.readers import ClientReader, ClientWriter
 from streams.config import Settings
 from streams.core.synth import realistic_events
 from streams.core.windows import iso_utc, result_record, rolling_window, rollup, state_of

@@ -20,7 +20,7 @@ import pytest
 
 from schemas.codec import JOURNEY_INSTANCE, LocalCatalog, decode_confluent
 from sinks.clickhouse import Endpoint
-from streams.commands.readers import EndpointReader
+from sinks.store_access import EndpointReader
 from streams.core.journey_kpis import JourneyCounts, counts_of
 from streams.core.journeys import instance_json
 from streams.core.synth import realistic_events

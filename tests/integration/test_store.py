@@ -16,7 +16,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from sinks.clickhouse import Endpoint, StoreError
-from streams.commands.readers import EndpointReader
+from sinks.store_access import EndpointReader
 from streams.core.synth import CHANNELS as SYNTH_CHANNELS
 from streams.replay import replay_file
 from streams.simulate import CHANNELS as SIM_CHANNELS

@@ -1,6 +1,7 @@
-"""How the store-reading commands reach ClickHouse: a clickhouse-connect client (a server, or the embedded store when
-no process holds it), or the read-only endpoint of the worker that holds the embedded store; any failure is one
-StoreError naming the store and the cause (sinks.clickhouse.why).  ``cxpulse backfill`` writes the same two ways
+"""How the store is reached from outside the process that writes it (the commands `report`, `drivers`, `backfill`,
+and the effort detector's words): a clickhouse-connect client (a server, or the embedded store when no process holds
+it), or the read-only endpoint of the worker that holds the embedded store; any failure is one StoreError naming the
+store and the cause (sinks.clickhouse.why).  ``cxpulse backfill`` writes the same two ways
 (:class:`ClientWriter`, :class:`EndpointWriter`: the holding worker's ``/v1/backfill``)."""
 
 from __future__ import annotations
