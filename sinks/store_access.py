@@ -113,10 +113,31 @@ def open_reader(settings: Settings) -> Reader:
                 f"{settings.data_dir}/clickhouse-endpoint.json is"
             ) from exc
         return EndpointReader(url)
+    _migrate(client, settings)  # a fresh store has the tables (empty) rather than "unknown table"
+    return ClientReader(client, settings.clickhouse_url)
+
+
+def open_writer(settings: Settings) -> tuple[ClientWriter | EndpointWriter, str]:
+    """A writer of the configured store (``cxpulse backfill``) and where it writes, for the command's first line:
+    while a worker holds the embedded store, through its endpoint; else a client (an embedded store is created)."""
+    if not settings.clickhouse_url:
+        raise store.StoreError("CXPULSE_CLICKHOUSE_URL is empty: no store to write the history to")
+    holder = store.endpoint_of(settings.data_dir) if store.chdb_path(settings.clickhouse_url) is not None else None
+    if holder is not None:  # one process can open the embedded store: the worker's sink writes for us
+        return EndpointWriter(holder, settings.clickhouse_timeout_seconds), f"the running worker's store ({holder.url})"
     try:
-        store.migrate(client)  # a fresh store has the tables (empty) rather than "unknown table"
-    except Exception as exc:  # as in ClientReader.rows
+        client = store.connect(settings)
+    except store.StoreBusyError as exc:
+        raise store.StoreError(f"{exc}, and that process serves no store endpoint: stop it for the backfill") from exc
+    _migrate(client, settings)
+    return ClientWriter(client, settings.clickhouse_url), store.redact(settings.clickhouse_url)
+
+
+def _migrate(client: Any, settings: Settings) -> None:
+    """The store's tables made or brought up to date; a failure is a StoreError naming the store and the cause."""
+    try:
+        store.migrate(client)
+    except Exception as exc:  # clickhouse-connect's errors, and urllib3's beneath them
         raise store.StoreError(
             f"cannot open ClickHouse at {store.redact(settings.clickhouse_url)}: {store.why(exc)}"
         ) from exc
-    return ClientReader(client, settings.clickhouse_url)

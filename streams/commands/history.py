@@ -12,9 +12,8 @@ from typing import Annotated
 import typer
 
 from schemas.codec import catalog_for
-from sinks import clickhouse as store
-from sinks.store_access import ClientWriter, EndpointWriter
-from streams.backfill import BackfillStats, HistoryStore, cutoff_of, replay_history, write_history
+from sinks.store_access import open_writer
+from streams.backfill import BackfillStats, cutoff_of, replay_history, write_history
 from streams.commands.base import (
     app,
     fail,
@@ -143,35 +142,12 @@ def backfill(
         raise typer.Exit(3)
 
 
-def open_store(settings: Settings) -> tuple[HistoryStore, str]:
-    """Where the history goes, and how to say so: a ClickHouse server, the embedded store, or (while a worker holds
-    the embedded store) that worker's store endpoint; a StoreError naming why not."""
-    if not settings.clickhouse_url:
-        raise store.StoreError("CXPULSE_CLICKHOUSE_URL is empty: no store to write the history to")
-    path = store.chdb_path(settings.clickhouse_url)
-    holder = store.endpoint_of(settings.data_dir) if path is not None else None
-    if holder is not None:  # one process can open the embedded store: the worker's sink writes for us
-        return EndpointWriter(holder, settings.clickhouse_timeout_seconds), f"the running worker's store ({holder.url})"
-    try:
-        client = store.connect(settings)
-        store.migrate(client)
-    except store.StoreBusyError as exc:
-        raise store.StoreError(f"{exc}, and that process serves no store endpoint: stop it for the backfill") from exc
-    except store.StoreError:
-        raise
-    except Exception as exc:  # clickhouse-connect's errors, and urllib3's beneath them
-        raise store.StoreError(
-            f"cannot open ClickHouse at {store.redact(settings.clickhouse_url)}: {store.why(exc)}"
-        ) from exc
-    return ClientWriter(client, settings.clickhouse_url), store.redact(settings.clickhouse_url)
-
-
 def _backfill(settings: Settings, events: Path) -> BackfillStats:
     started = time.monotonic()
     stats = BackfillStats(cutoff_ms=cutoff_of(settings, int(time.time() * 1000)))
     with ExitStack() as stack:
         try:
-            client, where = open_store(settings)
+            client, where = open_writer(settings)
             err.print(f"backfill: into {where}", highlight=False, markup=False, soft_wrap=True)
             progress = progress_of(stack, events, "backfill")
             replay, answers = replay_history(events, settings, stats.cutoff_ms, stats, progress)
