@@ -370,10 +370,15 @@ def write_endpoint(data_dir: Path, url: str, token: str) -> None:
     """Publish the endpoint (URL, token, pid) in ``<data dir>/clickhouse-endpoint.json``, readable by its owner
     only (created 0600: the token never exists in a file others can read)."""
     path = data_dir / ENDPOINT_FILE
-    path.unlink(missing_ok=True)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    # Written beside and renamed into place: a reader (`cxpulse report` at the worker's start, a test polling the
+    # file) sees the old file or the whole new one, never an empty one (CI of c19d6b2 read "" between the create
+    # and the write, and a report could have taken the store for unheld).
+    partial = data_dir / f".{ENDPOINT_FILE}.{os.getpid()}"
+    partial.unlink(missing_ok=True)
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w") as out:
         json.dump({"url": url, "token": token, "pid": os.getpid()}, out)
+    os.replace(partial, path)
 
 
 # What the endpoint answers: SELECTs that ClickHouse runs with readonly=1 (it refuses writes, DDL, SET and the

@@ -26,6 +26,12 @@ CREATE_TIMEOUT_SECONDS = 30.0
 REACH_TIMEOUT_SECONDS = 10.0  # an unreachable bootstrap is reported after this long
 TOPIC_WAIT_SECONDS = 120.0  # a worker starting waits this long for leaders, or for a broker that went away
 WAIT_POLL_SECONDS = 0.5  # how often it looks again meanwhile
+# A CreateTopics answer means the controller took the topic; each broker learns of it later from the metadata log
+# (seconds on a loaded KRaft broker beside a dedicated controller: c19d6b2's CI read "does not exist" right after
+# the create).  A topic that is known to exist (just created, or seen by the supervisor) but that a broker answers
+# as unknown is looked for again this long before it counts as missing: librdkafka's own
+# topic.metadata.propagation.max.ms default, for the same race (confluentinc/librdkafka#2858).
+TOPIC_PROPAGATION_SECONDS = 30.0
 ACLS_HINT = "`cxpulse acls` prints the grants each role needs"
 # create_topics errors that a moment may fix (a broker restarting, a controller moving)
 _TRANSIENT_CREATE = {
@@ -217,15 +223,20 @@ def _topic_state(kafka: Kafka, topic: str, metadata: Any) -> int | str:
     return len(found.partitions)
 
 
-def describe_topics(kafka: Kafka, topics: Sequence[str], wait: KafkaWait | None = None) -> TopicsFound:
+def describe_topics(
+    kafka: Kafka, topics: Sequence[str], wait: KafkaWait | None = None, propagation: float = 0.0
+) -> TopicsFound:
     """Each topic's partition count, once every partition of every topic has a leader.
 
     A topic that does not exist (TopicMissingError) or may not be described (NotAuthorizedError) fails at once, as
-    do refused credentials (KafkaRefusedError).  A topic without leaders yet, or Kafka gone after it answered, is
-    waited for as ``wait`` says (:class:`KafkaWait`), then BrokerError."""
+    do refused credentials (KafkaRefusedError); with ``propagation`` (topics known to exist: just created, or
+    seen by the supervisor), a topic the broker does not know yet is looked for again that long first
+    (:data:`TOPIC_PROPAGATION_SECONDS`).  A topic without leaders yet, or Kafka gone after it answered, is waited
+    for as ``wait`` says (:class:`KafkaWait`), then BrokerError."""
     wait = wait or KafkaWait(0)
     counts: dict[str, int] = {}
     cluster_id = ""
+    missing_since: float | None = None
     while True:
         try:
             for topic in topics:
@@ -234,7 +245,13 @@ def describe_topics(kafka: Kafka, topics: Sequence[str], wait: KafkaWait | None 
                 metadata = reach(kafka, topic, timeout=REACH_TIMEOUT_SECONDS)
                 wait.answered()
                 cluster_id = metadata.cluster_id or cluster_id
-                state = _topic_state(kafka, topic, metadata)
+                try:
+                    state = _topic_state(kafka, topic, metadata)
+                except TopicMissingError:
+                    missing_since = time.monotonic() if missing_since is None else missing_since
+                    if time.monotonic() - missing_since >= propagation:
+                        raise
+                    state = f"topic {topic} not known to the broker yet (a new topic reaches each broker later)"
                 if isinstance(state, str):
                     wait.again(state)
                     break
@@ -246,9 +263,9 @@ def describe_topics(kafka: Kafka, topics: Sequence[str], wait: KafkaWait | None 
             return TopicsFound(cluster_id, counts)
 
 
-def partition_count(kafka: Kafka, topic: str, wait: KafkaWait | None = None) -> int:
+def partition_count(kafka: Kafka, topic: str, wait: KafkaWait | None = None, propagation: float = 0.0) -> int:
     """How many partitions ``topic`` has (:func:`describe_topics` for one topic)."""
-    return describe_topics(kafka, [topic], wait).partitions[topic]
+    return describe_topics(kafka, [topic], wait, propagation).partitions[topic]
 
 
 def ensure_topics(kafka: Kafka, specs: list[TopicSpec], replicas: int = 1, wait: KafkaWait | None = None) -> list[str]:
@@ -257,7 +274,8 @@ def ensure_topics(kafka: Kafka, specs: list[TopicSpec], replicas: int = 1, wait:
     Without a wait this is ``cxpulse topics``: Kafka unreachable or a failed create ends it.  With one (a worker
     starting), a broker gone after it answered or a create that a moment may fix is tried again as ``wait`` says,
     and the topics are returned only once every partition has a leader.  A topic that another process created
-    meanwhile (``cxpulse topics`` beside a starting worker) is no error."""
+    meanwhile (``cxpulse topics`` beside a starting worker) is no error.  Either way, the topics it created are
+    returned once the broker knows them and every partition has a leader (:data:`TOPIC_PROPAGATION_SECONDS`)."""
     wait = wait or KafkaWait(0)
     created: list[str] = []
     while True:
@@ -273,7 +291,10 @@ def ensure_topics(kafka: Kafka, specs: list[TopicSpec], replicas: int = 1, wait:
         wait.again(problem)
     wait.over()
     if wait.seconds > 0:
-        describe_topics(kafka, [s.name for s in specs], wait)
+        describe_topics(kafka, [s.name for s in specs], wait, TOPIC_PROPAGATION_SECONDS)
+    elif created:  # `cxpulse topics`: what it says it created can be used by the next command
+        usable = KafkaWait(TOPIC_PROPAGATION_SECONDS, wait.log, reached=True)
+        describe_topics(kafka, created, usable, TOPIC_PROPAGATION_SECONDS)
     return created
 
 

@@ -16,7 +16,7 @@ from streams.agents.metrics import WorkerMetrics
 from streams.config import Settings, load_settings
 from streams.errors import EXIT_PERMANENT, PERMANENT_KAFKA_ERRORS, BrokerError, CxPulseError
 from streams.outage import OutageLog
-from streams.topics import KafkaWait, partition_count
+from streams.topics import TOPIC_PROPAGATION_SECONDS, KafkaWait, partition_count
 
 SESSION_TIMEOUT_SECONDS = 10.0  # a process killed with -9 keeps its partitions this long
 READY_CHECK_SECONDS = 0.5
@@ -55,8 +55,9 @@ def faust_app(settings: Settings, app_id: str, folder: str, **extra: Any) -> fau
 
 def raw_topic(app: faust.App, settings: Settings, name: str) -> faust.TopicT:
     """A topic of raw bytes, with the partition count it has on the broker (waited for while it has no leader or
-    Kafka is away: streams.topics.KafkaWait)."""
-    partitions = partition_count(settings.kafka, name, KafkaWait(reached=True))
+    Kafka is away: streams.topics.KafkaWait; the supervisor made it, so a broker that does not know it yet is asked
+    again: TOPIC_PROPAGATION_SECONDS)."""
+    partitions = partition_count(settings.kafka, name, KafkaWait(reached=True), TOPIC_PROPAGATION_SECONDS)
     return app.topic(name, key_serializer="raw", value_serializer="raw", partitions=partitions)
 
 

@@ -56,7 +56,14 @@ from streams.errors import (
 from streams.kafka import consumer as new_consumer
 from streams.outage import OutageLog
 from streams.themes import theme_matcher
-from streams.topics import TOPIC_WAIT_SECONDS, KafkaWait, TopicsFound, describe_topics, internal_topics
+from streams.topics import (
+    TOPIC_PROPAGATION_SECONDS,
+    TOPIC_WAIT_SECONDS,
+    KafkaWait,
+    TopicsFound,
+    describe_topics,
+    internal_topics,
+)
 from streams.worker.ingest import BatchOut, Ingest
 from streams.worker.outputs import BatchOutputs, count_batch
 from streams.worker.positions import measure_lag, partition_names, routed_through
@@ -384,7 +391,8 @@ def slot_topics(settings: Settings, guard: CallGuard, stopping: Callable[[], boo
     while True:
         try:
             with guard("reading topic metadata", TOPIC_WAIT_SECONDS + 5 * REACH_SECONDS + GUARD_MARGIN_SECONDS):
-                found = describe_topics(settings.kafka, wanted, wait)
+                # the supervisor saw them: a broker that does not know one yet is waited for (not missing)
+                found = describe_topics(settings.kafka, wanted, wait, TOPIC_PROPAGATION_SECONDS)
             break
         except (KafkaRefusedError, NotAuthorizedError, TopicMissingError) as exc:
             raise FatalError(str(exc)) from exc

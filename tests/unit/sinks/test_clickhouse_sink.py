@@ -138,3 +138,40 @@ def test_clickhouse_away_is_not_a_stall() -> None:
 def test_the_process_settings_reach_the_store() -> None:
     db = clickhouse_sink.Store(Settings(clickhouse_url="http://127.0.0.1:1"))
     assert db.client is None  # opened on first use, never at construction
+
+
+def test_a_reader_of_the_endpoint_file_never_sees_it_half_written(tmp_path: Any) -> None:
+    """The endpoint file is replaced whole: a reader polling it while the sink (re)writes it reads the old endpoint
+    or the new one, never an empty or partial file (c19d6b2's CI read "" between the create and the write), and
+    the file stays the owner's only (0600)."""
+    import json
+    import os
+    import stat
+    import threading
+
+    path = tmp_path / store.ENDPOINT_FILE
+    store.write_endpoint(tmp_path, "http://127.0.0.1:1/v1/query", "t" * 64)
+    seen: list[str] = []
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            try:
+                text = path.read_text()
+            except FileNotFoundError:
+                text = "<missing>"
+            seen.append(text)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for i in range(2000):
+            store.write_endpoint(tmp_path, f"http://127.0.0.1:{i}/v1/query", "t" * 64)
+    finally:
+        done.set()
+        reader.join()
+    assert len(seen) > 100  # the reader did read while the file was rewritten
+    assert all(json.loads(text)["token"] == "t" * 64 for text in seen), {t for t in seen if not t.startswith("{")}
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert json.loads(path.read_text())["pid"] == os.getpid()
+    assert [p.name for p in tmp_path.iterdir()] == [store.ENDPOINT_FILE]  # no partial file left beside it
