@@ -31,7 +31,7 @@ from schemas.codec import SchemaCatalog, decode_batch
 from streams.config import REPO_ROOT, Settings
 from streams.core.aggregate import contribution
 from streams.core.comments import ANY
-from streams.core.validate import validate_batch
+from streams.core.validate import Feedback, validate_batch
 from streams.core.windows import state_of
 from streams.errors import CxPulseError
 
@@ -283,8 +283,16 @@ def answer_columns(
     valid, rejected = validate_batch(records)
     if rejected:
         raise StoreError(f"{len(rejected)} counted answers do not validate again: {rejected[0].reason}")
+    return counted_answer_columns(valid, records, themes if themes is not None else [() for _ in valid])
+
+
+def counted_answer_columns(
+    valid: Sequence[Feedback], records: Sequence[Mapping[str, Any]], themes: Sequence[Sequence[str]]
+) -> list[list[Any]]:
+    """The columns of ``cxpulse.answers`` (ANSWER_COLUMNS order) of counted answers: each validated answer, the
+    record it was validated from (its comment as kept) and its themes, "(any)" included.  The sink's (from the
+    answers topic, :func:`answer_columns`) and ``cxpulse backfill``'s (from replay) one implementation."""
     counters = [contribution(e.metric, e.score, e.scale_min, e.scale_max) for e in valid]
-    found_themes = themes if themes is not None else [() for _ in valid]
     return [
         [e.event_id for e in valid],
         [e.occurred_at for e in valid],
@@ -302,8 +310,8 @@ def answer_columns(
         [r.get("team") or "" for r in records],
         [list(e.reason_codes) for e in valid],
         [r.get("comment") or "" for r in records],
-        [[theme for theme in found if theme != ANY] for found in found_themes],
-        [int(ANY in found) for found in found_themes],
+        [[theme for theme in found if theme != ANY] for found in themes],
+        [int(ANY in found) for found in themes],
         [c.promoters for c in counters],
         [c.passives for c in counters],
         [c.detractors for c in counters],

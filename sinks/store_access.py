@@ -63,9 +63,10 @@ class EndpointReader:
 class ClientWriter(ClientReader):
     """Reads and writes (``cxpulse backfill``) through a clickhouse-connect client."""
 
-    def insert(self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str], dedup: str) -> None:
+    def insert(self, table: str, data: Sequence[Sequence[Any]], columns: Sequence[str], dedup: str) -> None:
+        """One column-oriented insert (a sequence per name of ``columns``) with the deduplication token ``dedup``."""
         try:
-            store.insert(self.client, table, rows, columns, dedup)
+            store.insert_columns(self.client, table, data, columns, dedup)
         except Exception as exc:  # as in rows()
             raise store.StoreError(f"writing ClickHouse at {store.redact(self.url)}: {store.why(exc)}") from exc
 
@@ -74,8 +75,10 @@ class EndpointWriter(EndpointReader):
     """Reads and writes (``cxpulse backfill``) through the worker that holds the embedded store: its ``/v1/backfill``
     beside ``/v1/query`` (sinks/clickhouse_sink.py; version-0 rows only, one insert per request)."""
 
-    def insert(self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str], dedup: str) -> None:
-        if rows:
+    def insert(self, table: str, data: Sequence[Sequence[Any]], columns: Sequence[str], dedup: str) -> None:
+        """As :meth:`ClientWriter.insert`; the request carries rows (the endpoint's JSON)."""
+        if data and data[0]:
+            rows = [list(row) for row in zip(*data, strict=True)]
             self._post(self.url.rsplit("/", 1)[0] + "/backfill", {"table": table, "rows": rows, "token": dedup})
 
 

@@ -33,8 +33,8 @@ import orjson
 from schemas.codec import parse_timestamp_ms
 from sinks import clickhouse as store
 from streams.config import Settings
-from streams.core.aggregate import contribution
 from streams.core.journeys import JourneyBook, Revision, instance_record
+from streams.core.validate import Feedback
 from streams.core.windows import result_record
 from streams.errors import CxPulseError
 from streams.replay import Batch, Replay, read_batches
@@ -50,7 +50,8 @@ class HistoryStore(Protocol):
 
     def rows(self, sql: str, parameters: Mapping[str, Any]) -> list[Sequence[Any]]: ...
 
-    def insert(self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str], dedup: str) -> None: ...
+    def insert(self, table: str, data: Sequence[Sequence[Any]], columns: Sequence[str], dedup: str) -> None:
+        """One insert of column-oriented ``data`` (a sequence per name of ``columns``)."""
 
 
 @dataclass
@@ -95,17 +96,33 @@ def older_part(batch: Batch, cutoff_ms: int) -> tuple[Batch, int]:
     )
 
 
+class CountedAnswers:
+    """The counted answers of a replay as the store keeps them, column by column (ANSWER_COLUMNS order): no row
+    or dict per answer (a dict per answer, then a row from it, was a third of a backfill's time)."""
+
+    def __init__(self) -> None:
+        self.columns: list[list[Any]] = [[] for _ in store.ANSWER_COLUMNS]
+
+    def __len__(self) -> int:
+        return len(self.columns[0])
+
+    def add(self, counted: list[Feedback], records: list[dict[str, Any]]) -> None:
+        block = store.counted_answer_columns(counted, records, [event.themes for event in counted])
+        for column, values in zip(self.columns, block, strict=True):
+            column.extend(values)
+
+
 def replay_history(
     path: Any, settings: Settings, cutoff_ms: int, stats: BackfillStats, progress: Callable[[int], None] | None
-) -> tuple[Replay, list[dict[str, Any]]]:
+) -> tuple[Replay, CountedAnswers]:
     """Replay of the file's answers before the cutoff, with every counted answer as the store keeps it."""
-    answers: list[dict[str, Any]] = []
+    answers = CountedAnswers()
     replay = Replay(
         settings.pane_seconds * 1000,
         journeys=JourneyBook(settings.journey_gap_seconds * 1000) if settings.journeys else None,
         comments=settings.comments,
         matcher=theme_matcher(settings),
-        on_answer=answers.append,
+        on_counted=answers.add,
     )
     for batch, done in read_batches(path):
         older, newer = older_part(batch, cutoff_ms)
@@ -129,7 +146,7 @@ STREAM_GROUPS_SQL = (
 def write_history(
     client: HistoryStore,
     replay: Replay,
-    answers: list[dict[str, Any]],
+    answers: CountedAnswers,
     stats: BackfillStats,
     progress: Callable[[int, int], None] | None = None,
 ) -> None:
@@ -141,65 +158,35 @@ def write_history(
         taken = {(int(at), channel, journey, metric) for at, channel, journey, metric in rows}
     else:
         taken = set()
-    pane_ms = replay.pane_ms
     kept = [r for r in results if (r.window_start, r.channel, r.journey, r.metric) not in taken]
     stats.stream_panes = len(results) - len(kept)
     stats.panes = len(kept)
-    times = [parse_timestamp_ms(a["occurred_at"]) for a in answers]
-    own = [
-        answer_row(a, ms)
-        for a, ms in zip(answers, times, strict=True)
-        if (ms - ms % pane_ms, a["channel"], a["journey"], a["metric"]) not in taken
-    ]
-    stats.answers = len(own)
+    own = _outside(answers.columns, taken, replay.pane_ms) if taken else answers.columns
+    stats.answers = len(own[0])
     instances = replay.journey_instances(now_ms=stats.cutoff_ms)
     stats.journeys = len(instances)
+    panes = [store.pane_row(result_record(r._replace(version=0))) for r in kept]
+    journeys = [store.journey_row(instance_record(Revision(i, 0, False))) for i in instances]
     tables = (
-        ("pane_results", [store.pane_row(result_record(r._replace(version=0))) for r in kept], store.PANE_COLUMNS),
+        ("pane_results", store.as_columns(panes, len(store.PANE_COLUMNS)), store.PANE_COLUMNS),
         ("answers", own, store.ANSWER_COLUMNS),
-        ("journey_instances", [store.journey_row(instance_record(Revision(i, 0, False))) for i in instances],
-         store.JOURNEY_COLUMNS),
-    )  # fmt: skip
-    total = sum(len(table_rows) for _, table_rows, _ in tables)
+        ("journey_instances", store.as_columns(journeys, len(store.JOURNEY_COLUMNS)), store.JOURNEY_COLUMNS),
+    )
+    total = sum(len(data[0]) for _, data, _ in tables)
     written = 0
-    for table, table_rows, columns in tables:
-        for at in range(0, len(table_rows), CHUNK_ROWS):
-            chunk = table_rows[at : at + CHUNK_ROWS]
+    for table, data, columns in tables:
+        for at in range(0, len(data[0]), CHUNK_ROWS):
+            chunk = [column[at : at + CHUNK_ROWS] for column in data]
             digest = hashlib.sha256(orjson.dumps(chunk)).hexdigest()[:32]  # the same chunk again: a no-op
             client.insert(table, chunk, columns, store.token("backfill", table, digest))
-            written += len(chunk)
+            written += len(chunk[0])
             if progress is not None:
                 progress(written, total)
 
 
-def answer_row(answer: dict[str, Any], occurred_ms: int) -> list[Any]:
-    """A row of ``cxpulse.answers`` (ANSWER_COLUMNS order) from a counted answer as the store keeps it
-    (streams.core.answers.stored_answer) and its time in epoch ms."""
-    counts = contribution(answer["metric"], answer["score"], answer["scale_min"], answer["scale_max"])
-    return [
-        answer["event_id"],
-        occurred_ms,
-        answer["source"],
-        answer["channel"],
-        answer["journey"],
-        answer["touchpoint"] or "",
-        answer["metric"],
-        answer["score"],
-        answer["scale_min"],
-        answer["scale_max"],
-        answer["customer_id"] or "",
-        answer["interaction_id"] or "",
-        answer["agent_id"] or "",
-        answer["team"] or "",
-        list(answer["reason_codes"]),
-        answer["comment"] or "",
-        list(answer["themes"]),
-        int(bool(answer["commented"])),
-        counts.promoters,
-        counts.passives,
-        counts.detractors,
-        counts.positive,
-        counts.high_effort,
-        counts.sx,
-        counts.sx2,
-    ]
+def _outside(columns: list[list[Any]], taken: set[tuple[int, str, str, str]], pane_ms: int) -> list[list[Any]]:
+    """The answers (columns) outside the pane groups the stream wrote."""
+    at = {name: store.ANSWER_COLUMNS.index(name) for name in ("occurred_at", "channel", "journey", "metric")}
+    keys = zip(*(columns[at[name]] for name in ("occurred_at", "channel", "journey", "metric")), strict=True)
+    keep = [(ms - ms % pane_ms, channel, journey, metric) not in taken for ms, channel, journey, metric in keys]
+    return [[value for value, kept in zip(column, keep, strict=True) if kept] for column in columns]

@@ -14,12 +14,14 @@ from streams.commands import run  # noqa: F401
 from streams.commands import history, kafka, offline, store  # noqa: F401
 from streams.commands.base import app
 from streams.render import err, out
+from streams.runtime import tune_gc
 
 __all__ = ["app", "err", "main", "out"]
 
 
 def main() -> None:
     """The ``cxpulse`` entry point."""
+    tune_gc()
     app()
 
 

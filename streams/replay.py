@@ -265,6 +265,8 @@ class Replay:
     theme_panes: dict[ThemeKey, State] = field(default_factory=dict)
     mentions: dict[GroupKey, Mentions] = field(default_factory=dict)  # the pane results' theme mentions
     on_answer: Callable[[dict[str, Any]], None] | None = None  # set: told every counted answer as the store keeps it
+    # set: told each batch's counted answers and the records they were validated from (comments as kept)
+    on_counted: Callable[[list[Feedback], list[dict[str, Any]]], None] | None = None
 
     def feed(self, batch: Batch) -> list[DeadLetter]:
         """Validate, de-duplicate and aggregate one batch; return its dead letters."""
@@ -286,6 +288,8 @@ class Replay:
         self._read_comments(unique, valid, kept)
         if self.on_answer is not None:
             tell_answers(self.on_answer, unique, valid, kept)
+        if self.on_counted is not None:
+            self.on_counted(unique, counted_records(unique, valid, kept))
         if unique:
             latest_counted = max(e.occurred_at for e in unique)
             if self.counted_until is None or latest_counted > self.counted_until:
@@ -396,14 +400,21 @@ class Replay:
         return list(self.journeys.all_instances(self.counted_until if now_ms is None else now_ms))
 
 
+def counted_records(unique: list[Feedback], valid: list[Feedback], kept: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The record each counted answer (``unique``, a sub-sequence of ``valid``, validated from ``kept``) was
+    validated from (first_seen returns the objects it was given, in order)."""
+    if len(unique) == len(valid):
+        return kept
+    record_of = {id(event): record for event, record in zip(valid, kept, strict=True)}
+    return [record_of[id(event)] for event in unique]
+
+
 def tell_answers(
     tell: Callable[[dict[str, Any]], None], unique: list[Feedback], valid: list[Feedback], kept: list[dict[str, Any]]
 ) -> None:
-    """Each counted answer (``unique``, a sub-sequence of ``valid``, validated from ``kept``) as the store keeps it
-    (first_seen returns the objects it was given, in order)."""
-    record_of = {id(event): record for event, record in zip(valid, kept, strict=True)}
-    for event in unique:
-        tell(stored_answer(event, record_of[id(event)]))
+    """Each counted answer as the store keeps it."""
+    for event, record in zip(unique, counted_records(unique, valid, kept), strict=True):
+        tell(stored_answer(event, record))
 
 
 def read_batches(path: Path) -> Iterator[tuple[Batch, int]]:

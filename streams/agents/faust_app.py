@@ -16,6 +16,7 @@ from streams.agents.metrics import WorkerMetrics
 from streams.config import Settings, load_settings
 from streams.errors import EXIT_PERMANENT, PERMANENT_KAFKA_ERRORS, BrokerError, CxPulseError
 from streams.outage import OutageLog
+from streams.runtime import tune_gc
 from streams.topics import TOPIC_PROPAGATION_SECONDS, KafkaWait, partition_count
 
 SESSION_TIMEOUT_SECONDS = 10.0  # a process killed with -9 keeps its partitions this long
@@ -90,6 +91,7 @@ def run_process(
     """Run a Faust process: ``METRICS_PORT LOGLEVEL``; settings from the environment (exit 2, EXIT_PERMANENT, when
     they are invalid or ``check`` names a problem), metrics on the loopback port."""
     port, loglevel = int(argv[0]), argv[1] if len(argv) > 1 else "warn"
+    tune_gc()
     try:
         settings = load_settings()
         problem = check(settings)

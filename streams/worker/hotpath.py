@@ -55,6 +55,7 @@ from streams.errors import (
 )
 from streams.kafka import consumer as new_consumer
 from streams.outage import OutageLog
+from streams.runtime import tune_gc
 from streams.themes import theme_matcher
 from streams.topics import (
     TOPIC_PROPAGATION_SECONDS,
@@ -439,6 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     environment, CXPULSE_WORKER_ID set by the supervisor)."""
     args = list(sys.argv[1:] if argv is None else argv)
     slot, port = int(args[0]), int(args[1])
+    tune_gc()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = load_settings()

@@ -125,12 +125,13 @@ def test_a_backfill_beside_a_running_worker_leaves_the_streams_panes(
         }
         # the worker's store endpoint takes a backfill's rows only: version 0, its three tables, with the token
         row = store.pane_row(result_record(expected[0]._replace(version=stream_version + 1)))
+        data = [[value] for value in row]  # one row, column by column
         with pytest.raises(StoreError, match="version 0 only"):
-            reader.insert("pane_results", [row], store.PANE_COLUMNS, "t")
+            reader.insert("pane_results", data, store.PANE_COLUMNS, "t")
         with pytest.raises(StoreError, match="table must be one of"):
-            reader.insert("followups", [row], store.PANE_COLUMNS, "t")
+            reader.insert("followups", data, store.PANE_COLUMNS, "t")
         with pytest.raises(StoreError, match="bearer token is required"):
-            EndpointWriter(store.Endpoint(reader.url, "guess")).insert("pane_results", [row], store.PANE_COLUMNS, "t")
+            EndpointWriter(store.Endpoint(reader.url, "guess")).insert("pane_results", data, store.PANE_COLUMNS, "t")
         assert reader.rows(in_store, {})[0] == [40, stream_version]
         stored = "SELECT count() FROM cxpulse.answers FINAL WHERE event_id LIKE 'late-%'"
         assert reader.rows(stored, {})[0][0] == 0

@@ -11,10 +11,11 @@ import random
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from schemas.codec import LocalCatalog
+from schemas.codec import LocalCatalog, parse_timestamp_ms
 from sinks import clickhouse as store
 from sinks import store_access as readers
 from sinks.store_access import ClientReader, ClientWriter
@@ -23,6 +24,7 @@ from streams.config import Settings
 from streams.core.synth import realistic_events
 from streams.core.windows import iso_utc, result_record, rolling_window, rollup, state_of
 from streams.replay import replay_file
+from streams.themes import theme_matcher
 
 P = 60_000
 NOW = 1_767_300_030_000  # the "now" of the reports: a pane boundary is 1_767_300_000_000
@@ -385,9 +387,11 @@ def test_a_backfill_writes_the_history_as_replay_leaves_the_streams_panes_and_tw
     older = [e for e in batch if e["occurred_at"] < cutoff]
     assert 0 < len(older) < len(batch)
     (tmp_path / "older.jsonl").write_text("".join(json.dumps(e) + "\n" for e in older))
+    told: list[dict[str, Any]] = []  # each counted answer as `cxpulse replay --answers` writes it
     alone = replay_file(
-        tmp_path / "older.jsonl", P, lambda dead: None, journey_gap_ms=settings.journey_gap_seconds * 1000
-    )
+        tmp_path / "older.jsonl", P, lambda dead: None, journey_gap_ms=settings.journey_gap_seconds * 1000,
+        matcher=theme_matcher(settings), on_answer=told.append,
+    )  # fmt: skip
     expected = {(r.window_start, r.channel, r.journey, r.metric): r for r in alone.results()}
     # the stream had written one of those panes (a higher version, its own count)
     mine = next(iter(expected.values()))
@@ -422,6 +426,22 @@ def test_a_backfill_writes_the_history_as_replay_leaves_the_streams_panes_and_tw
         if (e["occurred_at"] - e["occurred_at"] % P, e["channel"], e["journey"], e["metric"]) == mine_key
     )  # fmt: skip
     assert stored[0] == sum(r.n for r in expected.values()) - in_mine == stats.answers
+    # each stored answer, field by field, as replay's --answers has it (the themes read from the default taxonomy)
+    fields = ("event_id", "source", "channel", "journey", "touchpoint", "metric", "score", "scale_min", "scale_max",
+              "customer_id", "interaction_id", "agent_id", "team", "reason_codes", "comment", "themes", "commented",
+              "promoter", "passive", "detractor", "positive", "high_effort")  # fmt: skip
+    listed = ", ".join(fields)
+    rows = db.query(  # type: ignore[attr-defined]
+        f"SELECT toUnixTimestamp64Milli(occurred_at), {listed} FROM cxpulse.answers FINAL ORDER BY event_id"  # noqa: S608
+    ).result_rows
+    want = sorted(
+        (parse_timestamp_ms(a["occurred_at"]), *(a[f] if a[f] is not None else "" for f in fields))
+        for a in told
+        if (parse_timestamp_ms(a["occurred_at"]) // P * P, a["channel"], a["journey"], a["metric"]) != mine_key
+    )
+    got_rows = sorted((row[0], *(int(v) if isinstance(v, bool) else v for v in row[1:])) for row in rows)
+    assert [tuple(r) for r in got_rows] == [tuple(int(v) if isinstance(v, bool) else v for v in w) for w in want]
+    assert any(row[16] for row in got_rows) and any(row[15] for row in got_rows)  # themes and comments were there
     journeys = alone.journey_instances(now_ms=cutoff)
     assert stats.journeys == len(journeys) > 0
     assert db.command("SELECT count() FROM cxpulse.journey_instances FINAL") == len(journeys)  # type: ignore[attr-defined]
