@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import gc
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -20,8 +18,8 @@ def restored() -> Iterator[None]:
     yield
     gc.set_threshold(*before)
     gc.unfreeze()
-    while runtime._clock in gc.callbacks:
-        gc.callbacks.remove(runtime._clock)
+    while runtime.time_collection in gc.callbacks:
+        gc.callbacks.remove(runtime.time_collection)
 
 
 def test_tuning_freezes_what_was_made_raises_the_young_threshold_and_times_collections(restored: None) -> None:
@@ -29,7 +27,7 @@ def test_tuning_freezes_what_was_made_raises_the_young_threshold_and_times_colle
     runtime.tune_gc()  # idempotent: one clock
     assert gc.get_threshold() == (runtime.YOUNG_OBJECTS, runtime.OLDER_EVERY, runtime.OLDER_EVERY)
     assert gc.get_freeze_count() > 1000  # the imports: never walked again
-    assert gc.callbacks.count(runtime._clock) == 1
+    assert gc.callbacks.count(runtime.time_collection) == 1
     before = list(runtime.gc_seconds)
     cycles = []
     for _ in range(1000):
