@@ -381,6 +381,7 @@ def write_endpoint(data_dir: Path, url: str, token: str) -> None:
     # Written beside and renamed into place: a reader (`cxpulse report` at the worker's start, a test polling the
     # file) sees the old file or the whole new one, never an empty one (CI of c19d6b2 read "" between the create
     # and the write, and a report could have taken the store for unheld).
+    data_dir.mkdir(parents=True, exist_ok=True)  # `cxpulse sink` on a host of its own may not have made it yet
     partial = data_dir / f".{ENDPOINT_FILE}.{os.getpid()}"
     partial.unlink(missing_ok=True)
     descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -1,26 +1,30 @@
-"""The ClickHouse sink: two agents of one class, run by ``cxpulse worker`` as its ``sink`` process, or alone by
-``cxpulse sink`` (production scale-out: its own consumer group ``<app>-sink``).
+"""The ClickHouse sink: ``cxpulse worker``'s ``sink`` process, or ``cxpulse sink`` alone (production scale-out),
+in its own consumer group ``<app>-sink``.  Three inputs, one table each (:class:`Feed`):
 
-- ``clickhouse_panes`` on ``cx.metrics.panes``: every pane result revision into ``cxpulse.pane_results``
-  (ReplacingMergeTree on ``version``: a re-delivered or revised result replaces);
-- ``clickhouse_answers`` on ``<app>-answers``: the counted answers of every hot-path batch (raw bytes, produced
-  in the batch's transaction, so each counted answer is there exactly once) into ``cxpulse.answers``;
-- ``clickhouse_journey_instances`` on ``cx.journeys`` (with ``CXPULSE_JOURNEYS``): every journey instance revision
-  into ``cxpulse.journey_instances`` (ReplacingMergeTree on ``version`` with ``deleted``: the newest revision of an
-  instance wins, a replaced one drops out).
+- ``cx.metrics.panes``: every pane result revision into ``cxpulse.pane_results`` (ReplacingMergeTree on
+  ``version``: a re-delivered or revised result replaces);
+- ``<app>-answers``: the counted answers of every hot-path batch (raw bytes, produced in the batch's
+  transaction, so each counted answer is there exactly once) into ``cxpulse.answers``;
+- ``cx.journeys`` (with ``CXPULSE_JOURNEYS``): every journey instance revision into ``cxpulse.journey_instances``
+  (ReplacingMergeTree on ``version`` with ``deleted``: the newest revision of an instance wins).
 
-Batches are bounded by size and time (``noack_take``); each is one column-oriented insert (its partitions together).
-An insert carries a deterministic ``insert_deduplication_token`` (topic, partitions, offsets), so a retry writes
-nothing twice (a batch re-delivered in another cut: the tables' ReplacingMergeTree keys absorb it).  When
-ClickHouse fails, the insert is retried with backoff (0.5 s doubling to 30 s) and the batch is not acked: the agent
-stops taking records, Faust's bounded buffers fill, and consumption pauses (backpressure) until ClickHouse is back;
-nothing is dropped, nothing is buffered without bound.  Errors and lag are metrics
-(``cxpulse_sink_errors_total{sink="clickhouse"}``, ``cxpulse_sink_lag_messages{sink="clickhouse",...}``).
+A librdkafka (confluent-kafka) loop, as the hot path's, not Faust: the sink takes every revision of every pane
+group and journey instance, and Faust's per-message path (a task and a future per message) was most of its CPU
+(issue 35's profile: 165 / 467 us an answer, live / backlog).  A batch is what came within
+``BATCH_WITHIN_SECONDS`` (or until a feed's ``batch_size``); of the revisions of one key in a batch only the last
+is written (the newest: versions grow in offset order, and the table would keep only it); each table gets one
+column-oriented insert with a deterministic ``insert_deduplication_token`` (topic, and per partition the offsets
+taken), so a retry writes nothing twice; the offsets are committed once every insert went in.  When ClickHouse
+fails the inserts are retried with backoff (0.5 s doubling to 30 s) while the consumer is paused and keeps its
+place in the group: nothing is dropped, nothing is buffered without bound; a stop meanwhile leaves the batch to be
+read again.  Errors and lag are metrics (``cxpulse_sink_errors_total{sink="clickhouse"}``,
+``cxpulse_sink_lag_messages{sink="clickhouse",partition}``, ``cxpulse_clickhouse_up``).
 
 The embedded store can be opened by one process only, so this process also answers read-only SQL for
 ``cxpulse report`` / ``cxpulse drivers`` on a loopback port, written to ``<data dir>/clickhouse-endpoint.json``,
 and takes ``cxpulse backfill``'s rows beside it (``/v1/backfill``: history's rows of the three tables, each pane
-result and journey instance with version 0, so a backfill can never replace a row the stream wrote).
+result and journey instance with version 0, so a backfill can never replace a row the stream wrote); that
+endpoint runs on an event loop of its own thread, sharing the process's one client with the loop (a lock).
 
 Built into a process by streams/processes.py (``cxpulse worker``'s ``sink`` process, or ``cxpulse sink``).
 """
@@ -33,32 +37,40 @@ import hmac
 import json
 import logging
 import secrets
-from collections.abc import Callable, Sequence
-from typing import Any
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple
 
 from aiohttp import web
 from clickhouse_connect.driver.client import Client
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from prometheus_client import Counter, Gauge
 
 from sinks import clickhouse as store
-from streams.agents.base import BatchAgent, Record
+from streams.agents.base import Record, headers_of
+from streams.agents.health import CallGuard
 from streams.agents.metrics import WorkerMetrics
 from streams.config import Settings
+from streams.errors import CxPulseError
 
 LOG = logging.getLogger("cxpulse.sink")
 SINK = "clickhouse"
 PANES_BATCH = 5000  # results per insert at most
 ANSWERS_BATCH = 60  # answer messages (a hot-path batch of one source partition each) per insert at most
+JOURNEYS_BATCH = 5000  # journey instance revisions per insert at most
 # An insert waits at most this long to fill (a full batch goes at once).  Every insert is a part ClickHouse merges
 # in the background: at a small contact center's rate one insert a second per table kept the embedded store's
 # merges busy (issue 35's quiet run: the sink 27% of a core, 12% with 5 s and the hot path's fetch window); an answer is
 # in the store this much later at worst, at low rates.
 BATCH_WITHIN_SECONDS = 5.0
-HEALTH_SECONDS = 2.0
+CONSUME_MESSAGES = 10_000  # messages per consume() call at most
+CONSUME_SECONDS = 0.5  # a consume() call waits at most this long
+HEALTH_SECONDS = 2.0  # lag, readiness and a look at a store that is away, this often
 BACKOFF_MAX_SECONDS = 30.0
+COMMIT_SECONDS = 30.0  # a commit that has not returned by then ends the process (restarted: the batch is read again)
 MAX_QUERY_ROWS = 1_000_000
 MAX_BACKFILL_BYTES = 64 * 1024 * 1024  # one request of `cxpulse backfill` (streams.backfill.CHUNK_ROWS rows)
-JOURNEYS_BATCH = 5000  # journey instance revisions per insert at most
 COLUMNS = {
     "pane_results": store.PANE_COLUMNS,
     "answers": store.ANSWER_COLUMNS,
@@ -67,12 +79,13 @@ COLUMNS = {
 
 
 class Store:
-    """The process's one client (the embedded engine allows one per process anyway), used from threads in turn."""
+    """The process's one client (the embedded engine allows one per process anyway), used by the sink's loop and
+    the endpoint's thread in turn."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.client: Client | None = None
-        self.lock = asyncio.Lock()
+        self.lock = threading.Lock()
 
     def _open(self) -> Client:
         if self.client is None:
@@ -83,9 +96,13 @@ class Store:
             self.client = client
         return self.client
 
+    def run_now(self, work: Callable[[Client], Any]) -> Any:
+        with self.lock:
+            return work(self._open())
+
     async def run(self, work: Callable[[Client], Any]) -> Any:
-        async with self.lock:
-            return await asyncio.to_thread(lambda: work(self._open()))
+        """:meth:`run_now` off the calling event loop (the endpoint's)."""
+        return await asyncio.to_thread(self.run_now, work)
 
     def reset(self) -> None:
         """Forget a client that failed (an HTTP server may come back; a new client is made then)."""
@@ -104,107 +121,302 @@ class SinkMetrics:
             "cxpulse_clickhouse_up", "1 while the last ClickHouse insert or check succeeded", registry=registry
         )
         self.store_up = True
+        base.sink_errors.labels(SINK)  # a series from the start, at 0
 
     def set_up(self, up: bool) -> None:
         self.store_up = up
         self.up.set(1 if up else 0)
 
 
-class ClickHouseSink(BatchAgent):
-    """One input of the ClickHouse sink into one table: every batch's rows (``columns_of`` reads a record, its value
-    and headers, as columns) in one column-oriented insert, retried until ClickHouse takes it (the batch is not
-    acked before: back-pressure), with a deterministic deduplication token (topic, and per partition its offsets),
-    so a retry writes nothing twice; a batch re-delivered in another cut writes its rows again, which the tables'
-    ReplacingMergeTree keys (and FINAL in every read) absorb."""
+class Feed(NamedTuple):
+    """One input of the sink: a topic into a table; ``columns_of`` reads a record (value and headers) as columns of
+    the table's rows; ``revisions``: its messages are keyed revisions, of which a batch writes only the last per key;
+    ``transactional``: it is written in Kafka transactions (a commit marker ends the last one: no lag)."""
 
-    within_seconds = BATCH_WITHIN_SECONDS
-    tick_seconds = HEALTH_SECONDS
-    writes_in_finish = True
+    topic: str
+    table: str
+    columns_of: Callable[[Record], list[list[Any]]]
+    batch_size: int
+    revisions: bool = False
+    transactional: bool = False
 
-    def __init__(
-        self,
-        topic: str,
-        table: str,
-        columns_of: Callable[[Record], list[list[Any]]],
-        db: Store,
-        sink: SinkMetrics,
-        *,
-        batch_size: int,
-        transactional: bool = False,
-    ) -> None:
-        self.name = f"clickhouse-{table}"
-        self.topic = topic
-        self.table = table
-        self.columns_of = columns_of
-        self.db = db
-        self.counters = sink
-        self.metrics = sink.base
-        self.batch_size = batch_size
-        self.transactional_input = transactional
-        self.columns = COLUMNS[table]
-        self._data: list[list[Any]] = [[] for _ in self.columns]  # the batch's rows, column by column
-        self._ranges: list[tuple[int, int, int, int]] = []  # the batch's (partition, first, last, records)
 
-    @property
-    def sink(self) -> str:
-        return SINK
+class Write(NamedTuple):
+    """One insert of a batch: a feed's rows (column by column), its token, and the offsets it covers."""
 
-    async def handle(self, partition: int, records: Sequence[Record]) -> None:
-        """Read one partition's records into the batch's columns (written by :meth:`finish`)."""
-        data = self._data
-        for record in records:
+    feed: Feed
+    data: list[list[Any]]
+    dedup: str
+    offsets: dict[int, int]  # partition -> the offset after the last taken
+
+
+def record_of(message: Message) -> Record:
+    timestamp = message.timestamp()[1]
+    return Record(
+        message.partition() or 0,
+        message.offset() or 0,
+        message.value() or b"",
+        max(0, timestamp),
+        headers_of(message.headers()),
+        message.key(),
+    )
+
+
+def newest_of_each_key(records: Sequence[Record]) -> list[Record]:
+    """The last record of each key, in offset order (a record without a key: every one)."""
+    last: dict[bytes, int] = {}
+    for at, record in enumerate(records):
+        if record.key is not None:
+            last[record.key] = at
+    return [r for at, r in enumerate(records) if r.key is None or last[r.key] == at]
+
+
+def prepare(feed: Feed, taken: dict[int, list[Record]], unreadable: Callable[[Record, Exception], None]) -> Write:
+    """A feed's insert from what a batch took of it, partition by partition in offset order."""
+    data: list[list[Any]] = [[] for _ in COLUMNS[feed.table]]
+    ranges = []
+    offsets = {}
+    for partition in sorted(taken):
+        records = taken[partition]
+        ranges.append((partition, records[0].offset, records[-1].offset, len(records)))
+        offsets[partition] = records[-1].offset + 1
+        for record in newest_of_each_key(records) if feed.revisions else records:
             try:
-                block = self.columns_of(record)
+                block = feed.columns_of(record)
             except Exception as exc:  # noqa: BLE001 - a record that is not what the topic carries: counted
-                self.metrics.sink_errors.labels(SINK).inc()
-                LOG.error("%s[%d]@%d cannot be read (%s); skipped", self.topic, partition, record.offset, exc)
+                unreadable(record, exc)
                 continue
             for column, values in zip(data, block, strict=True):
                 column.extend(values)
-        self._ranges.append((partition, records[0].offset, records[-1].offset, len(records)))
+    return Write(feed, data, store.token(feed.topic, *ranges), offsets)
 
-    async def finish(self) -> None:
-        """One insert for the whole batch (each insert costs ~20 ms before its first row on the embedded store:
-        one per partition capped it at ~23,000 rows/s in 500-row inserts)."""
-        data, ranges = self._data, self._ranges
-        self._data, self._ranges = [[] for _ in self.columns], []
-        if ranges:
-            await self.write(ranges, data)
 
-    async def write(self, ranges: Sequence[tuple[int, int, int, int]], data: list[list[Any]]) -> None:
-        """Insert (column-oriented) until ClickHouse takes it (the batch is not acked before: backpressure);
-        ``ranges``: per partition of the batch its first and last offset and its number of records."""
-        dedup = store.token(self.topic, *sorted(ranges))
-        where = ", ".join(f"{self.topic}[{partition}]" for partition, *_ in sorted(ranges))
+class ClickHouseSink:
+    """The sink's loop (see the module docstring): take, write when due, commit; lag and health between."""
+
+    def __init__(
+        self,
+        feeds: Sequence[Feed],
+        db: Store,
+        counters: SinkMetrics,
+        consumer: Consumer,
+        guard: CallGuard | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.feeds = {feed.topic: feed for feed in feeds}
+        self.db = db
+        self.counters = counters
+        self.metrics = counters.base
+        self.consumer = consumer
+        self.guard = guard or CallGuard("sink")
+        self.clock = clock
+        self.stopping = False
+        self.taken: dict[str, dict[int, list[Record]]] = {feed.topic: {} for feed in feeds}
+        self.since: float | None = None  # when the batch's first message was taken
+        self.applied: dict[tuple[str, int], int] = {}  # the next offset to write, per partition held
+        self.changed = False  # partitions were revoked while a batch waited: prepare it again
+        self.next_health = 0.0
+
+    # --- the consumer's partitions ---------------------------------------------------------------------------
+
+    def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        LOG.info("assigned %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "nothing")
+
+    def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """What was taken of a revoked partition is dropped (not committed: its next owner reads it again)."""
+        for tp in partitions:
+            if self.taken.get(tp.topic, {}).pop(tp.partition, None) is not None:
+                self.changed = True
+            self.applied.pop((tp.topic, tp.partition), None)
+            self.metrics.health.progress.forget(f"{SINK}:{tp.topic}[{tp.partition}]")
+        if not any(self.taken.values()):
+            self.since = None
+
+    def subscribe(self) -> None:
+        self.consumer.subscribe(
+            list(self.feeds), on_assign=self.on_assign, on_revoke=self.on_revoke, on_lost=self.on_revoke
+        )
+
+    # --- the loop ----------------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.subscribe()
+        self.guard.start()
+        try:
+            while not self.stopping:
+                self.step(self.consumer.consume(CONSUME_MESSAGES, CONSUME_SECONDS))
+            self.write()  # what the last batch took, unless ClickHouse is away (then it is read again)
+        finally:
+            with self.guard("closing the consumer", COMMIT_SECONDS):
+                self.consumer.close()
+
+    def step(self, messages: Iterable[Message]) -> None:
+        self.take(messages)
+        if self.due():
+            self.write()
+        self.health()
+
+    def take(self, messages: Iterable[Message]) -> int:
+        """Add the messages to the batch; how many were added."""
+        added = 0
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if not error.retriable() and error.fatal():
+                    raise KafkaException(error)
+                LOG.debug("consumer: %s", error.str())  # transient (the outage log says when Kafka is away)
+                continue
+            topic = message.topic() or ""
+            if topic not in self.taken:
+                continue
+            record = record_of(message)
+            self.taken[topic].setdefault(record.partition, []).append(record)
+            self.applied.setdefault((topic, record.partition), record.offset)  # where the lag counts from
+            added += 1
+            if self.since is None:
+                self.since = self.clock()
+                self.metrics.health.progress.begin()
+        return added
+
+    def due(self) -> bool:
+        if self.since is None:
+            return False
+        if self.clock() - self.since >= BATCH_WITHIN_SECONDS:
+            return True
+        return any(
+            sum(len(records) for records in self.taken[topic].values()) >= feed.batch_size
+            for topic, feed in self.feeds.items()
+        )
+
+    def _unreadable(self, feed: Feed) -> Callable[[Record, Exception], None]:
+        def unreadable(record: Record, exc: Exception) -> None:
+            self.metrics.sink_errors.labels(SINK).inc()
+            LOG.error("%s[%d]@%d cannot be read (%s); skipped", feed.topic, record.partition, record.offset, exc)
+
+        return unreadable
+
+    def prepare(self) -> list[Write]:
+        return [
+            prepare(self.feeds[topic], taken, self._unreadable(self.feeds[topic]))
+            for topic, taken in self.taken.items()
+            if taken
+        ]
+
+    def write(self) -> bool:
+        """Insert what the batch took, table by table, retrying while ClickHouse fails (the consumer paused
+        meanwhile, its place in the group kept), then commit its offsets.  False when a stop came first (nothing
+        committed: the batch is read again)."""
+        writes = self.prepare()
+        self.changed = False
         backoff = 0.5
-        while True:
+        done: set[str] = set()  # the tables whose insert went in (a retry sends only the others)
+        while writes:
             try:
-                await self.db.run(lambda client: store.insert_columns(client, self.table, data, self.columns, dedup))
-                self.counters.rows.labels(self.table).inc(len(data[0]))
-                self.counters.set_up(True)
-                return
+                for write in writes:
+                    if write.feed.table not in done and write.data[0]:
+                        self._insert(write)
+                    done.add(write.feed.table)
+                break
             except Exception as exc:  # noqa: BLE001 - any failure: retried, counted, logged
                 self.metrics.sink_errors.labels(SINK).inc()
                 self.counters.set_up(False)
                 self.db.reset()
+                where = ", ".join(f"{w.feed.topic}{sorted(w.offsets)}" for w in writes)
                 LOG.warning(
                     "ClickHouse insert into %s failed (%s); retrying in %.1f s, %s paused",
-                    self.table, exc, backoff, where,
+                    write.feed.table, exc, backoff, where,
                 )  # fmt: skip
-                await asyncio.sleep(backoff)
+                if not self.wait(backoff):
+                    return False
                 backoff = min(BACKOFF_MAX_SECONDS, backoff * 2)
+                if self.changed:  # partitions went meanwhile: the batch is what is still held
+                    writes, self.changed, done = self.prepare(), False, set()
+        self.commit(writes)
+        for taken in self.taken.values():
+            taken.clear()
+        self.since = None
+        self.metrics.health.progress.done()
+        return True
 
-    async def tick(self, now_ms: int) -> None:
-        """ClickHouse being away is cxpulse_clickhouse_up 0 and sink errors, not a stall: progress is marked."""
-        if not self.counters.store_up:
+    def _insert(self, write: Write) -> None:
+        table = write.feed.table
+        self.db.run_now(lambda client: store.insert_columns(client, table, write.data, COLUMNS[table], write.dedup))
+        self.counters.rows.labels(table).inc(len(write.data[0]))
+        self.counters.set_up(True)
+
+    def wait(self, seconds: float) -> bool:
+        """Wait with the consumer paused (its group membership and rebalances served); False on a stop."""
+        held = self.consumer.assignment()
+        self.consumer.pause(held)
+        try:
+            until = self.clock() + seconds
+            while self.clock() < until:
+                if self.stopping:
+                    return False
+                # a partition assigned meanwhile is not paused: what it brings joins the batch
+                if self.take(self.consumer.consume(CONSUME_MESSAGES, min(CONSUME_SECONDS, until - self.clock()))):
+                    self.changed = True
+                self.health()
+            return not self.stopping
+        finally:
+            with contextlib.suppress(KafkaException):
+                self.consumer.resume([tp for tp in held if tp in set(self.consumer.assignment())])
+
+    def commit(self, writes: Sequence[Write]) -> None:
+        offsets = [
+            TopicPartition(write.feed.topic, partition, offset)
+            for write in writes
+            for partition, offset in write.offsets.items()
+        ]
+        if not offsets:
+            return
+        try:
+            with self.guard("committing the sink's offsets", COMMIT_SECONDS):
+                self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:  # a rebalance meanwhile: the next owner reads those rows again (no harm)
+            LOG.warning("the sink's offsets were not committed (%s); those rows are written again", exc)
+            return
+        for tp in offsets:
+            self.applied[(tp.topic, tp.partition)] = tp.offset
+
+    # --- lag and health ------------------------------------------------------------------------------------
+
+    def health(self) -> None:
+        now = self.clock()
+        if now < self.next_health:
+            return
+        self.next_health = now + HEALTH_SECONDS
+        self.measure_lag()
+        if not self.counters.store_up:  # waiting for the store is back-pressure, not a wedged process
             self.metrics.health.progress.done()
+            self.look_at_store()
+        self.metrics.process_ready.labels("sink").set(1.0 if self.metrics.health.ready(True) else 0.0)
+
+    def look_at_store(self) -> None:
         if self.db.client is None:
             try:
-                await self.db.run(lambda client: client.command("SELECT 1"))
+                self.db.run_now(lambda client: client.command("SELECT 1"))
                 self.counters.set_up(True)
-            except Exception as exc:  # noqa: BLE001 - reported, retried at the next tick
-                self.counters.set_up(False)
+            except Exception as exc:  # noqa: BLE001 - reported, retried at the next look
                 LOG.debug("ClickHouse not available yet: %s", exc)  # the writes log their failures
+
+    def measure_lag(self) -> None:
+        """Per partition held: the end librdkafka last fetched minus the next offset to write (on a transactional
+        input the commit marker after the last transaction is no lag), into the process's progress and
+        ``cxpulse_sink_lag_messages{sink="clickhouse",partition}`` (summed over the topics)."""
+        progress = self.metrics.health.progress
+        by_partition: dict[int, int] = {}
+        for tp in self.consumer.assignment():
+            done = self.applied.get((tp.topic, tp.partition))  # None: nothing taken since it was assigned
+            _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            if done is None or high < 0:
+                continue
+            feed = self.feeds[tp.topic]
+            lag = max(0, high - done - (1 if feed.transactional else 0))
+            progress.observe(f"{SINK}:{tp.topic}[{tp.partition}]", done, lag)
+            by_partition[tp.partition] = by_partition.get(tp.partition, 0) + lag
+        for partition, lag in by_partition.items():
+            self.metrics.sink_lag.labels(SINK, str(partition)).set(lag)
 
 
 async def serve_queries(settings: Settings, db: Store) -> None:
@@ -222,6 +434,29 @@ async def serve_queries(settings: Settings, db: Store) -> None:
     port = runner.addresses[0][1]  # the port the kernel chose
     store.write_endpoint(settings.data_dir, f"http://127.0.0.1:{port}/v1/query", token)
     LOG.info("read-only SQL on http://127.0.0.1:%d/v1/query", port)
+
+
+def serve_queries_in_thread(settings: Settings, db: Store, bound: float = 30.0) -> threading.Thread:
+    """:func:`serve_queries` on an event loop of its own thread (daemon: it ends with the process); returns once
+    the endpoint file is written (CxPulseError after ``bound`` seconds, with the reason when it failed)."""
+    started = threading.Event()
+    failure: list[BaseException] = []
+
+    async def serve() -> None:
+        try:
+            await serve_queries(settings, db)
+        except BaseException as exc:
+            failure.append(exc)
+            raise
+        finally:
+            started.set()
+        await asyncio.Event().wait()  # until the process ends
+
+    thread = threading.Thread(target=lambda: asyncio.run(serve()), name="store-endpoint", daemon=True)
+    thread.start()
+    if not started.wait(bound) or failure:
+        raise CxPulseError(f"the store's query endpoint did not start: {failure[0] if failure else 'no answer'}")
+    return thread
 
 
 def read_only(sql: str) -> bool:

@@ -61,7 +61,6 @@ def acls_for(settings: Settings, role: str, *, precreated: bool = False) -> list
                 if settings.journeys
                 else []
             ),
-            Acl("topic", f"{app}-sink-", "prefixed", ("Create", "Read", "Write", "Describe"), "Faust's own topics"),
             Acl("group", f"{app}-sink", "literal", ("Read", "Describe"), "the sink's consumer group"),
         ]
     if role != "worker":

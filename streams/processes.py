@@ -6,8 +6,8 @@ streams/worker/ and sinks/ (the agents stand on streams/agents/, and neither sid
   ``cx.metrics.panes`` in the same process, the KPI view (sinks/kpi_view.py), the effort detector
   (sinks/effort_detector.py, fed merge's watermark) and, with ``CXPULSE_FOLLOWUP_WEBHOOK_URL``, the follow-up
   webhook on ``cx.followups`` (sinks/followup_webhook.py);
-- ``sink`` (group ``<app>-sink``, ``cxpulse worker`` with a store, or ``cxpulse sink``): the ClickHouse sink's two
-  agents (sinks/clickhouse_sink.py) and the store's read-only query endpoint.
+- ``sink`` (group ``<app>-sink``, ``cxpulse worker`` with a store, or ``cxpulse sink``): the ClickHouse sink
+  (sinks/clickhouse_sink.py: a librdkafka loop, not Faust, like the hot path) and the store's query endpoint.
 
 Every table writes its changelog, and every agent its output, through the process's one ResultsProducer, which
 the runner flushes before a batch is acked.  Run by the supervisor as ``python -m streams.processes PROCESS
@@ -19,11 +19,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import sys
 from collections.abc import MutableMapping, Sequence
+from types import FrameType
 from typing import Any, cast
 
 import faust
+from confluent_kafka import Consumer
+from prometheus_client import CollectorRegistry
 
 from schemas.codec import JOURNEY_INSTANCE, WINDOW_RESULT, SchemaCatalog, catalog_for, decode_confluent
 from sinks import clickhouse as store
@@ -32,9 +36,10 @@ from sinks.clickhouse_sink import (
     JOURNEYS_BATCH,
     PANES_BATCH,
     ClickHouseSink,
+    Feed,
     SinkMetrics,
     Store,
-    serve_queries,
+    serve_queries_in_thread,
 )
 from sinks.effort_detector import EffortDetector
 from sinks.followup_webhook import FollowupWebhook
@@ -43,18 +48,27 @@ from sinks.prometheus import Snapshot
 from streams.agents import faust_compat
 from streams.agents.base import AgentContext, FaustConsumption, Record, attach
 from streams.agents.faust_app import TABLE_SCHEMA, faust_app, partitions_of, raw_topic, report_ready, run_process
+from streams.agents.health import CallGuard, ProcessHealth, serve
 from streams.agents.local_tables import CHECKPOINT_SECONDS, IndexEntries, LocalTables
 from streams.agents.metrics import WorkerMetrics
 from streams.agents.results import ResultsProducer
 from streams.agents.stores import DiskStore
-from streams.config import Settings
-from streams.topics import internal_topics
+from streams.config import Settings, load_settings
+from streams.errors import EXIT_PERMANENT, PERMANENT_KAFKA_ERRORS, BrokerError, CxPulseError
+from streams.kafka import consumer as new_consumer
+from streams.outage import OutageLog
+from streams.runtime import tune_gc
+from streams.topics import TOPIC_PROPAGATION_SECONDS, KafkaWait, describe_topics, internal_topics
+from streams.worker.hotpath import FETCH_MIN_BYTES, FETCH_WAIT_MS
 from streams.worker.journey_agent import JourneyAgent, journey_index
 from streams.worker.merge_agent import GroupOffsets, MergeAgent, pane_index
 from streams.worker.records import decode_answer_themes, decode_answers
 from streams.worker.repair import PartitionReader
 
 MERGE, SINK, JOURNEYS = "merge", "sink", "journeys"
+LOG = logging.getLogger("cxpulse.processes")
+LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "warning": logging.WARNING,
+              "error": logging.ERROR, "critical": logging.CRITICAL}  # fmt: skip
 
 
 def _table(
@@ -181,53 +195,106 @@ def answer_block(record: Record, catalog: SchemaCatalog) -> list[list[Any]]:
     return store.answer_columns(values, catalog, decode_answer_themes(record.headers, len(values)))
 
 
-def sink_process(settings: Settings, metrics: WorkerMetrics) -> faust.App:
-    """The ``sink`` process: the ClickHouse sink's agents and the store's query endpoint (not started)."""
+def one_row(row: list[Any]) -> list[list[Any]]:
+    """One row as columns of one value each."""
+    return [[cell] for cell in row]
+
+
+def sink_feeds(settings: Settings) -> list[Feed]:
+    """The ClickHouse sink's inputs: pane results, counted answers and (with journeys) journey instances."""
     catalog = catalog_for(settings)
+    feeds = [
+        Feed(
+            settings.results_topic,
+            "pane_results",
+            lambda record: one_row(store.pane_row(decode_confluent(record.value, catalog, WINDOW_RESULT)[1])),
+            PANES_BATCH,
+            revisions=True,
+        ),
+        Feed(
+            internal_topics(settings).answers,
+            "answers",
+            lambda record: answer_block(record, catalog),
+            ANSWERS_BATCH,
+            transactional=True,
+        ),
+    ]
+    if settings.journeys:
+        feeds.append(
+            Feed(
+                settings.journeys_topic,
+                "journey_instances",
+                lambda record: one_row(store.journey_row(decode_confluent(record.value, catalog, JOURNEY_INSTANCE)[1])),
+                JOURNEYS_BATCH,
+                revisions=True,
+            )
+        )
+    return feeds
+
+
+def sink_consumer(settings: Settings) -> Consumer:
+    """The sink's consumer: group ``<app>-sink``, read_committed (the answers come in the hot path's
+    transactions), cooperative-sticky, the broker holding a fetch as the hot path's does."""
+    return new_consumer(
+        settings.kafka,
+        f"{settings.app_id}-sink",
+        **{
+            "isolation.level": "read_committed",
+            "partition.assignment.strategy": "cooperative-sticky",
+            "max.poll.interval.ms": 300_000,
+            "fetch.min.bytes": FETCH_MIN_BYTES,
+            "fetch.wait.max.ms": FETCH_WAIT_MS,
+            "client.id": f"{settings.app_id}-{SINK}",
+        },
+    )
+
+
+def run_sink(argv: Sequence[str]) -> int:
+    """The ``sink`` process: ``METRICS_PORT LOGLEVEL``; the ClickHouse sink's loop and the store's endpoint
+    (sinks/clickhouse_sink.py).  SIGTERM writes the batch in flight and stops."""
+    port, loglevel = int(argv[0]), argv[1] if len(argv) > 1 else "warn"
+    tune_gc()
+    logging.basicConfig(
+        level=LOG_LEVELS.get(loglevel.lower(), logging.WARNING),
+        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
+    )
     for noisy in ("clickhouse_connect", "urllib3"):  # one line per failed insert is ours; they would add three more
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    app = faust_app(settings, f"{settings.app_id}-sink", SINK)
-    answers = internal_topics(settings).answers
+    try:
+        settings = load_settings()
+        problem = _needs_a_store(settings)
+        if problem is not None:
+            raise CxPulseError(problem)
+    except CxPulseError as exc:
+        print(f"cxpulse {SINK}: {exc}", file=sys.stderr)
+        return EXIT_PERMANENT
+    metrics = WorkerMetrics(CollectorRegistry())
+    metrics.health = ProcessHealth(settings.stall_seconds, OutageLog.install(settings.kafka_bootstrap))
+    metrics.process_stalled.labels(SINK).set_function(metrics.health.progress.stalled)
+    if port:
+        serve(port, "127.0.0.1", metrics.page, lambda: (metrics.health.ready(True), {}), metrics.progress_page)
+    feeds = sink_feeds(settings)
+    try:  # the worker made them; a broker that does not know one yet is asked again
+        describe_topics(settings.kafka, [f.topic for f in feeds], KafkaWait(reached=True), TOPIC_PROPAGATION_SECONDS)
+    except BrokerError as exc:
+        print(f"cxpulse {SINK}: {exc}", file=sys.stderr)
+        return EXIT_PERMANENT if isinstance(exc, PERMANENT_KAFKA_ERRORS) else 1
     db = Store(settings)
-    counters = SinkMetrics(metrics)
-    panes = ClickHouseSink(
-        settings.results_topic,
-        "pane_results",
-        lambda record: [[cell] for cell in store.pane_row(decode_confluent(record.value, catalog, WINDOW_RESULT)[1])],
-        db,
-        counters,
-        batch_size=PANES_BATCH,
-    )
-    rows = ClickHouseSink(
-        answers,
-        "answers",
-        lambda record: answer_block(record, catalog),
-        db,
-        counters,
-        batch_size=ANSWERS_BATCH,
-        transactional=True,
-    )
-    attach(app, panes, raw_topic(app, settings, settings.results_topic), None, metrics)
-    attach(app, rows, raw_topic(app, settings, answers), None, metrics)
-    if settings.journeys:
-        journeys = ClickHouseSink(
-            settings.journeys_topic,
-            "journey_instances",
-            lambda record: [
-                [cell] for cell in store.journey_row(decode_confluent(record.value, catalog, JOURNEY_INSTANCE)[1])
-            ],
-            db,
-            counters,
-            batch_size=JOURNEYS_BATCH,
-        )
-        attach(app, journeys, raw_topic(app, settings, settings.journeys_topic), None, metrics)
+    try:
+        serve_queries_in_thread(settings, db)
+    except CxPulseError as exc:
+        print(f"cxpulse {SINK}: {exc}", file=sys.stderr)
+        return 1
+    sink = ClickHouseSink(feeds, db, SinkMetrics(metrics), sink_consumer(settings), CallGuard(SINK))
 
-    async def endpoint() -> None:
-        await serve_queries(settings, db)
+    def stop(signum: int, frame: FrameType | None) -> None:
+        LOG.info("%s: %s: writing the batch in flight", SINK, signal.Signals(signum).name)
+        sink.stopping = True
 
-    app.task(endpoint)
-    report_ready(app, metrics, SINK)
-    return app
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    sink.run()
+    return 0
 
 
 def _needs_a_store(settings: Settings) -> str | None:
@@ -238,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m streams.processes merge|journeys|sink METRICS_PORT LOGLEVEL``."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args[0] == SINK:
-        return run_process(SINK, args[1:], sink_process, _needs_a_store)
+        return run_sink(args[1:])
     if args[0] == JOURNEYS:
         return run_process(JOURNEYS, args[1:], journeys_process)
     return run_process(MERGE, args[1:], merge_process)

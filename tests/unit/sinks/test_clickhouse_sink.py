@@ -1,26 +1,101 @@
-"""The ClickHouse sink agent on its own: a batch is one column-oriented insert with a deterministic deduplication
-token, an unreadable record is skipped and counted, a failing insert is retried with backoff (the same token: a
-retry writes nothing twice) until ClickHouse takes it, and ClickHouse being away is not a stall."""
+"""The ClickHouse sink's loop on its own (a fake consumer and store; tests/integration/test_store.py runs it on a
+real broker and store): a batch is one column-oriented insert per table with a deterministic deduplication token,
+then its offsets are committed; of a key's revisions only the last is written; an unreadable record is skipped and
+counted; a failing insert is retried with backoff and the same token while the consumer is paused, and nothing is
+committed before it went in; a stop meanwhile commits nothing; ClickHouse being away is not a stall."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from confluent_kafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from sinks import clickhouse as store
 from sinks import clickhouse_sink
-from sinks.clickhouse_sink import ClickHouseSink, SinkMetrics
+from sinks.clickhouse_sink import ClickHouseSink, Feed, SinkMetrics
 from streams.agents.base import Record
 from streams.agents.health import Progress
 from streams.agents.metrics import WorkerMetrics
 from streams.config import Settings
 
 pytestmark = pytest.mark.unit
-COLUMNS = store.PANE_COLUMNS
+PANES, ANSWERS = "cx.metrics.panes", "cx-answers"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeMessage:
+    def __init__(self, topic: str, partition: int, offset: int, value: bytes, key: bytes | None = None) -> None:
+        self._topic, self._partition, self._offset, self._value, self._key = topic, partition, offset, value, key
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def value(self) -> bytes:
+        return self._value
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def headers(self) -> None:
+        return None
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, 1_000)
+
+    def error(self) -> None:
+        return None
+
+
+class FakeConsumer:
+    """What the loop calls on a librdkafka consumer; ``consume`` hands out the queued lists, then waits (the clock
+    moves by its timeout)."""
+
+    def __init__(self, clock: Clock, held: list[tuple[str, int]]) -> None:
+        self.clock = clock
+        self.queued: list[list[FakeMessage]] = []
+        self.held = [TopicPartition(topic, partition) for topic, partition in held]
+        self.paused: list[str] = []
+        self.commits: list[list[tuple[str, int, int]]] = []
+        self.highs: dict[tuple[str, int], int] = {}
+        self.during_wait: Callable[[], None] = lambda: None
+
+    def consume(self, num_messages: int, timeout: float) -> list[FakeMessage]:
+        if self.queued:
+            return self.queued.pop(0)
+        self.during_wait()
+        self.clock.now += timeout
+        return []
+
+    def assignment(self) -> list[TopicPartition]:
+        return list(self.held)
+
+    def pause(self, partitions: list[TopicPartition]) -> None:
+        self.paused.append("pause")
+
+    def resume(self, partitions: list[TopicPartition]) -> None:
+        self.paused.append("resume")
+
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
+        self.commits.append(sorted((tp.topic, tp.partition, tp.offset) for tp in offsets))
+
+    def get_watermark_offsets(self, tp: TopicPartition, cached: bool) -> tuple[int, int]:
+        return 0, self.highs.get((tp.topic, tp.partition), -1)
 
 
 class FakeClient:
@@ -45,7 +120,7 @@ class FakeStore:
         self.made = client
         self.resets = 0
 
-    async def run(self, work: Callable[[Any], Any]) -> Any:
+    def run_now(self, work: Callable[[Any], Any]) -> Any:
         self.client = self.made
         return work(self.made)
 
@@ -54,85 +129,152 @@ class FakeStore:
         self.client = None
 
 
-def columns_of(record: Record) -> list[list[Any]]:
-    """A record of the test's topic: ``n`` as a row whose every column is n (``bad`` is not one)."""
-    value = record.value
-    if value == b"bad":
-        raise ValueError("not a pane result")
-    n = int(value)
-    return [[n] for _ in COLUMNS]
+def n_row(table: str) -> Callable[[Record], list[list[Any]]]:
+    """A record of the test's topics: ``n`` as a row whose every column is n (``bad`` is not one)."""
+
+    def columns_of(record: Record) -> list[list[Any]]:
+        if record.value == b"bad":
+            raise ValueError("not a pane result")
+        return [[int(record.value)] for _ in clickhouse_sink.COLUMNS[table]]
+
+    return columns_of
 
 
-def sink(client: FakeClient) -> tuple[ClickHouseSink, FakeStore, WorkerMetrics, SinkMetrics]:
+def sink(
+    client: FakeClient, held: list[tuple[str, int]] | None = None
+) -> tuple[ClickHouseSink, FakeConsumer, FakeStore, WorkerMetrics, Clock]:
     metrics = WorkerMetrics(CollectorRegistry())
-    counters = SinkMetrics(metrics)
+    clock = Clock()
+    metrics.health.progress = Progress(clock=clock)
+    feeds = [
+        Feed(PANES, "pane_results", n_row("pane_results"), 100, revisions=True),
+        Feed(ANSWERS, "answers", n_row("answers"), 60, transactional=True),
+    ]
+    consumer = FakeConsumer(clock, held or [(PANES, 0), (PANES, 2), (ANSWERS, 0)])
     db = FakeStore(client)
-    agent = ClickHouseSink("cx.metrics.panes", "pane_results", columns_of, db, counters, batch_size=100)  # type: ignore[arg-type]
-    return agent, db, metrics, counters
+    loop = ClickHouseSink(feeds, db, SinkMetrics(metrics), consumer, clock=clock)  # type: ignore[arg-type]
+    return loop, consumer, db, metrics, clock
 
 
-def records(partition: int, start: int, values: list[bytes]) -> list[Record]:
-    return [Record(partition, start + i, value, 0) for i, value in enumerate(values)]
+def messages(topic: str, partition: int, start: int, values: list[bytes], keys: list[bytes] | None = None) -> list[Any]:
+    keyed: list[bytes | None] = list(keys) if keys else [None] * len(values)
+    return [FakeMessage(topic, partition, start + i, v, k) for i, (v, k) in enumerate(zip(values, keyed, strict=True))]
 
 
-def test_a_batch_of_several_partitions_is_one_insert_with_a_deterministic_token() -> None:
+def test_a_batch_is_one_insert_per_table_with_a_deterministic_token_then_its_offsets_are_committed() -> None:
     client = FakeClient()
-    agent, _, metrics, _ = sink(client)
-    asyncio.run(agent.handle(0, records(0, 10, [b"1", b"2"])))
-    asyncio.run(agent.handle(2, records(2, 5, [b"3"])))
-    asyncio.run(agent.finish())
-    (insert,) = client.inserts
-    assert insert["table"] == "cxpulse.pane_results" and insert["column_oriented"] is True
-    assert insert["column_names"] == list(COLUMNS) and insert["data"][0] == [1, 2, 3]
-    token = store.token("cx.metrics.panes", (0, 10, 11, 2), (2, 5, 5, 1))
-    assert insert["settings"] == {"insert_deduplication_token": token}
+    loop, consumer, _, metrics, clock = sink(client)
+    loop.step([*messages(PANES, 0, 10, [b"1", b"2"]), *messages(PANES, 2, 5, [b"3"]), *messages(ANSWERS, 0, 7, [b"9"])])
+    assert client.inserts == [] and consumer.commits == []  # within BATCH_WITHIN_SECONDS: the batch fills
+    clock.now += clickhouse_sink.BATCH_WITHIN_SECONDS
+    loop.step([])
+    panes, answers = client.inserts
+    assert panes["table"] == "cxpulse.pane_results" and panes["column_oriented"] is True
+    assert panes["column_names"] == list(store.PANE_COLUMNS) and panes["data"][0] == [1, 2, 3]
+    assert panes["settings"] == {"insert_deduplication_token": store.token(PANES, (0, 10, 11, 2), (2, 5, 5, 1))}
+    assert answers["table"] == "cxpulse.answers" and answers["data"][0] == [9]
+    assert consumer.commits == [[(ANSWERS, 0, 8), (PANES, 0, 12), (PANES, 2, 6)]]  # after the inserts
     assert metrics.registry.get_sample_value("cxpulse_sink_rows_total", {"table": "pane_results"}) == 3
-    asyncio.run(agent.finish())  # nothing taken since: no empty insert
-    assert len(client.inserts) == 1
+    clock.now += 2 * clickhouse_sink.BATCH_WITHIN_SECONDS
+    loop.step([])  # nothing taken since: no empty insert, no commit
+    assert len(client.inserts) == 2 and len(consumer.commits) == 1
+
+
+def test_a_full_batch_goes_at_once() -> None:
+    client = FakeClient()
+    loop, consumer, _, _, _ = sink(client)
+    loop.step(messages(ANSWERS, 0, 0, [b"1"] * 60))
+    assert client.inserts[0]["data"][0] == [1] * 60 and consumer.commits == [[(ANSWERS, 0, 60)]]
+
+
+def test_of_the_revisions_of_a_key_only_the_last_is_written() -> None:
+    """A pane group revised three times in a batch is one row, the newest (the table would keep only it)."""
+    client = FakeClient()
+    loop, consumer, _, _, clock = sink(client)
+    loop.step(messages(PANES, 0, 0, [b"1", b"2", b"3", b"4"], [b"a", b"b", b"a", b"a"]))
+    clock.now += clickhouse_sink.BATCH_WITHIN_SECONDS
+    loop.step([])
+    assert client.inserts[0]["data"][0] == [2, 4]
+    assert client.inserts[0]["settings"]["insert_deduplication_token"] == store.token(PANES, (0, 0, 3, 4))
+    assert consumer.commits == [[(PANES, 0, 4)]]
 
 
 def test_an_unreadable_record_is_skipped_and_counted() -> None:
     client = FakeClient()
-    agent, _, metrics, _ = sink(client)
-    asyncio.run(agent.handle(0, records(0, 0, [b"1", b"bad", b"4"])))
-    asyncio.run(agent.finish())
-    assert client.inserts[0]["data"][0] == [1, 4]
+    loop, consumer, _, metrics, clock = sink(client)
+    loop.step(messages(PANES, 0, 0, [b"1", b"bad", b"4"]))
+    clock.now += clickhouse_sink.BATCH_WITHIN_SECONDS
+    loop.step([])
+    assert client.inserts[0]["data"][0] == [1, 4] and consumer.commits == [[(PANES, 0, 3)]]
     assert metrics.registry.get_sample_value("cxpulse_sink_errors_total", {"sink": "clickhouse"}) == 1
 
 
-def test_a_failing_insert_is_retried_with_backoff_and_the_same_token(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_insert_is_retried_with_backoff_and_the_same_token_the_consumer_paused() -> None:
     client = FakeClient(failures=3)
-    agent, db, metrics, counters = sink(client)
-    waits: list[float] = []
-    ups: list[bool] = []
-
-    async def no_wait(seconds: float) -> None:
-        waits.append(seconds)
-        ups.append(counters.store_up)
-
-    monkeypatch.setattr(clickhouse_sink.asyncio, "sleep", no_wait)
-    asyncio.run(agent.handle(1, records(1, 0, [b"7"])))
-    asyncio.run(agent.finish())
-    assert waits == [0.5, 1.0, 2.0] and ups == [False, False, False]  # down while it fails, backing off
-    assert db.resets == 3 and counters.store_up is True  # a failed client is dropped; up once the insert went in
-    assert len(client.inserts) == 1 and client.inserts[0]["data"][0] == [7]
+    loop, consumer, db, metrics, clock = sink(client)
+    ups: list[float | None] = []
+    consumer.during_wait = lambda: ups.append(metrics.registry.get_sample_value("cxpulse_clickhouse_up"))
+    loop.step(messages(PANES, 2, 0, [b"7"]))
+    started = clock.now = clickhouse_sink.BATCH_WITHIN_SECONDS
+    loop.step([])
+    assert 3.5 <= clock.now - started < 4.5  # backed off 0.5 + 1 + 2 s
+    assert set(ups) == {0.0} and consumer.paused == ["pause", "resume"] * 3  # down and paused while it fails
+    assert db.resets == 3 and len(client.inserts) == 1 and client.inserts[0]["data"][0] == [7]
+    assert consumer.commits == [[(PANES, 2, 1)]]  # once it went in
     assert metrics.registry.get_sample_value("cxpulse_sink_errors_total", {"sink": "clickhouse"}) == 3
     assert metrics.registry.get_sample_value("cxpulse_clickhouse_up") == 1
 
 
+def test_a_stop_while_clickhouse_is_away_commits_nothing() -> None:
+    client = FakeClient(failures=10**6)
+    loop, consumer, _, _, clock = sink(client)
+    loop.step(messages(PANES, 0, 0, [b"1"]))
+    consumer.during_wait = lambda: setattr(loop, "stopping", True)
+    clock.now += clickhouse_sink.BATCH_WITHIN_SECONDS
+    assert loop.write() is False
+    assert consumer.commits == [] and client.inserts == []  # the batch is read again after the restart
+
+
+def test_a_partition_revoked_while_clickhouse_is_away_is_left_to_its_next_owner() -> None:
+    client = FakeClient(failures=1)
+    loop, consumer, _, _, clock = sink(client)
+    loop.step([*messages(PANES, 0, 0, [b"1"]), *messages(PANES, 2, 0, [b"2"])])
+
+    def revoke() -> None:
+        loop.on_revoke(consumer, [TopicPartition(PANES, 2)])  # type: ignore[arg-type]
+        consumer.held = [tp for tp in consumer.held if tp.partition != 2 or tp.topic != PANES]
+        consumer.during_wait = lambda: None
+
+    consumer.during_wait = revoke
+    clock.now += clickhouse_sink.BATCH_WITHIN_SECONDS
+    loop.step([])
+    assert client.inserts[0]["data"][0] == [1] and consumer.commits == [[(PANES, 0, 1)]]
+
+
 def test_clickhouse_away_is_not_a_stall() -> None:
-    """While inserts fail, the tick marks progress: waiting for the store is back-pressure, not a wedged process."""
-    agent, _, metrics, counters = sink(FakeClient())
-    now = [0.0]
-    metrics.health.progress = Progress(clock=lambda: now[0])
+    """While inserts fail, the health look marks progress: waiting for the store is back-pressure."""
+    loop, consumer, _, metrics, clock = sink(FakeClient())
     metrics.health.progress.begin()  # a batch in flight that cannot be written
-    now[0] = 100.0
+    clock.now = 100.0
     assert metrics.health.progress.stalled() == 100.0
-    asyncio.run(agent.tick(0))
+    loop.health()
     assert metrics.health.progress.stalled() == 100.0  # ClickHouse up: a batch that long in flight is a stall
-    counters.set_up(False)
-    asyncio.run(agent.tick(0))
+    loop.counters.set_up(False)
+    clock.now += clickhouse_sink.HEALTH_SECONDS
+    loop.health()
     assert metrics.health.progress.stalled() == 0.0
+
+
+def test_the_lag_of_a_transactional_input_leaves_out_the_commit_marker() -> None:
+    loop, consumer, _, metrics, clock = sink(FakeClient(), held=[(ANSWERS, 0), (PANES, 0)])
+    loop.step([*messages(ANSWERS, 0, 0, [b"1"] * 60), *messages(PANES, 0, 0, [b"1"])])  # answers: a full batch
+    consumer.highs = {(ANSWERS, 0): 61, (PANES, 0): 5}  # 60 answers and their transaction's marker; 5 results
+    clock.now += clickhouse_sink.HEALTH_SECONDS
+    loop.health()
+    # partition 0 of both topics: the answers written to their marker (0 left), the pane results 4 after the one
+    # written with them (the full answers batch wrote the whole batch)
+    lag = metrics.registry.get_sample_value("cxpulse_sink_lag_messages", {"sink": "clickhouse", "partition": "0"})
+    assert lag == 4
 
 
 def test_the_process_settings_reach_the_store() -> None:
