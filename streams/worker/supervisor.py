@@ -414,7 +414,7 @@ def prepare_topics(settings: Settings, wait: KafkaWait | None = None) -> None:
 
 
 def sink_topics(settings: Settings) -> list[str]:
-    """The topics a ClickHouse sink reads (streams/processes.py sink_process)."""
+    """The topics a ClickHouse sink reads (streams/processes.py sink_feeds)."""
     journeys = [settings.journeys_topic] if settings.journeys else []
     return [settings.results_topic, internal_topics(settings).answers, *journeys]
 
