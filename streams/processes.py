@@ -27,7 +27,6 @@ from typing import Any, cast
 
 import faust
 from confluent_kafka import Consumer
-from prometheus_client import CollectorRegistry
 
 from schemas.codec import JOURNEY_INSTANCE, WINDOW_RESULT, SchemaCatalog, catalog_for, decode_confluent
 from sinks import clickhouse as store
@@ -47,17 +46,23 @@ from sinks.kpi_view import KpiView
 from sinks.prometheus import Snapshot
 from streams.agents import faust_compat
 from streams.agents.base import AgentContext, FaustConsumption, Record, attach
-from streams.agents.faust_app import TABLE_SCHEMA, faust_app, partitions_of, raw_topic, report_ready, run_process
-from streams.agents.health import CallGuard, ProcessHealth, serve
+from streams.agents.faust_app import (
+    TABLE_SCHEMA,
+    faust_app,
+    partitions_of,
+    raw_topic,
+    report_ready,
+    run_process,
+    start_process,
+)
+from streams.agents.health import CallGuard
 from streams.agents.local_tables import CHECKPOINT_SECONDS, IndexEntries, LocalTables
 from streams.agents.metrics import WorkerMetrics
 from streams.agents.results import ResultsProducer
 from streams.agents.stores import DiskStore
-from streams.config import Settings, load_settings
+from streams.config import Settings
 from streams.errors import EXIT_PERMANENT, PERMANENT_KAFKA_ERRORS, BrokerError, CxPulseError
 from streams.kafka import consumer as new_consumer
-from streams.outage import OutageLog
-from streams.runtime import tune_gc
 from streams.topics import TOPIC_PROPAGATION_SECONDS, KafkaWait, describe_topics, internal_topics
 from streams.worker.hotpath import FETCH_MIN_BYTES, FETCH_WAIT_MS
 from streams.worker.journey_agent import JourneyAgent, journey_index
@@ -253,26 +258,16 @@ def run_sink(argv: Sequence[str]) -> int:
     """The ``sink`` process: ``METRICS_PORT LOGLEVEL``; the ClickHouse sink's loop and the store's endpoint
     (sinks/clickhouse_sink.py).  SIGTERM writes the batch in flight and stops."""
     port, loglevel = int(argv[0]), argv[1] if len(argv) > 1 else "warn"
-    tune_gc()
     logging.basicConfig(
         level=LOG_LEVELS.get(loglevel.lower(), logging.WARNING),
         format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
     )
     for noisy in ("clickhouse_connect", "urllib3"):  # one line per failed insert is ours; they would add three more
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    try:
-        settings = load_settings()
-        problem = _needs_a_store(settings)
-        if problem is not None:
-            raise CxPulseError(problem)
-    except CxPulseError as exc:
-        print(f"cxpulse {SINK}: {exc}", file=sys.stderr)
+    started = start_process(SINK, port, _needs_a_store)
+    if started is None:
         return EXIT_PERMANENT
-    metrics = WorkerMetrics(CollectorRegistry())
-    metrics.health = ProcessHealth(settings.stall_seconds, OutageLog.install(settings.kafka_bootstrap))
-    metrics.process_stalled.labels(SINK).set_function(metrics.health.progress.stalled)
-    if port:
-        serve(port, "127.0.0.1", metrics.page, lambda: (metrics.health.ready(True), {}), metrics.progress_page)
+    settings, metrics = started
     feeds = sink_feeds(settings)
     try:  # the worker made them; a broker that does not know one yet is asked again
         describe_topics(settings.kafka, [f.topic for f in feeds], KafkaWait(reached=True), TOPIC_PROPAGATION_SECONDS)

@@ -82,6 +82,29 @@ def report_ready(app: faust.App, metrics: WorkerMetrics, process: str) -> None:
     app.timer(interval=READY_CHECK_SECONDS, name=f"{process}-ready")(ready)
 
 
+def start_process(
+    process: str, port: int, check: Callable[[Settings], str | None] = lambda settings: None
+) -> tuple[Settings, WorkerMetrics] | None:
+    """What every process of a worker but the hot path does first: the collector's setting (streams.runtime), its
+    settings from the environment (None, the reason printed, when they are invalid or ``check`` names a problem),
+    its metrics, health and Kafka outage log, and its /metrics, /readyz and /progress on the loopback ``port``."""
+    tune_gc()
+    try:
+        settings = load_settings()
+        problem = check(settings)
+        if problem is not None:
+            raise CxPulseError(problem)
+    except CxPulseError as exc:
+        print(f"cxpulse {process}: {exc}", file=sys.stderr)
+        return None
+    metrics = WorkerMetrics(CollectorRegistry())
+    metrics.health = ProcessHealth(settings.stall_seconds, OutageLog.install(settings.kafka_bootstrap))
+    metrics.process_stalled.labels(process).set_function(metrics.health.progress.stalled)
+    if port:
+        serve(port, "127.0.0.1", metrics.page, lambda: (metrics.health.ready(True), {}), metrics.progress_page)
+    return settings, metrics
+
+
 def run_process(
     process: str,
     argv: Sequence[str],
@@ -91,20 +114,10 @@ def run_process(
     """Run a Faust process: ``METRICS_PORT LOGLEVEL``; settings from the environment (exit 2, EXIT_PERMANENT, when
     they are invalid or ``check`` names a problem), metrics on the loopback port."""
     port, loglevel = int(argv[0]), argv[1] if len(argv) > 1 else "warn"
-    tune_gc()
-    try:
-        settings = load_settings()
-        problem = check(settings)
-        if problem is not None:
-            raise CxPulseError(problem)
-    except CxPulseError as exc:
-        print(f"cxpulse {process}: {exc}", file=sys.stderr)
+    started = start_process(process, port, check)
+    if started is None:
         return EXIT_PERMANENT
-    metrics = WorkerMetrics(CollectorRegistry())
-    metrics.health = ProcessHealth(settings.stall_seconds, OutageLog.install(settings.kafka_bootstrap))
-    metrics.process_stalled.labels(process).set_function(metrics.health.progress.stalled)
-    if port:
-        serve(port, "127.0.0.1", metrics.page, lambda: (metrics.health.ready(True), {}), metrics.progress_page)
+    settings, metrics = started
     try:
         app = build(settings, metrics)
     except BrokerError as exc:  # at start: a topic's metadata (streams.topics)

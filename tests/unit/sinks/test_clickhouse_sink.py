@@ -20,6 +20,7 @@ from streams.agents.base import Record
 from streams.agents.health import Progress
 from streams.agents.metrics import WorkerMetrics
 from streams.config import Settings
+from tests.fakes import FakeMessage
 
 pytestmark = pytest.mark.unit
 PANES, ANSWERS = "cx.metrics.panes", "cx-answers"
@@ -31,35 +32,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-class FakeMessage:
-    def __init__(self, topic: str, partition: int, offset: int, value: bytes, key: bytes | None = None) -> None:
-        self._topic, self._partition, self._offset, self._value, self._key = topic, partition, offset, value, key
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def value(self) -> bytes:
-        return self._value
-
-    def key(self) -> bytes | None:
-        return self._key
-
-    def headers(self) -> None:
-        return None
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, 1_000)
-
-    def error(self) -> None:
-        return None
 
 
 class FakeConsumer:
@@ -158,7 +130,10 @@ def sink(
 
 def messages(topic: str, partition: int, start: int, values: list[bytes], keys: list[bytes] | None = None) -> list[Any]:
     keyed: list[bytes | None] = list(keys) if keys else [None] * len(values)
-    return [FakeMessage(topic, partition, start + i, v, k) for i, (v, k) in enumerate(zip(values, keyed, strict=True))]
+    return [
+        FakeMessage(partition, start + i, v, k, t=topic, ts=1_000)
+        for i, (v, k) in enumerate(zip(values, keyed, strict=True))
+    ]
 
 
 def test_a_batch_is_one_insert_per_table_with_a_deterministic_token_then_its_offsets_are_committed() -> None:
