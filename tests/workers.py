@@ -151,7 +151,7 @@ HOTPATH_MODULES = (b"streams.worker.hotpath", b"tests.integration.flaky_hotpath"
 
 
 def children(pid: int) -> dict[str, int]:
-    """The worker's processes by name (hotpath-N, merge, journeys), from /proc."""
+    """The worker's processes by name (hotpath-N, merge, journeys, sink), from /proc."""
     out = {}
     for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
         command = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
@@ -164,6 +164,8 @@ def children(pid: int) -> dict[str, int]:
             out["merge"] = int(child)
         elif b"journeys" in command and b"streams.processes" in command:
             out["journeys"] = int(child)
+        elif b"sink" in command and b"streams.processes" in command:
+            out["sink"] = int(child)
     return out
 
 

@@ -5,7 +5,9 @@ report` answers through the worker while it holds the store."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import stat
 import subprocess
 import time
@@ -15,7 +17,7 @@ from typing import Any
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from sinks.clickhouse import Endpoint, StoreError
+from sinks.clickhouse import Endpoint, StoreError, endpoint_of
 from sinks.store_access import EndpointReader
 from streams.core.synth import CHANNELS as SYNTH_CHANNELS
 from streams.replay import replay_file
@@ -24,12 +26,14 @@ from streams.simulate import JOURNEYS, Simulator
 from tests.support import RunningBroker, cxpulse_command, free_ports
 from tests.workers import (
     Pipeline,
+    children,
     expected_results,
     make_pipeline,
     mixed_events,
     produce,
     running_worker,
     scrape,
+    split,
     start_worker,
     stop_worker,
     wait_for,
@@ -231,4 +235,41 @@ def test_clickhouse_away_pauses_the_sink_and_loses_nothing(kafka_broker: Running
         restored = Pipeline(pipeline.settings.model_copy(update={"clickhouse_url": url}), back)
         wait_for(lambda: same_as_replay(pane_records(restored), expected), "ClickHouse panes equal to replay", log)
         wait_for(lambda: answers_count(restored, final=True) == (counted, counted), "every counted answer", log)
+        stop_worker(worker, log)
+
+
+def test_a_kill_9_of_the_sink_mid_stream_changes_no_row(kafka_broker: RunningBroker, tmp_path: Path) -> None:
+    """The sink killed with SIGKILL while answers stream in (a batch taken, perhaps inserted, not committed): the
+    worker restarts it, it reads again from its last commit, and the store ends as replay says: every pane group's
+    counts, every counted answer once, as many journey instances as replay has."""
+    pipeline = store_pipeline(kafka_broker.bootstrap, tmp_path)
+    settings = pipeline.settings
+    source = tmp_path / "events.jsonl"
+    mixed_events(source, 4000)
+    expected, _ = expected_results(source, settings.pane_seconds)
+    replayed = replay_file(
+        source, settings.pane_seconds * 1000, lambda dead: None, journey_gap_ms=settings.journey_gap_seconds * 1000
+    )
+    counted, instances = replayed.stats.counted, len(replayed.journey_instances())
+    first, second = split(source, 2)
+    port, log = free_ports(1)[0], tmp_path / "worker.log"
+    rows = 'cxpulse_sink_rows_total{table="answers"}'
+    with running_worker(pipeline, log, metrics_port=port) as worker:
+        produce(settings, first)
+        wait_for(lambda: scrape(port, starting=True).get(rows, 0) > 0, "the sink writing answers", log)
+        produce(settings, second)
+        killed = children(worker.pid)["sink"]
+        os.kill(killed, signal.SIGKILL)
+        restarts = 'cxpulse_worker_process_restarts_total{process="sink"}'
+        wait_for(lambda: scrape(port, starting=True).get(restarts, 0) == 1, "the sink restarted", log)
+
+        def serving() -> bool:
+            found = endpoint_of(settings.data_dir)  # the new sink's endpoint (the old one's pid is gone)
+            return found is not None and children(worker.pid).get("sink") not in (None, killed)
+
+        wait_for(serving, "the restarted sink's store endpoint", log)
+        wait_for(lambda: same_as_replay(pane_records(pipeline), expected), "ClickHouse panes equal to replay", log)
+        wait_for(lambda: answers_count(pipeline, final=True) == (counted, counted), "every counted answer once", log)
+        stored = "SELECT count() FROM cxpulse.journey_instances FINAL WHERE deleted = 0"
+        wait_for(lambda: int(endpoint(pipeline).rows(stored, {})[0][0]) == instances, "every journey instance", log)
         stop_worker(worker, log)
