@@ -216,6 +216,7 @@ class ClickHouseSink:
         self.applied: dict[tuple[str, int], int] = {}  # the next offset to write, per partition held
         self.changed = False  # partitions were revoked while a batch waited: prepare it again
         self.next_health = 0.0
+        self.lag_series: set[int] = set()  # the partitions cxpulse_sink_lag_messages has a series for
 
     # --- the consumer's partitions ---------------------------------------------------------------------------
 
@@ -229,8 +230,9 @@ class ClickHouseSink:
                 self.changed = True
             self.applied.pop((tp.topic, tp.partition), None)
             self.metrics.health.progress.forget(f"{SINK}:{tp.topic}[{tp.partition}]")
-        if not any(self.taken.values()):
+        if self.since is not None and not any(self.taken.values()):
             self.since = None
+            self.metrics.health.progress.done()  # nothing in flight any more: not a stall
 
     def subscribe(self) -> None:
         self.consumer.subscribe(
@@ -417,6 +419,10 @@ class ClickHouseSink:
             by_partition[tp.partition] = by_partition.get(tp.partition, 0) + lag
         for partition, lag in by_partition.items():
             self.metrics.sink_lag.labels(SINK, str(partition)).set(lag)
+        for partition in self.lag_series - set(by_partition):  # no longer held here: its series goes
+            with contextlib.suppress(KeyError):
+                self.metrics.sink_lag.remove(SINK, str(partition))
+        self.lag_series = set(by_partition)
 
 
 async def serve_queries(settings: Settings, db: Store) -> None:

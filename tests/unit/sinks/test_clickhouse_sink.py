@@ -226,6 +226,22 @@ def test_a_partition_revoked_while_clickhouse_is_away_is_left_to_its_next_owner(
     assert client.inserts[0]["data"][0] == [1] and consumer.commits == [[(PANES, 0, 1)]]
 
 
+def test_a_batch_whose_partitions_all_went_is_no_stall_and_their_lag_series_go() -> None:
+    loop, consumer, _, metrics, clock = sink(FakeClient(), held=[(PANES, 0), (PANES, 2)])
+    loop.step([*messages(PANES, 0, 0, [b"1"]), *messages(PANES, 2, 0, [b"2"])])
+    consumer.highs = {(PANES, 0): 3, (PANES, 2): 4}
+    clock.now += clickhouse_sink.HEALTH_SECONDS
+    loop.health()
+    lag = "cxpulse_sink_lag_messages"
+    assert metrics.registry.get_sample_value(lag, {"sink": "clickhouse", "partition": "2"}) == 4
+    loop.on_revoke(consumer, [TopicPartition(PANES, 0), TopicPartition(PANES, 2)])  # type: ignore[arg-type]
+    consumer.held = [TopicPartition(PANES, 0)]  # 0 comes back (cooperative), 2 went to another sink
+    clock.now += 1000.0
+    assert metrics.health.progress.stalled() == 0.0  # nothing in flight: the taken batch went with its partitions
+    loop.health()
+    assert metrics.registry.get_sample_value(lag, {"sink": "clickhouse", "partition": "2"}) is None
+
+
 def test_clickhouse_away_is_not_a_stall() -> None:
     """While inserts fail, the health look marks progress: waiting for the store is back-pressure."""
     loop, consumer, _, metrics, clock = sink(FakeClient())
