@@ -178,7 +178,8 @@ def test_a_ten_second_outage_is_logged_once_when_it_starts_and_once_when_it_ends
     50 lines (it was ~8,400: one ERROR per attempt per client); each process says when the connection was lost
     and when it came back, with how long and how many attempts; nothing is lost."""
     cluster = own_cluster(1, dedicated_controller=True)
-    pipeline = make_pipeline(cluster.bootstrap, tmp_path)
+    # every default on, as a user runs it: journeys and the embedded store (its sink is a Kafka client too)
+    pipeline = make_pipeline(cluster.bootstrap, tmp_path, clickhouse_url=f"chdb://{tmp_path / 'store'}")
     settings = pipeline.settings
     source, messages = _events(tmp_path, 4000)
     expected, invalid = expected_results(source, settings.pane_seconds)
