@@ -352,11 +352,12 @@ class ClickHouseSink:
         self.consumer.pause(held)
         try:
             until = self.clock() + seconds
-            while self.clock() < until:
-                if self.stopping:
-                    return False
+            while not self.stopping:
+                left = until - self.clock()
+                if left <= 0:  # never a timeout of 0 or less: librdkafka waits forever on a negative one
+                    break
                 # a partition assigned meanwhile is not paused: what it brings joins the batch
-                if self.take(self.consumer.consume(CONSUME_MESSAGES, min(CONSUME_SECONDS, until - self.clock()))):
+                if self.take(self.consumer.consume(CONSUME_MESSAGES, min(CONSUME_SECONDS, left))):
                     self.changed = True
                 self.health()
             return not self.stopping

@@ -48,6 +48,7 @@ class FakeConsumer:
         self.during_wait: Callable[[], None] = lambda: None
 
     def consume(self, num_messages: int, timeout: float) -> list[FakeMessage]:
+        assert timeout > 0, f"consume({timeout}): librdkafka waits forever on a negative timeout"
         if self.queued:
             return self.queued.pop(0)
         self.during_wait()
@@ -308,3 +309,25 @@ def test_a_reader_of_the_endpoint_file_never_sees_it_half_written(tmp_path: Any)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert json.loads(path.read_text())["pid"] == os.getpid()
     assert [p.name for p in tmp_path.iterdir()] == [store.ENDPOINT_FILE]  # no partial file left beside it
+
+
+def test_the_wait_between_retries_never_asks_librdkafka_to_wait_forever() -> None:
+    """A clock that moves on every look (a loaded machine): the wait's last consume() was once given the time left
+    after it had run out, a negative timeout, on which librdkafka blocks forever (a CI run hung in it, deaf to
+    SIGTERM, until the worker killed it)."""
+    client = FakeClient(failures=4)
+    loop, consumer, _, _, clock = sink(client)
+    loop.step(messages(PANES, 0, 0, [b"1"]))
+    clock.now += clickhouse_sink.BATCH_WITHIN_SECONDS
+
+    class Ticking(Clock):
+        def __call__(self) -> float:
+            self.now += 0.3
+            return self.now
+
+    ticking = Ticking()
+    ticking.now = clock.now
+    loop.clock = ticking
+    consumer.clock = ticking
+    assert loop.write() is True  # every consume() above asserts a positive timeout
+    assert consumer.commits == [[(PANES, 0, 1)]]
