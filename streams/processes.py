@@ -1,5 +1,6 @@
-"""The composition root: each Faust process of a worker, built from its agents.  The only module that imports both
-streams/worker/ and sinks/ (the agents stand on streams/agents/, and neither side imports the other).
+"""The composition root: each process of a worker after the hot path (the Faust processes and the sink), built
+from its parts.  The only module that imports both streams/worker/ and sinks/ (the agents stand on
+streams/agents/, and neither side imports the other).
 
 - ``merge`` (group ``<app>``): the merge agent on ``<app>-partials`` (streams/worker/merge_agent.py), the journey
   agent on ``<app>-journey-answers`` (streams/worker/journey_agent.py) and, on
