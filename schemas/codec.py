@@ -73,7 +73,10 @@ _FAST_FEEDBACK_BLOCK = compile_block_decoder(_strip_logical_types(FEEDBACK_RAW))
 WINDOW_RESULT = parse(WINDOW_RESULT_RAW)
 EFFORT_ALERT = parse(EFFORT_ALERT_RAW)
 JOURNEY_INSTANCE = parse(JOURNEY_INSTANCE_RAW)
-_FAST_WRITERS = {id(WINDOW_RESULT): compile_encoder(_strip_logical_types(WINDOW_RESULT_RAW))}
+_FAST_WRITERS = {
+    id(WINDOW_RESULT): compile_encoder(_strip_logical_types(WINDOW_RESULT_RAW)),
+    id(JOURNEY_INSTANCE): compile_encoder(_strip_logical_types(JOURNEY_INSTANCE_RAW)),
+}
 
 
 def encode(record: Mapping[str, Any], schema: Any) -> bytes:

@@ -16,9 +16,9 @@ Supported field types: string, int, long (logical types ignored), enum, array of
 with one of string, int or long.  :func:`compile_decoder` returns None for any other schema.
 :func:`compile_block_decoder` reads the records of an Avro container block the same way (``cxpulse replay``).
 
-:func:`compile_encoder` does the reverse for records of string, int, long, double, enum, unions of null with
-double or long, arrays of records of strings and longs, and maps of longs (a WindowResult: 8.4 us a result with
-fastavro's writer, 4.9 with the generated one); any
+:func:`compile_encoder` does the reverse for records of string, int, long, double, boolean, enum, unions of null
+with double, long or an enum, arrays of records of strings and longs, and maps of longs (a WindowResult: 8.4 us
+a result with fastavro's writer, 4.9 with the generated one; a JourneyInstance: see codec.encode_fast); any
 value it does not expect (a type, an out-of-range long, an unknown symbol) raises and the caller writes the
 record with fastavro instead, so the bytes are always fastavro's.
 """
@@ -202,13 +202,13 @@ def _encode_kind(field_type: Any) -> str | None:
         if field_type.get("type") == "map":
             return "map_long" if _encode_kind(field_type.get("values")) == "long" else None
         field_type = field_type.get("type")
-    if field_type in ("string", "double"):
+    if field_type in ("string", "double", "boolean"):
         return str(field_type)
     if field_type in ("int", "long"):
         return "long"
     if isinstance(field_type, list) and len(field_type) == 2 and field_type[0] == "null":
         inner = _encode_kind(field_type[1])
-        return f"optional_{inner}" if inner in ("double", "long") else None
+        return f"optional_{inner}" if inner in ("double", "long", "enum") else None
     return None
 
 
@@ -244,11 +244,16 @@ def _encode_field(name: str, field_type: Any, kind: str) -> str:
         return f"    v = {get}\n    if type(v) is not int:\n        raise Malformed\n    out.append(_long(v))"
     if kind == "double":
         return f"    v = {get}\n    if type(v) is not float:\n        raise Malformed\n    out.append(_DOUBLE(v))"
+    if kind == "boolean":  # fastavro writes any truthy value as true; only a bool is taken here
+        return f"    v = {get}\n    if type(v) is not bool:\n        raise Malformed\n    out.append(b'\\x01' if v else b'\\x00')"
     if kind == "string":
         return f"    v = {get}.encode()\n    out.append(_long(len(v)))\n    out.append(v)"
     if kind == "enum":
         index = {symbol: i for i, symbol in enumerate(field_type["symbols"])}
         return f"    out.append(_long({index!r}[{get}]))"
+    if kind == "optional_enum":
+        index = {symbol: i for i, symbol in enumerate(field_type[1]["symbols"])}
+        return f"    v = {get}\n    out.append(b'\\x00' if v is None else b'\\x02' + _long({index!r}[v]))"
     inner = "_long(v)" if kind == "optional_long" else "_DOUBLE(v)"
     check = "int" if kind == "optional_long" else "float"
     return (

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from schemas.codec import (
     FEEDBACK,
     FEEDBACK_RAW,
+    JOURNEY_INSTANCE,
     WINDOW_RESULT,
     WINDOW_RESULT_RAW,
     LocalCatalog,
@@ -152,6 +153,33 @@ results = st.fixed_dictionaries(
 @given(results)
 def test_generated_result_encoder_writes_fastavros_bytes(record: dict[str, Any]) -> None:
     assert encode_fast(record, WINDOW_RESULT) == encode(record, WINDOW_RESULT)
+
+
+instances = st.fixed_dictionaries(
+    {
+        "customer_id": text,
+        "journey": text,
+        "start": longs,
+        "end": longs,
+        "first_channel": text,
+        **{name: longs for name in ("answers", "contacts", "channels", "channel_switches", "touchpoints", "ces_n")},
+        "ces_high_effort": longs,
+        "first_x": doubles,
+        "last_x": doubles,
+        "last_nps": st.sampled_from([None, "promoter", "passive", "detractor"]),
+        **{name: st.booleans() | st.sampled_from([0, 1]) for name in ("one_stop", "recoverable", "recovered")},
+        "closed": st.booleans(),
+        "version": longs,
+        "deleted": st.booleans(),
+    }
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(instances)
+def test_generated_journey_instance_encoder_writes_fastavros_bytes(record: dict[str, Any]) -> None:
+    """Booleans and the optional NPS category too (an int where a boolean goes: fastavro's bytes)."""
+    assert encode_fast(record, JOURNEY_INSTANCE) == encode(record, JOURNEY_INSTANCE)
 
 
 def test_encoder_leaves_what_it_does_not_expect_to_fastavro() -> None:
