@@ -37,6 +37,7 @@ from streams.errors import CxPulseError
 
 DATABASE = "cxpulse"
 CONNECT_TIMEOUT_SECONDS = 10.0  # a server that does not accept the connection within this long is reported
+KEEP_DAYS = 400  # every table's TTL (deploy/clickhouse/*.sql): older rows are dropped by ClickHouse's merges
 ENDPOINT_FILE = "clickhouse-endpoint.json"  # written by the sink process that holds the embedded store
 MIGRATIONS = REPO_ROOT / "deploy" / "clickhouse"
 PANE_COLUMNS = (

@@ -6,6 +6,9 @@ as ``too_old``); history older than that goes to the store here, so that the two
 - the cutoff is ``now - retention``, down to a pane boundary; answers at or after it are left out (the command says
   how many: send them through Kafka, where the worker counts them) and everything older is replayed exactly as
   ``cxpulse replay`` does (validation, first copy counts, comments redacted and read as themes, journeys);
+- answers older than the store keeps (``sinks.clickhouse.KEEP_DAYS``, every table's TTL, from now) are left out
+  too, and counted: ClickHouse would write them and drop them at its next merge (hours later), so a report would
+  show them and then not; a journey that began before that line begins, in the store, at its first answer after it;
 - a pane group (pane, channel, journey, metric) the stream already wrote (a row with a version above 0) is left as
   it is, and so are its answers: the store never holds two accounts of one pane;
 - what is written: the pane results with version 0 (the stream's versions are sums of offsets, at least 1: version
@@ -58,6 +61,7 @@ class HistoryStore(Protocol):
 class BackfillStats:
     read: int = 0  # inputs read (answers, valid or not)
     newer: int = 0  # inside the stream's retention: left out
+    expired: int = 0  # older than the store keeps: left out
     dead: Counter[str] = field(default_factory=Counter)  # refused, by reason
     duplicates: int = 0
     panes: int = 0  # pane groups written
@@ -65,6 +69,7 @@ class BackfillStats:
     answers: int = 0
     journeys: int = 0
     cutoff_ms: int = 0
+    kept_from_ms: int = 0  # the first moment the store keeps (now minus KEEP_DAYS, down to a pane boundary)
 
 
 def cutoff_of(settings: Settings, now_ms: int) -> int:
@@ -74,16 +79,27 @@ def cutoff_of(settings: Settings, now_ms: int) -> int:
     return cutoff - cutoff % pane_ms
 
 
-def older_part(batch: Batch, cutoff_ms: int) -> tuple[Batch, int]:
-    """The records of ``batch`` before the cutoff (and those whose time cannot be read: replay refuses them), and
-    how many were at or after it."""
+def kept_from(settings: Settings, now_ms: int) -> int:
+    """The first moment the store keeps: now minus its TTL (store.KEEP_DAYS), up to a pane boundary (a pane
+    that begins before it would lose answers to the TTL)."""
+    pane_ms = settings.pane_seconds * 1000
+    first = now_ms - store.KEEP_DAYS * 86_400_000
+    return first - first % pane_ms + (pane_ms if first % pane_ms else 0)
+
+
+def older_part(batch: Batch, cutoff_ms: int, kept_from_ms: int | None = None) -> tuple[Batch, int, int]:
+    """The records of ``batch`` before the cutoff and at or after ``kept_from_ms`` (and those whose time cannot
+    be read: replay refuses them), how many were at or after the cutoff, and how many before ``kept_from_ms``."""
     keep: list[int] = []
+    expired = 0
     for at, record in enumerate(batch.records):
         try:
             occurred = parse_timestamp_ms(record.get("occurred_at"))
         except (CxPulseError, TypeError, ValueError):
             occurred = None
-        if occurred is None or occurred < cutoff_ms:
+        if occurred is not None and kept_from_ms is not None and occurred < kept_from_ms:
+            expired += 1
+        elif occurred is None or occurred < cutoff_ms:
             keep.append(at)
     records = [batch.records[at] for at in keep]
     positions = [batch.positions[at] for at in keep]
@@ -92,7 +108,8 @@ def older_part(batch: Batch, cutoff_ms: int) -> tuple[Batch, int]:
         Batch(
             records, positions, lambda i: originals(keep[i]), batch.undecodable, len(records) + len(batch.undecodable)
         ),
-        len(batch.records) - len(keep),
+        len(batch.records) - len(keep) - expired,
+        expired,
     )
 
 
@@ -115,7 +132,8 @@ class CountedAnswers:
 def replay_history(
     path: Any, settings: Settings, cutoff_ms: int, stats: BackfillStats, progress: Callable[[int], None] | None
 ) -> tuple[Replay, CountedAnswers]:
-    """Replay of the file's answers before the cutoff, with every counted answer as the store keeps it."""
+    """Replay of the file's answers before the cutoff (and, when ``stats.kept_from_ms`` is set, at or after it),
+    with every counted answer as the store keeps it."""
     answers = CountedAnswers()
     replay = Replay(
         settings.pane_seconds * 1000,
@@ -125,8 +143,9 @@ def replay_history(
         on_counted=answers.add,
     )
     for batch, done in read_batches(path):
-        older, newer = older_part(batch, cutoff_ms)
+        older, newer, expired = older_part(batch, cutoff_ms, stats.kept_from_ms or None)
         stats.newer += newer
+        stats.expired += expired
         stats.read += batch.count
         for dead in replay.feed(older):
             stats.dead[dead.reason] += 1

@@ -12,8 +12,9 @@ from typing import Annotated
 import typer
 
 from schemas.codec import catalog_for
+from sinks.clickhouse import KEEP_DAYS
 from sinks.store_access import open_writer
-from streams.backfill import BackfillStats, cutoff_of, replay_history, write_history
+from streams.backfill import BackfillStats, cutoff_of, kept_from, replay_history, write_history
 from streams.commands.base import (
     app,
     fail,
@@ -144,7 +145,8 @@ def backfill(
 
 def _backfill(settings: Settings, events: Path) -> BackfillStats:
     started = time.monotonic()
-    stats = BackfillStats(cutoff_ms=cutoff_of(settings, int(time.time() * 1000)))
+    now_ms = int(time.time() * 1000)
+    stats = BackfillStats(cutoff_ms=cutoff_of(settings, now_ms), kept_from_ms=kept_from(settings, now_ms))
     with ExitStack() as stack:
         try:
             client, where = open_writer(settings)
@@ -168,6 +170,14 @@ def _backfill(settings: Settings, events: Path) -> BackfillStats:
         err.print(
             f"backfill: {stats.newer:,} answers at or after {iso_utc(stats.cutoff_ms)} left out: the stream counts "
             "those; send them with `cxpulse produce FILE` (or `cxpulse import ... --to-kafka`)",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+    if stats.expired:
+        err.print(
+            f"backfill: {stats.expired:,} answers before {iso_utc(stats.kept_from_ms)} left out: the store keeps "
+            f"{KEEP_DAYS} days (every table's TTL; ClickHouse would drop them at its next merge)",
             highlight=False,
             markup=False,
             soft_wrap=True,
