@@ -61,6 +61,7 @@ def make_pipeline(bootstrap: str, tmp_path: Path, create_topics: bool = True, **
         "results_topic": f"test-{tag}-panes",
         "alerts_topic": f"test-{tag}-alerts",
         "followups_topic": f"test-{tag}-followups",
+        "journeys_topic": f"test-{tag}-journeys",  # every worker test has journeys on: not one shared cx.journeys
         "partitions": PARTITIONS,
         "data_dir": tmp_path / "state",
         "metrics_port": 0,

@@ -134,7 +134,7 @@ def converge_journeys(pipeline: Pipeline, expected: dict[tuple[str, str, str], A
 
 
 def test_stream_equals_replay_through_a_kill_9_of_the_journeys_process(kafka_broker: Any, tmp_path: Path) -> None:
-    pipeline = make_pipeline(kafka_broker.bootstrap, tmp_path, journeys_topic=f"test-{uuid.uuid4().hex[:8]}-j")
+    pipeline = make_pipeline(kafka_broker.bootstrap, tmp_path)
     source = tmp_path / "events.jsonl"
     journey_events(source, 4000)
     expected = expected_instances(source, pipeline.settings.journey_gap_seconds * 1000)
@@ -166,7 +166,6 @@ def test_instances_close_when_the_clock_passes_their_end_plus_the_gap(kafka_brok
     pipeline = make_pipeline(
         kafka_broker.bootstrap,
         tmp_path,
-        journeys_topic=f"test-{uuid.uuid4().hex[:8]}-j",
         journey_gap_seconds=gap_seconds,
         clickhouse_url=f"chdb://{tmp_path / 'store'}",
     )
@@ -251,7 +250,6 @@ def test_a_later_copy_keyed_otherwise_counts_nowhere(kafka_broker: Any, tmp_path
     pipeline = make_pipeline(
         kafka_broker.bootstrap,
         tmp_path,
-        journeys_topic=f"test-{uuid.uuid4().hex[:8]}-j",
         clickhouse_url=f"chdb://{tmp_path / 'store'}",
     )
     settings = pipeline.settings

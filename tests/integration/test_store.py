@@ -241,13 +241,17 @@ def test_clickhouse_away_pauses_the_sink_and_loses_nothing(kafka_broker: Running
 def test_a_kill_9_of_the_sink_mid_stream_changes_no_row(kafka_broker: RunningBroker, tmp_path: Path) -> None:
     """The sink killed with SIGKILL while answers stream in (a batch taken, perhaps inserted, not committed): the
     worker restarts it, it reads again from its last commit, and the store ends as replay says: every pane group's
-    counts, every counted answer once."""
+    counts, every counted answer once, the journey instances replay has."""
     pipeline = store_pipeline(kafka_broker.bootstrap, tmp_path)
     settings = pipeline.settings
     source = tmp_path / "events.jsonl"
     mixed_events(source, 4000)
     expected, _ = expected_results(source, settings.pane_seconds)
-    counted = replay_file(source, settings.pane_seconds * 1000, lambda dead: None).stats.counted
+    replayed = replay_file(
+        source, settings.pane_seconds * 1000, lambda dead: None, journey_gap_ms=settings.journey_gap_seconds * 1000
+    )
+    counted = replayed.stats.counted
+    instances = {(i.customer_id, i.journey, i.start) for i in replayed.journey_instances()}
     first, second = split(source, 2)
     port, log = free_ports(1)[0], tmp_path / "worker.log"
     rows = 'cxpulse_sink_rows_total{table="answers"}'
@@ -267,4 +271,30 @@ def test_a_kill_9_of_the_sink_mid_stream_changes_no_row(kafka_broker: RunningBro
         wait_for(serving, "the restarted sink's store endpoint", log)
         wait_for(lambda: same_as_replay(pane_records(pipeline), expected), "ClickHouse panes equal to replay", log)
         wait_for(lambda: answers_count(pipeline, final=True) == (counted, counted), "every counted answer once", log)
+        seen: list[set[tuple[str, str, int]]] = [set()]
+
+        def same_instances() -> bool:
+            seen[0] = live_instances(pipeline)
+            return seen[0] == instances
+
+        try:
+            wait_for(same_instances, "the journey instances replay has", log)
+        except AssertionError:
+            print(
+                "only in the store",
+                sorted(seen[0] - instances)[:20],
+                "only in replay",
+                sorted(instances - seen[0])[:20],
+            )
+            print(len(seen[0]), len(instances))
+            raise
         stop_worker(worker, log)
+
+
+def live_instances(pipeline: Pipeline) -> set[tuple[str, str, int]]:
+    """The key (customer, journey, start) of each live journey instance in the store (newest, not deleted)."""
+    sql = (
+        "SELECT customer_id, journey, toUnixTimestamp64Milli(start_at) "
+        "FROM cxpulse.journey_instances FINAL WHERE deleted = 0"
+    )
+    return {(str(r[0]), str(r[1]), int(r[2])) for r in endpoint(pipeline).rows(sql, {})}
