@@ -245,7 +245,8 @@ def _encode_field(name: str, field_type: Any, kind: str) -> str:
     if kind == "double":
         return f"    v = {get}\n    if type(v) is not float:\n        raise Malformed\n    out.append(_DOUBLE(v))"
     if kind == "boolean":  # fastavro writes any truthy value as true; only a bool is taken here
-        return f"    v = {get}\n    if type(v) is not bool:\n        raise Malformed\n    out.append(b'\\x01' if v else b'\\x00')"
+        check = f"    v = {get}\n    if type(v) is not bool:\n        raise Malformed\n"
+        return check + "    out.append(b'\\x01' if v else b'\\x00')"
     if kind == "string":
         return f"    v = {get}.encode()\n    out.append(_long(len(v)))\n    out.append(v)"
     if kind == "enum":
