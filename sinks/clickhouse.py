@@ -268,6 +268,41 @@ def journey_row(record: Mapping[str, Any]) -> list[Any]:
     ]
 
 
+def instance_columns(instances: Sequence[Any], version: int = 0) -> list[list[Any]]:
+    """The columns of ``cxpulse.journey_instances`` (JOURNEY_COLUMNS order) of live instances
+    (streams.core.journeys.Instance) with one ``version``: what :func:`journey_row` makes of each one's
+    JourneyInstance record, start and end as epoch ms (the ticks of ``DateTime64(3)``).  ``cxpulse backfill``'s:
+    one transposition instead of a record and a row per instance (half of its journey write, cProfile)."""
+    if not instances:
+        return [[] for _ in JOURNEY_COLUMNS]
+    fields = map(list, zip(*instances, strict=True))
+    (customer, journey, start, end, first_channel, answers, contacts, channels, switches, touchpoints, ces_n,
+     ces_high, first_x, last_x, first_low, last_nps, one_stop, recovered, closed) = fields  # fmt: skip
+    return [
+        customer,
+        journey,
+        start,
+        end,
+        first_channel,
+        answers,
+        contacts,
+        channels,
+        switches,
+        touchpoints,
+        ces_n,
+        ces_high,
+        first_x,
+        last_x,
+        [nps or "" for nps in last_nps],
+        [int(bool(v)) for v in one_stop],
+        [int(n >= 2 and bool(low)) for n, low in zip(answers, first_low, strict=True)],  # Instance.recoverable
+        [int(bool(v)) for v in recovered],
+        [int(bool(v)) for v in closed],
+        [version] * len(customer),
+        [0] * len(customer),
+    ]
+
+
 def answer_columns(
     values: Sequence[bytes], catalog: SchemaCatalog, themes: Sequence[Sequence[str]] | None = None
 ) -> list[list[Any]]:

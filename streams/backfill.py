@@ -36,7 +36,7 @@ import orjson
 from schemas.codec import parse_timestamp_ms
 from sinks import clickhouse as store
 from streams.config import Settings
-from streams.core.journeys import JourneyBook, Revision, instance_record
+from streams.core.journeys import JourneyBook
 from streams.core.validate import Feedback
 from streams.core.windows import result_record
 from streams.errors import CxPulseError
@@ -185,11 +185,10 @@ def write_history(
     instances = replay.journey_instances(now_ms=stats.cutoff_ms)
     stats.journeys = len(instances)
     panes = [store.pane_row(result_record(r._replace(version=0))) for r in kept]
-    journeys = [store.journey_row(instance_record(Revision(i, 0, False))) for i in instances]
     tables = (
         ("pane_results", store.as_columns(panes, len(store.PANE_COLUMNS)), store.PANE_COLUMNS),
         ("answers", own, store.ANSWER_COLUMNS),
-        ("journey_instances", store.as_columns(journeys, len(store.JOURNEY_COLUMNS)), store.JOURNEY_COLUMNS),
+        ("journey_instances", store.instance_columns(instances), store.JOURNEY_COLUMNS),
     )
     total = sum(len(data[0]) for _, data, _ in tables)
     written = 0

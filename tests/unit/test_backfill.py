@@ -41,3 +41,31 @@ def test_a_backfill_leaves_out_what_the_stream_counts_and_what_the_store_would_d
     everything = BackfillStats(cutoff_ms=stats.cutoff_ms)  # no line: nothing is left out for age
     replay_history(path, settings, stats.cutoff_ms, everything, None)
     assert (everything.expired, everything.newer) == (0, 1)
+
+
+def test_a_backfills_journey_columns_are_the_sinks_rows_of_the_same_instances() -> None:
+    """sinks.clickhouse.instance_columns (backfill) against journey_row of each instance's record (the sink), the
+    instances of a replay with repeat customers (recoverable, recovered, NPS categories, closed and open)."""
+    from sinks.clickhouse import JOURNEY_COLUMNS, instance_columns, journey_row
+    from streams.core.journeys import JourneyBook, Revision, instance_record
+    from streams.core.synth import realistic_events
+    from streams.core.validate import validate_batch
+
+    events = list(realistic_events(3000, seed=4, per_second=0.2, invalid_share=0.0))
+    for n, e in enumerate(events):
+        e["customer_id"] = f"c{n % 40}"  # few customers: journeys of several answers
+    valid, _ = validate_batch(events)
+    book = JourneyBook(3_600_000)
+    book.add(valid)
+    instances = list(book.all_instances(events[1500]["occurred_at"]))
+    assert {i.closed for i in instances} == {True, False} and any(i.recoverable for i in instances)
+    assert any(i.recovered for i in instances) and {i.last_nps for i in instances} >= {None, "promoter"}
+    columns = instance_columns(instances)
+    assert [len(c) for c in columns] == [len(instances)] * len(JOURNEY_COLUMNS)
+    rows = [journey_row(instance_record(Revision(i, 0, False))) for i in instances]
+    at = JOURNEY_COLUMNS.index("start_at"), JOURNEY_COLUMNS.index("end_at")
+    for row in rows:
+        for k in at:
+            row[k] = round(row[k].timestamp() * 1000)
+    assert [list(r) for r in zip(*columns, strict=True)] == rows
+    assert instance_columns([]) == [[] for _ in JOURNEY_COLUMNS]
