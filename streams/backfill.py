@@ -69,7 +69,7 @@ class BackfillStats:
     answers: int = 0
     journeys: int = 0
     cutoff_ms: int = 0
-    kept_from_ms: int = 0  # the first moment the store keeps (now minus KEEP_DAYS, down to a pane boundary)
+    kept_from_ms: int = 0  # the first moment the store keeps (now minus KEEP_DAYS, up to a pane boundary; 0: no line)
 
 
 def cutoff_of(settings: Settings, now_ms: int) -> int:
