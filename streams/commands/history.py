@@ -14,7 +14,7 @@ import typer
 from schemas.codec import catalog_for
 from sinks.clickhouse import KEEP_DAYS
 from sinks.store_access import open_writer
-from streams.backfill import BackfillStats, cutoff_of, kept_from, replay_history, write_history
+from streams.backfill import BackfillStats, backfill_history, cutoff_of, kept_from
 from streams.commands.base import (
     app,
     fail,
@@ -151,16 +151,22 @@ def _backfill(settings: Settings, events: Path) -> BackfillStats:
         try:
             client, where = open_writer(settings)
             err.print(f"backfill: into {where}", highlight=False, markup=False, soft_wrap=True)
-            progress = progress_of(stack, events, "backfill")
-            replay, answers = replay_history(events, settings, stats.cutoff_ms, stats, progress)
-            write_history(client, replay, answers, stats, rows_progress(stack, "writing to the store"))
+            backfill_history(
+                client, events, settings, stats, progress_of(stack, events, "backfill"),
+                rows_progress(stack, "writing to the store"),
+            )  # fmt: skip
         except CxPulseError as exc:
             fail(f"backfill: {exc}")
     err.print(
         f"backfill: {stats.read:,} answers read in {time.monotonic() - started:.1f} s; before "
         f"{iso_utc(stats.cutoff_ms)} (the stream's retention, CXPULSE_RETENTION_SECONDS): {stats.panes:,} pane "
         f"results, {stats.answers:,} answers, {stats.journeys:,} journey instances written (version 0)"
-        + (f"; {stats.stream_panes:,} panes the stream had written left as they are" if stats.stream_panes else "")
+        + (
+            f"; {stats.stream_panes:,} panes the stream had written left as they are (and their "
+            f"{stats.stream_answers:,} answers)"
+            if stats.stream_panes
+            else ""
+        )
         + (f"; {stats.duplicates:,} duplicates" if stats.duplicates else ""),
         highlight=False,
         markup=False,

@@ -368,13 +368,17 @@ def test_the_words_of_a_spike_read_from_the_store_equal_replays(db: object, tmp_
 
 
 def test_a_backfill_writes_the_history_as_replay_leaves_the_streams_panes_and_twice_changes_nothing(
-    db: object, tmp_path: Path
+    db: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`cxpulse backfill` (streams/backfill.py) over five days of answers with a 3-day retention: what lies before
     the cutoff is in the store as replay of those answers alone computes it (panes, answers with their themes,
     journey instances as of the cutoff), the rest is left out; a pane the stream had written keeps its row and its
-    answers are not added; a second run adds no row at all."""
-    from streams.backfill import BackfillStats, cutoff_of, replay_history, write_history
+    answers are not added; a second run adds no row at all.  Inserts of 500 rows: the answers go to the store in
+    several chunks while replay reads, over several days (the stream's pane groups are looked up day by day)."""
+    import streams.backfill
+    from streams.backfill import BackfillStats, backfill_history, cutoff_of
+
+    monkeypatch.setattr(streams.backfill, "CHUNK_ROWS", 500)
 
     settings = Settings(clickhouse_url="", pane_seconds=60, retention_seconds=3 * 86400)
     cutoff = cutoff_of(settings, NOW)
@@ -402,14 +406,22 @@ def test_a_backfill_writes_the_history_as_replay_leaves_the_streams_panes_and_tw
 
     def run() -> BackfillStats:
         stats = BackfillStats(cutoff_ms=cutoff)
-        replay, answers = replay_history(path, settings, cutoff, stats, None)
-        write_history(ClientWriter(db), replay, answers, stats, lambda done, total: shown.append((done, total)))
+        backfill_history(Counting(db), path, settings, stats, None, lambda done, total: shown.append((done, total)))
         return stats
 
+    sizes: list[tuple[str, int]] = []  # each insert's table and rows
+
+    class Counting(ClientWriter):
+        def insert(self, table: str, data: Any, columns: Any, dedup: str) -> None:
+            sizes.append((table, len(data[0])))
+            super().insert(table, data, columns, dedup)
+
     stats = run()
-    # the progress: after every insert, rows written of all, up to all of them
-    total = stats.panes + stats.answers + stats.journeys
+    # the progress after replay: after every insert, rows written (or left to the stream) of all, up to all of them
+    total = stats.panes + stats.stream_panes + stats.answers + stats.stream_answers + stats.journeys
     assert shown[-1] == (total, total) and all(a[0] < b[0] for a, b in zip(shown, shown[1:], strict=False))
+    answer_inserts = [rows for table, rows in sizes if table == "answers"]
+    assert len(answer_inserts) > 2 and max(answer_inserts) <= 500 and sum(answer_inserts) == stats.answers
     assert stats.newer == len(batch) - len(older) and stats.stream_panes == 1 and stats.panes == len(expected) - 1
     reader = ClientReader(db)
     got = {
@@ -426,6 +438,7 @@ def test_a_backfill_writes_the_history_as_replay_leaves_the_streams_panes_and_tw
         if (e["occurred_at"] - e["occurred_at"] % P, e["channel"], e["journey"], e["metric"]) == mine_key
     )  # fmt: skip
     assert stored[0] == sum(r.n for r in expected.values()) - in_mine == stats.answers
+    assert stats.stream_answers == in_mine > 0
     # each stored answer, field by field, as replay's --answers has it (the themes read from the default taxonomy)
     fields = ("event_id", "source", "channel", "journey", "touchpoint", "metric", "score", "scale_min", "scale_max",
               "customer_id", "interaction_id", "agent_id", "team", "reason_codes", "comment", "themes", "commented",
