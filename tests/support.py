@@ -263,3 +263,17 @@ def generated(seed: int, count: int = 600) -> list[dict[str, Any]]:
                 events.append(dict(item, event_id=f"bad{n}", metric="XYZ"))  # invalid: never counted
     rng.shuffle(events)  # late answers: arrival order is not event order
     return events
+
+
+def theme_records(found: subprocess.CompletedProcess[str] | str) -> dict[tuple[Any, ...], tuple[int, ...]]:
+    """Theme results (JSON lines of `report ... --by channel,journey,theme` or `replay --themes`): the counters of
+    each (pane, channel, journey, metric, theme)."""
+    if not isinstance(found, str):
+        assert found.returncode == 0, found.stderr
+        found = found.stdout
+    fields = ("n", "promoters", "passives", "detractors", "positive", "high_effort")
+    records = [json.loads(line) for line in found.splitlines()]
+    return {
+        (r["window_start"], r["channel"], r["journey"], r["metric"], r["theme"]): tuple(r[f] for f in fields)
+        for r in records
+    }

@@ -11,15 +11,19 @@ import os
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from sinks import clickhouse as store
 from sinks.clickhouse import StoreError
 from sinks.store_access import EndpointWriter
+from streams.backfill import cutoff_of
+from streams.config import Settings
+from streams.core.journey_kpis import JourneyCounts, counts_of
 from streams.core.windows import iso_utc, result_json, result_record
 from streams.replay import replay_file
-from tests.support import RunningBroker, cxpulse_command, event
+from tests.support import RunningBroker, cxpulse_command, event, theme_records
 from tests.unit.test_import import MAPPING, write_export
 from tests.workers import make_pipeline, running_worker, wait_for
 
@@ -51,9 +55,34 @@ def test_an_export_backfilled_reads_back_as_replay_and_twice_changes_nothing(tmp
     assert sorted((tuple(r[k] for k in key), r["n"], r["value"]) for r in got) == sorted(
         (tuple(r[k] for k in key), r["n"], r["value"]) for r in expected
     )
+    # the journeys and the themes of the history, as `report` reads them from the store, equal replay's
+    settings = Settings()
+    replayed = replay_file(events, 60_000, lambda dead: None, journey_gap_ms=settings.journey_gap_seconds * 1000)
+    journeys: dict[str, JourneyCounts] = {}
+    for i in replayed.journey_instances(now_ms=cutoff_of(settings, int(time.time() * 1000))):
+        if i.closed:
+            journeys[i.journey] = journeys.get(i.journey, JourneyCounts()) + counts_of(i)
+    assert sum(c.journeys for c in journeys.values()) == 3  # K-17, K-19 and K-20, each closed long ago
+
+    def journey_report() -> dict[str, JourneyCounts]:
+        shown = run(env, "report", "--journeys", "--window", "8000h", "--until", "2026-12-01T00:00:00Z",
+                    "--format", "jsonl")  # fmt: skip
+        assert shown.returncode == 0, shown.stderr
+        rows = [json.loads(line) for line in shown.stdout.splitlines()]
+        return {r["journey"]: JourneyCounts(*(r[f] for f in JourneyCounts._fields)) for r in rows}
+
+    def theme_report() -> dict[tuple[Any, ...], tuple[int, ...]]:
+        period = ("--since", "2026-01-01T00:00:00Z", "--until", "2026-12-01T00:00:00Z")
+        by_theme = ("--window", "pane", "--by", "channel,journey,theme", "--format", "jsonl")
+        return theme_records(run(env, "report", *by_theme, *period))
+
+    assert journey_report() == journeys
+    themes = theme_report()
+    assert themes == theme_records(run(env, "replay", str(events), "-q", "--themes", "-", "-o", os.devnull))
+    assert any(k[-1] == "(any)" for k in themes)  # the export's comments were read
     again = run(env, "backfill", str(events))
     assert again.returncode == 0, again.stderr
-    assert report() == got
+    assert report() == got and journey_report() == journeys and theme_report() == themes
     # a worker that held the store and is gone (its endpoint file names a live process that serves nothing):
     # one line saying so, no traceback
     endpoint = tmp_path / "data" / "clickhouse-endpoint.json"

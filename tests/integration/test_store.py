@@ -23,7 +23,7 @@ from streams.core.synth import CHANNELS as SYNTH_CHANNELS
 from streams.replay import replay_file
 from streams.simulate import CHANNELS as SIM_CHANNELS
 from streams.simulate import JOURNEYS, Simulator
-from tests.support import RunningBroker, cxpulse_command, free_ports
+from tests.support import RunningBroker, cxpulse_command, free_ports, theme_records
 from tests.workers import (
     Pipeline,
     children,
@@ -119,20 +119,6 @@ def same_as_replay(got: dict[tuple[Any, ...], dict[str, Any]], expected: dict[tu
         return False
     fields = ("n", "promoters", "passives", "detractors", "positive", "high_effort")
     return all(all(got[k][f] == expected[k][f] for f in fields) for k in expected)
-
-
-def theme_records(found: subprocess.CompletedProcess[str] | str) -> dict[tuple[Any, ...], tuple[int, ...]]:
-    """Theme results (JSON lines of `report ... --by channel,journey,theme` or `replay --themes`): the counters of
-    each (pane, channel, journey, metric, theme)."""
-    if not isinstance(found, str):
-        assert found.returncode == 0, found.stderr
-        found = found.stdout
-    fields = ("n", "promoters", "passives", "detractors", "positive", "high_effort")
-    records = [json.loads(line) for line in found.splitlines()]
-    return {
-        (r["window_start"], r["channel"], r["journey"], r["metric"], r["theme"]): tuple(r[f] for f in fields)
-        for r in records
-    }
 
 
 COUNT = "SELECT count(), uniqExact(event_id) FROM cxpulse.answers"
