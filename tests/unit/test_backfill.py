@@ -1,14 +1,19 @@
 """What a backfill leaves out (streams/backfill.py): answers the stream counts (inside its retention) and answers
-older than the store keeps (every table's TTL), each counted; the line itself matches the SQL's TTL."""
+older than the store keeps (every table's TTL), each counted; the line itself matches the SQL's TTL; the answers of
+pane groups the stream wrote, found a day at a time as the answers reach new days."""
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from sinks.clickhouse import KEEP_DAYS, MIGRATIONS
-from streams.backfill import BackfillStats, cutoff_of, kept_from, replay_history
+from streams.backfill import BackfillStats, backfill_history, cutoff_of, kept_from, replay_history
 from streams.config import Settings
 
 DAY_MS = 86_400_000
@@ -72,3 +77,48 @@ def test_a_backfills_journey_columns_are_the_sinks_rows_of_the_same_instances() 
             row[k] = round(row[k].timestamp() * 1000)
     assert [list(r) for r in zip(*columns, strict=True)] == rows
     assert instance_columns([]) == [[] for _ in JOURNEY_COLUMNS]
+
+
+class FakeStore:
+    """A HistoryStore that holds the stream's pane groups and records every query and insert."""
+
+    def __init__(self, stream_groups: set[tuple[int, str, str, str]]) -> None:
+        self.stream_groups = stream_groups
+        self.asked: list[tuple[int, int]] = []
+        self.inserted: dict[str, list[list[object]]] = {}
+
+    def rows(self, sql: str, parameters: Mapping[str, Any]) -> list[Sequence[Any]]:
+        start, end = parameters["start"], parameters["end"]
+        self.asked.append((start, end))
+        return [list(g) for g in self.stream_groups if start <= g[0] < end]
+
+    def insert(self, table: str, data: Sequence[Sequence[Any]], columns: Sequence[str], dedup: str) -> None:
+        self.inserted.setdefault(table, []).extend(list(row) for row in zip(*data, strict=True))
+
+
+def test_the_stream_groups_are_read_a_day_at_a_time_and_their_answers_left_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Answers in chunks of 3, days out of order: every day's stream pane groups are asked once (a range of days
+    not asked yet at a time), the answers of those groups are left out and counted, the rest inserted."""
+    import streams.backfill
+
+    monkeypatch.setattr(streams.backfill, "CHUNK_ROWS", 3)
+    settings = Settings(clickhouse_url="", pane_seconds=60, retention_seconds=7 * 86400)
+    day = [NOW - d * DAY_MS for d in (20, 12, 20, 15, 12, 30, 9, 15)]  # days out of order, two answers each
+    times = [at - at % DAY_MS + 3_600_000 + i * 300_000 + k * 1000 for i, at in enumerate(day) for k in range(2)]
+    path = tmp_path / "history.jsonl"
+    path.write_text("".join(json.dumps(answer(n, at)) + "\n" for n, at in enumerate(times)))
+    taken = {(times[2] - times[2] % 60_000, "phone", "billing", "CSAT"), (times[12] - times[12] % 60_000, "phone",
+             "billing", "CSAT"), (NOW - 25 * DAY_MS, "phone", "billing", "CSAT")}  # fmt: skip
+    fake = FakeStore(taken)
+    stats = BackfillStats(cutoff_ms=cutoff_of(settings, NOW))
+    backfill_history(fake, path, settings, stats)
+    left = {f"e{n}" for n, at in enumerate(times) if (at - at % 60_000, "phone", "billing", "CSAT") in taken}
+    assert left == {"e2", "e3", "e12", "e13"}  # two answers in each of two of the stream's pane groups
+    assert sorted(row[0] for row in fake.inserted["answers"]) == sorted(
+        f"e{n}" for n in range(16) if f"e{n}" not in left
+    )
+    assert (stats.answers, stats.stream_answers, stats.stream_panes, stats.panes) == (12, 4, 2, 6)  # 8 panes of 2
+    days = [d for start, end in fake.asked for d in range(start // DAY_MS, -(-end // DAY_MS))]
+    assert len(days) == len(set(days)) and set(days) >= {t // DAY_MS for t in times}  # each day once, all of them
