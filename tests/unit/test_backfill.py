@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from sinks.clickhouse import KEEP_DAYS, MIGRATIONS
+from sinks.clickhouse import KEEP_DAYS, MIGRATIONS, StoreError
 from streams.backfill import BackfillStats, backfill_history, cutoff_of, kept_from, replay_history
 from streams.config import Settings
 
@@ -80,12 +80,15 @@ def test_a_backfills_journey_columns_are_the_sinks_rows_of_the_same_instances() 
 
 
 class FakeStore:
-    """A HistoryStore that holds the stream's pane groups and records every query and insert."""
+    """A HistoryStore that holds the stream's pane groups, records every query and insert, skips an insert whose
+    token it had (as ClickHouse does) and can fail as a store that went away."""
 
     def __init__(self, stream_groups: set[tuple[int, str, str, str]]) -> None:
         self.stream_groups = stream_groups
         self.asked: list[tuple[int, int]] = []
         self.inserted: dict[str, list[list[object]]] = {}
+        self.tokens: set[str] = set()
+        self.fail_at: int | None = None  # the insert (counted from 1) that fails, as a store that went away
 
     def rows(self, sql: str, parameters: Mapping[str, Any]) -> list[Sequence[Any]]:
         start, end = parameters["start"], parameters["end"]
@@ -93,6 +96,11 @@ class FakeStore:
         return [list(g) for g in self.stream_groups if start <= g[0] < end]
 
     def insert(self, table: str, data: Sequence[Sequence[Any]], columns: Sequence[str], dedup: str) -> None:
+        if self.fail_at is not None and len(self.tokens) + 1 >= self.fail_at:
+            raise StoreError("the store went away")
+        if dedup in self.tokens:  # as ClickHouse's insert_deduplication_token
+            return
+        self.tokens.add(dedup)
         self.inserted.setdefault(table, []).extend(list(row) for row in zip(*data, strict=True))
 
 
@@ -122,3 +130,29 @@ def test_the_stream_groups_are_read_a_day_at_a_time_and_their_answers_left_out(
     assert (stats.answers, stats.stream_answers, stats.stream_panes, stats.panes) == (12, 4, 2, 6)  # 8 panes of 2
     days = [d for start, end in fake.asked for d in range(start // DAY_MS, -(-end // DAY_MS))]
     assert len(days) == len(set(days)) and set(days) >= {t // DAY_MS for t in times}  # each day once, all of them
+
+
+def test_a_backfill_that_stopped_halfway_is_finished_by_running_it_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store goes away at the fourth insert (answers written, pane results and journeys not); the same
+    backfill again writes the rest, and the store ends as one uninterrupted run leaves it: the chunks are cut
+    alike, so what was written has the same tokens."""
+    import streams.backfill
+
+    monkeypatch.setattr(streams.backfill, "CHUNK_ROWS", 4)
+    settings = Settings(clickhouse_url="", pane_seconds=60, retention_seconds=7 * 86400)
+    times = [NOW - 20 * DAY_MS + n * 90_000 for n in range(14)]
+    path = tmp_path / "history.jsonl"
+    path.write_text("".join(json.dumps(answer(n, at)) + "\n" for n, at in enumerate(times)))
+    clean = FakeStore(set())
+    backfill_history(clean, path, settings, BackfillStats(cutoff_ms=cutoff_of(settings, NOW)))
+    assert set(clean.inserted) == {"answers", "pane_results", "journey_instances"}
+    broken = FakeStore(set())
+    broken.fail_at = 5  # 14 answers: four inserts of answers, then the pane results
+    with pytest.raises(StoreError):
+        backfill_history(broken, path, settings, BackfillStats(cutoff_ms=cutoff_of(settings, NOW)))
+    assert set(broken.inserted) == {"answers"} and len(broken.inserted["answers"]) == 14
+    broken.fail_at = None
+    backfill_history(broken, path, settings, BackfillStats(cutoff_ms=cutoff_of(settings, NOW)))
+    assert broken.inserted == clean.inserted and broken.tokens == clean.tokens
