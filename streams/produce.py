@@ -9,6 +9,7 @@ worker's dead-letter path sees them; with it, invalid inputs are refused and rep
 from __future__ import annotations
 
 import itertools
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from streams.topics import ACLS_HINT, KafkaWait, describe_topics
 
 FLUSH_TIMEOUT_SECONDS = 60.0
 INTERRUPTED_FLUSH_SECONDS = 5.0  # after Ctrl-C, what was sent is given this long to be delivered
+FLUSH_SLICE_SECONDS = 0.5  # the last deliveries are waited for this long at a time (then stopping() is looked at)
 METADATA_TIMEOUT_SECONDS = 10.0  # how long produce waits for Kafka to answer before it gives up
 TOPIC_READY_SECONDS = 15.0  # a topic just created, without a leader yet, is waited for this long
 _DEFAULTS: dict[str, Any] = {f["name"]: f.get("default") for f in FEEDBACK_RAW["fields"]}
@@ -114,9 +116,12 @@ def produce_file(
     on_refused: Callable[[DeadLetter], None] = lambda dead: None,
     progress: Callable[[int], None] | None = None,
     clock: Clock | None = None,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> ProduceStats:
     """Send every event of ``path`` to ``topic``; return what happened.  Waits until all are delivered.  With
-    ``clock``, the stats count the events a worker with that clock will refuse for their time."""
+    ``clock``, the stats count the events a worker with that clock will refuse for their time.  ``stopping()``
+    true (looked at after each batch and while the last messages are delivered), or a KeyboardInterrupt: the
+    stats say what was sent and delivered, ``interrupted``."""
     stats = ProduceStats()
     batches = read_batches(path)
     first = next(batches)  # a file that is not events at all is refused here, before Kafka is asked anything
@@ -135,15 +140,28 @@ def produce_file(
             out.poll(0)
             if progress is not None:
                 progress(done)
-    except KeyboardInterrupt:  # Ctrl-C: say what was sent and delivered, rather than nothing
-        stats.interrupted = True
-        out.flush(INTERRUPTED_FLUSH_SECONDS)
-        # Ctrl-C can land between a produce() librdkafka took and the count after it (seen in CI: 44,584 sent,
-        # 44,585 delivered); every message it took is delivered, failed or still queued, so that is what was sent
-        stats.sent = stats.delivered + len(stats.failed) + len(out)
-        return stats
-    if out.flush(FLUSH_TIMEOUT_SECONDS) > 0:
-        raise BrokerError(f"messages still undelivered after {FLUSH_TIMEOUT_SECONDS:.0f} s: is Kafka at {kafka} up?")
+            if stopping():
+                return _interrupted(out, stats)
+        deadline = time.monotonic() + FLUSH_TIMEOUT_SECONDS
+        while out.flush(FLUSH_SLICE_SECONDS) > 0:
+            if stopping():
+                return _interrupted(out, stats)
+            if time.monotonic() >= deadline:
+                raise BrokerError(
+                    f"messages still undelivered after {FLUSH_TIMEOUT_SECONDS:.0f} s: is Kafka at {kafka} up?"
+                )
+    except KeyboardInterrupt:  # Ctrl-C where the caller did not make it stopping(): say what was sent
+        return _interrupted(out, stats)
+    return stats
+
+
+def _interrupted(out: Any, stats: ProduceStats) -> ProduceStats:
+    """Stopped (Ctrl-C): what was sent and delivered, rather than nothing."""
+    stats.interrupted = True
+    out.flush(INTERRUPTED_FLUSH_SECONDS)
+    # Ctrl-C can land between a produce() librdkafka took and the count after it (seen in CI: 44,584 sent,
+    # 44,585 delivered); every message it took is delivered, failed or still queued, so that is what was sent
+    stats.sent = stats.delivered + len(stats.failed) + len(out)
     return stats
 
 

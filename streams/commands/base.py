@@ -3,7 +3,9 @@ the settings (``CXPULSE_*``, flags override them), the common options, durations
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -40,6 +42,17 @@ app = typer.Typer(
 
 
 PROGRESS_AFTER_SECONDS = 1.0  # a replay shows a progress bar once it has run this long (on a terminal)
+
+
+def stop_on_signals() -> threading.Event:
+    """Ctrl-C (SIGINT) and SIGTERM set the returned event instead of raising KeyboardInterrupt wherever Python
+    is: raised inside a delivery report, a callback librdkafka's poll() runs, the exception is lost and poll()
+    raises SystemError "returned NULL without setting an exception" (confluent-kafka-python#150; reproduced with
+    2.16.1, and a `produce` interrupted in CI exited 1 with that traceback).  A command's loop checks the event."""
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda number, frame: stop.set())
+    return stop
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

@@ -22,6 +22,7 @@ from streams.commands.base import (
     progress_of,
     rows_progress,
     settings_of,
+    stop_on_signals,
     worker_clock,
 )
 from streams.config import Settings
@@ -113,10 +114,16 @@ def _send(events: list[dict[str, object]]) -> str:
         try:
             stats = produce_file(
                 path, settings.kafka, settings.feedback_topic, catalog_for(settings), validate=True,
-                clock=worker_clock(settings),
+                clock=worker_clock(settings), stopping=stop_on_signals().is_set,
             )  # fmt: skip
         except CxPulseError as exc:
             fail(f"import: sending to {settings.feedback_topic}: {exc}")
+    if stats.interrupted:
+        fail(
+            f"import: interrupted: {stats.sent:,} events sent to {settings.feedback_topic}, {stats.delivered:,} of "
+            "them delivered (importing again is safe: the worker counts each event_id once)",
+            130,
+        )
     if stats.failed:
         fail(f"import: {len(stats.failed)} events were not delivered; first: {stats.failed[0]}")
     note = f"sent {stats.delivered:,} to {settings.feedback_topic}"

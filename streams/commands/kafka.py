@@ -4,15 +4,12 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path
-from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -31,6 +28,7 @@ from streams.commands.base import (
     progress_of,
     refused_to_stdout,
     settings_of,
+    stop_on_signals,
     warn_about_time,
     worker_clock,
 )
@@ -151,7 +149,7 @@ def produce(
     settings = settings_of(kafka_bootstrap=bootstrap, feedback_topic=topic)
     catalog = catalog_for(settings)
     started = time.monotonic()
-    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM as Ctrl-C: say what was sent and delivered
+    stop = stop_on_signals()  # Ctrl-C and SIGTERM: say what was sent and delivered
     with ExitStack() as stack:
         try:
             stats = produce_file(
@@ -163,6 +161,7 @@ def produce(
                 on_refused=refused_to_stdout,  # machine output on stdout, the summary on stderr
                 progress=progress_of(stack, events, "produce"),
                 clock=worker_clock(settings),
+                stopping=stop.is_set,
             )
         except CxPulseError as exc:
             fail(f"produce: {exc}")
@@ -184,10 +183,6 @@ def produce(
         )
     if stats.refused:
         raise typer.Exit(3)
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
 
 
 def _by_reason(counts: Mapping[str, int]) -> str:
@@ -329,9 +324,7 @@ def _simulate_live(simulator: Any, duration_ms: int | None, settings: Settings) 
     """`cxpulse simulate` to Kafka, paced, until ``duration_ms`` of simulated time or Ctrl-C / SIGTERM."""
     from streams import simulate as sim
 
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
-    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    stop = stop_on_signals()
 
     def progress(count: int, seconds: float, active: list[Any]) -> None:
         incidents_now = ", ".join(f"{i.kind} {i.channel}/{i.journey or '*'}" for i in active) or "none"
@@ -376,18 +369,12 @@ def read(
         name = getattr(settings, {"dlq": "dlq_topic"}.get(topic, f"{topic}_topic"))
     else:
         name = topic
-    stop = {"now": False}
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop["now"] = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stop = stop_on_signals()
     catalog = catalog_for(settings)
     try:
         for record in reader.read(
             settings.kafka, name, catalog, from_end=from_end, follow=follow, limit=limit,
-            stopping=lambda: stop["now"],
+            stopping=stop.is_set,
         ):  # fmt: skip
             sys.stdout.write(json.dumps(record, separators=(",", ":"), ensure_ascii=False, default=str) + "\n")
             if follow:
