@@ -262,14 +262,13 @@ def backfill_history(
     stats: BackfillStats,
     progress: Callable[[int], None] | None = None,
     rows_progress: Callable[[int, int], None] | None = None,
-) -> Replay:
+) -> None:
     """The history in ``path`` into the store (see the module docstring): its answers as replay counts them, then
     its pane results and journey instances; ``progress(bytes read)`` while replaying, ``rows_progress(rows
     written, rows in all)`` after it."""
     writer = HistoryWriter(client, stats, settings.pane_seconds * 1000)
     replay = replay_history(path, settings, stats.cutoff_ms, stats, progress, writer.add_answers)
     writer.finish(replay, rows_progress)
-    return replay
 
 
 # the stream's pane groups from ``start`` to ``end`` (ms)
