@@ -9,6 +9,8 @@ from typing import Any, NamedTuple
 from streams.core.journey_kpis import JourneyCounts, counts_of
 from streams.core.journeys import SENT, Answer, Emitted, Instance, confirm
 
+OUTSIDE_A_BATCH = 2**62  # the offset of a state a look at due groups wrote before its revisions were sent
+
 
 class GroupState(NamedTuple):
     """What the journey agent keeps of one (customer, journey): its answers in order, what it emitted, and the
@@ -21,12 +23,22 @@ class GroupState(NamedTuple):
     closed: tuple[tuple[int, JourneyCounts], ...] = ()  # (end, counters) of each closed instance: the KPI gauges
 
     def due(self, gap_ms: int, retention_ms: int) -> int:
-        """When the group next needs a look without new answers: at once while a revision is not known sent (the
-        look confirms or sends it again), when an open instance closes (end + G < now), or when the oldest
-        instance leaves the state (end + G < now - retention: no answer a worker accepts can reach it)."""
-        if any(flags != SENT for *_, flags in self.emitted.values()):
-            return 1
-        times = [end + gap_ms + 1 + (retention_ms if closed else 0) for _, end, _, closed, _ in self.emitted.values()]
+        """When the group next needs a look without new answers: when an open instance closes (end + G < now), or
+        when the oldest instance leaves the state (end + G < now - retention: no answer a worker accepts can reach
+        it); at once while a revision that a look wrote (OUTSIDE_A_BATCH) is not known sent: the next look sends
+        it again.
+
+        A batch's revisions not known sent yet do not make it due: the batch is read again until they are in
+        Kafka (it is not committed before they are; a failed one is read back as a skip), and that sends them
+        again.  Made due at once too, every group a batch wrote was written a second time at the next look, only
+        to say its revisions were sent (issue 35: twice the journeys' table writes and changelog at a steady
+        rate)."""
+        emitted = self.emitted
+        if any(flags != SENT for *_, flags in emitted.values()):
+            if self.offset >= OUTSIDE_A_BATCH:
+                return 1
+            emitted = confirm(emitted)  # as it is once its batch is done: a deletion sent is forgotten
+        times = [end + gap_ms + 1 + (retention_ms if closed else 0) for _, end, _, closed, _ in emitted.values()]
         return min(times) if times else 0
 
     def to_table(self, gap_ms: int, retention_ms: int) -> dict[str, Any]:

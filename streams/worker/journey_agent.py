@@ -14,8 +14,10 @@ instance to ``cx.journeys`` (a replaced one once more, ``deleted``) and wait unt
 matters: a state written after its revisions can be lost in a kill while the revisions are not, and the batch,
 read again in other batches, may never produce them again (an instance whose start a late answer moved stayed
 in Kafka, never deleted: found by the kill -9 test).  A state's revisions count as sent once a later batch of the
-partition completed or the group's committed offset passed the state's offset; until then the next look at the
-group sends them again (versions are at least the processing clock: the newest version wins).
+partition completed or the group's committed offset passed the state's offset; until then the batch is read again
+(after a kill, a rebalance, or a failure: read back as a skip) and sends them again (versions are at least the
+processing clock: the newest version wins).  What a look at due groups writes before it sends has no batch to be
+read again: it is due at once, and the next look sends it again (streams.core.journey_state.GroupState.due).
 
 Faust's consumer can skip messages after a restart or a rebalance (faust-streaming#216, #312, #606; see
 streams.worker.repair), so the agent checks the offsets it is given: between two messages of the hot path's
@@ -53,7 +55,7 @@ from streams.agents.health import FailureStreak
 from streams.agents.local_tables import index_entry
 from streams.agents.stores import DiskStore
 from streams.core.journey_kpis import JourneyCounts
-from streams.core.journey_state import GroupState, closed_counts
+from streams.core.journey_state import OUTSIDE_A_BATCH, GroupState, closed_counts
 from streams.core.journeys import (
     Answer,
     Group,
@@ -79,7 +81,6 @@ APPLY_BYTES = 512 * 1024  # journey-answers messages followed at a time (at leas
 # groups revised or stored between two turns of the event loop: the journeys process runs niced, and on two
 # saturated cores a 512 KB run took seconds of wall time (timer drifts of 8-9 s, near the 10 s session timeout)
 YIELD_GROUPS = 256
-UNCONFIRMED = 2**62  # the offset of a state written outside a batch before its revisions are sent
 KPI_WINDOW_MS = 24 * 3_600_000  # the KPI gauges count the closed instances whose end lies this far back
 FOREVER_MS = 2**62  # the end of an index range that has none
 DUE_CHUNK = 1000  # due groups looked at between two turns of the event loop
@@ -385,7 +386,7 @@ class JourneyAgent(TableAgent):
             partition = int(key.split("|", 1)[0])
             if partition not in held:
                 continue  # revoked since the list was made: the next owner looks at it
-            state, revisions = self._revise(group_of_key(key), self._load(partition, key), now_ms, UNCONFIRMED)
+            state, revisions = self._revise(group_of_key(key), self._load(partition, key), now_ms, OUTSIDE_A_BATCH)
             forgotten = state.forget_before(cutoff, self.gap_ms)
             if forgotten:
                 self.metrics.expired.labels("journey-instances").inc(forgotten)

@@ -267,6 +267,77 @@ def test_a_look_at_due_groups_lets_batches_in_between_its_chunks(monkeypatch: py
     assert customers == ["c0-0", "c0-1", "c0-2", "c0-0", "c0-3", "c0-1", "c0-2"]
 
 
+class Writes(dict[str, Any]):
+    """A table that counts the writes of each key."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: dict[str, int] = {}
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.writes[key] = self.writes.get(key, 0) + 1
+        super().__setitem__(key, value)
+
+
+class FlushFails(Produced):
+    """A producer whose ``failing``-th flush raises (Kafka did not take every message)."""
+
+    def __init__(self, failing: int) -> None:
+        super().__init__()
+        self.failing = failing
+
+    async def flush(self) -> None:
+        await super().flush()
+        if self.flushes == self.failing:
+            raise RuntimeError("2 messages still queued and 0 not delivered after a flush")
+
+
+def test_a_batch_is_read_again_to_send_what_it_failed_to_not_looked_at_for_it() -> None:
+    """A group a batch wrote is written once: the look at due groups does not come back for it before its
+    instance closes (it used to, at once, only to mark its revisions sent: twice the table's writes and its
+    changelog).  A batch whose revisions Kafka did not take is read back as a skip when the next one comes, and
+    sends them again with higher versions; the look in between sends nothing."""
+    now = int(time.time() * 1000)  # the agent's clock: the instances are open after the batches
+    records = journey_records(0, 4, at=now)
+    produced = FlushFails(failing=4)  # batch 1: states, revisions; batch 2: states, then its revisions fail
+    agent = JourneyAgent(
+        context(settings(), produced, Held(JOURNEY_ANSWERS, {0: 8})),
+        JOURNEY_ANSWERS,
+        Writes(),
+        Reader(records, 8),  # type: ignore[arg-type]
+        Offsets({0: 0}),
+    )
+    table = cast(Writes, agent.table)
+
+    def sent() -> list[tuple[str, int]]:
+        return [(key.split(b"|")[0].decode(), version) for _, _, key, version in versions(produced, agent.out_topic)]
+
+    asyncio.run(agent.handle(0, records[:1]))
+    with pytest.raises(RuntimeError, match="still queued"):  # the runner logs it and acks the batch
+        asyncio.run(agent.handle(0, records[1:3]))
+    failed = sent()
+    assert [customer for customer, _ in failed] == ["c0-0", "c0-1", "c0-2"]
+    asyncio.run(agent.tick(now + 60_000))  # a look at due groups: nothing is due before end + G
+    assert sent() == failed and set(table.writes.values()) == {1}
+    asyncio.run(agent.handle(0, records[3:]))  # offset 6 after 0: 2 and 4 are read back first, and sent again
+    again = sent()[len(failed) :]
+    assert [customer for customer, _ in again] == ["c0-1", "c0-2", "c0-3"]
+    assert all(version > dict(failed)[customer] for customer, version in again[:2])
+    asyncio.run(agent.tick(now + agent.gap_ms + 3_600_000))  # closed: each looked at once more, and sent closed
+    assert [customer for customer, _ in sent()[len(failed) + len(again) :]] == ["c0-0", "c0-1", "c0-2", "c0-3"]
+
+
+def versions(produced: Produced, topic: str) -> list[tuple[str, bytes | None, bytes, int]]:
+    """The journey instance revisions sent: (topic, value, key, version)."""
+    from schemas.codec import JOURNEY_INSTANCE
+
+    out = []
+    for _, value, key, _ in produced.on(topic):
+        _, record = decode_confluent(cast(bytes, value), CATALOG, JOURNEY_INSTANCE)
+        out.append((topic, value, cast(bytes, key), int(record["version"])))
+    return out
+
+
 def test_each_run_of_a_batch_is_progress() -> None:
     """A Faust batch of a backlog takes minutes in a niced process: every run the merge or the journey agent
     finishes moves the process's progress, not only the batch's end (the stall watch killed it after 300 s)."""
