@@ -240,8 +240,9 @@ def _encode_field(name: str, field_type: Any, kind: str) -> str:
             "            out.append(_long(v))",
             "    out.append(b'\\x00')",
         ])  # fmt: skip
-    if kind == "long":
-        return f"    v = {get}\n    if type(v) is not int:\n        raise Malformed\n    out.append(_long(v))"
+    if kind == "long":  # 0..63 (counts, most numbers of a record) from the table, without a call
+        check = f"    v = {get}\n    if type(v) is not int:\n        raise Malformed\n"
+        return check + "    out.append(_SMALL[v] if 0 <= v < 64 else _long(v))"
     if kind == "double":
         return f"    v = {get}\n    if type(v) is not float:\n        raise Malformed\n    out.append(_DOUBLE(v))"
     if kind == "boolean":  # fastavro writes any truthy value as true; only a bool is taken here
@@ -275,7 +276,7 @@ def compile_encoder(schema: Mapping[str, Any]) -> Encoder | None:
             return None
         lines.append(_encode_field(field["name"], field["type"], kind))
     lines.append("    return b''.join(out)")
-    namespace: dict[str, Any] = {"Malformed": Malformed, "_long": _long, "_DOUBLE": _DOUBLE}
+    namespace: dict[str, Any] = {"Malformed": Malformed, "_long": _long, "_DOUBLE": _DOUBLE, "_SMALL": _SMALL}
     exec(compile("\n".join(lines), f"<encoder of {schema.get('name')}>", "exec"), namespace)  # noqa: S102 - our own generated code
     encoder: Encoder = namespace["encode"]
     return encoder

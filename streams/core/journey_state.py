@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from streams.core.journey_kpis import JourneyCounts, counts_of
-from streams.core.journeys import SENT, Answer, Emitted, Instance, confirm
+from streams.core.journeys import DELETED, SENT, Answer, Emitted, Instance, confirm
 
 OUTSIDE_A_BATCH = 2**62  # the offset of a state a look at due groups wrote before its revisions were sent
 
@@ -33,12 +33,14 @@ class GroupState(NamedTuple):
         again.  Made due at once too, every group a batch wrote was written a second time at the next look, only
         to say its revisions were sent (issue 35: twice the journeys' table writes and changelog at a steady
         rate)."""
-        emitted = self.emitted
-        if any(flags != SENT for *_, flags in emitted.values()):
-            if self.offset >= OUTSIDE_A_BATCH:
-                return 1
-            emitted = confirm(emitted)  # as it is once its batch is done: a deletion sent is forgotten
-        times = [end + gap_ms + 1 + (retention_ms if closed else 0) for _, end, _, closed, _ in emitted.values()]
+        times = []
+        for _, end, _, closed, flags in self.emitted.values():  # one pass, no copy: a write of every group calls it
+            if flags != SENT:
+                if self.offset >= OUTSIDE_A_BATCH:
+                    return 1
+                if flags & DELETED:
+                    continue  # as once its batch is done (streams.core.journeys.confirm): a deletion sent is forgotten
+            times.append(end + gap_ms + 1 + (retention_ms if closed else 0))
         return min(times) if times else 0
 
     def to_table(self, gap_ms: int, retention_ms: int) -> dict[str, Any]:
@@ -62,7 +64,10 @@ class GroupState(NamedTuple):
         return cls([Answer(*a) for a in value["a"]], emitted, int(value.get("o", -1)), closed)
 
     def confirmed(self) -> GroupState:
-        return self._replace(emitted=confirm(self.emitted))
+        """The state once what it says it emitted is known sent (itself when it is: the common case of a load)."""
+        if all(entry[4] == SENT for entry in self.emitted.values()):
+            return self
+        return GroupState(self.answers, confirm(self.emitted), self.offset, self.closed)
 
     def forget_before(self, cutoff_ms: int, gap_ms: int) -> int:
         """Drop the instances with end + G < ``cutoff_ms`` (now - retention) and their answers; how many."""

@@ -98,14 +98,20 @@ def decode_answer_rows(data: bytes) -> list[tuple[Group, Answer]]:
     try:
         rows = orjson.loads(data)
         out = []
+        new = tuple.__new__  # an Answer from its fields without the generated __new__'s argument parsing
         for row in rows:
-            customer, journey, *fields = row
-            if not (isinstance(customer, str) and isinstance(journey, str) and len(fields) == len(Answer._fields)):
+            if not (isinstance(row, list) and len(row) == _ROW_LENGTH):
                 raise ValueError(f"not a journey answer: {row!r:.200}")
-            out.append(((customer, journey), Answer(*fields)))
+            customer, journey = row[0], row[1]
+            if not (isinstance(customer, str) and isinstance(journey, str)):
+                raise ValueError(f"not a journey answer: {row!r:.200}")
+            out.append(((customer, journey), new(Answer, row[2:])))
         return out
     except (orjson.JSONDecodeError, TypeError) as exc:
         raise ValueError(f"not a journey answers message: {exc}") from exc
+
+
+_ROW_LENGTH = 2 + len(Answer._fields)  # customer, journey, then the Answer's fields
 
 
 def nps_category(answer: Answer) -> str:

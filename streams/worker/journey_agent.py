@@ -249,18 +249,22 @@ class JourneyAgent(TableAgent):
         revisions' flush and before the batch is committed sends some a second time, with a higher version."""
         await self._store({key: state for key, (state, _) in updates.items()})
         await self.results.flush()  # the states are in Kafka before anything they say they send
+        kinds = {"open": 0, "closed": 0, "deleted": 0}
         for _, revisions in updates.values():
             for revision in revisions:
-                self._produce(revision)
+                kinds[self._produce(revision)] += 1
         await self.results.flush()
+        for kind, sent in kinds.items():  # counted once a batch: labels() takes a lock and looks the child up
+            if sent:
+                self.metrics.journey_revisions.labels(kind).inc(sent)
 
-    def _produce(self, revision: Revision) -> None:
+    def _produce(self, revision: Revision) -> str:
+        """Send one revision; its kind: open, closed or deleted."""
         instance = revision.instance
         key = f"{instance.customer_id}|{instance.journey}|{instance.start}".encode()
         value = encode_confluent(instance_record(revision), JOURNEY_INSTANCE, self.schema_id)
         self.results.produce(self.out_topic, value, key)
-        kind = "deleted" if revision.deleted else "closed" if instance.closed else "open"
-        self.metrics.journey_revisions.labels(kind).inc()
+        return "deleted" if revision.deleted else "closed" if instance.closed else "open"
 
     async def _store(self, updates: dict[str, GroupState]) -> None:
         for n, (key, state) in enumerate(updates.items(), 1):
