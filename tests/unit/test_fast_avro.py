@@ -199,3 +199,33 @@ def test_encoder_leaves_what_it_does_not_expect_to_fastavro() -> None:
         else:
             raise AssertionError(f"{odd} encoded")
     assert compile_encoder({"type": "record", "name": "R", "fields": [{"name": "b", "type": "bytes"}]}) is None
+
+
+def fastavro_long(n: int) -> bytes:
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, "long", n)
+    return out.getvalue()
+
+
+def test_longs_are_fastavros_bytes_at_every_length_and_around_now() -> None:
+    """Values of 2^21 and more take the looked-up path (the varint of their high bits, kept per value of them):
+    every boundary of a group of 7 bits, both signs, and epoch milliseconds of the same minutes and of decades
+    apart, twice (the second time from the table), equal fastavro's bytes; text lengths of 63, 64 and beyond too."""
+    from schemas.fast_avro import _long
+
+    edges = [sign * (2**bits + delta) for bits in range(0, 63) for delta in (-1, 0, 1) for sign in (1, -1)]
+    rng = random.Random(5)
+    now = 1_767_300_000_000
+    times = [now + rng.randrange(3_600_000) for _ in range(2000)] + [rng.randrange(2**45) for _ in range(2000)]
+    values = [v for v in edges if -(2**63) <= v < 2**63] + [-(2**63), 2**63 - 1] + times
+    for value in values + values:
+        assert _long(value) == fastavro_long(value), value
+    record: dict[str, Any] = {
+        "start": now, "end": now + 60_000, "first_channel": "chat", "answers": 2, "contacts": 64, "channels": 1,
+        "channel_switches": 0, "touchpoints": 0, "ces_n": 1, "ces_high_effort": 0, "first_x": 0.5, "last_x": 1.0,
+        "last_nps": None, "one_stop": False, "recoverable": False, "recovered": False, "closed": False,
+        "version": now, "deleted": False,
+    }  # fmt: skip
+    for size in (0, 63, 64, 127, 128, 300):
+        one = {**record, "customer_id": "x" * size, "journey": "é" * size}  # é: two bytes
+        assert encode_fast(one, JOURNEY_INSTANCE) == encode(one, JOURNEY_INSTANCE)
