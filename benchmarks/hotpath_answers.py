@@ -20,6 +20,7 @@ from schemas.codec import LocalCatalog
 from streams.core.synth import realistic_events
 from streams.core.validate import Clock
 from streams.produce import encode_record
+from streams.runtime import tune_gc
 from streams.worker.ingest import Ingest
 from streams.worker.records import encode_routed
 
@@ -85,6 +86,7 @@ def main() -> None:
             Message(p, offsets[p], encode_record({**event, "reason_codes": event["reason_codes"]}, catalog))
         )
         offsets[p] += 1
+    tune_gc()  # the collector's setting of the hot path's process (streams/runtime.py); CPython's defaults before
     rates: dict[bool, list[float]] = {False: [], True: []}
     for _ in range(args.runs):
         for answers in (False, True):
