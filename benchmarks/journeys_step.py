@@ -34,6 +34,7 @@ from streams.core.synth import realistic_events
 from streams.core.validate import validate_batch
 from streams.runtime import gc_seconds, tune_gc
 from streams.worker.journey_agent import JourneyAgent
+from tests.fakes import Held, Offsets, Produced, Reader
 
 TOPIC = "journey-answers"
 PARTITIONS = 6
@@ -55,54 +56,16 @@ class Table(dict[str, Any]):
         super().__setitem__(key, value)
 
 
-class Dropped:
-    """A ResultsProducer that counts and drops."""
+class Dropped(Produced):
+    """A ResultsProducer that counts and drops (tests.fakes.Produced keeps every message)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.produced = 0
 
     def produce(self, topic: str, value: bytes | None, key: bytes | None = None, partition: int = -1,
                 timestamp: int = 0) -> None:  # fmt: skip
         self.produced += 1
-
-    async def flush(self) -> None:
-        return None
-
-
-class Everything:
-    """What the agent's process holds: every partition, settled."""
-
-    def assigned(self, topic: str) -> set[int]:
-        return set(range(PARTITIONS))
-
-    def end(self, topic: str, partition: int) -> int | None:
-        return None
-
-    def settled(self) -> bool:
-        return True
-
-    def rebalances(self) -> int:
-        return 0
-
-    def delivered(self, topic: str, partition: int) -> int | None:
-        return None
-
-
-class NoReads:
-    """Nothing is skipped here: the agent never reads back."""
-
-    topic = TOPIC
-
-    async def read(self, partition: int, start: int, end: int | None = None, max_bytes: int | None = None) -> list[Any]:
-        return []
-
-    async def watermarks(self, partition: int) -> tuple[int, int]:
-        return 0, 0
-
-
-class Committed:
-    def read(self) -> dict[int, int]:
-        return dict.fromkeys(range(PARTITIONS), 0)
 
 
 def messages(answers: int, now_ms: int) -> dict[int, list[Record]]:
@@ -127,8 +90,10 @@ def run(by_partition: dict[int, list[Record]]) -> tuple[float, int, int]:
     """One fresh agent through every message: (seconds, answers followed, revisions sent)."""
     settings = Settings(clickhouse_url="")
     produced = Dropped()
-    context = AgentContext(settings, WorkerMetrics(CollectorRegistry()), produced, LocalCatalog(), Everything())  # type: ignore[arg-type]
-    agent = JourneyAgent(context, TOPIC, Table(), NoReads(), Committed())  # type: ignore[arg-type]
+    held = Held(TOPIC, dict.fromkeys(range(PARTITIONS), 0))  # every partition, settled; nothing is read back
+    context = AgentContext(settings, WorkerMetrics(CollectorRegistry()), produced, LocalCatalog(), held)  # type: ignore[arg-type]
+    reader, committed = Reader([], 0), Offsets(dict.fromkeys(range(PARTITIONS), 0))
+    agent = JourneyAgent(context, TOPIC, Table(), reader, committed)  # type: ignore[arg-type]
 
     async def follow() -> float:
         started = time.perf_counter()
