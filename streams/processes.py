@@ -65,7 +65,7 @@ from streams.config import Settings
 from streams.errors import EXIT_PERMANENT, PERMANENT_KAFKA_ERRORS, BrokerError, CxPulseError
 from streams.kafka import consumer as new_consumer
 from streams.topics import TOPIC_PROPAGATION_SECONDS, KafkaWait, describe_topics, internal_topics
-from streams.worker.hotpath import FETCH_MIN_BYTES, FETCH_WAIT_MS
+from streams.worker.hotpath import FETCH_MIN_BYTES
 from streams.worker.journey_agent import JourneyAgent, journey_index
 from streams.worker.merge_agent import GroupOffsets, MergeAgent, pane_index
 from streams.worker.records import decode_answer_themes, decode_answers
@@ -254,7 +254,7 @@ def sink_consumer(settings: Settings) -> Consumer:
             "partition.assignment.strategy": "range",
             "max.poll.interval.ms": 300_000,
             "fetch.min.bytes": FETCH_MIN_BYTES,
-            "fetch.wait.max.ms": FETCH_WAIT_MS,
+            "fetch.wait.max.ms": settings.fetch_wait_ms,
             "client.id": f"{settings.app_id}-{SINK}",
         },
     )

@@ -82,7 +82,7 @@ from streams.worker.transactor import (
 LOG = logging.getLogger("cxpulse.hotpath")
 BATCH_MESSAGES = 10_000  # messages per consume() call and transaction
 POLL_SECONDS = 0.05  # a batch waits at most this long to fill: the latency floor at low rates
-FETCH_MIN_BYTES, FETCH_WAIT_MS = 65_536, 250  # the broker holds a fetch until this much came, or this long (below)
+FETCH_MIN_BYTES = 65_536  # the broker holds a fetch until this much came, or CXPULSE_FETCH_WAIT_MS passed (below)
 SESSION_TIMEOUT_MS = 10_000  # a slot killed with -9 keeps its partitions this long
 REACH_SECONDS = 10.0  # reading metadata at start (Kafka away: tried again)
 HOUSEKEEPING_SECONDS = 1.0  # expiry of seen ids and gauges, at most this often
@@ -417,16 +417,17 @@ def slot_consumer(settings: Settings, name: str) -> Consumer:
             "session.timeout.ms": SESSION_TIMEOUT_MS,
             "heartbeat.interval.ms": 2000,
             "max.poll.interval.ms": 300_000,
-            # At low rates the broker holds a fetch until it has 64 KB or 250 ms passed, so a batch gathers what
-            # came meanwhile: at 200 answers a second a batch every 50 ms was 20 transactions a second, each a
-            # revision of every pane it touched through merge, the gauges, the detector, the store and journeys
-            # (issue 35's quiet run: the worker 69% of a core, 33% with this and the longer batch windows of the
-            # journeys and the sink).  At high rates 64 KB come at once: event to result at 20,000/s p50 546 ms,
-            # p99 801 ms (584 / 870 before); at 200/s p50 529 ms (234 before).  Held at the broker, not here: a
+            # At low rates the broker holds a fetch until it has 64 KB or CXPULSE_FETCH_WAIT_MS passed, so a batch
+            # gathers what came meanwhile: at 200 answers a second a batch every 50 ms was 20 transactions a
+            # second, each a revision of every pane it touched through merge, the gauges, the detector, the store
+            # and journeys (issue 35's quiet run: the worker 69% of a core; 33% with a 250 ms wait and the longer
+            # batch windows of the journeys and the sink; on 2026-12-06 at 250 / 500 / 1000 ms: 21.5 / 16.1 /
+            # 12.2%, event to result p50 522 / 913 / 1,682 ms).  At high rates 64 KB come at once: event to result
+            # at 20,000/s p50 546 ms, p99 801 ms (584 / 870 before any wait).  Held at the broker, not here: a
             # batch that waited in this loop across consume() calls (7edef33) lost the count step's commits after
             # broker restarts in the fault suite.
             "fetch.min.bytes": FETCH_MIN_BYTES,
-            "fetch.wait.max.ms": FETCH_WAIT_MS,
+            "fetch.wait.max.ms": settings.fetch_wait_ms,
             "client.id": f"{settings.app_id}-{name}",
         },
     )

@@ -53,3 +53,34 @@ def test_cross_setting_error_names_the_setting(monkeypatch: pytest.MonkeyPatch) 
     assert result.exit_code == 2
     assert "CXPULSE_WINDOWS_SECONDS: 90 s is not a whole number of panes" in result.stderr
     assert "CXPULSE_:" not in result.stderr
+
+
+@pytest.mark.parametrize("wait", [None, "0", "300"])
+def test_the_fetch_wait_reaches_the_hot_path_and_the_sink_consumers(
+    wait: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CXPULSE_FETCH_WAIT_MS is what the broker holds the hot path's and the sink's fetches (1 s by default); the
+    64 KB that end a fetch at once stay as they are."""
+    from streams import processes
+    from streams.worker import hotpath
+
+    if wait is not None:
+        monkeypatch.setenv("CXPULSE_FETCH_WAIT_MS", wait)
+    made: list[dict[str, object]] = []
+
+    def capture(kafka: object, group: str, **config: object) -> None:
+        made.append(config)
+
+    monkeypatch.setattr(hotpath, "new_consumer", capture)
+    monkeypatch.setattr(processes, "new_consumer", capture)
+    settings = Settings()
+    hotpath.slot_consumer(settings, "slot-0")
+    processes.sink_consumer(settings)
+    expected = 1000 if wait is None else int(wait)
+    assert [(c["fetch.wait.max.ms"], c["fetch.min.bytes"]) for c in made] == [(expected, 65_536)] * 2
+
+
+def test_a_fetch_wait_past_ten_seconds_is_refused_with_its_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CXPULSE_FETCH_WAIT_MS", "60000")
+    with pytest.raises(ValidationError, match="fetch_wait_ms"):
+        Settings()
