@@ -182,7 +182,7 @@ class Settings(BaseSettings):
     )
     fetch_wait_ms: int = Field(
         1000,
-        ge=0,
+        ge=10,  # 0: an empty fetch returns at once and the consumer asks again at once, a busy loop at the broker
         le=10_000,
         description="at low rates, how long the broker holds a fetch of the hot path and the sink so that a batch "
         "gathers what comes meanwhile (64 KB end it at once): CPU at a few hundred answers a second against "

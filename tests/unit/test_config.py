@@ -55,7 +55,7 @@ def test_cross_setting_error_names_the_setting(monkeypatch: pytest.MonkeyPatch) 
     assert "CXPULSE_:" not in result.stderr
 
 
-@pytest.mark.parametrize("wait", [None, "0", "300"])
+@pytest.mark.parametrize("wait", [None, "10", "300"])
 def test_the_fetch_wait_reaches_the_hot_path_and_the_sink_consumers(
     wait: str | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -80,7 +80,10 @@ def test_the_fetch_wait_reaches_the_hot_path_and_the_sink_consumers(
     assert [(c["fetch.wait.max.ms"], c["fetch.min.bytes"]) for c in made] == [(expected, 65_536)] * 2
 
 
-def test_a_fetch_wait_past_ten_seconds_is_refused_with_its_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CXPULSE_FETCH_WAIT_MS", "60000")
+@pytest.mark.parametrize("wait", ["0", "60000"])
+def test_a_fetch_wait_of_nothing_or_past_ten_seconds_is_refused_with_its_name(
+    wait: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CXPULSE_FETCH_WAIT_MS", wait)
     with pytest.raises(ValidationError, match="fetch_wait_ms"):
         Settings()
