@@ -3,8 +3,8 @@ in its own consumer group ``<app>-sink``.  Three inputs, one table each (:class:
 
 - ``cx.metrics.panes``: every pane result revision into ``cxpulse.pane_results`` (ReplacingMergeTree on
   ``version``: a re-delivered or revised result replaces);
-- ``<app>-answers``: the counted answers of every hot-path batch (raw bytes, produced in the batch's
-  transaction, so each counted answer is there exactly once) into ``cxpulse.answers``;
+- ``<app>-answers``: the counted answers of every hot-path batch (rows as the hot path validated them, produced in
+  the batch's transaction, so each counted answer is there exactly once) into ``cxpulse.answers``;
 - ``cx.journeys`` (with ``CXPULSE_JOURNEYS``): every journey instance revision into ``cxpulse.journey_instances``
   (ReplacingMergeTree on ``version`` with ``deleted``: the newest revision of an instance wins).
 

@@ -68,7 +68,7 @@ from streams.topics import TOPIC_PROPAGATION_SECONDS, KafkaWait, describe_topics
 from streams.worker.hotpath import FETCH_MIN_BYTES
 from streams.worker.journey_agent import JourneyAgent, journey_index
 from streams.worker.merge_agent import GroupOffsets, MergeAgent, pane_index
-from streams.worker.records import decode_answer_themes, decode_answers
+from streams.worker.records import decode_answer_rows, decode_answer_themes, decode_answers, is_answer_rows
 from streams.worker.repair import PartitionReader
 
 MERGE, SINK, JOURNEYS = "merge", "sink", "journeys"
@@ -195,8 +195,17 @@ def _pane_readers(
 
 
 def answer_block(record: Record, catalog: SchemaCatalog) -> list[list[Any]]:
-    """The ``cxpulse.answers`` columns of one answers message: its answers' bytes and, from its header, their
-    themes (the hot path matched them once; the sink does not match again)."""
+    """The ``cxpulse.answers`` columns of one answers message: its rows as the hot path validated them
+    (records.encode_answer_rows: nothing decoded or validated again), or, from a worker before 2026-12-06, its
+    answers' bytes and, from its header, their themes (the hot path matched them once; the sink does not match
+    again)."""
+    if is_answer_rows(record.headers):
+        events, fields = decode_answer_rows(record.value)
+        kept = [
+            {"interaction_id": event.interaction_id, "agent_id": agent, "team": team, "comment": comment}
+            for event, (agent, team, comment) in zip(events, fields, strict=True)
+        ]
+        return store.counted_answer_columns(events, kept, [event.themes for event in events])
     values = decode_answers(record.value)
     return store.answer_columns(values, catalog, decode_answer_themes(record.headers, len(values)))
 

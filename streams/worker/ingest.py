@@ -7,8 +7,9 @@ HTTP post with a customer id and its retry without one), and only one owner of a
 came first:
 
 - **route** (messages of the feedback topic): decode (schemas.codec), validate (streams.core.validate); invalid ones
-  become dead letters, valid ones go on as they came (raw bytes; pseudonymised first when customer ids are keyed)
-  to the routed partition of their event id (:func:`routed_partition`), in the order of their Kafka timestamps.
+  become dead letters, valid ones go on validated (records.Routed: pseudonymised first when customer ids are keyed,
+  their comments as kept, with the fields the store keeps) to the routed partition of their event id
+  (:func:`routed_partition`), in the order of their Kafka timestamps.
 - **count** (messages of the routed topic): decode, de-duplicate (streams.core.dedup: one Deduplicator per routed
   partition, so every copy of an id meets the same one), aggregate into panes (streams.core.aggregate), and everything
   that follows from a counted answer: partials, answers for the store, journey answers, follow-ups.
@@ -27,7 +28,7 @@ from typing import Any, NamedTuple, Protocol
 
 import orjson
 
-from schemas.codec import SchemaCatalog, decode_batch, encode_feedback
+from schemas.codec import SchemaCatalog, decode_batch
 from streams.agents.keys import segment_partition
 from streams.core.aggregate import Mentions, State, aggregate_drivers, aggregate_mentions, aggregate_panes
 from streams.core.comments import CommentMode, ThemeMatcher, with_comments
@@ -49,6 +50,7 @@ from streams.worker.records import (
     dead_letter_headers,
     decode_routed,
     decode_routed_through,
+    store_fields,
 )
 
 
@@ -95,9 +97,10 @@ class BatchOut(NamedTuple):
     duplicates: int
     late: int  # counted events whose pane had closed on the processing clock (docs/contract.md section 5)
     followups: list[dict[str, Any]]  # counted detractor answers to call back (streams/core/followups.py)
-    answers: dict[int, list[bytes]]  # routed partition -> raw bytes of the answers counted (for ClickHouse)
+    answers: dict[int, list[bytes]]  # routed partition -> raw bytes of answers counted, routed by an older worker
     journeys: dict[int, list[bytes]]  # journey-answers partition -> counted answers with a customer id (JSON rows)
     answer_themes: dict[int, list[tuple[str, ...]]]  # routed partition -> the themes of each of ``answers``
+    answer_rows: dict[int, list[bytes]]  # routed partition -> counted answers' routed rows, for ClickHouse
 
 
 @dataclass
@@ -113,6 +116,7 @@ class _Collected:
     ranges: list[SourceRange] = field(default_factory=list)
     followups: list[dict[str, Any]] = field(default_factory=list)
     answers: dict[int, list[bytes]] = field(default_factory=dict)
+    answer_rows: dict[int, list[bytes]] = field(default_factory=dict)
     answer_themes: dict[int, list[tuple[str, ...]]] = field(default_factory=dict)
     journeys: dict[int, list[bytes]] = field(default_factory=dict)
     counted: int = 0
@@ -136,7 +140,7 @@ class Ingest:
     partials_partitions: int
     routed_partitions: int
     followups: bool = False  # select detractor follow-ups
-    answers: bool = False  # pass the counted answers' raw bytes on (the ClickHouse sink stores them)
+    answers: bool = False  # pass the counted answers on (the ClickHouse sink stores them)
     journey_partitions: int = 0  # > 0: forward the counted answers with a customer id to the journey agent
     customer_key: bytes = b""  # set: customer ids become keyed pseudonyms right after decoding (streams.core.privacy)
     comments: CommentMode = "redacted"  # what becomes of comments before anything is sent on (contract section 9)
@@ -186,6 +190,7 @@ class Ingest:
             out.answers,
             out.journeys,
             out.answer_themes,
+            out.answer_rows,
         )
 
     def _route(self, partition: int, members: list[RawMessage], clock: Clock, out: _Collected) -> None:
@@ -194,7 +199,7 @@ class Ingest:
         says how far this partition is routed).  Within a routed partition the answers go in the order of their
         Kafka timestamps, so that of two copies sent one after the other the first is counted."""
         decoded = decode_batch([message.value() for message in members], self.catalog)
-        if self.customer_key:  # the raw bytes hold the customer id: the pseudonymised record goes on instead
+        if self.customer_key:  # customer ids become keyed pseudonyms before anything is read from the records
             pseudonymise(self.customer_key, decoded.records)
         for index, why in decoded.failed:  # any bytes at all: a poison message is a dead letter, not a crash
             out.dead.append(self._letter(members[index], "undecodable", why, None))
@@ -205,18 +210,16 @@ class Ingest:
         for q in range(self.routed_partitions):
             out.routed.setdefault(q, [])
         ats = counted_at(rejected, valid, valid, len(decoded.kept))
-        # the raw bytes hold the comment as written: a record whose comment was redacted goes on re-encoded
-        valid, changed = with_comments(valid, [decoded.records[at] for at in ats], self.matcher, self.comments)
-        reencode = {ats[i] for i in changed}
+        # each record's comment as kept (redacted, or none); the answer's bytes are not passed on (records.Routed),
+        # so nothing is encoded again
+        valid, _ = with_comments(valid, [decoded.records[at] for at in ats], self.matcher, self.comments)
         for event, at in zip(valid, ats, strict=True):
             message = members[decoded.kept[at]]
             record = decoded.records[at]
-            again = self.customer_key or at in reencode
-            value = encode_feedback(record, self.catalog) if again else message.value()
             context = followup_context(record) if self.followups and is_detractor(event) else None
             if context is None and self.comments == "redacted" and quotable(event):  # for the effort alert
                 context = {"comment": record.get("comment")}
-            answer = Routed(event, value or b"", context)
+            answer = Routed(event, b"", context, store_fields(record) if self.answers else None)
             row = (message.timestamp()[1], partition, message.offset() or 0, answer)
             out.routed[routed_partition(event.event_id, self.routed_partitions)].append(row)
         out.offsets[(self.topic, partition)] = (members[-1].offset() or 0) + 1
@@ -253,8 +256,13 @@ class Ingest:
                 if contexts:
                     out.followups.extend(select_followups(unique, contexts))
             if self.answers:
-                out.answers[partition] = [answer.raw for answer in counted]
-                out.answer_themes[partition] = [answer.event.themes for answer in counted]
+                rows = [answer.raw for answer in counted if answer.store is not None]  # their routed rows
+                if rows:
+                    out.answer_rows[partition] = rows
+                if len(rows) < len(counted):  # routed by a worker before 2026-12-06: its answers' bytes
+                    raws = [answer for answer in counted if answer.store is None]
+                    out.answers[partition] = [answer.raw for answer in raws]
+                    out.answer_themes[partition] = [answer.event.themes for answer in raws]
             if self.journey_partitions:
                 self._journeys(unique, out.journeys)
         self._panes(partition, unique, clock, out, quotes)

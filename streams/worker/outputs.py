@@ -27,17 +27,20 @@ from streams.core.followups import encode as encode_followup
 from streams.topics import PARTIALS_MAX_MESSAGE_BYTES, internal_topics
 from streams.worker.ingest import BatchOut, reasons
 from streams.worker.records import (
+    ANSWER_ROWS,
+    ANSWERS_FORMAT_HEADER,
     THEMES_HEADER,
     THROUGH_HEADER,
-    Routed,
     Through,
+    encode_answer_rows,
     encode_answer_themes,
     encode_answers,
     encode_partials,
-    encode_routed,
+    encode_routed_rows,
     encode_routed_through,
     encode_seen,
     encode_through,
+    routed_row,
 )
 from streams.worker.transactor import Transactor
 
@@ -85,7 +88,12 @@ class BatchOutputs:
         return sent
 
     def _answers(self, out: BatchOut) -> None:
-        """The counted answers for the store: their bytes, and their themes in a header (contract section 9)."""
+        """The counted answers for the store: their rows (records.encode_answer_rows); those an older worker routed
+        as their bytes, with their themes in a header (contract section 9)."""
+        rows_format: Headers = [(ANSWERS_FORMAT_HEADER, ANSWER_ROWS)]
+        for partition, rows in out.answer_rows.items():
+            for chunk in answer_chunks(rows, ANSWERS_MESSAGE_BYTES, len):
+                self.transactor.produce(self.topics.answers, encode_answer_rows(chunk), None, partition, rows_format)
         for partition, values in out.answers.items():
             themes = out.answer_themes.get(partition) or [()] * len(values)
             for run in answer_chunks(list(zip(values, themes, strict=True)), ANSWERS_MESSAGE_BYTES, _raw_size):
@@ -98,9 +106,10 @@ class BatchOutputs:
     def _routed(self, out: BatchOut, newest_ms: int, through: dict[int, int]) -> None:
         headers: Headers = [(THROUGH_HEADER, encode_routed_through(through))]
         for partition, answers in out.routed.items():
-            for run in answer_chunks(answers, ANSWERS_MESSAGE_BYTES, routed_size) or [[]]:
+            rows = [routed_row(answer) for answer in answers]
+            for run in answer_chunks(rows, ANSWERS_MESSAGE_BYTES, len) or [[]]:
                 self.transactor.produce(
-                    self.topics.routed, encode_routed(run), None, partition, headers, timestamp=newest_ms
+                    self.topics.routed, encode_routed_rows(run), None, partition, headers, timestamp=newest_ms
                 )
 
     def counted_through(self, out: BatchOut) -> Through:
@@ -143,14 +152,6 @@ def count_batch(metrics: WorkerMetrics, out: BatchOut, followups_sent: int, feed
 
 def _raw_size(answer: tuple[bytes, tuple[str, ...]]) -> int:
     return len(answer[0])
-
-
-def routed_size(answer: Routed) -> int:
-    """At least the framed bytes of a routed answer: its bytes, and its validated form and follow-up context as JSON
-    (fields none of which is longer than in the bytes, written at most three times as long: quotes, escapes), and
-    its themes (names of the taxonomy, not in the bytes: up to 64 of 64 characters)."""
-    themes = answer.event.themes
-    return 6 * len(answer.raw) + 300 + (sum(len(theme) + 3 for theme in themes) if themes else 0)
 
 
 def answer_chunks(values: list[T], limit: int, size_of: Callable[[T], int]) -> list[list[T]]:

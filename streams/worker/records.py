@@ -230,9 +230,8 @@ _LENGTH = struct.Struct(">I")
 
 
 def encode_answers(values: Sequence[bytes]) -> bytes:
-    """One message of ``<app>-answers`` (the raw feedback messages a hot-path batch counted from one routed
-    partition) or of ``<app>-routed`` (the valid answers a batch routed to one partition): each as a 4-byte
-    big-endian length and its bytes (no re-encoding: the hot path only copies)."""
+    """Values framed each as a 4-byte big-endian length and its bytes: an ``<app>-routed`` message's one frame
+    (:func:`encode_routed_rows`), and before 2026-12-06 the answers' bytes of routed and answers messages."""
     pack = _LENGTH.pack
     return b"".join(pack(len(value)) + value for value in values)
 
@@ -271,30 +270,88 @@ class Through(NamedTuple):
 
 
 class Routed(NamedTuple):
-    """A valid answer on its way to the partition that counts it: validated, as it came, and for a detractor the
-    fields a follow-up needs that the validated form does not keep (streams.core.followups)."""
+    """A valid answer on its way to the partition that counts it: validated, as it came, for a detractor the fields a
+    follow-up needs that the validated form does not keep (streams.core.followups), and for the store the fields it
+    keeps that the validated form does not (:class:`StoreFields`; None from a worker before 2026-12-06, whose routed
+    messages carry the answer's bytes instead)."""
 
     event: Feedback
     raw: bytes
     context: dict[str, Any] | None = None
+    store: StoreFields | None = None
+
+
+class StoreFields(NamedTuple):
+    """What ``cxpulse.answers`` keeps of an answer beyond its validated form: its agent, team and comment as kept
+    (redacted or dropped by ``CXPULSE_COMMENTS`` in the route step)."""
+
+    agent_id: str | None
+    team: str | None
+    comment: str | None
+
+
+NO_STORE_FIELDS = StoreFields(None, None, None)
+
+
+def store_fields(record: Mapping[str, Any]) -> StoreFields:
+    """The :class:`StoreFields` of a decoded (pseudonymised, comment-read) feedback record."""
+    return StoreFields(record.get("agent_id"), record.get("team"), record.get("comment"))
+
+
+def _json(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # a str orjson will not write (a lone surrogate, which decoding already refuses)
+        return json.dumps(value).encode()
+
+
+def routed_row(answer: Routed) -> bytes:
+    """One answer's row in a routed message (JSON, one line): its validated form, its follow-up context or null, and
+    its :class:`StoreFields`.  Encoded one by one: a batch's answers are cut into messages by their real size, and
+    the count step passes a counted answer's row on to the store as it is (:func:`encode_answer_rows`)."""
+    return _json((*answer.event, answer.context, *(answer.store or NO_STORE_FIELDS)))
+
+
+def encode_routed_rows(rows: Sequence[bytes]) -> bytes:
+    """One message of ``<app>-routed``: the :func:`routed_row` of the valid answers a batch routed to one partition,
+    a line each (JSON never holds a raw line break).  The count step neither decodes nor validates again (the two
+    were 32% of the batch step's time when it did, profiled), and neither does the sink: the answers' bytes are not
+    passed on (until 2026-12-06 they followed the validated forms, and the sink decoded and validated them again:
+    ~30% of its CPU, profiled)."""
+    return b"\n".join(rows)
 
 
 def encode_routed(answers: Sequence[Routed]) -> bytes:
-    """One message of ``<app>-routed``: the valid answers a batch routed to one partition, framed as
-    :func:`encode_answers` frames: first their validated forms and follow-up context (one JSON array of arrays:
-    the Feedback fields, then the context or null), then each one's bytes as they came.  The count step then
-    neither decodes nor validates again (the two were 32% of the batch step's time when it did, profiled), and
-    reads the validated forms in one call."""
-    rows = [(*answer.event, answer.context) for answer in answers]
-    try:
-        head = orjson.dumps(rows)
-    except TypeError:  # a str orjson will not write (a lone surrogate, which decoding already refuses)
-        head = json.dumps(rows).encode()
-    return encode_answers([head, *(answer.raw for answer in answers)])
+    """:func:`encode_routed_rows` of the answers."""
+    return encode_routed_rows([routed_row(answer) for answer in answers])
+
+
+ROUTED_ROW_FIELDS = len(Feedback._fields) + 4  # the validated form, the context, the StoreFields
 
 
 def decode_routed(data: bytes) -> list[Routed]:
-    """The answers of an ``<app>-routed`` message; ValueError (or TypeError) when they are not such answers."""
+    """The answers of an ``<app>-routed`` message, each with its row as ``raw``; also of the format before
+    2026-12-06 (a 4-byte length, never a ``[``, then the validated forms as one JSON array and each answer's bytes
+    as ``raw``, ``store`` None); ValueError (or TypeError) when they are not such answers."""
+    if not data:
+        return []
+    if data[:1] != b"[":
+        return _decode_routed_before(data)
+    out = []
+    for line in data.split(b"\n"):
+        fields = _loads(line)
+        if len(fields) != ROUTED_ROW_FIELDS:
+            raise ValueError(f"a routed row of {len(fields)} fields")
+        store = StoreFields(*fields[-3:])
+        del fields[-3:]
+        context = fields.pop()
+        fields[11] = tuple(fields[11])  # reason_codes
+        fields[13] = tuple(fields[13])  # themes
+        out.append(Routed(Feedback(*fields), line, context, store))
+    return out
+
+
+def _decode_routed_before(data: bytes) -> list[Routed]:
     frames = decode_answers(data)
     if not frames:
         return []
@@ -309,6 +366,38 @@ def decode_routed(data: bytes) -> list[Routed]:
             fields[13] = tuple(fields[13])
         out.append(Routed(Feedback(*fields), raw, context))
     return out
+
+
+ANSWERS_FORMAT_HEADER = "format"  # on answers messages of rows (:func:`encode_answer_rows`): ``rows``
+ANSWER_ROWS = b"rows"
+
+
+def encode_answer_rows(rows: Sequence[bytes]) -> bytes:
+    """One message of ``<app>-answers`` in the format of rows (header ``format: rows``): counted answers' routed rows
+    (:func:`routed_row`, as they came: nothing is encoded again), one JSON array.  The sink stores them as they are
+    (no decoding or validating again)."""
+    return b"[" + b",".join(rows) + b"]"
+
+
+def decode_answer_rows(data: bytes) -> tuple[list[Feedback], list[StoreFields]]:
+    """The counted answers of an answers message of rows; ValueError (or TypeError) when it is not one."""
+    rows = _loads(data)
+    events, stores = [], []
+    width = len(Feedback._fields)
+    for fields in rows:
+        if len(fields) != ROUTED_ROW_FIELDS:
+            raise ValueError(f"an answer row of {len(fields)} fields")
+        fields[11] = tuple(fields[11])  # reason_codes
+        fields[13] = tuple(fields[13])  # themes
+        events.append(Feedback(*fields[:width]))
+        stores.append(StoreFields(*fields[width + 1 :]))
+    return events, stores
+
+
+def is_answer_rows(headers: Any) -> bool:
+    """Whether an answers message is of rows (:func:`encode_answer_rows`) rather than raw feedback messages."""
+    pairs = headers.items() if isinstance(headers, Mapping) else headers or ()
+    return any(name == ANSWERS_FORMAT_HEADER and value in (ANSWER_ROWS, "rows") for name, value in pairs)
 
 
 def encode_through(through: Through) -> bytes:

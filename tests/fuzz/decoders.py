@@ -19,7 +19,14 @@ with atheris.instrument_imports():
     from streams.core.followups import encode as encode_followup
     from streams.core.validate import Clock
     from streams.worker.ingest import Ingest
-    from streams.worker.records import encode_answers, encode_partials, encode_routed, encode_seen
+    from streams.worker.records import (
+        decode_answer_rows,
+        encode_answer_rows,
+        encode_answers,
+        encode_partials,
+        encode_routed,
+        encode_seen,
+    )
 
 CATALOG = LocalCatalog()
 NOW = 1_800_000_000_000
@@ -71,6 +78,9 @@ def one_input(data: bytes) -> None:
         encode_seen(buckets)
     for answers in out.answers.values():
         encode_answers(answers)
+    for rows in out.answer_rows.values():  # what the sink reads back, whatever the input was
+        events, _ = decode_answer_rows(encode_answer_rows(rows))
+        assert len(events) == len(rows)
 
 
 def seed_corpus(folder: Path) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import orjson
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -26,6 +27,7 @@ from streams.worker.ingest import Ingest, routed_partition
 from streams.worker.merge import MergeStep
 from streams.worker.records import (
     FROM_THE_START,
+    NO_STORE_FIELDS,
     ROUTED_SOURCE,
     PartialBatch,
     Through,
@@ -34,6 +36,7 @@ from streams.worker.records import (
     encode_partials,
     encode_routed,
     lowest_through,
+    routed_row,
 )
 from tests.fakes import FEEDBACK, ROUTED, FakeMessage, RoutedTopic, TwoSteps
 from tests.fakes import ingest as fake_ingest
@@ -174,13 +177,14 @@ def test_the_route_step_dead_letters_the_invalid_and_routes_the_valid_by_event_i
     headers = dict(out.dead_letters[1].headers)
     assert headers["source_topic"] == b"cx.feedback" and headers["source_offset"] == b"0"
     assert "nested too deeply" in dict(out.dead_letters[0].headers)["detail"].decode()
-    # every routed partition gets a message; the valid answer goes, as it came, to its event id's
+    # every routed partition gets a message; the valid answer goes to its event id's, validated (its bytes stay)
     owner = routed_partition(json.loads(good)["event_id"], 3)
-    assert {q: [answer.raw for answer in answers] for q, answers in out.routed.items()} == {
-        q: [good] if q == owner else [] for q in range(3)
+    assert {q: [answer.event.event_id for answer in answers] for q, answers in out.routed.items()} == {
+        q: [json.loads(good)["event_id"]] if q == owner else [] for q in range(3)
     }
-    assert out.routed[owner][0].event.event_id == json.loads(good)["event_id"]
-    assert decode_routed(encode_routed(out.routed[owner])) == out.routed[owner]
+    assert out.routed[owner][0].raw == b"" and out.routed[owner][0].store is None  # no store: no store fields
+    (back,) = decode_routed(encode_routed(out.routed[owner]))  # its row comes back as its ``raw``
+    assert back == out.routed[owner][0]._replace(raw=routed_row(back), store=NO_STORE_FIELDS)
     assert (out.partials, out.counted, out.records) == ({}, 0, 4)  # nothing counted before it is routed
 
 
@@ -214,7 +218,10 @@ def test_copies_on_different_partitions_count_once_the_first_sent() -> None:
         messages = [Msg(i, 0, values[i], ts=NOW - 100 + i) for i in order]  # sent 1 ms apart, partition i
         _, out = steps.batch(messages, CLOCK)
         assert (out.counted, out.duplicates) == (1, 1)
-        assert out.answers == {routed_partition(first["event_id"], 4): [values[0]]}
+        assert {q: [a["score"] for a in stored(out, q)] for q in out.answer_rows} == {
+            routed_partition(first["event_id"], 4): [9]
+        }
+        assert out.answers == {}  # (bytes: only for answers an older worker routed)
         (pane,) = out.partials[0].panes
         assert pane.states["NPS"].promoters == 1 and pane.states["NPS"].detractors == 0
 
@@ -249,18 +256,68 @@ def test_partial_messages_round_trip() -> None:
     assert decode_partials(encode_partials(odd)) == odd
 
 
-def test_the_answers_of_a_batch_are_the_raw_bytes_of_the_counted_events() -> None:
-    """Valid and first seen: an invalid message and a re-sent copy are not among them.  (A comment with an address
-    or number goes on redacted, re-encoded: tests/unit/worker/test_pipeline.py's route-step test.)"""
-    good = [json.dumps({**e, "comment": None}).encode() for e in events(50, seed=9) if e["event_id"]]
+def stored(out: Any, q: int) -> list[dict[str, Any]]:
+    """What the sink stores of the answers a count step passed on for routed partition ``q`` (as rows)."""
+    from sinks.clickhouse import ANSWER_COLUMNS
+    from streams.agents.base import Record
+    from streams.processes import answer_block
+    from streams.worker.records import ANSWER_ROWS, ANSWERS_FORMAT_HEADER, encode_answer_rows
+
+    message = Record(q, 0, encode_answer_rows(out.answer_rows[q]), 0, [(ANSWERS_FORMAT_HEADER, ANSWER_ROWS)])
+    columns = answer_block(message, LocalCatalog())
+    return [dict(zip(ANSWER_COLUMNS, row, strict=True)) for row in zip(*columns, strict=True)]
+
+
+def test_the_answers_of_a_batch_are_the_counted_events() -> None:
+    """Valid and first seen: an invalid message and a re-sent copy are not among them; what the sink stores of them
+    equals what it stored from their bytes (decoded and validated again) before 2026-12-06.  (A comment with an
+    address or number goes on redacted: the route-step test below.)"""
+    from sinks.clickhouse import ANSWER_COLUMNS, answer_columns
+    from streams.core.comments import read_comment
+
+    good = [json.dumps(e).encode() for e in events(50, seed=9) if e["event_id"]]
     valid, _ = validate_batch([json.loads(v) for v in good])
     counted_ids = {event.event_id for event in valid}
     values = [*good, b"not json", DEEP, good[0], good[3]]
     messages = [Msg(offset % 2, offset, value) for offset, value in enumerate(values)]
     _, out = TwoSteps(fake_ingest(partials=3, routed=1, answers=True)).batch(messages, CLOCK)
-    assert sorted(json.loads(v)["event_id"] for v in out.answers[0]) == sorted(counted_ids)
-    assert all(v in good for v in out.answers[0])
-    assert TwoSteps(fake_ingest(partials=3)).batch(messages, CLOCK)[1].answers == {}  # off: nothing copied
+    rows = stored(out, 0)
+    assert sorted(row["event_id"] for row in rows) == sorted(counted_ids)
+    # the bytes as the route step re-encoded them before 2026-12-06: each comment as kept (redacted)
+    kept = [{**e, "comment": read_comment(e.get("comment"), None, "redacted").text} for e in map(json.loads, good)]
+    by_id = {e["event_id"]: json.dumps(e).encode() for e in kept}
+    themes = [["(any)", *row["themes"]] if row["commented"] else [] for row in rows]
+    old = answer_columns([by_id[row["event_id"]] for row in rows], LocalCatalog(), themes)
+    assert any("[number]" in row["comment"] for row in rows)  # one was redacted
+    assert rows == [dict(zip(ANSWER_COLUMNS, row, strict=True)) for row in zip(*old, strict=True)]
+    assert any(row["comment"] for row in rows) and any(row["agent_id"] for row in rows)  # the fields it adds
+    assert TwoSteps(fake_ingest(partials=3)).batch(messages, CLOCK)[1].answer_rows == {}  # off: nothing passed on
+
+
+def test_answers_an_older_worker_routed_go_to_the_store_as_their_bytes() -> None:
+    """A routed message of a worker before 2026-12-06 (the validated forms, then each answer's bytes, no store
+    fields): the count step passes those answers on as their bytes with their themes in a header, as it did, and
+    the sink stores them as it did."""
+    from sinks.clickhouse import ANSWER_COLUMNS
+    from streams.agents.base import Record
+    from streams.processes import answer_block
+    from streams.worker.records import THEMES_HEADER, encode_answer_themes, encode_answers
+
+    raw = [json.dumps(e).encode() for e in events(5, seed=12) if e["event_id"]]
+    valid, _ = validate_batch([json.loads(v) for v in raw])
+    by_id = {json.loads(v)["event_id"]: v for v in raw}
+    head = orjson.dumps([(*event, None) for event in valid])
+    old = encode_answers([head, *(by_id[event.event_id] for event in valid)])
+    routed = decode_routed(old)
+    assert [a.raw for a in routed] == [by_id[e.event_id] for e in valid] and all(a.store is None for a in routed)
+    out = fake_ingest(partials=1, routed=1, answers=True).batch([Msg(0, 0, old, t=ROUTED)], CLOCK)
+    assert (out.counted, out.answer_rows) == (len(valid), {}) and out.answers[0] == [a.raw for a in routed]
+    found = encode_answer_themes(out.answer_themes[0])
+    message = Record(0, 0, encode_answers(out.answers[0]), 0, [(THEMES_HEADER, found)] if found else [])
+    rows = [
+        dict(zip(ANSWER_COLUMNS, row, strict=True)) for row in zip(*answer_block(message, LocalCatalog()), strict=True)
+    ]
+    assert [row["event_id"] for row in rows] == [event.event_id for event in valid]
 
 
 def test_answers_are_split_under_the_message_size() -> None:
@@ -353,10 +410,8 @@ def test_a_stretch_is_read_back_once_and_only_what_is_not_read_yet() -> None:
 
 
 def test_the_route_step_redacts_comments_and_reads_their_themes_before_anything_goes_on() -> None:
-    """docs/contract.md section 9 in the stream: a comment with an address goes on re-encoded and redacted (the
-    answers for the store, the follow-ups), one without goes on as it came; the routed answer carries its themes,
-    as replay reads them."""
-    from schemas.codec import decode_batch
+    """docs/contract.md section 9 in the stream: a comment with an address goes on redacted (the answers for the
+    store, the follow-ups), one without as written; the routed answer carries its themes, as replay reads them."""
     from streams.core.comments import read_comment
     from streams.themes import load_taxonomy
 
@@ -378,13 +433,12 @@ def test_the_route_step_redacts_comments_and_reads_their_themes_before_anything_
         "c": (),
     }
     assert answers[0].event.themes == ("(any)", "friendliness")
-    assert decode_routed(encode_routed(answers)) == answers  # the themes travel with the routed answers
-    stored = decode_batch(counted.answers[0], LocalCatalog()).records
-    assert [r.get("comment") for r in stored] == ["Rude agent, mail me at [email] or [number]", plain, None]
-    assert counted.answers[0][1] == sent[1] and counted.answers[0][2] == sent[2]  # unchanged: the bytes as they came
+    # the themes travel with the routed answers, the comment as kept with the store's fields
+    assert [a._replace(raw=b"") for a in decode_routed(encode_routed(answers))] == answers
+    assert [r["comment"] for r in stored(counted, 0)] == ["Rude agent, mail me at [email] or [number]", plain, ""]
     assert [f["comment"] for f in counted.followups] == ["Rude agent, mail me at [email] or [number]"]
     dropped = TwoSteps(fake_ingest(answers=True, matcher=matcher, comments="themes")).batch([Msg(0, 0, sent[1])], CLOCK)
-    assert decode_batch(dropped[1].answers[0], LocalCatalog()).records[0].get("comment") is None
+    assert [(r["comment"], r["commented"]) for r in stored(dropped[1], 0)] == [("", 1)]
 
 
 def test_the_themes_of_stored_answers_travel_in_a_header_of_their_message() -> None:
@@ -429,3 +483,20 @@ def test_the_count_step_sends_the_latest_high_effort_comments_with_the_pane() ->
     assert decode_partials(encode_partials(counted.partials[0])).panes == counted.partials[0].panes
     quiet = TwoSteps(fake_ingest(partials=1, routed=1, matcher=matcher, comments="themes"))
     assert all(not p.quotes for p in quiet.batch([Msg(0, 0, sent[0].encode())], CLOCK)[1].partials[0].panes)
+
+
+def test_a_routed_row_is_one_line_whatever_its_comment_holds() -> None:
+    """Routed messages hold a row a line: a comment with line breaks (any of them), quotes or a separator of
+    Unicode's stays inside its row, and each answer's row comes back as it was sent (what the store is given)."""
+    said = 'first line\nsecond\r\nthird\u2028fourth "quoted" \\ end'
+    sent = [
+        json.dumps(e | {"comment": said if i % 2 else None, "occurred_at": NOW - 1000}).encode()
+        for i, e in enumerate(events(6, seed=14))
+    ]
+    step = fake_ingest(partials=1, routed=1, answers=True, followups=True, matcher=MATCHER)
+    routed, counted = TwoSteps(step).batch([Msg(0, i, v) for i, v in enumerate(sent)], CLOCK)
+    message = encode_routed(routed.routed[0])
+    back = decode_routed(message)
+    assert len(back) == len(routed.routed[0]) == message.count(b"\n") + 1
+    assert [a._replace(raw=b"") for a in back] == routed.routed[0]
+    assert {r["comment"] for r in stored(counted, 0)} == {said, ""}
