@@ -53,3 +53,24 @@ def test_while_kafka_is_away_the_outage_log_speaks_for_it(caplog: Any) -> None:
         assert [recovered(hot) for _ in range(3)] == [False, False, True]
     assert all(r.levelno == logging.DEBUG for r in caplog.records)
     assert not hot.recovery.recovery_told
+
+
+def test_after_a_confirmed_outage_the_slot_takes_a_new_producer_once() -> None:
+    """The producer that lived through an outage can hang in its first send_offsets_to_transaction
+    (confluentinc/librdkafka#5511): once the outage log says Kafka is back, the next batch waits for a new one; not
+    during the outage, not twice for one outage, not without one."""
+    outage = SimpleNamespace(active=False, outages=0)
+    hot = SimpleNamespace(outage=outage, outages_seen=0, recovery=Recovery())
+    step = HotPath._after_an_outage  # noqa: SLF001
+    step(hot)
+    assert not hot.recovery.needs_producer  # no outage yet
+    outage.active, outage.outages = True, 1
+    step(hot)
+    assert not hot.recovery.needs_producer  # still away: nothing to take over yet
+    outage.active = False
+    step(hot)
+    assert hot.recovery.needs_producer and hot.outages_seen == 1
+    hot.recovery.needs_producer = False  # (what Transactor.replace does)
+    step(hot)
+    assert not hot.recovery.needs_producer  # once per outage
+    step(SimpleNamespace(outage=None, outages_seen=0, recovery=Recovery()))  # no outage log: nothing to do
