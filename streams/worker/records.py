@@ -230,8 +230,8 @@ _LENGTH = struct.Struct(">I")
 
 
 def encode_answers(values: Sequence[bytes]) -> bytes:
-    """Values framed each as a 4-byte big-endian length and its bytes: an ``<app>-routed`` message's one frame
-    (:func:`encode_routed_rows`), and before 2026-12-06 the answers' bytes of routed and answers messages."""
+    """Values framed each as a 4-byte big-endian length and its bytes: an answers message of answers an older
+    worker routed (their bytes, as before 2026-12-06, when routed messages were framed this way too)."""
     pack = _LENGTH.pack
     return b"".join(pack(len(value)) + value for value in values)
 
@@ -270,10 +270,11 @@ class Through(NamedTuple):
 
 
 class Routed(NamedTuple):
-    """A valid answer on its way to the partition that counts it: validated, as it came, for a detractor the fields a
-    follow-up needs that the validated form does not keep (streams.core.followups), and for the store the fields it
-    keeps that the validated form does not (:class:`StoreFields`; None from a worker before 2026-12-06, whose routed
-    messages carry the answer's bytes instead)."""
+    """A valid answer on its way to the partition that counts it: validated; ``raw``, its row as routed
+    (:func:`decode_routed`; empty in the route step, which does not need it), or from a worker before 2026-12-06 its
+    bytes as they came; for a detractor the fields a follow-up needs that the validated form does not keep
+    (streams.core.followups); and for the store the fields it keeps that the validated form does not
+    (:class:`StoreFields`; None from a worker before 2026-12-06)."""
 
     event: Feedback
     raw: bytes
@@ -305,11 +306,50 @@ def _json(value: Any) -> bytes:
         return json.dumps(value).encode()
 
 
+SAME = True  # a context field whose value the row holds elsewhere (no value of a context is a boolean)
+
+
+def _carried(event: Feedback, store: StoreFields | None) -> dict[str, Any]:
+    """The context fields a routed row holds elsewhere: in the validated form and the store fields."""
+    carried: dict[str, Any] = {"event_id": event.event_id, "interaction_id": event.interaction_id}
+    if store is not None:
+        carried.update(agent_id=store.agent_id, team=store.team, comment=store.comment)
+    return carried
+
+
 def routed_row(answer: Routed) -> bytes:
     """One answer's row in a routed message (JSON, one line): its validated form, its follow-up context or null, and
     its :class:`StoreFields`.  Encoded one by one: a batch's answers are cut into messages by their real size, and
-    the count step passes a counted answer's row on to the store as it is (:func:`encode_answer_rows`)."""
-    return _json((*answer.event, answer.context, *(answer.store or NO_STORE_FIELDS)))
+    the count step passes a counted answer's row on to the store as it is (:func:`encode_answer_rows`).
+
+    A context field the row holds elsewhere (the comment, agent and team of the store fields, the event and
+    interaction ids of the validated form) is written as ``true``, so that no value is written twice: a feedback
+    message of up to 1 MB (the feedback topic's limit) makes a row of at most ~6 MB (JSON writes a control character
+    in six), under the internal topics' 8 MB; with its comment twice, a detractor's comment of control characters made
+    a row of 12 MB that no transaction could carry, and its batch would fail forever."""
+    context = answer.context
+    if context:
+        carried = _carried(answer.event, answer.store)
+        context = {
+            name: SAME if value is not None and name in carried and carried[name] == value else value
+            for name, value in context.items()
+        }
+    return _json((*answer.event, context, *(answer.store or NO_STORE_FIELDS)))
+
+
+def _context_in(context: Any, event: Feedback, store: StoreFields) -> dict[str, Any] | None:
+    """A routed row's context with what it holds elsewhere filled in (:func:`routed_row`)."""
+    if context is None:
+        return None
+    if not isinstance(context, dict):
+        raise ValueError(f"a routed row's context is a {type(context).__name__}")
+    carried = _carried(event, store)
+    for name, value in context.items():
+        if value is SAME:
+            if name not in carried:
+                raise ValueError(f"a routed row's context refers to a field it does not hold: {name}")
+            context[name] = carried[name]
+    return context
 
 
 def encode_routed_rows(rows: Sequence[bytes]) -> bytes:
@@ -347,7 +387,8 @@ def decode_routed(data: bytes) -> list[Routed]:
         context = fields.pop()
         fields[11] = tuple(fields[11])  # reason_codes
         fields[13] = tuple(fields[13])  # themes
-        out.append(Routed(Feedback(*fields), line, context, store))
+        event = Feedback(*fields)
+        out.append(Routed(event, line, _context_in(context, event, store), store))
     return out
 
 

@@ -14,13 +14,23 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.codec import LocalCatalog, decode_batch, encode_feedback
-from sinks.clickhouse import answer_rows
+from streams.agents.base import Record
 from streams.core.followups import encode as encode_followup
 from streams.core.validate import REASONS, Clock, validate_batch
 from streams.errors import InputFileError
 from streams.http_ingest import triage
+from streams.processes import answer_block
 from streams.replay import replay_file
-from streams.worker.records import decode_answers, encode_answers, encode_partials, encode_seen
+from streams.topics import PARTIALS_MAX_MESSAGE_BYTES
+from streams.worker.records import (
+    ANSWER_ROWS,
+    ANSWERS_FORMAT_HEADER,
+    decode_routed,
+    encode_answer_rows,
+    encode_partials,
+    encode_routed,
+    encode_seen,
+)
 from tests.fakes import FakeMessage, TwoSteps
 from tests.fakes import ingest as fake_ingest
 
@@ -147,11 +157,15 @@ def test_the_batch_step_counts_or_dead_letters_every_message_and_its_output_can_
         encode_partials(batch)
     for buckets in out.seen.values():
         encode_seen(buckets)
-    for values_of_partition in out.answers.values():  # what the ClickHouse sink makes of them: rows it can insert
-        for row in answer_rows(decode_answers(encode_answers(values_of_partition)), CATALOG):
-            for cell in row:
+    for partition, rows in out.answer_rows.items():  # what the ClickHouse sink makes of them: rows it can insert
+        message = Record(partition, 0, encode_answer_rows(rows), 0, [(ANSWERS_FORMAT_HEADER, ANSWER_ROWS)])
+        columns = answer_block(message, CATALOG)
+        assert len(columns[0]) == len(rows)
+        for column in columns:
+            for cell in column:
                 if isinstance(cell, str):
                     cell.encode()
+    assert not out.answers  # (bytes: only for answers an older worker routed)
 
 
 @HYPOTHESIS
@@ -189,3 +203,25 @@ def test_an_event_with_a_lone_surrogate_is_a_dead_letter_not_a_retried_batch() -
     out = fake_ingest(answers=True).batch([FakeMessage(0, 0, value)], CLOCK)
     assert [letter.reason for letter in out.dead_letters] == ["undecodable"]
     encode_feedback({**event, "metric": "CSAT", "score": 4}, CATALOG)
+
+
+def test_a_feedback_message_of_a_megabyte_makes_messages_a_transaction_can_carry() -> None:
+    """A detractor's comment of a megabyte of control characters (JSON writes each in six): its routed row and the
+    answers message it goes on in stay under the internal topics' message limit, the comment written once (it was
+    twice, in the follow-up context and the store fields: 12 MB, a batch that could never commit), and the
+    follow-up and the store still get the whole comment."""
+    said = "\x01" * 1_000_000
+    event = {"event_id": "big", "occurred_at": NOW - 1000, "source": "s", "channel": "chat", "journey": "billing",
+             "metric": "NPS", "score": 0, "comment": said, "agent_id": "a-1", "team": "t-1"}  # fmt: skip
+    value = encode_feedback(event, CATALOG)
+    steps = TwoSteps(fake_ingest(1, 1, followups=True, answers=True))
+    routed, out = steps.batch([FakeMessage(0, 0, value)], CLOCK)
+    message = encode_routed(routed.routed[0])
+    assert 6 * len(said) <= len(message) < PARTIALS_MAX_MESSAGE_BYTES
+    (back,) = decode_routed(message)
+    assert back.context is not None and back.context["comment"] == said and back.context["event_id"] == "big"
+    assert [f["comment"] for f in out.followups] == [said]
+    (rows,) = out.answer_rows.values()
+    assert len(encode_answer_rows(rows)) < PARTIALS_MAX_MESSAGE_BYTES
+    columns = answer_block(Record(0, 0, encode_answer_rows(rows), 0, [(ANSWERS_FORMAT_HEADER, ANSWER_ROWS)]), CATALOG)
+    assert columns[15] == [said] and columns[12] == ["a-1"]  # comment, agent_id
