@@ -4,8 +4,9 @@ does the rest for every agent the same way.
 Modelled on arroyo's ProcessingStrategy (one small class per step, state in typed attributes, the consumer owned
 elsewhere) and on Quix Streams' sink base (one batching loop that every sink uses):
 
-- take a batch without acking (``noack_take``: ``take_events`` acks in a ``finally``, so a worker stopped in the
-  middle of a batch would commit what it never finished, the class of faust-streaming#315);
+- take a batch without acking (faust_compat.take_batches: ``noack_take`` without its poll; ``take_events`` acks in
+  a ``finally``, so a worker stopped in the middle of a batch would commit what it never finished, the class of
+  faust-streaming#315);
 - group it by partition and hand each partition's records, in offset order, to :meth:`BatchAgent.handle`, then
   call :meth:`BatchAgent.finish` (a sink inserts what the partitions gathered in one go);
 - flush the process's :class:`~streams.agents.results.ResultsProducer` (everything the batch wrote: results,
@@ -189,9 +190,9 @@ class Runner:
             metrics.sink_errors.labels(agent.sink)  # a series from the start, at 0
 
     async def run(self, stream: StreamT[Any]) -> None:
-        batches = cast("faust.Stream[Any]", stream)  # the concrete Stream has noack_take
-        async for events in batches.noack_take(self.agent.batch_size, within=self.agent.within_seconds):
-            await self.batch([cast("EventT[Any]", event) for event in events])
+        batches = cast("faust.Stream[Any]", stream)
+        async for events in faust_compat.take_batches(stream, self.agent.batch_size, self.agent.within_seconds):
+            await self.batch(events)
             for event in events:
                 await batches.ack(event)
 

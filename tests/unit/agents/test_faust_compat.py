@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import faust
 import pytest
 
 from streams.agents import faust_compat
@@ -37,3 +38,52 @@ def test_the_table_manager_registers_the_changelogs_at_start_without_faust_s_one
     monkeypatch.setattr(manager.recovery, "start", start_recovery)
     asyncio.run(manager.on_start())
     assert calls == ["channels", "recovery"]
+
+
+def _batches_of(values: list[int], size: int, within: float, idle: float = 0.0) -> tuple[list[list[int]], int]:
+    """The batches an agent on a Faust channel takes with take_batches from ``values`` put one by one after
+    ``idle`` seconds of nothing, and how many waits its stream began meanwhile."""
+    app = faust.App("take-test", broker="kafka://127.0.0.1:9", store="memory://", web_enabled=False)
+    channel = app.channel()
+    got: list[list[int]] = []
+    waits = [0]
+    done = asyncio.Event()
+
+    @app.agent(channel)
+    async def agent(stream: Any) -> None:
+        wait = stream.wait_for_stopped
+
+        async def counted(*args: Any, **kwargs: Any) -> bool:
+            waits[0] += 1
+            return bool(await wait(*args, **kwargs))
+
+        stream.wait_for_stopped = counted
+        async for events in faust_compat.take_batches(stream, size, within):
+            got.append([event.value for event in events])
+            if sum(map(len, got)) == len(values):
+                done.set()
+
+    async def run() -> None:
+        async with agent.test_context() as context:
+            await asyncio.sleep(idle)  # nothing comes: what the take does meanwhile is counted
+            idle_waits = waits[0]
+            for value in values:
+                await context.put(value)
+            await asyncio.wait_for(done.wait(), 10)
+            waits[0] = idle_waits
+
+    asyncio.run(run())
+    return got, waits[0]
+
+
+def test_take_batches_yields_full_batches_and_the_rest_within_its_time() -> None:
+    got, _ = _batches_of(list(range(7)), 3, 0.2)
+    assert got == [[0, 1, 2], [3, 4, 5], [6]]
+
+
+def test_take_batches_does_not_poll_while_nothing_comes() -> None:
+    """Faust's noack_take waits again every ``within`` (here 20 ms: ~15 waits in 0.3 s); take_batches waits once
+    for the first event."""
+    got, idle_waits = _batches_of([1, 2], 10, 0.02, idle=0.3)
+    assert got == [[1, 2]]
+    assert idle_waits <= 2, idle_waits
