@@ -46,7 +46,7 @@ from sinks.followup_webhook import FollowupWebhook
 from sinks.kpi_view import KpiView
 from sinks.prometheus import Snapshot
 from streams.agents import faust_compat
-from streams.agents.base import AgentContext, FaustConsumption, Record, attach
+from streams.agents.base import AgentContext, FaustConsumption, Record, attach, attach_all
 from streams.agents.faust_app import (
     TABLE_SCHEMA,
     faust_app,
@@ -133,8 +133,7 @@ def merge_process(settings: Settings, metrics: WorkerMetrics) -> faust.App:
     panes_topic = raw_topic(app, settings, settings.results_topic)
     merge = _merge_agent(app, context, partials, partitions_of(panes_topic))
     attach(app, merge, partials, results, metrics)
-    for reader in _pane_readers(app, context, partitions_of(panes_topic), merge):
-        attach(app, reader, panes_topic, results, metrics)
+    attach_all(app, _pane_readers(app, context, partitions_of(panes_topic), merge), panes_topic, results, metrics)
     if settings.followup_webhook_url:
         followups = raw_topic(app, settings, settings.followups_topic)
         attach(app, FollowupWebhook(settings, settings.followups_topic, metrics), followups, None, metrics)

@@ -1,17 +1,22 @@
-"""streams/agents/faust_compat.py without a broker: what the worker's Faust apps are built with."""
+"""streams/agents/faust_compat.py and the batch loop on it, without a broker: how the worker's Faust apps run."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import faust
 import pytest
+from prometheus_client import CollectorRegistry
 
 from streams.agents import faust_compat
+from streams.agents.base import BatchAgent, Record, attach_all
 from streams.agents.faust_app import faust_app
+from streams.agents.metrics import WorkerMetrics
 from streams.config import Settings
+from tests.fakes import Produced
 
 
 def test_the_table_manager_registers_the_changelogs_at_start_without_faust_s_one_second_sleep(
@@ -87,3 +92,54 @@ def test_take_batches_does_not_poll_while_nothing_comes() -> None:
     got, idle_waits = _batches_of([1, 2], 10, 0.02, idle=0.3)
     assert got == [[1, 2]]
     assert idle_waits <= 2, idle_waits
+
+
+class _Recorder(BatchAgent):
+    """An agent that records the records of each batch it handles, and when its batch ends."""
+
+    def __init__(self, name: str, seen: list[tuple[str, Any]]) -> None:
+        self.name, self.topic, self.seen = name, "channel", seen
+        self.batch_size, self.within_seconds = 3, 0.05
+
+    async def handle(self, partition: int, records: Sequence[Record]) -> None:
+        self.seen.append((self.name, [record.value for record in records]))
+
+    async def finish(self) -> None:
+        self.seen.append((self.name, "finish"))
+
+
+def test_agents_attached_together_share_one_stream_one_flush_and_one_ack() -> None:
+    """attach_all: every batch of the one stream goes to each agent in turn, then one flush, then the acks; each
+    agent keeps its own runner (lag, ticks)."""
+    app = faust.App("attach-test", broker="kafka://127.0.0.1:9", store="memory://", web_enabled=False)
+    channel = app.channel()
+    seen: list[tuple[str, Any]] = []
+    produced = Produced()
+    flushes: list[int] = []
+    flush = produced.flush
+    both = asyncio.Event()
+
+    async def counted_flush() -> None:
+        flushes.append(len(seen))  # how much was handled when the flush came
+        await flush()
+        if len(flushes) == 2:
+            both.set()
+
+    produced.flush = counted_flush  # type: ignore[method-assign]
+    runners = attach_all(app, [_Recorder("a", seen), _Recorder("b", seen)], channel, produced,  # type: ignore[arg-type]
+                         WorkerMetrics(CollectorRegistry()))  # fmt: skip
+    assert [runner.agent.name for runner in runners] == ["a", "b"]
+    [agent] = app.agents.values()
+    assert agent.name == "a-and-b"
+
+    async def run() -> None:
+        async with agent.test_context() as context:
+            for value in (b"1", b"2", b"3", b"4"):
+                await context.put(value)
+            await both.wait()
+
+    asyncio.run(asyncio.wait_for(run(), 10))
+    first = [("a", [b"1", b"2", b"3"]), ("a", "finish"), ("b", [b"1", b"2", b"3"]), ("b", "finish")]
+    second = [("a", [b"4"]), ("a", "finish"), ("b", [b"4"]), ("b", "finish")]
+    assert seen == first + second
+    assert flushes == [4, 8]  # once a batch, after both agents
