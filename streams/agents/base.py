@@ -189,24 +189,14 @@ class Runner:
         if agent.exports_lag:
             metrics.sink_errors.labels(agent.sink)  # a series from the start, at 0
 
-    async def batch(self, events: Sequence[EventT[Any]], flush: bool = True) -> None:
-        """One batch: handle it partition by partition, then (unless another runner of the same stream flushes
-        after it) flush everything it wrote."""
-        by_partition: dict[int, list[Record]] = defaultdict(list)
-        for event in events:
-            message = event.message
-            by_partition[message.partition].append(
-                Record(
-                    message.partition,
-                    message.offset,
-                    message.value or b"",
-                    int(message.timestamp * 1000),
-                    headers_of(message.headers),
-                    message.key,
-                )
-            )
-        for partition, records in by_partition.items():
-            records.sort()
+    async def batch(self, events: Sequence[EventT[Any]]) -> None:
+        """One batch: handle it partition by partition, then flush everything it wrote."""
+        await self.apply(by_partition(events))
+
+    async def apply(self, batch: dict[int, tuple[Record, ...]], flush: bool = True) -> None:
+        """Handle a batch's records (:func:`by_partition`) partition by partition, then (unless another runner of
+        the same stream flushes after it) flush everything it wrote."""
+        for partition, records in batch.items():
             self.applied.setdefault(partition, records[0].offset)  # where the lag counts from while handle waits
             try:
                 await self.agent.handle(partition, records)
@@ -228,7 +218,7 @@ class Runner:
             self.metrics.batch_errors.labels(self.agent.topic).inc()
             LOG.exception("%s: finishing a batch of %s failed; acked", self.agent.name, self.agent.topic)
         if self.agent.writes_in_finish:  # applied once written: a sink waiting for its store shows the batch as lag
-            for partition, records in by_partition.items():
+            for partition, records in batch.items():
                 self.applied[partition] = records[-1].offset + 1
         if flush and self.results is not None:
             await self.results.flush()
@@ -265,6 +255,24 @@ class Runner:
                 metrics.sink_lag.labels(agent.sink, str(partition)).set(lag)
 
 
+def by_partition(events: Sequence[EventT[Any]]) -> dict[int, tuple[Record, ...]]:
+    """A batch's events as Records, partition by partition, each partition's in offset order."""
+    grouped: dict[int, list[Record]] = defaultdict(list)
+    for event in events:
+        message = event.message
+        grouped[message.partition].append(
+            Record(
+                message.partition,
+                message.offset,
+                message.value or b"",
+                int(message.timestamp * 1000),
+                headers_of(message.headers),
+                message.key,
+            )
+        )
+    return {partition: tuple(sorted(records)) for partition, records in grouped.items()}
+
+
 def attach(
     app: faust.App,
     agent: BatchAgent,
@@ -294,8 +302,9 @@ def attach_all(
     async def consume(stream: StreamT[Any]) -> None:
         batches = cast("faust.Stream[Any]", stream)
         async for events in faust_compat.take_batches(stream, first.batch_size, first.within_seconds):
+            batch = by_partition(events)
             for n, runner in enumerate(runners, 1):
-                await runner.batch(events, flush=n == len(runners))
+                await runner.apply(batch, flush=n == len(runners))
             for event in events:
                 await batches.ack(event)
 
