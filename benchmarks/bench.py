@@ -238,14 +238,24 @@ def process_names(pid: int) -> dict[int, str]:
     return out
 
 
-def rss_by_process(pid: int) -> dict[str, float]:
-    """Resident memory (MB) of the worker's supervisor and of each of its children by name."""
+MEMORY_FIELDS = ("Rss", "Pss", "Pss_Anon", "Pss_File")
 
-    def rss(one: int) -> float:
-        stat = proc_stat(one)
-        return 0.0 if stat is None else int(stat[21]) * os.sysconf("SC_PAGE_SIZE") / 1e6
 
-    return {"supervisor": rss(pid), **{name: rss(child) for child, name in process_names(pid).items()}}
+def smaps_mb(pid: int) -> dict[str, float]:
+    """A process's memory from /proc/PID/smaps_rollup, MB: ``Rss``, ``Pss`` (each shared page divided among the
+    processes that map it), ``Pss_Anon`` (its heaps: what it allocated), ``Pss_File`` (mapped files: shared
+    libraries' code, which the kernel can drop and read again); empty when the process is gone."""
+    try:
+        lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]
+    except OSError:
+        return {}
+    fields = (line.split() for line in lines)
+    return {name.rstrip(":"): int(kb) * 1024 / 1e6 for name, kb, *_ in fields}  # MB as tree_rss_mb counts them
+
+
+def memory_by_process(pid: int) -> dict[str, dict[str, float]]:
+    """:func:`smaps_mb` of the worker's supervisor and of each of its children by name."""
+    return {"supervisor": smaps_mb(pid), **{name: smaps_mb(child) for child, name in process_names(pid).items()}}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -714,9 +724,10 @@ def steady_run(
 
 def quiet_run(
     bootstrap: str, workdir: Path, rate: int, warm_up_s: float, seconds: float, templates: list[dict[str, Any]]
-) -> tuple[dict[str, float], dict[str, float], float, float, int]:
+) -> tuple[dict[str, float], dict[str, dict[str, float]], float, float, int]:
     """A worker with every default on (journeys, the embedded store) at a low steady rate, as a small contact center
-    runs it: after ``warm_up_s``, each process's share of a core over ``seconds`` (%), each one's RSS at the end,
+    runs it: after ``warm_up_s``, each process's share of a core over ``seconds`` (%), each one's memory at the end
+    (:func:`smaps_mb`),
     the worker's mean and largest RSS over them (MB), and how many events were sent.  With --profile, py-spy over
     those seconds."""
     topic = f"quiet-{uuid.uuid4().hex[:8]}"
@@ -743,7 +754,7 @@ def quiet_run(
             time.sleep(5.0)  # RSS samples over the window
         after, elapsed = cpu_by_process(proc.pid, None), time.monotonic() - started
         shares = {name: 100 * (cpu - before.get(name, 0.0)) / elapsed for name, cpu in after.items()}
-        memory = rss_by_process(proc.pid)
+        memory = memory_by_process(proc.pid)
         load_.thread.join()
         return shares, memory, sum(rss) / len(rss), max(rss), load_.count
     finally:
@@ -968,9 +979,21 @@ def steady_reports(bootstrap: str, workdir: Path, systems: list[str], args: argp
             f"{QUIET_WARM_UP_SECONDS:.0f} s, over {args.quiet_seconds:.0f} s ({sent:,} sent): the worker used "
             f"{sum(shares.values()):.1f}% of a core ("
             + ", ".join(f"{name} {share:.1f}%" for name, share in sorted(shares.items(), key=lambda kv: -kv[1]))
-            + f"), RSS mean {mean_mb:,.0f} MB, largest {peak_mb:,.0f} MB ("
-            + ", ".join(f"{name} {mb:,.0f}" for name, mb in sorted(memory.items(), key=lambda kv: -kv[1]))
-            + ")",
+            + f"), RSS mean {mean_mb:,.0f} MB, largest {peak_mb:,.0f} MB",
+            highlight=False,
+        )
+        total = {field: sum(m.get(field, 0.0) for m in memory.values()) for field in MEMORY_FIELDS}
+        console.print(
+            "quiet: memory at the end, MB ("
+            + " / ".join(MEMORY_FIELDS)
+            + "; PSS shares each shared page among the processes that map it, anon is what they allocated, file is "
+            "mapped files such as shared libraries' code): the worker "
+            + " / ".join(f"{total[f]:,.0f}" for f in MEMORY_FIELDS)
+            + "; "
+            + ", ".join(
+                f"{name} " + " / ".join(f"{m.get(f, 0.0):,.0f}" for f in MEMORY_FIELDS)
+                for name, m in sorted(memory.items(), key=lambda kv: -kv[1].get("Rss", 0.0))
+            ),
             highlight=False,
         )
     if args.soak_seconds > 0 and "cxpulse" in systems:

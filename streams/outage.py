@@ -32,7 +32,10 @@ LOG = logging.getLogger("cxpulse.outage")
 CLIENT_LOGGERS = ("cxpulse.kafka", "aiokafka", "faust", "mode", "kafka")
 PROBE_SECONDS = 1.0  # while down: how often the bootstrap servers are tried
 PROBE_TIMEOUT_SECONDS = 1.0
-WATCH_SECONDS = 0.2  # a suspected outage is probed within this long; handlers added later get the filter
+# the watcher wakes at once when an outage is suspected (the filter sets ``wake``); else this often, to give handlers
+# added later the filter and end a settling.  It was 0.2 s, a poll: five wakes a second of each of the worker's
+# five processes, 0.4% of a core of the quiet run's py-spy samples (issue 35)
+WATCH_SECONDS = 1.0
 SETTLE_SECONDS = 5.0  # after an outage: group-coordinator retries are counted, not written, this long
 # what a failed connection attempt says, in librdkafka's, aiokafka's and Faust's words
 _CONNECTION_FAILURE = re.compile(
@@ -100,6 +103,7 @@ class OutageLog(logging.Filter):
         self.outages = 0  # how many were confirmed in this process
         self.settling_until: float | None = None  # after an outage: coordinator retries are counted until then
         self.coordinator_retries = 0  # ... how many
+        self.wake = threading.Event()  # set when an outage becomes suspected: the watcher probes at once
 
     @property
     def active(self) -> bool:
@@ -124,6 +128,7 @@ class OutageLog(logging.Filter):
                     return True  # a client's warning outside an outage is written as it is
                 self.since, self.confirmed, self.attempts, self.absorbed = self.clock(), False, 0, 0
                 self.first = f"{record.name}: {message.strip()[:300]}"
+                self.wake.set()
             self.attempts += failure
             self.absorbed += 1
         return False
@@ -184,9 +189,22 @@ class OutageLog(logging.Filter):
 
     def _watch(self) -> None:
         while True:
+            self.wake.clear()  # an outage suspected from here on ends the rest below at once
             self.attach()
             self.check()
-            time.sleep(PROBE_SECONDS if self.since is not None else WATCH_SECONDS)
+            self.rest()
+
+    def rest(self) -> None:
+        """The watcher's pause: PROBE_SECONDS while Kafka is away, else until an outage is suspected, a settling
+        ends, or WATCH_SECONDS passed."""
+        settling = self.settling_until
+        if self.since is not None:
+            pause = PROBE_SECONDS
+        elif settling is not None:
+            pause = max(0.0, min(WATCH_SECONDS, settling - self.clock()))
+        else:
+            pause = WATCH_SECONDS
+        self.wake.wait(pause)
 
     @classmethod
     def install(cls, bootstrap: str) -> OutageLog:

@@ -119,3 +119,47 @@ def test_coordinator_retries_without_an_outage_are_written() -> None:
     outage = OutageLog(lambda: True, Clock())
     message = "Heartbeat failed for group g: coordinator (node 1) is either not started or not valid"
     assert outage.filter(record("aiokafka.consumer.group_coordinator", message, logging.WARNING)) is True
+
+
+class Wake:
+    """The watcher's event, recording how long each rest would wait."""
+
+    def __init__(self) -> None:
+        self.flag = False
+        self.waits: list[float] = []
+
+    def set(self) -> None:
+        self.flag = True
+
+    def clear(self) -> None:
+        self.flag = False
+
+    def is_set(self) -> bool:
+        return self.flag
+
+    def wait(self, timeout: float) -> bool:
+        self.waits.append(timeout)
+        return self.flag
+
+
+def test_the_watcher_rests_until_an_outage_is_suspected_and_probes_while_kafka_is_away() -> None:
+    """No poll: outside an outage the watcher waits on its event (WATCH_SECONDS at most, to attach handlers added
+    later, less when a settling ends sooner), and the first connection failure sets it; during an outage it probes
+    every PROBE_SECONDS."""
+    up = [False]
+    clock = Clock()
+    outage = OutageLog(lambda: up[0], clock)
+    wake = outage.wake = Wake()  # type: ignore[assignment]
+    outage.rest()
+    assert wake.waits == [streams_outage.WATCH_SECONDS] and not wake.flag
+    assert outage.filter(record("cxpulse.kafka", REFUSED)) is False
+    assert wake.flag  # suspected: the rest in progress ends at once
+    outage.filter(record("cxpulse.kafka", REFUSED))
+    outage.check()  # confirmed
+    outage.rest()
+    assert wake.waits[-1] == streams_outage.PROBE_SECONDS
+    up[0] = True
+    outage.check()  # back: a settling of SETTLE_SECONDS starts
+    clock.now += streams_outage.SETTLE_SECONDS - 0.25
+    outage.rest()
+    assert wake.waits[-1] == pytest.approx(0.25)
