@@ -425,9 +425,7 @@ def run_cxpulse(
         profile = profiling.record(proc.pid, path)
     try:
         first, done, counts = watch(bootstrap, settings.results_topic, decode_result, events, proc)
-        journeys_done = wait_journeys(settings, proc) if journeys else None
-        if clickhouse:
-            stored = wait_stored(settings.metrics_port, events, proc)
+        journeys_done, stored = wait_end(settings, proc, events, journeys, clickhouse)
         cpu = cpu_by_process(proc.pid, BROKER_PID)  # launch to the end: the last result, journeys, the store
         if "broker" in cpu:
             cpu["broker"] -= broker_cpu
@@ -468,6 +466,68 @@ def wait_journeys(settings: Settings, proc: subprocess.Popen[bytes], timeout: fl
     raise SystemExit(f"the journey agent did not catch up within {timeout:.0f} s ({_share(done, ends)})")
 
 
+def wait_end(
+    settings: Settings, proc: subprocess.Popen[bytes], events: int, journeys: bool, clickhouse: bool
+) -> tuple[float | None, float | None]:
+    """After the last pane result: when the journeys were done and when the store held every answer (None for
+    what the run does not have), each watched on its own, polled every 0.2 s in one loop.
+
+    The journeys are done when their last instance revision reached ``cx.journeys``: the moment the topic's end
+    last grew, once the journeys group's committed offsets reached the end of the journey-answers topic (which
+    says every answer was handled).  Faust commits every 2.8 s (``broker_commit_interval``), so the commit itself
+    comes up to that much later; nothing a user sees waits for it (the instances are out, the store writes them),
+    and timed by it a run fell into two modes ~2.8 s apart (2026-12-06)."""
+    deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
+    topic = internal_topics(settings).journey_answers
+    probe = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"{settings.app_id}-journeys"})
+    try:
+        partitions = [TopicPartition(topic, p) for p in probe.list_topics(topic, timeout=10).topics[topic].partitions]
+        ends = {tp.partition: probe.get_watermark_offsets(tp, 10, False)[1] for tp in partitions}
+        instances = settings.journeys_topic
+        listed = probe.list_topics(instances, timeout=10).topics[instances].partitions if journeys else {}
+        out = [TopicPartition(instances, p) for p in listed]
+        sent, sent_at = -1, time.time()
+        journeys_done = None if journeys else 0.0
+        stored = None if clickhouse else 0.0
+        done: dict[int, int] = {}
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit(f"{proc.args} exited with {proc.returncode}")
+            now = time.time()
+            if journeys_done is None:
+                total = sum(probe.get_watermark_offsets(tp, 10, False)[1] for tp in out)
+                if total != sent:
+                    sent, sent_at = total, now
+                done = {tp.partition: tp.offset for tp in probe.committed(partitions, timeout=10)}
+                if all(ends[p] == 0 or done.get(p, -1) >= ends[p] - 1 for p in ends):
+                    journeys_done = sent_at
+            if stored is None and stored_answers(settings.metrics_port) >= events:
+                stored = now
+            if journeys_done is not None and stored is not None:
+                return (journeys_done if journeys else None), (stored if clickhouse else None)
+            time.sleep(0.2)  # committed offsets and the store's counter have no push
+    finally:
+        probe.close()
+    raise SystemExit(
+        f"not done within {RUN_TIMEOUT_SECONDS} s: journeys {_share(done, ends)}, "
+        f"store {'done' if stored is not None else 'behind'}"
+    )
+
+
+def stored_answers(port: int) -> float:
+    """The worker's ClickHouse sink's answers written so far (its rows counter; 0 when /metrics does not answer)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "cxpulse_sink_rows_total" and sample.labels.get("table") == "answers":
+                return sample.value
+    return 0.0
+
+
 def _share(done: dict[int, int], ends: dict[int, int]) -> str:
     """How much of the journey-answers topic the journeys group has committed."""
     committed = sum(min(max(done.get(p, 0), 0), end) for p, end in ends.items())
@@ -480,16 +540,8 @@ def wait_stored(port: int, events: int, proc: subprocess.Popen[bytes]) -> float:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"{proc.args} exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-                text = response.read().decode()
-        except OSError:
-            text = ""
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == "cxpulse_sink_rows_total" and sample.labels.get("table") == "answers":
-                    if sample.value >= events:
-                        return time.time()
+        if stored_answers(port) >= events:
+            return time.time()
         time.sleep(0.2)
     raise SystemExit(f"ClickHouse did not hold {events} answers within {RUN_TIMEOUT_SECONDS} s")
 
