@@ -375,6 +375,10 @@ def cxpulse_settings(bootstrap: str, topic: str, workdir: Path, **extra: Any) ->
         "dlq_topic": f"bench-{tag}-dlq",
         "results_topic": f"bench-{tag}-panes",
         "alerts_topic": f"bench-{tag}-alerts",
+        # every output topic a run of its own: with the default cx.journeys, each run's sink (a new group) stored
+        # the journey instances of every run before it as well (the sink's CPU grew run by run, 2026-12-06)
+        "journeys_topic": f"bench-{tag}-journeys",
+        "followups_topic": f"bench-{tag}-followups",
         "partitions": PARTITIONS,
         "data_dir": workdir / f"cxpulse-{tag}",
         "metrics_port": free_ports(1)[0],

@@ -10,9 +10,9 @@ in its own consumer group ``<app>-sink``.  Three inputs, one table each (:class:
 
 A librdkafka (confluent-kafka) loop, as the hot path's, not Faust: the sink takes every revision of every pane
 group and journey instance, and Faust's per-message path (a task and a future per message) was most of its CPU
-(issue 35's profile: 165 / 467 us an answer, live / backlog).  A batch is what came within
-``BATCH_WITHIN_SECONDS`` (or until a feed's ``batch_size``); of the revisions of one key in a batch only the last
-is written (the newest: versions grow in offset order, and the table would keep only it); each table gets one
+(issue 35's profile: 165 / 467 us an answer, live / backlog).  Each feed's batch is what came within
+``BATCH_WITHIN_SECONDS`` (or until its ``batch_size`` rows); of the revisions of one key in a batch only the last
+is kept and written (the newest: versions grow in offset order, and the table would keep only it); each table gets one
 column-oriented insert with a deterministic ``insert_deduplication_token`` (topic, and per partition the offsets
 taken), so a retry writes nothing twice; the offsets are committed once every insert went in.  When ClickHouse
 fails the inserts are retried with backoff (0.5 s doubling to 30 s) while the consumer is paused and keeps its
@@ -162,25 +162,47 @@ def record_of(message: Message) -> Record:
     )
 
 
-def newest_of_each_key(records: Sequence[Record]) -> list[Record]:
-    """The last record of each key, in offset order (a record without a key: every one)."""
-    last: dict[bytes, int] = {}
-    for at, record in enumerate(records):
-        if record.key is not None:
-            last[record.key] = at
-    return [r for at, r in enumerate(records) if r.key is None or last[r.key] == at]
+class Taken:
+    """What a batch took of one partition: the offset range and how many messages (the insert's token), and the
+    records to write; of a revisions feed's keyed records only the newest of each key is kept, as it is taken (a
+    backlog's pane results revise each group many times over: kept whole, a batch held and decoded them all)."""
+
+    def __init__(self, first: int, revisions: bool) -> None:
+        self.first = self.last = first
+        self.count = 0
+        self.revisions = revisions
+        self.records: list[Record] = []  # not revisions: every record, in offset order
+        self.newest: dict[bytes | int, Record] = {}  # revisions: key (an unkeyed record: its offset) -> record
+
+    def add(self, record: Record) -> None:
+        self.last = record.offset
+        self.count += 1
+        if not self.revisions:
+            self.records.append(record)
+            return
+        key: bytes | int = record.offset if record.key is None else record.key
+        self.newest.pop(key, None)  # re-inserted: the dict stays in the order of each key's newest offset
+        self.newest[key] = record
+
+    def __len__(self) -> int:
+        """The rows it will write (at most)."""
+        return len(self.newest) if self.revisions else len(self.records)
+
+    def rows(self) -> Iterable[Record]:
+        """The records to write, in offset order."""
+        return self.newest.values() if self.revisions else self.records
 
 
-def prepare(feed: Feed, taken: dict[int, list[Record]], unreadable: Callable[[Record, Exception], None]) -> Write:
+def prepare(feed: Feed, taken: dict[int, Taken], unreadable: Callable[[Record, Exception], None]) -> Write:
     """A feed's insert from what a batch took of it, partition by partition in offset order."""
     data: list[list[Any]] = [[] for _ in COLUMNS[feed.table]]
     ranges = []
     offsets = {}
     for partition in sorted(taken):
-        records = taken[partition]
-        ranges.append((partition, records[0].offset, records[-1].offset, len(records)))
-        offsets[partition] = records[-1].offset + 1
-        for record in newest_of_each_key(records) if feed.revisions else records:
+        part = taken[partition]
+        ranges.append((partition, part.first, part.last, part.count))
+        offsets[partition] = part.last + 1
+        for record in part.rows():
             try:
                 block = feed.columns_of(record)
             except Exception as exc:  # noqa: BLE001 - a record that is not what the topic carries: counted
@@ -211,8 +233,11 @@ class ClickHouseSink:
         self.guard = guard or CallGuard("sink")
         self.clock = clock
         self.stopping = False
-        self.taken: dict[str, dict[int, list[Record]]] = {feed.topic: {} for feed in feeds}
-        self.since: float | None = None  # when the batch's first message was taken
+        self.taken: dict[str, dict[int, Taken]] = {feed.topic: {} for feed in feeds}
+        # per feed: when its batch's first message was taken.  Each feed's batch fills and goes on its own: tied
+        # to the others, the pane results went with every full batch of answers, a few revisions of each group
+        # apiece (the backlog shape's sink: 7.5-26.5 CPU s from run to run, 2026-12-06)
+        self.since: dict[str, float] = {}
         self.applied: dict[tuple[str, int], int] = {}  # the next offset to write, per partition held
         self.changed = False  # partitions were revoked while a batch waited: prepare it again
         self.next_health = 0.0
@@ -225,13 +250,15 @@ class ClickHouseSink:
 
     def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """What was taken of a revoked partition is dropped (not committed: its next owner reads it again)."""
+        dropped = False
         for tp in partitions:
             if self.taken.get(tp.topic, {}).pop(tp.partition, None) is not None:
-                self.changed = True
+                self.changed = dropped = True
+                if not self.taken[tp.topic]:
+                    self.since.pop(tp.topic, None)
             self.applied.pop((tp.topic, tp.partition), None)
             self.metrics.health.progress.forget(f"{SINK}:{tp.topic}[{tp.partition}]")
-        if self.since is not None and not any(self.taken.values()):
-            self.since = None
+        if dropped and not self.since:
             self.metrics.health.progress.done()  # nothing in flight any more: not a stall
 
     def subscribe(self) -> None:
@@ -254,8 +281,9 @@ class ClickHouseSink:
 
     def step(self, messages: Iterable[Message]) -> None:
         self.take(messages)
-        if self.due():
-            self.write()
+        due = self.due()
+        if due:
+            self.write(due)
         self.health()
 
     def take(self, messages: Iterable[Message]) -> int:
@@ -272,23 +300,26 @@ class ClickHouseSink:
             if topic not in self.taken:
                 continue
             record = record_of(message)
-            self.taken[topic].setdefault(record.partition, []).append(record)
+            part = self.taken[topic].get(record.partition)
+            if part is None:
+                part = self.taken[topic][record.partition] = Taken(record.offset, self.feeds[topic].revisions)
+            part.add(record)
             self.applied.setdefault((topic, record.partition), record.offset)  # where the lag counts from
             added += 1
-            if self.since is None:
-                self.since = self.clock()
+            if topic not in self.since:
+                self.since[topic] = self.clock()
                 self.metrics.health.progress.begin()
         return added
 
-    def due(self) -> bool:
-        if self.since is None:
-            return False
-        if self.clock() - self.since >= BATCH_WITHIN_SECONDS:
-            return True
-        return any(
-            sum(len(records) for records in self.taken[topic].values()) >= feed.batch_size
-            for topic, feed in self.feeds.items()
-        )
+    def due(self) -> list[str]:
+        """The feeds whose batch is due: it waited BATCH_WITHIN_SECONDS, or holds its feed's batch_size rows."""
+        now = self.clock()
+        return [
+            topic
+            for topic, since in self.since.items()
+            if now - since >= BATCH_WITHIN_SECONDS
+            or sum(len(part) for part in self.taken[topic].values()) >= self.feeds[topic].batch_size
+        ]
 
     def _unreadable(self, feed: Feed) -> Callable[[Record, Exception], None]:
         def unreadable(record: Record, exc: Exception) -> None:
@@ -297,18 +328,19 @@ class ClickHouseSink:
 
         return unreadable
 
-    def prepare(self) -> list[Write]:
+    def prepare(self, topics: Sequence[str]) -> list[Write]:
         return [
-            prepare(self.feeds[topic], taken, self._unreadable(self.feeds[topic]))
-            for topic, taken in self.taken.items()
-            if taken
+            prepare(self.feeds[topic], self.taken[topic], self._unreadable(self.feeds[topic]))
+            for topic in topics
+            if self.taken[topic]
         ]
 
-    def write(self) -> bool:
-        """Insert what the batch took, table by table, retrying while ClickHouse fails (the consumer paused
-        meanwhile, its place in the group kept), then commit its offsets.  False when a stop came first (nothing
-        committed: the batch is read again)."""
-        writes = self.prepare()
+    def write(self, topics: Sequence[str] | None = None) -> bool:
+        """Insert what the batches of ``topics`` (default: every feed) took, table by table, retrying while
+        ClickHouse fails (the consumer paused meanwhile, its place in the group kept), then commit their offsets.
+        False when a stop came first (nothing committed: the batches are read again)."""
+        topics = list(self.feeds) if topics is None else list(topics)
+        writes = self.prepare(topics)
         self.changed = False
         backoff = 0.5
         done: set[str] = set()  # the tables whose insert went in (a retry sends only the others)
@@ -332,12 +364,15 @@ class ClickHouseSink:
                     return False
                 backoff = min(BACKOFF_MAX_SECONDS, backoff * 2)
                 if self.changed:  # partitions went meanwhile: the batch is what is still held
-                    writes, self.changed, done = self.prepare(), False, set()
+                    writes, self.changed, done = self.prepare(topics), False, set()
         self.commit(writes)
-        for taken in self.taken.values():
-            taken.clear()
-        self.since = None
-        self.metrics.health.progress.done()
+        for topic in topics:
+            self.taken[topic].clear()
+            self.since.pop(topic, None)
+        if self.since:
+            self.metrics.health.progress.advanced()  # another feed's batch is still filling
+        else:
+            self.metrics.health.progress.done()
         return True
 
     def _insert(self, write: Write) -> None:

@@ -163,6 +163,39 @@ def test_a_full_batch_goes_at_once() -> None:
     assert client.inserts[0]["data"][0] == [1] * 60 and consumer.commits == [[(ANSWERS, 0, 60)]]
 
 
+def test_each_feed_fills_its_own_batch_and_a_full_one_goes_alone() -> None:
+    """A full batch of answers goes at once with its offsets; the pane results taken beside it keep filling their
+    own batch and go when it is due, with theirs: a backlog's pane groups are revised many times over, and written
+    with every full batch of answers, each insert held a few revisions of each group."""
+    client = FakeClient()
+    loop, consumer, _, metrics, clock = sink(client)
+    loop.step([*messages(PANES, 0, 0, [b"1", b"2"], [b"a", b"b"]), *messages(ANSWERS, 0, 0, [b"9"] * 60)])
+    assert [insert["table"] for insert in client.inserts] == ["cxpulse.answers"]
+    assert consumer.commits == [[(ANSWERS, 0, 60)]]
+    assert metrics.health.progress.busy_since is not None  # the pane results' batch is still in flight
+    clock.now += clickhouse_sink.BATCH_WITHIN_SECONDS - 1
+    loop.step(messages(PANES, 0, 2, [b"3"], [b"a"]))
+    assert len(client.inserts) == 1  # within BATCH_WITHIN_SECONDS of the pane results' first message
+    clock.now += 1
+    loop.step([])
+    assert client.inserts[1]["table"] == "cxpulse.pane_results" and client.inserts[1]["data"][0] == [2, 3]
+    assert client.inserts[1]["settings"]["insert_deduplication_token"] == store.token(PANES, (0, 0, 2, 3))
+    assert consumer.commits[1] == [(PANES, 0, 3)]
+    assert metrics.health.progress.busy_since is None
+
+
+def test_a_revisions_batch_fills_with_keys_not_messages() -> None:
+    """A revisions feed's batch holds the newest revision of each key as it takes them: 300 revisions of 3 pane
+    groups are 3 rows, not a full batch (batch_size 100); 100 groups are."""
+    client = FakeClient()
+    loop, consumer, _, _, _ = sink(client)
+    loop.step(messages(PANES, 0, 0, [str(n).encode() for n in range(300)], [b"a", b"b", b"c"] * 100))
+    assert client.inserts == [] and consumer.commits == []
+    loop.step(messages(PANES, 2, 0, [str(n).encode() for n in range(97)], [str(n).encode() for n in range(97)]))
+    assert client.inserts[0]["data"][0] == [297, 298, 299, *range(97)]
+    assert consumer.commits == [[(PANES, 0, 300), (PANES, 2, 97)]]
+
+
 def test_of_the_revisions_of_a_key_only_the_last_is_written() -> None:
     """A pane group revised three times in a batch is one row, the newest (the table would keep only it)."""
     client = FakeClient()
@@ -263,8 +296,14 @@ def test_the_lag_of_a_transactional_input_leaves_out_the_commit_marker() -> None
     consumer.highs = {(ANSWERS, 0): 61, (PANES, 0): 5}  # 60 answers and their transaction's marker; 5 results
     clock.now += clickhouse_sink.HEALTH_SECONDS
     loop.health()
-    # partition 0 of both topics: the answers written to their marker (0 left), the pane results 4 after the one
-    # written with them (the full answers batch wrote the whole batch)
+    # partition 0 of both topics: the answers written to their marker (0 left), the pane results all 5 (the one
+    # taken waits in its own batch, which a full batch of answers does not write)
+    lag = metrics.registry.get_sample_value("cxpulse_sink_lag_messages", {"sink": "clickhouse", "partition": "0"})
+    assert lag == 5
+    clock.now += clickhouse_sink.BATCH_WITHIN_SECONDS
+    loop.step([])  # the pane results' batch is due: written, and its lag counts from after it
+    clock.now += clickhouse_sink.HEALTH_SECONDS
+    loop.health()
     lag = metrics.registry.get_sample_value("cxpulse_sink_lag_messages", {"sink": "clickhouse", "partition": "0"})
     assert lag == 4
 
