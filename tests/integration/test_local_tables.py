@@ -13,6 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from streams.agents import local_tables
 from streams.agents.local_tables import LocalTables
 from streams.agents.results import ResultsProducer
 from streams.agents.stores import DiskMapping, raw_key
@@ -184,3 +185,28 @@ def test_a_table_on_disk_keeps_in_memory_only_what_its_copy_lacks(
     assert not restarted.recent and len(restarted) == 3
     assert restarted.keys_before([0], 240_000) == ["0|chat|billing|120000", "0|chat|billing|180000"]
     again.close()
+
+
+def test_the_copies_memory_is_bounded_for_the_process_not_per_copy(
+    kafka_broker: RunningBroker, changelog: str, tmp_path: Path
+) -> None:
+    """RocksDB's defaults gave each copy a 64 MB memtable and a block cache of its own: a process's memory grew with
+    its partitions until each filled.  Three times MEMTABLE_BYTES written to two copies stay within the process's
+    budget (charged to its one write buffer manager, flushed to disk), and read back whole."""
+    local = LocalTables(kafka_broker.bootstrap, tmp_path)
+    for partition in (0, 1):
+        assert contents(local, changelog, partition) == ({}, None)
+    value = b"[" + b"7" * 1000 + b"]"
+    keys_per_checkpoint = 1000  # ~1 MB a checkpoint, as a busy process's 2-second checkpoints write
+    total = 3 * local_tables.MEMTABLE_BYTES // len(value)
+    held = []
+    for start in range(0, total, keys_per_checkpoint):
+        for n in range(start, min(total, start + keys_per_checkpoint)):
+            local.delivered(changelog, n % 2, n // 2, json.dumps(f"k{n}").encode(), value)
+        local.checkpoint()
+        held.append(local.rocksdb_memory()[0])
+    assert min(held[1:]) > 0  # the copies are charged to the process's manager
+    assert max(held) <= local_tables.MEMTABLE_BYTES + 2 * local_tables.WRITE_BUFFER_BYTES, max(held) / 2**20
+    assert sum(local.count(changelog, p) for p in (0, 1)) == total
+    assert sum(1 for p in (0, 1) for key in local.keys(changelog, p) if local.get(changelog, p, key) == value) == total
+    local.close()
