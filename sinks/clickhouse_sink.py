@@ -59,10 +59,11 @@ SINK = "clickhouse"
 PANES_BATCH = 5000  # results per insert at most
 ANSWERS_BATCH = 60  # answer messages (a hot-path batch of one source partition each) per insert at most
 JOURNEYS_BATCH = 5000  # journey instance revisions per insert at most
-# An insert waits at most this long to fill (a full batch goes at once).  Every insert is a part ClickHouse merges
-# in the background: at a small contact center's rate one insert a second per table kept the embedded store's
-# merges busy (issue 35's quiet run: the sink 27% of a core, 12% with 5 s and the hot path's fetch window); an answer is
-# in the store this much later at worst, at low rates.
+# A table's batch waits at most this long to fill (a full batch goes at once).  Every insert is a part ClickHouse
+# merges in the background: at a small contact center's rate one insert a second per table kept the embedded store's
+# merges busy (issue 35's quiet run: the sink 27% of a core, 12% with 5 s and the hot path's fetch window).  A row
+# is in the store this much later at worst: answers unless 60 hot-path batches come sooner, pane results and
+# journey instances unless 5,000 distinct keys do (a batch holds each key's newest revision).
 BATCH_WITHIN_SECONDS = 5.0
 CONSUME_MESSAGES = 10_000  # messages per consume() call at most
 CONSUME_SECONDS = 0.5  # a consume() call waits at most this long
