@@ -499,10 +499,12 @@ def wait_end(
                 raise SystemExit(f"{proc.args} exited with {proc.returncode}")
             now = time.time()
             if journeys_done is None:
+                # the commits first: a batch's revisions are in Kafka before its offsets are committed, so the end
+                # read after a commit that shows every answer handled holds the last revision
+                done = {tp.partition: tp.offset for tp in probe.committed(partitions, timeout=10)}
                 total = sum(probe.get_watermark_offsets(tp, 10, False)[1] for tp in out)
                 if total != sent:
                     sent, sent_at = total, now
-                done = {tp.partition: tp.offset for tp in probe.committed(partitions, timeout=10)}
                 if all(ends[p] == 0 or done.get(p, -1) >= ends[p] - 1 for p in ends):
                     journeys_done = sent_at
             if stored is None and stored_answers(settings.metrics_port) >= events:
