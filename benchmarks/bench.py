@@ -443,31 +443,51 @@ def run_cxpulse(
     return Run(launched, first, done, events, peak, counts, stored, journeys_done, cpu)
 
 
+class JourneysProbe:
+    """The journeys group's progress over the journey-answers topic, read from outside (called after the last pane
+    result, when the hot path has forwarded everything): the topic's ends are taken once; a partition is done at
+    end - 1 (the end holds one commit marker after the last message)."""
+
+    def __init__(self, settings: Settings) -> None:
+        topic = internal_topics(settings).journey_answers
+        self.consumer = Consumer(
+            {"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"{settings.app_id}-journeys"}
+        )
+        listed = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        self.partitions = [TopicPartition(topic, p) for p in listed]
+        self.ends = {tp.partition: self.consumer.get_watermark_offsets(tp, 10, False)[1] for tp in self.partitions}
+        self.done: dict[int, int] = {}
+
+    def caught_up(self) -> bool:
+        """Whether the group's committed offsets (read now) reached the ends."""
+        self.done = {tp.partition: tp.offset for tp in self.consumer.committed(self.partitions, timeout=10)}
+        return all(end == 0 or self.done.get(p, -1) >= end - 1 for p, end in self.ends.items())
+
+    def share(self) -> str:
+        """How much of the journey-answers topic the journeys group has committed."""
+        committed = sum(min(max(self.done.get(p, 0), 0), end) for p, end in self.ends.items())
+        return f"{committed:,} of {sum(self.ends.values()):,} journey-answers offsets committed"
+
+
 def wait_journeys(settings: Settings, proc: subprocess.Popen[bytes], timeout: float = RUN_TIMEOUT_SECONDS) -> float:
-    """When the journeys group's committed offsets reach the end of the journey-answers topic (polled; called
-    after the last pane result, when the hot path has forwarded everything).  The end holds one commit marker
-    after the last message, so a partition is done at end - 1.  Says how far it is every minute."""
-    topic = internal_topics(settings).journey_answers
-    probe = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"{settings.app_id}-journeys"})
+    """When the journeys group's committed offsets reach the end of the journey-answers topic (polled).  Says how
+    far it is every minute."""
+    probe = JourneysProbe(settings)
     try:
-        partitions = [TopicPartition(topic, p) for p in probe.list_topics(topic, timeout=10).topics[topic].partitions]
-        ends = {tp.partition: probe.get_watermark_offsets(tp, 10, False)[1] for tp in partitions}
         started = time.monotonic()
         told = started
-        done: dict[int, int] = {}
         while time.monotonic() < started + timeout:
             if proc.poll() is not None:
                 raise SystemExit(f"{proc.args} exited with {proc.returncode}")
-            done = {tp.partition: tp.offset for tp in probe.committed(partitions, timeout=10)}
-            if all(ends[p] == 0 or done.get(p, -1) >= ends[p] - 1 for p in ends):
+            if probe.caught_up():
                 return time.time()
             if time.monotonic() - told >= 60:
                 told = time.monotonic()
-                print(f"  journeys: {_share(done, ends)} after {told - started:.0f} s", flush=True)
+                print(f"  journeys: {probe.share()} after {told - started:.0f} s", flush=True)
             time.sleep(0.2)  # committed offsets have no push
     finally:
-        probe.close()
-    raise SystemExit(f"the journey agent did not catch up within {timeout:.0f} s ({_share(done, ends)})")
+        probe.consumer.close()
+    raise SystemExit(f"the journey agent did not catch up within {timeout:.0f} s ({probe.share()})")
 
 
 def wait_end(
@@ -482,18 +502,14 @@ def wait_end(
     comes up to that much later; nothing a user sees waits for it (the instances are out, the store writes them),
     and timed by it a run fell into two modes ~2.8 s apart (2026-12-06)."""
     deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
-    topic = internal_topics(settings).journey_answers
-    probe = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"{settings.app_id}-journeys"})
+    probe = JourneysProbe(settings)
     try:
-        partitions = [TopicPartition(topic, p) for p in probe.list_topics(topic, timeout=10).topics[topic].partitions]
-        ends = {tp.partition: probe.get_watermark_offsets(tp, 10, False)[1] for tp in partitions}
         instances = settings.journeys_topic
-        listed = probe.list_topics(instances, timeout=10).topics[instances].partitions if journeys else {}
+        listed = probe.consumer.list_topics(instances, timeout=10).topics[instances].partitions if journeys else {}
         out = [TopicPartition(instances, p) for p in listed]
         sent, sent_at = -1, time.time()
         journeys_done = None if journeys else 0.0
         stored = None if clickhouse else 0.0
-        done: dict[int, int] = {}
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise SystemExit(f"{proc.args} exited with {proc.returncode}")
@@ -501,11 +517,11 @@ def wait_end(
             if journeys_done is None:
                 # the commits first: a batch's revisions are in Kafka before its offsets are committed, so the end
                 # read after a commit that shows every answer handled holds the last revision
-                done = {tp.partition: tp.offset for tp in probe.committed(partitions, timeout=10)}
-                total = sum(probe.get_watermark_offsets(tp, 10, False)[1] for tp in out)
+                caught_up = probe.caught_up()
+                total = sum(probe.consumer.get_watermark_offsets(tp, 10, False)[1] for tp in out)
                 if total != sent:
                     sent, sent_at = total, now
-                if all(ends[p] == 0 or done.get(p, -1) >= ends[p] - 1 for p in ends):
+                if caught_up:
                     journeys_done = sent_at
             if stored is None and stored_answers(settings.metrics_port) >= events:
                 stored = now
@@ -513,9 +529,9 @@ def wait_end(
                 return (journeys_done if journeys else None), (stored if clickhouse else None)
             time.sleep(0.2)  # committed offsets and the store's counter have no push
     finally:
-        probe.close()
+        probe.consumer.close()
     raise SystemExit(
-        f"not done within {RUN_TIMEOUT_SECONDS} s: journeys {_share(done, ends)}, "
+        f"not done within {RUN_TIMEOUT_SECONDS} s: journeys {probe.share()}, "
         f"store {'done' if stored is not None else 'behind'}"
     )
 
@@ -532,12 +548,6 @@ def stored_answers(port: int) -> float:
             if sample.name == "cxpulse_sink_rows_total" and sample.labels.get("table") == "answers":
                 return sample.value
     return 0.0
-
-
-def _share(done: dict[int, int], ends: dict[int, int]) -> str:
-    """How much of the journey-answers topic the journeys group has committed."""
-    committed = sum(min(max(done.get(p, 0), 0), end) for p, end in ends.items())
-    return f"{committed:,} of {sum(ends.values()):,} journey-answers offsets committed"
 
 
 def wait_stored(port: int, events: int, proc: subprocess.Popen[bytes]) -> float:

@@ -189,10 +189,6 @@ class Runner:
         if agent.exports_lag:
             metrics.sink_errors.labels(agent.sink)  # a series from the start, at 0
 
-    async def batch(self, events: Sequence[EventT[Any]]) -> None:
-        """One batch: handle it partition by partition, then flush everything it wrote."""
-        await self.apply(by_partition(events))
-
     async def apply(self, batch: dict[int, tuple[Record, ...]], flush: bool = True) -> None:
         """Handle a batch's records (:func:`by_partition`) partition by partition, then (unless another runner of
         the same stream flushes after it) flush everything it wrote."""

@@ -26,7 +26,7 @@ from schemas.codec import (
 from sinks.effort_detector import EffortDetector
 from sinks.kpi_view import KpiView
 from sinks.prometheus import Snapshot
-from streams.agents.base import AgentContext, BatchAgent, Record, Runner, by_size
+from streams.agents.base import AgentContext, BatchAgent, Record, Runner, by_partition, by_size
 from streams.agents.keys import PaneKey, ResultKey, SegmentKey, SourceKey
 from streams.agents.metrics import WorkerMetrics
 from streams.config import Settings
@@ -645,7 +645,7 @@ def test_the_runner_counts_a_failed_batch_and_measures_lag_past_the_commit_marke
     produced = Produced()
     agent = Failing()
     runner = Runner(agent, Held("t", {0: 12}), produced, metrics)  # type: ignore[arg-type]
-    asyncio.run(runner.batch([_Event(0, 9), _Event(0, 10)]))  # type: ignore[list-item]
+    asyncio.run(runner.apply(by_partition([_Event(0, 9), _Event(0, 10)])))  # type: ignore[list-item]
     assert (
         agent.calls == 1 and metrics.registry.get_sample_value("cxpulse_worker_batch_errors_total", {"topic": "t"}) == 1
     )
@@ -687,7 +687,8 @@ def test_an_agent_that_writes_in_finish_writes_the_batch_once_and_shows_it_as_la
     runner: Runner | None = None
     agent = Gathering(lambda: cast(Runner, runner), metrics)
     runner = Runner(agent, Held("t", {0: 12, 1: 5}), produced, metrics)  # type: ignore[arg-type]
-    asyncio.run(runner.batch([_Event(1, 3), _Event(0, 9), _Event(0, 10), _Event(1, 4)]))  # type: ignore[list-item]
+    events = [_Event(1, 3), _Event(0, 9), _Event(0, 10), _Event(1, 4)]
+    asyncio.run(runner.apply(by_partition(events)))  # type: ignore[arg-type]
     assert agent.written == [[(0, 9), (0, 10), (1, 3), (1, 4)]]  # one write, every partition of the batch
     assert agent.lag_while_writing == {"0": 3.0, "1": 2.0}  # not applied yet: 12 - 9, 5 - 3
     assert runner.applied == {0: 11, 1: 5} and produced.flushes == 1
