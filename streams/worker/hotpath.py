@@ -303,10 +303,11 @@ class HotPath:
         if self.recovery.failures:
             LOG.warning(
                 "%s: batches commit again, after %d failed tries in %.1f s (each read again from the committed "
-                "offsets: nothing skipped)",
+                "offsets: nothing skipped): %s",
                 self.name,
                 self.recovery.failures,
                 time.monotonic() - self.recovery.failing_since,
+                self.recovery.what_failed(),
             )
         self.recovery.failures = 0
         self.recovery.recovery_told = False
@@ -334,9 +335,7 @@ class HotPath:
         """A batch failed: count it, abort (or replace the producer), read it again from the committed offsets."""
         self.metrics.batch_errors.labels(self.settings.feedback_topic).inc()
         self.progress.failed()
-        if self.recovery.failures == 0:
-            self.recovery.failing_since = time.monotonic()
-        self.recovery.failures += 1
+        self.recovery.failed(exc)
         quiet = self.recovery.failures > 1 or (self.outage is not None and self.outage.active)
         LOG.log(
             logging.DEBUG if quiet else logging.WARNING if isinstance(exc, CxPulseError) else logging.ERROR,

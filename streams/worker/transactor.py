@@ -39,6 +39,7 @@ PRODUCE_SECONDS = 30.0  # queueing one batch's messages (a full queue drains as 
 GUARD_MARGIN_SECONDS = 10.0  # a guarded call that overruns its own timeout by this much ends the process
 REFENCE_SECONDS = 60.0  # fenced again this soon after a new producer, with no commit between: two owners
 FENCES_OF_TWO_OWNERS = 3  # fenced this often within REFENCE_SECONDS, commits between or not: two owners
+CAUSE_CHARS = 200  # of a failure's message kept for the line that says batches commit again
 
 
 class FatalError(CxPulseError):
@@ -75,6 +76,22 @@ class Recovery:
     backoff: float = 0.0  # seconds slept after the last failure (doubles up to the slot's maximum)
     recovery_told: bool = False  # a recovery that failed outside an outage was logged (once, until batches commit)
     fences: list[float] = field(default_factory=list)  # monotonic times this slot's producer was fenced, recently
+    causes: dict[str, tuple[int, str]] = field(default_factory=dict)  # failed since the last commit: kind -> (n, last)
+
+    def failed(self, exc: BaseException) -> None:
+        """Count a failed batch and what failed it (retries after the first log at DEBUG: the line that says
+        batches commit again names what they were)."""
+        if self.failures == 0:
+            self.failing_since = time.monotonic()
+            self.causes = {}
+        self.failures += 1
+        kind = type(exc).__name__
+        self.causes[kind] = (self.causes.get(kind, (0, ""))[0] + 1, str(exc)[:CAUSE_CHARS])
+
+    def what_failed(self) -> str:
+        """The failures since the last commit by kind, with the last message of each: ``RuntimeError x3 (last:
+        ...)``."""
+        return "; ".join(f"{kind} x{n} (last: {last})" for kind, (n, last) in self.causes.items())
 
     def two_owners(self, now: float) -> bool:
         """Fenced (now) by another producer with this transactional.id: is that a second live owner?  Yes when it

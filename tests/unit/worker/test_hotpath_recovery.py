@@ -74,3 +74,16 @@ def test_after_a_confirmed_outage_the_slot_takes_a_new_producer_once() -> None:
     step(hot)
     assert not hot.recovery.needs_producer  # once per outage
     step(SimpleNamespace(outage=None, outages_seen=0, recovery=Recovery()))  # no outage log: nothing to do
+
+
+def test_the_line_that_says_batches_commit_again_names_what_failed() -> None:
+    """Only a slot's first failure is logged above DEBUG; the retries' causes are counted by kind, with the last
+    message of each, for the line that says batches commit again, and forgotten after it."""
+    recovery = Recovery()
+    for exc in [RuntimeError("bad 1"), CxPulseError("send timed out"), RuntimeError("bad 2")]:
+        recovery.failed(exc)
+    assert recovery.failures == 3
+    assert recovery.what_failed() == "RuntimeError x2 (last: bad 2); CxPulseError x1 (last: send timed out)"
+    recovery.failures = 0  # (what a committed batch does)
+    recovery.failed(ValueError("x" * 500))
+    assert recovery.what_failed() == f"ValueError x1 (last: {'x' * 200})"
