@@ -26,8 +26,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
-import orjson
-
 from schemas.codec import SchemaCatalog, decode_batch
 from streams.agents.keys import segment_partition
 from streams.core.aggregate import Mentions, State, aggregate_drivers, aggregate_mentions, aggregate_panes
@@ -50,6 +48,7 @@ from streams.worker.records import (
     dead_letter_headers,
     decode_routed,
     decode_routed_through,
+    json_row,
     store_fields,
 )
 
@@ -312,7 +311,7 @@ class Ingest:
         for event in unique:
             customer = event.customer_id
             if customer and not customer.isspace():
-                row = orjson.dumps(answer_row(event, customer))
+                row = json_row(answer_row(event, customer))
                 out.setdefault(journey_partition(customer, partitions), []).append(row)
 
     def committed(self, offsets: dict[tuple[str, int], int]) -> None:
