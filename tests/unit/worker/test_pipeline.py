@@ -3,9 +3,11 @@ whatever the partitioning, the batching, repeats and the order of the partial me
 
 from __future__ import annotations
 
+import inspect
 import json
 import random
 import tempfile
+import tracemalloc
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
@@ -23,6 +25,7 @@ from streams.core.validate import Clock, validate_batch
 from streams.core.windows import WindowResult
 from streams.replay import replay_file
 from streams.themes import load_taxonomy
+from streams.worker import records
 from streams.worker.ingest import Ingest, routed_partition
 from streams.worker.merge import MergeStep
 from streams.worker.records import (
@@ -507,11 +510,6 @@ def test_a_batch_holds_its_journey_rows_at_about_their_size() -> None:
     returns even a 100-byte output in a 4 KB buffer that it never shrinks, and a backlog batch of 50,000 answers
     held 200 MB of them in the hot path (tracemalloc, `make bench-state`).  What the rows hold in memory, as
     tracemalloc sees the blocks allocated by records.json_row, is about what they say."""
-    import inspect
-    import tracemalloc
-
-    from streams.worker import records
-
     values = [json.dumps(e).encode() for e in events(2000, seed=5) if e["event_id"] and e.get("customer_id")]
     messages = [Msg(offset % 2, offset, value) for offset, value in enumerate(values)]
     steps = TwoSteps(fake_ingest(partials=2, routed=2, journey_partitions=3))
