@@ -73,6 +73,12 @@ _FAST_FEEDBACK_BLOCK = compile_block_decoder(_strip_logical_types(FEEDBACK_RAW))
 WINDOW_RESULT = parse(WINDOW_RESULT_RAW)
 EFFORT_ALERT = parse(EFFORT_ALERT_RAW)
 JOURNEY_INSTANCE = parse(JOURNEY_INSTANCE_RAW)
+_CURRENT = ((FEEDBACK_RAW, FEEDBACK), (WINDOW_RESULT_RAW, WINDOW_RESULT), (EFFORT_ALERT_RAW, EFFORT_ALERT),
+            (JOURNEY_INSTANCE_RAW, JOURNEY_INSTANCE))  # fmt: skip
+_FAST_READERS = {  # a writer schema (the current one) -> its generated decoder (schemas/fast_avro.py)
+    id(FEEDBACK): _FAST_FEEDBACK,
+    id(JOURNEY_INSTANCE): compile_decoder(_strip_logical_types(JOURNEY_INSTANCE_RAW)),
+}
 _FAST_WRITERS = {
     id(WINDOW_RESULT): compile_encoder(_strip_logical_types(WINDOW_RESULT_RAW)),
     id(JOURNEY_INSTANCE): compile_encoder(_strip_logical_types(JOURNEY_INSTANCE_RAW)),
@@ -98,10 +104,20 @@ def encode_fast(record: Mapping[str, Any], schema: Any) -> bytes:
     return encode(record, schema)
 
 
-def decode(data: bytes, writer_schema: Any, reader_schema: Any | None = None) -> Record:
-    """One record from schemaless Avro bytes, resolved to ``reader_schema`` when given."""
+def decode(data: bytes, writer_schema: Any, reader_schema: Any | None = None, start: int = 0) -> Record:
+    """One record from schemaless Avro bytes (``data[start:]``), resolved to ``reader_schema`` when given.
+
+    A current schema read as itself (a FeedbackEvent, a JourneyInstance) goes through its generated decoder when
+    the bytes are strictly well-formed; fastavro reads anything else, and decides."""
+    fast = _FAST_READERS.get(id(writer_schema)) if reader_schema is None or reader_schema is writer_schema else None
+    if fast is not None:
+        try:
+            return fast(data, start)
+        except Exception:  # noqa: BLE001, S110 - Malformed, IndexError, UnicodeDecodeError: fastavro decides
+            pass
     try:
         buf = io.BytesIO(data)
+        buf.seek(start)
         record: Record = fastavro.schemaless_reader(buf, writer_schema, reader_schema)  # type: ignore[assignment]  # typed as any Avro value
     except Exception as exc:  # fastavro raises EOFError, ValueError, IndexError, UnicodeDecodeError, ...
         raise DecodeError(f"not Avro of the expected schema: {type(exc).__name__}: {exc}") from exc
@@ -191,7 +207,8 @@ class RegistryCatalog:
                 raise SchemaError(
                     f"schema id {schema_id} not found in the Schema Registry at {self.url}: {exc}"
                 ) from exc
-            self._by_id[schema_id] = parse(json.loads(fetched.schema_str or "null"))
+            raw = json.loads(fetched.schema_str or "null")
+            self._by_id[schema_id] = current_schema(raw) or parse(raw)
         return self._by_id[schema_id]
 
 
@@ -222,7 +239,7 @@ def decode_confluent(data: bytes, catalog: SchemaCatalog, reader_schema: Any) ->
         writer = catalog.schema_for(schema_id)
     except SchemaError as exc:
         raise DecodeError(str(exc)) from exc
-    return schema_id, decode(data[_HEADER.size :], writer, reader_schema)
+    return schema_id, decode(data, writer, reader_schema, _HEADER.size)
 
 
 # --- the JSON form -------------------------------------------------------------------------------------
@@ -369,18 +386,35 @@ def _read_feedback(data: bytes, start: int, writer: Any) -> Record:
     return record
 
 
-def is_current_feedback(writer_schema: Any) -> bool:
-    """True when an Avro container's writer schema writes FeedbackEvents byte for byte as the current schema does
-    (its parsing canonical form is the same, and its only logical types are ``timestamp-millis``): then
-    :func:`read_feedback_block` can read its blocks."""
+def _writes_as(writer_schema: Any, current_raw: Mapping[str, Any]) -> bool:
+    """True when a raw writer schema writes its records byte for byte as a current schema does and reads them as
+    the same values: its parsing canonical form is the same (docs, defaults and aliases aside), and its only
+    logical types are ``timestamp-millis``."""
     try:
         stripped = _strip_logical_types(writer_schema)
         if "logicalType" in json.dumps(stripped):  # e.g. timestamp-micros: not epoch ms once read as a long
             return False
         canonical = fastavro.schema.to_parsing_canonical_form
-        return bool(canonical(stripped) == canonical(_strip_logical_types(FEEDBACK_RAW)))
+        return bool(canonical(stripped) == canonical(_strip_logical_types(current_raw)))
     except Exception:  # noqa: BLE001 - a schema fastavro cannot put in canonical form: not ours
         return False
+
+
+def current_schema(writer_schema: Any) -> Any | None:
+    """The parsed current schema (FEEDBACK, WINDOW_RESULT, EFFORT_ALERT or JOURNEY_INSTANCE) that a raw writer
+    schema writes as (:func:`_writes_as`), None when it is none of them.  A Schema Registry's copy of a current
+    schema is then that very object, and the generated decoders, chosen by identity, read its records: with a new
+    parse of its text every FeedbackEvent went through fastavro, 10.4 instead of 3.7 us an event (2026-12-06)."""
+    for raw, parsed in _CURRENT:
+        if _writes_as(writer_schema, raw):
+            return parsed
+    return None
+
+
+def is_current_feedback(writer_schema: Any) -> bool:
+    """True when an Avro container's writer schema writes FeedbackEvents byte for byte as the current schema does
+    (:func:`_writes_as`): then :func:`read_feedback_block` can read its blocks."""
+    return _writes_as(writer_schema, FEEDBACK_RAW)
 
 
 def read_feedback_block(data: bytes, count: int) -> list[Record] | None:

@@ -15,15 +15,18 @@ from schemas.codec import (
     FEEDBACK,
     FEEDBACK_RAW,
     JOURNEY_INSTANCE,
+    JOURNEY_INSTANCE_RAW,
     WINDOW_RESULT,
     WINDOW_RESULT_RAW,
     LocalCatalog,
     decode_batch,
+    decode_confluent,
     encode,
     encode_confluent,
     encode_fast,
 )
 from schemas.fast_avro import Malformed, compile_decoder, compile_encoder
+from streams.errors import DecodeError
 
 FIELDS: dict[str, Any] = {f["name"]: f.get("default") for f in FEEDBACK_RAW["fields"]}
 text = st.text(max_size=20)
@@ -109,7 +112,7 @@ def test_overlong_varints_and_bad_branches_fall_back() -> None:
 
 
 def test_unsupported_schemas_get_no_decoder() -> None:
-    assert compile_decoder({"type": "record", "name": "R", "fields": [{"name": "x", "type": "double"}]}) is None
+    assert compile_decoder({"type": "record", "name": "R", "fields": [{"name": "x", "type": "bytes"}]}) is None
     assert compile_decoder({"type": "enum", "name": "E", "symbols": ["A"]}) is None
 
 
@@ -229,3 +232,74 @@ def test_longs_are_fastavros_bytes_at_every_length_and_around_now() -> None:
     for size in (0, 63, 64, 127, 128, 300):
         one = {**record, "customer_id": "x" * size, "journey": "é" * size}  # é: two bytes
         assert encode_fast(one, JOURNEY_INSTANCE) == encode(one, JOURNEY_INSTANCE)
+
+
+JOURNEY_DECODER = compile_decoder(JOURNEY_INSTANCE_RAW)
+
+
+def journey_by_fastavro(data: bytes) -> Any:
+    buffer = io.BytesIO(data)
+    try:
+        record = fastavro.schemaless_reader(buffer, JOURNEY_INSTANCE, None)
+    except Exception:  # noqa: BLE001 - any failure
+        return "fails"
+    return record if buffer.tell() == len(data) else "fails"
+
+
+def journey_by_codec(data: bytes) -> Any:
+    """What the sink reads (decode_confluent with the reader schema: the generated decoder, else fastavro)."""
+    try:
+        return decode_confluent(b"\x00\x00\x00\x00\x04" + data, LocalCatalog(), JOURNEY_INSTANCE)[1]
+    except DecodeError:
+        return "fails"
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal, a NaN equal to a NaN (a double field may hold any 8 bytes)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, float) and isinstance(b, float) and a != a and b != b:
+        return True
+    return bool(a == b) and type(a) is type(b)
+
+
+@settings(max_examples=300, deadline=None)
+@given(instances)
+def test_journey_instances_decode_like_fastavro(record: dict[str, Any]) -> None:
+    data = encode(record, JOURNEY_INSTANCE)
+    assert same(journey_by_codec(data), journey_by_fastavro(data))
+    assert same(JOURNEY_DECODER(data, 0), journey_by_fastavro(data))  # well-formed: the generated decoder reads it
+    assert journey_by_codec(data)["last_x"] == float(record["last_x"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(instances, st.data())
+def test_mutated_and_truncated_journey_instances_decode_like_fastavro(
+    record: dict[str, Any], data: st.DataObject
+) -> None:
+    """Booleans of 2 or 0xFF (fastavro: true), union branches and enum indexes out of range, cut doubles."""
+    raw = bytearray(encode(record, JOURNEY_INSTANCE))
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(raw) - 1))
+        raw[at] = data.draw(st.sampled_from([0x00, 0x01, 0x02, 0x03, 0x04, 0x06, 0x7F, 0x80, 0xFF]))
+    cut = data.draw(st.integers(0, len(raw)))
+    for candidate in (bytes(raw), bytes(raw[:cut]), bytes(raw) + b"\x00"):
+        assert same(journey_by_codec(candidate), journey_by_fastavro(candidate))
+
+
+def test_the_journey_instance_decoder_is_generated_and_reads_doubles_booleans_and_the_category() -> None:
+    decoder = JOURNEY_DECODER
+    assert decoder is not None
+    record: dict[str, Any] = {
+        "customer_id": "c", "journey": "j", "start": 1, "end": 2, "first_channel": "chat", "answers": 2,
+        "contacts": 1, "channels": 1, "channel_switches": 0, "touchpoints": 0, "ces_n": 1, "ces_high_effort": 0,
+        "first_x": 0.25, "last_x": float("inf"), "last_nps": "detractor", "one_stop": True, "recoverable": True,
+        "recovered": False, "closed": True, "version": 9, "deleted": False,
+    }  # fmt: skip
+    assert decoder(encode(record, JOURNEY_INSTANCE), 0) == record
+    assert decoder(b"\xff" + encode(record, JOURNEY_INSTANCE), 1) == record  # from an offset
+    flipped = encode({**record, "last_nps": None}, JOURNEY_INSTANCE)
+    assert decoder(flipped, 0)["last_nps"] is None
+    big = {"type": "record", "name": "R", "fields": [{"name": "e", "type": {"type": "enum", "name": "E",
+           "symbols": [f"S{i}" for i in range(65)]}}]}  # fmt: skip
+    assert compile_decoder(big) is None  # an index past 63 takes two bytes: fastavro's

@@ -5,6 +5,7 @@ cxpulse's codec read from each other."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import pytest
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
@@ -12,11 +13,15 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerialize
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from schemas.codec import (
+    FEEDBACK,
     FEEDBACK_RAW,
+    JOURNEY_INSTANCE,
+    JOURNEY_INSTANCE_RAW,
     WINDOW_RESULT,
     WINDOW_RESULT_RAW,
     catalog_for,
     decode_batch,
+    encode,
     encode_confluent,
 )
 from streams.config import Settings
@@ -69,3 +74,37 @@ def test_an_unreachable_registry_is_a_schema_error_naming_it() -> None:
     catalog, _ = registry_catalog("http://127.0.0.1:1")
     with pytest.raises(SchemaError, match=r"Schema Registry at http://127.0.0.1:1"):
         catalog.id_for(FEEDBACK_RAW)  # type: ignore[attr-defined]
+
+
+def test_the_registrys_copy_of_a_current_schema_is_read_by_the_generated_decoders() -> None:
+    """The registry's text of a current schema (docs and defaults its own) is the codec's parsed schema itself, so
+    the generated decoders, chosen by identity, read its records; a schema that writes other bytes (a field
+    moved) or reads other values (timestamp-micros) is parsed on its own and read by fastavro, with resolution."""
+    catalog, client = registry_catalog()
+    reworded = json.loads(json.dumps(FEEDBACK_RAW))
+    reworded["doc"] = "worded by another team"
+    reworded["fields"][0]["doc"] = "another doc"
+    ids = {
+        "feedback": catalog.id_for(FEEDBACK_RAW),  # type: ignore[attr-defined]
+        "journeys": catalog.id_for(JOURNEY_INSTANCE_RAW),  # type: ignore[attr-defined]
+        "reworded": client.register_schema("a-value", Schema(json.dumps(reworded), "AVRO")),
+    }
+    assert catalog.schema_for(ids["feedback"]) is FEEDBACK  # type: ignore[attr-defined]
+    assert catalog.schema_for(ids["journeys"]) is JOURNEY_INSTANCE  # type: ignore[attr-defined]
+    assert catalog.schema_for(ids["reworded"]) is FEEDBACK  # type: ignore[attr-defined]
+
+    micros = json.loads(json.dumps(FEEDBACK_RAW))
+    at = next(f for f in micros["fields"] if f["name"] == "occurred_at")
+    at["type"] = {"type": "long", "logicalType": "timestamp-micros"}
+    moved = json.loads(json.dumps(FEEDBACK_RAW))
+    moved["fields"] = moved["fields"][1:] + moved["fields"][:1]
+    for other in (micros, moved):
+        schema_id = client.register_schema(f"{len(other['fields'])}-{id(other)}", Schema(json.dumps(other), "AVRO"))
+        writer = catalog.schema_for(schema_id)  # type: ignore[attr-defined]
+        assert writer is not FEEDBACK
+        record = {**_DEFAULTS, **event(event_id="m1", customer_id="c1")}
+        if other is micros:
+            record["occurred_at"] = datetime.fromtimestamp(1_767_300_000, UTC)
+        data = b"\x00" + schema_id.to_bytes(4, "big") + encode(record, writer)
+        decoded = decode_batch([data], catalog)  # type: ignore[arg-type]
+        assert decoded.failed == [] and decoded.records[0]["event_id"] == "m1"
