@@ -300,19 +300,9 @@ class HotPath:
         except Exception as exc:  # noqa: BLE001 - any failure: abort, read the batch again (nothing skipped)
             self._failed(messages, exc)
             return
-        if self.recovery.failures:
-            LOG.warning(
-                "%s: batches commit again, after %d failed tries in %.1f s (each read again from the committed "
-                "offsets: nothing skipped): %s",
-                self.name,
-                self.recovery.failures,
-                time.monotonic() - self.recovery.failing_since,
-                self.recovery.what_failed(),
-            )
-        self.recovery.failures = 0
-        self.recovery.recovery_told = False
-        self.recovery.backoff = 0.0
-        self.recovery.committed_since_reinit = True
+        told = self.recovery.committed()
+        if told:
+            LOG.warning("%s: batches commit again, %s", self.name, told)
         self.through.update(through)
         self.outputs.committed(out)
         self.progress.done()

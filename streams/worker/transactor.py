@@ -83,10 +83,26 @@ class Recovery:
         batches commit again names what they were)."""
         if self.failures == 0:
             self.failing_since = time.monotonic()
-            self.causes = {}
         self.failures += 1
         kind = type(exc).__name__
         self.causes[kind] = (self.causes.get(kind, (0, ""))[0] + 1, str(exc)[:CAUSE_CHARS])
+
+    def committed(self) -> str | None:
+        """A batch committed: the failure state is reset (failures, the once-told recovery, the backoff, the
+        causes); returns what the failures since the last commit were, for the line that says batches commit
+        again (``N failed tries in X s ...: what_failed()``), or None when there were none."""
+        told = None
+        if self.failures:
+            told = (
+                f"after {self.failures} failed tries in {time.monotonic() - self.failing_since:.1f} s (each read "
+                f"again from the committed offsets: nothing skipped): {self.what_failed()}"
+            )
+        self.failures = 0
+        self.causes = {}
+        self.recovery_told = False
+        self.backoff = 0.0
+        self.committed_since_reinit = True
+        return told
 
     def what_failed(self) -> str:
         """The failures since the last commit by kind, with the last message of each: ``RuntimeError x3 (last:

@@ -84,6 +84,11 @@ def test_the_line_that_says_batches_commit_again_names_what_failed() -> None:
         recovery.failed(exc)
     assert recovery.failures == 3
     assert recovery.what_failed() == "RuntimeError x2 (last: bad 2); CxPulseError x1 (last: send timed out)"
-    recovery.failures = 0  # (what a committed batch does)
+    recovery.recovery_told, recovery.backoff, recovery.committed_since_reinit = True, 4.0, False
+    told = recovery.committed()
+    assert told is not None and told.startswith("after 3 failed tries in ")
+    assert told.endswith("nothing skipped): RuntimeError x2 (last: bad 2); CxPulseError x1 (last: send timed out)")
+    assert (recovery.failures, recovery.recovery_told, recovery.backoff) == (0, False, 0.0)
+    assert recovery.committed_since_reinit and recovery.committed() is None  # nothing failed since
     recovery.failed(ValueError("x" * 500))
     assert recovery.what_failed() == f"ValueError x1 (last: {'x' * 200})"
