@@ -78,6 +78,7 @@ _CURRENT = ((FEEDBACK_RAW, FEEDBACK), (WINDOW_RESULT_RAW, WINDOW_RESULT), (EFFOR
 _FAST_READERS = {  # a writer schema (the current one) -> its generated decoder (schemas/fast_avro.py)
     id(FEEDBACK): _FAST_FEEDBACK,
     id(JOURNEY_INSTANCE): compile_decoder(_strip_logical_types(JOURNEY_INSTANCE_RAW)),
+    id(WINDOW_RESULT): compile_decoder(_strip_logical_types(WINDOW_RESULT_RAW)),
 }
 _FAST_WRITERS = {
     id(WINDOW_RESULT): compile_encoder(_strip_logical_types(WINDOW_RESULT_RAW)),
@@ -107,8 +108,8 @@ def encode_fast(record: Mapping[str, Any], schema: Any) -> bytes:
 def decode(data: bytes, writer_schema: Any, reader_schema: Any | None = None, start: int = 0) -> Record:
     """One record from schemaless Avro bytes (``data[start:]``), resolved to ``reader_schema`` when given.
 
-    A current schema read as itself (a FeedbackEvent, a JourneyInstance) goes through its generated decoder when
-    the bytes are strictly well-formed; fastavro reads anything else, and decides."""
+    A current schema read as itself (a FeedbackEvent, a WindowResult, a JourneyInstance) goes through its generated
+    decoder when the bytes are strictly well-formed; fastavro reads anything else, and decides."""
     fast = _FAST_READERS.get(id(writer_schema)) if reader_schema is None or reader_schema is writer_schema else None
     if fast is not None:
         try:

@@ -1,5 +1,5 @@
-"""Avro code specialised to one flat record schema, generated at import: the hot path's decoder and merge's
-result encoder.
+"""Avro code specialised to one record schema, generated at import: the decoders of the hot path (FeedbackEvent),
+of the readers of pane results and journey instances, and the encoders of merge's results and the journeys.
 
 Why: fastavro interprets the schema for every record (dictionary lookups of field types, string compares of
 type names); for a FeedbackEvent that is ~97,000 CPU instructions, two thirds of the hot path's cost
@@ -12,9 +12,12 @@ bytes with fastavro, which decides (its result or its error).  ``tests/unit/test
 the equivalence on generated records and on mutated, truncated and random bytes.  Varints longer than 10 bytes
 or beyond 64 bits are left to fastavro (it reads 64 bits).
 
-Supported field types: string, int, long (logical types ignored), double, boolean, enum, array of string, and
-unions of null with one of string, int, long, double or an enum (a FeedbackEvent; a JourneyInstance, which the
-ClickHouse sink reads: 4.1 -> 3.0 us a record).  :func:`compile_decoder` returns None for any other schema.
+Supported field types: string, int, long (logical types ignored), double, boolean, enum (up to 64 symbols), array
+of string, array of records of strings and longs, map of longs, and unions of null with one of string, int, long,
+double or an enum: a FeedbackEvent; a JourneyInstance, which the ClickHouse sink reads (4.1 -> 3.0 us a record
+than fastavro's); a WindowResult, which the KPI view, the effort detector and the sink read (3.9 -> 3.0 us an NPS
+result, 5.4 -> 4.2 a CES result with two drivers; 2026-12-06).  :func:`compile_decoder` returns None for any other
+schema.
 :func:`compile_block_decoder` reads the records of an Avro container block the same way (``cxpulse replay``).
 
 :func:`compile_encoder` does the reverse for records of string, int, long, double, boolean, enum, unions of null
@@ -79,6 +82,14 @@ def _kind(field_type: Any) -> str | None:
             return "enum" if len(field_type.get("symbols", ())) <= 64 else None
         if field_type.get("type") == "array" and field_type.get("items") == "string":
             return "array_string"
+        if field_type.get("type") == "array":  # of records of strings and longs (a WindowResult's drivers, quotes)
+            items = field_type.get("items")
+            if not isinstance(items, dict) or items.get("type") != "record":
+                return None
+            flat = all(_kind(f["type"]) in ("string", "long") and f["name"].isidentifier() for f in items["fields"])
+            return "array_record" if flat else None
+        if field_type.get("type") == "map":
+            return "map_long" if _kind(field_type.get("values")) == "long" else None
         field_type = field_type.get("type")
     if field_type in ("string", "double", "boolean"):
         return str(field_type)
@@ -88,6 +99,20 @@ def _kind(field_type: Any) -> str | None:
         inner = _kind(field_type[1])
         return f"optional_{inner}" if inner in ("string", "long", "double", "enum") else None
     return None
+
+
+def _blocks(i: str, read_item: str) -> str:
+    """The code that reads an array's or a map's blocks: a count (negative: followed by the block's size in
+    bytes, which is skipped), then that many items (``read_item``, indented one level more than ``i``), until a
+    count of 0."""
+    return (
+        f"{i}while True:\n"
+        + _VARINT.format(i=i + "    ", var="count")
+        + f"{i}    if count == 0:\n{i}        break\n{i}    if count < 0:\n{i}        count = -count\n"
+        + _VARINT.format(i=i + "        ", var="_")
+        + f"{i}    for _ in range(count):\n"
+        + read_item
+    )
 
 
 def _value_code(kind: str, field_type: Any, i: str, var: str) -> str:
@@ -117,18 +142,18 @@ def _field_code(name: str, field_type: Any, kind: str) -> str:
             + inner
             + f"{i}else:\n{i}    raise Malformed\n"
         )
-    if kind != "array_string":
-        return _value_code(kind, field_type, i, var)
-    # array of string: blocks of items, a negative count followed by the block's size in bytes, 0 ends it
-    return (
-        f"{i}{var} = []\n{i}while True:\n"
-        + _VARINT.format(i=i * 2, var="count")
-        + f"{i}    if count == 0:\n{i}        break\n{i}    if count < 0:\n{i}        count = -count\n"
-        + _VARINT.format(i=i * 3, var="_")
-        + f"{i}    for _ in range(count):\n"
-        + _STRING.format(i=i * 3, var="item")
-        + f"{i}        {var}.append(item)\n"
-    )
+    if kind == "array_string":
+        read = _STRING.format(i=i * 3, var="item") + f"{i * 3}{var}.append(item)\n"
+        return f"{i}{var} = []\n" + _blocks(i, read)
+    if kind == "array_record":
+        fields = field_type["items"]["fields"]
+        read = "".join(_value_code(str(_kind(f["type"])), f["type"], i * 3, f"i_{f['name']}") for f in fields)
+        item = "{" + ", ".join(f"{f['name']!r}: i_{f['name']}" for f in fields) + "}"
+        return f"{i}{var} = []\n" + _blocks(i, read + f"{i * 3}{var}.append({item})\n")
+    if kind == "map_long":  # (key, value) pairs; a key that comes again replaces the value, as in fastavro
+        read = _STRING.format(i=i * 3, var="key") + _VARINT.format(i=i * 3, var="item") + f"{i * 3}{var}[key] = item\n"
+        return f"{i}{var} = {{}}\n" + _blocks(i, read)
+    return _value_code(kind, field_type, i, var)
 
 
 def compile_decoder(schema: Mapping[str, Any]) -> Decoder | None:

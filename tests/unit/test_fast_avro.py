@@ -303,3 +303,70 @@ def test_the_journey_instance_decoder_is_generated_and_reads_doubles_booleans_an
     big = {"type": "record", "name": "R", "fields": [{"name": "e", "type": {"type": "enum", "name": "E",
            "symbols": [f"S{i}" for i in range(65)]}}]}  # fmt: skip
     assert compile_decoder(big) is None  # an index past 63 takes two bytes: fastavro's
+
+
+RESULT_DECODER = compile_decoder(WINDOW_RESULT_RAW)
+
+
+def result_by_fastavro(data: bytes) -> Any:
+    buffer = io.BytesIO(data)
+    try:
+        record = fastavro.schemaless_reader(buffer, WINDOW_RESULT, None)
+    except Exception:  # noqa: BLE001 - any failure
+        return "fails"
+    return record if buffer.tell() == len(data) else "fails"
+
+
+def result_by_codec(data: bytes) -> Any:
+    """What the KPI view, the effort detector and the sink read (decode_confluent with the reader schema)."""
+    try:
+        return decode_confluent(b"\x00\x00\x00\x00\x02" + data, LocalCatalog(), WINDOW_RESULT)[1]
+    except DecodeError:
+        return "fails"
+
+
+@settings(max_examples=300, deadline=None)
+@given(results)
+def test_window_results_decode_like_fastavro(record: dict[str, Any]) -> None:
+    """Arrays of records (drivers, quotes) and the map of longs (themes) too."""
+    data = encode(record, WINDOW_RESULT)
+    expected = result_by_fastavro(data)
+    assert RESULT_DECODER is not None and same(RESULT_DECODER(data, 0), expected)
+    assert same(result_by_codec(data), expected)
+    assert expected["drivers"] == record["drivers"] and expected["themes"] == record["themes"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(results, st.data())
+def test_mutated_and_truncated_window_results_decode_like_fastavro(record: dict[str, Any], data: st.DataObject) -> None:
+    raw = bytearray(encode(record, WINDOW_RESULT))
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(raw) - 1))
+        raw[at] = data.draw(st.sampled_from([0x00, 0x01, 0x02, 0x03, 0x04, 0x7F, 0x80, 0xFF]))
+    cut = data.draw(st.integers(0, len(raw)))
+    for candidate in (bytes(raw), bytes(raw[:cut]), bytes(raw) + b"\x00"):
+        assert same(result_by_codec(candidate), result_by_fastavro(candidate))
+
+
+def test_blocks_with_their_size_and_keys_that_come_again_read_as_fastavro_reads_them() -> None:
+    """A writer may put an array's or a map's items in several blocks, each a negative count and its size in
+    bytes (fastavro writes one block of a positive count); a map's key that comes again replaces its value."""
+    from schemas.fast_avro import _long
+
+    record: dict[str, Any] = {
+        "window_start": 0, "window_end": 60_000, "channel": "chat", "journey": "billing", "metric": "CES", "n": 2,
+        "promoters": 0, "passives": 0, "detractors": 0, "positive": 1, "high_effort": 1, "sum_x": 1.0,
+        "sum_x2": 1.0, "value": 4.0, "moe95": None, "mean_normalized": 50.0, "version": 3,
+        "drivers": [], "quotes": [], "themes": {},
+    }  # fmt: skip
+    head = encode(record, WINDOW_RESULT)[:-3]  # the three empty blocks' zeros
+    driver = lambda name, n: _long(len(name)) + name.encode() + _long(n) + _long(n)  # noqa: E731
+    first, second = driver("hold", 2) + driver("transfer", 1), driver("ivr", 1)
+    drivers = _long(-2) + _long(len(first)) + first + _long(-1) + _long(len(second)) + second + b"\x00"
+    theme = lambda key, n: _long(len(key)) + key.encode() + _long(n)  # noqa: E731
+    themes = _long(2) + theme("waiting", 1) + theme("waiting", 5) + _long(1) + theme("rude", 2) + b"\x00"
+    data = head + drivers + b"\x00" + themes
+    read = RESULT_DECODER(data, 0)  # type: ignore[misc]
+    assert same(read, result_by_fastavro(data))
+    assert [d["name"] for d in read["drivers"]] == ["hold", "transfer", "ivr"]
+    assert read["themes"] == {"waiting": 5, "rude": 2}
