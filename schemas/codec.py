@@ -171,10 +171,11 @@ class RegistryCatalog:
     """Schema ids from a Confluent-compatible Schema Registry, through confluent-kafka's caching
     SchemaRegistryClient (``mock://`` URLs give its in-memory mock, for tests).
 
-    ``subjects`` maps a record name (FeedbackEvent, WindowResult, EffortAlert) to its subject; cxpulse derives them
-    with confluent-kafka's TopicNameStrategy (``cx.feedback-value``, ...), what Confluent's tools look for.  Lookups
-    are cached: the registry is asked once per schema, never per message.  An unreachable or refusing registry is
-    a SchemaError naming it.
+    ``subjects`` maps a record name (FeedbackEvent, WindowResult, EffortAlert, JourneyInstance) to its subject;
+    cxpulse derives them with confluent-kafka's TopicNameStrategy (``cx.feedback-value``, ...), what Confluent's
+    tools look for.  Lookups are cached: the registry is asked once per schema, never per message.  An unreachable
+    or refusing registry is a SchemaError naming it.  A fetched schema that writes as a current one is that current
+    parsed schema (:func:`current_schema`).
     """
 
     def __init__(self, url: str, subjects: Mapping[str, str], client: Any = None) -> None:
