@@ -54,11 +54,11 @@ records = st.fixed_dictionaries(
 )
 
 
-def by_fastavro(data: bytes) -> Any:
+def by_fastavro(data: bytes, schema: Any = FEEDBACK) -> Any:
     """What the plain fastavro path makes of the bytes: the record, or the fact that it fails."""
     buffer = io.BytesIO(data)
     try:
-        record = fastavro.schemaless_reader(buffer, FEEDBACK, None)
+        record = fastavro.schemaless_reader(buffer, schema, None)
     except Exception:  # noqa: BLE001 - any failure is "undecodable"
         return "fails"
     return record if buffer.tell() == len(data) else "fails"
@@ -79,13 +79,20 @@ def test_generated_records_decode_like_fastavro(record: dict[str, Any]) -> None:
 @settings(max_examples=500, deadline=None)
 @given(records, st.data())
 def test_mutated_and_truncated_bytes_decode_like_fastavro(record: dict[str, Any], data: st.DataObject) -> None:
-    raw = bytearray(encode(record, FEEDBACK))
+    for candidate in mutated(encode(record, FEEDBACK), data):
+        assert by_batch(candidate) == by_fastavro(candidate)
+
+
+def mutated(encoded: bytes, data: st.DataObject) -> tuple[bytes, bytes, bytes]:
+    """A record's bytes with 1-4 bytes set to values that are edges of varints, union branches, enum indexes and
+    booleans (or any byte): whole, cut short, and with a byte too many."""
+    raw = bytearray(encoded)
     for _ in range(data.draw(st.integers(1, 4))):
         at = data.draw(st.integers(0, len(raw) - 1))
-        raw[at] = data.draw(st.sampled_from([0x00, 0x01, 0x02, 0x03, 0x7F, 0x80, 0xFF, data.draw(st.integers(0, 255))]))
+        edges = [0x00, 0x01, 0x02, 0x03, 0x04, 0x06, 0x7F, 0x80, 0xFF, data.draw(st.integers(0, 255))]
+        raw[at] = data.draw(st.sampled_from(edges))
     cut = data.draw(st.integers(0, len(raw)))
-    for candidate in (bytes(raw), bytes(raw[:cut]), bytes(raw) + b"\x00"):
-        assert by_batch(candidate) == by_fastavro(candidate)
+    return bytes(raw), bytes(raw[:cut]), bytes(raw) + b"\x00"
 
 
 def test_random_bytes_decode_like_fastavro() -> None:
@@ -237,19 +244,12 @@ def test_longs_are_fastavros_bytes_at_every_length_and_around_now() -> None:
 JOURNEY_DECODER = compile_decoder(JOURNEY_INSTANCE_RAW)
 
 
-def journey_by_fastavro(data: bytes) -> Any:
-    buffer = io.BytesIO(data)
+def by_codec(data: bytes, schema: Any) -> Any:
+    """What a reader of a topic gets (decode_confluent with the reader schema: the generated decoder, else
+    fastavro): the sink of journey instances; the KPI view, the effort detector and the sink of pane results."""
+    schema_id = LocalCatalog.FIXED_IDS[schema["name"].rsplit(".", 1)[-1]]
     try:
-        record = fastavro.schemaless_reader(buffer, JOURNEY_INSTANCE, None)
-    except Exception:  # noqa: BLE001 - any failure
-        return "fails"
-    return record if buffer.tell() == len(data) else "fails"
-
-
-def journey_by_codec(data: bytes) -> Any:
-    """What the sink reads (decode_confluent with the reader schema: the generated decoder, else fastavro)."""
-    try:
-        return decode_confluent(b"\x00\x00\x00\x00\x04" + data, LocalCatalog(), JOURNEY_INSTANCE)[1]
+        return decode_confluent(b"\x00" + schema_id.to_bytes(4, "big") + data, LocalCatalog(), schema)[1]
     except DecodeError:
         return "fails"
 
@@ -267,9 +267,11 @@ def same(a: Any, b: Any) -> bool:
 @given(instances)
 def test_journey_instances_decode_like_fastavro(record: dict[str, Any]) -> None:
     data = encode(record, JOURNEY_INSTANCE)
-    assert same(journey_by_codec(data), journey_by_fastavro(data))
-    assert same(JOURNEY_DECODER(data, 0), journey_by_fastavro(data))  # well-formed: the generated decoder reads it
-    assert journey_by_codec(data)["last_x"] == float(record["last_x"])
+    assert same(by_codec(data, JOURNEY_INSTANCE), by_fastavro(data, JOURNEY_INSTANCE))
+    assert same(
+        JOURNEY_DECODER(data, 0), by_fastavro(data, JOURNEY_INSTANCE)
+    )  # well-formed: the generated decoder reads it
+    assert by_codec(data, JOURNEY_INSTANCE)["last_x"] == float(record["last_x"])
 
 
 @settings(max_examples=500, deadline=None)
@@ -278,13 +280,8 @@ def test_mutated_and_truncated_journey_instances_decode_like_fastavro(
     record: dict[str, Any], data: st.DataObject
 ) -> None:
     """Booleans of 2 or 0xFF (fastavro: true), union branches and enum indexes out of range, cut doubles."""
-    raw = bytearray(encode(record, JOURNEY_INSTANCE))
-    for _ in range(data.draw(st.integers(1, 4))):
-        at = data.draw(st.integers(0, len(raw) - 1))
-        raw[at] = data.draw(st.sampled_from([0x00, 0x01, 0x02, 0x03, 0x04, 0x06, 0x7F, 0x80, 0xFF]))
-    cut = data.draw(st.integers(0, len(raw)))
-    for candidate in (bytes(raw), bytes(raw[:cut]), bytes(raw) + b"\x00"):
-        assert same(journey_by_codec(candidate), journey_by_fastavro(candidate))
+    for candidate in mutated(encode(record, JOURNEY_INSTANCE), data):
+        assert same(by_codec(candidate, JOURNEY_INSTANCE), by_fastavro(candidate, JOURNEY_INSTANCE))
 
 
 def test_the_journey_instance_decoder_is_generated_and_reads_doubles_booleans_and_the_category() -> None:
@@ -308,44 +305,22 @@ def test_the_journey_instance_decoder_is_generated_and_reads_doubles_booleans_an
 RESULT_DECODER = compile_decoder(WINDOW_RESULT_RAW)
 
 
-def result_by_fastavro(data: bytes) -> Any:
-    buffer = io.BytesIO(data)
-    try:
-        record = fastavro.schemaless_reader(buffer, WINDOW_RESULT, None)
-    except Exception:  # noqa: BLE001 - any failure
-        return "fails"
-    return record if buffer.tell() == len(data) else "fails"
-
-
-def result_by_codec(data: bytes) -> Any:
-    """What the KPI view, the effort detector and the sink read (decode_confluent with the reader schema)."""
-    try:
-        return decode_confluent(b"\x00\x00\x00\x00\x02" + data, LocalCatalog(), WINDOW_RESULT)[1]
-    except DecodeError:
-        return "fails"
-
-
 @settings(max_examples=300, deadline=None)
 @given(results)
 def test_window_results_decode_like_fastavro(record: dict[str, Any]) -> None:
     """Arrays of records (drivers, quotes) and the map of longs (themes) too."""
     data = encode(record, WINDOW_RESULT)
-    expected = result_by_fastavro(data)
+    expected = by_fastavro(data, WINDOW_RESULT)
     assert RESULT_DECODER is not None and same(RESULT_DECODER(data, 0), expected)
-    assert same(result_by_codec(data), expected)
+    assert same(by_codec(data, WINDOW_RESULT), expected)
     assert expected["drivers"] == record["drivers"] and expected["themes"] == record["themes"]
 
 
 @settings(max_examples=500, deadline=None)
 @given(results, st.data())
 def test_mutated_and_truncated_window_results_decode_like_fastavro(record: dict[str, Any], data: st.DataObject) -> None:
-    raw = bytearray(encode(record, WINDOW_RESULT))
-    for _ in range(data.draw(st.integers(1, 4))):
-        at = data.draw(st.integers(0, len(raw) - 1))
-        raw[at] = data.draw(st.sampled_from([0x00, 0x01, 0x02, 0x03, 0x04, 0x7F, 0x80, 0xFF]))
-    cut = data.draw(st.integers(0, len(raw)))
-    for candidate in (bytes(raw), bytes(raw[:cut]), bytes(raw) + b"\x00"):
-        assert same(result_by_codec(candidate), result_by_fastavro(candidate))
+    for candidate in mutated(encode(record, WINDOW_RESULT), data):
+        assert same(by_codec(candidate, WINDOW_RESULT), by_fastavro(candidate, WINDOW_RESULT))
 
 
 def test_blocks_with_their_size_and_keys_that_come_again_read_as_fastavro_reads_them() -> None:
@@ -367,6 +342,6 @@ def test_blocks_with_their_size_and_keys_that_come_again_read_as_fastavro_reads_
     themes = _long(2) + theme("waiting", 1) + theme("waiting", 5) + _long(1) + theme("rude", 2) + b"\x00"
     data = head + drivers + b"\x00" + themes
     read = RESULT_DECODER(data, 0)  # type: ignore[misc]
-    assert same(read, result_by_fastavro(data))
+    assert same(read, by_fastavro(data, WINDOW_RESULT))
     assert [d["name"] for d in read["drivers"]] == ["hold", "transfer", "ivr"]
     assert read["themes"] == {"waiting": 5, "rude": 2}
