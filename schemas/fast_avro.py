@@ -14,10 +14,10 @@ or beyond 64 bits are left to fastavro (it reads 64 bits).
 
 Supported field types: string, int, long (logical types ignored), double, boolean, enum (up to 64 symbols), array
 of string, array of records of strings and longs, map of longs, and unions of null with one of string, int, long,
-double or an enum: a FeedbackEvent; a JourneyInstance, which the ClickHouse sink reads (4.1 -> 3.0 us a record
-than fastavro's); a WindowResult, which the KPI view, the effort detector and the sink read (3.9 -> 3.0 us an NPS
-result, 5.4 -> 4.2 a CES result with two drivers; 2026-12-06).  :func:`compile_decoder` returns None for any other
-schema.
+double or an enum: a FeedbackEvent; a JourneyInstance, which the ClickHouse sink reads (3.0 us a record against
+fastavro's 4.1); a WindowResult, which the KPI view, the effort detector and the sink read (3.0 against 3.9 us an
+NPS result, 4.2 against 5.4 a CES result with two drivers; 2026-12-06).  :func:`compile_decoder` returns None for
+any other schema.
 :func:`compile_block_decoder` reads the records of an Avro container block the same way (``cxpulse replay``).
 
 :func:`compile_encoder` does the reverse for records of string, int, long, double, boolean, enum, unions of null
