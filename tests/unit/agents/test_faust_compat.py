@@ -9,6 +9,8 @@ from typing import Any
 
 import faust
 import pytest
+from mode import Service
+from mode.utils.locks import Event
 from prometheus_client import CollectorRegistry
 
 from streams.agents import faust_compat
@@ -143,3 +145,113 @@ def test_agents_attached_together_share_one_stream_one_flush_and_one_ack() -> No
     second = [("a", [b"4"]), ("a", "finish"), ("b", [b"4"]), ("b", "finish")]
     assert seen == first + second
     assert flushes == [4, 8]  # once a batch, after both agents
+
+
+async def _ready() -> None:
+    return None
+
+
+class _Consumer(Service):
+    """What faust_compat.deliver uses of Faust's consumer: its suspend_flow and mode's wait_first, counted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.suspend_flow = Event()
+        self.races = 0
+
+    async def wait_first(self, *coros: Any, timeout: Any = None) -> Any:
+        self.races += 1
+        return await super().wait_first(*coros, timeout=timeout)
+
+
+def test_a_delivery_that_does_not_wait_is_done_without_a_race_or_a_task() -> None:
+    async def run() -> tuple[list[str], int, int]:
+        consumer, got = _Consumer(), []
+
+        async def delivery() -> None:
+            await _ready()  # an await that does not wait, as on_message's flow control and decode
+            got.append("put")
+
+        tasks = len(asyncio.all_tasks())
+        await faust_compat.deliver(consumer, delivery())
+        return got, consumer.races, len(asyncio.all_tasks()) - tasks
+
+    assert asyncio.run(run()) == (["put"], 0, 0)
+
+
+def test_a_delivery_that_waits_is_raced_against_a_suspended_flow_and_finishes() -> None:
+    async def run() -> tuple[list[str], int]:
+        consumer, gate, got = _Consumer(), asyncio.Event(), []
+
+        async def delivery() -> None:
+            got.append("started")
+            await gate.wait()
+            got.append("put")
+
+        delivering = asyncio.ensure_future(faust_compat.deliver(consumer, delivery()))
+        while not got:
+            await asyncio.sleep(0)
+        assert not delivering.done()
+        gate.set()
+        await asyncio.wait_for(delivering, 5)
+        return got, consumer.races
+
+    assert asyncio.run(run()) == (["started", "put"], 1)
+
+
+def test_a_waiting_delivery_is_abandoned_when_the_flow_is_suspended_as_faust_abandons_it() -> None:
+    async def run() -> list[str]:
+        consumer, gate, got = _Consumer(), asyncio.Event(), []
+
+        async def delivery() -> None:
+            got.append("started")
+            try:
+                await gate.wait()
+                got.append("put")
+            except asyncio.CancelledError:
+                got.append("cancelled")
+                raise
+
+        delivering = asyncio.ensure_future(faust_compat.deliver(consumer, delivery()))
+        while not got:
+            await asyncio.sleep(0)
+        consumer.suspend_flow.set()
+        await asyncio.wait_for(delivering, 5)
+        await asyncio.sleep(0)  # the abandoned delivery's task takes its cancellation
+        return got
+
+    assert asyncio.run(run()) == ["started", "cancelled"]
+
+
+def test_with_the_flow_suspended_a_delivery_that_would_wait_is_not_waited_for() -> None:
+    async def run() -> tuple[list[str], int]:
+        consumer, got = _Consumer(), []
+        consumer.suspend_flow.set()
+
+        async def delivery() -> None:
+            got.append("started")
+            await asyncio.Event().wait()
+            got.append("put")
+
+        await asyncio.wait_for(faust_compat.deliver(consumer, delivery()), 5)
+        return got, consumer.races
+
+    got, races = asyncio.run(run())
+    assert races == 1
+    assert "put" not in got
+
+
+@pytest.mark.parametrize("waits", [False, True])
+def test_a_delivery_s_error_reaches_the_consumer_loop(waits: bool) -> None:
+    async def run() -> None:
+        consumer = _Consumer()
+
+        async def delivery() -> None:
+            if waits:
+                await asyncio.sleep(0.01)
+            raise ValueError("undecodable")
+
+        await faust_compat.deliver(consumer, delivery())
+
+    with pytest.raises(ValueError, match="undecodable"):
+        asyncio.run(run())
