@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import inspect
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import faust
 import pytest
+from faust.transport.consumer import Consumer
 from mode import Service
 from mode.utils.locks import Event
 from prometheus_client import CollectorRegistry
@@ -255,3 +258,13 @@ def test_a_delivery_s_error_reaches_the_consumer_loop(waits: bool) -> None:
 
     with pytest.raises(ValueError, match="undecodable"):
         asyncio.run(run())
+
+
+def test_the_consumer_loop_faust_compat_copies_is_still_faust_s() -> None:
+    """faust_compat's ``_drain_messages`` is faust-streaming 0.15.3's with one call changed (``deliver``): a Faust
+    whose loop differs (an upgrade of the pin) fails here, so that the copy is made again from the new loop."""
+    source = inspect.getsource(Consumer._drain_messages)  # noqa: SLF001 - the loop faust_compat copies
+    assert "await self.wait_first(\n" in source and "callback(message), self.suspend_flow.wait()" in source
+    assert hashlib.sha256(source.encode()).hexdigest() == (
+        "44a2500309e83c630493f6828af50166ec8d96a0b3e4fb2bab735f704ae93417"
+    ), "Faust's Consumer._drain_messages changed: copy it again into faust_compat._ReadCommittedConsumer"
