@@ -28,6 +28,7 @@ from schemas.codec import LocalCatalog
 from streams.agents.base import AgentContext, Record
 from streams.agents.faust_compat import encode_value
 from streams.agents.metrics import WorkerMetrics
+from streams.agents.stores import raw_key
 from streams.config import Settings
 from streams.core.journeys import answer_row, encode_answer_rows, group_of, journey_partition
 from streams.core.synth import realistic_events
@@ -47,13 +48,20 @@ class Table(dict[str, Any]):
     value for the changelog message of a write)."""
 
     def get(self, key: str, default: Any = None) -> Any:
-        json.dumps(key).encode()
+        raw_key(key)
         return super().get(key, default)
 
     def __setitem__(self, key: str, value: Any) -> None:
         encode_value(value)
-        json.dumps(key).encode()
+        raw_key(key)
         super().__setitem__(key, value)
+
+    def set_many(self, items: list[tuple[str, Any]]) -> None:
+        """KeyPartitionedTable.set_many's encoding of each item."""
+        for key, value in items:
+            encode_value(value)
+            raw_key(key)
+            super().__setitem__(key, value)
 
 
 class Dropped(Produced):

@@ -35,7 +35,7 @@ from typing import Any
 
 Decoder = Callable[[bytes, int], dict[str, Any]]
 BlockDecoder = Callable[[bytes, int], list[dict[str, Any]]]
-Encoder = Callable[[Mapping[str, Any]], bytes]
+Encoder = Callable[[Any], bytes]  # a record: a mapping, or its values in the schema's order (``positional``)
 
 
 _DOUBLE_AT = struct.Struct("<d").unpack_from
@@ -271,8 +271,8 @@ def _encode_kind(field_type: Any) -> str | None:
     return None
 
 
-def _encode_field(name: str, field_type: Any, kind: str) -> str:
-    get = f"r[{name!r}]"
+def _encode_field(name: str, field_type: Any, kind: str, get: str | None = None) -> str:
+    get = get or f"r[{name!r}]"
     if kind == "array_record":  # one block of items, then the 0 that ends the array
         lines = [
             f"    items = {get}",
@@ -324,17 +324,19 @@ def _encode_field(name: str, field_type: Any, kind: str) -> str:
     )
 
 
-def compile_encoder(schema: Mapping[str, Any]) -> Encoder | None:
+def compile_encoder(schema: Mapping[str, Any], *, positional: bool = False) -> Encoder | None:
     """An encoder of records of ``schema`` (raw JSON form) to schemaless Avro bytes, or None when a field type
-    is not supported.  It raises (Malformed, KeyError, TypeError, AttributeError) on a value it does not expect."""
+    is not supported.  It raises (Malformed, KeyError, TypeError, AttributeError, IndexError) on a value it does
+    not expect.  ``positional``: a record is given as its fields' values in the schema's order (a tuple: no dict
+    built per record)."""
     if schema.get("type") != "record":
         return None
     lines = ["def encode(r):", "    out = []"]
-    for field in schema.get("fields", []):
+    for at, field in enumerate(schema.get("fields", [])):
         kind = _encode_kind(field["type"])
-        if kind is None:
+        if kind is None or (positional and kind == "array_record"):
             return None
-        lines.append(_encode_field(field["name"], field["type"], kind))
+        lines.append(_encode_field(field["name"], field["type"], kind, f"r[{at}]" if positional else None))
     lines.append("    return b''.join(out)")
     namespace: dict[str, Any] = {"Malformed": Malformed, "_long": _long, "_DOUBLE": _DOUBLE, "_SMALL": _SMALL}
     exec(compile("\n".join(lines), f"<encoder of {schema.get('name')}>", "exec"), namespace)  # noqa: S102 - our own generated code

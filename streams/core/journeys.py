@@ -149,11 +149,11 @@ class Instance(NamedTuple):
 def instance_of(group: Group, answers: list[Answer], closed: bool) -> Instance:
     """The record of one instance from its answers, in (occurred_at, event_id) order."""
     if len(answers) == 1:  # most instances (a backfill's profile: 99,000 of 225,000 rows, instance_of the most)
-        return _single(group, answers[0], closed)
+        return single_instance(group, answers[0], closed)
     return _instance(group, answers, closed)
 
 
-def _single(group: Group, answer: Answer, closed: bool) -> Instance:
+def single_instance(group: Group, answer: Answer, closed: bool) -> Instance:
     """:func:`_instance` of one answer: one contact, one channel, no switch."""
     low, ces, x = answer.low, answer.metric == "CES", answer.x
     return Instance(
@@ -370,32 +370,27 @@ class Revisions:
         return out
 
 
+INSTANCE_FIELDS = (
+    "customer_id", "journey", "start", "end", "first_channel", "answers", "contacts", "channels", "channel_switches",
+    "touchpoints", "ces_n", "ces_high_effort", "first_x", "last_x", "last_nps", "one_stop", "recoverable",
+    "recovered", "closed", "version", "deleted",
+)  # fmt: skip  # the instance record's fields in the order of schemas/journey_instance.avsc
+
+
+def instance_row(revision: Revision) -> tuple[Any, ...]:
+    """A revision as the values of the record JourneyInstance in INSTANCE_FIELDS' order (what the journeys process
+    encodes: schemas.codec.encode_journey_row)."""
+    i = revision.instance
+    return (
+        i.customer_id, i.journey, i.start, i.end, i.first_channel, i.answers, i.contacts, i.channels,
+        i.channel_switches, i.touchpoints, i.ces_n, i.ces_high_effort, i.first_x, i.last_x, i.last_nps, i.one_stop,
+        i.answers >= 2 and i.first_low, i.recovered, i.closed, revision.version, revision.deleted,
+    )  # fmt: skip
+
+
 def instance_record(revision: Revision) -> dict[str, Any]:
     """A revision as the Avro record JourneyInstance (schemas/journey_instance.avsc)."""
-    i = revision.instance
-    return {
-        "customer_id": i.customer_id,
-        "journey": i.journey,
-        "start": i.start,
-        "end": i.end,
-        "first_channel": i.first_channel,
-        "answers": i.answers,
-        "contacts": i.contacts,
-        "channels": i.channels,
-        "channel_switches": i.channel_switches,
-        "touchpoints": i.touchpoints,
-        "ces_n": i.ces_n,
-        "ces_high_effort": i.ces_high_effort,
-        "first_x": i.first_x,
-        "last_x": i.last_x,
-        "last_nps": i.last_nps,
-        "one_stop": i.one_stop,
-        "recoverable": i.recoverable,
-        "recovered": i.recovered,
-        "closed": i.closed,
-        "version": revision.version,
-        "deleted": revision.deleted,
-    }
+    return dict(zip(INSTANCE_FIELDS, instance_row(revision), strict=True))
 
 
 def instance_json(instance: Instance, version: int = 1, deleted: bool = False) -> dict[str, Any]:

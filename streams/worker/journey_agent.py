@@ -49,20 +49,20 @@ from typing import Any
 
 import orjson
 
-from schemas.codec import JOURNEY_INSTANCE, JOURNEY_INSTANCE_RAW, encode_confluent
+from schemas.codec import JOURNEY_INSTANCE_RAW, encode_journey_row
 from streams.agents.base import AgentContext, Record, TableAgent, by_size
 from streams.agents.health import FailureStreak
 from streams.agents.local_tables import index_entry
 from streams.agents.stores import DiskStore
 from streams.core.journey_kpis import JourneyCounts
-from streams.core.journey_state import OUTSIDE_A_BATCH, GroupState, closed_counts
+from streams.core.journey_state import OUTSIDE_A_BATCH, GroupState, closed_counts, first_answer
 from streams.core.journeys import (
     Answer,
     Group,
     Revision,
     add_answers,
     decode_answer_rows,
-    instance_record,
+    instance_row,
     instances_of,
     revise,
 )
@@ -221,9 +221,13 @@ class JourneyAgent(TableAgent):
         updates: dict[str, tuple[GroupState, list[Revision]]] = {}
         for n, (group, answers) in enumerate(by_group.items(), 1):
             key = group_key(partition, group)
-            state = self._load(partition, key)
-            add_answers(state.answers, sorted(answers))
-            updates[key] = self._revise(group, state, now_ms, last)
+            value = self._read(key)
+            if not value and len(answers) == 1:  # a new group's one answer: most groups of a live stream
+                updates[key] = first_answer(group, answers[0], self.gap_ms, now_ms, last)
+            else:
+                state = self._state_of(partition, value)
+                add_answers(state.answers, sorted(answers))
+                updates[key] = self._revise(group, state, now_ms, last)
             if n % YIELD_GROUPS == 0:
                 await asyncio.sleep(0)  # under the lock: no other batch or look at due groups comes in between
         await self._send(updates)
@@ -235,7 +239,11 @@ class JourneyAgent(TableAgent):
 
     def _load(self, partition: int, key: str) -> GroupState:
         """A group's state; what it says was sent is known sent when the batch that wrote it is confirmed."""
-        state = GroupState.from_table(self._read(key))
+        return self._state_of(partition, self._read(key))
+
+    def _state_of(self, partition: int, value: Any) -> GroupState:
+        """:meth:`_load` of a table value read."""
+        state = GroupState.from_table(value)
         return state.confirmed() if state.offset < self.confirmed.get(partition, 0) else state
 
     def _read(self, key: str) -> Any:
@@ -271,18 +279,30 @@ class JourneyAgent(TableAgent):
         """Send one revision; its kind: open, closed or deleted."""
         instance = revision.instance
         key = f"{instance.customer_id}|{instance.journey}|{instance.start}".encode()
-        value = encode_confluent(instance_record(revision), JOURNEY_INSTANCE, self.schema_id)
+        value = encode_journey_row(instance_row(revision), self.schema_id)
         self.results.produce(self.out_topic, value, key)
         return "deleted" if revision.deleted else "closed" if instance.closed else "open"
 
     async def _store(self, updates: dict[str, GroupState]) -> None:
-        for n, (key, state) in enumerate(updates.items(), 1):
-            if state.answers or state.emitted:
-                self.table[key] = state.to_table(self.gap_ms, self.retention_ms)
-            elif key in self.table:
-                del self.table[key]
-            if n % YIELD_GROUPS == 0:
+        """Write the states (a state with nothing left is deleted), YIELD_GROUPS at a time; through the table's
+        ``set_many`` when it has one (streams.agents.faust_compat.KeyPartitionedTable: what ``table[key] = value``
+        does, without Faust's wrappers per key)."""
+        set_many = getattr(self.table, "set_many", None)
+        items = list(updates.items())
+        for at in range(0, len(items), YIELD_GROUPS):
+            if at:
                 await asyncio.sleep(0)
+            chunk = items[at : at + YIELD_GROUPS]
+            written = [(key, state.to_table(self.gap_ms, self.retention_ms)) for key, state in chunk
+                       if state.answers or state.emitted]  # fmt: skip
+            if set_many is not None:
+                set_many(written)
+            else:
+                for key, value in written:
+                    self.table[key] = value
+            for key, state in chunk:
+                if not (state.answers or state.emitted) and key in self.table:
+                    del self.table[key]
 
     async def tick(self, now_ms: int) -> None:
         if self.tails.due(self.consumption.settled()):

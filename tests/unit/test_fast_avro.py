@@ -24,6 +24,7 @@ from schemas.codec import (
     encode,
     encode_confluent,
     encode_fast,
+    encode_journey_row,
 )
 from schemas.fast_avro import Malformed, compile_decoder, compile_encoder
 from streams.errors import DecodeError
@@ -190,6 +191,37 @@ instances = st.fixed_dictionaries(
 def test_generated_journey_instance_encoder_writes_fastavros_bytes(record: dict[str, Any]) -> None:
     """Booleans and the optional NPS category too (an int where a boolean goes: fastavro's bytes)."""
     assert encode_fast(record, JOURNEY_INSTANCE) == encode(record, JOURNEY_INSTANCE)
+
+
+@settings(max_examples=300, deadline=None)
+@given(instances)
+def test_journey_instances_given_as_rows_are_fastavros_bytes(record: dict[str, Any]) -> None:
+    """encode_journey_row (the record's values in the schema's order, what the journeys process sends) writes
+    what encode_confluent writes of the record as a dict, also where fastavro decides (an int as a boolean, a long
+    beyond 64 bits)."""
+    row = tuple(record[field["name"]] for field in JOURNEY_INSTANCE_RAW["fields"])
+    assert encode_journey_row(row, 7) == encode_confluent(record, JOURNEY_INSTANCE, 7)
+
+
+def test_a_positional_encoder_reads_the_fields_by_their_place() -> None:
+    """compile_encoder(positional=True) reads a record's values by their place in the schema; a schema with an
+    array of records gets no positional encoder (its items are mappings)."""
+    encoder = compile_encoder(JOURNEY_INSTANCE_RAW, positional=True)
+    assert encoder is not None
+    names = [field["name"] for field in JOURNEY_INSTANCE_RAW["fields"]]
+    record = dict.fromkeys(names, 1) | {"customer_id": "c", "journey": "j", "first_channel": "chat",
+                                        "first_x": 0.25, "last_x": 1.0, "last_nps": "passive"}  # fmt: skip
+    record |= {name: False for name in ("one_stop", "recoverable", "recovered", "closed", "deleted")}
+    assert encoder(tuple(record[name] for name in names)) == encode(record, JOURNEY_INSTANCE)
+    swapped = [record[name] for name in names]
+    swapped[0], swapped[5] = swapped[5], swapped[0]  # a long where the customer goes
+    try:
+        encoder(tuple(swapped))
+    except (Malformed, AttributeError):
+        pass
+    else:
+        raise AssertionError("a row out of order encoded")
+    assert compile_encoder(WINDOW_RESULT_RAW, positional=True) is None
 
 
 def test_encoder_leaves_what_it_does_not_expect_to_fastavro() -> None:

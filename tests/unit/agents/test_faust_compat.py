@@ -50,6 +50,34 @@ def test_the_table_manager_registers_the_changelogs_at_start_without_faust_s_one
     assert calls == ["channels", "recovery"]
 
 
+def test_set_many_writes_what_setting_each_key_writes(tmp_path: Path) -> None:
+    """KeyPartitionedTable.set_many (the journeys' states of a batch): the same changelog messages, in the same
+    order, and the same values as ``table[key] = value`` per key; without a changelog writer, Faust's own path."""
+    settings = Settings(kafka_bootstrap="127.0.0.1:9", data_dir=tmp_path, clickhouse_url="")
+    app = faust_app(settings, "compat-test", "compat", Table=faust_compat.KeyPartitionedTable)
+    one, many = app.Table("one", partitions=4), app.Table("many", partitions=4)
+    items = [("3|billing|c-1", {"a": [[1, "e"]], "o": 2}), ("0|é|ü", {"a": []}), ("1|j|c\x7f", {"t": 5})]
+    written: dict[str, Produced] = {}
+    for table in (one, many):
+        assert isinstance(table, faust_compat.KeyPartitionedTable)
+        written[table.name] = Produced()
+        table.write_changelog_with(written[table.name])
+    for key, value in items:
+        one[key] = value
+    many.set_many(items)
+    assert written["one"].messages and [m[1:] for m in written["one"].messages] == [
+        m[1:] for m in written["many"].messages
+    ]
+    assert [m[3] for m in written["many"].messages] == [3, 0, 1]
+    assert dict(one.data.items()) == dict(many.data.items()) == dict(items)
+    plain = app.Table("plain", partitions=4)
+    assert isinstance(plain, faust_compat.KeyPartitionedTable)
+    sent: list[tuple[Any, Any]] = []
+    plain.on_key_set = lambda key, value: sent.append((key, value))  # type: ignore[method-assign]
+    plain.set_many(items)
+    assert sent == items and dict(plain.data.items()) == dict(items)
+
+
 def _batches_of(values: list[int], size: int, within: float, idle: float = 0.0) -> tuple[list[list[int]], int]:
     """The batches an agent on a Faust channel takes with take_batches from ``values`` put one by one after
     ``idle`` seconds of nothing, and how many waits its stream began meanwhile."""

@@ -331,3 +331,59 @@ def test_an_instance_of_one_answer_is_the_general_rule_of_one(
     lo, hi = scale
     answer = Answer(1_000, "e-1", interaction, "chat", touchpoint, metric, lo + score % (hi - lo + 1), lo, hi)
     assert instance_of(("c-1", "billing"), [answer], closed) == _instance(("c-1", "billing"), [answer], closed)
+
+
+@given(
+    st.sampled_from(["NPS", "CES", "CSAT", "NLS", "CAS"]),
+    st.integers(0, 10),
+    st.sampled_from([(0, 10), (1, 7), (1, 5)]),
+    st.one_of(st.none(), st.just("i-1")),
+    st.integers(0, 10 * G),
+    st.sampled_from([0, G - 1, G, G + 1]) | st.integers(0, 2 * G),  # the clock at end + G and around it
+    st.integers(-1, 2**40),
+)
+def test_a_new_groups_first_answer_is_the_general_step_of_one(
+    metric: str, score: int, scale: tuple[int, int], interaction: str | None, occurred: int, age: int, offset: int
+) -> None:
+    """first_answer (the journey agent's shortcut for a group without state and one answer: most groups of a live
+    stream) makes the state and the revision the general step makes: the instances, revise at the clock, the
+    closed instances' counters; closed or open (the clock around end + G)."""
+    from streams.core.journey_state import first_answer
+    from streams.core.journeys import Answer, add_answers
+
+    lo, hi = scale
+    answer = Answer(occurred, "e-1", interaction, "chat", "bot", metric, lo + score % (hi - lo + 1), lo, hi)
+    group, now = ("c-1", "billing"), occurred + age
+    answers: list[Answer] = []
+    add_answers(answers, [answer])
+    instances = instances_of(group, answers, G, now)
+    revisions, emitted = revise(group, GroupState.from_table(None).emitted, instances, now)
+    general = GroupState(answers, emitted, offset, closed_counts(instances))
+    assert first_answer(group, answer, G, now, offset) == (general, revisions)
+
+
+def test_instance_rows_are_the_records_fields_in_the_schemas_order() -> None:
+    """instance_row (what the journeys process encodes) follows schemas/journey_instance.avsc, and
+    instance_record is the same values by name."""
+    from schemas.codec import JOURNEY_INSTANCE_FIELDS
+    from streams.core.journeys import INSTANCE_FIELDS, Revision, instance_record, instance_row
+
+    assert INSTANCE_FIELDS == JOURNEY_INSTANCE_FIELDS
+    from streams.core.journeys import Answer
+
+    answers = [Answer(1_000 * i, f"e-{i}", None, "chat", None, "CES", 1 + 3 * i, 1, 7) for i in range(3)]
+    (instance,) = instances_of(("c-1", "billing"), answers, G, 0)
+    assert instance.recoverable
+    row = instance_row(Revision(instance, 4, True))
+    assert instance_record(Revision(instance, 4, True)) == dict(zip(INSTANCE_FIELDS, row, strict=True))
+    assert row[INSTANCE_FIELDS.index("recoverable")] == instance.recoverable
+    assert row[-2:] == (4, True) and row[:3] == ("c-1", "billing", instance.start)
+
+
+def test_table_keys_are_json_dumps_bytes_for_every_character() -> None:
+    """raw_key (orjson for ASCII keys) writes the bytes json.dumps writes, which every copy and changelog holds:
+    each ASCII character, DEL, and characters beyond ASCII."""
+    from streams.agents.stores import raw_key
+
+    for key in [f"0|j|{chr(c)}x" for c in range(128)] + ["0|é|ü", "0|j|\u2028", "0|j|😀", 'a"b\\c']:
+        assert raw_key(key) == json.dumps(key).encode(), repr(key)
