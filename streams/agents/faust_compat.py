@@ -319,18 +319,30 @@ def delivered(app: faust.App, tp: Any) -> int | None:
     return None if found is None else int(found)
 
 
-class _Buffer:
-    """take_batches' buffer, filled by the stream's processor :meth:`add` (noack_take's ``add_to_buffer``)."""
+HELD_GRACE_SECONDS = 0.05  # after a batch, what the stream has queued behind it joins the next one meanwhile
 
-    def __init__(self, stream: Any, size: int) -> None:
-        self.stream, self.size = stream, size
+
+class _Buffer:
+    """take_batches' buffer, filled by the stream's processor :meth:`add` (noack_take's ``add_to_buffer``).
+
+    A batch is due ``within`` seconds after its first event came.  An event that came while the batch before was
+    being handled has waited that long already: its batch is due HELD_GRACE_SECONDS after that handling ended
+    (long enough for the events queued behind it to join), or ``within`` after it came when that is later.
+    noack_take starts the clock when such an event is let in: a journeys process behind by a few batches (its
+    batches take seconds) idled a full second between any two of them (issue 35: ~1 s of a live run's tail a
+    batch, both cores far from full meanwhile)."""
+
+    def __init__(self, stream: Any, size: int, within: float) -> None:
+        self.stream, self.size, self.within = stream, size, within
         self.loop = asyncio.get_running_loop()
         self.events: list[EventT[Any]] = []
-        self.first_at = 0.0  # loop time of the buffer's first event
+        self.due_at = 0.0  # loop time at which the buffer is yielded if it is not full before
         self.started, self.full, self.consumed = asyncio.Event(), asyncio.Event(), asyncio.Event()
         self.consuming: asyncio.Future[None] | None = None  # set while a batch is handled: add waits
 
     async def add(self, value: Any) -> Any:
+        came = self.loop.time()
+        held = self.consuming is not None
         if self.consuming is not None:
             try:
                 await self.consuming
@@ -340,7 +352,8 @@ class _Buffer:
         if event is None:
             raise RuntimeError("take_batches found no current event")
         if not self.events:
-            self.first_at = self.loop.time()
+            due = came + self.within
+            self.due_at = max(due, self.loop.time() + HELD_GRACE_SECONDS) if held else due
             self.started.set()
         self.events.append(event)
         if len(self.events) >= self.size:  # no more than size a batch: hold the stream until it is handled
@@ -370,7 +383,7 @@ async def take_batches(stream: StreamT[Any], size: int, within: float) -> AsyncI
     noack_take's: a processor adds each event to the buffer (and holds the stream while a full buffer or a
     yielded batch is being handled), and the stream is consumed passively."""
     s = cast(Any, stream)
-    buffer = _Buffer(s, size)
+    buffer = _Buffer(s, size, within)
     acks = s.enable_acks
     s.enable_acks = False
     s.add_processor(buffer.add)
@@ -380,7 +393,7 @@ async def take_batches(stream: StreamT[Any], size: int, within: float) -> AsyncI
             if not buffer.events:
                 await s.wait_for_stopped(buffer.started)  # (it says "stopped" after a timeout too: not read)
                 continue
-            rest = within - (buffer.loop.time() - buffer.first_at)
+            rest = buffer.due_at - buffer.loop.time()
             if len(buffer.events) < size and rest > 0:
                 await s.wait_for_stopped(buffer.full, timeout=rest)
                 continue

@@ -127,6 +127,56 @@ def test_take_batches_does_not_poll_while_nothing_comes() -> None:
     assert idle_waits <= 2, idle_waits
 
 
+def _gap_after_a_held_batch(within: float, handling: float) -> tuple[list[list[int]], float]:
+    """Batches of take_batches whose first takes ``handling`` seconds to handle, an event put while it is handled:
+    the batches, and the seconds from the end of that handling to the next batch."""
+    app = faust.App("take-test", broker="kafka://127.0.0.1:9", store="memory://", web_enabled=False)
+    channel = app.channel()
+    got: list[list[int]] = []
+    marks: list[float] = []
+    handling_started, done = asyncio.Event(), asyncio.Event()
+
+    @app.agent(channel)
+    async def agent(stream: Any) -> None:
+        loop = asyncio.get_running_loop()
+        async for events in faust_compat.take_batches(stream, 100, within):
+            marks.append(loop.time())
+            got.append([event.value for event in events])
+            if len(got) == 1:
+                handling_started.set()
+                await asyncio.sleep(handling)  # the batch's work
+                marks.append(loop.time())
+            else:
+                done.set()
+
+    async def run() -> None:
+        async with agent.test_context() as context:
+            await context.put(1)
+            await asyncio.wait_for(handling_started.wait(), 10)
+            await context.put(2)  # while the first batch is handled
+            await context.put(3)
+            await asyncio.wait_for(done.wait(), 10)
+
+    asyncio.run(run())
+    return got, marks[2] - marks[1]
+
+
+def test_an_event_that_waited_out_a_long_batch_does_not_wait_within_again() -> None:
+    """Handled for longer than ``within`` (a journeys process behind: seconds a batch), the events that came
+    meanwhile make the next batch as soon as the handling ends (HELD_GRACE_SECONDS), not ``within`` later."""
+    got, gap = _gap_after_a_held_batch(within=1.0, handling=1.3)
+    assert got == [[1], [2, 3]]
+    assert gap < 0.5, gap  # 1.0 before: noack_take's clock starts when the held event is let in
+
+
+def test_an_event_that_came_during_a_short_batch_still_waits_within() -> None:
+    """Handled quickly (a quiet stream's batch), an event that came meanwhile still waits ``within`` from when it
+    came: batches at low rates stay as few as before."""
+    got, gap = _gap_after_a_held_batch(within=0.6, handling=0.05)
+    assert got == [[1], [2, 3]]
+    assert gap > 0.4, gap
+
+
 class _Recorder(BatchAgent):
     """An agent that records the records of each batch it handles, and when its batch ends."""
 
