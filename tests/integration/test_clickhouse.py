@@ -567,3 +567,27 @@ def total_counts(record: dict):  # JourneyCounts of a report --journeys JSON lin
     from streams.core.journey_kpis import JourneyCounts
 
     return JourneyCounts(*(record[name] for name in JourneyCounts._fields))
+
+
+def test_the_sinks_inserts_do_not_import_pandas(tmp_path: Path) -> None:
+    """A process that writes the store as the sink does (store.connect, migrations, insert_columns) and reads it
+    back never imports pandas: clickhouse-connect's first insert imported it only to ask whether the data was a
+    DataFrame (48-67 MB of the sink's RSS).  A fresh interpreter: this one may hold pandas from other tests."""
+    import subprocess
+    import sys
+
+    script = """
+import sys
+from sinks import clickhouse as store
+from streams.config import Settings
+client = store.connect(Settings(clickhouse_url="chdb://" + sys.argv[1]))
+store.migrate(client)
+client.command("CREATE TABLE cxpulse.probe (a UInt32, b String) ENGINE = MergeTree ORDER BY a")
+store.insert_columns(client, "probe", [[1, 2], ["x", "y"]], ["a", "b"], "probe-1")
+rows = client.query("SELECT a, b FROM cxpulse.probe ORDER BY a").result_rows
+print(rows, "pandas" in sys.modules)
+"""
+    command = [sys.executable, "-c", script, str(tmp_path / "store")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[(1, 'x'), (2, 'y')] False"
