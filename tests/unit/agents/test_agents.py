@@ -720,3 +720,66 @@ def test_the_merge_tick_does_not_wait_for_the_tail_check() -> None:
         assert len(reads) == 1
 
     asyncio.run(scenario())
+
+
+class _Logged(Produced):
+    """A ResultsProducer whose flushes take a few turns of the event loop, with every write and flush in ``log``;
+    its flush number ``fail`` raises (DeliveryError: Kafka did not take everything)."""
+
+    def __init__(self, log: list[tuple[str, str]], fail: int = 0) -> None:
+        super().__init__()
+        self.log, self.fail = log, fail
+
+    def produce(self, topic: str, value: bytes | None, key: bytes | None = None, partition: int = -1,
+                timestamp: int = 0) -> None:  # fmt: skip
+        super().produce(topic, value, key, partition, timestamp)
+        self.log.append(("produce", topic))
+
+    async def flush(self) -> None:
+        from streams.agents.results import DeliveryError
+
+        self.flushes += 1
+        self.log.append(("flush", "start"))
+        for _ in range(5):
+            await asyncio.sleep(0)  # the broker's acks: the event loop goes on meanwhile
+        if self.flushes == self.fail:
+            raise DeliveryError("not all delivered")
+        self.log.append(("flush", "end"))
+
+
+class _LoggedTable(dict[str, Any]):
+    def __init__(self, log: list[tuple[str, str]]) -> None:
+        super().__init__()
+        self.log = log
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.log.append(("state", key))
+        super().__setitem__(key, value)
+
+
+@pytest.mark.parametrize("fail", [0, 1])
+def test_the_journeys_send_revisions_only_once_the_states_are_in_kafka(fail: int) -> None:
+    """The revisions are sent only once the states' flush returned (the event loop goes on while it waits): a
+    kill in between must leave states that send them again.  A states' flush that fails sends nothing and fails the
+    batch (read again)."""
+    log: list[tuple[str, str]] = []
+    produced = _Logged(log, fail)
+    records = journey_records(0, 4)
+    agent = JourneyAgent(
+        context(settings(), produced, Held(JOURNEY_ANSWERS, {0: 8})),
+        JOURNEY_ANSWERS,
+        _LoggedTable(log),
+        Reader(records, 8),  # type: ignore[arg-type]
+        Offsets({0: 0}),
+    )
+    if fail:
+        with pytest.raises(Exception, match="not all delivered"):
+            asyncio.run(agent.handle(0, records))
+        assert [entry for entry in log if entry[0] == "produce"] == []
+        return
+    asyncio.run(agent.handle(0, records))
+    first_flush_end = log.index(("flush", "end"))
+    assert [entry[0] for entry in log[: log.index(("flush", "start"))]] == ["state"] * 4
+    revisions = [at for at, entry in enumerate(log) if entry == ("produce", settings().journeys_topic)]
+    assert len(revisions) == 4 and min(revisions) > first_flush_end
+    assert log[-1] == ("flush", "end") and max(revisions) < len(log) - 1
