@@ -96,7 +96,8 @@ def first_answer(
     """The state and the revision of a group that had no state and gets one answer: what the general step (the
     group's instances, :func:`streams.core.journeys.revise` at the clock ``now_ms``, :func:`closed_counts`) makes of
     it, without that step's lists and loops.  Most groups of a live stream are a new customer's one answer
-    (`benchmarks.journeys_step`: 197,523 of 200,000 answers); the equivalence is a test."""
+    (`benchmarks.journeys_step`: 169,297 of the 184,221 groups of its 200,000 answers have one answer); the
+    equivalence is a test."""
     end = answer.occurred_at
     closed = end + gap_ms < now_ms
     instance = single_instance(group, answer, closed)
