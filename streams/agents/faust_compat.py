@@ -265,16 +265,12 @@ class KeyPartitionedTable(Table[Any, Any]):
             self._send(key, encode_value(value))
 
     def set_many(self, items: Iterable[tuple[Any, Any]]) -> None:
-        """``self[key] = value`` for each item: its changelog message, then its store (the journeys write a state
-        per group of a batch, most of a live batch's answers: Faust's ``__setitem__`` wrappers per key cost more
-        than the write)."""
-        if self._changelog_writer is None:
-            for key, value in items:
-                self[key] = value
-            return
+        """``self[key] = value`` for each item: :meth:`on_key_set` (its changelog message), then its store, as
+        Faust's ``__setitem__`` does, without its wrappers per key (the journeys write a state per group of a
+        batch, most of a live batch's answers)."""
         store = self.data
         for key, value in items:
-            self._send(key, encode_value(value))
+            self.on_key_set(key, value)
             store[key] = value
 
     def on_key_del(self, key: Any) -> None:
