@@ -25,9 +25,10 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from schemas.codec import LocalCatalog
-from streams.agents.base import AgentContext, Record
+from streams.agents.base import AgentContext
 from streams.agents.faust_compat import encode_value
 from streams.agents.metrics import WorkerMetrics
+from streams.agents.record import Record
 from streams.agents.stores import raw_key
 from streams.config import Settings
 from streams.core.journeys import answer_row, encode_answer_rows, group_of, journey_partition

@@ -3,7 +3,7 @@ topic (issue 35 item 3: the store at the pipeline's pace).
 
 The hot path's batch step (streams/worker/ingest.py, the store on) over Confluent-framed Avro messages in batches of
 10,000, as in `benchmarks.hotpath_answers`; its answers messages for the store then go through the sink's own
-``streams.processes.answer_block`` (the columns of ``cxpulse.answers``): as rows (the format since 2026-12-06) and,
+``streams.processes.sink.answer_block`` (the columns of ``cxpulse.answers``): as rows (the format since 2026-12-06) and,
 for the same answers, as their bytes with a themes header (the format before, which the sink decodes and validates
 again).  No Kafka, no ClickHouse: the insert is the same for both.  Median of ``--runs``.  Usage::
 
@@ -19,10 +19,10 @@ import time
 from benchmarks.hotpath_answers import BATCH, NOW, Message
 from schemas.codec import LocalCatalog, encode_feedback
 from sinks.clickhouse import ANSWER_COLUMNS
-from streams.agents.base import Record
+from streams.agents.record import Record
 from streams.core.synth import realistic_events
 from streams.core.validate import Clock
-from streams.processes import answer_block
+from streams.processes.sink import answer_block
 from streams.produce import encode_record
 from streams.runtime import tune_gc
 from streams.worker.ingest import Ingest

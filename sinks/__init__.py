@@ -8,6 +8,6 @@ a librdkafka loop of its own):
   process outside it reaches the store in ``store_access``;
 - ``followup_webhook`` (FollowupWebhook): detractor follow-ups to a CRM webhook;
 
-No module here imports streams/worker/; streams/processes.py composes the processes from these agents and the
+No module here imports streams/worker/; streams/processes/ composes the processes from these agents and the
 worker's.
 """

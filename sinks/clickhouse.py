@@ -21,11 +21,7 @@ import re
 import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
-
-import clickhouse_connect
-from clickhouse_connect.driver import options as _client_options
-from clickhouse_connect.driver.client import Client
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from schemas.codec import SchemaCatalog, decode_batch
 from streams.config import REPO_ROOT, Settings
@@ -34,6 +30,10 @@ from streams.core.comments import ANY
 from streams.core.validate import Feedback, validate_batch
 from streams.core.windows import state_of
 from streams.errors import CxPulseError
+
+if TYPE_CHECKING:  # clickhouse-connect is imported at the first connect: the merge process, whose effort detector
+    # reads the store only for a spike's words, does not carry it (issue 35, item 5)
+    from clickhouse_connect.driver.client import Client
 
 DATABASE = "cxpulse"
 CONNECT_TIMEOUT_SECONDS = 10.0  # a server that does not accept the connection within this long is reported
@@ -135,6 +135,8 @@ def without_pandas() -> None:
     frames), and that import cost the sink 48-67 MB of its RSS and 0.15-0.3 s of CPU (issue 35's memory at 200
     answers/s; pandas is installed beside chdb).  pandas is optional to clickhouse-connect: these are the values
     its lazy resolution sets when the import fails (clickhouse_connect.driver.options)."""
+    from clickhouse_connect.driver import options as _client_options
+
     if "pd" not in vars(_client_options):
         _client_options.pd = None
         _client_options.pd_time_test = None
@@ -149,6 +151,8 @@ def connect(settings: Settings, timeout: float | None = None) -> Client:
     # clickhouse-connect logs "Unexpected Http Driver Exception" (with urllib3's traceback) before it raises; the
     # error raised says it, once, as StoreError below
     logging.getLogger("clickhouse_connect").setLevel(logging.ERROR)
+    import clickhouse_connect
+
     without_pandas()
     try:
         if path is not None:

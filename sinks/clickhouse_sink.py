@@ -26,7 +26,7 @@ and takes ``cxpulse backfill``'s rows beside it (``/v1/backfill``: history's row
 result and journey instance with version 0, so a backfill can never replace a row the stream wrote); that
 endpoint runs on an event loop of its own thread, sharing the process's one client with the loop (a lock).
 
-Built into a process by streams/processes.py (``cxpulse worker``'s ``sink`` process, or ``cxpulse sink``).
+Built into a process by streams/processes/sink.py (``cxpulse worker``'s ``sink`` process, or ``cxpulse sink``).
 """
 
 from __future__ import annotations
@@ -40,19 +40,21 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from aiohttp import web
-from clickhouse_connect.driver.client import Client
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from prometheus_client import Counter, Gauge
 
 from sinks import clickhouse as store
-from streams.agents.base import Record, headers_of
 from streams.agents.health import CallGuard
 from streams.agents.metrics import WorkerMetrics
+from streams.agents.record import Record, headers_of
 from streams.config import Settings
 from streams.errors import CxPulseError
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
 
 LOG = logging.getLogger("cxpulse.sink")
 SINK = "clickhouse"

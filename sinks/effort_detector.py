@@ -34,8 +34,9 @@ from schemas.codec import (
 )
 from sinks.effort_terms import Ask, Found, TermsFinder
 from sinks.prometheus import Snapshot
-from streams.agents.base import AgentContext, Record, TableAgent
+from streams.agents.base import AgentContext, TableAgent
 from streams.agents.keys import PaneKey, ResultKey, SegmentKey
+from streams.agents.record import Record
 from streams.config import effort_config
 from streams.core.effort import DetectorState, Driver, Evaluation, PaneEffort, alert_record, evaluate_range
 from streams.core.quotes import Quote, Quotes

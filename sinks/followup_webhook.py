@@ -18,8 +18,9 @@ from collections.abc import Sequence
 
 import aiohttp
 
-from streams.agents.base import BatchAgent, Record
+from streams.agents.base import BatchAgent
 from streams.agents.metrics import WorkerMetrics
+from streams.agents.record import Record
 from streams.config import Settings
 
 LOG = logging.getLogger("cxpulse.followups")

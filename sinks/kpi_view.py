@@ -19,9 +19,10 @@ from sinks.prometheus import (
     window_families,
     window_text,
 )
-from streams.agents.base import AgentContext, Record, TableAgent
+from streams.agents.base import AgentContext, TableAgent
 from streams.agents.exposition import render
 from streams.agents.keys import MetricPaneKey
+from streams.agents.record import Record
 from streams.core.aggregate import ZERO, GroupKey, State
 from streams.core.windows import state_of
 

@@ -152,6 +152,9 @@ def producer(kafka: Kafka, **extra: Any) -> Producer:
     return Producer(_base(kafka, {"enable.idempotence": True, "acks": "all", **extra}))
 
 
+# a batch consumer's fetch (the hot path's, the sink's) is held at the broker until this much came, or
+# CXPULSE_FETCH_WAIT_MS passed (streams/worker/hotpath.py says why)
+FETCH_MIN_BYTES = 65_536
 QUEUE_WAIT_SECONDS = 0.1  # a producer whose local queue is full serves its delivery reports this long, then retries
 
 

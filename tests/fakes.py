@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.agents.base import Record
+from streams.agents.record import Record
 from streams.core.validate import Clock
 from streams.worker.ingest import BatchOut, Ingest
 from streams.worker.records import THROUGH_HEADER, encode_routed, encode_routed_through

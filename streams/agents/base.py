@@ -29,7 +29,7 @@ from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol, cast
+from typing import Any, Protocol, cast
 
 import faust
 from faust.types import EventT, StreamT
@@ -38,30 +38,11 @@ from schemas.codec import SchemaCatalog
 from streams.agents import faust_compat
 from streams.agents.local_tables import TablesClosedError
 from streams.agents.metrics import WorkerMetrics
+from streams.agents.record import Record, headers_of
 from streams.agents.results import ResultsProducer
 from streams.config import Settings
 
 LOG = logging.getLogger("cxpulse.agents")
-
-
-Headers = tuple[tuple[str, bytes | None], ...]
-
-
-class Record(NamedTuple):
-    """One input message: where it is, its value, its Kafka timestamp and its headers."""
-
-    partition: int
-    offset: int
-    value: bytes
-    timestamp_ms: int = 0  # the message's Kafka timestamp (0: unknown)
-    headers: Headers = ()
-    key: bytes | None = None
-
-
-def headers_of(raw: Any) -> Headers:
-    """Message headers as pairs (Faust gives a list or a dict, librdkafka a list or None)."""
-    pairs = raw.items() if isinstance(raw, dict) else raw or ()
-    return tuple((str(name), value) for name, value in pairs)
 
 
 def by_size(records: Sequence[Record], budget: int) -> Iterator[list[Record]]:
@@ -137,7 +118,7 @@ class FaustConsumption:
 
 @dataclass(frozen=True)
 class AgentContext:
-    """What the agents of one Faust process share, built once by the composition root (streams/processes.py)."""
+    """What the agents of one Faust process share, built once by the composition root (streams/processes/)."""
 
     settings: Settings
     metrics: WorkerMetrics

@@ -1,5 +1,5 @@
 """A Faust process of cxpulse: the app every one of them is built on, and the process around it (settings, metrics,
-health, the Faust worker).  streams/processes.py fills the app with agents."""
+health, the Faust worker).  streams/processes/agents.py fills the app with agents."""
 
 from __future__ import annotations
 
@@ -8,15 +8,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import faust
-from prometheus_client import CollectorRegistry
 
 from streams.agents import faust_compat
-from streams.agents.health import ProcessHealth, serve
 from streams.agents.metrics import WorkerMetrics
-from streams.config import Settings, load_settings
-from streams.errors import EXIT_PERMANENT, PERMANENT_KAFKA_ERRORS, BrokerError, CxPulseError
-from streams.outage import OutageLog
-from streams.runtime import tune_gc
+from streams.agents.process import start_process
+from streams.config import Settings
+from streams.errors import EXIT_PERMANENT, PERMANENT_KAFKA_ERRORS, BrokerError
 from streams.topics import TOPIC_PROPAGATION_SECONDS, KafkaWait, partition_count
 
 SESSION_TIMEOUT_SECONDS = 10.0  # a process killed with -9 keeps its partitions this long
@@ -80,29 +77,6 @@ def report_ready(app: faust.App, metrics: WorkerMetrics, process: str) -> None:
         metrics.process_ready.labels(process).set(1.0 if metrics.health.ready(settled) else 0.0)
 
     app.timer(interval=READY_CHECK_SECONDS, name=f"{process}-ready")(ready)
-
-
-def start_process(
-    process: str, port: int, check: Callable[[Settings], str | None] = lambda settings: None
-) -> tuple[Settings, WorkerMetrics] | None:
-    """What every process of a worker but the hot path does first: the collector's setting (streams.runtime), its
-    settings from the environment (None, the reason printed, when they are invalid or ``check`` names a problem),
-    its metrics, health and Kafka outage log, and its /metrics, /readyz and /progress on the loopback ``port``."""
-    tune_gc()
-    try:
-        settings = load_settings()
-        problem = check(settings)
-        if problem is not None:
-            raise CxPulseError(problem)
-    except CxPulseError as exc:
-        print(f"cxpulse {process}: {exc}", file=sys.stderr)
-        return None
-    metrics = WorkerMetrics(CollectorRegistry())
-    metrics.health = ProcessHealth(settings.stall_seconds, OutageLog.install(settings.kafka_bootstrap))
-    metrics.process_stalled.labels(process).set_function(metrics.health.progress.stalled)
-    if port:
-        serve(port, "127.0.0.1", metrics.page, lambda: (metrics.health.ready(True), {}), metrics.progress_page)
-    return settings, metrics
 
 
 def run_process(

@@ -17,7 +17,7 @@
     at the end).
 13. ``journey_agent``: JourneyAgent, the Faust agent on the journey answers (streams/core/journeys.py its pure part).
 
-The Faust processes that run the merge and journey agents are built in streams/processes.py (the composition
+The Faust processes that run the merge and journey agents are built in streams/processes/ (the composition
 root: it also makes their readers and offset views), on streams/agents/ (the batch-agent skeleton, the results
 producer, metrics, health); nothing here imports sinks/.
 """

@@ -53,6 +53,7 @@ from streams.errors import (
     NotAuthorizedError,
     TopicMissingError,
 )
+from streams.kafka import FETCH_MIN_BYTES
 from streams.kafka import consumer as new_consumer
 from streams.outage import OutageLog
 from streams.runtime import tune_gc
@@ -82,7 +83,6 @@ from streams.worker.transactor import (
 LOG = logging.getLogger("cxpulse.hotpath")
 BATCH_MESSAGES = 10_000  # messages per consume() call and transaction
 POLL_SECONDS = 0.05  # a batch waits at most this long to fill: the latency floor at low rates
-FETCH_MIN_BYTES = 65_536  # the broker holds a fetch until this much came, or CXPULSE_FETCH_WAIT_MS passed (below)
 SESSION_TIMEOUT_MS = 10_000  # a slot killed with -9 keeps its partitions this long
 REACH_SECONDS = 10.0  # reading metadata at start (Kafka away: tried again)
 HOUSEKEEPING_SECONDS = 1.0  # expiry of seen ids and gauges, at most this often

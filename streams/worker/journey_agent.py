@@ -50,9 +50,10 @@ from typing import Any
 import orjson
 
 from schemas.codec import JOURNEY_INSTANCE_RAW, encode_journey_row
-from streams.agents.base import AgentContext, Record, TableAgent, by_size
+from streams.agents.base import AgentContext, TableAgent, by_size
 from streams.agents.health import FailureStreak
 from streams.agents.local_tables import index_entry
+from streams.agents.record import Record
 from streams.agents.stores import DiskStore
 from streams.core.journey_kpis import JourneyCounts
 from streams.core.journey_state import OUTSIDE_A_BATCH, GroupState, closed_counts, first_answer
@@ -134,7 +135,7 @@ class JourneyAgent(TableAgent):
         committed: CommittedOffsets,
     ) -> None:
         """``reader`` reads the journey answers back; ``committed`` is the journeys group's committed offsets on
-        them: streams/processes.py builds both."""
+        them: streams/processes/agents.py builds both."""
         super().__init__(context)
         settings = context.settings
         self.topic = topic

@@ -30,10 +30,11 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 
 from schemas.codec import WINDOW_RESULT, WINDOW_RESULT_RAW, encode_confluent
-from streams.agents.base import AgentContext, Record, TableAgent, by_size
+from streams.agents.base import AgentContext, TableAgent, by_size
 from streams.agents.health import FailureStreak
 from streams.agents.keys import PaneKey, ResultKey, SourceKey, pane_bucket, segment_partition, table_partition
 from streams.agents.local_tables import index_entry
+from streams.agents.record import Record
 from streams.agents.stores import keys_before
 from streams.config import Settings
 from streams.core.windows import WindowResult, result_record
@@ -191,7 +192,8 @@ class MergeAgent(TableAgent):
         own: CommittedOffsets,
     ) -> None:
         """``reader`` reads the partials back; ``hotpath`` is the hot path's committed offsets on the routed topic
-        (the work), ``own`` the merge group's on the partials (the progress): streams/processes.py builds them."""
+        (the work), ``own`` the merge group's on the partials (the progress): streams/processes/agents.py builds
+        them."""
         super().__init__(context)
         settings = context.settings
         self.topic = reader.topic

@@ -17,7 +17,7 @@ from typing import Protocol
 
 from confluent_kafka import Consumer, TopicPartition
 
-from streams.agents.base import Record, headers_of
+from streams.agents.record import Record, headers_of
 from streams.kafka import Kafka, consumer, read_range
 
 LOG = logging.getLogger("cxpulse.repair")

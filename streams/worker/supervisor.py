@@ -1,7 +1,7 @@
 """``cxpulse worker``: one command that runs a worker's processes together on one machine.
 
 - N hot-path slots (``CXPULSE_HOTPATH_PROCESSES``, default 1): streams.worker.hotpath, the rate-heavy step;
-- the Faust processes of streams/processes.py: ``merge`` (the merge agent, the KPI view, the effort detector) and,
+- the Faust processes of streams/processes/: ``merge`` (the merge agent, the KPI view, the effort detector) and,
   with a store, ``sink`` (the ClickHouse sink); with ``CXPULSE_HTTP_PORT``, the ``http`` ingest.
 
 They use both cores.  The supervisor creates the topics, starts the children (each dies with it:
@@ -414,7 +414,7 @@ def prepare_topics(settings: Settings, wait: KafkaWait | None = None) -> None:
 
 
 def sink_topics(settings: Settings) -> list[str]:
-    """The topics a ClickHouse sink reads (streams/processes.py sink_feeds)."""
+    """The topics a ClickHouse sink reads (streams/processes/sink.py sink_feeds)."""
     journeys = [settings.journeys_topic] if settings.journeys else []
     return [settings.results_topic, internal_topics(settings).answers, *journeys]
 

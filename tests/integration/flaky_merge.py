@@ -15,9 +15,8 @@ import signal
 import sys
 from typing import Any
 
-from streams import processes
 from streams.agents.local_tables import LocalTables
-from streams.processes import main
+from streams.processes import agents, main
 from streams.worker.merge import MergeStep
 from tests.support import first_time
 
@@ -41,7 +40,7 @@ MergeStep.finish = _flaky  # type: ignore[method-assign]
 if TABLES_CRASH and sys.argv[1:2] == ["merge"]:
     _write = LocalTables._write
     _checkpoint = LocalTables.checkpoint
-    processes.CHECKPOINT_SECONDS = 0.2
+    agents.CHECKPOINT_SECONDS = 0.2
 
     def _counting_checkpoint(self: LocalTables) -> int:
         _left[0] = sum(1 for topic, _ in self._pending if topic.endswith("-panes-changelog"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from streams.agents.base import Record
+from streams.agents.record import Record
 from streams.kafka import producer
 from streams.worker.repair import PartitionReader, read_chunks
 from tests.support import RunningBroker

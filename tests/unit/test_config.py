@@ -61,7 +61,7 @@ def test_the_fetch_wait_reaches_the_hot_path_and_the_sink_consumers(
 ) -> None:
     """CXPULSE_FETCH_WAIT_MS is what the broker holds the hot path's and the sink's fetches (1 s by default); the
     64 KB that end a fetch at once stay as they are."""
-    from streams import processes
+    from streams.processes import sink
     from streams.worker import hotpath
 
     if wait is not None:
@@ -72,10 +72,10 @@ def test_the_fetch_wait_reaches_the_hot_path_and_the_sink_consumers(
         made.append(config)
 
     monkeypatch.setattr(hotpath, "new_consumer", capture)
-    monkeypatch.setattr(processes, "new_consumer", capture)
+    monkeypatch.setattr(sink, "new_consumer", capture)
     settings = Settings()
     hotpath.slot_consumer(settings, "slot-0")
-    processes.sink_consumer(settings)
+    sink.sink_consumer(settings)
     expected = 1000 if wait is None else int(wait)
     assert [(c["fetch.wait.max.ms"], c["fetch.min.bytes"]) for c in made] == [(expected, 65_536)] * 2
 

@@ -14,12 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.codec import LocalCatalog, decode_batch, encode_feedback
-from streams.agents.base import Record
+from streams.agents.record import Record
 from streams.core.followups import encode as encode_followup
 from streams.core.validate import REASONS, Clock, validate_batch
 from streams.errors import InputFileError
 from streams.http_ingest import triage
-from streams.processes import answer_block
+from streams.processes.sink import answer_block
 from streams.replay import replay_file
 from streams.topics import PARTIALS_MAX_MESSAGE_BYTES
 from streams.worker.records import (

@@ -50,7 +50,7 @@ def test_the_command_calls_it_before_any_command_runs(restored: None, monkeypatc
 
 
 def test_a_hot_path_slot_and_a_faust_process_call_it_first(restored: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    from streams.agents import faust_app
+    from streams.agents import faust_app, process
     from streams.errors import EXIT_PERMANENT, ConfigurationError
     from streams.worker import hotpath
 
@@ -58,7 +58,7 @@ def test_a_hot_path_slot_and_a_faust_process_call_it_first(restored: None, monke
         raise ConfigurationError("CXPULSE_X: refused for the test")
 
     monkeypatch.setattr(hotpath, "load_settings", refused)
-    monkeypatch.setattr(faust_app, "load_settings", refused)
+    monkeypatch.setattr(process, "load_settings", refused)
     for run in (lambda: hotpath.main(["0", "0"]), lambda: faust_app.run_process("merge", ["0"], lambda s, m: None)):
         gc.set_threshold(700, 10, 10)
         assert run() == EXIT_PERMANENT

@@ -26,9 +26,10 @@ from schemas.codec import (
 from sinks.effort_detector import EffortDetector
 from sinks.kpi_view import KpiView
 from sinks.prometheus import Snapshot
-from streams.agents.base import AgentContext, BatchAgent, Record, Runner, by_partition, by_size
+from streams.agents.base import AgentContext, BatchAgent, Runner, by_partition, by_size
 from streams.agents.keys import PaneKey, ResultKey, SegmentKey, SourceKey
 from streams.agents.metrics import WorkerMetrics
+from streams.agents.record import Record
 from streams.config import Settings
 from streams.core.aggregate import State
 from streams.core.journeys import encode_answer_rows

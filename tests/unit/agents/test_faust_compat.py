@@ -17,9 +17,10 @@ from mode.utils.locks import Event
 from prometheus_client import CollectorRegistry
 
 from streams.agents import faust_compat
-from streams.agents.base import BatchAgent, Record, attach_all
+from streams.agents.base import BatchAgent, attach_all
 from streams.agents.faust_app import faust_app
 from streams.agents.metrics import WorkerMetrics
+from streams.agents.record import Record
 from streams.config import Settings
 from tests.fakes import Produced
 

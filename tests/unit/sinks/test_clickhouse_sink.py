@@ -16,9 +16,9 @@ from prometheus_client import CollectorRegistry
 from sinks import clickhouse as store
 from sinks import clickhouse_sink
 from sinks.clickhouse_sink import ClickHouseSink, Feed, SinkMetrics
-from streams.agents.base import Record
 from streams.agents.health import Progress
 from streams.agents.metrics import WorkerMetrics
+from streams.agents.record import Record
 from streams.config import Settings
 from tests.fakes import FakeMessage
 

@@ -262,8 +262,8 @@ def test_partial_messages_round_trip() -> None:
 def stored(out: Any, q: int) -> list[dict[str, Any]]:
     """What the sink stores of the answers a count step passed on for routed partition ``q`` (as rows)."""
     from sinks.clickhouse import ANSWER_COLUMNS
-    from streams.agents.base import Record
-    from streams.processes import answer_block
+    from streams.agents.record import Record
+    from streams.processes.sink import answer_block
     from streams.worker.records import ANSWER_ROWS, ANSWERS_FORMAT_HEADER, encode_answer_rows
 
     message = Record(q, 0, encode_answer_rows(out.answer_rows[q]), 0, [(ANSWERS_FORMAT_HEADER, ANSWER_ROWS)])
@@ -302,8 +302,8 @@ def test_answers_an_older_worker_routed_go_to_the_store_as_their_bytes() -> None
     fields): the count step passes those answers on as their bytes with their themes in a header, as it did, and
     the sink stores them as it did."""
     from sinks.clickhouse import ANSWER_COLUMNS
-    from streams.agents.base import Record
-    from streams.processes import answer_block
+    from streams.agents.record import Record
+    from streams.processes.sink import answer_block
     from streams.worker.records import THEMES_HEADER, encode_answer_themes, encode_answers
 
     raw = [json.dumps(e).encode() for e in events(5, seed=12) if e["event_id"]]
@@ -338,7 +338,7 @@ def partial_messages(
 ) -> tuple[dict[int, list[Any]], dict[int, int]]:
     """The hot path's partial messages per partials partition, as they lie in Kafka (a commit marker after each),
     and the routed offsets it committed."""
-    from streams.agents.base import Record
+    from streams.agents.record import Record
 
     sent, committed = hot_path(per_partition, batch, q, rng)
     records = {p: [Record(p, 2 * i, value, NOW) for i, value in enumerate(values)] for p, values in sent.items()}
