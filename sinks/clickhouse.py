@@ -3,7 +3,7 @@
 
 - :func:`connect` opens the configured store; the embedded one can be opened by one process at a time (chdb's
   limit), so a second process gets :class:`StoreBusyError` and goes through the worker's query endpoint.
-- :func:`migrate` applies ``deploy/clickhouse/NNN_*.sql`` once each, in order, recorded in
+- :func:`migrate` applies ``sinks/migrations/NNN_*.sql`` once each, in order, recorded in
   ``cxpulse.schema_version``: idempotent, so every start runs it.
 - :func:`pane_row`, :func:`answer_columns` and :func:`journey_row` turn a WindowResult record, a batch of counted
   answers (columns) and a JourneyInstance record into rows of ``cxpulse.pane_results``, ``cxpulse.answers`` and
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from schemas.codec import SchemaCatalog, decode_batch
-from streams.config import REPO_ROOT, Settings
+from streams.config import Settings
 from streams.core.aggregate import contribution
 from streams.core.comments import ANY
 from streams.core.validate import Feedback, validate_batch
@@ -37,9 +37,9 @@ if TYPE_CHECKING:  # clickhouse-connect is imported at the first connect: the me
 
 DATABASE = "cxpulse"
 CONNECT_TIMEOUT_SECONDS = 10.0  # a server that does not accept the connection within this long is reported
-KEEP_DAYS = 400  # every table's TTL (deploy/clickhouse/*.sql): older rows are dropped by ClickHouse's merges
+KEEP_DAYS = 400  # every table's TTL (sinks/migrations/*.sql): older rows are dropped by ClickHouse's merges
 ENDPOINT_FILE = "clickhouse-endpoint.json"  # written by the sink process that holds the embedded store
-MIGRATIONS = REPO_ROOT / "deploy" / "clickhouse"
+MIGRATIONS = Path(__file__).with_name("migrations")  # package data: an installed cxpulse (the image) has them
 PANE_COLUMNS = (
     "window_start",
     "window_end",
