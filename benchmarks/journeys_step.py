@@ -22,6 +22,7 @@ import statistics
 import time
 from typing import Any
 
+import orjson
 from prometheus_client import CollectorRegistry
 
 from schemas.codec import LocalCatalog
@@ -46,11 +47,13 @@ MESSAGES_PER_BATCH = 40
 
 class Table(dict[str, Any]):
     """The agent's table: a dict that encodes what the table on disk encodes (the key for its copy's read; key and
-    value for the changelog message of a write)."""
+    value for the changelog message of a write) and, as the table on disk does, keeps a written value's bytes
+    (streams.agents.stores.DiskMapping.set_encoded), read back decoded."""
 
     def get(self, key: str, default: Any = None) -> Any:
         raw_key(key)
-        return super().get(key, default)
+        value = super().get(key, default)
+        return orjson.loads(value) if type(value) is bytes else value
 
     def __setitem__(self, key: str, value: Any) -> None:
         encode_value(value)
@@ -58,11 +61,10 @@ class Table(dict[str, Any]):
         super().__setitem__(key, value)
 
     def set_many(self, items: list[tuple[str, Any]]) -> None:
-        """KeyPartitionedTable.set_many's encoding of each item."""
+        """KeyPartitionedTable.set_many's encoding of each item, kept encoded."""
         for key, value in items:
-            encode_value(value)
             raw_key(key)
-            super().__setitem__(key, value)
+            super().__setitem__(key, encode_value(value))
 
 
 class Dropped(Produced):

@@ -267,11 +267,18 @@ class KeyPartitionedTable(Table[Any, Any]):
     def set_many(self, items: Iterable[tuple[Any, Any]]) -> None:
         """``self[key] = value`` for each item: :meth:`on_key_set` (its changelog message), then its store, as
         Faust's ``__setitem__`` does, without its wrappers per key (the journeys write a state per group of a
-        batch, most of a live batch's answers)."""
+        batch, most of a live batch's answers).  A store on disk keeps the changelog message's bytes until its
+        checkpoint, not the value (streams.agents.stores.DiskMapping.set_encoded)."""
         store = self.data
+        encoded = getattr(store, "set_encoded", None) if self._changelog_writer is not None else None
         for key, value in items:
-            self.on_key_set(key, value)
-            store[key] = value
+            if encoded is None:
+                self.on_key_set(key, value)
+                store[key] = value
+            else:
+                raw = encode_value(value)
+                self._send(key, raw)
+                encoded(key, raw)
 
     def on_key_del(self, key: Any) -> None:
         if self._changelog_writer is None:

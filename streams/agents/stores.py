@@ -160,6 +160,8 @@ class DiskMapping(MutableMapping[str, Any]):
         partition = table_partition(key)
         if entry is not None:
             value = entry[0]
+            if type(value) is bytes:  # written encoded (set_encoded): read as the copy's bytes would be
+                value = self.decode(value)
         elif partition in self.memory_only:
             value = _DELETED
         else:  # raises when the copy is not open (a stop closed it): never taken for "no such key"
@@ -184,6 +186,14 @@ class DiskMapping(MutableMapping[str, Any]):
     def __setitem__(self, key: str, value: Any) -> None:
         self._last = None
         self.recent[key] = (value, self.clock())
+
+    def set_encoded(self, key: str, raw: bytes) -> None:
+        """``self[key] = value`` given the value's encoding (its changelog message's bytes), which memory keeps
+        until the checkpoint instead of the value: bytes are no container for the cyclic collector to walk (the
+        journeys' states, one an answer and held ~2 s each: a third of that process's CPU was collecting, most
+        of it walking them; issue 35).  A table's values are never bytes themselves: a read decodes them."""
+        self._last = None
+        self.recent[key] = (raw, self.clock())
 
     def __delitem__(self, key: str) -> None:
         if key not in self:
@@ -256,7 +266,8 @@ class DiskMapping(MutableMapping[str, Any]):
             if held_value is _DELETED:
                 continue
             raw = raw_key(key)
-            for indexed, value in index_entries(self.index, raw, self.encode(held_value)):
+            encoded = held_value if type(held_value) is bytes else self.encode(held_value)
+            for indexed, value in index_entries(self.index, raw, encoded):
                 if first <= indexed < stop and indexed.endswith(raw):
                     found.append((key, value, BUCKET.unpack_from(indexed, len(name))[0]))
         found.sort(key=lambda item: item[2])
@@ -304,6 +315,9 @@ class DiskStore(LocalCopyStore):
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self.disk()[key] = value
+
+    def set_encoded(self, key: Any, raw: bytes) -> None:
+        self.disk().set_encoded(key, raw)
 
     def __delitem__(self, key: Any) -> None:
         del self.disk()[key]

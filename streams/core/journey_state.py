@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from streams.core.journey_kpis import JourneyCounts, counts_of
-from streams.core.journeys import DELETED, SENT, Answer, Emitted, Group, Instance, Revision, confirm, single_instance
+from streams.core.journeys import DELETED, SENT, Answer, Emitted, Group, Instance, confirm, nps_category
 
 OUTSIDE_A_BATCH = 2**62  # the offset of a state a look at due groups wrote before its revisions were sent
 
@@ -91,16 +91,30 @@ def closed_counts(instances: Iterable[Instance]) -> tuple[tuple[int, JourneyCoun
 
 
 def first_answer(
-    group: Group, answer: Answer, gap_ms: int, now_ms: int, offset: int
-) -> tuple[GroupState, list[Revision]]:
-    """The state and the revision of a group that had no state and gets one answer: what the general step (the
-    group's instances, :func:`streams.core.journeys.revise` at the clock ``now_ms``, :func:`closed_counts`) makes of
-    it, without that step's lists and loops.  Most groups of a live stream are a new customer's one answer
-    (`benchmarks.journeys_step`: 169,297 of the 184,221 groups of its 200,000 answers have one answer); the
+    group: Group, answer: Answer, gap_ms: int, retention_ms: int, now_ms: int, offset: int
+) -> tuple[dict[str, Any], tuple[Any, ...]]:
+    """The table value and the revision (as :func:`streams.core.journeys.instance_row`) of a group that had no state
+    and gets one answer: what the general step (the group's instances, :func:`streams.core.journeys.revise` at the
+    clock ``now_ms``, :func:`closed_counts`, :meth:`GroupState.to_table`) makes of it, without that step's objects
+    (the instance, the revision, the state, the emitted map).  Most groups of a live stream are a new customer's one
+    answer (`benchmarks.journeys_step`: 169,297 of the 184,221 groups of its 200,000 answers have one answer); the
     equivalence is a test."""
     end = answer.occurred_at
     closed = end + gap_ms < now_ms
-    instance = single_instance(group, answer, closed)
     version = max(now_ms, 1)
-    kept = ((end, counts_of(instance)),) if closed else ()
-    return GroupState([answer], {end: (version, end, 1, closed, 0)}, offset, kept), [Revision(instance, version, False)]
+    metric = answer.metric
+    ces = metric == "CES"
+    high = int(ces and answer.low)
+    nps = nps_category(answer) if metric == "NPS" else None
+    kept = [[end, 1, 1, 1, 0, high, int(nps == "promoter"), int(nps == "passive"), int(nps == "detractor"), 0, 0]]
+    value = {
+        "a": [list(answer)],
+        "e": [[end, version, end, 1, closed, 0]],
+        "o": offset,
+        "t": end + gap_ms + 1 + (retention_ms if closed else 0),  # GroupState.due of it
+        "k": kept if closed else [],
+    }
+    x = answer.x
+    row = (group[0], group[1], end, end, answer.channel, 1, 1, 1, 0, int(answer.touchpoint is not None), int(ces),
+           high, x, x, nps, True, False, False, closed, version, False)  # fmt: skip
+    return value, row

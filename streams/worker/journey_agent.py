@@ -87,6 +87,11 @@ FOREVER_MS = 2**62  # the end of an index range that has none
 DUE_CHUNK = 1000  # due groups looked at between two turns of the event loop
 
 
+# what a batch or a look writes of one group: its table value (None: the group is deleted) and its revisions, each as
+# the values of the record JourneyInstance (streams.core.journeys.instance_row)
+Update = tuple[dict[str, Any] | None, list[tuple[Any, ...]]]
+
+
 def group_key(partition: int, group: Group) -> str:
     """The table key of a group: ``<partition>|<journey>|<customer_id>`` (the customer id last: it may hold any
     character, a label never holds a ``|``)."""
@@ -219,16 +224,17 @@ class JourneyAgent(TableAgent):
                 by_group[group].append(answer)
         now_ms = int(time.time() * 1000)
         last = records[-1].offset
-        updates: dict[str, tuple[GroupState, list[Revision]]] = {}
+        updates: dict[str, Update] = {}
         for n, (group, answers) in enumerate(by_group.items(), 1):
             key = group_key(partition, group)
             value = self._read(key)
             if not value and len(answers) == 1:  # a new group's one answer: most groups of a live stream
-                updates[key] = first_answer(group, answers[0], self.gap_ms, now_ms, last)
+                written, row = first_answer(group, answers[0], self.gap_ms, self.retention_ms, now_ms, last)
+                updates[key] = (written, [row])
             else:
                 state = self._state_of(partition, value)
                 add_answers(state.answers, sorted(answers))
-                updates[key] = self._revise(group, state, now_ms, last)
+                updates[key] = self._update(*self._revise(group, state, now_ms, last))
             if n % YIELD_GROUPS == 0:
                 await asyncio.sleep(0)  # under the lock: no other batch or look at due groups comes in between
         await self._send(updates)
@@ -261,48 +267,53 @@ class JourneyAgent(TableAgent):
         revisions, emitted = revise(group, state.emitted, instances, now_ms)
         return GroupState(state.answers, emitted, offset, closed_counts(instances)), revisions
 
-    async def _send(self, updates: dict[str, tuple[GroupState, list[Revision]]]) -> None:
+    def _value(self, state: GroupState) -> dict[str, Any] | None:
+        """A state's table value; None for a state with nothing left (deleted)."""
+        return state.to_table(self.gap_ms, self.retention_ms) if state.answers or state.emitted else None
+
+    def _update(self, state: GroupState, revisions: list[Revision]) -> Update:
+        return self._value(state), [instance_row(revision) for revision in revisions]
+
+    async def _send(self, updates: dict[str, Update]) -> None:
         """Write the states (what they are about to send marked not sent yet), then send the revisions: a kill in
         between leaves states that send them again when their batch is read again.  A kill after the
         revisions' flush and before the batch is committed sends some a second time, with a higher version."""
-        await self._store({key: state for key, (state, _) in updates.items()})
+        await self._store({key: value for key, (value, _) in updates.items()})
         await self.results.flush()  # the states are in Kafka before anything they say they send
         kinds = {"open": 0, "closed": 0, "deleted": 0}
-        for _, revisions in updates.values():
-            for revision in revisions:
-                kinds[self._produce(revision)] += 1
+        for _, rows in updates.values():
+            for row in rows:
+                kinds[self._produce(row)] += 1
         await self.results.flush()
         for kind, sent in kinds.items():  # counted once a batch: labels() takes a lock and looks the child up
             if sent:
                 self.metrics.journey_revisions.labels(kind).inc(sent)
 
-    def _produce(self, revision: Revision) -> str:
-        """Send one revision; its kind: open, closed or deleted."""
-        instance = revision.instance
-        key = f"{instance.customer_id}|{instance.journey}|{instance.start}".encode()
-        value = encode_journey_row(instance_row(revision), self.schema_id)
-        self.results.produce(self.out_topic, value, key)
-        return "deleted" if revision.deleted else "closed" if instance.closed else "open"
+    def _produce(self, row: tuple[Any, ...]) -> str:
+        """Send one revision (the values of the record, in INSTANCE_FIELDS' order: customer_id, journey, start, ...,
+        closed at 18, deleted at 20); its kind: open, closed or deleted."""
+        key = f"{row[0]}|{row[1]}|{row[2]}".encode()
+        self.results.produce(self.out_topic, encode_journey_row(row, self.schema_id), key)
+        return "deleted" if row[20] else "closed" if row[18] else "open"
 
-    async def _store(self, updates: dict[str, GroupState]) -> None:
-        """Write the states (a state with nothing left is deleted), YIELD_GROUPS at a time; through the table's
+    async def _store(self, values: dict[str, dict[str, Any] | None]) -> None:
+        """Write the groups' table values (None: the group is deleted), YIELD_GROUPS at a time; through the table's
         ``set_many`` when it has one (streams.agents.faust_compat.KeyPartitionedTable: what ``table[key] = value``
         does, without Faust's wrappers per key)."""
         set_many = getattr(self.table, "set_many", None)
-        items = list(updates.items())
+        items = list(values.items())
         for at in range(0, len(items), YIELD_GROUPS):
             if at:
                 await asyncio.sleep(0)
             chunk = items[at : at + YIELD_GROUPS]
-            written = [(key, state.to_table(self.gap_ms, self.retention_ms)) for key, state in chunk
-                       if state.answers or state.emitted]  # fmt: skip
+            written = [(key, value) for key, value in chunk if value is not None]
             if set_many is not None:
                 set_many(written)
             else:
-                for key, value in written:
-                    self.table[key] = value
-            for key, state in chunk:
-                if not (state.answers or state.emitted) and key in self.table:
+                for key, kept in written:
+                    self.table[key] = kept
+            for key, value in chunk:
+                if value is None and key in self.table:
                     del self.table[key]
 
     async def tick(self, now_ms: int) -> None:
@@ -429,7 +440,9 @@ class JourneyAgent(TableAgent):
             for end, counts in state.closed:
                 if end >= since:
                     totals[key.split("|", 2)[1]] += counts
-        sending = {key: update for key, update in updates.items() if update[1]}
+        sending = {key: self._update(state, revisions) for key, (state, revisions) in updates.items() if revisions}
         if sending:
             await self._send(sending)
-        await self._store({key: state.confirmed()._replace(offset=-1) for key, (state, _) in updates.items()})
+        await self._store(
+            {key: self._value(state.confirmed()._replace(offset=-1)) for key, (state, _) in updates.items()}
+        )

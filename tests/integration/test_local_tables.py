@@ -127,12 +127,15 @@ def test_a_copy_from_another_cluster_or_past_the_end_is_not_used(
     again.close()
 
 
+@pytest.mark.parametrize("encoded", [False, True])
 def test_a_table_on_disk_keeps_in_memory_only_what_its_copy_lacks(
-    kafka_broker: RunningBroker, changelog: str, tmp_path: Path
+    kafka_broker: RunningBroker, changelog: str, tmp_path: Path, encoded: bool
 ) -> None:
     """streams.agents.stores.DiskMapping over a copy: a value written is read back at once, stays in memory until
     Kafka acknowledged it and a checkpoint wrote it, is read from the copy after that (and after a restart,
-    nothing loaded), and the expiry's keys come from the index by pane start."""
+    nothing loaded), and the expiry's keys come from the index by pane start.  Written ``encoded``
+    (KeyPartitionedTable.set_many's way: DiskMapping.set_encoded), memory holds the changelog's bytes, never a
+    container, and everything reads the same."""
     bootstrap = kafka_broker.bootstrap
     local, results = opened(bootstrap, tmp_path, changelog, 0)
     disk = DiskMapping(local, changelog, orjson.loads, lambda: results.queued, pane_index)
@@ -141,9 +144,13 @@ def test_a_table_on_disk_keeps_in_memory_only_what_its_copy_lacks(
     def put(key: str, value: object | None) -> None:  # what KeyPartitionedTable does: the store, then the changelog
         if value is None:
             del disk[key]
+        elif encoded:
+            disk.set_encoded(key, orjson.dumps(value))
         else:
             disk[key] = value
         results.produce(changelog, None if value is None else orjson.dumps(value), raw_key(key), 0)
+        held = [entry[0] for entry in disk.recent.values() if isinstance(entry[0], bytes | dict)]
+        assert all(isinstance(held_value, bytes if encoded else dict) for held_value in held)
 
     panes = {f"0|chat|billing|{start}": {"n": start // 1000} for start in (60_000, 120_000, 180_000, 240_000)}
     for key, value in panes.items():

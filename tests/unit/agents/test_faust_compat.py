@@ -7,9 +7,11 @@ import hashlib
 import inspect
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import faust
+import orjson
 import pytest
 from faust.transport.consumer import Consumer
 from mode import Service
@@ -51,7 +53,7 @@ def test_the_table_manager_registers_the_changelogs_at_start_without_faust_s_one
     assert calls == ["channels", "recovery"]
 
 
-def test_set_many_writes_what_setting_each_key_writes(tmp_path: Path) -> None:
+def test_set_many_writes_what_setting_each_key_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """KeyPartitionedTable.set_many (the journeys' states of a batch): the same changelog messages, in the same
     order, and the same values as ``table[key] = value`` per key; without a changelog writer, Faust's own path."""
     settings = Settings(kafka_bootstrap="127.0.0.1:9", data_dir=tmp_path, clickhouse_url="")
@@ -77,6 +79,14 @@ def test_set_many_writes_what_setting_each_key_writes(tmp_path: Path) -> None:
     plain.on_key_set = lambda key, value: sent.append((key, value))  # type: ignore[method-assign]
     plain.set_many(items)
     assert sent == items and dict(plain.data.items()) == dict(items)
+    kept: dict[str, bytes] = {}  # a store on disk (DiskStore.set_encoded): it keeps the changelog message's bytes
+    disk = app.Table("disk", partitions=4)
+    assert isinstance(disk, faust_compat.KeyPartitionedTable)
+    disk.write_changelog_with(written.setdefault("disk", Produced()))
+    monkeypatch.setattr(disk, "_new_store", lambda: SimpleNamespace(set_encoded=kept.__setitem__))
+    disk.set_many(items)
+    assert [m[1:] for m in written["disk"].messages] == [m[1:] for m in written["many"].messages]
+    assert kept == {key: orjson.dumps(value) for key, value in items}
 
 
 def _batches_of(values: list[int], size: int, within: float, idle: float = 0.0) -> tuple[list[list[int]], int]:

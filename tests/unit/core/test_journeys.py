@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
@@ -333,33 +333,49 @@ def test_an_instance_of_one_answer_is_the_general_rule_of_one(
     assert instance_of(("c-1", "billing"), [answer], closed) == _instance(("c-1", "billing"), [answer], closed)
 
 
+@settings(max_examples=1000)
+@example("NPS", 10, (0, 10), None, "bot", 0, G + 1, 5)  # each counter of a closed instance, as generated ones are rare
+@example("NPS", 7, (0, 10), None, None, 0, G + 1, 5)
+@example("NPS", 3, (0, 10), "i-1", None, 0, 2 * G, 5)
+@example("CES", 1, (1, 7), None, "bot", 0, G + 1, 5)
 @given(
     st.sampled_from(["NPS", "CES", "CSAT", "NLS", "CAS"]),
     st.integers(0, 10),
     st.sampled_from([(0, 10), (1, 7), (1, 5)]),
     st.one_of(st.none(), st.just("i-1")),
+    st.one_of(st.none(), st.just("bot")),
     st.integers(0, 10 * G),
     st.sampled_from([0, G - 1, G, G + 1]) | st.integers(0, 2 * G),  # the clock at end + G and around it
     st.integers(-1, 2**40),
 )
 def test_a_new_groups_first_answer_is_the_general_step_of_one(
-    metric: str, score: int, scale: tuple[int, int], interaction: str | None, occurred: int, age: int, offset: int
+    metric: str,
+    score: int,
+    scale: tuple[int, int],
+    interaction: str | None,
+    touchpoint: str | None,
+    occurred: int,
+    age: int,
+    offset: int,
 ) -> None:
     """first_answer (the journey agent's shortcut for a group without state and one answer: most groups of a live
-    stream) makes the state and the revision the general step makes: the instances, revise at the clock, the
-    closed instances' counters; closed or open (the clock around end + G)."""
+    stream) writes the table value and the revision the general step writes: the instances, revise at the clock,
+    the closed instances' counters, the state's table value and the revision's row; closed or open (the clock
+    around end + G)."""
     from streams.core.journey_state import first_answer
-    from streams.core.journeys import Answer, add_answers
+    from streams.core.journeys import Answer, add_answers, instance_row
 
     lo, hi = scale
-    answer = Answer(occurred, "e-1", interaction, "chat", "bot", metric, lo + score % (hi - lo + 1), lo, hi)
-    group, now = ("c-1", "billing"), occurred + age
+    answer = Answer(occurred, "e-1", interaction, "chat", touchpoint, metric, lo + score % (hi - lo + 1), lo, hi)
+    group, now, retention = ("c-1", "billing"), occurred + age, 7 * G
     answers: list[Answer] = []
     add_answers(answers, [answer])
     instances = instances_of(group, answers, G, now)
     revisions, emitted = revise(group, GroupState.from_table(None).emitted, instances, now)
     general = GroupState(answers, emitted, offset, closed_counts(instances))
-    assert first_answer(group, answer, G, now, offset) == (general, revisions)
+    value, row = first_answer(group, answer, G, retention, now, offset)
+    assert (value, [row]) == (general.to_table(G, retention), [instance_row(r) for r in revisions])
+    assert GroupState.from_table(value) == general  # read back as the general step's state
 
 
 def test_instance_rows_are_the_records_fields_in_the_schemas_order() -> None:
