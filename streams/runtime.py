@@ -11,10 +11,10 @@ thresholds were first measured).  So each process, once started:
 - freezes what it has made so far (imports, settings, compiled taxonomies: ``gc.freeze``), which no collection
   walks again;
 - lets :data:`YOUNG_OBJECTS` containers accumulate before a young collection: a batch's objects are mostly freed
-  before it runs and never get old.  Cycles are still found (a young collection walks at most ~50,000 objects);
+  before it runs and never get old.  Cycles are still found (a young collection walks at most ~200,000 objects);
   garbage in a cycle lives a little longer.
 
-``gc_seconds`` is the time the process spent collecting, by generation (for a benchmark or a debugger: a heap
+``gc_seconds`` is the CPU time the process spent collecting, by generation (for a benchmark or a debugger: a heap
 that outgrows the setting shows there first).
 """
 
@@ -24,7 +24,12 @@ import gc
 import time
 from typing import Any
 
-YOUNG_OBJECTS = 50_000  # net container allocations between young collections (CPython's default: 700)
+# net container allocations between young collections (CPython's default: 700).  Above what one batch keeps alive
+# at once: at 50,000 a journeys run of 512 KB (~5,000 answers) and a hot-path batch of 10,000 messages each met a
+# young collection that walked their live objects, and the journeys' states held until their checkpoint on top
+# (2026-12-07, issue 35: `benchmarks.journeys_step` 58,897-70,188 -> 66,938-74,222 answers/s, the hot path's step
+# +1-4%; the quiet run's RSS mean 741 -> 752 MB)
+YOUNG_OBJECTS = 200_000
 OLDER_EVERY = 20  # young collections per middle one, middle ones per full one (CPython's default: 10)
 
 gc_seconds = [0.0, 0.0, 0.0]  # time spent collecting, by generation collected
@@ -33,9 +38,9 @@ _started: list[float] = []
 
 def time_collection(phase: str, info: dict[str, Any]) -> None:
     if phase == "start":
-        _started.append(time.perf_counter())
+        _started.append(time.thread_time())  # the collecting thread's CPU: other processes' turns not counted
     elif _started:
-        gc_seconds[info["generation"]] += time.perf_counter() - _started.pop()
+        gc_seconds[info["generation"]] += time.thread_time() - _started.pop()
 
 
 def tune_gc() -> None:
