@@ -262,7 +262,13 @@ class KeyPartitionedTable(Table[Any, Any]):
         if self._changelog_writer is None:
             super().on_key_set(key, value)
         else:
-            self._send(key, encode_value(value))
+            self._write_changelog(key, value)
+
+    def _write_changelog(self, key: Any, value: Any) -> bytes:
+        """Send ``value``'s changelog message; its bytes."""
+        raw = encode_value(value)
+        self._send(key, raw)
+        return raw
 
     def set_many(self, items: Iterable[tuple[Any, Any]]) -> None:
         """``self[key] = value`` for each item: :meth:`on_key_set` (its changelog message), then its store, as
@@ -276,9 +282,7 @@ class KeyPartitionedTable(Table[Any, Any]):
                 self.on_key_set(key, value)
                 store[key] = value
             else:
-                raw = encode_value(value)
-                self._send(key, raw)
-                encoded(key, raw)
+                encoded(key, self._write_changelog(key, value))
 
     def on_key_del(self, key: Any) -> None:
         if self._changelog_writer is None:

@@ -106,13 +106,14 @@ def first_answer(
     ces = metric == "CES"
     high = int(ces and answer.low)
     nps = nps_category(answer) if metric == "NPS" else None
-    kept = [[end, 1, 1, 1, 0, high, int(nps == "promoter"), int(nps == "passive"), int(nps == "detractor"), 0, 0]]
     value = {
         "a": [list(answer)],
         "e": [[end, version, end, 1, closed, 0]],
         "o": offset,
         "t": end + gap_ms + 1 + (retention_ms if closed else 0),  # GroupState.due of it
-        "k": kept if closed else [],
+        "k": [[end, 1, 1, 1, 0, high, int(nps == "promoter"), int(nps == "passive"), int(nps == "detractor"), 0, 0]]
+        if closed
+        else [],  # the closed instance's counters (journey_kpis.counts_of)
     }
     x = answer.x
     row = (group[0], group[1], end, end, answer.channel, 1, 1, 1, 0, int(answer.touchpoint is not None), int(ces),
