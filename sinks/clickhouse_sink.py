@@ -60,12 +60,17 @@ LOG = logging.getLogger("cxpulse.sink")
 SINK = "clickhouse"
 PANES_BATCH = 5000  # results per insert at most
 ANSWERS_BATCH = 60  # answer messages (a hot-path batch of one source partition each) per insert at most
+# ... or this many bytes of them (~40,000 answers): an answers message holds up to 4 MB of one count batch, and a
+# burst's whole answers were a dozen messages, never a full batch of 60 (make bench's live shape, 2026-12-07)
+ANSWERS_BATCH_BYTES = 16 * 1024 * 1024
 JOURNEYS_BATCH = 5000  # journey instance revisions per insert at most
 # A table's batch waits at most this long to fill (a full batch goes at once).  Every insert is a part ClickHouse
 # merges in the background: at a small contact center's rate one insert a second per table kept the embedded store's
 # merges busy (issue 35's quiet run: the sink 27% of a core, 12% with 5 s and the hot path's fetch window).  A row
-# is in the store this much later at worst: answers unless 60 hot-path batches come sooner, pane results and
-# journey instances unless 5,000 distinct keys do (a batch holds each key's newest revision).
+# is in the store this much later at worst: answers unless 60 hot-path batches (or 16 MB) come sooner, pane results
+# and journey instances unless 5,000 distinct keys do (a batch holds each key's newest revision).  The tail of a
+# burst does not wait it out: after a full batch, a feed's next batch goes as soon as the sink has taken all Kafka
+# has of the feed (ClickHouseSink.due).
 BATCH_WITHIN_SECONDS = 5.0
 CONSUME_MESSAGES = 10_000  # messages per consume() call at most
 CONSUME_SECONDS = 0.5  # a consume() call waits at most this long
@@ -142,6 +147,7 @@ class Feed(NamedTuple):
     batch_size: int
     revisions: bool = False
     transactional: bool = False
+    batch_bytes: int | None = None  # a batch of this many bytes of values is full too (None: rows alone)
 
 
 class Write(NamedTuple):
@@ -173,6 +179,7 @@ class Taken:
     def __init__(self, first: int, revisions: bool) -> None:
         self.first = self.last = first
         self.count = 0
+        self.bytes = 0  # of the values taken (of a revisions feed: of every revision, the replaced too)
         self.revisions = revisions
         self.records: list[Record] = []  # not revisions: every record, in offset order
         self.newest: dict[bytes | int, Record] = {}  # revisions: key (an unkeyed record: its offset) -> record
@@ -180,6 +187,7 @@ class Taken:
     def add(self, record: Record) -> None:
         self.last = record.offset
         self.count += 1
+        self.bytes += len(record.value)
         if not self.revisions:
             self.records.append(record)
             return
@@ -241,6 +249,7 @@ class ClickHouseSink:
         # to the others, the pane results went with every full batch of answers, a few revisions of each group
         # apiece (the backlog shape's sink: 7.5-26.5 CPU s from run to run, 2026-12-06)
         self.since: dict[str, float] = {}
+        self.bursting: set[str] = set()  # the feeds whose last batch went full: a burst's tail goes once caught up
         self.applied: dict[tuple[str, int], int] = {}  # the next offset to write, per partition held
         self.changed = False  # partitions were revoked while a batch waited: prepare it again
         self.next_health = 0.0
@@ -283,10 +292,13 @@ class ClickHouseSink:
                 self.consumer.close()
 
     def step(self, messages: Iterable[Message]) -> None:
+        """Take what one consume() returned; write the batches that are due."""
         self.take(messages)
         due = self.due()
         if due:
-            self.write(due)
+            full = {topic for topic in due if self._full(topic)}
+            if self.write(due):
+                self.bursting = (self.bursting - set(due)) | full
         self.health()
 
     def take(self, messages: Iterable[Message]) -> int:
@@ -315,14 +327,43 @@ class ClickHouseSink:
         return added
 
     def due(self) -> list[str]:
-        """The feeds whose batch is due: it waited BATCH_WITHIN_SECONDS, or holds its feed's batch_size rows."""
+        """The feeds whose batch is due: it waited BATCH_WITHIN_SECONDS, or is full (:meth:`_full`), or is the tail
+        of a burst: the feed's last batch went full and it has taken all Kafka has (:meth:`_caught_up`).  Without
+        the last, the rest of a burst (a backfill, a restart's catch-up, make bench's shapes) waited up to
+        BATCH_WITHIN_SECONDS in the sink after the pipeline had made it.  At a steady rate it adds at most one
+        insert per full batch; at a quiet rate no batch goes full, and nothing changes."""
         now = self.clock()
         return [
             topic
             for topic, since in self.since.items()
             if now - since >= BATCH_WITHIN_SECONDS
-            or sum(len(part) for part in self.taken[topic].values()) >= self.feeds[topic].batch_size
+            or self._full(topic)
+            or (topic in self.bursting and self._caught_up(topic))
         ]
+
+    def _caught_up(self, topic: str) -> bool:
+        """Every partition of the feed this sink holds has been taken to the end librdkafka last fetched (a
+        transactional feed's end: past its commit marker), by the consumer's cached watermarks (no request).  A
+        partition with nothing taken since it was assigned counts as caught up: the guess costs one insert at
+        most (the feed is bursting no more after it)."""
+        marker = 1 if self.feeds[topic].transactional else 0
+        taken = self.taken[topic]
+        for tp in self.consumer.assignment():
+            if tp.topic != topic:
+                continue
+            part = taken.get(tp.partition)
+            following = part.last + 1 if part is not None else self.applied.get((topic, tp.partition))
+            _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            if following is not None and high - marker > following:
+                return False
+        return True
+
+    def _full(self, topic: str) -> bool:
+        """A feed's batch holds its batch_size rows or, when it has one, its batch_bytes."""
+        feed, parts = self.feeds[topic], self.taken[topic].values()
+        if sum(len(part) for part in parts) >= feed.batch_size:
+            return True
+        return feed.batch_bytes is not None and sum(part.bytes for part in parts) >= feed.batch_bytes
 
     def _unreadable(self, feed: Feed) -> Callable[[Record, Exception], None]:
         def unreadable(record: Record, exc: Exception) -> None:

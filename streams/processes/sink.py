@@ -18,6 +18,7 @@ from schemas.codec import JOURNEY_INSTANCE, WINDOW_RESULT, SchemaCatalog, catalo
 from sinks import clickhouse as store
 from sinks.clickhouse_sink import (
     ANSWERS_BATCH,
+    ANSWERS_BATCH_BYTES,
     JOURNEYS_BATCH,
     PANES_BATCH,
     ClickHouseSink,
@@ -80,6 +81,7 @@ def sink_feeds(settings: Settings) -> list[Feed]:
             lambda record: answer_block(record, catalog),
             ANSWERS_BATCH,
             transactional=True,
+            batch_bytes=ANSWERS_BATCH_BYTES,
         ),
     ]
     if settings.journeys:

@@ -163,6 +163,53 @@ def test_a_full_batch_goes_at_once() -> None:
     assert client.inserts[0]["data"][0] == [1] * 60 and consumer.commits == [[(ANSWERS, 0, 60)]]
 
 
+def test_an_answers_batch_of_its_bytes_is_full_however_few_messages() -> None:
+    """A batch of answer messages is full at ANSWERS_BATCH messages or at its batch_bytes, whichever first: a burst's
+    answers come in messages of up to 4 MB, a dozen of them for 200,000 answers."""
+    client = FakeClient()
+    loop, consumer, _, _, _ = sink(client)
+    loop.feeds[ANSWERS] = loop.feeds[ANSWERS]._replace(batch_bytes=10)
+    loop.step(messages(ANSWERS, 0, 0, [b"1234", b"5678"]))
+    assert client.inserts == []  # 8 bytes
+    loop.step(messages(ANSWERS, 0, 2, [b"99"]))
+    assert client.inserts[0]["data"][0] == [1234, 5678, 99] and consumer.commits == [[(ANSWERS, 0, 3)]]
+
+
+def test_the_tail_of_a_burst_goes_once_the_feed_caught_up_not_a_window_later() -> None:
+    """After a full batch, the feed's next batch goes once the sink has taken every partition of it to the end
+    librdkafka last fetched (a transactional feed's: up to its commit marker), not BATCH_WITHIN_SECONDS after its
+    first message; a batch after that one, not full, waits BATCH_WITHIN_SECONDS again (a quiet feed's inserts stay
+    one per window)."""
+    client = FakeClient()
+    loop, consumer, _, _, clock = sink(client, [(PANES, 0), (ANSWERS, 0), (ANSWERS, 1)])
+    loop.step(messages(ANSWERS, 0, 0, [b"1"] * 60))  # full: goes at once
+    consumer.highs.update({(ANSWERS, 0): 100, (ANSWERS, 1): 11})  # 0..98 and 0..9 in Kafka, each then a marker
+    loop.step([*messages(ANSWERS, 0, 60, [b"2"] * 7), *messages(ANSWERS, 1, 0, [b"4"] * 10)])
+    assert len(client.inserts) == 1  # partition 0 is not taken to its end
+    loop.step(messages(ANSWERS, 0, 67, [b"3"] * 32))
+    assert [insert["data"][0] for insert in client.inserts] == [[1] * 60, [2] * 7 + [3] * 32 + [4] * 10]
+    assert consumer.commits[-1] == [(ANSWERS, 0, 99), (ANSWERS, 1, 10)] and clock.now == 0
+    consumer.highs[(ANSWERS, 0)] = 101
+    loop.step(messages(ANSWERS, 0, 99, [b"5"]))
+    assert len(client.inserts) == 2  # caught up, but not after a full batch: the window
+    clock.now += clickhouse_sink.BATCH_WITHIN_SECONDS
+    loop.step([])
+    assert client.inserts[2]["data"][0] == [5]
+
+
+def test_a_feed_that_never_fills_a_batch_waits_the_window_though_caught_up() -> None:
+    """A quiet feed: each message is the end of what Kafka has, and the batch still waits its window."""
+    client = FakeClient()
+    loop, _, _, _, clock = sink(client)
+    for n in range(4):
+        loop.step(messages(ANSWERS, 0, n, [b"1"]))
+        loop.step([])
+    assert client.inserts == []
+    clock.now += clickhouse_sink.BATCH_WITHIN_SECONDS
+    loop.step([])
+    assert client.inserts[0]["data"][0] == [1] * 4
+
+
 def test_each_feed_fills_its_own_batch_and_a_full_one_goes_alone() -> None:
     """A full batch of answers goes at once with its offsets; the pane results taken beside it keep filling their
     own batch and go when it is due, with theirs: a backlog's pane groups are revised many times over, and written
