@@ -117,6 +117,12 @@ class Produced:
                 timestamp: int = 0) -> None:  # fmt: skip
         self.messages.append((topic, value, key, partition))
 
+    def produce_many(
+        self, topic: str, messages: Sequence[tuple[bytes | None, bytes | None]], partition: int = -1
+    ) -> None:
+        for value, key in messages:
+            self.produce(topic, value, key, partition)
+
     async def flush(self) -> None:
         self.flushes += 1
         await asyncio.sleep(0)  # a real flush waits for the broker: other tasks run meanwhile

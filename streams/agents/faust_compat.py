@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Generator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Generator, Iterable, Sequence
 from typing import Any, Protocol, cast
 
 import aiokafka  # type: ignore[import-untyped]  # no type information shipped
@@ -210,6 +210,10 @@ class ChangelogWriter(Protocol):
 
     def produce(self, topic: str, value: bytes | None, key: bytes | None = None, partition: int = -1) -> None: ...
 
+    def produce_many(
+        self, topic: str, messages: Sequence[tuple[bytes | None, bytes | None]], partition: int = -1
+    ) -> None: ...
+
 
 class KeyPartitionedTable(Table[Any, Any]):
     """A table whose keys are ``"<partition>|..."``: the changelog partition is the key's prefix; the changelog
@@ -274,15 +278,25 @@ class KeyPartitionedTable(Table[Any, Any]):
         """``self[key] = value`` for each item: :meth:`on_key_set` (its changelog message), then its store, as
         Faust's ``__setitem__`` does, without its wrappers per key (the journeys write a state per group of a
         batch, most of a live batch's answers).  A store on disk keeps the changelog message's bytes until its
-        checkpoint, not the value (streams.agents.stores.DiskMapping.set_encoded)."""
+        checkpoint, not the value (streams.agents.stores.DiskMapping.set_encoded), and the changelog messages go
+        to the producer a partition at a time (``produce_many``: one librdkafka call per few thousand)."""
         store = self.data
-        encoded = getattr(store, "set_encoded", None) if self._changelog_writer is not None else None
-        for key, value in items:
-            if encoded is None:
+        writer = self._changelog_writer
+        encoded = getattr(store, "set_encoded", None) if writer is not None else None
+        if writer is None or encoded is None:
+            for key, value in items:
                 self.on_key_set(key, value)
                 store[key] = value
-            else:
-                encoded(key, self._write_changelog(key, value))
+            return
+        written = [(key, encode_value(value)) for key, value in items]
+        by_partition: dict[int, list[tuple[bytes | None, bytes | None]]] = {}
+        for key, raw in written:
+            by_partition.setdefault(table_partition(key), []).append((raw, raw_key(key)))
+        topic = self.changelog_topic.get_topic_name()
+        for partition, messages in by_partition.items():  # in their order within each partition
+            writer.produce_many(topic, messages, partition)
+        for key, raw in written:  # as on_key_set then the store: a value refused by the producer is not kept
+            encoded(key, raw)
 
     def on_key_del(self, key: Any) -> None:
         if self._changelog_writer is None:

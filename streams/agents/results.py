@@ -11,16 +11,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Sequence
 from typing import Any
 
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from streams.agents.local_tables import LocalTables
-from streams.kafka import Kafka, produce_waiting
+from streams.kafka import QUEUE_WAIT_SECONDS, Kafka, produce_waiting
 from streams.kafka import producer as new_producer
 
 LOG = logging.getLogger("cxpulse.results")
 FLUSH_TIMEOUT_SECONDS = 60.0
+PRODUCE_CHUNK = 5000  # messages handed to one produce_batch() call
+# produce_many waits until librdkafka's local queue holds at most this many messages before a chunk (its limit,
+# queue.buffering.max.messages, is 100,000): a chunk then never meets a full queue half way, which would leave
+# messages queued after ones that failed, out of their order
+QUEUE_ROOM = 100_000 - 2 * PRODUCE_CHUNK
 
 
 class DeliveryError(RuntimeError):
@@ -59,6 +65,25 @@ class ResultsProducer:
         """Queue one message (waiting while librdkafka's local queue is full)."""
         produce_waiting(self.producer, topic, value, key, partition=partition, timestamp=timestamp)
         self.queued += 1
+
+    def produce_many(
+        self, topic: str, messages: Sequence[tuple[bytes | None, bytes | None]], partition: int = -1
+    ) -> None:
+        """Queue ``messages`` (value, key) in their order, all to ``partition`` (-1: the partitioner picks each by
+        its key), PRODUCE_CHUNK to a librdkafka ``produce_batch`` call: one call where :meth:`produce` made one
+        each, 1.3 against 5.4-7.1 µs of the caller's time a message (200,000 keyed messages, 2026-12-07).  Its
+        ``partition`` is the batch's: confluent-kafka 2.16 ignores a message's own (the librdkafka call it wraps
+        takes one partition for the batch; confluentinc/confluent-kafka-python#2069), so a caller groups its
+        messages by partition.  A message librdkafka refuses raises KafkaException, as produce() does."""
+        for at in range(0, len(messages), PRODUCE_CHUNK):
+            while len(self.producer) > QUEUE_ROOM:
+                self.producer.poll(QUEUE_WAIT_SECONDS)  # deliveries drain the queue (or time out while Kafka is away)
+            chunk = [{"value": value, "key": key} for value, key in messages[at : at + PRODUCE_CHUNK]]
+            queued = self.producer.produce_batch(topic, chunk, partition=partition)
+            self.queued += queued
+            if queued != len(chunk):
+                failed = next(message["_error"] for message in chunk if "_error" in message)
+                raise KafkaException(failed)
 
     def flush_now(self) -> None:
         """Wait until Kafka has every message queued so far; DeliveryError when it did not take them all."""

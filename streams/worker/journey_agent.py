@@ -281,20 +281,21 @@ class JourneyAgent(TableAgent):
         await self._store({key: value for key, (value, _) in updates.items()})
         await self.results.flush()  # the states are in Kafka before anything they say they send
         kinds = {"open": 0, "closed": 0, "deleted": 0}
+        messages: list[tuple[bytes | None, bytes | None]] = []
         for _, rows in updates.values():
             for row in rows:
-                kinds[self._produce(row)] += 1
+                messages.append(self._revision(row))
+                kinds["deleted" if row[20] else "closed" if row[18] else "open"] += 1
+        self.results.produce_many(self.out_topic, messages)  # each to the partition of its key
         await self.results.flush()
         for kind, sent in kinds.items():  # counted once a batch: labels() takes a lock and looks the child up
             if sent:
                 self.metrics.journey_revisions.labels(kind).inc(sent)
 
-    def _produce(self, row: tuple[Any, ...]) -> str:
-        """Send one revision (the values of the record, in INSTANCE_FIELDS' order: customer_id, journey, start, ...,
-        closed at 18, deleted at 20); its kind: open, closed or deleted."""
-        key = f"{row[0]}|{row[1]}|{row[2]}".encode()
-        self.results.produce(self.out_topic, encode_journey_row(row, self.schema_id), key)
-        return "deleted" if row[20] else "closed" if row[18] else "open"
+    def _revision(self, row: tuple[Any, ...]) -> tuple[bytes, bytes]:
+        """One revision's message, value and key (``row``: the values of the record, in INSTANCE_FIELDS' order:
+        customer_id, journey, start, ..., closed at 18, deleted at 20)."""
+        return encode_journey_row(row, self.schema_id), f"{row[0]}|{row[1]}|{row[2]}".encode()
 
     async def _store(self, values: dict[str, dict[str, Any] | None]) -> None:
         """Write the groups' table values (None: the group is deleted), YIELD_GROUPS at a time; through the table's
