@@ -266,13 +266,7 @@ class KeyPartitionedTable(Table[Any, Any]):
         if self._changelog_writer is None:
             super().on_key_set(key, value)
         else:
-            self._write_changelog(key, value)
-
-    def _write_changelog(self, key: Any, value: Any) -> bytes:
-        """Send ``value``'s changelog message; its bytes."""
-        raw = encode_value(value)
-        self._send(key, raw)
-        return raw
+            self._send(key, encode_value(value))
 
     def set_many(self, items: Iterable[tuple[Any, Any]]) -> None:
         """``self[key] = value`` for each item: :meth:`on_key_set` (its changelog message), then its store, as
@@ -291,7 +285,8 @@ class KeyPartitionedTable(Table[Any, Any]):
         written = [(key, encode_value(value)) for key, value in items]
         by_partition: dict[int, list[tuple[bytes | None, bytes | None]]] = {}
         for key, raw in written:
-            by_partition.setdefault(table_partition(key), []).append((raw, raw_key(key)))
+            partition, message = self._changelog_message(key, raw)
+            by_partition.setdefault(partition, []).append(message)
         topic = self.changelog_topic.get_topic_name()
         for partition, messages in by_partition.items():  # in their order within each partition
             writer.produce_many(topic, messages, partition)
@@ -305,8 +300,15 @@ class KeyPartitionedTable(Table[Any, Any]):
             self._send(key, None)  # a tombstone, as Faust writes it (value None, raw)
 
     def _send(self, key: Any, value: bytes | None) -> None:
-        writer = cast(ChangelogWriter, self._changelog_writer)
-        writer.produce(self.changelog_topic.get_topic_name(), value, raw_key(key), table_partition(key))
+        partition, (raw, raw_at) = self._changelog_message(key, value)
+        cast(ChangelogWriter, self._changelog_writer).produce(
+            self.changelog_topic.get_topic_name(), raw, raw_at, partition
+        )
+
+    @staticmethod
+    def _changelog_message(key: Any, value: bytes | None) -> tuple[int, tuple[bytes | None, bytes | None]]:
+        """``key``'s changelog message: its partition (the key's prefix) and (value, the key's bytes)."""
+        return table_partition(key), (value, raw_key(key))
 
 
 def encode_value(value: Any) -> bytes:

@@ -23,10 +23,7 @@ from streams.kafka import producer as new_producer
 LOG = logging.getLogger("cxpulse.results")
 FLUSH_TIMEOUT_SECONDS = 60.0
 PRODUCE_CHUNK = 5000  # messages handed to one produce_batch() call
-# produce_many waits until librdkafka's local queue holds at most this many messages before a chunk (its limit,
-# queue.buffering.max.messages, is 100,000): a chunk then never meets a full queue half way, which would leave
-# messages queued after ones that failed, out of their order
-QUEUE_ROOM = 100_000 - 2 * PRODUCE_CHUNK
+QUEUE_MESSAGES = 100_000  # librdkafka's default queue.buffering.max.messages (a producer's own setting wins)
 
 
 class DeliveryError(RuntimeError):
@@ -45,6 +42,10 @@ class ResultsProducer:
         self.producer: Producer = new_producer(
             kafka, **{"linger.ms": 5, "compression.type": "lz4", **config, "on_delivery": self._delivered}
         )
+        # produce_many waits until librdkafka's local queue holds at most this many messages before a chunk: a
+        # chunk then never meets a full queue half way, which would leave messages queued after ones that failed,
+        # out of their order
+        self.queue_room = int(config.get("queue.buffering.max.messages", QUEUE_MESSAGES)) - 2 * PRODUCE_CHUNK
 
     def _delivered(self, error: KafkaError | None, message: Any) -> None:
         if error is not None:
@@ -77,7 +78,7 @@ class ResultsProducer:
         takes one partition for the batch; confluentinc/confluent-kafka-python#2069), so a caller groups its
         messages by partition.  A message librdkafka refuses raises KafkaException, as produce() does."""
         for at in range(0, len(messages), PRODUCE_CHUNK):
-            while len(self.producer) > QUEUE_ROOM:
+            while len(self.producer) > self.queue_room:
                 self.producer.poll(QUEUE_WAIT_SECONDS)  # deliveries drain the queue (or time out while Kafka is away)
             chunk = [{"value": value, "key": key} for value, key in messages[at : at + PRODUCE_CHUNK]]
             queued = self.producer.produce_batch(topic, chunk, partition=partition)

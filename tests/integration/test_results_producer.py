@@ -50,11 +50,12 @@ def test_messages_to_one_partition_all_land_there_in_order(
     kafka_broker: RunningBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """confluent-kafka 2.16's produce_batch ignores a message's own partition (confluentinc/confluent-kafka-python
-    #2069): the batch's is given.  Small chunks and a small queue room: the wait for room between chunks is met."""
+    #2069): the batch's is given.  Small chunks and a local queue of 20 messages: without the wait for room
+    between chunks, a chunk would meet a full queue."""
     monkeypatch.setattr(results_module, "PRODUCE_CHUNK", 7)
-    monkeypatch.setattr(results_module, "QUEUE_ROOM", 5)
     topic = new_topic(kafka_broker)
-    results = ResultsProducer(kafka_broker.bootstrap)
+    results = ResultsProducer(kafka_broker.bootstrap, **{"queue.buffering.max.messages": 20})
+    assert results.queue_room == 6
     messages = [(f"v{n}".encode(), f"k{n}".encode()) for n in range(40)]
     results.produce_many(topic, messages, 2)
     results.flush_now()
