@@ -42,10 +42,12 @@ class ResultsProducer:
         self.producer: Producer = new_producer(
             kafka, **{"linger.ms": 5, "compression.type": "lz4", **config, "on_delivery": self._delivered}
         )
-        # produce_many waits until librdkafka's local queue holds at most this many messages before a chunk: a
-        # chunk then never meets a full queue half way, which would leave messages queued after ones that failed,
-        # out of their order
-        self.queue_room = int(config.get("queue.buffering.max.messages", QUEUE_MESSAGES)) - 2 * PRODUCE_CHUNK
+        # produce_many hands librdkafka chunks of at most a quarter of its local queue, each once the queue holds
+        # at most ``queue_room`` messages: a chunk then never meets a full queue half way, which would leave
+        # messages queued after ones that failed, out of their order
+        queue = int(config.get("queue.buffering.max.messages", QUEUE_MESSAGES))
+        self.chunk = max(1, min(PRODUCE_CHUNK, queue // 4))
+        self.queue_room = queue - 2 * self.chunk
 
     def _delivered(self, error: KafkaError | None, message: Any) -> None:
         if error is not None:
@@ -71,16 +73,16 @@ class ResultsProducer:
         self, topic: str, messages: Sequence[tuple[bytes | None, bytes | None]], partition: int = -1
     ) -> None:
         """Queue ``messages`` (value, key) in their order, all to ``partition`` (-1: the partitioner picks each by
-        its key), PRODUCE_CHUNK to a librdkafka ``produce_batch`` call: one call where :meth:`produce` made one
-        each, the caller's CPU 1.14-1.65 against 1.85-1.97 µs a message, flushes and delivery reports included
-        (200,000 keyed messages on a broker, 2026-12-07).  Its
-        ``partition`` is the batch's: confluent-kafka 2.16 ignores a message's own (the librdkafka call it wraps
-        takes one partition for the batch; confluentinc/confluent-kafka-python#2069), so a caller groups its
-        messages by partition.  A message librdkafka refuses raises KafkaException, as produce() does."""
-        for at in range(0, len(messages), PRODUCE_CHUNK):
+        its key), PRODUCE_CHUNK (at most a quarter of the local queue) to a librdkafka ``produce_batch`` call: one
+        call where :meth:`produce` made one each, the caller's CPU 1.14-1.65 against 1.85-1.97 µs a message, flushes
+        and delivery reports included (200,000 keyed messages on a broker, 2026-12-07).  Its ``partition`` is the
+        batch's: confluent-kafka 2.16 ignores a message's own (the librdkafka call it wraps takes one partition for
+        the batch; confluentinc/confluent-kafka-python#2069), so a caller groups its messages by partition.  A
+        message librdkafka refuses raises KafkaException, as produce() does."""
+        for at in range(0, len(messages), self.chunk):
             while len(self.producer) > self.queue_room:
                 self.producer.poll(QUEUE_WAIT_SECONDS)  # deliveries drain the queue (or time out while Kafka is away)
-            chunk = [{"value": value, "key": key} for value, key in messages[at : at + PRODUCE_CHUNK]]
+            chunk = [{"value": value, "key": key} for value, key in messages[at : at + self.chunk]]
             queued = self.producer.produce_batch(topic, chunk, partition=partition)
             self.queued += queued
             if queued != len(chunk):

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from confluent_kafka import KafkaException, TopicPartition
 
-from streams.agents import results as results_module
 from streams.agents.local_tables import LocalTables
 from streams.agents.results import ResultsProducer
 from streams.kafka import consumer, read_range
@@ -46,16 +45,13 @@ def ends_of(broker: RunningBroker, topic: str, partitions: int = 3) -> dict[int,
         reader.close()
 
 
-def test_messages_to_one_partition_all_land_there_in_order(
-    kafka_broker: RunningBroker, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_messages_to_one_partition_all_land_there_in_order(kafka_broker: RunningBroker) -> None:
     """confluent-kafka 2.16's produce_batch ignores a message's own partition (confluentinc/confluent-kafka-python
-    #2069): the batch's is given.  Small chunks and a local queue of 20 messages: without the wait for room
-    between chunks, a chunk would meet a full queue."""
-    monkeypatch.setattr(results_module, "PRODUCE_CHUNK", 7)
+    #2069): the batch's is given.  A local queue of 20 messages, below two default chunks: chunks of 5, and
+    without the wait for room between them a chunk would meet a full queue."""
     topic = new_topic(kafka_broker)
     results = ResultsProducer(kafka_broker.bootstrap, **{"queue.buffering.max.messages": 20})
-    assert results.queue_room == 6
+    assert (results.chunk, results.queue_room) == (5, 10)
     messages = [(f"v{n}".encode(), f"k{n}".encode()) for n in range(40)]
     results.produce_many(topic, messages, 2)
     results.flush_now()
