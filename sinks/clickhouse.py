@@ -5,10 +5,11 @@
   limit), so a second process gets :class:`StoreBusyError` and goes through the worker's query endpoint.
 - :func:`migrate` applies ``sinks/migrations/NNN_*.sql`` once each, in order, recorded in
   ``cxpulse.schema_version``: idempotent, so every start runs it.
-- :func:`pane_row`, :func:`answer_columns` and :func:`journey_row` turn a WindowResult record, a batch of counted
-  answers (columns) and a JourneyInstance record into rows of ``cxpulse.pane_results``, ``cxpulse.answers`` and
-  ``cxpulse.journey_instances``; :func:`insert` (rows) and :func:`insert_columns` write them with a deterministic
-  ``insert_deduplication_token``, so a retried insert of the same input is a no-op.
+- :func:`pane_row`, :func:`answer_field_columns` and :func:`journey_values_row` turn a WindowResult record, a
+  batch of counted answers (columns) and a JourneyInstance's values into rows of ``cxpulse.pane_results``,
+  ``cxpulse.answers`` and ``cxpulse.journey_instances`` (:func:`answer_columns`, :func:`counted_answer_columns` and
+  :func:`journey_row` from other forms); :func:`insert` (rows) and :func:`insert_columns` write them with a
+  deterministic ``insert_deduplication_token``, so a retried insert of the same input is a no-op.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from schemas.codec import SchemaCatalog, decode_batch
+from schemas.codec import JOURNEY_INSTANCE_FIELDS, SchemaCatalog, decode_batch
 from streams.config import Settings
-from streams.core.aggregate import contribution
+from streams.core.aggregate import State, contribution
 from streams.core.comments import ANY
 from streams.core.validate import Feedback, validate_batch
 from streams.core.windows import state_of
@@ -268,18 +269,18 @@ def pane_row(record: Mapping[str, Any]) -> list[Any]:
 def journey_row(record: Mapping[str, Any]) -> list[Any]:
     """A row of ``cxpulse.journey_instances`` from a JourneyInstance record (Avro form: start and end in epoch ms,
     as schemas/codec.py reads timestamp-millis)."""
-    return [
-        record["customer_id"],
-        record["journey"],
-        record["start"],
-        record["end"],
-        record["first_channel"],
-        *(record[name] for name in JOURNEY_COLUMNS[5:14]),  # answers ... last_x
-        record["last_nps"] or "",
-        *(int(bool(record[name])) for name in ("one_stop", "recoverable", "recovered", "closed")),
-        record["version"],
-        int(bool(record["deleted"])),
-    ]
+    return journey_values_row([record[name] for name in JOURNEY_INSTANCE_FIELDS])
+
+
+def journey_values_row(values: list[Any]) -> list[Any]:
+    """A row of ``cxpulse.journey_instances`` from a JourneyInstance's values in the schema's order
+    (``JOURNEY_INSTANCE_FIELDS``, which JOURNEY_COLUMNS follows; schemas.codec.decode_confluent_values): ``values``
+    made the row in place, an absent ``last_nps`` as "" (the flags stay booleans: a UInt8 column takes them as 0
+    and 1).  The sink's, one revision a row: a dict per revision, read again into a row, was a fifth of its
+    CPU in the live shape (py-spy, 2026-12-07)."""
+    if values[14] is None:  # last_nps
+        values[14] = ""
+    return values
 
 
 def instance_columns(instances: Sequence[Any], version: int = 0) -> list[list[Any]]:
@@ -340,35 +341,58 @@ def counted_answer_columns(
     valid: Sequence[Feedback], records: Sequence[Mapping[str, Any]], themes: Sequence[Sequence[str]]
 ) -> list[list[Any]]:
     """The columns of ``cxpulse.answers`` (ANSWER_COLUMNS order) of counted answers: each validated answer, the
-    record it was validated from (its comment as kept) and its themes, "(any)" included.  The sink's (from the
-    answers topic, :func:`answer_columns`) and ``cxpulse backfill``'s (from replay) one implementation."""
-    counters = [contribution(e.metric, e.score, e.scale_min, e.scale_max) for e in valid]
+    record it was validated from (its comment as kept) and its themes, "(any)" included (``cxpulse backfill``'s,
+    from replay; :func:`answer_field_columns` does the work)."""
+    fields = [list(field) for field in zip(*valid, strict=True)] if valid else [[] for _ in Feedback._fields]
+    return answer_field_columns(
+        fields,
+        [r.get("interaction_id") for r in records],
+        [r.get("agent_id") for r in records],
+        [r.get("team") for r in records],
+        [r.get("comment") for r in records],
+        themes,
+    )
+
+
+def answer_field_columns(
+    fields: Sequence[Sequence[Any]],
+    interaction: Sequence[str | None],
+    agent: Sequence[str | None],
+    team: Sequence[str | None],
+    comment: Sequence[str | None],
+    themes: Sequence[Sequence[str]],
+) -> list[list[Any]]:
+    """The columns of ``cxpulse.answers`` (ANSWER_COLUMNS order) of counted answers given column by column:
+    ``fields``, the columns of their validated forms (Feedback's fields in its order; any after ``reason_codes``
+    are not read), then each one's interaction id, agent, team and comment as kept and its themes ("(any)"
+    included: stored as ``themes`` without it, and ``commented``).  The one implementation behind the sink's
+    (an answers message's rows, streams.processes.sink.answer_block) and ``cxpulse backfill``'s
+    (:func:`counted_answer_columns`); column by column, as the insert sends them, so the sink never makes an
+    object per answer (a Feedback and a dict each were half of its answers' CPU, py-spy 2026-12-07)."""
+    (event_id, occurred_at, source, channel, journey, metric, score, scale_min, scale_max, touchpoint, customer_id,
+     reason_codes) = fields[:12]  # fmt: skip
+    states = list(map(contribution, metric, score, scale_min, scale_max))
+    counters = [list(column) for column in zip(*states, strict=True)] if states else [[] for _ in State._fields]
     return [
-        [e.event_id for e in valid],
-        [e.occurred_at for e in valid],
-        [e.source for e in valid],
-        [e.channel for e in valid],
-        [e.journey for e in valid],
-        [e.touchpoint or "" for e in valid],
-        [e.metric for e in valid],
-        [e.score for e in valid],
-        [e.scale_min for e in valid],
-        [e.scale_max for e in valid],
-        [e.customer_id or "" for e in valid],
-        [r.get("interaction_id") or "" for r in records],
-        [r.get("agent_id") or "" for r in records],
-        [r.get("team") or "" for r in records],
-        [list(e.reason_codes) for e in valid],
-        [r.get("comment") or "" for r in records],
+        list(event_id),
+        list(occurred_at),
+        list(source),
+        list(channel),
+        list(journey),
+        [t or "" for t in touchpoint],
+        list(metric),
+        list(score),
+        list(scale_min),
+        list(scale_max),
+        [c or "" for c in customer_id],
+        [i or "" for i in interaction],
+        [a or "" for a in agent],
+        [t or "" for t in team],
+        [list(codes) for codes in reason_codes],
+        [c or "" for c in comment],
         [[theme for theme in found if theme != ANY] for found in themes],
         [int(ANY in found) for found in themes],
-        [c.promoters for c in counters],
-        [c.passives for c in counters],
-        [c.detractors for c in counters],
-        [c.positive for c in counters],
-        [c.high_effort for c in counters],
-        [c.sx for c in counters],
-        [c.sx2 for c in counters],
+        *counters[1:],  # promoters, passives, detractors, positive, high_effort, sx, sx2 (State's fields after n)
     ]
 
 

@@ -137,17 +137,21 @@ class SinkMetrics:
 
 
 class Feed(NamedTuple):
-    """One input of the sink: a topic into a table; ``columns_of`` reads a record (value and headers) as columns of
-    the table's rows; ``revisions``: its messages are keyed revisions, of which a batch writes only the last per key;
-    ``transactional``: it is written in Kafka transactions (a commit marker ends the last one: no lag)."""
+    """One input of the sink: a topic into a table.  A record (value and headers) is read by ``columns_of`` as
+    columns of the table's rows (a message of many rows: the answers) or by ``row_of`` as one row (a revision: a
+    batch's rows become columns once, at the end; a row made into columns of one value each, then added to the
+    batch's columns value by value, cost more than reading it); ``revisions``: its messages are keyed revisions,
+    of which a batch writes only the last per key; ``transactional``: it is written in Kafka transactions (a
+    commit marker ends the last one: no lag)."""
 
     topic: str
     table: str
-    columns_of: Callable[[Record], list[list[Any]]]
+    columns_of: Callable[[Record], list[list[Any]]] | None
     batch_size: int
     revisions: bool = False
     transactional: bool = False
     batch_bytes: int | None = None  # a batch of this many bytes of values is full too (None: rows alone)
+    row_of: Callable[[Record], Sequence[Any]] | None = None  # instead of columns_of
 
 
 class Write(NamedTuple):
@@ -206,7 +210,9 @@ class Taken:
 
 def prepare(feed: Feed, taken: dict[int, Taken], unreadable: Callable[[Record, Exception], None]) -> Write:
     """A feed's insert from what a batch took of it, partition by partition in offset order."""
-    data: list[list[Any]] = [[] for _ in COLUMNS[feed.table]]
+    width = len(COLUMNS[feed.table])
+    data: list[list[Any]] = [[] for _ in range(width)]
+    rows: list[Sequence[Any]] = []  # a feed of rows: its rows, made columns at the end
     ranges = []
     offsets = {}
     for partition in sorted(taken):
@@ -215,12 +221,22 @@ def prepare(feed: Feed, taken: dict[int, Taken], unreadable: Callable[[Record, E
         offsets[partition] = part.last + 1
         for record in part.rows():
             try:
+                if feed.row_of is not None:
+                    row = feed.row_of(record)
+                    if len(row) != width:
+                        raise ValueError(f"a row of {len(row)} values, not {width}")
+                    rows.append(row)
+                    continue
+                if feed.columns_of is None:
+                    raise TypeError(f"the feed of {feed.topic} reads neither rows nor columns")
                 block = feed.columns_of(record)
             except Exception as exc:  # noqa: BLE001 - a record that is not what the topic carries: counted
                 unreadable(record, exc)
                 continue
             for column, values in zip(data, block, strict=True):
                 column.extend(values)
+    if rows:
+        data = [list(column) for column in zip(*rows, strict=True)]
     return Write(feed, data, store.token(feed.topic, *ranges), offsets)
 
 

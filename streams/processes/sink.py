@@ -14,7 +14,14 @@ from typing import Any
 
 from confluent_kafka import Consumer
 
-from schemas.codec import JOURNEY_INSTANCE, WINDOW_RESULT, SchemaCatalog, catalog_for, decode_confluent
+from schemas.codec import (
+    JOURNEY_INSTANCE,
+    WINDOW_RESULT,
+    SchemaCatalog,
+    catalog_for,
+    decode_confluent,
+    decode_confluent_values,
+)
 from sinks import clickhouse as store
 from sinks.clickhouse_sink import (
     ANSWERS_BATCH,
@@ -31,37 +38,34 @@ from streams.agents.health import CallGuard
 from streams.agents.process import start_process
 from streams.agents.record import Record
 from streams.config import Settings
+from streams.core.validate import Feedback
 from streams.errors import EXIT_PERMANENT, PERMANENT_KAFKA_ERRORS, BrokerError, CxPulseError
 from streams.kafka import FETCH_MIN_BYTES
 from streams.kafka import consumer as new_consumer
 from streams.processes import SINK
 from streams.topics import TOPIC_PROPAGATION_SECONDS, KafkaWait, describe_topics, internal_topics
-from streams.worker.records import decode_answer_rows, decode_answer_themes, decode_answers, is_answer_rows
+from streams.worker.records import answer_row_columns, decode_answer_themes, decode_answers, is_answer_rows
 
 LOG = logging.getLogger("cxpulse.processes")
 LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "warning": logging.WARNING,
               "error": logging.ERROR, "critical": logging.CRITICAL}  # fmt: skip
 
 
+_INTERACTION, _THEMES = Feedback._fields.index("interaction_id"), Feedback._fields.index("themes")
+_STORE_FIELDS = len(Feedback._fields) + 1  # an answer row's StoreFields follow its validated form and its context
+
+
 def answer_block(record: Record, catalog: SchemaCatalog) -> list[list[Any]]:
     """The ``cxpulse.answers`` columns of one answers message: its rows as the hot path validated them
-    (records.encode_answer_rows: nothing decoded or validated again), or, from a worker before 2026-12-06, its
-    answers' bytes and, from its header, their themes (the hot path matched them once; the sink does not match
-    again)."""
+    (records.encode_answer_rows: nothing decoded or validated again), taken column by column, or, from a worker
+    before 2026-12-06, its answers' bytes and, from its header, their themes (the hot path matched them once; the
+    sink does not match again)."""
     if is_answer_rows(record.headers):
-        events, fields = decode_answer_rows(record.value)
-        kept = [
-            {"interaction_id": event.interaction_id, "agent_id": agent, "team": team, "comment": comment}
-            for event, (agent, team, comment) in zip(events, fields, strict=True)
-        ]
-        return store.counted_answer_columns(events, kept, [event.themes for event in events])
+        columns = answer_row_columns(record.value)
+        agent, team, comment = columns[_STORE_FIELDS:]
+        return store.answer_field_columns(columns, columns[_INTERACTION], agent, team, comment, columns[_THEMES])
     values = decode_answers(record.value)
     return store.answer_columns(values, catalog, decode_answer_themes(record.headers, len(values)))
-
-
-def one_row(row: list[Any]) -> list[list[Any]]:
-    """One row as columns of one value each."""
-    return [[cell] for cell in row]
 
 
 def sink_feeds(settings: Settings) -> list[Feed]:
@@ -71,9 +75,10 @@ def sink_feeds(settings: Settings) -> list[Feed]:
         Feed(
             settings.results_topic,
             "pane_results",
-            lambda record: one_row(store.pane_row(decode_confluent(record.value, catalog, WINDOW_RESULT)[1])),
+            None,
             PANES_BATCH,
             revisions=True,
+            row_of=lambda record: store.pane_row(decode_confluent(record.value, catalog, WINDOW_RESULT)[1]),
         ),
         Feed(
             internal_topics(settings).answers,
@@ -89,9 +94,12 @@ def sink_feeds(settings: Settings) -> list[Feed]:
             Feed(
                 settings.journeys_topic,
                 "journey_instances",
-                lambda record: one_row(store.journey_row(decode_confluent(record.value, catalog, JOURNEY_INSTANCE)[1])),
+                None,
                 JOURNEYS_BATCH,
                 revisions=True,
+                row_of=lambda record: store.journey_values_row(
+                    decode_confluent_values(record.value, catalog, JOURNEY_INSTANCE)
+                ),
             )
         )
     return feeds

@@ -440,6 +440,18 @@ def decode_answer_rows(data: bytes) -> tuple[list[Feedback], list[StoreFields]]:
     return events, stores
 
 
+def answer_row_columns(data: bytes) -> list[tuple[Any, ...]]:
+    """The counted answers of an answers message of rows as the columns of their rows' fields (ROUTED_ROW_FIELDS
+    columns: the validated form's fields in Feedback's order, the context, then StoreFields'): what the sink stores,
+    no object made per answer; ValueError when it is not such a message."""
+    rows = _loads(data)
+    if not isinstance(rows, list) or any(not isinstance(row, list) or len(row) != ROUTED_ROW_FIELDS for row in rows):
+        raise ValueError(f"not a list of answer rows of {ROUTED_ROW_FIELDS} fields")
+    if not rows:
+        return [() for _ in range(ROUTED_ROW_FIELDS)]
+    return list(zip(*rows, strict=True))
+
+
 def is_answer_rows(headers: Any) -> bool:
     """Whether an answers message is of rows (:func:`encode_answer_rows`) rather than raw feedback messages."""
     pairs = headers.items() if isinstance(headers, Mapping) else headers or ()

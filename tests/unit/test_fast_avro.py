@@ -8,6 +8,7 @@ import random
 from typing import Any
 
 import fastavro
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,12 +22,13 @@ from schemas.codec import (
     LocalCatalog,
     decode_batch,
     decode_confluent,
+    decode_confluent_values,
     encode,
     encode_confluent,
     encode_fast,
     encode_journey_row,
 )
-from schemas.fast_avro import Malformed, compile_decoder, compile_encoder
+from schemas.fast_avro import Malformed, compile_decoder, compile_encoder, compile_values_decoder
 from streams.errors import DecodeError
 
 FIELDS: dict[str, Any] = {f["name"]: f.get("default") for f in FEEDBACK_RAW["fields"]}
@@ -274,6 +276,7 @@ def test_longs_are_fastavros_bytes_at_every_length_and_around_now() -> None:
 
 
 JOURNEY_DECODER = compile_decoder(JOURNEY_INSTANCE_RAW)
+VALUES_DECODER = compile_values_decoder(JOURNEY_INSTANCE_RAW)
 
 
 def by_codec(data: bytes, schema: Any) -> Any:
@@ -286,10 +289,27 @@ def by_codec(data: bytes, schema: Any) -> Any:
         return "fails"
 
 
+def by_values(data: bytes, schema: Any) -> Any:
+    """What the ClickHouse sink gets of journey instances (decode_confluent_values with the reader schema): the
+    record's values in the schema's order."""
+    schema_id = LocalCatalog.FIXED_IDS[schema["name"].rsplit(".", 1)[-1]]
+    try:
+        return decode_confluent_values(b"\x00" + schema_id.to_bytes(4, "big") + data, LocalCatalog(), schema)
+    except DecodeError:
+        return "fails"
+
+
+def values_of(record: Any) -> Any:
+    """A JourneyInstance record's values in the schema's order ("fails" stays)."""
+    return record if record == "fails" else [record[field["name"]] for field in JOURNEY_INSTANCE_RAW["fields"]]
+
+
 def same(a: Any, b: Any) -> bool:
     """Equal, a NaN equal to a NaN (a double field may hold any 8 bytes)."""
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, float) and isinstance(b, float) and a != a and b != b:
         return True
     return bool(a == b) and type(a) is type(b)
@@ -304,6 +324,8 @@ def test_journey_instances_decode_like_fastavro(record: dict[str, Any]) -> None:
         JOURNEY_DECODER(data, 0), by_fastavro(data, JOURNEY_INSTANCE)
     )  # well-formed: the generated decoder reads it
     assert by_codec(data, JOURNEY_INSTANCE)["last_x"] == float(record["last_x"])
+    assert same(by_values(data, JOURNEY_INSTANCE), values_of(by_fastavro(data, JOURNEY_INSTANCE)))
+    assert same(VALUES_DECODER(data, 0), values_of(by_fastavro(data, JOURNEY_INSTANCE)))  # the generated one reads it
 
 
 @settings(max_examples=500, deadline=None)
@@ -314,6 +336,22 @@ def test_mutated_and_truncated_journey_instances_decode_like_fastavro(
     """Booleans of 2 or 0xFF (fastavro: true), union branches and enum indexes out of range, cut doubles."""
     for candidate in mutated(encode(record, JOURNEY_INSTANCE), data):
         assert same(by_codec(candidate, JOURNEY_INSTANCE), by_fastavro(candidate, JOURNEY_INSTANCE))
+        assert same(by_values(candidate, JOURNEY_INSTANCE), values_of(by_fastavro(candidate, JOURNEY_INSTANCE)))
+
+
+def test_values_of_an_older_writer_schema_are_resolved_to_the_current_one() -> None:
+    """A journey instance written with another schema (here one without ``deleted``) goes through fastavro and
+    comes out in the current schema's order, the missing field at its default; bytes that are not a record fail
+    with DecodeError, as decode_confluent's."""
+    older = {**JOURNEY_INSTANCE_RAW, "fields": [f for f in JOURNEY_INSTANCE_RAW["fields"] if f["name"] != "deleted"]}
+    catalog = LocalCatalog({9: older})
+    record = {field["name"]: 0 for field in older["fields"]}
+    record.update(customer_id="c", journey="j", first_channel="chat", first_x=0.5, last_x=1.0, last_nps="passive")
+    record.update(one_stop=True, recoverable=False, recovered=False, closed=True)
+    data = b"\x00" + (9).to_bytes(4, "big") + encode(record, fastavro.parse_schema(older))
+    assert decode_confluent_values(data, catalog, JOURNEY_INSTANCE) == [*record.values(), False]
+    with pytest.raises(DecodeError):
+        decode_confluent_values(data[:-3], catalog, JOURNEY_INSTANCE)
 
 
 def test_the_journey_instance_decoder_is_generated_and_reads_doubles_booleans_and_the_category() -> None:

@@ -113,6 +113,19 @@ def n_row(table: str) -> Callable[[Record], list[list[Any]]]:
     return columns_of
 
 
+def n_values(table: str) -> Callable[[Record], list[Any]]:
+    """:func:`n_row` for a feed of rows (as the sink's revisions feeds are): ``n`` as a row whose every value is n
+    (``bad`` is not one; ``short`` is a row a value short)."""
+
+    def row_of(record: Record) -> list[Any]:
+        if record.value == b"bad":
+            raise ValueError("not a pane result")
+        width = len(clickhouse_sink.COLUMNS[table]) - (record.value == b"short")
+        return [0 if record.value == b"short" else int(record.value)] * width
+
+    return row_of
+
+
 def sink(
     client: FakeClient, held: list[tuple[str, int]] | None = None
 ) -> tuple[ClickHouseSink, FakeConsumer, FakeStore, WorkerMetrics, Clock]:
@@ -120,7 +133,7 @@ def sink(
     clock = Clock()
     metrics.health.progress = Progress(clock=clock)
     feeds = [
-        Feed(PANES, "pane_results", n_row("pane_results"), 100, revisions=True),
+        Feed(PANES, "pane_results", None, 100, revisions=True, row_of=n_values("pane_results")),
         Feed(ANSWERS, "answers", n_row("answers"), 60, transactional=True),
     ]
     consumer = FakeConsumer(clock, held or [(PANES, 0), (PANES, 2), (ANSWERS, 0)])
@@ -256,13 +269,18 @@ def test_of_the_revisions_of_a_key_only_the_last_is_written() -> None:
 
 
 def test_an_unreadable_record_is_skipped_and_counted() -> None:
+    """In a feed of rows (pane results) a record that does not read, or reads as a row of the wrong width; in a
+    feed of columns (answers) one that does not read: each skipped and counted, the rest written."""
     client = FakeClient()
     loop, consumer, _, metrics, clock = sink(client)
-    loop.step(messages(PANES, 0, 0, [b"1", b"bad", b"4"]))
+    loop.step([*messages(PANES, 0, 0, [b"1", b"bad", b"short", b"4"]), *messages(ANSWERS, 0, 0, [b"bad", b"7"])])
     clock.now += clickhouse_sink.BATCH_WITHIN_SECONDS
     loop.step([])
-    assert client.inserts[0]["data"][0] == [1, 4] and consumer.commits == [[(PANES, 0, 3)]]
-    assert metrics.registry.get_sample_value("cxpulse_sink_errors_total", {"sink": "clickhouse"}) == 1
+    panes, answers = client.inserts
+    assert panes["data"] == [[1, 4]] * len(store.PANE_COLUMNS)
+    assert answers["data"] == [[7]] * len(store.ANSWER_COLUMNS)
+    assert consumer.commits == [[(ANSWERS, 0, 2), (PANES, 0, 4)]]
+    assert metrics.registry.get_sample_value("cxpulse_sink_errors_total", {"sink": "clickhouse"}) == 3
 
 
 def test_a_failing_insert_is_retried_with_backoff_and_the_same_token_the_consumer_paused() -> None:
