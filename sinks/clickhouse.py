@@ -343,7 +343,7 @@ def counted_answer_columns(
     """The columns of ``cxpulse.answers`` (ANSWER_COLUMNS order) of counted answers: each validated answer, the
     record it was validated from (its comment as kept) and its themes, "(any)" included (``cxpulse backfill``'s,
     from replay; :func:`answer_field_columns` does the work)."""
-    fields = [list(field) for field in zip(*valid, strict=True)] if valid else [[] for _ in Feedback._fields]
+    fields = list(zip(*valid, strict=True)) if valid else [() for _ in Feedback._fields]
     return answer_field_columns(
         fields,
         [r.get("interaction_id") for r in records],

@@ -181,7 +181,7 @@ def test_the_image_installs_what_the_worker_imports_and_not_the_embedded_store()
 
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
     assert not any(dep.startswith("chdb") for dep in project["dependencies"])  # the server in compose needs none
-    assert project["optional-dependencies"]["embedded"] == ["chdb==4.4.0"]
+    assert project["optional-dependencies"]["embedded"] == ["chdb==4.4.0", "chdb-core==26.9.0"]  # wrapper, engine
     dockerfile = (REPO_ROOT / "deploy/Dockerfile").read_text()
     assert "pip install --no-cache-dir ." in dockerfile and "[embedded]" not in dockerfile
 
