@@ -299,6 +299,7 @@ class ClickHouseSink:
     def run(self) -> None:
         self.subscribe()
         self.guard.start()
+        self.look_at_store()  # before the first batch (see look_at_store)
         try:
             while not self.stopping:
                 self.step(self.consumer.consume(CONSUME_MESSAGES, CONSUME_SECONDS))
@@ -491,11 +492,18 @@ class ClickHouseSink:
         self.metrics.process_ready.labels("sink").set(1.0 if self.metrics.health.ready(True) else 0.0)
 
     def look_at_store(self) -> None:
+        """Open the store and ask it ``SELECT 1`` while no client is open: at the start of :meth:`run`, and every
+        HEALTH_SECONDS while it is away.  At the start, so that the embedded engine's start and the migrations run
+        while the input is being assigned, not in the first insert (in the busiest seconds of a burst: chdb's start
+        and four migrations at 12 s into make bench's live shape, 2026-12-07), and so that
+        ``cxpulse_clickhouse_up`` says whether the store answers before any row came (it read 0 on an idle worker
+        until the first insert)."""
         if self.db.client is None:
             try:
                 self.db.run_now(lambda client: client.command("SELECT 1"))
                 self.counters.set_up(True)
             except Exception as exc:  # noqa: BLE001 - reported, retried at the next look
+                self.counters.set_up(False)  # looked at again every HEALTH_SECONDS (health)
                 LOG.debug("ClickHouse not available yet: %s", exc)  # the writes log their failures
 
     def measure_lag(self) -> None:

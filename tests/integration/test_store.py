@@ -146,6 +146,9 @@ def test_pane_rows_equal_replay_answers_once_and_redelivery_doubles_nothing(
     port = free_ports(1)[0]
     log = tmp_path / "worker.log"
     with running_worker(pipeline, log, metrics_port=port) as worker:
+        # idle, before any answer: the sink opened the embedded store at its start and says it answers
+        wait_for(lambda: scrape(port, starting=True).get("cxpulse_clickhouse_up") == 1, "the store up, idle", log)
+        assert answers_count(pipeline) == (0, 0)
         produce(settings, source)
         wait_for(lambda: same_as_replay(pane_records(pipeline), expected), "ClickHouse panes equal to replay", log)
         wait_for(lambda: answers_count(pipeline) == (counted, counted), "every counted answer in ClickHouse", log)

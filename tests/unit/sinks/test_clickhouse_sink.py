@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from sinks import clickhouse as store
 from sinks import clickhouse_sink
 from sinks.clickhouse_sink import ClickHouseSink, Feed, SinkMetrics
-from streams.agents.health import Progress
+from streams.agents.health import CallGuard, Progress
 from streams.agents.metrics import WorkerMetrics
 from streams.agents.record import Record
 from streams.config import Settings
@@ -69,6 +69,12 @@ class FakeConsumer:
 
     def get_watermark_offsets(self, tp: TopicPartition, cached: bool) -> tuple[int, int]:
         return 0, self.highs.get((tp.topic, tp.partition), -1)
+
+    def subscribe(self, topics: list[str], **callbacks: Any) -> None:
+        self.subscribed = topics
+
+    def close(self) -> None:
+        self.closed = True
 
 
 class FakeClient:
@@ -297,6 +303,37 @@ def test_a_failing_insert_is_retried_with_backoff_and_the_same_token_the_consume
     assert consumer.commits == [[(PANES, 2, 1)]]  # once it went in
     assert metrics.registry.get_sample_value("cxpulse_sink_errors_total", {"sink": "clickhouse"}) == 3
     assert metrics.registry.get_sample_value("cxpulse_clickhouse_up") == 1
+
+
+class AnsweringClient(FakeClient):
+    """A client that also answers ``command`` (``SELECT 1``), unless the store is ``away``."""
+
+    def __init__(self, away: bool) -> None:
+        super().__init__()
+        self.away = away
+        self.asked: list[str] = []
+
+    def command(self, sql: str) -> int:
+        self.asked.append(sql)
+        if self.away:
+            raise ConnectionRefusedError("[Errno 111] Connection refused")
+        return 1
+
+
+@pytest.mark.parametrize("away", [False, True])
+def test_at_start_the_sink_opens_the_store_and_says_whether_it_answers_before_any_row(away: bool) -> None:
+    """run() looks at the store before its first batch: the embedded engine starts and migrates then, not in the
+    first insert, and ``cxpulse_clickhouse_up`` says whether the store answers on an idle sink (it read 0 until a
+    first insert); one that does not answer reads 0, and the sink's health looks at it again (store_up False)."""
+    client = AnsweringClient(away)
+    loop, consumer, db, metrics, _ = sink(client)
+    loop.guard = CallGuard("sink", exit=lambda code: pytest.fail(f"a guarded call overran (exit {code})"))
+    db.client = None  # nothing opened yet, as in a new process
+    loop.stopping = True  # run() starts, looks at the store, and stops at once: no row comes
+    loop.run()
+    assert client.asked == ["SELECT 1"] and client.inserts == [] and consumer.closed
+    assert metrics.registry.get_sample_value("cxpulse_clickhouse_up") == (0.0 if away else 1.0)
+    assert loop.counters.store_up is not away  # away: health looks again every HEALTH_SECONDS
 
 
 def test_a_stop_while_clickhouse_is_away_commits_nothing() -> None:
