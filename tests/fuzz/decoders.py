@@ -16,11 +16,14 @@ import atheris
 
 with atheris.instrument_imports():
     from schemas.codec import FEEDBACK, FEEDBACK_RAW, LocalCatalog, encode_confluent
+    from streams.agents.record import Record
     from streams.core.followups import encode as encode_followup
     from streams.core.validate import Clock
+    from streams.processes.sink import answer_block
     from streams.worker.ingest import Ingest
     from streams.worker.records import (
-        decode_answer_rows,
+        ANSWER_ROWS,
+        ANSWERS_FORMAT_HEADER,
         encode_answer_rows,
         encode_answers,
         encode_partials,
@@ -78,9 +81,9 @@ def one_input(data: bytes) -> None:
         encode_seen(buckets)
     for answers in out.answers.values():
         encode_answers(answers)
-    for rows in out.answer_rows.values():  # what the sink reads back, whatever the input was
-        events, _ = decode_answer_rows(encode_answer_rows(rows))
-        assert len(events) == len(rows)
+    for rows in out.answer_rows.values():  # what the sink stores of them, whatever the input was
+        message = Record(0, 0, encode_answer_rows(rows), 0, [(ANSWERS_FORMAT_HEADER, ANSWER_ROWS)])
+        assert len(answer_block(message, CATALOG)[0]) == len(rows)
 
 
 def seed_corpus(folder: Path) -> None:
