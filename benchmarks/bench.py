@@ -23,12 +23,12 @@ group) reading the topic from the start:
 Every system's final counts per (pane, channel, journey, metric) are checked against the generated events.
 Then, for cxpulse alone: 1 vs 2 hot-path processes on the backlog; event-to-result latency at a steady rate;
 at the same rate with the ClickHouse sink, how long after its pane result each answer is in ClickHouse; what a
-default worker costs at a small contact center's rate (``--quiet-rate 200``: CPU per process and RSS); the
-worker's RSS over a steady run with a 5-minute retention.  Usage::
+default worker costs at a small contact center's rate (``--quiet-rate 200``, ``cxpulse simulate`` beside it: CPU
+per process and RSS); the worker's RSS over a steady run with a 5-minute retention.  Usage::
 
     .venv/bin/python -m benchmarks.bench [--events 200000] [--runs 3] [--rate 20000] [--latency-seconds 60]
                                          [--store-lag-seconds 120] [--quiet-seconds 120] [--quiet-rate 200]
-                                         [--soak-seconds 600] [--only cxpulse,bare]
+                                         [--quiet-load simulate] [--soak-seconds 600] [--only cxpulse,bare]
                                          [--shapes live,backlog] [--comments 0.6]
 
 ``--comments 0.6`` gives 60% of the answers a comment (English and Dutch, a tenth with an address and a number to
@@ -791,13 +791,23 @@ def steady_run(
 
 
 def quiet_run(
-    bootstrap: str, workdir: Path, rate: int, warm_up_s: float, seconds: float, templates: list[dict[str, Any]]
+    bootstrap: str,
+    workdir: Path,
+    rate: int,
+    warm_up_s: float,
+    seconds: float,
+    templates: list[dict[str, Any]],
+    load: str = "simulate",
 ) -> tuple[dict[str, float], dict[str, dict[str, float]], float, float, int]:
     """A worker with every default on (journeys, the embedded store) at a low steady rate, as a small contact center
     runs it: after ``warm_up_s``, each process's share of a core over ``seconds`` (%), each one's memory at the end
-    (:func:`smaps_mb`),
-    the worker's mean and largest RSS over them (MB), and how many events were sent.  With --profile, py-spy over
-    those seconds."""
+    (:func:`smaps_mb`), the worker's mean and largest RSS over them (MB), and how many events were sent.  With
+    --profile, py-spy over those seconds.
+
+    ``load`` "simulate" (issue 35's measurement): ``cxpulse simulate --rate RATE`` beside the worker, a contact
+    center's customers (drawn from millions, journeys of a few contacts, comments).  "templates": the steady runs'
+    1,000 answers sent again and again, the quiet run's load until 2026-12-07: about 1,000 customers, each answering
+    every 1000/RATE seconds, so that each one's journey instance grows through the run."""
     topic = f"quiet-{uuid.uuid4().hex[:8]}"
     ensure_topics(bootstrap, [TopicSpec(topic, PARTITIONS, {})])
     settings, env = cxpulse_settings(
@@ -806,10 +816,19 @@ def quiet_run(
     ensure_topics(bootstrap, topic_specs(settings))
     proc = spawn([sys.executable, "-m", "streams.cli", "worker"], env, workdir / "quiet.log")
     profile = None
+    simulator: subprocess.Popen[bytes] | None = None
+    steady: SteadyLoad | None = None
     try:
         wait_ready(settings.metrics_port, proc)
-        load_ = SteadyLoad(bootstrap, topic, rate, warm_up_s + seconds, templates)
-        load_.thread.start()
+        if load == "simulate":
+            simulator = spawn(
+                [sys.executable, "-m", "streams.cli", "simulate", "--rate", str(rate), "--topic", topic,
+                 "--bootstrap", bootstrap, "--duration", f"{warm_up_s + seconds:.0f}s"],
+                env, workdir / "quiet-simulate.log",
+            )  # fmt: skip
+        else:
+            steady = SteadyLoad(bootstrap, topic, rate, warm_up_s + seconds, templates)
+            steady.thread.start()
         time.sleep(warm_up_s)  # a measurement window, not synchronisation
         if PROFILES is not None:
             path = PROFILES / f"quiet-{uuid.uuid4().hex[:6]}.txt"
@@ -823,12 +842,27 @@ def quiet_run(
         after, elapsed = cpu_by_process(proc.pid, None), time.monotonic() - started
         shares = {name: 100 * (cpu - before.get(name, 0.0)) / elapsed for name, cpu in after.items()}
         memory = memory_by_process(proc.pid)
-        load_.thread.join()
-        return shares, memory, sum(rss) / len(rss), max(rss), load_.count
+        if steady is not None:
+            steady.thread.join()
+        return shares, memory, sum(rss) / len(rss), max(rss), sent_to(bootstrap, topic)
     finally:
         if profile is not None:
             profiling.stop(profile)
+        if simulator is not None:
+            stop(simulator)
         stop(proc)
+
+
+def sent_to(bootstrap: str, topic: str) -> int:
+    """How many messages ``topic`` holds (the sum of its partitions' high watermarks)."""
+    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": f"probe-{uuid.uuid4().hex[:8]}"})
+    try:
+        return sum(
+            probe.get_watermark_offsets(TopicPartition(topic, partition), 10, False)[1]
+            for partition in range(PARTITIONS)
+        )
+    finally:
+        probe.close()
 
 
 def written_lags(settings: Settings, result_seen: array[float]) -> list[float]:
@@ -873,6 +907,12 @@ def main() -> None:
         "--quiet-seconds", type=float, default=120.0, help="a default worker at --quiet-rate: its cost (0: none)"
     )
     parser.add_argument("--quiet-rate", type=int, default=200, help="events/s of the quiet run")
+    parser.add_argument(
+        "--quiet-load",
+        choices=("simulate", "templates"),
+        default="simulate",
+        help="the quiet run's answers: cxpulse simulate (default), or the steady runs' 1,000 answers again and again",
+    )
     parser.add_argument(
         "--store-lag-seconds", type=float, default=120.0, help="steady run with the ClickHouse sink (0: none)"
     )
@@ -1040,10 +1080,11 @@ def steady_reports(bootstrap: str, workdir: Path, systems: list[str], args: argp
         )
     if args.quiet_seconds > 0 and "cxpulse" in systems:
         shares, memory, mean_mb, peak_mb, sent = quiet_run(
-            bootstrap, workdir, args.quiet_rate, QUIET_WARM_UP_SECONDS, args.quiet_seconds, templates
+            bootstrap, workdir, args.quiet_rate, QUIET_WARM_UP_SECONDS, args.quiet_seconds, templates, args.quiet_load
         )
         console.print(
-            f"quiet: at {args.quiet_rate:,} events/s with every default on (journeys, embedded store), after "
+            f"quiet: at {args.quiet_rate:,} events/s ({args.quiet_load}) with every default on (journeys, embedded "
+            "store), after "
             f"{QUIET_WARM_UP_SECONDS:.0f} s, over {args.quiet_seconds:.0f} s ({sent:,} sent): the worker used "
             f"{sum(shares.values()):.1f}% of a core ("
             + ", ".join(f"{name} {share:.1f}%" for name, share in sorted(shares.items(), key=lambda kv: -kv[1]))

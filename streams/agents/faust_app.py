@@ -73,7 +73,7 @@ def report_ready(app: faust.App, metrics: WorkerMetrics, process: str) -> None:
     use binds the table's service to that thread's loop, and Faust then waits for it forever when it stops)."""
 
     async def ready() -> None:
-        settled = faust_compat.recovered(app) and not faust_compat.rebalancing(app)
+        settled = faust_compat.settle(app)
         metrics.process_ready.labels(process).set(1.0 if metrics.health.ready(settled) else 0.0)
 
     app.timer(interval=READY_CHECK_SECONDS, name=f"{process}-ready")(ready)

@@ -1,6 +1,7 @@
 """A minimal Faust app for the compatibility test, built the way cxpulse builds its processes: streams.agents'
 app builder (read_committed: streams/agents/faust_compat.py), a KeyPartitionedTable whose changelog goes through a
-ResultsProducer flushed after every message.  Consumes TOPIC, counts in the table, prints ``COUNT n VALUE``.
+ResultsProducer flushed after every message.  Consumes TOPIC, counts in the table, prints ``COUNT n VALUE``; every
+0.2 s, whether it is settled and its fetch wait (``PACED True 500``: streams.agents.faust_compat.settle).
 
 Run as ``python tests/integration/faust_smoke_app.py worker`` with CXPULSE_SMOKE_BROKER, CXPULSE_SMOKE_TOPIC,
 CXPULSE_SMOKE_APP and CXPULSE_SMOKE_DATADIR set.
@@ -38,6 +39,12 @@ async def count(stream: faust.StreamT[bytes]) -> None:
         counts["0|all"] += 1
         await results.flush()
         print(f"COUNT {counts['0|all']} {value.decode()}", flush=True)
+
+
+@app.timer(interval=0.2)
+async def pace() -> None:
+    settled = faust_compat.settle(app)
+    print(f"PACED {settled} {faust_compat.fetch_wait(app)}", flush=True)
 
 
 if __name__ == "__main__":

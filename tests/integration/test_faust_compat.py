@@ -19,6 +19,7 @@ from tests.support import RunningBroker, pump_lines, stop_process
 APP = Path(__file__).with_name("faust_smoke_app.py")
 WAIT_SECONDS = 120.0
 COUNT = re.compile(r"COUNT (?P<count>\d+) (?P<value>\S+)")
+PACED = re.compile(r"PACED (?P<settled>True|False) (?P<wait>\S+)")
 
 
 def test_faust_reads_committed_records_only_and_recovers_a_table_written_through_librdkafka(
@@ -46,8 +47,12 @@ def test_faust_reads_committed_records_only_and_recovers_a_table_written_through
         else:
             sender.flush(30)  # on the broker, then aborted
             sender.abort_transaction(30)
-    seen = run_until(env, tmp_path, 5)
+    paced: list[tuple[str, str]] = []
+    seen = run_until(env, tmp_path, 5, paced=paced)
     assert sorted(seen) == ["m0", "m1", "m2", "m3", "m4"]  # nothing of the aborted transaction
+    # fetches wait 100 ms at the broker while the table recovers, 500 ms once settled (faust_compat.pace_fetches)
+    assert ("True", "500") in paced, paced
+    assert set(paced) <= {("False", "None"), ("False", "100"), ("True", "500")}, paced
     shutil.rmtree(tmp_path / "state")  # the table comes back from its changelog alone
     sender.begin_transaction()
     sender.produce(topic, b"m5", key=b"m5")
@@ -55,8 +60,15 @@ def test_faust_reads_committed_records_only_and_recovers_a_table_written_through
     assert run_until(env, tmp_path, 1, count=6) == ["m5"]
 
 
-def run_until(env: dict[str, str], tmp_path: Path, messages: int, count: int | None = None) -> list[str]:
-    """Run the smoke worker until it counted ``messages`` (the last with table count ``count``); the values."""
+def run_until(
+    env: dict[str, str],
+    tmp_path: Path,
+    messages: int,
+    count: int | None = None,
+    paced: list[tuple[str, str]] | None = None,
+) -> list[str]:
+    """Run the smoke worker until it counted ``messages`` (the last with table count ``count``); the values.  With
+    ``paced``, until it also said it is settled, and the (settled, fetch wait) pairs it said go there."""
     worker = subprocess.Popen(
         [sys.executable, str(APP), "worker", "--loglevel", "warn", "--without-web"],
         stdout=subprocess.PIPE,
@@ -68,13 +80,16 @@ def run_until(env: dict[str, str], tmp_path: Path, messages: int, count: int | N
     lines, output = pump_lines(worker)
     seen: list[str] = []
     try:
-        while len(seen) < messages:
+        while len(seen) < messages or (paced is not None and ("True", "500") not in paced):
             line = lines.get(timeout=WAIT_SECONDS)
             assert line is not None, f"the Faust worker exited: {''.join(output)[-3000:]}"
             match = COUNT.search(line)  # Faust redirects print() into its log lines
             if match:
                 seen.append(match["value"])
                 last = int(match["count"])
+            pace = PACED.search(line)
+            if pace and paced is not None:
+                paced.append((pace["settled"], pace["wait"]))
         assert count is None or last == count, "".join(output)[-3000:]
         return seen
     finally:

@@ -53,6 +53,31 @@ def test_the_table_manager_registers_the_changelogs_at_start_without_faust_s_one
     assert calls == ["channels", "recovery"]
 
 
+def test_fetches_wait_briefly_while_the_tables_recover_or_rebalance_and_longer_once_settled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """settle() sets the wait of the real app's fetcher (here a stand-in where aiokafka keeps it): 100 ms while the
+    tables recover, 500 ms once settled, and 100 ms again from the moment a rebalance starts."""
+    settings = Settings(kafka_bootstrap="127.0.0.1:9", data_dir=tmp_path, clickhouse_url="")
+    app = faust_app(settings, "compat-test", "compat", Table=faust_compat.KeyPartitionedTable)
+    assert faust_compat.fetch_wait(app) is None  # no consumer yet: nothing to set, no error
+    assert faust_compat.settle(app) is False
+    fetcher = SimpleNamespace(_fetch_max_wait_ms=faust_compat.FETCH_MAX_WAIT_MS)
+    monkeypatch.setattr(app.consumer, "_thread", SimpleNamespace(_consumer=SimpleNamespace(_fetcher=fetcher)))
+    recovery: Any = app.tables.recovery  # type: ignore[attr-defined]  # TableManager's, not in the protocol
+    assert faust_compat.settle(app) is False  # not recovered yet
+    assert faust_compat.fetch_wait(app) == faust_compat.FETCH_MAX_WAIT_MS == 100
+    recovery.completed.set()
+    assert faust_compat.settle(app) is True
+    assert faust_compat.fetch_wait(app) == faust_compat.SETTLED_FETCH_MAX_WAIT_MS == 500
+    app.on_rebalance_start()  # Faust calls it from the consumer thread when partitions are revoked
+    assert faust_compat.fetch_wait(app) == 100
+    assert faust_compat.settle(app) is False
+    app.rebalancing = False
+    assert faust_compat.settle(app) is True
+    assert faust_compat.fetch_wait(app) == 500
+
+
 def test_set_many_writes_what_setting_each_key_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """KeyPartitionedTable.set_many (the journeys' states of a batch): the same changelog messages, in the same
     order, and the same values as ``table[key] = value`` per key; without a changelog writer, Faust's own path."""
