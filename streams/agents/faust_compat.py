@@ -64,7 +64,8 @@ LOG = logging.getLogger("cxpulse.tables")
 # offsets right after a fetch of empty partitions and got the answer 1.5 s later, in every start.  So 100 ms while
 # the tables recover (at start and in a rebalance), and 500 ms (aiokafka's default) once they are settled: a fetch
 # returns as soon as data comes, so the wait only says how often a consumer that has nothing to read asks again
-# (10 -> 2 fetches a second; a default worker at 1 answer a second: 6.6-7.1% -> 6.0% of a core, 2026-12-07).
+# (10 -> 2 fetches a second; a default worker at 200 answers a second: 13.0-13.7% -> 10.5-12.2% of a core, at 1 a
+# second 6.9 -> 6.4%; event to result unchanged: docs/benchmarks.md, 2026-12-07 night).
 FETCH_MAX_WAIT_MS = 100
 SETTLED_FETCH_MAX_WAIT_MS = 500
 
