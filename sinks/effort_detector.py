@@ -1,5 +1,7 @@
-"""The effort-spike detector: an agent on ``cx.metrics.panes`` (CES results) whose tick feeds every closed pane of
-every segment to streams/core/effort.py, the implementation replay uses too.
+"""The effort-spike detector: an agent of the merge process, handed merge's CES results as merge emits them
+(:meth:`EffortDetector.take`; read from ``cx.metrics.panes`` by :meth:`EffortDetector.handle` when that topic's
+partition count is not the partials'), whose tick feeds every closed pane of every segment to
+streams/core/effort.py, the implementation replay uses too.
 
 - table ``effort-panes``: per (results partition, channel, journey, pane) the latest CES counts and drivers;
 - table ``effort-state``: per (results partition, channel, journey) the CUSUM S, whether it fires, and the last
@@ -184,13 +186,17 @@ class EffortDetector(TableAgent):
         tables: tuple[MutableMapping[str, Any], MutableMapping[str, Any]],
         snapshot: Snapshot,
         watermark: Callable[[], int | None],
+        fed_by_merge: bool = False,
     ) -> None:
+        """``fed_by_merge``: merge hands its results over to :meth:`take` itself (streams/processes/agents.py);
+        ``topic`` is then the partials topic, whose partitions are the results partitions this process holds."""
         super().__init__(context)
         settings = context.settings
         self.topic = topic
         self.panes, self.states = tables
         self.snapshot = snapshot
         self.watermark = watermark
+        self.fed_by_merge = fed_by_merge
         self.config = effort_config(settings)
         self.alert_schema_id = context.catalog.id_for(EFFORT_ALERT_RAW)
         self.keep_ms = self.config.baseline_ms + self.config.guard_ms + 2 * self.pane_ms  # an evaluation's reach
@@ -215,8 +221,9 @@ class EffortDetector(TableAgent):
         self.dropped_below: dict[SegmentKey, int] = {}  # per segment, the horizon its panes were last dropped below
 
     async def handle(self, partition: int, records: Sequence[Record]) -> None:
-        latest: dict[str, list[Any]] = {}
-        panes: dict[str, PaneKey] = {}
+        """The CES results of a batch read from the results topic (when merge does not feed this detector: see
+        :meth:`take`)."""
+        results: list[dict[str, Any]] = []
         for record in records:
             if record.key and ResultKey.metric_of(record.key) != b"CES":
                 continue  # 4 in 5 results are not CES: told by the key, not decoded
@@ -225,6 +232,18 @@ class EffortDetector(TableAgent):
             except Exception:  # noqa: BLE001 - not a result (the view logs it)
                 self.metrics.sink_errors.labels(self.name).inc()
                 continue
+            results.append(result)
+        self.take(partition, results)
+        self.applied[partition] = records[-1].offset + 1
+
+    def take(self, partition: int, results: Sequence[Mapping[str, Any]], stamps: Sequence[int] = ()) -> None:
+        """Results of one results partition (WindowResult records, in the order merge emitted them; only CES ones
+        are kept) into the ``effort-panes`` table.  Merge hands its results over here itself when it feeds this
+        detector (streams.worker.merge_agent.MergeAgent.emit), else :meth:`handle` reads them from the results
+        topic.  ``stamps`` (their Kafka timestamps) are not used here."""
+        latest: dict[str, list[Any]] = {}
+        panes: dict[str, PaneKey] = {}
+        for result in results:
             if result["metric"] != "CES":
                 continue
             pane = PaneKey(partition, result["channel"], result["journey"], result["window_start"])
@@ -236,13 +255,12 @@ class EffortDetector(TableAgent):
             if before is None or before[0] < value[0]:
                 latest[key] = value
                 panes[key] = pane
-        for key, value in latest.items():  # the changelog writes are flushed by the runner before the ack
+        for key, value in latest.items():  # the changelog writes are flushed with the batch, before its ack
             self.panes[key] = value
             if self.by_segment is not None:
                 pane = panes[key]
                 segment = SegmentKey(pane.partition, pane.channel, pane.journey)
                 self.by_segment.setdefault(segment, {})[pane.pane] = pane_effort(value)
-        self.applied[partition] = records[-1].offset + 1
 
     async def tick(self, now_ms: int) -> None:
         """Evaluate every closed pane of every segment held, in order; alerts out, state written, gauges set."""
@@ -263,8 +281,11 @@ class EffortDetector(TableAgent):
 
     def _positions(self) -> tuple[dict[int, int], dict[int, int]]:
         """Per held results partition: its end as last fetched, and the next offset this agent applies (for a
-        partition it took nothing of since it was assigned: its end when first seen, where Faust resumed)."""
+        partition it took nothing of since it was assigned: its end when first seen, where Faust resumed).  None when
+        merge feeds this detector: it hands a batch's results over before it moves its watermark."""
         ends: dict[int, int] = {}
+        if self.fed_by_merge:
+            return ends, {}
         done: dict[int, int] = {}
         for partition in self.consumption.assigned(self.topic):
             end = self.consumption.end(self.topic, partition)

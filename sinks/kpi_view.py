@@ -1,12 +1,14 @@
-"""The KPI view: an agent on ``cx.metrics.panes`` that keeps the latest result of every pane group (table
-``kpi-view``, partitioned like the results: by segment) and, every ``REFRESH_SECONDS``, the rolling windows of
-the gauges (sinks/prometheus.py: RollingView, window_families, window_text; the page is written when a scrape
-asks).  Panes older than the longest window are dropped from the table and the view."""
+"""The KPI view: an agent of the merge process that keeps the latest result of every pane group (table
+``kpi-view``, partitioned like the results: by segment), handed them by merge as it emits them
+(:meth:`KpiView.take`; read from ``cx.metrics.panes`` by :meth:`KpiView.handle` when that topic's partition count
+is not the partials') and, every ``REFRESH_SECONDS``, the rolling windows of the gauges (sinks/prometheus.py:
+RollingView, window_families, window_text; the page is written when a scrape asks).  Panes older than the longest
+window are dropped from the table and the view."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
 from schemas.codec import WINDOW_RESULT, decode_confluent
@@ -61,7 +63,10 @@ class KpiView(TableAgent):
         self.dropped_before = 0
 
     async def handle(self, partition: int, records: Sequence[Record]) -> None:
-        latest: dict[str, list[Any]] = {}
+        """The results of a batch read from the results topic (when merge does not feed this view: see
+        :meth:`take`)."""
+        results: list[dict[str, Any]] = []
+        stamps: list[int] = []
         for record in records:
             try:
                 _, result = decode_confluent(record.value, self.catalog, WINDOW_RESULT)
@@ -69,6 +74,17 @@ class KpiView(TableAgent):
                 self.metrics.sink_errors.labels(self.name).inc()
                 LOG.warning("%s[%d] offset %d is not a WindowResult", self.topic, partition, record.offset)
                 continue
+            results.append(result)
+            stamps.append(record.timestamp_ms)
+        self.take(partition, results, stamps)
+
+    def take(self, partition: int, results: Sequence[Mapping[str, Any]], stamps: Sequence[int]) -> None:
+        """Results of one results partition (WindowResult records, in the order merge emitted them) into the table;
+        ``stamps``: each one's Kafka timestamp, the newest input event's (the event-to-gauge latency of each result
+        kept is observed at the next refresh).  Merge hands its results over here itself when it feeds this view
+        (streams.worker.merge_agent.MergeAgent.emit), else :meth:`handle` reads them from the results topic."""
+        latest: dict[str, list[Any]] = {}
+        for result, stamp in zip(results, stamps, strict=True):
             if result["window_start"] < self.dropped_before:
                 continue  # in no window: the gauges never show it
             key = MetricPaneKey(
@@ -77,11 +93,11 @@ class KpiView(TableAgent):
             value: list[Any] = [result["version"], *state_of(result)]
             if result.get("themes"):
                 value.append(result["themes"])
-            self.stamps.append(record.timestamp_ms)
+            self.stamps.append(stamp)
             before = latest.get(key) or self.view.get(key)
             if before is None or before[0] < value[0]:
                 latest[key] = value
-        for key, value in latest.items():  # the changelog writes are flushed by the runner before the ack
+        for key, value in latest.items():  # the changelog writes are flushed with the batch, before its ack
             self.view[key] = value
             parsed = MetricPaneKey.decode(key)
             if self.indexed is not None and partition in self.indexed:

@@ -291,6 +291,17 @@ def attach_all(
     return runners
 
 
+def attach_ticks(
+    app: faust.App, agents: Sequence[BatchAgent], results: ResultsProducer | None, metrics: WorkerMetrics
+) -> list[Runner]:
+    """Run only the ticks of ``agents`` in ``app``: agents that another agent hands their input to (merge feeds the
+    KPI view and the effort detector: streams/processes/agents.py), with no stream, lag or batch of their own."""
+    runners = [Runner(agent, FaustConsumption(app), results, metrics) for agent in agents]
+    for runner in runners:
+        app.timer(interval=runner.agent.tick_seconds, name=f"{runner.agent.name}-tick")(_ticker(runner))
+    return runners
+
+
 def _ticker(runner: Runner) -> Callable[[], Awaitable[None]]:
     """A timer's function for ``runner`` (Faust passes the app to a function that takes an argument)."""
 

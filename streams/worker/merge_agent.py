@@ -24,8 +24,8 @@ import asyncio
 import logging
 import time
 from collections import defaultdict, deque
-from collections.abc import MutableMapping, Sequence
-from typing import Any
+from collections.abc import Mapping, MutableMapping, Sequence
+from typing import Any, Protocol
 
 from confluent_kafka import Consumer, TopicPartition
 
@@ -173,6 +173,17 @@ class GroupWatch:
         return self.work_at > self.done_at
 
 
+class ResultReader(Protocol):
+    """An agent of the merge process that merge hands its results over to as it emits them (the KPI view, the
+    effort detector), instead of each reading them back from the results topic."""
+
+    name: str
+
+    def take(self, partition: int, results: Sequence[Mapping[str, Any]], stamps: Sequence[int]) -> None:
+        """One results partition's results of a batch (WindowResult records, in order) and their Kafka
+        timestamps; table writes go through the process's producer, flushed with the batch."""
+
+
 class MergeAgent(TableAgent):
     """The merge agent (see the module docstring).  ``panes`` and ``positions`` are its tables (any mapping)."""
 
@@ -218,6 +229,7 @@ class MergeAgent(TableAgent):
         retention_ms = settings.retention_seconds * 1000
         self.sweep_every_ms = max(self.pane_ms, min(retention_ms // 100, 3_600_000))
         self.tail_reads = FailureStreak(LOG, "tail check: reading the hot path's committed offsets")
+        self.readers: list[ResultReader] = []  # handed every result as it is emitted (see emit)
 
     def watermark(self) -> int | None:
         """Event time up to which every answer has been merged and its results emitted: the lowest ``through`` the
@@ -306,15 +318,28 @@ class MergeAgent(TableAgent):
         )
 
     async def emit(self, results: Sequence[WindowResult], newest_ms: int = 0) -> None:
-        """Send WindowResults to the results topic, then wait until Kafka has them all, and every table changelog
-        write of the batch with them (the tables write through the same producer).  Their Kafka timestamp is the
-        newest input event's (``newest_ms``, carried on the partials), so a sink can tell event-to-sink latency."""
+        """Send WindowResults to the results topic, hand them to the ``readers`` (their table writes go through
+        the same producer), then wait until Kafka has them all, and every table changelog write of the batch with
+        them.  Their Kafka timestamp is the newest input event's (``newest_ms``, carried on the partials), so a
+        sink can tell event-to-sink latency."""
         topic = self.settings.results_topic
+        stamp = max(0, newest_ms)
+        by_partition: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for result in results:
             key = ResultKey(result.channel, result.journey, result.metric, result.window_start).encode()
-            value = encode_confluent(result_record(result), WINDOW_RESULT, self.schema_id)
+            record = result_record(result)
+            value = encode_confluent(record, WINDOW_RESULT, self.schema_id)
             partition = segment_partition(result.channel, result.journey, self.results_partitions)
-            self.results.produce(topic, value, key, partition=partition, timestamp=max(0, newest_ms))
+            self.results.produce(topic, value, key, partition=partition, timestamp=stamp)
+            if self.readers:
+                by_partition[partition].append(record)
+        for partition, records in by_partition.items():
+            for reader in self.readers:
+                try:
+                    reader.take(partition, records, [stamp] * len(records))
+                except Exception:  # as a reader's failed batch on the results topic: counted, logged, merge goes on
+                    self.metrics.sink_errors.labels(reader.name).inc()
+                    LOG.exception("%s: taking the results of %s[%d] failed", reader.name, topic, partition)
         await self.results.flush()
         self.metrics.results.inc(len(results))
 

@@ -8,7 +8,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import pytest
@@ -27,7 +27,7 @@ from sinks.effort_detector import EffortDetector
 from sinks.kpi_view import KpiView
 from sinks.prometheus import Snapshot
 from streams.agents.base import AgentContext, BatchAgent, Runner, by_partition, by_size
-from streams.agents.keys import PaneKey, ResultKey, SegmentKey, SourceKey
+from streams.agents.keys import MetricPaneKey, PaneKey, ResultKey, SegmentKey, SourceKey
 from streams.agents.metrics import WorkerMetrics
 from streams.agents.record import Record
 from streams.config import Settings
@@ -53,13 +53,19 @@ def settings(**overrides: Any) -> Settings:
     return Settings(clickhouse_url="", **overrides)
 
 
-def partial_records(batches: int, source: int = 0, per_batch: int = 3) -> list[Record]:
+def partial_records(
+    batches: int, source: int = 0, per_batch: int = 3, metrics: Sequence[str] = ("CES",)
+) -> list[Record]:
     """The partial messages (partials partition 0) of ``batches`` hot-path batches of feedback partition
-    ``source`` (one routed partition: routed offset b carries batch b's answers)."""
+    ``source`` (one routed partition: routed offset b carries batch b's answers), the answers' metrics taking
+    turns from ``metrics``."""
     steps = TwoSteps(fake_ingest(pane_ms=P))
     records, offset = [], 0
     for b in range(batches):
-        answers = [event(event_id=f"b{b}e{i}", occurred_at=NOW - 600_000 + 1000 * i) for i in range(per_batch)]
+        answers = [
+            event(event_id=f"b{b}e{i}", occurred_at=NOW - 600_000 + 1000 * i, metric=metrics[i % len(metrics)])
+            for i in range(per_batch)
+        ]
         messages = [FakeMessage(source, offset + i, json.dumps(answer).encode()) for i, answer in enumerate(answers)]
         _, counted = steps.batch(messages, Clock(NOW, 300_000, 7 * 86_400_000))
         offset += per_batch
@@ -93,6 +99,46 @@ def test_merge_absorbs_once_and_emits_results_flushed() -> None:
     again = produced.on(agent.settings.results_topic)[first:]
     assert sum(decode_confluent(v, CATALOG, WINDOW_RESULT)[1]["n"] for _, v, _, _ in again if v) == n
     assert agent.positions[SourceKey(0, ROUTED_SOURCE).encode()] == position_to_table(Position(3, 4))
+
+
+def test_merge_hands_its_results_to_the_view_and_the_detector_as_the_results_topic_gives_them() -> None:
+    """Fed by merge (the default), the KPI view and the effort detector keep exactly the rows they keep when they
+    read the results topic merge wrote, a batch delivered twice included, and their table writes are flushed
+    with merge's batch; a reader that fails is counted and merge still emits and flushes."""
+    records = partial_records(3, per_batch=6, metrics=("CES", "NPS", "CSAT"))
+    agent, produced = merge_of(records, {0: 3})
+    fed = context(agent.settings, produced, Held("cx-partials", {0: 10}))
+    view = KpiView(fed, "cx-partials", {}, Snapshot())
+    effort = EffortDetector(fed, "cx-partials", ({}, {}), Snapshot(), agent.watermark, fed_by_merge=True)
+    agent.readers = [view, effort]
+    asyncio.run(agent.handle(0, records))
+    asyncio.run(agent.handle(0, records[1:]))  # delivered again: the same versions, nothing newer
+    assert produced.flushes == 2
+
+    topic = agent.settings.results_topic
+    sent = [Record(p, offset, v or b"", NOW, (), k) for offset, (_, v, k, p) in enumerate(produced.on(topic))]
+    assert {r.partition for r in sent} == {0}
+    read = context(agent.settings, Produced(), Held(topic, {0: len(sent)}))
+    read_view = KpiView(read, topic, {}, Snapshot())
+    read_effort = EffortDetector(read, topic, ({}, {}), Snapshot(), agent.watermark)
+    asyncio.run(read_view.handle(0, sent))
+    asyncio.run(read_effort.handle(0, sent))
+    assert {MetricPaneKey.decode(key).metric for key in view.view} == {"CES", "NPS", "CSAT"}
+    assert dict(view.view) == dict(read_view.view) and view.stamps == read_view.stamps
+    assert effort.panes and dict(effort.panes) == dict(read_effort.panes)
+
+    class Broken:
+        name = "broken"
+
+        def take(self, partition: int, results: Sequence[Mapping[str, Any]], stamps: Sequence[int]) -> None:
+            raise RuntimeError("boom")
+
+    again, produced_again = merge_of(records, {0: 3})
+    after = KpiView(fed, "cx-partials", {}, Snapshot())
+    again.readers = [Broken(), after]
+    asyncio.run(again.handle(0, records))
+    assert produced_again.on(topic) and produced_again.flushes == 1 and dict(after.view) == dict(view.view)
+    assert again.metrics.registry.get_sample_value("cxpulse_sink_errors_total", {"sink": "broken"}) == 1
 
 
 def test_a_batch_of_large_partial_messages_is_merged_a_few_megabytes_at_a_time(
@@ -517,6 +563,30 @@ def test_the_effort_detector_waits_for_the_watermark_then_catches_up_and_fires()
     assert [a["state"] for a in alerts] == ["FIRING"]
     at = alerts[0]["at"]  # epoch ms (the codec keeps timestamps as integers)
     assert start + 30 * P < at <= start + 38 * P
+
+
+def test_a_detector_fed_by_merge_closes_panes_by_the_watermark_alone() -> None:
+    """Fed by merge, the detector has no results partition ends to wait for: merge hands a batch's results over
+    before it moves its watermark, so a watermark seen at one tick is trusted at the next, however far the
+    partials partition it holds (under the results partition's number) moved meanwhile."""
+    start = NOW - 40 * P
+    records = [ces_result("chat", start + i * P, 20, 4) for i in range(30)]
+    records += [ces_result("chat", start + i * P, 20, 16) for i in range(30, 38)]
+    results = [decode_confluent(r.value, CATALOG, WINDOW_RESULT)[1] for r in records]
+    watermark: list[int | None] = [None]
+    agent, produced, held = effort_of(watermark)
+    agent.fed_by_merge = True
+    held.partitions[0] = 10  # the partials partition's end: merge's input, nothing this agent applies
+    agent.take(0, results, [NOW] * len(results))
+    asyncio.run(agent.tick(NOW))
+    assert not produced.on(agent.settings.alerts_topic)  # no watermark yet: nothing evaluated
+    watermark[0], held.partitions[0] = NOW, 20
+    asyncio.run(agent.tick(NOW))  # noted
+    assert not produced.on(agent.settings.alerts_topic)
+    held.partitions[0] = 30
+    asyncio.run(agent.tick(NOW))  # trusted
+    alerts = [decode_confluent(v, CATALOG, EFFORT_ALERT)[1] for _, v, _, _ in produced.on(agent.settings.alerts_topic)]
+    assert [a["state"] for a in alerts] == ["FIRING"]
 
 
 def run_effort(settled: bool) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
