@@ -281,8 +281,8 @@ class EffortDetector(TableAgent):
 
     def _positions(self) -> tuple[dict[int, int], dict[int, int]]:
         """Per held results partition: its end as last fetched, and the next offset this agent applies (for a
-        partition it took nothing of since it was assigned: its end when first seen, where Faust resumed).  None when
-        merge feeds this detector: it hands a batch's results over before it moves its watermark."""
+        partition it took nothing of since it was assigned: its end when first seen, where Faust resumed).  Nothing
+        when merge feeds this detector: it hands a batch's results over before it moves its watermark."""
         ends: dict[int, int] = {}
         if self.fed_by_merge:
             return ends, {}

@@ -273,7 +273,7 @@ def attach_all(
     acked; each agent keeps its tick timer, lag and errors.  Agents that read the same topic share its stream so:
     Faust's path costs per message and stream (merge's KPI view and effort detector, each on a stream of its own,
     made half of the merge process's event-loop turns at 200 answers/s: docs/benchmarks.md)."""
-    runners = [Runner(agent, FaustConsumption(app), results, metrics) for agent in agents]
+    runners = attach_ticks(app, agents, results, metrics)
     first = agents[0]
 
     async def consume(stream: StreamT[Any]) -> None:
@@ -286,16 +286,15 @@ def attach_all(
                 await batches.ack(event)
 
     app.agent(topic, name="-and-".join(agent.name for agent in agents))(consume)
-    for runner in runners:
-        app.timer(interval=runner.agent.tick_seconds, name=f"{runner.agent.name}-tick")(_ticker(runner))
     return runners
 
 
 def attach_ticks(
     app: faust.App, agents: Sequence[BatchAgent], results: ResultsProducer | None, metrics: WorkerMetrics
 ) -> list[Runner]:
-    """Run only the ticks of ``agents`` in ``app``: agents that another agent hands their input to (merge feeds the
-    KPI view and the effort detector: streams/processes/agents.py), with no stream, lag or batch of their own."""
+    """The runners of ``agents`` in ``app``, each with its tick timer: all that an agent that another one hands its
+    input to runs (merge feeds the KPI view and the effort detector: streams/processes/agents.py), with no stream,
+    lag or batch of its own; :func:`attach_all` adds the stream."""
     runners = [Runner(agent, FaustConsumption(app), results, metrics) for agent in agents]
     for runner in runners:
         app.timer(interval=runner.agent.tick_seconds, name=f"{runner.agent.name}-tick")(_ticker(runner))
