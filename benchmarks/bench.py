@@ -21,7 +21,8 @@ group) reading the topic from the start:
 - replay: ``cxpulse replay``'s computation over the same events in an Avro container file (no Kafka).
 
 Every system's final counts per (pane, channel, journey, metric) are checked against the generated events.
-Then, for cxpulse alone: 1 vs 2 hot-path processes on the backlog; event-to-result latency at a steady rate;
+Then, for cxpulse alone: 1 vs 2 hot-path processes on the backlog; event-to-result latency at a steady rate
+(and event to gauge, the worker's own histogram);
 at the same rate with the ClickHouse sink, how long after its pane result each answer is in ClickHouse; what a
 default worker costs at a small contact center's rate (``--quiet-rate 200``, ``cxpulse simulate`` beside it: CPU
 per process and RSS); the worker's RSS over a steady run with a 5-minute retention.  Usage::
@@ -550,6 +551,35 @@ def stored_answers(port: int) -> float:
     return 0.0
 
 
+def histogram_buckets(port: int, name: str) -> list[tuple[float, float]]:
+    """A histogram's cumulative buckets on a worker's /metrics: (upper bound, count) in order, +Inf last."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sorted(
+        (float(sample.labels["le"]), sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == f"{name}_bucket"
+    )
+
+
+def bucket_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
+    """The q-quantile of a histogram's cumulative buckets as Prometheus's ``histogram_quantile`` estimates it:
+    linear within the bucket that holds it (from 0 for the first); the largest finite bound when it falls in +Inf."""
+    total = buckets[-1][1] if buckets else 0.0
+    if total <= 0:
+        return float("nan")
+    rank = q * total
+    lower, below = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if bound == float("inf"):
+                return lower
+            return lower + (bound - lower) * (rank - below) / max(count - below, 1e-12)
+        lower, below = bound, count
+    return lower
+
+
 def wait_stored(port: int, events: int, proc: subprocess.Popen[bytes]) -> float:
     """When the worker's ClickHouse sink has written every answer (its rows counter, polled)."""
     deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
@@ -724,6 +754,28 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
     raise SystemExit("the worker was not ready in 120 s")
 
 
+def cover(
+    message: Any,
+    load: SteadyLoad,
+    covered: dict[GroupKey, int],
+    latencies: list[float],
+    result_seen: array[float] | None,
+) -> None:
+    """A pane result of a steady run, seen now: the latency of each of its group's events it counts first."""
+    seen = time.time()
+    _, group, _, n = decode_result(message)
+    done = covered.get(group, 0)
+    if n > done:
+        with load.lock:
+            times = load.sent.get(group, [])[done:n]
+            ids = load.ids.get(group, [])[done:n]
+        latencies.extend(seen - t for t in times)
+        if result_seen is not None:
+            for number in ids:
+                result_seen[number] = seen
+        covered[group] = n
+
+
 def steady_run(
     bootstrap: str,
     workdir: Path,
@@ -731,9 +783,14 @@ def steady_run(
     seconds: float,
     templates: list[dict[str, Any]],
     store_lags: list[float] | None = None,
+    gauge: list[tuple[float, float]] | None = None,
     **extra: Any,
 ) -> tuple[list[float], list[tuple[float, float]], int]:
     """A worker under a steady load: latencies of every counted event (s), (elapsed s, RSS MB) samples, sent.
+
+    With ``gauge`` (a list to fill), the worker's ``cxpulse_event_to_gauge_seconds`` buckets once every event was
+    counted, and after its KPI view's next refresh: from an event's Kafka timestamp to the refresh that shows it
+    in the gauges, as a scrape finds it (:func:`histogram_buckets`).
 
     With ``store_lags`` (a list to fill), the worker runs its ClickHouse sink on an embedded store, and the run
     ends when the store holds every answer; then, per answer, the time from its pane result's arrival here to
@@ -763,31 +820,36 @@ def steady_run(
             if time.time() - started > seconds + 120:
                 break
             for message in consumer.consume(num_messages=10_000, timeout=0.1):
-                if message.error() is not None:
-                    continue
-                seen = time.time()
-                _, group, _, n = decode_result(message)
-                done = covered.get(group, 0)
-                if n > done:
-                    with load_.lock:
-                        times = load_.sent.get(group, [])[done:n]
-                        ids = load_.ids.get(group, [])[done:n]
-                    latencies.extend(seen - t for t in times)
-                    if result_seen is not None:
-                        for number in ids:
-                            result_seen[number] = seen
-                    covered[group] = n
+                if message.error() is None:
+                    cover(message, load_, covered, latencies, result_seen)
             if time.time() - started >= next_rss:
                 rss.append((time.time() - started, tree_rss_mb(proc.pid)))
                 next_rss += 10.0
         if store_lags is not None:
             wait_stored(settings.metrics_port, load_.count, proc)
+        if gauge is not None:
+            gauge.extend(gauge_buckets_settled(settings.metrics_port))
         return latencies, rss, load_.count
     finally:
         consumer.close()
         stop(proc)
         if store_lags is not None and result_seen is not None:
             store_lags.extend(written_lags(settings, result_seen))
+
+
+def gauge_buckets_settled(port: int) -> list[tuple[float, float]]:
+    """The event-to-gauge buckets once the KPI view has refreshed after the last result: its count stops growing
+    between two scrapes a refresh apart (the view observes each result's latency at its refresh)."""
+    from sinks.kpi_view import REFRESH_SECONDS
+
+    buckets = histogram_buckets(port, "cxpulse_event_to_gauge_seconds")
+    for _ in range(30):
+        time.sleep(REFRESH_SECONDS * 1.5)  # the view's refresh is a timer with nothing to await from here
+        again = histogram_buckets(port, "cxpulse_event_to_gauge_seconds")
+        if again and buckets and again[-1][1] == buckets[-1][1]:
+            return again
+        buckets = again
+    return buckets
 
 
 def quiet_run(
@@ -1056,11 +1118,15 @@ def steady_reports(bootstrap: str, workdir: Path, systems: list[str], args: argp
     """cxpulse alone under a steady load: latency, the ClickHouse sink's lag, RSS over a soak."""
     templates = [record for record in realistic_events(1000, seed=5, invalid_share=0.0, duplicate_share=0.0)]
     if args.latency_seconds > 0 and "cxpulse" in systems:
-        latencies, _, sent = steady_run(bootstrap, workdir, args.rate, args.latency_seconds, templates)
+        gauge: list[tuple[float, float]] = []
+        latencies, _, sent = steady_run(bootstrap, workdir, args.rate, args.latency_seconds, templates, gauge=gauge)
         console.print(
             f"latency at {args.rate:,} events/s for {args.latency_seconds:.0f} s ({sent:,} sent, "
             f"{len(latencies):,} counted): event to result p50 {percentile(latencies, 0.5) * 1000:,.0f} ms, "
-            f"p99 {percentile(latencies, 0.99) * 1000:,.0f} ms, max {max(latencies) * 1000:,.0f} ms",
+            f"p99 {percentile(latencies, 0.99) * 1000:,.0f} ms, max {max(latencies) * 1000:,.0f} ms; "
+            f"event to gauge (cxpulse_event_to_gauge_seconds, {gauge[-1][1] if gauge else 0:,.0f} pane results, "
+            f"estimated within its buckets as histogram_quantile does) p50 {bucket_quantile(0.5, gauge) * 1000:,.0f} "
+            f"ms, p99 {bucket_quantile(0.99, gauge) * 1000:,.0f} ms",
             highlight=False,
         )
     if args.store_lag_seconds > 0 and "cxpulse" in systems:
