@@ -30,7 +30,11 @@ per process and RSS); the worker's RSS over a steady run with a 5-minute retenti
     .venv/bin/python -m benchmarks.bench [--events 200000] [--runs 3] [--rate 20000] [--latency-seconds 60]
                                          [--store-lag-seconds 120] [--quiet-seconds 120] [--quiet-rate 200]
                                          [--quiet-load simulate] [--soak-seconds 600] [--only cxpulse,bare]
-                                         [--shapes live,backlog] [--comments 0.6]
+                                         [--shapes live,backlog] [--comments 0.6] [--steady-customers 10000000]
+
+The steady runs (latency, store lag, soak) draw each answer's customer from ``--steady-customers`` (ten million,
+as ``cxpulse simulate``: most answers a journey of their own); 0 sends the 1,000 templates' own customers again and
+again, as every steady run did until 2026-12-08.
 
 ``--comments 0.6`` gives 60% of the answers a comment (English and Dutch, a tenth with an address and a number to
 redact): what reading comments costs the hot path (docs/benchmarks.md).
@@ -677,40 +681,76 @@ def run_replay(path: Path, events: int) -> Run:
 
 class SteadyLoad:
     """Sends fresh events (occurred_at = now) at a fixed rate on a thread, remembering per pane group the send
-    time of each event in order, so a result with n answers tells when the group's n-th event was counted."""
+    time of each event in order, so a result with n answers tells when the group's n-th event was counted.
 
-    def __init__(self, bootstrap: str, topic: str, rate: int, seconds: float, templates: list[dict[str, Any]]) -> None:
+    ``customers``: each event's customer drawn from that many (as ``cxpulse simulate`` draws them from ten million:
+    journeys of a contact or two, each answer a revision of its own); 0: each template's own customer, so about
+    1,000 customers answering again and again, each one's journey instance growing through the run (every steady
+    run until 2026-12-08)."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        rate: int,
+        seconds: float,
+        templates: list[dict[str, Any]],
+        customers: int = 0,
+    ) -> None:
         self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "compression.type": "lz4"})
         self.topic = topic
         self.rate = rate
         self.seconds = seconds
+        self.customers = customers
         self.sent: dict[GroupKey, list[float]] = {}
         self.ids: dict[GroupKey, list[int]] = {}  # the events' numbers (event_id "s-N"), in the order of ``sent``
         self.count = 0
         self.lock = threading.Lock()
-        self.tails = []  # (channel, journey, metric, customer key, Avro bytes after event_id and occurred_at)
+        # (channel, journey, metric, customer key, Avro bytes after occurred_at up to the customer id's string, the
+        # bytes after it): the template's own customer id sits between the two unless ``customers`` draws another
+        self.tails: list[tuple[str, str, str, bytes, bytes, bytes]] = []
+        marker = "\x01" + uuid.uuid4().hex + "\x01"
+        marked = b"\x02" + _zigzag(len(marker)) + marker.encode()  # the union's string branch, the marker's bytes
         for record in templates:
             full = encode_confluent({**FIELDS, **record}, FEEDBACK, 1)
             head = encode_confluent({**FIELDS, **record, "event_id": "", "occurred_at": 0}, FEEDBACK, 1)
-            self.tails.append(
-                (record["channel"], record["journey"], record["metric"], record["customer_id"].encode(), head[7:])
-            )
             assert full.endswith(head[7:])
+            split = encode_confluent(
+                {**FIELDS, **record, "event_id": "", "occurred_at": 0, "customer_id": marker}, FEEDBACK, 1
+            )[7:]
+            assert split.count(marked) == 1
+            before, after = split.split(marked)
+            assert before + self._customer(record["customer_id"].encode()) + after == head[7:]
+            self.tails.append(
+                (record["channel"], record["journey"], record["metric"], record["customer_id"].encode(), before, after)
+            )
+        self.finished = 0.0  # when the last event was sent (and flushed)
         self.thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _customer(customer: bytes) -> bytes:
+        """A customer id as the Avro union ["null", "string"] writes it."""
+        return b"\x02" + _zigzag(len(customer)) + customer
 
     def _run(self) -> None:
         started = time.time()
         step = 0.01  # send in bursts every 10 ms
         index = 0
+        draw = random.Random(5).randrange
         while time.time() - started < self.seconds:
             due = int((time.time() - started) * self.rate)
             while self.count < due:
-                channel, journey, metric, key, tail = self.tails[index % len(self.tails)]
+                channel, journey, metric, key, before, after = self.tails[index % len(self.tails)]
+                if self.customers:
+                    key = b"steady-%08d" % draw(self.customers)
                 index += 1
                 now = time.time()
                 at = int(now * 1000)
                 event_id = f"s-{index}".encode()
-                value = b"\x00\x00\x00\x00\x01" + _zigzag(len(event_id)) + event_id + _zigzag(at) + tail
+                value = (
+                    b"\x00\x00\x00\x00\x01" + _zigzag(len(event_id)) + event_id + _zigzag(at)
+                    + before + self._customer(key) + after
+                )  # fmt: skip
                 group = (at - at % PANE_MS, channel, journey, metric)
                 with self.lock:
                     self.sent.setdefault(group, []).append(now)
@@ -725,6 +765,7 @@ class SteadyLoad:
             self.producer.poll(0)
             time.sleep(step)  # pacing a load generator, not synchronisation
         self.producer.flush(30)
+        self.finished = time.time()
 
 
 def _zigzag(value: int) -> bytes:
@@ -784,6 +825,8 @@ def steady_run(
     templates: list[dict[str, Any]],
     store_lags: list[float] | None = None,
     gauge: list[tuple[float, float]] | None = None,
+    customers: int = 0,
+    journeys_after: list[float] | None = None,
     **extra: Any,
 ) -> tuple[list[float], list[tuple[float, float]], int]:
     """A worker under a steady load: latencies of every counted event (s), (elapsed s, RSS MB) samples, sent.
@@ -794,7 +837,9 @@ def steady_run(
 
     With ``store_lags`` (a list to fill), the worker runs its ClickHouse sink on an embedded store, and the run
     ends when the store holds every answer; then, per answer, the time from its pane result's arrival here to
-    its row's ``written_at`` in ``cxpulse.answers`` (the insert's time: one machine, one clock) is put in it."""
+    its row's ``written_at`` in ``cxpulse.answers`` (the insert's time: one machine, one clock) is put in it.
+    With ``journeys_after`` too (and journeys on), the run then waits for the journeys group to have handled every
+    answer forwarded to it, and puts in how many seconds after the last answer was sent that was."""
     topic = f"steady-{uuid.uuid4().hex[:8]}"
     ensure_topics(bootstrap, [TopicSpec(topic, PARTITIONS, {})])
     if store_lags is not None:
@@ -809,7 +854,7 @@ def steady_run(
     try:
         wait_ready(settings.metrics_port, proc)
         consumer.subscribe([settings.results_topic])
-        load_ = SteadyLoad(bootstrap, topic, rate, seconds, templates)
+        load_ = SteadyLoad(bootstrap, topic, rate, seconds, templates, customers)
         started = time.time()
         load_.thread.start()
         covered: dict[GroupKey, int] = {}
@@ -827,6 +872,8 @@ def steady_run(
                 next_rss += 10.0
         if store_lags is not None:
             wait_stored(settings.metrics_port, load_.count, proc)
+            if journeys_after is not None and settings.journeys:
+                journeys_after.append(wait_journeys(settings, proc) - load_.finished)
         if gauge is not None:
             gauge.extend(gauge_buckets_settled(settings.metrics_port))
         return latencies, rss, load_.count
@@ -948,6 +995,13 @@ def percentile(values: list[float], q: float) -> float:
 # --- the report -------------------------------------------------------------------------------------------
 
 
+def steady_customers(args: argparse.Namespace) -> str:
+    """Whose answers a steady run sent, for its line of the report."""
+    if args.steady_customers:
+        return f"customers drawn from {args.steady_customers:,}"
+    return "the 1,000 templates' own customers"
+
+
 def median_run(runs: list[Run]) -> Run:
     """The run in the middle by the rate to the end of the pipeline (the pane results' rate when it has no more)."""
     return sorted(runs, key=lambda r: r.end_rate)[len(runs) // 2]
@@ -977,6 +1031,13 @@ def main() -> None:
     )
     parser.add_argument(
         "--store-lag-seconds", type=float, default=120.0, help="steady run with the ClickHouse sink (0: none)"
+    )
+    parser.add_argument(
+        "--steady-customers",
+        type=int,
+        default=10_000_000,
+        help="the steady runs (latency, store lag, soak) draw each answer's customer from this many, as `cxpulse "
+        "simulate` does; 0: the 1,000 templates' own customers, each answering again and again (until 2026-12-08)",
     )
     parser.add_argument(
         "--steady-journeys",
@@ -1119,11 +1180,15 @@ def steady_reports(bootstrap: str, workdir: Path, systems: list[str], args: argp
     templates = [record for record in realistic_events(1000, seed=5, invalid_share=0.0, duplicate_share=0.0)]
     if args.latency_seconds > 0 and "cxpulse" in systems:
         gauge: list[tuple[float, float]] = []
-        latencies, _, sent = steady_run(bootstrap, workdir, args.rate, args.latency_seconds, templates, gauge=gauge)
+        latencies, _, sent = steady_run(
+            bootstrap, workdir, args.rate, args.latency_seconds, templates, gauge=gauge,
+            customers=args.steady_customers,
+        )  # fmt: skip
         console.print(
-            f"latency at {args.rate:,} events/s for {args.latency_seconds:.0f} s ({sent:,} sent, "
-            f"{len(latencies):,} counted): event to result p50 {percentile(latencies, 0.5) * 1000:,.0f} ms, "
-            f"p99 {percentile(latencies, 0.99) * 1000:,.0f} ms, max {max(latencies) * 1000:,.0f} ms; "
+            f"latency at {args.rate:,} events/s for {args.latency_seconds:.0f} s ({steady_customers(args)}; "
+            f"{sent:,} sent, {len(latencies):,} counted): event to result p50 "
+            f"{percentile(latencies, 0.5) * 1000:,.0f} ms, p99 {percentile(latencies, 0.99) * 1000:,.0f} ms, "
+            f"max {max(latencies) * 1000:,.0f} ms; "
             f"event to gauge (cxpulse_event_to_gauge_seconds, {gauge[-1][1] if gauge else 0:,.0f} pane results, "
             f"estimated within its buckets as histogram_quantile does) p50 {bucket_quantile(0.5, gauge) * 1000:,.0f} "
             f"ms, p99 {bucket_quantile(0.99, gauge) * 1000:,.0f} ms",
@@ -1131,17 +1196,24 @@ def steady_reports(bootstrap: str, workdir: Path, systems: list[str], args: argp
         )
     if args.store_lag_seconds > 0 and "cxpulse" in systems:
         lags: list[float] = []
+        journeys_after: list[float] = []
         _, _, sent = steady_run(
             bootstrap, workdir, args.rate, args.store_lag_seconds, templates, store_lags=lags,
-            journeys=args.steady_journeys,
+            customers=args.steady_customers, journeys=args.steady_journeys, journeys_after=journeys_after,
         )  # fmt: skip
         sixth = max(1, len(lags) // 6)
         console.print(
             f"ClickHouse at {args.rate:,} events/s for {args.store_lag_seconds:.0f} s (journeys "
-            f"{'on' if args.steady_journeys else 'off'}; {sent:,} sent, {len(lags):,} stored): every answer in "
+            f"{'on' if args.steady_journeys else 'off'}, {steady_customers(args)}; {sent:,} sent, {len(lags):,} "
+            "stored): every answer in "
             f"ClickHouse after its pane result p50 {percentile(lags, 0.5):.2f} s, p99 {percentile(lags, 0.99):.2f} s, "
             f"max {max(lags):.2f} s; p99 by sixth of the run: "
-            + ", ".join(f"{percentile(lags[at : at + sixth], 0.99):.2f}" for at in range(0, sixth * 6, sixth)),
+            + ", ".join(f"{percentile(lags[at : at + sixth], 0.99):.2f}" for at in range(0, sixth * 6, sixth))
+            + (
+                f"; the journeys had handled every answer {journeys_after[0]:.1f} s after the last was sent"
+                if journeys_after
+                else ""
+            ),
             highlight=False,
         )
     if args.quiet_seconds > 0 and "cxpulse" in systems:
@@ -1173,7 +1245,7 @@ def steady_reports(bootstrap: str, workdir: Path, systems: list[str], args: argp
         )
     if args.soak_seconds > 0 and "cxpulse" in systems:
         _, rss, sent = steady_run(
-            bootstrap, workdir, args.rate, args.soak_seconds, templates,
+            bootstrap, workdir, args.rate, args.soak_seconds, templates, customers=args.steady_customers,
             retention_seconds=300, windows_seconds=(300,),
         )  # fmt: skip
         third = [mb for t, mb in rss if t >= args.soak_seconds * 2 / 3]

@@ -173,8 +173,9 @@ def run_phase(
         seconds = wait_complete(port, answers, proc)
         if sampler is not None:
             profiling.stop(sampler)
-        # the journeys process (niced) follows ~2,000-4,000 answers/s while merge runs here: 3,000,000 took longer
-        # than the 900 s other waits get (2026-12-03)
+        # the journeys' commits seemed to follow ~2,000-4,000 answers/s: 3,000,000 took longer than the 900 s other
+        # waits get (2026-12-03).  That was Faust committing one message a partition per commit over transactional
+        # input (robinhood/faust#625, fixed in faust_compat.offsets_between on 2026-12-08); the bound stays
         timeout = max(RUN_TIMEOUT_SECONDS, answers / 1000)
         journeys = wait_journeys(settings, proc, timeout) - launched if settings.journeys else None
         rss = rss_by_process(proc.pid)

@@ -382,3 +382,64 @@ def test_the_consumer_loop_faust_compat_copies_is_still_faust_s() -> None:
     assert hashlib.sha256(source.encode()).hexdigest() == (
         "44a2500309e83c630493f6828af50166ec8d96a0b3e4fb2bab735f704ae93417"
     ), "Faust's Consumer._drain_messages changed: copy it again into faust_compat._ReadCommittedConsumer"
+
+
+class _Offsets:
+    """What Faust's consumer keeps to compute a commit (``_acked``, ``_gap``, ``_committed_offset``), with its own
+    ``_add_gap`` and ``_new_offset``."""
+
+    _add_gap = Consumer._add_gap  # noqa: SLF001 - Faust's own bookkeeping, under test with faust_compat's gaps
+    _new_offset = Consumer._new_offset  # noqa: SLF001
+
+    def __init__(self) -> None:
+        from collections import defaultdict
+
+        from intervaltree import IntervalTree
+
+        self._acked: defaultdict[str, list[int]] = defaultdict(list)
+        self._acked_index: defaultdict[str, set[int]] = defaultdict(set)
+        self._gap: defaultdict[str, Any] = defaultdict(IntervalTree)
+        self._committed_offset: defaultdict[str, int | None] = defaultdict(lambda: None)
+
+
+@pytest.mark.parametrize(("read_ahead", "batch"), [(100, 10), (5, 5), (1, 1)])
+def test_a_commit_of_transactional_input_takes_every_message_acked_before_it(read_ahead: int, batch: int) -> None:
+    """A topic written in transactions holds a message, then its commit marker.  The consumer reads ahead of the
+    agent, registering the offsets between the messages it reads (the loop's ``offsets_between``); the agent acks a
+    batch; a commit follows.  Each commit must take the partition past the last message acked.  With Faust's own gap
+    (which takes in the next message's offset) each commit moved on by one message: 1, 5, 7, 9, ..."""
+    offsets, tp = _Offsets(), "tp"
+    messages = list(range(0, 120, 2))
+    read, handed, acked, commits = None, 0, 0, []
+
+    async def run() -> None:
+        nonlocal read, handed, acked
+        while acked < len(messages):
+            while handed < min(len(messages), acked + read_ahead):
+                offset = messages[handed]
+                between = faust_compat.offsets_between(read, offset)
+                if between is not None:
+                    await offsets._add_gap(tp, *between)  # noqa: SLF001
+                read, handed = offset, handed + 1
+            for offset in messages[acked : acked + batch]:
+                offsets._acked[tp].append(offset)  # noqa: SLF001
+                offsets._acked_index[tp].add(offset)  # noqa: SLF001
+            acked += batch
+            new = offsets._new_offset(tp)  # noqa: SLF001
+            if new is not None:
+                offsets._committed_offset[tp] = new  # noqa: SLF001
+            commits.append((messages[acked - 1], offsets._committed_offset[tp]))  # noqa: SLF001
+
+    asyncio.run(run())
+    # the first commit stops at the marker after offset 0 (Faust's condition: no gap after offset 0); every later
+    # one is past the last message acked
+    assert commits[0][1] == 1
+    assert all(committed == last + 1 for last, committed in commits[1:]), commits
+
+
+def test_the_offsets_between_two_messages_leave_both_messages_out() -> None:
+    assert faust_compat.offsets_between(4, 6) == (5, 5)
+    assert faust_compat.offsets_between(4, 9) == (5, 8)
+    assert faust_compat.offsets_between(4, 5) is None
+    assert faust_compat.offsets_between(None, 7) is None
+    assert faust_compat.offsets_between(0, 2) is None
