@@ -456,7 +456,13 @@ class JourneysProbe:
     def __init__(self, settings: Settings) -> None:
         topic = internal_topics(settings).journey_answers
         self.consumer = Consumer(
-            {"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"{settings.app_id}-journeys"}
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "group.id": f"{settings.app_id}-journeys",
+                # it only reads the group's commits and never polls: librdkafka's "maximum poll interval exceeded:
+                # leaving group" after 5 minutes of a long wait (a 10-minute steady run) is not this probe's to say
+                "max.poll.interval.ms": 86_400_000,
+            }
         )
         listed = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
         self.partitions = [TopicPartition(topic, p) for p in listed]
